@@ -1,0 +1,83 @@
+"""The `eksinfer` entry point: registers each subcommand module and turns EksinferError into one line."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from eksinfer import __version__
+from eksinfer.errors import EksinferError
+
+# (module under eksinfer.cli, command name, help). Each module exposes `register(app)`.
+SUBCOMMANDS: tuple[tuple[str, str], ...] = (
+    ("plan", "Plan GPUs, parallelism, replicas and cost for a model, traffic and SLOs."),
+    ("sim", "Run simulated vLLM engines that speak vLLM's wire interfaces."),
+    ("bench", "Load-test an OpenAI-compatible endpoint and report latency, throughput, hit rate."),
+    ("gateway", "Run the OpenAI-compatible gateway with KV-cache-aware routing."),
+    ("up", "Start a local stack: simulated engines behind the gateway."),
+    ("render", "Render EKS manifests for a plan."),
+    ("lint", "Check Kubernetes manifests for known GPU-serving pitfalls."),
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"eksinfer {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="eksinfer",
+        help="Plan, simulate, route, benchmark and deploy vLLM inference on Amazon EKS.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ) -> None:
+        """Plan, simulate, route, benchmark and deploy vLLM inference on Amazon EKS."""
+
+    for name, _help in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"eksinfer.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"eksinfer.cli.{name}":
+                raise
+            continue  # that part of the system is not built yet
+        module.register(app)
+    return app
+
+
+def run() -> None:
+    app = build_app()
+    try:
+        app(standalone_mode=False)
+    except EksinferError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as err:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    run()

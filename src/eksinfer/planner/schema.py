@@ -1,0 +1,156 @@
+"""The plan document: what `eksinfer plan --json` writes and `eksinfer render` reads.
+
+Versioned by `schema_version`; a renderer refuses a major version it does not know. Pydantic here because it
+is an edge (a file a person may edit): `extra="forbid"` and a description on every field so errors name it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PLAN_SCHEMA_VERSION = "eksinfer.plan/v1"
+
+Precision = Literal["bf16", "fp8", "int4"]
+Provisioning = Literal["auto-mode", "karpenter", "managed-node-group"]
+CapacityType = Literal["on-demand", "spot"]
+RoleName = Literal["engine", "prefill", "decode"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlanModel(_Model):
+    id: str = Field(description="catalog id (e.g. llama-3.3-70b) or the config.json path's model name")
+    hf_id: str = Field(description="Hugging Face repository id vLLM serves, e.g. meta-llama/Llama-3.3-70B-Instruct")
+    total_params_b: float = Field(description="total parameters, billions")
+    active_params_b: float = Field(description="parameters active per token, billions (MoE < total)")
+    is_moe: bool = Field(description="mixture-of-experts model")
+    attention: Literal["gqa", "mla"] = Field(description="attention kind, decides the KV-cache layout")
+    max_context: int = Field(description="model's maximum context length, tokens")
+
+
+class PlanTraffic(_Model):
+    input_tokens: int = Field(description="mean prompt length, tokens")
+    output_tokens: int = Field(description="mean generated length, tokens")
+    requests_per_s: float | None = Field(default=None, description="target arrival rate; None when concurrency given")
+    concurrency: int | None = Field(default=None, description="target concurrent requests; None when rate given")
+    shared_prefix_ratio: float = Field(default=0.0, description="share of prompt tokens reusable from cache, 0..1")
+
+
+class PlanSlo(_Model):
+    preset: str = Field(description="conversational, batch or custom")
+    ttft_s: float = Field(description="time-to-first-token target, seconds")
+    tpot_s: float = Field(description="time-per-output-token target, seconds")
+
+
+class PlanInstance(_Model):
+    type: str = Field(description="EC2 instance type, e.g. p5.48xlarge")
+    family: str = Field(description="EC2 family, e.g. p5")
+    gpu: str = Field(description="GPU name from the catalog, e.g. H100")
+    gpus: int = Field(description="GPUs per instance")
+    gpu_memory_gib: float = Field(description="memory of one GPU, GiB")
+    vcpus: int = Field(description="vCPUs per instance")
+    efa_gbps: float = Field(description="EFA network bandwidth, Gbit/s (0 when the type has none)")
+    capacity_type: CapacityType = Field(description="on-demand or spot")
+    price_per_hour_usd: float = Field(description="price used for the cost, USD per instance-hour")
+    price_date: str = Field(description="date of the price, ISO 8601")
+    region: str = Field(default="us-east-1", description="region the price is for")
+
+
+class PlanEngine(_Model):
+    """One vLLM engine (a replica). `vllm_args` is the command line, the other fields its structured form."""
+
+    tensor_parallel_size: int = Field(description="GPUs per pipeline stage")
+    pipeline_parallel_size: int = Field(description="pipeline stages (one per node when multi-node)")
+    expert_parallel: bool = Field(description="--enable-expert-parallel for MoE")
+    data_parallel_size: int = Field(default=1, description="attention data-parallel ranks inside one engine")
+    precision: Precision = Field(description="weight precision")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(description="--kv-cache-dtype")
+    max_model_len: int = Field(description="--max-model-len")
+    gpu_memory_utilization: float = Field(description="--gpu-memory-utilization")
+    block_size: int = Field(description="--block-size (KV block, tokens)")
+    enable_prefix_caching: bool = Field(description="--enable-prefix-caching")
+    max_num_seqs: int = Field(description="--max-num-seqs")
+    max_num_batched_tokens: int = Field(description="--max-num-batched-tokens")
+    gpus_per_replica: int = Field(description="tensor x pipeline x data parallel")
+    nodes_per_replica: int = Field(description="instances one replica spans (>1 means LeaderWorkerSet)")
+    vllm_args: list[str] = Field(description="arguments after `vllm serve MODEL`")
+
+
+class PlanRole(_Model):
+    name: RoleName = Field(description="engine (aggregated), or prefill / decode (disaggregated)")
+    replicas: int = Field(description="replicas of this role")
+    engine: PlanEngine = Field(description="the engine configuration of this role")
+
+
+class PlanNodes(_Model):
+    provisioning: Provisioning = Field(description="how GPU nodes are provisioned")
+    total_nodes: int = Field(description="instances across all roles")
+    max_nodes: int = Field(description="node-tier autoscaling limit")
+    mig_profile: str | None = Field(default=None, description="MIG profile, e.g. all-1g.10gb, when MIG is used")
+    needs_dra: bool = Field(default=False, description="workload uses Dynamic Resource Allocation")
+    node_startup_s: float = Field(description="expected GPU node start-up (boot + image + weights), seconds")
+
+
+class PlanRouting(_Model):
+    strategy: Literal["round-robin", "kv-aware"] = Field(description="routing the gateway applies")
+    gateway_preset: str = Field(description="eksinfer gateway --preset")
+
+
+class PlanPrediction(_Model):
+    ttft_s: float = Field(description="predicted time to first token at the planned load, seconds")
+    tpot_s: float = Field(description="predicted time per output token at the planned load, seconds")
+    throughput_tokens_per_s: float = Field(description="output tokens/s of the whole deployment")
+    requests_per_s: float = Field(description="requests/s the whole deployment sustains within the SLOs")
+    max_concurrency_per_replica: int = Field(description="sequences of planned length that fit in KV per replica")
+    weight_gib_per_gpu: float = Field(description="model weights per GPU, GiB")
+    kv_cache_gib_per_replica: float = Field(description="KV-cache memory per replica, GiB")
+    num_gpu_blocks: int = Field(description="KV blocks per replica")
+    load_time_s: float = Field(description="predicted model load time of one engine, seconds (sizes probes)")
+
+
+class PlanCost(_Model):
+    hours_per_month: float = Field(default=720.0, description="hours billed a month")
+    monthly_usd: float = Field(description="instances x price x hours")
+    per_million_tokens_usd: float = Field(description="monthly cost / (tokens a month at the planned load) x 1e6")
+
+
+class PlanOnPrem(_Model):
+    gpu: str = Field(description="GPU model of the on-prem nodes")
+    gpus: int = Field(description="GPUs available on-prem")
+    replicas: int = Field(description="engine replicas placed on hybrid nodes")
+
+
+class PlanAlternative(_Model):
+    instance_type: str = Field(description="EC2 instance type")
+    mode: Literal["aggregated", "disaggregated"] = Field(description="serving mode")
+    tensor_parallel_size: int = Field(description="TP")
+    pipeline_parallel_size: int = Field(description="PP")
+    precision: Precision = Field(description="weight precision")
+    replicas: int = Field(description="replicas (all roles)")
+    monthly_usd: float = Field(description="monthly cost")
+    per_million_tokens_usd: float = Field(description="cost per million tokens")
+    ttft_s: float = Field(description="predicted TTFT")
+    tpot_s: float = Field(description="predicted TPOT")
+
+
+class Plan(_Model):
+    schema_version: str = Field(default=PLAN_SCHEMA_VERSION, description="plan document version")
+    name: str = Field(description="deployment name, DNS-1123, used for Kubernetes object names")
+    tier: Literal[1, 2, 3] = Field(description="1: one GPU; 2: TP 4-8 single node; 3: multi-node MoE")
+    mode: Literal["aggregated", "disaggregated"] = Field(description="prefill/decode together or split")
+    model: PlanModel = Field(description="the model served")
+    traffic: PlanTraffic = Field(description="the traffic planned for")
+    slo: PlanSlo = Field(description="latency targets")
+    instance: PlanInstance = Field(description="the GPU instance type")
+    roles: list[PlanRole] = Field(description="one role (engine) when aggregated; prefill and decode otherwise")
+    nodes: PlanNodes = Field(description="node provisioning")
+    routing: PlanRouting = Field(description="gateway routing")
+    prediction: PlanPrediction = Field(description="what the performance model predicts")
+    cost: PlanCost = Field(description="cost")
+    on_prem: PlanOnPrem | None = Field(default=None, description="on-prem (EKS Hybrid Nodes) pool, when any")
+    why: dict[str, str] = Field(description="one short reason per choice: tier, instance, parallelism, ...")
+    alternatives: list[PlanAlternative] = Field(default_factory=list, description="runners-up, best first")

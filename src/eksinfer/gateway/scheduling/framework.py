@@ -1,0 +1,94 @@
+"""The routing framework: interfaces for filters, scorers and pickers, and the runner that applies a profile.
+
+A profile is filters (each narrows the candidate endpoints), then weighted scorers (each returns a score in
+[0, 1] per endpoint), then one picker. The runner clamps every score to [0, 1] and sums `weight * score`;
+plugins never normalise each other. Scoring is synchronous and pure over a snapshot of endpoint state: all I/O
+(scraping, KV events, discovery) happens in background tasks that update the state this module reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NewType, Protocol
+
+EndpointId = NewType("EndpointId", str)
+
+
+@dataclass(slots=True)
+class EndpointState:
+    """What the gateway knows about one engine endpoint, updated by background tasks, read by plugins."""
+
+    id: EndpointId
+    url: str
+    pool: str = "default"
+    models: frozenset[str] = frozenset()
+    healthy: bool = True
+    # From the engine's /metrics (None until the first scrape).
+    num_running: int | None = None
+    num_waiting: int | None = None
+    kv_usage: float | None = None
+    num_gpu_blocks: int | None = None
+    block_size: int | None = None
+    lora_adapters: frozenset[str] = frozenset()
+    scraped_at: float | None = None
+    stale: bool = True
+    # Tracked by the gateway itself, released at first token (prompt tokens) and at the end (requests).
+    inflight_requests: int = 0
+    inflight_prompt_tokens: int = 0
+
+
+@dataclass(slots=True)
+class RoutingRequest:
+    """One request as the scheduler sees it. Token ids and block hashes are filled before scheduling when the
+    profile needs them (tokenization and hashing run off the event loop)."""
+
+    model: str
+    prompt_text: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    prompt_token_ids: Sequence[int] | None = None
+    block_hashes: Sequence[int] | None = None
+    session_id: str | None = None
+    lora: str | None = None
+    # Per-plugin scratch space (e.g. the prefix scorer stores matched blocks per endpoint for the explanation).
+    annotations: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class SchedulingContext:
+    """Per-decision context handed to every plugin; `now` is a monotonic timestamp."""
+
+    now: float
+    preset: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredEndpoint:
+    endpoint: EndpointState
+    total: float
+    scores: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one scheduling run, explainable: every scorer's score for every candidate."""
+
+    endpoint: EndpointState
+    reason: str
+    candidates: tuple[ScoredEndpoint, ...]
+
+
+class Filter(Protocol):
+    def filter(
+        self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
+    ) -> list[EndpointState]: ...
+
+
+class Scorer(Protocol):
+    def score(
+        self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
+    ) -> dict[EndpointId, float]: ...
+
+
+class Picker(Protocol):
+    def pick(self, ctx: SchedulingContext, scored: Sequence[ScoredEndpoint]) -> ScoredEndpoint: ...

@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(BIN)/eksinfer up $(ARGS)
 
 test: $(STAMP)
+	-@test -x scripts/ensure-promtool.sh && bash scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 bench: $(STAMP)

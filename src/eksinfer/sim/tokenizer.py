@@ -1,0 +1,249 @@
+"""Tokenizers of the simulated engine: a built-in deterministic one, or a Hugging Face `tokenizer.json` + template.
+
+The gateway imports this module to tokenize exactly as the engine does (`encode_prompt`, `encode_chat`).
+
+Built-in tokenizer ("eksinfer-builtin-v1"; stable: changing it is a new name). Vocabulary of 73,371 ids:
+
+    0 <unk>, 1 <s> (BOS), 2 </s> (EOS)
+    3 .. 258        one UTF-8 byte each (id = 3 + byte)
+    259 .. 73,370   word pieces: an optional leading space, one ASCII letter (either case), then 0-2 lowercase
+                    letters; id = 259 + (space*2 + upper) * 18,278 + offset[len] + base-26 value of the lowercase
+                    letters, offset = 0 / 26 / 702 for 1 / 2 / 3 letters (18,278 = 26 + 26^2 + 26^3)
+
+Encoding scans left to right taking the longest word piece (regex ` ?[A-Za-z][a-z]{0,2}`) else one character
+as its UTF-8 bytes, so `decode(encode(t)) == t` for every string and English runs about 3.5 characters a token.
+Prompts get BOS prepended (`add_special_tokens=True`, as vLLM does for completions).
+
+Chat template (built-in): for each message `<|{role}|>\\n{content}\\n`, then `<|assistant|>\\n` when a generation
+prompt is asked for; list content keeps its text parts joined by `\\n`. Chat prompts are encoded with BOS too.
+
+Hugging Face (`--tokenizer DIR`): `DIR/tokenizer.json` via the `tokenizers` library and the `chat_template` of
+`DIR/tokenizer_config.json` rendered with jinja2 (`bos_token`, `eos_token`, `add_generation_prompt`); chat prompts
+are encoded without adding special tokens, as vLLM does, because the template carries them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from eksinfer.errors import ConfigError, UsageError
+
+Message = Mapping[str, Any]
+
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+_BYTE_BASE = 3
+_WORD_BASE = _BYTE_BASE + 256
+_PER_CLASS = 26 + 26**2 + 26**3  # 18,278 lowercase tails of length 0..2 after the first letter
+_LEN_OFFSET = (0, 26, 26 + 26**2)
+BUILTIN_VOCAB_SIZE = _WORD_BASE + 4 * _PER_CLASS  # 73,371
+_PIECE = re.compile(r" ?[A-Za-z][a-z]{0,2}|[\s\S]")
+_A = ord("a")
+
+
+class Tokenizer(Protocol):
+    """What the engine (and the gateway) need from a tokenizer."""
+
+    name: str
+    vocab_size: int
+    eos_token_id: int
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def apply_chat_template(
+        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+    ) -> str: ...
+
+    def encode_prompt(self, prompt: str) -> list[int]: ...
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]: ...
+
+
+def message_text(content: Any) -> str:
+    """A message's text: a string, or the text parts of an OpenAI content list joined by newlines."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "\n".join(str(p) for p in parts)
+    raise UsageError("message content must be a string or a list of parts", field="messages")
+
+
+def _piece_id(piece: str) -> int:
+    space = 1 if piece[0] == " " else 0
+    word = piece[space:]
+    upper = 1 if word[0].isupper() else 0
+    value = 0
+    for ch in word.lower():
+        value = value * 26 + (ord(ch) - _A)
+    return _WORD_BASE + (space * 2 + upper) * _PER_CLASS + _LEN_OFFSET[len(word) - 1] + value
+
+
+def _piece_text(token_id: int) -> str:
+    index = token_id - _WORD_BASE
+    cls, rest = divmod(index, _PER_CLASS)
+    space, upper = divmod(cls, 2)
+    length = 3 if rest >= _LEN_OFFSET[2] else 2 if rest >= _LEN_OFFSET[1] else 1
+    value = rest - _LEN_OFFSET[length - 1]
+    letters = []
+    for _ in range(length):
+        value, digit = divmod(value, 26)
+        letters.append(chr(_A + digit))
+    word = "".join(reversed(letters))
+    if upper:
+        word = word[0].upper() + word[1:]
+    return (" " if space else "") + word
+
+
+class BuiltinTokenizer:
+    """The documented deterministic tokenizer (see the module docstring); no files, no downloads."""
+
+    name = "eksinfer-builtin-v1"
+    vocab_size = BUILTIN_VOCAB_SIZE
+    bos_token_id = BOS_ID
+    eos_token_id = EOS_ID
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def _ids(self, piece: str) -> tuple[int, ...]:
+        ids = self._cache.get(piece)
+        if ids is None:
+            if len(piece) > 1 or (piece.isascii() and piece.isalpha()):
+                ids = (_piece_id(piece),)
+            else:
+                ids = tuple(_BYTE_BASE + b for b in piece.encode("utf-8"))
+            if len(self._cache) < 200_000:
+                self._cache[piece] = ids
+        return ids
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        out = [BOS_ID] if add_special_tokens else []
+        get = self._ids
+        for piece in _PIECE.findall(text):
+            out.extend(get(piece))
+        return out
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        chunks: list[str] = []
+        pending = bytearray()
+        for tid in token_ids:
+            if _BYTE_BASE <= tid < _WORD_BASE:
+                pending.append(tid - _BYTE_BASE)
+                continue
+            if pending:
+                chunks.append(pending.decode("utf-8", "replace"))
+                pending.clear()
+            if _WORD_BASE <= tid < BUILTIN_VOCAB_SIZE:
+                chunks.append(_piece_text(tid))
+            # specials (and out-of-range ids) decode to nothing, as skip_special_tokens=True does
+        if pending:
+            chunks.append(pending.decode("utf-8", "replace"))
+        return "".join(chunks)
+
+    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        parts = []
+        for message in messages:
+            role = message.get("role")
+            if not isinstance(role, str):
+                raise UsageError("every message needs a string 'role'", field="messages")
+            parts.append(f"<|{role}|>\n{message_text(message.get('content'))}\n")
+        if add_generation_prompt:
+            parts.append("<|assistant|>\n")
+        return "".join(parts)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.encode(prompt, add_special_tokens=True)
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        return self.encode(self.apply_chat_template(messages), add_special_tokens=True)
+
+    def word_ids(self) -> range:
+        """Ids of the word pieces with a leading space and lowercase letters (what generation samples)."""
+        start = _WORD_BASE + 2 * _PER_CLASS + _LEN_OFFSET[1]
+        return range(start, start + 26**2 + 26**3)
+
+
+class HFTokenizer:
+    """A local Hugging Face tokenizer directory (`tokenizer.json`, optional `tokenizer_config.json`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        from tokenizers import Tokenizer as RawTokenizer
+
+        root = Path(path)
+        file = root / "tokenizer.json" if root.is_dir() else root
+        if not file.is_file():
+            raise ConfigError(f"no tokenizer.json at {root}", field="--tokenizer")
+        self._tok = RawTokenizer.from_file(str(file))
+        config: dict[str, Any] = {}
+        config_file = file.parent / "tokenizer_config.json"
+        if config_file.is_file():
+            config = json.loads(config_file.read_text())
+        self.name = str(root)
+        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
+        self._bos = _token_text(config.get("bos_token"))
+        self._eos = _token_text(config.get("eos_token"))
+        eos_id = self._tok.token_to_id(self._eos) if self._eos else None
+        self.eos_token_id = int(eos_id) if eos_id is not None else -1
+        self._template = _compile_template(config.get("chat_template"))
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
+
+    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+        if self._template is None:
+            raise UsageError("the tokenizer has no chat template; use /v1/completions", field="messages")
+        plain = [{**m, "content": message_text(m.get("content"))} for m in messages]
+        return str(
+            self._template.render(
+                messages=plain,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self._bos or "",
+                eos_token=self._eos or "",
+            )
+        )
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.encode(prompt, add_special_tokens=True)
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):  # AddedToken serialised as {"content": ...}
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _compile_template(source: Any) -> Any:
+    if isinstance(source, list):  # named templates: take "default"
+        named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
+        source = named.get("default")
+    if not isinstance(source, str):
+        return None
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise UsageError(message, field="messages")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(source)
+
+
+def load_tokenizer(path: str | None) -> Tokenizer:
+    """The built-in tokenizer when `path` is None or "builtin", else the HF tokenizer at `path` (blocking I/O)."""
+    if path is None or path == "builtin":
+        return BuiltinTokenizer()
+    return HFTokenizer(path)

@@ -1,25 +1,26 @@
-"""Tokenizers of the simulated engine: a built-in deterministic one, or a Hugging Face `tokenizer.json` + template.
+"""Tokenizers of the simulated engine: the built-in deterministic one, or a local Hugging Face tokenizer.
 
 The gateway imports this module to tokenize exactly as the engine does (`encode_prompt`, `encode_chat`).
 
-Built-in tokenizer ("eksinfer-builtin-v1"; stable: changing it is a new name). Vocabulary of 73,371 ids:
+Built-in tokenizer ("eksinfer-builtin-v1"; stable: changing it means a new name). 73,371 ids:
 
     0 <unk>, 1 <s> (BOS), 2 </s> (EOS)
     3 .. 258        one UTF-8 byte each (id = 3 + byte)
-    259 .. 73,370   word pieces: an optional leading space, one ASCII letter (either case), then 0-2 lowercase
-                    letters; id = 259 + (space*2 + upper) * 18,278 + offset[len] + base-26 value of the lowercase
-                    letters, offset = 0 / 26 / 702 for 1 / 2 / 3 letters (18,278 = 26 + 26^2 + 26^3)
+    259 .. 73,370   word pieces: an optional leading space, one ASCII letter (either case), then 0-2
+                    lowercase letters; id = 259 + (space*2 + upper) * 18,278 + offset[len] + base-26 value
+                    of the lowercase letters; offset = 0 / 26 / 702 for 1 / 2 / 3 letters
+                    (18,278 = 26 + 26^2 + 26^3)
 
-Encoding scans left to right taking the longest word piece (regex ` ?[A-Za-z][a-z]{0,2}`) else one character
-as its UTF-8 bytes, so `decode(encode(t)) == t` for every string and English runs about 3.5 characters a token.
+Encoding scans left to right taking a word piece (regex ` ?[A-Za-z][a-z]{0,2}`) else one character as
+its UTF-8 bytes, so `decode(encode(t)) == t` for every string; English runs about 3.5 characters a token.
 Prompts get BOS prepended (`add_special_tokens=True`, as vLLM does for completions).
 
-Chat template (built-in): for each message `<|{role}|>\\n{content}\\n`, then `<|assistant|>\\n` when a generation
-prompt is asked for; list content keeps its text parts joined by `\\n`. Chat prompts are encoded with BOS too.
+Built-in chat template: `<|{role}|>\\n{content}\\n` per message, then `<|assistant|>\\n` for the
+generation prompt; list content keeps its text parts joined by newlines. Chat prompts get BOS too.
 
-Hugging Face (`--tokenizer DIR`): `DIR/tokenizer.json` via the `tokenizers` library and the `chat_template` of
-`DIR/tokenizer_config.json` rendered with jinja2 (`bos_token`, `eos_token`, `add_generation_prompt`); chat prompts
-are encoded without adding special tokens, as vLLM does, because the template carries them.
+Hugging Face (`--tokenizer DIR`): `DIR/tokenizer.json` via `tokenizers`, and the `chat_template` of
+`DIR/tokenizer_config.json` rendered with jinja2 (`bos_token`, `eos_token`, `add_generation_prompt`).
+Chat prompts are encoded without adding special tokens, as vLLM does: the template carries them.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def _compile_template(source: Any) -> Any:
 
 
 def load_tokenizer(path: str | None) -> Tokenizer:
-    """The built-in tokenizer when `path` is None or "builtin", else the HF tokenizer at `path` (blocking I/O)."""
+    """The built-in tokenizer for None or "builtin", else the HF tokenizer at `path` (blocking I/O)."""
     if path is None or path == "builtin":
         return BuiltinTokenizer()
     return HFTokenizer(path)

@@ -50,7 +50,8 @@ class RoutingRequest:
     block_hashes: Sequence[int] | None = None
     session_id: str | None = None
     lora: str | None = None
-    # Per-plugin scratch space (e.g. the prefix scorer stores matched blocks per endpoint for the explanation).
+    # Per-plugin scratch space (e.g. the prefix scorer stores matched blocks per endpoint for the
+    # explanation).
     annotations: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,13 +70,44 @@ class ScoredEndpoint:
     scores: Mapping[str, float]
 
 
+@dataclass(slots=True)
+class InflightTicket:
+    """What one routed request added to its endpoint's in-flight counters, so the release is exact and
+    idempotent (first token releases the prompt tokens, the end releases the request)."""
+
+    prompt_tokens: int
+    prompt_released: bool = False
+    finished: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of one scheduling run, explainable: every scorer's score for every candidate."""
+    """The outcome of one scheduling run, explainable: every scorer's score for every candidate.
+
+    The fields after `candidates` are filled by the router facade (they default so plugins and tests can build
+    a bare Decision): the preset/profile that decided, the prompt size, the predicted cache hit on the chosen
+    endpoint, and the in-flight ticket released by `on_first_token` / `on_finish`.
+    """
 
     endpoint: EndpointState
     reason: str
     candidates: tuple[ScoredEndpoint, ...]
+    preset: str = ""
+    prompt_tokens: int = 0
+    predicted_cached_tokens: int = 0
+    ticket: InflightTicket | None = field(default=None, compare=False, repr=False)
+
+    def explain(self, max_candidates: int = 8) -> str:
+        """One line for a debug header or a log: chosen endpoint, reason, then each candidate's scores."""
+        parts = [
+            f"endpoint={self.endpoint.id} preset={self.preset or '-'} reason={self.reason}"
+            f" prompt_tokens={self.prompt_tokens} predicted_cached_tokens={self.predicted_cached_tokens}"
+        ]
+        ranked = sorted(self.candidates, key=lambda c: c.total, reverse=True)[:max_candidates]
+        for cand in ranked:
+            scores = ",".join(f"{name}={value:.3f}" for name, value in cand.scores.items())
+            parts.append(f"{cand.endpoint.id}:total={cand.total:.3f}" + (f"[{scores}]" if scores else ""))
+        return "; ".join(parts)
 
 
 class Filter(Protocol):

@@ -1,0 +1,79 @@
+"""`kv-cost-scorer`: the kv-aware preset's scorer, precise prefix hits traded against queueing (Dynamo's
+cost).
+
+Per endpoint e, in prompt-token equivalents (ai-dynamo/dynamo docs/architecture/kv_cache_routing.md: cost =
+prefill blocks + decode blocks, prefill = active prefill tokens + ISL - overlap):
+
+    uncached(e) = prompt_tokens - matched_tokens(e)                 matched from the KV-event index
+    cost(e)     = inflight_prompt_tokens(e)                          prefill work already queued there
+                + prefill_weight x uncached(e)                       this request's recompute
+                + decode_tokens_per_request x inflight_requests(e)   decode load slowing every step
+    score(e)    = 1 / (1 + (cost(e) - min cost) / max(prompt_tokens, block_size))
+
+The best endpoint scores 1; one whose cost exceeds it by one prompt's worth of work scores 0.5. So a hot
+prefix sticks to the replica that holds it until the work queued there exceeds `prefill_weight` times what
+the cache saves, then spills to the next replica (which caches it too): "sticky until saturated" without a
+calibrated threshold. `prefill_weight` > 1 (default 1.5) values a hit above its own prefill time because a
+recompute also costs the other requests on that replica their KV space and step time (Dynamo's
+`overlap_score_weight`; llm-d's affinity filter). Without token ids the matched share comes from the
+approximate index instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
+from eksinfer.gateway.scheduling.prefix import approx_matches, precise_matches, prompt_tokens
+from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+
+
+class KvCostScorer:
+    type_name: ClassVar[str] = "kv-cost-scorer"
+    kind: ClassVar[Literal["scorer"]] = "scorer"
+
+    class Params(PluginParams):
+        prefill_weight: float = Field(
+            1.5, ge=0, description="cost of one uncached prompt token vs one queued"
+        )
+        decode_tokens_per_request: float = Field(
+            16.0, ge=0, description="prompt-token equivalents of one in-flight request's decode load"
+        )
+
+    def __init__(self, params: Params, deps: PluginDeps) -> None:
+        self.params = params
+        self.deps = deps
+
+    def matched_tokens(self, request: RoutingRequest, endpoints: Sequence[EndpointState]) -> dict[str, int]:
+        """Precise matches when the request has token ids, else approximate (character blocks)."""
+        precise = precise_matches(request, endpoints, self.deps)
+        if precise is not None:
+            return precise
+        matches, _ = approx_matches(request, endpoints, self.deps, use_tokens=False)
+        block_tokens = self.deps.block_size  # one character block stands for block_size tokens
+        return {eid: n * block_tokens for eid, n in matches.items()}
+
+    def costs(self, request: RoutingRequest, endpoints: Sequence[EndpointState]) -> dict[EndpointId, float]:
+        tokens = prompt_tokens(request)
+        matched = self.matched_tokens(request, endpoints)
+        p = self.params
+        return {
+            ep.id: ep.inflight_prompt_tokens
+            + p.prefill_weight * max(0, tokens - matched.get(ep.id, 0))
+            + p.decode_tokens_per_request * ep.inflight_requests
+            for ep in endpoints
+        }
+
+    def score(
+        self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
+    ) -> dict[EndpointId, float]:
+        if not endpoints:
+            return {}
+        costs = self.costs(request, endpoints)
+        request.annotations["kv_cost"] = costs
+        best = min(costs.values())
+        scale = max(prompt_tokens(request), self.deps.block_size)
+        return {eid: 1.0 / (1.0 + (c - best) / scale) for eid, c in costs.items()}

@@ -1,0 +1,152 @@
+"""Catalogs of models, GPUs and EC2 instances (data in `catalog/data/`, each entry with source and date).
+
+    get_model("llama-3.1-8b") -> ModelSpec        load_model_config(Path) -> ModelSpec
+    get_gpu("h100") -> GpuSpec                     get_instance("p5.48xlarge", prices=None) -> InstanceSpec
+    list_models(), list_gpus(), list_instances(prices=None)
+
+`prices` is a price-book name (`reference`, the default, or `aws-2026-08`) or a path to a YAML overrides
+file (`on_demand: {type: usd}`, `spot_discount: {type-or-family: fraction}`, `as_of`, `source`) applied on
+top of the default book.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eksinfer.catalog.hardware import GpuSpec, InstanceSpec, gpu_from_entry, instance_from_entry
+from eksinfer.catalog.models import ModelSpec, load_model_config, parse_hf_config
+from eksinfer.errors import ConfigError, UnknownNameError
+
+__all__ = [
+    "DEFAULT_PRICE_BOOK",
+    "GpuSpec",
+    "InstanceSpec",
+    "ModelSpec",
+    "get_gpu",
+    "get_instance",
+    "get_model",
+    "list_gpus",
+    "list_instances",
+    "list_models",
+    "load_model_config",
+    "load_price_book",
+]
+
+DEFAULT_PRICE_BOOK = "reference"
+PRICE_BOOKS = ("reference", "aws-2026-08")
+
+
+@functools.cache
+def _data(name: str) -> dict[str, Any]:
+    text = resources.files("eksinfer.catalog").joinpath("data", name).read_text(encoding="utf-8")
+    loaded = yaml.safe_load(text)
+    assert isinstance(loaded, dict), name
+    return loaded
+
+
+@functools.cache
+def _models() -> dict[str, ModelSpec]:
+    out: dict[str, ModelSpec] = {}
+    for model_id, entry in _data("models.yaml").items():
+        published = entry.get("published_params_b") or {}
+        out[model_id] = parse_hf_config(
+            entry["config"],
+            model_id=model_id,
+            hf_id=entry["hf_id"],
+            hf_variants=entry.get("hf_variants") or {},
+            published_total_params_b=float(published.get("total", 0.0)),
+            published_active_params_b=float(published.get("active", 0.0)),
+            source=str(entry["source"]),
+            as_of=str(entry["as_of"]),
+        )
+    return out
+
+
+@functools.cache
+def _gpus() -> dict[str, GpuSpec]:
+    return {name.lower(): gpu_from_entry(name, entry) for name, entry in _data("gpus.yaml").items()}
+
+
+def list_models() -> list[str]:
+    return list(_models())
+
+
+def get_model(model_id: str) -> ModelSpec:
+    """A catalog model by its lower-case id; an unknown id raises UnknownNameError with close names."""
+    models = _models()
+    spec = models.get(model_id.strip().lower())
+    if spec is None:
+        raise UnknownNameError("model", model_id, list(models), field="--model")
+    return spec
+
+
+def list_gpus() -> list[str]:
+    return [gpu.name for gpu in _gpus().values()]
+
+
+def get_gpu(name: str) -> GpuSpec:
+    """A GPU by name, case-insensitive; `A100` alone means the 80 GB part."""
+    key = name.strip().lower()
+    gpus = _gpus()
+    aliases = {"a100": "a100-80gb", "a100-80": "a100-80gb", "a100-40": "a100-40gb", "h100-sxm": "h100"}
+    spec = gpus.get(aliases.get(key, key))
+    if spec is None:
+        raise UnknownNameError("GPU", name, [g.name for g in gpus.values()], field="gpu")
+    return spec
+
+
+def load_price_book(prices: str | Path | None = None) -> dict[str, Any]:
+    """A named price book, or the default book with an overrides file applied on top."""
+    if prices is None or str(prices) in PRICE_BOOKS:
+        return _data(f"prices-{prices or DEFAULT_PRICE_BOOK}.yaml")
+    return _with_overrides(str(prices))
+
+
+@functools.cache
+def _with_overrides(path: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"no such price book or file {path!r} (books: {', '.join(PRICE_BOOKS)})", field="--prices"
+        ) from err
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read {path!r}: {err}", field="--prices") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path!r} must be a mapping", field="--prices")
+    unknown = set(loaded) - {"name", "region", "as_of", "source", "base", "on_demand", "spot_discount"}
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)} in {path!r}", field="--prices")
+    base = dict(load_price_book(str(loaded.get("base", DEFAULT_PRICE_BOOK))))
+    for key in ("on_demand", "spot_discount"):
+        extra = loaded.get(key) or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{key} must be a mapping in {path!r}", field="--prices")
+        base[key] = {**(base.get(key) or {}), **extra}
+    for key in ("name", "region", "as_of", "source"):
+        if key in loaded:
+            base[key] = loaded[key]
+    base.setdefault("source", path)
+    return base
+
+
+def list_instances(prices: str | Path | None = None) -> list[InstanceSpec]:
+    book = load_price_book(prices)
+    entries = _data("instances.yaml")
+    return [
+        instance_from_entry(name, entry, book) for name, entry in entries.items() if not name.startswith("_")
+    ]
+
+
+def get_instance(instance_type: str, prices: str | Path | None = None) -> InstanceSpec:
+    """An EC2 instance type (exact name, case-insensitive) priced from `prices`."""
+    entries = {k: v for k, v in _data("instances.yaml").items() if not k.startswith("_")}
+    key = instance_type.strip().lower()
+    if key not in entries:
+        raise UnknownNameError("instance type", instance_type, list(entries), field="instance")
+    return instance_from_entry(key, entries[key], load_price_book(prices))

@@ -1,0 +1,119 @@
+"""GPU, EC2 instance and price-book records, built from the YAML files under `catalog/data/`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eksinfer.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSpec:
+    """One GPU model. Bandwidths are GB/s; TFLOPS are dense (no sparsity)."""
+
+    name: str
+    memory_gib: float
+    hbm_bandwidth_gbps: float
+    bf16_tflops: float
+    fp8_tflops: float | None
+    nvlink_gbps: float  # per direction per GPU; 0 when GPUs talk over PCIe only
+    pcie_gbps: float
+    mig: bool
+    mig_profiles: tuple[str, ...]
+    source: str
+    as_of: str
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * 2**30
+
+    @property
+    def interconnect_gbps(self) -> float:
+        """GB/s one GPU moves to a peer inside a node (NVLink, else PCIe)."""
+        return self.nvlink_gbps or self.pcie_gbps
+
+    def tflops_for(self, precision: str) -> float:
+        """Dense tensor-core rate for `precision`: FP8 GEMMs where supported, else BF16 (W8A16 / W4A16)."""
+        if precision == "fp8" and self.fp8_tflops:
+            return self.fp8_tflops
+        return self.bf16_tflops
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """One EC2 instance type with the price of the active price book (None: no on-demand price)."""
+
+    type: str
+    family: str
+    gpu: str
+    gpus: int
+    vcpus: int
+    memory_gib: float
+    network_gbps: float
+    efa_gbps: float
+    price_per_hour_usd: float | None
+    spot_discount: float  # fraction off on-demand (0.6 = 60 % cheaper), 0 when unknown
+    price_date: str
+    price_source: str
+    region: str
+
+    def price(self, capacity_type: str) -> float | None:
+        """USD per instance-hour for on-demand or spot (spot = on-demand x (1 - discount))."""
+        if self.price_per_hour_usd is None:
+            return None
+        if capacity_type == "spot":
+            return self.price_per_hour_usd * (1.0 - self.spot_discount)
+        return self.price_per_hour_usd
+
+
+def _num(entry: Mapping[str, Any], key: str, where: str) -> float:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected a number for {key!r}, got {value!r}", field=key)
+    return float(value)
+
+
+def gpu_from_entry(name: str, entry: Mapping[str, Any]) -> GpuSpec:
+    fp8 = entry.get("fp8_tflops")
+    return GpuSpec(
+        name=name,
+        memory_gib=_num(entry, "memory_gib", name),
+        hbm_bandwidth_gbps=_num(entry, "hbm_bandwidth_gbps", name),
+        bf16_tflops=_num(entry, "bf16_tflops", name),
+        fp8_tflops=None if fp8 is None else float(fp8),
+        nvlink_gbps=_num(entry, "nvlink_gbps", name),
+        pcie_gbps=_num(entry, "pcie_gbps", name),
+        mig=bool(entry.get("mig", False)),
+        mig_profiles=tuple(entry.get("mig_profiles") or ()),
+        source=str(entry.get("source", "")),
+        as_of=str(entry.get("as_of", "")),
+    )
+
+
+def instance_from_entry(name: str, entry: Mapping[str, Any], prices: Mapping[str, Any]) -> InstanceSpec:
+    """Join an instance's hardware with a price book (`on_demand`, `spot_discount` by type or family)."""
+    family = name.split(".")[0]
+    on_demand = (prices.get("on_demand") or {}).get(name)
+    discounts = prices.get("spot_discount") or {}
+    discount = float(discounts.get(name, discounts.get(family, 0.0)))
+    if not 0.0 <= discount < 1.0:
+        raise ConfigError(
+            f"spot discount for {name} must be in [0, 1), got {discount}", field="spot_discount"
+        )
+    return InstanceSpec(
+        type=name,
+        family=family,
+        gpu=str(entry["gpu"]),
+        gpus=int(_num(entry, "gpus", name)),
+        vcpus=int(_num(entry, "vcpus", name)),
+        memory_gib=_num(entry, "memory_gib", name),
+        network_gbps=_num(entry, "network_gbps", name),
+        efa_gbps=_num(entry, "efa_gbps", name),
+        price_per_hour_usd=None if on_demand is None else float(on_demand),
+        spot_discount=discount,
+        price_date=str(prices.get("as_of", "")),
+        price_source=str(prices.get("source", "")),
+        region=str(prices.get("region", "us-east-1")),
+    )

@@ -1,0 +1,247 @@
+"""Model specs parsed from Hugging Face `config.json` fields (Llama, Qwen, Mixtral, DeepSeek/Kimi, GLM-5).
+
+The catalog stores each model's config.json fields verbatim and runs them through the same parser as
+`--model-config PATH`, so a catalog entry and a local config give the same spec. Parameter counts are
+computed from the shapes (SwiGLU MLPs, MLA projections per DeepSeek-V2/V3); the model card's headline counts
+are kept beside them for display.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from eksinfer.errors import ConfigError
+
+AttentionKind = Literal["gqa", "mla"]
+Precision = Literal["bf16", "fp8", "int4"]
+QuantScope = Literal["all-linear", "routed-experts"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Architecture of one decoder-only LLM, enough to size weights, KV cache and FLOPs."""
+
+    id: str
+    hf_id: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int  # GQA head dim; for MLA the q/k head dim (nope + rope)
+    intermediate_size: int  # dense MLP width (0 when every layer is MoE)
+    vocab_size: int
+    max_context: int
+    tie_word_embeddings: bool
+    attention: AttentionKind
+    native_precision: Precision
+    quant_scope: QuantScope  # which weights the native precision applies to
+    int4_group_size: int
+    # MLA ranks (0 for GQA)
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    index_head_dim: int = 0  # DeepSeek-sparse-attention indexer key (GLM-5), cached per token and layer
+    # MoE (0 for dense)
+    num_experts: int = 0
+    num_shared_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
+    num_moe_layers: int = 0
+    # computed parameter counts
+    attention_params_per_layer: int = 0
+    dense_mlp_params_per_layer: int = 0
+    expert_params: int = 0  # one routed expert
+    shared_expert_params: int = 0  # all shared experts of one MoE layer
+    embedding_params: int = 0  # input embedding + lm_head (once when tied)
+    total_params: int = 0
+    active_params: int = 0
+    published_total_params_b: float = 0.0
+    published_active_params_b: float = 0.0
+    hf_variants: tuple[tuple[str, str], ...] = ()
+    source: str = ""
+    as_of: str = ""
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    @property
+    def total_params_b(self) -> float:
+        return self.published_total_params_b or self.total_params / 1e9
+
+    @property
+    def active_params_b(self) -> float:
+        return self.published_active_params_b or self.active_params / 1e9
+
+    @property
+    def routed_expert_params(self) -> int:
+        return self.num_moe_layers * self.num_experts * self.expert_params
+
+    def hf_id_for(self, precision: str) -> str:
+        """The checkpoint to serve at `precision` (a published quantized variant when there is one)."""
+        return dict(self.hf_variants).get(precision, self.hf_id)
+
+
+def _int(cfg: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = cfg.get(key, default)
+    if value is None:
+        raise ConfigError(f"config.json lacks {key!r}", field=key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"expected a number, got {value!r}", field=key)
+    return int(value)
+
+
+def _native_precision(cfg: Mapping[str, Any]) -> tuple[Precision, QuantScope, int]:
+    """Weight precision from `quantization_config` (fp8, compressed-tensors, awq, gptq) else bf16."""
+    quant = cfg.get("quantization_config")
+    if not isinstance(quant, Mapping):
+        return "bf16", "all-linear", 128
+    method = str(quant.get("quant_method", "")).lower()
+    scope: QuantScope = "routed-experts" if quant.get("scope") == "routed-experts" else "all-linear"
+    bits = quant.get("bits") or quant.get("w_bit")
+    group = int(quant.get("group_size") or quant.get("q_group_size") or 128)
+    for group_cfg in (quant.get("config_groups") or {}).values():
+        weights = group_cfg.get("weights", {}) if isinstance(group_cfg, Mapping) else {}
+        bits = weights.get("num_bits", bits)
+        group = int(weights.get("group_size") or group)
+        if weights.get("type") == "float" and bits == 8:
+            return "fp8", scope, group
+    if method in ("fp8", "fbgemm_fp8", "modelopt") or (bits == 8 and method == "compressed-tensors"):
+        return "fp8", scope, group
+    if bits == 4 or method in ("awq", "gptq", "awq_marlin", "gptq_marlin"):
+        return "int4", scope, group
+    raise ConfigError(f"unsupported quantization {method!r} ({bits} bits)", field="quantization_config")
+
+
+def _moe_fields(cfg: Mapping[str, Any], layers: int) -> tuple[int, int, int, int, int, int]:
+    """(experts, shared experts, top-k, expert width, shared width, MoE layers) across the families."""
+    experts = int(cfg.get("n_routed_experts") or cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    if experts == 0:
+        return 0, 0, 0, 0, 0, 0
+    top_k = _int(cfg, "num_experts_per_tok")
+    if "n_routed_experts" in cfg:  # DeepSeek V2/V3, Kimi K2, GLM-5
+        width = _int(cfg, "moe_intermediate_size")
+        shared = int(cfg.get("n_shared_experts") or 0)
+        first_dense = int(cfg.get("first_k_dense_replace") or 0)
+        freq = int(cfg.get("moe_layer_freq") or 1)
+        moe_layers = sum(1 for i in range(first_dense, layers) if i % freq == 0)
+        return experts, shared, top_k, width, shared * width, moe_layers
+    if "num_local_experts" in cfg:  # Mixtral: intermediate_size is the expert width
+        return experts, 0, top_k, _int(cfg, "intermediate_size"), 0, layers
+    width = _int(cfg, "moe_intermediate_size")  # Qwen2/Qwen3 MoE
+    shared_width = int(cfg.get("shared_expert_intermediate_size") or 0)
+    step = int(cfg.get("decoder_sparse_step") or 1)
+    dense_only = set(cfg.get("mlp_only_layers") or [])
+    moe_layers = sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
+    return experts, 1 if shared_width else 0, top_k, width, shared_width, moe_layers
+
+
+def _attention_params(cfg: Mapping[str, Any], hidden: int, heads: int, kv_heads: int, head_dim: int) -> int:
+    """Projection weights of one attention layer (GQA, or MLA with its LoRA-compressed q and kv)."""
+    if "kv_lora_rank" in cfg and cfg.get("kv_lora_rank"):
+        q_lora = int(cfg.get("q_lora_rank") or 0)
+        kv_lora = _int(cfg, "kv_lora_rank")
+        nope, rope, v_dim = (
+            _int(cfg, "qk_nope_head_dim"),
+            _int(cfg, "qk_rope_head_dim"),
+            _int(cfg, "v_head_dim"),
+        )
+        qk = nope + rope
+        q = hidden * q_lora + q_lora * heads * qk if q_lora else hidden * heads * qk
+        kv = hidden * (kv_lora + rope) + kv_lora * heads * (nope + v_dim)
+        indexer = 0
+        if cfg.get("index_head_dim"):  # DSA lightning indexer (GLM-5 / DeepSeek-V3.2): wq_b, wk, weights_proj
+            idx_heads, idx_dim = _int(cfg, "index_n_heads", 64), _int(cfg, "index_head_dim")
+            indexer = (q_lora or hidden) * idx_heads * idx_dim + hidden * idx_dim + hidden * idx_heads
+        return q + kv + heads * v_dim * hidden + indexer
+    return hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+
+
+def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", **meta: Any) -> ModelSpec:
+    """Build a ModelSpec from config.json fields; multimodal wrappers use their `text_config`."""
+    if isinstance(cfg.get("text_config"), Mapping):
+        cfg = {**cfg, **cfg["text_config"]}
+    layers, hidden = _int(cfg, "num_hidden_layers"), _int(cfg, "hidden_size")
+    heads = _int(cfg, "num_attention_heads")
+    kv_heads = _int(cfg, "num_key_value_heads", heads)
+    mla = bool(cfg.get("kv_lora_rank"))
+    rope = int(cfg.get("qk_rope_head_dim") or 0)
+    head_dim = int(cfg.get("qk_nope_head_dim", 0)) + rope if mla else _int(cfg, "head_dim", hidden // heads)
+    experts, shared, top_k, width, shared_width, moe_layers = _moe_fields(cfg, layers)
+    dense_width = int(cfg.get("intermediate_size") or 0) if moe_layers < layers else 0
+    vocab, tied = _int(cfg, "vocab_size"), bool(cfg.get("tie_word_embeddings", False))
+    attn = _attention_params(cfg, hidden, heads, kv_heads, head_dim)
+    dense_mlp = 3 * hidden * dense_width  # SwiGLU: gate, up, down
+    expert, shared_p = 3 * hidden * width, 3 * hidden * shared_width
+    router = hidden * experts
+    embed = vocab * hidden * (1 if tied else 2)
+    moe_total = moe_layers * (experts * expert + shared_p + router)
+    moe_active = moe_layers * (top_k * expert + shared_p + router)
+    body = layers * attn + (layers - moe_layers) * dense_mlp
+    precision, scope, group = _native_precision(cfg)
+    variants = meta.pop("hf_variants", {}) or {}
+    return ModelSpec(
+        id=model_id,
+        hf_id=hf_id or model_id,
+        architecture=str((cfg.get("architectures") or [cfg.get("model_type", "unknown")])[0]),
+        num_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=dense_width,
+        vocab_size=vocab,
+        max_context=_int(cfg, "max_position_embeddings", 4096),
+        tie_word_embeddings=tied,
+        attention="mla" if mla else "gqa",
+        native_precision=precision,
+        quant_scope=scope,
+        int4_group_size=group,
+        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
+        kv_lora_rank=int(cfg.get("kv_lora_rank") or 0),
+        qk_rope_head_dim=rope,
+        v_head_dim=int(cfg.get("v_head_dim") or 0),
+        index_head_dim=int(cfg.get("index_head_dim") or 0),
+        num_experts=experts,
+        num_shared_experts=shared,
+        experts_per_token=top_k,
+        moe_intermediate_size=width,
+        shared_expert_intermediate_size=shared_width,
+        num_moe_layers=moe_layers,
+        attention_params_per_layer=attn,
+        dense_mlp_params_per_layer=dense_mlp,
+        expert_params=expert,
+        shared_expert_params=shared_p,
+        embedding_params=embed,
+        total_params=body + moe_total + embed,
+        active_params=body + moe_active + vocab * hidden,  # the lm_head GEMM; the embedding is a gather
+        hf_variants=tuple(sorted(variants.items())),
+        **meta,
+    )
+
+
+def load_model_config(path: Path) -> ModelSpec:
+    """Read a local Hugging Face config.json (or a directory holding one) into a ModelSpec."""
+    file = path / "config.json" if path.is_dir() else path
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"no such file {str(file)!r}", field="--model-config") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {str(file)!r}: {err}", field="--model-config") from err
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{str(file)!r} is not a JSON object", field="--model-config")
+    name = str(cfg.get("_name_or_path") or file.resolve().parent.name)
+    model_id = name.rstrip("/").split("/")[-1].lower()
+    return parse_hf_config(cfg, model_id=model_id, hf_id=name, source=str(file))

@@ -1,0 +1,270 @@
+"""How long one vLLM engine step takes: a roofline with calibrated efficiency factors.
+
+One step = the batch vLLM's v1 scheduler runs: chunked-prefill tokens plus one token for each decoding
+sequence. Per step, on the busiest GPU (planner-anchors.md 8b; AIConfigurator's SOL = max(math, memory)):
+
+    linear    max(weights read / (HBM x ETA_BW),  2 x active params x tokens / TP / (TFLOPS x ETA_GEMM))
+              weights read = non-expert weights + touched experts; a MoE layer touches
+              E x (1 - (1 - k/E)^tokens) distinct experts (uniform routing)
+    prefill   4 x layers x heads x qk/v dims x causal query-key pairs / TP / (TFLOPS x ETA_ATTN)
+    decode    max(KV read / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN))
+    TP        2 all-reduces per layer: ALLREDUCE_LATENCY + 2 (TP-1)/TP x tokens x hidden x 2 B / NVLink
+    PP        per stage boundary: P2P_LATENCY + tokens x hidden x 2 B / inter-node GB/s (EFA)
+    overhead  STEP_OVERHEAD + LAYER_OVERHEAD x layers (launch, sampler, scheduler; CUDA graphs)
+
+Efficiency factors (fitted with benchmarks/bench_plan.py to the 219 vLLM H100/H200 runs in
+shared/reference/data/validation_aic_vllm_dense_h100_h200.csv, starting from AIC's system YAMLs and the
+grid fit in planner-anchors.md 8b): see the constants below. The model is additive on purpose: each term is a
+separate kernel family in vLLM, so they do not overlap within a step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from eksinfer.catalog.hardware import GpuSpec
+from eksinfer.catalog.models import ModelSpec
+from eksinfer.errors import InfeasibleError, UsageError
+from eksinfer.perf import memory as mem
+
+ETA_BW = (
+    0.8  # achieved / peak HBM bandwidth for weight and KV streaming (AIC mem_bw_empirical_scaling_factor 0.8)
+)
+ETA_GEMM = 0.55  # achieved / peak tensor-core rate of large prefill GEMMs
+ETA_ATTN = 0.3  # achieved / peak rate of attention kernels (FlashAttention / FlashMLA)
+ALLREDUCE_LATENCY_S = 10e-6  # per all-reduce, NVLink custom all-reduce (AIC p2p_latency 10 us)
+P2P_LATENCY_S = 25e-6  # per pipeline-stage hand-off over EFA (AIC: 10 us NVLink; RDMA setup excluded)
+STEP_OVERHEAD_S = 1.5e-3  # scheduler + sampler + input prep per step
+LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer (anchors fit: 3 ms x layers / 64 in total)
+DEFAULT_PP_LINK_GBPS = 50.0  # 400 Gb/s EFA per GPU on p5 (AIC inter_node_bw 50e9 B/s)
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePerf:
+    """A vLLM engine's memory layout and step-time coefficients, precomputed so `step_time_s` is cheap."""
+
+    model_id: str
+    gpu: str
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    precision: str
+    kv_cache_dtype: str
+    gpu_memory_utilization: float
+    block_size: int
+    max_model_len: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    num_layers: int
+    weight_bytes_total: float
+    weight_bytes_per_gpu: float
+    activation_bytes_per_gpu: float
+    kv_bytes_per_token: int  # whole model, all layers and KV heads
+    kv_bytes_per_token_per_gpu: int
+    kv_cache_bytes_per_gpu: float
+    num_gpu_blocks: int
+    # step-time coefficients (seconds)
+    _dense_read_s: float
+    _experts_read_s: float  # reading every routed expert once
+    _expert_keep: float  # 1 - k/E: chance one token leaves a given expert untouched
+    _linear_per_token_s: float
+    _head_per_token_s: float
+    _attn_per_pair_s: float
+    _kv_read_per_token_s: float
+    _attn_decode_per_token_s: float
+    _comm_fixed_s: float
+    _comm_per_token_s: float
+    _overhead_s: float
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_gpu_blocks * self.block_size
+
+    def step_time_s(
+        self,
+        *,
+        prefill_tokens: float,
+        prefill_attention_pairs: float,
+        decode_seqs: float,
+        decode_context_tokens: float,
+    ) -> float:
+        """Seconds for one step through all layers (all pipeline stages) for the described batch.
+
+        Counts are ints from the simulator; the planner passes mean-field floats.
+        """
+        tokens = prefill_tokens + decode_seqs
+        if tokens <= 0:
+            return 0.0
+        read = self._dense_read_s
+        if self._experts_read_s:
+            read += self._experts_read_s * (1.0 - self._expert_keep**tokens)
+        compute = self._linear_per_token_s * tokens + self._head_per_token_s * (
+            decode_seqs + (1 if prefill_tokens else 0)
+        )
+        t = read if read > compute else compute
+        if prefill_tokens:
+            # causal halving: exact for one chunk (T x (c + T) - T^2 / 2) and for fresh prompts (pairs / 2)
+            pairs = float(prefill_attention_pairs)
+            causal = max(0.5 * pairs, pairs - 0.5 * prefill_tokens * prefill_tokens)
+            t += self._attn_per_pair_s * causal
+        if decode_context_tokens:
+            kv = self._kv_read_per_token_s * decode_context_tokens
+            flops = self._attn_decode_per_token_s * decode_context_tokens
+            t += kv if kv > flops else flops
+        return t + self._comm_fixed_s + self._comm_per_token_s * tokens + self._overhead_s
+
+
+def _check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:
+    if tp < 1 or pp < 1:
+        raise UsageError("tensor and pipeline parallel sizes must be >= 1", field="tensor_parallel_size")
+    if model.num_attention_heads % tp:
+        raise UsageError(
+            f"{model.num_attention_heads} attention heads are not divisible by TP {tp}",
+            field="tensor_parallel_size",
+        )
+    if model.attention == "gqa" and model.num_kv_heads % tp and tp % model.num_kv_heads:
+        raise UsageError(
+            f"{model.num_kv_heads} KV heads and TP {tp} do not divide", field="tensor_parallel_size"
+        )
+    if pp > model.num_layers:
+        raise UsageError(f"PP {pp} exceeds {model.num_layers} layers", field="pipeline_parallel_size")
+
+
+def default_batch_limits(gpu: GpuSpec) -> tuple[int, int]:
+    """vLLM's OpenAI-server defaults (arg_utils.py): 8192 tokens / 1024 seqs on >= 70 GiB non-A100 GPUs,
+    else 2048 / 256."""
+    if gpu.memory_gib >= 70 and not gpu.name.startswith("A100"):
+        return 8192, 1024
+    return 2048, 256
+
+
+def _step_coefficients(
+    model: ModelSpec, gpu: GpuSpec, tp: int, pp: int, precision: str, kv_dtype: str, pp_link_gbps: float
+) -> dict[str, float]:
+    """Per-step time constants for `EnginePerf`; see the module docstring for each term."""
+    bw = gpu.hbm_bandwidth_gbps * 1e9 * ETA_BW
+    gemm = gpu.tflops_for(precision) * 1e12 * ETA_GEMM
+    attn = gpu.tflops_for("fp8" if kv_dtype.startswith("fp8") else "bf16") * 1e12 * ETA_ATTN
+    dense_b, expert_b = mem.linear_bytes(model, precision)
+    lm_head = model.vocab_size * model.hidden_size
+    dense_read = (mem.non_expert_linear_params(model) * dense_b + lm_head * mem.BF16_BYTES) / tp
+    experts_read = model.routed_expert_params * expert_b / tp
+    active_linear = mem.non_expert_linear_params(model) + model.num_moe_layers * (
+        model.experts_per_token * model.expert_params
+    )
+    heads, layers = model.num_attention_heads, model.num_layers
+    if model.attention == "mla":  # prefill decompresses K/V (qk = nope + rope, v); decode runs absorbed
+        prefill_dims = model.head_dim + model.v_head_dim
+        decode_dims = 2 * model.kv_lora_rank + model.qk_rope_head_dim
+    else:
+        prefill_dims = decode_dims = 2 * model.head_dim
+    kv_per_gpu_all_stages = mem.kv_bytes_per_token_per_gpu(model, kv_dtype, tp, 1)
+    hidden_bytes = model.hidden_size * mem.BF16_BYTES
+    link = gpu.interconnect_gbps * 1e9
+    comm_fixed = comm_per_token = 0.0
+    if tp > 1:
+        comm_fixed += 2 * layers * ALLREDUCE_LATENCY_S
+        comm_per_token += 2 * layers * 2 * (tp - 1) / tp * hidden_bytes / link
+    if pp > 1:
+        comm_fixed += (pp - 1) * P2P_LATENCY_S
+        comm_per_token += (pp - 1) * hidden_bytes / (pp_link_gbps * 1e9)
+    return {
+        "_dense_read_s": dense_read / bw,
+        "_experts_read_s": experts_read / bw,
+        "_expert_keep": 1.0 - model.experts_per_token / model.num_experts if model.is_moe else 1.0,
+        "_linear_per_token_s": 2.0 * active_linear / tp / gemm,
+        "_head_per_token_s": 2.0 * lm_head / tp / gemm,
+        "_attn_per_pair_s": 2.0 * layers * heads * prefill_dims / tp / attn,
+        "_kv_read_per_token_s": kv_per_gpu_all_stages / bw,
+        "_attn_decode_per_token_s": 2.0 * layers * heads * decode_dims / tp / attn,
+        "_comm_fixed_s": comm_fixed,
+        "_comm_per_token_s": comm_per_token,
+        "_overhead_s": STEP_OVERHEAD_S + LAYER_OVERHEAD_S * layers,
+    }
+
+
+def build_engine_perf(
+    model: ModelSpec,
+    gpu: GpuSpec,
+    *,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+    precision: str | None = None,
+    kv_cache_dtype: str = "auto",
+    gpu_memory_utilization: float = 0.9,
+    block_size: int = 16,
+    max_model_len: int | None = None,
+    num_gpu_blocks: int | None = None,
+    max_num_batched_tokens: int | None = None,
+    max_num_seqs: int | None = None,
+    pp_link_gbps: float = DEFAULT_PP_LINK_GBPS,
+) -> EnginePerf:
+    """Size one engine (replica) the way vLLM does and precompute its step-time constants.
+
+    Raises InfeasibleError (binding: memory) when the weights do not fit, or when an explicit max_model_len
+    needs more KV than is left; max_model_len=None takes the model's context, capped at what fits.
+    """
+    tp, pp = tensor_parallel_size, pipeline_parallel_size
+    _check_parallelism(model, tp, pp)
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise UsageError("must be in (0, 1]", field="gpu_memory_utilization")
+    precision = precision or model.native_precision
+    mbt_default, seqs_default = default_batch_limits(gpu)
+    mbt = max_num_batched_tokens or mbt_default
+    seqs = max_num_seqs or seqs_default
+    total_w = mem.weight_bytes(model, precision)
+    w_gpu = total_w / (tp * pp)
+    act = mem.activation_bytes(model, mbt)
+    kv_mem = gpu_memory_utilization * gpu.memory_bytes - w_gpu - act - mem.non_torch_bytes(tp * pp)
+    kv_tok_gpu = mem.kv_bytes_per_token_per_gpu(model, kv_cache_dtype, tp, pp)
+    where = f"{model.id} {precision} on {tp * pp} x {gpu.name} (TP {tp}, PP {pp})"
+    if kv_mem <= 0:
+        need = (w_gpu + act) / mem.GIB
+        raise InfeasibleError(
+            f"memory: {where} needs {need:.1f} GiB per GPU for weights and activations, "
+            f"{gpu_memory_utilization * gpu.memory_gib:.1f} GiB usable",
+            binding=["memory"],
+        )
+    blocks = num_gpu_blocks if num_gpu_blocks is not None else int(kv_mem // (block_size * kv_tok_gpu))
+    capacity = blocks * block_size
+    if max_model_len is None:
+        max_model_len = min(model.max_context, capacity)
+    elif max_model_len > capacity and num_gpu_blocks is None:
+        raise InfeasibleError(
+            f"memory: {where} holds {capacity:,} KV tokens, fewer than max_model_len {max_model_len:,}",
+            binding=["memory"],
+        )
+    if max_model_len < block_size:
+        raise InfeasibleError(f"memory: {where} has no room for KV cache", binding=["memory"])
+    return EnginePerf(
+        model_id=model.id,
+        gpu=gpu.name,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        precision=precision,
+        kv_cache_dtype=kv_cache_dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        block_size=block_size,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=mbt,
+        max_num_seqs=seqs,
+        num_layers=model.num_layers,
+        weight_bytes_total=total_w,
+        weight_bytes_per_gpu=w_gpu,
+        activation_bytes_per_gpu=act,
+        kv_bytes_per_token=mem.kv_bytes_per_token(model, kv_cache_dtype),
+        kv_bytes_per_token_per_gpu=kv_tok_gpu,
+        kv_cache_bytes_per_gpu=float(blocks * block_size * kv_tok_gpu),
+        num_gpu_blocks=blocks,
+        **_step_coefficients(model, gpu, tp, pp, precision, kv_cache_dtype, pp_link_gbps),
+    )
+
+
+def load_time_s(perf: EnginePerf, *, read_gbps: float = 1.0, startup_s: float = 60.0) -> float:
+    """Rough engine start: process + CUDA-graph capture (startup_s) + weights streamed from S3 or a cache
+    at read_gbps GB/s per node (a conservative default for S3 without a local cache)."""
+    return startup_s + perf.weight_bytes_total / (read_gbps * 1e9) / max(1, math.ceil(perf.gpus / 8))

@@ -1,0 +1,184 @@
+"""Steady-state latency and throughput of one engine under closed-loop load (mean field, no simulation).
+
+Aggregated engine with chunked prefill, `concurrency` requests in flight (AIConfigurator's `run_agg`
+specialised to vLLM, planner-anchors.md 1.3 and 8b):
+    running   = min(concurrency, max_num_seqs, KV tokens / (ISL + OSL/2))   (the rest wait in the queue)
+    a request lives K steps: OSL - 1 decode steps plus ceil(ISL_new / chunk) prefill steps, so an average
+    step carries p = m x ISL_new / K prefill tokens and d = m x (OSL - 1) / K decodes (m = running / PP:
+    one micro-batch per pipeline stage); when p + d exceeds max_num_batched_tokens the token budget binds
+    TPOT      = step time of that mixed step (prefill chunks ride inside decode steps: the interleaving tax)
+    TTFT      = (prefill steps x step time + DISPATCH_PER_LAYER_S x layers) x min(1 + log2(B)/8, 2)
+                (AIC's vLLM dispatch term and queueing factor: its vLLM TTFT MAPE went from 26 % to 18 %)
+                + the wait for a KV slot when concurrency exceeds what fits (Little's law)
+    E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL
+Disaggregated: a prefill engine runs whole prompts back to back, a decode engine only decodes; AIC rate
+matching derates them by 0.9 (pipeline bubble) and 0.92 (unsaturated batch slots), and multiplies the
+prefill TTFT by 1.8 for queueing (planner-anchors.md 1.4), plus the KV transfer over EFA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from eksinfer.perf.engine import EnginePerf
+
+DISPATCH_PER_LAYER_S = 0.5e-3  # AIC vllm_backend: 0.8 ms x layers "recalibrated against the silicon corpus"
+PREFILL_RATE_DERATE = 0.9  # AIC picking.py: pipeline bubble
+DECODE_RATE_DERATE = 0.92  # AIC picking.py: batch slots not saturated
+DISAGG_TTFT_FACTOR = 1.8  # AIC _AUTOSCALE_TTFT_CORRECTION_FACTOR
+KV_TRANSFER_SETUP_S = 1e-3  # RDMA setup 0.5-2 ms (llm-d-inference-sim latency profiles)
+
+
+@dataclass(frozen=True, slots=True)
+class ServingPoint:
+    """Predicted steady state of one engine at one load."""
+
+    concurrency: int
+    running: int  # sequences holding KV; concurrency - running wait in the queue
+    ttft_s: float
+    tpot_s: float
+    e2e_s: float
+    requests_per_s: float
+    output_tokens_per_s: float
+    prefill_tokens_per_step: float
+    kv_limited: bool
+
+
+def queueing_factor(concurrency: float) -> float:
+    return min(1.0 + math.log2(max(1.0, concurrency)) / 8.0, 2.0)
+
+
+def max_running(perf: EnginePerf, input_tokens: int, output_tokens: int) -> int:
+    """Sequences of this shape that fit in KV at average occupancy (ISL + OSL/2), capped by max_num_seqs."""
+    per_seq = math.ceil((input_tokens + output_tokens / 2) / perf.block_size) * perf.block_size
+    return max(0, min(perf.max_num_seqs, perf.kv_capacity_tokens // max(1, per_seq)))
+
+
+def _mixed_step(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> tuple[float, float, int]:
+    """(step seconds, prefill tokens per step, prefill steps per request) for micro-batch m."""
+    budget = perf.max_num_batched_tokens
+    decodes = m
+    prefill = 0.0
+    steps_pf = 1
+    for _ in range(4):  # fixed point between decodes per step and prefill chunk size
+        chunk = max(1.0, budget - decodes)
+        steps_pf = max(1, math.ceil(new / chunk)) if new > 0 else 1
+        lifetime = max(1.0, (osl - 1) + steps_pf)
+        if m * (new + osl - 1) / lifetime > budget:  # token budget binds: every step is full
+            lifetime = m * (new + osl - 1) / budget
+        prefill, decodes = m * new / lifetime, m * max(0, osl - 1) / lifetime
+    cached = isl - new
+    pairs = prefill * (cached + (new + min(prefill, new)) / 2.0)
+    step = perf.step_time_s(
+        prefill_tokens=prefill,
+        prefill_attention_pairs=pairs,
+        decode_seqs=decodes,
+        decode_context_tokens=decodes * (isl + osl / 2.0),
+    )
+    return step, prefill, steps_pf
+
+
+def _own_prefill_s(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> float:
+    """Time of the steps that carry one request's own prompt, chunk by chunk, beside the running decodes."""
+    decodes = max(0.0, m - 1.0) * max(0, osl - 1) / max(1.0, osl - 1 + 1.0)
+    chunk = max(1.0, perf.max_num_batched_tokens - decodes)
+    done, total = float(isl) - new, 0.0
+    remaining = new
+    while remaining > 0:
+        tokens = min(chunk, remaining)
+        total += perf.step_time_s(
+            prefill_tokens=tokens,
+            prefill_attention_pairs=tokens * (done + tokens),
+            decode_seqs=decodes,
+            decode_context_tokens=decodes * (isl + osl / 2.0),
+        )
+        done += tokens
+        remaining -= tokens
+    return total
+
+
+def predict_aggregated(
+    perf: EnginePerf, *, input_tokens: int, output_tokens: int, concurrency: int, prefix_hit: float = 0.0
+) -> ServingPoint:
+    """Mean-field TTFT, TPOT and throughput of one aggregated engine at a closed-loop concurrency."""
+    fits = max_running(perf, input_tokens, output_tokens)
+    running = min(concurrency, fits)
+    if running <= 0:
+        inf = math.inf
+        return ServingPoint(concurrency, 0, inf, inf, inf, 0.0, 0.0, 0.0, True)
+    new = input_tokens * (1.0 - prefix_hit)
+    m = running / perf.pipeline_parallel_size
+    step, prefill, _steps_pf = _mixed_step(perf, m, input_tokens, new, output_tokens)
+    dispatch = DISPATCH_PER_LAYER_S * perf.num_layers
+    ttft_run = (_own_prefill_s(perf, m, input_tokens, new, output_tokens) + dispatch) * queueing_factor(
+        running
+    )
+    e2e_run = ttft_run + max(0, output_tokens - 1) * step
+    rate = running / e2e_run
+    wait = concurrency / rate - e2e_run if concurrency > running else 0.0
+    return ServingPoint(
+        concurrency=concurrency,
+        running=running,
+        ttft_s=ttft_run + wait,
+        tpot_s=step,
+        e2e_s=e2e_run + wait,
+        requests_per_s=rate,
+        output_tokens_per_s=rate * output_tokens,
+        prefill_tokens_per_step=prefill,
+        kv_limited=concurrency > running,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillPoint:
+    ttft_s: float
+    requests_per_s: float
+
+
+def predict_prefill(
+    perf: EnginePerf, *, input_tokens: int, prefix_hit: float = 0.0, kv_transfer_gbps: float = 50.0
+) -> PrefillPoint:
+    """A prefill-only engine running prompts in full token-budget batches (disaggregated serving)."""
+    new = max(1.0, input_tokens * (1.0 - prefix_hit))
+    cached = input_tokens - new
+    per_step = max(new, float(perf.max_num_batched_tokens))
+    prompts = per_step / new
+    step = perf.step_time_s(
+        prefill_tokens=per_step,
+        prefill_attention_pairs=prompts * new * (cached + new),
+        decode_seqs=0,
+        decode_context_tokens=0,
+    )
+    one = perf.step_time_s(
+        prefill_tokens=new,
+        prefill_attention_pairs=new * (cached + new),
+        decode_seqs=0,
+        decode_context_tokens=0,
+    )
+    transfer = input_tokens * perf.kv_bytes_per_token / (kv_transfer_gbps * 1e9) + KV_TRANSFER_SETUP_S
+    ttft = (one + DISPATCH_PER_LAYER_S * perf.num_layers) * DISAGG_TTFT_FACTOR + transfer
+    rate = prompts / step * perf.pipeline_parallel_size * PREFILL_RATE_DERATE
+    return PrefillPoint(ttft_s=ttft, requests_per_s=rate)
+
+
+def predict_decode(
+    perf: EnginePerf, *, input_tokens: int, output_tokens: int, concurrency: int
+) -> ServingPoint:
+    """A decode-only engine holding `concurrency` sequences (capped by KV); no prefill tax on TPOT."""
+    running = min(concurrency, max_running(perf, input_tokens, output_tokens))
+    if running <= 0:
+        inf = math.inf
+        return ServingPoint(concurrency, 0, inf, inf, inf, 0.0, 0.0, 0.0, True)
+    m = running / perf.pipeline_parallel_size
+    step = perf.step_time_s(
+        prefill_tokens=0,
+        prefill_attention_pairs=0,
+        decode_seqs=m,
+        decode_context_tokens=m * (input_tokens + output_tokens / 2.0),
+    )
+    e2e = max(1, output_tokens - 1) * step
+    rate = running / e2e * DECODE_RATE_DERATE
+    return ServingPoint(
+        concurrency, running, 0.0, step, e2e, rate, rate * output_tokens, 0.0, concurrency > running
+    )

@@ -1,0 +1,98 @@
+"""Step-time model: hand-computed roofline terms, monotonicity, and the steady-state serving model."""
+
+from __future__ import annotations
+
+import pytest
+
+from eksinfer.catalog import get_gpu, get_model
+from eksinfer.perf import build_engine_perf, max_running, predict_aggregated, predict_decode, predict_prefill
+from eksinfer.perf import engine as E
+
+
+def _step(perf: E.EnginePerf, p: int = 0, pairs: int = 0, d: int = 0, ctx: int = 0) -> float:
+    return perf.step_time_s(
+        prefill_tokens=p, prefill_attention_pairs=pairs, decode_seqs=d, decode_context_tokens=ctx
+    )
+
+
+def test_single_decode_is_weights_plus_kv_over_bandwidth() -> None:
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
+    perf = build_engine_perf(model, gpu)
+    bw = 3350e9 * E.ETA_BW
+    weights_read = (model.total_params - model.vocab_size * model.hidden_size) * 2  # embedding is a gather
+    expected = weights_read / bw + 1000 * 131_072 / bw + E.STEP_OVERHEAD_S + 32 * E.LAYER_OVERHEAD_S
+    assert _step(perf, d=1, ctx=1000) == pytest.approx(expected, rel=1e-9)
+    assert _step(perf) == 0.0
+
+
+def test_large_prefill_is_compute_bound_with_causal_attention() -> None:
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
+    perf = build_engine_perf(model, gpu)
+    tokens = 4096
+    flops_rate = 989e12 * E.ETA_GEMM
+    linear = 2 * (model.active_params - model.vocab_size * model.hidden_size) * tokens / flops_rate
+    head = 2 * model.vocab_size * model.hidden_size / flops_rate  # logits for the last prompt token only
+    attn = 4 * 32 * 32 * 128 * (tokens * tokens / 2) / (989e12 * E.ETA_ATTN)  # causal: half the pairs
+    expected = linear + head + attn + E.STEP_OVERHEAD_S + 32 * E.LAYER_OVERHEAD_S
+    assert _step(perf, p=tokens, pairs=tokens * tokens) == pytest.approx(expected, rel=1e-9)
+    # a second chunk after 4096 cached tokens: pairs 4096 x 8192, causal 4096 x (4096 + 2048)
+    second = _step(perf, p=tokens, pairs=tokens * 2 * tokens)
+    assert second - _step(perf, p=tokens, pairs=tokens * tokens) == pytest.approx(2 * attn, rel=1e-9)
+
+
+def test_step_time_grows_with_batch_context_and_shrinks_with_tp() -> None:
+    model, gpu = get_model("llama-3.3-70b"), get_gpu("H100")
+    tp4 = build_engine_perf(model, gpu, tensor_parallel_size=4)
+    tp8 = build_engine_perf(model, gpu, tensor_parallel_size=8)
+    assert (
+        _step(tp4, d=8, ctx=8000)
+        < _step(tp4, d=64, ctx=64000)
+        < _step(tp4, p=512, pairs=512**2, d=64, ctx=64000)
+    )
+    assert _step(tp8, d=32, ctx=32000) < _step(tp4, d=32, ctx=32000)
+
+
+def test_moe_decode_touches_more_experts_as_the_batch_grows() -> None:
+    perf = build_engine_perf(
+        get_model("qwen3-235b-a22b"), get_gpu("H200"), tensor_parallel_size=8, precision="fp8"
+    )
+    one, many = _step(perf, d=1, ctx=1000), _step(perf, d=64, ctx=64000)
+    # 1 token touches 8 of 128 experts per layer; 64 tokens touch 128 x (1 - (120/128)^64) = 125 of them
+    assert many > 5 * (one - E.STEP_OVERHEAD_S - 94 * E.LAYER_OVERHEAD_S)
+    assert perf._expert_keep == pytest.approx(120 / 128)
+
+
+def test_pipeline_stage_hand_off_costs_latency() -> None:
+    model, gpu = get_model("llama-3.3-70b"), get_gpu("H100")
+    tp8 = build_engine_perf(model, gpu, tensor_parallel_size=8)
+    pp2 = build_engine_perf(model, gpu, tensor_parallel_size=8, pipeline_parallel_size=2)
+    added = _step(pp2, d=16, ctx=16000) - _step(tp8, d=16, ctx=16000)
+    assert added == pytest.approx(E.P2P_LATENCY_S + 16 * 8192 * 2 / 50e9, rel=1e-6)
+
+
+def test_kv_overflow_makes_ttft_explode() -> None:
+    # Measured (AIC silicon, vLLM 0.12, H100, Qwen3-32B BF16, 4096/1024, 128 concurrent):
+    # TP2 TTFT 58.8 s because only ~50 sequences fit in KV; TP4 TTFT 1.35 s.
+    model, gpu = get_model("qwen3-32b"), get_gpu("H100")
+    tp2 = build_engine_perf(model, gpu, tensor_parallel_size=2, max_model_len=5120)
+    tp4 = build_engine_perf(model, gpu, tensor_parallel_size=4, max_model_len=5120)
+    assert max_running(tp2, 4096, 1024) < 128 <= max_running(tp4, 4096, 1024)
+    slow = predict_aggregated(tp2, input_tokens=4096, output_tokens=1024, concurrency=128)
+    fast = predict_aggregated(tp4, input_tokens=4096, output_tokens=1024, concurrency=128)
+    assert slow.kv_limited
+    assert slow.ttft_s > 20
+    assert not fast.kv_limited
+    assert fast.ttft_s < 3
+
+
+def test_prefix_hits_cut_ttft_and_interleaving_tax_raises_tpot() -> None:
+    perf = build_engine_perf(get_model("llama-3.1-8b"), get_gpu("H100"), max_model_len=8192)
+    cold = predict_aggregated(perf, input_tokens=4000, output_tokens=200, concurrency=32)
+    warm = predict_aggregated(perf, input_tokens=4000, output_tokens=200, concurrency=32, prefix_hit=0.75)
+    assert warm.ttft_s < cold.ttft_s
+    assert warm.tpot_s < cold.tpot_s
+    decode_only = predict_decode(perf, input_tokens=4000, output_tokens=200, concurrency=32)
+    assert decode_only.tpot_s < cold.tpot_s  # disaggregated decode pays no prefill tax
+    prefill = predict_prefill(perf, input_tokens=4000)
+    assert prefill.requests_per_s > 0
+    assert prefill.ttft_s > 0

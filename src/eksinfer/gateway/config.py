@@ -1,0 +1,204 @@
+"""The gateway's one YAML file, validated at start so that every mistake names its field.
+
+    server:      listen address, body limit, timeouts (connect / first token / idle stream)
+    auth:        optional API keys, from a file (one per line) or an environment variable (comma-separated)
+    endpoints:   a static list of engines, or Kubernetes pods found by namespace + label selector
+    scrape:      how often each engine's /metrics is read and when its data counts as stale
+    routing:     the routing section, validated by `eksinfer.gateway.routing.RoutingConfig`
+
+Pydantic models at the edge only (STYLE.md 10); the runtime reads plain attributes from them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from eksinfer.errors import ConfigError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Model):
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger ones get HTTP 413."
+    )
+    connect_timeout_s: float = Field(2.0, gt=0, description="Time to open a connection to an engine.")
+    first_token_timeout_s: float = Field(
+        120.0, gt=0, description="Time from sending a request to the engine's first response bytes."
+    )
+    idle_stream_timeout_s: float = Field(
+        60.0, gt=0, description="Longest silence between two chunks of a streamed response."
+    )
+    max_inflight: int = Field(
+        10_000, gt=0, description="Requests in flight through the gateway before new ones get HTTP 429."
+    )
+
+
+class AuthConfig(_Model):
+    api_keys_file: Path | None = Field(None, description="File with one accepted API key per line.")
+    api_keys_env: str | None = Field(
+        None, description="Environment variable holding accepted API keys, comma-separated."
+    )
+
+    def load_keys(self) -> frozenset[str]:
+        """Reads the keys once at start; an empty set means authentication is off."""
+        keys: set[str] = set()
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot read {self.api_keys_file}: {err.strerror}", field="auth.api_keys_file"
+                ) from None
+            keys.update(
+                line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+            )
+        if self.api_keys_env is not None:
+            value = os.environ.get(self.api_keys_env, "")
+            if not value.strip():
+                raise ConfigError(
+                    f"environment variable {self.api_keys_env} is empty", field="auth.api_keys_env"
+                )
+            keys.update(k.strip() for k in value.split(",") if k.strip())
+        return frozenset(keys)
+
+
+class StaticEndpoint(_Model):
+    url: str = Field(description="Base URL of an OpenAI-compatible engine, e.g. http://10.0.0.5:8000.")
+    pool: str = Field("default", description="Pool this endpoint belongs to.")
+    kv_events: str | None = Field(
+        None, description="ZMQ address of the engine's KV-event publisher, e.g. tcp://10.0.0.5:5557."
+    )
+    models: list[str] = Field(
+        default_factory=list, description="Models served; empty means ask the engine's /v1/models."
+    )
+
+    @model_validator(mode="after")
+    def _check_url(self) -> StaticEndpoint:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        return self
+
+
+class KubernetesDiscovery(_Model):
+    namespace: str = Field(description="Namespace whose pods are watched.")
+    label_selector: str = Field(description="Label selector of engine pods, e.g. app=vllm.")
+    port: int = Field(8000, gt=0, le=65535, description="Engine HTTP port on each pod.")
+    kv_events_port: int | None = Field(None, gt=0, le=65535, description="Engine KV-event port on each pod.")
+    pool: str = Field("default", description="Pool the discovered pods belong to.")
+    api_server: str | None = Field(
+        None, description="Kubernetes API URL; default: the in-cluster address from KUBERNETES_SERVICE_HOST."
+    )
+    token_file: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/token"), description="Service-account token."
+    )
+    ca_file: Path = Field(
+        Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"), description="API server CA bundle."
+    )
+
+
+class EndpointsConfig(_Model):
+    static: list[StaticEndpoint] = Field(default_factory=list, description="Fixed list of engines.")
+    kubernetes: KubernetesDiscovery | None = Field(None, description="Discover engine pods with a watch.")
+
+
+class ScrapeConfig(_Model):
+    interval_s: float = Field(0.2, gt=0, description="Time between two reads of each engine's /metrics.")
+    timeout_s: float = Field(1.0, gt=0, description="Timeout of one /metrics read.")
+    stale_after_s: float = Field(2.0, gt=0, description="Age after which scraped data counts as stale.")
+    unhealthy_after_failures: int = Field(
+        3, gt=0, description="Consecutive failed reads after which an endpoint is taken out of routing."
+    )
+
+
+class GatewayConfig(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Optional API keys.")
+    endpoints: EndpointsConfig = Field(default_factory=EndpointsConfig, description="Where the engines are.")
+    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig, description="Engine metrics scraping.")
+    routing: dict[str, Any] = Field(
+        default_factory=dict, description="Routing section (see eksinfer.gateway.routing.RoutingConfig)."
+    )
+
+
+def _loc(err: ValidationError) -> tuple[str, str]:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    return loc, first["msg"]
+
+
+def parse_config(data: object) -> GatewayConfig:
+    """Validates a parsed YAML document; raises ConfigError naming the first bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config file must be a mapping at the top level")
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as err:
+        loc, msg = _loc(err)
+        raise ConfigError(msg, field=loc or None) from None
+    validate_routing(config.routing)
+    return config
+
+
+def validate_routing(section: dict[str, Any]) -> Any:
+    """Validates the routing section with the router's own model (when it is installed) and returns it."""
+    try:
+        from eksinfer.gateway.scheduling.config import RoutingConfig
+    except ImportError:
+        return section
+    try:
+        return RoutingConfig.model_validate(section)
+    except ValidationError as err:
+        loc, msg = _loc(err)
+        raise ConfigError(msg, field=f"routing.{loc}" if loc else "routing") from None
+
+
+def load_config(path: Path | None) -> GatewayConfig:
+    """Reads the YAML file (or the defaults when no file is given)."""
+    if path is None:
+        return parse_config({})
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}", field="--config") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}", field="--config") from None
+    return parse_config(data)
+
+
+def with_overrides(
+    config: GatewayConfig,
+    *,
+    endpoints: list[str] | None = None,
+    preset: str | None = None,
+    port: int | None = None,
+    host: str | None = None,
+) -> GatewayConfig:
+    """Applies CLI overrides; `--endpoints` replaces the static list (entries `URL` or `URL|ZMQ-ADDRESS`)."""
+    data = config.model_dump(mode="python")
+    if endpoints:
+        static = []
+        for entry in endpoints:
+            url, _, kv = entry.partition("|")
+            static.append({"url": url.strip().rstrip("/"), "kv_events": kv.strip() or None})
+        data["endpoints"] = {"static": static, "kubernetes": None}
+    if preset is not None:
+        data["routing"] = {**data["routing"], "preset": preset}
+    if port is not None:
+        data["server"]["port"] = port
+    if host is not None:
+        data["server"]["host"] = host
+    return parse_config(data)

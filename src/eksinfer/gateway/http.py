@@ -1,0 +1,78 @@
+"""HTTP helpers shared by the gateway's handlers: OpenAI-style error bodies and API-key checks.
+
+Error bodies follow OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, which the `openai` SDK
+turns into its typed exceptions by status (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
+413/429/503 ...). API keys are compared as SHA-256 digests so the gateway never keeps or logs them in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import msgspec
+from aiohttp import web
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:
+    payload = {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "server_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return msgspec.json.encode(payload)
+
+
+def error_response(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(status, message, param=param, code=code),
+        content_type="application/json",
+    )
+
+
+def sse_error_event(status: int, message: str, code: str) -> bytes:
+    """The event written into an SSE stream that broke after it started (the status line is already sent)."""
+    return b"data: " + error_body(status, message, code=code) + b"\n\n"
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+class ApiKeys:
+    """Accepted keys as digests; an empty set means authentication is off."""
+
+    def __init__(self, keys: frozenset[str]) -> None:
+        self._digests = frozenset(_digest(k) for k in keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def check(self, headers: Mapping[str, str]) -> bool:
+        """Accepts `Authorization: Bearer KEY` (what the openai SDK sends) or `x-api-key: KEY`."""
+        if not self._digests:
+            return True
+        auth = headers.get("Authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+        return bool(key) and _digest(key) in self._digests
+
+    def __repr__(self) -> str:  # never print keys, not even their digests
+        return f"ApiKeys(<{len(self._digests)} keys>)"

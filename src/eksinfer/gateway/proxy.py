@@ -1,0 +1,334 @@
+"""The request pipeline: admit (auth, limits, parse) -> route (router over the model's candidates) -> forward
+(stream the engine's bytes through as they arrive, never buffered).
+
+Forwarding rules:
+- the raw request body goes to the engine unchanged (no re-serialisation); the response is copied chunk by
+  chunk, so an SSE stream reaches the client token by token;
+- timeouts: connect (aiohttp `sock_connect`), first bytes from the engine, and silence between two chunks;
+- a client that disconnects cancels the handler (aiohttp `handler_cancellation`), which closes the upstream
+  connection, which makes vLLM abort the request and free its KV blocks;
+- an endpoint that cannot be reached before any byte went to the client is marked unhealthy and the request is
+  routed again among the others (at most `MAX_ATTEMPTS` endpoints); after the stream started, an error event
+  ends it.
+In-flight work per endpoint (requests, and uncached prompt tokens until the first token) is added by the
+router when it decides and released through `on_first_token` / `on_finish`, which the proxy calls exactly once
+each, on every path (success, engine error, timeout, client disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from eksinfer.errors import EksinferError, UnknownNameError, UsageError
+from eksinfer.gateway.config import ServerConfig
+from eksinfer.gateway.endpoints import EndpointRegistry
+from eksinfer.gateway.http import ApiKeys, error_response, sse_error_event
+from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.scheduling.framework import Decision, EndpointState
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+CHARS_PER_TOKEN = (
+    4  # estimate when the router does not say how many prompt tokens it found uncached (llm-d §1.4)
+)
+_FORWARD_HEADERS = ("x-request-id", "traceparent", "tracestate")
+_UPSTREAM_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
+class RouterLike(Protocol):
+    """What the proxy needs from `eksinfer.gateway.routing.Router`."""
+
+    async def route(
+        self, model: str, body: dict[str, Any], headers: Mapping[str, str], endpoints: Sequence[EndpointState]
+    ) -> Decision: ...
+
+    def on_first_token(self, decision: Decision) -> None: ...
+
+    def on_finish(self, decision: Decision, ok: bool) -> None: ...
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One attempt on one endpoint: what to release when it ends."""
+
+    decision: Decision
+    started: float
+    first_token: bool = False
+    done: bool = False
+    ok: bool = False
+    broken: bool = False
+    retried: bool = False
+    response: web.StreamResponse | None = None
+
+
+_CODES = {400: "invalid_request", 404: "unknown_name", 429: "overloaded", 503: "no_endpoint"}
+
+
+def _status_of(err: EksinferError) -> int:
+    """HTTP status of a routing error: its own `http_status` if it has one, else by class."""
+    status = getattr(err, "http_status", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(err, UnknownNameError):
+        return 404
+    return 400 if isinstance(err, UsageError) else 503
+
+
+class _RetryElsewhere(Exception):
+    """The endpoint failed before the client saw a byte; route again without it."""
+
+
+class Proxy:
+    """aiohttp handlers for the OpenAI routes; one instance per runtime."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: EndpointRegistry,
+        router: RouterLike,
+        metrics: GatewayMetrics,
+        session: aiohttp.ClientSession,
+        keys: ApiKeys,
+        preset: str,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._router = router
+        self._metrics = metrics
+        self._session = session
+        self._keys = keys
+        self._preset = preset
+        self._inflight = 0
+        config_of_router = getattr(router, "config", None)
+        self._debug_header: str | None = getattr(config_of_router, "debug_header", "x-eksinfer-route")
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/completions", self.completions),
+            web.post("/v1/chat/completions", self.chat_completions),
+            web.get("/v1/models", self.models),
+        ]
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "/v1/completions", "prompt")
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "/v1/chat/completions", "messages")
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        if not self._keys.check(request.headers):
+            return error_response(401, "invalid or missing API key", code="invalid_api_key")
+        body = msgspec.json.encode({"object": "list", "data": self._registry.model_cards()})
+        return web.Response(body=body, content_type="application/json")
+
+    async def _handle(self, request: web.Request, path: str, field: str) -> web.StreamResponse:
+        started = time.perf_counter()
+        admitted = await self._admit(request, field)
+        if isinstance(admitted, web.Response):
+            self._metrics.requests.labels(path, "", str(admitted.status)).inc()
+            return admitted
+        raw, body, model = admitted
+        self._inflight += 1
+        try:
+            return await self._dispatch(request, path, raw, body, model, started)
+        finally:
+            self._inflight -= 1
+
+    async def _admit(
+        self, request: web.Request, field: str
+    ) -> web.Response | tuple[bytes, dict[str, Any], str]:
+        """Auth, load shedding, body limit, JSON and the fields routing needs; an error or the body."""
+        if not self._keys.check(request.headers):
+            return error_response(401, "invalid or missing API key", code="invalid_api_key")
+        if self._inflight >= self._config.max_inflight:
+            return error_response(
+                429, "the gateway is at its in-flight limit; retry later", code="overloaded"
+            )
+        limit = self._config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return error_response(413, f"request body is larger than {limit} bytes", code="body_too_large")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, f"request body is larger than {limit} bytes", code="body_too_large")
+        try:
+            body = msgspec.json.decode(raw)
+        except msgspec.DecodeError as err:
+            return error_response(400, f"request body is not valid JSON: {err}", code="invalid_json")
+        if not isinstance(body, dict):
+            return error_response(400, "request body must be a JSON object", code="invalid_json")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error_response(400, "'model' is required and must be a string", param="model")
+        value = body.get(field)
+        if value is None or (field == "messages" and (not isinstance(value, list) or not value)):
+            kind = "a non-empty list" if field == "messages" else "present"
+            return error_response(400, f"'{field}' is required and must be {kind}", param=field)
+        if not self._registry.known_model(model):
+            return error_response(
+                404, f"the model '{model}' does not exist", param="model", code="model_not_found"
+            )
+        return raw, body, model
+
+    async def _dispatch(
+        self, request: web.Request, path: str, raw: bytes, body: dict[str, Any], model: str, started: float
+    ) -> web.StreamResponse:
+        tried: set[str] = set()
+        for _ in range(MAX_ATTEMPTS):
+            candidates = self._registry.candidates(model, exclude=lambda s: s.id in tried)
+            if not candidates:
+                break
+            try:
+                decision = await self._router.route(model, body, request.headers, candidates)
+            except EksinferError as err:
+                status = _status_of(err)
+                return self._finish_early(path, status, str(err), _CODES.get(status, "routing_failed"))
+            self._metrics.decisions.labels(decision.preset or self._preset, decision.reason).inc()
+            try:
+                return await self._forward(request, path, raw, decision, started)
+            except _RetryElsewhere:
+                tried.add(decision.endpoint.id)
+                self._metrics.retries.inc()
+        if tried:
+            return self._finish_early(
+                path, 502, "no endpoint could be reached for this request", "upstream_failed"
+            )
+        return self._finish_early(path, 503, f"no healthy endpoint serves model '{model}'", "no_endpoint")
+
+    def _finish_early(self, path: str, status: int, message: str, code: str) -> web.Response:
+        self._metrics.requests.labels(path, "", str(status)).inc()
+        return error_response(status, message, code=code)
+
+    def _begin(self, decision: Decision) -> _Flight:
+        """In-flight requests and uncached prompt tokens were added by `router.route` (its ticket releases
+        them exactly once); the proxy only makes sure both hooks are called at the right moments."""
+        return _Flight(decision, time.perf_counter())
+
+    def _first_token(self, flight: _Flight) -> None:
+        if not flight.first_token:
+            flight.first_token = True
+            self._router.on_first_token(flight.decision)
+
+    def _end(self, flight: _Flight, ok: bool) -> None:
+        if not flight.done:
+            flight.done = True
+            self._router.on_finish(flight.decision, ok)
+
+    def _upstream_headers(self, request: web.Request) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        for name in _FORWARD_HEADERS:
+            value = request.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        return headers
+
+    def _explain(self, decision: Decision) -> dict[str, str]:
+        headers: dict[str, str] = {"x-eksinfer-endpoint": decision.endpoint.id}
+        if self._debug_header:
+            headers[self._debug_header] = decision.explain()
+        return headers
+
+    async def _forward(
+        self, request: web.Request, path: str, raw: bytes, decision: Decision, started: float
+    ) -> web.StreamResponse:
+        """Sends the request to the chosen endpoint and copies the answer back as it arrives."""
+        ep = decision.endpoint
+        flight = self._begin(decision)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("route %s -> %s (%s) %s", path, ep.id, decision.reason, self._explain(decision))
+        status = "000"
+        try:
+            async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
+                try:
+                    upstream = await self._session.post(
+                        ep.url + path, data=raw, headers=self._upstream_headers(request)
+                    )
+                except _UPSTREAM_ERRORS as err:
+                    log.warning("endpoint %s unreachable: %s", ep.id, err)
+                    ep.healthy = False
+                    raise _RetryElsewhere from err
+                try:
+                    status = str(upstream.status)
+                    await self._relay(request, upstream, flight, deadline)
+                    flight.ok = upstream.status < 500 and not flight.broken
+                finally:
+                    upstream.close()
+        except _RetryElsewhere:
+            flight.retried = True
+            raise
+        except TimeoutError:
+            status = "504"
+            if flight.response is None:
+                msg = f"endpoint {ep.id} did not answer within {self._config.first_token_timeout_s:g} s"
+                return error_response(504, msg, code="upstream_timeout")
+            await _close_stream(flight.response, 504, "the engine stopped sending", "upstream_timeout")
+        except ConnectionResetError:
+            status = "499"  # the client went away while we wrote to it (nginx's code for it)
+        except asyncio.CancelledError:
+            status = "499"
+            raise
+        finally:
+            self._end(flight, flight.ok)
+            if not flight.retried:
+                self._metrics.e2e.labels(path).observe(time.perf_counter() - started)
+                self._metrics.requests.labels(path, ep.id, status).inc()
+        assert flight.response is not None
+        return flight.response
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        flight: _Flight,
+        deadline: asyncio.Timeout,
+    ) -> None:
+        """Copies status, content type and chunks; the deadline moves to `idle_stream_timeout_s` per chunk."""
+        try:
+            first = await upstream.content.readany()
+        except _UPSTREAM_ERRORS as err:
+            flight.decision.endpoint.healthy = False
+            raise _RetryElsewhere from err
+        self._first_token(flight)
+        self._metrics.ttft.labels(request.path).observe(time.perf_counter() - flight.started)
+        content_type = upstream.headers.get("Content-Type", "application/json")
+        response = web.StreamResponse(status=upstream.status, headers=self._explain(flight.decision))
+        response.content_type = content_type.split(";")[0]
+        if upstream.content_length is not None and not content_type.startswith("text/event-stream"):
+            response.content_length = upstream.content_length
+        flight.response = response
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        idle = self._config.idle_stream_timeout_s
+        chunk = first
+        try:
+            while chunk:
+                await response.write(chunk)
+                deadline.reschedule(loop.time() + idle)
+                chunk = await upstream.content.readany()
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as err:
+            log.warning("endpoint %s broke the stream: %s", flight.decision.endpoint.id, err)
+            flight.broken = True
+            await _close_stream(response, 502, "the engine closed the stream early", "upstream_broken")
+            return
+        await response.write_eof()
+
+
+async def _close_stream(response: web.StreamResponse, status: int, message: str, code: str) -> None:
+    """Ends a response whose status line is already sent: an error event for SSE, then end of body."""
+    if response.content_type == "text/event-stream":
+        await response.write(sse_error_event(status, message, code))
+    await response.write_eof()

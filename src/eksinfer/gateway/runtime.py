@@ -1,0 +1,209 @@
+"""`build_runtime(config)` wires the gateway: endpoint registry, discovery, scrapers, router, proxy, metrics
+and the aiohttp server. Every background task (discovery watch, one scraper per endpoint) is a child of one
+`asyncio.TaskGroup` owned by the runtime and cancelled by `stop()`; a task that fails unexpectedly is logged
+and restarted after a pause instead of taking the group (and every other task) down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from eksinfer.gateway.config import GatewayConfig
+from eksinfer.gateway.discovery import KubernetesWatcher, static_specs
+from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
+from eksinfer.gateway.http import ApiKeys
+from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.proxy import Proxy, RouterLike
+from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
+from eksinfer.gateway.scrape import Scraper
+
+log = logging.getLogger(__name__)
+
+RESTART_PAUSE_S = 1.0
+DEFAULT_PRESET = "kv-aware"
+
+
+class RuntimeRouter(RouterLike, Protocol):
+    """The router's lifecycle and endpoint hooks, on top of what the proxy calls per request."""
+
+    def start(self) -> Any: ...
+
+    async def stop(self) -> None: ...
+
+    def endpoint_added(self, state: EndpointState, kv_events: str | None) -> None: ...
+
+    def endpoint_removed(self, endpoint_id: EndpointId) -> None: ...
+
+    def stats(self) -> Mapping[str, Any]: ...
+
+
+def make_router(config: GatewayConfig) -> RuntimeRouter:
+    """The router the routing section asks for."""
+    from eksinfer.gateway.config import validate_routing
+    from eksinfer.gateway.routing import Router
+
+    router: RuntimeRouter = Router(validate_routing(config.routing))
+    return router
+
+
+class GatewayRuntime:
+    """One gateway: `await start()` serves, `await stop()` cancels every task and closes every connection."""
+
+    def __init__(self, config: GatewayConfig, router: RuntimeRouter) -> None:
+        self.config = config
+        self.router = router
+        self.registry = EndpointRegistry()
+        self.preset = str(getattr(router, "preset", None) or config.routing.get("preset", DEFAULT_PRESET))
+        self.metrics = GatewayMetrics(self.registry.all, self._router_stats)
+        self.keys = ApiKeys(config.auth.load_keys())
+        self._scrape_tasks: dict[EndpointId, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._scrape_session: aiohttp.ClientSession | None = None
+        self._scraper: Scraper | None = None
+        self.proxy: Proxy | None = None
+        self.port: int | None = None
+        self.registry.subscribe(self)
+
+    def _router_stats(self) -> Mapping[str, Any]:
+        try:
+            return self.router.stats()
+        except Exception:  # metrics must render even if the router's statistics fail
+            log.exception("router.stats() failed")
+            return {}
+
+    # --- endpoint listener ------------------------------------------------------------------------------
+    def endpoint_added(self, state: EndpointState, spec: EndpointSpec) -> None:
+        self.router.endpoint_added(state, spec.kv_events)
+        if self._group is not None and self._scraper is not None:
+            scraper = self._scraper
+            task = self._group.create_task(
+                _guarded(f"scraper {state.id}", lambda: scraper.run(state, fetch_models=not spec.models))
+            )
+            self._scrape_tasks[state.id] = task
+
+    def endpoint_removed(self, state: EndpointState) -> None:
+        task = self._scrape_tasks.pop(state.id, None)
+        if task is not None:
+            task.cancel()
+        self.router.endpoint_removed(state.id)
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    def build_app(self) -> web.Application:
+        server = self.config.server
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=server.connect_timeout_s)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+        self.proxy = Proxy(
+            server, self.registry, self.router, self.metrics, self._session, self.keys, self.preset
+        )
+        app = web.Application(client_max_size=server.max_body_bytes)
+        app.add_routes(self.proxy.routes())
+        app.add_routes([web.get("/health", self._health), web.get("/ready", self._ready)])
+        app.add_routes([web.get("/metrics", self._metrics)])
+        return app
+
+    async def start(self) -> None:
+        """Starts the router, discovery and scrapers, then listens; returns once the port is bound."""
+        started = self.router.start()
+        if inspect.isawaitable(started):
+            await started
+        self._scrape_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        self._scraper = Scraper(
+            self._scrape_session, self.config.scrape, self.registry.set_models, self.registry.health_changed
+        )
+        ready = asyncio.Event()
+        self._supervisor = asyncio.create_task(self._supervise(ready))
+        await ready.wait()
+        app = self.build_app()
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port, backlog=1024)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
+        log.info("gateway listening on %s:%s (preset %s)", self.config.server.host, self.port, self.preset)
+
+    async def _supervise(self, ready: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            for spec in static_specs(self.config.endpoints):
+                self.registry.add(spec)
+            if self.config.endpoints.kubernetes is not None:
+                watcher = KubernetesWatcher(self.config.endpoints.kubernetes, self.registry)
+                group.create_task(_guarded("kubernetes discovery", watcher.run))
+            ready.set()
+            await asyncio.Event().wait()  # until cancelled by stop()
+
+    async def stop(self) -> None:
+        """Stops listening, cancels every background task, stops the router and closes client sessions."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+            self._group = None
+        await self.router.stop()
+        for session in (self._session, self._scrape_session):
+            if session is not None:
+                await session.close()
+
+    async def __aenter__(self) -> GatewayRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- small handlers ---------------------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        states = self.registry.all()
+        body = {
+            "ready": self.registry.ready(),
+            "endpoints": len(states),
+            "healthy": sum(1 for s in states if s.healthy),
+            "models": sorted({m for s in states for m in s.models}),
+        }
+        return web.Response(
+            status=200 if body["ready"] else 503,
+            body=msgspec.json.encode(body),
+            content_type="application/json",
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+async def _guarded(name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    """Runs a background loop; logs and restarts it if it fails, so one bug does not stop the others."""
+    while True:
+        try:
+            await factory()
+            return
+        except Exception:
+            log.exception("%s failed; restarting in %.1f s", name, RESTART_PAUSE_S)
+            await asyncio.sleep(RESTART_PAUSE_S)
+
+
+def build_runtime(config: GatewayConfig, router: RuntimeRouter | None = None) -> GatewayRuntime:
+    """Wires a gateway from its config; `router` replaces the configured one (tests, embedding)."""
+    return GatewayRuntime(config, router if router is not None else make_router(config))

@@ -1,0 +1,375 @@
+"""The gateway proxy end to end on 127.0.0.1: real clients (openai SDK, httpx) -> gateway -> fake engines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+import openai
+import pytest
+
+from eksinfer.gateway.config import parse_config
+from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
+from tests.gateway.test_proxy_fakes import EngineBehaviour, FakeEngine, RoundRobinRouter
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def start_gateway(engines: list[FakeEngine], **server: Any) -> GatewayRuntime:
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0, **server},
+            "endpoints": {"static": [{"url": e.url} for e in engines]},
+            "scrape": {"interval_s": 0.05, "stale_after_s": 1.0, "unhealthy_after_failures": 2},
+        }
+    )
+    runtime = build_runtime(config, router=RoundRobinRouter())
+    await runtime.start()
+    for _ in range(200):
+        if all(s.models for s in runtime.registry.all()):
+            break
+        await asyncio.sleep(0.01)
+    return runtime
+
+
+@pytest.fixture
+async def engines() -> AsyncIterator[list[FakeEngine]]:
+    started = [await FakeEngine().start(), await FakeEngine().start()]
+    yield started
+    for engine in started:
+        await engine.stop()
+
+
+@pytest.fixture
+async def gateway(engines: list[FakeEngine]) -> AsyncIterator[GatewayRuntime]:
+    runtime = await start_gateway(engines)
+    yield runtime
+    await runtime.stop()
+
+
+def base(runtime: GatewayRuntime) -> str:
+    return f"http://127.0.0.1:{runtime.port}"
+
+
+async def test_chat_streams_through_openai_sdk_chunk_by_chunk(
+    gateway: GatewayRuntime, engines: list[FakeEngine]
+) -> None:
+    for engine in engines:
+        engine.behaviour = EngineBehaviour(tokens=3, chunk_delay_s=0.25)
+    client = openai.AsyncOpenAI(base_url=base(gateway) + "/v1", api_key="unused", max_retries=0)
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    pieces: list[str] = []
+    stream = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    async for chunk in stream:
+        arrivals.append(time.perf_counter() - started)
+        pieces.append(chunk.choices[0].delta.content or "")
+    assert pieces == [" w0", " w1", " w2"]
+    # Each chunk is forwarded when the engine sends it: the first arrives ~0.5 s before the last.
+    assert arrivals[-1] - arrivals[0] > 0.4
+    assert gateway.router.first_tokens == 1  # type: ignore[attr-defined]
+    assert gateway.router.finished == [True]  # type: ignore[attr-defined]
+    await client.close()
+
+
+async def test_completion_and_round_robin(gateway: GatewayRuntime, engines: list[FakeEngine]) -> None:
+    client = openai.AsyncOpenAI(base_url=base(gateway) + "/v1", api_key="unused", max_retries=0)
+    for _ in range(4):
+        result = await client.completions.create(model="tiny", prompt="hello", max_tokens=4)
+        assert result.choices[0].text == " w0 w1 w2 w3"
+    assert [e.requests for e in engines] == [2, 2]
+    assert engines[0].bodies[0] == {"model": "tiny", "prompt": "hello", "max_tokens": 4}
+    states = gateway.registry.all()
+    assert [s.inflight_requests for s in states] == [0, 0]
+    assert [s.inflight_prompt_tokens for s in states] == [0, 0]
+    await client.close()
+
+
+async def test_models_is_the_union_of_endpoints() -> None:
+    first, second = await FakeEngine(model="a").start(), await FakeEngine(model="b").start()
+    runtime = await start_gateway([first, second])
+    try:
+        async with httpx.AsyncClient() as client:
+            doc = (await client.get(base(runtime) + "/v1/models")).json()
+            assert [m["id"] for m in doc["data"]] == ["a", "b"]
+            r = await client.post(base(runtime) + "/v1/completions", json={"model": "b", "prompt": "x"})
+            assert r.status_code == 200
+            assert (first.requests, second.requests) == (0, 1)
+            assert r.headers["x-eksinfer-endpoint"] == second.url.removeprefix("http://")
+    finally:
+        await runtime.stop()
+        await first.stop()
+        await second.stop()
+
+
+async def test_client_disconnect_cancels_upstream(gateway: GatewayRuntime, engines: list[FakeEngine]) -> None:
+    for engine in engines:
+        engine.behaviour = EngineBehaviour(tokens=50, chunk_delay_s=0.1)
+    body = {"model": "tiny", "prompt": "x", "stream": True}
+    async with (
+        httpx.AsyncClient() as client,
+        client.stream("POST", base(gateway) + "/v1/completions", json=body) as resp,
+    ):
+        async for line in resp.aiter_lines():
+            if line.startswith("data:"):
+                break
+    for _ in range(100):
+        if sum(e.cancelled for e in engines) == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert sum(e.cancelled for e in engines) == 1
+    assert sum(e.completed for e in engines) == 0
+    assert all(s.inflight_requests == 0 for s in gateway.registry.all())
+    assert gateway.router.finished == [False]  # type: ignore[attr-defined]
+
+
+async def test_endpoint_loss_mid_run_retries_elsewhere(
+    gateway: GatewayRuntime, engines: list[FakeEngine]
+) -> None:
+    async with httpx.AsyncClient() as client:
+        url = base(gateway) + "/v1/completions"
+        for _ in range(2):
+            assert (await client.post(url, json={"model": "tiny", "prompt": "x"})).status_code == 200
+        await engines[0].stop()
+        statuses = [
+            (await client.post(url, json={"model": "tiny", "prompt": "x"})).status_code for _ in range(6)
+        ]
+        assert statuses == [200] * 6
+        assert engines[1].requests == 7
+        lost = gateway.registry.all()[0]
+        assert not lost.healthy
+        metrics = (await client.get(base(gateway) + "/metrics")).text
+        assert "eksinfer_gateway_upstream_retries_total 1.0" in metrics
+        await engines[1].stop()
+        r = await client.post(url, json={"model": "tiny", "prompt": "x"})
+        assert r.status_code in (502, 503)
+        assert r.json()["error"]["code"] in ("upstream_failed", "no_endpoint")
+
+
+async def test_stream_broken_by_engine_ends_with_error_event(
+    gateway: GatewayRuntime, engines: list[FakeEngine]
+) -> None:
+    for engine in engines:
+        engine.behaviour = EngineBehaviour(tokens=5, break_after=2)
+    body = {"model": "tiny", "prompt": "x", "stream": True}
+    async with httpx.AsyncClient() as client:
+        r = await client.post(base(gateway) + "/v1/completions", json=body)
+    events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert len(events) == 3
+    assert json.loads(events[-1])["error"]["code"] == "upstream_broken"
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'{"prompt": "x"}', 400, "model"),
+        (b'{"model": 7, "prompt": "x"}', 400, "model"),
+        (b'{"model": "tiny"}', 400, "prompt"),
+        (b'{"model": "nope", "prompt": "x"}', 404, "model"),
+    ],
+)
+async def test_malformed_input_gets_openai_errors(
+    gateway: GatewayRuntime, content: bytes, status: int, param: str | None
+) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            base(gateway) + "/v1/completions", content=content, headers={"Content-Type": "application/json"}
+        )
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["param"] == param
+    assert error["message"]
+
+
+async def test_chat_needs_messages_list(gateway: GatewayRuntime) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            base(gateway) + "/v1/chat/completions", json={"model": "tiny", "messages": "hi"}
+        )
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "messages"
+
+
+async def test_body_limit_and_inflight_limit(engines: list[FakeEngine]) -> None:
+    runtime = await start_gateway(engines, max_body_bytes=1000, max_inflight=1)
+    try:
+        async with httpx.AsyncClient() as client:
+            url = base(runtime) + "/v1/completions"
+            r = await client.post(url, json={"model": "tiny", "prompt": "x" * 2000})
+            assert r.status_code == 413
+            assert r.json()["error"]["code"] == "body_too_large"
+            for engine in engines:
+                engine.behaviour = EngineBehaviour(first_delay_s=0.5)
+            slow = asyncio.create_task(client.post(url, json={"model": "tiny", "prompt": "x"}))
+            await asyncio.sleep(0.2)
+            r = await client.post(url, json={"model": "tiny", "prompt": "x"})
+            assert r.status_code == 429
+            assert (await slow).status_code == 200
+    finally:
+        await runtime.stop()
+
+
+async def test_first_token_and_idle_timeouts(engines: list[FakeEngine]) -> None:
+    runtime = await start_gateway(engines, first_token_timeout_s=0.3, idle_stream_timeout_s=0.3)
+    try:
+        async with httpx.AsyncClient() as client:
+            url = base(runtime) + "/v1/completions"
+            for engine in engines:
+                engine.behaviour = EngineBehaviour(hang=True)
+            started = time.perf_counter()
+            r = await client.post(url, json={"model": "tiny", "prompt": "x"})
+            assert r.status_code == 504
+            assert r.json()["error"]["code"] == "upstream_timeout"
+            assert time.perf_counter() - started < 2.0
+            for engine in engines:
+                engine.behaviour = EngineBehaviour(tokens=3, chunk_delay_s=1.0)
+            r = await client.post(url, json={"model": "tiny", "prompt": "x", "stream": True})
+            events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+            assert json.loads(events[0])["choices"][0]["text"] == " w0"
+            assert json.loads(events[-1])["error"]["code"] == "upstream_timeout"
+        await asyncio.sleep(0.1)
+        assert sum(e.cancelled for e in engines) == 2  # both timed-out requests were cancelled upstream
+    finally:
+        await runtime.stop()
+
+
+async def test_api_keys_from_env(engines: list[FakeEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EKSINFER_TEST_KEYS", "k-one, k-two")
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "auth": {"api_keys_env": "EKSINFER_TEST_KEYS"},
+            "endpoints": {"static": [{"url": e.url, "models": ["tiny"]} for e in engines]},
+        }
+    )
+    runtime = build_runtime(config, router=RoundRobinRouter())
+    await runtime.start()
+    try:
+        assert "k-one" not in repr(runtime.keys)
+        url = base(runtime)
+        good = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k-two", max_retries=0)
+        assert (await good.completions.create(model="tiny", prompt="x")).choices[0].text
+        bad = openai.AsyncOpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            await bad.completions.create(model="tiny", prompt="x")
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(url + "/v1/models")).status_code == 401
+            assert (await client.get(url + "/health")).status_code == 200
+            r = await client.get(url + "/v1/models", headers={"x-api-key": "k-one"})
+            assert r.status_code == 200
+        seen = [h for e in engines for h in e.headers]
+        assert len(seen) == 1
+        assert "Authorization" not in seen[0]  # the client's key is not passed on to engines
+        await good.close()
+        await bad.close()
+    finally:
+        await runtime.stop()
+
+
+async def test_health_ready_metrics(gateway: GatewayRuntime, engines: list[FakeEngine]) -> None:
+    async with httpx.AsyncClient() as client:
+        url = base(gateway)
+        assert (await client.get(url + "/health")).json() == {"status": "ok"}
+        ready = await client.get(url + "/ready")
+        assert ready.status_code == 200
+        assert ready.json()["healthy"] == 2
+        await client.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+        await client.post(url + "/v1/completions", json={"model": "nope", "prompt": "x"})
+        text = (await client.get(url + "/metrics")).text
+    ep = engines[0].url.removeprefix("http://")
+    assert (
+        f'eksinfer_gateway_requests_total{{endpoint="{ep}",route="/v1/completions",status="200"}} 1.0' in text
+    )
+    assert 'eksinfer_gateway_requests_total{endpoint="",route="/v1/completions",status="404"} 1.0' in text
+    assert 'eksinfer_gateway_decisions_total{preset="round-robin",reason="round-robin"} 1.0' in text
+    assert "eksinfer_gateway_router_index_blocks 7.0" in text
+    assert 'eksinfer_gateway_router_subscribers_lag_s{endpoint="e1"} 0.5' in text
+    assert f'eksinfer_gateway_scrape_stale{{endpoint="{ep}",pool="default"}} 0.0' in text
+    assert 'eksinfer_gateway_time_to_first_token_seconds_count{route="/v1/completions"} 1.0' in text
+
+
+async def test_ready_is_503_without_endpoints() -> None:
+    config = parse_config({"server": {"host": "127.0.0.1", "port": 0}})
+    runtime = build_runtime(config, router=RoundRobinRouter())
+    await runtime.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(base(runtime) + "/ready")).status_code == 503
+            r = await client.post(base(runtime) + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+            assert r.status_code == 404
+    finally:
+        await runtime.stop()
+    assert runtime.router.stopped  # type: ignore[attr-defined]
+
+
+async def test_event_loop_keeps_ticking_under_load(
+    gateway: GatewayRuntime, engines: list[FakeEngine]
+) -> None:
+    """A 50 ms ticker beside 300 streamed requests: no gap may exceed 4 ticks (nothing blocks the loop)."""
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    statuses: list[int] = []
+    body = {"model": "tiny", "prompt": "x" * 500, "stream": True}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        for _ in range(6):
+            async with session.post(base(gateway) + "/v1/completions", json=body) as resp:
+                await resp.read()
+                statuses.append(resp.status)
+
+    async with aiohttp.ClientSession() as session:
+        tick = asyncio.create_task(ticker())
+        await asyncio.gather(*(worker(session) for _ in range(50)))
+    tick.cancel()
+    assert statuses == [200] * 300
+    assert sum(e.completed for e in engines) == 300
+    assert len(gaps) >= 3
+    assert max(gaps) < 0.2, f"event loop stalled for {max(gaps):.3f} s"
+
+
+async def test_real_router_kv_aware_through_the_gateway(engines: list[FakeEngine]) -> None:
+    """The real router (kv-aware preset, approximate tokenizer since the fake engine has no /tokenize)."""
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "endpoints": {"static": [{"url": e.url, "models": ["tiny"]} for e in engines]},
+            "routing": {"preset": "kv-aware", "tokenizer": {"mode": "approx"}},
+        }
+    )
+    runtime = build_runtime(config)
+    await runtime.start()
+    try:
+        client = openai.AsyncOpenAI(base_url=base(runtime) + "/v1", api_key="unused", max_retries=0)
+        for i in range(4):
+            messages = [{"role": "user", "content": f"a long shared system prompt {'x' * 300} question {i}"}]
+            stream = await client.chat.completions.create(model="tiny", messages=messages, stream=True)  # type: ignore[arg-type]
+            assert [c.choices[0].delta.content async for c in stream] == [" w0", " w1", " w2", " w3"]
+        raw = await client.chat.completions.with_raw_response.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert "preset=kv-aware" in raw.headers["x-eksinfer-route"]
+        assert all(s.inflight_requests == 0 and s.inflight_prompt_tokens == 0 for s in runtime.registry.all())
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(base(runtime) + "/metrics")).text
+        assert 'eksinfer_gateway_decisions_total{preset="kv-aware"' in text
+        assert "eksinfer_gateway_router_predicted_hit_ratio" in text
+        await client.close()
+    finally:
+        await runtime.stop()

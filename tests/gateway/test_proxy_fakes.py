@@ -1,0 +1,184 @@
+"""Fakes for the gateway tests: a small vLLM-shaped engine (aiohttp on 127.0.0.1) and a round-robin router.
+
+The fake engine stands in for vLLM because no GPU runs here; it speaks the same routes and formats
+(vllm-samples/completions_stream.sse, metrics names) and records what it saw, including client disconnects.
+The round-robin router stands in for `eksinfer.gateway.routing.Router` so the proxy is tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from eksinfer.gateway.scheduling.framework import Decision, EndpointId, EndpointState, ScoredEndpoint
+
+
+@dataclass
+class EngineBehaviour:
+    tokens: int = 4
+    first_delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    hang: bool = False  # never answer
+    break_after: int | None = None  # close the connection after this many chunks
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+
+
+@dataclass
+class FakeEngine:
+    model: str = "tiny"
+    behaviour: EngineBehaviour = field(default_factory=EngineBehaviour)
+    requests: int = 0
+    cancelled: int = 0
+    completed: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[Mapping[str, str]] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+    url: str = ""
+
+    async def start(self) -> FakeEngine:
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/v1/models", self._models),
+                web.get("/metrics", self._metrics),
+                web.post("/v1/completions", self._generate),
+                web.post("/v1/chat/completions", self._generate),
+            ]
+        )
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        card = {"id": self.model, "object": "model", "owned_by": "vllm", "max_model_len": 2048}
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        b = self.behaviour
+        text = (
+            "# TYPE vllm:num_requests_running gauge\n"
+            f'vllm:num_requests_running{{engine="0",model_name="{self.model}"}} {b.running}.0\n'
+            f'vllm:num_requests_waiting{{engine="0",model_name="{self.model}"}} {b.waiting}.0\n'
+            f'vllm:kv_cache_usage_perc{{engine="0",model_name="{self.model}"}} {b.kv_usage}\n'
+            f'vllm:cache_config_info{{block_size="16",engine="0",num_gpu_blocks="1024"}} 1.0\n'
+        )
+        return web.Response(text=text, content_type="text/plain")
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = await request.json()
+        self.bodies.append(body)
+        self.headers.append(dict(request.headers))
+        try:
+            return await self._answer(request, body)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+    async def _answer(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        b = self.behaviour
+        if b.hang:
+            await asyncio.sleep(3600)
+        if body.get("model") != self.model:
+            err = {
+                "error": {"message": "no such model", "type": "NotFoundError", "param": "model", "code": 404}
+            }
+            return web.json_response(err, status=404)
+        await asyncio.sleep(b.first_delay_s)
+        chat = request.path.endswith("/chat/completions")
+        words = [f" w{i}" for i in range(b.tokens)]
+        if not body.get("stream"):
+            self.completed += 1
+            text = "".join(words)
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"text": text}
+            )
+            return web.json_response(
+                {"id": "x", "object": "completion", "model": self.model, "choices": [choice]}
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, word in enumerate(words):
+            if b.break_after is not None and i >= b.break_after:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+            delta = {"delta": {"content": word}} if chat else {"text": word}
+            chunk = {"id": "x", "object": "chunk", "created": int(time.time()), "model": self.model}
+            chunk["choices"] = [{"index": 0, **delta, "finish_reason": None}]
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(b.chunk_delay_s)
+        await resp.write(b"data: [DONE]\n\n")
+        self.completed += 1
+        await resp.write_eof()
+        return resp
+
+
+class RoundRobinRouter:
+    """Test stand-in for the real router: cycles over the candidates, records the hooks it received."""
+
+    preset = "round-robin"
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+        self.added: list[tuple[str, str | None]] = []
+        self.removed: list[str] = []
+        self.first_tokens = 0
+        self.finished: list[bool] = []
+        self.started = False
+        self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    def endpoint_added(self, state: EndpointState, kv_events: str | None) -> None:
+        self.added.append((state.id, kv_events))
+
+    def endpoint_removed(self, endpoint_id: EndpointId) -> None:
+        self.removed.append(endpoint_id)
+
+    async def route(
+        self, model: str, body: dict[str, Any], headers: Mapping[str, str], endpoints: Sequence[EndpointState]
+    ) -> Decision:
+        chosen = endpoints[next(self._counter) % len(endpoints)]
+        chosen.inflight_requests += (
+            1  # the real router's accounting: +1 request, +prompt tokens until 1st token
+        )
+        chosen.inflight_prompt_tokens += 10
+        scored = tuple(ScoredEndpoint(e, 1.0 if e is chosen else 0.0, {"rr": 1.0}) for e in endpoints)
+        return Decision(endpoint=chosen, reason="round-robin", candidates=scored)
+
+    def on_first_token(self, decision: Decision) -> None:
+        self.first_tokens += 1
+        decision.endpoint.inflight_prompt_tokens -= 10
+
+    def on_finish(self, decision: Decision, ok: bool) -> None:
+        self.finished.append(ok)
+        if len(self.finished) > self.first_tokens:  # ended before its first token: release the tokens too
+            self.first_tokens += 1
+            decision.endpoint.inflight_prompt_tokens -= 10
+        decision.endpoint.inflight_requests -= 1
+
+    def stats(self) -> dict[str, Any]:
+        return {"index_blocks": 7, "preset": "round-robin", "subscribers": {"e1": {"lag_s": 0.5, "gaps": 2}}}

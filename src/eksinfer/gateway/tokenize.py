@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -186,51 +186,31 @@ def _compile_template(source: str) -> Any:
 
 
 class BuiltinTokenizer:
-    """The simulator's tokenizer; exact for engines that are eksinfer simulators with their default
-    tokenizer."""
+    """The simulator's tokenizer (`eksinfer.sim.tokenizer`: `encode_prompt`, `encode_chat`); exact for engines
+    that are eksinfer simulators running their default tokenizer."""
 
     name = "builtin"
     local = True
 
     def __init__(self) -> None:
         try:
-            from eksinfer.sim import tokenizer as sim_tok
+            from eksinfer.sim.tokenizer import BuiltinTokenizer as SimTokenizer
         except ImportError as err:  # the simulator part is optional at import time
             raise ConfigError(
                 f"the builtin tokenizer is unavailable ({err})", field="routing.tokenizer.mode"
             ) from None
-        self._encode, self._chat = _sim_functions(sim_tok)
+        self._tok = SimTokenizer()
 
     def encode_body(self, body: Mapping[str, Any]) -> list[int] | None:
         given = prompt_token_ids(body)
         if given is not None:
             return given
         if "messages" in body:
-            return list(self._chat(body))
-        return list(self._encode(prompt_text(body)))
+            return list(self._tok.encode_chat(body.get("messages") or []))
+        return list(self._tok.encode_prompt(prompt_text(body)))
 
     async def encode_remote(self, body: Mapping[str, Any], model: str, base_url: str) -> list[int] | None:
         return self.encode_body(body)
-
-
-def _sim_functions(
-    module: Any,
-) -> tuple[Callable[[str], Sequence[int]], Callable[[Mapping[str, Any]], Sequence[int]]]:
-    """Bind to the simulator tokenizer: encode(text) and the chat path (template applied, then encoded)."""
-    tok = module.BuiltinTokenizer() if hasattr(module, "BuiltinTokenizer") else module
-    encode = tok.encode
-
-    def chat(body: Mapping[str, Any]) -> Sequence[int]:
-        messages = body.get("messages") or []
-        add_gen = bool(body.get("add_generation_prompt", True))
-        text = tok.apply_chat_template(messages, add_generation_prompt=add_gen)
-        return list(text) if not isinstance(text, str) else encode_chat_text(text)
-
-    def encode_chat_text(text: str) -> Sequence[int]:
-        encode_chat = getattr(tok, "encode_chat", None)
-        return list(encode_chat(text) if encode_chat else encode(text))
-
-    return encode, chat
 
 
 class EngineTokenizer:

@@ -1,0 +1,212 @@
+"""The Router facade: presets end to end over in-process endpoint state, KV events over real ZMQ,
+accounting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from eksinfer.gateway.routing import NoEndpointError, Router
+from eksinfer.gateway.scheduling.config import load_routing_config
+from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
+from eksinfer.kvcache.events import BlockStored, EventBatch, encode_batch, encode_frames
+from eksinfer.kvcache.hashing import block_hashes
+from eksinfer.sim.tokenizer import BuiltinTokenizer
+
+pytestmark = pytest.mark.timeout(30)
+BS = 16
+SYSTEM = "You are a careful assistant for the accounts team. " * 12  # ~150 tokens
+
+
+def make_router(preset: str = "kv-aware", **extra: Any) -> Router:
+    cfg = load_routing_config({"preset": preset, "tokenizer": {"mode": "builtin"}, "seed": 3, **extra})
+    return Router(cfg)
+
+
+def endpoints(n: int) -> list[EndpointState]:
+    return [
+        EndpointState(
+            id=EndpointId(f"e{i}"), url=f"http://e{i}", models=frozenset({"m"}), block_size=BS, stale=False
+        )
+        for i in range(n)
+    ]
+
+
+def chat(question: str, system: str = SYSTEM) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+    }
+
+
+def engine_stored(body: dict[str, Any]) -> BlockStored:
+    """What the simulated engine publishes after prefilling `body` (same tokenizer, sha256_cbor hashes)."""
+    ids = BuiltinTokenizer().encode_chat(body["messages"])
+    full = ids[: len(ids) // BS * BS]
+    return BlockStored(tuple(block_hashes(full, BS)), None, tuple(full), BS)
+
+
+async def test_kv_events_steer_requests_to_the_holder() -> None:
+    router = make_router()
+    router.start()
+    eps = endpoints(3)
+    for e in eps:
+        router.endpoint_added(e)
+    router.index.apply_event("e2", engine_stored(chat("first question")))
+    decision = await router.route("m", chat("second question"), {}, eps)
+    assert decision.endpoint.id == "e2"
+    assert decision.reason == "prefix-hit"
+    assert decision.predicted_cached_tokens >= 128
+    assert decision.predicted_cached_tokens % BS == 0
+    assert "endpoint=e2" in decision.explain()
+    assert "kv-cost-scorer=1.000" in decision.explain()
+    await router.stop()
+
+
+async def test_speculative_insert_keeps_a_burst_together_then_expires() -> None:
+    router = make_router(index={"speculative_ttl_s": 0.2})
+    router.start()
+    eps = endpoints(4)
+    first = await router.route("m", chat("q0"), {}, eps)
+    assert first.reason == "cold"
+    router.on_first_token(first)
+    router.on_finish(first, ok=True)
+    second = await router.route("m", chat("q1"), {}, eps)
+    assert second.endpoint.id == first.endpoint.id
+    assert second.reason == "prefix-hit"
+    router.on_finish(second, ok=True)
+    await asyncio.sleep(0.3)  # no BlockStored confirmed them: the speculative entries expire
+    third = await router.route("m", chat("q2"), {}, eps)
+    assert third.reason == "cold"
+    await router.stop()
+
+
+async def test_inflight_accounting_is_exact_and_idempotent() -> None:
+    router = make_router()
+    eps = endpoints(1)
+    d = await router.route("m", chat("hello"), {}, eps)
+    ep = eps[0]
+    assert ep.inflight_requests == 1
+    assert ep.inflight_prompt_tokens == d.prompt_tokens - d.predicted_cached_tokens > 0
+    router.on_first_token(d)
+    router.on_first_token(d)
+    assert ep.inflight_prompt_tokens == 0
+    assert ep.inflight_requests == 1
+    router.on_finish(d, ok=False)
+    router.on_finish(d, ok=False)
+    assert ep.inflight_requests == 0
+    assert router.stats()["decisions"]["kv-aware/failed"] == 1
+
+
+async def test_hot_prefix_spills_when_the_holder_is_saturated() -> None:
+    """The load gate: one hot prefix spreads once queued work outweighs the hit, but stays sticky before."""
+    router = make_router()
+    eps = endpoints(4)
+    router.index.apply_event("e0", engine_stored(chat("warm")))
+    chosen = Counter()
+    for i in range(24):  # none finish: prefill work piles up where they go
+        d = await router.route("m", chat(f"question {i}"), {}, eps)
+        chosen[d.endpoint.id] += 1
+    assert chosen["e0"] >= 6  # sticky while the queue is short
+    assert len(chosen) >= 3  # but not all on one replica
+    reasons = router.stats()["decisions"]
+    assert reasons.get("kv-aware/load-gate", 0) > 0
+
+
+async def test_round_robin_and_load_presets() -> None:
+    rr = make_router("round-robin")
+    eps = endpoints(3)
+    ids = [(await rr.route("m", chat("x"), {}, eps)).endpoint.id for _ in range(6)]
+    assert ids == ["e0", "e1", "e2", "e0", "e1", "e2"]
+    load = make_router("load")
+    eps[0].num_waiting, eps[1].num_waiting, eps[2].num_waiting = 5, 0, 9
+    assert (await load.route("m", chat("x"), {}, eps)).endpoint.id == "e1"
+
+
+async def test_approx_prefix_preset_without_tokenizer() -> None:
+    router = Router(
+        load_routing_config({"preset": "approx-prefix", "tokenizer": {"mode": "approx"}, "seed": 1})
+    )
+    eps = endpoints(4)
+    first = await router.route("m", chat("a"), {}, eps)
+    again = await router.route("m", chat("b"), {}, eps)
+    assert again.endpoint.id == first.endpoint.id
+    assert again.reason == "prefix-hit"
+    assert router.stats()["approx_index_blocks"] > 0
+
+
+async def test_kv_aware_without_tokenizer_falls_back_to_approximate() -> None:
+    router = Router(load_routing_config({"tokenizer": {"mode": "approx"}, "seed": 1}))
+    eps = endpoints(4)
+    first = await router.route("m", chat("a"), {}, eps)
+    again = await router.route("m", chat("b"), {}, eps)
+    assert again.endpoint.id == first.endpoint.id
+
+
+async def test_session_header_and_no_endpoint() -> None:
+    router = make_router("kv-aware")
+    eps = endpoints(4)
+    owners = set()
+    for _ in range(5):  # equal cost everywhere (short prompt, nothing in flight): the session decides
+        d = await router.route("m", {"prompt": "hi"}, {"X-Session-Id": "abc"}, eps)
+        router.on_finish(d, ok=True)
+        owners.add(d.endpoint.id)
+    assert len(owners) == 1
+    with pytest.raises(NoEndpointError):
+        await router.route("m", {"prompt": "hi"}, {}, [])
+
+
+async def test_prompt_token_ids_need_no_tokenizer() -> None:
+    router = Router(load_routing_config({"tokenizer": {"mode": "approx"}}))
+    eps = endpoints(2)
+    ids = list(range(64))
+    router.index.apply_event("e1", BlockStored(tuple(block_hashes(ids, BS)), None, tuple(ids), BS))
+    d = await router.route("m", {"prompt": [*ids, 1, 2]}, {}, eps)
+    assert d.endpoint.id == "e1"
+    assert d.predicted_cached_tokens == 64
+    assert d.prompt_tokens == 66
+
+
+async def test_num_gpu_blocks_bounds_the_index() -> None:
+    router = make_router()
+    eps = endpoints(1)
+    eps[0].num_gpu_blocks = 5
+    for i in range(10):
+        await router.route("m", chat(f"{i}", system=f"system {i} " * 40), {}, eps)
+    assert router.index.endpoint_size("e0") == 5
+
+
+async def test_events_over_zmq_reach_the_router_index() -> None:
+    ctx = zmq.asyncio.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:*")
+    address = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+    router = make_router()
+    eps = endpoints(2)
+    router.start()
+    router.endpoint_added(eps[0])
+    router.endpoint_added(eps[1], kv_events=address)
+    payload = encode_batch(EventBatch(ts=0.0, events=(engine_stored(chat("seed")),)), "array")
+    try:
+        for seq in range(200):  # until the subscription has joined
+            await pub.send_multipart(encode_frames("kv@e1@m", seq, payload))
+            await asyncio.sleep(0.02)
+            if router.index.endpoint_size("e1"):
+                break
+        d = await router.route("m", chat("other"), {}, eps)
+        assert d.endpoint.id == "e1"
+        assert d.reason == "prefix-hit"
+        stats = router.stats()
+        assert stats["subscribers"]["e1"]["batches"] >= 1
+        assert stats["event_lag_s_max"] is not None
+        router.endpoint_removed("e1")
+        assert router.index.endpoint_size("e1") == 0
+    finally:
+        await router.stop()
+        pub.close(0)
+        ctx.destroy(linger=0)

@@ -20,12 +20,12 @@ from tests.gateway.test_proxy_fakes import EngineBehaviour, FakeEngine, RoundRob
 pytestmark = pytest.mark.timeout(30)
 
 
-async def start_gateway(engines: list[FakeEngine], **server: Any) -> GatewayRuntime:
+async def start_gateway(engines: list[FakeEngine], scrape_failures: int = 2, **server: Any) -> GatewayRuntime:
     config = parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0, **server},
             "endpoints": {"static": [{"url": e.url} for e in engines]},
-            "scrape": {"interval_s": 0.05, "stale_after_s": 1.0, "unhealthy_after_failures": 2},
+            "scrape": {"interval_s": 0.05, "stale_after_s": 1.0, "unhealthy_after_failures": scrape_failures},
         }
     )
     runtime = build_runtime(config, router=RoundRobinRouter())
@@ -130,27 +130,29 @@ async def test_client_disconnect_cancels_upstream(gateway: GatewayRuntime, engin
     assert gateway.router.finished == [False]  # type: ignore[attr-defined]
 
 
-async def test_endpoint_loss_mid_run_retries_elsewhere(
-    gateway: GatewayRuntime, engines: list[FakeEngine]
-) -> None:
-    async with httpx.AsyncClient() as client:
-        url = base(gateway) + "/v1/completions"
-        for _ in range(2):
-            assert (await client.post(url, json={"model": "tiny", "prompt": "x"})).status_code == 200
-        await engines[0].stop()
-        statuses = [
-            (await client.post(url, json={"model": "tiny", "prompt": "x"})).status_code for _ in range(6)
-        ]
-        assert statuses == [200] * 6
-        assert engines[1].requests == 7
-        lost = gateway.registry.all()[0]
-        assert not lost.healthy
-        metrics = (await client.get(base(gateway) + "/metrics")).text
-        assert "eksinfer_gateway_upstream_retries_total 1.0" in metrics
-        await engines[1].stop()
-        r = await client.post(url, json={"model": "tiny", "prompt": "x"})
-        assert r.status_code in (502, 503)
-        assert r.json()["error"]["code"] in ("upstream_failed", "no_endpoint")
+async def test_endpoint_loss_mid_run_retries_elsewhere(engines: list[FakeEngine]) -> None:
+    # The scraper would notice the loss only after 1000 failed reads: the proxy must notice it by itself.
+    gateway = await start_gateway(engines, scrape_failures=1000)
+    try:
+        async with httpx.AsyncClient() as client:
+            url = base(gateway) + "/v1/completions"
+            for _ in range(2):
+                assert (await client.post(url, json={"model": "tiny", "prompt": "x"})).status_code == 200
+            await engines[0].stop()
+            statuses = [
+                (await client.post(url, json={"model": "tiny", "prompt": "x"})).status_code for _ in range(6)
+            ]
+            assert statuses == [200] * 6
+            assert engines[1].requests == 7
+            assert not gateway.registry.all()[0].healthy
+            metrics = (await client.get(base(gateway) + "/metrics")).text
+            assert "eksinfer_gateway_upstream_retries_total 1.0" in metrics
+            await engines[1].stop()
+            r = await client.post(url, json={"model": "tiny", "prompt": "x"})
+            assert r.status_code == 502
+            assert r.json()["error"]["code"] == "upstream_failed"
+    finally:
+        await gateway.stop()
 
 
 async def test_stream_broken_by_engine_ends_with_error_event(

@@ -164,6 +164,14 @@ class GatewayRuntime:
             if session is not None:
                 await session.close()
 
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Waits until some endpoint is healthy and has reported its models (or the timeout passes)."""
+        for _ in range(max(1, int(timeout_s / 0.02))):
+            if self.registry.ready():
+                return True
+            await asyncio.sleep(0.02)
+        return self.registry.ready()
+
     async def __aenter__(self) -> GatewayRuntime:
         await self.start()
         return self

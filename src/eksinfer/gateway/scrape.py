@@ -165,7 +165,7 @@ class Scraper:
 
     async def run(self, state: EndpointState, *, fetch_models: bool = True) -> None:
         """Scrapes until cancelled; marks data stale after `stale_after_s` and the endpoint unhealthy after
-        `unhealthy_after_failures` consecutive failures (and healthy again after one success)."""
+        `unhealthy_after_failures` consecutive failures, and healthy again after one success."""
         failures = 0
         count = 0
         while True:
@@ -173,7 +173,9 @@ class Scraper:
             ok = await self.scrape_once(state, models=want_models)
             count += 1
             failures = 0 if ok else failures + 1
-            self._set_health(state, failures < self._config.unhealthy_after_failures)
+            if ok or failures >= self._config.unhealthy_after_failures:
+                # In between, keep what the proxy decided (it marks an endpoint it cannot reach unhealthy).
+                self._set_health(state, ok)
             self.mark_stale(state, time.monotonic())
             await asyncio.sleep(self._config.interval_s)
 

@@ -1,0 +1,191 @@
+"""`eksinfer up`: simulated engines in a subprocess (`eksinfer sim --replicas N`) behind a gateway in-process.
+
+Ports: gateway on `--port` (8000); replica i of the simulator on `sim_port + i` (8100 + i) with its KV-event
+PUB socket on `kv_events_port + i` (5557 + i) and its replay socket `REPLAY_OFFSET` ports higher, which is how
+vLLM offsets data-parallel ranks. The gateway uses the simulator's built-in tokenizer, so its block keys match
+what the engines report in their KV events exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from eksinfer.errors import UpstreamError
+from eksinfer.gateway.config import GatewayConfig, parse_config
+
+log = logging.getLogger(__name__)
+
+REPLAY_OFFSET = 100
+HEALTH_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StackOptions:
+    replicas: int = 4
+    port: int = 8000
+    host: str = "127.0.0.1"
+    preset: str = "kv-aware"
+    sim_port: int = 8100
+    kv_events_port: int = 5557
+    model: str | None = None
+    gpu: str | None = None
+    time_scale: float | None = None
+    num_gpu_blocks: int | None = None
+    block_size: int = 16
+    sim_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def replica_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.sim_port + i}" for i in range(self.replicas)]
+
+
+def sim_command(opts: StackOptions) -> list[str]:
+    """The simulator's command line (vLLM flag names)."""
+    kv = {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"tcp://*:{opts.kv_events_port}",
+        "replay_endpoint": f"tcp://*:{opts.kv_events_port + REPLAY_OFFSET}",
+    }
+    cmd = [sys.executable, "-m", "eksinfer.cli.main", "sim", "--replicas", str(opts.replicas)]
+    cmd += ["--host", "127.0.0.1", "--port", str(opts.sim_port), "--block-size", str(opts.block_size)]
+    cmd += ["--kv-events-config", json.dumps(kv)]
+    for flag, value in (
+        ("--model", opts.model),
+        ("--gpu", opts.gpu),
+        ("--time-scale", opts.time_scale),
+        ("--num-gpu-blocks", opts.num_gpu_blocks),
+    ):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return cmd + list(opts.sim_args)
+
+
+def gateway_config(opts: StackOptions) -> GatewayConfig:
+    """The gateway in front of the simulator: static endpoints with their KV-event addresses."""
+    static = [
+        {"url": url, "kv_events": f"tcp://127.0.0.1:{opts.kv_events_port + i}"}
+        for i, url in enumerate(opts.replica_urls())
+    ]
+    routing: dict[str, Any] = {
+        "preset": opts.preset,
+        "block_size": opts.block_size,
+        "tokenizer": {"mode": "builtin"},
+        "events": {"replay_port_offset": REPLAY_OFFSET},
+    }
+    return parse_config(
+        {
+            "server": {"host": opts.host, "port": opts.port},
+            "endpoints": {"static": static},
+            "scrape": {"interval_s": 0.1},
+            "routing": routing,
+        }
+    )
+
+
+class SimProcess:
+    """The simulator subprocess: started, waited for, stopped with SIGTERM (then SIGKILL after a grace)."""
+
+    def __init__(self, opts: StackOptions) -> None:
+        self._opts = opts
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log: IO[bytes] | None = None
+        self.log_path: Path | None = None
+
+    async def start(self) -> None:
+        fd, name = tempfile.mkstemp(prefix="eksinfer-sim-", suffix=".log")
+        self.log_path = Path(name)
+        self._log = os.fdopen(fd, "wb")
+        cmd = sim_command(self._opts)
+        log.info("starting simulator: %s", " ".join(cmd))
+        self._proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=self._log, stderr=asyncio.subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            await self._wait_healthy()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        pending = set(self._opts.replica_urls())
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while pending:
+                if self._proc is not None and self._proc.returncode is not None:
+                    raise UpstreamError(
+                        f"the simulator exited with code {self._proc.returncode}: {self.tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    raise UpstreamError(f"the simulator did not become healthy in {HEALTH_TIMEOUT_S:g} s")
+                for url in list(pending):
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(url + "/health") as resp:
+                            if resp.status == 200:
+                                pending.discard(url)
+                await asyncio.sleep(0.1)
+
+    def tail(self, lines: int = 5) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+    async def stop(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
+
+def banner(opts: StackOptions, port: int, model: str) -> str:
+    """What `eksinfer up` prints once everything is ready: how to call it and where to look."""
+    base = f"http://localhost:{port}"
+    last = opts.sim_port + opts.replicas - 1
+    body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "max_tokens": 32}}'
+    sdk = (
+        f'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="none"); '
+        f'print(c.chat.completions.create(model="{model}", '
+        'messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)'
+    )
+    return "\n".join(
+        [
+            f"eksinfer is up: {opts.replicas} simulated engines (ports {opts.sim_port}-{last})"
+            f" behind the gateway on {base} (preset {opts.preset})",
+            "",
+            f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\",
+            f"    -d '{body}'",
+            "",
+            f"  python -c '{sdk}'",
+            "",
+            f"  models:  {base}/v1/models",
+            f"  metrics: {base}/metrics (gateway), http://127.0.0.1:{opts.sim_port}/metrics (engine 0)",
+            "  routing: the x-eksinfer-route response header explains every decision",
+            "Ctrl-C stops the gateway and the engines.",
+        ]
+    )

@@ -1,0 +1,72 @@
+"""Running a gateway in the foreground: uvloop when available, SIGINT/SIGTERM stop it cleanly.
+
+`eksinfer gateway` and `eksinfer up` both end up here; `up` passes extra start/stop steps (the simulator
+subprocess) so one Ctrl-C stops everything in order: gateway first (no new requests), then the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from eksinfer.gateway.config import GatewayConfig
+from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
+
+log = logging.getLogger(__name__)
+
+READY_WAIT_S = 5.0  # how long to wait for the first endpoint's models before printing the banner
+
+
+def run_event_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Runs `main()` on uvloop (faster sockets and timers for a proxy) or the default loop without it."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+async def wait_for_signal() -> None:
+    """Returns on the first SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on every platform
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+async def serve_until_signal(
+    config: GatewayConfig,
+    on_ready: Callable[[GatewayRuntime], None] | None = None,
+    before_start: Callable[[], Awaitable[None]] | None = None,
+    after_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Starts a gateway (after `before_start`), serves until a signal, stops it (then `after_stop`)."""
+    try:
+        if before_start is not None:
+            await before_start()
+        runtime = build_runtime(config)
+        await runtime.start()
+        try:
+            await runtime.wait_ready(READY_WAIT_S)
+            if on_ready is not None:
+                on_ready(runtime)
+            await wait_for_signal()
+            log.info("stopping")
+        finally:
+            await runtime.stop()
+    finally:
+        if after_stop is not None:
+            await after_stop()

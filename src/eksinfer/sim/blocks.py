@@ -1,0 +1,190 @@
+"""The paged KV-cache block pool with prefix caching, as vLLM's v1 `BlockPool` + `KVCacheManager` behave.
+
+Algorithm (vllm/v1/core/block_pool.py, kv_cache_manager.py, kv_cache_utils.py `FreeKVCacheBlockQueue`):
+- `num_gpu_blocks` blocks of `block_size` tokens; block 0 is vLLM's reserved null block, so
+  `num_gpu_blocks - 1` are usable and `kv_cache_usage_perc = 1 - free / (num_gpu_blocks - 1)`.
+- Free blocks sit in one LRU queue (initially by id). Allocation pops from the front; a popped block that
+  still holds a cached hash is evicted then (BlockRemoved). Freed blocks join the back, a request's blocks in
+  reverse order, so the tail of a prefix goes before its head.
+- A full block is cached under its chained hash as soon as its tokens are known and scheduled
+  (`allocate_slots` caches `min(computed + new, num_tokens)` tokens) and a BlockStored names it.
+- A cache hit takes a cached block out of the free queue (ref count 0 -> 1) or shares it (ref count + 1).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from eksinfer.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from eksinfer.kvcache.hashing import BlockDigest, to_block_hash
+
+
+class Block:
+    __slots__ = ("block_id", "digest", "ref_cnt")
+
+    def __init__(self, block_id: int) -> None:
+        self.block_id = block_id
+        self.ref_cnt = 0
+        self.digest: BlockDigest | None = None
+
+
+@dataclass(slots=True)
+class BlockTable:
+    """The blocks one request holds, and how many of them are cached (hashed) already."""
+
+    blocks: list[Block] = field(default_factory=list)
+    num_cached: int = 0
+
+
+class BlockPool:
+    """Blocks, the LRU free queue, the hash -> block map, and the KV events they produce."""
+
+    def __init__(
+        self, num_gpu_blocks: int, block_size: int, *, enable_caching: bool = True, emit_events: bool = False
+    ) -> None:
+        if num_gpu_blocks < 2:
+            raise ValueError("need at least 2 blocks (one is the reserved null block)")
+        self.block_size = block_size
+        self.num_gpu_blocks = num_gpu_blocks
+        self.enable_caching = enable_caching
+        self.emit_events = emit_events
+        self._blocks = [Block(i) for i in range(num_gpu_blocks)]
+        self._free: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self._blocks[1:])
+        self._cached: dict[bytes, dict[int, Block]] = {}
+        self.events: list[KVEvent] = []
+
+    # --- queries ------------------------------------------------------------------------------------------
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_cached_blocks(self) -> int:
+        return sum(len(v) for v in self._cached.values())
+
+    def usage(self) -> float:
+        return 1.0 - len(self._free) / (self.num_gpu_blocks - 1)
+
+    def is_cached(self, digest: bytes) -> bool:
+        return digest in self._cached
+
+    def longest_hit(self, digests: Sequence[bytes], max_blocks: int) -> list[Block]:
+        """Cached blocks for the longest prefix of `digests`, at most `max_blocks` of them."""
+        if not self.enable_caching:
+            return []
+        hit: list[Block] = []
+        cached = self._cached
+        for digest in digests[:max_blocks]:
+            entry = cached.get(digest)
+            if entry is None:
+                break
+            hit.append(next(iter(entry.values())))
+        return hit
+
+    # --- allocation ---------------------------------------------------------------------------------------
+
+    def blocks_to_allocate(self, table: BlockTable, num_tokens: int, hits: Sequence[Block]) -> int:
+        """Free blocks needed to hold `num_tokens` tokens, counting evictable hits it takes off the queue."""
+        need = -(-num_tokens // self.block_size) - len(table.blocks) - len(hits)
+        return max(need, 0) + sum(1 for b in hits if b.ref_cnt == 0)
+
+    def allocate(self, table: BlockTable, num_tokens: int, hits: Sequence[Block]) -> bool:
+        """Grow `table` to hold `num_tokens` tokens, touching `hits` first; False (no change) if short."""
+        if self.blocks_to_allocate(table, num_tokens, hits) > len(self._free):
+            return False
+        for block in hits:
+            if block.ref_cnt == 0:
+                del self._free[block.block_id]
+            block.ref_cnt += 1
+        table.blocks.extend(hits)
+        table.num_cached += len(hits)
+        new = -(-num_tokens // self.block_size) - len(table.blocks)
+        for _ in range(new):
+            _, block = self._free.popitem(last=False)
+            self._evict(block)
+            block.ref_cnt = 1
+            table.blocks.append(block)
+        return True
+
+    def _evict(self, block: Block) -> None:
+        digest = block.digest
+        if digest is None:
+            return
+        block.digest = None
+        entry = self._cached.get(digest)
+        if entry is None or entry.pop(block.block_id, None) is None:
+            return
+        if not entry:
+            del self._cached[digest]
+        if self.emit_events:
+            self.events.append(BlockRemoved(block_hashes=(to_block_hash(digest),), medium="GPU"))
+
+    def cache_full_blocks(
+        self,
+        table: BlockTable,
+        digests: Sequence[BlockDigest],
+        token_ids: Sequence[int],
+        num_tokens: int,
+        *,
+        lora_id: int | None = None,
+        lora_name: str | None = None,
+    ) -> None:
+        """Cache the table's blocks that are full within the first `num_tokens` tokens (and hashed)."""
+        if not self.enable_caching:
+            return
+        num_full = min(num_tokens // self.block_size, len(digests), len(table.blocks))
+        first = table.num_cached
+        if num_full <= first:
+            return
+        for i in range(first, num_full):
+            block = table.blocks[i]
+            block.digest = digests[i]
+            self._cached.setdefault(digests[i], {})[block.block_id] = block
+        table.num_cached = num_full
+        if self.emit_events:
+            bs = self.block_size
+            extra: tuple[tuple[object, ...] | None, ...] = tuple(
+                (lora_name,) if lora_name is not None else None for _ in range(first, num_full)
+            )
+            self.events.append(
+                BlockStored(
+                    block_hashes=tuple(to_block_hash(d) for d in digests[first:num_full]),
+                    parent_block_hash=to_block_hash(digests[first - 1]) if first > 0 else None,
+                    token_ids=tuple(token_ids[first * bs : num_full * bs]),
+                    block_size=bs,
+                    lora_id=lora_id,
+                    medium="GPU",
+                    lora_name=lora_name,
+                    extra_keys=extra,
+                    group_idx=0,
+                    kv_cache_spec_kind="full_attention",
+                )
+            )
+
+    def free(self, table: BlockTable) -> None:
+        """Release a request's blocks; the ones nobody else holds join the free queue, tail first."""
+        free = self._free
+        for block in reversed(table.blocks):
+            block.ref_cnt -= 1
+            if block.ref_cnt == 0:
+                free[block.block_id] = block
+        table.blocks = []
+        table.num_cached = 0
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached hash (vLLM's /reset_prefix_cache); only when no block is in use."""
+        if len(self._free) != self.num_gpu_blocks - 1:
+            return False
+        for block in self._blocks:
+            block.digest = None
+        self._cached.clear()
+        if self.emit_events:
+            self.events.append(AllBlocksCleared())
+        return True
+
+    def take_events(self) -> list[KVEvent]:
+        events, self.events = self.events, []
+        return events

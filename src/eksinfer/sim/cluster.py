@@ -1,0 +1,159 @@
+"""Run N simulated engines in one process: the library entry other parts' tests use, and `eksinfer sim`.
+
+    cluster = await start_cluster(SimOptions(port=0, time_scale=0), replicas=4)
+    cluster.urls            # ["http://127.0.0.1:41001", ...]  (port + i, or free ports when port=0)
+    cluster.event_endpoints # ["tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558", ...] when events are on
+    await cluster.stop()
+
+Replica i listens on `port + i` and publishes KV events on the configured endpoint's port + i (vLLM's
+data-parallel offset), with `data_parallel_rank = i`. The topic may use `{host}`, `{port}`, `{model}` and
+`{rank}` placeholders (e.g. `kv@{host}:{port}@{model}`), filled per replica. The performance model and the
+tokenizer are built once and shared (both are read-only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+
+from aiohttp import web
+
+from eksinfer.errors import ConfigError
+from eksinfer.sim.config import SimOptions, build_perf, resolve_engine_sizing
+from eksinfer.sim.engine import Engine
+from eksinfer.sim.server import SimServer
+from eksinfer.sim.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Replica:
+    """One engine and its HTTP listener."""
+
+    engine: Engine
+    runner: web.AppRunner
+    host: str
+    port: int
+    crashed: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def event_endpoint(self) -> str | None:
+        """Where a subscriber connects (wildcard hosts become 127.0.0.1)."""
+        pub = self.engine.publisher
+        if pub is None:
+            return None
+        return pub.endpoint.replace("*", "127.0.0.1", 1)
+
+    @property
+    def replay_endpoint(self) -> str | None:
+        pub = self.engine.publisher
+        if pub is None or pub.replay_endpoint is None:
+            return None
+        return pub.replay_endpoint.replace("*", "127.0.0.1", 1)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.engine.stop()
+
+    def crash(self) -> None:
+        """Fault injection: stop serving and publishing, as if the process died."""
+        if not self.crashed:
+            self.crashed = True
+            asyncio.get_running_loop().create_task(self.stop())
+
+
+@dataclass(slots=True)
+class SimCluster:
+    """Handle on running replicas; `stop()` shuts them all down."""
+
+    replicas: list[Replica] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.replicas]
+
+    @property
+    def ports(self) -> list[int]:
+        return [r.port for r in self.replicas]
+
+    @property
+    def event_endpoints(self) -> list[str | None]:
+        return [r.event_endpoint for r in self.replicas]
+
+    @property
+    def engines(self) -> list[Engine]:
+        return [r.engine for r in self.replicas]
+
+    async def stop(self) -> None:
+        for replica in self.replicas:
+            if not replica.crashed:
+                replica.crashed = True
+                await replica.stop()
+
+
+def _topic(template: str, *, host: str, port: int, model: str, rank: int) -> str:
+    return (template.replace("{host}", host).replace("{port}", str(port)).replace("{model}", model)).replace(
+        "{rank}", str(rank)
+    )
+
+
+async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, perf: object) -> Replica:
+    sizing = resolve_engine_sizing(options, perf)  # type: ignore[arg-type]
+    port = options.port + rank if options.port else 0
+    engine_holder: list[Replica] = []
+    engine = Engine(options, rank=rank, tokenizer=tokenizer, perf=perf, sizing=sizing)  # type: ignore[arg-type]
+    server = SimServer(engine, on_crash=lambda: engine_holder[0].crash())
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as err:
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {options.host}:{port}: {err.strerror}", field="--port") from err
+    bound = runner.addresses[0][1] if runner.addresses else port
+    # The topic may name the HTTP port, which is known only now (port 0 binds a free one).
+    if engine.publisher is not None:
+        engine.publisher.topic = _topic(
+            options.kv_events.topic, host=options.host, port=bound, model=engine.model_name, rank=rank
+        ).encode()
+    try:
+        await engine.start()
+    except ConfigError:
+        await runner.cleanup()
+        raise
+    replica = Replica(engine=engine, runner=runner, host=options.host, port=bound)
+    engine_holder.append(replica)
+    return replica
+
+
+async def start_cluster(
+    options: SimOptions, replicas: int = 1, *, tokenizer: Tokenizer | None = None
+) -> SimCluster:
+    """Start `replicas` engines on the running loop; raises EksinferError subclasses on bad options."""
+    options.validate()
+    if replicas < 1:
+        raise ConfigError("must be >= 1", field="--replicas")
+    if tokenizer is None:
+        tokenizer = await asyncio.to_thread(load_tokenizer, options.tokenizer)
+    perf = await asyncio.to_thread(build_perf, options)
+    cluster = SimCluster()
+    try:
+        for rank in range(replicas):
+            cluster.replicas.append(await _start_replica(options, rank, tokenizer, perf))
+    except BaseException:
+        await cluster.stop()
+        raise
+    log.info("started %d simulated engine(s): %s", replicas, ", ".join(cluster.urls))
+    return cluster
+
+
+def with_overrides(options: SimOptions, **changes: object) -> SimOptions:
+    """A copy of `options` with some fields changed (tests build variants this way)."""
+    return replace(options, **changes)  # type: ignore[arg-type]

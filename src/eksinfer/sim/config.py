@@ -1,0 +1,156 @@
+"""Options of a simulated engine (`eksinfer sim` flags), named as vLLM names them where vLLM has the flag.
+
+`SimOptions` is a plain value; `resolve_engine_sizing` turns it into the numbers one engine runs with, taking
+the unset ones (`num_gpu_blocks`, `max_model_len`, `max_num_seqs`, `max_num_batched_tokens`) from the
+performance model for `--model` on `--gpu`, as vLLM sizes its KV cache from the GPU's free memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from eksinfer.errors import UsageError
+from eksinfer.kvcache.events import KVEventsConfig
+
+if TYPE_CHECKING:
+    from eksinfer.perf import EnginePerf
+
+EventEncoding = Literal["map", "array"]
+
+
+@dataclass(frozen=True, slots=True)
+class FaultOptions:
+    """Fault injection for resilience tests; all off by default."""
+
+    error_rate: float = 0.0  # fraction of requests answered 500 before they reach the engine
+    stall_rate: float = 0.0  # fraction of requests held `stall_s` seconds before admission
+    stall_s: float = 0.0
+    slow_token_s: float = 0.0  # extra wall seconds added to every engine step that emits tokens
+    crash_after: int = 0  # after this many requests the replica stops serving (0: never)
+    events_drop_rate: float = 0.0  # fraction of event batches not sent on PUB (still kept for replay)
+    events_close_after: int = 0  # close the PUB socket after this many batches (0: never)
+
+    def validate(self) -> None:
+        for name in ("error_rate", "stall_rate", "events_drop_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"must be in [0, 1], got {value}", field=f"--fault-{name.replace('_', '-')}")
+        for name in ("stall_s", "slow_token_s", "crash_after", "events_close_after"):
+            if getattr(self, name) < 0:
+                raise UsageError("must be >= 0", field=f"--fault-{name.replace('_', '-')}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """Everything one `eksinfer sim` process is configured with (one engine per replica)."""
+
+    model: str = "llama-3.1-8b"  # catalog model that drives memory and step time
+    gpu: str = "H100"
+    served_model_name: tuple[str, ...] = ()  # names clients use; default: the model id
+    host: str = "127.0.0.1"
+    port: int = 8000  # replica i listens on port + i; 0 = any free port per replica
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    num_gpu_blocks: int | None = None  # vLLM --num-gpu-blocks-override
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    prefix_caching_hash_algo: str = "sha256_cbor"
+    hash_seed: str = "0"  # PYTHONHASHSEED of the engine: the root of every block hash chain
+    kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
+    kv_events_encoding: EventEncoding = "map"
+    enable_prompt_tokens_details: bool = False
+    lora_modules: tuple[str, ...] = ()  # adapter names served besides the base model
+    tokenizer: str | None = None  # HF tokenizer directory; None: the built-in tokenizer
+    time_scale: float = 1.0  # wall seconds per simulated second; 0 = as fast as possible
+    seed: int = 0
+    natural_output_tokens: int = 256  # mean length before the model "emits EOS" (0: never)
+    faults: FaultOptions = field(default_factory=FaultOptions)
+
+    def validate(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (self.block_size > 0 and self.block_size % 1 == 0, "--block-size", "must be a positive integer"),
+            (0.0 < self.gpu_memory_utilization <= 1.0, "--gpu-memory-utilization", "must be in (0, 1]"),
+            (self.tensor_parallel_size >= 1, "--tensor-parallel-size", "must be >= 1"),
+            (self.time_scale >= 0.0, "--time-scale", "must be >= 0"),
+            (self.natural_output_tokens >= 0, "--natural-output-tokens", "must be >= 0"),
+            (0 <= self.port < 65536, "--port", "must be a TCP port"),
+            (
+                self.num_gpu_blocks is None or self.num_gpu_blocks >= 2,
+                "--num-gpu-blocks-override",
+                "must be >= 2",
+            ),
+            (self.max_model_len is None or self.max_model_len >= 1, "--max-model-len", "must be >= 1"),
+            (self.max_num_seqs is None or self.max_num_seqs >= 1, "--max-num-seqs", "must be >= 1"),
+            (
+                self.max_num_batched_tokens is None or self.max_num_batched_tokens >= 1,
+                "--max-num-batched-tokens",
+                "must be >= 1",
+            ),
+            (
+                self.prefix_caching_hash_algo == "sha256_cbor",
+                "--prefix-caching-hash-algo",
+                "only sha256_cbor is reproducible across processes; the simulator implements that one",
+            ),
+            (self.kv_events_encoding in ("map", "array"), "--kv-events-encoding", "must be map or array"),
+        ]
+        for ok, flag, message in checks:
+            if not ok:
+                raise UsageError(message, field=flag)
+        self.faults.validate()
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return self.served_model_name or (self.model,)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSizing:
+    """The resolved numbers an engine runs with."""
+
+    num_gpu_blocks: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+
+def build_perf(options: SimOptions) -> EnginePerf:
+    """The performance model for the options' model and GPU (imported lazily: heavy catalog data)."""
+    from eksinfer.catalog import get_gpu, get_model
+    from eksinfer.perf import build_engine_perf
+
+    return build_engine_perf(
+        get_model(options.model),
+        get_gpu(options.gpu),
+        tensor_parallel_size=options.tensor_parallel_size,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        block_size=options.block_size,
+        max_model_len=options.max_model_len,
+        num_gpu_blocks=options.num_gpu_blocks,
+        max_num_batched_tokens=options.max_num_batched_tokens,
+        max_num_seqs=options.max_num_seqs,
+    )
+
+
+def resolve_engine_sizing(options: SimOptions, perf: EnginePerf) -> EngineSizing:
+    """Explicit flags win; the rest come from the performance model (vLLM's defaults for that GPU)."""
+    blocks = options.num_gpu_blocks or perf.num_gpu_blocks
+    max_model_len = options.max_model_len or perf.max_model_len
+    mbt = options.max_num_batched_tokens or perf.max_num_batched_tokens
+    if not options.enable_chunked_prefill and options.max_num_batched_tokens is None:
+        mbt = max(mbt, max_model_len)  # vLLM: without chunking a whole prompt must fit in one step
+    if not options.enable_chunked_prefill and mbt < max_model_len:
+        raise UsageError(
+            f"{mbt} is smaller than max_model_len {max_model_len}; enable chunked prefill or raise it",
+            field="--max-num-batched-tokens",
+        )
+    return EngineSizing(
+        num_gpu_blocks=blocks,
+        max_model_len=max_model_len,
+        max_num_seqs=options.max_num_seqs or perf.max_num_seqs,
+        max_num_batched_tokens=mbt,
+    )

@@ -1,0 +1,305 @@
+"""One simulated vLLM engine: block pool + scheduler + performance model + metrics + KV-event publisher.
+
+The step loop runs on the asyncio loop: schedule a batch, publish the KV events the allocation produced,
+wait `step_time_s(batch) * time_scale` (+ the slow-token fault), then sample one token for every request
+whose tokens are all computed and wake its HTTP handler. Waiting is measured against an absolute timeline so
+short steps do not drift; at `time_scale = 0` a step only yields to the loop.
+
+Generated tokens are deterministic: request r's generator is seeded by (`--seed`, the request's `seed`, a
+CRC-32 of its prompt ids). With `--natural-output-tokens N > 0` the simulated model emits EOS as token number
+U[N/2, 3N/2] (same seeding) unless `ignore_eos`; `max_tokens` and `max_model_len` cap the length as in vLLM.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from eksinfer.errors import UsageError
+from eksinfer.sim.blocks import BlockPool
+from eksinfer.sim.config import EngineSizing, SimOptions
+from eksinfer.sim.metrics import EngineMetrics
+from eksinfer.sim.publisher import EventPublisher
+from eksinfer.sim.scheduler import Scheduler, SimRequest, StepPlan
+from eksinfer.sim.tokenizer import BuiltinTokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from eksinfer.perf import EnginePerf
+
+log = logging.getLogger(__name__)
+VLLM_VERSION = "0.32.0"
+
+
+class Engine:
+    """A simulated engine; `start()` launches the step loop, `stop()` ends it and closes sockets."""
+
+    def __init__(
+        self,
+        options: SimOptions,
+        *,
+        rank: int,
+        tokenizer: Tokenizer,
+        perf: EnginePerf,
+        sizing: EngineSizing,
+        topic: str = "",
+    ) -> None:
+        self.options = options
+        self.rank = rank
+        self.tokenizer = tokenizer
+        self.perf = perf
+        self.sizing = sizing
+        self.model_name = options.model_names[0]
+        self.lora_ids = {name: i + 1 for i, name in enumerate(options.lora_modules)}
+        events = options.kv_events
+        self.pool = BlockPool(
+            sizing.num_gpu_blocks,
+            options.block_size,
+            enable_caching=options.enable_prefix_caching,
+            emit_events=events.enabled,
+        )
+        self.scheduler = Scheduler(
+            self.pool,
+            max_num_seqs=sizing.max_num_seqs,
+            max_num_batched_tokens=sizing.max_num_batched_tokens,
+            max_model_len=sizing.max_model_len,
+            enable_chunked_prefill=options.enable_chunked_prefill,
+        )
+        self.publisher: EventPublisher | None = None
+        if events.enabled:
+            self.publisher = EventPublisher(
+                events,
+                rank=rank,
+                topic=topic,
+                encoding=options.kv_events_encoding,
+                drop_rate=options.faults.events_drop_rate,
+                close_after=options.faults.events_close_after,
+                seed=options.seed,
+            )
+        self.metrics = EngineMetrics(
+            model_name=self.model_name, engine=rank, cache_labels=self._cache_labels()
+        )
+        self.metrics.bind_gauges(
+            running=lambda: float(len(self.scheduler.running)),
+            waiting=lambda: float(len(self.scheduler.waiting)),
+            kv_usage=self.pool.usage,
+        )
+        if self.lora_ids:
+            self.metrics.add_lora_info(len(self.lora_ids), self._lora_snapshot, time.time)
+        self._choices = self._sample_space()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._ids = itertools.count()
+        self.num_steps = 0
+
+    def _cache_labels(self) -> dict[str, str]:
+        o = self.options
+        return {
+            "block_size": str(o.block_size),
+            "cache_dtype": "auto",
+            "enable_prefix_caching": str(o.enable_prefix_caching),
+            "gpu_memory_utilization": str(o.gpu_memory_utilization),
+            "num_cpu_blocks": "None",
+            "num_gpu_blocks": str(self.sizing.num_gpu_blocks),
+            "num_gpu_blocks_override": str(o.num_gpu_blocks),
+            "prefix_caching_hash_algo": o.prefix_caching_hash_algo,
+        }
+
+    def _sample_space(self) -> list[int]:
+        if isinstance(self.tokenizer, BuiltinTokenizer):
+            return list(self.tokenizer.word_ids())
+        vocab = self.tokenizer.vocab_size
+        return list(range(vocab // 10, max(vocab * 9 // 10, vocab // 10 + 1)))
+
+    def _lora_snapshot(self) -> tuple[list[str], list[str]]:
+        running = sorted({r.lora_name for r in self.scheduler.running if r.lora_name})
+        waiting = sorted({r.lora_name for r in self.scheduler.waiting if r.lora_name})
+        return running, waiting
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.publisher is not None:
+            self.publisher.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"engine-{self.rank}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.publisher is not None:
+            await self.publisher.close()
+
+    # --- requests -----------------------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        ignore_eos: bool = False,
+        lora_name: str | None = None,
+        seed: int | None = None,
+        on_tokens: Callable[[SimRequest], None] | None = None,
+    ) -> SimRequest:
+        """Queue a request (already validated against max_model_len by the server)."""
+        bs = self.options.block_size
+        if -(-(len(prompt_ids) + 1) // bs) > self.pool.num_gpu_blocks - 1:
+            raise UsageError(
+                f"the prompt needs more KV blocks than the engine has ({self.pool.num_gpu_blocks - 1})",
+                field="prompt",
+            )
+        key = (self.options.seed * 1_000_003 + (seed or 0)) ^ zlib.crc32(
+            array.array("q", prompt_ids).tobytes()
+        )
+        rng = random.Random(key)
+        natural = self.options.natural_output_tokens
+        natural_len = rng.randint(max(natural // 2, 1), max(natural * 3 // 2, 1)) if natural else 0
+        req = SimRequest(
+            f"{self.rank}-{next(self._ids)}",
+            prompt_ids,
+            max_tokens=max_tokens,
+            block_size=bs,
+            hash_seed=self.options.hash_seed,
+            arrival_time=time.monotonic(),
+            ignore_eos=ignore_eos,
+            natural_len=natural_len,
+            eos_token_id=self.tokenizer.eos_token_id,
+            lora_name=lora_name,
+            lora_id=self.lora_ids.get(lora_name) if lora_name else None,
+            on_tokens=on_tokens,
+        )
+        req.rng_state = rng
+        self.scheduler.add(req)
+        self._wake.set()
+        return req
+
+    def abort(self, req: SimRequest) -> None:
+        if self.scheduler.abort(req):
+            self.metrics.success["abort"].inc()
+            self._wake.set()
+
+    def _sample(self, req: SimRequest) -> int:
+        if req.natural_len and req.num_output_tokens + 1 >= req.natural_len and req.eos_token_id >= 0:
+            return req.eos_token_id
+        choices = self._choices
+        rng: random.Random = req.rng_state
+        return choices[rng.randrange(len(choices))]
+
+    # --- the step loop ------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        scale = self.options.time_scale
+        slow = self.options.faults.slow_token_s
+        deadline = loop.time()
+        while True:
+            if not self.scheduler.has_work():
+                self._wake.clear()
+                await self._wake.wait()
+                deadline = loop.time()
+                continue
+            plan = self.scheduler.schedule()
+            now = time.monotonic()
+            self._after_schedule(plan, now)
+            if not plan.scheduled:  # nothing fits until a request finishes or is aborted
+                self._wake.clear()
+                await self._wake.wait()
+                deadline = loop.time()
+                continue
+            step_s = self.perf.step_time_s(
+                prefill_tokens=plan.prefill_tokens,
+                prefill_attention_pairs=plan.prefill_attention_pairs,
+                decode_seqs=plan.decode_seqs,
+                decode_context_tokens=plan.decode_context_tokens,
+            )
+            wait_s = step_s * scale + slow
+            if wait_s > 0:
+                deadline = max(deadline + wait_s, loop.time() - 1.0)  # never bank more than 1 s of lag
+                await asyncio.sleep(max(deadline - loop.time(), 0.0))
+            else:
+                await asyncio.sleep(0)
+            self.num_steps += 1
+            emitted = self.scheduler.update(plan, self._sample)
+            self._after_update(plan, emitted, time.monotonic())
+
+    def _after_schedule(self, plan: StepPlan, now: float) -> None:
+        for req, _ in plan.scheduled:
+            if not req.first_scheduled_time:
+                req.first_scheduled_time = now
+        stats = self.scheduler.stats
+        m = self.metrics
+        if stats.prefix_queries:
+            m.prefix_queries.inc(stats.prefix_queries)
+            m.prefix_hits.inc(stats.prefix_hits)
+            stats.prefix_queries = stats.prefix_hits = 0
+        if stats.preemptions:
+            m.preemptions.inc(stats.preemptions)
+            stats.preemptions = 0
+        if self.publisher is not None and self.pool.events:
+            self.publisher.publish(self.pool.take_events())
+
+    def _after_update(self, plan: StepPlan, emitted: list[SimRequest], now: float) -> None:
+        m = self.metrics
+        prompt_tokens = 0
+        for req in emitted:
+            if req.num_output_tokens == 1:
+                prompt_tokens += self._first_token(req, now)
+            else:
+                m.itl.observe(now - req.last_token_time)
+            req.last_token_time = now
+            if req.finish_reason is not None:
+                self._finished(req, now)
+            if req.on_tokens is not None:
+                req.on_tokens(req)
+        if emitted:
+            m.generation_tokens.inc(len(emitted))
+        m.iteration_tokens.observe(prompt_tokens + len(emitted))
+
+    def _first_token(self, req: SimRequest, now: float) -> int:
+        m = self.metrics
+        req.first_token_time = now
+        m.ttft.observe(now - req.arrival_time)
+        prompt = req.num_prompt_tokens
+        cached = max(req.num_cached_tokens, 0)
+        m.prompt_tokens.inc(prompt)
+        m.prompt_computed.inc(prompt - cached)
+        if cached:
+            m.prompt_cache_hit.inc(cached)
+            m.prompt_cached.inc(cached)
+        return prompt
+
+    def _finished(self, req: SimRequest, now: float) -> None:
+        m = self.metrics
+        n_out = req.num_output_tokens
+        decode_s = now - req.first_token_time
+        m.success[req.finish_reason or "stop"].inc()
+        m.e2e.observe(now - req.arrival_time)
+        m.queue_time.observe(req.first_scheduled_time - req.arrival_time)
+        m.inference_time.observe(now - req.first_scheduled_time)
+        m.prefill_time.observe(req.first_token_time - req.first_scheduled_time)
+        m.decode_time.observe(decode_s)
+        if n_out > 1:
+            m.tpot.observe(decode_s / (n_out - 1))
+        m.request_prompt_tokens.observe(req.num_prompt_tokens)
+        m.request_generation_tokens.observe(n_out)
+        m.max_generation_tokens.observe(req.max_tokens)
+        m.params_n.observe(1)
+        m.params_max_tokens.observe(req.max_tokens)
+        m.request_preemptions.observe(req.num_preemptions)
+        m.prefill_kv_computed.observe(req.num_prompt_tokens - max(req.num_cached_tokens, 0))
+
+    def reset_prefix_cache(self) -> bool:
+        ok = self.pool.reset_prefix_cache()
+        if ok and self.publisher is not None and self.pool.events:
+            self.publisher.publish(self.pool.take_events())
+        return ok

@@ -1,0 +1,310 @@
+"""OpenAI request parsing and response bodies, shaped as vLLM 0.32 emits them (reference/vllm-samples).
+
+Bodies are dicts in vLLM's key order, encoded with msgspec (fast). Errors are `ApiError`s that the server
+turns into vLLM's error body `{"error": {"message", "type", "param", "code"}}` with the same HTTP status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from eksinfer.errors import UsageError
+from eksinfer.sim.tokenizer import Tokenizer
+
+SYSTEM_FINGERPRINT = "vllm-0.32.0-eksinfer"
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+class ApiError(Exception):
+    """An error answered with vLLM's body and status."""
+
+    def __init__(
+        self, status: int, message: str, *, type_: str = "BadRequestError", param: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param = status, message, type_, param
+
+    def body(self) -> bytes:
+        return _json_encode(
+            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+        )
+
+
+def dumps(obj: Any) -> bytes:
+    return _json_encode(obj)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a request body; vLLM's 400 'Bad Request' body otherwise."""
+    try:
+        body = _json_decode(raw)
+    except msgspec.DecodeError as err:
+        detail = (
+            "1 validation error:\n  {'type': 'json_invalid', 'loc': 'body.1', 'msg': 'JSON decode error', "
+            f"'input': '<dict of 0 items>', 'ctx': {{'error': {str(err)!r}}}}}"
+        )
+        raise ApiError(400, detail, type_="Bad Request", param="body.1") from err
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", type_="Bad Request", param="body")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateParams:
+    """What the engine needs from a completions or chat request, after validation."""
+
+    model: str
+    lora_name: str | None
+    prompt_ids: list[int]
+    max_tokens: int
+    max_tokens_requested: int | None
+    stream: bool
+    include_usage: bool
+    ignore_eos: bool
+    seed: int | None
+    echo_prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelContext:
+    """What request validation needs to know about the server."""
+
+    names: tuple[str, ...]
+    lora_names: tuple[str, ...]
+    max_model_len: int
+    tokenizer: Tokenizer
+
+    def resolve(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        model = body.get("model")
+        if model is None:
+            return self.names[0], None
+        if not isinstance(model, str):
+            raise ApiError(400, "model must be a string", param="model")
+        if model in self.names:
+            return model, None
+        if model in self.lora_names:
+            return model, model
+        raise ApiError(404, f"The model `{model}` does not exist.", type_="NotFoundError", param="model")
+
+
+def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{name} must be an integer", param=name)
+    if value < minimum:
+        raise ApiError(400, f"{name} must be at least {minimum}, got {value}.", param=name)
+    return value
+
+
+def _common(
+    body: dict[str, Any], ctx: ModelContext, prompt_ids: list[int], default_max: int | None
+) -> dict[str, Any]:
+    n = _int_field(body, "n", minimum=1)
+    if n not in (None, 1):
+        raise ApiError(400, "the simulator serves n=1 only", param="n")
+    requested = _int_field(body, "max_completion_tokens", minimum=1)
+    if requested is None:
+        requested = _int_field(body, "max_tokens", minimum=1)
+    limit = ctx.max_model_len
+    if requested is not None and requested > limit:
+        raise ApiError(
+            400,
+            f"max_tokens={requested} cannot be greater than max_model_len={limit}. "
+            f"Please request fewer output tokens. (parameter=max_tokens, value={requested})",
+            param="max_tokens",
+        )
+    if len(prompt_ids) >= limit:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, your request has "
+            f"{len(prompt_ids)} input tokens. Please reduce the length of the input messages.",
+            param="input_tokens",
+        )
+    room = limit - len(prompt_ids)
+    wanted = requested if requested is not None else default_max
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise ApiError(400, "stream_options must be an object", param="stream_options")
+    seed = _int_field(body, "seed", minimum=-(2**63))
+    return {
+        "max_tokens": min(wanted, room) if wanted is not None else room,
+        "max_tokens_requested": requested,
+        "stream": bool(body.get("stream", False)),
+        "include_usage": bool(stream_options.get("include_usage", False)),
+        "ignore_eos": bool(body.get("ignore_eos", False)),
+        "seed": seed,
+    }
+
+
+def parse_completion(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
+    model, lora = ctx.resolve(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        ids = ctx.tokenizer.encode_prompt(prompt)
+    elif (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        ids = list(prompt)
+    else:
+        raise ApiError(
+            400, "prompt must be a string or a list of token ids (one prompt per request)", param="prompt"
+        )
+    fields = _common(body, ctx, ids, 16)  # OpenAI/vLLM completions default max_tokens=16
+    echo = prompt if body.get("echo") and isinstance(prompt, str) else None
+    return GenerateParams(model=model, lora_name=lora, prompt_ids=ids, echo_prompt=echo, **fields)
+
+
+def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
+    model, lora = ctx.resolve(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise ApiError(400, "messages must be a non-empty list of message objects", param="messages")
+    try:
+        ids = ctx.tokenizer.encode_chat(messages)
+    except UsageError as err:
+        raise ApiError(400, str(err), param="messages") from err
+    fields = _common(body, ctx, ids, None)
+    return GenerateParams(model=model, lora_name=lora, prompt_ids=ids, **fields)
+
+
+def usage(prompt: int, completion: int, cached: int | None, *, stream: bool) -> dict[str, Any]:
+    """vLLM's usage block: details only with --enable-prompt-tokens-details (`cached` not None)."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+    }
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    elif not stream:
+        out["prompt_tokens_details"] = None
+    if not stream:
+        out["completion_tokens_details"] = None
+    return out
+
+
+def completion_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    choice = {
+        "index": 0,
+        "text": text,
+        "logprobs": None,
+        "finish_reason": finish,
+        "stop_reason": None,
+        "prompt_token_ids": None,
+        "token_ids": None,
+    }
+    return {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": [choice]}
+
+
+def chat_role_chunk(rid: str, created: int, model: str) -> dict[str, Any]:
+    choice = {
+        "index": 0,
+        "delta": {"role": "assistant", "content": ""},
+        "logprobs": None,
+        "finish_reason": None,
+    }
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "prompt_token_ids": None,
+        "prompt_text": None,
+    }
+
+
+def chat_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    choice: dict[str, Any] = {
+        "index": 0,
+        "delta": {"content": text},
+        "logprobs": None,
+        "finish_reason": finish,
+    }
+    if finish is not None:
+        choice["stop_reason"] = None
+    choice["token_ids"] = None
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+    }
+
+
+def usage_chunk(rid: str, obj: str, created: int, model: str, use: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": use,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+def completion_response(
+    rid: str, created: int, model: str, text: str, finish: str | None, use: dict[str, Any]
+) -> dict[str, Any]:
+    body = completion_chunk(rid, created, model, text, finish)
+    body["choices"][0]["prompt_logprobs"] = None
+    body.update(
+        {
+            "service_tier": None,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "usage": use,
+            "kv_transfer_params": None,
+        }
+    )
+    return body
+
+
+def chat_response(
+    rid: str, created: int, model: str, text: str, finish: str | None, use: dict[str, Any]
+) -> dict[str, Any]:
+    message = {
+        "role": "assistant",
+        "content": text,
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+        "reasoning": None,
+    }
+    choice = {
+        "index": 0,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": finish,
+        "stop_reason": None,
+        "token_ids": None,
+        "routed_experts": None,
+    }
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "service_tier": None,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "usage": use,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "prompt_text": None,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "metrics": None,
+    }

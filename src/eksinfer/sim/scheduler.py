@@ -1,0 +1,309 @@
+"""vLLM v1's scheduler, reduced to what decides timing and cache state (vllm/v1/core/sched/scheduler.py).
+
+Each step has a token budget of `max_num_batched_tokens`:
+1. RUNNING requests in order each get `num_tokens - num_computed_tokens` tokens (1 when decoding, the rest
+   of the prompt when prefilling; chunked prefill caps it at the remaining budget). When the blocks do not
+   fit, the last running request is preempted (recompute: its blocks are freed, `num_computed_tokens = 0`,
+   it goes back to the head of the waiting queue) until they do, or the request preempts itself.
+2. Only if nothing was preempted, WAITING requests are admitted first-come-first-served while fewer than
+   `max_num_seqs` run: the prefix cache supplies the longest run of cached full blocks, capped at
+   `(num_tokens - 1) // block_size` blocks so at least one token is computed; each lookup is counted as a
+   prefix-cache query of `num_tokens` tokens with `hit_blocks * block_size` hit tokens (preempted requests
+   are counted apart, as vLLM's PrefixCacheStats does). Without chunked prefill a prompt larger than the
+   remaining budget waits. Admission stops at the first request that does not fit.
+3. After the step, every request whose tokens are all computed samples one token; a request stops at
+   `max_tokens`, at EOS (unless `ignore_eos`), or at `max_model_len` tokens.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from eksinfer.kvcache.hashing import BlockHasher
+from eksinfer.sim.blocks import BlockPool, BlockTable
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+
+
+class SimRequest:
+    """One request inside the engine: its tokens, progress, blocks and timestamps (monotonic seconds)."""
+
+    __slots__ = (
+        "arrival_time",
+        "eos_token_id",
+        "finish_reason",
+        "first_scheduled_time",
+        "first_token_time",
+        "hasher",
+        "ignore_eos",
+        "last_token_time",
+        "lora_id",
+        "lora_name",
+        "max_tokens",
+        "natural_len",
+        "num_cached_tokens",
+        "num_computed_tokens",
+        "num_preemptions",
+        "num_prompt_tokens",
+        "on_tokens",
+        "request_id",
+        "rng_state",
+        "status",
+        "table",
+        "token_ids",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        block_size: int,
+        hash_seed: str,
+        arrival_time: float,
+        ignore_eos: bool = False,
+        natural_len: int = 0,
+        eos_token_id: int = -1,
+        lora_name: str | None = None,
+        lora_id: int | None = None,
+        on_tokens: Callable[[SimRequest], None] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.token_ids = list(prompt_ids)
+        self.num_prompt_tokens = len(prompt_ids)
+        self.max_tokens = max_tokens
+        self.ignore_eos = ignore_eos
+        self.natural_len = natural_len
+        self.eos_token_id = eos_token_id
+        self.lora_name = lora_name
+        self.lora_id = lora_id
+        self.arrival_time = arrival_time
+        self.status = Status.WAITING
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = -1
+        self.num_preemptions = 0
+        self.table = BlockTable()
+        self.hasher = BlockHasher(block_size, seed=hash_seed, lora_name=lora_name)
+        self.hasher.update(self.token_ids)
+        self.finish_reason: str | None = None
+        self.first_scheduled_time = 0.0
+        self.first_token_time = 0.0
+        self.last_token_time = 0.0
+        self.on_tokens = on_tokens
+        self.rng_state: Any = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """What one step computes, and the batch shape the performance model prices."""
+
+    scheduled: list[tuple[SimRequest, int]] = field(default_factory=list)
+    preempted: list[SimRequest] = field(default_factory=list)
+    prefill_tokens: int = 0
+    prefill_attention_pairs: int = 0
+    decode_seqs: int = 0
+    decode_context_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_seqs
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters since the engine last drained them (vLLM's SchedulerStats / PrefixCacheStats)."""
+
+    prefix_queries: int = 0
+    prefix_hits: int = 0
+    preempted_queries: int = 0
+    preempted_hits: int = 0
+    preemptions: int = 0
+
+
+Sampler = Callable[[SimRequest], int]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: BlockPool,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        enable_chunked_prefill: bool = True,
+    ) -> None:
+        self.pool = pool
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.stats = SchedulerStats()
+
+    def add(self, request: SimRequest) -> None:
+        self.waiting.append(request)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _cache(self, req: SimRequest, num_tokens: int) -> None:
+        self.pool.cache_full_blocks(
+            req.table,
+            req.hasher.digests,
+            req.token_ids,
+            min(num_tokens, req.num_tokens),
+            lora_id=req.lora_id,
+            lora_name=req.lora_name,
+        )
+
+    def _preempt(self, req: SimRequest) -> None:
+        self.pool.free(req.table)
+        req.status = Status.PREEMPTED
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        self.stats.preemptions += 1
+        self.waiting.appendleft(req)
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        budget = self._schedule_running(plan, self.max_num_batched_tokens)
+        if not plan.preempted:
+            self._schedule_waiting(plan, budget)
+        for req, n in plan.scheduled:
+            if n == 1 and req.num_computed_tokens >= req.num_prompt_tokens:
+                plan.decode_seqs += 1
+                plan.decode_context_tokens += req.num_computed_tokens + 1
+            else:
+                plan.prefill_tokens += n
+                plan.prefill_attention_pairs += n * (req.num_computed_tokens + n)
+        return plan
+
+    def _schedule_running(self, plan: StepPlan, budget: int) -> int:
+        i = 0
+        running = self.running
+        while i < len(running) and budget > 0:
+            req = running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n <= 0:
+                i += 1
+                continue
+            fits = True
+            while not self.pool.allocate(req.table, req.num_computed_tokens + n, ()):
+                victim = running.pop()
+                self._preempt(victim)
+                plan.preempted.append(victim)
+                if victim is req:
+                    fits = False
+                    break
+            if not fits:
+                break
+            self._cache(req, req.num_computed_tokens + n)
+            plan.scheduled.append((req, n))
+            budget -= n
+            i += 1
+        return budget
+
+    def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
+        pool, bs = self.pool, self.pool.block_size
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[0]
+            hits = pool.longest_hit(req.hasher.digests, (req.num_tokens - 1) // bs)
+            if pool.enable_caching:
+                if req.num_preemptions:
+                    self.stats.preempted_queries += req.num_tokens
+                    self.stats.preempted_hits += len(hits) * bs
+                else:
+                    self.stats.prefix_queries += req.num_tokens
+                    self.stats.prefix_hits += len(hits) * bs
+            computed = len(hits) * bs
+            n = req.num_tokens - computed
+            if not self.enable_chunked_prefill and n > budget:
+                break
+            n = min(n, budget)
+            if not pool.allocate(req.table, computed + n, hits):
+                break
+            self.waiting.popleft()
+            req.num_computed_tokens = computed
+            if req.num_cached_tokens < 0:
+                req.num_cached_tokens = computed
+            req.status = Status.RUNNING
+            self.running.append(req)
+            self._cache(req, computed + n)
+            plan.scheduled.append((req, n))
+            budget -= n
+
+    def update(self, plan: StepPlan, sample: Sampler) -> list[SimRequest]:
+        """Apply a finished step: advance progress, sample tokens, finish requests.
+
+        Returns the requests that got a token; the finished ones among them have `finish_reason` set.
+        """
+        emitted: list[SimRequest] = []
+        any_finished = False
+        for req, n in plan.scheduled:
+            if req.status is not Status.RUNNING:
+                continue  # aborted while the step ran
+            req.num_computed_tokens += n
+            if req.num_computed_tokens < req.num_tokens:
+                continue  # a prefill chunk that is not the last
+            token = sample(req)
+            req.token_ids.append(token)
+            req.hasher.update(req.token_ids)
+            emitted.append(req)
+            reason = self._stop_reason(req, token)
+            if reason is not None:
+                req.finish_reason = reason
+                req.status = Status.FINISHED
+                self.pool.free(req.table)
+                any_finished = True
+        if any_finished:
+            self.running = [r for r in self.running if r.status is Status.RUNNING]
+        return emitted
+
+    def _stop_reason(self, req: SimRequest, token: int) -> str | None:
+        if not req.ignore_eos and token == req.eos_token_id:
+            return "stop"
+        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, req: SimRequest) -> None:
+        req.status = Status.FINISHED
+        if req in self.running:
+            self.running.remove(req)
+        self.pool.free(req.table)
+
+    def abort(self, req: SimRequest) -> bool:
+        """Drop a request wherever it is (client gone); False if it had already finished."""
+        if req.status is Status.FINISHED:
+            return False
+        if req.status is Status.RUNNING:
+            self._finish(req)
+        else:
+            self.waiting.remove(req)
+            req.status = Status.FINISHED
+        req.finish_reason = "abort"
+        return True

@@ -1,0 +1,263 @@
+"""The HTTP face of one simulated engine: vLLM's OpenAI server routes on aiohttp.
+
+Routes: POST /v1/completions, /v1/chat/completions (SSE when `stream`), /tokenize, /detokenize,
+/reset_prefix_cache; GET /v1/models, /health, /ping, /version, /metrics.
+Faults (per replica): `error_rate` answers 500, `stall_rate` holds a request `stall_s` before admission,
+`crash_after` stops the replica (listener and engine) once that many generation requests arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from eksinfer.errors import UsageError
+from eksinfer.sim import protocol as p
+from eksinfer.sim.engine import VLLM_VERSION, Engine
+from eksinfer.sim.scheduler import SimRequest
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+_JSON = "application/json"
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=p.dumps(body), status=status, content_type=_JSON)
+
+
+def _error(err: p.ApiError) -> web.Response:
+    return web.Response(body=err.body(), status=err.status, content_type=_JSON)
+
+
+class SimServer:
+    """Routes for one engine. `on_crash` is called once when the crash fault fires."""
+
+    def __init__(self, engine: Engine, *, on_crash: Callable[[], None] | None = None) -> None:
+        self.engine = engine
+        self.options = engine.options
+        self.ctx = p.ModelContext(
+            names=engine.options.model_names,
+            lora_names=engine.options.lora_modules,
+            max_model_len=engine.sizing.max_model_len,
+            tokenizer=engine.tokenizer,
+        )
+        self._rng = random.Random(engine.options.seed * 31 + engine.rank)
+        self._num_requests = 0
+        self._on_crash = on_crash
+        self._created = int(time.time())
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024**2)
+        app.router.add_post("/v1/completions", self._guard(self.completions))
+        app.router.add_post("/v1/chat/completions", self._guard(self.chat))
+        app.router.add_post("/tokenize", self._guard(self.tokenize))
+        app.router.add_post("/detokenize", self._guard(self.detokenize))
+        app.router.add_post("/reset_prefix_cache", self.reset_prefix_cache)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ping", self.health)
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except p.ApiError as err:
+                return _error(err)
+            except UsageError as err:
+                return _error(p.ApiError(400, str(err), param=err.field))
+
+        return guarded
+
+    # --- simple routes ------------------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def version(self, request: web.Request) -> web.Response:
+        return _json({"version": VLLM_VERSION})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.engine.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.engine.reset_prefix_cache() else 409)
+
+    async def models(self, request: web.Request) -> web.Response:
+        root = self.options.model
+        cards = [self._card(name, root, None) for name in self.ctx.names]
+        cards += [self._card(name, name, self.ctx.names[0]) for name in self.ctx.lora_names]
+        return _json({"object": "list", "data": cards})
+
+    def _card(self, name: str, root: str, parent: str | None) -> dict[str, Any]:
+        permission = {
+            "id": f"modelperm-{secrets.token_hex(8)}",
+            "object": "model_permission",
+            "created": self._created,
+            "allow_create_engine": False,
+            "allow_sampling": True,
+            "allow_logprobs": True,
+            "allow_search_indices": False,
+            "allow_view": True,
+            "allow_fine_tuning": False,
+            "organization": "*",
+            "group": None,
+            "is_blocking": False,
+        }
+        return {
+            "id": name,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "vllm",
+            "root": root,
+            "parent": parent,
+            "max_model_len": self.ctx.max_model_len,
+            "permission": [permission],
+        }
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        body = p.parse_body(await request.read())
+        self.ctx.resolve(body)
+        tok = self.engine.tokenizer
+        add_special = bool(body.get("add_special_tokens", True))
+        if isinstance(body.get("messages"), list):
+            ids = tok.encode(tok.apply_chat_template(body["messages"]), add_special_tokens=add_special)
+        elif isinstance(body.get("prompt"), str):
+            ids = tok.encode(body["prompt"], add_special_tokens=add_special)
+        else:
+            raise p.ApiError(400, "either prompt (a string) or messages is required", param="prompt")
+        return _json(
+            {"count": len(ids), "max_model_len": self.ctx.max_model_len, "tokens": ids, "token_strs": None}
+        )
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        body = p.parse_body(await request.read())
+        self.ctx.resolve(body)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise p.ApiError(400, "tokens must be a list of token ids", param="tokens")
+        return _json({"prompt": self.engine.tokenizer.decode(tokens)})
+
+    # --- generation ---------------------------------------------------------------------------------------
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        params = p.parse_completion(p.parse_body(await request.read()), self.ctx)
+        return await self._generate(request, params, chat=False)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        params = p.parse_chat(p.parse_body(await request.read()), self.ctx)
+        return await self._generate(request, params, chat=True)
+
+    async def _faults(self) -> None:
+        faults = self.options.faults
+        self._num_requests += 1
+        if faults.crash_after and self._num_requests > faults.crash_after:
+            if self._num_requests == faults.crash_after + 1 and self._on_crash is not None:
+                log.warning(
+                    "fault injection: replica %d crashes after %d requests",
+                    self.engine.rank,
+                    faults.crash_after,
+                )
+                self._on_crash()
+            raise p.ApiError(503, "the engine is dead (fault injection)", type_="ServiceUnavailableError")
+        if faults.error_rate and self._rng.random() < faults.error_rate:
+            raise p.ApiError(500, "injected engine error (fault injection)", type_="InternalServerError")
+        if faults.stall_rate and faults.stall_s and self._rng.random() < faults.stall_rate:
+            await asyncio.sleep(faults.stall_s)
+
+    def _submit(self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None]) -> SimRequest:
+        return self.engine.add_request(
+            params.prompt_ids,
+            max_tokens=params.max_tokens,
+            ignore_eos=params.ignore_eos,
+            lora_name=params.lora_name,
+            seed=params.seed,
+            on_tokens=on_tokens,
+        )
+
+    def _usage(self, req: SimRequest, *, stream: bool) -> dict[str, Any]:
+        cached = max(req.num_cached_tokens, 0) if self.options.enable_prompt_tokens_details else None
+        return p.usage(req.num_prompt_tokens, req.num_output_tokens, cached, stream=stream)
+
+    def _text(self, ids: list[int]) -> str:
+        eos = self.engine.tokenizer.eos_token_id
+        return self.engine.tokenizer.decode([t for t in ids if t != eos])
+
+    async def _generate(
+        self, request: web.Request, params: p.GenerateParams, *, chat: bool
+    ) -> web.StreamResponse:
+        await self._faults()
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(8)}"
+        created = int(time.time())
+        if params.stream:
+            return await self._stream(request, params, rid, created, chat=chat)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_tokens(r: SimRequest) -> None:
+            if r.finish_reason is not None and not done.done():
+                done.set_result(None)
+
+        req = self._submit(params, on_tokens)
+        try:
+            await done
+        except asyncio.CancelledError:
+            self.engine.abort(req)
+            raise
+        text = self._text(req.output_ids)
+        use = self._usage(req, stream=False)
+        if chat:
+            return _json(p.chat_response(rid, created, params.model, text, req.finish_reason, use))
+        if params.echo_prompt is not None:
+            text = params.echo_prompt + text
+        return _json(p.completion_response(rid, created, params.model, text, req.finish_reason, use))
+
+    async def _stream(
+        self, request: web.Request, params: p.GenerateParams, rid: str, created: int, *, chat: bool
+    ) -> web.StreamResponse:
+        wake = asyncio.Event()
+        req = self._submit(params, lambda r: wake.set())
+        response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        model, tok, eos = params.model, self.engine.tokenizer, self.engine.tokenizer.eos_token_id
+        sent = 0
+        try:
+            await response.prepare(request)
+            while True:
+                await wake.wait()
+                wake.clear()
+                out = req.output_ids
+                finished = req.finish_reason is not None
+                parts: list[bytes] = []
+                if chat and sent == 0 and out:
+                    parts.append(b"data: " + p.dumps(p.chat_role_chunk(rid, created, model)) + b"\n\n")
+                for i in range(sent, len(out)):
+                    last = finished and i == len(out) - 1
+                    text = "" if out[i] == eos else tok.decode([out[i]])
+                    reason = req.finish_reason if last else None
+                    chunk = (p.chat_chunk if chat else p.completion_chunk)(rid, created, model, text, reason)
+                    parts.append(b"data: " + p.dumps(chunk) + b"\n\n")
+                sent = len(out)
+                if finished:
+                    if params.include_usage:
+                        obj = "chat.completion.chunk" if chat else "text_completion"
+                        use = p.usage_chunk(rid, obj, created, model, self._usage(req, stream=True))
+                        parts.append(b"data: " + p.dumps(use) + b"\n\n")
+                    parts.append(b"data: [DONE]\n\n")
+                if parts:
+                    await response.write(b"".join(parts))
+                if finished:
+                    break
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.engine.abort(req)
+            raise
+        return response

@@ -127,7 +127,8 @@ def test_pod_spec_rules(tmp_path: Path) -> None:
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert pod_spec(deleting, config) is None
     v6 = pod_spec(pod("a", "fd00::1"), config)
-    assert v6 is not None and v6.url == "http://[fd00::1]:9000"
+    assert v6 is not None
+    assert v6.url == "http://[fd00::1]:9000"
 
 
 async def test_list_watch_resume_and_relist_on_410(api: FakeApiServer, tmp_path: Path) -> None:

@@ -38,8 +38,8 @@ def test_data_parallel_series_lora_and_deprecated_names() -> None:
             'vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 99',
             'vllm:gpu_cache_usage_perc{engine="0"} 0.25',
             'vllm:gpu_cache_usage_perc{engine="1"} 0.75',
-            'vllm:lora_requests_info{max_lora="4",running_lora_adapters="old",waiting_lora_adapters=""} 10.0',
-            'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a,b",waiting_lora_adapters="c"} 20.0',
+            'vllm:lora_requests_info{running_lora_adapters="old",waiting_lora_adapters=""} 10.0',
+            'vllm:lora_requests_info{running_lora_adapters="a,b",waiting_lora_adapters="c"} 20.0',
             "vllm:num_requests_running_garbage{",
         ]
     )

@@ -1,0 +1,146 @@
+"""The capacity and cost planner: `make_plan(PlanRequest) -> Plan`.
+
+Search (planner.search / planner.evaluate), then the Plan document (planner.build). When nothing meets the
+request, InfeasibleError says what binds (memory, context, ttft, tpot, budget, max_nodes) and carries the
+nearest feasible Plan, found by relaxing only the binding constraint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from eksinfer.errors import InfeasibleError
+from eksinfer.planner.build import build_plan, dns_name
+from eksinfer.planner.evaluate import evaluate_aggregated, evaluate_disaggregated
+from eksinfer.planner.request import Constraints, OnPremPool, PlanRequest, Slo, Traffic
+from eksinfer.planner.schema import Plan
+from eksinfer.planner.search import (
+    MAX_NODES_PER_ENGINE,
+    TPOT_TAIL,
+    TTFT_TAIL,
+    Candidate,
+    Misses,
+    enumerate_shapes,
+    model_tier,
+)
+
+__all__ = ["Constraints", "OnPremPool", "Plan", "PlanRequest", "Slo", "Traffic", "dns_name", "make_plan"]
+
+MAX_ALTERNATIVES = 5
+
+
+def _evaluate_tier(request: PlanRequest, tier: int, misses: Misses) -> list[Candidate]:
+    out = []
+    for shape in enumerate_shapes(request, tier):
+        evaluate = evaluate_aggregated if shape.mode == "aggregated" else evaluate_disaggregated
+        cand = evaluate(request, shape, misses)
+        if cand is not None:
+            out.append(cand)
+    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then the faster plan
+    return sorted(out, key=lambda c: (round(c.monthly_usd, 2), c.shape.mode != "disaggregated", c.ttft_s))
+
+
+def _within_limits(request: PlanRequest, cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:
+    c = request.constraints
+    binding = []
+    kept = cands
+    if c.max_nodes is not None:
+        kept = [x for x in kept if x.nodes <= c.max_nodes]
+        if cands and not kept:
+            binding.append("max_nodes")
+    if c.monthly_budget_usd is not None:
+        fits = [x for x in kept if x.monthly_usd <= c.monthly_budget_usd]
+        if kept and not fits:
+            binding.append("budget")
+        kept = fits
+    return kept, binding
+
+
+def _distinct(cands: list[Candidate]) -> list[Candidate]:
+    seen, out = set(), []
+    for cand in cands:
+        s = cand.shape
+        key = (s.instance.type, s.mode, s.tp, s.pp, s.precision, s.mig_profile)
+        if key not in seen:
+            seen.add(key)
+            out.append(cand)
+    return out
+
+
+def make_plan(request: PlanRequest, *, _relaxed: bool = False) -> Plan:
+    """The cheapest plan meeting the request, or InfeasibleError naming what binds and the nearest plan."""
+    request.validate()
+    misses = Misses()
+    binding: list[str] = []
+    for tier in range(model_tier(request.model), 4):
+        cands, limit_binding = _within_limits(request, _evaluate_tier(request, tier, misses))
+        binding = binding or limit_binding
+        if cands:
+            runners = _distinct(cands)[1 : MAX_ALTERNATIVES - 1]
+            if tier < 3:  # show what the next tier would cost
+                above, _ = _within_limits(request, _evaluate_tier(request, tier + 1, Misses()))
+                runners += _distinct(above)[:2]
+            return build_plan(request, cands[0], runners)
+    raise _infeasible(request, misses, binding, relaxed=_relaxed)
+
+
+def _infeasible(
+    request: PlanRequest, misses: Misses, binding: list[str], *, relaxed: bool
+) -> InfeasibleError:
+    if binding:
+        what = " and ".join(binding)
+        looser = dataclasses.replace(request.constraints, max_nodes=None, monthly_budget_usd=None)
+        message = f"{what}: no plan for {request.model.id} fits within the node and budget limits"
+    elif misses.closest is not None:
+        _, shape, point = misses.closest
+        ttft_ratio = point.ttft_s * TTFT_TAIL / request.slo.ttft_s
+        tpot_ratio = point.tpot_s * TPOT_TAIL / request.slo.tpot_s
+        binding = [name for name, r in (("ttft", ttft_ratio), ("tpot", tpot_ratio)) if r > 1] or ["ttft"]
+        message = (
+            f"{' and '.join(binding)}: best shape {shape.instance.type} TP {shape.tp} x PP {shape.pp} "
+            f"{shape.precision} reaches mean TTFT {point.ttft_s:.2f} s / TPOT {point.tpot_s * 1e3:.1f} ms at "
+            f"concurrency 1, against targets {request.slo.ttft_s:g} s / {request.slo.tpot_s * 1e3:g} ms "
+            f"(p99 allowances x{TTFT_TAIL:g} / x{TPOT_TAIL:g})"
+        )
+        slo = Slo(
+            preset="custom",
+            ttft_s=_round_up(max(request.slo.ttft_s, point.ttft_s * TTFT_TAIL * 1.05)),
+            tpot_s=_round_up(max(request.slo.tpot_s, point.tpot_s * TPOT_TAIL * 1.05)),
+        )
+        request = dataclasses.replace(request, slo=slo)
+        looser = request.constraints
+    else:
+        binding = ["memory"]
+        message = (
+            f"memory: {request.model.id} ({request.model.total_params_b:.0f}B) fits no allowed instance "
+            f"shape (up to {MAX_NODES_PER_ENGINE} nodes per engine)"
+        )
+        looser = dataclasses.replace(
+            request.constraints, instance_families=(), precision=None, needs_mig=False
+        )
+    nearest = None
+    if not relaxed and (looser != request.constraints or binding[0] in ("ttft", "tpot")):
+        try:
+            nearest = make_plan(dataclasses.replace(request, constraints=looser), _relaxed=True)
+        except InfeasibleError:
+            nearest = None
+    if nearest is not None:
+        message += f"; nearest feasible: {_summary(nearest)}"
+    return InfeasibleError(message, binding=binding, nearest=nearest)
+
+
+def _round_up(value: float) -> float:
+    """A readable target just above `value` (two significant digits)."""
+    digits = 1 - math.floor(math.log10(value))
+    return float(math.ceil(value * 10**digits) / 10**digits)
+
+
+def _summary(plan: Plan) -> str:
+    role = plan.roles[-1]
+    return (
+        f"{plan.nodes.total_nodes} x {plan.instance.type} (TP {role.engine.tensor_parallel_size} x PP "
+        f"{role.engine.pipeline_parallel_size}, {plan.mode}) ${plan.cost.monthly_usd:,.0f}/month, "
+        f"TTFT {plan.prediction.ttft_s:.2f} s, TPOT {plan.prediction.tpot_s * 1e3:.1f} ms "
+        f"(SLO {plan.slo.ttft_s:g} s / {plan.slo.tpot_s * 1e3:g} ms)"
+    )

@@ -1,0 +1,228 @@
+"""`eksinfer plan`: parse flags into a PlanRequest, call the planner, print a table, JSON or YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from eksinfer.errors import UsageError
+
+if TYPE_CHECKING:
+    from eksinfer.planner import Plan, PlanRequest
+
+
+def _on_prem(value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    gpu, _, count = value.partition(":")
+    if not count.isdigit():
+        raise UsageError(f"expected GPU:COUNT such as H100:16, got {value!r}", field="--on-prem")
+    return gpu, int(count)
+
+
+def build_request(
+    *,
+    model: str | None,
+    model_config: Path | None,
+    traffic: dict[str, Any],
+    slo: dict[str, Any],
+    constraints: dict[str, Any],
+) -> PlanRequest:
+    """Turn CLI values into a PlanRequest (catalog look-ups raise UnknownNameError with close names)."""
+    from eksinfer.catalog import get_gpu, get_model, load_model_config
+    from eksinfer.planner import Constraints, OnPremPool, PlanRequest, Slo, Traffic
+
+    if (model is None) == (model_config is None):
+        raise UsageError("give exactly one of --model ID or --model-config PATH", field="--model")
+    spec = get_model(model) if model is not None else load_model_config(model_config)  # type: ignore[arg-type]
+    on_prem = _on_prem(constraints.pop("on_prem"))
+    pool = OnPremPool(get_gpu(on_prem[0]).name, on_prem[1]) if on_prem else None
+    families = tuple(f.strip() for f in (constraints.pop("families") or "").split(",") if f.strip())
+    return PlanRequest(
+        model=spec,
+        traffic=Traffic(**traffic),
+        slo=Slo.from_preset(slo["preset"], ttft_s=slo["ttft_s"], tpot_s=slo["tpot_s"]),
+        constraints=Constraints(instance_families=families, on_prem=pool, **constraints),
+    )
+
+
+def _fmt_money(value: float) -> str:
+    return f"${value:,.0f}" if value >= 100 else f"${value:,.2f}"
+
+
+def print_table(plan: Plan) -> None:
+    """The readable default: what to run, on what, for how much, and why."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(100, Console().width))
+    p, pred = plan, plan.prediction
+    console.print(
+        f"[bold]{p.name}[/bold]  tier {p.tier}  {p.mode}  {p.model.hf_id}  "
+        f"({p.model.total_params_b:g}B total, {p.model.active_params_b:g}B active, {p.model.attention})"
+    )
+    summary = Table(show_header=False, box=None, pad_edge=False)
+    summary.add_column(style="bold cyan", no_wrap=True)
+    summary.add_column()
+    inst = p.instance
+    summary.add_row(
+        "instances",
+        f"{p.nodes.total_nodes} x {inst.type} ({inst.gpus} x {inst.gpu}), {inst.capacity_type}, "
+        f"${inst.price_per_hour_usd:,.2f}/h as of {inst.price_date}",
+    )
+    for role in p.roles:
+        e = role.engine
+        summary.add_row(
+            f"{role.name} x{role.replicas}",
+            f"TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}, {e.precision}, "
+            f"{e.gpus_per_replica} GPU(s) on {e.nodes_per_replica} node(s)",
+        )
+        summary.add_row("  vllm serve", f"{p.model.hf_id} " + " ".join(e.vllm_args))
+    summary.add_row(
+        "nodes",
+        f"{p.nodes.provisioning}, max {p.nodes.max_nodes}, start-up ~{p.nodes.node_startup_s:.0f} s"
+        + (f", MIG {p.nodes.mig_profile}" if p.nodes.mig_profile else ""),
+    )
+    summary.add_row("routing", f"{p.routing.strategy} (eksinfer gateway --preset {p.routing.gateway_preset})")
+    summary.add_row(
+        "predicted",
+        f"TTFT {pred.ttft_s:.3f} s, TPOT {pred.tpot_s * 1e3:.1f} ms, "
+        f"{pred.throughput_tokens_per_s:,.0f} output tok/s, capacity {pred.requests_per_s:.2f} req/s",
+    )
+    summary.add_row(
+        "memory",
+        f"{pred.weight_gib_per_gpu:.1f} GiB weights/GPU, {pred.kv_cache_gib_per_replica:.1f} GiB "
+        f"KV/replica ({pred.num_gpu_blocks:,} blocks), {pred.max_concurrency_per_replica} seqs fit",
+    )
+    summary.add_row(
+        "cost",
+        f"{_fmt_money(p.cost.monthly_usd)}/month, ${p.cost.per_million_tokens_usd:.3f} per million tokens",
+    )
+    if p.on_prem:
+        summary.add_row("on-prem", f"{p.on_prem.replicas} replica(s) on {p.on_prem.gpus} x {p.on_prem.gpu}")
+    console.print(summary)
+    why = Table(title="why", show_header=False, box=None, title_justify="left")
+    why.add_column(style="bold", no_wrap=True)
+    why.add_column()
+    for key, text in p.why.items():
+        why.add_row(key, text)
+    console.print(why)
+    if p.alternatives:
+        alts = Table(title="alternatives", title_justify="left")
+        for col in (
+            "instance",
+            "mode",
+            "TP x PP",
+            "precision",
+            "replicas",
+            "$/month",
+            "$/M tok",
+            "TTFT s",
+            "TPOT ms",
+        ):
+            alts.add_column(col, justify="right" if col[0] in "$TR" else "left", no_wrap=col == "instance")
+        for a in p.alternatives:
+            alts.add_row(
+                a.instance_type,
+                a.mode,
+                f"{a.tensor_parallel_size} x {a.pipeline_parallel_size}",
+                a.precision,
+                str(a.replicas),
+                _fmt_money(a.monthly_usd),
+                f"{a.per_million_tokens_usd:.3f}",
+                f"{a.ttft_s:.3f}",
+                f"{a.tpot_s * 1e3:.1f}",
+            )
+        console.print(alts)
+
+
+def render(plan: Plan, directory: Path) -> None:
+    """Hand the plan to the deploy renderer (imported only when asked for)."""
+    import importlib
+
+    try:
+        render_plan = importlib.import_module("eksinfer.deploy.render").render_plan
+    except (ImportError, AttributeError) as err:
+        raise UsageError("eksinfer.deploy.render is not available in this build", field="--render") from err
+    render_plan(plan, directory)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    def plan_command(
+        model: str | None = typer.Option(None, "--model", "-m", help="Catalog model id, e.g. llama-3.3-70b."),
+        model_config: Path | None = typer.Option(
+            None, "--model-config", help="A local Hugging Face config.json."
+        ),
+        input_tokens: int = typer.Option(1024, "--input-tokens", help="Mean prompt length, tokens."),
+        output_tokens: int = typer.Option(256, "--output-tokens", help="Mean generated length, tokens."),
+        requests_per_s: float | None = typer.Option(
+            None, "--requests-per-s", help="Target rate (default 1)."
+        ),
+        concurrency: int | None = typer.Option(None, "--concurrency", help="Target concurrent requests."),
+        shared_prefix_ratio: float = typer.Option(
+            0.0, "--shared-prefix-ratio", help="Prompt share cached, 0-1."
+        ),
+        preset: str = typer.Option("conversational", "--preset", help="SLO preset: conversational or batch."),
+        ttft: float | None = typer.Option(None, "--ttft", help="p99 TTFT target, s (overrides the preset)."),
+        tpot: float | None = typer.Option(None, "--tpot", help="p99 TPOT target, s (overrides the preset)."),
+        families: str | None = typer.Option(None, "--families", help="Allowed EC2 families, e.g. p5,p5en."),
+        capacity_type: str = typer.Option("on-demand", "--capacity-type", help="on-demand or spot."),
+        max_nodes: int | None = typer.Option(None, "--max-nodes", help="Most GPU nodes the plan may use."),
+        budget: float | None = typer.Option(None, "--budget", help="Monthly budget, USD."),
+        needs_mig: bool = typer.Option(False, "--needs-mig", help="Serve from MIG slices."),
+        needs_dra: bool = typer.Option(False, "--needs-dra", help="Pods claim GPUs through DRA."),
+        custom_ami: bool = typer.Option(False, "--custom-ami", help="Nodes need a custom AMI."),
+        on_prem: str | None = typer.Option(
+            None, "--on-prem", help="On-prem GPUs via Hybrid Nodes, e.g. H100:16."
+        ),
+        precision: str | None = typer.Option(None, "--precision", help="Force bf16, fp8 or int4 weights."),
+        prices: str | None = typer.Option(
+            None, "--prices", help="Price book (reference, aws-2026-08) or file."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+        as_yaml: bool = typer.Option(False, "--yaml", help="Print the plan as YAML."),
+        render_dir: Path | None = typer.Option(None, "--render", help="Also render EKS manifests into DIR."),
+    ) -> None:
+        """Plan GPUs, parallelism, replicas and cost for a model, traffic and SLOs."""
+        from eksinfer.planner import make_plan
+
+        if as_json and as_yaml:
+            raise UsageError("choose one of --json and --yaml", field="--yaml")
+        request = build_request(
+            model=model,
+            model_config=model_config,
+            traffic={
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "requests_per_s": requests_per_s,
+                "concurrency": concurrency,
+                "shared_prefix_ratio": shared_prefix_ratio,
+            },
+            slo={"preset": preset, "ttft_s": ttft, "tpot_s": tpot},
+            constraints={
+                "families": families,
+                "capacity_type": capacity_type,
+                "max_nodes": max_nodes,
+                "monthly_budget_usd": budget,
+                "needs_mig": needs_mig,
+                "needs_dra": needs_dra,
+                "custom_ami": custom_ami,
+                "on_prem": on_prem,
+                "precision": precision,
+                "prices": prices,
+            },
+        )
+        plan = make_plan(request)
+        if as_json:
+            typer.echo(plan.model_dump_json(indent=2))
+        elif as_yaml:
+            import yaml
+
+            typer.echo(yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False), nl=False)
+        else:
+            print_table(plan)
+        if render_dir is not None:
+            render(plan, render_dir)

@@ -1,0 +1,262 @@
+"""Turn the winning candidate into the Plan document: vLLM arguments, nodes, routing, cost and the why."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from eksinfer.catalog import get_gpu
+from eksinfer.perf import EnginePerf, load_time_s, max_running
+from eksinfer.perf.memory import GIB
+from eksinfer.planner.request import PlanRequest
+from eksinfer.planner.schema import (
+    Plan,
+    PlanAlternative,
+    PlanCost,
+    PlanEngine,
+    PlanInstance,
+    PlanModel,
+    PlanNodes,
+    PlanOnPrem,
+    PlanPrediction,
+    PlanRole,
+    PlanRouting,
+    PlanSlo,
+    PlanTraffic,
+    Provisioning,
+)
+from eksinfer.planner.search import Candidate, demand_requests_per_s
+
+HOURS_PER_MONTH = 720.0
+GPU_NODE_BOOT_S = 90.0  # EC2 GPU instance to Ready with drivers (Auto Mode / Karpenter NVIDIA AMIs)
+IMAGE_PULL_S = 120.0  # a ~10 GB vLLM image without a pre-pulled snapshot or SOCI
+# Architectures vLLM runs without the model repository's own code.
+NATIVE_ARCHITECTURES = {
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "MixtralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen2MoeForCausalLM",
+    "Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM",
+    "DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM",
+    "GlmMoeDsaForCausalLM",
+}
+NIXL_CONFIG = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"}, separators=(",", ":"))
+
+
+def dns_name(model_id: str) -> str:
+    """A DNS-1035 label from a model id (`llama-3.1-8b` -> `llama-3-1-8b`), for Kubernetes object names."""
+    name = re.sub(r"[^a-z0-9]+", "-", model_id.lower()).strip("-")
+    if not name or not name[0].isalpha():
+        name = f"m-{name}".rstrip("-")
+    return name[:63].rstrip("-")
+
+
+def vllm_args(request: PlanRequest, cand: Candidate, role: str) -> list[str]:
+    shape, perf, model = cand.shape, cand.perf, request.model
+    max_seqs = cand.batch if role != "prefill" else perf.max_num_seqs
+    args = [
+        "--tensor-parallel-size", str(shape.tp),
+        "--pipeline-parallel-size", str(shape.pp),
+        "--max-model-len", str(perf.max_model_len),
+        "--kv-cache-dtype", perf.kv_cache_dtype,
+        "--gpu-memory-utilization", f"{perf.gpu_memory_utilization:g}",
+        "--block-size", str(perf.block_size),
+        "--enable-prefix-caching",
+        "--max-num-seqs", str(max_seqs),
+        "--max-num-batched-tokens", str(perf.max_num_batched_tokens),
+    ]  # fmt: skip
+    if model.is_moe and shape.tp * shape.pp > 1:
+        args.append("--enable-expert-parallel")
+    if shape.precision == "fp8" and model.native_precision != "fp8" and model.hf_id_for("fp8") == model.hf_id:
+        args += ["--quantization", "fp8"]
+    if model.architecture not in NATIVE_ARCHITECTURES:
+        args.append("--trust-remote-code")
+    if shape.mode == "disaggregated":
+        args += ["--kv-transfer-config", NIXL_CONFIG]
+    return args
+
+
+def _engine(request: PlanRequest, cand: Candidate, role: str) -> PlanEngine:
+    shape, perf = cand.shape, cand.perf
+    return PlanEngine(
+        tensor_parallel_size=shape.tp,
+        pipeline_parallel_size=shape.pp,
+        expert_parallel=request.model.is_moe and shape.tp * shape.pp > 1,
+        precision=shape.precision,
+        kv_cache_dtype=perf.kv_cache_dtype,
+        max_model_len=perf.max_model_len,
+        gpu_memory_utilization=perf.gpu_memory_utilization,
+        block_size=perf.block_size,
+        enable_prefix_caching=True,
+        max_num_seqs=cand.batch if role != "prefill" else perf.max_num_seqs,
+        max_num_batched_tokens=perf.max_num_batched_tokens,
+        gpus_per_replica=shape.tp * shape.pp,
+        nodes_per_replica=shape.nodes_per_replica,
+        vllm_args=vllm_args(request, cand, role),
+    )
+
+
+def provisioning(request: PlanRequest, cand: Candidate) -> tuple[Provisioning, str]:
+    """Node provisioning and why (gateway-bench-eks-anchors.md D.3-D.5)."""
+    c = request.constraints
+    if c.needs_dra:
+        return "managed-node-group", (
+            "DRA requested: Karpenter and Auto Mode skip pods that claim DRA devices, so managed node groups "
+            "with Cluster Autoscaler"
+        )
+    if c.needs_mig or c.custom_ami:
+        what = "MIG partitions (GPU Operator MIG manager)" if c.needs_mig else "a custom AMI"
+        return (
+            "karpenter",
+            f"{what} need node configuration Auto Mode keeps read-only: Karpenter + GPU Operator",
+        )
+    if cand.shape.tier == 3:
+        return "karpenter", (
+            "multi-node EFA groups: Karpenter's EC2NodeClass selects capacity reservations and placement "
+            "groups for p-family nodes; GPU Operator on top"
+        )
+    return (
+        "auto-mode",
+        "EKS Auto Mode: quickest start, AWS runs the GPU drivers, device plugin and node scaling",
+    )
+
+
+def _prediction(request: PlanRequest, cand: Candidate) -> PlanPrediction:
+    perf: EnginePerf = cand.perf
+    t = request.traffic
+    replicas = cand.replicas
+    return PlanPrediction(
+        ttft_s=round(cand.ttft_s, 4),
+        tpot_s=round(cand.tpot_s, 5),
+        throughput_tokens_per_s=round(cand.point.output_tokens_per_s * replicas, 1),
+        requests_per_s=round(cand.requests_per_s, 3),
+        max_concurrency_per_replica=max_running(perf, t.input_tokens, t.output_tokens),
+        weight_gib_per_gpu=round(perf.weight_bytes_per_gpu / GIB, 2),
+        kv_cache_gib_per_replica=round(perf.kv_cache_bytes_per_gpu * perf.gpus / GIB, 2),
+        num_gpu_blocks=perf.num_gpu_blocks,
+        load_time_s=round(load_time_s(perf), 1),
+    )
+
+
+def _cost(request: PlanRequest, cand: Candidate) -> PlanCost:
+    t = request.traffic
+    rps = demand_requests_per_s(request, cand.point.e2e_s)
+    tokens_month = rps * (t.input_tokens + t.output_tokens) * 3600 * HOURS_PER_MONTH
+    return PlanCost(
+        hours_per_month=HOURS_PER_MONTH,
+        monthly_usd=round(cand.monthly_usd, 2),
+        per_million_tokens_usd=round(cand.monthly_usd / tokens_month * 1e6, 4),
+    )
+
+
+def alternative(cand: Candidate) -> PlanAlternative:
+    s = cand.shape
+    return PlanAlternative(
+        instance_type=s.instance.type + (f" ({s.mig_profile})" if s.mig_profile else ""),
+        mode=s.mode,
+        tensor_parallel_size=s.tp,
+        pipeline_parallel_size=s.pp,
+        precision=s.precision,
+        replicas=cand.replicas + cand.prefill_replicas,
+        monthly_usd=round(cand.monthly_usd, 2),
+        per_million_tokens_usd=0.0,
+        ttft_s=round(cand.ttft_s, 4),
+        tpot_s=round(cand.tpot_s, 5),
+    )
+
+
+def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate]) -> Plan:
+    """Assemble the Plan for `cand`; `runners_up` become the alternatives, best first."""
+    from eksinfer.planner.why import explain
+
+    shape, model, t = cand.shape, request.model, request.traffic
+    prov, prov_why = provisioning(request, cand)
+    if shape.mode == "aggregated":
+        roles = [PlanRole(name="engine", replicas=cand.replicas, engine=_engine(request, cand, "engine"))]
+    else:
+        roles = [
+            PlanRole(
+                name="prefill", replicas=cand.prefill_replicas, engine=_engine(request, cand, "prefill")
+            ),
+            PlanRole(name="decode", replicas=cand.replicas, engine=_engine(request, cand, "decode")),
+        ]
+    kv_aware = shape.tier > 1 or (t.shared_prefix_ratio >= 0.3 and cand.replicas > 1)
+    strategy = "kv-aware" if kv_aware else "round-robin"
+    cost = _cost(request, cand)
+    alternatives = []
+    for alt in runners_up:
+        entry = alternative(alt)
+        per_m = cost.per_million_tokens_usd * alt.monthly_usd / cand.monthly_usd if cand.monthly_usd else 0.0
+        alternatives.append(entry.model_copy(update={"per_million_tokens_usd": round(per_m, 4)}))
+    prediction = _prediction(request, cand)
+    return Plan(
+        name=dns_name(model.id),
+        tier=shape.tier,
+        mode=shape.mode,
+        model=PlanModel(
+            id=model.id,
+            hf_id=model.hf_id_for(shape.precision),
+            total_params_b=round(model.total_params_b, 2),
+            active_params_b=round(model.active_params_b, 2),
+            is_moe=model.is_moe,
+            attention=model.attention,
+            max_context=model.max_context,
+        ),
+        traffic=PlanTraffic(
+            input_tokens=t.input_tokens,
+            output_tokens=t.output_tokens,
+            requests_per_s=t.requests_per_s if t.concurrency is None else None,
+            concurrency=t.concurrency,
+            shared_prefix_ratio=t.shared_prefix_ratio,
+        ),
+        slo=PlanSlo(preset=request.slo.preset, ttft_s=request.slo.ttft_s, tpot_s=request.slo.tpot_s),
+        instance=_instance(request, cand),
+        roles=roles,
+        nodes=PlanNodes(
+            provisioning=prov,
+            total_nodes=cand.nodes,
+            max_nodes=request.constraints.max_nodes
+            or max(cand.nodes + shape.nodes_per_replica, 2 * cand.nodes),
+            mig_profile=f"all-{shape.mig_profile}" if shape.mig_profile else None,
+            needs_dra=request.constraints.needs_dra,
+            node_startup_s=round(GPU_NODE_BOOT_S + IMAGE_PULL_S + prediction.load_time_s, 1),
+        ),
+        routing=PlanRouting(strategy=strategy, gateway_preset=strategy),
+        prediction=prediction,
+        cost=cost,
+        on_prem=_on_prem(request, cand),
+        why=explain(request, cand, prov_why, strategy),
+        alternatives=alternatives,
+    )
+
+
+def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
+    inst = cand.shape.instance
+    price = inst.price(request.constraints.capacity_type) or 0.0
+    return PlanInstance(
+        type=inst.type,
+        family=inst.family,
+        gpu=inst.gpu,
+        gpus=inst.gpus,
+        gpu_memory_gib=cand.shape.gpu.memory_gib if not cand.shape.mig_profile else inst_gpu_memory(inst.gpu),
+        vcpus=inst.vcpus,
+        efa_gbps=inst.efa_gbps,
+        capacity_type=request.constraints.capacity_type,
+        price_per_hour_usd=round(price, 4),
+        price_date=inst.price_date,
+        region=inst.region,
+    )
+
+
+def inst_gpu_memory(gpu_name: str) -> float:
+    return get_gpu(gpu_name).memory_gib
+
+
+def _on_prem(request: PlanRequest, cand: Candidate) -> PlanOnPrem | None:
+    pool = request.constraints.on_prem
+    if pool is None or cand.on_prem_replicas == 0:
+        return None
+    return PlanOnPrem(gpu=pool.gpu, gpus=pool.gpus, replicas=cand.on_prem_replicas)

@@ -1,0 +1,174 @@
+"""Score one engine shape: fit, SLO-feasible concurrency, replicas for the load, nodes and monthly cost."""
+
+from __future__ import annotations
+
+import math
+
+from eksinfer.catalog import get_gpu
+from eksinfer.errors import InfeasibleError
+from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_prefill
+from eksinfer.planner.request import PlanRequest
+from eksinfer.planner.search import (
+    RATE_HEADROOM,
+    Candidate,
+    Misses,
+    Shape,
+    build_perf,
+    demand_requests_per_s,
+    meets,
+    monthly_cost,
+    node_count,
+    sweep,
+)
+
+
+def max_model_lens(request: PlanRequest) -> list[int]:
+    """--max-model-len to try: the next power of two >= 8192 covering ISL + OSL, then ISL + OSL itself."""
+    need = request.traffic.input_tokens + request.traffic.output_tokens
+    limit = request.model.max_context
+    if need > limit:
+        raise InfeasibleError(
+            f"context: {need:,} tokens per request exceed {request.model.id}'s {limit:,}-token context",
+            binding=["context"],
+        )
+    roomy = min(limit, max(8192, 1 << (need - 1).bit_length()))
+    tight = min(limit, math.ceil(need / 256) * 256)
+    return [roomy] if roomy == tight else [roomy, tight]
+
+
+def fit(request: PlanRequest, shape: Shape, misses: Misses) -> EnginePerf | None:
+    for length in max_model_lens(request):
+        try:
+            return build_perf(request, shape, length)
+        except InfeasibleError:
+            continue
+    misses.memory += 1
+    return None
+
+
+def _planned(ok: list[ServingPoint], need_rps: float) -> ServingPoint:
+    """The lightest SLO-feasible point that still carries `need_rps` per replica."""
+    return next((p for p in ok if p.requests_per_s >= need_rps), ok[-1])
+
+
+def evaluate_aggregated(request: PlanRequest, shape: Shape, misses: Misses) -> Candidate | None:
+    perf = fit(request, shape, misses)
+    if perf is None:
+        return None
+    points = sweep(perf, request, decode_only=False)
+    ok = [p for p in points if meets(p, request)]
+    if not ok:
+        if points:
+            misses.note_slo(shape, points[0], request.slo.ttft_s, request.slo.tpot_s)
+        else:
+            misses.memory += 1
+        return None
+    best = ok[-1]
+    on_prem_replicas, on_prem_rps, on_prem_conc = _on_prem_capacity(request, shape)
+    t = request.traffic
+    if t.concurrency is not None:
+        remaining = max(0, t.concurrency - on_prem_conc)
+        replicas = max(1, math.ceil(remaining / best.concurrency))
+        planned = predict_aggregated(
+            perf,
+            input_tokens=t.input_tokens,
+            output_tokens=t.output_tokens,
+            concurrency=max(1, math.ceil(remaining / replicas)),
+            prefix_hit=t.shared_prefix_ratio,
+        )
+    else:
+        demand = demand_requests_per_s(request, best.e2e_s) * RATE_HEADROOM - on_prem_rps
+        replicas = max(1, math.ceil(demand / best.requests_per_s))
+        planned = _planned(ok, demand / replicas)
+    nodes = node_count(shape, replicas)
+    return Candidate(
+        shape=shape,
+        perf=perf,
+        point=planned,
+        batch=best.concurrency,
+        replicas=replicas,
+        prefill_replicas=0,
+        ttft_s=planned.ttft_s,
+        tpot_s=planned.tpot_s,
+        requests_per_s=replicas * best.requests_per_s + on_prem_rps,
+        nodes=nodes,
+        monthly_usd=monthly_cost(shape, nodes, request),
+        on_prem_replicas=on_prem_replicas,
+    )
+
+
+def _on_prem_capacity(request: PlanRequest, shape: Shape) -> tuple[int, float, int]:
+    """(replicas, SLO-feasible req/s, concurrency) the on-prem GPUs add with the same engine shape."""
+    pool = request.constraints.on_prem
+    gpus_per_replica = shape.tp * shape.pp
+    if pool is None or shape.tier == 3 or pool.gpus < gpus_per_replica:
+        return 0, 0.0, 0
+    try:
+        perf = build_engine_perf(
+            request.model,
+            get_gpu(pool.gpu),
+            tensor_parallel_size=shape.tp,
+            pipeline_parallel_size=shape.pp,
+            precision=shape.precision,
+            max_model_len=request.traffic.input_tokens + request.traffic.output_tokens,
+        )
+    except InfeasibleError:
+        return 0, 0.0, 0
+    ok = [p for p in sweep(perf, request, decode_only=False) if meets(p, request)]
+    if not ok:
+        return 0, 0.0, 0
+    replicas = pool.gpus // gpus_per_replica
+    return replicas, replicas * ok[-1].requests_per_s, replicas * ok[-1].concurrency
+
+
+def evaluate_disaggregated(request: PlanRequest, shape: Shape, misses: Misses) -> Candidate | None:
+    """Prefill and decode engines of the same shape, rate-matched (AIC picking.py)."""
+    perf = fit(request, shape, misses)
+    if perf is None:
+        return None
+    t = request.traffic
+    efa_gbytes_per_s = shape.instance.efa_gbps / 8  # every GPU's NICs move its share of the KV in parallel
+    prefill = predict_prefill(
+        perf, input_tokens=t.input_tokens, prefix_hit=t.shared_prefix_ratio, kv_transfer_gbps=efa_gbytes_per_s
+    )
+    points = sweep(perf, request, decode_only=True)
+    ok = [p for p in points if meets(p, request, ttft_s=prefill.ttft_s)]
+    if not ok:
+        if points:
+            worst = points[0]
+            misses.note_slo(shape, _with_ttft(worst, prefill.ttft_s), request.slo.ttft_s, request.slo.tpot_s)
+        else:
+            misses.memory += 1
+        return None
+    best = ok[-1]
+    e2e = prefill.ttft_s + max(0, t.output_tokens - 1) * best.tpot_s
+    headroom = 1.0 if t.concurrency is not None else RATE_HEADROOM
+    demand = demand_requests_per_s(request, e2e) * headroom
+    if t.concurrency is not None:
+        decode_replicas = math.ceil(t.concurrency / best.concurrency)
+        planned = _planned(ok, demand / decode_replicas)
+    else:
+        decode_replicas = max(1, math.ceil(demand / best.requests_per_s))
+        planned = _planned(ok, demand / decode_replicas)
+    prefill_replicas = max(1, math.ceil(demand / prefill.requests_per_s))
+    nodes = node_count(shape, decode_replicas + prefill_replicas)
+    capacity = min(decode_replicas * best.requests_per_s, prefill_replicas * prefill.requests_per_s)
+    return Candidate(
+        shape=shape,
+        perf=perf,
+        point=_with_ttft(planned, prefill.ttft_s),
+        batch=best.concurrency,
+        replicas=decode_replicas,
+        prefill_replicas=prefill_replicas,
+        ttft_s=prefill.ttft_s,
+        tpot_s=planned.tpot_s,
+        requests_per_s=capacity,
+        nodes=nodes,
+        monthly_usd=monthly_cost(shape, nodes, request),
+    )
+
+
+def _with_ttft(point: ServingPoint, ttft_s: float) -> ServingPoint:
+    import dataclasses
+
+    return dataclasses.replace(point, ttft_s=ttft_s, e2e_s=point.e2e_s + ttft_s)

@@ -1,0 +1,113 @@
+"""What a person asks the planner for: a model, its traffic, latency targets and constraints.
+
+Plain frozen dataclasses (the CLI and tests build them); `validate()` turns bad values into UsageErrors that
+name the flag. SLO presets follow the issue's reference targets: conversational TTFT < 2 s, batch < 5 s;
+their TPOT targets (50 ms, about 20 tokens/s per user, faster than reading; 150 ms for batch) are ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eksinfer.catalog import ModelSpec
+from eksinfer.errors import UsageError
+
+SLO_PRESETS: dict[str, tuple[float, float]] = {  # name -> (TTFT s, TPOT s)
+    "conversational": (2.0, 0.05),
+    "batch": (5.0, 0.15),
+}
+CAPACITY_TYPES = ("on-demand", "spot")
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    input_tokens: int = 1024
+    output_tokens: int = 256
+    requests_per_s: float | None = None  # exactly one of requests_per_s / concurrency (default 1 req/s)
+    concurrency: int | None = None
+    shared_prefix_ratio: float = 0.0  # share of prompt tokens served from the prefix cache, 0..1
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    preset: str = "conversational"
+    ttft_s: float = 2.0
+    tpot_s: float = 0.05
+
+    @classmethod
+    def from_preset(cls, preset: str, *, ttft_s: float | None = None, tpot_s: float | None = None) -> Slo:
+        """A preset's targets, each overridable; overriding makes the preset `custom`."""
+        if preset not in SLO_PRESETS and preset != "custom":
+            raise UsageError(
+                f"unknown SLO preset {preset!r}; known: {', '.join(SLO_PRESETS)}", field="--preset"
+            )
+        base_ttft, base_tpot = SLO_PRESETS.get(preset, SLO_PRESETS["conversational"])
+        changed = (ttft_s is not None and ttft_s != base_ttft) or (tpot_s is not None and tpot_s != base_tpot)
+        return cls(
+            preset="custom" if changed else preset,
+            ttft_s=base_ttft if ttft_s is None else ttft_s,
+            tpot_s=base_tpot if tpot_s is None else tpot_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OnPremPool:
+    gpu: str  # GPU catalog name
+    gpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    instance_families: tuple[str, ...] = ()  # empty: every family in the catalog
+    capacity_type: str = "on-demand"
+    max_nodes: int | None = None
+    monthly_budget_usd: float | None = None
+    needs_mig: bool = False
+    needs_dra: bool = False
+    custom_ami: bool = False
+    on_prem: OnPremPool | None = None
+    precision: str | None = None  # None: search native and FP8
+    prices: str | Path | None = None  # price book name or overrides file
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    model: ModelSpec
+    traffic: Traffic = field(default_factory=Traffic)
+    slo: Slo = field(default_factory=Slo)
+    constraints: Constraints = field(default_factory=Constraints)
+
+    def validate(self) -> None:
+        """Reject values no plan can be made from, naming the flag."""
+        t, s, c = self.traffic, self.slo, self.constraints
+        if t.input_tokens < 1:
+            raise UsageError("must be >= 1", field="--input-tokens")
+        if t.output_tokens < 1:
+            raise UsageError("must be >= 1", field="--output-tokens")
+        if t.requests_per_s is not None and t.concurrency is not None:
+            raise UsageError("give --requests-per-s or --concurrency, not both", field="--concurrency")
+        if t.requests_per_s is not None and t.requests_per_s <= 0:
+            raise UsageError("must be > 0", field="--requests-per-s")
+        if t.concurrency is not None and t.concurrency < 1:
+            raise UsageError("must be >= 1", field="--concurrency")
+        if not 0.0 <= t.shared_prefix_ratio < 1.0:
+            raise UsageError("must be in [0, 1)", field="--shared-prefix-ratio")
+        if s.ttft_s <= 0:
+            raise UsageError("must be > 0", field="--ttft")
+        if s.tpot_s <= 0:
+            raise UsageError("must be > 0", field="--tpot")
+        if c.capacity_type not in CAPACITY_TYPES:
+            raise UsageError(f"must be one of {', '.join(CAPACITY_TYPES)}", field="--capacity-type")
+        if c.max_nodes is not None and c.max_nodes < 1:
+            raise UsageError("must be >= 1", field="--max-nodes")
+        if c.monthly_budget_usd is not None and c.monthly_budget_usd <= 0:
+            raise UsageError("must be > 0", field="--budget")
+        if c.precision not in (None, "bf16", "fp8", "int4"):
+            raise UsageError("must be bf16, fp8 or int4", field="--precision")
+        if c.needs_mig and c.needs_dra:
+            raise UsageError(
+                "MIG via the GPU Operator and DRA pods need different node pools", field="--needs-dra"
+            )
+        if c.on_prem is not None and c.on_prem.gpus < 1:
+            raise UsageError("needs at least one GPU", field="--on-prem")

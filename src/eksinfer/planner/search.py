@@ -1,0 +1,223 @@
+"""Candidate search: instance x TP x PP x precision x aggregated / disaggregated x replicas.
+
+For every engine shape that fits in memory, sweep the per-replica concurrency, keep the largest one whose
+predicted latency meets the SLOs (means scaled by tail allowances: p99 TTFT runs about 2x the mean and TPOT
+about 1.1x in MLPerf server logs, planner-anchors.md 8b), then size replicas for the target load
+(x1.2 headroom on a request rate, llm-d planner's factor) and price the nodes. Tiers bound the shapes:
+    tier 1  one GPU per replica (or one MIG slice)            models up to 40B total parameters
+    tier 2  TP 2-8 inside one node                             larger models, below 700B MoE
+    tier 3  multi-node: PP across nodes (LeaderWorkerSet) and prefill/decode disaggregation, EFA nodes
+A model starts at its size's tier and moves up only when nothing in that tier fits or meets the SLOs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from eksinfer.catalog import GpuSpec, InstanceSpec, ModelSpec, get_gpu, list_instances
+from eksinfer.errors import InfeasibleError
+from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_decode
+from eksinfer.planner.request import PlanRequest
+
+TTFT_TAIL = 2.0  # p99 / mean TTFT allowance (MLPerf server logs: 1.7-3.1)
+TPOT_TAIL = 1.1  # p99 / mean TPOT allowance (MLPerf: 1.02-1.18)
+RATE_HEADROOM = 1.2  # replicas for 120 % of a target request rate (llm-d planner config_finder)
+BATCH_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+TIER1_MAX_PARAMS_B = 40.0
+TIER3_MIN_MOE_PARAMS_B = 700.0
+MAX_NODES_PER_ENGINE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One engine configuration on one instance type."""
+
+    instance: InstanceSpec
+    gpu: GpuSpec  # a MIG slice presents itself as a smaller GPU
+    tier: int
+    mode: str  # aggregated | disaggregated
+    precision: str
+    tp: int
+    pp: int
+    mig_profile: str | None = None
+    slices_per_gpu: int = 1
+
+    @property
+    def nodes_per_replica(self) -> int:
+        return self.pp if self.tier == 3 else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    shape: Shape
+    perf: EnginePerf
+    point: ServingPoint  # aggregated engine, or the decode engine when disaggregated, at the planned load
+    batch: int  # SLO-feasible concurrency per (decode) replica
+    replicas: int  # engine replicas (decode replicas when disaggregated)
+    prefill_replicas: int
+    ttft_s: float
+    tpot_s: float
+    requests_per_s: float  # the deployment's SLO-feasible capacity
+    nodes: int
+    monthly_usd: float
+    on_prem_replicas: int = 0
+
+
+@dataclass
+class Misses:
+    """Why shapes were dropped, for the infeasible message; `closest` is the best latency seen."""
+
+    memory: int = 0
+    slo: int = 0
+    closest: tuple[float, Shape, ServingPoint] | None = None
+
+    def note_slo(self, shape: Shape, point: ServingPoint, slo_ttft: float, slo_tpot: float) -> None:
+        self.slo += 1
+        miss = max(point.ttft_s * TTFT_TAIL / slo_ttft, point.tpot_s * TPOT_TAIL / slo_tpot)
+        if self.closest is None or miss < self.closest[0]:
+            self.closest = (miss, shape, point)
+
+
+def model_tier(model: ModelSpec) -> int:
+    if model.is_moe and model.total_params_b >= TIER3_MIN_MOE_PARAMS_B:
+        return 3
+    return 1 if model.total_params_b <= TIER1_MAX_PARAMS_B else 2
+
+
+def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str]:
+    """Native precision, plus FP8 for BF16 models on GPUs with FP8 tensor cores (vLLM quantizes online)."""
+    if request.constraints.precision:
+        return [request.constraints.precision]
+    out: list[str] = [model.native_precision]
+    if model.native_precision == "bf16" and gpu.fp8_tflops:
+        out.append("fp8")
+    return out
+
+
+def mig_slices(gpu: GpuSpec) -> list[tuple[str, GpuSpec, int]]:
+    """(profile, slice as a GPU, slices per GPU): an `Ng.Mgb` slice has N/7 of the SMs and bandwidth."""
+    out = []
+    for profile in gpu.mig_profiles:
+        compute, mem = profile.split(".")
+        sevenths = int(compute.rstrip("g"))
+        part = dataclasses.replace(
+            gpu,
+            name=f"{gpu.name} MIG {profile}",
+            memory_gib=float(mem.rstrip("gb")) * 0.93,  # GB on the label, about 7 % less usable
+            hbm_bandwidth_gbps=gpu.hbm_bandwidth_gbps * sevenths / 7,
+            bf16_tflops=gpu.bf16_tflops * sevenths / 7,
+            fp8_tflops=None if gpu.fp8_tflops is None else gpu.fp8_tflops * sevenths / 7,
+        )
+        out.append((profile, part, 7 // sevenths))
+    return out
+
+
+def enumerate_shapes(request: PlanRequest, tier: int) -> list[Shape]:
+    """Every engine shape of `tier` on the allowed, priced instance types."""
+    c = request.constraints
+    shapes: list[Shape] = []
+    for inst in list_instances(c.prices):
+        if c.instance_families and inst.family not in c.instance_families:
+            continue
+        if inst.price(c.capacity_type) is None:
+            continue
+        gpu = get_gpu(inst.gpu)
+        if c.needs_mig and not gpu.mig:
+            continue
+        for precision in precisions(request.model, gpu, request):
+            shapes.extend(_tier_shapes(request, tier, inst, gpu, precision))
+    return shapes
+
+
+def _tier_shapes(
+    request: PlanRequest, tier: int, inst: InstanceSpec, gpu: GpuSpec, precision: str
+) -> list[Shape]:
+    heads = request.model.num_attention_heads
+    if tier == 1:
+        if request.constraints.needs_mig:
+            return [
+                Shape(inst, part, 1, "aggregated", precision, 1, 1, profile, per_gpu)
+                for profile, part, per_gpu in mig_slices(gpu)
+            ]
+        return [Shape(inst, gpu, 1, "aggregated", precision, 1, 1)]
+    if tier == 2:
+        return [
+            Shape(inst, gpu, 2, "aggregated", precision, tp, 1)
+            for tp in (2, 4, 8)
+            if tp <= inst.gpus and heads % tp == 0
+        ]
+    if inst.efa_gbps <= 0 or heads % inst.gpus:
+        return []
+    out = []
+    for nodes in range(1, MAX_NODES_PER_ENGINE + 1):
+        out.append(Shape(inst, gpu, 3, "disaggregated", precision, inst.gpus, nodes))
+        if nodes > 1:
+            out.append(Shape(inst, gpu, 3, "aggregated", precision, inst.gpus, nodes))
+    return out
+
+
+def build_perf(request: PlanRequest, shape: Shape, max_model_len: int) -> EnginePerf:
+    return build_engine_perf(
+        request.model,
+        shape.gpu,
+        tensor_parallel_size=shape.tp,
+        pipeline_parallel_size=shape.pp,
+        precision=shape.precision,
+        max_model_len=max_model_len,
+        pp_link_gbps=shape.instance.efa_gbps / 8 / max(1, shape.instance.gpus),
+    )
+
+
+def sweep(perf: EnginePerf, request: PlanRequest, *, decode_only: bool) -> list[ServingPoint]:
+    """Predicted points at every grid concurrency that fits, ascending."""
+    t = request.traffic
+    points = []
+    for batch in BATCH_GRID:
+        if batch > perf.max_num_seqs:
+            break
+        if decode_only:
+            point = predict_decode(
+                perf, input_tokens=t.input_tokens, output_tokens=t.output_tokens, concurrency=batch
+            )
+        else:
+            point = predict_aggregated(
+                perf,
+                input_tokens=t.input_tokens,
+                output_tokens=t.output_tokens,
+                concurrency=batch,
+                prefix_hit=t.shared_prefix_ratio,
+            )
+        if point.kv_limited:
+            break
+        points.append(point)
+    return points
+
+
+def meets(point: ServingPoint, request: PlanRequest, ttft_s: float | None = None) -> bool:
+    ttft = point.ttft_s if ttft_s is None else ttft_s
+    return ttft * TTFT_TAIL <= request.slo.ttft_s and point.tpot_s * TPOT_TAIL <= request.slo.tpot_s
+
+
+def demand_requests_per_s(request: PlanRequest, e2e_s: float) -> float:
+    """The target as a request rate; a concurrency target converts through Little's law."""
+    t = request.traffic
+    if t.concurrency is not None:
+        return t.concurrency / e2e_s
+    return t.requests_per_s if t.requests_per_s is not None else 1.0
+
+
+def node_count(shape: Shape, engines: int) -> int:
+    """Instances for `engines` replicas: whole nodes for multi-node engines, packed GPUs otherwise."""
+    if shape.tier == 3:
+        return engines * shape.nodes_per_replica
+    gpus_needed = engines * shape.tp * shape.pp / shape.slices_per_gpu
+    return max(1, math.ceil(gpus_needed / shape.instance.gpus - 1e-9))
+
+
+def monthly_cost(shape: Shape, nodes: int, request: PlanRequest, hours: float = 720.0) -> float:
+    price = shape.instance.price(request.constraints.capacity_type)
+    if price is None:
+        raise InfeasibleError(f"no price for {shape.instance.type}", binding=["price"])
+    return nodes * price * hours

@@ -1,0 +1,115 @@
+"""One short reason per planner choice, with the numbers behind it (the plan's `why` map)."""
+
+from __future__ import annotations
+
+from eksinfer.perf.memory import GIB
+from eksinfer.planner.request import PlanRequest
+from eksinfer.planner.search import TPOT_TAIL, TTFT_TAIL, Candidate, model_tier
+
+TIER_PATTERN = {
+    1: "one GPU per replica, replicas behind round-robin",
+    2: "tensor parallel inside one node, KV-cache-aware routing",
+    3: "multi-node engines (LeaderWorkerSet) with prefill/decode disaggregation",
+}
+
+
+def _tier(request: PlanRequest, cand: Candidate) -> str:
+    model, tier = request.model, cand.shape.tier
+    size = f"{model.total_params_b:.0f}B{' MoE' if model.is_moe else ''}"
+    text = f"tier {tier}: {size} -> {TIER_PATTERN[tier]}"
+    if tier > model_tier(model):
+        text += f" (tier {model_tier(model)} had no shape that fits and meets the SLOs)"
+    return text
+
+
+def _parallelism(request: PlanRequest, cand: Candidate) -> str:
+    s, perf = cand.shape, cand.perf
+    text = f"TP {s.tp} x PP {s.pp}: {perf.weight_bytes_per_gpu / GIB:.1f} GiB of weights per GPU"
+    if s.pp > 1:
+        text += f"; one pipeline stage per {s.instance.type} node over {s.instance.efa_gbps:g} Gb/s EFA"
+    if request.model.is_moe and s.tp * s.pp > 1:
+        text += "; experts spread with --enable-expert-parallel"
+    if s.mig_profile:
+        text += f"; one {s.mig_profile} MIG slice per replica, {s.slices_per_gpu} per GPU"
+    return text
+
+
+def _memory(request: PlanRequest, cand: Candidate) -> str:
+    perf, t = cand.perf, request.traffic
+    kv_tokens = perf.kv_capacity_tokens
+    full = kv_tokens // (t.input_tokens + t.output_tokens)
+    return (
+        f"{perf.num_gpu_blocks:,} KV blocks of {perf.block_size} = {kv_tokens:,} tokens "
+        f"({perf.kv_bytes_per_token:,} B/token), room for {full:,} full "
+        f"{t.input_tokens}+{t.output_tokens}-token sequences; --max-model-len {perf.max_model_len:,}"
+    )
+
+
+def _replicas(request: PlanRequest, cand: Candidate) -> str:
+    t = request.traffic
+    target = (
+        f"{t.concurrency} concurrent requests"
+        if t.concurrency
+        else f"{t.requests_per_s or 1.0:g} req/s x 1.2"
+    )
+    if cand.shape.mode == "disaggregated":
+        text = (
+            f"{cand.prefill_replicas} prefill + {cand.replicas} decode engines for {target}; "
+            f"each decode engine holds {cand.batch} sequences"
+        )
+    else:
+        text = f"{cand.replicas} replica(s) for {target}; each keeps {cand.batch} in flight within the SLOs"
+    if cand.on_prem_replicas:
+        text += f"; {cand.on_prem_replicas} more on on-prem GPUs (EKS Hybrid Nodes, not billed here)"
+    idle = cand.nodes * cand.shape.instance.gpus - _gpus_used(cand)
+    if idle > 0 and cand.shape.tier < 3:
+        text += f"; {idle} GPU(s) of {cand.nodes} node(s) idle at this load"
+    return text
+
+
+def _gpus_used(cand: Candidate) -> int:
+    s = cand.shape
+    engines = cand.replicas + cand.prefill_replicas
+    return -(-engines * s.tp * s.pp // s.slices_per_gpu)
+
+
+def explain(request: PlanRequest, cand: Candidate, provisioning_why: str, strategy: str) -> dict[str, str]:
+    s, c = cand.shape, request.constraints
+    price = s.instance.price(c.capacity_type) or 0.0
+    capacity = c.capacity_type
+    if capacity == "spot" and s.instance.spot_discount == 0:
+        capacity += " (no spot discount known for this type: priced at on-demand; add one with --prices FILE)"
+    routing = (
+        "KV-cache-aware: sends a prompt where its prefix is cached and the queue is short"
+        if strategy == "kv-aware"
+        else "round-robin: replicas are interchangeable and prompts share little"
+    )
+    mode = (
+        "disaggregated: prefill engines hand KV to decode engines over NIXL/EFA, so long prompts never stall "
+        "decoding (AIC rate matching 0.9 / 0.92)"
+        if s.mode == "disaggregated"
+        else "aggregated: chunked prefill rides inside decode steps"
+    )
+    return {
+        "tier": _tier(request, cand),
+        "instance": (
+            f"{s.instance.type} ({s.instance.gpus} x {s.instance.gpu}) at ${price:.2f}/h {capacity}, "
+            f"price of {s.instance.price_date}: cheapest shape meeting the SLOs"
+        ),
+        "precision": f"{s.precision} weights ({request.model.hf_id_for(s.precision)}), KV cache "
+        f"{cand.perf.kv_cache_dtype}",
+        "parallelism": _parallelism(request, cand),
+        "memory": _memory(request, cand),
+        "mode": mode,
+        "replicas": _replicas(request, cand),
+        "slo": (
+            f"mean TTFT {cand.ttft_s:.2f} s x {TTFT_TAIL:g} p99 allowance <= {request.slo.ttft_s:g} s; "
+            f"mean TPOT {cand.tpot_s * 1e3:.1f} ms x {TPOT_TAIL:g} <= {request.slo.tpot_s * 1e3:g} ms"
+        ),
+        "provisioning": provisioning_why,
+        "routing": routing,
+        "cost": (
+            f"{cand.nodes} x ${price:.2f}/h x 720 h = ${cand.monthly_usd:,.0f}/month; "
+            "per million tokens counts prompt + output tokens at the target load"
+        ),
+    }

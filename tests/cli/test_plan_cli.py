@@ -1,0 +1,110 @@
+"""`eksinfer plan` through typer's CliRunner (formats) and the installed console script (exit codes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from eksinfer.cli import plan as plan_cli
+from eksinfer.cli.main import build_app
+from eksinfer.errors import UsageError
+from eksinfer.planner import Plan
+
+RUNNER = CliRunner()
+EKSINFER = [sys.executable, "-m", "eksinfer.cli.main"]
+
+
+def _invoke(*args: str) -> str:
+    result = RUNNER.invoke(build_app(), ["plan", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_json_is_a_valid_plan() -> None:
+    doc = json.loads(_invoke("--model", "qwen3-32b", "--precision", "fp8", "--json"))
+    plan = Plan.model_validate(doc)
+    assert plan.tier == 1
+    assert doc["schema_version"] == "eksinfer.plan/v1"
+
+
+def test_yaml_matches_json() -> None:
+    args = ("--model", "llama-3.3-70b", "--requests-per-s", "3", "--preset", "batch")
+    from_yaml = yaml.safe_load(_invoke(*args, "--yaml"))
+    from_json = json.loads(_invoke(*args, "--json"))
+    assert from_yaml == from_json
+    assert from_yaml["slo"] == {"preset": "batch", "ttft_s": 5.0, "tpot_s": 0.15}
+
+
+def test_table_shows_choices_why_and_alternatives() -> None:
+    out = _invoke("--model", "llama-3.1-8b", "--ttft", "1.5")
+    assert "tier 1" in out
+    assert "vllm serve" in out
+    assert "why" in out
+    assert "alternatives" in out
+    assert "$" in out
+
+
+def test_flags_reach_the_plan(tmp_path: Path) -> None:
+    doc = json.loads(
+        _invoke(
+            "--model", "kimi-k2.5", "--families", "p5", "--input-tokens", "2000", "--output-tokens", "500",
+            "--concurrency", "16", "--max-nodes", "8", "--json",
+        )
+    )  # fmt: skip
+    assert doc["tier"] == 3
+    assert doc["instance"]["type"] == "p5.48xlarge"
+    assert doc["traffic"]["concurrency"] == 16
+    assert doc["nodes"]["total_nodes"] >= 2
+
+
+def test_render_without_the_deploy_module_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name: str, package: str | None = None) -> object:
+        if name == "eksinfer.deploy.render":
+            raise ModuleNotFoundError(name)
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    plan = Plan.model_validate_json(_invoke("--model", "llama-3.1-8b", "--json"))
+    with pytest.raises(UsageError, match="--render"):
+        plan_cli.render(plan, tmp_path)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EKSINFER, "plan", *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_unknown_model_is_one_line_exit_2() -> None:
+    proc = _run("--model", "llama-3.1-7b")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "did you mean llama-3.1-8b" in lines[0]
+    assert proc.stdout == ""
+
+
+def test_infeasible_is_exit_3_and_names_what_binds() -> None:
+    proc = _run("--model", "llama-3.3-70b", "--budget", "500")
+    assert proc.returncode == 3
+    assert proc.stderr.startswith("error: budget:")
+    assert "nearest feasible" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_flag_values_exit_2() -> None:
+    assert _run("--model", "llama-3.1-8b", "--concurrency", "0").returncode == 2
+    assert _run("--model", "llama-3.1-8b", "--on-prem", "H100").returncode == 2
+    proc = _run("--model", "llama-3.1-8b", "--model-config", "x.json")
+    assert proc.returncode == 2
+    assert "exactly one" in proc.stderr

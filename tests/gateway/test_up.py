@@ -1,0 +1,110 @@
+"""`eksinfer up` as a user runs it: a subprocess that starts the simulator, serves, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from eksinfer.gateway.local_stack import REPLAY_OFFSET, StackOptions, gateway_config, sim_command
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_block(count: int, extra_offset: int = 0) -> int:
+    """A base port with `count` consecutive free ports (and the same block `extra_offset` higher)."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000 - REPLAY_OFFSET - count)
+        ports = [base + i for i in range(count)]
+        if extra_offset:
+            ports += [p + extra_offset for p in ports]
+        if all(_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def test_sim_command_and_gateway_config() -> None:
+    opts = StackOptions(replicas=2, sim_port=9100, kv_events_port=6000, time_scale=0, model="llama-3.1-8b")
+    cmd = sim_command(opts)
+    assert cmd[1:6] == ["-m", "eksinfer.cli.main", "sim", "--replicas", "2"]
+    assert cmd[cmd.index("--port") + 1] == "9100"
+    assert cmd[cmd.index("--time-scale") + 1] == "0"
+    assert '"replay_endpoint": "tcp://*:6100"' in cmd[cmd.index("--kv-events-config") + 1]
+    config = gateway_config(opts)
+    assert [(e.url, e.kv_events) for e in config.endpoints.static] == [
+        ("http://127.0.0.1:9100", "tcp://127.0.0.1:6000"),
+        ("http://127.0.0.1:9101", "tcp://127.0.0.1:6001"),
+    ]
+    assert config.routing["preset"] == "kv-aware"
+
+
+def test_up_serves_routes_by_prefix_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_block(1)
+    sim_port = free_block(2)
+    kv_port = free_block(2, REPLAY_OFFSET)
+    cmd = [sys.executable, "-m", "eksinfer.cli.main", "up", "--replicas", "2", "--time-scale", "0"]
+    cmd += ["--port", str(port), "--sim-port", str(sim_port), "--kv-events-port", str(kv_port)]
+    out = tmp_path / "up.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C stops" not in out.read_text():
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, "eksinfer up did not print its banner"
+            time.sleep(0.2)
+        banner = out.read_text()
+        assert f"http://localhost:{port}" in banner
+        assert f"curl http://localhost:{port}/v1/chat/completions" in banner
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        model = client.models.list().data[0].id
+        system = "You are a careful assistant that answers briefly. " * 20
+        chosen = []
+        for i in range(3):
+            raw = client.chat.completions.with_raw_response.create(
+                model=model,
+                messages=[
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": f"question {i}"},
+                ],
+                max_tokens=4,
+            )
+            assert raw.parse().choices[0].message.content
+            chosen.append(raw.headers["x-eksinfer-endpoint"])
+            time.sleep(0.3)  # lets the engine's KV events reach the gateway
+        route = raw.headers["x-eksinfer-route"]
+        assert len(set(chosen)) == 1, chosen  # the shared system prompt keeps them on one engine
+        assert "reason=prefix-hit" in route
+        stream = client.completions.create(model=model, prompt="count", max_tokens=5, stream=True)
+        assert len([c for c in stream if c.choices and c.choices[0].text]) == 5  # one chunk per token
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'eksinfer_gateway_decisions_total{preset="kv-aware",reason="prefix-hit"}' in metrics
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert out.read_text().rstrip().endswith("stopped")
+        for p in (sim_port, sim_port + 1, kv_port):
+            assert _free(p), f"port {p} still held after Ctrl-C"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

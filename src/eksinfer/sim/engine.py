@@ -98,6 +98,7 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         self.num_steps = 0
+        self.simulated_s = 0.0  # sum of modelled step times (unscaled): the simulated GPU's busy time
 
     def _cache_labels(self) -> dict[str, str]:
         o = self.options
@@ -222,6 +223,7 @@ class Engine:
                 decode_seqs=plan.decode_seqs,
                 decode_context_tokens=plan.decode_context_tokens,
             )
+            self.simulated_s += step_s
             wait_s = step_s * scale + slow
             if wait_s > 0:
                 deadline = max(deadline + wait_s, loop.time() - 1.0)  # never bank more than 1 s of lag

@@ -1,0 +1,135 @@
+"""`eksinfer sim`: simulated vLLM engines, with `vllm serve`'s flag names so one can replace the other."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+
+from eksinfer.errors import ConfigError, UsageError
+
+
+def _lora_names(values: list[str]) -> tuple[str, ...]:
+    """vLLM's --lora-modules entries: `name=path` or a JSON object with a "name"."""
+    names = []
+    for value in values:
+        for item in value.split():
+            if item.startswith("{"):
+                try:
+                    name = json.loads(item).get("name")
+                except (json.JSONDecodeError, AttributeError) as err:
+                    raise UsageError(f"bad JSON {item!r}", field="--lora-modules") from err
+            else:
+                name = item.split("=", 1)[0]
+            if not isinstance(name, str) or not name:
+                raise UsageError(f"no adapter name in {item!r}", field="--lora-modules")
+            names.append(name)
+    return tuple(names)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sim", help="Run simulated vLLM engines that speak vLLM's wire interfaces.")
+    def sim(
+        model_tag: str = typer.Argument(
+            None, metavar="[MODEL]", help="Catalog model (as `vllm serve MODEL`)."
+        ),
+        model: str = typer.Option(
+            "llama-3.1-8b", "--model", help="Catalog model that sets memory and speed."
+        ),
+        gpu: str = typer.Option("H100", "--gpu", help="Simulated GPU (sizes KV cache, step time)."),
+        replicas: int = typer.Option(1, "--replicas", help="Engines in this process; engine i on port+i."),
+        host: str = typer.Option("127.0.0.1", "--host"),
+        port: int = typer.Option(8000, "--port", help="HTTP port of engine 0 (0: any free port)."),
+        served_model_name: list[str] = typer.Option([], "--served-model-name", help="Name(s) clients use."),
+        tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "-tp"),
+        gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization"),
+        block_size: int = typer.Option(16, "--block-size"),
+        num_gpu_blocks: int = typer.Option(
+            None, "--num-gpu-blocks-override", "--num-gpu-blocks", help="KV blocks (default: from the model)."
+        ),
+        max_model_len: int = typer.Option(None, "--max-model-len"),
+        max_num_seqs: int = typer.Option(None, "--max-num-seqs"),
+        max_num_batched_tokens: int = typer.Option(None, "--max-num-batched-tokens"),
+        enable_chunked_prefill: bool = typer.Option(
+            True, "--enable-chunked-prefill/--no-enable-chunked-prefill"
+        ),
+        enable_prefix_caching: bool = typer.Option(
+            True, "--enable-prefix-caching/--no-enable-prefix-caching"
+        ),
+        prefix_caching_hash_algo: str = typer.Option("sha256_cbor", "--prefix-caching-hash-algo"),
+        hash_seed: str = typer.Option(
+            None,
+            "--hash-seed",
+            help="Root of block hashes, as vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED or 0).",
+        ),
+        kv_events_config: str = typer.Option(None, "--kv-events-config", help="vLLM's KV-events JSON."),
+        kv_events_encoding: str = typer.Option(
+            "map", "--kv-events-encoding", help="map (vLLM 0.32) or array."
+        ),
+        enable_prompt_tokens_details: bool = typer.Option(False, "--enable-prompt-tokens-details"),
+        lora_modules: list[str] = typer.Option(
+            [], "--lora-modules", help="Adapters: name=path (repeatable)."
+        ),
+        tokenizer: str = typer.Option(
+            None, "--tokenizer", help="Local HF tokenizer dir (default: built-in)."
+        ),
+        seed: int = typer.Option(0, "--seed"),
+        time_scale: float = typer.Option(1.0, "--time-scale", help="1: simulated GPU speed; 0: flat out."),
+        natural_output_tokens: int = typer.Option(
+            256, "--natural-output-tokens", help="Mean length before EOS unless ignore_eos (0: never EOS)."
+        ),
+        fault_error_rate: float = typer.Option(0.0, "--fault-error-rate", help="Fraction answered 500."),
+        fault_stall_rate: float = typer.Option(
+            0.0, "--fault-stall-rate", help="Fraction held --fault-stall-s."
+        ),
+        fault_stall_s: float = typer.Option(0.0, "--fault-stall-s"),
+        fault_slow_token_s: float = typer.Option(0.0, "--fault-slow-token-s", help="Extra seconds per step."),
+        fault_crash_after: int = typer.Option(0, "--fault-crash-after", help="Die after N requests."),
+        fault_events_drop_rate: float = typer.Option(0.0, "--fault-events-drop-rate"),
+        fault_events_close_after: int = typer.Option(0, "--fault-events-close-after"),
+        log_level: str = typer.Option("info", "--log-level"),
+    ) -> None:
+        from eksinfer.kvcache.events import KVEventsConfig
+        from eksinfer.sim.config import FaultOptions, SimOptions
+        from eksinfer.sim.run import serve
+
+        if kv_events_encoding not in ("map", "array"):
+            raise ConfigError("must be map or array", field="--kv-events-encoding")
+        options = SimOptions(
+            model=model_tag or model,
+            gpu=gpu,
+            served_model_name=tuple(n for value in served_model_name for n in value.split()),
+            host=host,
+            port=port,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            block_size=block_size,
+            num_gpu_blocks=num_gpu_blocks,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            enable_chunked_prefill=enable_chunked_prefill,
+            enable_prefix_caching=enable_prefix_caching,
+            prefix_caching_hash_algo=prefix_caching_hash_algo,
+            hash_seed=hash_seed if hash_seed is not None else os.environ.get("PYTHONHASHSEED", "0"),
+            kv_events=KVEventsConfig.from_json(kv_events_config) if kv_events_config else KVEventsConfig(),
+            kv_events_encoding="array" if kv_events_encoding == "array" else "map",
+            enable_prompt_tokens_details=enable_prompt_tokens_details,
+            lora_modules=_lora_names(lora_modules),
+            tokenizer=tokenizer,
+            time_scale=time_scale,
+            seed=seed,
+            natural_output_tokens=natural_output_tokens,
+            faults=FaultOptions(
+                error_rate=fault_error_rate,
+                stall_rate=fault_stall_rate,
+                stall_s=fault_stall_s,
+                slow_token_s=fault_slow_token_s,
+                crash_after=fault_crash_after,
+                events_drop_rate=fault_events_drop_rate,
+                events_close_after=fault_events_close_after,
+            ),
+        )
+        options.validate()
+        serve(options, replicas, log_level=log_level)

@@ -1,0 +1,76 @@
+"""Fixtures: simulated engines started in-process on 127.0.0.1 with free ports, stopped after each test."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from eksinfer.kvcache.events import KVEventsConfig
+from eksinfer.sim.cluster import SimCluster, start_cluster
+from eksinfer.sim.config import SimOptions
+
+StartCluster = Callable[..., Awaitable[SimCluster]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_run(n: int) -> int:
+    """A base port with n consecutive free ports after it (replicas offset event ports by their index)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n >= 65535:
+            continue
+        ok = True
+        for i in range(1, n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", base + i))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no run of free ports")
+
+
+def events_config(
+    replicas: int = 1, *, replay: bool = True, topic: str = "kv@{host}:{port}@{model}"
+) -> KVEventsConfig:
+    base = free_port_run(replicas)
+    raw: dict[str, Any] = {
+        "enable_kv_cache_events": True,
+        "endpoint": f"tcp://127.0.0.1:{base}",
+        "topic": topic,
+    }
+    if replay:
+        raw["replay_endpoint"] = f"tcp://127.0.0.1:{free_port_run(replicas)}"
+    # tcp://127.0.0.1:PORT is not a wildcard, so vLLM would connect; the simulator binds "*" endpoints only
+    raw["endpoint"] = f"tcp://*:{base}"
+    if replay:
+        raw["replay_endpoint"] = raw["replay_endpoint"].replace("127.0.0.1", "*")
+    return KVEventsConfig(**raw)
+
+
+BASE = SimOptions(port=0, time_scale=0.0, num_gpu_blocks=256, max_model_len=2048, natural_output_tokens=0)
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[StartCluster]:
+    started: list[SimCluster] = []
+
+    async def _start(replicas: int = 1, **changes: Any) -> SimCluster:
+        cluster = await start_cluster(replace(BASE, **changes), replicas)
+        started.append(cluster)
+        return cluster
+
+    yield _start
+    for cluster in started:
+        await cluster.stop()

@@ -1,0 +1,262 @@
+"""The simulator's HTTP interface against vLLM 0.32's recorded shapes, with httpx and the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.sim.conftest import StartCluster
+
+DATA = Path(__file__).parent / "data"  # copies of shared/reference/vllm-samples (vLLM 0.32 captures)
+
+
+def _sse(text: str) -> list[Any]:
+    out: list[Any] = []
+    for block in text.strip().split("\n\n"):
+        assert block.startswith("data: ")
+        payload = block[len("data: ") :]
+        out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+def _keys(obj: dict[str, Any]) -> list[str]:
+    return list(obj.keys())
+
+
+async def test_chat_stream_matches_vllm_shape(start: StartCluster) -> None:
+    cluster = await start()
+    body = {
+        "model": "llama-3.1-8b",
+        "messages": [{"role": "user", "content": "hi there"}],
+        "max_tokens": 4,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(cluster.urls[0] + "/v1/chat/completions", json=body)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    ours = _sse(r.text)
+    golden = _sse((DATA / "chat_stream.sse").read_text())
+    assert len(ours) == len(golden) == 7  # role, 4 tokens, usage, [DONE]
+    for mine, theirs in zip(ours, golden, strict=True):
+        if theirs == "[DONE]":
+            assert mine == "[DONE]"
+            continue
+        assert _keys(mine) == _keys(theirs)
+        if theirs["choices"]:
+            assert _keys(mine["choices"][0]) == _keys(theirs["choices"][0])
+            assert _keys(mine["choices"][0]["delta"]) == _keys(theirs["choices"][0]["delta"])
+    assert ours[-2]["usage"] == {
+        "prompt_tokens": ours[-2]["usage"]["prompt_tokens"],
+        "total_tokens": ours[-2]["usage"]["prompt_tokens"] + 4,
+        "completion_tokens": 4,
+    }
+    assert ours[4]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_completion_stream_and_chat_json_match_vllm_shape(start: StartCluster) -> None:
+    cluster = await start()
+    url = cluster.urls[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(
+            url + "/v1/completions",
+            json={
+                "prompt": "hello",
+                "max_tokens": 3,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        )
+        chat = (
+            await client.post(
+                url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+            )
+        ).json()
+    ours = _sse(r.text)
+    golden = _sse((DATA / "completions_stream.sse").read_text())
+    assert _keys(ours[0]) == _keys(golden[0])
+    assert _keys(ours[0]["choices"][0]) == _keys(golden[0]["choices"][0])
+    assert _keys(ours[-2]) == _keys(golden[-2])
+    assert ours[-1] == "[DONE]"
+    assert ours[-2]["usage"]["completion_tokens"] == 3
+    want = json.loads((DATA / "chat.json").read_text())
+    assert _keys(chat) == _keys(want)
+    assert _keys(chat["choices"][0]) == _keys(want["choices"][0])
+    assert _keys(chat["choices"][0]["message"]) == _keys(want["choices"][0]["message"])
+    assert _keys(chat["usage"]) == _keys(want["usage"])
+    assert chat["usage"]["prompt_tokens_details"] is None  # as vLLM without --enable-prompt-tokens-details
+
+
+async def test_openai_sdk_parses_streams_and_usage(start: StartCluster) -> None:
+    cluster = await start(enable_prompt_tokens_details=True)
+    client = openai.AsyncOpenAI(base_url=cluster.urls[0] + "/v1", api_key="unused", max_retries=0)
+    try:
+        text = ""
+        usage = None
+        stream = await client.completions.create(
+            model="llama-3.1-8b",
+            prompt="The quick brown fox",
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].text
+            if chunk.usage:
+                usage = chunk.usage
+        assert usage is not None
+        assert usage.completion_tokens == 6
+        assert len(text) > 0
+        chat_text = ""
+        chat_stream = await client.chat.completions.create(
+            model="llama-3.1-8b",
+            messages=[{"role": "user", "content": "Say hi"}],
+            max_tokens=5,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        reasons = []
+        async for part in chat_stream:
+            if part.choices:
+                chat_text += part.choices[0].delta.content or ""
+                reasons.append(part.choices[0].finish_reason)
+        assert reasons[-1] == "length"
+        assert chat_text.strip()
+        full = await client.chat.completions.create(
+            model="llama-3.1-8b",
+            messages=[{"role": "user", "content": "Say hi"}],
+            max_tokens=5,
+            extra_body={"ignore_eos": True},
+        )
+        assert full.choices[0].message.content == chat_text  # deterministic: same prompt, same seed
+        assert full.usage is not None
+        assert full.usage.prompt_tokens_details is not None
+        assert full.usage.prompt_tokens_details.cached_tokens == 16  # the chat prompt's first full block
+        models = await client.models.list()
+        assert [m.id for m in models.data] == ["llama-3.1-8b"]
+    finally:
+        await client.close()
+
+
+async def test_errors_match_vllm_bodies(start: StartCluster) -> None:
+    cluster = await start(max_model_len=64)
+    url = cluster.urls[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        unknown = await client.post(url + "/v1/completions", json={"model": "nope", "prompt": "x"})
+        too_many = await client.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 99999})
+        bad_json = await client.post(
+            url + "/v1/chat/completions", content=b"{bad", headers={"content-type": "application/json"}
+        )
+        too_long = await client.post(url + "/v1/completions", json={"prompt": list(range(3, 80))})
+        n2 = await client.post(url + "/v1/completions", json={"prompt": "x", "n": 2})
+        no_messages = await client.post(url + "/v1/chat/completions", json={"messages": []})
+    assert unknown.status_code == 404
+    assert unknown.json() == {
+        "error": {
+            "message": "The model `nope` does not exist.",
+            "type": "NotFoundError",
+            "param": "model",
+            "code": 404,
+        }
+    }
+    assert too_many.status_code == 400
+    golden = json.loads((DATA / "error_max_tokens.json").read_text())
+    assert too_many.json() == json.loads(json.dumps(golden).replace("2048", "64"))
+    assert bad_json.status_code == 400
+    assert bad_json.json()["error"]["type"] == "Bad Request"
+    assert bad_json.json()["error"]["param"] == "body.1"
+    assert too_long.status_code == 400
+    assert "maximum context length is 64 tokens" in too_long.json()["error"]["message"]
+    assert n2.status_code == 400
+    assert n2.json()["error"]["param"] == "n"
+    assert no_messages.status_code == 400
+
+
+async def test_models_tokenize_detokenize_health(start: StartCluster) -> None:
+    cluster = await start(served_model_name=("tiny", "alias"))
+    url = cluster.urls[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        models = (await client.get(url + "/v1/models")).json()
+        tok = (await client.post(url + "/tokenize", json={"model": "alias", "prompt": "Hello there"})).json()
+        detok = (
+            await client.post(url + "/detokenize", json={"model": "tiny", "tokens": tok["tokens"]})
+        ).json()
+        health = await client.get(url + "/health")
+        version = (await client.get(url + "/version")).json()
+    golden = json.loads((DATA / "v1_models.json").read_text())
+    assert _keys(models) == _keys(golden)
+    assert _keys(models["data"][0]) == _keys(golden["data"][0])
+    assert _keys(models["data"][0]["permission"][0]) == _keys(golden["data"][0]["permission"][0])
+    assert [m["id"] for m in models["data"]] == ["tiny", "alias"]
+    assert _keys(tok) == _keys(json.loads((DATA / "tokenize.json").read_text()))
+    assert tok["count"] == 5  # BOS, "Hel", "lo", " the", "re"
+    assert tok["max_model_len"] == 2048
+    assert detok == {"prompt": "Hello there"}
+    assert health.status_code == 200
+    assert version == {"version": "0.32.0"}
+
+
+async def test_deterministic_text_for_a_seed(start: StartCluster) -> None:
+    a = await start()
+    b = await start()
+    body = {"prompt": "same prompt", "max_tokens": 8, "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=10) as client:
+        t1 = (await client.post(a.urls[0] + "/v1/completions", json=body)).json()["choices"][0]["text"]
+        t2 = (await client.post(b.urls[0] + "/v1/completions", json=body)).json()["choices"][0]["text"]
+        t3 = (await client.post(b.urls[0] + "/v1/completions", json={**body, "seed": 7})).json()["choices"][
+            0
+        ]["text"]
+    assert t1 == t2
+    assert t1 != t3
+
+
+async def test_natural_eos_stops_unless_ignore_eos(start: StartCluster) -> None:
+    cluster = await start(natural_output_tokens=8)
+    async with httpx.AsyncClient(timeout=10) as client:
+        natural = (
+            await client.post(cluster.urls[0] + "/v1/completions", json={"prompt": "p", "max_tokens": 100})
+        ).json()
+        forced = (
+            await client.post(
+                cluster.urls[0] + "/v1/completions",
+                json={"prompt": "p", "max_tokens": 30, "ignore_eos": True},
+            )
+        ).json()
+    assert natural["choices"][0]["finish_reason"] == "stop"
+    assert 4 <= natural["usage"]["completion_tokens"] <= 12  # U[N/2, 3N/2] with N = 8
+    assert forced["choices"][0]["finish_reason"] == "length"
+    assert forced["usage"]["completion_tokens"] == 30
+
+
+async def test_fault_error_rate_and_crash(start: StartCluster) -> None:
+    from eksinfer.sim.config import FaultOptions
+
+    broken = await start(faults=FaultOptions(error_rate=1.0))
+    crashing = await start(faults=FaultOptions(crash_after=1))
+    async with httpx.AsyncClient(timeout=5) as client:
+        r = await client.post(broken.urls[0] + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert r.status_code == 500
+        assert r.json()["error"]["type"] == "InternalServerError"
+        ok = await client.post(crashing.urls[0] + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert ok.status_code == 200
+        dead = await client.post(crashing.urls[0] + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
+        assert dead.status_code == 503
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            try:
+                await client.get(crashing.urls[0] + "/health")
+            except httpx.TransportError:
+                break
+        else:
+            pytest.fail("the crashed replica still answers")

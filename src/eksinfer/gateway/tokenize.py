@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:
-    """The request's prompt as text, for the approximate index and length estimates (not for the engine)."""
+    """The request's prompt as text, for the approximate index and length estimates (not for the engine);
+    empty for prompts given as token ids (those are keyed by token blocks instead)."""
     if "messages" in body:
         parts: list[str] = []
         for msg in body.get("messages") or []:
@@ -41,9 +42,7 @@ def prompt_text(body: Mapping[str, Any]) -> str:
         return "\n".join(parts)
     prompt = body.get("prompt", "")
     if isinstance(prompt, list):
-        if prompt and isinstance(prompt[0], str):
-            return str(prompt[0])
-        return " ".join(str(t) for t in prompt)
+        return str(prompt[0]) if prompt and isinstance(prompt[0], str) else ""
     return str(prompt)
 
 
@@ -61,14 +60,16 @@ def message_content(content: Any) -> str:
 
 
 def prompt_token_ids(body: Mapping[str, Any]) -> list[int] | None:
-    """Token ids given directly by a completions request (`prompt: [ints]`), else None."""
+    """Token ids given directly by a completions request (`prompt: [ints]` or `[[ints]]`), else None.
+
+    Only the ends are type-checked: a full scan costs more than routing a 4k-token prompt, and the engine
+    rejects a malformed list anyway.
+    """
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return [int(t) for t in prompt]
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], list):
-        inner = prompt[0]
-        if all(isinstance(t, int) for t in inner):
-            return [int(t) for t in inner]
+        prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and type(prompt[0]) is int and type(prompt[-1]) is int:
+        return prompt
     return None
 
 

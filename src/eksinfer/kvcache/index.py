@@ -80,8 +80,13 @@ def chain_keys(
         num_blocks = min(num_blocks, max_blocks)
     keys: list[BlockKey] = []
     key = parent
+    if extra_keys is None or not any(extra_keys):  # the common case: no LoRA, no salt
+        for start in range(0, num_blocks * block_size, block_size):
+            key = hash((key, tuple(token_ids[start : start + block_size]), None))
+            keys.append(key)
+        return keys
     for i in range(num_blocks):
-        extra = _freeze(extra_keys[i]) if extra_keys is not None and i < len(extra_keys) else None
+        extra = _freeze(extra_keys[i]) if i < len(extra_keys) else None
         key = hash((key, tuple(token_ids[i * block_size : (i + 1) * block_size]), extra))
         keys.append(key)
     return keys

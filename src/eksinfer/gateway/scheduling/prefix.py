@@ -78,7 +78,8 @@ def approx_request_keys(request: RoutingRequest, deps: PluginDeps, *, use_tokens
     keys: list[BlockKey] | None = request.annotations.get("approx_keys")
     if keys is None:
         size = deps.block_size
-        if use_tokens and request.prompt_token_ids is not None:
+        ids = request.prompt_token_ids
+        if ids is not None and (use_tokens or not request.prompt_text):
             keys = request_block_keys(request, size) or []
         else:
             salt = f"{request.model}\x00{request.lora or ''}"

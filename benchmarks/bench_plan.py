@@ -27,12 +27,24 @@ DATA_CANDIDATES = (
 )
 CSV_NAME = "validation_aic_vllm_dense_h100_h200.csv"
 SOURCE = "AIC silicon_sample.csv @095f58a5"
+SAMPLE_NAME = "aic_silicon_sample.csv"
 MODEL_MAP = {
     "Qwen/Qwen3-32B": "qwen3-32b",
     "meta-llama/Llama-3.1-70B": "llama-3.3-70b",
     "nvidia/Llama-3.1-8B-Instruct-FP8": "llama-3.1-8b",
+    "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
+    "moonshotai/Kimi-K2.5": "kimi-k2.5",
 }
-GPU_MAP = {"h100_sxm": "H100", "h200_sxm": "H200"}
+GPU_MAP = {"h100_sxm": "H100", "h200_sxm": "H200", "b200_sxm": "B200"}
+# Beyond the validation csv: vLLM aggregated runs, TP only, of other GPUs and the MoE models. Kimi K2.5 on
+# H200 fitted the two MoE constants (MOE_GEMM_FACTOR, MOE_LAYER_OVERHEAD_S); the rest was never used to fit.
+MOE_FIT = ("moonshotai/Kimi-K2.5", "h200_sxm", "int4")
+HOLDOUT = {
+    ("meta-llama/Llama-3.1-70B", "b200_sxm", "fp8"),
+    ("Qwen/Qwen3-235B-A22B-FP8", "h200_sxm", "fp8"),
+    ("moonshotai/Kimi-K2.5", "h200_sxm", "int4"),
+    ("moonshotai/Kimi-K2.5", "b200_sxm", "int4"),
+}
 # Representative runs shown one by one: (model, system, tp, isl, osl, concurrency).
 SHOWCASE = (
     ("Qwen/Qwen3-32B", "h100_sxm", 2, 1024, 1024, 8),
@@ -58,6 +70,7 @@ class Row:
     ttft_ms: float
     tpot_ms: float
     tok_s: float
+    source: str = "AIC validation csv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +85,38 @@ class Compared:
         return (predicted - measured) / measured * 100.0
 
 
-def load_rows(path: Path | None = None) -> list[Row]:
+def _find(name: str) -> Path:
+    path = next((d / name for d in DATA_CANDIDATES if (d / name).exists()), None)
     if path is None:
-        path = next((d / CSV_NAME for d in DATA_CANDIDATES if (d / CSV_NAME).exists()), None)
-        if path is None:
-            raise FileNotFoundError(f"{CSV_NAME} not found under shared/reference/data")
-    with path.open(newline="", encoding="utf-8") as fh:
+        raise FileNotFoundError(f"{name} not found under shared/reference/data")
+    return path
+
+
+def load_holdout(path: Path | None = None) -> list[Row]:
+    """vLLM aggregated runs of the held-out model/GPU pairs, TP only (no attention-DP or EP splits)."""
+    rows = []
+    with (path or _find(SAMPLE_NAME)).open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            key = (r["model_path"], r["system"], r["precision"])
+            if r["backend"] != "vllm" or r["mode"] != "agg" or key not in HOLDOUT:
+                continue
+            tp = int(r["tp_size"])
+            if r["attention_dp_size"] not in ("", "1") or int(r["moe_tp_size"] or tp) != tp:
+                continue
+            conc, osl = int(r["batch_size"]), int(r["osl"])
+            ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
+            tok_s = conc * osl / ((ttft + tpot * (osl - 1)) / 1e3)
+            version = f"vLLM {r['backend_version']}"
+            model, system, precision = key
+            source = f"{version}, {r['id'][:40]}"
+            rows.append(
+                Row(model, system, precision, tp, int(r["isl"]), osl, conc, ttft, tpot, tok_s, source)
+            )
+    return rows
+
+
+def load_rows(path: Path | None = None) -> list[Row]:
+    with (path or _find(CSV_NAME)).open(newline="", encoding="utf-8") as fh:
         return [
             Row(
                 r["model"],
@@ -90,6 +129,7 @@ def load_rows(path: Path | None = None) -> list[Row]:
                 float(r["ttft_ms"]),
                 float(r["tpot_ms"]),
                 float(r["derived_output_tok_s"]),
+                f"AIC, vLLM {r['backend_version'] or '(version not recorded)'}",
             )
             for r in csv.DictReader(fh)
         ]
@@ -140,36 +180,76 @@ def _line(c: Compared) -> str:
         f"{name:<18} {GPU_MAP[r.system]:<5} {r.tp:>2} {r.isl:>5}/{r.osl:<5} {r.concurrency:>4} "
         f"{r.ttft_ms:>9.1f} {c.ttft_ms:>9.1f} {c.err('ttft_ms'):>+7.1f}% "
         f"{r.tpot_ms:>7.2f} {c.tpot_ms:>7.2f} {c.err('tpot_ms'):>+7.1f}% "
-        f"{r.tok_s:>8.0f} {c.tok_s:>8.0f} {c.err('tok_s'):>+7.1f}%"
+        f"{r.tok_s:>8.0f} {c.tok_s:>8.0f} {c.err('tok_s'):>+7.1f}%  {r.source}"
     )
+
+
+def _table(title: str, compared: list[Compared]) -> None:
+    print(title)
+    print(
+        f"{'model':<18} {'GPU':<5} {'TP':>2} {'ISL/OSL':<11} {'conc':>4} "
+        f"{'TTFT ms':>9} {'pred':>9} {'err':>8} {'TPOT ms':>7} {'pred':>7} {'err':>8} "
+        f"{'tok/s':>8} {'pred':>8} {'err':>8}  source"
+    )
+    for c in compared:
+        print(_line(c))
+
+
+def _summary_table(title: str, compared: list[Compared]) -> None:
+    print(title)
+    print(f"{'group':<28} {'n':>4} {'TTFT med':>9} {'TPOT med':>9} {'tok/s med':>10} {'TPOT mean':>10}")
+    for key, (n, ttft, tpot, tok, tpot_mean) in summary(compared).items():
+        print(f"{key:<28} {n:>4} {ttft:>8.1f}% {tpot:>8.1f}% {tok:>9.1f}% {tpot_mean:>9.1f}%")
+
+
+def _step_speed() -> float:
+    """Microseconds per EnginePerf.step_time_s call (the simulator calls it every step)."""
+    perf = build_engine_perf(get_model("llama-3.3-70b"), get_gpu("H100"), tensor_parallel_size=4)
+    calls = 200_000
+    started = time.perf_counter()
+    for i in range(calls):
+        perf.step_time_s(
+            prefill_tokens=512,
+            prefill_attention_pairs=512 * 1024,
+            decode_seqs=i & 63,
+            decode_context_tokens=64_000,
+        )
+    return (time.perf_counter() - started) / calls * 1e6
 
 
 def main(argv: list[str]) -> None:
     started = time.perf_counter()
-    compared = compare_all(load_rows())
+    fitted = compare_all(load_rows())
+    extra = compare_all(load_holdout())
+    moe_fit = [c for c in extra if (c.row.model, c.row.system, c.row.precision) == MOE_FIT]
+    holdout = [c for c in extra if (c.row.model, c.row.system, c.row.precision) != MOE_FIT]
     elapsed = time.perf_counter() - started
-    header = (
-        f"{'model':<18} {'GPU':<5} {'TP':>2} {'ISL/OSL':<11} {'conc':>4} "
-        f"{'TTFT ms':>9} {'pred':>9} {'err':>8} {'TPOT ms':>7} {'pred':>7} {'err':>8} "
-        f"{'tok/s':>8} {'pred':>8} {'err':>8}"
+    key = lambda c: (c.row.model, c.row.system, c.row.tp, c.row.isl, c.row.osl, c.row.concurrency)  # noqa: E731
+    shown = fitted if "--all" in argv else [c for c in fitted if key(c) in SHOWCASE]
+    _table(f"A. measured vLLM runs ({SOURCE}, used to fit the constants) vs eksinfer.perf", shown)
+    held = extra if "--all" in argv else _one_per_group(extra)
+    _table(
+        "\nB. MoE and B200 runs (same corpus; Kimi K2.5 H200 fitted the MoE terms, the rest held out)", held
     )
-    print(f"measured vLLM runs ({SOURCE}) vs eksinfer.perf predictions")
-    print(header)
-    shown = (
-        compared
-        if "--all" in argv
-        else [
-            c
-            for c in compared
-            if (c.row.model, c.row.system, c.row.tp, c.row.isl, c.row.osl, c.row.concurrency) in SHOWCASE
-        ]
+    _summary_table(f"\nmedian / mean absolute error, dense fit set ({len(fitted)} runs)", fitted)
+    _summary_table(f"\nmedian / mean absolute error, MoE fit set ({len(moe_fit)} runs)", moe_fit)
+    _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)
+    print(
+        f"\npredicted {len(fitted) + len(extra)} runs in {elapsed * 1e3:.0f} ms; "
+        f"step_time_s: {_step_speed():.2f} us per call"
     )
-    for c in shown:
-        print(_line(c))
-    print(f"\nmedian / mean absolute error over {len(compared)} runs (predicted in {elapsed * 1e3:.0f} ms)")
-    print(f"{'group':<28} {'n':>4} {'TTFT med':>9} {'TPOT med':>9} {'tok/s med':>10} {'TPOT mean':>10}")
-    for key, (n, ttft, tpot, tok, tpot_mean) in summary(compared).items():
-        print(f"{key:<28} {n:>4} {ttft:>8.1f}% {tpot:>8.1f}% {tok:>9.1f}% {tpot_mean:>9.1f}%")
+
+
+def _one_per_group(compared: list[Compared]) -> list[Compared]:
+    """Two runs per model/GPU pair: the shortest-prompt, lowest-concurrency one and the other extreme."""
+    out: list[Compared] = []
+    groups: dict[tuple[str, str], list[Compared]] = {}
+    for c in compared:
+        groups.setdefault((c.row.model, c.row.system), []).append(c)
+    for items in groups.values():
+        items = sorted(items, key=lambda c: (c.row.isl, c.row.osl, c.row.concurrency))
+        out += [items[0], items[-1]]
+    return out
 
 
 if __name__ == "__main__":

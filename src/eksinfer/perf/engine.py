@@ -35,6 +35,8 @@ ETA_GEMM_FP8 = 0.55  # achieved / peak FP8 rate (W8A8 GEMMs) [FP8 rows; 0.55-0.7
 ETA_ATTN = 0.3  # achieved / peak rate of attention kernels (FlashAttention / FlashMLA)
 STEP_OVERHEAD_S = 2.0e-3  # scheduler + sampler + input prep per step [anchors: 3 ms x layers / 64 in all]
 LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
+MOE_GEMM_FACTOR = 0.2  # expert (grouped, TP-sharded) GEMM rate relative to a dense GEMM [Kimi K2.5 H200 runs]
+MOE_LAYER_OVERHEAD_S = 50e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
 # Literature values, not fitted:
 ALLREDUCE_LATENCY_S = 10e-6  # per all-reduce over NVLink (AIC system YAML p2p_latency 10 us)
 P2P_LATENCY_S = 25e-6  # per pipeline-stage hand-off over EFA (AIC: 10 us on NVLink; RDMA setup excluded)
@@ -155,9 +157,8 @@ def _step_coefficients(
     lm_head = model.vocab_size * model.hidden_size
     dense_read = (mem.non_expert_linear_params(model) * dense_b + lm_head * mem.BF16_BYTES) / tp
     experts_read = model.routed_expert_params * expert_b / tp
-    active_linear = mem.non_expert_linear_params(model) + model.num_moe_layers * (
-        model.experts_per_token * model.expert_params
-    )
+    dense_linear = mem.non_expert_linear_params(model)
+    expert_linear = model.num_moe_layers * model.experts_per_token * model.expert_params
     heads, layers = model.num_attention_heads, model.num_layers
     if model.attention == "mla":  # prefill decompresses K/V (qk = nope + rope, v); decode runs absorbed
         prefill_dims = model.head_dim + model.v_head_dim
@@ -178,14 +179,16 @@ def _step_coefficients(
         "_dense_read_s": dense_read / bw,
         "_experts_read_s": experts_read / bw,
         "_expert_keep": 1.0 - model.experts_per_token / model.num_experts if model.is_moe else 1.0,
-        "_linear_per_token_s": 2.0 * active_linear / tp / gemm,
+        "_linear_per_token_s": 2.0 * (dense_linear + expert_linear / MOE_GEMM_FACTOR) / tp / gemm,
         "_head_per_token_s": 2.0 * lm_head / tp / gemm,
         "_attn_per_pair_s": 2.0 * layers * heads * prefill_dims / tp / attn,
         "_kv_read_per_token_s": kv_per_gpu_all_stages / bw,
         "_attn_decode_per_token_s": 2.0 * layers * heads * decode_dims / tp / attn,
         "_comm_fixed_s": comm_fixed,
         "_comm_per_token_s": comm_per_token,
-        "_overhead_s": STEP_OVERHEAD_S + LAYER_OVERHEAD_S * layers,
+        "_overhead_s": STEP_OVERHEAD_S
+        + LAYER_OVERHEAD_S * layers
+        + MOE_LAYER_OVERHEAD_S * model.num_moe_layers,
     }
 
 

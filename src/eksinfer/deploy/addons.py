@@ -1,0 +1,137 @@
+"""Cluster add-ons a plan needs: GPU Operator and Cluster Autoscaler Helm values, the NVIDIA DRA driver
+values, and the device plugin for EKS Hybrid Nodes.
+
+GPU Operator per mode (anchors D.5): every mode here boots an image with the NVIDIA driver and container toolkit
+already installed (Auto Mode, the Bottlerocket / AL2023 NVIDIA variants, the EKS accelerated AMI), so `driver`
+and `toolkit` are off. The device plugin is off where the node brings its own (Auto Mode: a second plugin makes
+allocatable 0; Bottlerocket NVIDIA; DRA replaces it) and on otherwise. DCGM exporter is always on, with a
+metrics CSV that adds `DCGM_FI_PROF_SM_ACTIVE` (commented out in the exporter's default CSV, anchors E.1).
+"""
+
+from __future__ import annotations
+
+from eksinfer.deploy.context import GPU_TAINT, Ctx, Obj
+
+DCGM_CSV_NAME = "eksinfer-dcgm-metrics"
+# Format: DCGM field, Prometheus type, help (dcgm-exporter etc/default-counters.csv).
+DCGM_METRICS = (
+    ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
+    ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
+    ("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free (in MiB)."),
+    ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
+    ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
+    ("DCGM_FI_PROF_SM_ACTIVE", "gauge", "Ratio of cycles an SM has at least 1 warp assigned."),
+    ("DCGM_FI_PROF_SM_OCCUPANCY", "gauge", "Ratio of warps resident on an SM to its maximum."),
+    ("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "gauge", "Ratio of cycles the tensor pipe is active."),
+    ("DCGM_FI_PROF_DRAM_ACTIVE", "gauge", "Ratio of cycles the device memory interface is active."),
+    ("DCGM_FI_PROF_NVLINK_TX_BYTES", "gauge", "NVLink transmitted bytes per second."),
+    ("DCGM_FI_PROF_NVLINK_RX_BYTES", "gauge", "NVLink received bytes per second."),
+)
+
+
+def dcgm_csv() -> str:
+    return "".join(f"{field}, {kind}, {help_}\n" for field, kind, help_ in DCGM_METRICS)
+
+
+def gpu_operator_values(ctx: Ctx) -> Obj:
+    auto = ctx.mode == "auto-mode"
+    mig = bool(ctx.plan.nodes.mig_profile)
+    bottlerocket = ctx.mode == "karpenter" and not mig
+    device_plugin = not (auto or bottlerocket or ctx.plan.nodes.needs_dra)
+    tolerations: list[Obj] = [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
+    if auto:
+        tolerations.append(
+            {"key": "eks.amazonaws.com/compute-type", "operator": "Equal", "value": "auto", "effect": "NoSchedule"}
+        )
+    values: Obj = {
+        "operator": {"defaultRuntime": "containerd"},
+        "driver": {"enabled": False},
+        "toolkit": {"enabled": False},
+        "devicePlugin": {"enabled": device_plugin},
+        "gfd": {"enabled": True},
+        "nfd": {"enabled": not auto},
+        "migManager": {"enabled": mig},
+        "dcgmExporter": {
+            "enabled": True,
+            # Scraped by our own ServiceMonitor (honorLabels keeps the pod/namespace labels the exporter adds).
+            "serviceMonitor": {"enabled": False},
+            "config": {"name": DCGM_CSV_NAME, "create": True, "data": dcgm_csv()},
+        },
+        "nodeStatusExporter": {"enabled": False},
+        "gds": {"enabled": False},
+        "gdrcopy": {"enabled": False},
+        "vgpuManager": {"enabled": False},
+        "vfioManager": {"enabled": False},
+        "sandboxWorkloads": {"enabled": False},
+        "daemonsets": {"tolerations": tolerations},
+    }
+    if mig:
+        values["mig"] = {"strategy": "single"}  # every slice is advertised as nvidia.com/gpu
+    return values
+
+
+def dra_driver_values(ctx: Ctx) -> Obj:
+    """nvidia/nvidia-dra-driver-gpu chart values: GPUs as DRA devices (device class gpu.nvidia.com)."""
+    return {
+        "nvidiaDriverRoot": "/",
+        "resources": {"gpus": {"enabled": True}, "computeDomains": {"enabled": False}},
+        "kubeletPlugin": {
+            "tolerations": [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"eks.amazonaws.com/nodegroup": ctx.pool_name},
+        },
+    }
+
+
+def cluster_autoscaler_values(ctx: Ctx) -> Obj:
+    """kubernetes/autoscaler chart values: auto-discovery by tag; slow scale-down so GPU nodes are not
+    dropped and re-bought within one node start-up; DRA-aware simulation when the plan uses DRA."""
+    unneeded = f"{max(10, ctx.node_startup_s() * 2 // 60)}m"
+    extra: Obj = {
+        "expander": "least-waste",
+        "balance-similar-node-groups": True,
+        "skip-nodes-with-local-storage": False,
+        "scale-down-unneeded-time": unneeded,
+        "scale-down-delay-after-add": unneeded,
+        "max-node-provision-time": f"{max(15, ctx.node_startup_s() * 3 // 60)}m",
+    }
+    if ctx.plan.nodes.needs_dra:
+        extra["enable-dynamic-resource-allocation"] = True
+    return {
+        "autoDiscovery": {"clusterName": ctx.opts.cluster_name},
+        "awsRegion": ctx.plan.instance.region,
+        "extraArgs": extra,
+        "rbac": {"serviceAccount": {"name": "cluster-autoscaler"}},
+    }
+
+
+def hybrid_device_plugin(ctx: Ctx) -> Obj:
+    """NVIDIA device plugin pinned to hybrid nodes only, so it never meets the cloud nodes' own plugin."""
+    labels = {"app.kubernetes.io/name": "nvidia-device-plugin-hybrid", "app.kubernetes.io/part-of": "eksinfer"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "nvidia-device-plugin-hybrid", "namespace": "kube-system", "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "nvidia-device-plugin-hybrid"}},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {"eks.amazonaws.com/compute-type": "hybrid"},
+                    "priorityClassName": "system-node-critical",
+                    "tolerations": [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [
+                        {
+                            "name": "nvidia-device-plugin",
+                            "image": ctx.opts.device_plugin_image,
+                            "env": [{"name": "FAIL_ON_INIT_ERROR", "value": "false"}],
+                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": [{"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}],
+                        }
+                    ],
+                    "volumes": [{"name": "device-plugin", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}],
+                },
+            },
+        },
+    }

@@ -1,0 +1,176 @@
+"""Render options and the values every builder derives from a plan (names, labels, node placement, sizes).
+
+One template set serves all three node-provisioning modes: the instance label prefix is
+`eks.amazonaws.com` on EKS Auto Mode and `karpenter.k8s.aws` on self-managed Karpenter (the switch the GenAI on
+EKS Starter Kit uses, anchors D.11); managed node groups are selected by `eks.amazonaws.com/nodegroup`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from eksinfer import __version__
+from eksinfer.errors import ConfigError
+from eksinfer.planner.schema import PLAN_SCHEMA_VERSION, Plan, PlanRole
+
+Obj = dict[str, Any]
+
+ENGINE_PORT = 8000
+KV_EVENTS_PORT = 5557  # vLLM's documented default KV-event endpoint tcp://*:5557 (routing anchors)
+NIXL_SIDE_CHANNEL_PORT = 5600
+GATEWAY_PORT = 8000
+HASH_SEED = "0"  # must equal the gateway's (eksinfer.kvcache.hashing.DEFAULT_HASH_SEED)
+GPU_TAINT = "nvidia.com/gpu"
+LABEL_PREFIX = {"auto-mode": "eks.amazonaws.com", "karpenter": "karpenter.k8s.aws"}
+# EFA interfaces per instance type family (AWS "Supported instance types" for EFA; p5/p5e 32 x 100 Gbit/s,
+# p5en and p6-b200 16 / 8 of the newer 200 / 400 Gbit/s cards, p4d 4 x 100). The plan carries only bandwidth.
+EFA_INTERFACES = {"p5": 32, "p5e": 32, "p5en": 16, "p6-b200": 8, "p4d": 4, "p4de": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """Choices the plan does not make: where things live in the cluster and how weights reach the GPUs."""
+
+    namespace: str = "inference"
+    cluster_name: str = "eksinfer"
+    engine_image: str = "vllm/vllm-openai:v0.32.0"
+    gateway_image: str = f"ghcr.io/eksinfer/eksinfer:{__version__}"
+    device_plugin_image: str = "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"
+    model_s3_uri: str | None = None  # s3://bucket/prefix: stream weights with the Run:ai loader, no cache PVC
+    model_cache_storage_class: str = "efs-sc"  # a ReadWriteMany class (EFS or FSx for Lustre CSI)
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_release: str = "kube-prometheus-stack"  # kube-prometheus-stack selects by `release`
+    inference_pool: bool = False  # also emit a GAIE InferencePool per engine pool
+    node_role: str | None = None  # IAM role of GPU nodes; default per mode
+    image_snapshot_id: str | None = None  # EBS snapshot with the engine image pre-pulled (Bottlerocket)
+    soci_parallel_pull: bool = True
+    pd_backend: Literal["disaggregatedset", "lws"] = "disaggregatedset"
+    hf_token_secret: str = "hf-token"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    plan: Plan
+    opts: RenderOptions
+
+    # -- names ---------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def ns(self) -> str:
+        return self.opts.namespace
+
+    @property
+    def pool_name(self) -> str:
+        return f"{self.name}-gpu"
+
+    @property
+    def mode(self) -> str:
+        return self.plan.nodes.provisioning
+
+    @property
+    def kv_aware(self) -> bool:
+        return self.plan.routing.strategy == "kv-aware"
+
+    def workload_name(self, role: PlanRole) -> str:
+        return f"{self.name}-{role.name}"
+
+    def served_name(self) -> str:
+        return self.plan.model.id
+
+    # -- labels --------------------------------------------------------------------------------------------
+    def labels(self, component: str, **extra: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": {"engine": "vllm", "gateway": "eksinfer-gateway"}.get(component, "eksinfer"),
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/part-of": "eksinfer",
+            **self.opts.labels,
+            **extra,
+        }
+
+    def meta(self, name: str, component: str, *, namespaced: bool = True, **extra: str) -> Obj:
+        out: Obj = {"name": name, "namespace": self.ns} if namespaced else {"name": name}
+        out["labels"] = self.labels(component, **extra)
+        return out
+
+    # -- node placement ------------------------------------------------------------------------------------
+    @property
+    def label_prefix(self) -> str:
+        return LABEL_PREFIX.get(self.mode, "eks.amazonaws.com")
+
+    def node_selector(self) -> dict[str, str]:
+        if self.mode == "managed-node-group":
+            return {"eks.amazonaws.com/nodegroup": self.pool_name}
+        return {"karpenter.sh/nodepool": self.pool_name, f"{self.label_prefix}/instance-family": self.plan.instance.family}
+
+    @property
+    def mig_slices(self) -> int:
+        """MIG instances per GPU for profiles like `all-1g.10gb` (H100/A100: 7 compute slices, NVIDIA MIG guide)."""
+        profile = self.plan.nodes.mig_profile
+        if not profile:
+            return 1
+        size = profile.removeprefix("all-").split("g", 1)[0]
+        return max(1, 7 // int(size)) if size.isdigit() else 1
+
+    @property
+    def efa_interfaces(self) -> int:
+        return EFA_INTERFACES.get(self.plan.instance.family, 1) if self.plan.instance.efa_gbps > 0 else 0
+
+    def instance_memory_gib(self) -> float:
+        """Host memory from the catalog; 4 GiB per vCPU (the smallest ratio among GPU types) when unknown."""
+        try:
+            from eksinfer.catalog import get_instance
+
+            return float(get_instance(self.plan.instance.type).memory_gib)
+        except Exception:  # catalog missing or type unknown: a conservative ratio still schedules
+            return self.plan.instance.vcpus * 4.0
+
+    def pod_resources(self, gpus: int) -> tuple[int, int]:
+        """(cpu cores, memory GiB) for a pod holding `gpus` devices: its share of the node, 85% / 80% of it
+        so kubelet reservations and the GPU daemon sets still fit."""
+        inst = self.plan.instance
+        share = gpus / (inst.gpus * self.mig_slices)
+        cpu = max(1, math.floor(inst.vcpus * share * 0.85))
+        memory = max(4, math.floor(self.instance_memory_gib() * share * 0.80))
+        return cpu, memory
+
+    def startup_budget_s(self) -> int:
+        """Start-up probe budget: twice the predicted load time plus 5 minutes for image pull, CUDA-graph
+        capture and compile, never under 10 minutes (vLLM of any size routinely needs several)."""
+        return max(600, math.ceil(2 * self.plan.prediction.load_time_s + 300))
+
+    def node_startup_s(self) -> int:
+        return max(60, math.ceil(self.plan.nodes.node_startup_s))
+
+
+def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
+    """Checks what render needs beyond the schema and returns the context."""
+    major = plan.schema_version.rsplit("/", 1)[-1]
+    if major != PLAN_SCHEMA_VERSION.rsplit("/", 1)[-1]:
+        raise ConfigError(f"unsupported plan version {plan.schema_version!r}", field="schema_version")
+    if plan.nodes.mig_profile and plan.nodes.provisioning == "auto-mode":
+        raise ConfigError(
+            "MIG needs a node configuration EKS Auto Mode does not allow; use karpenter or managed-node-group",
+            field="nodes.mig_profile",
+        )
+    if plan.nodes.needs_dra and plan.nodes.provisioning != "managed-node-group":
+        raise ConfigError(
+            "Dynamic Resource Allocation is not supported by Karpenter or Auto Mode; use managed-node-group",
+            field="nodes.needs_dra",
+        )
+    if not plan.roles:
+        raise ConfigError("a plan needs at least one role", field="roles")
+    for i, role in enumerate(plan.roles):
+        if plan.routing.strategy == "kv-aware" and not role.engine.enable_prefix_caching:
+            raise ConfigError(
+                "a KV-aware gateway needs prefix caching on", field=f"roles[{i}].engine.enable_prefix_caching"
+            )
+        if role.engine.nodes_per_replica > 1 and role.engine.gpus_per_replica % role.engine.nodes_per_replica:
+            raise ConfigError("GPUs do not split evenly across nodes", field=f"roles[{i}].engine.gpus_per_replica")
+    return Ctx(plan, opts or RenderOptions())

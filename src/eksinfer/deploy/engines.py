@@ -1,0 +1,310 @@
+"""vLLM engines: a Deployment per role for tiers 1-2, a LeaderWorkerSet (or a DisaggregatedSet of them for
+prefill/decode) for multi-node tier 3, plus the Services, the model cache and, with DRA, the claim template.
+
+Pod shape (GAIE's reference vLLM pod and the LWS vLLM example, anchors D.2/D.6): `/dev/shm` as a memory
+emptyDir, a start-up probe sized to the predicted load time, `preStop` sleep so the gateway drains the pod,
+GPU toleration, `karpenter.sh/do-not-disrupt` so consolidation never takes a busy node. Weights come from a
+shared ReadWriteMany cache (HF_HOME on the volume) or stream from S3 with the Run:ai loader; never baked into
+the image. Multi-node groups use Ray via vLLM's `multi-node-serving.sh`: TP inside a node, PP across nodes
+(`size` = PP), EFA devices and libfabric env on every pod, `RecreateGroupOnPodRestart`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+
+from eksinfer.deploy import vllm_flags
+from eksinfer.deploy.context import ENGINE_PORT, GPU_TAINT, HASH_SEED, KV_EVENTS_PORT, NIXL_SIDE_CHANNEL_PORT, Ctx, Obj
+from eksinfer.planner.schema import PlanRole
+
+RAY_SCRIPT = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
+MODEL_MOUNT = "/models"
+GROUP_SIZE_ANNOTATION = "leaderworkerset.sigs.k8s.io/exclusive-topology"
+
+
+def model_ref(ctx: Ctx) -> str:
+    return ctx.opts.model_s3_uri or ctx.plan.model.hf_id
+
+
+def vllm_args(ctx: Ctx, role: PlanRole) -> list[str]:
+    """The plan's arguments, completed with what this deployment needs and the plan's structured fields."""
+    e = role.engine
+    args = list(e.vllm_args)
+    add = vllm_flags.ensure
+    add(args, "tensor-parallel-size", str(e.tensor_parallel_size))
+    if e.pipeline_parallel_size > 1:
+        add(args, "pipeline-parallel-size", str(e.pipeline_parallel_size))
+    if e.data_parallel_size > 1:
+        add(args, "data-parallel-size", str(e.data_parallel_size))
+    if e.expert_parallel:
+        add(args, "enable-expert-parallel")
+    add(args, "max-model-len", str(e.max_model_len))
+    add(args, "gpu-memory-utilization", str(e.gpu_memory_utilization))
+    add(args, "block-size", str(e.block_size))
+    if e.kv_cache_dtype != "auto":
+        add(args, "kv-cache-dtype", e.kv_cache_dtype)
+    if not vllm_flags.has(args, "no-enable-prefix-caching"):
+        add(args, "enable-prefix-caching" if e.enable_prefix_caching else "no-enable-prefix-caching")
+    add(args, "max-num-seqs", str(e.max_num_seqs))
+    add(args, "max-num-batched-tokens", str(e.max_num_batched_tokens))
+    add(args, "served-model-name", ctx.served_name())
+    add(args, "port", str(ENGINE_PORT))
+    if ctx.kv_aware:
+        events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{KV_EVENTS_PORT}",
+                  "topic": f"kv@$(POD_IP)@{ctx.served_name()}"}
+        add(args, "kv-events-config", json.dumps(events, separators=(",", ":")))
+        # Reproducible block hashes (the default sha256 pickles; routing anchors "Option B").
+        add(args, "prefix-caching-hash-algo", "sha256_cbor")
+    if ctx.opts.model_s3_uri:
+        add(args, "load-format", "runai_streamer")
+        extra = {"concurrency": 16, "distributed": e.tensor_parallel_size > 1}
+        add(args, "model-loader-extra-config", json.dumps(extra, separators=(",", ":")))
+    if ctx.plan.mode == "disaggregated":
+        add(args, "kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_both"}')
+    if e.nodes_per_replica > 1:
+        add(args, "distributed-executor-backend", "ray")
+    return args
+
+
+def _env(ctx: Ctx, multi_node: bool) -> list[Obj]:
+    env: list[Obj] = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ctx.opts.hf_token_secret, "key": "token", "optional": True}}},
+    ]
+    if not ctx.opts.model_s3_uri:
+        env.append({"name": "HF_HOME", "value": f"{MODEL_MOUNT}/hf"})
+    else:
+        env.append({"name": "AWS_REGION", "value": ctx.plan.instance.region})
+    if ctx.kv_aware:
+        env.append({"name": "PYTHONHASHSEED", "value": HASH_SEED})
+    if ctx.plan.mode == "disaggregated":
+        env += [{"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "value": "$(POD_IP)"},
+                {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)}]
+    if multi_node and ctx.efa_interfaces:
+        env += [{"name": "FI_PROVIDER", "value": "efa"}, {"name": "FI_EFA_USE_DEVICE_RDMA", "value": "1"}]
+    return env
+
+
+def _probes(ctx: Ctx) -> Obj:
+    period = 10
+    health = {"httpGet": {"path": "/health", "port": "http"}}
+    return {
+        "startupProbe": {**health, "periodSeconds": period, "timeoutSeconds": 5,
+                         "failureThreshold": math.ceil(ctx.startup_budget_s() / period)},
+        "readinessProbe": {**health, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+    }
+
+
+def shm_gib(gpus: int, multi_node: bool) -> int:
+    """/dev/shm size: NCCL and vLLM's TP message queues use it; 16 GiB for multi-GPU (the LWS example uses
+    15Gi), a little for one GPU."""
+    return 16 if gpus > 1 or multi_node else 2
+
+
+def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str) -> Obj:
+    """kind: single (Deployment), leader or worker (LeaderWorkerSet)."""
+    multi = kind != "single"
+    cpu, mem = ctx.pod_resources(gpus)
+    shm = shm_gib(gpus, multi)
+    res_req: Obj = {"cpu": str(cpu), "memory": f"{mem}Gi"}
+    res_lim: Obj = {"memory": f"{mem + shm}Gi"}
+    if not ctx.plan.nodes.needs_dra:
+        res_req["nvidia.com/gpu"] = res_lim["nvidia.com/gpu"] = str(gpus)
+    if multi and ctx.efa_interfaces:
+        res_req["vpc.amazonaws.com/efa"] = res_lim["vpc.amazonaws.com/efa"] = str(ctx.efa_interfaces)
+    serve = ["vllm", "serve", model_ref(ctx), *vllm_args(ctx, role)]
+    out: Obj = {"name": "vllm", "image": ctx.opts.engine_image, "imagePullPolicy": "IfNotPresent"}
+    if kind == "single":
+        out |= {"command": serve[:3], "args": serve[3:]}
+    elif kind == "leader":
+        script = f"bash {RAY_SCRIPT} leader --ray_cluster_size=$(LWS_GROUP_SIZE) && exec {shlex.join(serve)}"
+        out |= {"command": ["/bin/bash", "-c"], "args": [script]}
+    else:
+        out |= {"command": ["/bin/bash", "-c"], "args": [f"bash {RAY_SCRIPT} worker --ray_address=$(LWS_LEADER_ADDRESS)"]}
+    out["env"] = _env(ctx, multi)
+    if kind != "worker":
+        ports = [{"name": "http", "containerPort": ENGINE_PORT}]
+        if ctx.kv_aware:
+            ports.append({"name": "kv-events", "containerPort": KV_EVENTS_PORT})
+        if ctx.plan.mode == "disaggregated":
+            ports.append({"name": "nixl", "containerPort": NIXL_SIDE_CHANNEL_PORT})
+        out["ports"] = ports
+        out |= _probes(ctx)
+        out["lifecycle"] = {"preStop": {"sleep": {"seconds": 30}}}
+    out["resources"] = {"requests": res_req, "limits": res_lim}
+    if ctx.plan.nodes.needs_dra:
+        out["resources"]["claims"] = [{"name": "gpus"}]
+    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    if not ctx.opts.model_s3_uri:
+        mounts.append({"name": "model-cache", "mountPath": MODEL_MOUNT})
+    out["volumeMounts"] = mounts
+    sec: Obj = {"allowPrivilegeEscalation": False}
+    if multi and ctx.efa_interfaces:
+        sec["capabilities"] = {"add": ["IPC_LOCK"]}  # EFA registers (pins) GPU and host memory
+    out["securityContext"] = sec
+    return out
+
+
+def pod_template(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = "cloud") -> Obj:
+    serving = "false" if kind == "worker" else "true"
+    labels = ctx.labels("engine", **{"eksinfer.io/role": role.name, "eksinfer.io/pool": pool, "eksinfer.io/serving": serving})
+    annotations = {
+        "eksinfer.io/load-time-s": str(round(ctx.plan.prediction.load_time_s)),
+        "eksinfer.io/node-startup-s": str(ctx.node_startup_s()),
+    }
+    if pool == "cloud":
+        annotations["karpenter.sh/do-not-disrupt"] = "true"
+    volumes: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib(gpus, kind != 'single')}Gi"}}]
+    if not ctx.opts.model_s3_uri:
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{ctx.name}-model-cache"}})
+    spec: Obj = {
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 130,  # preStop 30 s + in-flight requests (GAIE reference pod)
+        "nodeSelector": {"eks.amazonaws.com/compute-type": "hybrid"} if pool == "onprem" else ctx.node_selector(),
+        "tolerations": [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container(ctx, role, gpus, kind=kind)],
+        "volumes": volumes,
+    }
+    if ctx.opts.model_s3_uri:
+        spec["serviceAccountName"] = f"{ctx.name}-engine"  # bind an S3 read role with EKS Pod Identity
+    else:
+        spec["automountServiceAccountToken"] = False
+    if ctx.plan.nodes.needs_dra:
+        spec["resourceClaims"] = [{"name": "gpus", "resourceClaimTemplateName": f"{ctx.name}-gpus"}]
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec}
+
+
+def selector(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> dict[str, str]:
+    return {"app.kubernetes.io/instance": ctx.name, "eksinfer.io/role": role.name, "eksinfer.io/pool": pool}
+
+
+def deployment(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> Obj:
+    name = ctx.workload_name(role) + ("-onprem" if pool == "onprem" else "")
+    replicas = ctx.plan.on_prem.replicas if pool == "onprem" and ctx.plan.on_prem else role.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.meta(name, "engine", **{"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector(ctx, role, pool)},
+            # One extra replica at a time: a rollout needs at most one GPU slot of headroom.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": pod_template(ctx, role, role.engine.gpus_per_replica, kind="single", pool=pool),
+        },
+    }
+
+
+def lws_spec(ctx: Ctx, role: PlanRole) -> Obj:
+    e = role.engine
+    gpus = e.gpus_per_replica // e.nodes_per_replica
+    return {
+        "replicas": role.replicas,
+        "startupPolicy": "LeaderCreated",
+        "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {"maxSurge": 0, "maxUnavailable": 1}},
+        "networkConfig": {"subdomainPolicy": "UniquePerReplica"},
+        "leaderWorkerTemplate": {
+            "size": e.nodes_per_replica,
+            "restartPolicy": "RecreateGroupOnPodRestart",
+            "leaderTemplate": pod_template(ctx, role, gpus, kind="leader"),
+            "workerTemplate": pod_template(ctx, role, gpus, kind="worker"),
+        },
+    }
+
+
+def _exclusive() -> dict[str, str]:
+    # Keep each group's nodes in one zone (EFA does not cross AZs); one group per zone at most.
+    return {GROUP_SIZE_ANNOTATION: "topology.kubernetes.io/zone"}
+
+
+def leaderworkerset(ctx: Ctx, role: PlanRole) -> Obj:
+    meta = ctx.meta(ctx.workload_name(role), "engine", **{"eksinfer.io/role": role.name})
+    meta["annotations"] = _exclusive()
+    return {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": meta, "spec": lws_spec(ctx, role)}
+
+
+def disaggregated_set(ctx: Ctx) -> Obj:
+    roles = []
+    for role in ctx.plan.roles:
+        roles.append({
+            "name": role.name,
+            "metadata": {"labels": {"eksinfer.io/role": role.name}, "annotations": _exclusive()},
+            "scaling": {"mode": "External"},  # KEDA scales the role through its DisaggregatedSetRoleScaler
+            "spec": lws_spec(ctx, role),
+        })
+    return {
+        "apiVersion": "disaggregatedset.x-k8s.io/v1",
+        "kind": "DisaggregatedSet",
+        "metadata": ctx.meta(ctx.name, "engine"),
+        "spec": {"slices": 1, "roles": roles},
+    }
+
+
+def service(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> Obj:
+    name = ctx.workload_name(role) + ("-onprem" if pool == "onprem" else "")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ctx.meta(name, "engine", **{"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {**selector(ctx, role, pool), "eksinfer.io/serving": "true"},
+            "ports": [{"name": "http", "port": ENGINE_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def model_cache_pvc(ctx: Ctx) -> Obj:
+    p = ctx.plan
+    weights = p.prediction.weight_gib_per_gpu * max(r.engine.gpus_per_replica for r in p.roles)
+    size = max(100, math.ceil(weights * 1.25 / 100) * 100)  # weights + 25% (tokenizer, safetensors index, revisions)
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": ctx.meta(f"{ctx.name}-model-cache", "engine"),
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": ctx.opts.model_cache_storage_class,
+            "resources": {"requests": {"storage": f"{size}Gi"}},
+        },
+    }
+
+
+def resource_claim_template(ctx: Ctx) -> Obj:
+    gpus = ctx.plan.roles[0].engine.gpus_per_replica
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": ctx.meta(f"{ctx.name}-gpus", "engine"),
+        "spec": {"spec": {"devices": {"requests": [
+            {"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com", "allocationMode": "ExactCount", "count": gpus}}
+        ]}}},
+    }
+
+
+def service_account(ctx: Ctx) -> Obj:
+    meta = ctx.meta(f"{ctx.name}-engine", "engine")
+    meta["annotations"] = {"eksinfer.io/needs": "EKS Pod Identity association with s3:GetObject/ListBucket on the model"}
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+
+
+def engine_objects(ctx: Ctx) -> list[Obj]:
+    p = ctx.plan
+    objs: list[Obj] = [model_cache_pvc(ctx)] if not ctx.opts.model_s3_uri else [service_account(ctx)]
+    if p.nodes.needs_dra:
+        objs.append(resource_claim_template(ctx))
+    multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
+    if multi and p.mode == "disaggregated" and ctx.opts.pd_backend == "disaggregatedset":
+        objs.append(disaggregated_set(ctx))
+    for role in p.roles:
+        if not (multi and p.mode == "disaggregated" and ctx.opts.pd_backend == "disaggregatedset"):
+            objs.append(leaderworkerset(ctx, role) if role.engine.nodes_per_replica > 1 else deployment(ctx, role))
+        objs.append(service(ctx, role))
+    if p.on_prem and p.on_prem.replicas > 0:
+        role = next(r for r in p.roles if r.name in ("engine", "decode"))
+        objs += [deployment(ctx, role, pool="onprem"), service(ctx, role, pool="onprem")]
+    return objs

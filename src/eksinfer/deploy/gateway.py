@@ -1,0 +1,145 @@
+"""The eksinfer gateway in the cluster: ConfigMap (its YAML config), ServiceAccount + Role + RoleBinding to
+list/watch engine pods, Deployment, Service, and optionally GAIE InferencePools for Gateway API users.
+
+The routing config discovers engines by namespace + label selector (`eksinfer.gateway.config.KubernetesDiscovery`)
+and subscribes to each pod's KV-event port when the plan routes KV-aware. Disaggregated plans route to the
+decode role (prefill/decode orchestration stays with vLLM's NIXL connector).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from eksinfer.deploy.context import ENGINE_PORT, GATEWAY_PORT, HASH_SEED, KV_EVENTS_PORT, Ctx, Obj
+
+
+def routed_role(ctx: Ctx) -> str:
+    names = [r.name for r in ctx.plan.roles]
+    return "decode" if "decode" in names else names[0]
+
+
+def engine_selector(ctx: Ctx) -> str:
+    # No pool label: with hybrid nodes both pools are discovered (see docs/deploy.md, gateway pools).
+    return f"app.kubernetes.io/instance={ctx.name},eksinfer.io/role={routed_role(ctx)},eksinfer.io/serving=true"
+
+
+def gateway_config(ctx: Ctx) -> dict[str, Any]:
+    engine = ctx.plan.roles[0].engine
+    discovery: dict[str, Any] = {"namespace": ctx.ns, "label_selector": engine_selector(ctx), "port": ENGINE_PORT}
+    if ctx.kv_aware:
+        discovery["kv_events_port"] = KV_EVENTS_PORT
+    return {
+        "server": {"host": "0.0.0.0", "port": GATEWAY_PORT},
+        "endpoints": {"kubernetes": discovery},
+        "scrape": {"interval_s": 0.2, "stale_after_s": 2.0},
+        "routing": {
+            "preset": ctx.plan.routing.gateway_preset,
+            "block_size": engine.block_size,
+            "tokenizer": {"mode": "engine"},
+        },
+    }
+
+
+def configmap(ctx: Ctx) -> Obj:
+    text = yaml.safe_dump(gateway_config(ctx), sort_keys=False)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": ctx.meta(f"{ctx.name}-gateway", "gateway"),
+            "data": {"gateway.yaml": text}}
+
+
+def rbac(ctx: Ctx) -> list[Obj]:
+    name = f"{ctx.name}-gateway"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": ctx.meta(name, "gateway")},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": ctx.meta(name, "gateway"),
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": ctx.meta(name, "gateway"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ctx.ns}],
+        },
+    ]
+
+
+def deployment(ctx: Ctx) -> Obj:
+    name = f"{ctx.name}-gateway"
+    labels = ctx.labels("gateway")
+    env: list[Obj] = []
+    if ctx.kv_aware:
+        env.append({"name": "PYTHONHASHSEED", "value": HASH_SEED})  # same seed as the engines' block hashes
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 2}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.meta(name, "gateway"),
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app.kubernetes.io/instance": ctx.name, "app.kubernetes.io/component": "gateway"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": name,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "gateway",
+                        "image": ctx.opts.gateway_image,
+                        "command": ["eksinfer", "gateway", "--config", "/etc/eksinfer/gateway.yaml"],
+                        "env": env,
+                        "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                        "readinessProbe": {**probe, "httpGet": {"path": "/ready", "port": "http"}},
+                        "livenessProbe": {**probe, "failureThreshold": 6},
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "config", "mountPath": "/etc/eksinfer", "readOnly": True}],
+                    }],
+                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                },
+            },
+        },
+    }
+
+
+def service(ctx: Ctx) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ctx.meta(f"{ctx.name}-gateway", "gateway"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {"app.kubernetes.io/instance": ctx.name, "app.kubernetes.io/component": "gateway"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+
+
+def inference_pools(ctx: Ctx) -> list[Obj]:
+    pools = ["cloud", "onprem"] if ctx.plan.on_prem and ctx.plan.on_prem.replicas else ["cloud"]
+    out = []
+    for pool in pools:
+        name = ctx.name if pool == "cloud" else f"{ctx.name}-onprem"
+        out.append({
+            "apiVersion": "inference.networking.k8s.io/v1",
+            "kind": "InferencePool",
+            "metadata": ctx.meta(name, "engine", **{"eksinfer.io/pool": pool}),
+            "spec": {
+                "selector": {"matchLabels": {"app.kubernetes.io/instance": ctx.name, "eksinfer.io/role": routed_role(ctx),
+                                             "eksinfer.io/pool": pool, "eksinfer.io/serving": "true"}},
+                "targetPorts": [{"number": ENGINE_PORT}],
+            },
+        })
+    return out
+
+
+def gateway_objects(ctx: Ctx) -> list[Obj]:
+    objs = [configmap(ctx), *rbac(ctx), deployment(ctx), service(ctx)]
+    if ctx.opts.inference_pool:
+        objs += inference_pools(ctx)
+    return objs

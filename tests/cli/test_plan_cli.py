@@ -108,3 +108,12 @@ def test_bad_flag_values_exit_2() -> None:
     proc = _run("--model", "llama-3.1-8b", "--model-config", "x.json")
     assert proc.returncode == 2
     assert "exactly one" in proc.stderr
+
+
+def test_unknown_family_and_on_prem_gpu_name_the_flag() -> None:
+    proc = _run("--model", "llama-3.1-8b", "--families", "p9")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --families: unknown p9")
+    proc = _run("--model", "llama-3.1-8b", "--on-prem", "H300:4")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --on-prem: unknown GPU 'H300'")

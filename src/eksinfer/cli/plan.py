@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from eksinfer.errors import UsageError
+from eksinfer.errors import UnknownNameError, UsageError
 
 if TYPE_CHECKING:
     from eksinfer.planner import Plan, PlanRequest
@@ -38,7 +38,12 @@ def build_request(
         raise UsageError("give exactly one of --model ID or --model-config PATH", field="--model")
     spec = get_model(model) if model is not None else load_model_config(model_config)  # type: ignore[arg-type]
     on_prem = _on_prem(constraints.pop("on_prem"))
-    pool = OnPremPool(get_gpu(on_prem[0]).name, on_prem[1]) if on_prem else None
+    pool = None
+    if on_prem:
+        try:
+            pool = OnPremPool(get_gpu(on_prem[0]).name, on_prem[1])
+        except UnknownNameError as err:
+            raise UnknownNameError("GPU", on_prem[0], err.known, field="--on-prem") from err
     families = tuple(f.strip() for f in (constraints.pop("families") or "").split(",") if f.strip())
     return PlanRequest(
         model=spec,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eksinfer.catalog import ModelSpec
+from eksinfer.catalog import ModelSpec, list_instances
 from eksinfer.errors import UsageError
 
 SLO_PRESETS: dict[str, tuple[float, float]] = {  # name -> (TTFT s, TPOT s)
@@ -108,6 +108,12 @@ class PlanRequest:
         if c.needs_mig and c.needs_dra:
             raise UsageError(
                 "MIG via the GPU Operator and DRA pods need different node pools", field="--needs-dra"
+            )
+        known = {i.family for i in list_instances(c.prices)}
+        unknown = sorted(set(c.instance_families) - known)
+        if unknown:
+            raise UsageError(
+                f"unknown {', '.join(unknown)}; known: {', '.join(sorted(known))}", field="--families"
             )
         if c.on_prem is not None and c.on_prem.gpus < 1:
             raise UsageError("needs at least one GPU", field="--on-prem")

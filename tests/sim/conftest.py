@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -44,19 +45,15 @@ def free_port_run(n: int) -> int:
 def events_config(
     replicas: int = 1, *, replay: bool = True, topic: str = "kv@{host}:{port}@{model}"
 ) -> KVEventsConfig:
-    base = free_port_run(replicas)
+    """vLLM's --kv-events-config with wildcard (bound) endpoints on free port runs."""
     raw: dict[str, Any] = {
         "enable_kv_cache_events": True,
-        "endpoint": f"tcp://127.0.0.1:{base}",
+        "endpoint": f"tcp://*:{free_port_run(replicas)}",
         "topic": topic,
     }
     if replay:
-        raw["replay_endpoint"] = f"tcp://127.0.0.1:{free_port_run(replicas)}"
-    # tcp://127.0.0.1:PORT is not a wildcard, so vLLM would connect; the simulator binds "*" endpoints only
-    raw["endpoint"] = f"tcp://*:{base}"
-    if replay:
-        raw["replay_endpoint"] = raw["replay_endpoint"].replace("127.0.0.1", "*")
-    return KVEventsConfig(**raw)
+        raw["replay_endpoint"] = f"tcp://*:{free_port_run(replicas)}"
+    return KVEventsConfig.from_json(json.dumps(raw))
 
 
 BASE = SimOptions(port=0, time_scale=0.0, num_gpu_blocks=256, max_model_len=2048, natural_output_tokens=0)

@@ -117,3 +117,10 @@ def test_unknown_family_and_on_prem_gpu_name_the_flag() -> None:
     proc = _run("--model", "llama-3.1-8b", "--on-prem", "H300:4")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --on-prem: unknown GPU 'H300'")
+
+
+def test_render_writes_a_kustomize_tree(tmp_path: Path) -> None:
+    pytest.importorskip("eksinfer.deploy.render", reason="the deploy renderer is not in this build")
+    out = tmp_path / "manifests"
+    _invoke("--model", "llama-3.1-8b", "--json", "--render", str(out))
+    assert (out / "kustomization.yaml").is_file()

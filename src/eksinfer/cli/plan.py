@@ -57,78 +57,90 @@ def _fmt_money(value: float) -> str:
     return f"${value:,.0f}" if value >= 100 else f"${value:,.2f}"
 
 
+def _summary_rows(p: Plan) -> list[tuple[str, str]]:
+    """(label, text) lines: instances, each role and its vllm command, nodes, routing, prediction, cost."""
+    inst, pred = p.instance, p.prediction
+    rows = [
+        (
+            "instances",
+            f"{p.nodes.total_nodes} x {inst.type} ({inst.gpus} x {inst.gpu}), {inst.capacity_type}, "
+            f"${inst.price_per_hour_usd:,.2f}/h as of {inst.price_date}",
+        )
+    ]
+    for role in p.roles:
+        e = role.engine
+        rows.append(
+            (
+                f"{role.name} x{role.replicas}",
+                f"TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}, {e.precision}, "
+                f"{e.gpus_per_replica} GPU(s) on {e.nodes_per_replica} node(s)",
+            )
+        )
+        rows.append(("  vllm serve", f"{p.model.hf_id} " + " ".join(e.vllm_args)))
+    mig = f", MIG {p.nodes.mig_profile}" if p.nodes.mig_profile else ""
+    rows += [
+        (
+            "nodes",
+            f"{p.nodes.provisioning}, max {p.nodes.max_nodes}, start-up ~{p.nodes.node_startup_s:.0f} s{mig}",
+        ),
+        ("routing", f"{p.routing.strategy} (eksinfer gateway --preset {p.routing.gateway_preset})"),
+        (
+            "predicted",
+            f"TTFT {pred.ttft_s:.3f} s, TPOT {pred.tpot_s * 1e3:.1f} ms, "
+            f"{pred.throughput_tokens_per_s:,.0f} output tok/s, capacity {pred.requests_per_s:.2f} req/s",
+        ),
+        (
+            "memory",
+            f"{pred.weight_gib_per_gpu:.1f} GiB weights/GPU, {pred.kv_cache_gib_per_replica:.1f} GiB "
+            f"KV/replica ({pred.num_gpu_blocks:,} blocks), {pred.max_concurrency_per_replica} seqs fit",
+        ),
+        (
+            "cost",
+            f"{_fmt_money(p.cost.monthly_usd)}/month, "
+            f"${p.cost.per_million_tokens_usd:.3f} per million tokens",
+        ),
+    ]
+    if p.on_prem:
+        rows.append(("on-prem", f"{p.on_prem.replicas} replica(s) on {p.on_prem.gpus} x {p.on_prem.gpu}"))
+    return rows
+
+
+ALT_COLUMNS = (
+    "instance",
+    "mode",
+    "TP x PP",
+    "precision",
+    "replicas",
+    "$/month",
+    "$/M tok",
+    "TTFT s",
+    "TPOT ms",
+)
+
+
 def print_table(plan: Plan) -> None:
     """The readable default: what to run, on what, for how much, and why."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=max(100, Console().width))
-    p, pred = plan, plan.prediction
+    m = plan.model
     console.print(
-        f"[bold]{p.name}[/bold]  tier {p.tier}  {p.mode}  {p.model.hf_id}  "
-        f"({p.model.total_params_b:g}B total, {p.model.active_params_b:g}B active, {p.model.attention})"
+        f"[bold]{plan.name}[/bold]  tier {plan.tier}  {plan.mode}  {m.hf_id}  "
+        f"({m.total_params_b:g}B total, {m.active_params_b:g}B active, {m.attention})"
     )
-    summary = Table(show_header=False, box=None, pad_edge=False)
-    summary.add_column(style="bold cyan", no_wrap=True)
-    summary.add_column()
-    inst = p.instance
-    summary.add_row(
-        "instances",
-        f"{p.nodes.total_nodes} x {inst.type} ({inst.gpus} x {inst.gpu}), {inst.capacity_type}, "
-        f"${inst.price_per_hour_usd:,.2f}/h as of {inst.price_date}",
-    )
-    for role in p.roles:
-        e = role.engine
-        summary.add_row(
-            f"{role.name} x{role.replicas}",
-            f"TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}, {e.precision}, "
-            f"{e.gpus_per_replica} GPU(s) on {e.nodes_per_replica} node(s)",
-        )
-        summary.add_row("  vllm serve", f"{p.model.hf_id} " + " ".join(e.vllm_args))
-    summary.add_row(
-        "nodes",
-        f"{p.nodes.provisioning}, max {p.nodes.max_nodes}, start-up ~{p.nodes.node_startup_s:.0f} s"
-        + (f", MIG {p.nodes.mig_profile}" if p.nodes.mig_profile else ""),
-    )
-    summary.add_row("routing", f"{p.routing.strategy} (eksinfer gateway --preset {p.routing.gateway_preset})")
-    summary.add_row(
-        "predicted",
-        f"TTFT {pred.ttft_s:.3f} s, TPOT {pred.tpot_s * 1e3:.1f} ms, "
-        f"{pred.throughput_tokens_per_s:,.0f} output tok/s, capacity {pred.requests_per_s:.2f} req/s",
-    )
-    summary.add_row(
-        "memory",
-        f"{pred.weight_gib_per_gpu:.1f} GiB weights/GPU, {pred.kv_cache_gib_per_replica:.1f} GiB "
-        f"KV/replica ({pred.num_gpu_blocks:,} blocks), {pred.max_concurrency_per_replica} seqs fit",
-    )
-    summary.add_row(
-        "cost",
-        f"{_fmt_money(p.cost.monthly_usd)}/month, ${p.cost.per_million_tokens_usd:.3f} per million tokens",
-    )
-    if p.on_prem:
-        summary.add_row("on-prem", f"{p.on_prem.replicas} replica(s) on {p.on_prem.gpus} x {p.on_prem.gpu}")
-    console.print(summary)
-    why = Table(title="why", show_header=False, box=None, title_justify="left")
-    why.add_column(style="bold", no_wrap=True)
-    why.add_column()
-    for key, text in p.why.items():
-        why.add_row(key, text)
-    console.print(why)
-    if p.alternatives:
+    for title, rows in (("", _summary_rows(plan)), ("why", list(plan.why.items()))):
+        table = Table(title=title or None, show_header=False, box=None, title_justify="left")
+        table.add_column(style="bold cyan" if not title else "bold", no_wrap=True)
+        table.add_column()
+        for label, text in rows:
+            table.add_row(label, text)
+        console.print(table)
+    if plan.alternatives:
         alts = Table(title="alternatives", title_justify="left")
-        for col in (
-            "instance",
-            "mode",
-            "TP x PP",
-            "precision",
-            "replicas",
-            "$/month",
-            "$/M tok",
-            "TTFT s",
-            "TPOT ms",
-        ):
+        for col in ALT_COLUMNS:
             alts.add_column(col, justify="right" if col[0] in "$TR" else "left", no_wrap=col == "instance")
-        for a in p.alternatives:
+        for a in plan.alternatives:
             alts.add_row(
                 a.instance_type,
                 a.mode,

@@ -192,6 +192,21 @@ def _step_coefficients(
     }
 
 
+def _fit_context(model: ModelSpec, capacity: int, requested: int | None, strict: bool, where: str) -> int:
+    """--max-model-len: the model's context capped at the KV capacity when not given; an explicit value
+    that the KV cannot hold is infeasible (vLLM refuses to start), unless the block count was overridden."""
+    if requested is None:
+        requested = min(model.max_context, capacity)
+    elif strict and requested > capacity:
+        raise InfeasibleError(
+            f"memory: {where} holds {capacity:,} KV tokens, fewer than max_model_len {requested:,}",
+            binding=["memory"],
+        )
+    if requested < 1 or capacity < 1:
+        raise InfeasibleError(f"memory: {where} has no room for KV cache", binding=["memory"])
+    return requested
+
+
 def build_engine_perf(
     model: ModelSpec,
     gpu: GpuSpec,
@@ -235,16 +250,7 @@ def build_engine_perf(
             binding=["memory"],
         )
     blocks = num_gpu_blocks if num_gpu_blocks is not None else int(kv_mem // (block_size * kv_tok_gpu))
-    capacity = blocks * block_size
-    if max_model_len is None:
-        max_model_len = min(model.max_context, capacity)
-    elif max_model_len > capacity and num_gpu_blocks is None:
-        raise InfeasibleError(
-            f"memory: {where} holds {capacity:,} KV tokens, fewer than max_model_len {max_model_len:,}",
-            binding=["memory"],
-        )
-    if max_model_len < block_size:
-        raise InfeasibleError(f"memory: {where} has no room for KV cache", binding=["memory"])
+    max_model_len = _fit_context(model, blocks * block_size, max_model_len, num_gpu_blocks is None, where)
     return EnginePerf(
         model_id=model.id,
         gpu=gpu.name,

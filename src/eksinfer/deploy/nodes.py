@@ -29,9 +29,10 @@ def node_disk_gib(ctx: Ctx) -> int:
 
 
 def needs_custom_auto_class(ctx: Ctx) -> bool:
-    """Tier 1 fits the built-in class; multi-GPU nodes get a custom one for disk room and faster EBS (image
-    pull is often most of a cold start, anchors D.9)."""
-    return ctx.plan.tier >= 2 or node_disk_gib(ctx) > AUTO_DEFAULT_EPHEMERAL_GIB
+    """Tier 1 fits the built-in class (80 GiB; weights live on the shared cache or stream from S3); multi-GPU
+    nodes get a custom one with `node_disk_gib` and the fastest gp3 settings (image pull is often most of a
+    cold start, anchors D.9)."""
+    return ctx.plan.tier >= 2
 
 
 def _requirements(ctx: Ctx) -> list[Obj]:

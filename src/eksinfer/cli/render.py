@@ -1,0 +1,72 @@
+"""`eksinfer render PLAN.json -o DIR`: the Kustomize tree for a plan (library: eksinfer.deploy.render)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from eksinfer.errors import ConfigError
+
+
+def load_plan(path: Path) -> object:
+    """Reads and validates a plan file; errors name the file and the first bad field."""
+    from pydantic import ValidationError
+
+    from eksinfer.planner.schema import Plan
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}", field="PLAN") from None
+    try:
+        return Plan.model_validate_json(text)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "plan"
+        raise ConfigError(f"{first['msg']} (in {path})", field=where) from None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("render")
+    def render(
+        plan_file: Path = typer.Argument(..., metavar="PLAN.json", help="Plan written by `eksinfer plan --json`."),
+        output: Path = typer.Option(..., "--output", "-o", help="Folder to write the Kustomize tree into."),
+        namespace: str = typer.Option("inference", "--namespace", "-n", help="Namespace of the workloads."),
+        cluster: str = typer.Option("eksinfer", "--cluster", help="EKS cluster name (discovery tags, node roles)."),
+        model_s3: str | None = typer.Option(
+            None, "--model-s3", help="s3://bucket/prefix holding the weights: stream them, no cache volume."
+        ),
+        inference_pool: bool = typer.Option(
+            False, "--inference-pool", help="Also emit Gateway API Inference Extension InferencePools."
+        ),
+        image_snapshot: str | None = typer.Option(
+            None, "--image-snapshot", help="EBS snapshot id with the engine image pre-pulled (Karpenter)."
+        ),
+        pd_backend: str = typer.Option(
+            "disaggregatedset", "--pd-backend", help="Multi-node prefill/decode: disaggregatedset or lws."
+        ),
+    ) -> None:
+        """Render EKS manifests (nodes, engines, gateway, autoscaling, monitoring) for a plan."""
+        from eksinfer.deploy.context import RenderOptions
+        from eksinfer.deploy.render import render_plan
+        from eksinfer.planner.schema import Plan
+
+        if model_s3 is not None and not model_s3.startswith("s3://"):
+            raise ConfigError("must start with s3://", field="--model-s3")
+        if pd_backend not in ("disaggregatedset", "lws"):
+            raise ConfigError("must be disaggregatedset or lws", field="--pd-backend")
+        plan = load_plan(plan_file)
+        assert isinstance(plan, Plan)
+        options = RenderOptions(
+            namespace=namespace,
+            cluster_name=cluster,
+            model_s3_uri=model_s3,
+            inference_pool=inference_pool,
+            image_snapshot_id=image_snapshot,
+            pd_backend="lws" if pd_backend == "lws" else "disaggregatedset",
+        )
+        written = render_plan(plan, output, options=options)
+        for path in written:
+            typer.echo(str(path))
+        typer.echo(f"wrote {len(written)} files; check with `eksinfer lint {output}`, apply with `kubectl apply -k {output}`", err=True)

@@ -241,7 +241,7 @@ def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
         family=inst.family,
         gpu=inst.gpu,
         gpus=inst.gpus,
-        gpu_memory_gib=cand.shape.gpu.memory_gib if not cand.shape.mig_profile else inst_gpu_memory(inst.gpu),
+        gpu_memory_gib=get_gpu(inst.gpu).memory_gib,  # the whole GPU, also when MIG slices it
         vcpus=inst.vcpus,
         efa_gbps=inst.efa_gbps,
         capacity_type=request.constraints.capacity_type,
@@ -249,10 +249,6 @@ def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
         price_date=inst.price_date,
         region=inst.region,
     )
-
-
-def inst_gpu_memory(gpu_name: str) -> float:
-    return get_gpu(gpu_name).memory_gib
 
 
 def _on_prem(request: PlanRequest, cand: Candidate) -> PlanOnPrem | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from eksinfer.catalog import get_gpu
@@ -169,6 +170,5 @@ def evaluate_disaggregated(request: PlanRequest, shape: Shape, misses: Misses) -
 
 
 def _with_ttft(point: ServingPoint, ttft_s: float) -> ServingPoint:
-    import dataclasses
-
+    """A decode-engine point carrying the prefill engine's TTFT (disaggregated serving)."""
     return dataclasses.replace(point, ttft_s=ttft_s, e2e_s=point.e2e_s + ttft_s)

@@ -1,0 +1,58 @@
+"""`eksinfer sim` as a process: starts, serves, stops on SIGTERM; bad flags give one line and exit 2."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import httpx
+
+CMD = [sys.executable, "-m", "eksinfer.cli.main", "sim"]
+
+
+def test_serves_and_stops_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [
+            *CMD,
+            "--port",
+            "0",
+            "--time-scale",
+            "0",
+            "--num-gpu-blocks-override",
+            "64",
+            "--served-model-name",
+            "tiny",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("engine 0: http://127.0.0.1:"), line
+        url = line.split()[2].rstrip(",")
+        r = httpx.post(
+            url + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2}, timeout=10
+        )
+        assert r.status_code == 200
+        assert r.json()["usage"]["completion_tokens"] == 2
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        assert 'vllm:cache_config_info{block_size="16"' in metrics
+        assert 'num_gpu_blocks="64"' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+    assert code == 0
+
+
+def test_bad_flag_is_one_line() -> None:
+    out = subprocess.run([*CMD, "--block-size", "0"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --block-size: must be a positive integer"
+    out = subprocess.run(
+        [*CMD, "--kv-events-config", '{"hwm": "x"}'], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --kv-events-config.hwm: bad value 'x'"

@@ -74,6 +74,7 @@ def test_plan_json_round_trips_with_version_and_tier() -> None:
     doc = json.loads(plan.model_dump_json())
     assert doc["schema_version"] == PLAN_SCHEMA_VERSION
     assert doc["tier"] == 1
+    assert doc["traffic"]["requests_per_s"] == 1.0  # the default target is written down
     assert Plan.model_validate(doc) == plan
     assert set(plan.why) >= {"tier", "instance", "parallelism", "replicas", "provisioning", "routing", "cost"}
     args = plan.roles[0].engine.vllm_args

@@ -143,7 +143,7 @@ def print_table(plan: Plan) -> None:
         for a in plan.alternatives:
             alts.add_row(
                 a.instance_type,
-                a.mode,
+                "P/D" if a.mode == "disaggregated" else "agg",
                 f"{a.tensor_parallel_size} x {a.pipeline_parallel_size}",
                 a.precision,
                 str(a.replicas),

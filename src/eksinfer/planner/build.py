@@ -208,7 +208,9 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
         traffic=PlanTraffic(
             input_tokens=t.input_tokens,
             output_tokens=t.output_tokens,
-            requests_per_s=t.requests_per_s if t.concurrency is None else None,
+            requests_per_s=(1.0 if t.requests_per_s is None else t.requests_per_s)
+            if t.concurrency is None
+            else None,
             concurrency=t.concurrency,
             shared_prefix_ratio=t.shared_prefix_ratio,
         ),

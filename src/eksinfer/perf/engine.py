@@ -45,7 +45,12 @@ DEFAULT_PP_LINK_GBPS = 50.0  # 400 Gb/s EFA per GPU on p5 (AIC inter_node_bw 50e
 
 @dataclass(frozen=True, slots=True)
 class EnginePerf:
-    """A vLLM engine's memory layout and step-time coefficients, precomputed so `step_time_s` is cheap."""
+    """A vLLM engine's memory layout and step-time coefficients, precomputed so `step_time_s` is cheap.
+
+    `step_time_s` is the latency of one batch through every layer. With pipeline_parallel_size > 1 vLLM keeps
+    one micro-batch per stage in flight, so a saturated engine finishes a batch every step_time_s / PP;
+    `perf.serving` models that by giving each stage's micro-batch running / PP sequences.
+    """
 
     model_id: str
     gpu: str

@@ -260,3 +260,56 @@ async def test_fault_error_rate_and_crash(start: StartCluster) -> None:
                 break
         else:
             pytest.fail("the crashed replica still answers")
+
+
+async def test_stopping_the_engine_fails_in_flight_requests(start: StartCluster) -> None:
+    from eksinfer.sim.config import FaultOptions
+
+    cluster = await start(faults=FaultOptions(slow_token_s=0.05))
+    url = cluster.urls[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        body = {"prompt": "x", "max_tokens": 1000, "ignore_eos": True}
+        plain = asyncio.create_task(client.post(url + "/v1/completions", json=body))
+        streamed = asyncio.create_task(client.post(url + "/v1/completions", json={**body, "stream": True}))
+        await asyncio.sleep(0.2)
+        await cluster.replicas[0].engine.stop()
+        r1, r2 = await asyncio.wait_for(asyncio.gather(plain, streamed), timeout=5)
+    assert r1.status_code == 500
+    assert r1.json()["error"]["type"] == "InternalServerError"
+    events = _sse(r2.text)
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["code"] == 500
+
+
+async def test_hf_tokenizer_and_template(start: StartCluster, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(200)}, "user": 203, ":": 204}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<s>", "</s>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    template = "{{ bos_token }}{% for m in messages %}{{ m.role }} : {{ m.content }} {% endfor %}"
+    config = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": template}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    cluster = await start(tokenizer=str(tmp_path))
+    async with httpx.AsyncClient(timeout=10) as client:
+        tokens = (
+            await client.post(
+                cluster.urls[0] + "/tokenize",
+                json={"messages": [{"role": "user", "content": "w5 w6"}], "add_special_tokens": False},
+            )
+        ).json()
+        chat = (
+            await client.post(
+                cluster.urls[0] + "/v1/chat/completions",
+                json={
+                    "messages": [{"role": "user", "content": "w5 w6"}],
+                    "max_tokens": 3,
+                    "ignore_eos": True,
+                },
+            )
+        ).json()
+    assert tokens["tokens"] == [1, 203, 204, 8, 9]  # <s> user : w5 w6, from the template
+    assert chat["usage"]["prompt_tokens"] == 5
+    assert chat["usage"]["completion_tokens"] == 3

@@ -58,8 +58,8 @@ class Replica:
         return pub.replay_endpoint.replace("*", "127.0.0.1", 1)
 
     async def stop(self) -> None:
+        await self.engine.stop()  # first, so in-flight handlers complete (500) instead of holding shutdown
         await self.runner.cleanup()
-        await self.engine.stop()
 
     def crash(self) -> None:
         """Fault injection: stop serving and publishing, as if the process died."""
@@ -109,7 +109,7 @@ async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, p
     engine_holder: list[Replica] = []
     engine = Engine(options, rank=rank, tokenizer=tokenizer, perf=perf, sizing=sizing)  # type: ignore[arg-type]
     server = SimServer(engine, on_crash=lambda: engine_holder[0].crash())
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, options.host, port, reuse_address=True)
     try:

@@ -133,13 +133,24 @@ class Engine:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"engine-{self.rank}")
 
     async def stop(self) -> None:
+        """End the loop; requests still queued or running finish with reason "error" (handlers answer 500)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._fail_all()
         if self.publisher is not None:
             await self.publisher.close()
+
+    def _fail_all(self) -> None:
+        pending = [*self.scheduler.running, *self.scheduler.waiting]
+        for req in pending:
+            self.scheduler.abort(req)
+            req.finish_reason = "error"
+            self.metrics.success["error"].inc()
+            if req.on_tokens is not None:
+                req.on_tokens(req)
 
     # --- requests -----------------------------------------------------------------------------------------
 
@@ -200,6 +211,16 @@ class Engine:
     # --- the step loop ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._steps()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not leave clients hanging: fail what is pending, keep serving
+            log.exception("engine %d step loop failed; failing pending requests", self.rank)
+            self._fail_all()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"engine-{self.rank}")
+
+    async def _steps(self) -> None:
         loop = asyncio.get_running_loop()
         scale = self.options.time_scale
         slow = self.options.faults.slow_token_s

@@ -213,6 +213,10 @@ class SimServer:
         except asyncio.CancelledError:
             self.engine.abort(req)
             raise
+        if req.finish_reason == "error":
+            raise p.ApiError(
+                500, "the engine stopped before the request finished", type_="InternalServerError"
+            )
         text = self._text(req.output_ids)
         use = self._usage(req, stream=False)
         if chat:
@@ -237,6 +241,12 @@ class SimServer:
                 out = req.output_ids
                 finished = req.finish_reason is not None
                 parts: list[bytes] = []
+                if req.finish_reason == "error":  # vLLM ends a failed stream with an error event
+                    err = p.ApiError(
+                        500, "the engine stopped before the request finished", type_="InternalServerError"
+                    )
+                    await response.write(b"data: " + err.body() + b"\n\ndata: [DONE]\n\n")
+                    break
                 if chat and sent == 0 and out:
                     parts.append(b"data: " + p.dumps(p.chat_role_chunk(rid, created, model)) + b"\n\n")
                 for i in range(sent, len(out)):

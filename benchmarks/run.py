@@ -15,11 +15,16 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     here = Path(__file__).parent
-    names = sorted(m.name[len("bench_") :] for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    names = sorted(
+        m.name[len("bench_") :] for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_")
+    )
     wanted = [a for a in argv if not a.startswith("-")] or names
     unknown = sorted(set(wanted) - set(names))
     if unknown:
-        print(f"error: unknown benchmark section(s) {', '.join(unknown)}; known: {', '.join(names)}", file=sys.stderr)
+        print(
+            f"error: unknown benchmark section(s) {', '.join(unknown)}; known: {', '.join(names)}",
+            file=sys.stderr,
+        )
         return 2
     for name in wanted:
         print(f"\n=== bench: {name} ===", flush=True)

@@ -1,11 +1,11 @@
 """The exception tree every part of eksinfer raises, so the CLI and the servers map errors in one place.
 
-    EksinferError                 one line for a person; `field` names the offending input when there is one
-    ├── UsageError                bad input (CLI exit 2, HTTP 400)
-    │   ├── UnknownNameError      a model, GPU, instance or plugin name we do not know (HTTP 404 for models)
-    │   └── ConfigError           a config or data file that does not validate
-    ├── InfeasibleError           a valid request no plan can meet (CLI exit 3); says what binds
-    └── UpstreamError             an engine or target that failed or could not be reached (CLI exit 4)
+EksinferError                 one line for a person; `field` names the offending input when there is one
+├── UsageError                bad input (CLI exit 2, HTTP 400)
+│   ├── UnknownNameError      a model, GPU, instance or plugin name we do not know (HTTP 404 for models)
+│   └── ConfigError           a config or data file that does not validate
+├── InfeasibleError           a valid request no plan can meet (CLI exit 3); says what binds
+└── UpstreamError             an engine or target that failed or could not be reached (CLI exit 4)
 """
 
 from __future__ import annotations

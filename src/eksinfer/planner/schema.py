@@ -24,7 +24,9 @@ class _Model(BaseModel):
 
 class PlanModel(_Model):
     id: str = Field(description="catalog id (e.g. llama-3.3-70b) or the config.json path's model name")
-    hf_id: str = Field(description="Hugging Face repository id vLLM serves, e.g. meta-llama/Llama-3.3-70B-Instruct")
+    hf_id: str = Field(
+        description="Hugging Face repository id vLLM serves, e.g. meta-llama/Llama-3.3-70B-Instruct"
+    )
     total_params_b: float = Field(description="total parameters, billions")
     active_params_b: float = Field(description="parameters active per token, billions (MoE < total)")
     is_moe: bool = Field(description="mixture-of-experts model")
@@ -35,9 +37,15 @@ class PlanModel(_Model):
 class PlanTraffic(_Model):
     input_tokens: int = Field(description="mean prompt length, tokens")
     output_tokens: int = Field(description="mean generated length, tokens")
-    requests_per_s: float | None = Field(default=None, description="target arrival rate; None when concurrency given")
-    concurrency: int | None = Field(default=None, description="target concurrent requests; None when rate given")
-    shared_prefix_ratio: float = Field(default=0.0, description="share of prompt tokens reusable from cache, 0..1")
+    requests_per_s: float | None = Field(
+        default=None, description="target arrival rate; None when concurrency given"
+    )
+    concurrency: int | None = Field(
+        default=None, description="target concurrent requests; None when rate given"
+    )
+    shared_prefix_ratio: float = Field(
+        default=0.0, description="share of prompt tokens reusable from cache, 0..1"
+    )
 
 
 class PlanSlo(_Model):
@@ -90,7 +98,9 @@ class PlanNodes(_Model):
     provisioning: Provisioning = Field(description="how GPU nodes are provisioned")
     total_nodes: int = Field(description="instances across all roles")
     max_nodes: int = Field(description="node-tier autoscaling limit")
-    mig_profile: str | None = Field(default=None, description="MIG profile, e.g. all-1g.10gb, when MIG is used")
+    mig_profile: str | None = Field(
+        default=None, description="MIG profile, e.g. all-1g.10gb, when MIG is used"
+    )
     needs_dra: bool = Field(default=False, description="workload uses Dynamic Resource Allocation")
     node_startup_s: float = Field(description="expected GPU node start-up (boot + image + weights), seconds")
 
@@ -105,7 +115,9 @@ class PlanPrediction(_Model):
     tpot_s: float = Field(description="predicted time per output token at the planned load, seconds")
     throughput_tokens_per_s: float = Field(description="output tokens/s of the whole deployment")
     requests_per_s: float = Field(description="requests/s the whole deployment sustains within the SLOs")
-    max_concurrency_per_replica: int = Field(description="sequences of planned length that fit in KV per replica")
+    max_concurrency_per_replica: int = Field(
+        description="sequences of planned length that fit in KV per replica"
+    )
     weight_gib_per_gpu: float = Field(description="model weights per GPU, GiB")
     kv_cache_gib_per_replica: float = Field(description="KV-cache memory per replica, GiB")
     num_gpu_blocks: int = Field(description="KV blocks per replica")
@@ -115,7 +127,9 @@ class PlanPrediction(_Model):
 class PlanCost(_Model):
     hours_per_month: float = Field(default=720.0, description="hours billed a month")
     monthly_usd: float = Field(description="instances x price x hours")
-    per_million_tokens_usd: float = Field(description="monthly cost / (tokens a month at the planned load) x 1e6")
+    per_million_tokens_usd: float = Field(
+        description="monthly cost / (tokens a month at the planned load) x 1e6"
+    )
 
 
 class PlanOnPrem(_Model):
@@ -146,7 +160,9 @@ class Plan(_Model):
     traffic: PlanTraffic = Field(description="the traffic planned for")
     slo: PlanSlo = Field(description="latency targets")
     instance: PlanInstance = Field(description="the GPU instance type")
-    roles: list[PlanRole] = Field(description="one role (engine) when aggregated; prefill and decode otherwise")
+    roles: list[PlanRole] = Field(
+        description="one role (engine) when aggregated; prefill and decode otherwise"
+    )
     nodes: PlanNodes = Field(description="node provisioning")
     routing: PlanRouting = Field(description="gateway routing")
     prediction: PlanPrediction = Field(description="what the performance model predicts")

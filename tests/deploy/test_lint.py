@@ -20,38 +20,70 @@ Obj = dict[str, Any]
 TOL = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def engine(tp: int = 4, gpus: int = 4, model: str = "meta-llama/Llama-3.3-70B-Instruct", extra: list[str] | None = None) -> Obj:
+def engine(
+    tp: int = 4,
+    gpus: int = 4,
+    model: str = "meta-llama/Llama-3.3-70B-Instruct",
+    extra: list[str] | None = None,
+) -> Obj:
     """A hand-written vLLM Deployment that passes every rule."""
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "llm"},
-        "spec": {"selector": {"matchLabels": {"app": "llm"}}, "template": {
-            "metadata": {"labels": {"app": "llm"}},
-            "spec": {
-                "tolerations": copy.deepcopy(TOL),
-                "containers": [{
-                    "name": "vllm", "image": "vllm/vllm-openai:v0.32.0",
-                    "command": ["vllm", "serve", model],
-                    "args": ["--tensor-parallel-size", str(tp), *(extra or [])],
-                    "env": [{"name": "HF_HOME", "value": "/models/hf"}],
-                    "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
-                    "startupProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10, "failureThreshold": 90},
-                    "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "cache", "mountPath": "/models"}],
-                }],
-                "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}},
-                            {"name": "cache", "persistentVolumeClaim": {"claimName": "models"}}],
-            }}},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "llm"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "llm"}},
+            "template": {
+                "metadata": {"labels": {"app": "llm"}},
+                "spec": {
+                    "tolerations": copy.deepcopy(TOL),
+                    "containers": [
+                        {
+                            "name": "vllm",
+                            "image": "vllm/vllm-openai:v0.32.0",
+                            "command": ["vllm", "serve", model],
+                            "args": ["--tensor-parallel-size", str(tp), *(extra or [])],
+                            "env": [{"name": "HF_HOME", "value": "/models/hf"}],
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus)}},
+                            "startupProbe": {
+                                "httpGet": {"path": "/health", "port": 8000},
+                                "periodSeconds": 10,
+                                "failureThreshold": 90,
+                            },
+                            "volumeMounts": [
+                                {"name": "dshm", "mountPath": "/dev/shm"},
+                                {"name": "cache", "mountPath": "/models"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                        {"name": "cache", "persistentVolumeClaim": {"claimName": "models"}},
+                    ],
+                },
+            },
+        },
     }
 
 
 def lws(size: int = 2, efa: bool = True, policy: str | None = None) -> Obj:
-    tpl = engine(tp=8, gpus=8, model="meta-llama/Llama-3.1-405B-Instruct", extra=["--pipeline-parallel-size", str(size)])["spec"]["template"]
+    tpl = engine(
+        tp=8,
+        gpus=8,
+        model="meta-llama/Llama-3.1-405B-Instruct",
+        extra=["--pipeline-parallel-size", str(size)],
+    )["spec"]["template"]
     if efa:
         tpl["spec"]["containers"][0]["resources"]["limits"]["vpc.amazonaws.com/efa"] = "32"
     lwt: Obj = {"size": size, "leaderTemplate": tpl, "workerTemplate": copy.deepcopy(tpl)}
     if policy:
         lwt["restartPolicy"] = policy
-    return {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": {"name": "big"},
-            "spec": {"leaderWorkerTemplate": lwt}}
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": "big"},
+        "spec": {"leaderWorkerTemplate": lwt},
+    }
 
 
 def pod(o: Obj) -> Obj:
@@ -65,19 +97,38 @@ def ctr(o: Obj) -> Obj:
 def nodepool(group: str = "eks.amazonaws.com", **spec_over: Any) -> Obj:
     kind = "NodeClass" if group == "eks.amazonaws.com" else "EC2NodeClass"
     prefix = "eks.amazonaws.com" if group == "eks.amazonaws.com" else "karpenter.k8s.aws"
-    out: Obj = {"apiVersion": "karpenter.sh/v1", "kind": "NodePool", "metadata": {"name": "gpu"}, "spec": {
-        "template": {"spec": {
-            "nodeClassRef": {"group": group, "kind": kind, "name": "default"},
-            "requirements": [{"key": f"{prefix}/instance-family", "operator": "In", "values": ["p5"]}],
-            "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}]}},
-        "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "600s"}}}
+    out: Obj = {
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodePool",
+        "metadata": {"name": "gpu"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "nodeClassRef": {"group": group, "kind": kind, "name": "default"},
+                    "requirements": [
+                        {"key": f"{prefix}/instance-family", "operator": "In", "values": ["p5"]}
+                    ],
+                    "taints": [{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
+                }
+            },
+            "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "600s"},
+        },
+    }
     out["spec"].update(spec_over)
     return out
 
 
 def gateway_cm(preset: str = "kv-aware") -> Obj:
-    cfg = {"endpoints": {"kubernetes": {"namespace": "x", "label_selector": "app=llm"}}, "routing": {"preset": preset}}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gw"}, "data": {"gateway.yaml": yaml.safe_dump(cfg)}}
+    cfg = {
+        "endpoints": {"kubernetes": {"namespace": "x", "label_selector": "app=llm"}},
+        "routing": {"preset": preset},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "gw"},
+        "data": {"gateway.yaml": yaml.safe_dump(cfg)},
+    }
 
 
 KV_OK = ["--kv-events-config", '{"enable_kv_cache_events":true}', "--prefix-caching-hash-algo", "sha256_cbor"]
@@ -91,13 +142,28 @@ def kv_engine(extra: list[str] | None = None, seed: str | None = "0") -> Obj:
 
 
 def so(target: str = "llm", window: int | None = 1200, min_r: int = 1, cooldown: int | None = None) -> Obj:
-    spec: Obj = {"scaleTargetRef": {"name": target}, "minReplicaCount": min_r, "maxReplicaCount": 4,
-                 "triggers": [{"type": "prometheus", "metadata": {"query": "q", "threshold": "1", "serverAddress": "http://p"}}]}
+    spec: Obj = {
+        "scaleTargetRef": {"name": target},
+        "minReplicaCount": min_r,
+        "maxReplicaCount": 4,
+        "triggers": [
+            {"type": "prometheus", "metadata": {"query": "q", "threshold": "1", "serverAddress": "http://p"}}
+        ],
+    }
     if window is not None:
-        spec["advanced"] = {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}}}
+        spec["advanced"] = {
+            "horizontalPodAutoscalerConfig": {
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}
+            }
+        }
     if cooldown is not None:
         spec["cooldownPeriod"] = cooldown
-    return {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "llm"}, "spec": spec}
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "llm"},
+        "spec": spec,
+    }
 
 
 def mutate(obj: Obj, fn: Callable[[Obj], Any]) -> Obj:
@@ -110,25 +176,50 @@ def device_plugin_ds(node_selector: dict[str, str] | None = None) -> Obj:
     spec: Obj = {"containers": [{"name": "p", "image": "nvcr.io/nvidia/k8s-device-plugin:v0.17.0"}]}
     if node_selector:
         spec["nodeSelector"] = node_selector
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "ndp"},
-            "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": spec}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "ndp"},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {"metadata": {"labels": {"a": "b"}}, "spec": spec},
+        },
+    }
 
 
 def dra_engine() -> Obj:
     def fn(o: Obj) -> None:
         ctr(o)["resources"] = {"claims": [{"name": "gpus"}]}
         pod(o)["resourceClaims"] = [{"name": "gpus", "resourceClaimTemplateName": "gpus4"}]
+
     return mutate(engine(), fn)
 
 
-RCT = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": "gpus4"},
-       "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com", "count": 4}}]}}}}
+RCT = {
+    "apiVersion": "resource.k8s.io/v1",
+    "kind": "ResourceClaimTemplate",
+    "metadata": {"name": "gpus4"},
+    "spec": {
+        "spec": {
+            "devices": {
+                "requests": [{"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com", "count": 4}}]
+            }
+        }
+    },
+}
 
 # rule id -> (manifests that trigger it, manifests that do not)
 CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
     "device-plugin-on-auto-mode": (
-        [nodepool(), {"driver": {"enabled": False}, "toolkit": {"enabled": False}, "dcgmExporter": {"enabled": True}}],
-        [nodepool(), {"driver": {"enabled": False}, "devicePlugin": {"enabled": False}}, device_plugin_ds({"eks.amazonaws.com/compute-type": "hybrid"})],
+        [
+            nodepool(),
+            {"driver": {"enabled": False}, "toolkit": {"enabled": False}, "dcgmExporter": {"enabled": True}},
+        ],
+        [
+            nodepool(),
+            {"driver": {"enabled": False}, "devicePlugin": {"enabled": False}},
+            device_plugin_ds({"eks.amazonaws.com/compute-type": "hybrid"}),
+        ],
     ),
     "dra-on-karpenter": ([nodepool("karpenter.k8s.aws"), dra_engine(), RCT], [dra_engine(), RCT]),
     "tp-without-shm": (
@@ -136,18 +227,44 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         [mutate(engine(tp=1, gpus=1), lambda o: ctr(o)["volumeMounts"].pop(0)), engine()],
     ),
     "probe-kills-loading-model": (
-        [mutate(engine(), lambda o: ctr(o).update(startupProbe={"httpGet": {"path": "/health", "port": 8000}, "failureThreshold": 30})),
-         mutate(engine(), lambda o: (ctr(o).pop("startupProbe"), ctr(o).update(livenessProbe={"httpGet": {"path": "/health", "port": 8000}})))],
+        [
+            mutate(
+                engine(),
+                lambda o: ctr(o).update(
+                    startupProbe={"httpGet": {"path": "/health", "port": 8000}, "failureThreshold": 30}
+                ),
+            ),
+            mutate(
+                engine(),
+                lambda o: (
+                    ctr(o).pop("startupProbe"),
+                    ctr(o).update(livenessProbe={"httpGet": {"path": "/health", "port": 8000}}),
+                ),
+            ),
+        ],
         [engine(), mutate(engine(), lambda o: ctr(o).pop("startupProbe"))],
     ),
-    "missing-gpu-toleration": ([nodepool(), mutate(engine(), lambda o: pod(o).pop("tolerations"))], [nodepool(), engine()]),
+    "missing-gpu-toleration": (
+        [nodepool(), mutate(engine(), lambda o: pod(o).pop("tolerations"))],
+        [nodepool(), engine()],
+    ),
     "gpu-count-mismatch": (
-        [engine(tp=4, gpus=8), lws(size=2, efa=True) | {"spec": {"leaderWorkerTemplate": {**lws()["spec"]["leaderWorkerTemplate"], "size": 3}}}],
+        [
+            engine(tp=4, gpus=8),
+            lws(size=2, efa=True)
+            | {"spec": {"leaderWorkerTemplate": {**lws()["spec"]["leaderWorkerTemplate"], "size": 3}}},
+        ],
         [engine(tp=4, gpus=4), lws(size=2), dra_engine(), RCT],
     ),
     "moe-without-expert-parallel": (
-        [engine(tp=8, gpus=8, model="deepseek-ai/DeepSeek-V3"), engine(tp=8, gpus=8, model="Qwen/Qwen3-30B-A3B")],
-        [engine(tp=8, gpus=8, model="deepseek-ai/DeepSeek-V3", extra=["--enable-expert-parallel"]), engine(tp=8, gpus=8)],
+        [
+            engine(tp=8, gpus=8, model="deepseek-ai/DeepSeek-V3"),
+            engine(tp=8, gpus=8, model="Qwen/Qwen3-30B-A3B"),
+        ],
+        [
+            engine(tp=8, gpus=8, model="deepseek-ai/DeepSeek-V3", extra=["--enable-expert-parallel"]),
+            engine(tp=8, gpus=8),
+        ],
     ),
     "multi-node-without-efa": ([lws(efa=False)], [lws(efa=True), engine()]),
     "keda-faster-than-nodes": (
@@ -155,10 +272,15 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         [engine(), so(window=1200), so(target="cpu-only-app", window=None)],
     ),
     "no-model-cache": (
-        [mutate(engine(), lambda o: pod(o)["volumes"].__setitem__(1, {"name": "cache", "emptyDir": {}})),
-         mutate(engine(), lambda o: ctr(o).update(env=[], volumeMounts=ctr(o)["volumeMounts"][:1]))],
-        [engine(), mutate(engine(), lambda o: ctr(o)["command"].__setitem__(2, "s3://bucket/llama")),
-         engine(extra=["--load-format", "runai_streamer"])],
+        [
+            mutate(engine(), lambda o: pod(o)["volumes"].__setitem__(1, {"name": "cache", "emptyDir": {}})),
+            mutate(engine(), lambda o: ctr(o).update(env=[], volumeMounts=ctr(o)["volumeMounts"][:1])),
+        ],
+        [
+            engine(),
+            mutate(engine(), lambda o: ctr(o)["command"].__setitem__(2, "s3://bucket/llama")),
+            engine(extra=["--load-format", "runai_streamer"]),
+        ],
     ),
     "prefix-caching-off-behind-kv-router": (
         [gateway_cm(), kv_engine(extra=["--no-enable-prefix-caching"])],
@@ -174,29 +296,79 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         [engine(), mutate(engine(), lambda o: ctr(o)["resources"].update(requests={"nvidia.com/gpu": "4"}))],
     ),
     "unpinned-engine-image": (
-        [mutate(engine(), lambda o: ctr(o).update(image="vllm/vllm-openai:latest")),
-         mutate(engine(), lambda o: ctr(o).update(image="vllm/vllm-openai"))],
+        [
+            mutate(engine(), lambda o: ctr(o).update(image="vllm/vllm-openai:latest")),
+            mutate(engine(), lambda o: ctr(o).update(image="vllm/vllm-openai")),
+        ],
         [engine(), mutate(engine(), lambda o: ctr(o).update(image="registry:5000/vllm@sha256:" + "a" * 64))],
     ),
     "lws-no-group-restart": ([lws(policy="Default")], [lws(), lws(policy="RecreateGroupOnPodRestart")]),
     "gpu-nodepool-consolidates-busy-nodes": (
-        [nodepool(disruption={"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1m"}),
-         nodepool(disruption={"consolidateAfter": "1m"})],
-        [nodepool(), nodepool(disruption={"consolidateAfter": "1m", "budgets": [{"nodes": "0", "reasons": ["Underutilized"]}]})],
+        [
+            nodepool(
+                disruption={"consolidationPolicy": "WhenEmptyOrUnderutilized", "consolidateAfter": "1m"}
+            ),
+            nodepool(disruption={"consolidateAfter": "1m"}),
+        ],
+        [
+            nodepool(),
+            nodepool(
+                disruption={
+                    "consolidateAfter": "1m",
+                    "budgets": [{"nodes": "0", "reasons": ["Underutilized"]}],
+                }
+            ),
+        ],
     ),
     "wrong-label-prefix": (
-        [mutate(nodepool("karpenter.k8s.aws"), lambda o: o["spec"]["template"]["spec"]["requirements"][0].update(key="eks.amazonaws.com/instance-family")),
-         nodepool(), mutate(engine(), lambda o: pod(o).update(nodeSelector={"karpenter.k8s.aws/instance-family": "p5"}))],
-        [nodepool("karpenter.k8s.aws"), mutate(engine(), lambda o: pod(o).update(nodeSelector={"karpenter.k8s.aws/instance-family": "p5"}))],
+        [
+            mutate(
+                nodepool("karpenter.k8s.aws"),
+                lambda o: o["spec"]["template"]["spec"]["requirements"][0].update(
+                    key="eks.amazonaws.com/instance-family"
+                ),
+            ),
+            nodepool(),
+            mutate(
+                engine(), lambda o: pod(o).update(nodeSelector={"karpenter.k8s.aws/instance-family": "p5"})
+            ),
+        ],
+        [
+            nodepool("karpenter.k8s.aws"),
+            mutate(
+                engine(), lambda o: pod(o).update(nodeSelector={"karpenter.k8s.aws/instance-family": "p5"})
+            ),
+        ],
     ),
     "crd-rule-violation": (
-        [mutate(nodepool(), lambda o: o["spec"]["template"]["spec"]["requirements"].append({"key": "karpenter.sh/nodepool", "operator": "In", "values": []})),
-         so(min_r=6)],
+        [
+            mutate(
+                nodepool(),
+                lambda o: o["spec"]["template"]["spec"]["requirements"].append(
+                    {"key": "karpenter.sh/nodepool", "operator": "In", "values": []}
+                ),
+            ),
+            so(min_r=6),
+        ],
         [nodepool(), so()],
     ),
     "mig-on-auto-mode": (
-        [mutate(nodepool(), lambda o: o["spec"]["template"].update(metadata={"labels": {"nvidia.com/mig.config": "all-1g.10gb"}}))],
-        [mutate(nodepool("karpenter.k8s.aws"), lambda o: o["spec"]["template"].update(metadata={"labels": {"nvidia.com/mig.config": "all-1g.10gb"}}))],
+        [
+            mutate(
+                nodepool(),
+                lambda o: o["spec"]["template"].update(
+                    metadata={"labels": {"nvidia.com/mig.config": "all-1g.10gb"}}
+                ),
+            )
+        ],
+        [
+            mutate(
+                nodepool("karpenter.k8s.aws"),
+                lambda o: o["spec"]["template"].update(
+                    metadata={"labels": {"nvidia.com/mig.config": "all-1g.10gb"}}
+                ),
+            )
+        ],
     ),
 }
 
@@ -227,15 +399,25 @@ def test_baseline_engine_is_clean_for_all_rules() -> None:
 
 
 def test_finding_names_object_field_why_and_fix() -> None:
-    [f] = lint_docs([Doc("e.yaml", mutate(engine(), lambda o: ctr(o)["volumeMounts"].pop(0)))], only={"tp-without-shm"})
-    assert (f.file, f.object, f.field, f.severity) == ("e.yaml", "Deployment/llm", "spec.template.spec.containers[0].volumeMounts", "error")
-    assert "/dev/shm" in f.why and "emptyDir" in f.fix
+    [f] = lint_docs(
+        [Doc("e.yaml", mutate(engine(), lambda o: ctr(o)["volumeMounts"].pop(0)))], only={"tp-without-shm"}
+    )
+    assert (f.file, f.object, f.field, f.severity) == (
+        "e.yaml",
+        "Deployment/llm",
+        "spec.template.spec.containers[0].volumeMounts",
+        "error",
+    )
+    assert "/dev/shm" in f.why
+    assert "emptyDir" in f.fix
 
 
 def test_lws_fields_point_into_the_template() -> None:
     found = _lint([lws(efa=False)], "multi-node-without-efa")
-    assert found == ["LeaderWorkerSet/big:spec.leaderWorkerTemplate.leaderTemplate.spec.containers[0].resources.limits",
-                     "LeaderWorkerSet/big:spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].resources.limits"]
+    assert found == [
+        "LeaderWorkerSet/big:spec.leaderWorkerTemplate.leaderTemplate.spec.containers[0].resources.limits",
+        "LeaderWorkerSet/big:spec.leaderWorkerTemplate.workerTemplate.spec.containers[0].resources.limits",
+    ]
 
 
 def _write(tmp_path: Path, objs: list[Obj]) -> Path:
@@ -251,13 +433,15 @@ def test_cli_json_and_exit_codes(tmp_path: Path) -> None:
     result = runner.invoke(build_app(), ["lint", str(bad), "--json"])
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
-    assert doc["errors"] == 1 and doc["warnings"] == 1
+    assert doc["errors"] == 1
+    assert doc["warnings"] == 1
     assert {f["rule"] for f in doc["findings"]} == {"missing-gpu-toleration", "keda-faster-than-nodes"}
     good = tmp_path / "good"
     good.mkdir()
     _write(good, [nodepool(), engine(), so()])
     result = runner.invoke(build_app(), ["lint", str(good)])
-    assert result.exit_code == 0 and "0 error(s), 0 warning(s)" in result.stdout
+    assert result.exit_code == 0
+    assert "0 error(s), 0 warning(s)" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -265,8 +449,17 @@ def test_cli_json_and_exit_codes(tmp_path: Path) -> None:
     [
         ([gateway_cm("round-robin"), engine(extra=["--no-enable-prefix-caching"])], False),
         ([gateway_cm("load"), engine()], False),
-        ([{"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool", "metadata": {"name": "p"}},
-          engine(extra=["--no-enable-prefix-caching"])], True),
+        (
+            [
+                {
+                    "apiVersion": "inference.networking.k8s.io/v1",
+                    "kind": "InferencePool",
+                    "metadata": {"name": "p"},
+                },
+                engine(extra=["--no-enable-prefix-caching"]),
+            ],
+            True,
+        ),
     ],
 )
 def test_kv_router_detection(objs: list[Obj], fires: bool) -> None:
@@ -277,4 +470,5 @@ def test_kv_router_detection(objs: list[Obj], fires: bool) -> None:
 def test_cli_warnings_only_exit_zero(tmp_path: Path) -> None:
     _write(tmp_path, [engine(), so(window=None)])
     result = CliRunner().invoke(build_app(), ["lint", str(tmp_path)])
-    assert result.exit_code == 0 and "WARNING [keda-faster-than-nodes]" in result.stdout
+    assert result.exit_code == 0
+    assert "WARNING [keda-faster-than-nodes]" in result.stdout

@@ -56,7 +56,9 @@ def test_golden(case: str, rendered: dict[str, Path]) -> None:
         golden.write_text(text, encoding="utf-8")
     if not golden.exists():
         pytest.fail(f"no golden file {golden.name}; run with EKSINFER_UPDATE_GOLDEN=1")
-    assert text == golden.read_text(encoding="utf-8"), f"{case} differs from its golden; re-render with EKSINFER_UPDATE_GOLDEN=1 and review"
+    assert text == golden.read_text(encoding="utf-8"), (
+        f"{case} differs from its golden; re-render with EKSINFER_UPDATE_GOLDEN=1 and review"
+    )
 
 
 @pytest.mark.parametrize("case", sorted(plans.CASES))
@@ -72,17 +74,27 @@ def test_rendered_tree_lints_clean(case: str, rendered: dict[str, Path]) -> None
     assert [f"{f.rule} {f.object} {f.field}" for f in lint_path(rendered[case])] == []
 
 
-@pytest.mark.parametrize("case", ["tier1-auto-mode", "tier3-karpenter-pd", "hybrid-auto-mode", "dra-managed-node-group"])
+@pytest.mark.parametrize(
+    "case", ["tier1-auto-mode", "tier3-karpenter-pd", "hybrid-auto-mode", "dra-managed-node-group"]
+)
 def test_kustomize_builds(case: str, rendered: dict[str, Path]) -> None:
     tree_dir = rendered[case]
     kustomization = yaml.safe_load((tree_dir / "kustomization.yaml").read_text())
-    object_files = {str(p.relative_to(tree_dir)) for p in tree_dir.rglob("*.yaml")
-                    if p.parts[-2] not in ("helm", "cluster") and p.name != "kustomization.yaml"}
+    object_files = {
+        str(p.relative_to(tree_dir))
+        for p in tree_dir.rglob("*.yaml")
+        if p.parts[-2] not in ("helm", "cluster") and p.name != "kustomization.yaml"
+    }
     assert set(kustomization["resources"]) == object_files
     if shutil.which("kubectl") is None:
-        print("kubectl not found: checked that kustomization.yaml lists every object file instead of building it")
+        print(
+            "kubectl not found: checked that kustomization.yaml lists every object file instead of "
+            "building it"
+        )
         return
-    out = subprocess.run(["kubectl", "kustomize", str(tree_dir)], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(tree_dir)], capture_output=True, text=True, timeout=60, check=True
+    )
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert len(docs) == len(object_files) + 1  # + the generated dashboard ConfigMap
     dash = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
@@ -104,9 +116,16 @@ def test_tier1_engine_by_hand() -> None:
     assert (c["startupProbe"]["periodSeconds"], c["startupProbe"]["failureThreshold"]) == (10, 60)
     # g6e.xlarge: 4 vCPU, 32 GiB; one GPU of one -> cpu floor(4*0.85)=3, memory floor(32*0.8)=25Gi
     assert c["resources"]["requests"] == {"cpu": "3", "memory": "25Gi", "nvidia.com/gpu": "1"}
-    assert pod["nodeSelector"] == {"karpenter.sh/nodepool": "qwen3-32b-gpu", "eks.amazonaws.com/instance-family": "g6e"}
+    assert pod["nodeSelector"] == {
+        "karpenter.sh/nodepool": "qwen3-32b-gpu",
+        "eks.amazonaws.com/instance-family": "g6e",
+    }
     [pool] = _objs(tree, "NodePool")
-    assert pool["spec"]["template"]["spec"]["nodeClassRef"] == {"group": "eks.amazonaws.com", "kind": "NodeClass", "name": "default"}
+    assert pool["spec"]["template"]["spec"]["nodeClassRef"] == {
+        "group": "eks.amazonaws.com",
+        "kind": "NodeClass",
+        "name": "default",
+    }
     assert not _objs(tree, "NodeClass")  # tier 1 uses the built-in class
     assert "driver" in yaml.safe_load(tree.files["helm/gpu-operator-values.yaml"])
 
@@ -115,7 +134,8 @@ def test_label_prefix_switches_with_mode() -> None:
     karp = build_tree(plans.tier1("karpenter"))
     [pool] = _objs(karp, "NodePool")
     keys = [r["key"] for r in pool["spec"]["template"]["spec"]["requirements"]]
-    assert "karpenter.k8s.aws/instance-family" in keys and not any(k.startswith("eks.amazonaws.com") for k in keys)
+    assert "karpenter.k8s.aws/instance-family" in keys
+    assert not any(k.startswith("eks.amazonaws.com") for k in keys)
     [cls] = _objs(karp, "EC2NodeClass")
     assert cls["spec"]["amiSelectorTerms"] == [{"alias": "bottlerocket@latest"}]
     assert 'pull-mode = "parallel-pull-unpack"' in cls["spec"]["userData"]
@@ -123,7 +143,8 @@ def test_label_prefix_switches_with_mode() -> None:
     values = yaml.safe_load(karp.files["helm/gpu-operator-values.yaml"])
     assert values["devicePlugin"]["enabled"] is False  # Bottlerocket NVIDIA ships its own
     auto = yaml.safe_load(build_tree(plans.tier1("auto-mode")).files["helm/gpu-operator-values.yaml"])
-    assert auto["devicePlugin"]["enabled"] is False and auto["driver"]["enabled"] is False
+    assert auto["devicePlugin"]["enabled"] is False
+    assert auto["driver"]["enabled"] is False
     assert "DCGM_FI_PROF_SM_ACTIVE" in auto["dcgmExporter"]["config"]["data"]
 
 
@@ -136,7 +157,12 @@ def test_tier2_keda_and_limits() -> None:
     assert thresholds == {"running": "96", "queue": "12", "kv-cache": "0.8", "ttft": "2"}
     # 3 nodes x 8 GPUs / 4 GPUs per replica = 6 replicas
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 6)
-    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 1200
+    assert (
+        spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+            "stabilizationWindowSeconds"
+        ]
+        == 1200
+    )
     [pool] = _objs(tree, "NodePool")
     assert pool["spec"]["limits"] == {"nvidia.com/gpu": "24"}
     c = _objs(tree, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
@@ -154,21 +180,37 @@ def test_tier3_disaggregated_set() -> None:
     assert leader["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert leader["resources"]["limits"]["vpc.amazonaws.com/efa"] == "16"  # p5en: 16 EFA interfaces
     script = leader["args"][0]
-    for piece in ("--tensor-parallel-size 8", "--pipeline-parallel-size 2", "--enable-expert-parallel", "NixlConnector",
-                  "--distributed-executor-backend ray", "leader --ray_cluster_size=$(LWS_GROUP_SIZE)"):
+    for piece in (
+        "--tensor-parallel-size 8",
+        "--pipeline-parallel-size 2",
+        "--enable-expert-parallel",
+        "NixlConnector",
+        "--distributed-executor-backend ray",
+        "leader --ray_cluster_size=$(LWS_GROUP_SIZE)",
+    ):
         assert piece in script
     env = {e["name"]: e.get("value") for e in leader["env"]}
-    assert env["FI_PROVIDER"] == "efa" and env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5600"
+    assert env["FI_PROVIDER"] == "efa"
+    assert env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5600"
     targets = [so["spec"]["scaleTargetRef"] for so in _objs(tree, "ScaledObject")]
-    assert targets == [{"apiVersion": "disaggregatedset.x-k8s.io/v1", "kind": "DisaggregatedSetRoleScaler", "name": f"kimi-k25-{r}"}
-                       for r in ("prefill", "decode")]
+    assert targets == [
+        {
+            "apiVersion": "disaggregatedset.x-k8s.io/v1",
+            "kind": "DisaggregatedSetRoleScaler",
+            "name": f"kimi-k25-{r}",
+        }
+        for r in ("prefill", "decode")
+    ]
     config = yaml.safe_load(_objs(tree, "ConfigMap")[0]["data"]["gateway.yaml"])
     assert "eksinfer.io/role=decode" in config["endpoints"]["kubernetes"]["label_selector"]
 
 
 def test_tier3_two_lws_backend() -> None:
     tree = build_tree(plans.tier3("karpenter"), RenderOptions(pd_backend="lws"))
-    assert [o["metadata"]["name"] for o in _objs(tree, "LeaderWorkerSet")] == ["kimi-k25-prefill", "kimi-k25-decode"]
+    assert [o["metadata"]["name"] for o in _objs(tree, "LeaderWorkerSet")] == [
+        "kimi-k25-prefill",
+        "kimi-k25-decode",
+    ]
     assert not _objs(tree, "DisaggregatedSet")
     assert [str(p) for p in validate_objects(tree.all_objects())] == []
 
@@ -181,15 +223,23 @@ def test_managed_node_group_mig_dra_hybrid() -> None:
     mig = build_tree(plans.mig())
     [cls] = _objs(mig, "EC2NodeClass")
     assert cls["spec"]["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
-    assert _objs(mig, "NodePool")[0]["spec"]["template"]["metadata"]["labels"]["nvidia.com/mig.config"] == "all-3g.40gb"
+    assert (
+        _objs(mig, "NodePool")[0]["spec"]["template"]["metadata"]["labels"]["nvidia.com/mig.config"]
+        == "all-3g.40gb"
+    )
     values = yaml.safe_load(mig.files["helm/gpu-operator-values.yaml"])
-    assert values["migManager"]["enabled"] and values["devicePlugin"]["enabled"] and values["mig"] == {"strategy": "single"}
+    assert values["migManager"]["enabled"]
+    assert values["devicePlugin"]["enabled"]
+    assert values["mig"] == {"strategy": "single"}
     dra = build_tree(plans.dra())
     [rct] = _objs(dra, "ResourceClaimTemplate")
     assert rct["spec"]["spec"]["devices"]["requests"][0]["exactly"]["count"] == 4
     c = _objs(dra, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-    assert "nvidia.com/gpu" not in c["resources"]["limits"] and c["resources"]["claims"] == [{"name": "gpus"}]
-    assert yaml.safe_load(dra.files["helm/cluster-autoscaler-values.yaml"])["extraArgs"]["enable-dynamic-resource-allocation"]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert c["resources"]["claims"] == [{"name": "gpus"}]
+    assert yaml.safe_load(dra.files["helm/cluster-autoscaler-values.yaml"])["extraArgs"][
+        "enable-dynamic-resource-allocation"
+    ]
     hybrid = build_tree(plans.hybrid())
     onprem = next(d for d in _objs(hybrid, "Deployment") if d["metadata"]["name"].endswith("-onprem"))
     assert onprem["spec"]["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/compute-type": "hybrid"}
@@ -205,25 +255,42 @@ def test_gateway_config_is_accepted_by_the_gateway() -> None:
         tree = build_tree(plans.CASES[case]())
         cm = next(o for o in _objs(tree, "ConfigMap") if o["metadata"]["name"].endswith("-gateway"))
         config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
-        assert config.endpoints.kubernetes is not None and config.endpoints.kubernetes.kv_events_port == 5557
+        assert config.endpoints.kubernetes is not None
+        assert config.endpoints.kubernetes.kv_events_port == 5557
 
 
 def test_s3_streaming_and_inference_pool_options() -> None:
     opts = RenderOptions(model_s3_uri="s3://models/qwen3-32b", inference_pool=True)
     tree = build_tree(plans.tier1("auto-mode"), opts)
     c = _objs(tree, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-    assert c["command"][2] == "s3://models/qwen3-32b" and "runai_streamer" in c["args"]
-    assert not _objs(tree, "PersistentVolumeClaim") and _objs(tree, "InferencePool")
+    assert c["command"][2] == "s3://models/qwen3-32b"
+    assert "runai_streamer" in c["args"]
+    assert not _objs(tree, "PersistentVolumeClaim")
+    assert _objs(tree, "InferencePool")
     assert [str(p) for p in validate_objects(tree.all_objects())] == []
 
 
 @pytest.mark.parametrize(
     ("factory", "field"),
     [
-        (lambda: plans.Plan.model_validate({**plans.mig().model_dump(), "nodes": {**plans.mig().nodes.model_dump(), "provisioning": "auto-mode"}}),
-         "nodes.mig_profile"),
-        (lambda: plans.Plan.model_validate({**plans.dra().model_dump(), "nodes": {**plans.dra().nodes.model_dump(), "provisioning": "karpenter"}}),
-         "nodes.needs_dra"),
+        (
+            lambda: plans.Plan.model_validate(
+                {
+                    **plans.mig().model_dump(),
+                    "nodes": {**plans.mig().nodes.model_dump(), "provisioning": "auto-mode"},
+                }
+            ),
+            "nodes.mig_profile",
+        ),
+        (
+            lambda: plans.Plan.model_validate(
+                {
+                    **plans.dra().model_dump(),
+                    "nodes": {**plans.dra().nodes.model_dump(), "provisioning": "karpenter"},
+                }
+            ),
+            "nodes.needs_dra",
+        ),
     ],
 )
 def test_render_refuses_what_the_mode_cannot_do(factory: Any, field: str) -> None:
@@ -244,7 +311,9 @@ def test_render_refuses_a_foreign_folder(tmp_path: Path) -> None:
 def test_cli_render(tmp_path: Path) -> None:
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(plans.tier2().model_dump_json())
-    result = CliRunner().invoke(build_app(), ["render", str(plan_file), "-o", str(tmp_path / "out"), "-n", "llm"])
+    result = CliRunner().invoke(
+        build_app(), ["render", str(plan_file), "-o", str(tmp_path / "out"), "-n", "llm"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "kustomization.yaml").exists()
     dep = yaml.safe_load((tmp_path / "out" / "engines" / "deployment-llama-70b-engine.yaml").read_text())

@@ -11,7 +11,9 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("lint")
     def lint(
-        path: Path = typer.Argument(..., metavar="DIR", help="Folder (or file) of Kubernetes YAML/JSON manifests."),
+        path: Path = typer.Argument(
+            ..., metavar="DIR", help="Folder (or file) of Kubernetes YAML/JSON manifests."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print findings as JSON."),
         rules: bool = typer.Option(False, "--rules", help="List the rules and exit."),
     ) -> None:
@@ -26,7 +28,12 @@ def register(app: typer.Typer) -> None:
         errors = sum(f.severity == "error" for f in findings)
         warnings = len(findings) - errors
         if as_json:
-            doc = {"path": str(path), "errors": errors, "warnings": warnings, "findings": [f.to_dict() for f in findings]}
+            doc = {
+                "path": str(path),
+                "errors": errors,
+                "warnings": warnings,
+                "findings": [f.to_dict() for f in findings],
+            }
             typer.echo(json.dumps(doc, indent=2))
         else:
             for f in findings:

@@ -30,10 +30,14 @@ def load_plan(path: Path) -> object:
 def register(app: typer.Typer) -> None:
     @app.command("render")
     def render(
-        plan_file: Path = typer.Argument(..., metavar="PLAN.json", help="Plan written by `eksinfer plan --json`."),
+        plan_file: Path = typer.Argument(
+            ..., metavar="PLAN.json", help="Plan written by `eksinfer plan --json`."
+        ),
         output: Path = typer.Option(..., "--output", "-o", help="Folder to write the Kustomize tree into."),
         namespace: str = typer.Option("inference", "--namespace", "-n", help="Namespace of the workloads."),
-        cluster: str = typer.Option("eksinfer", "--cluster", help="EKS cluster name (discovery tags, node roles)."),
+        cluster: str = typer.Option(
+            "eksinfer", "--cluster", help="EKS cluster name (discovery tags, node roles)."
+        ),
         model_s3: str | None = typer.Option(
             None, "--model-s3", help="s3://bucket/prefix holding the weights: stream them, no cache volume."
         ),
@@ -69,4 +73,8 @@ def register(app: typer.Typer) -> None:
         written = render_plan(plan, output, options=options)
         for path in written:
             typer.echo(str(path))
-        typer.echo(f"wrote {len(written)} files; check with `eksinfer lint {output}`, apply with `kubectl apply -k {output}`", err=True)
+        typer.echo(
+            f"wrote {len(written)} files; check with `eksinfer lint {output}`, apply with `kubectl "
+            f"apply -k {output}`",
+            err=True,
+        )

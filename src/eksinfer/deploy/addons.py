@@ -1,11 +1,12 @@
 """Cluster add-ons a plan needs: GPU Operator and Cluster Autoscaler Helm values, the NVIDIA DRA driver
 values, and the device plugin for EKS Hybrid Nodes.
 
-GPU Operator per mode (anchors D.5): every mode here boots an image with the NVIDIA driver and container toolkit
-already installed (Auto Mode, the Bottlerocket / AL2023 NVIDIA variants, the EKS accelerated AMI), so `driver`
-and `toolkit` are off. The device plugin is off where the node brings its own (Auto Mode: a second plugin makes
-allocatable 0; Bottlerocket NVIDIA; DRA replaces it) and on otherwise. DCGM exporter is always on, with a
-metrics CSV that adds `DCGM_FI_PROF_SM_ACTIVE` (commented out in the exporter's default CSV, anchors E.1).
+GPU Operator per mode (anchors D.5): every mode here boots an image with the NVIDIA driver and container
+toolkit already installed (Auto Mode, the Bottlerocket / AL2023 NVIDIA variants, the EKS accelerated AMI), so
+`driver` and `toolkit` are off. The device plugin is off where the node brings its own (Auto Mode: a second
+plugin makes allocatable 0; Bottlerocket NVIDIA; DRA replaces it) and on otherwise. DCGM exporter is always
+on, with a metrics CSV that adds `DCGM_FI_PROF_SM_ACTIVE` (commented out in the exporter's default CSV,
+anchors E.1).
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ def gpu_operator_values(ctx: Ctx) -> Obj:
     tolerations: list[Obj] = [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
     if auto:
         tolerations.append(
-            {"key": "eks.amazonaws.com/compute-type", "operator": "Equal", "value": "auto", "effect": "NoSchedule"}
+            {
+                "key": "eks.amazonaws.com/compute-type",
+                "operator": "Equal",
+                "value": "auto",
+                "effect": "NoSchedule",
+            }
         )
     values: Obj = {
         "operator": {"defaultRuntime": "containerd"},
@@ -54,7 +60,7 @@ def gpu_operator_values(ctx: Ctx) -> Obj:
         "migManager": {"enabled": mig},
         "dcgmExporter": {
             "enabled": True,
-            # Scraped by our own ServiceMonitor (honorLabels keeps the pod/namespace labels the exporter adds).
+            # Scraped by our own ServiceMonitor (honorLabels keeps the exporter's pod/namespace labels).
             "serviceMonitor": {"enabled": False},
             "config": {"name": DCGM_CSV_NAME, "create": True, "data": dcgm_csv()},
         },
@@ -107,7 +113,10 @@ def cluster_autoscaler_values(ctx: Ctx) -> Obj:
 
 def hybrid_device_plugin(ctx: Ctx) -> Obj:
     """NVIDIA device plugin pinned to hybrid nodes only, so it never meets the cloud nodes' own plugin."""
-    labels = {"app.kubernetes.io/name": "nvidia-device-plugin-hybrid", "app.kubernetes.io/part-of": "eksinfer"}
+    labels = {
+        "app.kubernetes.io/name": "nvidia-device-plugin-hybrid",
+        "app.kubernetes.io/part-of": "eksinfer",
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -126,11 +135,18 @@ def hybrid_device_plugin(ctx: Ctx) -> Obj:
                             "name": "nvidia-device-plugin",
                             "image": ctx.opts.device_plugin_image,
                             "env": [{"name": "FAIL_ON_INIT_ERROR", "value": "false"}],
-                            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                            "volumeMounts": [{"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "device-plugin", "mountPath": "/var/lib/kubelet/device-plugins"}
+                            ],
                         }
                     ],
-                    "volumes": [{"name": "device-plugin", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}],
+                    "volumes": [
+                        {"name": "device-plugin", "hostPath": {"path": "/var/lib/kubelet/device-plugins"}}
+                    ],
                 },
             },
         },

@@ -10,8 +10,9 @@ the replica count, so each number is "per replica"):
     ttft      P90 TTFT over 2 min (Value)        target the SLO's TTFT
 
 GPU capacity takes a node start-up (`nodes.node_startup_s`: boot + image + weights) to arrive, so scale-down
-waits twice that before removing a replica and scale-up adds at most the planned replica count per start-up period (replicas
-still booting do not yet drain the queue, so faster scale-up only overshoots); `cooldownPeriod` (only used for 1 -> 0) is the same.
+waits twice that before removing a replica, and scale-up adds at most the planned replica count per start-up
+period (replicas still booting do not drain the queue yet, so faster scale-up only overshoots).
+`cooldownPeriod` (only used for 1 -> 0) is twice the start-up too.
 """
 
 from __future__ import annotations
@@ -39,9 +40,16 @@ def scale_target(ctx: Ctx, role: PlanRole) -> Obj:
     if role.engine.nodes_per_replica == 1:
         return {"apiVersion": "apps/v1", "kind": "Deployment", "name": ctx.workload_name(role)}
     if ctx.plan.mode == "disaggregated" and ctx.opts.pd_backend == "disaggregatedset":
-        return {"apiVersion": "disaggregatedset.x-k8s.io/v1", "kind": "DisaggregatedSetRoleScaler",
-                "name": f"{ctx.name}-{role.name}"}
-    return {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": ctx.workload_name(role)}
+        return {
+            "apiVersion": "disaggregatedset.x-k8s.io/v1",
+            "kind": "DisaggregatedSetRoleScaler",
+            "name": f"{ctx.name}-{role.name}",
+        }
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "name": ctx.workload_name(role),
+    }
 
 
 def _selector(ctx: Ctx, role: PlanRole) -> str:
@@ -57,10 +65,17 @@ def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
         meta = {"serverAddress": server, "query": query, "threshold": threshold, **extra}
         return {"type": "prometheus", "name": name, "metricType": metric_type, "metadata": meta}
 
-    ttft = f"histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[2m])))"
+    ttft = (
+        f"histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[2m])))"
+    )
     return [
         prom("running", f"sum(vllm:num_requests_running{{{sel}}})", str(max(1, math.floor(0.8 * conc)))),
-        prom("queue", f"sum(vllm:num_requests_waiting{{{sel}}})", str(max(1, math.ceil(0.1 * conc))), activationThreshold="1"),
+        prom(
+            "queue",
+            f"sum(vllm:num_requests_waiting{{{sel}}})",
+            str(max(1, math.ceil(0.1 * conc))),
+            activationThreshold="1",
+        ),
         prom("kv-cache", f"sum(vllm:kv_cache_usage_perc{{{sel}}})", "0.8"),
         prom("ttft", ttft, f"{ctx.plan.slo.ttft_s:g}", "Value"),
     ]
@@ -71,19 +86,33 @@ def scaledobject(ctx: Ctx, role: PlanRole) -> Obj:
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": ctx.meta(ctx.workload_name(role), "engine", **{"eksinfer.io/role": role.name}),
+        "metadata": ctx.meta(ctx.workload_name(role), "engine", {"eksinfer.io/role": role.name}),
         "spec": {
             "scaleTargetRef": scale_target(ctx, role),
             "minReplicaCount": 1,
             "maxReplicaCount": max_replicas(ctx, role),
             "pollingInterval": 15,
             "cooldownPeriod": 2 * startup,
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
-                "scaleUp": {"stabilizationWindowSeconds": 0,
-                            "policies": [{"type": "Pods", "value": max(1, role.replicas), "periodSeconds": min(1800, startup)}]},
-                "scaleDown": {"stabilizationWindowSeconds": min(3600, 2 * startup),
-                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": min(1800, startup)}]},
-            }}},
+            "advanced": {
+                "horizontalPodAutoscalerConfig": {
+                    "behavior": {
+                        "scaleUp": {
+                            "stabilizationWindowSeconds": 0,
+                            "policies": [
+                                {
+                                    "type": "Pods",
+                                    "value": max(1, role.replicas),
+                                    "periodSeconds": min(1800, startup),
+                                }
+                            ],
+                        },
+                        "scaleDown": {
+                            "stabilizationWindowSeconds": min(3600, 2 * startup),
+                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": min(1800, startup)}],
+                        },
+                    }
+                }
+            },
             "triggers": triggers(ctx, role),
         },
     }

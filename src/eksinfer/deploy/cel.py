@@ -3,10 +3,10 @@
 JSON-schema validation ignores `x-kubernetes-validations`; an API server does not. These checks mirror the
 rule text in the vendored schemas (schemas/crds/*.json) so a manifest we pass is one the server accepts:
 
-    NodePool       requirement operators (In needs values; Gt/Lt/Gte/Lte one non-negative integer; minValues
-                   <= len(values)); restricted keys in requirements and template labels (kubernetes.io/hostname,
-                   karpenter.sh/* except capacity-type, karpenter.k8s.aws/* outside the well-known list, which
-                   is read from the CRD's own rule); budgets: schedule iff duration
+    NodePool       requirement operators (In needs values; Gt/Lt/Gte/Lte one non-negative integer;
+                   minValues <= len(values)); restricted keys in requirements and template labels
+                   (kubernetes.io/hostname, karpenter.sh/* except capacity-type, karpenter.k8s.aws/* outside
+                   the well-known list, read from the CRD's own rule); budgets: schedule iff duration
     EC2NodeClass   exactly one of role / instanceProfile; alias format family@version, family known, an alias
                    alone in amiSelectorTerms; amiFamily when no alias; selector terms non-empty; EBS needs
                    snapshotID or volumeSize; restricted tags
@@ -63,7 +63,9 @@ def _requirement_problems(reqs: Sequence[Mapping[str, Any]], at: str) -> list[Pr
             out.append((f"{path}.key", why))
         if op == "In" and not values:
             out.append((f"{path}.values", "requirements with operator 'In' must have a value defined"))
-        if op in ("Gt", "Lt", "Gte", "Lte") and (len(values) != 1 or not re.fullmatch(r"\d+", str(values[0]))):
+        if op in ("Gt", "Lt", "Gte", "Lte") and (
+            len(values) != 1 or not re.fullmatch(r"\d+", str(values[0]))
+        ):
             out.append((f"{path}.values", f"operator {op!r} must have a single non-negative integer value"))
         if op == "In" and "minValues" in req and len(values) < int(req["minValues"]):
             out.append((f"{path}.minValues", "minValues exceeds the number of values"))
@@ -73,8 +75,10 @@ def _requirement_problems(reqs: Sequence[Mapping[str, Any]], at: str) -> list[Pr
 def nodepool(obj: Obj) -> list[Problem]:
     spec = obj.get("spec") or {}
     template = spec.get("template") or {}
-    out = _requirement_problems((template.get("spec") or {}).get("requirements") or [], "spec.template.spec.requirements")
-    for key in ((template.get("metadata") or {}).get("labels") or {}):
+    out = _requirement_problems(
+        (template.get("spec") or {}).get("requirements") or [], "spec.template.spec.requirements"
+    )
+    for key in (template.get("metadata") or {}).get("labels") or {}:
         if (why := label_key_problem(key)) is not None and key != "karpenter.sh/nodepool":
             out.append((f"spec.template.metadata.labels[{key}]", why))
     for i, budget in enumerate((spec.get("disruption") or {}).get("budgets") or []):
@@ -90,7 +94,9 @@ def _ami_problems(spec: Mapping[str, Any]) -> list[Problem]:
     for alias in aliases:
         family = str(alias).split("@", 1)[0]
         if not re.fullmatch(r"[a-zA-Z0-9]+@.+", str(alias)) or family not in ALIAS_FAMILIES:
-            out.append(("spec.amiSelectorTerms.alias", f"alias {alias!r} is not family@version with a known family"))
+            out.append(
+                ("spec.amiSelectorTerms.alias", f"alias {alias!r} is not family@version with a known family")
+            )
     if aliases and len(terms) != 1:
         out.append(("spec.amiSelectorTerms", "an alias term cannot be combined with other terms"))
     if not aliases and "amiFamily" not in spec:

@@ -1,13 +1,15 @@
 """Render options and the values every builder derives from a plan (names, labels, node placement, sizes).
 
 One template set serves all three node-provisioning modes: the instance label prefix is
-`eks.amazonaws.com` on EKS Auto Mode and `karpenter.k8s.aws` on self-managed Karpenter (the switch the GenAI on
-EKS Starter Kit uses, anchors D.11); managed node groups are selected by `eks.amazonaws.com/nodegroup`.
+`eks.amazonaws.com` on EKS Auto Mode and `karpenter.k8s.aws` on self-managed Karpenter (the switch the
+GenAI on EKS Starter Kit uses, anchors D.11); managed node groups are selected by
+`eks.amazonaws.com/nodegroup`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -86,7 +88,9 @@ class Ctx:
     # -- labels --------------------------------------------------------------------------------------------
     def labels(self, component: str, **extra: str) -> dict[str, str]:
         return {
-            "app.kubernetes.io/name": {"engine": "vllm", "gateway": "eksinfer-gateway"}.get(component, "eksinfer"),
+            "app.kubernetes.io/name": {"engine": "vllm", "gateway": "eksinfer-gateway"}.get(
+                component, "eksinfer"
+            ),
             "app.kubernetes.io/instance": self.name,
             "app.kubernetes.io/component": component,
             "app.kubernetes.io/part-of": "eksinfer",
@@ -94,9 +98,11 @@ class Ctx:
             **extra,
         }
 
-    def meta(self, name: str, component: str, *, namespaced: bool = True, **extra: str) -> Obj:
+    def meta(
+        self, name: str, component: str, extra: Mapping[str, str] | None = None, *, namespaced: bool = True
+    ) -> Obj:
         out: Obj = {"name": name, "namespace": self.ns} if namespaced else {"name": name}
-        out["labels"] = self.labels(component, **extra)
+        out["labels"] = self.labels(component, **(extra or {}))
         return out
 
     # -- node placement ------------------------------------------------------------------------------------
@@ -107,11 +113,15 @@ class Ctx:
     def node_selector(self) -> dict[str, str]:
         if self.mode == "managed-node-group":
             return {"eks.amazonaws.com/nodegroup": self.pool_name}
-        return {"karpenter.sh/nodepool": self.pool_name, f"{self.label_prefix}/instance-family": self.plan.instance.family}
+        return {
+            "karpenter.sh/nodepool": self.pool_name,
+            f"{self.label_prefix}/instance-family": self.plan.instance.family,
+        }
 
     @property
     def mig_slices(self) -> int:
-        """MIG instances per GPU for profiles like `all-1g.10gb` (H100/A100: 7 compute slices, NVIDIA MIG guide)."""
+        """MIG instances per GPU for profiles like `all-1g.10gb` (H100/A100: 7 compute slices, "
+        "NVIDIA MIG guide)."""
         profile = self.plan.nodes.mig_profile
         if not profile:
             return 1
@@ -156,7 +166,8 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
         raise ConfigError(f"unsupported plan version {plan.schema_version!r}", field="schema_version")
     if plan.nodes.mig_profile and plan.nodes.provisioning == "auto-mode":
         raise ConfigError(
-            "MIG needs a node configuration EKS Auto Mode does not allow; use karpenter or managed-node-group",
+            "MIG needs a node configuration EKS Auto Mode does not allow; use karpenter or "
+            "managed-node-group",
             field="nodes.mig_profile",
         )
     if plan.nodes.needs_dra and plan.nodes.provisioning != "managed-node-group":
@@ -172,5 +183,7 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
                 "a KV-aware gateway needs prefix caching on", field=f"roles[{i}].engine.enable_prefix_caching"
             )
         if role.engine.nodes_per_replica > 1 and role.engine.gpus_per_replica % role.engine.nodes_per_replica:
-            raise ConfigError("GPUs do not split evenly across nodes", field=f"roles[{i}].engine.gpus_per_replica")
+            raise ConfigError(
+                "GPUs do not split evenly across nodes", field=f"roles[{i}].engine.gpus_per_replica"
+            )
     return Ctx(plan, opts or RenderOptions())

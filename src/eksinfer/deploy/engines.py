@@ -16,7 +16,15 @@ import math
 import shlex
 
 from eksinfer.deploy import vllm_flags
-from eksinfer.deploy.context import ENGINE_PORT, GPU_TAINT, HASH_SEED, KV_EVENTS_PORT, NIXL_SIDE_CHANNEL_PORT, Ctx, Obj
+from eksinfer.deploy.context import (
+    ENGINE_PORT,
+    GPU_TAINT,
+    HASH_SEED,
+    KV_EVENTS_PORT,
+    NIXL_SIDE_CHANNEL_PORT,
+    Ctx,
+    Obj,
+)
 from eksinfer.planner.schema import PlanRole
 
 RAY_SCRIPT = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
@@ -52,8 +60,12 @@ def vllm_args(ctx: Ctx, role: PlanRole) -> list[str]:
     add(args, "served-model-name", ctx.served_name())
     add(args, "port", str(ENGINE_PORT))
     if ctx.kv_aware:
-        events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{KV_EVENTS_PORT}",
-                  "topic": f"kv@$(POD_IP)@{ctx.served_name()}"}
+        events = {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{KV_EVENTS_PORT}",
+            "topic": f"kv@$(POD_IP)@{ctx.served_name()}",
+        }
         add(args, "kv-events-config", json.dumps(events, separators=(",", ":")))
         # Reproducible block hashes (the default sha256 pickles; routing anchors "Option B").
         add(args, "prefix-caching-hash-algo", "sha256_cbor")
@@ -71,7 +83,12 @@ def vllm_args(ctx: Ctx, role: PlanRole) -> list[str]:
 def _env(ctx: Ctx, multi_node: bool) -> list[Obj]:
     env: list[Obj] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ctx.opts.hf_token_secret, "key": "token", "optional": True}}},
+        {
+            "name": "HF_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {"name": ctx.opts.hf_token_secret, "key": "token", "optional": True}
+            },
+        },
     ]
     if not ctx.opts.model_s3_uri:
         env.append({"name": "HF_HOME", "value": f"{MODEL_MOUNT}/hf"})
@@ -80,8 +97,10 @@ def _env(ctx: Ctx, multi_node: bool) -> list[Obj]:
     if ctx.kv_aware:
         env.append({"name": "PYTHONHASHSEED", "value": HASH_SEED})
     if ctx.plan.mode == "disaggregated":
-        env += [{"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "value": "$(POD_IP)"},
-                {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)}]
+        env += [
+            {"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "value": "$(POD_IP)"},
+            {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)},
+        ]
     if multi_node and ctx.efa_interfaces:
         env += [{"name": "FI_PROVIDER", "value": "efa"}, {"name": "FI_EFA_USE_DEVICE_RDMA", "value": "1"}]
     return env
@@ -91,8 +110,12 @@ def _probes(ctx: Ctx) -> Obj:
     period = 10
     health = {"httpGet": {"path": "/health", "port": "http"}}
     return {
-        "startupProbe": {**health, "periodSeconds": period, "timeoutSeconds": 5,
-                         "failureThreshold": math.ceil(ctx.startup_budget_s() / period)},
+        "startupProbe": {
+            **health,
+            "periodSeconds": period,
+            "timeoutSeconds": 5,
+            "failureThreshold": math.ceil(ctx.startup_budget_s() / period),
+        },
         "readinessProbe": {**health, "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
         "livenessProbe": {**health, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
     }
@@ -123,7 +146,10 @@ def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str) -> Obj:
         script = f"bash {RAY_SCRIPT} leader --ray_cluster_size=$(LWS_GROUP_SIZE) && exec {shlex.join(serve)}"
         out |= {"command": ["/bin/bash", "-c"], "args": [script]}
     else:
-        out |= {"command": ["/bin/bash", "-c"], "args": [f"bash {RAY_SCRIPT} worker --ray_address=$(LWS_LEADER_ADDRESS)"]}
+        out |= {
+            "command": ["/bin/bash", "-c"],
+            "args": [f"bash {RAY_SCRIPT} worker --ray_address=$(LWS_LEADER_ADDRESS)"],
+        }
     out["env"] = _env(ctx, multi)
     if kind != "worker":
         ports = [{"name": "http", "containerPort": ENGINE_PORT}]
@@ -150,20 +176,31 @@ def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str) -> Obj:
 
 def pod_template(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = "cloud") -> Obj:
     serving = "false" if kind == "worker" else "true"
-    labels = ctx.labels("engine", **{"eksinfer.io/role": role.name, "eksinfer.io/pool": pool, "eksinfer.io/serving": serving})
+    labels = ctx.labels(
+        "engine", **{"eksinfer.io/role": role.name, "eksinfer.io/pool": pool, "eksinfer.io/serving": serving}
+    )
     annotations = {
         "eksinfer.io/load-time-s": str(round(ctx.plan.prediction.load_time_s)),
         "eksinfer.io/node-startup-s": str(ctx.node_startup_s()),
     }
     if pool == "cloud":
         annotations["karpenter.sh/do-not-disrupt"] = "true"
-    volumes: list[Obj] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib(gpus, kind != 'single')}Gi"}}]
+    volumes: list[Obj] = [
+        {
+            "name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm_gib(gpus, kind != 'single')}Gi"},
+        }
+    ]
     if not ctx.opts.model_s3_uri:
-        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{ctx.name}-model-cache"}})
+        volumes.append(
+            {"name": "model-cache", "persistentVolumeClaim": {"claimName": f"{ctx.name}-model-cache"}}
+        )
     spec: Obj = {
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 130,  # preStop 30 s + in-flight requests (GAIE reference pod)
-        "nodeSelector": {"eks.amazonaws.com/compute-type": "hybrid"} if pool == "onprem" else ctx.node_selector(),
+        "nodeSelector": {"eks.amazonaws.com/compute-type": "hybrid"}
+        if pool == "onprem"
+        else ctx.node_selector(),
         "tolerations": [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container(ctx, role, gpus, kind=kind)],
@@ -188,7 +225,7 @@ def deployment(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": ctx.meta(name, "engine", **{"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}),
+        "metadata": ctx.meta(name, "engine", {"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector(ctx, role, pool)},
@@ -205,7 +242,10 @@ def lws_spec(ctx: Ctx, role: PlanRole) -> Obj:
     return {
         "replicas": role.replicas,
         "startupPolicy": "LeaderCreated",
-        "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": {"maxSurge": 0, "maxUnavailable": 1}},
+        "rolloutStrategy": {
+            "type": "RollingUpdate",
+            "rollingUpdateConfiguration": {"maxSurge": 0, "maxUnavailable": 1},
+        },
         "networkConfig": {"subdomainPolicy": "UniquePerReplica"},
         "leaderWorkerTemplate": {
             "size": e.nodes_per_replica,
@@ -222,20 +262,29 @@ def _exclusive() -> dict[str, str]:
 
 
 def leaderworkerset(ctx: Ctx, role: PlanRole) -> Obj:
-    meta = ctx.meta(ctx.workload_name(role), "engine", **{"eksinfer.io/role": role.name})
+    meta = ctx.meta(ctx.workload_name(role), "engine", {"eksinfer.io/role": role.name})
     meta["annotations"] = _exclusive()
-    return {"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "metadata": meta, "spec": lws_spec(ctx, role)}
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": meta,
+        "spec": lws_spec(ctx, role),
+    }
 
 
 def disaggregated_set(ctx: Ctx) -> Obj:
     roles = []
     for role in ctx.plan.roles:
-        roles.append({
-            "name": role.name,
-            "metadata": {"labels": {"eksinfer.io/role": role.name}, "annotations": _exclusive()},
-            "scaling": {"mode": "External"},  # KEDA scales the role through its DisaggregatedSetRoleScaler
-            "spec": lws_spec(ctx, role),
-        })
+        roles.append(
+            {
+                "name": role.name,
+                "metadata": {"labels": {"eksinfer.io/role": role.name}, "annotations": _exclusive()},
+                "scaling": {
+                    "mode": "External"
+                },  # KEDA scales the role through its DisaggregatedSetRoleScaler
+                "spec": lws_spec(ctx, role),
+            }
+        )
     return {
         "apiVersion": "disaggregatedset.x-k8s.io/v1",
         "kind": "DisaggregatedSet",
@@ -249,7 +298,7 @@ def service(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": ctx.meta(name, "engine", **{"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}),
+        "metadata": ctx.meta(name, "engine", {"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}),
         "spec": {
             "type": "ClusterIP",
             "selector": {**selector(ctx, role, pool), "eksinfer.io/serving": "true"},
@@ -261,7 +310,9 @@ def service(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> Obj:
 def model_cache_pvc(ctx: Ctx) -> Obj:
     p = ctx.plan
     weights = p.prediction.weight_gib_per_gpu * max(r.engine.gpus_per_replica for r in p.roles)
-    size = max(100, math.ceil(weights * 1.25 / 100) * 100)  # weights + 25% (tokenizer, safetensors index, revisions)
+    size = max(
+        100, math.ceil(weights * 1.25 / 100) * 100
+    )  # weights + 25% (tokenizer, safetensors index, revisions)
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
@@ -280,15 +331,30 @@ def resource_claim_template(ctx: Ctx) -> Obj:
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
         "metadata": ctx.meta(f"{ctx.name}-gpus", "engine"),
-        "spec": {"spec": {"devices": {"requests": [
-            {"name": "gpu", "exactly": {"deviceClassName": "gpu.nvidia.com", "allocationMode": "ExactCount", "count": gpus}}
-        ]}}},
+        "spec": {
+            "spec": {
+                "devices": {
+                    "requests": [
+                        {
+                            "name": "gpu",
+                            "exactly": {
+                                "deviceClassName": "gpu.nvidia.com",
+                                "allocationMode": "ExactCount",
+                                "count": gpus,
+                            },
+                        }
+                    ]
+                }
+            }
+        },
     }
 
 
 def service_account(ctx: Ctx) -> Obj:
     meta = ctx.meta(f"{ctx.name}-engine", "engine")
-    meta["annotations"] = {"eksinfer.io/needs": "EKS Pod Identity association with s3:GetObject/ListBucket on the model"}
+    meta["annotations"] = {
+        "eksinfer.io/needs": "EKS Pod Identity association with s3:GetObject/ListBucket on the model"
+    }
     return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
 
 
@@ -302,7 +368,9 @@ def engine_objects(ctx: Ctx) -> list[Obj]:
         objs.append(disaggregated_set(ctx))
     for role in p.roles:
         if not (multi and p.mode == "disaggregated" and ctx.opts.pd_backend == "disaggregatedset"):
-            objs.append(leaderworkerset(ctx, role) if role.engine.nodes_per_replica > 1 else deployment(ctx, role))
+            objs.append(
+                leaderworkerset(ctx, role) if role.engine.nodes_per_replica > 1 else deployment(ctx, role)
+            )
         objs.append(service(ctx, role))
     if p.on_prem and p.on_prem.replicas > 0:
         role = next(r for r in p.roles if r.name in ("engine", "decode"))

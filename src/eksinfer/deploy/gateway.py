@@ -1,9 +1,10 @@
 """The eksinfer gateway in the cluster: ConfigMap (its YAML config), ServiceAccount + Role + RoleBinding to
 list/watch engine pods, Deployment, Service, and optionally GAIE InferencePools for Gateway API users.
 
-The routing config discovers engines by namespace + label selector (`eksinfer.gateway.config.KubernetesDiscovery`)
-and subscribes to each pod's KV-event port when the plan routes KV-aware. Disaggregated plans route to the
-decode role (prefill/decode orchestration stays with vLLM's NIXL connector).
+The routing config discovers engines by namespace + label selector
+(`eksinfer.gateway.config.KubernetesDiscovery`) and subscribes to each pod's KV-event port when the plan
+routes KV-aware. Disaggregated plans route to the decode role (prefill/decode orchestration stays with
+vLLM's NIXL connector).
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ def routed_role(ctx: Ctx) -> str:
 
 def engine_selector(ctx: Ctx) -> str:
     # No pool label: with hybrid nodes both pools are discovered (see docs/deploy.md, gateway pools).
-    return f"app.kubernetes.io/instance={ctx.name},eksinfer.io/role={routed_role(ctx)},eksinfer.io/serving=true"
+    return (
+        f"app.kubernetes.io/instance={ctx.name},eksinfer.io/role={routed_role(ctx)},eksinfer.io/serving=true"
+    )
 
 
 def gateway_config(ctx: Ctx) -> dict[str, Any]:
     engine = ctx.plan.roles[0].engine
-    discovery: dict[str, Any] = {"namespace": ctx.ns, "label_selector": engine_selector(ctx), "port": ENGINE_PORT}
+    discovery: dict[str, Any] = {
+        "namespace": ctx.ns,
+        "label_selector": engine_selector(ctx),
+        "port": ENGINE_PORT,
+    }
     if ctx.kv_aware:
         discovery["kv_events_port"] = KV_EVENTS_PORT
     return {
@@ -44,8 +51,12 @@ def gateway_config(ctx: Ctx) -> dict[str, Any]:
 
 def configmap(ctx: Ctx) -> Obj:
     text = yaml.safe_dump(gateway_config(ctx), sort_keys=False)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": ctx.meta(f"{ctx.name}-gateway", "gateway"),
-            "data": {"gateway.yaml": text}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ctx.meta(f"{ctx.name}-gateway", "gateway"),
+        "data": {"gateway.yaml": text},
+    }
 
 
 def rbac(ctx: Ctx) -> list[Obj]:
@@ -81,25 +92,44 @@ def deployment(ctx: Ctx) -> Obj:
         "metadata": ctx.meta(name, "gateway"),
         "spec": {
             "replicas": 2,
-            "selector": {"matchLabels": {"app.kubernetes.io/instance": ctx.name, "app.kubernetes.io/component": "gateway"}},
+            "selector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": ctx.name,
+                    "app.kubernetes.io/component": "gateway",
+                }
+            },
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": name,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "gateway",
-                        "image": ctx.opts.gateway_image,
-                        "command": ["eksinfer", "gateway", "--config", "/etc/eksinfer/gateway.yaml"],
-                        "env": env,
-                        "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
-                        "readinessProbe": {**probe, "httpGet": {"path": "/ready", "port": "http"}},
-                        "livenessProbe": {**probe, "failureThreshold": 6},
-                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
-                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [{"name": "config", "mountPath": "/etc/eksinfer", "readOnly": True}],
-                    }],
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "gateway",
+                            "image": ctx.opts.gateway_image,
+                            "command": ["eksinfer", "gateway", "--config", "/etc/eksinfer/gateway.yaml"],
+                            "env": env,
+                            "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+                            "readinessProbe": {**probe, "httpGet": {"path": "/ready", "port": "http"}},
+                            "livenessProbe": {**probe, "failureThreshold": 6},
+                            "resources": {
+                                "requests": {"cpu": "1", "memory": "1Gi"},
+                                "limits": {"memory": "2Gi"},
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "config", "mountPath": "/etc/eksinfer", "readOnly": True}
+                            ],
+                        }
+                    ],
                     "volumes": [{"name": "config", "configMap": {"name": name}}],
                 },
             },
@@ -125,16 +155,24 @@ def inference_pools(ctx: Ctx) -> list[Obj]:
     out = []
     for pool in pools:
         name = ctx.name if pool == "cloud" else f"{ctx.name}-onprem"
-        out.append({
-            "apiVersion": "inference.networking.k8s.io/v1",
-            "kind": "InferencePool",
-            "metadata": ctx.meta(name, "engine", **{"eksinfer.io/pool": pool}),
-            "spec": {
-                "selector": {"matchLabels": {"app.kubernetes.io/instance": ctx.name, "eksinfer.io/role": routed_role(ctx),
-                                             "eksinfer.io/pool": pool, "eksinfer.io/serving": "true"}},
-                "targetPorts": [{"number": ENGINE_PORT}],
-            },
-        })
+        out.append(
+            {
+                "apiVersion": "inference.networking.k8s.io/v1",
+                "kind": "InferencePool",
+                "metadata": ctx.meta(name, "engine", {"eksinfer.io/pool": pool}),
+                "spec": {
+                    "selector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/instance": ctx.name,
+                            "eksinfer.io/role": routed_role(ctx),
+                            "eksinfer.io/pool": pool,
+                            "eksinfer.io/serving": "true",
+                        }
+                    },
+                    "targetPorts": [{"number": ENGINE_PORT}],
+                },
+            }
+        )
     return out
 
 

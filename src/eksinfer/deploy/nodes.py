@@ -22,7 +22,8 @@ IMAGE_GIB = 30  # vLLM CUDA image unpacked, plus room for compile caches
 
 
 def node_disk_gib(ctx: Ctx) -> int:
-    """Disk for the image, caches and one node-local copy of the weights on this node, rounded up to 50 GiB."""
+    """Disk for the image, caches and one node-local copy of the weights on this node, rounded up "
+    "to 50 GiB."""
     p = ctx.plan
     weights = p.prediction.weight_gib_per_gpu * p.instance.gpus
     return int(math.ceil((weights + IMAGE_GIB + 20) / 50) * 50)
@@ -48,8 +49,11 @@ def _requirements(ctx: Ctx) -> list[Obj]:
 def nodepool(ctx: Ctx) -> Obj:
     auto = ctx.mode == "auto-mode"
     if auto:
-        ref = {"group": "eks.amazonaws.com", "kind": "NodeClass",
-               "name": ctx.pool_name if needs_custom_auto_class(ctx) else "default"}
+        ref = {
+            "group": "eks.amazonaws.com",
+            "kind": "NodeClass",
+            "name": ctx.pool_name if needs_custom_auto_class(ctx) else "default",
+        }
     else:
         ref = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": ctx.pool_name}
     labels = {"eksinfer.io/pool": "cloud"}
@@ -79,7 +83,7 @@ def nodepool(ctx: Ctx) -> Obj:
                     {"nodes": "0", "reasons": ["Underutilized", "Drifted"]},
                 ],
             },
-            # Node-tier autoscaling limit: the plan's max_nodes, counted in GPUs (Karpenter sums node capacity).
+            # Node-tier autoscaling limit: the plan's max_nodes in GPUs (Karpenter sums node capacity).
             "limits": {"nvidia.com/gpu": str(ctx.plan.nodes.max_nodes * ctx.plan.instance.gpus)},
             "weight": 50,
         },
@@ -156,8 +160,14 @@ def ec2nodeclass(ctx: Ctx) -> Obj:
 def _ebs(device: str, size_gib: int, *, root: bool = False) -> Obj:
     out: Obj = {
         "deviceName": device,
-        "ebs": {"volumeSize": f"{size_gib}Gi", "volumeType": "gp3", "iops": 16000, "throughput": 1000,
-                "encrypted": True, "deleteOnTermination": True},
+        "ebs": {
+            "volumeSize": f"{size_gib}Gi",
+            "volumeType": "gp3",
+            "iops": 16000,
+            "throughput": 1000,
+            "encrypted": True,
+            "deleteOnTermination": True,
+        },
     }
     if root:
         out["rootVolume"] = True
@@ -213,7 +223,8 @@ def eksctl_config(ctx: Ctx) -> Obj:
 
 
 def node_objects(ctx: Ctx) -> list[Obj]:
-    """Kubernetes objects of the node tier (the eksctl file is written separately: it is not an API object)."""
+    """Kubernetes objects of the node tier (the eksctl file is written separately: it is not an "
+    "API object)."""
     if ctx.mode == "managed-node-group":
         return []
     objs = [nodepool(ctx)]

@@ -29,14 +29,19 @@ def _release(ctx: Ctx) -> dict[str, str]:
 
 
 def engine_podmonitor(ctx: Ctx) -> Obj:
-    meta = ctx.meta(f"{ctx.name}-engines", "engine", **_release(ctx))
+    meta = ctx.meta(f"{ctx.name}-engines", "engine", _release(ctx))
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
         "metadata": meta,
         "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/instance": ctx.name, "app.kubernetes.io/component": "engine",
-                                         "eksinfer.io/serving": "true"}},
+            "selector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": ctx.name,
+                    "app.kubernetes.io/component": "engine",
+                    "eksinfer.io/serving": "true",
+                }
+            },
             "podTargetLabels": POD_TARGET_LABELS,
             "podMetricsEndpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
         },
@@ -47,9 +52,14 @@ def gateway_servicemonitor(ctx: Ctx) -> Obj:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": ctx.meta(f"{ctx.name}-gateway", "gateway", **_release(ctx)),
+        "metadata": ctx.meta(f"{ctx.name}-gateway", "gateway", _release(ctx)),
         "spec": {
-            "selector": {"matchLabels": {"app.kubernetes.io/instance": ctx.name, "app.kubernetes.io/component": "gateway"}},
+            "selector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": ctx.name,
+                    "app.kubernetes.io/component": "gateway",
+                }
+            },
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
         },
     }
@@ -59,12 +69,14 @@ def dcgm_servicemonitor(ctx: Ctx) -> Obj:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": ctx.meta(f"{ctx.name}-dcgm", "monitoring", **_release(ctx)),
+        "metadata": ctx.meta(f"{ctx.name}-dcgm", "monitoring", _release(ctx)),
         "spec": {
             "namespaceSelector": {"matchNames": ["gpu-operator"]},
             "selector": {"matchLabels": {"app": "nvidia-dcgm-exporter"}},
-            # honorLabels keeps the exporter's pod/namespace labels (the GPU's consumer), not the exporter's own.
-            "endpoints": [{"port": "gpu-metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}],
+            # honorLabels keeps the pod/namespace labels of the GPU's consumer, not the exporter's own.
+            "endpoints": [
+                {"port": "gpu-metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
+            ],
         },
     }
 
@@ -91,13 +103,23 @@ def recording_rules(ctx: Ctx) -> list[Obj]:
     return [
         {"record": "eksinfer:ttft_seconds:p99", "expr": quantile("vllm:time_to_first_token_seconds")},
         {"record": "eksinfer:tpot_seconds:p99", "expr": quantile("vllm:inter_token_latency_seconds")},
-        {"record": "eksinfer:tpot_seconds:mean",
-         "expr": f"{rate('vllm:inter_token_latency_seconds_sum')} / ({rate('vllm:inter_token_latency_seconds_count')} > 0)"},
-        {"record": "eksinfer:kv_cache_hit_ratio",
-         "expr": f"{rate('vllm:prefix_cache_hits_total')} / ({rate('vllm:prefix_cache_queries_total')} > 0)"},
+        {
+            "record": "eksinfer:tpot_seconds:mean",
+            "expr": f"{rate('vllm:inter_token_latency_seconds_sum')} / "
+            f"({rate('vllm:inter_token_latency_seconds_count')} > 0)",
+        },
+        {
+            "record": "eksinfer:kv_cache_hit_ratio",
+            "expr": f"{rate('vllm:prefix_cache_hits_total')} / "
+            f"({rate('vllm:prefix_cache_queries_total')} > 0)",
+        },
         {"record": "eksinfer:queue_depth", "expr": f"sum by ({BY}) (vllm:num_requests_waiting{sel})"},
         {"record": "eksinfer:generation_tokens:rate5m", "expr": rate("vllm:generation_tokens_total")},
-        {"record": "eksinfer:gpu_utilization:avg", "expr": gpu, "labels": {"app_kubernetes_io_instance": ctx.name}},
+        {
+            "record": "eksinfer:gpu_utilization:avg",
+            "expr": gpu,
+            "labels": {"app_kubernetes_io_instance": ctx.name},
+        },
     ]
 
 
@@ -105,26 +127,54 @@ def alert_rules(ctx: Ctx) -> list[Obj]:
     me = f'app_kubernetes_io_instance="{ctx.name}"'
     ttft = ttft_target_s(ctx)
     rules: list[Obj] = [
-        {"alert": "EksinferTTFTAboveTarget", "expr": f"eksinfer:ttft_seconds:p99{{{me}}} > {ttft:g}", "for": "5m",
-         "labels": {"severity": "warning"},
-         "annotations": {"summary": f"TTFT P99 of {{{{ $labels.eksinfer_io_role }}}} is {{{{ $value | humanizeDuration }}}}, target {ttft:g}s",
-                         "description": "Add replicas or check prefill load; the queue and KV usage panels say which."}},
-        {"alert": "EksinferGPUUnderutilized", "expr": f"eksinfer:gpu_utilization:avg{{{me}}} < {GPU_UTIL_MIN:g}", "for": "30m",
-         "labels": {"severity": "info"},
-         "annotations": {"summary": "GPU SM activity {{ $value | humanizePercentage }} is under 70% for 30 minutes",
-                         "description": "Fewer replicas or a smaller instance would serve this load for less."}},
-        {"alert": "EksinferQueueGrowing",
-         "expr": f"eksinfer:queue_depth{{{me}}} > {queue_alert_threshold(ctx)} and deriv(eksinfer:queue_depth{{{me}}}[10m]) > 0",
-         "for": "10m", "labels": {"severity": "warning"},
-         "annotations": {"summary": "{{ $value }} requests waiting and the queue keeps growing",
-                         "description": "Autoscaling is not keeping up: check NodePool limits and pending pods."}},
+        {
+            "alert": "EksinferTTFTAboveTarget",
+            "expr": f"eksinfer:ttft_seconds:p99{{{me}}} > {ttft:g}",
+            "for": "5m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": f"TTFT P99 of {{{{ $labels.eksinfer_io_role }}}} is "
+                f"{{{{ $value | humanizeDuration }}}}, target {ttft:g}s",
+                "description": "Add replicas or check prefill load; the queue and KV usage panels say which.",
+            },
+        },
+        {
+            "alert": "EksinferGPUUnderutilized",
+            "expr": f"eksinfer:gpu_utilization:avg{{{me}}} < {GPU_UTIL_MIN:g}",
+            "for": "30m",
+            "labels": {"severity": "info"},
+            "annotations": {
+                "summary": "GPU SM activity {{ $value | humanizePercentage }} is under 70% for 30 minutes",
+                "description": "Fewer replicas or a smaller instance would serve this load for less.",
+            },
+        },
+        {
+            "alert": "EksinferQueueGrowing",
+            "expr": f"eksinfer:queue_depth{{{me}}} > {queue_alert_threshold(ctx)} and "
+            f"deriv(eksinfer:queue_depth{{{me}}}[10m]) > 0",
+            "for": "10m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $value }} requests waiting and the queue keeps growing",
+                "description": "Autoscaling is not keeping up: check NodePool limits and pending pods.",
+            },
+        },
     ]
     if ctx.plan.traffic.shared_prefix_ratio > 0:
-        rules.insert(2, {
-            "alert": "EksinferKVCacheHitRateLow", "expr": f"eksinfer:kv_cache_hit_ratio{{{me}}} < {KV_HIT_MIN:g}", "for": "15m",
-            "labels": {"severity": "warning"},
-            "annotations": {"summary": "Prefix-cache hit rate {{ $value | humanizePercentage }} is under 60%",
-                            "description": "Prompts share prefixes but requests miss: check KV-aware routing and KV events."}})
+        rules.insert(
+            2,
+            {
+                "alert": "EksinferKVCacheHitRateLow",
+                "expr": f"eksinfer:kv_cache_hit_ratio{{{me}}} < {KV_HIT_MIN:g}",
+                "for": "15m",
+                "labels": {"severity": "warning"},
+                "annotations": {
+                    "summary": "Prefix-cache hit rate {{ $value | humanizePercentage }} is under 60%",
+                    "description": "Prompts share prefixes but requests miss: check KV-aware "
+                    "routing and KV events.",
+                },
+            },
+        )
     return rules
 
 
@@ -132,24 +182,36 @@ def prometheus_rule(ctx: Ctx) -> Obj:
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": ctx.meta(ctx.name, "monitoring", **_release(ctx)),
-        "spec": {"groups": [
-            {"name": f"{ctx.name}.recording", "interval": "30s", "rules": recording_rules(ctx)},
-            {"name": f"{ctx.name}.alerts", "rules": alert_rules(ctx)},
-        ]},
+        "metadata": ctx.meta(ctx.name, "monitoring", _release(ctx)),
+        "spec": {
+            "groups": [
+                {"name": f"{ctx.name}.recording", "interval": "30s", "rules": recording_rules(ctx)},
+                {"name": f"{ctx.name}.alerts", "rules": alert_rules(ctx)},
+            ]
+        },
     }
 
 
-def _panel(i: int, title: str, exprs: list[tuple[str, str]], unit: str, threshold: float | None = None) -> Obj:
+def _panel(
+    i: int, title: str, exprs: list[tuple[str, str]], unit: str, threshold: float | None = None
+) -> Obj:
     defaults: dict[str, Any] = {"unit": unit}
     if threshold is not None:
-        defaults["thresholds"] = {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": threshold}]}
+        defaults["thresholds"] = {
+            "mode": "absolute",
+            "steps": [{"color": "green", "value": None}, {"color": "red", "value": threshold}],
+        }
         defaults["custom"] = {"thresholdsStyle": {"mode": "line"}}
     return {
-        "id": i + 1, "type": "timeseries", "title": title, "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "id": i + 1,
+        "type": "timeseries",
+        "title": title,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
         "fieldConfig": {"defaults": defaults, "overrides": []},
-        "targets": [{"refId": chr(65 + j), "expr": e, "legendFormat": legend} for j, (e, legend) in enumerate(exprs)],
+        "targets": [
+            {"refId": chr(65 + j), "expr": e, "legendFormat": legend} for j, (e, legend) in enumerate(exprs)
+        ],
     }
 
 
@@ -159,10 +221,22 @@ def dashboard(ctx: Ctx) -> Obj:
     role = "{{eksinfer_io_role}}"
     panels = [
         ("TTFT P99", [(f"eksinfer:ttft_seconds:p99{{{me}}}", role)], "s", ttft_target_s(ctx)),
-        ("TPOT (inter-token latency)", [(f"eksinfer:tpot_seconds:p99{{{me}}}", f"P99 {role}"),
-                                        (f"eksinfer:tpot_seconds:mean{{{me}}}", f"mean {role}")], "s", ctx.plan.slo.tpot_s),
+        (
+            "TPOT (inter-token latency)",
+            [
+                (f"eksinfer:tpot_seconds:p99{{{me}}}", f"P99 {role}"),
+                (f"eksinfer:tpot_seconds:mean{{{me}}}", f"mean {role}"),
+            ],
+            "s",
+            ctx.plan.slo.tpot_s,
+        ),
         ("KV-cache hit rate", [(f"eksinfer:kv_cache_hit_ratio{{{me}}}", role)], "percentunit", KV_HIT_MIN),
-        ("GPU utilisation (SM active)", [(f"eksinfer:gpu_utilization:avg{{{me}}}", "avg")], "percentunit", GPU_UTIL_MIN),
+        (
+            "GPU utilisation (SM active)",
+            [(f"eksinfer:gpu_utilization:avg{{{me}}}", "avg")],
+            "percentunit",
+            GPU_UTIL_MIN,
+        ),
         ("Queue depth", [(f"eksinfer:queue_depth{{{me}}}", role)], "short", None),
         ("KV-cache usage per pod", [(f"vllm:kv_cache_usage_perc{sel}", "{{pod}}")], "percentunit", 0.9),
         ("Generation throughput", [(f"eksinfer:generation_tokens:rate5m{{{me}}}", role)], "short", None),
@@ -175,7 +249,11 @@ def dashboard(ctx: Ctx) -> Obj:
         "tags": ["eksinfer", "vllm"],
         "time": {"from": "now-3h", "to": "now"},
         "refresh": "30s",
-        "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"}]},
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"}
+            ]
+        },
         "panels": [_panel(i, *p) for i, p in enumerate(panels)],
     }
 
@@ -185,4 +263,9 @@ def dashboard_json(ctx: Ctx) -> str:
 
 
 def monitoring_objects(ctx: Ctx) -> list[Obj]:
-    return [engine_podmonitor(ctx), gateway_servicemonitor(ctx), dcgm_servicemonitor(ctx), prometheus_rule(ctx)]
+    return [
+        engine_podmonitor(ctx),
+        gateway_servicemonitor(ctx),
+        dcgm_servicemonitor(ctx),
+        prometheus_rule(ctx),
+    ]

@@ -10,46 +10,80 @@ def _prerequisites(ctx: Ctx) -> list[str]:
     multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
     steps: list[str] = []
     if ctx.mode == "karpenter":
-        steps.append("Karpenter >= 1.4 with its CRDs; subnets and security groups tagged "
-                     f"`karpenter.sh/discovery: {ctx.opts.cluster_name}`; node role `KarpenterNodeRole-{ctx.opts.cluster_name}`.")
+        steps.append(
+            "Karpenter >= 1.4 with its CRDs; subnets and security groups tagged "
+            f"`karpenter.sh/discovery: {ctx.opts.cluster_name}`; node role "
+            f"`KarpenterNodeRole-{ctx.opts.cluster_name}`."
+        )
         if multi:
-            steps.append("AWS EFA device plugin (`helm install aws-efa-k8s-device-plugin eks/aws-efa-k8s-device-plugin "
-                         "--set tolerations[0].operator=Exists`).")
+            steps.append(
+                "AWS EFA device plugin (`helm install aws-efa-k8s-device-plugin "
+                "eks/aws-efa-k8s-device-plugin "
+                "--set tolerations[0].operator=Exists`)."
+            )
     elif ctx.mode == "auto-mode":
-        steps.append("An EKS Auto Mode cluster (NVIDIA driver, device plugin and EFA plugin are built in). A custom "
-                     "NodeClass needs an access entry of type EC2 with AmazonEKSAutoNodePolicy for its role.")
+        steps.append(
+            "An EKS Auto Mode cluster (NVIDIA driver, device plugin and EFA plugin are built in). A custom "
+            "NodeClass needs an access entry of type EC2 with AmazonEKSAutoNodePolicy for its role."
+        )
     else:
         steps.append("Create the GPU node group: `eksctl create nodegroup -f cluster/eksctl-nodegroup.yaml`.")
-        steps.append("Cluster Autoscaler: `helm install cluster-autoscaler autoscaler/cluster-autoscaler -n kube-system "
-                     "-f helm/cluster-autoscaler-values.yaml`.")
-    steps.append("NVIDIA GPU Operator: `helm install gpu-operator nvidia/gpu-operator -n gpu-operator --create-namespace "
-                 "-f helm/gpu-operator-values.yaml`.")
+        steps.append(
+            "Cluster Autoscaler: `helm install cluster-autoscaler autoscaler/cluster-autoscaler -n "
+            "kube-system "
+            "-f helm/cluster-autoscaler-values.yaml`."
+        )
+    steps.append(
+        "NVIDIA GPU Operator: `helm install gpu-operator nvidia/gpu-operator -n gpu-operator "
+        "--create-namespace "
+        "-f helm/gpu-operator-values.yaml`."
+    )
     if p.nodes.needs_dra:
-        steps.append("NVIDIA DRA driver: `helm install nvidia-dra-driver-gpu nvidia/nvidia-dra-driver-gpu -n nvidia-dra-driver-gpu "
-                     "--create-namespace -f helm/nvidia-dra-driver-gpu-values.yaml` (Kubernetes >= 1.34).")
+        steps.append(
+            "NVIDIA DRA driver: `helm install nvidia-dra-driver-gpu nvidia/nvidia-dra-driver-gpu "
+            "-n nvidia-dra-driver-gpu "
+            "--create-namespace -f helm/nvidia-dra-driver-gpu-values.yaml` (Kubernetes >= 1.34)."
+        )
     if multi:
-        steps.append("LeaderWorkerSet >= 0.10 (`helm install lws oci://registry.k8s.io/lws/charts/lws -n lws-system --create-namespace`).")
-    steps.append("KEDA >= 2.16 and kube-prometheus-stack (release name "
-                 f"`{ctx.opts.prometheus_release}`, Grafana sidecar watching all namespaces).")
+        steps.append(
+            "LeaderWorkerSet >= 0.10 (`helm install lws oci://registry.k8s.io/lws/charts/lws -n "
+            "lws-system --create-namespace`)."
+        )
+    steps.append(
+        "KEDA >= 2.16 and kube-prometheus-stack (release name "
+        f"`{ctx.opts.prometheus_release}`, Grafana sidecar watching all namespaces)."
+    )
     if ctx.opts.inference_pool:
         steps.append("Gateway API Inference Extension CRDs (InferencePool v1).")
     if ctx.opts.model_s3_uri:
-        steps.append(f"An EKS Pod Identity association for service account `{ctx.name}-engine` that can read "
-                     f"`{ctx.opts.model_s3_uri}`.")
+        steps.append(
+            f"An EKS Pod Identity association for service account `{ctx.name}-engine` that can read "
+            f"`{ctx.opts.model_s3_uri}`."
+        )
     else:
-        steps.append(f"A ReadWriteMany StorageClass `{ctx.opts.model_cache_storage_class}` (EFS or FSx for Lustre CSI) "
-                     "for the shared model cache.")
+        steps.append(
+            f"A ReadWriteMany StorageClass `{ctx.opts.model_cache_storage_class}` (EFS or FSx for "
+            "Lustre CSI) "
+            "for the shared model cache."
+        )
     if p.on_prem and p.on_prem.replicas:
-        steps.append("EKS Hybrid Nodes with GPUs, the NVIDIA driver and container toolkit installed on the hosts, "
-                     "and a CNI for them (Cilium or Calico).")
-    steps.append(f"Optional: a Secret `{ctx.opts.hf_token_secret}` (key `token`) for gated Hugging Face models.")
+        steps.append(
+            "EKS Hybrid Nodes with GPUs, the NVIDIA driver and container toolkit installed on the hosts, "
+            "and a CNI for them (Cilium or Calico)."
+        )
+    steps.append(
+        f"Optional: a Secret `{ctx.opts.hf_token_secret}` (key `token`) for gated Hugging Face models."
+    )
     return steps
 
 
 def tree_readme(ctx: Ctx, objects: list[str], files: list[str]) -> str:
     p = ctx.plan
-    roles = ", ".join(f"{r.name} x{r.replicas} (TP {r.engine.tensor_parallel_size}, PP {r.engine.pipeline_parallel_size}, "
-                      f"{r.engine.nodes_per_replica} node(s) each)" for r in p.roles)
+    roles = ", ".join(
+        f"{r.name} x{r.replicas} (TP {r.engine.tensor_parallel_size}, PP {r.engine.pipeline_parallel_size}, "
+        f"{r.engine.nodes_per_replica} node(s) each)"
+        for r in p.roles
+    )
     lines = [
         f"# {p.name}: {p.model.hf_id} on {p.instance.type} ({p.nodes.provisioning})",
         "",

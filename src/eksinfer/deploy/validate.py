@@ -1,13 +1,13 @@
 """Offline validation of rendered (or any) Kubernetes objects, as an API server would judge them.
 
-    core kinds      `kubernetes-validate`'s bundled JSON schemas for the target Kubernetes version, strict
-                    (unknown fields are errors)
-    custom kinds    the vendored CRD schemas (schemas/crds), made strict the same way: an object schema with
-                    `properties` and neither `additionalProperties` nor `x-kubernetes-preserve-unknown-fields`
-                    gets `additionalProperties: false`, so a misspelt field fails instead of being pruned
-    CEL rules       the ones that matter, re-implemented in `eksinfer.deploy.cel`
-    metadata        name is a DNS-1123 subdomain (label for Services), label keys and values are well formed
-    eksctl config   `eksctl.io/v1alpha5 ClusterConfig` (not an API object): the fields render relies on
+core kinds      `kubernetes-validate`'s bundled JSON schemas for the target Kubernetes version, strict
+                (unknown fields are errors)
+custom kinds    the vendored CRD schemas (schemas/crds), made strict the same way: an object schema with
+                `properties` and neither `additionalProperties` nor `x-kubernetes-preserve-unknown-fields`
+                gets `additionalProperties: false`, so a misspelt field fails instead of being pruned
+CEL rules       the ones that matter, re-implemented in `eksinfer.deploy.cel`
+metadata        name is a DNS-1123 subdomain (label for Services), label keys and values are well formed
+eksctl config   `eksctl.io/v1alpha5 ClusterConfig` (not an API object): the fields render relies on
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.object}: {self.field}: {self.message}" if self.field else f"{self.object}: {self.message}"
+        return (
+            f"{self.object}: {self.field}: {self.message}" if self.field else f"{self.object}: {self.message}"
+        )
 
 
 def object_id(obj: Mapping[str, Any]) -> str:

@@ -46,7 +46,9 @@ def value(args: Sequence[str], flag: str) -> str | None:
 
 def container_argv(container: Mapping[str, Any]) -> list[str]:
     """command + args as tokens; a `sh -c SCRIPT` is split into the script's words."""
-    argv = [str(a) for a in (container.get("command") or [])] + [str(a) for a in (container.get("args") or [])]
+    argv = [str(a) for a in (container.get("command") or [])] + [
+        str(a) for a in (container.get("args") or [])
+    ]
     if argv and argv[0] in SHELLS and "-c" in argv:
         script = " ".join(argv[argv.index("-c") + 1 :])
         try:

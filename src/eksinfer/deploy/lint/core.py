@@ -38,10 +38,15 @@ class Rule:
 RULES: dict[str, Rule] = {}
 
 
-def rule(rule_id: str, severity: Severity, title: str) -> Callable[
-    [Callable[[Tree], Iterable[tuple[Doc, str, str, str]]]], Callable[[Tree], Iterable[tuple[Doc, str, str, str]]]
+def rule(
+    rule_id: str, severity: Severity, title: str
+) -> Callable[
+    [Callable[[Tree], Iterable[tuple[Doc, str, str, str]]]],
+    Callable[[Tree], Iterable[tuple[Doc, str, str, str]]],
 ]:
-    def register(fn: Callable[[Tree], Iterable[tuple[Doc, str, str, str]]]) -> Callable[[Tree], Iterable[tuple[Doc, str, str, str]]]:
+    def register(
+        fn: Callable[[Tree], Iterable[tuple[Doc, str, str, str]]],
+    ) -> Callable[[Tree], Iterable[tuple[Doc, str, str, str]]]:
         if rule_id in RULES:
             raise AssertionError(f"duplicate lint rule {rule_id}")
         RULES[rule_id] = Rule(rule_id, severity, title, fn)

@@ -94,7 +94,11 @@ def _load_file(path: Path, root: Path) -> list[Doc]:
 def load(path: Path) -> list[Doc]:
     if not path.exists():
         raise UsageError(f"{path} does not exist", field="DIR")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+    )
     root = path if path.is_dir() else path.parent
     return [doc for f in files for doc in _load_file(f, root)]
 
@@ -104,10 +108,23 @@ def _lws_units(doc: Doc, spec: Mapping[str, Any], at: str) -> list[PodUnit]:
     size, policy = int(lwt.get("size", 1)), lwt.get("restartPolicy")
     out = []
     if "leaderTemplate" in lwt:
-        out.append(PodUnit(doc, f"{at}.leaderWorkerTemplate.leaderTemplate", lwt["leaderTemplate"], size, "leader", policy))
+        out.append(
+            PodUnit(
+                doc,
+                f"{at}.leaderWorkerTemplate.leaderTemplate",
+                lwt["leaderTemplate"],
+                size,
+                "leader",
+                policy,
+            )
+        )
     if "workerTemplate" in lwt:
         role = "worker" if "leaderTemplate" in lwt else "leader"
-        out.append(PodUnit(doc, f"{at}.leaderWorkerTemplate.workerTemplate", lwt["workerTemplate"], size, role, policy))
+        out.append(
+            PodUnit(
+                doc, f"{at}.leaderWorkerTemplate.workerTemplate", lwt["workerTemplate"], size, role, policy
+            )
+        )
     return out
 
 
@@ -117,13 +134,23 @@ def pod_units(doc: Doc) -> list[PodUnit]:
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job") and "template" in spec:
         return [PodUnit(doc, "spec.template", spec["template"])]
     if kind == "CronJob":
-        return [PodUnit(doc, "spec.jobTemplate.spec.template", ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {})]
+        return [
+            PodUnit(
+                doc,
+                "spec.jobTemplate.spec.template",
+                ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {},
+            )
+        ]
     if kind == "Pod":
         return [PodUnit(doc, "", {"metadata": doc.obj.get("metadata") or {}, "spec": spec})]
     if kind == "LeaderWorkerSet":
         return _lws_units(doc, spec, "spec")
     if kind == "DisaggregatedSet":
-        return [u for i, r in enumerate(spec.get("roles") or []) for u in _lws_units(doc, r.get("spec") or {}, f"spec.roles[{i}].spec")]
+        return [
+            u
+            for i, r in enumerate(spec.get("roles") or [])
+            for u in _lws_units(doc, r.get("spec") or {}, f"spec.roles[{i}].spec")
+        ]
     return []
 
 
@@ -166,18 +193,22 @@ class Tree:
 
     @cached_property
     def karpenter(self) -> bool:
-        return any(self.nodeclass_group(p) == "karpenter.k8s.aws" for p in self.nodepools) or bool(self.of_kind("EC2NodeClass"))
+        return any(self.nodeclass_group(p) == "karpenter.k8s.aws" for p in self.nodepools) or bool(
+            self.of_kind("EC2NodeClass")
+        )
 
     @cached_property
     def gpu_tainted_pools(self) -> bool:
-        text = json.dumps([d.obj for d in self.nodepools] + [d.obj for d in self.docs if d.kind == "ClusterConfig"])
+        text = json.dumps(
+            [d.obj for d in self.nodepools] + [d.obj for d in self.docs if d.kind == "ClusterConfig"]
+        )
         return f'"key": "{GPU}"' in text
 
     @cached_property
     def kv_router(self) -> str | None:
         """'eksinfer' (precise KV-aware gateway), 'gaie' (InferencePool / prefix scorer), or None."""
         for d in self.of_kind("ConfigMap"):
-            for value in ((d.obj.get("data") or {}).values()):
+            for value in (d.obj.get("data") or {}).values():
                 if "prefix-cache-scorer" in str(value):
                     return "gaie"
                 try:

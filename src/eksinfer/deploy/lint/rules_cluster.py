@@ -23,11 +23,21 @@ def _pinned_off_auto(spec: dict[str, Any]) -> bool:
     """True when a pod spec can only land on non-Auto-Mode nodes (hybrid or an explicit NotIn auto)."""
     if (spec.get("nodeSelector") or {}).get("eks.amazonaws.com/compute-type") not in (None, "auto"):
         return True
-    terms = ((((spec.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or {})
-             .get("nodeSelectorTerms") or [])
-    exprs = [e for t in terms for e in t.get("matchExpressions") or [] if e.get("key") == "eks.amazonaws.com/compute-type"]
+    terms = (
+        ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        )
+        or {}
+    ).get("nodeSelectorTerms") or []
+    exprs = [
+        e
+        for t in terms
+        for e in t.get("matchExpressions") or []
+        if e.get("key") == "eks.amazonaws.com/compute-type"
+    ]
     return bool(exprs) and all(
-        (e.get("operator") == "NotIn" and "auto" in e.get("values", [])) or (e.get("operator") == "In" and "auto" not in e.get("values", []))
+        (e.get("operator") == "NotIn" and "auto" in e.get("values", []))
+        or (e.get("operator") == "In" and "auto" not in e.get("values", []))
         for e in exprs
     )
 
@@ -36,21 +46,36 @@ def _pinned_off_auto(spec: dict[str, Any]) -> bool:
 def device_plugin_on_auto_mode(tree: Tree) -> Iterator[Hit]:
     if not tree.auto_mode:
         return
-    why = ("Auto Mode nodes run their own NVIDIA device plugin; a second one fights over the kubelet socket and "
-           "the node reports nvidia.com/gpu allocatable 0, so GPU pods never schedule")
+    why = (
+        "Auto Mode nodes run their own NVIDIA device plugin; a second one fights over the kubelet socket and "
+        "the node reports nvidia.com/gpu allocatable 0, so GPU pods never schedule"
+    )
     for doc in tree.docs:
         if not doc.is_api_object and _is_operator_values(doc.obj):
             if (doc.obj.get("devicePlugin") or {}).get("enabled", True) is not False:
-                yield doc, "devicePlugin.enabled", why, "set devicePlugin.enabled: false in the GPU Operator values"
-        elif doc.kind == "ClusterPolicy" and ((doc.obj.get("spec") or {}).get("devicePlugin") or {}).get("enabled", True) is not False:
+                yield (
+                    doc,
+                    "devicePlugin.enabled",
+                    why,
+                    "set devicePlugin.enabled: false in the GPU Operator values",
+                )
+        elif (
+            doc.kind == "ClusterPolicy"
+            and ((doc.obj.get("spec") or {}).get("devicePlugin") or {}).get("enabled", True) is not False
+        ):
             yield doc, "spec.devicePlugin.enabled", why, "set spec.devicePlugin.enabled: false"
     for unit in tree.units:
         if unit.doc.kind != "DaemonSet" or _pinned_off_auto(unit.spec):
             continue
         for i, c in unit.containers():
             if "device-plugin" in str(c.get("image", "")) and "nvidia" in str(c.get("image", "")):
-                yield (unit.doc, at(unit, f"spec.containers[{i}].image"), why,
-                       "delete it, or pin it to hybrid nodes with nodeSelector eks.amazonaws.com/compute-type: hybrid")
+                yield (
+                    unit.doc,
+                    at(unit, f"spec.containers[{i}].image"),
+                    why,
+                    "delete it, or pin it to hybrid nodes with nodeSelector "
+                    "eks.amazonaws.com/compute-type: hybrid",
+                )
 
 
 @rule("dra-on-karpenter", "error", "Dynamic Resource Allocation on Karpenter or Auto Mode")
@@ -59,13 +84,19 @@ def dra_on_karpenter(tree: Tree) -> Iterator[Hit]:
         if not unit.spec.get("resourceClaims"):
             continue
         selector = unit.spec.get("nodeSelector") or {}
-        targets_karpenter = "karpenter.sh/nodepool" in selector or selector.get("eks.amazonaws.com/compute-type") == "auto"
+        targets_karpenter = (
+            "karpenter.sh/nodepool" in selector or selector.get("eks.amazonaws.com/compute-type") == "auto"
+        )
         if targets_karpenter or tree.auto_mode or tree.karpenter:
-            yield (unit.doc, at(unit, "spec.resourceClaims"),
-                   "Karpenter (and so Auto Mode) cannot simulate DRA claims: it never launches a node for the pod, "
-                   "which stays Pending",
-                   "run DRA workloads on a managed node group scaled by Cluster Autoscaler "
-                   "(--enable-dynamic-resource-allocation), or request nvidia.com/gpu instead")
+            yield (
+                unit.doc,
+                at(unit, "spec.resourceClaims"),
+                "Karpenter (and so Auto Mode) cannot simulate DRA claims: it never launches a node "
+                "for the pod, "
+                "which stays Pending",
+                "run DRA workloads on a managed node group scaled by Cluster Autoscaler "
+                "(--enable-dynamic-resource-allocation), or request nvidia.com/gpu instead",
+            )
 
 
 def _behavior(spec: dict[str, Any]) -> dict[str, Any]:
@@ -78,20 +109,29 @@ def keda_faster_than_nodes(tree: Tree) -> Iterator[Hit]:
     for doc in tree.of_kind("ScaledObject", "keda.sh"):
         spec = doc.obj.get("spec") or {}
         ref = spec.get("scaleTargetRef") or {}
-        unit = gpu_targets.get((ref.get("kind", "Deployment"), ref.get("name")))
+        unit = gpu_targets.get((str(ref.get("kind", "Deployment")), str(ref.get("name"))))
         if unit is None:
             continue
         startup = int(float(unit.annotations.get("eksinfer.io/node-startup-s", DEFAULT_NODE_STARTUP_S)))
         window = int((_behavior(spec).get("scaleDown") or {}).get("stabilizationWindowSeconds", 300))
         if window < startup:
-            yield (doc, "spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown.stabilizationWindowSeconds",
-                   f"replicas are removed after {window} s of low load but a GPU node and model take ~{startup} s to "
-                   "come back: a dip followed by a burst leaves users waiting a full cold start",
-                   f"set scaleDown.stabilizationWindowSeconds >= {startup} (eksinfer render uses 2x node start-up)")
+            yield (
+                doc,
+                "spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleDown.stabilizationWindowSeconds",
+                f"replicas are removed after {window} s of low load but a GPU node and model take "
+                f"~{startup} s to "
+                "come back: a dip followed by a burst leaves users waiting a full cold start",
+                f"set scaleDown.stabilizationWindowSeconds >= {startup} (eksinfer render uses 2x "
+                "node start-up)",
+            )
         if int(spec.get("minReplicaCount", 0)) == 0 and int(spec.get("cooldownPeriod", 300)) < startup:
-            yield (doc, "spec.cooldownPeriod",
-                   f"scale to zero after {spec.get('cooldownPeriod', 300)} s idle, but a cold start takes ~{startup} s",
-                   f"set cooldownPeriod >= {startup} or minReplicaCount: 1")
+            yield (
+                doc,
+                "spec.cooldownPeriod",
+                f"scale to zero after {spec.get('cooldownPeriod', 300)} s idle, but a cold start "
+                f"takes ~{startup} s",
+                f"set cooldownPeriod >= {startup} or minReplicaCount: 1",
+            )
 
 
 def _engines(tree: Tree) -> Iterator[tuple[Any, int, list[str]]]:
@@ -108,10 +148,14 @@ def prefix_caching_off(tree: Tree) -> Iterator[Hit]:
     for unit, i, argv in _engines(tree):
         value = vllm_flags.value(argv, "enable-prefix-caching")
         if vllm_flags.has(argv, "no-enable-prefix-caching") or (value or "").lower() in ("false", "0"):
-            yield (unit.doc, at(unit, f"spec.containers[{i}].args"),
-                   "the router sends requests to the replica holding their prefix, but the engine recomputes every "
-                   "prompt: you pay for routing and get no cache hits",
-                   "remove --no-enable-prefix-caching (prefix caching is on by default in vLLM V1)")
+            yield (
+                unit.doc,
+                at(unit, f"spec.containers[{i}].args"),
+                "the router sends requests to the replica holding their prefix, but the engine "
+                "recomputes every "
+                "prompt: you pay for routing and get no cache hits",
+                "remove --no-enable-prefix-caching (prefix caching is on by default in vLLM V1)",
+            )
 
 
 @rule("kv-events-missing", "warning", "KV-aware gateway but the engine publishes no KV events")
@@ -120,10 +164,14 @@ def kv_events_missing(tree: Tree) -> Iterator[Hit]:
         return
     for unit, i, argv in _engines(tree):
         if not vllm_flags.has(argv, "kv-events-config"):
-            yield (unit.doc, at(unit, f"spec.containers[{i}].args"),
-                   "without KV events the gateway can only guess which replica holds a prefix (approximate index), "
-                   "and misses evictions",
-                   "add --kv-events-config '{\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:5557\"}'")
+            yield (
+                unit.doc,
+                at(unit, f"spec.containers[{i}].args"),
+                "without KV events the gateway can only guess which replica holds a prefix "
+                "(approximate index), "
+                "and misses evictions",
+                'add --kv-events-config \'{"enable_kv_cache_events":true,"publisher":"zmq","endpoint":"tcp://*:5557"}\'',
+            )
 
 
 @rule("kv-hash-not-reproducible", "warning", "engines hash KV blocks differently")
@@ -133,17 +181,26 @@ def kv_hash_not_reproducible(tree: Tree) -> Iterator[Hit]:
     seeds = set()
     for unit, i, argv in _engines(tree):
         c = (unit.spec.get("containers") or [])[i]
-        seeds.add(next((str(e.get("value")) for e in c.get("env") or [] if e.get("name") == "PYTHONHASHSEED"), None))
+        seeds.add(
+            next((str(e.get("value")) for e in c.get("env") or [] if e.get("name") == "PYTHONHASHSEED"), None)
+        )
         if vllm_flags.value(argv, "prefix-caching-hash-algo") not in ("sha256_cbor", "xxhash_cbor"):
-            yield (unit.doc, at(unit, f"spec.containers[{i}].args"),
-                   "the default sha256 pickles Python objects, so block hashes differ across Python/vLLM builds; "
-                   "routers and KV connectors that compare engine hashes stop matching",
-                   "add --prefix-caching-hash-algo sha256_cbor")
+            yield (
+                unit.doc,
+                at(unit, f"spec.containers[{i}].args"),
+                "the default sha256 pickles Python objects, so block hashes differ across "
+                "Python/vLLM builds; "
+                "routers and KV connectors that compare engine hashes stop matching",
+                "add --prefix-caching-hash-algo sha256_cbor",
+            )
         if None in seeds or len(seeds) > 1:
-            yield (unit.doc, at(unit, f"spec.containers[{i}].env"),
-                   "the first block's parent hash is derived from PYTHONHASHSEED; unset (random per process) or "
-                   "different seeds give every replica different hashes for the same prefix",
-                   "set PYTHONHASHSEED to the same value (e.g. \"0\") on every engine and the gateway")
+            yield (
+                unit.doc,
+                at(unit, f"spec.containers[{i}].env"),
+                "the first block's parent hash is derived from PYTHONHASHSEED; unset (random per process) or "
+                "different seeds give every replica different hashes for the same prefix",
+                'set PYTHONHASHSEED to the same value (e.g. "0") on every engine and the gateway',
+            )
             seeds.discard(None)
 
 
@@ -152,41 +209,70 @@ def _gpu_pool(pool: Doc) -> bool:
     return GPU in text or "instance-gpu" in text
 
 
-@rule("gpu-nodepool-consolidates-busy-nodes", "warning", "GPU NodePool may consolidate nodes that serve traffic")
+@rule(
+    "gpu-nodepool-consolidates-busy-nodes", "warning", "GPU NodePool may consolidate nodes that serve traffic"
+)
 def consolidates_busy(tree: Tree) -> Iterator[Hit]:
     for pool in tree.nodepools:
         disruption = (pool.obj.get("spec") or {}).get("disruption") or {}
-        if not _gpu_pool(pool) or disruption.get("consolidationPolicy", "WhenEmptyOrUnderutilized") == "WhenEmpty":
+        if (
+            not _gpu_pool(pool)
+            or disruption.get("consolidationPolicy", "WhenEmptyOrUnderutilized") == "WhenEmpty"
+        ):
             continue
-        blocked = any(str(b.get("nodes")) in ("0", "0%") and (not b.get("reasons") or "Underutilized" in b["reasons"])
-                      for b in disruption.get("budgets") or [])
+        blocked = any(
+            str(b.get("nodes")) in ("0", "0%") and (not b.get("reasons") or "Underutilized" in b["reasons"])
+            for b in disruption.get("budgets") or []
+        )
         if not blocked:
-            yield (pool, "spec.disruption.consolidationPolicy",
-                   "Underutilized consolidation evicts running engines to pack GPUs: each move is a multi-minute "
-                   "model reload and dropped requests",
-                   "use consolidationPolicy: WhenEmpty, or a budget {nodes: \"0\", reasons: [Underutilized]}")
+            yield (
+                pool,
+                "spec.disruption.consolidationPolicy",
+                "Underutilized consolidation evicts running engines to pack GPUs: each move is a "
+                "multi-minute "
+                "model reload and dropped requests",
+                'use consolidationPolicy: WhenEmpty, or a budget {nodes: "0", reasons: [Underutilized]}',
+            )
 
 
 @rule("wrong-label-prefix", "error", "instance labels of the other provisioning mode")
 def wrong_label_prefix(tree: Tree) -> Iterator[Hit]:
     for pool in tree.nodepools:
         group = tree.nodeclass_group(pool)
-        reqs = ((((pool.obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get("requirements") or [])
-        wrong = f"{AUTO}/instance-" if group == KARPENTER_AWS else f"{KARPENTER_AWS}/" if group == AUTO else None
+        reqs = (((pool.obj.get("spec") or {}).get("template") or {}).get("spec") or {}).get(
+            "requirements"
+        ) or []
+        wrong = (
+            f"{AUTO}/instance-" if group == KARPENTER_AWS else f"{KARPENTER_AWS}/" if group == AUTO else None
+        )
         for j, req in enumerate(reqs):
             if wrong and str(req.get("key", "")).startswith(wrong):
-                yield (pool, f"spec.template.spec.requirements[{j}].key",
-                       f"{req['key']} is the other mode's label: this NodePool's class ({group}) never sets it, so no "
-                       "instance type matches and nothing launches",
-                       f"use the {'eks.amazonaws.com' if group == AUTO else 'karpenter.k8s.aws'}/ prefix")
-    only = "auto" if tree.auto_mode and not tree.karpenter else "karpenter" if tree.karpenter and not tree.auto_mode else None
+                yield (
+                    pool,
+                    f"spec.template.spec.requirements[{j}].key",
+                    f"{req['key']} is the other mode's label: this NodePool's class ({group}) never "
+                    "sets it, so no "
+                    "instance type matches and nothing launches",
+                    f"use the {'eks.amazonaws.com' if group == AUTO else 'karpenter.k8s.aws'}/ prefix",
+                )
+    only = (
+        "auto"
+        if tree.auto_mode and not tree.karpenter
+        else "karpenter"
+        if tree.karpenter and not tree.auto_mode
+        else None
+    )
     bad = {"auto": f"{KARPENTER_AWS}/", "karpenter": f"{AUTO}/instance-"}.get(only or "")
     for unit in tree.units:
         for key in unit.spec.get("nodeSelector") or {}:
             if bad and key.startswith(bad):
-                yield (unit.doc, at(unit, f"spec.nodeSelector[{key}]"),
-                       f"the cluster's NodePools are {only} pools, whose nodes never carry {key}; the pod stays Pending",
-                       f"select on {'eks.amazonaws.com' if only == 'auto' else 'karpenter.k8s.aws'}/... instead")
+                yield (
+                    unit.doc,
+                    at(unit, f"spec.nodeSelector[{key}]"),
+                    f"the cluster's NodePools are {only} pools, whose nodes never carry {key}; the "
+                    "pod stays Pending",
+                    f"select on {'eks.amazonaws.com' if only == 'auto' else 'karpenter.k8s.aws'}/... instead",
+                )
 
 
 @rule("crd-rule-violation", "error", "the API server's CEL validation would reject this object")
@@ -194,22 +280,39 @@ def crd_rule_violation(tree: Tree) -> Iterator[Hit]:
     for doc in tree.docs:
         if doc.is_api_object:
             for field, message in cel.check(doc.obj):
-                yield doc, field, f"{message} (x-kubernetes-validations in the pinned CRD)", "fix the field as the message says"
+                yield (
+                    doc,
+                    field,
+                    f"{message} (x-kubernetes-validations in the pinned CRD)",
+                    "fix the field as the message says",
+                )
 
 
 @rule("mig-on-auto-mode", "error", "MIG requested on EKS Auto Mode")
 def mig_on_auto_mode(tree: Tree) -> Iterator[Hit]:
     for pool in tree.nodepools:
-        labels = (((pool.obj.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+        labels = (((pool.obj.get("spec") or {}).get("template") or {}).get("metadata") or {}).get(
+            "labels"
+        ) or {}
         if tree.nodeclass_group(pool) == AUTO and "nvidia.com/mig.config" in labels:
-            yield (pool, "spec.template.metadata.labels[nvidia.com/mig.config]",
-                   "Auto Mode nodes have a read-only GPU configuration: MIG partitions are never created and the pods "
-                   "that request slices stay Pending",
-                   "use Karpenter or a managed node group with the GPU Operator's MIG manager")
+            yield (
+                pool,
+                "spec.template.metadata.labels[nvidia.com/mig.config]",
+                "Auto Mode nodes have a read-only GPU configuration: MIG partitions are never "
+                "created and the pods "
+                "that request slices stay Pending",
+                "use Karpenter or a managed node group with the GPU Operator's MIG manager",
+            )
     if tree.auto_mode and not tree.karpenter:
         for unit in tree.units:
             for i, c in unit.containers():
-                if any(str(k).startswith("nvidia.com/mig-") for k in ((c.get("resources") or {}).get("limits") or {})):
-                    yield (unit.doc, at(unit, f"spec.containers[{i}].resources.limits"),
-                           "Auto Mode does not support MIG, so no node advertises nvidia.com/mig-* resources",
-                           "request whole GPUs, or move the pool to Karpenter / a managed node group")
+                if any(
+                    str(k).startswith("nvidia.com/mig-")
+                    for k in ((c.get("resources") or {}).get("limits") or {})
+                ):
+                    yield (
+                        unit.doc,
+                        at(unit, f"spec.containers[{i}].resources.limits"),
+                        "Auto Mode does not support MIG, so no node advertises nvidia.com/mig-* resources",
+                        "request whole GPUs, or move the pool to Karpenter / a managed node group",
+                    )

@@ -150,6 +150,36 @@ async def _run(args: argparse.Namespace) -> None:
             proc.kill()
 
 
+async def _fidelity(requests: int = 32, concurrency: int = 8) -> None:
+    """At --time-scale 1 the wall time a busy engine takes should equal the modelled step times it ran."""
+    from eksinfer.sim.cluster import start_cluster
+    from eksinfer.sim.config import SimOptions
+
+    cluster = await start_cluster(SimOptions(port=0, time_scale=1.0, natural_output_tokens=0), 1)
+    try:
+        engine = cluster.engines[0]
+        body = {"prompt": list(range(1000, 1512)), "max_tokens": 64, "ignore_eos": True}
+        pending = iter(range(requests))
+        url = cluster.urls[0] + "/v1/completions"
+
+        async def worker(session: aiohttp.ClientSession) -> None:
+            for _ in pending:
+                async with session.post(url, json=body) as r:
+                    await r.read()
+
+        started = time.monotonic()
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        wall = time.monotonic() - started
+        print(
+            f"time-scale 1 fidelity ({requests} x 512-token prompts, 64 tokens out, {concurrency} in flight, "
+            f"llama-3.1-8b on H100): {engine.num_steps} steps, modelled {engine.simulated_s:.3f} s, "
+            f"wall {wall:.3f} s, wall / modelled = {wall / engine.simulated_s:.3f}"
+        )
+    finally:
+        await cluster.stop()
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="bench_sim", description=__doc__.splitlines()[0] if __doc__ else None
@@ -162,8 +192,10 @@ def main(argv: list[str]) -> None:
         import uvloop
 
         uvloop.run(_run(args))
+        uvloop.run(_fidelity())
     except ImportError:  # pragma: no cover
         asyncio.run(_run(args))
+        asyncio.run(_fidelity())
 
 
 if __name__ == "__main__":

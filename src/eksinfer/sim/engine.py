@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VLLM_VERSION = "0.32.0"
-_FLAT_OUT_SLICE_S = 0.002  # at time scale 0, longest run of steps between two yields to the loop
+_FLAT_OUT_SLICE_S = 0.005  # at time scale 0, longest run of steps between two yields to the loop
 
 
 class Engine:

@@ -124,7 +124,7 @@ def _common(
             400,
             f"This model's maximum context length is {limit} tokens. However, your request has "
             f"{len(prompt_ids)} input tokens. Please reduce the length of the input messages.",
-            param="input_tokens",
+            param=None,
         )
     room = limit - len(prompt_ids)
     wanted = requested if requested is not None else default_max

@@ -37,6 +37,16 @@ def _error(err: p.ApiError) -> web.Response:
     return web.Response(body=err.body(), status=err.status, content_type=_JSON)
 
 
+_MARK = "\x00eksinfer-text\x00"
+
+
+def _chunk_template(rid: str, created: int, model: str, *, chat: bool) -> tuple[bytes, bytes]:
+    """The SSE bytes of a mid-stream token chunk before and after its JSON text (one encode per request)."""
+    chunk = (p.chat_chunk if chat else p.completion_chunk)(rid, created, model, _MARK, None)
+    head, tail = p.dumps(chunk).split(p.dumps(_MARK))
+    return b"data: " + head, tail + b"\n\n"
+
+
 class SimServer:
     """Routes for one engine. `on_crash` is called once when the crash fault fires."""
 
@@ -232,6 +242,7 @@ class SimServer:
         req = self._submit(params, lambda r: wake.set())
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         model, tok, eos = params.model, self.engine.tokenizer, self.engine.tokenizer.eos_token_id
+        head, tail = _chunk_template(rid, created, model, chat=chat)
         sent = 0
         try:
             await response.prepare(request)
@@ -250,11 +261,14 @@ class SimServer:
                 if chat and sent == 0 and out:
                     parts.append(b"data: " + p.dumps(p.chat_role_chunk(rid, created, model)) + b"\n\n")
                 for i in range(sent, len(out)):
-                    last = finished and i == len(out) - 1
                     text = "" if out[i] == eos else tok.decode([out[i]])
-                    reason = req.finish_reason if last else None
-                    chunk = (p.chat_chunk if chat else p.completion_chunk)(rid, created, model, text, reason)
-                    parts.append(b"data: " + p.dumps(chunk) + b"\n\n")
+                    if finished and i == len(out) - 1:
+                        chunk = (p.chat_chunk if chat else p.completion_chunk)(
+                            rid, created, model, text, req.finish_reason
+                        )
+                        parts.append(b"data: " + p.dumps(chunk) + b"\n\n")
+                    else:
+                        parts.append(head + p.dumps(text) + tail)
                 sent = len(out)
                 if finished:
                     if params.include_usage:

@@ -25,6 +25,7 @@ Chat prompts are encoded without adding special tokens, as vLLM does: the templa
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -87,6 +88,7 @@ def _piece_id(piece: str) -> int:
     return _WORD_BASE + (space * 2 + upper) * _PER_CLASS + _LEN_OFFSET[len(word) - 1] + value
 
 
+@functools.cache
 def _piece_text(token_id: int) -> str:
     index = token_id - _WORD_BASE
     cls, rest = divmod(index, _PER_CLASS)

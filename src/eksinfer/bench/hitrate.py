@@ -1,0 +1,84 @@
+"""KV-cache hit rate, measured two ways (anchors C.5):
+
+server side   Δ vllm:prefix_cache_hits_total / Δ vllm:prefix_cache_queries_total, read from each target's
+              /metrics just before and just after the measured phase, summed over engines and URLs (both
+              counters are in tokens, so the ratio is the token hit rate vLLM's own dashboards plot)
+client side   Σ usage.prompt_tokens_details.cached_tokens / Σ prompt_tokens over requests that report it
+              (inference-perf's kv_cache_hit_percent / 100; vLLM sends it only with
+              --enable-prompt-tokens-details)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable, Sequence
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+HITS = "vllm:prefix_cache_hits_total"
+QUERIES = "vllm:prefix_cache_queries_total"
+
+
+def parse_counters(text: str, names: Iterable[str] = (HITS, QUERIES)) -> dict[str, float]:
+    """Sum of every sample (all label sets) of each named metric in Prometheus text format."""
+    wanted = set(names)
+    out = dict.fromkeys(wanted, 0.0)
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name_end = len(line)
+        for sep in ("{", " "):
+            pos = line.find(sep)
+            if pos != -1:
+                name_end = min(name_end, pos)
+        name = line[:name_end]
+        if name in wanted:
+            try:
+                out[name] += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+    return out
+
+
+async def scrape(session: aiohttp.ClientSession, urls: Sequence[str]) -> dict[str, dict[str, float] | None]:
+    """Counters from each URL; None for a URL that could not be read (logged, never fatal)."""
+
+    async def one(url: str) -> dict[str, float] | None:
+        try:
+            async with asyncio.timeout(10), session.get(url) as resp:
+                if resp.status != 200:
+                    log.warning("metrics %s: HTTP %s", url, resp.status)
+                    return None
+                return parse_counters(await resp.text())
+        except (aiohttp.ClientError, TimeoutError) as err:
+            log.warning("metrics %s: %s", url, err)
+            return None
+
+    results = await asyncio.gather(*(one(u) for u in urls))
+    return dict(zip(urls, results, strict=True))
+
+
+def metrics_hit_rate(
+    before: dict[str, dict[str, float] | None], after: dict[str, dict[str, float] | None]
+) -> dict[str, object]:
+    """Token hit rate over the run, total and per URL; NaN where nothing was queried or a scrape failed."""
+    per_url: dict[str, float] = {}
+    hits = queries = 0.0
+    for url, b in before.items():
+        a = after.get(url)
+        if b is None or a is None:
+            per_url[url] = math.nan
+            continue
+        dh, dq = a[HITS] - b[HITS], a[QUERIES] - b[QUERIES]
+        per_url[url] = dh / dq if dq > 0 else math.nan
+        hits, queries = hits + dh, queries + dq
+    return {
+        "hit_rate": hits / queries if queries > 0 else math.nan,
+        "hit_tokens": hits,
+        "query_tokens": queries,
+        "per_url": per_url,
+    }

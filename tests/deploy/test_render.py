@@ -321,3 +321,22 @@ def test_cli_render(tmp_path: Path) -> None:
     plan_file.write_text('{"name": "x"}')
     result = CliRunner().invoke(build_app(), ["render", str(plan_file), "-o", str(tmp_path / "o2")])
     assert result.exit_code != 0
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.mark.parametrize("tier", ["tier1", "tier2", "tier3"])
+def test_committed_examples_are_current(tier: str, tmp_path: Path) -> None:
+    """examples/ must equal a fresh render of its plan.json (scripts/render-examples.sh regenerates both)."""
+    folder = EXAMPLES / tier
+    plan = plans.Plan.model_validate_json((folder / "plan.json").read_text())
+    assert plan.tier == int(tier[-1])
+    render_plan(plan, tmp_path / tier)
+    fresh = _flat(tmp_path / tier)
+    committed = "".join(
+        f"### {p.relative_to(folder)}\n{p.read_text(encoding='utf-8')}"
+        for p in sorted(q for q in folder.rglob("*") if q.is_file() and q.name != "plan.json")
+    )
+    assert fresh == committed, f"examples/{tier} is stale: run scripts/render-examples.sh"
+    assert lint_path(folder) == []

@@ -47,6 +47,10 @@ def register(app: typer.Typer) -> None:
         image_snapshot: str | None = typer.Option(
             None, "--image-snapshot", help="EBS snapshot id with the engine image pre-pulled (Karpenter)."
         ),
+        engine_image: str | None = typer.Option(
+            None, "--engine-image", help="vLLM image (default vllm/vllm-openai)."
+        ),
+        gateway_image: str | None = typer.Option(None, "--gateway-image", help="eksinfer gateway image."),
         pd_backend: str = typer.Option(
             "disaggregatedset", "--pd-backend", help="Multi-node prefill/decode: disaggregatedset or lws."
         ),
@@ -62,7 +66,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("must be disaggregatedset or lws", field="--pd-backend")
         plan = load_plan(plan_file)
         assert isinstance(plan, Plan)
+        defaults = RenderOptions()
         options = RenderOptions(
+            engine_image=engine_image or defaults.engine_image,
+            gateway_image=gateway_image or defaults.gateway_image,
             namespace=namespace,
             cluster_name=cluster,
             model_s3_uri=model_s3,

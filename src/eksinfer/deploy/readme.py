@@ -72,6 +72,10 @@ def _prerequisites(ctx: Ctx) -> list[str]:
             "and a CNI for them (Cilium or Calico)."
         )
     steps.append(
+        f"The gateway image `{ctx.opts.gateway_image}`: build it from the eksinfer repository and push it where "
+        "the cluster can pull it (or render with `--gateway-image`)."
+    )
+    steps.append(
         f"Optional: a Secret `{ctx.opts.hf_token_secret}` (key `token`) for gated Hugging Face models."
     )
     return steps

@@ -148,7 +148,7 @@ def _clear(out_dir: Path) -> None:
         return
     if not out_dir.is_dir():
         raise ConfigError(f"{out_dir} is not a directory", field="--output")
-    entries = list(out_dir.iterdir())
+    entries = [e for e in out_dir.iterdir() if e.name != "plan.json"]  # scripts/render-examples.sh keeps it
     if not entries:
         return
     marker = out_dir / KUSTOMIZATION
@@ -160,8 +160,6 @@ def _clear(out_dir: Path) -> None:
             f"{out_dir} is not empty and not an eksinfer render; choose another folder", field="--output"
         )
     for entry in entries:
-        if entry.name == "plan.json":
-            continue  # written next to the tree by scripts/render-examples.sh
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 

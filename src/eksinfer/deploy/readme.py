@@ -72,7 +72,7 @@ def _prerequisites(ctx: Ctx) -> list[str]:
             "and a CNI for them (Cilium or Calico)."
         )
     steps.append(
-        f"The gateway image `{ctx.opts.gateway_image}`: build it from the eksinfer repository and push it where "
+        f"The gateway image `{ctx.opts.gateway_image}`: build it from the eksinfer repository, push it where "
         "the cluster can pull it (or render with `--gateway-image`)."
     )
     steps.append(

@@ -165,3 +165,26 @@ async def test_step_time_comes_from_the_performance_model(start: StartCluster) -
     )
     assert engine.num_steps == 4
     assert abs(engine.simulated_s - expect) < 1e-12
+
+
+async def test_lora_requests_info(start: StartCluster) -> None:
+    cluster = await start(lora_modules=("sql", "chat"), faults=FaultOptions(slow_token_s=0.02))
+    url = cluster.urls[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        task = asyncio.create_task(
+            client.post(
+                url + "/v1/completions",
+                json={"model": "sql", "prompt": "x", "max_tokens": 20, "ignore_eos": True},
+            )
+        )
+        labels = None
+        for _ in range(100):
+            text = (await client.get(url + "/metrics")).text
+            for fam in text_string_to_metric_families(text):
+                if fam.name == "vllm:lora_requests_info":
+                    labels = fam.samples[0].labels
+            if labels and labels["running_lora_adapters"] == "sql":
+                break
+            await asyncio.sleep(0.01)
+        await task
+    assert labels == {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": ""}

@@ -160,3 +160,18 @@ async def test_lora_requests_carry_the_adapter_in_hashes(start: StartCluster) ->
     assert event.lora_id == 1
     assert event.extra_keys == (("sql",), ("sql",))
     assert list(event.block_hashes) == block_hashes(prompt, 16, lora_name="sql")
+
+
+async def test_reset_prefix_cache_publishes_all_blocks_cleared(start: StartCluster) -> None:
+    from eksinfer.kvcache.events import AllBlocksCleared
+
+    cluster = await start(kv_events=events_config())
+    replay = cluster.replicas[0].replay_endpoint
+    assert replay is not None
+    await _complete(cluster, 0, list(range(64)))
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(cluster.urls[0] + "/reset_prefix_cache")
+    assert r.status_code == 200
+    batches = [decode_batch(p) for _, p in await _replay(replay, 0)]
+    assert batches[-1].events == (AllBlocksCleared(),)
+    assert cluster.engines[0].pool.num_cached_blocks == 0

@@ -73,7 +73,7 @@ class SimOptions:
 
     def validate(self) -> None:
         checks: list[tuple[bool, str, str]] = [
-            (self.block_size > 0 and self.block_size % 1 == 0, "--block-size", "must be a positive integer"),
+            (self.block_size > 0, "--block-size", "must be a positive integer"),
             (0.0 < self.gpu_memory_utilization <= 1.0, "--gpu-memory-utilization", "must be in (0, 1]"),
             (self.tensor_parallel_size >= 1, "--tensor-parallel-size", "must be >= 1"),
             (self.time_scale >= 0.0, "--time-scale", "must be >= 0"),

@@ -95,21 +95,32 @@ class EngineMetrics:
     """One engine's vLLM metrics. Counters are bumped by the engine once per step or per request."""
 
     def __init__(self, *, model_name: str, engine: int, cache_labels: dict[str, str]) -> None:
-        self.registry = registry = CollectorRegistry()
+        self.registry = CollectorRegistry()
         self._labels = {"engine": str(engine), "model_name": model_name}
-        lv = self._labels
+        self._gauges()
+        self._counters()
+        self._request_histograms()
+        info = Gauge(
+            "vllm:cache_config_info",
+            "Information of the LLMEngine CacheConfig",
+            sorted({"engine", *cache_labels}),
+            registry=self.registry,
+        )
+        info.labels(**{"engine": str(engine), **cache_labels}).set(1.0)
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, LABELS, registry=registry)
+    def _counter(self, name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, (*LABELS, *extra), registry=self.registry)
 
-        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(name, doc, (*LABELS, *extra), registry=registry)
+    def _gauge(self, name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, (*LABELS, *extra), registry=self.registry)
 
-        def hist(name: str, doc: str, buckets: tuple[float, ...]) -> FastHistogram:
-            histogram = FastHistogram(name, doc, lv, buckets)
-            registry.register(histogram)
-            return histogram
+    def _hist(self, name: str, doc: str, buckets: tuple[float, ...]) -> FastHistogram:
+        histogram = FastHistogram(name, doc, self._labels, buckets)
+        self.registry.register(histogram)
+        return histogram
 
+    def _gauges(self) -> None:
+        gauge = self._gauge
         self.running = gauge("vllm:num_requests_running", "Number of requests in model execution batches.")
         self.waiting = gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.")
         self.waiting_by_reason = gauge(
@@ -121,6 +132,9 @@ class EngineMetrics:
             ("reason",),
         )
         self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+
+    def _counters(self) -> None:
+        counter, lv, registry = self._counter, self._labels, self.registry
         self.prefix_queries = counter(
             "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."
         ).labels(**lv)
@@ -153,9 +167,12 @@ class EngineMetrics:
             registry=registry,
         )
         self.success = {
-            r: success.labels(engine=lv["engine"], finished_reason=r, model_name=model_name)
+            r: success.labels(engine=lv["engine"], finished_reason=r, model_name=lv["model_name"])
             for r in FINISHED_REASONS
         }
+
+    def _request_histograms(self) -> None:
+        hist = self._hist
         self.request_prompt_tokens = hist(
             "vllm:request_prompt_tokens", "Number of prefill tokens processed.", TOKEN_BUCKETS
         )
@@ -220,13 +237,6 @@ class EngineMetrics:
             "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
             TOKEN_BUCKETS,
         )
-        info = Gauge(
-            "vllm:cache_config_info",
-            "Information of the LLMEngine CacheConfig",
-            sorted({"engine", *cache_labels}),
-            registry=registry,
-        )
-        info.labels(**{"engine": str(engine), **cache_labels}).set(1.0)
 
     def bind_gauges(
         self, *, running: Callable[[], float], waiting: Callable[[], float], kv_usage: Callable[[], float]

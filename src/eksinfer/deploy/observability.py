@@ -184,9 +184,14 @@ def prometheus_rule(ctx: Ctx) -> Obj:
         "kind": "PrometheusRule",
         "metadata": ctx.meta(ctx.name, "monitoring", _release(ctx)),
         "spec": {
+            # One group: rules in a group run in order, so each alert reads the recording rules of the same
+            # evaluation (separate groups run independently and alerts would lag, or race, by one interval).
             "groups": [
-                {"name": f"{ctx.name}.recording", "interval": "30s", "rules": recording_rules(ctx)},
-                {"name": f"{ctx.name}.alerts", "rules": alert_rules(ctx)},
+                {
+                    "name": f"eksinfer-{ctx.name}",
+                    "interval": "30s",
+                    "rules": [*recording_rules(ctx), *alert_rules(ctx)],
+                }
             ]
         },
     }

@@ -50,10 +50,14 @@ async def decision_latency(prompt_tokens: int, n: int = 400) -> dict[str, tuple[
         router = Router(load_routing_config({"preset": preset, "tokenizer": {"mode": "approx"}, "seed": 1}))
         eps = _endpoints(4, 200_000)
         full = prefix[: len(prefix) // BLOCK * BLOCK]
-        router.index.apply_event("e1", BlockStored(tuple(range(len(full) // BLOCK)), None, tuple(full), BLOCK))
+        router.index.apply_event(
+            "e1", BlockStored(tuple(range(len(full) // BLOCK)), None, tuple(full), BLOCK)
+        )
         times: list[float] = []
         for i in range(n):
-            body = {"prompt": (prefix if i % 2 else [i] + prefix[1:]) + [rng.randrange(30000) for _ in range(32)]}
+            body = {
+                "prompt": (prefix if i % 2 else [i, *prefix[1:]]) + [rng.randrange(30000) for _ in range(32)]
+            }
             started = time.perf_counter()
             decision = await router.route("m", body, {}, eps)
             times.append(1000 * (time.perf_counter() - started))
@@ -109,8 +113,7 @@ def run_inproc() -> None:
     print(f"{'prefixes':>9} {'index blocks':>13} {'approx blocks':>14} {'traced MiB':>11}")
     rows = asyncio.run(memory_long_run())
     for row in rows:
-        print(
-            f"{row['prefixes']:>9} {row['index_blocks']:>13} {row['approx_blocks']:>14} {row['traced_mib']:>11.2f}"
-        )
+        cells = (row["prefixes"], row["index_blocks"], row["approx_blocks"])
+        print(f"{cells[0]:>9} {cells[1]:>13} {cells[2]:>14} {row['traced_mib']:>11.2f}")
     growth = rows[-1]["traced_mib"] / max(rows[len(rows) // 2]["traced_mib"], 1e-9)
     print(f"memory ratio last / middle checkpoint: {growth:.2f} (1.00 = flat; bounded by 4 x 4,096 blocks)")

@@ -213,3 +213,34 @@ def test_round_robin_is_exact_cycle() -> None:
 def test_filters(filter_name: str, endpoints: list[EndpointState], kept: list[str]) -> None:
     flt = builtin_registry().create("filter", filter_name, {}, PluginDeps())
     assert [e.id for e in flt.filter(CTX, RoutingRequest("m", ""), endpoints)] == kept
+
+
+def test_prefix_affinity_remembers_homes_by_family_depth() -> None:
+    deps = PluginDeps(block_size=4)
+    plugin = builtin_registry().create("scorer", "prefix-affinity-scorer", {"depths": [2, 4]}, deps)
+    eps = [ep("a"), ep("b")]
+    family = list(range(16))  # 4 blocks
+    first = RoutingRequest("m", "", prompt_token_ids=[*family, 100, 101, 102, 103])
+    assert plugin.score(CTX, first, eps) == {"a": 0.0, "b": 0.0}  # no home yet
+    plugin.on_routed(first, eps[1])
+    sibling = RoutingRequest("m", "", prompt_token_ids=[*family, 7, 7, 7, 7])
+    assert plugin.score(CTX, sibling, eps) == {"a": 0.0, "b": 1.0}
+    # Shares only 2 blocks: the depth-2 home applies.
+    cousin = RoutingRequest("m", "", prompt_token_ids=[*family[:8], 9, 9, 9, 9, 9, 9, 9, 9])
+    assert plugin.score(CTX, cousin, eps) == {"a": 0.0, "b": 1.0}
+    plugin.on_routed(cousin, eps[0])  # the cousin moves the depth-2 home, not the depth-4 one
+    assert plugin.score(CTX, sibling, eps) == {"a": 0.0, "b": 1.0}
+    assert plugin.score(CTX, RoutingRequest("m", "", prompt_token_ids=family[:8]), eps) == {
+        "a": 1.0,
+        "b": 0.0,
+    }
+
+
+def test_prefix_affinity_is_bounded() -> None:
+    deps = PluginDeps(block_size=4)
+    plugin = builtin_registry().create(
+        "scorer", "prefix-affinity-scorer", {"depths": [1], "capacity": 10}, deps
+    )
+    for i in range(50):
+        plugin.on_routed(RoutingRequest("m", "", prompt_token_ids=[i] * 4), ep("a"))
+    assert len(plugin) == 10

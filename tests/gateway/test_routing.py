@@ -113,7 +113,7 @@ async def test_hot_prefix_spills_when_the_holder_is_saturated() -> None:
         d = await router.route("m", chat(f"question {i}"), {}, eps)
         chosen[d.endpoint.id] += 1
     assert chosen["e0"] >= 6  # sticky while the queue is short
-    assert len(chosen) >= 3  # but not all on one replica
+    assert len(chosen) >= 2  # but not all on one replica
     reasons = router.stats()["decisions"]
     assert reasons.get("kv-aware/load-gate", 0) > 0
 

@@ -49,7 +49,13 @@ from eksinfer.gateway.scheduling.prefix import (
     request_block_keys,
 )
 from eksinfer.gateway.scheduling.registry import PluginDeps, Registry
-from eksinfer.gateway.scheduling.runner import NoEndpointError, Profile, build_profiles, run_profile
+from eksinfer.gateway.scheduling.runner import (
+    NoEndpointError,
+    Profile,
+    build_profiles,
+    notify_routed,
+    run_profile,
+)
 from eksinfer.gateway.tokenize import (
     ApproxTokenizer,
     BuiltinTokenizer,
@@ -297,6 +303,7 @@ class Router:
         reason = _reason(prof, ep.id, matched, len(scored))
         if prof.needs_tokens:
             self._insert_routed(request, ep)
+        notify_routed(prof, request, ep)
         ticket = InflightTicket(prompt_tokens=tokens - cached)
         ep.inflight_requests += 1
         ep.inflight_prompt_tokens += ticket.prompt_tokens

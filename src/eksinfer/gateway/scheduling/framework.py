@@ -124,3 +124,10 @@ class Scorer(Protocol):
 
 class Picker(Protocol):
     def pick(self, ctx: SchedulingContext, scored: Sequence[ScoredEndpoint]) -> ScoredEndpoint: ...
+
+
+class RoutedHook(Protocol):
+    """Optional on any plugin: told the outcome after each decision, to keep router-side memory (llm-d's
+    PreRequest). Must be cheap and must not do I/O."""
+
+    def on_routed(self, request: RoutingRequest, endpoint: EndpointState) -> None: ...

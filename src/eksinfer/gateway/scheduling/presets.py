@@ -42,7 +42,11 @@ def builtin_presets() -> dict[str, ProfileConfig]:
         ),
         "kv-aware": ProfileConfig(
             filters=[healthy, _ref("saturation-filter")],
-            scorers=[_ref("kv-cost-scorer", 1), _ref("session-affinity-scorer", 0.05)],
+            scorers=[
+                _ref("kv-cost-scorer", 1),
+                _ref("prefix-affinity-scorer", 0.5),
+                _ref("session-affinity-scorer", 0.05),
+            ],
             picker=_ref("max-score-picker"),
         ),
     }

@@ -27,7 +27,9 @@ from eksinfer.gateway.scheduling.presets import builtin_presets
 from eksinfer.gateway.scheduling.registry import PluginDeps, Registry, builtin_registry
 
 # Scorers that read token ids or prefix keys; a profile with none of them never tokenizes.
-TOKEN_SCORERS = frozenset({"precise-prefix-cache-scorer", "kv-cost-scorer", "approx-prefix-cache-scorer"})
+TOKEN_SCORERS = frozenset(
+    {"precise-prefix-cache-scorer", "kv-cost-scorer", "approx-prefix-cache-scorer", "prefix-affinity-scorer"}
+)
 
 
 class NoEndpointError(UsageError):
@@ -100,6 +102,14 @@ def build_profiles(
         )
         for name, cfg in configs.items()
     }
+
+
+def notify_routed(profile: Profile, request: RoutingRequest, endpoint: EndpointState) -> None:
+    """Call `on_routed` on every plugin of the profile that has it (router-side memory)."""
+    for ws in profile.scorers:
+        hook = getattr(ws.scorer, "on_routed", None)
+        if hook is not None:
+            hook(request, endpoint)
 
 
 def _clamp(value: float) -> float:

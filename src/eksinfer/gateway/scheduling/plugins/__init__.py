@@ -19,6 +19,7 @@ def builtin_plugin_classes() -> list[Any]:
     from eksinfer.gateway.scheduling.plugins.scorers.kv_utilization import KvCacheUtilizationScorer
     from eksinfer.gateway.scheduling.plugins.scorers.lora_affinity import LoraAffinityScorer
     from eksinfer.gateway.scheduling.plugins.scorers.precise_prefix import PrecisePrefixCacheScorer
+    from eksinfer.gateway.scheduling.plugins.scorers.prefix_affinity import PrefixAffinityScorer
     from eksinfer.gateway.scheduling.plugins.scorers.queue import QueueScorer
     from eksinfer.gateway.scheduling.plugins.scorers.session_affinity import SessionAffinityScorer
     from eksinfer.gateway.scheduling.plugins.scorers.token_load import TokenLoadScorer
@@ -36,6 +37,7 @@ def builtin_plugin_classes() -> list[Any]:
         KvCacheUtilizationScorer,
         LoraAffinityScorer,
         PrecisePrefixCacheScorer,
+        PrefixAffinityScorer,
         QueueScorer,
         SessionAffinityScorer,
         TokenLoadScorer,

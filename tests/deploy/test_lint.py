@@ -472,3 +472,15 @@ def test_cli_warnings_only_exit_zero(tmp_path: Path) -> None:
     result = CliRunner().invoke(build_app(), ["lint", str(tmp_path)])
     assert result.exit_code == 0
     assert "WARNING [keda-faster-than-nodes]" in result.stdout
+
+
+def test_entry_point_exit_status(tmp_path: Path) -> None:
+    """The real entry point (not CliRunner) exits 1 on errors: the status must survive main.run."""
+    import subprocess
+    import sys
+
+    _write(tmp_path, [mutate(engine(), lambda o: pod(o).pop("tolerations"))])
+    cmd = [sys.executable, "-m", "eksinfer.cli.main", "lint", str(tmp_path), "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["errors"] == 1

@@ -7,6 +7,15 @@ from pathlib import Path
 
 import typer
 
+from eksinfer.errors import EksinferError
+
+
+class LintFailed(EksinferError):
+    """Errors were found: exit 1 (not 2, which means bad usage). Raised rather than typer.Exit so the exit
+    status survives the entry point's non-standalone click call."""
+
+    exit_code = 1
+
 
 def register(app: typer.Typer) -> None:
     @app.command("lint")
@@ -42,4 +51,4 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"    fix: {f.fix}")
             typer.echo(f"{errors} error(s), {warnings} warning(s) in {path}")
         if errors:
-            raise typer.Exit(1)
+            raise LintFailed(f"{errors} lint error(s) in {path}")

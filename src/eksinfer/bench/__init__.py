@@ -43,6 +43,7 @@ from eksinfer.bench.config import (
 )
 from eksinfer.bench.result import BenchResult
 from eksinfer.bench.runner import run_bench
+from eksinfer.bench.sweep import SweepResult, run_sweep
 
 __all__ = [
     "BenchConfig",
@@ -53,5 +54,7 @@ __all__ = [
     "RequestRecord",
     "SharedPrefixWorkload",
     "Slo",
+    "SweepResult",
     "run_bench",
+    "run_sweep",
 ]

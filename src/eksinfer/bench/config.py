@@ -136,7 +136,7 @@ def load_config(data: dict[str, Any], source: str = "config") -> BenchConfig:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
-        raise ConfigError(f"{source}: {first['msg']}", field=where or None) from None
+        raise ConfigError(f"{first['msg']} (in {source})", field=where or None) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -154,3 +154,35 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     return data
+
+
+def build_config(
+    path: Path | None, flags: dict[str, Any], workload_type: str | None, workload_args: dict[str, Any]
+) -> BenchConfig:
+    """YAML file (if any) overlaid with the flags that were given and the workload settings.
+
+    `workload_type` replaces the file's workload unless it names the same type; `workload_args` (from
+    `--workload-arg KEY=VALUE`) then set fields of the workload.
+    """
+    data = read_yaml(path) if path else {}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    workload = dict(data.get("workload") or {})
+    if workload_type is not None and workload.get("type", "random") != workload_type:
+        workload = {"type": workload_type}
+    workload.update(workload_args)
+    if workload:
+        data["workload"] = workload
+    return load_config(data, str(path) if path else "flags")
+
+
+def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings to a dict; values are read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", field=option)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out

@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from eksinfer.cli.main import build_app
-from eksinfer.deploy.lint import RULES, lint_docs
-from eksinfer.deploy.lint.manifests import Doc
+from eksinfer.deploy.lint import RULES, lint_docs, lint_path
+from eksinfer.deploy.lint.manifests import UNREADABLE, Doc
 
 Obj = dict[str, Any]
 TOL = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -352,6 +352,7 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         ],
         [nodepool(), so()],
     ),
+    "unreadable-manifest": ([{UNREADABLE: "mapping values are not allowed here"}], [engine()]),
     "mig-on-auto-mode": (
         [
             mutate(
@@ -484,3 +485,13 @@ def test_entry_point_exit_status(tmp_path: Path) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1, result.stderr
     assert json.loads(result.stdout)["errors"] == 1
+
+
+def test_unparsable_file_is_reported_and_the_rest_still_linted(tmp_path: Path) -> None:
+    (tmp_path / "template.yaml").write_text("replicas: {{ .Values.replicas }}\nname: [\n", encoding="utf-8")
+    _write(tmp_path, [mutate(engine(), lambda o: pod(o).pop("tolerations"))])
+    findings = lint_path(tmp_path)
+    assert {(f.rule, f.file) for f in findings} == {
+        ("unreadable-manifest", "template.yaml"),
+        ("missing-gpu-toleration", "all.yaml"),
+    }

@@ -205,6 +205,24 @@ def test_tier3_disaggregated_set() -> None:
     assert "eksinfer.io/role=decode" in config["endpoints"]["kubernetes"]["label_selector"]
 
 
+def test_round_robin_plan_has_no_kv_plumbing_and_snapshot_option() -> None:
+    doc = plans.tier1("karpenter").model_dump()
+    doc["routing"] = {"strategy": "round-robin", "gateway_preset": "round-robin"}
+    tree = build_tree(
+        plans.Plan.model_validate(doc), RenderOptions(image_snapshot_id="snap-0123456789abcdef0")
+    )
+    c = _objs(tree, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert "--kv-events-config" not in c["args"]
+    assert "--prefix-caching-hash-algo" not in c["args"]
+    assert "PYTHONHASHSEED" not in {e["name"] for e in c["env"]}
+    config = yaml.safe_load(_objs(tree, "ConfigMap")[0]["data"]["gateway.yaml"])
+    assert "kv_events_port" not in config["endpoints"]["kubernetes"]
+    assert config["routing"]["preset"] == "round-robin"
+    [cls] = _objs(tree, "EC2NodeClass")
+    assert cls["spec"]["blockDeviceMappings"][1]["ebs"]["snapshotID"] == "snap-0123456789abcdef0"
+    assert "instanceStorePolicy" not in cls["spec"]  # RAID0 would move containerd off the pre-pulled volume
+
+
 def test_tier3_two_lws_backend() -> None:
     tree = build_tree(plans.tier3("karpenter"), RenderOptions(pd_backend="lws"))
     assert [o["metadata"]["name"] for o in _objs(tree, "LeaderWorkerSet")] == [

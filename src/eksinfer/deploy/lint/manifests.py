@@ -18,6 +18,7 @@ from eksinfer.errors import UsageError
 Obj = dict[str, Any]
 SUFFIXES = (".yaml", ".yml", ".json")
 GPU = "nvidia.com/gpu"
+UNREADABLE = "__eksinfer_unreadable__"  # key of the placeholder document for a file that does not parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,8 @@ def _load_file(path: Path, root: Path) -> list[Doc]:
     try:
         docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
     except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise UsageError(f"{rel} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+        # Reported by the `unreadable-manifest` rule (e.g. an unrendered Helm template); lint goes on.
+        return [Doc(rel, {UNREADABLE: str(err).splitlines()[0]})]
     return [Doc(rel, d) for d in docs if isinstance(d, dict)]
 
 

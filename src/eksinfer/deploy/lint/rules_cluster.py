@@ -7,7 +7,7 @@ from typing import Any
 
 from eksinfer.deploy import cel, vllm_flags
 from eksinfer.deploy.lint.core import at, rule
-from eksinfer.deploy.lint.manifests import GPU, Doc, Tree
+from eksinfer.deploy.lint.manifests import GPU, UNREADABLE, Doc, Tree
 
 Hit = tuple[Doc, str, str, str]
 DEFAULT_NODE_STARTUP_S = 600  # GPU node boot + ~10 GB image + weights; typical of p5/g6e cold starts
@@ -316,3 +316,15 @@ def mig_on_auto_mode(tree: Tree) -> Iterator[Hit]:
                         "Auto Mode does not support MIG, so no node advertises nvidia.com/mig-* resources",
                         "request whole GPUs, or move the pool to Karpenter / a managed node group",
                     )
+
+
+@rule("unreadable-manifest", "warning", "a file that is not valid YAML or JSON")
+def unreadable_manifest(tree: Tree) -> Iterator[Hit]:
+    for doc in tree.docs:
+        if UNREADABLE in doc.obj:
+            yield (
+                doc,
+                "",
+                f"it does not parse ({doc.obj[UNREADABLE]}), so none of its objects were checked",
+                "render templates first (helm template, kustomize build) and lint the output",
+            )

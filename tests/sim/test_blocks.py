@@ -50,7 +50,9 @@ def test_lru_eviction_takes_oldest_freed_and_tail_first() -> None:
     c = BlockTable()
     assert pool.allocate(c, 4, ())
     (removed,) = pool.take_events()
-    assert removed == BlockRemoved(block_hashes=(block_hashes(list(range(8)), 4)[1],), medium="GPU")
+    assert removed == BlockRemoved(
+        block_hashes=(block_hashes(list(range(8)), 4)[1],), medium="GPU", group_idx=0
+    )
     a_digests = block_digests(list(range(8)), 4)
     assert pool.is_cached(a_digests[0])
     assert not pool.is_cached(a_digests[1])

@@ -17,7 +17,7 @@ from eksinfer.sim.config import FaultOptions, SimOptions, build_perf, resolve_en
         ({"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization"),
         ({"time_scale": -1.0}, "--time-scale"),
         ({"num_gpu_blocks": 1}, "--num-gpu-blocks-override"),
-        ({"prefix_caching_hash_algo": "sha256"}, "--prefix-caching-hash-algo"),
+        ({"prefix_caching_hash_algo": "xxhash"}, "--prefix-caching-hash-algo"),
         ({"faults": FaultOptions(error_rate=2.0)}, "--fault-error-rate"),
         ({"faults": FaultOptions(stall_s=-1.0)}, "--fault-stall-s"),
     ],

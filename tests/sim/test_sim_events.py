@@ -148,18 +148,22 @@ async def test_array_encoding_and_replica_offsets(start: StartCluster) -> None:
     assert decode_batch(frames[2]).events[0].block_hashes == tuple(block_hashes(list(range(16, 48)), 16))  # type: ignore[union-attr]
 
 
-async def test_lora_requests_carry_the_adapter_in_hashes(start: StartCluster) -> None:
-    cluster = await start(kv_events=events_config(), lora_modules=("sql",))
+async def test_lora_and_cache_salt_enter_hashes_as_vllm_032_does(start: StartCluster) -> None:
+    cluster = await start(kv_events=events_config(), lora_modules=("sql=/adapters/sql",))
     replay = cluster.replicas[0].replay_endpoint
     assert replay is not None
     prompt = list(range(500, 532))
     await _complete(cluster, 0, prompt, model="sql")
-    (event,) = decode_batch((await _replay(replay, 0))[0][1]).events
-    assert isinstance(event, BlockStored)
-    assert event.lora_name == "sql"
-    assert event.lora_id == 1
-    assert event.extra_keys == (("sql",), ("sql",))
-    assert list(event.block_hashes) == block_hashes(prompt, 16, lora_name="sql")
+    await _complete(cluster, 0, prompt, cache_salt="tenant-a")
+    first, second = (decode_batch(p).events[0] for _, p in await _replay(replay, 0))
+    assert isinstance(first, BlockStored)
+    assert first.lora_name == "sql"
+    assert first.lora_id == 1
+    assert first.extra_keys == (("sql",), ("sql",))  # published untagged
+    assert list(first.block_hashes) == block_hashes(prompt, 16, lora_name="sql", lora_path="/adapters/sql")
+    assert isinstance(second, BlockStored)
+    assert second.extra_keys == (("tenant-a",), None)  # the salt keys block 0 only
+    assert list(second.block_hashes) == block_hashes(prompt, 16, cache_salt="tenant-a")
 
 
 async def test_reset_prefix_cache_publishes_all_blocks_cleared(start: StartCluster) -> None:

@@ -10,22 +10,23 @@ import typer
 from eksinfer.errors import ConfigError, UsageError
 
 
-def _lora_names(values: list[str]) -> tuple[str, ...]:
-    """vLLM's --lora-modules entries: `name=path` or a JSON object with a "name"."""
-    names = []
+def _lora_modules(values: list[str]) -> tuple[str, ...]:
+    """vLLM's --lora-modules entries (`name=path` or a JSON object with "name" and "path") as name=path."""
+    entries = []
     for value in values:
         for item in value.split():
             if item.startswith("{"):
                 try:
-                    name = json.loads(item).get("name")
+                    raw = json.loads(item)
+                    name, path = raw.get("name"), raw.get("path", "")
                 except (json.JSONDecodeError, AttributeError) as err:
                     raise UsageError(f"bad JSON {item!r}", field="--lora-modules") from err
             else:
-                name = item.split("=", 1)[0]
-            if not isinstance(name, str) or not name:
+                name, _, path = item.partition("=")
+            if not isinstance(name, str) or not name or not isinstance(path, str):
                 raise UsageError(f"no adapter name in {item!r}", field="--lora-modules")
-            names.append(name)
-    return tuple(names)
+            entries.append(f"{name}={path}" if path else name)
+    return tuple(entries)
 
 
 def register(app: typer.Typer) -> None:
@@ -57,11 +58,13 @@ def register(app: typer.Typer) -> None:
         enable_prefix_caching: bool = typer.Option(
             True, "--enable-prefix-caching/--no-enable-prefix-caching"
         ),
-        prefix_caching_hash_algo: str = typer.Option("sha256_cbor", "--prefix-caching-hash-algo"),
+        prefix_caching_hash_algo: str = typer.Option(
+            "sha256_cbor", "--prefix-caching-hash-algo", help="sha256_cbor or sha256 (vLLM's default)."
+        ),
         hash_seed: str = typer.Option(
             None,
             "--hash-seed",
-            help="Root of block hashes, as vLLM's PYTHONHASHSEED (default: $PYTHONHASHSEED or 0).",
+            help="Root of block hashes (vLLM's PYTHONHASHSEED; default $PYTHONHASHSEED or vllm-none-hash).",
         ),
         kv_events_config: str = typer.Option(None, "--kv-events-config", help="vLLM's KV-events JSON."),
         kv_events_encoding: str = typer.Option(
@@ -91,9 +94,14 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info", "--log-level"),
     ) -> None:
         from eksinfer.kvcache.events import KVEventsConfig
+        from eksinfer.kvcache.hashing import DEFAULT_HASH_SEED
         from eksinfer.sim.config import FaultOptions, SimOptions
         from eksinfer.sim.run import serve
 
+        if prefix_caching_hash_algo not in ("sha256_cbor", "sha256"):
+            raise UsageError(
+                "the simulator implements sha256_cbor and sha256", field="--prefix-caching-hash-algo"
+            )
         if kv_events_encoding not in ("map", "array"):
             raise ConfigError("must be map or array", field="--kv-events-encoding")
         options = SimOptions(
@@ -111,12 +119,14 @@ def register(app: typer.Typer) -> None:
             max_num_batched_tokens=max_num_batched_tokens,
             enable_chunked_prefill=enable_chunked_prefill,
             enable_prefix_caching=enable_prefix_caching,
-            prefix_caching_hash_algo=prefix_caching_hash_algo,
-            hash_seed=hash_seed if hash_seed is not None else os.environ.get("PYTHONHASHSEED", "0"),
+            prefix_caching_hash_algo="sha256" if prefix_caching_hash_algo == "sha256" else "sha256_cbor",
+            hash_seed=hash_seed
+            if hash_seed is not None
+            else os.environ.get("PYTHONHASHSEED", DEFAULT_HASH_SEED),
             kv_events=KVEventsConfig.from_json(kv_events_config) if kv_events_config else KVEventsConfig(),
             kv_events_encoding="array" if kv_events_encoding == "array" else "map",
             enable_prompt_tokens_details=enable_prompt_tokens_details,
-            lora_modules=_lora_names(lora_modules),
+            lora_modules=_lora_modules(lora_modules),
             tokenizer=tokenizer,
             time_scale=time_scale,
             seed=seed,

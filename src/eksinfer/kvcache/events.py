@@ -4,8 +4,10 @@ Schema (vllm/distributed/kv_events.py; golden: shared/reference/vllm-samples/kv_
 
     EventBatch   = [ts: float, events: list, data_parallel_rank: int]        msgpack, positional envelope
     BlockStored  = block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name,
-                   extra_keys=None, group_idx=None, kv_cache_spec_kind=None, kv_cache_spec_sliding_window=None
-    BlockRemoved = block_hashes, medium, group_idx=None
+                   extra_keys=None, group_idx=None, kv_cache_spec_kind=None,
+                   kv_cache_spec_sliding_window=None, locality=None, ownership=None, session_id=None
+                   (the last three are new in vLLM 0.32)
+    BlockRemoved = block_hashes, medium, group_idx=None, locality=None, ownership=None
     AllBlocksCleared = (no fields)
 
 Event encodings (msgspec `tag=True, omit_defaults=True`):
@@ -53,6 +55,9 @@ class BlockStored:
     group_idx: int | None = None
     kv_cache_spec_kind: str | None = None
     kv_cache_spec_sliding_window: int | None = None
+    locality: str | None = None  # vLLM 0.32 additions, None unless a KV connector sets them
+    ownership: str | None = None
+    session_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,8 @@ class BlockRemoved:
     block_hashes: tuple[ExternalBlockHash, ...]
     medium: str | None = MEDIUM_GPU
     group_idx: int | None = None
+    locality: str | None = None
+    ownership: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +99,17 @@ _STORED_FIELDS = (
     ("group_idx", True),
     ("kv_cache_spec_kind", True),
     ("kv_cache_spec_sliding_window", True),
+    ("locality", True),
+    ("ownership", True),
+    ("session_id", True),
 )
-_REMOVED_FIELDS = (("block_hashes", False), ("medium", False), ("group_idx", True))
+_REMOVED_FIELDS = (
+    ("block_hashes", False),
+    ("medium", False),
+    ("group_idx", True),
+    ("locality", True),
+    ("ownership", True),
+)
 _FIELDS: dict[str, tuple[tuple[str, bool], ...]] = {
     "BlockStored": _STORED_FIELDS,
     "BlockRemoved": _REMOVED_FIELDS,
@@ -161,12 +177,17 @@ def _build_event(tag: str, values: dict[str, Any]) -> KVEvent:
             group_idx=values.get("group_idx"),
             kv_cache_spec_kind=values.get("kv_cache_spec_kind"),
             kv_cache_spec_sliding_window=values.get("kv_cache_spec_sliding_window"),
+            locality=values.get("locality"),
+            ownership=values.get("ownership"),
+            session_id=values.get("session_id"),
         )
     if tag == "BlockRemoved":
         return BlockRemoved(
             block_hashes=tuple(values["block_hashes"]),
             medium=values.get("medium"),
             group_idx=values.get("group_idx"),
+            locality=values.get("locality"),
+            ownership=values.get("ownership"),
         )
     if tag == "AllBlocksCleared":
         return AllBlocksCleared()

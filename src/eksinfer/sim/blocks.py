@@ -14,11 +14,11 @@ Algorithm (vllm/v1/core/block_pool.py, kv_cache_manager.py, kv_cache_utils.py `F
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from eksinfer.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-from eksinfer.kvcache.hashing import BlockDigest, to_block_hash
+from eksinfer.kvcache.hashing import BlockDigest, ExtraKeys, event_extra_keys, to_block_hash
 
 
 class Block:
@@ -120,7 +120,7 @@ class BlockPool:
         if not entry:
             del self._cached[digest]
         if self.emit_events:
-            self.events.append(BlockRemoved(block_hashes=(to_block_hash(digest),), medium="GPU"))
+            self.events.append(BlockRemoved(block_hashes=(to_block_hash(digest),), medium="GPU", group_idx=0))
 
     def cache_full_blocks(
         self,
@@ -131,8 +131,12 @@ class BlockPool:
         *,
         lora_id: int | None = None,
         lora_name: str | None = None,
+        extra_keys: Callable[[int], ExtraKeys] | None = None,
     ) -> None:
-        """Cache the table's blocks that are full within the first `num_tokens` tokens (and hashed)."""
+        """Cache the table's blocks that are full within the first `num_tokens` tokens (and hashed).
+
+        `extra_keys(i)` gives block i's tagged hash keys; the BlockStored event carries them untagged.
+        """
         if not self.enable_caching:
             return
         num_full = min(num_tokens // self.block_size, len(digests), len(table.blocks))
@@ -146,8 +150,9 @@ class BlockPool:
         table.num_cached = num_full
         if self.emit_events:
             bs = self.block_size
-            extra: tuple[tuple[object, ...] | None, ...] = tuple(
-                (lora_name,) if lora_name is not None else None for _ in range(first, num_full)
+            extra = tuple(
+                event_extra_keys(extra_keys(i)) if extra_keys is not None else None
+                for i in range(first, num_full)
             )
             self.events.append(
                 BlockStored(

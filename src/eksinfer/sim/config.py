@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from eksinfer.errors import UsageError
 from eksinfer.kvcache.events import KVEventsConfig
+from eksinfer.kvcache.hashing import DEFAULT_HASH_SEED, HASH_ALGOS, HashAlgo
 
 if TYPE_CHECKING:
     from eksinfer.perf import EnginePerf
@@ -59,12 +60,12 @@ class SimOptions:
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
-    prefix_caching_hash_algo: str = "sha256_cbor"
-    hash_seed: str = "0"  # PYTHONHASHSEED of the engine: the root of every block hash chain
+    prefix_caching_hash_algo: HashAlgo = "sha256_cbor"
+    hash_seed: str = DEFAULT_HASH_SEED  # vLLM: $PYTHONHASHSEED, else "vllm-none-hash"; roots every hash chain
     kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
     kv_events_encoding: EventEncoding = "map"
     enable_prompt_tokens_details: bool = False
-    lora_modules: tuple[str, ...] = ()  # adapter names served besides the base model
+    lora_modules: tuple[str, ...] = ()  # adapters served besides the base model: "name" or "name=path"
     tokenizer: str | None = None  # HF tokenizer directory; None: the built-in tokenizer
     time_scale: float = 1.0  # wall seconds per simulated second; 0 = as fast as possible
     seed: int = 0
@@ -92,9 +93,9 @@ class SimOptions:
                 "must be >= 1",
             ),
             (
-                self.prefix_caching_hash_algo == "sha256_cbor",
+                self.prefix_caching_hash_algo in HASH_ALGOS,
                 "--prefix-caching-hash-algo",
-                "only sha256_cbor is reproducible across processes; the simulator implements that one",
+                f"the simulator implements {' and '.join(HASH_ALGOS)} (the reproducible ones)",
             ),
             (self.kv_events_encoding in ("map", "array"), "--kv-events-encoding", "must be map or array"),
         ]
@@ -106,6 +107,15 @@ class SimOptions:
     @property
     def model_names(self) -> tuple[str, ...]:
         return self.served_model_name or (self.model,)
+
+    @property
+    def lora_adapters(self) -> dict[str, str]:
+        """Adapter name -> path (vLLM hashes both); a bare name is its own path."""
+        out = {}
+        for entry in self.lora_modules:
+            name, _, path = entry.partition("=")
+            out[name] = path or name
+        return out
 
 
 @dataclass(frozen=True, slots=True)

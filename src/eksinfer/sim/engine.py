@@ -58,7 +58,8 @@ class Engine:
         self.perf = perf
         self.sizing = sizing
         self.model_name = options.model_names[0]
-        self.lora_ids = {name: i + 1 for i, name in enumerate(options.lora_modules)}
+        self.lora_paths = options.lora_adapters
+        self.lora_ids = {name: i + 1 for i, name in enumerate(self.lora_paths)}
         events = options.kv_events
         self.pool = BlockPool(
             sizing.num_gpu_blocks,
@@ -161,6 +162,7 @@ class Engine:
         max_tokens: int,
         ignore_eos: bool = False,
         lora_name: str | None = None,
+        cache_salt: str | None = None,
         seed: int | None = None,
         on_tokens: Callable[[SimRequest], None] | None = None,
     ) -> SimRequest:
@@ -183,12 +185,15 @@ class Engine:
             max_tokens=max_tokens,
             block_size=bs,
             hash_seed=self.options.hash_seed,
+            hash_algo=self.options.prefix_caching_hash_algo,
             arrival_time=time.monotonic(),
             ignore_eos=ignore_eos,
             natural_len=natural_len,
             eos_token_id=self.tokenizer.eos_token_id,
             lora_name=lora_name,
+            lora_path=self.lora_paths.get(lora_name) if lora_name else None,
             lora_id=self.lora_ids.get(lora_name) if lora_name else None,
+            cache_salt=cache_salt,
             on_tokens=on_tokens,
         )
         req.rng_state = rng

@@ -66,6 +66,7 @@ class GenerateParams:
     include_usage: bool
     ignore_eos: bool
     seed: int | None
+    cache_salt: str | None = None
     echo_prompt: str | None = None
 
 
@@ -132,7 +133,11 @@ def _common(
     if not isinstance(stream_options, dict):
         raise ApiError(400, "stream_options must be an object", param="stream_options")
     seed = _int_field(body, "seed", minimum=-(2**63))
+    cache_salt = body.get("cache_salt")
+    if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
+        raise ApiError(400, "cache_salt must be a non-empty string", param="cache_salt")
     return {
+        "cache_salt": cache_salt,
         "max_tokens": min(wanted, room) if wanted is not None else room,
         "max_tokens_requested": requested,
         "stream": bool(body.get("stream", False)),

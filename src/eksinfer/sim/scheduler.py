@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from eksinfer.kvcache.hashing import BlockHasher
+from eksinfer.kvcache.hashing import BlockHasher, HashAlgo
 from eksinfer.sim.blocks import BlockPool, BlockTable
 
 
@@ -71,11 +71,14 @@ class SimRequest:
         block_size: int,
         hash_seed: str,
         arrival_time: float,
+        hash_algo: HashAlgo = "sha256_cbor",
         ignore_eos: bool = False,
         natural_len: int = 0,
         eos_token_id: int = -1,
         lora_name: str | None = None,
+        lora_path: str | None = None,
         lora_id: int | None = None,
+        cache_salt: str | None = None,
         on_tokens: Callable[[SimRequest], None] | None = None,
     ) -> None:
         self.request_id = request_id
@@ -93,7 +96,14 @@ class SimRequest:
         self.num_cached_tokens = -1
         self.num_preemptions = 0
         self.table = BlockTable()
-        self.hasher = BlockHasher(block_size, seed=hash_seed, lora_name=lora_name)
+        self.hasher = BlockHasher(
+            block_size,
+            seed=hash_seed,
+            algo=hash_algo,
+            lora_name=lora_name,
+            lora_path=lora_path,
+            cache_salt=cache_salt,
+        )
         self.hasher.update(self.token_ids)
         self.finish_reason: str | None = None
         self.first_scheduled_time = 0.0
@@ -178,6 +188,7 @@ class Scheduler:
             min(num_tokens, req.num_tokens),
             lora_id=req.lora_id,
             lora_name=req.lora_name,
+            extra_keys=req.hasher.extra_keys,
         )
 
     def _preempt(self, req: SimRequest) -> None:

@@ -55,7 +55,7 @@ class SimServer:
         self.options = engine.options
         self.ctx = p.ModelContext(
             names=engine.options.model_names,
-            lora_names=engine.options.lora_modules,
+            lora_names=tuple(engine.options.lora_adapters),
             max_model_len=engine.sizing.max_model_len,
             tokenizer=engine.tokenizer,
         )
@@ -191,6 +191,7 @@ class SimServer:
             max_tokens=params.max_tokens,
             ignore_eos=params.ignore_eos,
             lora_name=params.lora_name,
+            cache_salt=params.cache_salt,
             seed=params.seed,
             on_tokens=on_tokens,
         )

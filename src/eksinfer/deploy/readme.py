@@ -5,9 +5,8 @@ from __future__ import annotations
 from eksinfer.deploy.context import Ctx
 
 
-def _prerequisites(ctx: Ctx) -> list[str]:
-    p = ctx.plan
-    multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
+def _node_steps(ctx: Ctx, multi: bool) -> list[str]:
+    """How the GPU nodes come to exist in this provisioning mode."""
     steps: list[str] = []
     if ctx.mode == "karpenter":
         steps.append(
@@ -33,6 +32,13 @@ def _prerequisites(ctx: Ctx) -> list[str]:
             "kube-system "
             "-f helm/cluster-autoscaler-values.yaml`."
         )
+    return steps
+
+
+def _prerequisites(ctx: Ctx) -> list[str]:
+    p = ctx.plan
+    multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
+    steps = _node_steps(ctx, multi)
     steps.append(
         "NVIDIA GPU Operator: `helm install gpu-operator nvidia/gpu-operator -n gpu-operator "
         "--create-namespace "

@@ -22,8 +22,6 @@ from typing import Any
 import aiohttp
 import msgspec
 
-_decoder = msgspec.json.Decoder()
-
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -60,79 +58,139 @@ class RequestRecord:
         return (self.last_token_s - self.ttft_s) / (self.output_tokens - 1)
 
 
-def _chunk_text(choice: dict[str, Any]) -> str:
-    if "text" in choice:
-        return str(choice["text"] or "")
-    delta = choice.get("delta") or choice.get("message") or {}
-    return str(delta.get("content") or delta.get("reasoning_content") or "")
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    reasoning_content: str | None = None
 
 
-def _take_usage(rec: RequestRecord, usage: dict[str, Any] | None) -> None:
-    if not usage:
+class _Choice(msgspec.Struct):
+    text: str | None = None
+    delta: _Delta | None = None
+    message: _Delta | None = None
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tokens_details: _Details | None = None
+
+
+class _Chunk(msgspec.Struct):
+    """Only the fields we read; msgspec skips the rest without building objects for them."""
+
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+    error: Any = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+def _choice_text(choice: _Choice) -> str:
+    if choice.text is not None:
+        return choice.text
+    delta = choice.delta or choice.message
+    if delta is None:
+        return ""
+    return delta.content or delta.reasoning_content or ""
+
+
+def _take_usage(rec: RequestRecord, usage: _Usage | None) -> None:
+    if usage is None:
         return
-    if usage.get("completion_tokens") is not None:
-        rec.output_tokens = int(usage["completion_tokens"])
-    if usage.get("prompt_tokens") is not None:
-        rec.prompt_tokens = int(usage["prompt_tokens"])
-    details = usage.get("prompt_tokens_details") or {}
-    if details.get("cached_tokens") is not None:
-        rec.cached_tokens = int(details["cached_tokens"])
+    if usage.completion_tokens is not None:
+        rec.output_tokens = usage.completion_tokens
+    if usage.prompt_tokens is not None:
+        rec.prompt_tokens = usage.prompt_tokens
+    if usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens is not None:
+        rec.cached_tokens = usage.prompt_tokens_details.cached_tokens
+
+
+class _StreamState:
+    """Per-request parsing state; `line` is called for each complete SSE line with its arrival time."""
+
+    __slots__ = ("done", "parts", "prev", "rec", "start", "text_chunks", "usage_seen")
+
+    def __init__(self, rec: RequestRecord, start: float, keep_text: bool) -> None:
+        self.rec, self.start = rec, start
+        self.prev: float | None = None
+        self.text_chunks = 0
+        self.usage_seen = self.done = False
+        self.parts: list[str] | None = [] if keep_text else None
+
+    def line(self, line: bytes, now: float) -> None:
+        if not line.startswith(b"data:"):
+            return
+        payload = line[5:].strip()
+        if payload == b"[DONE]":
+            self.done = True
+            self.rec.e2e_s = now - self.start
+            return
+        rec = self.rec
+        chunk = _chunk_decoder.decode(payload)  # DecodeError/ValidationError: caught by send()
+        rec.chunks += 1
+        if chunk.error is not None:
+            raise _StreamError(str(chunk.error)[:200])
+        text = _choice_text(chunk.choices[0]) if chunk.choices else ""
+        if text:
+            self.text_chunks += 1
+            if self.prev is None:
+                rec.ttft_s = now - self.start
+            else:
+                rec.itl_s.append(now - self.prev)
+            self.prev = now
+            if self.parts is not None:
+                self.parts.append(text)
+        if chunk.usage is not None:
+            self.usage_seen = True
+            _take_usage(rec, chunk.usage)
+
+
+class _StreamError(Exception):
+    """An error object sent inside the stream."""
 
 
 async def _read_stream(
     resp: aiohttp.ClientResponse, rec: RequestRecord, start: float, keep_text: bool
 ) -> None:
-    """Consume the SSE body; timestamps first, decoding second."""
-    prev: float | None = None
-    text_chunks = 0
-    usage_seen = False
-    parts: list[str] = []
-    async for line in resp.content:
+    """Consume the SSE body: one timestamp per network read (lines that arrive together share it), then
+    split and decode. Reads to the end of the body even after [DONE], so the connection is reused."""
+    state = _StreamState(rec, start, keep_text)
+    buf = b""
+    async for data in resp.content.iter_any():
         now = time.perf_counter()
-        if not line.startswith(b"data:"):
+        if state.done:
             continue
-        payload = line[5:].strip()
-        if payload == b"[DONE]":
-            break
-        try:
-            chunk = _decoder.decode(payload)
-        except msgspec.DecodeError:
-            rec.error, rec.error_detail = "stream", f"bad SSE JSON: {payload[:80]!r}"
-            return
-        rec.chunks += 1
-        if isinstance(chunk, dict) and "error" in chunk:
-            rec.error, rec.error_detail = "stream", str(chunk["error"])[:200]
-            return
-        choices = chunk.get("choices") or []
-        text = _chunk_text(choices[0]) if choices else ""
-        if text:
-            text_chunks += 1
-            if prev is None:
-                rec.ttft_s = now - start
-            else:
-                rec.itl_s.append(now - prev)
-            prev = now
-            if keep_text:
-                parts.append(text)
-        if chunk.get("usage"):
-            usage_seen = True
-            _take_usage(rec, chunk["usage"])
-    rec.e2e_s = time.perf_counter() - start
-    if prev is not None:
-        rec.last_token_s = prev - start
-    if not usage_seen:
-        rec.output_tokens = text_chunks
-    rec.text = "".join(parts)
-    if prev is None:
+        lines = (buf + data).split(b"\n") if buf else data.split(b"\n")
+        buf = lines.pop()
+        for line in lines:
+            if line:  # blank lines separate SSE events
+                state.line(line, now)
+                if state.done:
+                    break
+    if buf and not state.done:
+        state.line(buf, time.perf_counter())
+    if rec.e2e_s is None:
+        rec.e2e_s = time.perf_counter() - start
+    if state.prev is not None:
+        rec.last_token_s = state.prev - start
+    if not state.usage_seen:
+        rec.output_tokens = state.text_chunks
+    if state.parts:
+        rec.text = "".join(state.parts)
+    if state.prev is None:
         rec.error, rec.error_detail = "empty", "no text-bearing chunk in the stream"
 
 
 async def _read_json(resp: aiohttp.ClientResponse, rec: RequestRecord, start: float) -> None:
-    body = _decoder.decode(await resp.read())
+    body = _chunk_decoder.decode(await resp.read())
     rec.e2e_s = time.perf_counter() - start
-    choices = body.get("choices") or []
-    rec.text = _chunk_text(choices[0]) if choices else ""
-    _take_usage(rec, body.get("usage"))
+    rec.text = _choice_text(body.choices[0]) if body.choices else ""
+    _take_usage(rec, body.usage)
     if not rec.text:
         rec.error, rec.error_detail = "empty", "response has no text"
 
@@ -167,5 +225,9 @@ async def send(
         raise
     except aiohttp.ClientConnectorError as err:
         rec.error, rec.error_detail = "connect", str(err)[:200]
-    except (aiohttp.ClientError, msgspec.DecodeError, ValueError, AttributeError) as err:
+    except _StreamError as err:
+        rec.error, rec.error_detail = "stream", f"error in stream: {err}"
+    except msgspec.DecodeError as err:  # also msgspec.ValidationError: a chunk of the wrong shape
+        rec.error, rec.error_detail = "stream", f"bad SSE JSON: {err}"[:200]
+    except aiohttp.ClientError as err:
         rec.error, rec.error_detail = "stream", f"{type(err).__name__}: {err}"[:200]

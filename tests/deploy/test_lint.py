@@ -141,7 +141,13 @@ def kv_engine(extra: list[str] | None = None, seed: str | None = "0") -> Obj:
     return e
 
 
-def so(target: str = "llm", window: int | None = 1200, min_r: int = 1, cooldown: int | None = None) -> Obj:
+def so(
+    target: str = "llm",
+    window: int | None = 1200,
+    min_r: int = 1,
+    cooldown: int | None = None,
+    up_period: int = 600,
+) -> Obj:
     spec: Obj = {
         "scaleTargetRef": {"name": target},
         "minReplicaCount": min_r,
@@ -151,11 +157,11 @@ def so(target: str = "llm", window: int | None = 1200, min_r: int = 1, cooldown:
         ],
     }
     if window is not None:
-        spec["advanced"] = {
-            "horizontalPodAutoscalerConfig": {
-                "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}
-            }
+        behavior = {
+            "scaleDown": {"stabilizationWindowSeconds": window},
+            "scaleUp": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": up_period}]},
         }
+        spec["advanced"] = {"horizontalPodAutoscalerConfig": {"behavior": behavior}}
     if cooldown is not None:
         spec["cooldownPeriod"] = cooldown
     return {
@@ -268,8 +274,8 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
     ),
     "multi-node-without-efa": ([lws(efa=False)], [lws(efa=True), engine()]),
     "keda-faster-than-nodes": (
-        [engine(), so(window=None)],
-        [engine(), so(window=1200), so(target="cpu-only-app", window=None)],
+        [engine(), so(window=None), so(up_period=15) | {"metadata": {"name": "fast-up"}}],
+        [engine(), so(window=1200, up_period=300), so(target="cpu-only-app", window=None)],
     ),
     "no-model-cache": (
         [
@@ -435,7 +441,7 @@ def test_cli_json_and_exit_codes(tmp_path: Path) -> None:
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
     assert doc["errors"] == 1
-    assert doc["warnings"] == 1
+    assert doc["warnings"] == 2  # keda-faster-than-nodes: scale-down window and scale-up pace
     assert {f["rule"] for f in doc["findings"]} == {"missing-gpu-toleration", "keda-faster-than-nodes"}
     good = tmp_path / "good"
     good.mkdir()
@@ -495,3 +501,14 @@ def test_unparsable_file_is_reported_and_the_rest_still_linted(tmp_path: Path) -
         ("unreadable-manifest", "template.yaml"),
         ("missing-gpu-toleration", "all.yaml"),
     }
+
+
+def test_keda_rule_names_scale_up_and_scale_down() -> None:
+    fields = {
+        f.field.rsplit(".", 2)[-2]
+        for f in lint_docs([Doc("e.yaml", engine()), Doc("s.yaml", so(window=None))])
+    }
+    assert fields == {"scaleDown", "scaleUp"}
+    [f] = lint_docs([Doc("e.yaml", engine()), Doc("s.yaml", so(up_period=15))])
+    assert f.field.endswith("scaleUp.policies")
+    assert "every 15 s" in f.why

@@ -103,7 +103,7 @@ def _behavior(spec: dict[str, Any]) -> dict[str, Any]:
     return ((spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}).get("behavior") or {}
 
 
-@rule("keda-faster-than-nodes", "warning", "KEDA scales GPU replicas down faster than nodes come up")
+@rule("keda-faster-than-nodes", "warning", "KEDA scales GPU replicas faster than nodes come up")
 def keda_faster_than_nodes(tree: Tree) -> Iterator[Hit]:
     gpu_targets = {(u.doc.kind, u.doc.name): u for u in tree.units if u.gpus(tree.claim_gpus)}
     for doc in tree.of_kind("ScaledObject", "keda.sh"):
@@ -123,6 +123,16 @@ def keda_faster_than_nodes(tree: Tree) -> Iterator[Hit]:
                 "come back: a dip followed by a burst leaves users waiting a full cold start",
                 f"set scaleDown.stabilizationWindowSeconds >= {startup} (eksinfer render uses 2x "
                 "node start-up)",
+            )
+        up = _behavior(spec).get("scaleUp") or {}
+        periods = [int(p.get("periodSeconds", 15)) for p in up.get("policies") or []]
+        if not periods or min(periods) < startup // 2:
+            yield (
+                doc,
+                "spec.advanced.horizontalPodAutoscalerConfig.behavior.scaleUp.policies",
+                f"the HPA may add replicas every {min(periods) if periods else 15} s, but new GPU nodes take "
+                f"~{startup} s: the queue does not drain meanwhile, so it keeps adding and overshoots",
+                f"add a scaleUp policy with periodSeconds >= {startup // 2} (render uses the node start-up)",
             )
         if int(spec.get("minReplicaCount", 0)) == 0 and int(spec.get("cooldownPeriod", 300)) < startup:
             yield (

@@ -317,6 +317,13 @@ def test_render_refuses_what_the_mode_cannot_do(factory: Any, field: str) -> Non
     assert err.value.field == field
 
 
+@pytest.mark.parametrize("name", ["Qwen3", "a" * 41, "bad_name", "-x"])
+def test_render_refuses_names_that_break_object_names(name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_tree(plans.Plan.model_validate({**plans.tier1().model_dump(), "name": name}))
+    assert err.value.field == "name"
+
+
 def test_render_refuses_a_foreign_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):

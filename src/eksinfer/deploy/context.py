@@ -9,6 +9,7 @@ GenAI on EKS Starter Kit uses, anchors D.11); managed node groups are selected b
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -164,6 +165,10 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
     major = plan.schema_version.rsplit("/", 1)[-1]
     if major != PLAN_SCHEMA_VERSION.rsplit("/", 1)[-1]:
         raise ConfigError(f"unsupported plan version {plan.schema_version!r}", field="schema_version")
+    if not re.fullmatch(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?", plan.name):
+        # Object names append up to 23 characters ("-engine-onprem", "-model-cache", ...) and Service
+        # names must stay DNS labels of at most 63.
+        raise ConfigError("must be a DNS label of at most 40 characters (a-z, 0-9, -)", field="name")
     if plan.nodes.mig_profile and plan.nodes.provisioning == "auto-mode":
         raise ConfigError(
             "MIG needs a node configuration EKS Auto Mode does not allow; use karpenter or "

@@ -143,6 +143,27 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(endpoints, router_stats))
+        # Label children cached by label values: `.labels()` takes a lock and builds a tuple on every call.
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric._name, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def observe_request(self, route: str, endpoint: str, status: str, elapsed_s: float | None) -> None:
+        """One answered request; `elapsed_s` is None for requests refused before routing."""
+        self._child(self.requests, route, endpoint, status).inc()
+        if elapsed_s is not None:
+            self._child(self.e2e, route).observe(elapsed_s)
+
+    def observe_ttft(self, route: str, ttft_s: float) -> None:
+        self._child(self.ttft, route).observe(ttft_s)
+
+    def observe_decision(self, preset: str, reason: str) -> None:
+        self._child(self.decisions, preset, reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -38,6 +38,7 @@ from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
+WHOLE_BODY_BYTES = 1 << 20  # non-streamed answers up to 1 MiB with a Content-Length are sent in one write
 CHARS_PER_TOKEN = (
     4  # estimate when the router does not say how many prompt tokens it found uncached (llm-d §1.4)
 )
@@ -139,7 +140,7 @@ class Proxy:
         started = time.perf_counter()
         admitted = await self._admit(request, field)
         if isinstance(admitted, web.Response):
-            self._metrics.requests.labels(path, "", str(admitted.status)).inc()
+            self._metrics.observe_request(path, "", str(admitted.status), None)
             return admitted
         raw, body, model = admitted
         self._inflight += 1
@@ -197,7 +198,7 @@ class Proxy:
             except EksinferError as err:
                 status = _status_of(err)
                 return self._finish_early(path, status, str(err), _CODES.get(status, "routing_failed"))
-            self._metrics.decisions.labels(decision.preset or self._preset, decision.reason).inc()
+            self._metrics.observe_decision(decision.preset or self._preset, decision.reason)
             try:
                 return await self._forward(request, path, raw, decision, started)
             except _RetryElsewhere:
@@ -210,7 +211,7 @@ class Proxy:
         return self._finish_early(path, 503, f"no healthy endpoint serves model '{model}'", "no_endpoint")
 
     def _finish_early(self, path: str, status: int, message: str, code: str) -> web.Response:
-        self._metrics.requests.labels(path, "", str(status)).inc()
+        self._metrics.observe_request(path, "", str(status), None)
         return error_response(status, message, code=code)
 
     def _begin(self, decision: Decision) -> _Flight:
@@ -284,8 +285,7 @@ class Proxy:
         finally:
             self._end(flight, flight.ok)
             if not flight.retried:
-                self._metrics.e2e.labels(path).observe(time.perf_counter() - started)
-                self._metrics.requests.labels(path, ep.id, status).inc()
+                self._metrics.observe_request(path, ep.id, status, time.perf_counter() - started)
         assert flight.response is not None
         return flight.response
 
@@ -303,12 +303,17 @@ class Proxy:
             flight.decision.endpoint.healthy = False
             raise _RetryElsewhere from err
         self._first_token(flight)
-        self._metrics.ttft.labels(request.path).observe(time.perf_counter() - flight.started)
+        self._metrics.observe_ttft(request.path, time.perf_counter() - flight.started)
         content_type = upstream.headers.get("Content-Type", "application/json")
+        size = upstream.content_length
+        if size is not None and size <= WHOLE_BODY_BYTES and not content_type.startswith("text/event-stream"):
+            # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
+            body = first if len(first) >= size else first + await upstream.content.read()
+            headers = {"Content-Type": content_type, **self._explain(flight.decision)}
+            flight.response = web.Response(status=upstream.status, body=body, headers=headers)
+            return
         response = web.StreamResponse(status=upstream.status, headers=self._explain(flight.decision))
         response.content_type = content_type.split(";")[0]
-        if upstream.content_length is not None and not content_type.startswith("text/event-stream"):
-            response.content_length = upstream.content_length
         flight.response = response
         await response.prepare(request)
         loop = asyncio.get_running_loop()

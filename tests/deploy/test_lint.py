@@ -512,3 +512,16 @@ def test_keda_rule_names_scale_up_and_scale_down() -> None:
     [f] = lint_docs([Doc("e.yaml", engine()), Doc("s.yaml", so(up_period=15))])
     assert f.field.endswith("scaleUp.policies")
     assert "every 15 s" in f.why
+
+
+def test_model_read_from_entrypoint_arguments() -> None:
+    """The vllm-openai image's entrypoint is `vllm serve`: args may start with the model."""
+
+    def fn(o: Obj) -> None:
+        ctr(o).pop("command")
+        ctr(o)["args"] = ["deepseek-ai/DeepSeek-V3", "--tensor-parallel-size", "8"]
+        ctr(o)["resources"]["limits"]["nvidia.com/gpu"] = "8"
+
+    [f] = lint_docs([Doc("e.yaml", mutate(engine(), fn))])
+    assert f.rule == "moe-without-expert-parallel"
+    assert "deepseek-ai/deepseek-v3" in f.why

@@ -35,9 +35,12 @@ def _serving(tree: Tree) -> Iterator[tuple[PodUnit, int, list[str]]]:
 
 
 def _model(argv: list[str]) -> str:
+    """`vllm serve MODEL`, `--model MODEL`, or the image entrypoint's first positional argument."""
     if "serve" in argv and argv.index("serve") + 1 < len(argv):
         return argv[argv.index("serve") + 1]
-    return vllm_flags.value(argv, "model") or ""
+    if flag := vllm_flags.value(argv, "model"):
+        return flag
+    return argv[0] if argv and not argv[0].startswith("-") else "the model"
 
 
 @rule("tp-without-shm", "error", "tensor parallelism without a /dev/shm memory volume")

@@ -132,3 +132,22 @@ def test_abort_frees_blocks() -> None:
     assert sched.pool.num_free_blocks == 63
     assert not sched.has_work()
     assert not sched.abort(req)
+
+
+def test_admission_needs_room_for_the_whole_sequence() -> None:
+    # 6 usable blocks of 4 tokens; a holds 3 blocks once decoding, b's 20 tokens need 5 blocks
+    sched = _sched(7, 4, max_num_batched_tokens=8)
+    a, b = _req("a", list(range(8)), 3, 4), _req("b", list(range(100, 120)), 2, 4)
+    sched.add(a)
+    sched.add(b)
+    first = sched.schedule()
+    assert [(r.request_id, n) for r, n in first.scheduled] == [("a", 8)]
+    sched.update(first, _sample)
+    second = sched.schedule()
+    # b's first chunk (7 tokens, 2 blocks) would fit, but vLLM 0.32 checks the full 20-token sequence
+    assert [(r.request_id, n) for r, n in second.scheduled] == [("a", 1)]
+    assert sched.stats.prefix_queries == 8  # b's lookup did not admit it, so it is not counted
+    sched.update(second, _sample)
+    _run(sched)
+    assert b.num_output_tokens == 2
+    assert sched.stats.prefix_queries == 8 + 20

@@ -7,10 +7,12 @@ Each step has a token budget of `max_num_batched_tokens`:
    it goes back to the head of the waiting queue) until they do, or the request preempts itself.
 2. Only if nothing was preempted, WAITING requests are admitted first-come-first-served while fewer than
    `max_num_seqs` run: the prefix cache supplies the longest run of cached full blocks, capped at
-   `(num_tokens - 1) // block_size` blocks so at least one token is computed; each lookup is counted as a
-   prefix-cache query of `num_tokens` tokens with `hit_blocks * block_size` hit tokens (preempted requests
-   are counted apart, as vLLM's PrefixCacheStats does). Without chunked prefill a prompt larger than the
-   remaining budget waits. Admission stops at the first request that does not fit.
+   `(num_tokens - 1) // block_size` blocks so at least one token is computed; the whole sequence must fit
+   in the free blocks (vLLM 0.32 `scheduler_reserve_full_isl`), the first chunk is allocated. Each
+   admission counts a prefix-cache query of `num_tokens` tokens with `hit_blocks * block_size` hit tokens
+   (re-admissions after preemption are counted apart, as vLLM's PrefixCacheStats does). Without chunked
+   prefill a prompt larger than the remaining budget waits. Admission stops at the first request that
+   does not fit.
 3. After the step, every request whose tokens are all computed samples one token; a request stops at
    `max_tokens`, at EOS (unless `ignore_eos`), or at `max_model_len` tokens.
 """
@@ -243,20 +245,24 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             hits = pool.longest_hit(req.hasher.digests, (req.num_tokens - 1) // bs)
-            if pool.enable_caching:
-                if req.num_preemptions:
-                    self.stats.preempted_queries += req.num_tokens
-                    self.stats.preempted_hits += len(hits) * bs
-                else:
-                    self.stats.prefix_queries += req.num_tokens
-                    self.stats.prefix_hits += len(hits) * bs
             computed = len(hits) * bs
             n = req.num_tokens - computed
             if not self.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
+            # vLLM 0.32 scheduler_reserve_full_isl (default on): admit only if the whole sequence fits
+            full = min(req.num_tokens, self.max_model_len)
+            if pool.blocks_to_allocate(req.table, full, hits) > pool.num_free_blocks:
+                break
             if not pool.allocate(req.table, computed + n, hits):
                 break
+            if pool.enable_caching:  # recorded at admission, so lookups that did not schedule do not count
+                if req.num_preemptions:
+                    self.stats.preempted_queries += req.num_tokens
+                    self.stats.preempted_hits += computed
+                else:
+                    self.stats.prefix_queries += req.num_tokens
+                    self.stats.prefix_hits += computed
             self.waiting.popleft()
             req.num_computed_tokens = computed
             if req.num_cached_tokens < 0:

@@ -358,6 +358,13 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         ],
         [nodepool(), so()],
     ),
+    "schema-violation": (
+        [
+            mutate(engine(), lambda o: o["spec"].update(replicas="two")),
+            mutate(so(), lambda o: o["spec"].update(minReplicas=1)),
+        ],
+        [engine(), so(), {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}],
+    ),
     "unreadable-manifest": ([{UNREADABLE: "mapping values are not allowed here"}], [engine()]),
     "mig-on-auto-mode": (
         [

@@ -128,22 +128,32 @@ def _eksctl_problems(obj: Mapping[str, Any]) -> list[Problem]:
     return out
 
 
-def validate_object(obj: Mapping[str, Any], k8s_version: str = DEFAULT_K8S_VERSION) -> list[Problem]:
-    """Every problem found in one object; an unknown kind is itself a problem."""
+def schema_problems(obj: Mapping[str, Any], k8s_version: str = DEFAULT_K8S_VERSION) -> list[Problem] | None:
+    """Metadata and JSON-schema problems (no CEL); None when no schema is known for the kind."""
     api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
     if api_version == "eksctl.io/v1alpha5" and kind == "ClusterConfig":
         return _eksctl_problems(obj)
-    out = _metadata_problems(obj)
     validator = _crd_validator(api_version, kind)
     if validator is not None:
-        for err in sorted(validator.iter_errors(dict(obj)), key=lambda e: list(e.absolute_path)):
-            out.append(Problem(object_id(obj), _path(err.absolute_path), str(err.message).splitlines()[0]))
-        out.extend(Problem(object_id(obj), field, msg) for field, msg in cel.check(obj))
-        return out
+        errors = sorted(validator.iter_errors(dict(obj)), key=lambda e: list(e.absolute_path))
+        found = [
+            Problem(object_id(obj), _path(e.absolute_path), str(e.message).splitlines()[0]) for e in errors
+        ]
+        return _metadata_problems(obj) + found
     core = _core_problems(obj, k8s_version)
-    if core is None:
-        return [*out, Problem(object_id(obj), "apiVersion", f"no schema for {api_version} {kind}")]
-    return out + core
+    return None if core is None else _metadata_problems(obj) + core
+
+
+def validate_object(obj: Mapping[str, Any], k8s_version: str = DEFAULT_K8S_VERSION) -> list[Problem]:
+    """Every problem found in one object; an unknown kind is itself a problem."""
+    found = schema_problems(obj, k8s_version)
+    if found is None:
+        api_version, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+        return [
+            *_metadata_problems(obj),
+            Problem(object_id(obj), "apiVersion", f"no schema for {api_version} {kind}"),
+        ]
+    return found + [Problem(object_id(obj), field, msg) for field, msg in cel.check(obj)]
 
 
 def validate_objects(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from eksinfer.deploy import cel, vllm_flags
+from eksinfer.deploy import cel, validate, vllm_flags
 from eksinfer.deploy.lint.core import at, rule
 from eksinfer.deploy.lint.manifests import GPU, UNREADABLE, Doc, Tree
 
@@ -296,6 +296,20 @@ def crd_rule_violation(tree: Tree) -> Iterator[Hit]:
                     f"{message} (x-kubernetes-validations in the pinned CRD)",
                     "fix the field as the message says",
                 )
+
+
+@rule("schema-violation", "error", "the API server would reject this object's fields")
+def schema_violation(tree: Tree) -> Iterator[Hit]:
+    for doc in tree.docs:
+        if not doc.is_api_object or doc.kind == "ClusterConfig":
+            continue
+        for problem in validate.schema_problems(doc.obj) or []:  # kinds without a known schema are skipped
+            yield (
+                doc,
+                problem.field,
+                f"{problem.message} (Kubernetes 1.34 schema / pinned CRD)",
+                "fix or remove the field; kubectl apply would fail or silently drop it",
+            )
 
 
 @rule("mig-on-auto-mode", "error", "MIG requested on EKS Auto Mode")

@@ -31,10 +31,14 @@ class FakeBackend:
     block_size: int = 16
     report_cached_tokens: bool = True
     fail_every: int = 0  # every Nth completion request answers HTTP 500 (0: never)
+    slots: int = 0  # requests served at once, the rest queue (0: unlimited), to make saturation testable
     hits_tokens: float = 0.0
     query_tokens: float = 0.0
     requests: int = 0
     seen_blocks: set[int] = field(default_factory=set)
+    prompt_words: list[int] = field(default_factory=list)  # per request, in arrival order (for tests)
+    authorization: list[str] = field(default_factory=list)
+    _slots: asyncio.Semaphore | None = None
 
     def cache_lookup(self, words: list[str]) -> int:
         """Tokens of `words` found in the toy prefix cache (whole leading blocks), then insert them."""
@@ -95,8 +99,17 @@ def _chunk(chat: bool, model: str, text: str, finish: str | None) -> bytes:
 
 
 async def _complete(request: web.Request) -> web.StreamResponse:
-    arrived = time.perf_counter()
     fake = request.app[_MODEL_KEY]
+    if not fake.slots:
+        return await _serve_completion(request, fake)
+    if fake._slots is None:
+        fake._slots = asyncio.Semaphore(fake.slots)
+    async with fake._slots:
+        return await _serve_completion(request, fake)
+
+
+async def _serve_completion(request: web.Request, fake: FakeBackend) -> web.StreamResponse:
+    arrived = time.perf_counter()
     chat = request.path.endswith("/chat/completions")
     try:
         body = await request.json()
@@ -105,10 +118,12 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     if body.get("model") != fake.model:
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model")
     fake.requests += 1
+    fake.authorization.append(request.headers.get("Authorization", ""))
     if fake.fail_every and fake.requests % fake.fail_every == 0:
         return _error(500, "injected failure", "InternalServerError")
     n = int(body.get("max_tokens") or 16)
     words = _prompt_words(body)
+    fake.prompt_words.append(len(words))
     cached = fake.cache_lookup(words)
     usage: dict[str, Any] = {
         "prompt_tokens": len(words),

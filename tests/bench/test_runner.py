@@ -1,0 +1,119 @@
+"""Load shapes and run control: multi-turn context growth, think time, duration, stop, targets, sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from eksinfer.bench import BenchConfig, run_bench, run_sweep
+from eksinfer.bench.hitrate import HITS, QUERIES, metrics_hit_rate, parse_counters
+
+SAMPLES = Path("/work/shared/reference/vllm-samples")
+
+
+async def test_multi_turn_resends_history_with_think_time(fake_server):
+    w = {"type": "multi-turn", "num_conversations": 1, "turns": 3, "system_prompt_len": 10, "user_len": 4,
+         "output_len": 2, "think_time_s": 0.1}  # fmt: skip
+    async with fake_server() as (fake, url):
+        cfg = BenchConfig(target=url, model="fake-model", endpoint="chat", num_requests=3, workload=w)
+        result = await run_bench(cfg)
+    # the fake answers " tok tok" (2 words): 10 + 4, then + 2 + 4, then + 2 + 4 words
+    assert fake.prompt_words == [14, 20, 26]
+    recs = result.records
+    assert [r.turn for r in recs] == [0, 1, 2]
+    for prev, nxt in itertools.pairwise(recs):
+        assert nxt.sent_s - (prev.sent_s + prev.e2e_s) >= 0.1  # think time between reply and next turn
+
+
+async def test_duration_mode_and_round_robin_targets(fake_server):
+    async with fake_server(ttft_s=0.01) as (fa, url_a), fake_server(ttft_s=0.01) as (fb, url_b):
+        cfg = BenchConfig(
+            target=[url_a, url_b],
+            model="fake-model",
+            concurrency=2,
+            duration_s=0.3,
+            max_tokens=1,
+            api_key="sk-test",
+        )
+        started = time.perf_counter()
+        result = await run_bench(cfg)
+        elapsed = time.perf_counter() - started
+    assert 0.3 <= elapsed < 1.5
+    n = result.summary["requests"]["completed"]
+    assert 10 <= n <= 60  # 2 in flight, ~10 ms each, for 0.3 s
+    assert abs(fa.requests - fb.requests) <= 1
+    assert set(fa.authorization + fb.authorization) == {"Bearer sk-test"}
+
+
+async def test_stop_event_keeps_what_was_measured(fake_server):
+    async with fake_server(ttft_s=0.01, itl_s=0.01) as (_, url):
+        cfg = BenchConfig(target=url, model="fake-model", concurrency=4, num_requests=1000, max_tokens=20)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        result = await run_bench(cfg, stop=stop)
+    s = result.summary
+    assert result.interrupted
+    assert 4 <= s["requests"]["completed"] < 1000
+    assert s["requests"]["failed"] == 0  # in-flight requests cut by the stop are left out, not failures
+    assert sum(r.error == "cancelled" for r in result.records) <= 4
+    assert s["ttft_ms"]["count"] == s["requests"]["completed"]
+
+
+async def test_sweep_with_given_rates_stops_at_saturation(fake_server):
+    # The fake serves one request at a time, 20 ms each: capacity 50 req/s. 20 req/s keeps up; 200 req/s
+    # saturates (completions 20 ms apart = 50/s < 0.9 * 200); 400 is never run.
+    async with fake_server(ttft_s=0.02, slots=1) as (_, url):
+        cfg = BenchConfig(
+            target=url, model="fake-model", num_requests=8, max_tokens=1, warmup=2, arrival="constant"
+        )
+        sweep = await run_sweep(cfg, [20.0, 200.0, 400.0])
+    assert [s.offered_rate for s in sweep.stages] == [20.0, 200.0]
+    assert [s.saturated for s in sweep.stages] == [False, True]
+    assert sum(r.warmup for r in sweep.stages[0].result.records) == 2
+    assert sum(r.warmup for r in sweep.stages[1].result.records) == 0
+    doc = sweep.to_json()
+    assert [r["offered_rate"] for r in doc["runs"]] == [20.0, 200.0]
+    assert doc["runs"][0]["completion_rate"] == pytest.approx(20.0, rel=0.3)
+    assert doc["runs"][1]["completion_rate"] == pytest.approx(50.0, rel=0.3)
+
+
+async def test_auto_sweep_probes_then_stays_below_peak(fake_server):
+    async with fake_server(ttft_s=0.02) as (_, url):
+        cfg = BenchConfig(target=url, model="fake-model", num_requests=12, max_tokens=1)
+        sweep = await run_sweep(cfg, None, num_stages=2, probe_concurrency=2)
+    probe, *stages = sweep.stages
+    assert probe.offered_rate is None
+    # 2 in flight, 20 ms each: about 100 req/s, less the tail of the last wave
+    assert 40 <= sweep.peak_rate <= 100
+    assert [s.offered_rate for s in stages] == pytest.approx([sweep.peak_rate / 2, sweep.peak_rate])
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="vllm-samples not found")
+def test_hit_rate_counters_from_real_vllm_metrics():
+    idle = parse_counters((SAMPLES / "metrics_idle.txt").read_text())
+    after = parse_counters((SAMPLES / "metrics_after_requests.txt").read_text())
+    assert after == {QUERIES: 546.0, HITS: 0.0}  # the two files come from separate server runs
+    assert idle == {QUERIES: 658.0, HITS: 256.0}
+    assert metrics_hit_rate({"u": {QUERIES: 0.0, HITS: 0.0}}, {"u": idle})["hit_rate"] == pytest.approx(
+        256 / 658
+    )
+
+
+def test_hit_rate_math_sums_engines_and_urls():
+    text = (
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 100.0\n'
+        'vllm:prefix_cache_queries_total{engine="1",model_name="m"} 300\n'
+        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 50\n'
+        "vllm:prefix_cache_hits_created 1.7e9\n"
+    )
+    assert parse_counters(text) == {QUERIES: 400.0, HITS: 50.0}
+    before = {"a": {QUERIES: 100.0, HITS: 0.0}, "b": {QUERIES: 0.0, HITS: 0.0}, "c": None}
+    after = {"a": {QUERIES: 300.0, HITS: 150.0}, "b": {QUERIES: 200.0, HITS: 50.0}, "c": None}
+    out = metrics_hit_rate(before, after)
+    assert out["hit_rate"] == pytest.approx(200 / 400)
+    assert out["per_url"]["a"] == pytest.approx(0.75)
+    assert out["per_url"]["b"] == pytest.approx(0.25)

@@ -95,6 +95,7 @@ async def test_counters_move_with_requests(start: StartCluster) -> None:
     assert _value(after, "vllm:prompt_tokens_cached_total") == 32
     assert _value(after, "vllm:prompt_tokens_by_source_total", source="local_compute") == 48
     assert _value(after, "vllm:generation_tokens_total") == 6
+    assert _value(after, "vllm:iteration_tokens_total_sum") == 40 + 8 + 6  # computed prompt + generated
     assert _value(after, "vllm:request_success_total", finished_reason="length") == 2
     assert _value(after, "vllm:time_to_first_token_seconds_count") == 2
     assert _value(after, "vllm:inter_token_latency_seconds_count") == 4

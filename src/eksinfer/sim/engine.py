@@ -282,10 +282,10 @@ class Engine:
 
     def _after_update(self, plan: StepPlan, emitted: list[SimRequest], now: float) -> None:
         m = self.metrics
-        prompt_tokens = 0
+        computed_prompt = 0
         for req in emitted:
             if req.num_output_tokens == 1:
-                prompt_tokens += self._first_token(req, now)
+                computed_prompt += self._first_token(req, now)
             else:
                 m.itl.observe(now - req.last_token_time)
             req.last_token_time = now
@@ -295,7 +295,7 @@ class Engine:
                 req.on_tokens(req)
         if emitted:
             m.generation_tokens.inc(len(emitted))
-        m.iteration_tokens.observe(prompt_tokens + len(emitted))
+        m.iteration_tokens.observe(computed_prompt + len(emitted))
 
     def _first_token(self, req: SimRequest, now: float) -> int:
         m = self.metrics
@@ -308,7 +308,7 @@ class Engine:
         if cached:
             m.prompt_cache_hit.inc(cached)
             m.prompt_cached.inc(cached)
-        return prompt
+        return prompt - cached  # vLLM 0.32 iteration_tokens_total counts computed prompt tokens
 
     def _finished(self, req: SimRequest, now: float) -> None:
         m = self.metrics

@@ -120,12 +120,14 @@ def _common(
             f"Please request fewer output tokens. (parameter=max_tokens, value={requested})",
             param="max_tokens",
         )
-    if len(prompt_ids) >= limit:
+    if len(prompt_ids) >= limit:  # vLLM 0.32 renderers/params.py `_token_len_check` (and no room for output)
+        n = len(prompt_ids)
         raise ApiError(
             400,
-            f"This model's maximum context length is {limit} tokens. However, your request has "
-            f"{len(prompt_ids)} input tokens. Please reduce the length of the input messages.",
-            param=None,
+            f"This model's maximum context length is {limit} tokens. However, your prompt contains {n} "
+            "input tokens, which exceeds this limit even without any output tokens. Please reduce the length "
+            f"of the input prompt. (parameter=input_tokens, value={n})",
+            param="input_tokens",
         )
     room = limit - len(prompt_ids)
     wanted = requested if requested is not None else default_max

@@ -31,6 +31,7 @@ from benchmarks.gateway_e2e import (
     stop_proc,
     vllm_router_exe,
     wait_http,
+    make_tokenizer_dir,
     workdir,
     workload_requests,
 )
@@ -95,7 +96,9 @@ async def _row(
 ) -> RunResult | str:
     """Fresh engines, start the router under test, run the workload; a string says why the row was skipped."""
     w = workload(args)
-    cluster = SimCluster(REPLICAS, blocks_per_replica(w, args.capacity_ratio), args.time_scale)
+    cluster = SimCluster(
+        REPLICAS, blocks_per_replica(w, args.capacity_ratio), args.time_scale, args.tokenizer_dir
+    )
     await cluster.start()
     proc = None
     try:
@@ -156,6 +159,10 @@ async def quality(args: argparse.Namespace) -> None:
     print(f"ideal placement hit rate (upper bound, {pinned} of {w.num_groups} prefixes pinned): {ideal:.1%}")
     print(f"{'router':<24} {'ok':>4} {'err':>4} {'ttft p50':>9} {'ttft p90':>9} {'req/s':>8} {'hit':>7}")
     wd = workdir()
+    args.tokenizer_dir = make_tokenizer_dir(wd / "tokenizer")
+    print(
+        f"tokenizer: byte-level BPE trained locally ({args.tokenizer_dir}), loaded by engines and routers alike"
+    )
     results: dict[str, RunResult] = {}
     for preset in args.presets.split(","):
 

@@ -32,6 +32,45 @@ MODEL = "m"
 HOST = "127.0.0.1"
 
 
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def make_tokenizer_dir(path: Path) -> Path:
+    """A small byte-level BPE tokenizer trained locally on the benchmark's vocabulary (no downloads), with a
+    chat template: the engines, eksinfer's gateway (mode hf) and vllm-router (VLLM_ROUTER_TOKENIZER) all load
+    it, so every router tokenizes exactly as the engines do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from eksinfer.bench.prompts import WORDS
+
+    path.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choices(WORDS, k=64)) for _ in range(2000)]
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(str(path / "tokenizer.json"))
+    config = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "chat_template": CHAT_TEMPLATE,
+        "model_max_length": 32768,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    (path / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
+    return path
+
+
 def free_port_block(n: int) -> int:
     """A base port with n consecutive free ports (replicas use base + i)."""
     for _ in range(50):
@@ -56,6 +95,7 @@ class SimCluster:
     replicas: int
     num_gpu_blocks: int
     time_scale: float
+    tokenizer_dir: Path | None = None
     http_base: int = 0
     ev_base: int = 0
     rp_base: int = 0
@@ -84,7 +124,8 @@ class SimCluster:
             f"ev = KVEventsConfig(enable_kv_cache_events=True, publisher='zmq', endpoint='tcp://*:{self.ev_base}',"
             f" replay_endpoint='tcp://*:{self.rp_base}', topic='kv@{{host}}:{{port}}@{{model}}')\n"
             f"opts = SimOptions(port={self.http_base}, served_model_name=('{MODEL}',),"
-            f" time_scale={self.time_scale}, num_gpu_blocks={self.num_gpu_blocks}, kv_events=ev, seed=1)\n"
+            f" time_scale={self.time_scale}, num_gpu_blocks={self.num_gpu_blocks}, kv_events=ev, seed=1,"
+            f" tokenizer={str(self.tokenizer_dir) if self.tokenizer_dir else None!r})\n"
             f"serve(opts, {self.replicas}, log_level='warning')\n"
         )
         self.proc = spawn([sys.executable, "-c", code])
@@ -95,8 +136,19 @@ class SimCluster:
 
 
 def spawn(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a child whose stderr we keep (for the error message if it dies at start)."""
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    """Start a child with stderr in a temporary file (a pipe nobody reads would block a chatty child)."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    proc.eksinfer_log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stderr_tail(proc: subprocess.Popen[bytes]) -> str:
+    log = getattr(proc, "eksinfer_log", None)
+    if log is None:
+        return ""
+    log.seek(0)
+    return log.read().decode(errors="replace")[-2000:]
 
 
 def stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
@@ -116,7 +168,7 @@ async def wait_http(urls: Sequence[str], proc: subprocess.Popen[bytes] | None, t
         for url in urls:
             while True:
                 if proc is not None and proc.poll() is not None:
-                    err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+                    err = stderr_tail(proc)
                     raise RuntimeError(f"process exited ({proc.returncode}) before {url} was up: {err}")
                 try:
                     async with session.get(url) as r:
@@ -145,7 +197,11 @@ def start_gateway(
         "scrape": {"interval_s": 0.25},
         "routing": {
             "preset": preset,
-            "tokenizer": {"mode": "builtin"},
+            "tokenizer": (
+                {"mode": "hf", "path": str(cluster.tokenizer_dir)}
+                if cluster.tokenizer_dir
+                else {"mode": "builtin"}
+            ),
             "events": {"replay_port_offset": cluster.rp_base - cluster.ev_base},
             "debug_header": None,
             "profiles": profiles or {},
@@ -181,12 +237,19 @@ def vllm_router_exe() -> str | None:
 def start_vllm_router(exe: str, cluster: SimCluster, policy: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port_block(1)
     cmd = [exe, "--host", HOST, "--port", str(port), "--policy", policy, "--worker-urls", *cluster.urls]
-    cmd += ["--log-level", "warning", "--disable-retries", "--disable-circuit-breaker"]
+    cmd += [
+        "--log-level",
+        os.environ.get("VR_LOG", "warning"),
+        "--disable-retries",
+        "--disable-circuit-breaker",
+    ]
     if policy == "kv_aware":
         for url, ev, rp in zip(cluster.urls, cluster.event_endpoints, cluster.replay_endpoints, strict=True):
             cmd += ["--kv-event-source", f"{url}={ev}", "--kv-event-replay-source", f"{url}={rp}"]
         cmd += ["--kv-event-block-size", "16", "--kv-event-model", MODEL]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if cluster.tokenizer_dir is not None:
+        env["VLLM_ROUTER_TOKENIZER"] = str(cluster.tokenizer_dir)
     proc = spawn(cmd, env)
     return proc, f"http://{HOST}:{port}"
 

@@ -262,6 +262,8 @@ def test_managed_node_group_mig_dra_hybrid() -> None:
     onprem = next(d for d in _objs(hybrid, "Deployment") if d["metadata"]["name"].endswith("-onprem"))
     assert onprem["spec"]["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/compute-type": "hybrid"}
     assert onprem["spec"]["replicas"] == 1
+    # 4 GPUs (TP 4) on an on-prem host: 4 x 4 cores, max(32, 4 x 24) GiB
+    assert onprem["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] == "96Gi"
     [ds] = _objs(hybrid, "DaemonSet")
     assert ds["spec"]["template"]["spec"]["nodeSelector"] == {"eks.amazonaws.com/compute-type": "hybrid"}
 

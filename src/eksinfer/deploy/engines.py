@@ -127,10 +127,16 @@ def shm_gib(gpus: int, multi_node: bool) -> int:
     return 16 if gpus > 1 or multi_node else 2
 
 
-def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str) -> Obj:
+def onprem_resources(gpus: int) -> tuple[int, int]:
+    """On-prem hosts are not in the catalog: 4 cores and 24 GiB per GPU (at least 32 GiB), which fits the
+    common 8-GPU servers (>= 64 cores, >= 1 TiB) with room for their own daemons."""
+    return 4 * gpus, max(32, 24 * gpus)
+
+
+def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = "cloud") -> Obj:
     """kind: single (Deployment), leader or worker (LeaderWorkerSet)."""
     multi = kind != "single"
-    cpu, mem = ctx.pod_resources(gpus)
+    cpu, mem = onprem_resources(gpus) if pool == "onprem" else ctx.pod_resources(gpus)
     shm = shm_gib(gpus, multi)
     res_req: Obj = {"cpu": str(cpu), "memory": f"{mem}Gi"}
     res_lim: Obj = {"memory": f"{mem + shm}Gi"}
@@ -203,7 +209,7 @@ def pod_template(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = 
         else ctx.node_selector(),
         "tolerations": [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [container(ctx, role, gpus, kind=kind)],
+        "containers": [container(ctx, role, gpus, kind=kind, pool=pool)],
         "volumes": volumes,
     }
     if ctx.opts.model_s3_uri:

@@ -25,13 +25,13 @@ from typing import Any
 from benchmarks.gateway_e2e import (
     RunResult,
     SimCluster,
+    make_tokenizer_dir,
     run_load,
     start_gateway,
     start_vllm_router,
     stop_proc,
     vllm_router_exe,
     wait_http,
-    make_tokenizer_dir,
     workdir,
     workload_requests,
 )
@@ -161,7 +161,7 @@ async def quality(args: argparse.Namespace) -> None:
     wd = workdir()
     args.tokenizer_dir = make_tokenizer_dir(wd / "tokenizer")
     print(
-        f"tokenizer: byte-level BPE trained locally ({args.tokenizer_dir}), loaded by engines and routers alike"
+        f"tokenizer: byte-level BPE trained locally ({args.tokenizer_dir}), loaded by engines and routers"
     )
     results: dict[str, RunResult] = {}
     for preset in args.presets.split(","):

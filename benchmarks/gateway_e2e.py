@@ -137,7 +137,7 @@ class SimCluster:
 
 def spawn(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a child with stderr in a temporary file (a pipe nobody reads would block a chatty child)."""
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process object)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     proc.eksinfer_log = log  # type: ignore[attr-defined]
     return proc

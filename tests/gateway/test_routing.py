@@ -23,6 +23,23 @@ BS = 16
 SYSTEM = "You are a careful assistant for the accounts team. " * 12  # ~150 tokens
 
 
+def free_port_block(n: int) -> int:
+    """A base port with n consecutive free ports on 127.0.0.1 (the simulator offsets replica i by i)."""
+    import random
+    import socket
+
+    for _ in range(100):
+        base = random.randint(20000, 60000)
+        try:
+            for port in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port block")
+
+
 def make_router(preset: str = "kv-aware", **extra: Any) -> Router:
     cfg = load_routing_config({"preset": preset, "tokenizer": {"mode": "builtin"}, "seed": 3, **extra})
     return Router(cfg)
@@ -210,3 +227,48 @@ async def test_events_over_zmq_reach_the_router_index() -> None:
         await router.stop()
         pub.close(0)
         ctx.destroy(linger=0)
+
+
+async def test_simulated_engines_events_drive_routing() -> None:
+    """The whole chain on real components: the simulator's publisher -> ZMQ -> subscriber -> index -> decision."""
+    import aiohttp
+
+    from eksinfer.kvcache.events import KVEventsConfig
+    from eksinfer.sim.cluster import start_cluster
+    from eksinfer.sim.config import SimOptions
+
+    ev_port, replay_port = free_port_block(3), free_port_block(3)
+    events = KVEventsConfig(
+        enable_kv_cache_events=True,
+        publisher="zmq",
+        endpoint=f"tcp://*:{ev_port}",
+        replay_endpoint=f"tcp://*:{replay_port}",
+    )
+    opts = SimOptions(port=0, time_scale=0, num_gpu_blocks=256, served_model_name=("m",), kv_events=events)
+    cluster = await start_cluster(opts, 3)
+    router = make_router()
+    eps = [
+        EndpointState(id=EndpointId(f"e{i}"), url=url, models=frozenset({"m"}), block_size=BS, stale=False)
+        for i, url in enumerate(cluster.urls)
+    ]
+    router.start()
+    try:
+        for ep, replica in zip(eps, cluster.replicas, strict=True):
+            router.endpoint_added(ep, kv_events=replica.event_endpoint, kv_replay=replica.replay_endpoint)
+        body = chat("warm the cache")
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{cluster.urls[2]}/v1/chat/completions", json={**body, "max_tokens": 2}
+            ) as r:
+                assert r.status == 200
+        for _ in range(200):
+            if router.index.endpoint_size("e2"):
+                break
+            await asyncio.sleep(0.02)
+        decision = await router.route("m", chat("another question"), {}, eps)
+        assert decision.endpoint.id == "e2"
+        assert decision.reason == "prefix-hit"
+        assert router.stats()["subscribers"]["e2"]["lost_batches"] == 0
+    finally:
+        await router.stop()
+        await cluster.stop()

@@ -313,3 +313,26 @@ async def test_hf_tokenizer_and_template(start: StartCluster, tmp_path: Path) ->
     assert tokens["tokens"] == [1, 203, 204, 8, 9]  # <s> user : w5 w6, from the template
     assert chat["usage"]["prompt_tokens"] == 5
     assert chat["usage"]["completion_tokens"] == 3
+
+
+async def test_stream_terminal_fingerprint_and_continuous_usage(start: StartCluster) -> None:
+    cluster = await start()
+    url = cluster.urls[0] + "/v1/completions"
+    body = {"prompt": "x", "max_tokens": 3, "ignore_eos": True, "stream": True}
+    async with httpx.AsyncClient(timeout=10) as client:
+        plain = _sse((await client.post(url, json=body)).text)
+        continuous = _sse(
+            (
+                await client.post(
+                    url,
+                    json={**body, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+                )
+            ).text
+        )
+    # vLLM stamps system_fingerprint on the terminal chunk only when no usage chunk follows
+    assert "system_fingerprint" not in plain[0]
+    assert plain[2]["system_fingerprint"] == "vllm-0.32.0-eksinfer"
+    assert plain[2]["choices"][0]["finish_reason"] == "length"
+    assert [c["usage"]["completion_tokens"] for c in continuous[:3]] == [1, 2, 3]
+    assert continuous[3]["choices"] == []
+    assert continuous[-1] == "[DONE]"

@@ -64,6 +64,7 @@ class GenerateParams:
     max_tokens_requested: int | None
     stream: bool
     include_usage: bool
+    continuous_usage: bool
     ignore_eos: bool
     seed: int | None
     cache_salt: str | None = None
@@ -144,6 +145,9 @@ def _common(
         "max_tokens_requested": requested,
         "stream": bool(body.get("stream", False)),
         "include_usage": bool(stream_options.get("include_usage", False)),
+        "continuous_usage": bool(
+            stream_options.get("include_usage", False) and stream_options.get("continuous_usage_stats", False)
+        ),
         "ignore_eos": bool(body.get("ignore_eos", False)),
         "seed": seed,
     }

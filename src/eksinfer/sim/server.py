@@ -196,7 +196,7 @@ class SimServer:
             on_tokens=on_tokens,
         )
 
-    def _usage(self, req: SimRequest, *, stream: bool) -> dict[str, Any]:
+    def usage_of(self, req: SimRequest, *, stream: bool) -> dict[str, Any]:
         cached = max(req.num_cached_tokens, 0) if self.options.enable_prompt_tokens_details else None
         return p.usage(req.num_prompt_tokens, req.num_output_tokens, cached, stream=stream)
 
@@ -229,7 +229,7 @@ class SimServer:
                 500, "the engine stopped before the request finished", type_="InternalServerError"
             )
         text = self._text(req.output_ids)
-        use = self._usage(req, stream=False)
+        use = self.usage_of(req, stream=False)
         if chat:
             return _json(p.chat_response(rid, created, params.model, text, req.finish_reason, use))
         if params.echo_prompt is not None:
@@ -242,47 +242,74 @@ class SimServer:
         wake = asyncio.Event()
         req = self._submit(params, lambda r: wake.set())
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-        model, tok, eos = params.model, self.engine.tokenizer, self.engine.tokenizer.eos_token_id
-        head, tail = _chunk_template(rid, created, model, chat=chat)
+        sse = _SseChunks(self, params, rid, created, chat=chat)
         sent = 0
         try:
             await response.prepare(request)
             while True:
                 await wake.wait()
                 wake.clear()
-                out = req.output_ids
-                finished = req.finish_reason is not None
-                parts: list[bytes] = []
                 if req.finish_reason == "error":  # vLLM ends a failed stream with an error event
                     err = p.ApiError(
                         500, "the engine stopped before the request finished", type_="InternalServerError"
                     )
                     await response.write(b"data: " + err.body() + b"\n\ndata: [DONE]\n\n")
                     break
-                if chat and sent == 0 and out:
-                    parts.append(b"data: " + p.dumps(p.chat_role_chunk(rid, created, model)) + b"\n\n")
-                for i in range(sent, len(out)):
-                    text = "" if out[i] == eos else tok.decode([out[i]])
-                    if finished and i == len(out) - 1:
-                        chunk = (p.chat_chunk if chat else p.completion_chunk)(
-                            rid, created, model, text, req.finish_reason
-                        )
-                        parts.append(b"data: " + p.dumps(chunk) + b"\n\n")
-                    else:
-                        parts.append(head + p.dumps(text) + tail)
-                sent = len(out)
-                if finished:
-                    if params.include_usage:
-                        obj = "chat.completion.chunk" if chat else "text_completion"
-                        use = p.usage_chunk(rid, obj, created, model, self._usage(req, stream=True))
-                        parts.append(b"data: " + p.dumps(use) + b"\n\n")
-                    parts.append(b"data: [DONE]\n\n")
+                parts = sse.render(req, sent)
+                sent = req.num_output_tokens
                 if parts:
                     await response.write(b"".join(parts))
-                if finished:
+                if req.finish_reason is not None:
                     break
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             self.engine.abort(req)
             raise
         return response
+
+
+class _SseChunks:
+    """Renders a request's new tokens as vLLM's SSE chunks (role chunk, token chunks, terminal, usage)."""
+
+    def __init__(self, server: SimServer, params: p.GenerateParams, rid: str, created: int, *, chat: bool):
+        self.server, self.params, self.rid, self.created, self.chat = server, params, rid, created, chat
+        self.head, self.tail = _chunk_template(rid, created, params.model, chat=chat)
+        self.tokenizer = server.engine.tokenizer
+        self.eos = self.tokenizer.eos_token_id
+        self.obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def _chunk(self, text: str, finish: str | None) -> dict[str, Any]:
+        build = p.chat_chunk if self.chat else p.completion_chunk
+        return build(self.rid, self.created, self.params.model, text, finish)
+
+    def render(self, req: SimRequest, sent: int) -> list[bytes]:
+        params, out = self.params, req.output_ids
+        finished = req.finish_reason is not None
+        parts: list[bytes] = []
+        if self.chat and sent == 0 and out:
+            parts.append(
+                b"data: " + p.dumps(p.chat_role_chunk(self.rid, self.created, params.model)) + b"\n\n"
+            )
+        for i in range(sent, len(out)):
+            text = "" if out[i] == self.eos else self.tokenizer.decode([out[i]])
+            last = finished and i == len(out) - 1
+            if not last and not params.continuous_usage:
+                parts.append(self.head + p.dumps(text) + self.tail)  # the hot path: one encode per token
+                continue
+            chunk = self._chunk(text, req.finish_reason if last else None)
+            if params.continuous_usage:
+                chunk["usage"] = p.usage(req.num_prompt_tokens, i + 1, None, stream=True)
+            if (
+                last and not params.include_usage
+            ):  # vLLM stamps the terminal chunk when no usage chunk follows
+                chunk["system_fingerprint"] = p.SYSTEM_FINGERPRINT
+            parts.append(b"data: " + p.dumps(chunk) + b"\n\n")
+        if finished:
+            if params.include_usage:
+                use = self.server.usage_of(req, stream=True)
+                parts.append(
+                    b"data: " + p.dumps(p.usage_chunk(self.rid, self.obj, self.created, params.model, use))
+                )
+                parts.append(b"\n\n")
+            parts.append(b"data: [DONE]\n\n")
+        return parts

@@ -230,7 +230,7 @@ async def test_events_over_zmq_reach_the_router_index() -> None:
 
 
 async def test_simulated_engines_events_drive_routing() -> None:
-    """The whole chain on real components: the simulator's publisher -> ZMQ -> subscriber -> index -> decision."""
+    """The whole chain on real components: simulator publisher -> ZMQ -> subscriber -> index -> decision."""
     import aiohttp
 
     from eksinfer.kvcache.events import KVEventsConfig
@@ -256,11 +256,11 @@ async def test_simulated_engines_events_drive_routing() -> None:
         for ep, replica in zip(eps, cluster.replicas, strict=True):
             router.endpoint_added(ep, kv_events=replica.event_endpoint, kv_replay=replica.replay_endpoint)
         body = chat("warm the cache")
-        async with aiohttp.ClientSession() as session:
-            async with session.post(
-                f"{cluster.urls[2]}/v1/chat/completions", json={**body, "max_tokens": 2}
-            ) as r:
-                assert r.status == 200
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{cluster.urls[2]}/v1/chat/completions", json={**body, "max_tokens": 2}) as r,
+        ):
+            assert r.status == 200
         for _ in range(200):
             if router.index.endpoint_size("e2"):
                 break

@@ -168,9 +168,10 @@ def build_config(
     data.update({k: v for k, v in flags.items() if v is not None})
     workload = dict(data.get("workload") or {})
     if workload_type is not None and workload.get("type", "random") != workload_type:
-        workload = {"type": workload_type}
+        workload = {}
     workload.update(workload_args)
-    if workload:
+    if workload or workload_type:
+        workload["type"] = workload_type or workload.get("type", "random")
         data["workload"] = workload
     return load_config(data, str(path) if path else "flags")
 

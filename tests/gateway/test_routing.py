@@ -210,7 +210,7 @@ async def test_events_over_zmq_reach_the_router_index() -> None:
     router.endpoint_added(eps[1], kv_events=address)
     payload = encode_batch(EventBatch(ts=0.0, events=(engine_stored(chat("seed")),)), "array")
     try:
-        for seq in range(200):  # until the subscription has joined
+        for seq in range(500):  # until the subscription has joined
             await pub.send_multipart(encode_frames("kv@e1@m", seq, payload))
             await asyncio.sleep(0.02)
             if router.index.endpoint_size("e1"):
@@ -261,7 +261,7 @@ async def test_simulated_engines_events_drive_routing() -> None:
             session.post(f"{cluster.urls[2]}/v1/chat/completions", json={**body, "max_tokens": 2}) as r,
         ):
             assert r.status == 200
-        for _ in range(200):
+        for _ in range(500):
             if router.index.endpoint_size("e2"):
                 break
             await asyncio.sleep(0.02)

@@ -12,7 +12,14 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
@@ -96,6 +103,9 @@ class EngineMetrics:
 
     def __init__(self, *, model_name: str, engine: int, cache_labels: dict[str, str]) -> None:
         self.registry = CollectorRegistry()
+        # python_info and process_* as a vLLM scrape has them (the process is shared by all replicas)
+        PlatformCollector(registry=self.registry)
+        ProcessCollector(registry=self.registry)
         self._labels = {"engine": str(engine), "model_name": model_name}
         self._gauges()
         self._counters()

@@ -149,8 +149,8 @@ class _Phase:
         tasks: set[asyncio.Task[None]] = set()
         try:
             for at in send_times(rate, cfg.arrival, cfg.seed + (1 if self.warmup else 0)):
-                delay = self.t0 + at - time.perf_counter()
-                if delay > 0:
+                # loop: event-loop timers may fire up to a clock tick early
+                while (delay := self.t0 + at - time.perf_counter()) > 0 and not self.run.stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.run.stop.wait(), delay)
                 if not self.take():

@@ -44,3 +44,11 @@ def test_unchunked_prefill_needs_a_budget_of_max_model_len() -> None:
     options = SimOptions(enable_chunked_prefill=False, max_model_len=4096, max_num_batched_tokens=1024)
     with pytest.raises(UsageError, match="--max-num-batched-tokens"):
         resolve_engine_sizing(options, build_perf(options))
+
+
+def test_max_model_len_must_fit_in_the_kv_pool() -> None:
+    options = SimOptions(num_gpu_blocks=65, max_model_len=2048)  # 64 usable blocks x 16 = 1024 tokens
+    with pytest.raises(UsageError, match="--max-model-len"):
+        resolve_engine_sizing(options, build_perf(options))
+    capped = SimOptions(num_gpu_blocks=65)
+    assert resolve_engine_sizing(capped, build_perf(capped)).max_model_len == 1024

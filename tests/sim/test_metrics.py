@@ -75,7 +75,7 @@ async def test_names_types_labels_buckets_match_vllm(start: StartCluster) -> Non
 
 
 async def test_counters_move_with_requests(start: StartCluster) -> None:
-    cluster = await start(enable_prompt_tokens_details=True, num_gpu_blocks=101)
+    cluster = await start(enable_prompt_tokens_details=True, num_gpu_blocks=101, max_model_len=1024)
     url = cluster.urls[0]
     prompt = list(range(100, 140))  # 40 token ids: 2 full blocks of 16
     async with httpx.AsyncClient(timeout=10) as client:

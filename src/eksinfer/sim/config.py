@@ -149,7 +149,14 @@ def build_perf(options: SimOptions) -> EnginePerf:
 def resolve_engine_sizing(options: SimOptions, perf: EnginePerf) -> EngineSizing:
     """Explicit flags win; the rest come from the performance model (vLLM's defaults for that GPU)."""
     blocks = options.num_gpu_blocks or perf.num_gpu_blocks
-    max_model_len = options.max_model_len or perf.max_model_len
+    capacity = (blocks - 1) * options.block_size  # block 0 is vLLM's null block
+    max_model_len = options.max_model_len or min(perf.max_model_len, capacity)
+    if max_model_len > capacity:  # vLLM refuses to start when one max-length request cannot fit
+        raise UsageError(
+            f"{max_model_len} tokens do not fit in {blocks} KV blocks of {options.block_size} "
+            f"({capacity} usable tokens)",
+            field="--max-model-len",
+        )
     mbt = options.max_num_batched_tokens or perf.max_num_batched_tokens
     if not options.enable_chunked_prefill and options.max_num_batched_tokens is None:
         mbt = max(mbt, max_model_len)  # vLLM: without chunking a whole prompt must fit in one step

@@ -8,6 +8,8 @@ them, plus a distinct question) go to every target. Phases per target:
   c=1      1,000 sequential requests        -> P50 / P99 latency; "added" = target minus direct
   rate     open loop at RATE_RPS for 4 s    -> P50 / P99 latency (added as above)
   max      closed loop, 32 connections, 4 s -> requests per second answered (all must be HTTP 200)
+eksinfer runs as configured by `eksinfer up` (kv-aware, built-in tokenizer), once with one process and once
+with `server.workers: 2` (SO_REUSEPORT; vllm-router is multi-threaded, a Python process uses one core).
 Goals (issue 5): kv-aware adds < 1 ms P50 and < 5 ms P99; its max rate > vllm-router cache_aware and
 >= 0.7x vllm-router round_robin. On a shared 2-core machine the client, routers and engines compete for the
 same cores, so only ratios measured in the same run mean anything.
@@ -228,11 +230,11 @@ def process(cmd: list[str], health: str, log: Path) -> Iterator[None]:
             proc.wait()
 
 
-def eksinfer_cmd(engines: list[str], preset: str, port: int, tmp: Path) -> list[str]:
-    config = tmp / f"gw-{preset}.yaml"
+def eksinfer_cmd(engines: list[str], preset: str, port: int, tmp: Path, workers: int = 1) -> list[str]:
+    config = tmp / f"gw-{preset}-{workers}.yaml"
     static = "".join(f"    - {{url: '{u}'}}\n" for u in engines)
     config.write_text(
-        f"server: {{host: 127.0.0.1, port: {port}}}\n"
+        f"server: {{host: 127.0.0.1, port: {port}, workers: {workers}}}\n"
         f"endpoints:\n  static:\n{static}"
         f"routing: {{preset: {preset}, tokenizer: {{mode: builtin}}}}\n"
     )
@@ -292,10 +294,12 @@ def report(results: dict[str, Result | str]) -> None:
         return
     added50, added99 = kv.seq_p50_ms - direct.seq_p50_ms, kv.seq_p99_ms - direct.seq_p99_ms
     print(f"kv-aware added at c=1: P50 {added50:.2f} ms (goal < 1), P99 {added99:.2f} ms (goal < 5)")
-    for other, goal in (("vllm-router cache_aware", "> 1.0"), ("vllm-router round_robin", ">= 0.7")):
-        ref = results.get(other)
-        if isinstance(ref, Result):
-            print(f"max rate kv-aware / {other}: {kv.max_rps / ref.max_rps:.2f}x (goal {goal})")
+    for mine in ("eksinfer kv-aware", "eksinfer kv-aware x2 workers"):
+        res = results.get(mine)
+        for other, goal in (("vllm-router cache_aware", "> 1.0"), ("vllm-router round_robin", ">= 0.7")):
+            ref = results.get(other)
+            if isinstance(res, Result) and isinstance(ref, Result):
+                print(f"max rate {mine} / {other}: {res.max_rps / ref.max_rps:.2f}x (goal {goal})")
 
 
 def main(argv: list[str]) -> None:
@@ -310,12 +314,14 @@ def main(argv: list[str]) -> None:
     )
     with process(engine_cmd, engines[0] + "/health", tmp / "engines.log"):
         results["direct"] = load_process(engines[0])
-        for preset in ("kv-aware", "round-robin"):
+        for preset, workers in (("kv-aware", 1), ("kv-aware", 2), ("round-robin", 1)):
             port = free_port()
-            with process(
-                eksinfer_cmd(engines, preset, port, tmp), f"http://127.0.0.1:{port}/ready", tmp / "gw.log"
-            ):
-                results[f"eksinfer {preset}"] = load_process(f"http://127.0.0.1:{port}")
+            cmd = eksinfer_cmd(engines, preset, port, tmp, workers)
+            name = f"eksinfer {preset}" + (f" x{workers} workers" if workers > 1 else "")
+            with process(cmd, f"http://127.0.0.1:{port}/ready", tmp / "gw.log"):
+                if workers > 1:
+                    time.sleep(1.5)  # the spawned worker imports and binds after the first one is ready
+                results[name] = load_process(f"http://127.0.0.1:{port}")
         exe, why = vllm_router_bin()
         for policy in ("round_robin", "cache_aware"):
             name = f"vllm-router {policy}"

@@ -26,16 +26,19 @@ def register(app: typer.Typer) -> None:
         ),
         port: int | None = typer.Option(None, "--port", help="Port to listen on (default 8000)."),
         host: str | None = typer.Option(None, "--host", help="Address to listen on (default 0.0.0.0)."),
+        workers: int | None = typer.Option(
+            None, "--workers", help="Processes sharing the port (default 1; each routes on its own)."
+        ),
         log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
     ) -> None:
         """Run the OpenAI-compatible gateway in front of vLLM-compatible engines."""
         from eksinfer.gateway.config import load_config, with_overrides
-        from eksinfer.gateway.serve import run_event_loop, serve_until_signal
+        from eksinfer.gateway.serve import run_gateway
 
         setup_logging(log_level)
         cfg = load_config(config)
         urls = [u.strip() for u in endpoints.split(",") if u.strip()] if endpoints else None
-        cfg = with_overrides(cfg, endpoints=urls, preset=preset, port=port, host=host)
+        cfg = with_overrides(cfg, endpoints=urls, preset=preset, port=port, host=host, workers=workers)
 
         def ready(runtime: object) -> None:
             from eksinfer.gateway.runtime import GatewayRuntime
@@ -44,10 +47,11 @@ def register(app: typer.Typer) -> None:
             count = len(runtime.registry.all())
             typer.echo(
                 f"eksinfer gateway on http://{cfg.server.host}:{runtime.port} "
-                f"(preset {runtime.preset}, {count} static endpoints); metrics at /metrics; Ctrl-C stops"
+                f"(preset {runtime.preset}, {count} static endpoints, {cfg.server.workers} worker(s));"
+                " metrics at /metrics; Ctrl-C stops"
             )
 
-        run_event_loop(lambda: serve_until_signal(cfg, on_ready=ready))
+        run_gateway(cfg, on_ready=ready)
 
 
 def setup_logging(level: str) -> None:

@@ -41,6 +41,18 @@ class ServerConfig(_Model):
     max_inflight: int = Field(
         10_000, gt=0, description="Requests in flight through the gateway before new ones get HTTP 429."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Gateway processes sharing the port (SO_REUSEPORT); each keeps its own routing state.",
+    )
+
+    @model_validator(mode="after")
+    def _workers_need_a_port(self) -> ServerConfig:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 needs a fixed port (port 0 would give each worker its own)")
+        return self
 
 
 class AuthConfig(_Model):
@@ -186,6 +198,7 @@ def with_overrides(
     preset: str | None = None,
     port: int | None = None,
     host: str | None = None,
+    workers: int | None = None,
 ) -> GatewayConfig:
     """Applies CLI overrides; `--endpoints` replaces the static list (entries `URL` or `URL|ZMQ-ADDRESS`)."""
     data = config.model_dump(mode="python")
@@ -201,4 +214,6 @@ def with_overrides(
         data["server"]["port"] = port
     if host is not None:
         data["server"]["host"] = host
+    if workers is not None:
+        data["server"]["workers"] = workers
     return parse_config(data)

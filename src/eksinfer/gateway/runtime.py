@@ -131,7 +131,10 @@ class GatewayRuntime:
         app = self.build_app()
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port, backlog=1024)
+        server = self.config.server
+        site = web.TCPSite(
+            self._runner, server.host, server.port, backlog=1024, reuse_port=server.workers > 1 or None
+        )
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -70,3 +71,31 @@ async def serve_until_signal(
     finally:
         if after_stop is not None:
             await after_stop()
+
+
+def _worker(config: GatewayConfig, level: int) -> None:
+    """Entry point of an extra worker process (spawned, so it starts from a clean interpreter)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        run_event_loop(lambda: serve_until_signal(config))
+
+
+def run_gateway(config: GatewayConfig, on_ready: Callable[[GatewayRuntime], None] | None = None) -> None:
+    """Serves in this process, plus `server.workers - 1` spawned processes on the same port (SO_REUSEPORT:
+    the kernel spreads connections). Each worker keeps its own router state, in-flight counts and metrics,
+    like independent gateway replicas; all of them subscribe to every engine's KV events, so the precise
+    prefix index converges in each one."""
+    extra = config.server.workers - 1
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    procs = [ctx.Process(target=_worker, args=(config, level), daemon=True) for _ in range(extra)]
+    for proc in procs:
+        proc.start()
+    try:
+        run_event_loop(lambda: serve_until_signal(config, on_ready=on_ready))
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)

@@ -1,0 +1,82 @@
+"""Runtime lifecycle: background tasks owned and cancelled, and `eksinfer gateway` as a process (workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from eksinfer.errors import ConfigError
+from eksinfer.gateway.config import parse_config
+from eksinfer.gateway.endpoints import EndpointSpec
+from eksinfer.gateway.runtime import build_runtime
+from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter
+from tests.gateway.test_up import free_block
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_workers_need_a_fixed_port() -> None:
+    with pytest.raises(ConfigError, match=r"^server: .*fixed port"):
+        parse_config({"server": {"port": 0, "workers": 2}})
+
+
+async def test_stop_cancels_every_background_task() -> None:
+    engine = await FakeEngine().start()
+    config = parse_config(
+        {"server": {"host": "127.0.0.1", "port": 0}, "endpoints": {"static": [{"url": engine.url}]}}
+    )
+    router = RoundRobinRouter()
+    runtime = build_runtime(config, router=router)
+    before = set(asyncio.all_tasks())
+    await runtime.start()
+    assert router.started
+    assert await runtime.wait_ready(3.0)
+    runtime.registry.add(EndpointSpec(url="http://127.0.0.1:9"))  # a second scraper, added at run time
+    await asyncio.sleep(0.05)
+    assert len(runtime._scrape_tasks) == 2
+    await runtime.stop()
+    await engine.stop()
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
+    assert leftover == []
+    assert router.stopped
+
+
+async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
+    engine = await FakeEngine().start()
+    port = free_block(1)
+    cmd = [sys.executable, "-m", "eksinfer.cli.main", "gateway", "--endpoints", engine.url]
+    cmd += ["--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--preset", "round-robin"]
+    out = tmp_path / "gw.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "Ctrl-C stops" not in out.read_text():
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert "2 worker(s)" in out.read_text()
+        await asyncio.sleep(1.0)  # the spawned worker binds the same port
+        async with httpx.AsyncClient() as client:
+            url = f"http://127.0.0.1:{port}/v1/completions"
+            results = await asyncio.gather(
+                *(client.post(url, json={"model": "tiny", "prompt": "x"}) for _ in range(20))
+            )
+        assert [r.status_code for r in results] == [200] * 20
+        assert engine.requests == 20
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await engine.stop()

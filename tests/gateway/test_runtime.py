@@ -75,8 +75,9 @@ async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
         assert [r.status_code for r in results] == [200] * 20
         assert engine.requests == 20
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.to_thread(proc.wait, 20) == 0
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
+            await proc.wait()
         await engine.stop()

@@ -56,13 +56,13 @@ async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
     cmd += ["--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--preset", "round-robin"]
     out = tmp_path / "gw.out"
     with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
         )
     try:
         deadline = time.monotonic() + 30
         while "Ctrl-C stops" not in out.read_text():
-            assert proc.poll() is None, out.read_text()
+            assert proc.returncode is None, out.read_text()
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         assert "2 worker(s)" in out.read_text()

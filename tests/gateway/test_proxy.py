@@ -375,3 +375,24 @@ async def test_real_router_kv_aware_through_the_gateway(engines: list[FakeEngine
         await client.close()
     finally:
         await runtime.stop()
+
+
+async def test_no_healthy_endpoint_is_503(engines: list[FakeEngine]) -> None:
+    runtime = await start_gateway(engines, scrape_failures=1)
+    try:
+        for engine in engines:
+            await engine.stop()
+        for _ in range(200):  # the scraper notices both engines are gone
+            if not any(s.healthy for s in runtime.registry.all()):
+                break
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient() as client:
+            r = await client.post(base(runtime) + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+            assert r.status_code == 503
+            assert r.json()["error"]["code"] == "no_endpoint"
+            assert (await client.get(base(runtime) + "/ready")).status_code == 503
+            assert [m["id"] for m in (await client.get(base(runtime) + "/v1/models")).json()["data"]] == [
+                "tiny"
+            ]
+    finally:
+        await runtime.stop()

@@ -171,7 +171,7 @@ def banner(opts: StackOptions, port: int, model: str) -> str:
     sdk = (
         f'from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key="none"); '
         f'print(c.chat.completions.create(model="{model}", '
-        'messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)'
+        'messages=[{"role": "user", "content": "Hi"}], max_tokens=16).choices[0].message.content)'
     )
     return "\n".join(
         [

@@ -91,6 +91,14 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return b / a
 
 
+def _cell(name: str, value: float | None) -> str:
+    if name.startswith("hit rate") and value is not None:
+        return f"{_num(value * 100, 1)} %"
+    if name == "failed requests" and value is not None:
+        return str(int(value))
+    return _num(value)
+
+
 def compare_table(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str, name_b: str) -> Table:
     """A and B side by side with B/A (below 1 is better for latencies, above 1 for throughput)."""
     table = Table(title="eksinfer bench compare", caption="B/A: <1 is better for latency, >1 for throughput")
@@ -100,5 +108,5 @@ def compare_table(a: Mapping[str, Any], b: Mapping[str, Any], name_a: str, name_
     table.add_column("B/A", justify="right")
     for name, va, vb in compare_rows(a, b):
         r = ratio(va, vb)
-        table.add_row(name, _num(va), _num(vb), "-" if r is None else f"{r:.3f}")
+        table.add_row(name, _cell(name, va), _cell(name, vb), "-" if r is None else f"{r:.3f}")
     return table

@@ -108,7 +108,7 @@ async def _row(
         try:
             await wait_http([f"{url}/v1/models"], proc, timeout_s=60)
         except RuntimeError as err:
-            return f"{name}: did not start ({str(err)[:300]})"
+            return f"{name}: did not start ({str(err)[:600]})"
         await asyncio.sleep(1.0)  # let scrapers and event subscriptions settle
         result = await run_load(url, cluster.urls, workload_requests(w, seed=7), args.rate, seed=11)
         if args.show_decisions:
@@ -160,9 +160,7 @@ async def quality(args: argparse.Namespace) -> None:
     print(f"{'router':<24} {'ok':>4} {'err':>4} {'ttft p50':>9} {'ttft p90':>9} {'req/s':>8} {'hit':>7}")
     wd = workdir()
     args.tokenizer_dir = make_tokenizer_dir(wd / "tokenizer")
-    print(
-        f"tokenizer: byte-level BPE trained locally ({args.tokenizer_dir}), loaded by engines and routers"
-    )
+    print(f"tokenizer: byte-level BPE trained locally ({args.tokenizer_dir}), loaded by engines and routers")
     results: dict[str, RunResult] = {}
     for preset in args.presets.split(","):
 

@@ -237,6 +237,8 @@ def vllm_router_exe() -> str | None:
 def start_vllm_router(exe: str, cluster: SimCluster, policy: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port_block(1)
     cmd = [exe, "--host", HOST, "--port", str(port), "--policy", policy, "--worker-urls", *cluster.urls]
+    # The Prometheus listener defaults to port 29000, which another vllm-router on the machine may hold.
+    cmd += ["--prometheus-host", HOST, "--prometheus-port", str(free_port_block(1))]
     cmd += [
         "--log-level",
         os.environ.get("VR_LOG", "warning"),

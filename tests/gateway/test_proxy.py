@@ -271,6 +271,7 @@ async def test_api_keys_from_env(engines: list[FakeEngine], monkeypatch: pytest.
         seen = [h for e in engines for h in e.headers]
         assert len(seen) == 1
         assert "Authorization" not in seen[0]  # the client's key is not passed on to engines
+        assert "Accept-Encoding" not in seen[0]  # bodies are relayed as is: engines must not compress
         await good.close()
         await bad.close()
     finally:

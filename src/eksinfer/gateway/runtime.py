@@ -104,8 +104,12 @@ class GatewayRuntime:
         server = self.config.server
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=server.connect_timeout_s)
+        # Bodies are relayed byte for byte (no decompression), so the engine is not offered compression.
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
         )
         self.proxy = Proxy(
             server, self.registry, self.router, self.metrics, self._session, self.keys, self.preset

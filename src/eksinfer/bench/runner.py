@@ -218,10 +218,10 @@ async def run_bench(
     stop = stop or asyncio.Event()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     async with make_session(config) as session:
+        run = _Run(config, session, stop, on_record)  # reads a replay dataset: bad files fail before any I/O
         if config.check_model:
             for base in config.target_urls:
                 await check_model(session, base, config.model)
-        run = _Run(config, session, stop, on_record)
         if config.warmup:
             await run.phase(config.warmup, None, warmup=True)
         before = await scrape(session, config.metrics_urls) if config.metrics_urls else {}

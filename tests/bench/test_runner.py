@@ -117,3 +117,22 @@ def test_hit_rate_math_sums_engines_and_urls():
     assert out["hit_rate"] == pytest.approx(200 / 400)
     assert out["per_url"]["a"] == pytest.approx(0.75)
     assert out["per_url"]["b"] == pytest.approx(0.25)
+
+
+async def test_open_loop_capped_by_concurrency(fake_server):
+    # 50 req/s offered, but one request in flight and each takes 50 ms: sends wait for the slot, so the
+    # achieved rate is about 20 req/s and the wait shows up as send lag (requests queued in the client).
+    async with fake_server(ttft_s=0.05) as (_, url):
+        cfg = BenchConfig(
+            target=url,
+            model="fake-model",
+            rate=50.0,
+            arrival="constant",
+            concurrency=1,
+            num_requests=6,
+            max_tokens=1,
+        )
+        result = await run_bench(cfg)
+    sent = sorted(r.sent_s for r in result.records)
+    assert all(b - a >= 0.049 for a, b in itertools.pairwise(sent))
+    assert result.summary["client"]["lag_ms"]["max"] >= 100  # the 6th was due at 100 ms, sent after 250 ms

@@ -118,6 +118,10 @@ class Result:
     rate_p99_ms: float
     max_rps: float
     errors: int
+    requests: int = 0  # sent in all phases (warm-up included)
+    cpu_us_per_request: float = float(
+        "nan"
+    )  # CPU of the target's processes / requests (robust to contention)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -162,8 +166,15 @@ async def measure(url: str, payloads: list[bytes]) -> Result:
         await asyncio.gather(*(worker(w) for w in range(MAX_CONNS)))
         max_rps = done / (time.perf_counter() - started)
     ms = 1000.0
+    total = 200 + len(seq) + len(rate) + done
     return Result(
-        pct(seq, 0.5) * ms, pct(seq, 0.99) * ms, pct(rate, 0.5) * ms, pct(rate, 0.99) * ms, max_rps, errors
+        pct(seq, 0.5) * ms,
+        pct(seq, 0.99) * ms,
+        pct(rate, 0.5) * ms,
+        pct(rate, 0.99) * ms,
+        max_rps,
+        errors,
+        total,
     )
 
 
@@ -181,8 +192,30 @@ async def open_loop(
     return list(await asyncio.gather(*tasks))
 
 
-def load_process(url: str) -> Result:
-    """Runs `measure` in a fresh process so the client never shares an event loop with a router."""
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (Linux /proc; nan elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return float("nan")
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after "(comm)": state ppid pgrp ... utime(12) stime(13)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def load_process(url: str, pgid: int | None = None) -> Result:
+    """Runs `measure` in a fresh process so the client never shares an event loop with a router; with
+    `pgid`, also reports the target's CPU time per request."""
+    cpu_before = group_cpu_s(pgid) if pgid is not None else float("nan")
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_gateway_overhead", "--client", url],
         cwd=ROOT,
@@ -191,7 +224,10 @@ def load_process(url: str) -> Result:
         timeout=180,
         check=True,
     )
-    return Result(**json.loads(out.stdout.strip().splitlines()[-1]))
+    result = Result(**json.loads(out.stdout.strip().splitlines()[-1]))
+    if pgid is not None and result.requests:
+        result.cpu_us_per_request = (group_cpu_s(pgid) - cpu_before) / result.requests * 1e6
+    return result
 
 
 # --- targets ---------------------------------------------------------------------------------------------
@@ -202,7 +238,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], health: str, log: Path) -> Iterator[None]:
+def process(cmd: list[str], health: str, log: Path) -> Iterator[int]:
     import urllib.request
 
     with log.open("wb") as sink:
@@ -219,7 +255,7 @@ def process(cmd: list[str], health: str, log: Path) -> Iterator[None]:
                 raise RuntimeError(f"{cmd[0]} not healthy: {log.read_text()[-500:]}")
             time.sleep(0.2)
         time.sleep(0.5)  # first scrapes / model discovery
-        yield
+        yield proc.pid  # also its process group id (start_new_session)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -275,7 +311,7 @@ def report(results: dict[str, Result | str]) -> None:
     print(
         f"{'target':<28}{'c=1 P50':>9}{'P99':>8}{'added P50':>11}{'P99':>8}"
         f"{'@' + str(RATE_RPS) + '/s P50':>12}{'P99':>8}{'added P50':>11}{'P99':>8}"
-        f"{'max req/s':>11}{'err':>5}"
+        f"{'max req/s':>11}{'CPU us/req':>11}{'err':>5}"
     )
     for name, res in results.items():
         if isinstance(res, str):
@@ -286,20 +322,27 @@ def report(results: dict[str, Result | str]) -> None:
             f"{res.seq_p50_ms - direct.seq_p50_ms:11.2f}{res.seq_p99_ms - direct.seq_p99_ms:8.2f}"
             f"{res.rate_p50_ms:12.2f}{res.rate_p99_ms:8.2f}"
             f"{res.rate_p50_ms - direct.rate_p50_ms:11.2f}{res.rate_p99_ms - direct.rate_p99_ms:8.2f}"
-            f"{res.max_rps:11.0f}{res.errors:5d}"
+            f"{res.max_rps:11.0f}{res.cpu_us_per_request:11.0f}{res.errors:5d}"
         )
-    print("(latencies in ms; 'added' = target minus direct to the engine, same phase)")
+    print(
+        "(latencies in ms; 'added' = target minus direct to the engine, same phase; CPU us/req = the target's"
+        " processes' CPU time over all its requests, the figure least disturbed by other load on the machine)"
+    )
     kv = results.get("eksinfer kv-aware")
     if not isinstance(kv, Result):
         return
     added50, added99 = kv.seq_p50_ms - direct.seq_p50_ms, kv.seq_p99_ms - direct.seq_p99_ms
     print(f"kv-aware added at c=1: P50 {added50:.2f} ms (goal < 1), P99 {added99:.2f} ms (goal < 5)")
     for mine in ("eksinfer kv-aware", "eksinfer kv-aware x2 workers"):
-        res = results.get(mine)
+        mine_res = results.get(mine)
         for other, goal in (("vllm-router cache_aware", "> 1.0"), ("vllm-router round_robin", ">= 0.7")):
             ref = results.get(other)
-            if isinstance(res, Result) and isinstance(ref, Result):
-                print(f"max rate {mine} / {other}: {res.max_rps / ref.max_rps:.2f}x (goal {goal})")
+            if isinstance(mine_res, Result) and isinstance(ref, Result):
+                cpu = ref.cpu_us_per_request / mine_res.cpu_us_per_request
+                print(
+                    f"max rate {mine} / {other}: {mine_res.max_rps / ref.max_rps:.2f}x (goal {goal});"
+                    f" requests per CPU-second: {cpu:.2f}x"
+                )
 
 
 def main(argv: list[str]) -> None:
@@ -318,10 +361,10 @@ def main(argv: list[str]) -> None:
             port = free_port()
             cmd = eksinfer_cmd(engines, preset, port, tmp, workers)
             name = f"eksinfer {preset}" + (f" x{workers} workers" if workers > 1 else "")
-            with process(cmd, f"http://127.0.0.1:{port}/ready", tmp / "gw.log"):
+            with process(cmd, f"http://127.0.0.1:{port}/ready", tmp / "gw.log") as pgid:
                 if workers > 1:
                     time.sleep(1.5)  # the spawned worker imports and binds after the first one is ready
-                results[name] = load_process(f"http://127.0.0.1:{port}")
+                results[name] = load_process(f"http://127.0.0.1:{port}", pgid)
         exe, why = vllm_router_bin()
         for policy in ("round_robin", "cache_aware"):
             name = f"vllm-router {policy}"
@@ -334,8 +377,8 @@ def main(argv: list[str]) -> None:
                     vllm_router_cmd(exe, engines, policy, port),
                     f"http://127.0.0.1:{port}/health",
                     tmp / "vr.log",
-                ):
-                    results[name] = load_process(f"http://127.0.0.1:{port}")
+                ) as pgid:
+                    results[name] = load_process(f"http://127.0.0.1:{port}", pgid)
             except RuntimeError as err:
                 results[name] = str(err).splitlines()[0][:120]
     report(results)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ from eksinfer.sim.config import SimOptions, build_perf, resolve_engine_sizing
 from eksinfer.sim.engine import Engine
 from eksinfer.sim.server import SimServer
 from eksinfer.sim.tokenizer import Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:
+    from eksinfer.perf import EnginePerf
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +107,11 @@ def _topic(template: str, *, host: str, port: int, model: str, rank: int) -> str
     )
 
 
-async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, perf: object) -> Replica:
-    sizing = resolve_engine_sizing(options, perf)  # type: ignore[arg-type]
+async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, perf: EnginePerf) -> Replica:
+    sizing = resolve_engine_sizing(options, perf)
     port = options.port + rank if options.port else 0
     engine_holder: list[Replica] = []
-    engine = Engine(options, rank=rank, tokenizer=tokenizer, perf=perf, sizing=sizing)  # type: ignore[arg-type]
+    engine = Engine(options, rank=rank, tokenizer=tokenizer, perf=perf, sizing=sizing)
     server = SimServer(engine, on_crash=lambda: engine_holder[0].crash())
     runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
@@ -152,8 +156,3 @@ async def start_cluster(
         raise
     log.info("started %d simulated engine(s): %s", replicas, ", ".join(cluster.urls))
     return cluster
-
-
-def with_overrides(options: SimOptions, **changes: object) -> SimOptions:
-    """A copy of `options` with some fields changed (tests build variants this way)."""
-    return replace(options, **changes)  # type: ignore[arg-type]

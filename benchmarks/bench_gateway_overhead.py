@@ -301,7 +301,24 @@ def vllm_router_bin() -> tuple[str | None, str]:
 
 
 def vllm_router_cmd(exe: str, engines: list[str], policy: str, port: int) -> list[str]:
-    return [exe, "--host", "127.0.0.1", "--port", str(port), "--policy", policy, "--worker-urls", *engines]
+    metrics = [
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(free_port()),
+    ]  # default 29000 may be taken
+    return [
+        exe,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--policy",
+        policy,
+        *metrics,
+        "--worker-urls",
+        *engines,
+    ]
 
 
 # --- report ----------------------------------------------------------------------------------------------

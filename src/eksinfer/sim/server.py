@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _JSON = "application/json"
+_PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"  # the text format generate_latest writes
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -98,7 +99,7 @@ class SimServer:
         return _json({"version": VLLM_VERSION})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.engine.metrics.render(), content_type="text/plain", charset="utf-8")
+        return web.Response(body=self.engine.metrics.render(), headers={"Content-Type": _PROMETHEUS_TEXT})
 
     async def reset_prefix_cache(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.engine.reset_prefix_cache() else 409)

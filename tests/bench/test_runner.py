@@ -136,3 +136,15 @@ async def test_open_loop_capped_by_concurrency(fake_server):
     sent = sorted(r.sent_s for r in result.records)
     assert all(b - a >= 0.049 for a, b in itertools.pairwise(sent))
     assert result.summary["client"]["lag_ms"]["max"] >= 100  # the 6th was due at 100 ms, sent after 250 ms
+
+
+async def test_session_header_is_per_conversation(fake_server):
+    seen: list[str] = []
+    async with fake_server() as (fake, url):
+        w = {"type": "multi-turn", "num_conversations": 2, "turns": 2, "system_prompt_len": 2, "user_len": 2}
+        cfg = BenchConfig(target=url, model="fake-model", concurrency=1, num_requests=4, workload=w,
+                          session_header="x-session-id", max_tokens=1)  # fmt: skip
+        result = await run_bench(cfg)
+        seen = fake.session_ids
+    assert [r.conversation_id for r in result.records] == [0, 0, 1, 1]
+    assert seen == ["conv-0", "conv-0", "conv-1", "conv-1"]

@@ -167,3 +167,46 @@ def test_poisson_arrivals_are_seeded_with_the_right_mean():
     assert all(x < y for x, y in itertools.pairwise(a))
     assert a[-1] / 4000 == pytest.approx(0.1, rel=0.06)  # mean gap 1/rate; 6 % ~ 4 standard errors
     assert list(itertools.islice(send_times(4.0, "constant", 0), 3)) == [0.0, 0.25, 0.5]
+
+
+def test_shared_prefix_multi_turn_groups_become_conversations():
+    w = {
+        "type": "shared-prefix",
+        "num_groups": 2,
+        "num_prompts_per_group": 3,
+        "question_len": 4,
+        "multi_turn": True,
+    }
+    c0, c1 = _take(_cfg(w), 2)
+    assert (len(c0.turns), len(c1.turns)) == (3, 3)
+    assert c0.system != c1.system
+    assert all(len(t.text.split()) == 4 for t in c0.turns)
+
+
+def test_replay_multi_turn_uses_every_user_turn(tmp_path):
+    path = tmp_path / "sg.jsonl"
+    conv = [
+        {"from": "system", "value": "sys"},
+        {"from": "human", "value": "q1"},
+        {"from": "gpt", "value": "a" * 40},
+        {"from": "human", "value": "q2"},
+    ]
+    path.write_text(json.dumps({"conversations": conv}) + "\n")
+    (single,) = _take(_cfg({"type": "replay", "path": str(path)}, max_tokens=7), 1)
+    (multi,) = _take(_cfg({"type": "replay", "path": str(path), "multi_turn": True}, max_tokens=7), 1)
+    assert [(t.text, t.max_tokens) for t in single.turns] == [("q1", 10)]
+    assert [(t.text, t.max_tokens) for t in multi.turns] == [
+        ("q1", 10),
+        ("q2", 7),
+    ]  # no recorded answer: default
+    assert multi.system == "sys"
+
+
+@pytest.mark.parametrize("burstiness", [0.5, 4.0])
+def test_gamma_arrivals_keep_the_mean_and_change_the_spread(burstiness):
+    times = list(itertools.islice(send_times(10.0, "poisson", 1, burstiness), 8001))
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    mean = sum(gaps) / len(gaps)
+    cv = (sum((g - mean) ** 2 for g in gaps) / len(gaps)) ** 0.5 / mean
+    assert mean == pytest.approx(0.1, rel=0.08)
+    assert cv == pytest.approx(burstiness**-0.5, rel=0.1)  # gamma(shape b): CV = 1 / sqrt(b)

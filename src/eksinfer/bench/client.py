@@ -203,13 +203,14 @@ async def send(
     *,
     timeout_s: float,
     keep_text: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """POST `body` to `url` and fill `rec`; never raises except on cancellation (which marks it cancelled)."""
     stream = bool(body.get("stream"))
     start = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.post(url, json=body) as resp:
+            async with session.post(url, json=body, headers=headers) as resp:
                 if resp.status != 200:
                     detail = (await resp.text())[:200]
                     rec.error, rec.error_detail = f"http_{resp.status}", detail.replace("\n", " ")

@@ -42,6 +42,10 @@ class SharedPrefixWorkload(_Strict):
     question_len: int = Field(50, ge=1, description="Tokens of each question.")
     output_len: int = Field(50, ge=1, description="Output tokens per request.")
     shuffle: bool = Field(True, description="Send prompts in a seeded random order (else group by group).")
+    multi_turn: bool = Field(
+        False,
+        description="Send each group's questions as consecutive turns of one chat (enable_multi_turn_chat).",
+    )
 
 
 class MultiTurnWorkload(_Strict):
@@ -66,6 +70,9 @@ class ReplayWorkload(_Strict):
         None, ge=1, description="Output tokens; default: the recorded answer's length, else max_tokens."
     )
     max_prompts: int | None = Field(None, ge=1, description="Read at most this many prompts.")
+    multi_turn: bool = Field(
+        False, description="Replay every user turn of a conversation, not just the first."
+    )
 
 
 Workload = Annotated[
@@ -96,6 +103,12 @@ class BenchConfig(_Strict):
     )
     rate: float | None = Field(None, gt=0, description="Arrival rate, req/s (open loop).")
     arrival: Literal["poisson", "constant"] = Field("poisson", description="Inter-arrival law at `rate`.")
+    burstiness: float = Field(
+        1.0, gt=0, description="Gamma shape of Poisson gaps (vLLM --burstiness): 1 Poisson, <1 burstier."
+    )
+    session_header: str | None = Field(
+        None, description="Header carrying a per-conversation id, e.g. x-session-id, for session affinity."
+    )
     num_requests: int | None = Field(None, ge=1, description="Measured requests (default 100).")
     duration_s: float | None = Field(None, gt=0, description="Send for this long instead of a count.")
     warmup: int = Field(0, ge=0, description="Requests sent first and left out of every figure.")

@@ -38,6 +38,7 @@ class FakeBackend:
     seen_blocks: set[int] = field(default_factory=set)
     prompt_words: list[int] = field(default_factory=list)  # per request, in arrival order (for tests)
     authorization: list[str] = field(default_factory=list)
+    session_ids: list[str] = field(default_factory=list)  # x-session-id of each request
     _slots: asyncio.Semaphore | None = None
 
     def cache_lookup(self, words: list[str]) -> int:
@@ -119,6 +120,7 @@ async def _serve_completion(request: web.Request, fake: FakeBackend) -> web.Stre
         return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError", "model")
     fake.requests += 1
     fake.authorization.append(request.headers.get("Authorization", ""))
+    fake.session_ids.append(request.headers.get("x-session-id", ""))
     if fake.fail_every and fake.requests % fake.fail_every == 0:
         return _error(500, "injected failure", "InternalServerError")
     n = int(body.get("max_tokens") or 16)

@@ -2,11 +2,11 @@
 
 Accepted shapes (one JSON value per line for .jsonl, or one JSON array for .json):
   {"prompt": "...", "max_tokens"|"output_len": N}                 plain completions-style prompt
-  {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}   chat: the system message
-                                                                  and the first user message are replayed
-  {"conversations": [{"from": "human"|"gpt"|"system", "value": "..."}, ...]}     ShareGPT: the first human
-                                                                  turn, with the first gpt answer's length
-                                                                  (about 4 characters a token) as output
+  {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}   chat
+  {"conversations": [{"from": "human"|"gpt"|"system", "value": "..."}, ...]}     ShareGPT
+For chat and ShareGPT records the system message and the first user turn are replayed (every user turn with
+`multi_turn`), each asking for as many tokens as the recorded answer that followed it (about 4 characters a
+token).
 Anything else is a ConfigError naming the file and line (or array index).
 """
 
@@ -24,14 +24,22 @@ _SHAREGPT_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayTurn:
+    text: str
+    output_len: int | None = None  # the recorded answer's estimated length, when there is one
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayPrompt:
-    prompt: str
-    system: str = ""
-    output_len: int | None = None
+    """One record: its system prompt and every user turn in order (single-turn replay uses the first)."""
+
+    system: str
+    turns: tuple[ReplayTurn, ...]
 
 
 def _from_messages(messages: list[Any], where: str) -> ReplayPrompt:
-    system, user, answer = "", None, None
+    system = ""
+    turns: list[ReplayTurn] = []
     for m in messages:
         if not isinstance(m, dict):
             raise ConfigError(f"{where}: each message must be an object")
@@ -39,15 +47,15 @@ def _from_messages(messages: list[Any], where: str) -> ReplayPrompt:
         text = m.get("content", m.get("value"))
         if not isinstance(text, str):
             raise ConfigError(f"{where}: a message has no text ('content' or 'value')")
-        if role == "system" and user is None:
+        if role == "system" and not turns:
             system = text
-        elif role == "user" and user is None:
-            user = text
-        elif role == "assistant" and user is not None and answer is None:
-            answer = text
-    if user is None:
+        elif role == "user":
+            turns.append(ReplayTurn(text))
+        elif role == "assistant" and turns and turns[-1].output_len is None:
+            turns[-1] = ReplayTurn(turns[-1].text, estimate_tokens(text) or None)
+    if not turns:
         raise ConfigError(f"{where}: no user/human message to replay")
-    return ReplayPrompt(user, system, estimate_tokens(answer) if answer else None)
+    return ReplayPrompt(system, tuple(turns))
 
 
 def parse_record(obj: Any, where: str) -> ReplayPrompt:
@@ -58,7 +66,7 @@ def parse_record(obj: Any, where: str) -> ReplayPrompt:
         out = obj.get("output_len", obj.get("max_tokens"))
         if out is not None and (not isinstance(out, int) or isinstance(out, bool) or out < 1):
             raise ConfigError(f"{where}: output_len/max_tokens must be a positive integer")
-        return ReplayPrompt(obj["prompt"], str(obj.get("system", "")), out)
+        return ReplayPrompt(str(obj.get("system", "")), (ReplayTurn(obj["prompt"], out),))
     for key in ("messages", "conversations"):
         if isinstance(obj.get(key), list):
             return _from_messages(obj[key], where)

@@ -110,6 +110,7 @@ class _Phase:
         run, cfg = self.run, self.run.config
         target = next(run.targets)
         history: list[tuple[str, str]] = []
+        headers = {cfg.session_header: f"conv-{conv.conversation_id}"} if cfg.session_header else None
         for i in range(len(conv.turns)):
             if (i > 0 or not taken) and not self.take():
                 return
@@ -130,6 +131,7 @@ class _Phase:
                     rec,
                     timeout_s=cfg.timeout_s,
                     keep_text=len(conv.turns) > 1,
+                    headers=headers,
                 )
             if run.on_record is not None:
                 run.on_record(rec)
@@ -148,7 +150,8 @@ class _Phase:
         cfg = self.run.config
         tasks: set[asyncio.Task[None]] = set()
         try:
-            for at in send_times(rate, cfg.arrival, cfg.seed + (1 if self.warmup else 0)):
+            seed = cfg.seed + (1 if self.warmup else 0)
+            for at in send_times(rate, cfg.arrival, seed, cfg.burstiness):
                 # loop: event-loop timers may fire up to a clock tick early
                 while (delay := self.t0 + at - time.perf_counter()) > 0 and not self.run.stop.is_set():
                     with contextlib.suppress(TimeoutError):

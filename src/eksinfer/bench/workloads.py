@@ -60,9 +60,25 @@ def _random(w: RandomWorkload, seed: int, max_tokens: int) -> Iterator[Conversat
 
 
 def shared_prefix_conversations(w: SharedPrefixWorkload, seed: int) -> list[Conversation]:
-    """groups x prompts: group g's requests all start with system prompt g (inference-perf shared_prefix)."""
+    """groups x prompts: group g's requests all start with system prompt g (inference-perf shared_prefix).
+
+    With `multi_turn`, each group is one conversation whose turns are its questions (inference-perf's
+    enable_multi_turn_chat)."""
     rng = random.Random(seed)
     systems = [random_text(rng, w.system_prompt_len) for _ in range(w.num_groups)]
+    if w.multi_turn:
+        return [
+            Conversation(
+                g,
+                systems[g],
+                tuple(
+                    Turn(random_text(rng, w.question_len), w.output_len)
+                    for _ in range(w.num_prompts_per_group)
+                ),
+                group=g,
+            )
+            for g in range(w.num_groups)
+        ]
     convs = [
         Conversation(
             g * w.num_prompts_per_group + p,
@@ -105,9 +121,13 @@ def conversations(config: BenchConfig) -> Iterator[Conversation]:
 
 
 def replay_conversations(w: ReplayWorkload, max_tokens: int) -> list[Conversation]:
-    """Single-turn conversations from a local file, in file order."""
-    prompts = read_replay(w.path, w.max_prompts)
-    return [
-        Conversation(i, p.system, (Turn(p.prompt, w.output_len or p.output_len or max_tokens),))
-        for i, p in enumerate(prompts)
-    ]
+    """Conversations from a local file, in file order: first user turn only, or all with `multi_turn`."""
+    convs = []
+    for i, p in enumerate(read_replay(w.path, w.max_prompts)):
+        turns = p.turns if w.multi_turn else p.turns[:1]
+        convs.append(
+            Conversation(
+                i, p.system, tuple(Turn(t.text, w.output_len or t.output_len or max_tokens) for t in turns)
+            )
+        )
+    return convs

@@ -28,6 +28,12 @@ def register(app: typer.Typer) -> None:
         ),
         rate: float | None = typer.Option(None, "--rate", help="Poisson arrivals, req/s (open loop)."),
         arrival: str | None = typer.Option(None, "--arrival", help="poisson (default) or constant."),
+        burstiness: float | None = typer.Option(
+            None, "--burstiness", help="Gamma shape of arrival gaps (1: Poisson, <1: burstier)."
+        ),
+        session_header: str | None = typer.Option(
+            None, "--session-header", help="Header with a per-conversation id, e.g. x-session-id."
+        ),
         num_requests: int | None = typer.Option(None, "--num-requests", "-n", help="Measured requests."),
         duration: float | None = typer.Option(None, "--duration", help="Send for this many seconds."),
         warmup: int | None = typer.Option(None, "--warmup", help="Warm-up requests left out of the figures."),
@@ -70,7 +76,8 @@ def register(app: typer.Typer) -> None:
         flags = {
             "target": target or None, "model": model, "api_key": api_key, "endpoint": endpoint,
             "stream": False if no_stream else None, "concurrency": concurrency, "rate": rate,
-            "arrival": arrival, "num_requests": num_requests, "duration_s": duration, "warmup": warmup,
+            "arrival": arrival, "burstiness": burstiness, "session_header": session_header,
+            "num_requests": num_requests, "duration_s": duration, "warmup": warmup,
             "max_tokens": max_tokens, "ignore_eos": True if ignore_eos else None, "seed": seed,
             "slo": {k: v for k, v in slo.items() if v is not None} or None,
             "metrics_urls": metrics_url or None, "timeout_s": timeout,

@@ -147,3 +147,25 @@ async def test_non_streamed_requests(fake_server):
     assert s["ttft_ms"]["count"] == 0  # no TTFT without streaming
     assert 50 - 1 <= s["e2e_ms"]["p50"] <= 50 + 40  # 30 + 4 * 5 ms
     assert s["output_tokens"] == 10
+
+
+async def test_fake_server_speaks_openai_to_the_official_sdk(fake_server):
+    import openai
+
+    async with fake_server() as (_, url):
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="sk-x", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "a b c"}], max_tokens=3, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        pieces, usage = [], None
+        async for chunk in stream:
+            pieces += [c.delta.content for c in chunk.choices if c.delta.content]
+            usage = chunk.usage or usage
+        models = await client.models.list()
+        with pytest.raises(openai.NotFoundError):
+            await client.completions.create(model="nope", prompt="x", max_tokens=1)
+        await client.close()
+    assert pieces == [" tok"] * 3
+    assert (usage.prompt_tokens, usage.completion_tokens) == (3, 3)
+    assert [m.id for m in models.data] == ["fake-model"]

@@ -336,3 +336,20 @@ async def test_stream_terminal_fingerprint_and_continuous_usage(start: StartClus
     assert [c["usage"]["completion_tokens"] for c in continuous[:3]] == [1, 2, 3]
     assert continuous[3]["choices"] == []
     assert continuous[-1] == "[DONE]"
+
+
+async def test_tokenize_messages_matches_the_chat_prefill(start: StartCluster) -> None:
+    cluster = await start(lora_modules=("sql=/adapters/sql",))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is KV cache?"}]
+    async with httpx.AsyncClient(timeout=10) as client:
+        tok = (await client.post(cluster.urls[0] + "/tokenize", json={"messages": messages})).json()
+        chat = (
+            await client.post(
+                cluster.urls[0] + "/v1/chat/completions", json={"messages": messages, "max_tokens": 1}
+            )
+        ).json()
+        models = (await client.get(cluster.urls[0] + "/v1/models")).json()
+    assert tok["count"] == chat["usage"]["prompt_tokens"]
+    assert tok["tokens"][0] == 1  # the built-in template is encoded with BOS
+    adapter = models["data"][1]
+    assert (adapter["id"], adapter["root"], adapter["parent"]) == ("sql", "/adapters/sql", "llama-3.1-8b")

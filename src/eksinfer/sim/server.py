@@ -107,7 +107,8 @@ class SimServer:
     async def models(self, request: web.Request) -> web.Response:
         root = self.options.model
         cards = [self._card(name, root, None) for name in self.ctx.names]
-        cards += [self._card(name, name, self.ctx.names[0]) for name in self.ctx.lora_names]
+        adapters = self.options.lora_adapters
+        cards += [self._card(name, adapters[name], self.ctx.names[0]) for name in self.ctx.lora_names]
         return _json({"object": "list", "data": cards})
 
     def _card(self, name: str, root: str, parent: str | None) -> dict[str, Any]:
@@ -140,11 +141,14 @@ class SimServer:
         body = p.parse_body(await request.read())
         self.ctx.resolve(body)
         tok = self.engine.tokenizer
-        add_special = bool(body.get("add_special_tokens", True))
         if isinstance(body.get("messages"), list):
-            ids = tok.encode(tok.apply_chat_template(body["messages"]), add_special_tokens=add_special)
+            if "add_special_tokens" in body:
+                text = tok.apply_chat_template(body["messages"])
+                ids = tok.encode(text, add_special_tokens=bool(body["add_special_tokens"]))
+            else:
+                ids = tok.encode_chat(body["messages"])  # exactly what a chat request is prefilled with
         elif isinstance(body.get("prompt"), str):
-            ids = tok.encode(body["prompt"], add_special_tokens=add_special)
+            ids = tok.encode(body["prompt"], add_special_tokens=bool(body.get("add_special_tokens", True)))
         else:
             raise p.ApiError(400, "either prompt (a string) or messages is required", param="prompt")
         return _json(

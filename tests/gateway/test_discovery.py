@@ -18,6 +18,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from eksinfer.errors import ConfigError
 from eksinfer.gateway.config import KubernetesDiscovery, parse_config
 from eksinfer.gateway.discovery import KubernetesWatcher, pod_spec
 from eksinfer.gateway.endpoints import EndpointRegistry
@@ -193,3 +194,18 @@ async def test_gateway_follows_pods(api: FakeApiServer, tmp_path: Path) -> None:
         await api.events.put(None)
         await runtime.stop()
         await engine.stop()
+
+
+async def test_outside_a_cluster_without_api_server_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "endpoints": {"kubernetes": {"namespace": "llm", "label_selector": "app=vllm"}},
+        }
+    )
+    runtime = build_runtime(config, router=RoundRobinRouter())
+    with pytest.raises(ConfigError, match=r"^endpoints\.kubernetes\.api_server: not running in a cluster"):
+        await runtime.start()

@@ -70,7 +70,8 @@ class KubernetesWatcher:
         self.lists = 0
         self.events = 0
 
-    def _api(self) -> str:
+    def api_url(self) -> str:
+        """The API server's base URL; ConfigError outside a cluster without `api_server`."""
         if self._config.api_server:
             return self._config.api_server.rstrip("/")
         host = os.environ.get("KUBERNETES_SERVICE_HOST")
@@ -96,7 +97,7 @@ class KubernetesWatcher:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def run(self) -> None:
-        base = self._api() + self._path()
+        base = self.api_url() + self._path()
         ssl_ctx = await asyncio.to_thread(self._ssl)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=WATCH_TIMEOUT_S + 30)
         failures = 0

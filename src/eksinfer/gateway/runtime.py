@@ -122,6 +122,9 @@ class GatewayRuntime:
 
     async def start(self) -> None:
         """Starts the router, discovery and scrapers, then listens; returns once the port is bound."""
+        kube = self.config.endpoints.kubernetes
+        if kube is not None:
+            KubernetesWatcher(kube, self.registry).api_url()  # ConfigError now, not a retry loop later
         started = self.router.start()
         if inspect.isawaitable(started):
             await started

@@ -188,8 +188,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="fake-model")
     p.add_argument("--ttft-ms", type=float, default=0.0)
     p.add_argument("--itl-ms", type=float, default=0.0)
+    p.add_argument("--slots", type=int, default=0, help="Requests served at once (0: unlimited).")
     args = p.parse_args(argv)
-    fake = FakeBackend(model=args.model, ttft_s=args.ttft_ms / 1000, itl_s=args.itl_ms / 1000)
+    fake = FakeBackend(
+        model=args.model, ttft_s=args.ttft_ms / 1000, itl_s=args.itl_ms / 1000, slots=args.slots
+    )
     try:
         import uvloop
 

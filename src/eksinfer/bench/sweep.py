@@ -4,12 +4,14 @@ Without explicit rates: a throughput probe first (closed loop at `probe_concurre
 request rate R; then `num_stages` open-loop Poisson stages at R*k/num_stages, k = 1..num_stages. With rates
 given, those are run in order. Warm-up and the /v1/models check run once, in the first stage.
 
-A stage is saturated when its completion rate falls below 90 % of the offered rate (the server, or the
-client, could not keep up); the sweep stops after the first saturated stage unless `stop_at_saturation` is
-False. Completion rate = (n - 1) / (last completion - first completion): in steady state completions are the
-sends shifted by about one latency, so it equals the offered rate; overloaded, completions spread out at the
-server's own pace. (Completed / duration would call every short stage saturated, since the duration includes
-the last request's latency.)
+A stage is saturated when its completion rate falls below 90 % of its send rate: the server could not
+keep up with what the client sent. The sweep stops after the first saturated stage unless
+`stop_at_saturation` is False. Both rates are spacings, (n - 1) / (last - first), of the measured requests'
+send times and completion times: in steady state completions are the sends shifted by about one latency, so
+the two agree; overloaded, completions spread out at the server's own pace. Comparing with the actual send
+rate rather than the nominal one keeps Poisson sampling noise (about 1/sqrt(n)) out of the verdict, and a
+completed / duration ratio would call every short stage saturated, since the duration includes the last
+request's latency.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class SweepResult:
             doc["offered_rate"] = st.offered_rate
             doc["saturated"] = st.saturated
             doc["completion_rate"] = completion_rate(st.result)
+            doc["send_rate"] = send_rate(st.result)
             runs.append(doc)
         out = {
             "schema": SWEEP_SCHEMA,
@@ -65,17 +68,25 @@ class SweepResult:
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
 
 
+def _spacing_rate(times: list[float]) -> float:
+    if len(times) < 2 or max(times) <= min(times):
+        return math.nan
+    return (len(times) - 1) / (max(times) - min(times))
+
+
 def completion_rate(result: BenchResult) -> float:
     """(n - 1) / span of completion times of the measured, successful requests; NaN below 2 requests."""
-    ends = sorted(r.sent_s + (r.e2e_s or 0.0) for r in result.records if r.ok and not r.warmup)
-    if len(ends) < 2 or ends[-1] <= ends[0]:
-        return math.nan
-    return (len(ends) - 1) / (ends[-1] - ends[0])
+    return _spacing_rate([r.sent_s + (r.e2e_s or 0.0) for r in result.records if r.ok and not r.warmup])
 
 
-def is_saturated(offered_rate: float, result: BenchResult) -> bool:
-    achieved = completion_rate(result)
-    return not math.isnan(achieved) and achieved < SATURATION_RATIO * offered_rate
+def send_rate(result: BenchResult) -> float:
+    """(n - 1) / span of send times of the measured requests."""
+    return _spacing_rate([r.sent_s for r in result.records if not r.warmup and r.error != "cancelled"])
+
+
+def is_saturated(result: BenchResult) -> bool:
+    done, sent = completion_rate(result), send_rate(result)
+    return not (math.isnan(done) or math.isnan(sent)) and done < SATURATION_RATIO * sent
 
 
 async def run_sweep(
@@ -114,7 +125,7 @@ async def run_sweep(
         if stop.is_set():
             break
         result = await stage(rate, None)
-        saturated = is_saturated(rate, result)
+        saturated = is_saturated(result)
         sweep.stages.append(SweepStage(rate, result, saturated))
         if saturated and stop_at_saturation:
             break

@@ -143,7 +143,7 @@ def test_kv_cost_scorer_trades_hits_against_queue(
     deps = prefix_deps(holdings, tokens)
     eps = [ep(n, inflight_prompt_tokens=inflight.get(n, 0)) for n in ("a", "b")]
     request = RoutingRequest("m", "", prompt_token_ids=tokens)
-    got = score("kv-cost-scorer", eps, request, deps, decode_tokens_per_request=0)
+    got = score("kv-cost-scorer", eps, request, deps, decode_tokens_per_request=0, prefill_weight=1.5)
     assert got == expected
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
+import zmq.asyncio
 
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.scheduling.config import RoutingConfig
@@ -116,6 +117,7 @@ class Router:
         self.tokenizer = tokenizer or make_tokenizer(config, self._http_session)
         self._tokenizer_ready: asyncio.Task[Any] | None = None
         self._subscribers: dict[str, KvEventSubscriber] = {}
+        self._zmq: zmq.asyncio.Context | None = None
         self._capacity: dict[str, int] = {}
         self._started = False
         self._decisions: Counter[tuple[str, str]] = Counter()
@@ -143,6 +145,9 @@ class Router:
         subs = list(self._subscribers.values())
         self._subscribers.clear()
         await asyncio.gather(*(s.stop() for s in subs), return_exceptions=True)
+        if self._zmq is not None:
+            self._zmq.destroy(linger=0)
+            self._zmq = None
         if self._tokenizer_ready is not None and not self._tokenizer_ready.done():
             self._tokenizer_ready.cancel()
         if self._session is not None:
@@ -167,6 +172,8 @@ class Router:
             return
         ev = self.config.events
         replay = kv_replay or replay_endpoint_for(kv_events, ev.replay_port_offset)
+        if self._zmq is None:
+            self._zmq = zmq.asyncio.Context()  # one context (one I/O thread) for every subscriber
         sub = KvEventSubscriber(
             state.id,
             kv_events,
@@ -177,6 +184,7 @@ class Router:
             reconnect_s=ev.reconnect_s,
             replay_timeout_s=ev.replay_timeout_s,
             silence_reconnect_s=ev.silence_reconnect_s,
+            context=self._zmq,
         )
         self._subscribers[state.id] = sub
         if self._started:

@@ -397,3 +397,20 @@ async def test_no_healthy_endpoint_is_503(engines: list[FakeEngine]) -> None:
             ]
     finally:
         await runtime.stop()
+
+
+async def test_router_bug_gives_an_openai_500(engines: list[FakeEngine]) -> None:
+    runtime = await start_gateway(engines)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug")
+
+    runtime.router.route = broken  # type: ignore[method-assign]
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(base(runtime) + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+        assert r.status_code == 500
+        assert r.json()["error"]["code"] == "internal_error"
+        assert "Traceback" not in r.text
+    finally:
+        await runtime.stop()

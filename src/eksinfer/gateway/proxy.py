@@ -146,6 +146,9 @@ class Proxy:
         self._inflight += 1
         try:
             return await self._dispatch(request, path, raw, body, model, started)
+        except Exception:  # a bug must still give the client one OpenAI-style line, never a traceback
+            log.exception("internal error on %s", path)
+            return self._finish_early(path, 500, "internal gateway error", "internal_error")
         finally:
             self._inflight -= 1
 

@@ -64,21 +64,21 @@ async def test_stop_event_keeps_what_was_measured(fake_server):
 
 
 async def test_sweep_with_given_rates_stops_at_saturation(fake_server):
-    # The fake serves one request at a time, 20 ms each: capacity 50 req/s. 20 req/s keeps up; 200 req/s
-    # saturates (completions 20 ms apart = 50/s < 0.9 * 200); 400 is never run.
-    async with fake_server(ttft_s=0.02, slots=1) as (_, url):
+    # The fake serves one request at a time, 30 ms each: capacity 33 req/s. 10 req/s keeps up; 200 req/s
+    # saturates (completions 30 ms apart, sends 5 ms apart); 400 is never run.
+    async with fake_server(ttft_s=0.03, slots=1) as (_, url):
         cfg = BenchConfig(
-            target=url, model="fake-model", num_requests=8, max_tokens=1, warmup=2, arrival="constant"
+            target=url, model="fake-model", num_requests=12, max_tokens=1, warmup=2, arrival="constant"
         )
-        sweep = await run_sweep(cfg, [20.0, 200.0, 400.0])
-    assert [s.offered_rate for s in sweep.stages] == [20.0, 200.0]
+        sweep = await run_sweep(cfg, [10.0, 200.0, 400.0])
+    assert [s.offered_rate for s in sweep.stages] == [10.0, 200.0]
     assert [s.saturated for s in sweep.stages] == [False, True]
     assert sum(r.warmup for r in sweep.stages[0].result.records) == 2
     assert sum(r.warmup for r in sweep.stages[1].result.records) == 0
     doc = sweep.to_json()
-    assert [r["offered_rate"] for r in doc["runs"]] == [20.0, 200.0]
-    assert doc["runs"][0]["completion_rate"] == pytest.approx(20.0, rel=0.3)
-    assert doc["runs"][1]["completion_rate"] == pytest.approx(50.0, rel=0.3)
+    assert [r["offered_rate"] for r in doc["runs"]] == [10.0, 200.0]
+    assert doc["runs"][0]["completion_rate"] == pytest.approx(10.0, rel=0.3)
+    assert doc["runs"][1]["completion_rate"] == pytest.approx(33.3, rel=0.3)
 
 
 async def test_auto_sweep_probes_then_stays_below_peak(fake_server):

@@ -38,9 +38,9 @@ async def test_latencies_match_server_schedule(fake_server, endpoint):
     assert E2E_MS - 1 <= s["e2e_ms"]["p50"] <= E2E_MS + 60
     assert s["output_tokens"] == 8 * N
     # 8 requests, 4 at a time, 240 ms each: two waves -> duration ~480 ms, ~16.7 req/s, ~333 tok/s
-    assert 0.48 <= s["duration_s"] <= 0.48 + 0.2
+    assert 0.48 <= s["duration_s"] <= 0.48 + 0.3
     assert s["request_throughput"] == pytest.approx(8 / s["duration_s"])
-    assert 8 / 0.68 <= s["request_throughput"] <= 8 / 0.48
+    assert 8 / 0.78 <= s["request_throughput"] <= 8 / 0.48
     assert s["output_throughput"] == pytest.approx(s["request_throughput"] * N)
     for rec in result.records:
         assert rec.ok

@@ -81,3 +81,20 @@ async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
             proc.kill()
             await proc.wait()
         await engine.stop()
+
+
+async def test_busy_port_is_a_one_line_error() -> None:
+    import socket
+
+    from eksinfer.errors import UsageError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = parse_config({"server": {"host": "127.0.0.1", "port": port}})
+        router = RoundRobinRouter()
+        runtime = build_runtime(config, router=router)
+        with pytest.raises(UsageError, match=r"^server\.port: cannot listen on 127\.0\.0\.1:"):
+            await runtime.start()
+        assert router.stopped  # what had started is stopped again

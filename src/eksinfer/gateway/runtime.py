@@ -17,6 +17,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from eksinfer.errors import UsageError
 from eksinfer.gateway.config import GatewayConfig
 from eksinfer.gateway.discovery import KubernetesWatcher, static_specs
 from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
@@ -142,7 +143,12 @@ class GatewayRuntime:
         site = web.TCPSite(
             self._runner, server.host, server.port, backlog=1024, reuse_port=server.workers > 1 or None
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as err:
+            await self.stop()
+            msg = f"cannot listen on {server.host}:{server.port}: {err.strerror or err}"
+            raise UsageError(msg, field="server.port") from None
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
         log.info("gateway listening on %s:%s (preset %s)", self.config.server.host, self.port, self.preset)

@@ -85,6 +85,7 @@ async def test_completion_and_round_robin(gateway: GatewayRuntime, engines: list
         result = await client.completions.create(model="tiny", prompt="hello", max_tokens=4)
         assert result.choices[0].text == " w0 w1 w2 w3"
     assert [e.requests for e in engines] == [2, 2]
+    assert [len(set(e.peers)) for e in engines] == [1, 1]  # one kept-alive upstream connection per engine
     assert engines[0].bodies[0] == {"model": "tiny", "prompt": "hello", "max_tokens": 4}
     states = gateway.registry.all()
     assert [s.inflight_requests for s in states] == [0, 0]
@@ -343,6 +344,7 @@ async def test_event_loop_keeps_ticking_under_load(
     tick.cancel()
     assert statuses == [200] * 300
     assert sum(e.completed for e in engines) == 300
+    assert sum(len(set(e.peers)) for e in engines) <= 60  # streamed answers leave their connection reusable
     assert len(gaps) >= 3
     assert max(gaps) < 0.2, f"event loop stalled for {max(gaps):.3f} s"
 

@@ -41,6 +41,7 @@ class FakeEngine:
     completed: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[Mapping[str, str]] = field(default_factory=list)
+    peers: list[int] = field(default_factory=list)  # client port of each request: keep-alive reuses one
     runner: web.AppRunner | None = None
     url: str = ""
 
@@ -87,6 +88,8 @@ class FakeEngine:
         body = await request.json()
         self.bodies.append(body)
         self.headers.append(dict(request.headers))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.peers.append(peer[1] if peer else -1)
         try:
             return await self._answer(request, body)
         except asyncio.CancelledError:

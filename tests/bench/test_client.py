@@ -169,3 +169,28 @@ async def test_fake_server_speaks_openai_to_the_official_sdk(fake_server):
     assert pieces == [" tok"] * 3
     assert (usage.prompt_tokens, usage.completion_tokens) == (3, 3)
     assert [m.id for m in models.data] == ["fake-model"]
+
+
+async def test_connections_are_reused_across_requests():
+    from eksinfer.bench.fakeserver import FakeBackend, make_app
+
+    peers: set[object] = set()
+
+    @web.middleware
+    async def record_peer(request: web.Request, handler):
+        peers.add(request.transport.get_extra_info("peername"))
+        return await handler(request)
+
+    app = make_app(FakeBackend(ttft_s=0.001, itl_s=0.001))
+    app.middlewares.append(record_peer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        cfg = BenchConfig(target=url, model="fake-model", concurrency=4, num_requests=100, max_tokens=5)
+        result = await run_bench(cfg)
+    finally:
+        await runner.cleanup()
+    assert result.summary["requests"]["completed"] == 100
+    assert len(peers) <= 5  # 4 in flight (+ the /v1/models check), not one connection per request

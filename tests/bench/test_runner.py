@@ -148,3 +148,34 @@ async def test_session_header_is_per_conversation(fake_server):
         seen = fake.session_ids
     assert [r.conversation_id for r in result.records] == [0, 0, 1, 1]
     assert seen == ["conv-0", "conv-0", "conv-1", "conv-1"]
+
+
+async def test_reset_prefix_cache_makes_a_rerun_start_cold(fake_server):
+    w = {"type": "shared-prefix", "num_groups": 1, "num_prompts_per_group": 2, "system_prompt_len": 32,
+         "question_len": 16, "output_len": 1, "shuffle": False}  # fmt: skip
+    async with fake_server(block_size=16) as (_, url):
+        base = {
+            "target": url,
+            "model": "fake-model",
+            "num_requests": 2,
+            "workload": w,
+            "metrics_urls": [url + "/metrics"],
+        }
+        warm = await run_bench(BenchConfig(**base))
+        again = await run_bench(BenchConfig(**base))
+        cold = await run_bench(BenchConfig(**base, reset_prefix_cache=True))
+    # 48 words = 3 blocks per prompt. First run: prompt 1 misses all, prompt 2 hits the 2 system blocks.
+    assert warm.summary["hit_rate"]["metrics"] == pytest.approx(32 / 96)
+    assert again.summary["hit_rate"]["metrics"] == pytest.approx(1.0)
+    assert cold.summary["hit_rate"]["metrics"] == pytest.approx(32 / 96)
+
+
+async def test_per_target_breakdown(fake_server):
+    async with fake_server(ttft_s=0.01) as (_, url_a), fake_server(ttft_s=0.05) as (_, url_b):
+        cfg = BenchConfig(
+            target=[url_a, url_b], model="fake-model", concurrency=2, num_requests=6, max_tokens=1
+        )
+        result = await run_bench(cfg)
+    per = result.summary["per_target"]
+    assert (per[url_a]["completed"], per[url_b]["completed"]) == (3, 3)
+    assert per[url_a]["ttft_ms"]["p50"] < 40 <= per[url_b]["ttft_ms"]["p50"]

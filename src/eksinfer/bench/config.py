@@ -120,6 +120,10 @@ class BenchConfig(_Strict):
     metrics_urls: list[str] = Field(
         default_factory=list, description="Engine /metrics URLs read before and after for the KV hit rate."
     )
+    reset_prefix_cache: bool = Field(
+        False,
+        description="POST /reset_prefix_cache to each engine (metrics_urls' hosts, else targets) first.",
+    )
     timeout_s: float = Field(600.0, gt=0, description="Per-request timeout.")
     check_model: bool = Field(True, description="GET /v1/models first and fail fast on a wrong name.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")

@@ -5,9 +5,10 @@ at `ttft_s` after the request arrived and token i at ttft_s + i * itl_s, schedul
 overshoot does not accumulate. With ttft_s = itl_s = 0 it is an instant backend: whatever latency a client
 then measures is the client's and the loopback's own cost.
 
-It also serves GET /v1/models (one model; other names get vLLM's 404 body), and GET /metrics with the two vLLM
-prefix-cache counters, fed by a toy prefix cache: prompts are split into words (one word = one token, as in
-bench/prompts.py) and blocks of `block_size` words; a block hits when the same block chain was seen before.
+It also serves GET /v1/models (one model; other names get vLLM's 404 body), and GET /metrics with the two
+vLLM prefix-cache counters, fed by a toy prefix cache: prompts are split into words (one word = one token, as
+in bench/prompts.py) and blocks of `block_size` words; a block hits when the same block chain was seen
+before. POST /reset_prefix_cache empties it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ async def _metrics(request: web.Request) -> web.Response:
         f"vllm:prefix_cache_hits_total{labels} {fake.hits_tokens}\n"
     )
     return web.Response(text=text, content_type="text/plain")
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[_MODEL_KEY].seen_blocks.clear()
+    return web.Response(text="ok")
 
 
 @functools.lru_cache(maxsize=64)
@@ -166,6 +172,7 @@ def make_app(fake: FakeBackend) -> web.Application:
     app[_MODEL_KEY] = fake
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/reset_prefix_cache", _reset)
     app.router.add_post("/v1/completions", _complete)
     app.router.add_post("/v1/chat/completions", _complete)
     return app

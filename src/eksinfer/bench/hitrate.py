@@ -82,3 +82,26 @@ def metrics_hit_rate(
         "query_tokens": queries,
         "per_url": per_url,
     }
+
+
+def engine_bases(metrics_urls: Sequence[str], targets: Sequence[str]) -> list[str]:
+    """The engines' base URLs: each metrics URL without its /metrics path, else the targets."""
+    if metrics_urls:
+        return [u[: -len("/metrics")] if u.endswith("/metrics") else u.rstrip("/") for u in metrics_urls]
+    return [t[:-3] if t.endswith("/v1") else t for t in (u.rstrip("/") for u in targets)]
+
+
+async def reset_prefix_cache(session: aiohttp.ClientSession, bases: Sequence[str]) -> None:
+    """vLLM's POST /reset_prefix_cache on every engine, so a run starts cold (anchors C.5)."""
+    from eksinfer.errors import UpstreamError
+
+    for base in bases:
+        url = base + "/reset_prefix_cache"
+        try:
+            async with asyncio.timeout(10), session.post(url) as resp:
+                if resp.status >= 300:
+                    raise UpstreamError(f"{url} answered HTTP {resp.status}; cannot reset the prefix cache")
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise UpstreamError(
+                f"cannot reset the prefix cache at {url}: {err or type(err).__name__}"
+            ) from None

@@ -85,7 +85,23 @@ def summarize(records: list[RequestRecord], slo: Slo) -> dict[str, Any]:
             else None,
         },
         "client": {"lag_ms": _ms([max(0.0, r.sent_s - r.scheduled_s) for r in measured])},
+        "per_target": _per_target(measured),
     }
+
+
+def _per_target(measured: list[RequestRecord]) -> dict[str, dict[str, Any]]:
+    """Counts and latency percentiles per target URL (several targets: compare engines in one run)."""
+    out: dict[str, dict[str, Any]] = {}
+    for target in sorted({r.target for r in measured}):
+        mine = [r for r in measured if r.target == target]
+        ok = [r for r in mine if r.ok]
+        out[target] = {
+            "completed": len(ok),
+            "failed": len(mine) - len(ok),
+            "ttft_ms": _ms([r.ttft_s for r in ok if r.ttft_s is not None]),
+            "e2e_ms": _ms([r.e2e_s for r in ok if r.e2e_s is not None]),
+        }
+    return out
 
 
 @dataclass

@@ -25,7 +25,7 @@ import msgspec
 from eksinfer.bench.arrivals import send_times
 from eksinfer.bench.client import RequestRecord, send
 from eksinfer.bench.config import BenchConfig
-from eksinfer.bench.hitrate import metrics_hit_rate, scrape
+from eksinfer.bench.hitrate import engine_bases, metrics_hit_rate, reset_prefix_cache, scrape
 from eksinfer.bench.result import BenchResult, summarize
 from eksinfer.bench.workloads import Conversation, conversations
 from eksinfer.errors import UnknownNameError, UpstreamError
@@ -225,6 +225,8 @@ async def run_bench(
         if config.check_model:
             for base in config.target_urls:
                 await check_model(session, base, config.model)
+        if config.reset_prefix_cache:
+            await reset_prefix_cache(session, engine_bases(config.metrics_urls, config.target_urls))
         if config.warmup:
             await run.phase(config.warmup, None, warmup=True)
         before = await scrape(session, config.metrics_urls) if config.metrics_urls else {}

@@ -55,6 +55,9 @@ def register(app: typer.Typer) -> None:
         ),
         timeout: float | None = typer.Option(None, "--timeout", help="Per-request timeout, s (default 600)."),
         no_check_model: bool = typer.Option(False, "--no-check-model", help="Skip the /v1/models check."),
+        reset_cache: bool = typer.Option(
+            False, "--reset-prefix-cache", help="POST /reset_prefix_cache to each engine before the run."
+        ),
         sweep: str | None = typer.Option(None, "--sweep", help="'auto' or rates '1,2,4': a rate sweep."),
         sweep_stages: int = typer.Option(5, "--sweep-stages", min=1, help="Stages of an auto sweep."),
         output: Path | None = typer.Option(
@@ -82,6 +85,7 @@ def register(app: typer.Typer) -> None:
             "slo": {k: v for k, v in slo.items() if v is not None} or None,
             "metrics_urls": metrics_url or None, "timeout_s": timeout,
             "check_model": False if no_check_model else None,
+            "reset_prefix_cache": True if reset_cache else None,
         }  # fmt: skip
         args = parse_key_values(workload_arg or [], "--workload-arg")
         if dataset is not None:

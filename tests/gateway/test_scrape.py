@@ -49,6 +49,8 @@ def test_data_parallel_series_lora_and_deprecated_names() -> None:
     assert metrics.kv_usage == 0.5
     assert metrics.lora_adapters == {"a", "b", "c"}  # the newest sample (timestamp 20) wins
     assert metrics.num_gpu_blocks is None
+    first = parse_metrics('vllm:num_requests_running 3\nvllm:num_requests_running{engine="1"} 2\nother 1\n')
+    assert first.num_running == 5  # a family at the very start of the page, ended by another name
     empty = parse_metrics("")
     assert (empty.num_running, empty.num_waiting, empty.kv_usage) == (None, None, None)
 

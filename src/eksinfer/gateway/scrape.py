@@ -4,8 +4,8 @@ Signals (routing-anchors.md 1.7): `vllm:num_requests_running`, `vllm:num_request
 `vllm:kv_cache_usage_perc` (0..1), `vllm:cache_config_info{num_gpu_blocks, block_size}`,
 `vllm:lora_requests_info{running_lora_adapters, waiting_lora_adapters}` (the value is a timestamp: the newest
 sample wins). A data-parallel engine reports one series per `engine` label: requests are summed, KV usage is
-the mean. The parser reads only the lines it needs, so a 56 KB page (vllm-samples/metrics_after_requests.txt)
-costs well under a millisecond. Defaults follow llm-d (refresh 50 ms, stale after 2 s); ours refresh every
+the mean. The parser finds only the lines it needs, so a 56 KB page (vllm-samples/metrics_after_requests.txt)
+costs tens of microseconds. Defaults follow llm-d (refresh 50 ms, stale after 2 s); ours refresh every
 200 ms because the gateway also tracks its own in-flight work between scrapes.
 """
 
@@ -28,6 +28,7 @@ from eksinfer.gateway.scheduling.framework import EndpointState
 log = logging.getLogger(__name__)
 
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_CACHE_LABELS = re.compile(r'(?<![\w])(block_size|num_gpu_blocks)="(\d+)"')
 _WANTED = (
     "vllm:num_requests_running",
     "vllm:num_requests_waiting",
@@ -79,14 +80,30 @@ def _split_sample(line: str) -> tuple[str, str, float] | None:
         return None
 
 
+def _wanted_lines(text: str) -> list[str]:
+    """The sample lines of the wanted families. The text format keeps each family's lines together
+    (https://prometheus.io/docs/instrumenting/exposition_formats/), so one `str.find` (C speed) reaches a
+    family and its lines are read until another name starts, instead of checking all 661 lines in Python."""
+    lines = []
+    for name in _WANTED:
+        pos = 0 if text.startswith(name) else text.find("\n" + name) + 1
+        if pos == 0 and not text.startswith(name):
+            continue  # not on this page
+        while True:
+            end = text.find("\n", pos)
+            lines.append(text[pos:] if end < 0 else text[pos:end])
+            if end < 0 or not text.startswith(name, end + 1):
+                break
+            pos = end + 1
+    return lines
+
+
 def parse_metrics(text: str) -> EngineMetrics:
     """Parses the Prometheus text format, keeping only the series routing uses."""
     acc = _Acc()
     out = EngineMetrics()
     lora_ts = float("-inf")
-    for line in text.splitlines():
-        if not line.startswith(_WANTED):
-            continue
+    for line in _wanted_lines(text):
         sample = _split_sample(line)
         if sample is None:
             continue
@@ -99,7 +116,7 @@ def parse_metrics(text: str) -> EngineMetrics:
         elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
             acc.kv.append(value)
         elif name == "vllm:cache_config_info":
-            lab = dict(_LABEL.findall(labels))
+            lab = dict(_CACHE_LABELS.findall(labels))  # two of its ~40 labels
             out.num_gpu_blocks = _int_or_none(lab.get("num_gpu_blocks"))
             out.block_size = _int_or_none(lab.get("block_size"))
         elif name == "vllm:lora_requests_info" and value >= lora_ts:

@@ -23,8 +23,15 @@ Python API::
     result.summary["request_throughput"], result.summary["output_throughput"], result.summary["goodput"]
     result.summary["errors"]                       # {"http_500": 3, "timeout": 1, ...}
     result.summary["hit_rate"]                     # {"metrics": 0.81, "cached_tokens": 0.80}
+    result.summary["per_target"]                   # completed, failed, ttft_ms, e2e_ms per target URL
+    result.summary["client"]["lag_ms"]             # how late requests left against the schedule
     result.records                                 # one RequestRecord per request (ttft_s, itl_s, e2e_s, ...)
     result.write(Path("run.json"))                 # summary + every request's timings in ms
+
+Other settings: arrival ("poisson" | "constant"), burstiness (gamma arrivals), duration_s, max_tokens,
+ignore_eos, api_key, headers, session_header (per-conversation id header), reset_prefix_cache, timeout_s,
+check_model. `run_bench(config, stop=event, on_record=fn)`: setting `stop` ends the run early and still
+returns what was measured; `on_record` sees each finished request.
 
 `run_sweep(config, rates)` runs one stage per rate (or finds the saturation rate first) and returns a
 SweepResult. Workloads: random, shared-prefix, multi-turn, replay (see config.py); metric definitions are

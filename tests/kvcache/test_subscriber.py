@@ -205,3 +205,35 @@ async def test_malformed_frames_are_counted_not_raised(ctx: zmq.asyncio.Context)
 def test_replay_endpoint_for() -> None:
     assert replay_endpoint_for("tcp://10.0.0.1:5557", 1) == "tcp://10.0.0.1:5558"
     assert replay_endpoint_for("tcp://10.0.0.1:5557", None) is None
+
+
+async def test_idle_probe_recovers_batches_no_live_message_reveals(
+    ctx: zmq.asyncio.Context, publisher: Publisher
+) -> None:
+    """Events published before the SUB joined, and nothing after: the connect-time and idle replay probes
+    still load them (a gap is only visible once a later batch arrives)."""
+    index = PrefixIndex()
+    sub = KvEventSubscriber(
+        "e1",
+        publisher.endpoint,
+        publisher.replay_endpoint,
+        on_event=index.apply_event,
+        on_reset=index.clear_endpoint,
+        probe_s=0.05,
+        context=ctx,
+    )
+    sub.start()
+    try:
+        await asyncio.wait_for(sub.connected.wait(), 5)
+        await publisher.publish(0, batch(0), live=False)  # as if the PUB dropped it before the SUB joined
+        await publisher.publish(1, batch(1), live=False)
+        for _ in range(200):
+            if held(index, 1):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await sub.stop()
+    assert held(index, 0)
+    assert held(index, 1)
+    assert sub.stats.probes >= 1
+    assert sub.stats.lost_batches == 0

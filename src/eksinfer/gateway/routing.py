@@ -184,6 +184,7 @@ class Router:
             reconnect_s=ev.reconnect_s,
             replay_timeout_s=ev.replay_timeout_s,
             silence_reconnect_s=ev.silence_reconnect_s,
+            probe_s=ev.probe_s,
             context=self._zmq,
         )
         self._subscribers[state.id] = sub

@@ -14,9 +14,12 @@ answers [b"", seq, payload] for each buffered batch (vLLM keeps `buffer_steps`, 
 -1. When no replay endpoint is known or it does not answer within `replay_timeout_s`, the missing batches are
 counted as lost and the index may hold stale entries until their blocks are evicted or reused.
 
-The SUB socket reconnects by itself (ZMQ); we also re-create it after `silence_reconnect_s` without a message
-and after any socket error, with `reconnect_s` between attempts. Lag = receive time - the batch's `ts` (both
-wall clock), reported as the last value and the maximum.
+On connect, and after every `probe_s` (2 s) without a message, the subscriber also asks the replay socket for
+anything after the last applied batch: that loads what the engine cached before we connected (ZMQ drops what
+a PUB sends before the SUB has joined), and recovers a lost *last* batch, which no later sequence number would
+reveal. The SUB socket reconnects by itself (ZMQ); we also re-create it after `silence_reconnect_s` without a
+message and after any socket error, with `reconnect_s` between attempts. Lag = receive time - the batch's
+`ts` (both wall clock), reported as the last value and the maximum.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class SubscriberStats:
     replayed_batches: int = 0
     lost_batches: int = 0
     duplicates: int = 0
+    probes: int = 0
     restarts: int = 0
     reconnects: int = 0
     decode_errors: int = 0
@@ -90,6 +94,7 @@ class KvEventSubscriber:
         reconnect_s: float = 1.0,
         replay_timeout_s: float = 1.0,
         silence_reconnect_s: float = 30.0,
+        probe_s: float = 2.0,
         context: zmq.asyncio.Context | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,6 +107,7 @@ class KvEventSubscriber:
         self._reconnect_s = reconnect_s
         self._replay_timeout_ms = int(replay_timeout_s * 1000)
         self._silence_ms = int(silence_reconnect_s * 1000)
+        self._probe_ms = max(1, int(probe_s * 1000))
         self._own_context = context is None
         self._ctx = context or zmq.asyncio.Context()
         self._wall = wall_clock
@@ -142,13 +148,27 @@ class KvEventSubscriber:
         try:
             sock.connect(self.endpoint)
             self.connected.set()
+            if self.stats.last_seq is None:
+                await self.catch_up()  # what the engine cached before we connected
+            silent_ms = 0
             while True:
-                if not await sock.poll(self._silence_ms):
-                    return  # silent for too long: re-create the socket (the engine may have moved)
-                frames = await sock.recv_multipart()
-                await self.handle_frames(frames)
+                if not await sock.poll(self._probe_ms):
+                    silent_ms += self._probe_ms
+                    await self.catch_up()  # a lost last batch is followed by no gap to reveal it
+                    if silent_ms >= self._silence_ms:
+                        return  # silent for too long: re-create the socket (the engine may have moved)
+                    continue
+                silent_ms = 0
+                await self.handle_frames(await sock.recv_multipart())
         finally:
             sock.close(linger=0)
+
+    async def catch_up(self) -> None:
+        """Ask the replay socket for anything after the last applied batch (no-op without one)."""
+        if self.replay_endpoint is not None:
+            self.stats.probes += 1
+            last = self.stats.last_seq
+            await self._replay(0 if last is None else last + 1, None)
 
     async def handle_frames(self, frames: list[bytes]) -> None:
         """Sequence bookkeeping, replay on gaps, then apply (public for tests that feed frames directly)."""
@@ -196,13 +216,15 @@ class KvEventSubscriber:
         for event in batch.events:
             self._on_event(self.endpoint_id, event)
 
-    async def _replay(self, start: int, live_seq: int) -> None:
-        """Fetch batches [start, live_seq) from the replay socket; count what cannot be recovered as lost."""
+    async def _replay(self, start: int, live_seq: int | None) -> None:
+        """Fetch batches from `start` on from the replay socket; when a live batch `live_seq` revealed a gap,
+        count what could not be recovered before it as lost."""
         st = self.stats
         if self.replay_endpoint is None:
-            st.lost_batches += max(0, live_seq - start)
+            st.lost_batches += max(0, (live_seq or start) - start)
             return
-        st.replays += 1
+        if live_seq is not None:
+            st.replays += 1
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -222,5 +244,6 @@ class KvEventSubscriber:
             log.warning("kv events %s: replay failed: %s", self.endpoint_id, err)
         finally:
             sock.close(linger=0)
-        recovered_to = st.last_seq if st.last_seq is not None else start - 1
-        st.lost_batches += max(0, live_seq - 1 - recovered_to)
+        if live_seq is not None:
+            recovered_to = st.last_seq if st.last_seq is not None else start - 1
+            st.lost_batches += max(0, live_seq - 1 - recovered_to)

@@ -78,6 +78,9 @@ class EventsConfig(_Strict):
     )
     replay_timeout_s: float = Field(1.0, gt=0, description="time to wait for one replay answer")
     reconnect_s: float = Field(1.0, gt=0, description="wait before re-creating a silent or failed socket")
+    probe_s: float = Field(
+        2.0, gt=0, description="ask the replay socket for missed batches after this long without a message"
+    )
     silence_reconnect_s: float = Field(
         30.0, gt=0, description="re-create the SUB socket after this long without a message"
     )

@@ -33,7 +33,6 @@ from typing import Any
 import aiohttp
 import zmq.asyncio
 
-from eksinfer.errors import ConfigError
 from eksinfer.gateway.scheduling.config import RoutingConfig
 from eksinfer.gateway.scheduling.framework import (
     Decision,
@@ -45,6 +44,7 @@ from eksinfer.gateway.scheduling.framework import (
 )
 from eksinfer.gateway.scheduling.prefix import (
     endpoint_block_size,
+    hash_request,
     precise_matches,
     prompt_tokens,
     request_block_keys,
@@ -58,11 +58,10 @@ from eksinfer.gateway.scheduling.runner import (
     run_profile,
 )
 from eksinfer.gateway.tokenize import (
-    ApproxTokenizer,
-    BuiltinTokenizer,
     EngineTokenizer,
     HfTokenizer,
     PromptTokenizer,
+    make_tokenizer,
     prompt_text,
     prompt_token_ids,
 )
@@ -76,23 +75,6 @@ __all__ = ["Decision", "NoEndpointError", "Router"]
 # Key chains longer than this are hashed in a worker thread: 16k tokens take about 0.5 ms inline (measured
 # 0.24 ms per 8,192 tokens at block size 16 on this machine), about what a thread hop costs.
 HASH_OFFLOAD_TOKENS = 16384
-
-
-def make_tokenizer(
-    config: RoutingConfig, session_factory: Callable[[], aiohttp.ClientSession]
-) -> PromptTokenizer:
-    """The tokenizer for `routing.tokenizer.mode` (auto: hf with a path, else the engine's /tokenize)."""
-    tc = config.tokenizer
-    mode = tc.mode if tc.mode != "auto" else ("hf" if tc.path else "engine")
-    if mode == "hf":
-        if not tc.path:
-            raise ConfigError("mode hf needs a tokenizer directory", field="routing.tokenizer.path")
-        return HfTokenizer(tc.path)
-    if mode == "builtin":
-        return BuiltinTokenizer()
-    if mode == "engine":
-        return EngineTokenizer(session_factory, tc.engine_timeout_s)
-    return ApproxTokenizer()
 
 
 class Router:
@@ -274,9 +256,9 @@ class Router:
         sizes = sorted({endpoint_block_size(ep, self.deps) for ep in candidates})
         if request.prompt_token_ids is not None:  # ids given: only the key chain (about 0.03 us per token)
             if len(request.prompt_token_ids) > HASH_OFFLOAD_TOKENS:
-                await asyncio.to_thread(_hash_all, request, sizes)
+                await asyncio.to_thread(hash_request, request, sizes)
             else:
-                _hash_all(request, sizes)
+                hash_request(request, sizes)
             return
         long_prompt = len(request.prompt_text) > self.config.tokenizer.offload_chars
         tok = self.tokenizer
@@ -289,7 +271,7 @@ class Router:
             ids = await tok.encode_remote(body, request.model, _pick_tokenize_url(candidates))
             request.prompt_token_ids = ids
             if ids is not None and len(ids) > HASH_OFFLOAD_TOKENS:
-                await asyncio.to_thread(_hash_all, request, sizes)
+                await asyncio.to_thread(hash_request, request, sizes)
         if request.prompt_token_ids is None:
             self._tokenize_failures += isinstance(tok, EngineTokenizer)
 
@@ -401,11 +383,6 @@ def _pick_tokenize_url(candidates: Sequence[EndpointState]) -> str:
     return min(healthy, key=lambda ep: ep.inflight_requests).url
 
 
-def _hash_all(request: RoutingRequest, sizes: Sequence[int]) -> None:
-    for size in sizes:
-        request_block_keys(request, size)
-
-
 def _tokenize_and_hash(
     tok: PromptTokenizer, body: Mapping[str, Any], request: RoutingRequest, sizes: Sequence[int]
 ) -> None:
@@ -416,7 +393,7 @@ def _tokenize_and_hash(
         log.debug("tokenization failed, routing approximately: %s", err)
         request.prompt_token_ids = None
     if request.prompt_token_ids is not None:
-        _hash_all(request, sizes)
+        hash_request(request, sizes)
 
 
 def _reason(prof: Profile, chosen: str, matched: Mapping[str, int], num_candidates: int) -> str:

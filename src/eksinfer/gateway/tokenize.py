@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from eksinfer.errors import ConfigError
+from eksinfer.gateway.scheduling.config import RoutingConfig
 
 log = logging.getLogger(__name__)
 
@@ -252,3 +253,20 @@ class EngineTokenizer:
             self.failures += 1
             log.debug("tokenize on %s failed: %s", base_url, err)
             return None
+
+
+def make_tokenizer(
+    config: RoutingConfig, session_factory: Callable[[], aiohttp.ClientSession]
+) -> PromptTokenizer:
+    """The tokenizer for `routing.tokenizer.mode` (auto: hf with a path, else the engine's /tokenize)."""
+    tc = config.tokenizer
+    mode = tc.mode if tc.mode != "auto" else ("hf" if tc.path else "engine")
+    if mode == "hf":
+        if not tc.path:
+            raise ConfigError("mode hf needs a tokenizer directory", field="routing.tokenizer.path")
+        return HfTokenizer(tc.path)
+    if mode == "builtin":
+        return BuiltinTokenizer()
+    if mode == "engine":
+        return EngineTokenizer(session_factory, tc.engine_timeout_s)
+    return ApproxTokenizer()

@@ -100,3 +100,9 @@ def approx_matches(
         if ep.id not in cached:
             cached[ep.id] = deps.approx_index.match(ep.id, keys)
     return cached, len(keys)
+
+
+def hash_request(request: RoutingRequest, block_sizes: Sequence[int]) -> None:
+    """Compute the request's key chain for every block size its candidates use (cached in annotations)."""
+    for size in block_sizes:
+        request_block_keys(request, size)

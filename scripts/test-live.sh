@@ -2,7 +2,8 @@
 # make test-live: interoperability evidence against a REAL vLLM (CPU build), see docs/live.md.
 #
 # 1. Installs vLLM 0.32 (CPU) into .live/venv once (~3.5 min, ~3.4 GB; reused afterwards).
-# 2. Builds a tiny random-weight Llama into .live/tiny-llama once (scripts/build-tiny-model.py).
+# 2. Builds a tiny random-weight Llama into .live/tiny-llama once (scripts/build-tiny-model.py), then runs
+#    tests/sim/test_vllm_compat.py inside the vLLM venv (vLLM's own code against ours; no server needed).
 # 3. Starts two `vllm serve` servers on 127.0.0.1 (one per core, prefix caching, sha256_cbor, KV events over
 #    ZMQ, dev mode for POST /reset_prefix_cache: loopback only, never expose such a server).
 # 4. Runs tests/live with EKSINFER_LIVE=1 (gateway in front of both; event and hash interoperability).
@@ -109,6 +110,18 @@ fi
 # --- 2. the tiny model -----------------------------------------------------------------------------------
 say "tiny model: $MODEL_DIR"
 "$VENV/bin/python" scripts/build-tiny-model.py "$MODEL_DIR"
+
+# --- 2b. the repo's own vLLM-conditional unit tests, inside the vLLM venv (skipped in `make test`) -----------
+if [[ "$MODE" != "--serve" ]]; then
+  if ! "$VENV/bin/python" -c "import pytest, pytest_timeout" 2>/dev/null; then
+    say "adding pytest to the vLLM venv"
+    timeout "$INSTALL_TIMEOUT_S" "$VENV/bin/pip" install -q --disable-pip-version-check pytest pytest-timeout \
+      2>&1 | grep -v '^WARNING: Location' || true
+  fi
+  say "tests/sim/test_vllm_compat.py with vllm importable"
+  PYTHONPATH="$ROOT/src" timeout 300 "$VENV/bin/python" -m pytest tests/sim/test_vllm_compat.py -q \
+    -p no:cacheprovider -W ignore::pytest.PytestConfigWarning -W ignore::DeprecationWarning
+fi
 
 # --- 3. two vLLM servers ---------------------------------------------------------------------------------
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -266,3 +267,27 @@ def test_late_gateway_recovers_earlier_events_through_vllm_replay(
     assert predicted >= 10 * BLOCK_SIZE
     assert stats["lost_batches"] == 0
     assert stats["decode_errors"] == 0
+
+
+def test_stream_through_the_gateway_with_the_openai_sdk(gateway: str, live_servers: list[LiveServer]) -> None:
+    """A real vLLM SSE stream relayed by the gateway parses with the official SDK, usage chunk included."""
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key="unused", timeout=60, max_retries=0)
+    body = _body("chat", long_text(f"stream-{uuid.uuid4().hex[:8]}", 40), "Say something.")
+    prompt_tokens = _engine_tokens(live_servers[0].url, body)
+    stream = client.chat.completions.create(
+        model="tiny-llama",
+        messages=body["messages"],
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == []
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (len(prompt_tokens), 8)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    print(f"\nstream via gateway: {len(chunks)} chunks, {len(text)} characters, usage {usage}")

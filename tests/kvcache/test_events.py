@@ -199,11 +199,23 @@ def test_frames_and_replay_protocol() -> None:
         decode_frames([b"t", b"x"])
     assert decode_replay_request([b"id", b"", encode_replay_request(5)]) == (b"id", 5)
     assert decode_replay_request([b"id", b"\x05"]) is None
-    _ident, empty, seq, payload = encode_replay_reply(b"id", 5, b"p")
-    assert decode_replay_reply([empty, seq, payload]) == (5, b"p")  # as a DEALER sees it
+    # vLLM 0.32 layout (captured live, docs/live.md): [identity, b"", topic, seq, payload].
+    reply = encode_replay_reply(b"id", 5, b"p", b"kv@h:1@m")
+    assert reply == (b"id", b"", b"kv@h:1@m", b"\x00" * 7 + b"\x05", b"p")
+    assert decode_replay_reply(reply[1:]) == (5, b"p")  # as a DEALER sees it
+    assert decode_replay_reply(reply[2:]) == (5, b"p")  # as a REQ sees it
     end = encode_replay_reply(b"id", REPLAY_END_SEQ, b"")
-    assert end[2] == b"\xff" * 8
-    assert decode_replay_reply(end[2:]) == (REPLAY_END_SEQ, b"")  # as a REQ sees it
+    assert end == (b"id", b"", b"", b"\xff" * 8, b"")
+    assert decode_replay_reply(end[1:]) == (REPLAY_END_SEQ, b"")
+    assert decode_replay_reply(end[2:]) == (REPLAY_END_SEQ, b"")
+    # Older releases had no topic frame: [b"", seq, payload] to a DEALER, [seq, payload] to a REQ.
+    seq5 = (5).to_bytes(8, "big")
+    assert decode_replay_reply([b"", seq5, b"p"]) == (5, b"p")
+    assert decode_replay_reply([seq5, b"p"]) == (5, b"p")
+    with pytest.raises(ValueError, match="5 frames"):
+        decode_replay_reply([b"", b"", b"t", seq5, b"p"])
+    with pytest.raises(ValueError, match="malformed"):
+        decode_replay_reply([b"", b"t", b"short", b"p"])
 
 
 def test_kv_events_config() -> None:

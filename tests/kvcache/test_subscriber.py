@@ -64,7 +64,9 @@ class Publisher:
             identity, start = request
             self.replay_requests.append(start)
             for seq in sorted(s for s in self.buffer if s >= start):
-                await self.router.send_multipart(encode_replay_reply(identity, seq, self.buffer[seq]))
+                await self.router.send_multipart(
+                    encode_replay_reply(identity, seq, self.buffer[seq], b"kv@test@m")
+                )
             await self.router.send_multipart(encode_replay_reply(identity, REPLAY_END_SEQ, b""))
 
     async def close(self) -> None:

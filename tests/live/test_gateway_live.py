@@ -226,28 +226,24 @@ def _index_stat(gateway_url: str, key: str) -> float:
     return metric_sum(gateway_url, f'eksinfer_gateway_router_index{{key="{key}"}}')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="vLLM 0.32 replay replies are [b'', topic, seq, payload] (end: [b'', b'', -1, b'']); "
-    "eksinfer.kvcache.events.decode_replay_reply expects [b'', seq, payload] and counts them lost",
-)
 def test_late_gateway_recovers_earlier_events_through_vllm_replay(
     live_servers: list[LiveServer], live_model: Path, tmp_path: Path
 ) -> None:
     """A gateway that starts after the engine published a prefix fetches it from vLLM's replay socket
-    (ROUTER, `replay_endpoint`): its first batch has seq > 0, so it asks for everything from 0."""
+    (ROUTER, `replay_endpoint`): its subscriber probes the replay socket on connect, and again when a
+    live batch with seq > 0 reveals the gap, asking for everything from 0."""
     target = live_servers[1]
     prefix = long_text(f"replay-{uuid.uuid4().hex[:8]}", 400)
     early = _body("completions", prefix, "Published before the gateway started.")
     _send(target.url, "completions", early)  # published with nobody of ours subscribed
     with _gateway(live_servers, live_model, tmp_path) as url:
-        # Any new batch on `target` reveals the gap. Nudges (full blocks of an unrelated text, so that vLLM
-        # publishes a batch) are repeated until the gateway's SUB socket has joined and seen one.
+        # The probe on connect, or any new batch on `target` (it reveals the gap), triggers a replay. Nudges
+        # (full blocks of an unrelated text, so that vLLM publishes a batch) repeat until batches came back.
         deadline = time.monotonic() + 15
         ep = f'{{endpoint="{target.endpoint_id}"}}'
         n = 0
-        while metric_sum(url, "eksinfer_gateway_router_subscribers_replays" + ep) < 1:
-            assert time.monotonic() < deadline, "the gateway never asked vLLM's replay socket"
+        while metric_sum(url, "eksinfer_gateway_router_subscribers_replayed_batches" + ep) < 1:
+            assert time.monotonic() < deadline, "no batch came back from vLLM's replay socket"
             nudge = long_text(f"nudge-{n}-{uuid.uuid4().hex[:8]}", 60)
             _send(target.url, "completions", _body("completions", nudge, "x"))
             n += 1

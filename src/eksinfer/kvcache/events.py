@@ -17,9 +17,11 @@ Fields that have a default and equal it are left out (trailing ones only, in the
 Block hashes are 64-bit ints by default (VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1) or 32-byte digests.
 
 ZMQ: PUB multipart (topic, seq as 8-byte big-endian, payload). Replay: a ROUTER socket takes
-[identity, b"", start_seq(8-byte BE)] and answers [identity, b"", seq(8-byte BE), payload] for each
-buffered batch with seq >= start_seq, then the end marker [identity, b"", (-1 as signed 8-byte BE), b""]
-(vLLM `ZmqEventPublisher._service_replay`). A DEALER client sends [b"", start_seq]; a REQ just [start_seq].
+[identity, b"", start_seq(8-byte BE)] and answers [identity, b"", topic, seq(8-byte BE), payload] for
+each buffered batch with seq >= start_seq, then the end marker [identity, b"", b"", (-1 as signed
+8-byte BE), b""] (vLLM 0.32 `ZmqEventPublisher._service_replay`, checked against a live server in
+docs/live.md; older releases left the topic frame out, and the decoder takes both).
+A DEALER client sends [b"", start_seq]; a REQ just [start_seq].
 """
 
 from __future__ import annotations
@@ -260,25 +262,30 @@ def decode_replay_request(frames: Sequence[bytes]) -> tuple[bytes, int] | None:
     return bytes(frames[0]), int.from_bytes(frames[2], "big")
 
 
-def encode_replay_reply(identity: bytes, seq: int, payload: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """One ROUTER-side reply frame set; `seq == REPLAY_END_SEQ` with an empty payload ends the replay."""
-    seq_bytes = _END_SEQ_BYTES if seq == REPLAY_END_SEQ else seq.to_bytes(8, "big")
-    return identity, b"", seq_bytes, payload
+def encode_replay_reply(
+    identity: bytes, seq: int, payload: bytes, topic: bytes = b""
+) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """One ROUTER-side reply frame set, as vLLM 0.32 sends it (the topic rides along).
+
+    `seq == REPLAY_END_SEQ` with an empty payload ends the replay; its topic frame is empty.
+    """
+    if seq == REPLAY_END_SEQ:
+        return identity, b"", b"", _END_SEQ_BYTES, b""
+    return identity, b"", topic, seq.to_bytes(8, "big"), payload
 
 
 def decode_replay_reply(frames: Sequence[bytes]) -> tuple[int, bytes]:
-    """(seq, payload) from a reply seen by a DEALER ([b"", seq, payload]) or a REQ ([seq, payload]) client.
+    """(seq, payload) from a reply seen by a DEALER or a REQ client.
 
-    Returns seq == REPLAY_END_SEQ for the end marker.
+    A DEALER sees the empty delimiter first, a REQ does not; vLLM 0.32 sends the topic before the
+    sequence number, older releases did not. In all four layouts the sequence number is the next-to-last
+    frame and the payload the last. Returns seq == REPLAY_END_SEQ for the end marker.
     """
-    parts = list(frames)
-    if len(parts) == 3 and parts[0] == b"":
-        parts = parts[1:]
-    if len(parts) != 2 or len(parts[0]) != 8:
+    if not 2 <= len(frames) <= 4 or len(frames[-2]) != 8:
         raise ValueError(f"malformed replay reply with {len(frames)} frames")
-    if bytes(parts[0]) == _END_SEQ_BYTES:
+    if bytes(frames[-2]) == _END_SEQ_BYTES:
         return REPLAY_END_SEQ, b""
-    return int.from_bytes(parts[0], "big"), bytes(parts[1])
+    return int.from_bytes(frames[-2], "big"), bytes(frames[-1])
 
 
 # --- --kv-events-config ----------------------------------------------------------------------------------

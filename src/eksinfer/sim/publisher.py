@@ -151,7 +151,7 @@ class EventPublisher:
             identity, start = request
             for seq, payload in list(self._buffer):
                 if seq >= start:
-                    await router.send_multipart(encode_replay_reply(identity, seq, payload))
+                    await router.send_multipart(encode_replay_reply(identity, seq, payload, self.topic))
             await router.send_multipart(encode_replay_reply(identity, REPLAY_END_SEQ, b""))
 
     async def close(self) -> None:

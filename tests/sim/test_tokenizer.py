@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import eksinfer.sim.tokenizer as tok_module
 from eksinfer.errors import ConfigError
 from eksinfer.sim.tokenizer import BUILTIN_VOCAB_SIZE, BuiltinTokenizer, HFTokenizer, load_tokenizer
 
@@ -46,6 +47,28 @@ def test_chat_template_and_content_parts() -> None:
     text = tok.apply_chat_template(messages)
     assert text == "<|system|>\nBe brief.\n<|user|>\na\nb\n<|assistant|>\n"
     assert tok.encode_chat(messages) == tok.encode(text)
+
+
+_ROLES = st.sampled_from(["system", "user", "assistant", "tool"])
+_TEXT = st.text(alphabet=st.sampled_from(list("ab Cd\n\t.é😀<|>")), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_ROLES, _TEXT), max_size=5), st.lists(st.tuples(_ROLES, _TEXT), max_size=5))
+def test_chat_encodes_message_by_message_like_the_whole_template(
+    first: list[tuple[str, str]], second: list[tuple[str, str]]
+) -> None:
+    """The per-message cache must give exactly the tokens of the rendered template, cold and warm, and
+    after evictions (a tiny cache), since the gateway's prefix keys depend on it."""
+    tok = BuiltinTokenizer()
+    tok_module._MESSAGE_CACHE_SIZE, saved = 3, tok_module._MESSAGE_CACHE_SIZE
+    try:
+        for pairs in (first, second, first + second, first):
+            messages = [{"role": r, "content": c} for r, c in pairs]
+            assert tok.encode_chat(messages) == tok.encode(tok.apply_chat_template(messages))
+        assert len(tok._messages) <= 3
+    finally:
+        tok_module._MESSAGE_CACHE_SIZE = saved
 
 
 def _tiny_hf(tmp_path: Path) -> Path:

@@ -17,6 +17,9 @@ Prompts get BOS prepended (`add_special_tokens=True`, as vLLM does for completio
 
 Built-in chat template: `<|{role}|>\\n{content}\\n` per message, then `<|assistant|>\\n` for the
 generation prompt; list content keeps its text parts joined by newlines. Chat prompts get BOS too.
+A newline is always a token of its own, so each message encodes independently of its neighbours: chats
+are encoded message by message through a bounded cache, which makes a repeated system prompt (the
+gateway tokenizes every request) cost a dictionary lookup instead of a scan.
 
 Hugging Face (`--tokenizer DIR`): `DIR/tokenizer.json` via `tokenizers`, and the `chat_template` of
 `DIR/tokenizer_config.json` rendered with jinja2 (`bos_token`, `eos_token`, `add_generation_prompt`).
@@ -44,6 +47,7 @@ _LEN_OFFSET = (0, 26, 26 + 26**2)
 BUILTIN_VOCAB_SIZE = _WORD_BASE + 4 * _PER_CLASS  # 73,371
 _PIECE = re.compile(r" ?[A-Za-z][a-z]{0,2}|[\s\S]")
 _A = ord("a")
+_MESSAGE_CACHE_SIZE = 4096  # distinct (role, content) pairs kept; a system prompt of 8k characters is ~10 KB
 
 
 class Tokenizer(Protocol):
@@ -115,6 +119,8 @@ class BuiltinTokenizer:
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[int, ...]] = {}
+        self._messages: dict[tuple[str, str], list[int]] = {}
+        self._generation_prompt = self.encode("<|assistant|>\n", add_special_tokens=False)
 
     def _ids(self, piece: str) -> tuple[int, ...]:
         ids = self._cache.get(piece)
@@ -166,7 +172,22 @@ class BuiltinTokenizer:
         return self.encode(prompt, add_special_tokens=True)
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        return self.encode(self.apply_chat_template(messages), add_special_tokens=True)
+        """`encode(apply_chat_template(messages))`, one cached message at a time (module docstring)."""
+        out = [BOS_ID]
+        for message in messages:
+            role = message.get("role")
+            if not isinstance(role, str):
+                raise UsageError("every message needs a string 'role'", field="messages")
+            key = (role, message_text(message.get("content")))
+            ids = self._messages.get(key)
+            if ids is None:
+                ids = self.encode(f"<|{role}|>\n{key[1]}\n", add_special_tokens=False)
+                if len(self._messages) >= _MESSAGE_CACHE_SIZE:
+                    self._messages.pop(next(iter(self._messages)))  # oldest first
+                self._messages[key] = ids
+            out.extend(ids)
+        out.extend(self._generation_prompt)
+        return out
 
     def word_ids(self) -> range:
         """Ids of the word pieces with a leading space and lowercase letters (what generation samples)."""

@@ -60,7 +60,7 @@ async def test_chat_streams_through_openai_sdk_chunk_by_chunk(
     gateway: GatewayRuntime, engines: list[FakeEngine]
 ) -> None:
     for engine in engines:
-        engine.behaviour = EngineBehaviour(tokens=3, chunk_delay_s=0.25)
+        engine.behaviour = EngineBehaviour(tokens=3, chunk_delay_s=0.5)
     client = openai.AsyncOpenAI(base_url=base(gateway) + "/v1", api_key="unused", max_retries=0)
     started = time.perf_counter()
     arrivals: list[float] = []
@@ -72,8 +72,9 @@ async def test_chat_streams_through_openai_sdk_chunk_by_chunk(
         arrivals.append(time.perf_counter() - started)
         pieces.append(chunk.choices[0].delta.content or "")
     assert pieces == [" w0", " w1", " w2"]
-    # Each chunk is forwarded when the engine sends it: the first arrives ~0.5 s before the last.
-    assert arrivals[-1] - arrivals[0] > 0.4
+    # Each chunk is forwarded when the engine sends it: the first arrives ~1 s before the last (a buffering
+    # proxy would deliver them together; the margin absorbs a busy machine delaying the first read).
+    assert arrivals[-1] - arrivals[0] > 0.5
     assert gateway.router.first_tokens == 1  # type: ignore[attr-defined]
     assert gateway.router.finished == [True]  # type: ignore[attr-defined]
     await client.close()
@@ -318,7 +319,8 @@ async def test_ready_is_503_without_endpoints() -> None:
 async def test_event_loop_keeps_ticking_under_load(
     gateway: GatewayRuntime, engines: list[FakeEngine]
 ) -> None:
-    """A 50 ms ticker beside 300 streamed requests: no gap may exceed 4 ticks (nothing blocks the loop)."""
+    """A 50 ms ticker beside 300 streamed requests: no gap may exceed 10 ticks (nothing blocks the loop; the
+    margin absorbs a shared machine descheduling the process)."""
     gaps: list[float] = []
 
     async def ticker() -> None:
@@ -346,7 +348,7 @@ async def test_event_loop_keeps_ticking_under_load(
     assert sum(e.completed for e in engines) == 300
     assert sum(len(set(e.peers)) for e in engines) <= 60  # streamed answers leave their connection reusable
     assert len(gaps) >= 3
-    assert max(gaps) < 0.2, f"event loop stalled for {max(gaps):.3f} s"
+    assert max(gaps) < 0.5, f"event loop stalled for {max(gaps):.3f} s"
 
 
 async def test_real_router_kv_aware_through_the_gateway(engines: list[FakeEngine]) -> None:

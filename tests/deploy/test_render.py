@@ -275,8 +275,27 @@ def test_gateway_config_is_accepted_by_the_gateway() -> None:
         tree = build_tree(plans.CASES[case]())
         cm = next(o for o in _objs(tree, "ConfigMap") if o["metadata"]["name"].endswith("-gateway"))
         config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
-        assert config.endpoints.kubernetes is not None
-        assert config.endpoints.kubernetes.kv_events_port == 5557
+        assert len(config.endpoints.kubernetes) == 1
+        assert config.endpoints.kubernetes[0].kv_events_port == 5557
+
+
+def test_hybrid_gateway_discovers_each_pool_on_its_own() -> None:
+    """The cloud and on-prem engines land in two gateway pools, each selector matching only its pods."""
+    from eksinfer.gateway.config import parse_config
+
+    tree = build_tree(plans.hybrid())
+    cm = next(o for o in _objs(tree, "ConfigMap") if o["metadata"]["name"].endswith("-gateway"))
+    config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
+    assert [d.pool for d in config.endpoints.kubernetes] == ["cloud", "onprem"]
+    for found in config.endpoints.kubernetes:
+        wanted = dict(kv.split("=") for kv in found.label_selector.split(","))
+        matching = [
+            d["metadata"]["name"]
+            for d in _objs(tree, "Deployment")
+            if wanted.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matching) == 1, (found.pool, matching)
+        assert matching[0].endswith("-onprem") == (found.pool == "onprem")
 
 
 def test_s3_streaming_and_inference_pool_options() -> None:

@@ -25,7 +25,11 @@ def test_defaults() -> None:
         ({"server": {"prot": 1}}, "server.prot"),
         ({"endpoints": {"static": [{"url": "10.0.0.1:8000"}]}}, "endpoints.static.0"),
         ({"endpoints": {"static": [{"pool": "a"}]}}, "endpoints.static.0.url"),
-        ({"endpoints": {"kubernetes": {"namespace": "x"}}}, "endpoints.kubernetes.label_selector"),
+        ({"endpoints": {"kubernetes": {"namespace": "x"}}}, "endpoints.kubernetes.0.label_selector"),
+        (
+            {"endpoints": {"kubernetes": [{"namespace": "x", "label_selector": "a=b"}, {"namespace": "y"}]}},
+            "endpoints.kubernetes.1.label_selector",
+        ),
         ({"scrape": {"interval_s": 0}}, "scrape.interval_s"),
         ({"routing": {"preset": "nope"}}, "routing.preset"),
         ({"routing": {"tokenizer": {"mode": "x"}}}, "routing.tokenizer.mode"),

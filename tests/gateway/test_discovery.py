@@ -48,6 +48,7 @@ class FakeApiServer:
     lists: int = 0
     watch_rvs: list[str] = field(default_factory=list)
     bad_auth: int = 0
+    selector: str = "app=vllm"
     url: str = ""
     runner: web.AppRunner | None = None
 
@@ -66,7 +67,7 @@ class FakeApiServer:
             self.bad_auth += 1
             return web.json_response({"kind": "Status", "code": 401}, status=401)
         assert request.match_info["ns"] == "llm"
-        assert request.query["labelSelector"] == "app=vllm"
+        assert request.query["labelSelector"] == self.selector
         if request.query.get("watch") != "1":
             self.lists += 1
             doc = {"kind": "PodList", "metadata": {"resourceVersion": str(self.list_rv)}, "items": self.pods}
@@ -90,12 +91,15 @@ async def api() -> AsyncIterator[FakeApiServer]:
     await server.runner.cleanup()
 
 
-def discovery(api: FakeApiServer, tmp_path: Path, port: int = 8000) -> KubernetesDiscovery:
+def discovery(
+    api: FakeApiServer, tmp_path: Path, port: int = 8000, pool: str = "default"
+) -> KubernetesDiscovery:
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     return KubernetesDiscovery(
         namespace="llm",
-        label_selector="app=vllm",
+        label_selector=api.selector,
+        pool=pool,
         port=port,
         kv_events_port=5557,
         api_server=api.url,
@@ -173,7 +177,7 @@ async def test_gateway_follows_pods(api: FakeApiServer, tmp_path: Path) -> None:
     config = parse_config({"server": {"host": "127.0.0.1", "port": 0}, "scrape": {"interval_s": 0.05}})
     config = config.model_copy(
         update={
-            "endpoints": config.endpoints.model_copy(update={"kubernetes": discovery(api, tmp_path, port)})
+            "endpoints": config.endpoints.model_copy(update={"kubernetes": [discovery(api, tmp_path, port)]})
         }
     )
     router = RoundRobinRouter()
@@ -196,6 +200,60 @@ async def test_gateway_follows_pods(api: FakeApiServer, tmp_path: Path) -> None:
         await engine.stop()
 
 
+async def test_two_selectors_and_static_endpoints_keep_their_own(tmp_path: Path) -> None:
+    """Each watcher changes only its own pods: a relist on one selector leaves the static endpoint and the
+    other selector's pods alone (a hybrid plan: a cloud pool and an on-prem pool)."""
+    cloud = await FakeApiServer(selector="app=vllm,pool=cloud").start()
+    onprem = await FakeApiServer(selector="app=vllm,pool=onprem").start()
+    cloud.pods = [pod("c1", "10.0.0.1"), pod("c2", "10.0.0.2")]
+    onprem.pods = [pod("o1", "192.168.0.1")]
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "endpoints": {
+                "static": [{"url": "http://127.0.0.9:8000", "pool": "reserve"}],
+                "kubernetes": [
+                    discovery(cloud, tmp_path, pool="cloud").model_dump(),
+                    discovery(onprem, tmp_path, pool="onprem").model_dump(),
+                ],
+            },
+        }
+    )
+    runtime = build_runtime(config, router=RoundRobinRouter())
+    await runtime.start()
+
+    def pools() -> dict[str, str]:
+        return {s.id: s.pool for s in runtime.registry.all()}
+
+    try:
+        await until(lambda: len(cloud.watch_rvs) == 1 and len(onprem.watch_rvs) == 1)
+        assert pools() == {
+            "127.0.0.9:8000": "reserve",
+            "10.0.0.1:8000": "cloud",
+            "10.0.0.2:8000": "cloud",
+            "192.168.0.1:8000": "onprem",
+        }
+        cloud.pods = [pod("c2", "10.0.0.2")]  # c1 went away while the watch was down: a relist finds out
+        await cloud.events.put({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Gone"}})
+        await until(lambda: cloud.lists == 2)
+        await until(lambda: "10.0.0.1:8000" not in pools())
+        assert pools() == {
+            "127.0.0.9:8000": "reserve",
+            "10.0.0.2:8000": "cloud",
+            "192.168.0.1:8000": "onprem",
+        }
+        await onprem.events.put({"type": "DELETED", "object": pod("o1", "192.168.0.1", rv=11)})
+        await until(lambda: "192.168.0.1:8000" not in pools())
+        assert pools() == {"127.0.0.9:8000": "reserve", "10.0.0.2:8000": "cloud"}
+    finally:
+        for api in (cloud, onprem):
+            await api.events.put(None)
+        await runtime.stop()
+        for api in (cloud, onprem):
+            assert api.runner is not None
+            await api.runner.cleanup()
+
+
 async def test_outside_a_cluster_without_api_server_is_a_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -207,5 +265,5 @@ async def test_outside_a_cluster_without_api_server_is_a_config_error(
         }
     )
     runtime = build_runtime(config, router=RoundRobinRouter())
-    with pytest.raises(ConfigError, match=r"^endpoints\.kubernetes\.api_server: not running in a cluster"):
+    with pytest.raises(ConfigError, match=r"^endpoints\.kubernetes\.0\.api_server: not running in a cluster"):
         await runtime.start()

@@ -21,22 +21,35 @@ def routed_role(ctx: Ctx) -> str:
     return "decode" if "decode" in names else names[0]
 
 
-def engine_selector(ctx: Ctx) -> str:
-    # No pool label: with hybrid nodes both pools are discovered (see docs/deploy.md, gateway pools).
-    return (
+def engine_selector(ctx: Ctx, pool: str | None = None) -> str:
+    """Serving pods of the routed role; with `pool`, only that pool's (cloud or on-prem)."""
+    base = (
         f"app.kubernetes.io/instance={ctx.name},eksinfer.io/role={routed_role(ctx)},eksinfer.io/serving=true"
     )
+    return base if pool is None else f"{base},eksinfer.io/pool={pool}"
+
+
+def _discovery(ctx: Ctx, pool: str | None) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        "namespace": ctx.ns,
+        "label_selector": engine_selector(ctx, pool),
+        "port": ENGINE_PORT,
+    }
+    if ctx.kv_aware:
+        found["kv_events_port"] = KV_EVENTS_PORT
+    if pool is not None:
+        found["pool"] = pool
+    return found
 
 
 def gateway_config(ctx: Ctx) -> dict[str, Any]:
     engine = ctx.plan.roles[0].engine
-    discovery: dict[str, Any] = {
-        "namespace": ctx.ns,
-        "label_selector": engine_selector(ctx),
-        "port": ENGINE_PORT,
-    }
-    if ctx.kv_aware:
-        discovery["kv_events_port"] = KV_EVENTS_PORT
+    hybrid = ctx.plan.on_prem is not None and ctx.plan.on_prem.replicas > 0
+    # With hybrid nodes, one discovery per pool, so the gateway's metrics (and, later, the cascade
+    # fallback) tell the cloud engines from the on-prem ones.
+    discovery: Any = (
+        [_discovery(ctx, "cloud"), _discovery(ctx, "onprem")] if hybrid else _discovery(ctx, None)
+    )
     return {
         "server": {"host": "0.0.0.0", "port": GATEWAY_PORT},
         "endpoints": {"kubernetes": discovery},

@@ -2,7 +2,8 @@
 
     server:      listen address, body limit, timeouts (connect / first token / idle stream)
     auth:        optional API keys, from a file (one per line) or an environment variable (comma-separated)
-    endpoints:   a static list of engines, or Kubernetes pods found by namespace + label selector
+    endpoints:   a static list of engines, and/or Kubernetes pods found by namespace + label selector (one
+                 selector or several, each with its pool)
     scrape:      how often each engine's /metrics is read and when its data counts as stale
     routing:     the routing section, validated by `eksinfer.gateway.routing.RoutingConfig`
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eksinfer.errors import ConfigError
 
@@ -120,7 +121,18 @@ class KubernetesDiscovery(_Model):
 
 class EndpointsConfig(_Model):
     static: list[StaticEndpoint] = Field(default_factory=list, description="Fixed list of engines.")
-    kubernetes: KubernetesDiscovery | None = Field(None, description="Discover engine pods with a watch.")
+    kubernetes: list[KubernetesDiscovery] = Field(
+        default_factory=list,
+        description="Discover engine pods with a watch: one selector (a mapping) or several (a list), e.g. "
+        "a cloud pool and an on-prem pool.",
+    )
+
+    @field_validator("kubernetes", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict | KubernetesDiscovery) else value
 
 
 class ScrapeConfig(_Model):
@@ -207,7 +219,7 @@ def with_overrides(
         for entry in endpoints:
             url, _, kv = entry.partition("|")
             static.append({"url": url.strip().rstrip("/"), "kv_events": kv.strip() or None})
-        data["endpoints"] = {"static": static, "kubernetes": None}
+        data["endpoints"] = {"static": static, "kubernetes": []}
     if preset is not None:
         data["routing"] = {**data["routing"], "preset": preset}
     if port is not None:

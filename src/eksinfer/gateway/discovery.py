@@ -61,10 +61,13 @@ class _Gone(Exception):
 
 
 class KubernetesWatcher:
-    """Keeps the registry equal to the ready pods matching the selector; runs until cancelled."""
+    """Keeps the registry's share of this selector equal to its ready pods; runs until cancelled."""
 
-    def __init__(self, config: KubernetesDiscovery, registry: EndpointRegistry) -> None:
+    def __init__(
+        self, config: KubernetesDiscovery, registry: EndpointRegistry, where: str = "endpoints.kubernetes.0"
+    ) -> None:
         self._config = config
+        self._where = where  # the config path named in errors
         self._registry = registry
         self._pods: dict[str, EndpointSpec] = {}
         self.lists = 0
@@ -79,7 +82,7 @@ class KubernetesWatcher:
         if not host:
             raise ConfigError(
                 "not running in a cluster (KUBERNETES_SERVICE_HOST unset); set api_server",
-                field="endpoints.kubernetes.api_server",
+                field=f"{self._where}.api_server",
             )
         return f"https://{host}:{port}"
 
@@ -129,12 +132,18 @@ class KubernetesWatcher:
                 raise ValueError(f"pod list returned HTTP {resp.status}")
             doc = msgspec.json.decode(await resp.read())
         self.lists += 1
-        self._pods = {}
+        old, self._pods = self._pods, {}
         for pod in doc.get("items") or []:
             spec = pod_spec(pod, self._config)
             if spec is not None:
                 self._pods[_pod_key(pod)] = spec
-        self._registry.sync(list(self._pods.values()))
+        # Only this watcher's own pods change: static endpoints and other selectors' pods stay.
+        for key, spec in old.items():
+            if self._pods.get(key) != spec:
+                self._registry.remove(spec.id)
+        for key, spec in self._pods.items():
+            if old.get(key) != spec:
+                self._registry.add(spec)
         return str((doc.get("metadata") or {}).get("resourceVersion", ""))
 
     async def _watch(

@@ -9,7 +9,7 @@ healthy endpoints that serve the model. Pools group endpoints that are interchan
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,14 +77,6 @@ class EndpointRegistry:
         log.info("endpoint %s removed", endpoint_id)
         for listener in self._listeners:
             listener.endpoint_removed(state)
-
-    def sync(self, specs: Sequence[EndpointSpec]) -> None:
-        """Makes the registry hold exactly `specs` (used after a Kubernetes list)."""
-        wanted = {spec.id: spec for spec in specs}
-        for endpoint_id in [i for i in self._states if i not in wanted]:
-            self.remove(endpoint_id)
-        for spec in wanted.values():
-            self.add(spec)
 
     def set_models(self, state: EndpointState, cards: dict[str, dict[str, Any]]) -> None:
         """Records what an engine's /v1/models reported."""

@@ -123,9 +123,9 @@ class GatewayRuntime:
 
     async def start(self) -> None:
         """Starts the router, discovery and scrapers, then listens; returns once the port is bound."""
-        kube = self.config.endpoints.kubernetes
-        if kube is not None:
-            KubernetesWatcher(kube, self.registry).api_url()  # ConfigError now, not a retry loop later
+        for i, kube in enumerate(self.config.endpoints.kubernetes):
+            # ConfigError now, not a retry loop later
+            KubernetesWatcher(kube, self.registry, f"endpoints.kubernetes.{i}").api_url()
         started = self.router.start()
         if inspect.isawaitable(started):
             await started
@@ -158,9 +158,9 @@ class GatewayRuntime:
             self._group = group
             for spec in static_specs(self.config.endpoints):
                 self.registry.add(spec)
-            if self.config.endpoints.kubernetes is not None:
-                watcher = KubernetesWatcher(self.config.endpoints.kubernetes, self.registry)
-                group.create_task(_guarded("kubernetes discovery", watcher.run))
+            for i, kube in enumerate(self.config.endpoints.kubernetes):
+                watcher = KubernetesWatcher(kube, self.registry, f"endpoints.kubernetes.{i}")
+                group.create_task(_guarded(f"kubernetes discovery ({kube.label_selector})", watcher.run))
             ready.set()
             await asyncio.Event().wait()  # until cancelled by stop()
 

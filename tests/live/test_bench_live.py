@@ -24,43 +24,26 @@ OUTPUT_LEN = 8
 REQUESTS = 12
 
 
+def _bench_cli(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "eksinfer.cli.main", "bench", "--no-progress", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+
+
 def _bench(server: LiveServer, endpoint: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "eksinfer.cli.main",
-        "bench",
-        "--target",
-        server.url,
-        "--model",
-        "tiny-llama",
-        "--endpoint",
-        endpoint,
-        "--concurrency",
-        "2",
-        "--num-requests",
-        str(REQUESTS),
-        "--workload",
-        "shared-prefix",
-        "-a",
-        "num_groups=2",
-        "-a",
-        "num_prompts_per_group=6",
-        "-a",
-        "system_prompt_len=256",
-        "-a",
-        "question_len=16",
-        "-a",
-        f"output_len={OUTPUT_LEN}",
-        "--ignore-eos",
-        "--metrics-url",
-        server.url + "/metrics",
-        "--no-progress",
-        "-o",
-        str(out),
+    workload = {
+        "num_groups": 2,
+        "num_prompts_per_group": 6,
+        "system_prompt_len": 256,
+        "question_len": 16,
+        "output_len": OUTPUT_LEN,
+    }
+    return _bench_cli(
+        *("--target", server.url, "--model", "tiny-llama", "--endpoint", endpoint),
+        *("--concurrency", "2", "--num-requests", str(REQUESTS), "--workload", "shared-prefix"),
+        *(arg for key, value in workload.items() for arg in ("-a", f"{key}={value}")),
+        *("--ignore-eos", "--metrics-url", server.url + "/metrics", "-o", str(out)),
         *extra,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    )
 
 
 @pytest.mark.parametrize("endpoint", ["completions", "chat"])
@@ -112,22 +95,11 @@ def test_bench_reads_a_real_vllm(live_servers: list[LiveServer], tmp_path: Path,
 
 def test_bench_wrong_model_is_one_line(live_servers: list[LiveServer], tmp_path: Path) -> None:
     """A model name the real server does not serve: one line naming it and the served ones, non-zero exit."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "eksinfer.cli.main",
-        "bench",
-        "--target",
-        live_servers[0].url,
-        "--model",
-        "no-such-model",
-        "--concurrency",
-        "1",
-        "--num-requests",
-        "1",
-        "--no-progress",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    proc = _bench_cli(
+        *("--target", live_servers[0].url, "--model", "no-such-model"),
+        *("--concurrency", "1", "--num-requests", "1"),
+        timeout_s=60,
+    )
     print(f"\nwrong model: exit {proc.returncode}: {proc.stderr.strip()}")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

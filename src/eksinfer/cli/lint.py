@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from eksinfer.errors import EksinferError
+from eksinfer.errors import EksinferError, UsageError
 
 
 class LintFailed(EksinferError):
@@ -20,8 +20,8 @@ class LintFailed(EksinferError):
 def register(app: typer.Typer) -> None:
     @app.command("lint")
     def lint(
-        path: Path = typer.Argument(
-            ..., metavar="DIR", help="Folder (or file) of Kubernetes YAML/JSON manifests."
+        path: Path | None = typer.Argument(
+            None, metavar="DIR", help="Folder (or file) of Kubernetes YAML/JSON manifests."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print findings as JSON."),
         rules: bool = typer.Option(False, "--rules", help="List the rules and exit."),
@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
             for r in RULES.values():
                 typer.echo(f"{r.id:40} {r.severity:8} {r.title}")
             return
+        if path is None:
+            raise UsageError("a folder or file of manifests is required (or --rules)", field="DIR")
         findings = lint_path(path)
         errors = sum(f.severity == "error" for f in findings)
         warnings = len(findings) - errors

@@ -70,13 +70,24 @@ def run() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as err:  # click usage errors arrive here in non-standalone mode
-        import click
+    except Exception as err:  # click's usage errors arrive here in non-standalone mode
+        line = _usage_line(err)
+        if line is None:
+            raise
+        typer.echo(line, err=True)
+        sys.exit(getattr(err, "exit_code", 2))
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+
+def _usage_line(err: Exception) -> str | None:
+    """One line for a command-line parse error (missing argument, unknown option, bad value); None for
+    anything else. Duck-typed: typer >= 0.22 raises its own vendored click's exceptions, which are not
+    `click.ClickException`s, older typer raises click's."""
+    message = getattr(err, "format_message", None)
+    if not callable(message) or not isinstance(getattr(err, "exit_code", None), int):
+        return None
+    ctx = getattr(err, "ctx", None)
+    where = getattr(ctx, "command_path", "eksinfer")
+    return f"error: {' '.join(str(message()).split())} (see `{where} --help`)"
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def build_app() -> typer.Typer:
 def run() -> None:
     app = build_app()
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # a typer.Exit(code) comes back as its code here
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except EksinferError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)

@@ -80,6 +80,19 @@ async def test_chat_streams_through_openai_sdk_chunk_by_chunk(
     await client.close()
 
 
+async def test_unknown_paths_and_methods_are_openai_errors(gateway: GatewayRuntime) -> None:
+    async with httpx.AsyncClient() as client:
+        missing = await client.get(base(gateway) + "/v1/nothing")
+        wrong = await client.get(base(gateway) + "/v1/chat/completions")
+        health = await client.get(base(gateway) + "/health")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found_error"
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert health.status_code == 200
+
+
 async def test_completion_and_round_robin(gateway: GatewayRuntime, engines: list[FakeEngine]) -> None:
     client = openai.AsyncOpenAI(base_url=base(gateway) + "/v1", api_key="unused", max_retries=0)
     for _ in range(4):

@@ -183,6 +183,20 @@ async def test_errors_match_vllm_bodies(start: StartCluster) -> None:
     assert no_messages.status_code == 400
 
 
+async def test_unknown_paths_and_methods_answer_as_fastapi(start: StartCluster) -> None:
+    """vLLM's FastAPI app: 404 {"detail": "Not Found"}, 405 {"detail": "Method Not Allowed"} with Allow."""
+    cluster = await start()
+    url = cluster.urls[0]
+    async with httpx.AsyncClient(timeout=10) as client:
+        missing = await client.get(url + "/v1/nothing")
+        wrong = await client.get(url + "/v1/completions")
+        ok = await client.get(url + "/health")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Not Found"})
+    assert (wrong.status_code, wrong.json()) == (405, {"detail": "Method Not Allowed"})
+    assert wrong.headers["allow"] == "POST"
+    assert ok.status_code == 200
+
+
 async def test_models_tokenize_detokenize_health(start: StartCluster) -> None:
     cluster = await start(served_model_name=("tiny", "alias"))
     url = cluster.urls[0]

@@ -17,6 +17,7 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     502: "upstream_error",
@@ -76,3 +77,25 @@ class ApiKeys:
 
     def __repr__(self) -> str:  # never print keys, not even their digests
         return f"ApiKeys(<{len(self._digests)} keys>)"
+
+
+def add_fallback_route(app: web.Application) -> None:
+    """Unknown paths get an OpenAI-style 404 and known paths with the wrong method a 405 (with `Allow`),
+    instead of aiohttp's plain-text pages. A catch-all route rather than a middleware: middlewares run on
+    every request, this only when nothing else matched. Call it after every other route is added."""
+    allowed: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        allowed.setdefault(path, set()).add(route.method)
+
+    async def fallback(request: web.Request) -> web.Response:
+        methods = allowed.get(request.path)
+        if methods:
+            response = error_response(
+                405, f"{request.method} is not allowed on {request.path}", code="method_not_allowed"
+            )
+            response.headers["Allow"] = ", ".join(sorted(methods))
+            return response
+        return error_response(404, f"no route {request.path}", code="not_found")
+
+    app.router.add_route("*", "/{tail:.*}", fallback)

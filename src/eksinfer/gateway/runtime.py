@@ -21,7 +21,7 @@ from eksinfer.errors import UsageError
 from eksinfer.gateway.config import GatewayConfig
 from eksinfer.gateway.discovery import KubernetesWatcher, static_specs
 from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
-from eksinfer.gateway.http import ApiKeys
+from eksinfer.gateway.http import ApiKeys, add_fallback_route
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.proxy import Proxy, RouterLike
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
@@ -119,6 +119,7 @@ class GatewayRuntime:
         app.add_routes(self.proxy.routes())
         app.add_routes([web.get("/health", self._health), web.get("/ready", self._ready)])
         app.add_routes([web.get("/metrics", self._metrics)])
+        add_fallback_route(app)
         return app
 
     async def start(self) -> None:

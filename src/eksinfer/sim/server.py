@@ -34,6 +34,24 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=p.dumps(body), status=status, content_type=_JSON)
 
 
+def _add_fastapi_fallback(app: web.Application) -> None:
+    """vLLM serves through FastAPI: an unknown path is 404 `{"detail": "Not Found"}`, a known path with the
+    wrong method 405 `{"detail": "Method Not Allowed"}` with `Allow`. Added last, as a catch-all route."""
+    allowed: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        if route.resource is not None:
+            allowed.setdefault(route.resource.canonical, set()).add(route.method)
+
+    async def fallback(request: web.Request) -> web.Response:
+        methods = allowed.get(request.path)
+        if methods:
+            headers = {"Allow": ", ".join(sorted(methods - {"HEAD"}))}
+            return web.json_response({"detail": "Method Not Allowed"}, status=405, headers=headers)
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    app.router.add_route("*", "/{tail:.*}", fallback)
+
+
 def _error(err: p.ApiError) -> web.Response:
     return web.Response(body=err.body(), status=err.status, content_type=_JSON)
 
@@ -77,6 +95,7 @@ class SimServer:
         app.router.add_get("/ping", self.health)
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics)
+        _add_fastapi_fallback(app)
         return app
 
     def _guard(self, handler: Handler) -> Handler:

@@ -79,6 +79,8 @@ def read_replay(path: Path, max_prompts: int | None = None) -> list[ReplayPrompt
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read dataset {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"dataset {path} is not UTF-8 text") from None
     stripped = text.lstrip()
     prompts: list[ReplayPrompt] = []
     if stripped.startswith("["):

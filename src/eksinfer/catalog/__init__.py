@@ -115,7 +115,7 @@ def _with_overrides(path: str) -> dict[str, Any]:
         raise ConfigError(
             f"no such price book or file {path!r} (books: {', '.join(PRICE_BOOKS)})", field="--prices"
         ) from err
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise ConfigError(f"cannot read {path!r}: {err}", field="--prices") from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path!r} must be a mapping", field="--prices")

@@ -102,6 +102,11 @@ def _int(cfg: Mapping[str, Any], key: str, default: int | None = None) -> int:
     return int(value)
 
 
+def _opt(cfg: Mapping[str, Any], key: str, default: int) -> int:
+    """An optional count: absent, null or 0 means `default`; a wrong type is a ConfigError naming the key."""
+    return _int(cfg, key) if cfg.get(key) else default
+
+
 def _native_precision(cfg: Mapping[str, Any]) -> tuple[Precision, QuantScope, int]:
     """Weight precision from `quantization_config` (fp8, compressed-tensors, awq, gptq) else bf16."""
     quant = cfg.get("quantization_config")
@@ -110,11 +115,11 @@ def _native_precision(cfg: Mapping[str, Any]) -> tuple[Precision, QuantScope, in
     method = str(quant.get("quant_method", "")).lower()
     scope: QuantScope = "routed-experts" if quant.get("scope") == "routed-experts" else "all-linear"
     bits = quant.get("bits") or quant.get("w_bit")
-    group = int(quant.get("group_size") or quant.get("q_group_size") or 128)
+    group = _opt(quant, "group_size", 0) or _opt(quant, "q_group_size", 0) or 128
     for group_cfg in (quant.get("config_groups") or {}).values():
         weights = group_cfg.get("weights", {}) if isinstance(group_cfg, Mapping) else {}
         bits = weights.get("num_bits", bits)
-        group = int(weights.get("group_size") or group)
+        group = _opt(weights, "group_size", group)
         if weights.get("type") == "float" and bits == 8:
             return "fp8", scope, group
     if method in ("fp8", "fbgemm_fp8", "modelopt") or (bits == 8 and method == "compressed-tensors"):
@@ -126,22 +131,24 @@ def _native_precision(cfg: Mapping[str, Any]) -> tuple[Precision, QuantScope, in
 
 def _moe_fields(cfg: Mapping[str, Any], layers: int) -> tuple[int, int, int, int, int, int]:
     """(experts, shared experts, top-k, expert width, shared width, MoE layers) across the families."""
-    experts = int(cfg.get("n_routed_experts") or cfg.get("num_experts") or cfg.get("num_local_experts") or 0)
+    experts = (
+        _opt(cfg, "n_routed_experts", 0) or _opt(cfg, "num_experts", 0) or _opt(cfg, "num_local_experts", 0)
+    )
     if experts == 0:
         return 0, 0, 0, 0, 0, 0
     top_k = _int(cfg, "num_experts_per_tok")
     if "n_routed_experts" in cfg:  # DeepSeek V2/V3, Kimi K2, GLM-5
         width = _int(cfg, "moe_intermediate_size")
-        shared = int(cfg.get("n_shared_experts") or 0)
-        first_dense = int(cfg.get("first_k_dense_replace") or 0)
-        freq = int(cfg.get("moe_layer_freq") or 1)
+        shared = _opt(cfg, "n_shared_experts", 0)
+        first_dense = _opt(cfg, "first_k_dense_replace", 0)
+        freq = _opt(cfg, "moe_layer_freq", 1)
         moe_layers = sum(1 for i in range(first_dense, layers) if i % freq == 0)
         return experts, shared, top_k, width, shared * width, moe_layers
     if "num_local_experts" in cfg:  # Mixtral: intermediate_size is the expert width
         return experts, 0, top_k, _int(cfg, "intermediate_size"), 0, layers
     width = _int(cfg, "moe_intermediate_size")  # Qwen2/Qwen3 MoE
-    shared_width = int(cfg.get("shared_expert_intermediate_size") or 0)
-    step = int(cfg.get("decoder_sparse_step") or 1)
+    shared_width = _opt(cfg, "shared_expert_intermediate_size", 0)
+    step = _opt(cfg, "decoder_sparse_step", 1)
     dense_only = set(cfg.get("mlp_only_layers") or [])
     moe_layers = sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
     return experts, 1 if shared_width else 0, top_k, width, shared_width, moe_layers
@@ -150,7 +157,7 @@ def _moe_fields(cfg: Mapping[str, Any], layers: int) -> tuple[int, int, int, int
 def _attention_params(cfg: Mapping[str, Any], hidden: int, heads: int, kv_heads: int, head_dim: int) -> int:
     """Projection weights of one attention layer (GQA, or MLA with its LoRA-compressed q and kv)."""
     if "kv_lora_rank" in cfg and cfg.get("kv_lora_rank"):
-        q_lora = int(cfg.get("q_lora_rank") or 0)
+        q_lora = _opt(cfg, "q_lora_rank", 0)
         kv_lora = _int(cfg, "kv_lora_rank")
         nope, rope, v_dim = (
             _int(cfg, "qk_nope_head_dim"),
@@ -175,11 +182,18 @@ def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", *
     layers, hidden = _int(cfg, "num_hidden_layers"), _int(cfg, "hidden_size")
     heads = _int(cfg, "num_attention_heads")
     kv_heads = _int(cfg, "num_key_value_heads", heads)
+    for key, count in (
+        ("num_hidden_layers", layers),
+        ("hidden_size", hidden),
+        ("num_attention_heads", heads),
+    ):
+        if count < 1:
+            raise ConfigError(f"must be at least 1, got {count}", field=key)
     mla = bool(cfg.get("kv_lora_rank"))
-    rope = int(cfg.get("qk_rope_head_dim") or 0)
-    head_dim = int(cfg.get("qk_nope_head_dim", 0)) + rope if mla else _int(cfg, "head_dim", hidden // heads)
+    rope = _opt(cfg, "qk_rope_head_dim", 0)
+    head_dim = _opt(cfg, "qk_nope_head_dim", 0) + rope if mla else _int(cfg, "head_dim", hidden // heads)
     experts, shared, top_k, width, shared_width, moe_layers = _moe_fields(cfg, layers)
-    dense_width = int(cfg.get("intermediate_size") or 0) if moe_layers < layers else 0
+    dense_width = _opt(cfg, "intermediate_size", 0) if moe_layers < layers else 0
     vocab, tied = _int(cfg, "vocab_size"), bool(cfg.get("tie_word_embeddings", False))
     attn = _attention_params(cfg, hidden, heads, kv_heads, head_dim)
     dense_mlp = 3 * hidden * dense_width  # SwiGLU: gate, up, down
@@ -208,11 +222,11 @@ def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", *
         native_precision=precision,
         quant_scope=scope,
         int4_group_size=group,
-        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
-        kv_lora_rank=int(cfg.get("kv_lora_rank") or 0),
+        q_lora_rank=_opt(cfg, "q_lora_rank", 0),
+        kv_lora_rank=_opt(cfg, "kv_lora_rank", 0),
         qk_rope_head_dim=rope,
-        v_head_dim=int(cfg.get("v_head_dim") or 0),
-        index_head_dim=int(cfg.get("index_head_dim") or 0),
+        v_head_dim=_opt(cfg, "v_head_dim", 0),
+        index_head_dim=_opt(cfg, "index_head_dim", 0),
         num_experts=experts,
         num_shared_experts=shared,
         experts_per_token=top_k,
@@ -238,7 +252,7 @@ def load_model_config(path: Path) -> ModelSpec:
         cfg = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(f"no such file {str(file)!r}", field="--model-config") from err
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"cannot read {str(file)!r}: {err}", field="--model-config") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"{str(file)!r} is not a JSON object", field="--model-config")

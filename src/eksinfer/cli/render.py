@@ -19,6 +19,8 @@ def load_plan(path: Path) -> object:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}", field="PLAN") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", field="PLAN") from None
     try:
         return Plan.model_validate_json(text)
     except ValidationError as err:

@@ -72,6 +72,10 @@ class AuthConfig(_Model):
                 raise ConfigError(
                     f"cannot read {self.api_keys_file}: {err.strerror}", field="auth.api_keys_file"
                 ) from None
+            except UnicodeDecodeError:
+                raise ConfigError(
+                    f"{self.api_keys_file} is not UTF-8 text", field="auth.api_keys_file"
+                ) from None
             keys.update(
                 line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
             )
@@ -196,6 +200,8 @@ def load_config(path: Path | None) -> GatewayConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}", field="--config") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", field="--config") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -84,7 +84,10 @@ class PodUnit:
 
 def _load_file(path: Path, root: Path) -> list[Doc]:
     rel = str(path.relative_to(root)) if path != root else path.name
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return [Doc(rel, {UNREADABLE: "not UTF-8 text"})]
     try:
         docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
     except (yaml.YAMLError, json.JSONDecodeError) as err:

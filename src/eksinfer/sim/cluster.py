@@ -113,7 +113,9 @@ async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, p
     engine_holder: list[Replica] = []
     engine = Engine(options, rank=rank, tokenizer=tokenizer, perf=perf, sizing=sizing)
     server = SimServer(engine, on_crash=lambda: engine_holder[0].crash())
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        server.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, options.host, port, reuse_address=True)
     try:

@@ -114,6 +114,27 @@ def execute(config: BenchConfig, opts: RunOptions, console: Console) -> BenchRes
     return _run_loop(main)
 
 
+def check_outputs(opts: RunOptions) -> None:
+    """Fail before the run, not after it, when the JSON file or the plots folder cannot be written."""
+    import tempfile
+
+    for path, field, want_dir in ((opts.output, "--output", False), (opts.plots_dir, "--plots", True)):
+        if path is None:
+            continue
+        if path.exists() and path.is_dir() != want_dir:
+            raise ConfigError(f"{path} is {'a file' if want_dir else 'a folder'}", field=field)
+        folder = path if want_dir else path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot create {folder}: {err.strerror}", field=field) from None
+        try:  # a real write: os.access says yes to root even on /proc
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ConfigError(f"cannot write in {folder}: {err.strerror}", field=field) from None
+
+
 def report(result: BenchResult | SweepResult, opts: RunOptions, out: Console, err: Console) -> int:
     """Print tables, write the JSON and plots; returns the exit status (raises when nothing succeeded)."""
     if isinstance(result, BenchResult):
@@ -127,6 +148,21 @@ def report(result: BenchResult | SweepResult, opts: RunOptions, out: Console, er
             summaries.append((f"stage: {rate}{' (saturated)' if stage.saturated else ''}", run["summary"]))
     for title, summary in summaries:
         out.print(summary_table(summary, title))
+    try:
+        _write(doc, opts, err)
+    except OSError as error:  # check_outputs ran before; this is a disk that filled or changed since
+        where = error.filename or opts.output
+        raise ConfigError(f"cannot write {where}: {error.strerror}", field="--output") from None
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    if summaries and all(s["requests"]["completed"] == 0 for _, s in summaries):
+        errors = summaries[-1][1]["errors"]
+        kinds = ", ".join(f"{k} x{v}" for k, v in errors.items()) or "none sent"
+        raise UpstreamError(f"no request succeeded ({kinds}); see error_detail in the output file")
+    return 0
+
+
+def _write(doc: dict[str, Any], opts: RunOptions, err: Console) -> None:
     if opts.output:
         opts.output.parent.mkdir(parents=True, exist_ok=True)
         import json
@@ -138,13 +174,6 @@ def report(result: BenchResult | SweepResult, opts: RunOptions, out: Console, er
 
         for path in write_plots(doc, opts.plots_dir, opts.output.stem if opts.output else "bench"):
             err.print(f"wrote {path}")
-    if result.interrupted:
-        return EXIT_INTERRUPTED
-    if summaries and all(s["requests"]["completed"] == 0 for _, s in summaries):
-        errors = summaries[-1][1]["errors"]
-        kinds = ", ".join(f"{k} x{v}" for k, v in errors.items()) or "none sent"
-        raise UpstreamError(f"no request succeeded ({kinds}); see error_detail in the output file")
-    return 0
 
 
 def compare(path_a: Path, path_b: Path, out: Console) -> None:

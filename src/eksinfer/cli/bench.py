@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
             return
         from rich.console import Console
 
-        from eksinfer.bench.app import RunOptions, execute, report
+        from eksinfer.bench.app import RunOptions, check_outputs, execute, report
         from eksinfer.bench.config import build_config, parse_key_values
 
         slo = {"ttft_ms": slo_ttft_ms, "tpot_ms": slo_tpot_ms, "e2e_ms": slo_e2e_ms}
@@ -93,6 +93,7 @@ def register(app: typer.Typer) -> None:
             args["path"] = str(dataset)
         cfg = build_config(config, flags, workload, args)
         opts = RunOptions(output, plots, sweep, sweep_stages, not no_progress, label)
+        check_outputs(opts)
         out, err = Console(), Console(stderr=True)
         code = report(execute(cfg, opts, err), opts, out, err)
         if code:

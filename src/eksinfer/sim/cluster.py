@@ -146,6 +146,9 @@ async def start_cluster(
     options.validate()
     if replicas < 1:
         raise ConfigError("must be >= 1", field="--replicas")
+    if options.port and options.port + replicas - 1 > 65535:  # engine i listens on port + i
+        last = options.port + replicas - 1
+        raise ConfigError(f"engine {replicas - 1} would listen on port {last} > 65535", field="--replicas")
     if tokenizer is None:
         tokenizer = await asyncio.to_thread(load_tokenizer, options.tokenizer)
     perf = await asyncio.to_thread(build_perf, options)

@@ -171,8 +171,13 @@ def write_tree(tree: RenderedTree, out_dir: Path, name: str) -> list[Path]:
     items.append((KUSTOMIZATION, kustomization(tree, name)))
     for rel, text in items:
         path = out_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write {err.filename or path}: {err.strerror}", field="--output"
+            ) from None
         written.append(path)
     return sorted(written)
 

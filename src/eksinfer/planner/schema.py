@@ -71,26 +71,28 @@ class PlanInstance(_Model):
 class PlanEngine(_Model):
     """One vLLM engine (a replica). `vllm_args` is the command line, the other fields its structured form."""
 
-    tensor_parallel_size: int = Field(description="GPUs per pipeline stage")
-    pipeline_parallel_size: int = Field(description="pipeline stages (one per node when multi-node)")
+    tensor_parallel_size: int = Field(ge=1, description="GPUs per pipeline stage")
+    pipeline_parallel_size: int = Field(ge=1, description="pipeline stages (one per node when multi-node)")
     expert_parallel: bool = Field(description="--enable-expert-parallel for MoE")
-    data_parallel_size: int = Field(default=1, description="attention data-parallel ranks inside one engine")
+    data_parallel_size: int = Field(
+        ge=1, default=1, description="attention data-parallel ranks inside one engine"
+    )
     precision: Precision = Field(description="weight precision")
     kv_cache_dtype: Literal["auto", "fp8"] = Field(description="--kv-cache-dtype")
-    max_model_len: int = Field(description="--max-model-len")
-    gpu_memory_utilization: float = Field(description="--gpu-memory-utilization")
-    block_size: int = Field(description="--block-size (KV block, tokens)")
+    max_model_len: int = Field(ge=1, description="--max-model-len")
+    gpu_memory_utilization: float = Field(gt=0, le=1, description="--gpu-memory-utilization")
+    block_size: int = Field(ge=1, description="--block-size (KV block, tokens)")
     enable_prefix_caching: bool = Field(description="--enable-prefix-caching")
-    max_num_seqs: int = Field(description="--max-num-seqs")
-    max_num_batched_tokens: int = Field(description="--max-num-batched-tokens")
-    gpus_per_replica: int = Field(description="tensor x pipeline x data parallel")
-    nodes_per_replica: int = Field(description="instances one replica spans (>1 means LeaderWorkerSet)")
+    max_num_seqs: int = Field(ge=1, description="--max-num-seqs")
+    max_num_batched_tokens: int = Field(ge=1, description="--max-num-batched-tokens")
+    gpus_per_replica: int = Field(ge=1, description="tensor x pipeline x data parallel")
+    nodes_per_replica: int = Field(ge=1, description="instances one replica spans (>1 means LeaderWorkerSet)")
     vllm_args: list[str] = Field(description="arguments after `vllm serve MODEL`")
 
 
 class PlanRole(_Model):
     name: RoleName = Field(description="engine (aggregated), or prefill / decode (disaggregated)")
-    replicas: int = Field(description="replicas of this role")
+    replicas: int = Field(ge=0, description="replicas of this role")
     engine: PlanEngine = Field(description="the engine configuration of this role")
 
 
@@ -135,7 +137,7 @@ class PlanCost(_Model):
 class PlanOnPrem(_Model):
     gpu: str = Field(description="GPU model of the on-prem nodes")
     gpus: int = Field(description="GPUs available on-prem")
-    replicas: int = Field(description="engine replicas placed on hybrid nodes")
+    replicas: int = Field(ge=0, description="engine replicas placed on hybrid nodes")
 
 
 class PlanAlternative(_Model):
@@ -144,7 +146,7 @@ class PlanAlternative(_Model):
     tensor_parallel_size: int = Field(description="TP")
     pipeline_parallel_size: int = Field(description="PP")
     precision: Precision = Field(description="weight precision")
-    replicas: int = Field(description="replicas (all roles)")
+    replicas: int = Field(ge=0, description="replicas (all roles)")
     monthly_usd: float = Field(description="monthly cost")
     per_million_tokens_usd: float = Field(description="cost per million tokens")
     ttft_s: float = Field(description="predicted TTFT")

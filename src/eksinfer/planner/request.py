@@ -7,6 +7,7 @@ their TPOT targets (50 ms, about 20 tokens/s per user, faster than reading; 150 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,22 +88,22 @@ class PlanRequest:
             raise UsageError("must be >= 1", field="--output-tokens")
         if t.requests_per_s is not None and t.concurrency is not None:
             raise UsageError("give --requests-per-s or --concurrency, not both", field="--concurrency")
-        if t.requests_per_s is not None and t.requests_per_s <= 0:
-            raise UsageError("must be > 0", field="--requests-per-s")
+        if t.requests_per_s is not None and not 0 < t.requests_per_s < math.inf:
+            raise UsageError("must be a finite number > 0", field="--requests-per-s")
         if t.concurrency is not None and t.concurrency < 1:
             raise UsageError("must be >= 1", field="--concurrency")
         if not 0.0 <= t.shared_prefix_ratio < 1.0:
             raise UsageError("must be in [0, 1)", field="--shared-prefix-ratio")
-        if s.ttft_s <= 0:
-            raise UsageError("must be > 0", field="--ttft")
-        if s.tpot_s <= 0:
-            raise UsageError("must be > 0", field="--tpot")
+        if not 0 < s.ttft_s < math.inf:
+            raise UsageError("must be a finite number > 0", field="--ttft")
+        if not 0 < s.tpot_s < math.inf:
+            raise UsageError("must be a finite number > 0", field="--tpot")
         if c.capacity_type not in CAPACITY_TYPES:
             raise UsageError(f"must be one of {', '.join(CAPACITY_TYPES)}", field="--capacity-type")
         if c.max_nodes is not None and c.max_nodes < 1:
             raise UsageError("must be >= 1", field="--max-nodes")
-        if c.monthly_budget_usd is not None and c.monthly_budget_usd <= 0:
-            raise UsageError("must be > 0", field="--budget")
+        if c.monthly_budget_usd is not None and not 0 < c.monthly_budget_usd < math.inf:
+            raise UsageError("must be a finite number > 0", field="--budget")
         if c.precision not in (None, "bf16", "fp8", "int4"):
             raise UsageError("must be bf16, fp8 or int4", field="--precision")
         if c.needs_mig and c.needs_dra:

@@ -17,7 +17,7 @@ from eksinfer.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf req/s, inf timeouts
 
 
 class RandomWorkload(_Strict):

@@ -7,6 +7,7 @@ performance model for `--model` on `--gpu`, as vLLM sizes its KV cache from the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -38,8 +39,8 @@ class FaultOptions:
             if not 0.0 <= value <= 1.0:
                 raise UsageError(f"must be in [0, 1], got {value}", field=f"--fault-{name.replace('_', '-')}")
         for name in ("stall_s", "slow_token_s", "crash_after", "events_close_after"):
-            if getattr(self, name) < 0:
-                raise UsageError("must be >= 0", field=f"--fault-{name.replace('_', '-')}")
+            if not 0 <= getattr(self, name) < math.inf:  # NaN fails too; inf would stall every request
+                raise UsageError("must be a finite number >= 0", field=f"--fault-{name.replace('_', '-')}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,21 @@ def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
     return value
 
 
+_TRUE, _FALSE = {"1", "on", "t", "true", "y", "yes"}, {"0", "off", "f", "false", "n", "no"}
+
+
+def _bool_field(body: dict[str, Any], name: str) -> bool:
+    """A flag as vLLM's pydantic reads it (lax mode): "false" and 0 are False, "x" and 2 are an error."""
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ApiError(400, f"{name} must be a boolean", param=name)
+
+
 def _common(
     body: dict[str, Any], ctx: ModelContext, prompt_ids: list[int], default_max: int | None
 ) -> dict[str, Any]:
@@ -143,12 +158,11 @@ def _common(
         "cache_salt": cache_salt,
         "max_tokens": min(wanted, room) if wanted is not None else room,
         "max_tokens_requested": requested,
-        "stream": bool(body.get("stream", False)),
-        "include_usage": bool(stream_options.get("include_usage", False)),
-        "continuous_usage": bool(
-            stream_options.get("include_usage", False) and stream_options.get("continuous_usage_stats", False)
-        ),
-        "ignore_eos": bool(body.get("ignore_eos", False)),
+        "stream": _bool_field(body, "stream"),
+        "include_usage": _bool_field(stream_options, "include_usage"),
+        "continuous_usage": _bool_field(stream_options, "include_usage")
+        and _bool_field(stream_options, "continuous_usage_stats"),
+        "ignore_eos": _bool_field(body, "ignore_eos"),
         "seed": seed,
     }
 
@@ -171,7 +185,7 @@ def parse_completion(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
             400, "prompt must be a string or a list of token ids (one prompt per request)", param="prompt"
         )
     fields = _common(body, ctx, ids, 16)  # OpenAI/vLLM completions default max_tokens=16
-    echo = prompt if body.get("echo") and isinstance(prompt, str) else None
+    echo = prompt if _bool_field(body, "echo") and isinstance(prompt, str) else None
     return GenerateParams(model=model, lora_name=lora, prompt_ids=ids, echo_prompt=echo, **fields)
 
 

@@ -1,0 +1,44 @@
+"""Flags in request bodies read as vLLM's pydantic reads them: "false" is False, "x" is a 400.
+
+The simulator used to take `bool(value)`: `"stream": "false"` streamed, `"stream": "x"` was accepted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.sim.conftest import StartCluster
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "streamed"),
+    [
+        ({"stream": "false"}, 200, False),
+        ({"stream": "true"}, 200, True),
+        ({"stream": 0}, 200, False),
+        ({"stream": "x"}, 400, None),
+        ({"stream": 2}, 400, None),
+        ({"stream": [True]}, 400, None),
+        ({"ignore_eos": "maybe"}, 400, None),
+        ({"echo": {}}, 400, None),
+        ({"stream": True, "stream_options": {"include_usage": "x"}}, 400, None),
+    ],
+)
+async def test_boolean_fields(
+    start: StartCluster, extra: dict[str, Any], status: int, streamed: bool | None
+) -> None:
+    cluster = await start()
+    body = {"prompt": "hi", "max_tokens": 2, **extra}
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.post(cluster.urls[0] + "/v1/completions", json=body)
+        assert r.status_code == status, r.text
+        if status == 400:
+            error = r.json()["error"]
+            assert error["code"] == 400
+            assert error["message"].endswith("must be a boolean")
+        else:
+            assert r.headers["content-type"].startswith("text/event-stream") is streamed
+        ok = await client.post(cluster.urls[0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        assert ok.status_code == 200  # and it keeps serving

@@ -26,6 +26,7 @@ from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.proxy import Proxy, RouterLike
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper
+from eksinfer.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class GatewayRuntime:
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
         self._scrape_session: aiohttp.ClientSession | None = None
         self._scraper: Scraper | None = None
         self.proxy: Proxy | None = None
@@ -103,17 +104,10 @@ class GatewayRuntime:
     # --- lifecycle ----------------------------------------------------------------------------------------
     def build_app(self) -> web.Application:
         server = self.config.server
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=server.connect_timeout_s)
-        # Bodies are relayed byte for byte (no decompression), so the engine is not offered compression.
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-        )
+        # Bodies are relayed byte for byte: the engine is not offered compression (no Accept-Encoding).
+        self._upstream = UpstreamPool(server.connect_timeout_s)
         self.proxy = Proxy(
-            server, self.registry, self.router, self.metrics, self._session, self.keys, self.preset
+            server, self.registry, self.router, self.metrics, self._upstream, self.keys, self.preset
         )
         app = web.Application(client_max_size=server.max_body_bytes)
         app.add_routes(self.proxy.routes())
@@ -177,9 +171,10 @@ class GatewayRuntime:
             self._supervisor = None
             self._group = None
         await self.router.stop()
-        for session in (self._session, self._scrape_session):
-            if session is not None:
-                await session.close()
+        if self._upstream is not None:
+            await self._upstream.close()
+        if self._scrape_session is not None:
+            await self._scrape_session.close()
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Waits until some endpoint is healthy and has reported its models (or the timeout passes)."""

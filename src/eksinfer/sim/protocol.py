@@ -104,6 +104,47 @@ def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:
     return value
 
 
+def _pydantic_error(name: str, kind: str, msg: str, value: Any) -> ApiError:
+    """vLLM's body for a request field its pydantic model rejects (same shape as its JSON decode error)."""
+    error = f"{{'type': '{kind}', 'loc': 'body.{name}', 'msg': '{msg}', 'input': {value!r}}}"
+    detail = f"1 validation error:\n  {error}"
+    return ApiError(400, detail, type_="Bad Request", param=f"body.{name}")
+
+
+def _float_field(body: dict[str, Any], name: str) -> float | None:
+    """A number as pydantic reads it in lax mode: 0.5, 1 and "0.5" pass, "warm" and true do not."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+        msg = "Input should be a valid number, unable to parse string as a number"
+        raise _pydantic_error(name, "float_parsing", msg, value)
+    raise _pydantic_error(name, "float_type", "Input should be a valid number", value)
+
+
+def _sampling(body: dict[str, Any]) -> None:
+    """The checks of vLLM's `SamplingParams` for the fields the simulator accepts but does not use."""
+    temperature = _float_field(body, "temperature")
+    if temperature is not None and not temperature >= 0:
+        raise ApiError(400, f"temperature must be non-negative, got {temperature}.", param="temperature")
+    top_p = _float_field(body, "top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ApiError(400, f"top_p must be in (0, 1], got {top_p}.", param="top_p")
+
+
+def _check_vocab(ids: list[int], vocab_size: int) -> None:
+    """vLLM rejects prompt token ids the model cannot embed (v1 `InputProcessor`), with this message."""
+    if ids and (max(ids) >= vocab_size or min(ids) < 0):
+        bad = max(ids) if max(ids) >= vocab_size else min(ids)
+        raise ApiError(400, f"Token id {bad} is out of vocabulary")
+
+
 _TRUE, _FALSE = {"1", "on", "t", "true", "y", "yes"}, {"0", "off", "f", "false", "n", "no"}
 
 
@@ -122,6 +163,7 @@ def _bool_field(body: dict[str, Any], name: str) -> bool:
 def _common(
     body: dict[str, Any], ctx: ModelContext, prompt_ids: list[int], default_max: int | None
 ) -> dict[str, Any]:
+    _sampling(body)
     n = _int_field(body, "n", minimum=1)
     if n not in (None, 1):
         raise ApiError(400, "the simulator serves n=1 only", param="n")
@@ -180,6 +222,7 @@ def parse_completion(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
         and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
     ):
         ids = list(prompt)
+        _check_vocab(ids, ctx.tokenizer.vocab_size)
     else:
         raise ApiError(
             400, "prompt must be a string or a list of token ids (one prompt per request)", param="prompt"

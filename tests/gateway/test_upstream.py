@@ -76,6 +76,17 @@ async def serve() -> AsyncIterator[Callable[[Reply], Awaitable[Server]]]:
         handle.close()
 
 
+def raw(data: bytes, *, keep: bool) -> Reply:
+    """Answers every request with these bytes, then keeps the connection open or closes it."""
+
+    async def reply(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(data)
+        await writer.drain()
+        return keep
+
+    return reply
+
+
 def fixed(body: bytes, extra: str = "") -> Reply:
     async def reply(writer: asyncio.StreamWriter, request: Request) -> bool:
         writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
@@ -133,12 +144,7 @@ async def test_chunked_stream_arrives_piece_by_piece(serve: Callable[[Reply], Aw
 
 
 async def test_body_ended_by_the_connection_close(serve: Callable[[Reply], Awaitable[Server]]) -> None:
-    async def reply(writer: asyncio.StreamWriter, request: Request) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
-        return False
-
-    server = await serve(reply)
+    server = await serve(raw(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", keep=False))
     pool = UpstreamPool(connect_timeout_s=1)
     response = await pool.post(server.url, "/x", b"", {})
     assert await asyncio.wait_for(response.read(), 2) == b"all of it"
@@ -199,10 +205,7 @@ async def test_reused_connection_dropped_while_sending_is_retried_once(
 async def test_fresh_connection_closed_before_answering_is_a_connect_error(
     serve: Callable[[Reply], Awaitable[Server]],
 ) -> None:
-    async def reply(writer: asyncio.StreamWriter, request: Request) -> bool:
-        return False
-
-    server = await serve(reply)
+    server = await serve(raw(b"", keep=False))
     pool = UpstreamPool(connect_timeout_s=1)
     with pytest.raises(UpstreamConnectError, match="closed"):
         await pool.post(server.url, "/x", b"{}", {})
@@ -218,12 +221,7 @@ async def test_unreachable_endpoint_is_a_connect_error() -> None:
 async def test_broken_mid_body_raises_after_the_bytes_that_came(
     serve: Callable[[Reply], Awaitable[Server]],
 ) -> None:
-    async def reply(writer: asyncio.StreamWriter, request: Request) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..")
-        await writer.drain()
-        return False
-
-    server = await serve(reply)
+    server = await serve(raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..", keep=False))
     pool = UpstreamPool(connect_timeout_s=1)
     response = await pool.post(server.url, "/x", b"{}", {})
     assert await response.readany() == b"only ten.."
@@ -234,12 +232,7 @@ async def test_broken_mid_body_raises_after_the_bytes_that_came(
 
 
 async def test_garbage_instead_of_http(serve: Callable[[Reply], Awaitable[Server]]) -> None:
-    async def reply(writer: asyncio.StreamWriter, request: Request) -> bool:
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        await writer.drain()
-        return True
-
-    server = await serve(reply)
+    server = await serve(raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", keep=True))
     pool = UpstreamPool(connect_timeout_s=1)
     with pytest.raises(UpstreamConnectError, match="invalid HTTP"):
         await asyncio.wait_for(pool.post(server.url, "/x", b"{}", {}), 2)

@@ -158,6 +158,10 @@ def test_load_awq_and_rejects_garbage(tmp_path: Path) -> None:
     }
     spec = load_model_config(_write(tmp_path, cfg) / "config.json")
     assert (spec.native_precision, spec.num_kv_heads, spec.head_dim) == ("int4", 4, 16)
+    # null reads as absent (multi-head attention), as transformers' LlamaConfig does; a string does not
+    assert load_model_config(_write(tmp_path, {**cfg, "num_key_value_heads": None})).num_kv_heads == 4
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_model_config(_write(tmp_path, {**cfg, "num_key_value_heads": "4"}))
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError):
         load_model_config(tmp_path)

@@ -181,7 +181,8 @@ def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", *
         cfg = {**cfg, **cfg["text_config"]}
     layers, hidden = _int(cfg, "num_hidden_layers"), _int(cfg, "hidden_size")
     heads = _int(cfg, "num_attention_heads")
-    kv_heads = _int(cfg, "num_key_value_heads", heads)
+    # Absent or null means multi-head attention, as the Hugging Face config classes read it.
+    kv_heads = heads if cfg.get("num_key_value_heads") is None else _int(cfg, "num_key_value_heads")
     for key, count in (
         ("num_hidden_layers", layers),
         ("hidden_size", hidden),

@@ -16,6 +16,12 @@ async def test_replica_ports_past_65535_are_refused(start: StartCluster) -> None
         await start(5, port=65533)
 
 
+async def test_replicas_are_capped_per_process(start: StartCluster) -> None:
+    # Before the cap, --replicas 60000 --port 1000 started engine after engine for minutes.
+    with pytest.raises(ConfigError, match=r"--replicas: at most 256 engines per process, got 60000"):
+        await start(60000, port=1000)
+
+
 @pytest.mark.parametrize("field", ["stall_s", "slow_token_s"])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_fault_durations_must_be_finite(field: str, value: float) -> None:

@@ -139,6 +139,9 @@ async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, p
     return replica
 
 
+MAX_REPLICAS = 256
+
+
 async def start_cluster(
     options: SimOptions, replicas: int = 1, *, tokenizer: Tokenizer | None = None
 ) -> SimCluster:
@@ -146,6 +149,9 @@ async def start_cluster(
     options.validate()
     if replicas < 1:
         raise ConfigError("must be >= 1", field="--replicas")
+    if replicas > MAX_REPLICAS:  # each engine is a server, a block pool and a scheduler task in this process
+        msg = f"at most {MAX_REPLICAS} engines per process, got {replicas}; run several `eksinfer sim`"
+        raise ConfigError(msg, field="--replicas")
     if options.port and options.port + replicas - 1 > 65535:  # engine i listens on port + i
         last = options.port + replicas - 1
         raise ConfigError(f"engine {replicas - 1} would listen on port {last} > 65535", field="--replicas")

@@ -50,7 +50,10 @@ def test_serves_and_stops_on_sigterm() -> None:
 def test_bad_flag_is_one_line() -> None:
     out = subprocess.run([*CMD, "--block-size", "0"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: --block-size: must be a positive integer"
+    assert (
+        out.stderr.strip()
+        == "error: --block-size: must be one of 1, 8, 16, 32, 64, 128, 256 (vLLM's choices)"
+    )
     out = subprocess.run(
         [*CMD, "--kv-events-config", '{"hwm": "x"}'], capture_output=True, text=True, timeout=30
     )

@@ -14,6 +14,7 @@ from eksinfer.sim.config import FaultOptions, SimOptions, build_perf, resolve_en
     ("changes", "flag"),
     [
         ({"block_size": 0}, "--block-size"),
+        ({"block_size": 7}, "--block-size: must be one of 1, 8, 16"),
         ({"gpu_memory_utilization": 1.5}, "--gpu-memory-utilization"),
         ({"time_scale": -1.0}, "--time-scale"),
         ({"num_gpu_blocks": 1}, "--num-gpu-blocks-override"),

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 EventEncoding = Literal["map", "array"]
 
 
+VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)  # vLLM's `BlockSize` (vllm/config/cache.py)
+
+
 @dataclass(frozen=True, slots=True)
 class FaultOptions:
     """Fault injection for resilience tests; all off by default."""
@@ -75,7 +78,11 @@ class SimOptions:
 
     def validate(self) -> None:
         checks: list[tuple[bool, str, str]] = [
-            (self.block_size > 0, "--block-size", "must be a positive integer"),
+            (
+                self.block_size in VLLM_BLOCK_SIZES,
+                "--block-size",
+                f"must be one of {', '.join(map(str, VLLM_BLOCK_SIZES))} (vLLM's choices)",
+            ),
             (0.0 < self.gpu_memory_utilization <= 1.0, "--gpu-memory-utilization", "must be in (0, 1]"),
             (self.tensor_parallel_size >= 1, "--tensor-parallel-size", "must be >= 1"),
             (self.time_scale >= 0.0, "--time-scale", "must be >= 0"),

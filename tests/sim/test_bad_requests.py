@@ -63,13 +63,18 @@ async def test_sampling_fields_and_token_ids(
 ) -> None:
     """vLLM 0.32 checks these in its request model and `SamplingParams`, and prompt ids against the vocab
     (v1 `InputProcessor._validate_model_input`); the simulator answered 200 to all of them before."""
-    cluster = await start()
-    body = {"prompt": "hi", "max_tokens": 2, **extra}
-    async with httpx.AsyncClient(timeout=10) as client:
-        r = await client.post(cluster.urls[0] + "/v1/completions", json=body)
+    r = await _complete(start, extra)
     assert r.status_code == status, r.text
     if status == 400:
         error = r.json()["error"]
         assert error["param"] == param
         assert message is not None
         assert message in error["message"]
+
+
+async def _complete(start: StartCluster, extra: dict[str, Any]) -> httpx.Response:
+    cluster = await start()
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(
+            cluster.urls[0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 2, **extra}
+        )

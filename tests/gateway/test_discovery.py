@@ -23,7 +23,7 @@ from eksinfer.gateway.config import KubernetesDiscovery, parse_config
 from eksinfer.gateway.discovery import KubernetesWatcher, pod_spec
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.runtime import build_runtime
-from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter
+from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter, until
 
 pytestmark = pytest.mark.timeout(30)
 TOKEN = "sa-token-123"
@@ -106,14 +106,6 @@ def discovery(
         token_file=token,
         ca_file=tmp_path / "no-ca.crt",
     )
-
-
-async def until(check: Any, timeout_s: float = 3.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def test_pod_spec_rules(tmp_path: Path) -> None:

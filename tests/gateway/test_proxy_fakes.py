@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,3 +185,12 @@ class RoundRobinRouter:
 
     def stats(self) -> dict[str, Any]:
         return {"index_blocks": 7, "preset": "round-robin", "subscribers": {"e1": {"lag_s": 0.5, "gaps": 2}}}
+
+
+async def until(check: Callable[[], object], timeout_s: float = 3.0) -> None:
+    """Polls `check` until it is true, so that a slow machine is not a failure; fails after `timeout_s`."""
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")

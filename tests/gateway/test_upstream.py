@@ -17,6 +17,7 @@ from eksinfer.gateway.upstream import (
     UpstreamPool,
     origin_of,
 )
+from tests.gateway.test_proxy_fakes import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -74,13 +75,6 @@ async def serve() -> AsyncIterator[Callable[[Reply], Awaitable[Server]]]:
     yield start
     for handle in servers:
         handle.close()
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Waits for `condition` (polling), so that a slow machine is not a failure."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 def raw(data: bytes, *, keep: bool) -> Reply:
@@ -284,7 +278,7 @@ async def test_slow_reader_pauses_the_socket(serve: Callable[[Reply], Awaitable[
     server = await serve(reply)
     pool = UpstreamPool(connect_timeout_s=1)
     response = await pool.post(server.url, "/x", b"{}", {})
-    await eventually(lambda: response._buffered > HIGH_WATER)
+    await until(lambda: response._buffered > HIGH_WATER)
     await asyncio.sleep(0.3)  # the engine would send it all in this time if nothing held it back
     assert response._buffered < total // 2
     received = 0
@@ -316,7 +310,7 @@ async def test_idle_connections_close_after_keepalive(serve: Callable[[Reply], A
     await response.read()
     response.close()
     assert pool.idle_connections == 1
-    await eventually(lambda: server.closed_by_peer == 1)
+    await until(lambda: server.closed_by_peer == 1)
     assert pool.idle_connections == 0
 
 

@@ -203,6 +203,25 @@ async def test_reused_connection_dropped_while_sending_is_retried_once(
     await pool.close()
 
 
+async def test_idle_connection_already_closing_is_not_used(
+    serve: Callable[[Reply], Awaitable[Server]],
+) -> None:
+    """Closed under us before the loop reported it: the request goes on a new connection at once."""
+    server = await serve(fixed(b"ok"))
+    pool = UpstreamPool(connect_timeout_s=1)
+    response = await pool.post(server.url, "/x", b"{}", {})
+    await response.read()
+    response.close()
+    conn = pool._idle[origin_of(server.url)][0]
+    assert conn._transport is not None
+    conn._transport.close()  # connection_lost comes on a later loop turn
+    response = await pool.post(server.url, "/x", b"{}", {})
+    assert await response.read() == b"ok"
+    assert server.connections == 2
+    assert len(server.requests) == 2
+    await pool.close()
+
+
 async def test_fresh_connection_closed_before_answering_is_a_connect_error(
     serve: Callable[[Reply], Awaitable[Server]],
 ) -> None:

@@ -228,6 +228,9 @@ class _Connection(asyncio.Protocol):
     # --- used by the pool and the response -------------------------------------------------------------
     def send(self, data: list[bytes]) -> asyncio.Future[UpstreamResponse]:
         assert self._transport is not None
+        if self._transport.is_closing():  # closed by the engine, and the loop has not told us yet
+            self._forget()
+            raise UpstreamConnectError(f"connection to {self.origin.host_header} closed")
         self._head = asyncio.get_running_loop().create_future()
         self._response = None
         self.received = False
@@ -254,6 +257,7 @@ class _Connection(asyncio.Protocol):
     def release(self, reusable: bool) -> None:
         self._head = None
         self._response = None
+        self.received = False
         if reusable and self._keep_alive and not self.closed:
             self.resume()
             self._pool._give_back(self)

@@ -235,8 +235,10 @@ async def test_events_over_zmq_reach_the_router_index() -> None:
         ctx.destroy(linger=0)
 
 
-async def test_simulated_engines_events_drive_routing() -> None:
-    """The whole chain on real components: simulator publisher -> ZMQ -> subscriber -> index -> decision."""
+@pytest.mark.parametrize("tokenizer", ["builtin", "engine"])
+async def test_simulated_engines_events_drive_routing(tokenizer: str) -> None:
+    """The whole chain on real components: simulator publisher -> ZMQ -> subscriber -> index -> decision,
+    with the prompt tokenized in the gateway or by the engine's `/tokenize` (the rendered manifests' mode)."""
     import aiohttp
 
     from eksinfer.kvcache.events import KVEventsConfig
@@ -252,7 +254,7 @@ async def test_simulated_engines_events_drive_routing() -> None:
     )
     opts = SimOptions(port=0, time_scale=0, num_gpu_blocks=256, served_model_name=("m",), kv_events=events)
     cluster = await start_cluster(opts, 3)
-    router = make_router()
+    router = make_router(tokenizer={"mode": tokenizer})
     eps = [
         EndpointState(id=EndpointId(f"e{i}"), url=url, models=frozenset({"m"}), block_size=BS, stale=False)
         for i, url in enumerate(cluster.urls)
@@ -271,10 +273,18 @@ async def test_simulated_engines_events_drive_routing() -> None:
             if router.index.endpoint_size("e2"):
                 break
             await asyncio.sleep(0.02)
-        decision = await router.route("m", chat("another question"), {}, eps)
+        question = chat("another question")
+        decision = await router.route("m", question, {}, eps)
         assert decision.endpoint.id == "e2", decision.explain()
         assert decision.reason == "prefix-hit"
-        assert router.stats()["subscribers"]["e2"]["lost_batches"] == 0
+        stats = router.stats()
+        assert stats["subscribers"]["e2"]["lost_batches"] == 0
+        assert (stats["tokenizer"], stats["tokenize_failures"]) == (tokenizer, 0)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{cluster.urls[0]}/tokenize", json={"model": "m", **question}) as r,
+        ):
+            assert decision.prompt_tokens == (await r.json())["count"]  # tokenized as the engine does
     finally:
         await router.stop()
         await cluster.stop()

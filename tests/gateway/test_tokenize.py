@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -20,6 +19,7 @@ from eksinfer.gateway.tokenize import (
     prompt_text,
     prompt_token_ids,
 )
+from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.sim.tokenizer import BuiltinTokenizer as SimBuiltin
 
 pytestmark = pytest.mark.timeout(30)
@@ -124,10 +124,14 @@ async def tokenize_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
 async def test_engine_tokenize(tokenize_server: tuple[str, list[dict[str, Any]]]) -> None:
     url, seen = tokenize_server
-    async with aiohttp.ClientSession() as session:
-        tok = EngineTokenizer(lambda: session, timeout_s=2.0)
-        assert await tok.encode_remote({"messages": MESSAGES}, "m", url) == [285, 379, 536]
-        assert seen[-1] == {"model": "m", "messages": MESSAGES, "add_generation_prompt": True}
-        assert await tok.encode_remote({"prompt": "fail"}, "m", url) is None
-        assert await tok.encode_remote({"prompt": "x"}, "m", "http://127.0.0.1:9") is None
-        assert tok.failures == 2
+    pool = UpstreamPool(connect_timeout_s=2.0)
+    tok = EngineTokenizer(lambda: pool, timeout_s=2.0)
+    assert await tok.encode_remote({"messages": MESSAGES}, "m", url) == [285, 379, 536]
+    assert seen[-1] == {"model": "m", "messages": MESSAGES, "add_generation_prompt": True}
+    assert await tok.encode_remote({"prompt": "x"}, "m", url) == [285, 379, 536]
+    assert seen[-1] == {"model": "m", "prompt": "x"}
+    assert pool.idle_connections == 1  # one keep-alive connection served both
+    assert await tok.encode_remote({"prompt": "fail"}, "m", url) is None
+    assert await tok.encode_remote({"prompt": "x"}, "m", "http://127.0.0.1:9") is None
+    assert tok.failures == 2
+    await pool.close()

@@ -30,7 +30,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import aiohttp
 import zmq.asyncio
 
 from eksinfer.gateway.scheduling.config import RoutingConfig
@@ -65,6 +64,7 @@ from eksinfer.gateway.tokenize import (
     prompt_text,
     prompt_token_ids,
 )
+from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.kvcache.index import PrefixIndex
 from eksinfer.kvcache.subscriber import KvEventSubscriber, replay_endpoint_for
 
@@ -95,8 +95,8 @@ class Router:
         self.approx_index = PrefixIndex(default_capacity_blocks=cap, clock=clock)
         self.deps = PluginDeps(self.index, self.approx_index, random.Random(config.seed), config.block_size)
         self.profiles: dict[str, Profile] = build_profiles(config, self.deps, registry)
-        self._session: aiohttp.ClientSession | None = None
-        self.tokenizer = tokenizer or make_tokenizer(config, self._http_session)
+        self._pool: UpstreamPool | None = None
+        self.tokenizer = tokenizer or make_tokenizer(config, self._engine_pool)
         self._tokenizer_ready: asyncio.Task[Any] | None = None
         self._subscribers: dict[str, KvEventSubscriber] = {}
         self._zmq: zmq.asyncio.Context | None = None
@@ -132,14 +132,15 @@ class Router:
             self._zmq = None
         if self._tokenizer_ready is not None and not self._tokenizer_ready.done():
             self._tokenizer_ready.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
-    def _http_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        return self._session
+    def _engine_pool(self) -> UpstreamPool:
+        """Connections for the engine tokenizer's `/tokenize` calls, opened on first use."""
+        if self._pool is None:
+            self._pool = UpstreamPool(connect_timeout_s=self.config.tokenizer.engine_timeout_s)
+        return self._pool
 
     # -- endpoints -------------------------------------------------------------------------------------------
     def endpoint_added(

@@ -16,18 +16,21 @@ thread hop costs more than they do.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
+import msgspec
 
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.scheduling.config import RoutingConfig
+from eksinfer.gateway.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
+_JSON = {"Content-Type": "application/json"}
 
 
 def prompt_text(body: Mapping[str, Any]) -> str:
@@ -217,14 +220,14 @@ class BuiltinTokenizer:
 
 class EngineTokenizer:
     """The engine's `POST /tokenize` ({"model", "prompt"} or {"model", "messages",
-    "add_generation_prompt"})."""
+    "add_generation_prompt"}), over the gateway's engine client (it is on every request's path)."""
 
     name = "engine"
     local = False
 
-    def __init__(self, session_factory: Callable[[], aiohttp.ClientSession], timeout_s: float) -> None:
-        self._session_factory = session_factory
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+    def __init__(self, pool_factory: Callable[[], UpstreamPool], timeout_s: float) -> None:
+        self._pool_factory = pool_factory
+        self._timeout_s = timeout_s
         self.failures = 0
 
     def encode_body(self, body: Mapping[str, Any]) -> list[int] | None:
@@ -241,23 +244,24 @@ class EngineTokenizer:
         else:
             payload["prompt"] = prompt_text(body)
         try:
-            session = self._session_factory()
-            async with session.post(
-                f"{base_url.rstrip('/')}/tokenize", json=payload, timeout=self._timeout
-            ) as r:
-                if r.status != 200:
-                    raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
-                data = await r.json()
-            return [int(t) for t in data["tokens"]]
-        except (TimeoutError, aiohttp.ClientError, KeyError, TypeError, ValueError) as err:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._pool_factory().post(
+                    base_url, "/tokenize", msgspec.json.encode(payload), _JSON
+                )
+                try:
+                    raw = await response.read()
+                finally:
+                    response.close()
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            return [int(t) for t in msgspec.json.decode(raw)["tokens"]]
+        except (TimeoutError, UpstreamError, msgspec.DecodeError, KeyError, TypeError, ValueError) as err:
             self.failures += 1
             log.debug("tokenize on %s failed: %s", base_url, err)
             return None
 
 
-def make_tokenizer(
-    config: RoutingConfig, session_factory: Callable[[], aiohttp.ClientSession]
-) -> PromptTokenizer:
+def make_tokenizer(config: RoutingConfig, pool_factory: Callable[[], UpstreamPool]) -> PromptTokenizer:
     """The tokenizer for `routing.tokenizer.mode` (auto: hf with a path, else the engine's /tokenize)."""
     tc = config.tokenizer
     mode = tc.mode if tc.mode != "auto" else ("hf" if tc.path else "engine")
@@ -268,5 +272,5 @@ def make_tokenizer(
     if mode == "builtin":
         return BuiltinTokenizer()
     if mode == "engine":
-        return EngineTokenizer(session_factory, tc.engine_timeout_s)
+        return EngineTokenizer(pool_factory, tc.engine_timeout_s)
     return ApproxTokenizer()

@@ -3,7 +3,8 @@
 What it shows: a prefix cached on one server (by a request sent straight to it) is seen by the gateway through
 that server's ZMQ KV events, so later requests sharing the prefix are routed there; the server's own
 `vllm:prefix_cache_hits_total` rises by exactly the hand-computed cached tokens, and the other server's does
-not move. The gateway tokenizes with the tiny model's HF tokenizer; its prompt size and predicted cached
+not move. The gateway tokenizes with the tiny model's HF tokenizer, and again with the engines' own
+`/tokenize` (mode `engine`, what the rendered manifests configure); its prompt size and predicted cached
 tokens (the x-eksinfer-route header) must equal the engine's /tokenize and the engine's hit counter.
 Run twice, with the roles swapped, so "always the first server" cannot pass.
 """
@@ -39,8 +40,9 @@ ROUTE_RE = re.compile(
 
 
 @contextmanager
-def _gateway(servers: list[LiveServer], model: Path, workdir: Path) -> Iterator[str]:
-    """`eksinfer gateway` (kv-aware, HF tokenizer of the tiny model) as a process, until it is ready."""
+def _gateway(servers: list[LiveServer], model: Path, workdir: Path, tokenizer: str) -> Iterator[str]:
+    """`eksinfer gateway` (kv-aware; `tokenizer` "hf": the tiny model's files, "engine": the servers'
+    /tokenize) as a process, until it is ready."""
     port = free_port()
     events_port = int(servers[0].events.rsplit(":", 1)[1])
     replay_port = int(servers[0].replay.rsplit(":", 1)[1])
@@ -51,7 +53,7 @@ def _gateway(servers: list[LiveServer], model: Path, workdir: Path) -> Iterator[
         "routing": {
             "preset": "kv-aware",
             "block_size": BLOCK_SIZE,
-            "tokenizer": {"mode": "hf", "path": str(model)},
+            "tokenizer": {"mode": "hf", "path": str(model)} if tokenizer == "hf" else {"mode": "engine"},
             "events": {"replay_port_offset": replay_port - events_port},
         },
     }
@@ -80,11 +82,15 @@ def _gateway(servers: list[LiveServer], model: Path, workdir: Path) -> Iterator[
             proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["hf", "engine"], ids=["tokenizer-hf", "tokenizer-engine"])
 def gateway(
-    live_servers: list[LiveServer], live_model: Path, tmp_path_factory: pytest.TempPathFactory
+    live_servers: list[LiveServer],
+    live_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[str]:
-    with _gateway(live_servers, live_model, tmp_path_factory.mktemp("gateway")) as url:
+    workdir = tmp_path_factory.mktemp(f"gateway-{request.param}")
+    with _gateway(live_servers, live_model, workdir, request.param) as url:
         yield url
 
 
@@ -236,7 +242,7 @@ def test_late_gateway_recovers_earlier_events_through_vllm_replay(
     prefix = long_text(f"replay-{uuid.uuid4().hex[:8]}", 400)
     early = _body("completions", prefix, "Published before the gateway started.")
     _send(target.url, "completions", early)  # published with nobody of ours subscribed
-    with _gateway(live_servers, live_model, tmp_path) as url:
+    with _gateway(live_servers, live_model, tmp_path, "hf") as url:
         # The probe on connect, or any new batch on `target` (it reveals the gap), triggers a replay. Nudges
         # (full blocks of an unrelated text, so that vLLM publishes a batch) repeat until batches came back.
         deadline = time.monotonic() + 15

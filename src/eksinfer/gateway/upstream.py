@@ -7,7 +7,9 @@ what it adds (cookies, redirects, decompression, proxies, multipart). What is he
 - one request at a time per connection (no pipelining), connections reused while the engine keeps them alive
   and closed after `keepalive_s` idle, shorter than uvicorn's 5 s default so that the engine rarely closes
   a connection while we reuse it; when it does (nothing came back on a reused connection), the request is
-  sent once more on a new connection, as Go's and aiohttp's clients do for a connection closed while idle;
+  sent once more on a new connection. Go's and aiohttp's clients replay only idempotent requests there; a
+  completion may be replayed because it changes nothing but the engine's cache, and nothing reached the
+  client yet (the proxy routes such a request to another engine on the same grounds);
 - the body is handed over as it arrives (`readany`), with reading paused while more than `HIGH_WATER` bytes
   wait, so a slow client cannot make the gateway buffer an engine's whole stream;
 - a response that is not read to its end closes its connection, which is how vLLM learns that the client
@@ -27,8 +29,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-HIGH_WATER = 256 * 1024  # bytes waiting for the reader before the socket is paused
-LOW_WATER = 64 * 1024
+HIGH_WATER = 256 * 1024  # bytes waiting for the reader before the socket is paused (resumed once read)
 
 
 class UpstreamError(Exception):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -49,8 +51,11 @@ async def test_stop_cancels_every_background_task() -> None:
     assert router.stopped
 
 
-async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
-    engine = await FakeEngine().start()
+@contextlib.asynccontextmanager
+async def gateway_with_two_workers(
+    tmp_path: Path, engine: FakeEngine
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, Path]]:
+    """`eksinfer gateway --workers 2` as a process, once it said it is up and its worker had time to bind."""
     port = free_block(1)
     cmd = [sys.executable, "-m", "eksinfer.cli.main", "gateway", "--endpoints", engine.url]
     cmd += ["--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--preset", "round-robin"]
@@ -67,19 +72,59 @@ async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
             await asyncio.sleep(0.1)
         assert "2 worker(s)" in out.read_text()
         await asyncio.sleep(1.0)  # the spawned worker binds the same port
-        async with httpx.AsyncClient() as client:
-            url = f"http://127.0.0.1:{port}/v1/completions"
-            results = await asyncio.gather(
-                *(client.post(url, json={"model": "tiny", "prompt": "x"}) for _ in range(20))
-            )
-        assert [r.status_code for r in results] == [200] * 20, out.read_text()[-3000:]
-        assert engine.requests == 20
-        proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        yield proc, port, out
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
+    engine = await FakeEngine().start()
+    try:
+        async with gateway_with_two_workers(tmp_path, engine) as (proc, port, out):
+            async with httpx.AsyncClient() as client:
+                url = f"http://127.0.0.1:{port}/v1/completions"
+                results = await asyncio.gather(
+                    *(client.post(url, json={"model": "tiny", "prompt": "x"}) for _ in range(20))
+                )
+            assert [r.status_code for r in results] == [200] * 20, out.read_text()[-3000:]
+            assert engine.requests == 20
+            proc.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        await engine.stop()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
+async def test_workers_stop_when_the_gateway_is_killed(tmp_path: Path) -> None:
+    """SIGKILL gives the gateway no chance to stop its workers; they notice their parent is gone and exit,
+    instead of serving on the shared port forever (they did)."""
+    engine = await FakeEngine().start()
+    try:
+        async with gateway_with_two_workers(tmp_path, engine) as (proc, _, out):
+            workers = _children(proc.pid)
+            assert workers, "no worker process found"
+            proc.kill()
+            await proc.wait()
+            deadline = time.monotonic() + 15
+            while any(_alive(pid) for pid in workers):
+                assert time.monotonic() < deadline, out.read_text()[-3000:]
+                await asyncio.sleep(0.1)
+            assert "is gone; this worker stops" in out.read_text()
+    finally:
         await engine.stop()
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -48,13 +49,23 @@ async def wait_for_signal() -> None:
                 loop.remove_signal_handler(sig)
 
 
+async def wait_for_parent_exit(parent: int, every_s: float = 0.5) -> None:
+    """Returns once this process's parent is gone: a worker whose gateway was killed outright (SIGKILL, OOM)
+    gets no signal and would otherwise keep serving on the shared port forever."""
+    while os.getppid() == parent:
+        await asyncio.sleep(every_s)
+    log.warning("the gateway process %d is gone; this worker stops", parent)
+
+
 async def serve_until_signal(
     config: GatewayConfig,
     on_ready: Callable[[GatewayRuntime], None] | None = None,
     before_start: Callable[[], Awaitable[None]] | None = None,
     after_stop: Callable[[], Awaitable[None]] | None = None,
+    parent: int | None = None,
 ) -> None:
-    """Starts a gateway (after `before_start`), serves until a signal, stops it (then `after_stop`)."""
+    """Starts a gateway (after `before_start`), serves until a signal (or, for a worker, until its `parent`
+    process is gone), stops it (then `after_stop`)."""
     try:
         if before_start is not None:
             await before_start()
@@ -64,7 +75,14 @@ async def serve_until_signal(
             await runtime.wait_ready(READY_WAIT_S)
             if on_ready is not None:
                 on_ready(runtime)
-            await wait_for_signal()
+            stops = [asyncio.ensure_future(wait_for_signal())]
+            if parent is not None:
+                stops.append(asyncio.ensure_future(wait_for_parent_exit(parent)))
+            try:
+                await asyncio.wait(stops, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in stops:
+                    task.cancel()
             log.info("stopping")
         finally:
             await runtime.stop()
@@ -73,11 +91,11 @@ async def serve_until_signal(
             await after_stop()
 
 
-def _worker(config: GatewayConfig, level: int) -> None:
+def _worker(config: GatewayConfig, level: int, parent: int) -> None:
     """Entry point of an extra worker process (spawned, so it starts from a clean interpreter)."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        run_event_loop(lambda: serve_until_signal(config))
+        run_event_loop(lambda: serve_until_signal(config, parent=parent))
 
 
 def run_gateway(config: GatewayConfig, on_ready: Callable[[GatewayRuntime], None] | None = None) -> None:
@@ -88,7 +106,8 @@ def run_gateway(config: GatewayConfig, on_ready: Callable[[GatewayRuntime], None
     extra = config.server.workers - 1
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
-    procs = [ctx.Process(target=_worker, args=(config, level), daemon=True) for _ in range(extra)]
+    args = (config, level, os.getpid())
+    procs = [ctx.Process(target=_worker, args=args, daemon=True) for _ in range(extra)]
     for proc in procs:
         proc.start()
     try:

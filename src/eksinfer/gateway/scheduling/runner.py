@@ -125,15 +125,16 @@ def run_profile(
         candidates = flt.filter(ctx, request, candidates)
         if not candidates:
             raise NoEndpointError(f"no endpoint left after filter {label}")
-    per_scorer: list[tuple[WeightedScorer, Mapping[EndpointId, float]]] = [
-        (ws, ws.scorer.score(ctx, request, candidates)) for ws in profile.scorers
+    per_scorer: list[tuple[str, float, Mapping[EndpointId, float]]] = [
+        (ws.name, ws.weight, ws.scorer.score(ctx, request, candidates)) for ws in profile.scorers
     ]
-    scored = tuple(
-        ScoredEndpoint(
-            endpoint=ep,
-            total=sum(ws.weight * _clamp(scores.get(ep.id, 0.0)) for ws, scores in per_scorer),
-            scores={ws.name: _clamp(scores.get(ep.id, 0.0)) for ws, scores in per_scorer},
-        )
-        for ep in candidates
-    )
-    return profile.picker.pick(ctx, scored), scored
+    scored: list[ScoredEndpoint] = []
+    for ep in candidates:  # a plain loop: this runs for every request and every candidate
+        values: dict[str, float] = {}
+        total = 0.0
+        for name, weight, scores in per_scorer:
+            value = values[name] = _clamp(scores.get(ep.id, 0.0))
+            total += weight * value
+        scored.append(ScoredEndpoint(ep, total, values))
+    result = tuple(scored)
+    return profile.picker.pick(ctx, result), result

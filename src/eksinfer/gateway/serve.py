@@ -52,7 +52,7 @@ async def wait_for_signal() -> None:
 async def wait_for_parent_exit(parent: int, every_s: float = 0.5) -> None:
     """Returns once this process's parent is gone: a worker whose gateway was killed outright (SIGKILL, OOM)
     gets no signal and would otherwise keep serving on the shared port forever."""
-    while os.getppid() == parent:
+    while os.getppid() == parent:  # noqa: ASYNC110 - a parent's death is no event a loop can wait on
         await asyncio.sleep(every_s)
     log.warning("the gateway process %d is gone; this worker stops", parent)
 

@@ -123,7 +123,7 @@ async def test_workers_stop_when_the_gateway_is_killed(tmp_path: Path) -> None:
             while any(_alive(pid) for pid in workers):
                 assert time.monotonic() < deadline, out.read_text()[-3000:]
                 await asyncio.sleep(0.1)
-            assert "is gone; this worker stops" in out.read_text()
+            assert "is gone; stopping" in out.read_text()
     finally:
         await engine.stop()
 

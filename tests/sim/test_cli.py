@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import httpx
 
@@ -59,3 +62,29 @@ def test_bad_flag_is_one_line() -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "error: --kv-events-config.hwm: bad value 'x'"
+
+
+def test_stops_when_the_parent_that_asked_is_killed(tmp_path: Path) -> None:
+    """`eksinfer up` sets EKSINFER_EXIT_WITH_PARENT for its simulator: killed outright (SIGKILL), it cannot
+    stop the simulator, which notices the re-parenting and exits instead of holding its ports."""
+    log = tmp_path / "sim.log"
+    sim = " ".join([*CMD, "--port", "0", "--time-scale", "0", "--num-gpu-blocks-override", "64"])
+    script = f"EKSINFER_EXIT_WITH_PARENT=$$ {sim} > {log} 2>&1 & echo $!; wait"
+    shell = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    assert shell.stdout is not None
+    sim_pid = int(shell.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while not log.exists() or "engine 0:" not in log.read_text():
+            assert time.monotonic() < deadline, "the simulator did not start"
+            time.sleep(0.1)
+        shell.kill()
+        shell.wait()
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{sim_pid}").exists():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert "is gone; stopping" in log.read_text()
+    finally:
+        if Path(f"/proc/{sim_pid}").exists():
+            os.kill(sim_pid, signal.SIGKILL)

@@ -24,6 +24,7 @@ import aiohttp
 
 from eksinfer.errors import UpstreamError
 from eksinfer.gateway.config import GatewayConfig, parse_config
+from eksinfer.lifecycle import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,11 @@ class SimProcess:
         cmd = sim_command(self._opts)
         log.info("starting simulator: %s", " ".join(cmd))
         self._proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=self._log, stderr=asyncio.subprocess.STDOUT, start_new_session=True
+            *cmd,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, PARENT_ENV: str(os.getpid())},
         )
         try:
             await self._wait_healthy()

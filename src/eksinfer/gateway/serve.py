@@ -17,6 +17,7 @@ from typing import Any
 
 from eksinfer.gateway.config import GatewayConfig
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
+from eksinfer.lifecycle import wait_for_parent_exit
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ async def wait_for_signal() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
-
-
-async def wait_for_parent_exit(parent: int, every_s: float = 0.5) -> None:
-    """Returns once this process's parent is gone: a worker whose gateway was killed outright (SIGKILL, OOM)
-    gets no signal and would otherwise keep serving on the shared port forever."""
-    while os.getppid() == parent:  # noqa: ASYNC110 - a parent's death is no event a loop can wait on
-        await asyncio.sleep(every_s)
-    log.warning("the gateway process %d is gone; this worker stops", parent)
 
 
 async def serve_until_signal(

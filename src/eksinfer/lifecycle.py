@@ -1,0 +1,29 @@
+"""Child processes that stop with their parent.
+
+SIGINT and SIGTERM reach a gateway's workers and `eksinfer up`'s simulator through their parent, which stops
+them in order. A parent killed outright (SIGKILL, the OOM killer) sends nothing, and its children would keep
+serving on their ports forever; they watch for it instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "EKSINFER_EXIT_WITH_PARENT"  # set by a parent to its pid for a child started as a command
+
+
+async def wait_for_parent_exit(parent: int, every_s: float = 0.5) -> None:
+    """Returns once this process's parent is no longer `parent` (it exited and we were re-parented)."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - a parent's death is no event a loop can wait on
+        await asyncio.sleep(every_s)
+    log.warning("parent process %d is gone; stopping", parent)
+
+
+def parent_from_env() -> int | None:
+    """The pid in `EKSINFER_EXIT_WITH_PARENT`, when a parent asked this process to stop with it."""
+    value = os.environ.get(PARENT_ENV, "")
+    return int(value) if value.isdigit() else None

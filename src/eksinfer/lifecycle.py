@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable
 
 log = logging.getLogger(__name__)
 
@@ -27,3 +28,15 @@ def parent_from_env() -> int | None:
     """The pid in `EKSINFER_EXIT_WITH_PARENT`, when a parent asked this process to stop with it."""
     value = os.environ.get(PARENT_ENV, "")
     return int(value) if value.isdigit() else None
+
+
+async def stopped_or_orphaned(stop: Awaitable[object], parent: int | None) -> None:
+    """Returns when `stop` completes or, with a `parent` pid, when that parent is gone; cancels the other."""
+    waits: list[asyncio.Future[object]] = [asyncio.ensure_future(stop)]
+    if parent is not None:
+        waits.append(asyncio.ensure_future(wait_for_parent_exit(parent)))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -75,6 +76,14 @@ async def serve() -> AsyncIterator[Callable[[Reply], Awaitable[Server]]]:
     yield start
     for handle in servers:
         handle.close()
+
+
+async def idle_connection(pool: UpstreamPool, server: Server) -> Any:
+    """One exchange with `server`, then the keep-alive connection the pool holds for it."""
+    response = await pool.post(server.url, "/x", b"{}", {})
+    await response.read()
+    response.close()
+    return pool._idle[origin_of(server.url)][0]
 
 
 def raw(data: bytes, *, keep: bool) -> Reply:
@@ -176,49 +185,37 @@ async def test_idle_connection_closed_by_the_engine_is_replaced(
     await pool.close()
 
 
-async def test_reused_connection_dropped_while_sending_is_retried_once(
-    serve: Callable[[Reply], Awaitable[Server]],
+@pytest.mark.parametrize("death", ["closing-before-send", "dropped-after-send"])
+async def test_reused_connection_that_died_is_replaced_once(
+    serve: Callable[[Reply], Awaitable[Server]], death: str
 ) -> None:
-    """The race itself: the pool still holds the connection as idle when the engine's close arrives."""
+    """The races themselves: the engine's close has happened but the loop has not reported it yet when the
+    pool takes the connection (then it is skipped), or it arrives just after the request went out (then
+    nothing comes back and the request is sent again on a new connection)."""
     server = await serve(fixed(b"ok"))
     pool = UpstreamPool(connect_timeout_s=1)
-    response = await pool.post(server.url, "/x", b"{}", {})
-    await response.read()
-    response.close()
-    conn = pool._idle[origin_of(server.url)][0]
-    assert conn._transport is not None
-    conn._transport.close = conn._transport.abort  # type: ignore[method-assign]
-    sent = conn.send
+    conn = await idle_connection(pool, server)
+    transport = conn._transport
+    assert transport is not None
+    if death == "closing-before-send":
+        transport.close()  # connection_lost comes on a later loop turn
+    else:
+        sent = conn.send
 
-    def send_then_drop(data: list[bytes]) -> asyncio.Future[object]:
-        future = sent(data)
-        assert conn._transport is not None
-        conn._transport.abort()  # the connection dies before a byte of the answer came back
-        return future  # type: ignore[return-value]
+        def send_then_drop(data: list[bytes]) -> asyncio.Future[object]:
+            future = sent(data)
+            transport.abort()  # the connection dies before a byte of the answer came back
+            return future  # type: ignore[return-value]
 
-    conn.send = send_then_drop  # type: ignore[method-assign]
+        conn.send = send_then_drop  # type: ignore[method-assign]
     response = await pool.post(server.url, "/x", b"{}", {})
     assert await response.read() == b"ok"
     assert server.connections == 2
-    await pool.close()
-
-
-async def test_idle_connection_already_closing_is_not_used(
-    serve: Callable[[Reply], Awaitable[Server]],
-) -> None:
-    """Closed under us before the loop reported it: the request goes on a new connection at once."""
-    server = await serve(fixed(b"ok"))
-    pool = UpstreamPool(connect_timeout_s=1)
-    response = await pool.post(server.url, "/x", b"{}", {})
-    await response.read()
-    response.close()
-    conn = pool._idle[origin_of(server.url)][0]
-    assert conn._transport is not None
-    conn._transport.close()  # connection_lost comes on a later loop turn
-    response = await pool.post(server.url, "/x", b"{}", {})
-    assert await response.read() == b"ok"
-    assert server.connections == 2
-    assert len(server.requests) == 2
+    # Skipped, the dead connection carried nothing. Dropped after sending, the engine may have read the
+    # request before the close (it did if the kernel took the bytes at once, as on loopback it does) and so
+    # sees it twice: acceptable for a completion, see upstream.py.
+    expected = {2} if death == "closing-before-send" else {2, 3}
+    assert len(server.requests) in expected
     await pool.close()
 
 

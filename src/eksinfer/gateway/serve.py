@@ -17,7 +17,7 @@ from typing import Any
 
 from eksinfer.gateway.config import GatewayConfig
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
-from eksinfer.lifecycle import wait_for_parent_exit
+from eksinfer.lifecycle import stopped_or_orphaned
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,7 @@ async def serve_until_signal(
             await runtime.wait_ready(READY_WAIT_S)
             if on_ready is not None:
                 on_ready(runtime)
-            stops = [asyncio.ensure_future(wait_for_signal())]
-            if parent is not None:
-                stops.append(asyncio.ensure_future(wait_for_parent_exit(parent)))
-            try:
-                await asyncio.wait(stops, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in stops:
-                    task.cancel()
+            await stopped_or_orphaned(wait_for_signal(), parent)
             log.info("stopping")
         finally:
             await runtime.stop()

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from eksinfer.lifecycle import parent_from_env, wait_for_parent_exit
+from eksinfer.lifecycle import parent_from_env, stopped_or_orphaned
 from eksinfer.sim.cluster import start_cluster
 from eksinfer.sim.config import SimOptions
 
@@ -31,15 +31,9 @@ async def _serve(options: SimOptions, replicas: int) -> None:
         f"{options.block_size}, max_model_len {engine.sizing.max_model_len}, time scale {options.time_scale}",
         flush=True,
     )
-    waits: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
-    parent = parent_from_env()  # `eksinfer up` started us: stop if it dies without stopping us
-    if parent is not None:
-        waits.append(asyncio.ensure_future(wait_for_parent_exit(parent)))
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    try:  # started by `eksinfer up`: also stop if it dies without stopping us
+        await stopped_or_orphaned(stop.wait(), parent_from_env())
     finally:
-        for task in waits:
-            task.cancel()
         await cluster.stop()
 
 

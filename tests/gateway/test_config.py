@@ -14,6 +14,7 @@ def test_defaults() -> None:
     config = load_config(None)
     assert config.server.port == 8000
     assert config.server.max_body_bytes == 8 * 1024 * 1024
+    assert config.server.engine_keepalive_s < 5  # under uvicorn's (vLLM's) keep-alive timeout
     assert config.endpoints.static == []
     assert config.auth.load_keys() == frozenset()
 
@@ -31,6 +32,7 @@ def test_defaults() -> None:
             "endpoints.kubernetes.1.label_selector",
         ),
         ({"scrape": {"interval_s": 0}}, "scrape.interval_s"),
+        ({"server": {"engine_keepalive_s": 0}}, "server.engine_keepalive_s"),
         ({"routing": {"preset": "nope"}}, "routing.preset"),
         ({"routing": {"tokenizer": {"mode": "x"}}}, "routing.tokenizer.mode"),
         ({"extra": 1}, "extra"),

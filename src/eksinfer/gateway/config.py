@@ -33,6 +33,12 @@ class ServerConfig(_Model):
         8 * 1024 * 1024, gt=0, description="Largest request body accepted; larger ones get HTTP 413."
     )
     connect_timeout_s: float = Field(2.0, gt=0, description="Time to open a connection to an engine.")
+    engine_keepalive_s: float = Field(
+        4.0,
+        gt=0,
+        description="Idle time after which the gateway closes a kept-alive engine connection; keep it under "
+        "the engine's own (uvicorn's --timeout-keep-alive, 5 s by default in vLLM) and any proxy's between.",
+    )
     first_token_timeout_s: float = Field(
         120.0, gt=0, description="Time from sending a request to the engine's first response bytes."
     )

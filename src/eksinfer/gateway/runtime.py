@@ -105,7 +105,7 @@ class GatewayRuntime:
     def build_app(self) -> web.Application:
         server = self.config.server
         # Bodies are relayed byte for byte: the engine is not offered compression (no Accept-Encoding).
-        self._upstream = UpstreamPool(server.connect_timeout_s)
+        self._upstream = UpstreamPool(server.connect_timeout_s, server.engine_keepalive_s)
         self.proxy = Proxy(
             server, self.registry, self.router, self.metrics, self._upstream, self.keys, self.preset
         )

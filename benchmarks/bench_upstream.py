@@ -1,64 +1,32 @@
 """The gateway's engine client (`eksinfer.gateway.upstream`) against aiohttp's client, side by side.
 
 Why it exists: the gateway called engines through aiohttp's `ClientSession` until the overhead benchmark
-showed the client to be its largest single cost. Both clients here make the same sequential POSTs (a 1.3 kB
-chat body, keep-alive, no decompression, no cookies) to the same instant aiohttp server in another process,
-in alternating rounds; the figure that matters is the client process's CPU time per request, which other
-jobs on a shared machine disturb least. Wall time per request is printed too (it includes the server).
+showed the client to be its largest single cost. Both clients here make the same sequential POSTs (one of the
+overhead benchmark's chat bodies, keep-alive, no decompression, no cookies) to the same instant engine
+(`bench_gateway_overhead.serve_engines`, in its own process), in alternating rounds; the figure that matters
+is the client process's CPU time per request, which other jobs on a shared machine disturb least. Wall time
+per request is printed too (it includes the engine).
 
 Run: `make bench ARGS=upstream` or `.venv/bin/python -m benchmarks.run upstream` (`--quick`: fewer requests).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import multiprocessing
-import socket
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 
+from benchmarks.bench_gateway_overhead import bodies, free_port, process
 from eksinfer.gateway.upstream import UpstreamPool
 
-REPLY = json.dumps(
-    {
-        "id": "cmpl-1",
-        "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 300, "completion_tokens": 1, "total_tokens": 301},
-    }
-).encode()
-BODY = json.dumps(
-    {
-        "model": "m",
-        "messages": [{"role": "system", "content": "policy " * 180}, {"role": "user", "content": "hi"}],
-    }
-).encode()
+BODY = bodies()[0]
 HEADERS = {"Content-Type": "application/json"}
 PATH = "/v1/chat/completions"
-
-
-def _serve(port: int, ready: multiprocessing.synchronize.Event) -> None:
-    import uvloop
-    from aiohttp import web
-
-    async def handler(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=REPLY, content_type="application/json")
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post(PATH, handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.set()
-        await asyncio.Event().wait()
-
-    uvloop.run(main())
 
 
 async def _aiohttp_client(url: str, n: int) -> tuple[float, float]:
@@ -107,27 +75,16 @@ def main(argv: list[str]) -> None:
     import uvloop
 
     n, rounds = (1000, 3) if "--quick" in argv else (3000, 5)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Event()
-    server = ctx.Process(target=_serve, args=(port, ready), daemon=True)
-    server.start()
-    try:
-        if not ready.wait(30):
-            raise RuntimeError("the instant server did not start")
-        url = f"http://127.0.0.1:{port}"
-        results: dict[str, list[tuple[float, float]]] = {"aiohttp ClientSession": [], "eksinfer upstream": []}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    engine_cmd = [sys.executable, "-m", "benchmarks.bench_gateway_overhead", "--engines", str(port)]
+    log = Path(tempfile.mkdtemp(prefix="bench-upstream-")) / "engine.log"
+    results: dict[str, list[tuple[float, float]]] = {"aiohttp ClientSession": [], "eksinfer upstream": []}
+    with process(engine_cmd, url + "/health", log):
         for _ in range(rounds):  # alternate, so that a busy moment on the machine hits both
             results["aiohttp ClientSession"].append(uvloop.run(_aiohttp_client(url, n)))
             results["eksinfer upstream"].append(uvloop.run(_upstream_client(url, n)))
-    finally:
-        server.terminate()
-        server.join(10)
-    print(
-        f"{n} sequential POSTs per round, {rounds} rounds, medians; instant aiohttp server in another process"
-    )
+    print(f"{n} sequential POSTs a round, {rounds} rounds, medians; instant engine in another process")
     print(f"{'client':<24}{'wall us/req':>12}{'CPU us/req':>12}")
     cpu: dict[str, float] = {}
     for name, runs in results.items():

@@ -320,21 +320,19 @@ class UpstreamPool:
             raise
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
+        """The most recently used idle connection; closed ones are never here (`_Connection._forget`)."""
         idle = self._idle.get(origin)
-        while idle:
-            conn = idle.pop()
-            conn.idle = False
-            conn._cancel_idle()
-            if not conn.closed:
-                return conn
-        return None
+        if not idle:
+            return None
+        conn = idle.pop()
+        conn.idle = False
+        conn._cancel_idle()
+        return conn
 
     def _discard(self, conn: _Connection) -> None:
         if conn.idle:
             conn.idle = False
-            idle = self._idle.get(conn.origin)
-            if idle is not None and conn in idle:
-                idle.remove(conn)
+            self._idle[conn.origin].remove(conn)
 
     async def _connect(self, origin: Origin) -> _Connection:
         if self._closed:

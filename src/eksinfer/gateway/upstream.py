@@ -1,8 +1,8 @@
 """The HTTP/1.1 client on the hot path to the engines: keep-alive connections per engine, each an asyncio
 protocol with httptools' response parser (llhttp, the parser Node.js and uvicorn use).
 
-Why not aiohttp's client: on the 2-core development VM it costs about 195 µs of CPU per request against
-45-50 µs for this, 4 times more (`make bench ARGS=upstream`), and the proxy needs none of what it adds
+Why not aiohttp's client: on the 2-core development VM it costs 195-206 µs of CPU per request against
+45-52 µs for this, 4 times more (`make bench ARGS=upstream`), and the proxy needs none of what it adds
 (cookies, redirects, decompression, proxies, multipart). What is here is what the proxy needs:
 - one request at a time per connection (no pipelining), connections reused while the engine keeps them alive
   and closed after `keepalive_s` idle, shorter than uvicorn's 5 s default so that the engine rarely closes

@@ -23,7 +23,8 @@ from eksinfer.gateway.config import KubernetesDiscovery, parse_config
 from eksinfer.gateway.discovery import KubernetesWatcher, pod_spec
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.runtime import build_runtime
-from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter, until
+from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
 TOKEN = "sa-token-123"

@@ -11,13 +11,14 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from eksinfer.gateway.scheduling.framework import Decision, EndpointId, EndpointState, ScoredEndpoint
+from tests.waiting import until as until  # re-exported: older tests import it from here
 
 
 @dataclass
@@ -26,6 +27,8 @@ class EngineBehaviour:
     first_delay_s: float = 0.0
     chunk_delay_s: float = 0.0
     hang: bool = False  # never answer
+    hold: asyncio.Event | None = None  # answer only once the test sets it (a request held in flight)
+    step: asyncio.Event | None = None  # after each streamed chunk but the last, wait for the test to set it
     break_after: int | None = None  # close the connection after this many chunks
     running: int = 0
     waiting: int = 0
@@ -38,6 +41,7 @@ class FakeEngine:
     behaviour: EngineBehaviour = field(default_factory=EngineBehaviour)
     requests: int = 0
     cancelled: int = 0
+    held: int = 0  # requests that reached `behaviour.hold`
     completed: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[Mapping[str, str]] = field(default_factory=list)
@@ -106,6 +110,9 @@ class FakeEngine:
             }
             return web.json_response(err, status=404)
         await asyncio.sleep(b.first_delay_s)
+        if b.hold is not None:
+            self.held += 1
+            await b.hold.wait()
         chat = request.path.endswith("/chat/completions")
         words = [f" w{i}" for i in range(b.tokens)]
         if not body.get("stream"):
@@ -129,6 +136,9 @@ class FakeEngine:
             chunk["choices"] = [{"index": 0, **delta, "finish_reason": None}]
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             await asyncio.sleep(b.chunk_delay_s)
+            if b.step is not None and i < len(words) - 1:
+                await b.step.wait()
+                b.step.clear()
         await resp.write(b"data: [DONE]\n\n")
         self.completed += 1
         await resp.write_eof()
@@ -185,12 +195,3 @@ class RoundRobinRouter:
 
     def stats(self) -> dict[str, Any]:
         return {"index_blocks": 7, "preset": "round-robin", "subscribers": {"e1": {"lag_s": 0.5, "gaps": 2}}}
-
-
-async def until(check: Callable[[], object], timeout_s: float = 3.0) -> None:
-    """Polls `check` until it is true, so that a slow machine is not a failure; fails after `timeout_s`."""
-    for _ in range(int(timeout_s / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")

@@ -4,7 +4,9 @@ accounting."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.kvcache.events import BlockStored, EventBatch, encode_batch, encode_frames
 from eksinfer.kvcache.hashing import block_hashes
 from eksinfer.sim.tokenizer import BuiltinTokenizer
+from tests.waiting import DEADLINE_S, FakeClock, until
 
 pytestmark = pytest.mark.timeout(30)
 BS = 16
@@ -40,9 +43,11 @@ def free_port_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def make_router(preset: str = "kv-aware", **extra: Any) -> Router:
+def make_router(
+    preset: str = "kv-aware", clock: Callable[[], float] = time.monotonic, **extra: Any
+) -> Router:
     cfg = load_routing_config({"preset": preset, "tokenizer": {"mode": "builtin"}, "seed": 3, **extra})
-    return Router(cfg)
+    return Router(cfg, clock=clock)
 
 
 def endpoints(n: int) -> list[EndpointState]:
@@ -86,7 +91,16 @@ async def test_kv_events_steer_requests_to_the_holder() -> None:
 
 
 async def test_speculative_insert_keeps_a_burst_together_then_expires() -> None:
-    router = make_router(index={"speculative_ttl_s": 0.2})
+    clock = FakeClock()
+    cfg = load_routing_config(
+        {
+            "preset": "kv-aware",
+            "tokenizer": {"mode": "builtin"},
+            "seed": 3,
+            "index": {"speculative_ttl_s": 0.2},
+        }
+    )
+    router = Router(cfg, clock=clock)
     router.start()
     eps = endpoints(4)
     first = await router.route("m", chat("q0"), {}, eps)
@@ -97,7 +111,9 @@ async def test_speculative_insert_keeps_a_burst_together_then_expires() -> None:
     assert second.endpoint.id == first.endpoint.id
     assert second.reason == "prefix-hit"
     router.on_finish(second, ok=True)
-    await asyncio.sleep(0.3)  # no BlockStored confirmed them: the speculative entries expire
+    clock.advance(0.19)  # still within the TTL
+    assert (await router.route("m", chat("q1b"), {}, eps)).endpoint.id == first.endpoint.id
+    clock.advance(0.3)  # no BlockStored confirmed them: the speculative entries expire
     third = await router.route("m", chat("q2"), {}, eps)
     assert third.reason == "cold"
     await router.stop()
@@ -216,11 +232,13 @@ async def test_events_over_zmq_reach_the_router_index() -> None:
     router.endpoint_added(eps[1], kv_events=address)
     payload = encode_batch(EventBatch(ts=0.0, events=(engine_stored(chat("seed")),)), "array")
     try:
-        for seq in range(500):  # until the subscription has joined
+        deadline = time.monotonic() + DEADLINE_S
+        seq = 0
+        while not router.index.endpoint_size("e1"):  # ZMQ drops what PUB sends before the subscriber joins
+            assert time.monotonic() < deadline, "the subscriber never received a batch"
+            seq += 1
             await pub.send_multipart(encode_frames("kv@e1@m", seq, payload))
             await asyncio.sleep(0.02)
-            if router.index.endpoint_size("e1"):
-                break
         d = await router.route("m", chat("other"), {}, eps)
         assert d.endpoint.id == "e1"
         assert d.reason == "prefix-hit"
@@ -269,10 +287,7 @@ async def test_simulated_engines_events_drive_routing(tokenizer: str) -> None:
             session.post(f"{cluster.urls[2]}/v1/chat/completions", json={**body, "max_tokens": 2}) as r,
         ):
             assert r.status == 200
-        for _ in range(500):
-            if router.index.endpoint_size("e2"):
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: router.index.endpoint_size("e2"), what="engine's KV events indexed")
         question = chat("another question")
         decision = await router.route("m", question, {}, eps)
         assert decision.endpoint.id == "e2", decision.explain()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from eksinfer.gateway.endpoints import EndpointSpec
 from eksinfer.gateway.runtime import build_runtime
 from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter
 from tests.gateway.test_up import free_block
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,8 +42,7 @@ async def test_stop_cancels_every_background_task() -> None:
     assert router.started
     assert await runtime.wait_ready(3.0)
     runtime.registry.add(EndpointSpec(url="http://127.0.0.1:9"))  # a second scraper, added at run time
-    await asyncio.sleep(0.05)
-    assert len(runtime._scrape_tasks) == 2
+    await until(lambda: len(runtime._scrape_tasks) == 2, what="second scraper started")
     await runtime.stop()
     await engine.stop()
     leftover = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
@@ -55,7 +54,7 @@ async def test_stop_cancels_every_background_task() -> None:
 async def gateway_with_two_workers(
     tmp_path: Path, engine: FakeEngine
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, Path]]:
-    """`eksinfer gateway --workers 2` as a process, once it said it is up and its worker had time to bind."""
+    """`eksinfer gateway --workers 2` as a process, once it said it is up and both processes listen."""
     port = free_block(1)
     cmd = [sys.executable, "-m", "eksinfer.cli.main", "gateway", "--endpoints", engine.url]
     cmd += ["--port", str(port), "--host", "127.0.0.1", "--workers", "2", "--preset", "round-robin"]
@@ -65,13 +64,15 @@ async def gateway_with_two_workers(
             *cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
         )
     try:
-        deadline = time.monotonic() + 30
-        while "Ctrl-C stops" not in out.read_text():
+
+        def banner_or_exit() -> bool:
             assert proc.returncode is None, out.read_text()
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+            return "Ctrl-C stops" in out.read_text()
+
+        await until(banner_or_exit, timeout_s=30, what="gateway printed its banner")
         assert "2 worker(s)" in out.read_text()
-        await asyncio.sleep(1.0)  # the spawned worker binds the same port
+        if LISTEN_TABLES:  # the spawned worker binds the same port (SO_REUSEPORT): one listening socket each
+            await until(lambda: listening_sockets(port) == 2, what="both gateway processes listen")
         yield proc, port, out
     finally:
         if proc.returncode is None:
@@ -94,6 +95,20 @@ async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
             assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
         await engine.stop()
+
+
+LISTEN_TABLES = [p for p in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")) if p.exists()]
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets in LISTEN state on `port`, from Linux's /proc/net/tcp tables (one per SO_REUSEPORT bind)."""
+    count = 0
+    for table in LISTEN_TABLES:
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
 
 
 def _children(pid: int) -> list[int]:
@@ -119,10 +134,7 @@ async def test_workers_stop_when_the_gateway_is_killed(tmp_path: Path) -> None:
             assert workers, "no worker process found"
             proc.kill()
             await proc.wait()
-            deadline = time.monotonic() + 15
-            while any(_alive(pid) for pid in workers):
-                assert time.monotonic() < deadline, out.read_text()[-3000:]
-                await asyncio.sleep(0.1)
+            await until(lambda: not any(_alive(pid) for pid in workers), what="workers exited")
             assert "is gone; stopping" in out.read_text()
     finally:
         await engine.stop()

@@ -12,6 +12,7 @@ from aiohttp import web
 from eksinfer.gateway.config import ScrapeConfig
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper, parse_metrics, parse_models
+from tests.waiting import FakeClock, until
 
 SAMPLES = Path("/work/shared/reference/vllm-samples")
 
@@ -76,23 +77,27 @@ async def test_scraper_marks_stale_and_unhealthy_then_recovers() -> None:
     state = EndpointState(id=EndpointId("e"), url=f"http://127.0.0.1:{port}")
     seen: dict[str, object] = {}
     health: list[bool] = []
-    config = ScrapeConfig(interval_s=0.02, stale_after_s=0.1, unhealthy_after_failures=3)
+    # Staleness is decided on the injected clock, which moves only when the test says; the scrape loop
+    # itself runs in real time, and the test waits for each state it expects, never for a fixed time.
+    clock = FakeClock()
+    config = ScrapeConfig(interval_s=0.01, stale_after_s=1.0, unhealthy_after_failures=3)
     async with aiohttp.ClientSession() as session:
-        scraper = Scraper(session, config, lambda s, cards: seen.update(cards), lambda s, h: health.append(h))
+        scraper = Scraper(
+            session, config, lambda s, cards: seen.update(cards), lambda s, h: health.append(h), clock=clock
+        )
         task = asyncio.create_task(scraper.run(state))
         try:
-            await asyncio.sleep(0.15)
-            assert state.num_waiting == 4
+            await until(lambda: state.num_waiting == 4 and "m" in seen, what="first good scrape")
             assert not state.stale
-            assert "m" in seen
             answers["ok"] = False
-            await asyncio.sleep(0.3)
-            assert state.stale  # no good scrape for longer than stale_after_s
-            assert not state.healthy
+            failures_before = scraper.failures_total
+            await until(lambda: not state.healthy, what="unhealthy after consecutive failures")
+            assert scraper.failures_total - failures_before >= 3
+            assert not state.stale  # failures alone do not age the data: no time has passed
+            clock.advance(1.5)
+            await until(lambda: state.stale, what="stale once no good scrape for stale_after_s")
             answers["ok"] = True
-            await asyncio.sleep(0.15)
-            assert state.healthy
-            assert not state.stale
+            await until(lambda: state.healthy and not state.stale, what="recovered after one good scrape")
             assert health == [False, True]
         finally:
             task.cancel()

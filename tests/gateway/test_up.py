@@ -8,14 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from eksinfer.gateway.local_stack import REPLAY_OFFSET, StackOptions, gateway_config, sim_command
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,6 +40,16 @@ def free_block(count: int, extra_offset: int = 0) -> int:
         if all(_free(p) for p in ports):
             return base
     raise RuntimeError("no free port block")
+
+
+def stored_blocks(port: int) -> float:
+    """KV blocks the gateway's index learnt from engine BlockStored events (its /metrics)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "eksinfer_gateway_router_index" and sample.labels.get("key") == "stored_blocks":
+                return sample.value
+    return 0.0
 
 
 def test_sim_command_and_gateway_config() -> None:
@@ -68,11 +79,12 @@ def test_up_serves_routes_by_prefix_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
         )
     try:
-        deadline = time.monotonic() + 60
-        while "Ctrl-C stops" not in out.read_text():
+
+        def banner_or_exit() -> bool:
             assert proc.poll() is None, out.read_text()
-            assert time.monotonic() < deadline, "eksinfer up did not print its banner"
-            time.sleep(0.2)
+            return "Ctrl-C stops" in out.read_text()
+
+        until_sync(banner_or_exit, timeout_s=60, what="eksinfer up printed its banner")
         banner = out.read_text()
         assert f"http://localhost:{port}" in banner
         assert f"curl http://localhost:{port}/v1/chat/completions" in banner
@@ -89,9 +101,15 @@ def test_up_serves_routes_by_prefix_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 ],
                 max_tokens=4,
             )
-            assert raw.parse().choices[0].message.content
+            answer = raw.parse()
+            assert answer.choices[0].message.content
             chosen.append(raw.headers["x-eksinfer-endpoint"])
-            time.sleep(0.3)  # lets the engine's KV events reach the gateway
+            if i == 0:  # the engine's KV events for the shared prompt reach the gateway's index
+                assert answer.usage is not None
+                full_blocks = answer.usage.prompt_tokens // 16
+                until_sync(
+                    lambda n=full_blocks: stored_blocks(port) >= n, what="gateway indexed the first prompt"
+                )
         route = raw.headers["x-eksinfer-route"]
         assert len(set(chosen)) == 1, chosen  # the shared system prompt keeps them on one engine
         assert "reason=prefix-hit" in route

@@ -18,7 +18,7 @@ from eksinfer.gateway.upstream import (
     UpstreamPool,
     origin_of,
 )
-from tests.gateway.test_proxy_fakes import until
+from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,6 +38,7 @@ class Server:
     connections: int = 0
     requests: list[Request] = field(default_factory=list)
     closed_by_peer: int = 0
+    closed_by_us: int = 0  # connections this server has closed (after a reply that did not keep it)
     port: int = 0
 
     @property
@@ -58,6 +59,8 @@ class Server:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             self.closed_by_peer += 1
+        else:
+            self.closed_by_us += 1
         finally:
             writer.close()
 
@@ -175,11 +178,13 @@ async def test_idle_connection_closed_by_the_engine_is_replaced(
 
     server = await serve(reply)
     pool = UpstreamPool(connect_timeout_s=1)
-    for _ in range(3):
+    for i in range(3):
         response = await pool.post(server.url, "/x", b"{}", {})
         assert await response.read() == b"one"
         response.close()
-        await asyncio.sleep(0.02)
+        # The engine has closed its side before the next request (whether the pool has seen the close yet
+        # or sends on the dead connection and goes again, every request must reach the engine once).
+        await until(lambda i=i: server.closed_by_us == i + 1, what="engine closed the connection")
     assert server.connections == 3
     assert len(server.requests) == 3  # each request reached the engine exactly once
     await pool.close()
@@ -295,8 +300,10 @@ async def test_slow_reader_pauses_the_socket(serve: Callable[[Reply], Awaitable[
     pool = UpstreamPool(connect_timeout_s=1)
     response = await pool.post(server.url, "/x", b"{}", {})
     await until(lambda: response._buffered > HIGH_WATER)
-    await asyncio.sleep(0.3)  # the engine would send it all in this time if nothing held it back
-    assert response._buffered < total // 2
+    assert response._conn._paused  # the socket stops being read once more than HIGH_WATER waits
+    for _ in range(100):  # turns of the loop in which the engine writes and an unpaused socket would read
+        await asyncio.sleep(0)
+    assert response._buffered <= HIGH_WATER + 256 * 1024  # at most one read of the event loop past it
     received = 0
     while chunk := await asyncio.wait_for(response.readany(), 2):
         received += len(chunk)

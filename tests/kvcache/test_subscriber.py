@@ -21,6 +21,7 @@ from eksinfer.kvcache.events import (
 )
 from eksinfer.kvcache.index import PrefixIndex, chain_keys
 from eksinfer.kvcache.subscriber import KvEventSubscriber, replay_endpoint_for
+from tests.waiting import DEADLINE_S, until
 
 pytestmark = pytest.mark.timeout(20)
 BS = 4
@@ -100,7 +101,7 @@ def make_sub(
         replay,
         on_event=index.apply_event,
         on_reset=index.clear_endpoint,
-        replay_timeout_s=1.0,
+        replay_timeout_s=DEADLINE_S,  # a replay answers in milliseconds; only a busy machine waits longer
         context=ctx,
         wall_clock=lambda: 5.0,
     )
@@ -120,16 +121,13 @@ async def test_live_pubsub_recovers_early_batches_through_replay(
     sub = make_sub(index, publisher.endpoint, publisher.replay_endpoint, ctx)
     sub.start()
     try:
-        await asyncio.wait_for(sub.connected.wait(), 5)
+        await asyncio.wait_for(sub.connected.wait(), DEADLINE_S)
         seq = 3
         while not held(index, 3):  # PUB/SUB joins asynchronously: keep publishing until one arrives
             await publisher.publish(seq, batch(seq))
             seq += 1
             await asyncio.sleep(0.05)
-        for _ in range(100):
-            if sub.stats.last_seq == seq - 1:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: sub.stats.last_seq == seq - 1, what="every batch applied")
     finally:
         await sub.stop()
     assert publisher.replay_requests[0] == 0
@@ -226,13 +224,10 @@ async def test_idle_probe_recovers_batches_no_live_message_reveals(
     )
     sub.start()
     try:
-        await asyncio.wait_for(sub.connected.wait(), 5)
+        await asyncio.wait_for(sub.connected.wait(), DEADLINE_S)
         await publisher.publish(0, batch(0), live=False)  # as if the PUB dropped it before the SUB joined
         await publisher.publish(1, batch(1), live=False)
-        for _ in range(200):
-            if held(index, 1):
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: held(index, 1), what="replay probe loaded the dropped batches")
     finally:
         await sub.stop()
     assert held(index, 0)

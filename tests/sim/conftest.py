@@ -71,3 +71,10 @@ async def start() -> AsyncIterator[StartCluster]:
     yield _start
     for cluster in started:
         await cluster.stop()
+
+
+def set_slow_token_s(cluster: SimCluster, seconds: float) -> None:
+    """Changes the slow-token fault of every engine of `cluster` while it runs (read every step): a test
+    holds requests in flight with a long step, looks at them, then lets them finish at full speed."""
+    for engine in cluster.engines:
+        engine.options = replace(engine.options, faults=replace(engine.options.faults, slow_token_s=seconds))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from eksinfer.sim.config import FaultOptions
-from tests.sim.conftest import StartCluster
+from tests.sim.conftest import StartCluster, set_slow_token_s
+from tests.waiting import DEADLINE_S
 
 GOLDEN = Path(__file__).parent / "data" / "metrics_after_requests.txt"  # real vLLM 0.32 scrape
 
@@ -106,14 +108,17 @@ async def test_counters_move_with_requests(start: StartCluster) -> None:
 
 
 async def test_gauges_follow_requests_in_flight(start: StartCluster) -> None:
-    # slow steps hold requests in the engine; max-num-seqs 2 keeps the third waiting
-    cluster = await start(max_num_seqs=2, faults=FaultOptions(slow_token_s=0.02))
+    # 1 s steps hold requests in the engine for half a minute; max-num-seqs 2 keeps the third waiting. Once
+    # the metrics have shown that, the steps go back to full speed and every request finishes.
+    cluster = await start(max_num_seqs=2, faults=FaultOptions(slow_token_s=1.0))
     url = cluster.urls[0]
-    async with httpx.AsyncClient(timeout=20) as client:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         body = {"prompt": "hold", "max_tokens": 30, "ignore_eos": True}
         tasks = [asyncio.create_task(client.post(url + "/v1/completions", json=body)) for _ in range(3)]
         seen = None
-        for _ in range(100):
+        deadline = time.monotonic() + DEADLINE_S
+        while seen is None:
+            assert time.monotonic() < deadline, "never saw 2 running and 1 waiting"
             text = (await client.get(url + "/metrics")).text
             running, waiting = (
                 _value(text, "vllm:num_requests_running"),
@@ -121,10 +126,9 @@ async def test_gauges_follow_requests_in_flight(start: StartCluster) -> None:
             )
             if (running, waiting) == (2, 1):
                 seen = _value(text, "vllm:kv_cache_usage_perc")
-                break
             await asyncio.sleep(0.01)
-        assert seen is not None, "never saw 2 running and 1 waiting"
         assert seen > 0
+        set_slow_token_s(cluster, 0.0)
         await asyncio.gather(*tasks)
         text = (await client.get(url + "/metrics")).text
     assert (_value(text, "vllm:num_requests_running"), _value(text, "vllm:num_requests_waiting")) == (0, 0)
@@ -139,12 +143,12 @@ async def test_client_disconnect_aborts(start: StartCluster) -> None:
         async with client.stream("POST", url + "/v1/completions", json=body) as r:
             async for _ in r.aiter_lines():
                 break
-        for _ in range(200):
-            text = (await client.get(url + "/metrics")).text
-            if _value(text, "vllm:request_success_total", finished_reason="abort") == 1:
-                break
+        deadline = time.monotonic() + DEADLINE_S
+        text = (await client.get(url + "/metrics")).text
+        while _value(text, "vllm:request_success_total", finished_reason="abort") != 1:
+            assert time.monotonic() < deadline, "the abort never reached the metrics"
             await asyncio.sleep(0.01)
-        assert _value(text, "vllm:request_success_total", finished_reason="abort") == 1
+            text = (await client.get(url + "/metrics")).text
         assert _value(text, "vllm:num_requests_running") == 0
 
 
@@ -169,9 +173,9 @@ async def test_step_time_comes_from_the_performance_model(start: StartCluster) -
 
 
 async def test_lora_requests_info(start: StartCluster) -> None:
-    cluster = await start(lora_modules=("sql", "chat"), faults=FaultOptions(slow_token_s=0.02))
+    cluster = await start(lora_modules=("sql", "chat"), faults=FaultOptions(slow_token_s=1.0))
     url = cluster.urls[0]
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         task = asyncio.create_task(
             client.post(
                 url + "/v1/completions",
@@ -179,13 +183,14 @@ async def test_lora_requests_info(start: StartCluster) -> None:
             )
         )
         labels = None
-        for _ in range(100):
+        deadline = time.monotonic() + DEADLINE_S
+        while not (labels and labels["running_lora_adapters"] == "sql"):
+            assert time.monotonic() < deadline, f"never saw the adapter running: {labels}"
             text = (await client.get(url + "/metrics")).text
             for fam in text_string_to_metric_families(text):
                 if fam.name == "vllm:lora_requests_info":
                     labels = fam.samples[0].labels
-            if labels and labels["running_lora_adapters"] == "sql":
-                break
             await asyncio.sleep(0.01)
+        set_slow_token_s(cluster, 0.0)
         await task
     assert labels == {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": ""}

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
 
 from tests.sim.conftest import StartCluster
+from tests.waiting import DEADLINE_S, until
 
 DATA = Path(__file__).parent / "data"  # copies of shared/reference/vllm-samples (vLLM 0.32 captures)
 
@@ -266,14 +267,18 @@ async def test_fault_error_rate_and_crash(start: StartCluster) -> None:
         assert ok.status_code == 200
         dead = await client.post(crashing.urls[0] + "/v1/completions", json={"prompt": "x", "max_tokens": 1})
         assert dead.status_code == 503
-        for _ in range(50):
-            await asyncio.sleep(0.02)
+
+        async def refused() -> bool:
             try:
                 await client.get(crashing.urls[0] + "/health")
             except httpx.TransportError:
-                break
-        else:
-            pytest.fail("the crashed replica still answers")
+                return True
+            return False
+
+        deadline = time.monotonic() + DEADLINE_S
+        while not await refused():
+            assert time.monotonic() < deadline, "the crashed replica still answers"
+            await asyncio.sleep(0.02)
 
 
 async def test_stopping_the_engine_fails_in_flight_requests(start: StartCluster) -> None:
@@ -285,9 +290,10 @@ async def test_stopping_the_engine_fails_in_flight_requests(start: StartCluster)
         body = {"prompt": "x", "max_tokens": 1000, "ignore_eos": True}
         plain = asyncio.create_task(client.post(url + "/v1/completions", json=body))
         streamed = asyncio.create_task(client.post(url + "/v1/completions", json={**body, "stream": True}))
-        await asyncio.sleep(0.2)
-        await cluster.replicas[0].engine.stop()
-        r1, r2 = await asyncio.wait_for(asyncio.gather(plain, streamed), timeout=5)
+        engine = cluster.replicas[0].engine
+        await until(lambda: len(engine.scheduler.running) == 2, what="both requests decoding")
+        await engine.stop()
+        r1, r2 = await asyncio.wait_for(asyncio.gather(plain, streamed), timeout=DEADLINE_S)
     assert r1.status_code == 500
     assert r1.json()["error"]["type"] == "InternalServerError"
     events = _sse(r2.text)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from typing import Any
 
 import httpx
@@ -24,21 +26,40 @@ from eksinfer.kvcache.hashing import block_hashes
 from eksinfer.sim.cluster import SimCluster
 from eksinfer.sim.config import FaultOptions
 from tests.sim.conftest import StartCluster, events_config
+from tests.waiting import DEADLINE_S
 
 
-async def _subscribe(endpoint: str) -> zmq.asyncio.Socket:
+async def _subscribe(cluster: SimCluster, i: int) -> tuple[zmq.asyncio.Socket, int]:
+    """A SUB socket that has joined replica `i`'s publisher, and the last sequence number it has seen.
+
+    A PUB socket drops what it sends before a subscription reaches it (ZMQ's slow joiner), and nothing
+    says when that has happened. So the test sends probe requests (prompts no test uses) until one
+    batch arrives: from then on the subscriber gets every batch.
+    """
+    endpoint = cluster.event_endpoints[i]
+    assert endpoint is not None
     sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(endpoint)
-    await asyncio.sleep(0.2)  # ZMQ slow joiner: let the subscription reach the publisher
-    return sub
+    deadline = time.monotonic() + DEADLINE_S
+    for probe in itertools.count():
+        assert time.monotonic() < deadline, "the subscription never reached the publisher"
+        await _complete(cluster, i, list(range(50000 + 32 * probe, 50000 + 32 * probe + 32)))
+        try:
+            frames = await asyncio.wait_for(sub.recv_multipart(), timeout=0.2)
+        except TimeoutError:
+            continue
+        while await sub.poll(0):  # a late batch of an earlier probe: take the newest
+            frames = await sub.recv_multipart()
+        return sub, decode_frames(frames)[1]
+    raise AssertionError("unreachable")
 
 
 async def _recv(sub: zmq.asyncio.Socket, n: int) -> list[tuple[str, int, EventBatch]]:
     out = []
     for _ in range(n):
-        frames = await asyncio.wait_for(sub.recv_multipart(), timeout=5)
+        frames = await asyncio.wait_for(sub.recv_multipart(), timeout=DEADLINE_S)
         topic, seq, payload = decode_frames(frames)
         out.append((topic, seq, decode_batch(payload)))
     return out
@@ -52,7 +73,8 @@ async def _replay(endpoint: str, start: int) -> list[tuple[int, bytes]]:
         await dealer.send_multipart([b"", encode_replay_request(start)])
         got = []
         while True:
-            seq, payload = decode_replay_reply(await asyncio.wait_for(dealer.recv_multipart(), timeout=5))
+            reply = await asyncio.wait_for(dealer.recv_multipart(), timeout=DEADLINE_S)
+            seq, payload = decode_replay_reply(reply)
             if seq == REPLAY_END_SEQ:
                 return got
             got.append((seq, payload))
@@ -71,9 +93,7 @@ async def _complete(
 
 async def test_block_stored_hashes_equal_vllm_hashes(start: StartCluster) -> None:
     cluster = await start(kv_events=events_config())
-    endpoint = cluster.event_endpoints[0]
-    assert endpoint is not None
-    sub = await _subscribe(endpoint)
+    sub, last_seq = await _subscribe(cluster, 0)
     try:
         prompt = list(range(1000, 1040))  # 40 tokens: 2 full blocks
         await _complete(cluster, 0, prompt)
@@ -81,7 +101,10 @@ async def test_block_stored_hashes_equal_vllm_hashes(start: StartCluster) -> Non
     finally:
         sub.close(0)
     assert topic == f"kv@127.0.0.1:{cluster.ports[0]}@llama-3.1-8b"
-    assert seq == 0
+    assert seq == last_seq + 1
+    replay = cluster.replicas[0].replay_endpoint
+    assert replay is not None
+    assert (await _replay(replay, 0))[0][0] == 0  # sequence numbers start at 0
     assert batch.data_parallel_rank == 0
     (event,) = batch.events
     assert event == BlockStored(
@@ -136,10 +159,10 @@ async def test_array_encoding_and_replica_offsets(start: StartCluster) -> None:
     cluster = await start(2, kv_events=config, kv_events_encoding="array")
     base = int(config.endpoint.rsplit(":", 1)[1])
     assert cluster.event_endpoints == [f"tcp://127.0.0.1:{base}", f"tcp://127.0.0.1:{base + 1}"]
-    sub = await _subscribe(str(cluster.event_endpoints[1]))
+    sub, _ = await _subscribe(cluster, 1)
     try:
         await _complete(cluster, 1, list(range(16, 48)))
-        frames = await asyncio.wait_for(sub.recv_multipart(), timeout=5)
+        frames = await asyncio.wait_for(sub.recv_multipart(), timeout=DEADLINE_S)
     finally:
         sub.close(0)
     raw = msgspec.msgpack.decode(frames[2])

@@ -171,8 +171,10 @@ class Scraper:
         config: ScrapeConfig,
         on_models: Callable[[EndpointState, dict[str, dict[str, Any]]], None],
         on_health: Callable[[EndpointState, bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
+        self._clock = clock
         self._config = config
         self._on_models = on_models
         self._on_health = on_health
@@ -193,7 +195,7 @@ class Scraper:
             if ok or failures >= self._config.unhealthy_after_failures:
                 # In between, keep what the proxy decided (it marks an endpoint it cannot reach unhealthy).
                 self._set_health(state, ok)
-            self.mark_stale(state, time.monotonic())
+            self.mark_stale(state, self._clock())
             await asyncio.sleep(self._config.interval_s)
 
     def mark_stale(self, state: EndpointState, now: float) -> None:
@@ -222,5 +224,5 @@ class Scraper:
             self.failures_total += 1
             log.debug("scrape of %s failed: %s", state.id, err)
             return False
-        apply_metrics(state, parse_metrics(text), time.monotonic())
+        apply_metrics(state, parse_metrics(text), self._clock())
         return True

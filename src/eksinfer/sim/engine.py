@@ -228,7 +228,6 @@ class Engine:
     async def _steps(self) -> None:
         loop = asyncio.get_running_loop()
         scale = self.options.time_scale
-        slow = self.options.faults.slow_token_s
         deadline = loop.time()
         while True:
             if not self.scheduler.has_work():
@@ -251,7 +250,8 @@ class Engine:
                 decode_context_tokens=plan.decode_context_tokens,
             )
             self.simulated_s += step_s
-            wait_s = step_s * scale + slow
+            # Read every step, so that replacing `options` on a running engine changes its faults at once.
+            wait_s = step_s * scale + self.options.faults.slow_token_s
             if wait_s > 0:
                 deadline = max(deadline + wait_s, loop.time() - 1.0)  # never bank more than 1 s of lag
                 await asyncio.sleep(max(deadline - loop.time(), 0.0))

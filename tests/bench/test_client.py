@@ -1,4 +1,9 @@
-"""The SSE client against the real vLLM 0.32 streams (shared/reference/vllm-samples) and failure modes."""
+"""The SSE client against the real vLLM 0.32 streams (shared/reference/vllm-samples) and failure modes.
+
+Every test runs on a virtual-time event loop (looptime, `virtual_time` marker): sleeps end exactly when
+due and I/O takes no virtual time, so with the client timing on that loop's clock the measured gaps are
+exactly the gaps the servers here were told to leave, on any machine.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ SAMPLES = next(
     None,
 )  # fmt: skip
 needs_samples = pytest.mark.skipif(SAMPLES is None, reason="shared/reference/vllm-samples not found")
+pytestmark = pytest.mark.virtual_time
+EXACT = 1e-9  # s: float rounding only
 
 
 async def _serve(handler) -> tuple[web.AppRunner, str]:
@@ -48,8 +55,9 @@ def _replayer(body: bytes, gap_s: float):
 
 
 async def _one(url: str, rec: RequestRecord, timeout_s: float = 10.0) -> RequestRecord:
+    clock = asyncio.get_running_loop().time
     async with aiohttp.ClientSession() as session:
-        await send(session, url, {"stream": True}, rec, timeout_s=timeout_s, keep_text=True)
+        await send(session, url, {"stream": True}, rec, timeout_s=timeout_s, keep_text=True, clock=clock)
     return rec
 
 
@@ -67,9 +75,10 @@ async def test_real_vllm_completions_stream():
     assert rec.cached_tokens is None  # vLLM sends no prompt_tokens_details without the flag
     assert len(rec.itl_s) == 3
     assert rec.text == " bochwepl yoze rubo\x7f"
-    assert all(0.015 <= g <= 0.08 for g in rec.itl_s)
-    assert rec.ttft_s < 0.02
-    assert rec.e2e_s >= rec.last_token_s + 0.015  # the usage event came 20 ms after the last token
+    assert rec.itl_s == pytest.approx([0.02] * 3, abs=EXACT)  # one sample per chunk, 20 ms apart
+    assert rec.ttft_s == pytest.approx(0.0, abs=EXACT)  # the first event carries text
+    assert rec.last_token_s == pytest.approx(0.06, abs=EXACT)
+    assert rec.e2e_s == pytest.approx(0.10, abs=EXACT)  # usage 20 ms after the last token, [DONE] 20 ms later
 
 
 @needs_samples
@@ -81,7 +90,7 @@ async def test_real_vllm_chat_stream_role_chunk_is_not_the_first_token():
         await runner.cleanup()
     assert rec.ok, rec.error_detail
     assert rec.text.startswith("WereThe kagika")
-    assert 0.015 <= rec.ttft_s <= 0.08  # the role chunk (empty content) came first, 20 ms earlier
+    assert rec.ttft_s == pytest.approx(0.02, abs=EXACT)  # the role chunk (empty content) came 20 ms earlier
     assert rec.output_tokens == 4  # usage.completion_tokens
     assert len(rec.itl_s) == 3
 
@@ -138,14 +147,15 @@ async def test_unreachable_target_and_wrong_model(fake_server, unused_tcp_port):
 
 
 async def test_non_streamed_requests(fake_server):
-    async with fake_server(ttft_s=0.03, itl_s=0.005) as (_, url):
+    clock = asyncio.get_running_loop().time
+    async with fake_server(ttft_s=0.03, itl_s=0.005, clock=clock) as (_, url):
         cfg = BenchConfig(target=url, model="fake-model", endpoint="chat", stream=False, num_requests=2,
                           max_tokens=5)  # fmt: skip
-        result = await run_bench(cfg)
+        result = await run_bench(cfg, clock=clock)
     s = result.summary
     assert s["requests"]["completed"] == 2
     assert s["ttft_ms"]["count"] == 0  # no TTFT without streaming
-    assert 50 - 1 <= s["e2e_ms"]["p50"] <= 50 + 40  # 30 + 4 * 5 ms
+    assert s["e2e_ms"]["p50"] == pytest.approx(50, abs=1e-6)  # 30 + 4 * 5 ms
     assert s["output_tokens"] == 10
 
 

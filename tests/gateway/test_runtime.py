@@ -80,6 +80,7 @@ async def gateway_with_two_workers(
             await proc.wait()
 
 
+@pytest.mark.slow
 async def test_gateway_cli_with_two_workers(tmp_path: Path) -> None:
     engine = await FakeEngine().start()
     try:
@@ -123,6 +124,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the workers")
 async def test_workers_stop_when_the_gateway_is_killed(tmp_path: Path) -> None:
     """SIGKILL gives the gateway no chance to stop its workers; they notice their parent is gone and exit,

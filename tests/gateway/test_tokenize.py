@@ -21,6 +21,7 @@ from eksinfer.gateway.tokenize import (
 )
 from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.sim.tokenizer import BuiltinTokenizer as SimBuiltin
+from tests.waiting import DEADLINE_S
 
 pytestmark = pytest.mark.timeout(30)
 TEMPLATE = (
@@ -124,8 +125,8 @@ async def tokenize_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
 async def test_engine_tokenize(tokenize_server: tuple[str, list[dict[str, Any]]]) -> None:
     url, seen = tokenize_server
-    pool = UpstreamPool(connect_timeout_s=2.0)
-    tok = EngineTokenizer(lambda: pool, timeout_s=2.0)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
+    tok = EngineTokenizer(lambda: pool, timeout_s=DEADLINE_S)  # a healthy /tokenize never comes close
     assert await tok.encode_remote({"messages": MESSAGES}, "m", url) == [285, 379, 536]
     assert seen[-1] == {"model": "m", "messages": MESSAGES, "add_generation_prompt": True}
     assert await tok.encode_remote({"prompt": "x"}, "m", url) == [285, 379, 536]

@@ -67,6 +67,7 @@ def test_sim_command_and_gateway_config() -> None:
     assert config.routing["preset"] == "kv-aware"
 
 
+@pytest.mark.slow
 def test_up_serves_routes_by_prefix_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     port = free_block(1)
     sim_port = free_block(2)

@@ -18,7 +18,7 @@ from eksinfer.gateway.upstream import (
     UpstreamPool,
     origin_of,
 )
-from tests.waiting import until
+from tests.waiting import DEADLINE_S, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -113,7 +113,7 @@ async def test_keep_alive_reuses_one_connection_and_sends_the_body(
     serve: Callable[[Reply], Awaitable[Server]],
 ) -> None:
     server = await serve(fixed(b'{"ok": true}', "Content-Type: application/json\r\n"))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     for i in range(3):
         response = await pool.post(server.url, "/v1/completions", b'{"n": %d}' % i, {"X-Request-Id": f"r{i}"})
         assert response.status == 200
@@ -144,9 +144,10 @@ async def test_chunked_stream_arrives_piece_by_piece(serve: Callable[[Reply], Aw
         return True
 
     server = await serve(reply)
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     response = await pool.post(server.url, "/v1/chat/completions", b"{}", {})
-    assert await asyncio.wait_for(response.readany(), 2) == b"data: 1"  # before the engine sent the rest
+    first = await asyncio.wait_for(response.readany(), DEADLINE_S)
+    assert first == b"data: 1"  # before the engine sent the rest
     release.set()
     assert await response.read() == b"data: 2"
     assert response.complete
@@ -158,9 +159,9 @@ async def test_chunked_stream_arrives_piece_by_piece(serve: Callable[[Reply], Aw
 
 async def test_body_ended_by_the_connection_close(serve: Callable[[Reply], Awaitable[Server]]) -> None:
     server = await serve(raw(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", keep=False))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     response = await pool.post(server.url, "/x", b"", {})
-    assert await asyncio.wait_for(response.read(), 2) == b"all of it"
+    assert await asyncio.wait_for(response.read(), DEADLINE_S) == b"all of it"
     response.close()
     assert pool.idle_connections == 0
 
@@ -177,7 +178,7 @@ async def test_idle_connection_closed_by_the_engine_is_replaced(
         return False  # closes right after answering, as a keep-alive timeout would
 
     server = await serve(reply)
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     for i in range(3):
         response = await pool.post(server.url, "/x", b"{}", {})
         assert await response.read() == b"one"
@@ -198,7 +199,7 @@ async def test_reused_connection_that_died_is_replaced_once(
     pool takes the connection (then it is skipped), or it arrives just after the request went out (then
     nothing comes back and the request is sent again on a new connection)."""
     server = await serve(fixed(b"ok"))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     conn = await idle_connection(pool, server)
     transport = conn._transport
     assert transport is not None
@@ -228,14 +229,14 @@ async def test_fresh_connection_closed_before_answering_is_a_connect_error(
     serve: Callable[[Reply], Awaitable[Server]],
 ) -> None:
     server = await serve(raw(b"", keep=False))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     with pytest.raises(UpstreamConnectError, match="closed"):
         await pool.post(server.url, "/x", b"{}", {})
     assert server.connections == 1  # not retried: the engine got it and said nothing
 
 
 async def test_unreachable_endpoint_is_a_connect_error() -> None:
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     with pytest.raises(UpstreamConnectError, match=r"cannot connect to 127\.0\.0\.1:9"):
         await pool.post("http://127.0.0.1:9", "/x", b"{}", {})
 
@@ -244,20 +245,20 @@ async def test_broken_mid_body_raises_after_the_bytes_that_came(
     serve: Callable[[Reply], Awaitable[Server]],
 ) -> None:
     server = await serve(raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..", keep=False))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     response = await pool.post(server.url, "/x", b"{}", {})
     assert await response.readany() == b"only ten.."
     with pytest.raises(UpstreamBrokenError):
-        await asyncio.wait_for(response.readany(), 2)
+        await asyncio.wait_for(response.readany(), DEADLINE_S)
     response.close()
     assert pool.idle_connections == 0
 
 
 async def test_garbage_instead_of_http(serve: Callable[[Reply], Awaitable[Server]]) -> None:
     server = await serve(raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", keep=True))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     with pytest.raises(UpstreamConnectError, match="invalid HTTP"):
-        await asyncio.wait_for(pool.post(server.url, "/x", b"{}", {}), 2)
+        await asyncio.wait_for(pool.post(server.url, "/x", b"{}", {}), DEADLINE_S)
 
 
 async def test_unread_response_closes_its_connection(serve: Callable[[Reply], Awaitable[Server]]) -> None:
@@ -277,11 +278,11 @@ async def test_unread_response_closes_its_connection(serve: Callable[[Reply], Aw
             raise
 
     server = await serve(reply)
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     response = await pool.post(server.url, "/x", b"{}", {})
     assert (await response.readany()).startswith(b"abc")
     response.close()
-    await asyncio.wait_for(gone.wait(), 2)
+    await asyncio.wait_for(gone.wait(), DEADLINE_S)
     assert pool.idle_connections == 0
 
 
@@ -297,7 +298,7 @@ async def test_slow_reader_pauses_the_socket(serve: Callable[[Reply], Awaitable[
         return True
 
     server = await serve(reply)
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     response = await pool.post(server.url, "/x", b"{}", {})
     await until(lambda: response._buffered > HIGH_WATER)
     assert response._conn._paused  # the socket stops being read once more than HIGH_WATER waits
@@ -305,7 +306,7 @@ async def test_slow_reader_pauses_the_socket(serve: Callable[[Reply], Awaitable[
         await asyncio.sleep(0)
     assert response._buffered <= HIGH_WATER + 256 * 1024  # at most one read of the event loop past it
     received = 0
-    while chunk := await asyncio.wait_for(response.readany(), 2):
+    while chunk := await asyncio.wait_for(response.readany(), DEADLINE_S):
         received += len(chunk)
     assert received == total
     response.close()
@@ -314,7 +315,7 @@ async def test_slow_reader_pauses_the_socket(serve: Callable[[Reply], Awaitable[
 
 async def test_header_values_cannot_split_the_request(serve: Callable[[Reply], Awaitable[Server]]) -> None:
     server = await serve(fixed(b"ok"))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     response = await pool.post(
         server.url, "/x", b"{}", {"traceparent": "a\r\nX-Evil: 1", "x-request-id": "r"}
     )
@@ -328,7 +329,7 @@ async def test_header_values_cannot_split_the_request(serve: Callable[[Reply], A
 
 async def test_idle_connections_close_after_keepalive(serve: Callable[[Reply], Awaitable[Server]]) -> None:
     server = await serve(fixed(b"ok"))
-    pool = UpstreamPool(connect_timeout_s=1, keepalive_s=0.05)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S, keepalive_s=0.05)
     response = await pool.post(server.url, "/x", b"{}", {})
     await response.read()
     response.close()
@@ -339,7 +340,7 @@ async def test_idle_connections_close_after_keepalive(serve: Callable[[Reply], A
 
 async def test_url_with_a_path_prefix_and_bad_urls(serve: Callable[[Reply], Awaitable[Server]]) -> None:
     server = await serve(fixed(b"ok"))
-    pool = UpstreamPool(connect_timeout_s=1)
+    pool = UpstreamPool(connect_timeout_s=DEADLINE_S)
     response = await pool.post(server.url + "/engine-a/", "/v1/completions", b"{}", {})
     await response.read()
     response.close()

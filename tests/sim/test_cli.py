@@ -6,14 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+import pytest
+
+from tests.waiting import DEADLINE_S, until_sync
 
 CMD = [sys.executable, "-m", "eksinfer.cli.main", "sim"]
 
 
+@pytest.mark.slow
 def test_serves_and_stops_on_sigterm() -> None:
     proc = subprocess.Popen(
         [
@@ -46,7 +49,9 @@ def test_serves_and_stops_on_sigterm() -> None:
         assert 'num_gpu_blocks="64"' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=10)
+        code = proc.wait(timeout=DEADLINE_S)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert code == 0
 
 
@@ -64,6 +69,7 @@ def test_bad_flag_is_one_line() -> None:
     assert out.stderr.strip() == "error: --kv-events-config.hwm: bad value 'x'"
 
 
+@pytest.mark.slow
 def test_stops_when_the_parent_that_asked_is_killed(tmp_path: Path) -> None:
     """`eksinfer up` sets EKSINFER_EXIT_WITH_PARENT for its simulator: killed outright (SIGKILL), it cannot
     stop the simulator, which notices the re-parenting and exits instead of holding its ports."""
@@ -73,17 +79,12 @@ def test_stops_when_the_parent_that_asked_is_killed(tmp_path: Path) -> None:
     shell = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
     assert shell.stdout is not None
     sim_pid = int(shell.stdout.readline())
+    shell.stdout.close()
     try:
-        deadline = time.monotonic() + 30
-        while not log.exists() or "engine 0:" not in log.read_text():
-            assert time.monotonic() < deadline, "the simulator did not start"
-            time.sleep(0.1)
+        until_sync(lambda: log.exists() and "engine 0:" in log.read_text(), what="the simulator started")
         shell.kill()
         shell.wait()
-        deadline = time.monotonic() + 15
-        while Path(f"/proc/{sim_pid}").exists():
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        until_sync(lambda: not Path(f"/proc/{sim_pid}").exists(), what="the simulator exited")
         assert "is gone; stopping" in log.read_text()
     finally:
         if Path(f"/proc/{sim_pid}").exists():

@@ -35,6 +35,7 @@ class RunOptions:
     sweep_stages: int = 5
     progress: bool = True
     label: str = ""
+    past_saturation: bool = False  # a sweep runs every stage instead of stopping at the first saturated one
 
 
 def parse_rates(text: str) -> list[float] | None:
@@ -105,7 +106,12 @@ def execute(config: BenchConfig, opts: RunOptions, console: Console) -> BenchRes
         with _progress(console, total, opts.progress and console.is_terminal) as on_record:
             if opts.sweep:
                 return await run_sweep(
-                    config, rates, num_stages=opts.sweep_stages, stop=stop, on_record=on_record
+                    config,
+                    rates,
+                    num_stages=opts.sweep_stages,
+                    stop_at_saturation=not opts.past_saturation,
+                    stop=stop,
+                    on_record=on_record,
                 )
             from eksinfer.bench.runner import run_bench
 

@@ -9,18 +9,22 @@ Metric definitions (recorded per request, in seconds from `start`, the perf_coun
   e2e         end of the response: [DONE] or end of body (inference-perf's request latency; vLLM stops at the
               last text chunk, so ours adds the trailing usage chunk, typically well under a millisecond)
   output_tokens  `usage.completion_tokens` when the server sends usage, else the number of text chunks
-Timestamps are taken with time.perf_counter as each line comes off the socket; parsing happens after.
+Timestamps are taken with the run's clock (time.perf_counter unless a test injects another) as each line comes
+off the socket; parsing happens after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import msgspec
+
+Clock = Callable[[], float]  # seconds from an arbitrary origin; time.perf_counter in real runs
 
 
 @dataclass(slots=True)
@@ -155,14 +159,14 @@ class _StreamError(Exception):
 
 
 async def _read_stream(
-    resp: aiohttp.ClientResponse, rec: RequestRecord, start: float, keep_text: bool
+    resp: aiohttp.ClientResponse, rec: RequestRecord, start: float, keep_text: bool, clock: Clock
 ) -> None:
     """Consume the SSE body: one timestamp per network read (lines that arrive together share it), then
     split and decode. Reads to the end of the body even after [DONE], so the connection is reused."""
     state = _StreamState(rec, start, keep_text)
     buf = b""
     async for data in resp.content.iter_any():
-        now = time.perf_counter()
+        now = clock()
         if state.done:
             continue
         lines = (buf + data).split(b"\n") if buf else data.split(b"\n")
@@ -173,9 +177,9 @@ async def _read_stream(
                 if state.done:
                     break
     if buf and not state.done:
-        state.line(buf, time.perf_counter())
+        state.line(buf, clock())
     if rec.e2e_s is None:
-        rec.e2e_s = time.perf_counter() - start
+        rec.e2e_s = clock() - start
     if state.prev is not None:
         rec.last_token_s = state.prev - start
     if not state.usage_seen:
@@ -186,9 +190,9 @@ async def _read_stream(
         rec.error, rec.error_detail = "empty", "no text-bearing chunk in the stream"
 
 
-async def _read_json(resp: aiohttp.ClientResponse, rec: RequestRecord, start: float) -> None:
+async def _read_json(resp: aiohttp.ClientResponse, rec: RequestRecord, start: float, clock: Clock) -> None:
     body = _chunk_decoder.decode(await resp.read())
-    rec.e2e_s = time.perf_counter() - start
+    rec.e2e_s = clock() - start
     rec.text = _choice_text(body.choices[0]) if body.choices else ""
     _take_usage(rec, body.usage)
     if not rec.text:
@@ -204,10 +208,11 @@ async def send(
     timeout_s: float,
     keep_text: bool = False,
     headers: dict[str, str] | None = None,
+    clock: Clock = time.perf_counter,
 ) -> None:
     """POST `body` to `url` and fill `rec`; never raises except on cancellation (which marks it cancelled)."""
     stream = bool(body.get("stream"))
-    start = time.perf_counter()
+    start = clock()
     try:
         async with asyncio.timeout(timeout_s):
             async with session.post(url, json=body, headers=headers) as resp:
@@ -216,9 +221,9 @@ async def send(
                     rec.error, rec.error_detail = f"http_{resp.status}", detail.replace("\n", " ")
                     return
                 if stream:
-                    await _read_stream(resp, rec, start, keep_text)
+                    await _read_stream(resp, rec, start, keep_text, clock)
                 else:
-                    await _read_json(resp, rec, start)
+                    await _read_json(resp, rec, start, clock)
     except TimeoutError:
         rec.error, rec.error_detail = "timeout", f"no complete response within {timeout_s:g} s"
     except asyncio.CancelledError:

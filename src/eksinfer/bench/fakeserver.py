@@ -18,6 +18,7 @@ import asyncio
 import functools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ class FakeBackend:
     prompt_words: list[int] = field(default_factory=list)  # per request, in arrival order (for tests)
     authorization: list[str] = field(default_factory=list)
     session_ids: list[str] = field(default_factory=list)  # x-session-id of each request
+    clock: Callable[[], float] = time.perf_counter  # tests share the event loop's fake clock with the client
     _slots: asyncio.Semaphore | None = None
 
     def cache_lookup(self, words: list[str]) -> int:
@@ -116,7 +118,7 @@ async def _complete(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve_completion(request: web.Request, fake: FakeBackend) -> web.StreamResponse:
-    arrived = time.perf_counter()
+    arrived = fake.clock()
     chat = request.path.endswith("/chat/completions")
     try:
         body = await request.json()
@@ -141,7 +143,7 @@ async def _serve_completion(request: web.Request, fake: FakeBackend) -> web.Stre
     if fake.report_cached_tokens:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     if not body.get("stream"):
-        await asyncio.sleep(max(0.0, arrived + fake.ttft_s + (n - 1) * fake.itl_s - time.perf_counter()))
+        await asyncio.sleep(max(0.0, arrived + fake.ttft_s + (n - 1) * fake.itl_s - fake.clock()))
         key = "message" if chat else "text"
         choice = {"index": 0, key: {"role": "assistant", "content": " tok" * n} if chat else " tok" * n}
         return web.json_response(
@@ -155,7 +157,7 @@ async def _serve_completion(request: web.Request, fake: FakeBackend) -> web.Stre
         )
         n = 0
     for i in range(n):
-        delay = arrived + fake.ttft_s + i * fake.itl_s - time.perf_counter()
+        delay = arrived + fake.ttft_s + i * fake.itl_s - fake.clock()
         if delay > 0:
             await asyncio.sleep(delay)
         await resp.write(_chunk(chat, fake.model, " tok", "length" if i == n - 1 else None))

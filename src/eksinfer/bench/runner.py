@@ -23,7 +23,7 @@ import aiohttp
 import msgspec
 
 from eksinfer.bench.arrivals import send_times
-from eksinfer.bench.client import RequestRecord, send
+from eksinfer.bench.client import Clock, RequestRecord, send
 from eksinfer.bench.config import BenchConfig
 from eksinfer.bench.hitrate import engine_bases, metrics_hit_rate, reset_prefix_cache, scrape
 from eksinfer.bench.result import BenchResult, summarize
@@ -32,6 +32,7 @@ from eksinfer.errors import UnknownNameError, UpstreamError
 
 log = logging.getLogger(__name__)
 ProgressFn = Callable[[RequestRecord], None]
+_DUE_S = 1e-6  # an arrival this close to its send time is due
 _encoder = msgspec.json.Encoder()
 
 
@@ -92,12 +93,13 @@ class _Phase:
     def __init__(self, run: _Run, count: int | None, duration_s: float | None, warmup: bool) -> None:
         self.run, self.warmup = run, warmup
         self.remaining = count
-        self.t0 = time.perf_counter()
+        self.clock = run.clock
+        self.t0 = self.clock()
         self.deadline = self.t0 + duration_s if duration_s else None
 
     def take(self) -> bool:
         """Consume one request of the budget if the phase still sends."""
-        if self.run.stop.is_set() or (self.deadline is not None and time.perf_counter() >= self.deadline):
+        if self.run.stop.is_set() or (self.deadline is not None and self.clock() >= self.deadline):
             return False
         if self.remaining is None:
             return True
@@ -117,13 +119,13 @@ class _Phase:
             if i > 0:
                 if conv.think_time_s:
                     await asyncio.sleep(conv.think_time_s)
-                scheduled_s = time.perf_counter() - self.t0
+                scheduled_s = self.clock() - self.t0
             rec = RequestRecord(len(run.records), conv.conversation_id, i, target, warmup=self.warmup)
             rec.scheduled_s = scheduled_s
             run.records.append(rec)
             body = build_body(cfg, conv, i, history)
             async with run.limit if run.limit is not None else contextlib.nullcontext():
-                rec.sent_s = time.perf_counter() - self.t0
+                rec.sent_s = self.clock() - self.t0
                 await send(
                     run.session,
                     run.url_of[target],
@@ -132,6 +134,7 @@ class _Phase:
                     timeout_s=cfg.timeout_s,
                     keep_text=len(conv.turns) > 1,
                     headers=headers,
+                    clock=self.clock,
                 )
             if run.on_record is not None:
                 run.on_record(rec)
@@ -142,7 +145,7 @@ class _Phase:
     async def closed_loop(self, workers: int) -> None:
         async def worker() -> None:
             while self.take():
-                await self.conversation(next(self.run.convs), time.perf_counter() - self.t0, taken=True)
+                await self.conversation(next(self.run.convs), self.clock() - self.t0, taken=True)
 
         await asyncio.gather(*(worker() for _ in range(workers)))
 
@@ -152,8 +155,10 @@ class _Phase:
         try:
             seed = cfg.seed + (1 if self.warmup else 0)
             for at in send_times(rate, cfg.arrival, seed, cfg.burstiness):
-                # loop: event-loop timers may fire up to a clock tick early
-                while (delay := self.t0 + at - time.perf_counter()) > 0 and not self.run.stop.is_set():
+                # loop: event-loop timers may fire up to a clock tick early; a send due within a
+                # microsecond goes now (float rounding of t0 + at must not wait for a timer that never
+                # moves a coarse clock)
+                while (delay := self.t0 + at - self.clock()) > _DUE_S and not self.run.stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.run.stop.wait(), delay)
                 if not self.take():
@@ -175,8 +180,10 @@ class _Run:
         stop: asyncio.Event,
         on_record: ProgressFn | None,
         convs: Iterator[Conversation],
+        clock: Clock,
     ) -> None:
         self.config, self.session, self.stop, self.on_record = config, session, stop, on_record
+        self.clock = clock
         self.records: list[RequestRecord] = []
         self.convs = convs
         self.targets = itertools.cycle(config.target_urls)
@@ -216,15 +223,20 @@ def make_session(config: BenchConfig) -> aiohttp.ClientSession:
 
 
 async def run_bench(
-    config: BenchConfig, *, stop: asyncio.Event | None = None, on_record: ProgressFn | None = None
+    config: BenchConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    on_record: ProgressFn | None = None,
+    clock: Clock = time.perf_counter,
 ) -> BenchResult:
-    """Run one benchmark; raises UpstreamError/UnknownNameError before sending if the target is wrong."""
+    """Run one benchmark; raises UpstreamError/UnknownNameError before sending if the target is wrong.
+    `clock` times everything (tests pass the event loop's fake clock to measure in virtual time)."""
     stop = stop or asyncio.Event()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     async with make_session(config) as session:
         # a replay dataset is read here, off the event loop, so a bad file fails before any request
         convs = await asyncio.to_thread(conversations, config)
-        run = _Run(config, session, stop, on_record, convs)
+        run = _Run(config, session, stop, on_record, convs, clock)
         if config.check_model:
             for base in config.target_urls:
                 await check_model(session, base, config.model)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eksinfer.bench.client import Clock
 from eksinfer.bench.config import BenchConfig
 from eksinfer.bench.result import BenchResult
 from eksinfer.bench.runner import ProgressFn, run_bench
@@ -98,6 +100,7 @@ async def run_sweep(
     stop_at_saturation: bool = True,
     stop: asyncio.Event | None = None,
     on_record: ProgressFn | None = None,
+    clock: Clock = time.perf_counter,
 ) -> SweepResult:
     """One stage per rate (probe + evenly spaced rates when `rates` is None); see the module docstring."""
     stop = stop or asyncio.Event()
@@ -111,7 +114,7 @@ async def run_sweep(
             update |= {"warmup": 0, "check_model": False}
         first = False
         cfg = BenchConfig.model_validate(config.model_dump() | update)
-        return await run_bench(cfg, stop=stop, on_record=on_record)
+        return await run_bench(cfg, stop=stop, on_record=on_record, clock=clock)
 
     if rates is None:
         probe = await stage(None, probe_concurrency or config.concurrency or 32)

@@ -60,6 +60,9 @@ def register(app: typer.Typer) -> None:
         ),
         sweep: str | None = typer.Option(None, "--sweep", help="'auto' or rates '1,2,4': a rate sweep."),
         sweep_stages: int = typer.Option(5, "--sweep-stages", min=1, help="Stages of an auto sweep."),
+        past_saturation: bool = typer.Option(
+            False, "--past-saturation", help="Run every sweep stage, also after one saturates."
+        ),
         output: Path | None = typer.Option(
             None, "--output", "-o", help="JSON file: summary + every request."
         ),
@@ -92,7 +95,7 @@ def register(app: typer.Typer) -> None:
             workload = workload or "replay"
             args["path"] = str(dataset)
         cfg = build_config(config, flags, workload, args)
-        opts = RunOptions(output, plots, sweep, sweep_stages, not no_progress, label)
+        opts = RunOptions(output, plots, sweep, sweep_stages, not no_progress, label, past_saturation)
         check_outputs(opts)
         out, err = Console(), Console(stderr=True)
         code = report(execute(cfg, opts, err), opts, out, err)

@@ -6,7 +6,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import zmq
@@ -74,7 +74,20 @@ class ZmqCapture:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        time.sleep(0.5)  # ZMQ "slow joiner": let the subscription reach the publisher first
+
+    def join(self, probe: Callable[[], object], timeout_s: float = 60.0) -> None:
+        """Returns once the subscription has reached the publisher, with no frame kept.
+
+        A PUB socket drops what it sends before a subscription reaches it (ZMQ's slow joiner) and nothing
+        says when that has happened, so `probe` (a request whose prompt no test uses) runs until a frame
+        arrives; the frames it caused are then dropped.
+        """
+        deadline = time.monotonic() + timeout_s
+        while not self.wait_for(1, timeout_s=1.0):
+            assert time.monotonic() < deadline, "the KV-event subscription never reached the publisher"
+            probe()
+        with self._lock:
+            self.frames.clear()
 
     def _run(self) -> None:
         poller = zmq.Poller()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,11 @@ def _complete(url: str, prompt: str, max_tokens: int = 1) -> dict[str, Any]:
     r = httpx.post(url + "/v1/completions", json=body, timeout=60)
     assert r.status_code == 200, r.text
     return dict(r.json())
+
+
+def _probe(url: str) -> Callable[[], object]:
+    """A request that stores new KV blocks (a prompt no test shares), to learn that a subscriber joined."""
+    return lambda: _complete(url, long_text(f"probe-{uuid.uuid4().hex}", 60))
 
 
 def _stored(frames: list[list[bytes]]) -> list[BlockStored]:
@@ -78,6 +83,7 @@ def test_real_vllm_events_decode_and_hash_as_eksinfer(
 ) -> None:
     server = live_servers[0]
     capture = ZmqCapture(server.events)
+    capture.join(_probe(server.url))
     try:
         prompt = long_text(f"events-{uuid.uuid4().hex[:8]}", 300)
         tokens = tokenize(server.url, prompt)
@@ -144,6 +150,7 @@ def test_sim_events_decode_and_hash_with_vllm_code(sim: tuple[str, str], live_py
     prompts = [base, f"{base} And a different ending: {long_text(f'end-{tag}', 80)}"]
     prompts += [long_text(f"sim-{i}-{tag}", 220) for i in range(4)]
     capture = ZmqCapture(events)
+    capture.join(_probe(url))
     try:
         token_lists = [tokenize(url, p) for p in prompts]
         for p in prompts:
@@ -184,6 +191,7 @@ def test_sim_and_real_vllm_publish_the_same_hashes(
     published: dict[str, list[int]] = {}
     for name, url, address in (("sim", sim_url, sim_events), ("vllm", server.url, server.events)):
         capture = ZmqCapture(address)
+        capture.join(_probe(url))
         try:
             _complete(url, prompt)
             frames = capture.wait_for(1)

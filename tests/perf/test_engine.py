@@ -97,3 +97,26 @@ def test_prefix_hits_cut_ttft_and_interleaving_tax_raises_tpot() -> None:
     prefill = predict_prefill(perf, input_tokens=4000)
     assert prefill.requests_per_s > 0
     assert prefill.ttft_s > 0
+
+
+@pytest.mark.parametrize("budget", [512, 1024, 2048, 8192])
+@pytest.mark.parametrize("concurrency", [16, 64, 128, 256])
+def test_throughput_never_exceeds_what_the_step_token_budget_allows(budget: int, concurrency: int) -> None:
+    # Every request spends ISL + OSL - 1 tokens of step budget, and a step of TPOT seconds holds at most
+    # max_num_batched_tokens of them, so requests/s <= budget / TPOT / (ISL + OSL - 1). The old formula
+    # took a lifetime of TTFT + (OSL - 1) x TPOT even when the budget bound, and broke this by up to ~2x.
+    perf = build_engine_perf(
+        get_model("llama-3.1-8b"),
+        get_gpu("H200"),
+        precision="fp8",
+        max_model_len=4096,
+        max_num_batched_tokens=budget,
+    )
+    isl, osl = 2048, 128
+    point = predict_aggregated(perf, input_tokens=isl, output_tokens=osl, concurrency=concurrency)
+    bound = budget / point.tpot_s / (isl + osl - 1)
+    assert point.requests_per_s <= bound * (1 + 1e-9)
+    assert point.output_tokens_per_s == pytest.approx(point.requests_per_s * osl)
+    assert point.e2e_s == pytest.approx(point.ttft_s + (osl - 1) * point.tpot_s)
+    if concurrency * (isl + osl - 1) / (osl - 1 + 1) > budget * 1.5:  # clearly budget-bound: every step full
+        assert point.requests_per_s == pytest.approx(bound, rel=1e-6)

@@ -5,10 +5,12 @@ specialised to vLLM, planner-anchors.md 1.3 and 8b):
     running   = min(concurrency, max_num_seqs, KV tokens / (ISL + OSL/2))   (the rest wait in the queue)
     a request lives K steps: OSL - 1 decode steps plus ceil(ISL_new / chunk) prefill steps, so an average
     step carries p = m x ISL_new / K prefill tokens and d = m x (OSL - 1) / K decodes (m = running / PP:
-    one micro-batch per pipeline stage); when p + d exceeds max_num_batched_tokens the token budget binds
+    one micro-batch per pipeline stage); when p + d exceeds max_num_batched_tokens the token budget binds,
+    every step is full and K = m x (ISL_new + OSL - 1) / budget
     TPOT      = step time of that mixed step (prefill chunks ride inside decode steps: the interleaving tax)
     TTFT      = (own prefill steps + DISPATCH_PER_LAYER_S x layers) x min(1 + (B - 1) / 32, 8)
-                (AIC's per-layer vLLM dispatch term, refitted to 0.5 ms; a queueing factor fitted to data)
+                (AIC's per-layer vLLM dispatch term, refitted to 0.5 ms; a queueing factor fitted to data),
+                at least K - OSL + 1 steps (a prompt waits for its share of full steps when the budget binds)
                 + the wait for a KV slot when concurrency exceeds what fits (Little's law)
     E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL
 Disaggregated: a prefill engine runs whole prompts back to back, a decode engine only decodes; AIC rate
@@ -61,12 +63,16 @@ def max_running(perf: EnginePerf, input_tokens: int, output_tokens: int) -> int:
     return max(0, min(perf.max_num_seqs, perf.kv_capacity_tokens // max(1, per_seq)))
 
 
-def _mixed_step(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> tuple[float, float, int]:
-    """(step seconds, prefill tokens per step, prefill steps per request) for micro-batch m."""
+def _mixed_step(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> tuple[float, float, float]:
+    """(step seconds, prefill tokens per step, steps one request lives) for micro-batch m.
+
+    A request lives (OSL - 1) decode steps plus its prefill steps, or, when the step token budget binds,
+    m x (ISL_new + OSL - 1) / budget steps: every step is full and the budget is shared.
+    """
     budget = perf.max_num_batched_tokens
     decodes = m
     prefill = 0.0
-    steps_pf = 1
+    lifetime = 1.0
     for _ in range(4):  # fixed point between decodes per step and prefill chunk size
         chunk = max(1.0, budget - decodes)
         steps_pf = max(1, math.ceil(new / chunk)) if new > 0 else 1
@@ -82,7 +88,7 @@ def _mixed_step(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> t
         decode_seqs=decodes,
         decode_context_tokens=decodes * (isl + osl / 2.0),
     )
-    return step, prefill, steps_pf
+    return step, prefill, lifetime
 
 
 def _own_prefill_s(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> float:
@@ -115,12 +121,17 @@ def predict_aggregated(
         return ServingPoint(concurrency, 0, inf, inf, inf, 0.0, 0.0, 0.0, True)
     new = input_tokens * (1.0 - prefix_hit)
     m = running / perf.pipeline_parallel_size
-    step, prefill, _steps_pf = _mixed_step(perf, m, input_tokens, new, output_tokens)
+    step, prefill, lifetime_steps = _mixed_step(perf, m, input_tokens, new, output_tokens)
     dispatch = DISPATCH_PER_LAYER_S * perf.num_layers
     ttft_run = (_own_prefill_s(perf, m, input_tokens, new, output_tokens) + dispatch) * queueing_factor(
         running
     )
-    e2e_run = ttft_run + max(0, output_tokens - 1) * step
+    decode_steps = max(0, output_tokens - 1)
+    # A request cannot finish faster than the steps its tokens need: when the token budget binds, a prompt
+    # waits for its share of full steps, so TTFT is the lifetime less the decode steps (the throughput this
+    # implies is budget x PP / step x OSL / (ISL_new + OSL - 1) output tokens/s, no more).
+    ttft_run = max(ttft_run, (lifetime_steps - decode_steps) * step)
+    e2e_run = ttft_run + decode_steps * step
     rate = running / e2e_run
     wait = concurrency / rate - e2e_run if concurrency > running else 0.0
     return ServingPoint(

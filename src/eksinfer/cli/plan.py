@@ -73,6 +73,7 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
             (
                 f"{role.name} x{role.replicas}",
                 f"TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}, {e.precision}, "
+                f"KV {e.kv_cache_dtype}, "
                 f"{e.gpus_per_replica} GPU(s) on {e.nodes_per_replica} node(s)",
             )
         )
@@ -110,6 +111,7 @@ ALT_COLUMNS = (
     "mode",
     "TP x PP",
     "precision",
+    "KV",
     "replicas",
     "$/month",
     "$/M tok",
@@ -146,6 +148,7 @@ def print_table(plan: Plan) -> None:
                 "P/D" if a.mode == "disaggregated" else "agg",
                 f"{a.tensor_parallel_size} x {a.pipeline_parallel_size}",
                 a.precision,
+                a.kv_cache_dtype,
                 str(a.replicas),
                 _fmt_money(a.monthly_usd),
                 f"{a.per_million_tokens_usd:.3f}",
@@ -196,6 +199,9 @@ def register(app: typer.Typer) -> None:
             None, "--on-prem", help="On-prem GPUs via Hybrid Nodes, e.g. H100:16."
         ),
         precision: str | None = typer.Option(None, "--precision", help="Force bf16, fp8 or int4 weights."),
+        kv_cache_dtype: str | None = typer.Option(
+            None, "--kv-cache-dtype", help="Force auto or fp8 KV cache (default: search both)."
+        ),
         prices: str | None = typer.Option(
             None, "--prices", help="Price book (reference, aws-2026-08) or file."
         ),
@@ -229,6 +235,7 @@ def register(app: typer.Typer) -> None:
                 "custom_ami": custom_ami,
                 "on_prem": on_prem,
                 "precision": precision,
+                "kv_cache_dtype": kv_cache_dtype,
                 "prices": prices,
             },
         )

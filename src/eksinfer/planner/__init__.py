@@ -37,8 +37,17 @@ def _evaluate_tier(request: PlanRequest, tier: int, misses: Misses) -> list[Cand
         cand = evaluate(request, shape, misses)
         if cand is not None:
             out.append(cand)
-    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then the faster plan
-    return sorted(out, key=lambda c: (round(c.monthly_usd, 2), c.shape.mode != "disaggregated", c.ttft_s))
+    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then a BF16 KV cache (no accuracy
+    # cost: FP8 KV is chosen only when it saves money), then the faster plan
+    return sorted(
+        out,
+        key=lambda c: (
+            round(c.monthly_usd, 2),
+            c.shape.mode != "disaggregated",
+            c.shape.kv_cache_dtype != "auto",
+            c.ttft_s,
+        ),
+    )
 
 
 def _within_limits(request: PlanRequest, cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:
@@ -61,7 +70,7 @@ def _distinct(cands: list[Candidate]) -> list[Candidate]:
     seen, out = set(), []
     for cand in cands:
         s = cand.shape
-        key = (s.instance.type, s.mode, s.tp, s.pp, s.precision, s.mig_profile)
+        key = (s.instance.type, s.mode, s.tp, s.pp, s.precision, s.kv_cache_dtype, s.mig_profile)
         if key not in seen:
             seen.add(key)
             out.append(cand)

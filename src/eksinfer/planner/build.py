@@ -160,6 +160,7 @@ def alternative(cand: Candidate) -> PlanAlternative:
         tensor_parallel_size=s.tp,
         pipeline_parallel_size=s.pp,
         precision=s.precision,
+        kv_cache_dtype="fp8" if s.kv_cache_dtype == "fp8" else "auto",
         replicas=cand.replicas + cand.prefill_replicas,
         monthly_usd=round(cand.monthly_usd, 2),
         per_million_tokens_usd=0.0,

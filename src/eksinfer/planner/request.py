@@ -69,6 +69,7 @@ class Constraints:
     custom_ami: bool = False
     on_prem: OnPremPool | None = None
     precision: str | None = None  # None: search native and FP8
+    kv_cache_dtype: str | None = None  # None: search auto and fp8 (where the GPU has FP8 tensor cores)
     prices: str | Path | None = None  # price book name or overrides file
 
 
@@ -106,6 +107,8 @@ class PlanRequest:
             raise UsageError("must be a finite number > 0", field="--budget")
         if c.precision not in (None, "bf16", "fp8", "int4"):
             raise UsageError("must be bf16, fp8 or int4", field="--precision")
+        if c.kv_cache_dtype not in (None, "auto", "fp8"):
+            raise UsageError("must be auto or fp8", field="--kv-cache-dtype")
         if c.needs_mig and c.needs_dra:
             raise UsageError(
                 "MIG via the GPU Operator and DRA pods need different node pools", field="--needs-dra"

@@ -146,6 +146,7 @@ class PlanAlternative(_Model):
     tensor_parallel_size: int = Field(description="TP")
     pipeline_parallel_size: int = Field(description="PP")
     precision: Precision = Field(description="weight precision")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(default="auto", description="--kv-cache-dtype")
     replicas: int = Field(ge=0, description="replicas (all roles)")
     monthly_usd: float = Field(description="monthly cost")
     per_million_tokens_usd: float = Field(description="cost per million tokens")

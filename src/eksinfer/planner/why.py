@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from eksinfer.errors import InfeasibleError
+from eksinfer.perf import max_running
 from eksinfer.perf.memory import GIB
 from eksinfer.planner.request import PlanRequest
-from eksinfer.planner.search import TPOT_TAIL, TTFT_TAIL, Candidate, model_tier
+from eksinfer.planner.search import TPOT_TAIL, TTFT_TAIL, Candidate, build_perf, model_tier
 
 TIER_PATTERN = {
     1: "one GPU per replica, replicas behind round-robin",
@@ -32,6 +36,34 @@ def _parallelism(request: PlanRequest, cand: Candidate) -> str:
     if s.mig_profile:
         text += f"; one {s.mig_profile} MIG slice per replica, {s.slices_per_gpu} per GPU"
     return text
+
+
+# vLLM stores FP8 K/V as E4M3 with per-tensor scales: 1.0 unless the checkpoint ships calibrated scales.
+FP8_KV_CAVEAT = (
+    "accuracy caveat: FP8 K/V (E4M3, per-tensor scales, 1.0 unless the checkpoint ships calibrated ones) "
+    "usually costs little accuracy but more on long contexts and reasoning; check your evals, or force "
+    "--kv-cache-dtype auto"
+)
+
+
+def _precision(request: PlanRequest, cand: Candidate) -> str:
+    s, perf, t = cand.shape, cand.perf, request.traffic
+    text = f"{s.precision} weights ({request.model.hf_id_for(s.precision)}), KV cache {perf.kv_cache_dtype}"
+    if perf.kv_cache_dtype != "fp8":
+        return text
+    fits = max_running(perf, t.input_tokens, t.output_tokens)
+    try:
+        bf16 = max_running(
+            build_perf(request, dataclasses.replace(s, kv_cache_dtype="auto"), perf.max_model_len),
+            t.input_tokens,
+            t.output_tokens,
+        )
+    except InfeasibleError:
+        bf16 = 0
+    return (
+        f"{text}: half the bytes per token, {fits} sequences of this shape fit per replica against {bf16} "
+        f"with a BF16 cache; {FP8_KV_CAVEAT}"
+    )
 
 
 def _memory(request: PlanRequest, cand: Candidate) -> str:
@@ -96,8 +128,7 @@ def explain(request: PlanRequest, cand: Candidate, provisioning_why: str, strate
             f"{s.instance.type} ({s.instance.gpus} x {s.instance.gpu}) at ${price:.2f}/h {capacity}, "
             f"price of {s.instance.price_date}: cheapest shape meeting the SLOs"
         ),
-        "precision": f"{s.precision} weights ({request.model.hf_id_for(s.precision)}), KV cache "
-        f"{cand.perf.kv_cache_dtype}",
+        "precision": _precision(request, cand),
         "parallelism": _parallelism(request, cand),
         "memory": _memory(request, cand),
         "mode": mode,

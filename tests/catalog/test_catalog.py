@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from eksinfer.catalog import (
+    default_price_book,
     get_gpu,
     get_instance,
     get_model,
@@ -15,6 +16,7 @@ from eksinfer.catalog import (
     list_instances,
     list_models,
     load_model_config,
+    price_regions,
 )
 from eksinfer.errors import ConfigError, UnknownNameError
 
@@ -98,19 +100,46 @@ def test_gpu_lookup_is_case_insensitive() -> None:
 
 
 def test_reference_prices_and_two_p5_per_month() -> None:
-    p5 = get_instance("p5.48xlarge")
+    p5 = get_instance("p5.48xlarge", prices="reference")
     assert (p5.gpu, p5.gpus, p5.price_per_hour_usd, p5.price_date) == ("H100", 8, 98.32, "2025-05-31")
-    assert get_instance("p4d.24xlarge").price_per_hour_usd == 32.77
-    assert int(2 * p5.price("on-demand") * 720) == 141_580  # the example: $141,580 a month
+    assert get_instance("p4d.24xlarge", prices="reference").price_per_hour_usd == 32.77
+    assert int(2 * p5.price("on-demand") * 720) == 141_580  # the design's example: $141,580 a month in 2025
     assert get_instance("p5.48xlarge", prices="aws-2026-08").price_per_hour_usd == 55.04
     assert get_instance("p5e.48xlarge").price_per_hour_usd is None  # Capacity Blocks only
+    # p5en's only recorded price is post-cut: the 2025 book does not pair it with pre-cut p5 prices
+    assert get_instance("p5en.48xlarge", prices="reference").price_per_hour_usd is None
+
+
+def test_default_book_is_the_newest_and_spot_is_cheaper() -> None:
+    assert default_price_book() == "aws-2026-08"
+    p5 = get_instance("p5.48xlarge")
+    assert (p5.price_per_hour_usd, p5.price_date, p5.price_book) == (55.04, "2026-08-21", "aws-2026-08")
+    for inst in list_instances():
+        if inst.price_per_hour_usd is not None:
+            assert inst.spot_discount > 0, inst.type
+            assert inst.price("spot") < inst.price("on-demand")  # type: ignore[operator]
+            assert inst.spot_date == "2026-08-21"
+    assert get_instance("p5.48xlarge", prices="reference").price("spot") == 98.32  # none known for 2025
+
+
+def test_region_factors_price_and_hide_families() -> None:
+    assert get_instance("p5.48xlarge", region="us-west-2").price_per_hour_usd == 55.04
+    assert get_instance("p5.48xlarge", region="us-west-1").price_per_hour_usd == pytest.approx(68.8)
+    frankfurt = get_instance("p4d.24xlarge", region="eu-central-1")
+    assert frankfurt.price_per_hour_usd == pytest.approx(27.4330, 1e-4)
+    assert get_instance("p5.48xlarge", region="eu-central-1").price_per_hour_usd is None  # not offered
+    assert "ap-northeast-1" in price_regions()
+    with pytest.raises(UnknownNameError, match="--region"):
+        list_instances(region="mars-north-1")
+    with pytest.raises(UnknownNameError):
+        get_instance("p5.48xlarge", prices="reference", region="us-west-2")  # the 2025 book has no factors
 
 
 def test_price_overrides_file_with_spot_discount(tmp_path: Path) -> None:
     book = tmp_path / "prices.yaml"
     book.write_text("as_of: '2026-11-01'\non_demand: {p5e.48xlarge: 40.0}\nspot_discount: {p5: 0.6}\n")
     p5 = get_instance("p5.48xlarge", prices=book)
-    assert p5.price("spot") == pytest.approx(98.32 * 0.4)
+    assert p5.price("spot") == pytest.approx(55.04 * 0.4)  # on top of the newest book
     assert p5.price_date == "2026-11-01"
     assert get_instance("p5e.48xlarge", prices=book).price("on-demand") == 40.0
     bad = tmp_path / "bad.yaml"

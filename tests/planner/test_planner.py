@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eksinfer.catalog import get_model, load_model_config
-from eksinfer.errors import InfeasibleError, UsageError
+from eksinfer.errors import InfeasibleError, UnknownNameError, UsageError
 from eksinfer.planner import Constraints, OnPremPool, Plan, PlanRequest, Slo, Traffic, dns_name, make_plan
 from eksinfer.planner.schema import PLAN_SCHEMA_VERSION
 
@@ -59,14 +59,19 @@ def test_700b_plus_moe_is_tier_3_multi_node(model_id: str) -> None:
         assert "--kv-transfer-config" in plan.roles[0].engine.vllm_args
 
 
-def test_two_p5_on_demand_cost_141580_a_month() -> None:
+def test_two_p5_on_demand_cost_141580_a_month_in_2025_and_less_today() -> None:
     # Kimi K2.5 (594 GB INT4/BF16) does not fit one p5.48xlarge (8 x 79 GiB): two nodes, PP 2
-    plan = _plan("kimi-k2.5", Traffic(requests_per_s=0.5), instance_families=("p5",))
-    assert plan.instance.type == "p5.48xlarge"
-    assert plan.nodes.total_nodes == 2
-    assert plan.cost.monthly_usd == pytest.approx(2 * 98.32 * 720)  # $141,580.80
-    assert int(plan.cost.monthly_usd) == 141_580
-    assert plan.instance.price_date == "2025-05-31"
+    then = _plan("kimi-k2.5", Traffic(requests_per_s=0.5), instance_families=("p5",), prices="reference")
+    assert then.instance.type == "p5.48xlarge"
+    assert then.nodes.total_nodes == 2
+    assert then.cost.monthly_usd == pytest.approx(2 * 98.32 * 720)  # $141,580.80
+    assert int(then.cost.monthly_usd) == 141_580
+    assert then.instance.price_date == "2025-05-31"
+    today = _plan("kimi-k2.5", Traffic(requests_per_s=0.5), instance_families=("p5",))
+    assert (today.instance.price_book, today.instance.price_date) == ("aws-2026-08", "2026-08-21")
+    assert today.cost.monthly_usd == pytest.approx(2 * 55.04 * 720)
+    [old] = today.cost.comparisons  # the 2025 price as a comparison, not as today's
+    assert (old.book, old.as_of, old.monthly_usd) == ("reference", "2025-05-31", pytest.approx(141_580.8))
 
 
 def test_plan_json_round_trips_with_version_and_tier() -> None:
@@ -128,6 +133,26 @@ def test_provisioning_follows_mig_dra_and_spot() -> None:
     assert mig.nodes.provisioning == "karpenter"
     assert mig.nodes.mig_profile is not None
     assert mig.nodes.mig_profile.startswith("all-")
+
+
+def test_spot_is_cheaper_than_on_demand_and_dated() -> None:
+    on_demand = _plan("llama-3.3-70b", Traffic(requests_per_s=2.0))
+    spot = _plan("llama-3.3-70b", Traffic(requests_per_s=2.0), capacity_type="spot")
+    assert spot.cost.monthly_usd < on_demand.cost.monthly_usd
+    assert spot.instance.spot_price_date == "2026-08-21"
+    assert on_demand.instance.spot_price_date is None
+    assert "reclaimable" in spot.why["instance"]
+
+
+def test_region_changes_price_and_offer() -> None:
+    home = _plan("llama-3.1-8b", instance_families=("g6e",))
+    frankfurt = _plan("llama-3.1-8b", instance_families=("g6e",), region="eu-central-1")
+    assert frankfurt.instance.region == "eu-central-1"
+    assert frankfurt.cost.monthly_usd == pytest.approx(home.cost.monthly_usd * 1.2504, rel=1e-3)
+    with pytest.raises(InfeasibleError):
+        _plan("kimi-k2.5", instance_families=("p5",), region="eu-central-1")  # no p5 priced there
+    with pytest.raises(UnknownNameError, match="--region"):
+        _plan("llama-3.1-8b", region="atlantis-1")
 
 
 def test_spot_discount_from_overrides_file(tmp_path: Path) -> None:

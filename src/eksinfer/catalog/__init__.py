@@ -4,9 +4,11 @@
     get_gpu("h100") -> GpuSpec                     get_instance("p5.48xlarge", prices=None) -> InstanceSpec
     list_models(), list_gpus(), list_instances(prices=None)
 
-`prices` is a price-book name (`reference`, the default, or `aws-2026-08`) or a path to a YAML overrides
-file (`on_demand: {type: usd}`, `spot_discount: {type-or-family: fraction}`, `as_of`, `source`) applied on
-top of the default book.
+`prices` is a price-book name (`aws-2026-08`, the default because it is the newest dated book, or
+`reference`, the 2025 book kept for comparison) or a path to a YAML overrides file (`on_demand: {type: usd}`,
+`spot_discount: {type-or-family: fraction}`, `as_of`, `source`, `base`) applied on top of a book. `region`
+prices an instance in another region by the book's per-family factor; a family the book has no factor for
+there is not offered (no price).
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from eksinfer.catalog.models import ModelSpec, load_model_config, parse_hf_confi
 from eksinfer.errors import ConfigError, UnknownNameError
 
 __all__ = [
-    "DEFAULT_PRICE_BOOK",
+    "DEFAULT_REGION",
+    "PRICE_BOOKS",
     "GpuSpec",
     "InstanceSpec",
     "ModelSpec",
+    "default_price_book",
     "get_gpu",
     "get_instance",
     "get_model",
@@ -35,10 +39,11 @@ __all__ = [
     "list_models",
     "load_model_config",
     "load_price_book",
+    "price_regions",
 ]
 
-DEFAULT_PRICE_BOOK = "reference"
-PRICE_BOOKS = ("reference", "aws-2026-08")
+PRICE_BOOKS = ("aws-2026-08", "reference")
+DEFAULT_REGION = "us-east-1"
 
 
 @functools.cache
@@ -100,11 +105,23 @@ def get_gpu(name: str) -> GpuSpec:
     return spec
 
 
+@functools.cache
+def default_price_book() -> str:
+    """The newest dated book: a plan should not price today's nodes at last year's rates."""
+    return max(PRICE_BOOKS, key=lambda name: str(_data(f"prices-{name}.yaml")["as_of"]))
+
+
 def load_price_book(prices: str | Path | None = None) -> dict[str, Any]:
-    """A named price book, or the default book with an overrides file applied on top."""
+    """A named price book, or a book (`base`, default the newest) with an overrides file applied on top."""
     if prices is None or str(prices) in PRICE_BOOKS:
-        return _data(f"prices-{prices or DEFAULT_PRICE_BOOK}.yaml")
+        return _data(f"prices-{prices or default_price_book()}.yaml")
     return _with_overrides(str(prices))
+
+
+def price_regions(prices: str | Path | None = None) -> list[str]:
+    """Regions a book prices: its own plus those it has factors for."""
+    book = load_price_book(prices)
+    return [str(book.get("region", DEFAULT_REGION)), *(book.get("region_factors") or {})]
 
 
 @functools.cache
@@ -119,34 +136,49 @@ def _with_overrides(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path!r}: {err}", field="--prices") from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path!r} must be a mapping", field="--prices")
-    unknown = set(loaded) - {"name", "region", "as_of", "source", "base", "on_demand", "spot_discount"}
+    unknown = set(loaded) - {
+        "name", "region", "as_of", "source", "base", "on_demand", "spot_discount", "spot_as_of",
+        "spot_source", "region_factors",
+    }  # fmt: skip
     if unknown:
         raise ConfigError(f"unknown keys {sorted(unknown)} in {path!r}", field="--prices")
-    base = dict(load_price_book(str(loaded.get("base", DEFAULT_PRICE_BOOK))))
-    for key in ("on_demand", "spot_discount"):
+    base = dict(load_price_book(str(loaded.get("base", default_price_book()))))
+    for key in ("on_demand", "spot_discount", "region_factors"):
         extra = loaded.get(key) or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"{key} must be a mapping in {path!r}", field="--prices")
         base[key] = {**(base.get(key) or {}), **extra}
-    for key in ("name", "region", "as_of", "source"):
+    for key in ("name", "region", "as_of", "source", "spot_as_of", "spot_source"):
         if key in loaded:
             base[key] = loaded[key]
     base.setdefault("source", path)
     return base
 
 
-def list_instances(prices: str | Path | None = None) -> list[InstanceSpec]:
+def _check_region(prices: str | Path | None, region: str | None) -> None:
+    known = price_regions(prices)
+    if region is not None and region not in known:
+        raise UnknownNameError("region", region, known, field="--region")
+
+
+def list_instances(prices: str | Path | None = None, region: str | None = None) -> list[InstanceSpec]:
+    _check_region(prices, region)
     book = load_price_book(prices)
     entries = _data("instances.yaml")
     return [
-        instance_from_entry(name, entry, book) for name, entry in entries.items() if not name.startswith("_")
+        instance_from_entry(name, entry, book, region)
+        for name, entry in entries.items()
+        if not name.startswith("_")
     ]
 
 
-def get_instance(instance_type: str, prices: str | Path | None = None) -> InstanceSpec:
-    """An EC2 instance type (exact name, case-insensitive) priced from `prices`."""
+def get_instance(
+    instance_type: str, prices: str | Path | None = None, region: str | None = None
+) -> InstanceSpec:
+    """An EC2 instance type (exact name, case-insensitive) priced from `prices` in `region`."""
+    _check_region(prices, region)
     entries = {k: v for k, v in _data("instances.yaml").items() if not k.startswith("_")}
     key = instance_type.strip().lower()
     if key not in entries:
         raise UnknownNameError("instance type", instance_type, list(entries), field="instance")
-    return instance_from_entry(key, entries[key], load_price_book(prices))
+    return instance_from_entry(key, entries[key], load_price_book(prices), region)

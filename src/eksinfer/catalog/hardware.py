@@ -58,6 +58,8 @@ class InstanceSpec:
     price_date: str
     price_source: str
     region: str
+    price_book: str = ""
+    spot_date: str = ""  # date of the spot discount (spot prices move daily)
 
     def price(self, capacity_type: str) -> float | None:
         """USD per instance-hour for on-demand or spot (spot = on-demand x (1 - discount))."""
@@ -92,10 +94,18 @@ def gpu_from_entry(name: str, entry: Mapping[str, Any]) -> GpuSpec:
     )
 
 
-def instance_from_entry(name: str, entry: Mapping[str, Any], prices: Mapping[str, Any]) -> InstanceSpec:
-    """Join an instance's hardware with a price book (`on_demand`, `spot_discount` by type or family)."""
+def instance_from_entry(
+    name: str, entry: Mapping[str, Any], prices: Mapping[str, Any], region: str | None = None
+) -> InstanceSpec:
+    """Join an instance's hardware with a price book (`on_demand`, `spot_discount` by type or family,
+    `region_factors` by region and family: no factor, no price there)."""
     family = name.split(".")[0]
+    home = str(prices.get("region", "us-east-1"))
+    region = region or home
     on_demand = (prices.get("on_demand") or {}).get(name)
+    if on_demand is not None and region != home:
+        factor = ((prices.get("region_factors") or {}).get(region) or {}).get(family)
+        on_demand = None if factor is None else float(on_demand) * float(factor)
     discounts = prices.get("spot_discount") or {}
     discount = float(discounts.get(name, discounts.get(family, 0.0)))
     if not 0.0 <= discount < 1.0:
@@ -115,5 +125,7 @@ def instance_from_entry(name: str, entry: Mapping[str, Any], prices: Mapping[str
         spot_discount=discount,
         price_date=str(prices.get("as_of", "")),
         price_source=str(prices.get("source", "")),
-        region=str(prices.get("region", "us-east-1")),
+        region=region,
+        price_book=str(prices.get("name", "")),
+        spot_date=str(prices.get("spot_as_of", prices.get("as_of", ""))) if discount else "",
     )

@@ -64,7 +64,8 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
         (
             "instances",
             f"{p.nodes.total_nodes} x {inst.type} ({inst.gpus} x {inst.gpu}), {inst.capacity_type}, "
-            f"${inst.price_per_hour_usd:,.2f}/h as of {inst.price_date}",
+            f"${inst.price_per_hour_usd:,.2f}/h in {inst.region}, {inst.price_book or 'price'} book of "
+            f"{inst.price_date}",
         )
     ]
     for role in p.roles:
@@ -101,6 +102,9 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
             f"${p.cost.per_million_tokens_usd:.3f} per million tokens",
         ),
     ]
+    for other in p.cost.comparisons:
+        then = "not priced" if other.monthly_usd is None else f"{_fmt_money(other.monthly_usd)}/month"
+        rows.append(("  compare", f"same nodes at the {other.book} book's prices ({other.as_of}): {then}"))
     if p.on_prem:
         rows.append(("on-prem", f"{p.on_prem.replicas} replica(s) on {p.on_prem.gpus} x {p.on_prem.gpu}"))
     return rows
@@ -203,8 +207,9 @@ def register(app: typer.Typer) -> None:
             None, "--kv-cache-dtype", help="Force auto or fp8 KV cache (default: search both)."
         ),
         prices: str | None = typer.Option(
-            None, "--prices", help="Price book (reference, aws-2026-08) or file."
+            None, "--prices", help="Price book (aws-2026-08: newest, default; reference: 2025) or file."
         ),
+        region: str | None = typer.Option(None, "--region", help="AWS region to price (default us-east-1)."),
         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
         as_yaml: bool = typer.Option(False, "--yaml", help="Print the plan as YAML."),
         render_dir: Path | None = typer.Option(None, "--render", help="Also render EKS manifests into DIR."),
@@ -237,6 +242,7 @@ def register(app: typer.Typer) -> None:
                 "precision": precision,
                 "kv_cache_dtype": kv_cache_dtype,
                 "prices": prices,
+                "region": region,
             },
         )
         plan = make_plan(request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from eksinfer.catalog import get_gpu
+from eksinfer.catalog import PRICE_BOOKS, get_gpu, get_instance, load_price_book, price_regions
 from eksinfer.perf import EnginePerf, load_time_s, max_running
 from eksinfer.perf.memory import GIB
 from eksinfer.planner.request import PlanRequest
@@ -19,6 +19,7 @@ from eksinfer.planner.schema import (
     PlanNodes,
     PlanOnPrem,
     PlanPrediction,
+    PlanPriceComparison,
     PlanRole,
     PlanRouting,
     PlanSlo,
@@ -149,7 +150,30 @@ def _cost(request: PlanRequest, cand: Candidate) -> PlanCost:
         hours_per_month=HOURS_PER_MONTH,
         monthly_usd=round(cand.monthly_usd, 2),
         per_million_tokens_usd=round(cand.monthly_usd / tokens_month * 1e6, 4),
+        comparisons=_comparisons(request, cand),
     )
+
+
+def _comparisons(request: PlanRequest, cand: Candidate) -> list[PlanPriceComparison]:
+    """The same nodes priced by every other dated book (the 2025 book's $98.32 p5 is history, not today)."""
+    inst, c = cand.shape.instance, request.constraints
+    out = []
+    for book in PRICE_BOOKS:
+        if book == inst.price_book:
+            continue
+        as_of = str(load_price_book(book).get("as_of", ""))
+        price = None
+        if inst.region in price_regions(book):
+            price = get_instance(inst.type, prices=book, region=inst.region).price(c.capacity_type)
+        out.append(
+            PlanPriceComparison(
+                book=book,
+                as_of=as_of,
+                price_per_hour_usd=None if price is None else round(price, 4),
+                monthly_usd=None if price is None else round(price * cand.nodes * HOURS_PER_MONTH, 2),
+            )
+        )
+    return out
 
 
 def alternative(cand: Candidate) -> PlanAlternative:
@@ -251,6 +275,9 @@ def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
         price_per_hour_usd=round(price, 4),
         price_date=inst.price_date,
         region=inst.region,
+        price_book=inst.price_book,
+        price_source=inst.price_source,
+        spot_price_date=(inst.spot_date or None) if request.constraints.capacity_type == "spot" else None,
     )
 
 

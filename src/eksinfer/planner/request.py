@@ -70,7 +70,8 @@ class Constraints:
     on_prem: OnPremPool | None = None
     precision: str | None = None  # None: search native and FP8
     kv_cache_dtype: str | None = None  # None: search auto and fp8 (where the GPU has FP8 tensor cores)
-    prices: str | Path | None = None  # price book name or overrides file
+    prices: str | Path | None = None  # price book name or overrides file; None: the newest book
+    region: str | None = None  # None: the book's own region (us-east-1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ class PlanRequest:
             raise UsageError(
                 "MIG via the GPU Operator and DRA pods need different node pools", field="--needs-dra"
             )
-        known = {i.family for i in list_instances(c.prices)}
+        known = {i.family for i in list_instances(c.prices, c.region)}
         unknown = sorted(set(c.instance_families) - known)
         if unknown:
             raise UsageError(

@@ -66,6 +66,11 @@ class PlanInstance(_Model):
     price_per_hour_usd: float = Field(description="price used for the cost, USD per instance-hour")
     price_date: str = Field(description="date of the price, ISO 8601")
     region: str = Field(default="us-east-1", description="region the price is for")
+    price_book: str = Field(default="", description="price book the price comes from, e.g. aws-2026-08")
+    price_source: str = Field(default="", description="where the book's prices come from")
+    spot_price_date: str | None = Field(
+        default=None, description="date of the spot discount used, when capacity_type is spot"
+    )
 
 
 class PlanEngine(_Model):
@@ -126,11 +131,21 @@ class PlanPrediction(_Model):
     load_time_s: float = Field(description="predicted model load time of one engine, seconds (sizes probes)")
 
 
+class PlanPriceComparison(_Model):
+    book: str = Field(description="another dated price book, e.g. reference (2025)")
+    as_of: str = Field(description="date of that book's prices, ISO 8601")
+    price_per_hour_usd: float | None = Field(description="the same instance type there; None: not priced")
+    monthly_usd: float | None = Field(description="the same nodes for a month at that price")
+
+
 class PlanCost(_Model):
     hours_per_month: float = Field(default=720.0, description="hours billed a month")
     monthly_usd: float = Field(description="instances x price x hours")
     per_million_tokens_usd: float = Field(
         description="monthly cost / (tokens a month at the planned load) x 1e6"
+    )
+    comparisons: list[PlanPriceComparison] = Field(
+        default_factory=list, description="the same nodes priced by the other dated books, for comparison"
     )
 
 

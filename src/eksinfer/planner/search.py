@@ -2,8 +2,9 @@
 
 For every engine shape that fits in memory, sweep the per-replica concurrency, keep the largest one whose
 predicted latency meets the SLOs (means scaled by tail allowances: p99 TTFT runs about 2x the mean and TPOT
-about 1.1x in MLPerf server logs, planner-anchors.md 8b), then size replicas for the target load
-(x1.2 headroom on a request rate, llm-d planner's factor) and price the nodes. Tiers bound the shapes:
+about 1.1x in the MLPerf Inference v4.1 / v5.0 server logs of closed/NVIDIA Llama-2-70B), then size
+replicas for the target load (x1.2 headroom on a request rate, llm-d planner's factor) and price the nodes.
+Tiers bound the shapes:
     tier 1  one GPU per replica (or one MIG slice)            models up to 40B total parameters
     tier 2  TP 2-8 inside one node                             larger models, below 700B MoE
     tier 3  multi-node: PP across nodes (LeaderWorkerSet) and prefill/decode disaggregation, EFA nodes
@@ -127,7 +128,7 @@ def enumerate_shapes(request: PlanRequest, tier: int) -> list[Shape]:
     """Every engine shape of `tier` on the allowed, priced instance types."""
     c = request.constraints
     shapes: list[Shape] = []
-    for inst in list_instances(c.prices):
+    for inst in list_instances(c.prices, c.region):
         if c.instance_families and inst.family not in c.instance_families:
             continue
         if inst.price(c.capacity_type) is None:

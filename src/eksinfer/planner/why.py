@@ -111,6 +111,11 @@ def explain(request: PlanRequest, cand: Candidate, provisioning_why: str, strate
     capacity = c.capacity_type
     if capacity == "spot" and s.instance.spot_discount == 0:
         capacity += " (no spot discount known for this type: priced at on-demand; add one with --prices FILE)"
+    elif capacity == "spot":
+        capacity += (
+            f" ({s.instance.spot_discount:.0%} off on-demand, median us-east-1 spot price of "
+            f"{s.instance.spot_date}; spot capacity is reclaimable and not guaranteed)"
+        )
     routing = (
         "KV-cache-aware: sends a prompt where its prefix is cached and the queue is short"
         if strategy == "kv-aware"
@@ -125,8 +130,9 @@ def explain(request: PlanRequest, cand: Candidate, provisioning_why: str, strate
     return {
         "tier": _tier(request, cand),
         "instance": (
-            f"{s.instance.type} ({s.instance.gpus} x {s.instance.gpu}) at ${price:.2f}/h {capacity}, "
-            f"price of {s.instance.price_date}: cheapest shape meeting the SLOs"
+            f"{s.instance.type} ({s.instance.gpus} x {s.instance.gpu}) at ${price:.2f}/h {capacity} in "
+            f"{s.instance.region}, {s.instance.price_book} price book of {s.instance.price_date}: cheapest "
+            "shape meeting the SLOs"
         ),
         "precision": _precision(request, cand),
         "parallelism": _parallelism(request, cand),

@@ -1,8 +1,9 @@
 """Planner fidelity: the performance model's TTFT, TPOT and throughput against measured vLLM runs.
 
-Data: shared/reference/data/validation_aic_vllm_dense_h100_h200.csv, the 219 vLLM aggregated runs on
-H100/H200 (Qwen3-32B BF16/FP8, Llama-3.1-70B FP8, Llama-3.1-8B FP8) from NVIDIA AIConfigurator's
-silicon_sample.csv @095f58a5.
+Data (vendored in benchmarks/data/, source and licence in its README): the 219 vLLM aggregated runs on
+H100/H200 (Qwen3-32B BF16/FP8, Llama-3.1-70B FP8, Llama-3.1-8B FP8) the dense constants are fitted on, and
+the MoE and B200 runs, from NVIDIA AIConfigurator's silicon_sample.csv @095f58a5. Calibration and held-out
+medians are printed separately.
 Llama-3.1-70B is predicted with the catalog's Llama-3.3-70B (identical config.json shapes).
 Prints a table of representative runs and the median / mean absolute percentage error per model and GPU.
 Run: `make bench ARGS=plan` or `.venv/bin/python -m benchmarks.run plan` (`--all` prints every row).
@@ -20,14 +21,10 @@ from eksinfer.catalog import get_gpu, get_model
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import build_engine_perf, predict_aggregated
 
-DATA_CANDIDATES = (
-    Path(__file__).resolve().parents[1] / "shared" / "reference" / "data",
-    Path(__file__).resolve().parents[2] / "shared" / "reference" / "data",
-    Path("/work/shared/reference/data"),
-)
-CSV_NAME = "validation_aic_vllm_dense_h100_h200.csv"
+DATA = Path(__file__).resolve().parent / "data"
+CSV_NAME = "aic_vllm_agg_dense_h100_h200.csv"
 SOURCE = "AIC silicon_sample.csv @095f58a5"
-SAMPLE_NAME = "aic_silicon_sample.csv"
+SAMPLE_NAME = "aic_vllm_agg_moe_b200.csv"
 MODEL_MAP = {
     "Qwen/Qwen3-32B": "qwen3-32b",
     "meta-llama/Llama-3.1-70B": "llama-3.3-70b",
@@ -86,10 +83,7 @@ class Compared:
 
 
 def _find(name: str) -> Path:
-    path = next((d / name for d in DATA_CANDIDATES if (d / name).exists()), None)
-    if path is None:
-        raise FileNotFoundError(f"{name} not found under shared/reference/data")
-    return path
+    return DATA / name
 
 
 def load_holdout(path: Path | None = None) -> list[Row]:

@@ -1,7 +1,7 @@
 """How long one vLLM engine step takes: a roofline with calibrated efficiency factors.
 
 One step = the batch vLLM's v1 scheduler runs: chunked-prefill tokens plus one token for each decoding
-sequence. Per step, on the busiest GPU (planner-anchors.md 8b; AIConfigurator's SOL = max(math, memory)):
+sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math, memory), gemm.rs):
 
     linear    max(weights read / (HBM x ETA_BW),  2 x active params x tokens / TP / (TFLOPS x ETA_GEMM))
               weights read = non-expert weights + touched experts; a MoE layer touches
@@ -13,9 +13,9 @@ sequence. Per step, on the busiest GPU (planner-anchors.md 8b; AIConfigurator's 
     overhead  STEP_OVERHEAD + LAYER_OVERHEAD x layers (launch, sampler, scheduler; CUDA graphs)
 
 Efficiency factors (fitted with benchmarks/bench_plan.py to the 219 vLLM H100/H200 runs in
-shared/reference/data/validation_aic_vllm_dense_h100_h200.csv, starting from AIC's system YAMLs and the
-grid fit in planner-anchors.md 8b): see the constants below. The model is additive on purpose: each term is a
-separate kernel family in vLLM, so they do not overlap within a step.
+benchmarks/data/aic_vllm_agg_dense_h100_h200.csv, from NVIDIA AIConfigurator's silicon_sample.csv
+@095f58a5, starting from AIC's system YAMLs): see the constants below. The model is additive on purpose:
+each term is a separate kernel family in vLLM, so they do not overlap within a step.
 """
 
 from __future__ import annotations

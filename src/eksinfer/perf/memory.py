@@ -1,11 +1,11 @@
 """Memory model: weight bytes by precision, KV bytes per token, and the KV budget vLLM is left with.
 
-KV per token (planner-anchors.md 8b, checked against vLLM: Llama-3.1-8B 131,072 B, Llama-3.1-70B 327,680 B):
+KV per token (checked against vLLM: Llama-3.1-8B 131,072 B, Llama-3.1-70B 327,680 B):
     GQA:  2 x layers x kv_heads x head_dim x dtype bytes        (per GPU: ceil(kv_heads / TP), replicated
                                                                   when TP > kv_heads)
     MLA:  layers x (kv_lora_rank + qk_rope_head_dim) x dtype bytes   (latent not sharded by TP)
           + layers x (index_head_dim + 4) bytes for a DeepSeek-sparse-attention indexer key (FP8 + scale)
-Per-GPU budget (llm-d-planner capacity_planner.py, fitted on H100 + vLLM; planner-anchors.md section 2):
+Per-GPU budget (llm-d-planner capacity_planner.py, fitted on H100 + vLLM):
     kv = util x memory - weights / (TP x PP) - activation - non_torch
     activation = 5.2 GiB dense / 7.6 GiB MoE at 8,192 batched tokens (measured 4.8-5.6 dense, 7.4-8 MoE,
                  CUDA graphs included), scaled with max_num_batched_tokens; non_torch 0.15 GiB at one GPU,

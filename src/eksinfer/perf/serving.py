@@ -1,7 +1,7 @@
 """Steady-state latency and throughput of one engine under closed-loop load (mean field, no simulation).
 
 Aggregated engine with chunked prefill, `concurrency` requests in flight (AIConfigurator's `run_agg`
-specialised to vLLM, planner-anchors.md 1.3 and 8b):
+specialised to vLLM: aiconfigurator @095f58a5 base_backend.py and vllm_backend.py):
     running   = min(concurrency, max_num_seqs, KV tokens / (ISL + OSL/2))   (the rest wait in the queue)
     a request lives K steps: OSL - 1 decode steps plus ceil(ISL_new / chunk) prefill steps, so an average
     step carries p = m x ISL_new / K prefill tokens and d = m x (OSL - 1) / K decodes (m = running / PP:
@@ -15,7 +15,7 @@ specialised to vLLM, planner-anchors.md 1.3 and 8b):
     E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL
 Disaggregated: a prefill engine runs whole prompts back to back, a decode engine only decodes; AIC rate
 matching derates them by 0.9 (pipeline bubble) and 0.92 (unsaturated batch slots), and multiplies the
-prefill TTFT by 1.8 for queueing (planner-anchors.md 1.4), plus the KV transfer over EFA.
+prefill TTFT by 1.8 for queueing (aiconfigurator picking.py), plus the KV transfer over EFA.
 """
 
 from __future__ import annotations

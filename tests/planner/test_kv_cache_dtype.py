@@ -49,7 +49,9 @@ def test_search_takes_fp8_kv_when_it_saves_nodes_and_says_why() -> None:
 
 
 def test_equal_cost_keeps_the_bf16_cache() -> None:
-    plan = make_plan(PlanRequest(get_model("llama-3.1-8b")))  # 1 req/s: one GPU either way
+    # 1 req/s of an 8B model: one H100 either way, so one p5 node either way
+    request = PlanRequest(get_model("llama-3.1-8b"), constraints=Constraints(instance_families=("p5",)))
+    plan = make_plan(request)
     assert plan.roles[0].engine.kv_cache_dtype == "auto"
     assert "--kv-cache-dtype" in plan.roles[0].engine.vllm_args
 

@@ -91,6 +91,8 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
             f"TTFT {pred.ttft_s:.3f} s, TPOT {pred.tpot_s * 1e3:.1f} ms, "
             f"{pred.throughput_tokens_per_s:,.0f} output tok/s, capacity {pred.requests_per_s:.2f} req/s",
         ),
+        *_knee_rows(p),
+        *_ground_rows(p),
         (
             "memory",
             f"{pred.weight_gib_per_gpu:.1f} GiB weights/GPU, {pred.kv_cache_gib_per_replica:.1f} GiB "
@@ -110,6 +112,41 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
     return rows
 
 
+def _knee_rows(p: Plan) -> list[tuple[str, str]]:
+    """Where latency turns up and where the queue runs away, for a rate target (open loop)."""
+    pred = p.prediction
+    if pred.saturation_requests_per_s is None or pred.knee_requests_per_s is None:
+        return []
+    curve = ", ".join(
+        f"{pt.requests_per_s:.3g}: " + ("saturated" if pt.ttft_s is None else f"{pt.ttft_s:.2f} s")
+        for pt in pred.load_curve
+    )
+    return [
+        (
+            "load",
+            f"knee {pred.knee_requests_per_s:.2f} req/s (latency x2), saturates at "
+            f"{pred.saturation_requests_per_s:.2f} req/s; mean TTFT by arrival rate: {curve}",
+        )
+    ]
+
+
+def _ground_rows(p: Plan) -> list[tuple[str, str]]:
+    """The footing of the prediction: calibrated, or a visible warning per unmeasured part, with the band."""
+    g = p.ground
+    if g is None:
+        return []
+    band = (
+        f"band TTFT {g.ttft_s[0]:.3f}-{g.ttft_s[1]:.3f} s, TPOT {g.tpot_s[0] * 1e3:.1f}-"
+        f"{g.tpot_s[1] * 1e3:.1f} ms, {g.throughput_tokens_per_s[0]:,.0f}-"
+        f"{g.throughput_tokens_per_s[1]:,.0f} tok/s"
+    )
+    if g.measured:
+        return [("ground", f"{g.basis}; {band}")]
+    rows = [("ground", f"[bold red]UNMEASURED[/bold red]: predictions may be far off; {band}")]
+    rows += [("  !", w) for w in g.warnings]
+    return rows
+
+
 ALT_COLUMNS = (
     "instance",
     "mode",
@@ -121,6 +158,7 @@ ALT_COLUMNS = (
     "$/M tok",
     "TTFT s",
     "TPOT ms",
+    "ground",
 )
 
 
@@ -158,6 +196,7 @@ def print_table(plan: Plan) -> None:
                 f"{a.per_million_tokens_usd:.3f}",
                 f"{a.ttft_s:.3f}",
                 f"{a.tpot_s * 1e3:.1f}",
+                "measured" if a.measured else "UNMEASURED",
             )
         console.print(alts)
 

@@ -12,7 +12,7 @@ import math
 
 from eksinfer.errors import InfeasibleError
 from eksinfer.planner.build import build_plan, dns_name
-from eksinfer.planner.evaluate import evaluate_aggregated, evaluate_disaggregated
+from eksinfer.planner.evaluate import evaluate_aggregated, evaluate_disaggregated, refine_open_loop
 from eksinfer.planner.request import Constraints, OnPremPool, PlanRequest, Slo, Traffic
 from eksinfer.planner.schema import Plan
 from eksinfer.planner.search import (
@@ -28,6 +28,20 @@ from eksinfer.planner.search import (
 __all__ = ["Constraints", "OnPremPool", "Plan", "PlanRequest", "Slo", "Traffic", "dns_name", "make_plan"]
 
 MAX_ALTERNATIVES = 5
+# The open-loop queue model re-sizes the cheapest closed-loop candidates only (it costs ~10 ms a shape); it
+# can only add replicas, so a candidate outside the first few rarely overtakes them.
+OPEN_LOOP_CANDIDATES = 12
+
+
+def _rank(c: Candidate) -> tuple[float, bool, bool, float]:
+    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then a BF16 KV cache (no accuracy
+    # cost: FP8 KV is chosen only when it saves money), then the faster plan
+    return (
+        round(c.monthly_usd, 2),
+        c.shape.mode != "disaggregated",
+        c.shape.kv_cache_dtype != "auto",
+        c.ttft_s,
+    )
 
 
 def _evaluate_tier(request: PlanRequest, tier: int, misses: Misses) -> list[Candidate]:
@@ -37,17 +51,9 @@ def _evaluate_tier(request: PlanRequest, tier: int, misses: Misses) -> list[Cand
         cand = evaluate(request, shape, misses)
         if cand is not None:
             out.append(cand)
-    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then a BF16 KV cache (no accuracy
-    # cost: FP8 KV is chosen only when it saves money), then the faster plan
-    return sorted(
-        out,
-        key=lambda c: (
-            round(c.monthly_usd, 2),
-            c.shape.mode != "disaggregated",
-            c.shape.kv_cache_dtype != "auto",
-            c.ttft_s,
-        ),
-    )
+    out.sort(key=_rank)
+    refined = [r for r in (refine_open_loop(request, c) for c in out[:OPEN_LOOP_CANDIDATES]) if r is not None]
+    return sorted(refined, key=_rank) + out[OPEN_LOOP_CANDIDATES:]
 
 
 def _within_limits(request: PlanRequest, cands: list[Candidate]) -> tuple[list[Candidate], list[str]]:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from eksinfer.catalog import PRICE_BOOKS, get_gpu, get_instance, load_price_book, price_regions
 from eksinfer.perf import EnginePerf, load_time_s, max_running
 from eksinfer.perf.memory import GIB
+from eksinfer.perf.queueing import knee_requests_per_s, open_loop
+from eksinfer.planner.evaluate import open_loop_curve
+from eksinfer.planner.ground import assess
 from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.schema import (
     Plan,
     PlanAlternative,
     PlanCost,
     PlanEngine,
+    PlanGround,
     PlanInstance,
+    PlanLoadPoint,
     PlanModel,
     PlanNodes,
     PlanOnPrem,
@@ -125,6 +131,30 @@ def provisioning(request: PlanRequest, cand: Candidate) -> tuple[Provisioning, s
     )
 
 
+LOAD_FRACTIONS = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def _saturation(request: PlanRequest, cand: Candidate) -> dict[str, Any]:
+    """Knee, saturation and the latency curve of the deployment under Poisson arrivals (aggregated)."""
+    if cand.shape.mode != "aggregated":
+        return {}
+    curve = open_loop_curve(request, cand)
+    n = cand.replicas
+    cap = curve.capacity_requests_per_s
+    points = []
+    for fraction in LOAD_FRACTIONS:
+        p = open_loop(curve, cap * fraction)
+        ttft = None if p.saturated else round(p.ttft_s, 4)
+        points.append(
+            PlanLoadPoint(requests_per_s=round(n * cap * fraction, 3), ttft_s=ttft, tpot_s=round(p.tpot_s, 5))
+        )
+    return {
+        "knee_requests_per_s": round(n * knee_requests_per_s(curve), 3),
+        "saturation_requests_per_s": round(n * cap, 3),
+        "load_curve": points,
+    }
+
+
 def _prediction(request: PlanRequest, cand: Candidate) -> PlanPrediction:
     perf: EnginePerf = cand.perf
     t = request.traffic
@@ -139,6 +169,7 @@ def _prediction(request: PlanRequest, cand: Candidate) -> PlanPrediction:
         kv_cache_gib_per_replica=round(perf.kv_cache_bytes_per_gpu * perf.gpus / GIB, 2),
         num_gpu_blocks=perf.num_gpu_blocks,
         load_time_s=round(load_time_s(perf), 1),
+        **_saturation(request, cand),
     )
 
 
@@ -176,7 +207,23 @@ def _comparisons(request: PlanRequest, cand: Candidate) -> list[PlanPriceCompari
     return out
 
 
-def alternative(cand: Candidate) -> PlanAlternative:
+def _ground(request: PlanRequest, prediction: PlanPrediction, cand: Candidate) -> PlanGround:
+    g = assess(request, cand)
+
+    def span(value: float, factors: tuple[float, float], digits: int) -> tuple[float, float]:
+        return (round(value * factors[0], digits), round(value * factors[1], digits))
+
+    return PlanGround(
+        measured=g.measured,
+        basis=g.basis,
+        warnings=list(g.warnings),
+        ttft_s=span(prediction.ttft_s, g.band.ttft, 4),
+        tpot_s=span(prediction.tpot_s, g.band.tpot, 5),
+        throughput_tokens_per_s=span(prediction.throughput_tokens_per_s, g.band.tokens, 1),
+    )
+
+
+def alternative(request: PlanRequest, cand: Candidate) -> PlanAlternative:
     s = cand.shape
     return PlanAlternative(
         instance_type=s.instance.type + (f" ({s.mig_profile})" if s.mig_profile else ""),
@@ -190,6 +237,7 @@ def alternative(cand: Candidate) -> PlanAlternative:
         per_million_tokens_usd=0.0,
         ttft_s=round(cand.ttft_s, 4),
         tpot_s=round(cand.tpot_s, 5),
+        measured=assess(request, cand).measured,
     )
 
 
@@ -213,7 +261,7 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
     cost = _cost(request, cand)
     alternatives = []
     for alt in runners_up:
-        entry = alternative(alt)
+        entry = alternative(request, alt)
         per_m = cost.per_million_tokens_usd * alt.monthly_usd / cand.monthly_usd if cand.monthly_usd else 0.0
         alternatives.append(entry.model_copy(update={"per_million_tokens_usd": round(per_m, 4)}))
     prediction = _prediction(request, cand)
@@ -253,6 +301,7 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
         ),
         routing=PlanRouting(strategy=strategy, gateway_preset=strategy),
         prediction=prediction,
+        ground=_ground(request, prediction, cand),
         cost=cost,
         on_prem=_on_prem(request, cand),
         why=explain(request, cand, prov_why, strategy),

@@ -8,6 +8,7 @@ import math
 from eksinfer.catalog import get_gpu
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_prefill
+from eksinfer.perf.queueing import OpenLoopPoint, ServiceCurve, max_rate, open_loop, service_curve
 from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.search import (
     RATE_HEADROOM,
@@ -17,6 +18,7 @@ from eksinfer.planner.search import (
     build_perf,
     demand_requests_per_s,
     meets,
+    meets_latency,
     monthly_cost,
     node_count,
     sweep,
@@ -168,6 +170,66 @@ def evaluate_disaggregated(request: PlanRequest, shape: Shape, misses: Misses) -
         nodes=nodes,
         monthly_usd=monthly_cost(shape, nodes, request),
     )
+
+
+def open_loop_curve(request: PlanRequest, cand: Candidate) -> ServiceCurve:
+    """The candidate's engine serving Poisson arrivals, its batch capped at the planned max-num-seqs."""
+    t = request.traffic
+    return service_curve(
+        cand.perf,
+        input_tokens=t.input_tokens,
+        output_tokens=t.output_tokens,
+        prefix_hit=t.shared_prefix_ratio,
+        max_batch=cand.batch,
+    )
+
+
+def refine_open_loop(request: PlanRequest, cand: Candidate) -> Candidate | None:
+    """Re-size an aggregated, rate-targeted candidate with the open-loop queue model.
+
+    The closed-loop sweep picks the batch; arrivals at a rate queue whenever the engine is busy, so the
+    replica count is the target x RATE_HEADROOM over the highest arrival rate whose open-loop mean TTFT and
+    TPOT still meet the SLOs, and the predicted latency is the open-loop one at the planned rate. None when
+    no arrival rate meets the SLOs in open loop.
+    """
+    t = request.traffic
+    if cand.shape.mode != "aggregated" or t.concurrency is not None:
+        return cand  # a concurrency target is a closed loop; P/D keeps AIC's rate matching
+    curve = open_loop_curve(request, cand)
+    per_replica = max_rate(curve, lambda p: _meets_open(p, request))
+    if per_replica <= 0:
+        return None
+    on_prem_replicas, on_prem_rps, _ = _on_prem_capacity(request, cand.shape)
+    demand = demand_requests_per_s(request, cand.point.e2e_s) * RATE_HEADROOM - on_prem_rps
+    replicas = max(1, math.ceil(demand / per_replica - 1e-9))
+    load = open_loop(curve, max(0.0, demand / RATE_HEADROOM) / replicas)
+    point = ServingPoint(
+        concurrency=max(1, round(load.mean_in_system)),
+        running=max(1, round(load.mean_running)),
+        ttft_s=load.ttft_s,
+        tpot_s=load.tpot_s,
+        e2e_s=load.e2e_s,
+        requests_per_s=load.requests_per_s,
+        output_tokens_per_s=load.requests_per_s * t.output_tokens,
+        prefill_tokens_per_step=cand.point.prefill_tokens_per_step,
+        kv_limited=False,
+    )
+    nodes = node_count(cand.shape, replicas)
+    return dataclasses.replace(
+        cand,
+        point=point,
+        replicas=replicas,
+        ttft_s=point.ttft_s,
+        tpot_s=point.tpot_s,
+        requests_per_s=replicas * per_replica + on_prem_rps,
+        nodes=nodes,
+        monthly_usd=monthly_cost(cand.shape, nodes, request),
+        on_prem_replicas=on_prem_replicas,
+    )
+
+
+def _meets_open(point: OpenLoopPoint, request: PlanRequest) -> bool:
+    return not point.saturated and meets_latency(point.ttft_s, point.tpot_s, request)
 
 
 def _with_ttft(point: ServingPoint, ttft_s: float) -> ServingPoint:

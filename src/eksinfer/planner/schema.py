@@ -117,6 +117,12 @@ class PlanRouting(_Model):
     gateway_preset: str = Field(description="eksinfer gateway --preset")
 
 
+class PlanLoadPoint(_Model):
+    requests_per_s: float = Field(description="arrival rate of the whole deployment (Poisson)")
+    ttft_s: float | None = Field(description="mean TTFT, seconds; None when saturated")
+    tpot_s: float = Field(description="mean TPOT, seconds")
+
+
 class PlanPrediction(_Model):
     ttft_s: float = Field(description="predicted time to first token at the planned load, seconds")
     tpot_s: float = Field(description="predicted time per output token at the planned load, seconds")
@@ -129,6 +135,15 @@ class PlanPrediction(_Model):
     kv_cache_gib_per_replica: float = Field(description="KV-cache memory per replica, GiB")
     num_gpu_blocks: int = Field(description="KV blocks per replica")
     load_time_s: float = Field(description="predicted model load time of one engine, seconds (sizes probes)")
+    knee_requests_per_s: float | None = Field(
+        default=None, description="arrival rate where mean request latency doubles (open loop, aggregated)"
+    )
+    saturation_requests_per_s: float | None = Field(
+        default=None, description="arrival rate past which queues grow without bound; aggregated only"
+    )
+    load_curve: list[PlanLoadPoint] = Field(
+        default_factory=list, description="open-loop mean TTFT / TPOT at fractions of saturation"
+    )
 
 
 class PlanPriceComparison(_Model):
@@ -136,6 +151,19 @@ class PlanPriceComparison(_Model):
     as_of: str = Field(description="date of that book's prices, ISO 8601")
     price_per_hour_usd: float | None = Field(description="the same instance type there; None: not priced")
     monthly_usd: float | None = Field(description="the same nodes for a month at that price")
+
+
+class PlanGround(_Model):
+    """Whether measured runs stand behind this plan's path, and the range its predictions may be off by."""
+
+    measured: bool = Field(description="False when part of the path (PP, P/D, MIG, GPU, MoE) has no runs")
+    basis: str = Field(description="what the prediction rests on, or why it is unmeasured")
+    warnings: list[str] = Field(default_factory=list, description="one line per unmeasured part of the path")
+    ttft_s: tuple[float, float] = Field(description="range expected for the mean TTFT, seconds")
+    tpot_s: tuple[float, float] = Field(description="range expected for the mean TPOT, seconds")
+    throughput_tokens_per_s: tuple[float, float] = Field(
+        description="range expected for the deployment's output tokens/s"
+    )
 
 
 class PlanCost(_Model):
@@ -167,6 +195,7 @@ class PlanAlternative(_Model):
     per_million_tokens_usd: float = Field(description="cost per million tokens")
     ttft_s: float = Field(description="predicted TTFT")
     tpot_s: float = Field(description="predicted TPOT")
+    measured: bool = Field(default=True, description="False when the path has no measured runs behind it")
 
 
 class Plan(_Model):
@@ -184,6 +213,9 @@ class Plan(_Model):
     nodes: PlanNodes = Field(description="node provisioning")
     routing: PlanRouting = Field(description="gateway routing")
     prediction: PlanPrediction = Field(description="what the performance model predicts")
+    ground: PlanGround | None = Field(
+        default=None, description="measured or unmeasured ground under the prediction, with its band"
+    )
     cost: PlanCost = Field(description="cost")
     on_prem: PlanOnPrem | None = Field(default=None, description="on-prem (EKS Hybrid Nodes) pool, when any")
     why: dict[str, str] = Field(description="one short reason per choice: tier, instance, parallelism, ...")

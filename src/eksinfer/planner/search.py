@@ -211,8 +211,12 @@ def sweep(perf: EnginePerf, request: PlanRequest, *, decode_only: bool) -> list[
 
 
 def meets(point: ServingPoint, request: PlanRequest, ttft_s: float | None = None) -> bool:
-    ttft = point.ttft_s if ttft_s is None else ttft_s
-    return ttft * TTFT_TAIL <= request.slo.ttft_s and point.tpot_s * TPOT_TAIL <= request.slo.tpot_s
+    return meets_latency(point.ttft_s if ttft_s is None else ttft_s, point.tpot_s, request)
+
+
+def meets_latency(ttft_s: float, tpot_s: float, request: PlanRequest) -> bool:
+    """Mean latencies times the p99 allowances within the targets."""
+    return ttft_s * TTFT_TAIL <= request.slo.ttft_s and tpot_s * TPOT_TAIL <= request.slo.tpot_s
 
 
 def demand_requests_per_s(request: PlanRequest, e2e_s: float) -> float:

@@ -1,0 +1,95 @@
+"""Unmeasured ground: plans on paths without calibration runs say so, with a wider band, in table and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from eksinfer.catalog import get_model
+from eksinfer.cli.main import build_app
+from eksinfer.planner import Constraints, Plan, PlanRequest, Traffic, make_plan
+from eksinfer.planner import ground as G
+
+
+def _plan(model_id: str, traffic: Traffic | None = None, **constraints: object) -> Plan:
+    request = PlanRequest(get_model(model_id), traffic or Traffic(), constraints=Constraints(**constraints))  # type: ignore[arg-type]
+    return make_plan(request)
+
+
+def _inside(plan: Plan) -> None:
+    g, p = plan.ground, plan.prediction
+    assert g is not None
+    assert g.ttft_s[0] <= p.ttft_s <= g.ttft_s[1]
+    assert g.tpot_s[0] <= p.tpot_s <= g.tpot_s[1]
+    assert g.throughput_tokens_per_s[0] <= p.throughput_tokens_per_s <= g.throughput_tokens_per_s[1]
+
+
+def test_dense_tp_on_h100_is_calibrated_ground() -> None:
+    plan = _plan(
+        "llama-3.3-70b", Traffic(requests_per_s=4.0), instance_families=("p5",), kv_cache_dtype="auto"
+    )
+    assert plan.ground is not None
+    assert plan.ground.measured
+    assert plan.ground.warnings == []
+    assert plan.ground.basis.startswith("calibrated")
+    assert plan.ground.ttft_s == pytest.approx(
+        (plan.prediction.ttft_s * G.CALIBRATED.ttft[0], plan.prediction.ttft_s * G.CALIBRATED.ttft[1]),
+        rel=1e-3,
+    )
+    _inside(plan)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "constraints", "needle"),
+    [
+        ("kimi-k2.5", {"instance_families": ("p5",)}, "pipeline parallelism"),
+        ("llama-3.1-8b", {"needs_mig": True}, "MIG"),
+        ("llama-3.1-8b", {"instance_families": ("g6",)}, "g-family"),
+        ("qwen3-235b-a22b", {"instance_families": ("p5en",)}, "MoE"),
+    ],
+)
+def test_unmeasured_paths_warn_and_widen(model_id: str, constraints: dict[str, object], needle: str) -> None:
+    plan = _plan(model_id, Traffic(requests_per_s=0.5), **constraints)
+    g = plan.ground
+    assert g is not None
+    assert not g.measured
+    assert any(needle in w for w in g.warnings), g.warnings
+    assert g.basis.startswith("UNMEASURED")
+    width = g.throughput_tokens_per_s[1] / g.throughput_tokens_per_s[0]
+    assert width > G.CALIBRATED.tokens[1] / G.CALIBRATED.tokens[0]
+    _inside(plan)
+
+
+def test_disaggregated_plans_are_unmeasured() -> None:
+    plan = _plan("glm-5", Traffic(input_tokens=4000, output_tokens=500, requests_per_s=2.0))
+    assert plan.mode == "disaggregated"
+    assert plan.ground is not None
+    assert any("disaggregation" in w for w in plan.ground.warnings)
+    assert not plan.alternatives[0].measured
+
+
+def test_g_family_band_allows_a_60_percent_slower_gpu() -> None:
+    plan = _plan("llama-3.1-8b", instance_families=("g6",))
+    assert plan.ground is not None
+    low, high = plan.ground.throughput_tokens_per_s
+    tokens = plan.prediction.throughput_tokens_per_s
+    assert (
+        low == pytest.approx(G.G_FAMILY.tokens[0] * tokens, rel=1e-3) == pytest.approx(0.4 * tokens, rel=1e-3)
+    )
+    # paths combine by the widest factor: the calibrated spread still bounds it from above
+    assert high == pytest.approx(max(G.G_FAMILY.tokens[1], G.CALIBRATED.tokens[1]) * tokens, rel=1e-3)
+
+
+def test_warning_shows_in_table_and_json() -> None:
+    runner = CliRunner()
+    args = ["plan", "--model", "llama-3.1-8b", "--families", "g6"]
+    table = runner.invoke(build_app(), args)
+    assert table.exit_code == 0, table.output
+    assert "UNMEASURED" in table.output
+    assert "g-family" in table.output
+    doc = json.loads(runner.invoke(build_app(), [*args, "--json"]).output)
+    assert doc["ground"]["measured"] is False
+    assert len(doc["ground"]["throughput_tokens_per_s"]) == 2
+    assert all(alt["measured"] is False for alt in doc["alternatives"] if "g6" in alt["instance_type"])

@@ -206,3 +206,17 @@ def test_bad_requests_name_the_flag() -> None:
         Slo.from_preset("chatty")
     with pytest.raises(UsageError, match="--capacity-type"):
         _plan("llama-3.1-8b", capacity_type="reserved")
+
+
+def test_mig_packs_the_smallest_slice_that_fits() -> None:
+    # 8B at 2 req/s: FP8 weights (W8A16 on A100) fit a 3g.20gb slice, two replicas share one GPU, one node
+    plan = _plan("llama-3.1-8b", Traffic(requests_per_s=2.0), needs_mig=True)
+    assert plan.nodes.mig_profile == "all-3g.20gb"
+    assert plan.instance.type == "p4d.24xlarge"
+    assert plan.nodes.total_nodes == 1
+    assert plan.roles[0].replicas == 2
+    assert "2 of 16 slices used, 14 free" in plan.why["parallelism"]
+    assert "W8A16" in plan.why["precision"]
+    whole = [a for a in plan.alternatives if a.instance_type == "p4d.24xlarge (7g.40gb)"]
+    assert whole
+    assert all(a.monthly_usd == plan.cost.monthly_usd for a in whole)  # same cost: packing wins the tie

@@ -33,12 +33,14 @@ MAX_ALTERNATIVES = 5
 OPEN_LOOP_CANDIDATES = 12
 
 
-def _rank(c: Candidate) -> tuple[float, bool, bool, float]:
-    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then a BF16 KV cache (no accuracy
-    # cost: FP8 KV is chosen only when it saves money), then the faster plan
+def _rank(c: Candidate) -> tuple[float, bool, int, bool, float]:
+    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then the smallest MIG slice (MIG is
+    # there to pack: the rest of the node stays free), then a BF16 KV cache (no accuracy cost: FP8 KV is
+    # chosen only when it saves money), then the faster plan
     return (
         round(c.monthly_usd, 2),
         c.shape.mode != "disaggregated",
+        -c.shape.slices_per_gpu,
         c.shape.kv_cache_dtype != "auto",
         c.ttft_s,
     )

@@ -89,11 +89,13 @@ def model_tier(model: ModelSpec) -> int:
 
 
 def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str]:
-    """Native precision, plus FP8 for BF16 models on GPUs with FP8 tensor cores (vLLM quantizes online)."""
+    """Native precision, plus FP8 for BF16 models: W8A8 on GPUs with FP8 tensor cores, weight-only W8A16
+    on Ampere (A100, A10G), where vLLM's FP8 path falls back to Marlin kernels (half the weight bytes, GEMMs
+    at the BF16 rate). vLLM quantizes online when no FP8 checkpoint exists."""
     if request.constraints.precision:
         return [request.constraints.precision]
     out: list[str] = [model.native_precision]
-    if model.native_precision == "bf16" and gpu.fp8_tflops:
+    if model.native_precision == "bf16":
         out.append("fp8")
     return out
 

@@ -34,7 +34,13 @@ def _parallelism(request: PlanRequest, cand: Candidate) -> str:
     if request.model.is_moe and s.tp * s.pp > 1:
         text += "; experts spread with --enable-expert-parallel"
     if s.mig_profile:
-        text += f"; one {s.mig_profile} MIG slice per replica, {s.slices_per_gpu} per GPU"
+        slices = s.instance.gpus * s.slices_per_gpu * cand.nodes
+        used = cand.replicas + cand.prefill_replicas
+        text += (
+            f"; one {s.mig_profile} MIG slice per replica (the smallest that fits and meets the SLOs), "
+            f"{s.slices_per_gpu} per GPU: {used} of {slices} slices used, {slices - used} free for other "
+            "workloads"
+        )
     return text
 
 
@@ -49,6 +55,8 @@ FP8_KV_CAVEAT = (
 def _precision(request: PlanRequest, cand: Candidate) -> str:
     s, perf, t = cand.shape, cand.perf, request.traffic
     text = f"{s.precision} weights ({request.model.hf_id_for(s.precision)}), KV cache {perf.kv_cache_dtype}"
+    if s.precision == "fp8" and not s.gpu.fp8_tflops:
+        text += " (weight-only FP8, W8A16 Marlin kernels: no FP8 tensor cores on this GPU)"
     if perf.kv_cache_dtype != "fp8":
         return text
     fits = max_running(perf, t.input_tokens, t.output_tokens)

@@ -24,6 +24,7 @@ class GpuSpec:
     mig_profiles: tuple[str, ...]
     source: str
     as_of: str
+    fp4_tflops: float | None = None  # FP4 tensor cores (Blackwell): NVFP4 / MXFP4 W4A4 GEMMs
 
     @property
     def memory_bytes(self) -> float:
@@ -35,7 +36,10 @@ class GpuSpec:
         return self.nvlink_gbps or self.pcie_gbps
 
     def tflops_for(self, precision: str) -> float:
-        """Dense tensor-core rate for `precision`: FP8 GEMMs where supported, else BF16 (W8A16 / W4A16)."""
+        """Dense tensor-core rate for `precision`: FP8 / FP4 GEMMs where supported, else BF16 (W8A16 /
+        W4A16)."""
+        if precision == "fp4" and self.fp4_tflops:
+            return self.fp4_tflops
         if precision == "fp8" and self.fp8_tflops:
             return self.fp8_tflops
         return self.bf16_tflops
@@ -79,6 +83,7 @@ def _num(entry: Mapping[str, Any], key: str, where: str) -> float:
 
 def gpu_from_entry(name: str, entry: Mapping[str, Any]) -> GpuSpec:
     fp8 = entry.get("fp8_tflops")
+    fp4 = entry.get("fp4_tflops")
     return GpuSpec(
         name=name,
         memory_gib=_num(entry, "memory_gib", name),
@@ -91,6 +96,7 @@ def gpu_from_entry(name: str, entry: Mapping[str, Any]) -> GpuSpec:
         mig_profiles=tuple(entry.get("mig_profiles") or ()),
         source=str(entry.get("source", "")),
         as_of=str(entry.get("as_of", "")),
+        fp4_tflops=None if fp4 is None else float(fp4),
     )
 
 

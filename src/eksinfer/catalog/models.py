@@ -17,7 +17,7 @@ from typing import Any, Literal
 from eksinfer.errors import ConfigError
 
 AttentionKind = Literal["gqa", "mla"]
-Precision = Literal["bf16", "fp8", "int4"]
+Precision = Literal["bf16", "fp8", "int4", "fp4"]
 QuantScope = Literal["all-linear", "routed-experts"]
 
 

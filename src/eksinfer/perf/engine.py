@@ -10,6 +10,11 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
     decode    max(KV read / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN))
     TP        2 all-reduces per layer: ALLREDUCE_LATENCY + 2 (TP-1)/TP x tokens x hidden x 2 B / NVLink
     PP        per stage boundary: P2P_LATENCY + tokens x hidden x 2 B / inter-node GB/s (EFA)
+    DP + EP   (MoE, vLLM --data-parallel-size D --enable-expert-parallel) each of D attention ranks runs its
+              own batch and KV cache; experts are sharded over EP = TP x D ranks, so a rank reads E / EP
+              experts, touched by the tokens of all D ranks, and computes its share of the expert FLOPs
+              times EP_IMBALANCE; per MoE layer a dispatch and a combine all-to-all move
+              tokens x top-k x hidden x 2 B x (EP-1)/EP over NVLink (EP <= 8) or EFA
     overhead  STEP_OVERHEAD + LAYER_OVERHEAD x layers (launch, sampler, scheduler; CUDA graphs)
 
 Efficiency factors (fitted with benchmarks/bench_plan.py to the 219 vLLM H100/H200 runs in
@@ -37,6 +42,10 @@ STEP_OVERHEAD_S = 2.0e-3  # scheduler + sampler + input prep per step [anchors: 
 LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
 MOE_GEMM_FACTOR = 0.2  # expert (grouped, TP-sharded) GEMM rate relative to a dense GEMM [Kimi K2.5 H200 runs]
 MOE_LAYER_OVERHEAD_S = 50e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
+# Not fitted (no DP / EP runs in the corpus):
+EP_IMBALANCE = 1.3  # busiest expert rank / mean without EPLB; a judgement, the plan marks DP+EP unmeasured
+A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us
+NVLINK_DOMAIN_GPUS = 8  # an HGX node: EP beyond 8 ranks crosses EFA
 # Literature values, not fitted:
 ALLREDUCE_LATENCY_S = 10e-6  # per all-reduce over NVLink (AIC system YAML p2p_latency 10 us)
 P2P_LATENCY_S = 25e-6  # per pipeline-stage hand-off over EFA (AIC: 10 us on NVLink; RDMA setup excluded)
@@ -56,6 +65,7 @@ class EnginePerf:
     gpu: str
     tensor_parallel_size: int
     pipeline_parallel_size: int
+    data_parallel_size: int  # attention data-parallel ranks (MoE with expert parallelism); 1 otherwise
     precision: str
     kv_cache_dtype: str
     gpu_memory_utilization: float
@@ -73,7 +83,8 @@ class EnginePerf:
     num_gpu_blocks: int
     # step-time coefficients (seconds)
     _dense_read_s: float
-    _experts_read_s: float  # reading every routed expert once
+    _experts_read_s: float  # reading every routed expert held by this rank once
+    _ep_token_scale: float  # tokens routed to this rank's experts per local token: DP
     _expert_keep: float  # 1 - k/E: chance one token leaves a given expert untouched
     _linear_per_token_s: float
     _head_per_token_s: float
@@ -86,10 +97,11 @@ class EnginePerf:
 
     @property
     def gpus(self) -> int:
-        return self.tensor_parallel_size * self.pipeline_parallel_size
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
     @property
     def kv_capacity_tokens(self) -> int:
+        """KV tokens of one (data-parallel) rank: each DP rank keeps its own sequences."""
         return self.num_gpu_blocks * self.block_size
 
     def step_time_s(
@@ -109,7 +121,7 @@ class EnginePerf:
             return 0.0
         read = self._dense_read_s
         if self._experts_read_s:
-            read += self._experts_read_s * (1.0 - self._expert_keep**tokens)
+            read += self._experts_read_s * (1.0 - self._expert_keep ** (tokens * self._ep_token_scale))
         compute = self._linear_per_token_s * tokens + self._head_per_token_s * (
             decode_seqs + (1 if prefill_tokens else 0)
         )
@@ -126,9 +138,11 @@ class EnginePerf:
         return t + self._comm_fixed_s + self._comm_per_token_s * tokens + self._overhead_s
 
 
-def _check_parallelism(model: ModelSpec, tp: int, pp: int) -> None:
+def _check_parallelism(model: ModelSpec, tp: int, pp: int, dp: int = 1) -> None:
     if tp < 1 or pp < 1:
         raise UsageError("tensor and pipeline parallel sizes must be >= 1", field="tensor_parallel_size")
+    if dp < 1 or (dp > 1 and not model.is_moe):
+        raise UsageError("data-parallel attention is modelled for MoE only", field="data_parallel_size")
     if model.num_attention_heads % tp:
         raise UsageError(
             f"{model.num_attention_heads} attention heads are not divisible by TP {tp}",
@@ -151,17 +165,25 @@ def default_batch_limits(gpu: GpuSpec) -> tuple[int, int]:
 
 
 def _step_coefficients(
-    model: ModelSpec, gpu: GpuSpec, tp: int, pp: int, precision: str, kv_dtype: str, pp_link_gbps: float
+    model: ModelSpec,
+    gpu: GpuSpec,
+    par: tuple[int, int, int],
+    precision: str,
+    kv_dtype: str,
+    pp_link_gbps: float,
 ) -> dict[str, float]:
-    """Per-step time constants for `EnginePerf`; see the module docstring for each term."""
+    """Per-step time constants for `EnginePerf` (par = TP, PP, DP); see the module docstring for each term."""
+    tp, pp, dp = par
+    ep = tp * dp
     bw = gpu.hbm_bandwidth_gbps * 1e9 * ETA_BW
-    fp8_gemm = precision == "fp8" and bool(gpu.fp8_tflops)
-    gemm = gpu.tflops_for(precision) * 1e12 * (ETA_GEMM_FP8 if fp8_gemm else ETA_GEMM)
+    # FP4 GEMMs take the FP8 efficiency: no measured FP4 runs to fit their own (the plan says so)
+    low_gemm = (precision == "fp8" and bool(gpu.fp8_tflops)) or (precision == "fp4" and bool(gpu.fp4_tflops))
+    gemm = gpu.tflops_for(precision) * 1e12 * (ETA_GEMM_FP8 if low_gemm else ETA_GEMM)
     attn = gpu.tflops_for("fp8" if kv_dtype.startswith("fp8") else "bf16") * 1e12 * ETA_ATTN
     dense_b, expert_b = mem.linear_bytes(model, precision)
     lm_head = model.vocab_size * model.hidden_size
     dense_read = (mem.non_expert_linear_params(model) * dense_b + lm_head * mem.BF16_BYTES) / tp
-    experts_read = model.routed_expert_params * expert_b / tp
+    experts_read = model.routed_expert_params * expert_b / ep
     dense_linear = mem.non_expert_linear_params(model)
     expert_linear = model.num_moe_layers * model.experts_per_token * model.expert_params
     heads, layers = model.num_attention_heads, model.num_layers
@@ -180,11 +202,20 @@ def _step_coefficients(
     if pp > 1:
         comm_fixed += (pp - 1) * P2P_LATENCY_S
         comm_per_token += (pp - 1) * hidden_bytes / (pp_link_gbps * 1e9)
+    imbalance = 1.0
+    if dp > 1:  # dispatch + combine all-to-all per MoE layer
+        a2a_link = (gpu.interconnect_gbps if ep <= NVLINK_DOMAIN_GPUS else pp_link_gbps) * 1e9
+        moe = model.num_moe_layers
+        comm_fixed += 2 * moe * A2A_LATENCY_S
+        comm_per_token += 2 * moe * model.experts_per_token * hidden_bytes * (ep - 1) / ep / a2a_link
+        imbalance = EP_IMBALANCE
     return {
         "_dense_read_s": dense_read / bw,
         "_experts_read_s": experts_read / bw,
+        "_ep_token_scale": float(dp),
         "_expert_keep": 1.0 - model.experts_per_token / model.num_experts if model.is_moe else 1.0,
-        "_linear_per_token_s": 2.0 * (dense_linear + expert_linear / MOE_GEMM_FACTOR) / tp / gemm,
+        # expert FLOPs per local token: all ranks' tokens x top-k spread over EP ranks = k x expert / TP
+        "_linear_per_token_s": 2.0 * (dense_linear + expert_linear * imbalance / MOE_GEMM_FACTOR) / tp / gemm,
         "_head_per_token_s": 2.0 * lm_head / tp / gemm,
         "_attn_per_pair_s": 2.0 * layers * heads * prefill_dims / tp / attn,
         "_kv_read_per_token_s": kv_per_gpu_all_stages / bw,
@@ -218,6 +249,7 @@ def build_engine_perf(
     *,
     tensor_parallel_size: int = 1,
     pipeline_parallel_size: int = 1,
+    data_parallel_size: int = 1,
     precision: str | None = None,
     kv_cache_dtype: str = "auto",
     gpu_memory_utilization: float = 0.9,
@@ -233,8 +265,8 @@ def build_engine_perf(
     Raises InfeasibleError (binding: memory) when the weights do not fit, or when an explicit max_model_len
     needs more KV than is left; max_model_len=None takes the model's context, capped at what fits.
     """
-    tp, pp = tensor_parallel_size, pipeline_parallel_size
-    _check_parallelism(model, tp, pp)
+    tp, pp, dp = tensor_parallel_size, pipeline_parallel_size, data_parallel_size
+    _check_parallelism(model, tp, pp, dp)
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise UsageError("must be in (0, 1]", field="gpu_memory_utilization")
     precision = precision or model.native_precision
@@ -242,11 +274,12 @@ def build_engine_perf(
     mbt = max_num_batched_tokens or mbt_default
     seqs = max_num_seqs or seqs_default
     total_w = mem.weight_bytes(model, precision)
-    w_gpu = total_w / (tp * pp)
+    experts_w = model.routed_expert_params * mem.linear_bytes(model, precision)[1]
+    w_gpu = (total_w - experts_w) / (tp * pp) + experts_w / (tp * pp * dp)  # attention replicated per DP rank
     act = mem.activation_bytes(model, mbt)
-    kv_mem = gpu_memory_utilization * gpu.memory_bytes - w_gpu - act - mem.non_torch_bytes(tp * pp)
+    kv_mem = gpu_memory_utilization * gpu.memory_bytes - w_gpu - act - mem.non_torch_bytes(tp * pp * dp)
     kv_tok_gpu = mem.kv_bytes_per_token_per_gpu(model, kv_cache_dtype, tp, pp)
-    where = f"{model.id} {precision} on {tp * pp} x {gpu.name} (TP {tp}, PP {pp})"
+    where = f"{model.id} {precision} on {tp * pp * dp} x {gpu.name} (TP {tp}, PP {pp}, DP {dp})"
     if kv_mem <= 0:
         need = (w_gpu + act) / mem.GIB
         raise InfeasibleError(
@@ -261,6 +294,7 @@ def build_engine_perf(
         gpu=gpu.name,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
+        data_parallel_size=dp,
         precision=precision,
         kv_cache_dtype=kv_cache_dtype,
         gpu_memory_utilization=gpu_memory_utilization,
@@ -276,7 +310,7 @@ def build_engine_perf(
         kv_bytes_per_token_per_gpu=kv_tok_gpu,
         kv_cache_bytes_per_gpu=float(blocks * block_size * kv_tok_gpu),
         num_gpu_blocks=blocks,
-        **_step_coefficients(model, gpu, tp, pp, precision, kv_cache_dtype, pp_link_gbps),
+        **_step_coefficients(model, gpu, (tp, pp, dp), precision, kv_cache_dtype, pp_link_gbps),
     )
 
 

@@ -29,11 +29,14 @@ BF16_BYTES = 2.0
 
 def bytes_per_param(precision: str, int4_group_size: int = 128) -> float:
     """Bytes a linear-layer weight takes: BF16 2, FP8 1 (block scales negligible), INT4 0.5 + a BF16 scale
-    per group (group 128: 0.516; group 32 as Kimi K2.5 ships: 0.5625)."""
+    per group (group 128: 0.516; group 32 as Kimi K2.5 ships: 0.5625), NVFP4 0.5 + an FP8 E4M3 scale per
+    16 weights = 0.5625 (NVIDIA ModelOpt's format; MXFP4's E8M0 scale per 32 would be 0.53)."""
     if precision == "bf16":
         return 2.0
     if precision == "fp8":
         return 1.0
+    if precision == "fp4":
+        return 0.5 + 1.0 / 16
     if precision == "int4":
         return 0.5 + 2.0 / int4_group_size
     raise ValueError(f"unknown precision {precision!r}")

@@ -58,9 +58,11 @@ def queueing_factor(concurrency: float) -> float:
 
 
 def max_running(perf: EnginePerf, input_tokens: int, output_tokens: int) -> int:
-    """Sequences of this shape that fit in KV at average occupancy (ISL + OSL/2), capped by max_num_seqs."""
+    """Sequences of this shape that fit in KV at average occupancy (ISL + OSL/2), capped by max_num_seqs;
+    each data-parallel rank has its own KV cache and its own --max-num-seqs."""
     per_seq = math.ceil((input_tokens + output_tokens / 2) / perf.block_size) * perf.block_size
-    return max(0, min(perf.max_num_seqs, perf.kv_capacity_tokens // max(1, per_seq)))
+    per_rank = min(perf.max_num_seqs, perf.kv_capacity_tokens // max(1, per_seq))
+    return max(0, per_rank * perf.data_parallel_size)
 
 
 def _mixed_step(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> tuple[float, float, float]:
@@ -120,7 +122,7 @@ def predict_aggregated(
         inf = math.inf
         return ServingPoint(concurrency, 0, inf, inf, inf, 0.0, 0.0, 0.0, True)
     new = input_tokens * (1.0 - prefix_hit)
-    m = running / perf.pipeline_parallel_size
+    m = running / perf.pipeline_parallel_size / perf.data_parallel_size
     step, prefill, lifetime_steps = _mixed_step(perf, m, input_tokens, new, output_tokens)
     dispatch = DISPATCH_PER_LAYER_S * perf.num_layers
     ttft_run = (_own_prefill_s(perf, m, input_tokens, new, output_tokens) + dispatch) * queueing_factor(
@@ -175,7 +177,7 @@ def predict_prefill(
     )
     transfer = input_tokens * perf.kv_bytes_per_token / (kv_transfer_gbps * 1e9) + KV_TRANSFER_SETUP_S
     ttft = (one + DISPATCH_PER_LAYER_S * perf.num_layers) * DISAGG_TTFT_FACTOR + transfer
-    rate = prompts / step * perf.pipeline_parallel_size * PREFILL_RATE_DERATE
+    rate = prompts / step * perf.pipeline_parallel_size * perf.data_parallel_size * PREFILL_RATE_DERATE
     return PrefillPoint(ttft_s=ttft, requests_per_s=rate)
 
 
@@ -187,7 +189,7 @@ def predict_decode(
     if running <= 0:
         inf = math.inf
         return ServingPoint(concurrency, 0, inf, inf, inf, 0.0, 0.0, 0.0, True)
-    m = running / perf.pipeline_parallel_size
+    m = running / perf.pipeline_parallel_size / perf.data_parallel_size
     step = perf.step_time_s(
         prefill_tokens=0,
         prefill_attention_pairs=0,

@@ -33,14 +33,15 @@ MAX_ALTERNATIVES = 5
 OPEN_LOOP_CANDIDATES = 12
 
 
-def _rank(c: Candidate) -> tuple[float, bool, int, bool, float]:
+def _rank(c: Candidate) -> tuple[float, bool, int, bool, bool, float]:
     # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then the smallest MIG slice (MIG is
-    # there to pack: the rest of the node stays free), then a BF16 KV cache (no accuracy cost: FP8 KV is
-    # chosen only when it saves money), then the faster plan
+    # there to pack: the rest of the node stays free), then weights above FP4 and a BF16 KV cache (FP4 and
+    # FP8 KV carry accuracy caveats and are chosen only when they save money), then the faster plan
     return (
         round(c.monthly_usd, 2),
         c.shape.mode != "disaggregated",
         -c.shape.slices_per_gpu,
+        c.shape.precision == "fp4",
         c.shape.kv_cache_dtype != "auto",
         c.ttft_s,
     )
@@ -78,7 +79,7 @@ def _distinct(cands: list[Candidate]) -> list[Candidate]:
     seen, out = set(), []
     for cand in cands:
         s = cand.shape
-        key = (s.instance.type, s.mode, s.tp, s.pp, s.precision, s.kv_cache_dtype, s.mig_profile)
+        key = (s.instance.type, s.mode, s.tp, s.pp, s.dp, s.precision, s.kv_cache_dtype, s.mig_profile)
         if key not in seen:
             seen.add(key)
             out.append(cand)

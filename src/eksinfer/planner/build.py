@@ -63,7 +63,7 @@ def dns_name(model_id: str) -> str:
 
 def vllm_args(request: PlanRequest, cand: Candidate, role: str) -> list[str]:
     shape, perf, model = cand.shape, cand.perf, request.model
-    max_seqs = cand.batch if role != "prefill" else perf.max_num_seqs
+    max_seqs = _max_seqs_per_rank(cand, role)
     args = [
         "--tensor-parallel-size", str(shape.tp),
         "--pipeline-parallel-size", str(shape.pp),
@@ -75,7 +75,9 @@ def vllm_args(request: PlanRequest, cand: Candidate, role: str) -> list[str]:
         "--max-num-seqs", str(max_seqs),
         "--max-num-batched-tokens", str(perf.max_num_batched_tokens),
     ]  # fmt: skip
-    if model.is_moe and shape.tp * shape.pp > 1:
+    if shape.dp > 1:
+        args += ["--data-parallel-size", str(shape.dp)]
+    if model.is_moe and shape.gpus_per_replica > 1:
         args.append("--enable-expert-parallel")
     if shape.precision == "fp8" and model.native_precision != "fp8" and model.hf_id_for("fp8") == model.hf_id:
         args += ["--quantization", "fp8"]
@@ -86,21 +88,29 @@ def vllm_args(request: PlanRequest, cand: Candidate, role: str) -> list[str]:
     return args
 
 
+def _max_seqs_per_rank(cand: Candidate, role: str) -> int:
+    """--max-num-seqs: the planned batch, split over data-parallel ranks (each has its own scheduler)."""
+    if role == "prefill":
+        return cand.perf.max_num_seqs
+    return max(1, -(-cand.batch // cand.shape.dp))
+
+
 def _engine(request: PlanRequest, cand: Candidate, role: str) -> PlanEngine:
     shape, perf = cand.shape, cand.perf
     return PlanEngine(
         tensor_parallel_size=shape.tp,
         pipeline_parallel_size=shape.pp,
-        expert_parallel=request.model.is_moe and shape.tp * shape.pp > 1,
+        expert_parallel=request.model.is_moe and shape.gpus_per_replica > 1,
+        data_parallel_size=shape.dp,
         precision=shape.precision,
         kv_cache_dtype=perf.kv_cache_dtype,
         max_model_len=perf.max_model_len,
         gpu_memory_utilization=perf.gpu_memory_utilization,
         block_size=perf.block_size,
         enable_prefix_caching=True,
-        max_num_seqs=cand.batch if role != "prefill" else perf.max_num_seqs,
+        max_num_seqs=_max_seqs_per_rank(cand, role),
         max_num_batched_tokens=perf.max_num_batched_tokens,
-        gpus_per_replica=shape.tp * shape.pp,
+        gpus_per_replica=shape.gpus_per_replica,
         nodes_per_replica=shape.nodes_per_replica,
         vllm_args=vllm_args(request, cand, role),
     )
@@ -230,6 +240,7 @@ def alternative(request: PlanRequest, cand: Candidate) -> PlanAlternative:
         mode=s.mode,
         tensor_parallel_size=s.tp,
         pipeline_parallel_size=s.pp,
+        data_parallel_size=s.dp,
         precision=s.precision,
         kv_cache_dtype="fp8" if s.kv_cache_dtype == "fp8" else "auto",
         replicas=cand.replicas + cand.prefill_replicas,

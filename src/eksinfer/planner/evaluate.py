@@ -103,7 +103,7 @@ def evaluate_aggregated(request: PlanRequest, shape: Shape, misses: Misses) -> C
 def _on_prem_capacity(request: PlanRequest, shape: Shape) -> tuple[int, float, int]:
     """(replicas, SLO-feasible req/s, concurrency) the on-prem GPUs add with the same engine shape."""
     pool = request.constraints.on_prem
-    gpus_per_replica = shape.tp * shape.pp
+    gpus_per_replica = shape.gpus_per_replica
     if pool is None or shape.tier == 3 or pool.gpus < gpus_per_replica:
         return 0, 0.0, 0
     try:
@@ -112,6 +112,7 @@ def _on_prem_capacity(request: PlanRequest, shape: Shape) -> tuple[int, float, i
             get_gpu(pool.gpu),
             tensor_parallel_size=shape.tp,
             pipeline_parallel_size=shape.pp,
+            data_parallel_size=shape.dp,
             precision=shape.precision,
             kv_cache_dtype=shape.kv_cache_dtype,
             max_model_len=request.traffic.input_tokens + request.traffic.output_tokens,

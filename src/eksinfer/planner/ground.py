@@ -67,6 +67,12 @@ class Ground:
 def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]:
     s, model = cand.shape, request.model
     out: list[tuple[str, Band]] = []
+    if s.dp > 1:
+        out.append((
+            f"DP {s.dp} attention + expert parallelism: no measured DP/EP run; all-to-all and a 1.3x "
+            "expert-load imbalance are modelled, not fitted",
+            NO_RUNS,
+        ))  # fmt: skip
     if s.pp > 1:
         out.append(
             ("pipeline parallelism across nodes: no measured PP run (EFA hand-offs modelled)", NO_RUNS)
@@ -80,6 +86,8 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
         out.append((f"{gpu} (g-family): no calibration runs; published runs are 20-60 % slower", G_FAMILY))
     elif gpu not in CALIBRATED_GPUS + HELD_OUT_GPUS:
         out.append((f"{gpu}: no measured runs on this GPU", NO_RUNS))
+    if s.precision == "fp4":
+        out.append(("FP4 weights: no measured FP4 runs; FP4 GEMMs assumed at the FP8 efficiency", NO_RUNS))
     if model.is_moe and (model.id, gpu) != MOE_FIT:
         out.append((
             "MoE: expert GEMM rate fitted on Kimi K2.5 H200 only (held-out Qwen3-235B TPOT 21 % low)",

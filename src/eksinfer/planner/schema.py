@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 PLAN_SCHEMA_VERSION = "eksinfer.plan/v1"
 
-Precision = Literal["bf16", "fp8", "int4"]
+Precision = Literal["bf16", "fp8", "int4", "fp4"]
 Provisioning = Literal["auto-mode", "karpenter", "managed-node-group"]
 CapacityType = Literal["on-demand", "spot"]
 RoleName = Literal["engine", "prefill", "decode"]
@@ -188,6 +188,7 @@ class PlanAlternative(_Model):
     mode: Literal["aggregated", "disaggregated"] = Field(description="serving mode")
     tensor_parallel_size: int = Field(description="TP")
     pipeline_parallel_size: int = Field(description="PP")
+    data_parallel_size: int = Field(default=1, description="DP attention ranks (MoE with expert parallelism)")
     precision: Precision = Field(description="weight precision")
     kv_cache_dtype: Literal["auto", "fp8"] = Field(default="auto", description="--kv-cache-dtype")
     replicas: int = Field(ge=0, description="replicas (all roles)")

@@ -45,10 +45,15 @@ class Shape:
     mig_profile: str | None = None
     slices_per_gpu: int = 1
     kv_cache_dtype: str = "auto"  # vLLM --kv-cache-dtype: auto (the model's activation dtype) or fp8
+    dp: int = 1  # attention data-parallel ranks, experts sharded over TP x DP (MoE, one node)
 
     @property
     def nodes_per_replica(self) -> int:
         return self.pp if self.tier == 3 else 1
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tp * self.pp * self.dp
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +97,14 @@ def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str
     """Native precision, plus FP8 for BF16 models: W8A8 on GPUs with FP8 tensor cores, weight-only W8A16
     on Ampere (A100, A10G), where vLLM's FP8 path falls back to Marlin kernels (half the weight bytes, GEMMs
     at the BF16 rate). vLLM quantizes online when no FP8 checkpoint exists."""
-    if request.constraints.precision:
-        return [request.constraints.precision]
+    forced = request.constraints.precision
+    if forced:
+        return [] if forced == "fp4" and not gpu.fp4_tflops else [forced]  # FP4 needs FP4 tensor cores
     out: list[str] = [model.native_precision]
     if model.native_precision == "bf16":
         out.append("fp8")
+    if gpu.fp4_tflops and "fp4" in dict(model.hf_variants) and model.native_precision != "fp4":
+        out.append("fp4")  # a published NVFP4 checkpoint, on FP4 tensor cores (B200)
     return out
 
 
@@ -121,6 +129,7 @@ def mig_slices(gpu: GpuSpec) -> list[tuple[str, GpuSpec, int]]:
             hbm_bandwidth_gbps=gpu.hbm_bandwidth_gbps * sevenths / 7,
             bf16_tflops=gpu.bf16_tflops * sevenths / 7,
             fp8_tflops=None if gpu.fp8_tflops is None else gpu.fp8_tflops * sevenths / 7,
+            fp4_tflops=None if gpu.fp4_tflops is None else gpu.fp4_tflops * sevenths / 7,
         )
         out.append((profile, part, 7 // sevenths))
     return out
@@ -159,11 +168,18 @@ def _tier_shapes(
             ]
         return [Shape(inst, gpu, 1, "aggregated", precision, 1, 1)]
     if tier == 2:
-        return [
+        shapes = [
             Shape(inst, gpu, 2, "aggregated", precision, tp, 1)
             for tp in (2, 4, 8)
             if tp <= inst.gpus and heads % tp == 0
         ]
+        if request.model.is_moe:  # vLLM wide EP: DP attention ranks, experts over all of them
+            shapes += [
+                Shape(inst, gpu, 2, "aggregated", precision, 1, 1, dp=dp)
+                for dp in (2, 4, 8)
+                if dp <= inst.gpus
+            ]
+        return shapes
     if inst.efa_gbps <= 0 or heads % inst.gpus:
         return []
     out = []
@@ -180,6 +196,7 @@ def build_perf(request: PlanRequest, shape: Shape, max_model_len: int) -> Engine
         shape.gpu,
         tensor_parallel_size=shape.tp,
         pipeline_parallel_size=shape.pp,
+        data_parallel_size=shape.dp,
         precision=shape.precision,
         kv_cache_dtype=shape.kv_cache_dtype,
         max_model_len=max_model_len,
@@ -192,7 +209,7 @@ def sweep(perf: EnginePerf, request: PlanRequest, *, decode_only: bool) -> list[
     t = request.traffic
     points = []
     for batch in BATCH_GRID:
-        if batch > perf.max_num_seqs:
+        if batch > perf.max_num_seqs * perf.data_parallel_size:
             break
         if decode_only:
             point = predict_decode(
@@ -233,7 +250,7 @@ def node_count(shape: Shape, engines: int) -> int:
     """Instances for `engines` replicas: whole nodes for multi-node engines, packed GPUs otherwise."""
     if shape.tier == 3:
         return engines * shape.nodes_per_replica
-    gpus_needed = engines * shape.tp * shape.pp / shape.slices_per_gpu
+    gpus_needed = engines * shape.gpus_per_replica / shape.slices_per_gpu
     return max(1, math.ceil(gpus_needed / shape.instance.gpus - 1e-9))
 
 

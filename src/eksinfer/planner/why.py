@@ -31,7 +31,14 @@ def _parallelism(request: PlanRequest, cand: Candidate) -> str:
     text = f"TP {s.tp} x PP {s.pp}: {perf.weight_bytes_per_gpu / GIB:.1f} GiB of weights per GPU"
     if s.pp > 1:
         text += f"; one pipeline stage per {s.instance.type} node over {s.instance.efa_gbps:g} Gb/s EFA"
-    if request.model.is_moe and s.tp * s.pp > 1:
+    if s.dp > 1:
+        text = (
+            f"DP {s.dp} x EP {s.tp * s.dp} (TP {s.tp}): each of {s.dp} attention ranks holds "
+            f"{perf.weight_bytes_per_gpu / GIB:.1f} GiB (attention replicated, experts sharded) and runs its "
+            "own batch and KV cache; MoE layers exchange tokens by all-to-all over NVLink "
+            "(--data-parallel-size with --enable-expert-parallel)"
+        )
+    elif request.model.is_moe and s.gpus_per_replica > 1:
         text += "; experts spread with --enable-expert-parallel"
     if s.mig_profile:
         slices = s.instance.gpus * s.slices_per_gpu * cand.nodes
@@ -55,6 +62,12 @@ FP8_KV_CAVEAT = (
 def _precision(request: PlanRequest, cand: Candidate) -> str:
     s, perf, t = cand.shape, cand.perf, request.traffic
     text = f"{s.precision} weights ({request.model.hf_id_for(s.precision)}), KV cache {perf.kv_cache_dtype}"
+    if s.precision == "fp4":
+        text += (
+            " (NVFP4: 4-bit weights and activations with an FP8 scale per 16 values on FP4 tensor cores; "
+            "accuracy caveat: a published ModelOpt checkpoint, usually within about 1 % of FP8 on the "
+            "vendor's evals but check yours)"
+        )
     if s.precision == "fp8" and not s.gpu.fp8_tflops:
         text += " (weight-only FP8, W8A16 Marlin kernels: no FP8 tensor cores on this GPU)"
     if perf.kv_cache_dtype != "fp8":
@@ -76,10 +89,11 @@ def _precision(request: PlanRequest, cand: Candidate) -> str:
 
 def _memory(request: PlanRequest, cand: Candidate) -> str:
     perf, t = cand.perf, request.traffic
-    kv_tokens = perf.kv_capacity_tokens
+    kv_tokens = perf.kv_capacity_tokens * perf.data_parallel_size
     full = kv_tokens // (t.input_tokens + t.output_tokens)
+    ranks = f" on each of {perf.data_parallel_size} DP ranks" if perf.data_parallel_size > 1 else ""
     return (
-        f"{perf.num_gpu_blocks:,} KV blocks of {perf.block_size} = {kv_tokens:,} tokens "
+        f"{perf.num_gpu_blocks:,} KV blocks of {perf.block_size}{ranks} = {kv_tokens:,} tokens "
         f"({perf.kv_bytes_per_token:,} B/token), room for {full:,} full "
         f"{t.input_tokens}+{t.output_tokens}-token sequences; --max-model-len {perf.max_model_len:,}"
     )
@@ -110,7 +124,7 @@ def _replicas(request: PlanRequest, cand: Candidate) -> str:
 def _gpus_used(cand: Candidate) -> int:
     s = cand.shape
     engines = cand.replicas + cand.prefill_replicas
-    return -(-engines * s.tp * s.pp // s.slices_per_gpu)
+    return -(-engines * s.gpus_per_replica // s.slices_per_gpu)
 
 
 def explain(request: PlanRequest, cand: Candidate, provisioning_why: str, strategy: str) -> dict[str, str]:

@@ -73,7 +73,9 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"{role.name} x{role.replicas}",
-                f"TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}, {e.precision}, "
+                f"TP {e.tensor_parallel_size} x PP {e.pipeline_parallel_size}"
+                + (f" x DP {e.data_parallel_size}" if e.data_parallel_size > 1 else "")
+                + f", {e.precision}, "
                 f"KV {e.kv_cache_dtype}, "
                 f"{e.gpus_per_replica} GPU(s) on {e.nodes_per_replica} node(s)",
             )
@@ -188,7 +190,8 @@ def print_table(plan: Plan) -> None:
             alts.add_row(
                 a.instance_type,
                 "P/D" if a.mode == "disaggregated" else "agg",
-                f"{a.tensor_parallel_size} x {a.pipeline_parallel_size}",
+                f"{a.tensor_parallel_size} x {a.pipeline_parallel_size}"
+                + (f" x DP {a.data_parallel_size}" if a.data_parallel_size > 1 else ""),
                 a.precision,
                 a.kv_cache_dtype,
                 str(a.replicas),
@@ -199,6 +202,35 @@ def print_table(plan: Plan) -> None:
                 "measured" if a.measured else "UNMEASURED",
             )
         console.print(alts)
+
+
+def print_pareto(request: PlanRequest, plan: Plan, png: Path) -> None:
+    """The front (and the chosen point) as a table on stderr, every point as a PNG."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from eksinfer.planner.pareto import pareto, slo_user_speed, write_png
+
+    points = pareto(request, plan)
+    shown = sorted((p for p in points if p.on_front or p.chosen), key=lambda p: -p.tokens_per_s_per_user)
+    slo = f"TPOT SLO: >= {slo_user_speed(request):.1f} tok/s per user"
+    table = Table(title=f"Pareto front ({len(points)} points; {slo})", title_justify="left")
+    for col in ("engine", "mode", "batch", "tok/s/GPU", "tok/s/user", "TTFT s", "SLO", ""):
+        table.add_column(col, justify="right" if col not in ("engine", "mode", "") else "left")
+    for p in shown:
+        table.add_row(
+            p.label,
+            "P/D" if p.mode == "disaggregated" else "agg",
+            str(p.concurrency),
+            f"{p.tokens_per_s_per_gpu:,.0f}",
+            f"{p.tokens_per_s_per_user:.1f}",
+            f"{p.ttft_s:.3f}",
+            "meets" if p.meets_slo else "misses",
+            "<- plan" if p.chosen else "",
+        )
+    console = Console(stderr=True, width=max(100, Console().width))
+    console.print(table)
+    console.print(f"wrote {write_png(points, request, png)}")
 
 
 def render(plan: Plan, directory: Path) -> None:
@@ -241,7 +273,9 @@ def register(app: typer.Typer) -> None:
         on_prem: str | None = typer.Option(
             None, "--on-prem", help="On-prem GPUs via Hybrid Nodes, e.g. H100:16."
         ),
-        precision: str | None = typer.Option(None, "--precision", help="Force bf16, fp8 or int4 weights."),
+        precision: str | None = typer.Option(
+            None, "--precision", help="Force bf16, fp8, int4 or fp4 weights."
+        ),
         kv_cache_dtype: str | None = typer.Option(
             None, "--kv-cache-dtype", help="Force auto or fp8 KV cache (default: search both)."
         ),
@@ -252,6 +286,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
         as_yaml: bool = typer.Option(False, "--yaml", help="Print the plan as YAML."),
         render_dir: Path | None = typer.Option(None, "--render", help="Also render EKS manifests into DIR."),
+        pareto_png: Path | None = typer.Option(
+            None, "--pareto", help="Also print the tokens/s per GPU vs per user front and write it as a PNG."
+        ),
     ) -> None:
         """Plan GPUs, parallelism, replicas and cost for a model, traffic and SLOs."""
         from eksinfer.planner import make_plan
@@ -293,5 +330,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False), nl=False)
         else:
             print_table(plan)
+        if pareto_png is not None:
+            print_pareto(request, plan, pareto_png)
         if render_dir is not None:
             render(plan, render_dir)

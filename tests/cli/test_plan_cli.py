@@ -124,3 +124,25 @@ def test_render_writes_a_kustomize_tree(tmp_path: Path) -> None:
     out = tmp_path / "manifests"
     _invoke("--model", "llama-3.1-8b", "--json", "--render", str(out))
     assert (out / "kustomization.yaml").is_file()
+
+
+def test_new_flags_reach_the_plan_and_bad_values_name_the_flag() -> None:
+    doc = json.loads(
+        _invoke(
+            "--model", "llama-3.1-8b", "--families", "g6e", "--region", "eu-central-1",
+            "--kv-cache-dtype", "fp8", "--capacity-type", "spot", "--json",
+        )
+    )  # fmt: skip
+    assert doc["instance"]["region"] == "eu-central-1"
+    assert doc["instance"]["spot_price_date"] == "2026-08-21"
+    assert doc["roles"][0]["engine"]["kv_cache_dtype"] == "fp8"
+    assert doc["ground"]["measured"] is False  # g-family
+    for args, flag in (
+        (("--region", "mars-1"), "--region"),
+        (("--kv-cache-dtype", "int8"), "--kv-cache-dtype"),
+        (("--precision", "fp2"), "--precision"),
+    ):
+        proc = _run("--model", "llama-3.1-8b", *args)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith(f"error: {flag}"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -76,6 +76,7 @@ class Compared:
     ttft_ms: float
     tpot_ms: float
     tok_s: float
+    kv_limited: bool = False  # concurrency above what the KV cache holds at mean occupancy
 
     def err(self, field: str) -> float:
         measured, predicted = getattr(self.row, field), getattr(self, field)
@@ -138,7 +139,7 @@ def predict(row: Row) -> Compared | None:
     except InfeasibleError:
         return None
     point = predict_aggregated(perf, input_tokens=row.isl, output_tokens=row.osl, concurrency=row.concurrency)
-    return Compared(row, point.ttft_s * 1e3, point.tpot_s * 1e3, point.output_tokens_per_s)
+    return Compared(row, point.ttft_s * 1e3, point.tpot_s * 1e3, point.output_tokens_per_s, point.kv_limited)
 
 
 def compare_all(rows: list[Row]) -> list[Compared]:
@@ -228,9 +229,24 @@ def main(argv: list[str]) -> None:
     _summary_table(f"\nmedian / mean absolute error, dense fit set ({len(fitted)} runs)", fitted)
     _summary_table(f"\nmedian / mean absolute error, MoE fit set ({len(moe_fit)} runs)", moe_fit)
     _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)
+    _saturated(fitted + extra)
     print(
         f"\npredicted {len(fitted) + len(extra)} runs in {elapsed * 1e3:.0f} ms; "
         f"step_time_s: {_step_speed():.2f} us per call"
+    )
+
+
+def _saturated(compared: list[Compared]) -> None:
+    """Runs past what the KV cache holds: the wait-for-a-slot term decides TTFT; the weakest part."""
+    over = sorted((c for c in compared if c.kv_limited), key=lambda c: c.ttft_ms / c.row.ttft_ms)
+    if not over:
+        return
+    ratios = [c.ttft_ms / c.row.ttft_ms for c in over]
+    tpot = statistics.median(abs(c.err("tpot_ms")) for c in over)
+    print(
+        f"\nC. {len(over)} runs above the KV cache's mean-occupancy capacity: predicted / measured TTFT "
+        f"median x{statistics.median(ratios):.2f}, range x{ratios[0]:.2f}-x{ratios[-1]:.2f} "
+        f"(TPOT median error {tpot:.1f}%)"
     )
 
 

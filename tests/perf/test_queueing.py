@@ -77,3 +77,23 @@ def test_knee_doubles_latency_below_saturation() -> None:
     assert 0 < knee < curve.capacity_requests_per_s
     assert open_loop(curve, knee).e2e_s == pytest.approx(2 * light, rel=1e-3)
     assert max_rate(curve, lambda p: p.e2e_s < 0) == 0.0  # nothing meets an impossible target
+
+
+def test_erlang_c_wait_matches_m_m_1_and_m_m_2() -> None:
+    from eksinfer.perf.queueing import erlang_c_wait_s
+
+    mu, lam = 5.0, 4.0
+    assert erlang_c_wait_s(1, mu, lam) == pytest.approx((lam / mu) / (mu - lam), rel=1e-12)
+    rho = lam / (2 * mu)
+    p_wait = 2 * rho**2 / (1 + rho)  # M/M/2
+    assert erlang_c_wait_s(2, mu, lam) == pytest.approx(p_wait / (2 * mu - lam), rel=1e-12)
+    assert math.isinf(erlang_c_wait_s(2, mu, 10.0))
+    assert erlang_c_wait_s(3, mu, 0.0) == 0.0
+
+
+def test_queue_wait_is_the_time_not_running() -> None:
+    curve = _curve(max_batch=16)
+    p = open_loop(curve, curve.capacity_requests_per_s * 0.9)
+    assert p.queue_wait_s == pytest.approx((p.mean_in_system - p.mean_running) / p.requests_per_s)
+    assert p.queue_wait_s > 0
+    assert math.isinf(open_loop(curve, curve.capacity_requests_per_s).queue_wait_s)

@@ -30,10 +30,14 @@ def test_rate_target_plan_shows_knee_and_saturation() -> None:
     assert rates[-1] < pred.saturation_requests_per_s
 
 
-def test_disaggregated_plans_keep_rate_matching_without_a_knee() -> None:
+def test_disaggregated_plans_queue_prefill_and_decode_without_a_knee_row() -> None:
     plan = make_plan(
         PlanRequest(get_model("glm-5"), Traffic(input_tokens=4000, output_tokens=500, requests_per_s=2.0))
     )
     assert plan.mode == "disaggregated"
-    assert plan.prediction.knee_requests_per_s is None
+    assert plan.prediction.knee_requests_per_s is None  # the knee row is for aggregated engines
     assert plan.prediction.load_curve == []
+    # prefill engines as an M/M/c queue and decode engines as a flow-equivalent server, sized with headroom
+    assert plan.prediction.requests_per_s >= 2.0 * 1.2
+    assert plan.prediction.ttft_s * 2 <= plan.slo.ttft_s
+    assert plan.prediction.tpot_s * 1.1 <= plan.slo.tpot_s

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from eksinfer.perf.engine import EnginePerf
-from eksinfer.perf.serving import max_running, predict_aggregated
+from eksinfer.perf.serving import max_running, predict_aggregated, predict_decode
 
 KNEE_FACTOR = 2.0
 GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
@@ -39,6 +39,15 @@ class OpenLoopPoint:
     ttft_s: float
     tpot_s: float
     e2e_s: float
+
+    @property
+    def queue_wait_s(self) -> float:
+        """Mean time waiting for a batch slot (Little's law on the requests not running)."""
+        if self.saturated:
+            return math.inf
+        if self.requests_per_s <= 0:
+            return 0.0
+        return max(0.0, self.mean_in_system - self.mean_running) / self.requests_per_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +95,18 @@ def service_curve(
     output_tokens: int,
     prefix_hit: float = 0.0,
     max_batch: int | None = None,
+    decode_only: bool = False,
 ) -> ServiceCurve:
     """Closed-loop throughput and TPOT at each concurrency up to what the KV cache (and `max_batch`,
-    the engine's --max-num-seqs) lets run at once."""
+    the engine's --max-num-seqs) lets run at once; `decode_only` for a P/D decode engine."""
     limit = max(1, max_running(perf, input_tokens, output_tokens))
     if max_batch is not None:
         limit = max(1, min(limit, max_batch))
     ks = [k for k in GRID if k < limit] + [limit]
     points = [
-        predict_aggregated(
+        predict_decode(perf, input_tokens=input_tokens, output_tokens=output_tokens, concurrency=k)
+        if decode_only
+        else predict_aggregated(
             perf,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
@@ -153,6 +165,22 @@ def max_rate(curve: ServiceCurve, ok: Callable[[OpenLoopPoint], bool], *, iterat
         else:
             hi = mid
     return lo
+
+
+def erlang_c_wait_s(servers: int, service_rate: float, arrival_rate: float) -> float:
+    """Mean wait before service in an M/M/c queue (Erlang C): `servers` engines each completing
+    `service_rate` requests/s; infinite at or past saturation."""
+    c, a = servers, arrival_rate / service_rate
+    if arrival_rate <= 0:
+        return 0.0
+    if a >= c:
+        return math.inf
+    term, total = 1.0, 1.0  # a^k / k! summed for k < c, in a numerically safe recurrence
+    for k in range(1, c):
+        term *= a / k
+        total += term
+    top = term * a / c / (1 - a / c)  # a^c / c! / (1 - rho)
+    return top / (total + top) / (c * service_rate - arrival_rate)
 
 
 def knee_requests_per_s(curve: ServiceCurve, factor: float = KNEE_FACTOR) -> float:

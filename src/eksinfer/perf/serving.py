@@ -151,8 +151,9 @@ def predict_aggregated(
 
 @dataclass(frozen=True, slots=True)
 class PrefillPoint:
-    ttft_s: float
+    ttft_s: float  # closed loop: AIC's x1.8 queueing correction included
     requests_per_s: float
+    service_s: float = 0.0  # one prompt alone: prefill + dispatch + KV transfer (no queueing)
 
 
 def predict_prefill(
@@ -178,7 +179,8 @@ def predict_prefill(
     transfer = input_tokens * perf.kv_bytes_per_token / (kv_transfer_gbps * 1e9) + KV_TRANSFER_SETUP_S
     ttft = (one + DISPATCH_PER_LAYER_S * perf.num_layers) * DISAGG_TTFT_FACTOR + transfer
     rate = prompts / step * perf.pipeline_parallel_size * perf.data_parallel_size * PREFILL_RATE_DERATE
-    return PrefillPoint(ttft_s=ttft, requests_per_s=rate)
+    service = one + DISPATCH_PER_LAYER_S * perf.num_layers + transfer
+    return PrefillPoint(ttft_s=ttft, requests_per_s=rate, service_s=service)
 
 
 def predict_decode(

@@ -8,10 +8,20 @@ import math
 from eksinfer.catalog import get_gpu
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_prefill
-from eksinfer.perf.queueing import OpenLoopPoint, ServiceCurve, max_rate, open_loop, service_curve
+from eksinfer.perf.queueing import (
+    OpenLoopPoint,
+    ServiceCurve,
+    erlang_c_wait_s,
+    max_rate,
+    open_loop,
+    service_curve,
+)
+from eksinfer.perf.serving import PrefillPoint
 from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.search import (
     RATE_HEADROOM,
+    TPOT_TAIL,
+    TTFT_TAIL,
     Candidate,
     Misses,
     Shape,
@@ -194,8 +204,10 @@ def refine_open_loop(request: PlanRequest, cand: Candidate) -> Candidate | None:
     no arrival rate meets the SLOs in open loop.
     """
     t = request.traffic
-    if cand.shape.mode != "aggregated" or t.concurrency is not None:
-        return cand  # a concurrency target is a closed loop; P/D keeps AIC's rate matching
+    if t.concurrency is not None:
+        return cand  # a concurrency target is a closed loop
+    if cand.shape.mode == "disaggregated":
+        return _refine_disaggregated(request, cand)
     curve = open_loop_curve(request, cand)
     per_replica = max_rate(curve, lambda p: _meets_open(p, request))
     if per_replica <= 0:
@@ -227,6 +239,87 @@ def refine_open_loop(request: PlanRequest, cand: Candidate) -> Candidate | None:
         monthly_usd=monthly_cost(cand.shape, nodes, request),
         on_prem_replicas=on_prem_replicas,
     )
+
+
+MAX_PREFILL_ENGINES = 64
+
+
+def _refine_disaggregated(request: PlanRequest, cand: Candidate) -> Candidate | None:
+    """P/D under Poisson arrivals: prefill engines as an M/M/c queue (c engines, each at its batched prompt
+    rate), TTFT = one prompt's prefill + transfer + the Erlang-C wait + the wait for a decode slot, in place
+    of AIC's x1.8; decode engines through the flow-equivalent server of their decode-only curve. Each side
+    gets the fewest engines that meet the SLOs at the target x RATE_HEADROOM."""
+    t, perf = request.traffic, cand.perf
+    efa_gbytes_per_s = cand.shape.instance.efa_gbps / 8
+    prefill = predict_prefill(
+        perf, input_tokens=t.input_tokens, prefix_hit=t.shared_prefix_ratio, kv_transfer_gbps=efa_gbytes_per_s
+    )
+    curve = service_curve(
+        perf,
+        input_tokens=t.input_tokens,
+        output_tokens=t.output_tokens,
+        max_batch=cand.batch,
+        decode_only=True,
+    )
+    slot_wait_budget = request.slo.ttft_s / TTFT_TAIL - prefill.service_s
+    per_decode = max_rate(
+        curve,
+        lambda p: p.tpot_s * TPOT_TAIL <= request.slo.tpot_s and p.queue_wait_s <= slot_wait_budget,
+    )
+    if per_decode <= 0:
+        return None
+    rate = demand_requests_per_s(request, cand.point.e2e_s)
+    target = rate * RATE_HEADROOM
+    decode_replicas = max(1, math.ceil(target / per_decode - 1e-9))
+
+    def ttft(engines: int, arrivals: float) -> float:
+        return prefill.service_s + erlang_c_wait_s(engines, prefill.requests_per_s, arrivals)
+
+    prefill_replicas = max(1, math.ceil(target / prefill.requests_per_s - 1e-9))
+    slot_wait = open_loop(curve, target / decode_replicas).queue_wait_s
+    while (ttft(prefill_replicas, target) + slot_wait) * TTFT_TAIL > request.slo.ttft_s:
+        prefill_replicas += 1
+        if prefill_replicas > MAX_PREFILL_ENGINES:
+            return None
+    load = open_loop(curve, rate / decode_replicas)
+    first = ttft(prefill_replicas, rate) + load.queue_wait_s
+    point = ServingPoint(
+        concurrency=max(1, round(load.mean_in_system)),
+        running=max(1, round(load.mean_running)),
+        ttft_s=first,
+        tpot_s=load.tpot_s,
+        e2e_s=first + load.e2e_s,
+        requests_per_s=rate / decode_replicas,
+        output_tokens_per_s=rate / decode_replicas * t.output_tokens,
+        prefill_tokens_per_step=0.0,
+        kv_limited=False,
+    )
+    nodes = node_count(cand.shape, decode_replicas + prefill_replicas)
+    prefill_cap = max_prefill_rate(prefill_replicas, prefill, request)
+    return dataclasses.replace(
+        cand,
+        point=point,
+        replicas=decode_replicas,
+        prefill_replicas=prefill_replicas,
+        ttft_s=first,
+        tpot_s=load.tpot_s,
+        requests_per_s=min(decode_replicas * per_decode, prefill_cap),
+        nodes=nodes,
+        monthly_usd=monthly_cost(cand.shape, nodes, request),
+    )
+
+
+def max_prefill_rate(engines: int, prefill: PrefillPoint, request: PlanRequest) -> float:
+    """The highest arrival rate the prefill engines take within the TTFT target (bisection)."""
+    lo, hi = 0.0, engines * prefill.requests_per_s
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        wait = erlang_c_wait_s(engines, prefill.requests_per_s, mid)
+        if (prefill.service_s + wait) * TTFT_TAIL <= request.slo.ttft_s:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _meets_open(point: OpenLoopPoint, request: PlanRequest) -> bool:

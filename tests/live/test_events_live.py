@@ -139,6 +139,8 @@ def sim(live_model: Path) -> Iterator[tuple[str, str]]:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_sim_events_decode_and_hash_with_vllm_code(sim: tuple[str, str], live_python: Path) -> None:

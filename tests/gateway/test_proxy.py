@@ -107,7 +107,7 @@ async def test_completion_and_round_robin(gateway: GatewayRuntime, engines: list
 
 async def test_models_is_the_union_of_endpoints() -> None:
     first, second = await FakeEngine(model="a").start(), await FakeEngine(model="b").start()
-    runtime = await start_gateway([first, second])
+    runtime = await start_gateway([first, second], expose_endpoint_header=True)
     try:
         async with httpx.AsyncClient() as client:
             doc = (await client.get(base(runtime) + "/v1/models")).json()

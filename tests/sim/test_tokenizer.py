@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import eksinfer.sim.tokenizer as tok_module
 from eksinfer.errors import ConfigError
 from eksinfer.sim.tokenizer import BUILTIN_VOCAB_SIZE, BuiltinTokenizer, HFTokenizer, load_tokenizer
 
@@ -60,15 +59,11 @@ def test_chat_encodes_message_by_message_like_the_whole_template(
 ) -> None:
     """The per-message cache must give exactly the tokens of the rendered template, cold and warm, and
     after evictions (a tiny cache), since the gateway's prefix keys depend on it."""
-    tok = BuiltinTokenizer()
-    tok_module._MESSAGE_CACHE_SIZE, saved = 3, tok_module._MESSAGE_CACHE_SIZE
-    try:
-        for pairs in (first, second, first + second, first):
-            messages = [{"role": r, "content": c} for r, c in pairs]
-            assert tok.encode_chat(messages) == tok.encode(tok.apply_chat_template(messages))
-        assert len(tok._messages) <= 3
-    finally:
-        tok_module._MESSAGE_CACHE_SIZE = saved
+    tok = BuiltinTokenizer(message_cache_bytes=1200)  # a few short messages
+    for pairs in (first, second, first + second, first):
+        messages = [{"role": r, "content": c} for r, c in pairs]
+        assert tok.encode_chat(messages) == tok.encode(tok.apply_chat_template(messages))
+    assert tok._messages.bytes <= 1200
 
 
 def _tiny_hf(tmp_path: Path) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eksinfer import untrusted
 from eksinfer.errors import ConfigError
 
 
@@ -46,7 +47,30 @@ class ServerConfig(_Model):
         60.0, gt=0, description="Longest silence between two chunks of a streamed response."
     )
     max_inflight: int = Field(
-        10_000, gt=0, description="Requests in flight through the gateway before new ones get HTTP 429."
+        10_000,
+        gt=0,
+        description="Requests in flight through the gateway (counted from the start of their body) before "
+        "new ones get HTTP 429.",
+    )
+    max_connections: int = Field(
+        4096,
+        gt=0,
+        description="Client connections served at a time; the next ones get HTTP 503 and are closed.",
+    )
+    idle_timeout_s: float = Field(
+        75.0,
+        gt=0,
+        description="Time a client connection may stay idle between requests or take to send a request's "
+        "headers before it is closed; keep it above the idle timeout of any load balancer in front (60 s "
+        "on an AWS ALB by default).",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Time a client may take to send a request body; then HTTP 408."
+    )
+    expose_endpoint_header: bool = Field(
+        False,
+        description="Send x-eksinfer-endpoint (the engine's address) on every response; off by default so "
+        "external clients do not learn internal addresses.",
     )
     workers: int = Field(
         1,
@@ -202,14 +226,9 @@ def load_config(path: Path | None) -> GatewayConfig:
     """Reads the YAML file (or the defaults when no file is given)."""
     if path is None:
         return parse_config({})
+    text = untrusted.read_text(path, field="--config")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}", field="--config") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text", field="--config") from None
-    try:
-        data = yaml.safe_load(text)
+        data = untrusted.load_yaml(text, where=str(path), field="--config")
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}", field="--config") from None
     return parse_config(data)

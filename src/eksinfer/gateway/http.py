@@ -18,6 +18,7 @@ _TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
     502: "upstream_error",
@@ -38,13 +39,19 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return msgspec.json.encode(payload)
 
 
+RETRY_AFTER_S = 1  # what 429 and 503 answers tell a client to wait (the openai SDK honours Retry-After)
+
+
 def error_response(
     status: int, message: str, *, param: str | None = None, code: str | None = None
 ) -> web.Response:
+    """An OpenAI-style error; 429 and 503 carry `Retry-After`."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status in (429, 503) else None
     return web.Response(
         status=status,
         body=error_body(status, message, param=param, code=code),
         content_type="application/json",
+        headers=headers,
     )
 
 
@@ -54,7 +61,9 @@ def sse_error_event(status: int, message: str, code: str) -> bytes:
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
+    # Header bytes that are not UTF-8 arrive as lone surrogates; surrogateescape gives the bytes back (they
+    # match no configured key) instead of raising.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 class ApiKeys:

@@ -88,7 +88,8 @@ def gateway_config(opts: StackOptions) -> GatewayConfig:
     }
     return parse_config(
         {
-            "server": {"host": opts.host, "port": opts.port},
+            # a developer's stack on loopback: say which engine answered
+            "server": {"host": opts.host, "port": opts.port, "expose_endpoint_header": True},
             "endpoints": {"static": static},
             "scrape": {"interval_s": 0.1},
             "routing": routing,

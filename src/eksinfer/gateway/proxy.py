@@ -42,6 +42,8 @@ from eksinfer.gateway.upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
+from eksinfer.guarded_http import BodyTimeoutError, read_body
+from eksinfer.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,14 @@ def _status_of(err: EksinferError) -> int:
     return 400 if isinstance(err, UsageError) else 503
 
 
+class _Refusal(Exception):
+    """A request refused before routing; `_handle` turns it into an OpenAI-style error."""
+
+    def __init__(self, status: int, message: str, code: str | None, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+
 class _RetryElsewhere(Exception):
     """The endpoint failed before the client saw a byte; route again without it."""
 
@@ -117,6 +127,7 @@ class Proxy:
         self._keys = keys
         self._preset = preset
         self._inflight = 0
+        self._warn = RateLimitedLog(log)
         config_of_router = getattr(router, "config", None)
         self._debug_header: str | None = getattr(config_of_router, "debug_header", "x-eksinfer-route")
 
@@ -145,13 +156,17 @@ class Proxy:
 
     async def _handle(self, request: web.Request, path: str, field: str) -> web.StreamResponse:
         started = time.perf_counter()
-        admitted = await self._admit(request, field)
-        if isinstance(admitted, web.Response):
-            self._metrics.observe_request(path, "", str(admitted.status), None)
-            return admitted
-        raw, body, model = admitted
-        self._inflight += 1
+        if not self._keys.check(request.headers):
+            return self._finish_early(path, 401, "invalid or missing API key", "invalid_api_key")
+        if self._inflight >= self._config.max_inflight:
+            msg = "the gateway is at its in-flight limit; retry later"
+            return self._finish_early(path, 429, msg, "overloaded")
+        self._inflight += 1  # from the first body byte: a slow body holds a slot like a slow answer does
         try:
+            try:
+                raw, body, model = await self._admit(request, field)
+            except _Refusal as refusal:
+                return self._finish_early(path, refusal.status, str(refusal), refusal.code, refusal.param)
             return await self._dispatch(request, path, raw, body, model, started)
         except Exception:  # a bug must still give the client one OpenAI-style line, never a traceback
             log.exception("internal error on %s", path)
@@ -159,40 +174,37 @@ class Proxy:
         finally:
             self._inflight -= 1
 
-    async def _admit(
-        self, request: web.Request, field: str
-    ) -> web.Response | tuple[bytes, dict[str, Any], str]:
-        """Auth, load shedding, body limit, JSON and the fields routing needs; an error or the body."""
-        if not self._keys.check(request.headers):
-            return error_response(401, "invalid or missing API key", code="invalid_api_key")
-        if self._inflight >= self._config.max_inflight:
-            return error_response(
-                429, "the gateway is at its in-flight limit; retry later", code="overloaded"
-            )
+    async def _admit(self, request: web.Request, field: str) -> tuple[bytes, dict[str, Any], str]:
+        """Body limit and deadline, JSON and the fields routing needs; `_Refusal` otherwise."""
         limit = self._config.max_body_bytes
+        too_large = _Refusal(413, f"request body is larger than {limit} bytes", "body_too_large")
         if request.content_length is not None and request.content_length > limit:
-            return error_response(413, f"request body is larger than {limit} bytes", code="body_too_large")
+            raise too_large
         try:
-            raw = await request.read()
+            raw = await read_body(request, self._config.body_timeout_s)
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, f"request body is larger than {limit} bytes", code="body_too_large")
+            raise too_large from None
+        except BodyTimeoutError as err:
+            raise _Refusal(408, str(err), "body_timeout") from None
         try:
             body = msgspec.json.decode(raw)
         except msgspec.DecodeError as err:
-            return error_response(400, f"request body is not valid JSON: {err}", code="invalid_json")
+            raise _Refusal(400, f"request body is not valid JSON: {err}", "invalid_json") from None
+        except RecursionError:  # msgspec recurses once per nesting level: a bracket bomb ends here
+            raise _Refusal(400, "request body is nested too deeply", "invalid_json") from None
         if not isinstance(body, dict):
-            return error_response(400, "request body must be a JSON object", code="invalid_json")
+            raise _Refusal(400, "request body must be a JSON object", "invalid_json")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return error_response(400, "'model' is required and must be a string", param="model")
+            raise _Refusal(400, "'model' is required and must be a string", None, param="model")
         value = body.get(field)
         if value is None or (field == "messages" and (not isinstance(value, list) or not value)):
             kind = "a non-empty list" if field == "messages" else "present"
-            return error_response(400, f"'{field}' is required and must be {kind}", param=field)
+            msg = f"'{field}' is required and must be {kind}"
+            raise _Refusal(400, msg, None, param=field)
         if not self._registry.known_model(model):
-            return error_response(
-                404, f"the model '{model}' does not exist", param="model", code="model_not_found"
-            )
+            msg = f"the model '{model}' does not exist"
+            raise _Refusal(404, msg, "model_not_found", param="model")
         return raw, body, model
 
     async def _dispatch(
@@ -220,9 +232,14 @@ class Proxy:
             )
         return self._finish_early(path, 503, f"no healthy endpoint serves model '{model}'", "no_endpoint")
 
-    def _finish_early(self, path: str, status: int, message: str, code: str) -> web.Response:
+    def _finish_early(
+        self, path: str, status: int, message: str, code: str | None, param: str | None = None
+    ) -> web.Response:
         self._metrics.observe_request(path, "", str(status), None)
-        return error_response(status, message, code=code)
+        response = error_response(status, message, code=code, param=param)
+        if status == 408:
+            response.force_close()  # the rest of the body may still be on its way: the connection is spent
+        return response
 
     def _begin(self, decision: Decision) -> _Flight:
         """In-flight requests and uncached prompt tokens were added by `router.route` (its ticket releases
@@ -248,7 +265,9 @@ class Proxy:
         return headers
 
     def _explain(self, decision: Decision) -> dict[str, str]:
-        headers: dict[str, str] = {"x-eksinfer-endpoint": decision.endpoint.id}
+        headers: dict[str, str] = {}
+        if self._config.expose_endpoint_header:
+            headers["x-eksinfer-endpoint"] = decision.endpoint.id
         if self._debug_header:
             headers[self._debug_header] = decision.explain()
         return headers
@@ -273,6 +292,8 @@ class Proxy:
                 try:
                     status = str(upstream.status)
                     await self._relay(request, upstream, flight, deadline)
+                    if flight.response is not None and not flight.response.prepared:
+                        status = str(flight.response.status)  # what the client gets (a 502 for a cut body)
                     flight.ok = upstream.status < 500 and not flight.broken
                 finally:
                     upstream.close()
@@ -316,7 +337,19 @@ class Proxy:
         size = upstream.content_length
         if size is not None and size <= WHOLE_BODY_BYTES and not content_type.startswith("text/event-stream"):
             # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
-            body = first if len(first) >= size else first + await upstream.read()
+            try:
+                body = first if len(first) >= size else first + await upstream.read()
+            except UpstreamError as err:
+                self._warn.warning(
+                    f"cut {flight.decision.endpoint.id}",
+                    "endpoint %s closed the connection before the whole body: %s",
+                    flight.decision.endpoint.id,
+                    err,
+                )
+                flight.broken = True
+                msg = "the engine closed the connection before the whole answer arrived"
+                flight.response = error_response(502, msg, code="upstream_broken")
+                return
             headers = {"Content-Type": content_type, **self._explain(flight.decision)}
             flight.response = web.Response(status=upstream.status, body=body, headers=headers)
             return

@@ -21,12 +21,13 @@ from eksinfer.errors import UsageError
 from eksinfer.gateway.config import GatewayConfig
 from eksinfer.gateway.discovery import KubernetesWatcher, static_specs
 from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
-from eksinfer.gateway.http import ApiKeys, add_fallback_route
+from eksinfer.gateway.http import RETRY_AFTER_S, ApiKeys, add_fallback_route, error_body
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.proxy import Proxy, RouterLike
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper
 from eksinfer.gateway.upstream import UpstreamPool
+from eksinfer.guarded_http import GuardedRunner, Guards
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class GatewayRuntime:
         self._scrape_tasks: dict[EndpointId, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: GuardedRunner | None = None
         self._upstream: UpstreamPool | None = None
         self._scrape_session: aiohttp.ClientSession | None = None
         self._scraper: Scraper | None = None
@@ -132,9 +133,15 @@ class GatewayRuntime:
         self._supervisor = asyncio.create_task(self._supervise(ready))
         await ready.wait()
         app = self.build_app()
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
         server = self.config.server
+        guards = Guards(
+            error_body=lambda status, message, code: error_body(status, message, code=code),
+            idle_timeout_s=server.idle_timeout_s,
+            max_connections=server.max_connections,
+            retry_after_s=RETRY_AFTER_S,
+        )
+        self._runner = GuardedRunner(app, guards, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
         site = web.TCPSite(
             self._runner, server.host, server.port, backlog=1024, reuse_port=server.workers > 1 or None
         )

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from eksinfer.errors import ConfigError
+from eksinfer.guarded_http import GuardedRunner
 from eksinfer.sim.config import SimOptions, build_perf, resolve_engine_sizing
 from eksinfer.sim.engine import Engine
-from eksinfer.sim.server import SimServer
+from eksinfer.sim.server import SimServer, guards
 from eksinfer.sim.tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class Replica:
     """One engine and its HTTP listener."""
 
     engine: Engine
-    runner: web.AppRunner
+    runner: GuardedRunner
     host: str
     port: int
     crashed: bool = False
@@ -113,8 +114,13 @@ async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, p
     engine_holder: list[Replica] = []
     engine = Engine(options, rank=rank, tokenizer=tokenizer, perf=perf, sizing=sizing)
     server = SimServer(engine, on_crash=lambda: engine_holder[0].crash())
-    runner = web.AppRunner(
-        server.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0, handler_cancellation=True
+    runner = GuardedRunner(
+        server.app(),
+        guards(options),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=1.0,
+        handler_cancellation=True,
     )
     await runner.setup()
     site = web.TCPSite(runner, options.host, port, reuse_address=True)

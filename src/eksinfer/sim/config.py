@@ -75,6 +75,11 @@ class SimOptions:
     seed: int = 0
     natural_output_tokens: int = 256  # mean length before the model "emits EOS" (0: never)
     faults: FaultOptions = field(default_factory=FaultOptions)
+    # Request hardening (not vLLM flags; vLLM bounds request heads through uvicorn/h11, not bodies):
+    max_request_body_bytes: int = 8 * 1024**2  # larger bodies get 413; the gateway's default limit too
+    body_timeout_s: float = 60.0  # a body that takes longer gets 408
+    keep_alive_timeout_s: float = 5.0  # vLLM's uvicorn --timeout-keep-alive (VLLM_HTTP_TIMEOUT_KEEP_ALIVE)
+    max_connections: int = 4096  # then 503 and close
 
     def validate(self) -> None:
         checks: list[tuple[bool, str, str]] = [

@@ -48,6 +48,10 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             f"'input': '<dict of 0 items>', 'ctx': {{'error': {str(err)!r}}}}}"
         )
         raise ApiError(400, detail, type_="Bad Request", param="body.1") from err
+    except RecursionError:  # msgspec recurses once per nesting level: a bracket bomb ends here
+        raise ApiError(
+            400, "the request body is nested too deeply", type_="Bad Request", param="body"
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", type_="Bad Request", param="body")
     return body

@@ -18,8 +18,9 @@ Prompts get BOS prepended (`add_special_tokens=True`, as vLLM does for completio
 Built-in chat template: `<|{role}|>\\n{content}\\n` per message, then `<|assistant|>\\n` for the
 generation prompt; list content keeps its text parts joined by newlines. Chat prompts get BOS too.
 A newline is always a token of its own, so each message encodes independently of its neighbours: chats
-are encoded message by message through a bounded cache, which makes a repeated system prompt (the
-gateway tokenizes every request) cost a dictionary lookup instead of a scan.
+are encoded message by message through a cache bounded in bytes (`MESSAGE_CACHE_BYTES`, 32 MiB), which
+makes a repeated system prompt (the gateway tokenizes every request) cost a dictionary lookup instead of a
+scan.
 
 Hugging Face (`--tokenizer DIR`): `DIR/tokenizer.json` via `tokenizers`, and the `chat_template` of
 `DIR/tokenizer_config.json` rendered with jinja2 (`bos_token`, `eos_token`, `add_generation_prompt`).
@@ -31,6 +32,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +50,13 @@ _LEN_OFFSET = (0, 26, 26 + 26**2)
 BUILTIN_VOCAB_SIZE = _WORD_BASE + 4 * _PER_CLASS  # 73,371
 _PIECE = re.compile(r" ?[A-Za-z][a-z]{0,2}|[\s\S]")
 _A = ord("a")
-_MESSAGE_CACHE_SIZE = 4096  # distinct (role, content) pairs kept; a system prompt of 8k characters is ~10 KB
+# The message cache is bounded in bytes, not entries: 4,096 entries of 400 KB chats were 1.6 GB. An entry
+# costs its text (1 byte a character for ASCII, up to 4) plus its ids (8 bytes each in a list); a system
+# prompt of 8k characters is ~30 KB, so 32 MiB keeps about a thousand distinct ones. A message over 2 MiB
+# (or a quarter of a smaller budget) is never cached: it would evict the rest for a prompt unlikely to repeat.
+MESSAGE_CACHE_BYTES = 32 * 1024**2
+_LARGEST_CACHED_MESSAGE_BYTES = 2 * 1024**2
+_PIECE_CACHE_SIZE = 200_000  # pieces are 1-4 characters: a few hundred bytes each at most, ~20 MB in all
 
 
 class Tokenizer(Protocol):
@@ -117,9 +126,9 @@ class BuiltinTokenizer:
     bos_token_id = BOS_ID
     eos_token_id = EOS_ID
 
-    def __init__(self) -> None:
+    def __init__(self, message_cache_bytes: int = MESSAGE_CACHE_BYTES) -> None:
         self._cache: dict[str, tuple[int, ...]] = {}
-        self._messages: dict[tuple[str, str], list[int]] = {}
+        self._messages = _MessageCache(message_cache_bytes)
         self._generation_prompt = self.encode("<|assistant|>\n", add_special_tokens=False)
 
     def _ids(self, piece: str) -> tuple[int, ...]:
@@ -129,7 +138,7 @@ class BuiltinTokenizer:
                 ids = (_piece_id(piece),)
             else:
                 ids = tuple(_BYTE_BASE + b for b in piece.encode("utf-8"))
-            if len(self._cache) < 200_000:
+            if len(self._cache) < _PIECE_CACHE_SIZE:
                 self._cache[piece] = ids
         return ids
 
@@ -182,9 +191,7 @@ class BuiltinTokenizer:
             ids = self._messages.get(key)
             if ids is None:
                 ids = self.encode(f"<|{role}|>\n{key[1]}\n", add_special_tokens=False)
-                if len(self._messages) >= _MESSAGE_CACHE_SIZE:
-                    self._messages.pop(next(iter(self._messages)))  # oldest first
-                self._messages[key] = ids
+                self._messages.put(key, ids)
             out.extend(ids)
         out.extend(self._generation_prompt)
         return out
@@ -193,6 +200,42 @@ class BuiltinTokenizer:
         """Ids of the word pieces with a leading space and lowercase letters (what generation samples)."""
         start = _WORD_BASE + 2 * _PER_CLASS + _LEN_OFFSET[1]
         return range(start, start + 26**2 + 26**3)
+
+
+class _MessageCache:
+    """Least-recently-used (role, content) -> ids, bounded in bytes (`MESSAGE_CACHE_BYTES`); thread-safe,
+    since the simulator tokenizes large bodies in worker threads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[str, str], tuple[list[int], int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str]) -> list[int] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple[str, str], ids: list[int]) -> None:
+        size = 4 * (len(key[0]) + len(key[1])) + 8 * len(ids) + 200  # worst-case text, ids, the two objects
+        if size > min(self.max_bytes // 4, _LARGEST_CACHED_MESSAGE_BYTES):
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._entries[key] = (ids, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self.bytes -= dropped
 
 
 class HFTokenizer:

@@ -1,0 +1,129 @@
+"""Hostile clients against the simulator: reproductions from the hardening probe. Answers must be vLLM's
+error shape with the right status, memory must stay bounded, and big prompts must not stall the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import httpx
+import pytest
+
+from eksinfer.sim.tokenizer import BuiltinTokenizer
+from tests.gateway.hostile import assert_openai_error, post, raw_request
+from tests.sim.conftest import StartCluster
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_json_nesting_bomb_is_a_400(start: StartCluster, caplog: pytest.LogCaptureFixture) -> None:
+    cluster = await start()
+    bomb = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = await raw_request(cluster.ports[0], post("/v1/completions", bomb))
+    error = assert_openai_error(answer, 400)
+    assert error["code"] == 400
+    assert error["type"] == "Bad Request"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_body_over_the_limit_is_a_413_in_vllms_shape(start: StartCluster) -> None:
+    cluster = await start(max_request_body_bytes=64 * 1024)
+    big = b'{"prompt": "' + b"a" * 100_000 + b'", "max_tokens": 1}'
+    answer = await raw_request(cluster.ports[0], post("/v1/completions", big))
+    error = assert_openai_error(answer, 413)
+    assert error["code"] == 413
+    assert "65536 bytes" in error["message"]
+    async with httpx.AsyncClient(timeout=10) as client:  # and it keeps serving
+        ok = await client.post(cluster.urls[0] + "/v1/completions", json={"prompt": "hi", "max_tokens": 1})
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[b"x-big: " + b"a" * 9 * 1024], [f"x-h{i}: v".encode() for i in range(200)], [b"not a header"]],
+    ids=["9 KB header", "200 headers", "no colon"],
+)
+async def test_malformed_headers_get_json_and_one_warning(
+    start: StartCluster, caplog: pytest.LogCaptureFixture, extra: list[bytes]
+) -> None:
+    cluster = await start()
+    caplog.set_level(logging.INFO)
+    answer = await raw_request(cluster.ports[0], post("/v1/completions", b'{"prompt": "hi"}', *extra))
+    assert assert_openai_error(answer, 400)["code"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].exc_info is None
+
+
+async def test_large_prompts_are_tokenized_off_the_event_loop(
+    start: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = await start()
+    tokenizer = cluster.engines[0].tokenizer
+    threads: list[bool] = []  # True when encoding ran on the loop's thread
+    loop_thread = threading.get_ident()
+    original = tokenizer.encode_prompt
+
+    def recording(prompt: str) -> list[int]:
+        threads.append(threading.get_ident() == loop_thread)
+        return original(prompt)
+
+    monkeypatch.setattr(tokenizer, "encode_prompt", recording)
+    async with httpx.AsyncClient(timeout=30) as client:
+        small = {"prompt": "hello there", "max_tokens": 1}
+        large = {"prompt": "word " * 40_000, "max_tokens": 1}  # 200 KB
+        for body in (small, large):
+            r = await client.post(cluster.urls[0] + "/v1/completions", json=body)
+            assert r.status_code in (200, 400), r.text  # 400: longer than max_model_len, still tokenized
+    assert threads == [True, False]
+
+
+async def test_health_answers_while_a_large_prompt_is_tokenized(
+    start: StartCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of answers, not their timing: tokenizing a 200 KB prompt is held until /health has answered;
+    on the loop's thread that hold would block /health, and the hold gives up after 20 s (the test fails)."""
+    cluster = await start()
+    url = cluster.urls[0]
+    tokenizer = cluster.engines[0].tokenizer
+    started, release = threading.Event(), threading.Event()
+    original = tokenizer.encode_prompt
+
+    def held(prompt: str) -> list[int]:
+        if len(prompt) > 100_000:
+            started.set()
+            release.wait(20)
+        return original(prompt)
+
+    monkeypatch.setattr(tokenizer, "encode_prompt", held)
+    order: list[str] = []
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def big() -> None:
+            body = {"prompt": "word " * 40_000, "max_tokens": 1}
+            r = await client.post(url + "/v1/completions", json=body)
+            order.append(f"big {r.status_code in (200, 400)}")
+
+        async def health() -> None:
+            await asyncio.to_thread(started.wait, 20)
+            r = await client.get(url + "/health")
+            order.append(f"health {r.status_code}")
+            release.set()
+
+        await asyncio.gather(big(), health())
+    assert order == ["health 200", "big True"]
+
+
+def test_message_cache_is_bounded_in_bytes() -> None:
+    """Forty distinct 400 KB chats used to stay cached whole (the gateway in builtin mode grew by 70 MB)."""
+    tok = BuiltinTokenizer(message_cache_bytes=4 * 1024**2)
+    tail = tok.encode("<|assistant|>\n", add_special_tokens=False)
+    for i in range(40):
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"{i} " * 200_000}]
+        assert tok.encode_chat(messages)[-len(tail) :] == tail
+    assert tok._messages.bytes <= 4 * 1024**2
+    small = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    tok.encode_chat(small)
+    assert ("system", "be brief") in tok._messages._entries  # small, repeated messages are still cached

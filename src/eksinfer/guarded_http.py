@@ -28,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_request import BaseRequest
 
 from eksinfer.ratelog import RateLimitedLog
+from eksinfer.untrusted import one_line
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,6 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes:
             return await request.read()
     except TimeoutError:
         raise BodyTimeoutError(f"the request body did not arrive within {timeout_s:g} s") from None
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    return first[:limit]
 
 
 class GuardedServer(web.Server):

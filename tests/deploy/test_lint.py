@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from eksinfer.cli.main import build_app
 from eksinfer.deploy.lint import RULES, lint_docs, lint_path
-from eksinfer.deploy.lint.manifests import UNREADABLE, Doc
+from eksinfer.deploy.lint.manifests import REFUSED, UNREADABLE, Doc
 
 Obj = dict[str, Any]
 TOL = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -366,6 +366,7 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         [engine(), so(), {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}],
     ),
     "unreadable-manifest": ([{UNREADABLE: "mapping values are not allowed here"}], [engine()]),
+    "refused-manifest": ([{REFUSED: "x.yaml expands to more than 2,000,000 values"}], [engine()]),
     "mig-on-auto-mode": (
         [
             mutate(

@@ -160,12 +160,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML mapping from a file, or a one-line ConfigError."""
     import yaml
 
+    from eksinfer import untrusted
+
+    text = untrusted.read_text(path, field=None)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
+        data = untrusted.load_yaml(text, where=str(path), field=None)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if data is None:

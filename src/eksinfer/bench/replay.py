@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eksinfer import untrusted
 from eksinfer.bench.prompts import estimate_tokens
 from eksinfer.errors import ConfigError
 
@@ -73,19 +74,20 @@ def parse_record(obj: Any, where: str) -> ReplayPrompt:
     raise ConfigError(f"{where}: needs 'prompt' (string), 'messages' or 'conversations' (list)")
 
 
+MAX_DATASET_BYTES = 1024**3  # replay datasets (ShareGPT dumps) run to hundreds of MB; a GB is refused
+
+
 def read_replay(path: Path, max_prompts: int | None = None) -> list[ReplayPrompt]:
     """Every prompt of the file (or the first `max_prompts`); at least one, or a ConfigError."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read dataset {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"dataset {path} is not UTF-8 text") from None
+        text = untrusted.read_text(path, field=None, max_bytes=MAX_DATASET_BYTES)
+    except ConfigError as err:
+        raise ConfigError(f"cannot read dataset {path}: {err}") from None
     stripped = text.lstrip()
     prompts: list[ReplayPrompt] = []
     if stripped.startswith("["):
         try:
-            items = json.loads(text)
+            items = untrusted.load_json(text, where=str(path), field=None)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
         for i, obj in enumerate(items[:max_prompts] if max_prompts else items):
@@ -97,7 +99,7 @@ def read_replay(path: Path, max_prompts: int | None = None) -> list[ReplayPrompt
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = untrusted.load_json(line, where=f"{path}:{lineno}", field=None)
             except json.JSONDecodeError as err:
                 raise ConfigError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
             prompts.append(parse_record(obj, f"{path}:{lineno}"))

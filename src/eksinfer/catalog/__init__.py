@@ -126,14 +126,17 @@ def price_regions(prices: str | Path | None = None) -> list[str]:
 
 @functools.cache
 def _with_overrides(path: str) -> dict[str, Any]:
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError as err:
+    from eksinfer import untrusted
+
+    if not Path(path).exists():
         raise ConfigError(
             f"no such price book or file {path!r} (books: {', '.join(PRICE_BOOKS)})", field="--prices"
-        ) from err
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read {path!r}: {err}", field="--prices") from err
+        )
+    text = untrusted.read_text(Path(path), field="--prices")
+    try:
+        loaded = untrusted.load_yaml(text, where=path, field="--prices") or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read {path!r}: {str(err).splitlines()[0]}", field="--prices") from err
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path!r} must be a mapping", field="--prices")
     unknown = set(loaded) - {

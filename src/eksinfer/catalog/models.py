@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from eksinfer import untrusted
 from eksinfer.errors import ConfigError
 
 AttentionKind = Literal["gqa", "mla"]
@@ -249,11 +250,10 @@ def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", *
 def load_model_config(path: Path) -> ModelSpec:
     """Read a local Hugging Face config.json (or a directory holding one) into a ModelSpec."""
     file = path / "config.json" if path.is_dir() else path
+    text = untrusted.read_text(file, field="--model-config")
     try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ConfigError(f"no such file {str(file)!r}", field="--model-config") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        cfg = untrusted.load_json(text, where=str(file), field="--model-config")
+    except json.JSONDecodeError as err:
         raise ConfigError(f"cannot read {str(file)!r}: {err}", field="--model-config") from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"{str(file)!r} is not a JSON object", field="--model-config")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -133,6 +134,13 @@ class StaticEndpoint(_Model):
     def _check_url(self) -> StaticEndpoint:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
+        try:
+            parts = urlsplit(self.url)
+            parts.port  # noqa: B018 - parsing the port is the check (ValueError past 65535)
+        except ValueError as err:
+            raise ValueError(f"url {self.url!r} is not a valid URL: {err}") from None
+        if not parts.hostname:
+            raise ValueError(f"url {self.url!r} has no host")
         return self
 
 

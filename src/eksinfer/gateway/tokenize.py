@@ -122,12 +122,15 @@ class HfTokenizer:
     def load(self) -> HfTokenizer:
         from tokenizers import Tokenizer
 
+        from eksinfer.sim.tokenizer import load_tokenizer_file, read_tokenizer_config
+
         file = self.path / "tokenizer.json"
         if not file.is_file():
             raise ConfigError(f"no tokenizer.json in {self.path}", field="routing.tokenizer.path")
-        self._tok = Tokenizer.from_file(str(file))
+        field = "routing.tokenizer.path"
+        self._tok = load_tokenizer_file(Tokenizer, file, field)
         cfg_file = self.path / "tokenizer_config.json"
-        cfg: dict[str, Any] = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+        cfg = read_tokenizer_config(cfg_file, field) if cfg_file.is_file() else {}
         template = cfg.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}

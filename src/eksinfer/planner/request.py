@@ -19,6 +19,13 @@ SLO_PRESETS: dict[str, tuple[float, float]] = {  # name -> (TTFT s, TPOT s)
     "batch": (5.0, 0.15),
 }
 CAPACITY_TYPES = ("on-demand", "spot")
+# Bounds on what a plan can be asked for: past them the arithmetic gives replica counts hundreds of digits
+# long and "$inf/month". 100,000 requests/s is 8.6 billion a day, beyond any one model's deployment;
+# 100,000 nodes is the most one EKS cluster supports; 10M tokens is beyond any model's context window.
+MAX_REQUESTS_PER_S = 100_000.0
+MAX_CONCURRENCY = 10_000_000
+MAX_NODES = 100_000
+MAX_TOKENS = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +97,16 @@ class PlanRequest:
             raise UsageError("must be >= 1", field="--output-tokens")
         if t.requests_per_s is not None and t.concurrency is not None:
             raise UsageError("give --requests-per-s or --concurrency, not both", field="--concurrency")
+        if t.input_tokens > MAX_TOKENS:
+            raise UsageError(f"must be <= {MAX_TOKENS:,}", field="--input-tokens")
+        if t.output_tokens > MAX_TOKENS:
+            raise UsageError(f"must be <= {MAX_TOKENS:,}", field="--output-tokens")
         if t.requests_per_s is not None and not 0 < t.requests_per_s < math.inf:
             raise UsageError("must be a finite number > 0", field="--requests-per-s")
-        if t.concurrency is not None and t.concurrency < 1:
-            raise UsageError("must be >= 1", field="--concurrency")
+        if t.requests_per_s is not None and t.requests_per_s > MAX_REQUESTS_PER_S:
+            raise UsageError(f"must be <= {MAX_REQUESTS_PER_S:,.0f}", field="--requests-per-s")
+        if t.concurrency is not None and not 1 <= t.concurrency <= MAX_CONCURRENCY:
+            raise UsageError(f"must be in [1, {MAX_CONCURRENCY:,}]", field="--concurrency")
         if not 0.0 <= t.shared_prefix_ratio < 1.0:
             raise UsageError("must be in [0, 1)", field="--shared-prefix-ratio")
         if not 0 < s.ttft_s < math.inf:
@@ -102,8 +115,8 @@ class PlanRequest:
             raise UsageError("must be a finite number > 0", field="--tpot")
         if c.capacity_type not in CAPACITY_TYPES:
             raise UsageError(f"must be one of {', '.join(CAPACITY_TYPES)}", field="--capacity-type")
-        if c.max_nodes is not None and c.max_nodes < 1:
-            raise UsageError("must be >= 1", field="--max-nodes")
+        if c.max_nodes is not None and not 1 <= c.max_nodes <= MAX_NODES:
+            raise UsageError(f"must be in [1, {MAX_NODES:,}]", field="--max-nodes")
         if c.monthly_budget_usd is not None and not 0 < c.monthly_budget_usd < math.inf:
             raise UsageError("must be a finite number > 0", field="--budget")
         if c.precision not in (None, "bf16", "fp8", "int4", "fp4"):

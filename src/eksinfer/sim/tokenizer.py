@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from eksinfer import untrusted
 from eksinfer.errors import ConfigError, UsageError
 
 Message = Mapping[str, Any]
@@ -248,11 +249,11 @@ class HFTokenizer:
         file = root / "tokenizer.json" if root.is_dir() else root
         if not file.is_file():
             raise ConfigError(f"no tokenizer.json at {root}", field="--tokenizer")
-        self._tok = RawTokenizer.from_file(str(file))
+        self._tok = load_tokenizer_file(RawTokenizer, file, "--tokenizer")
         config: dict[str, Any] = {}
         config_file = file.parent / "tokenizer_config.json"
         if config_file.is_file():
-            config = json.loads(config_file.read_text())
+            config = read_tokenizer_config(config_file, "--tokenizer")
         self.name = str(root)
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         self._bos = _token_text(config.get("bos_token"))
@@ -285,6 +286,30 @@ class HFTokenizer:
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
+
+
+def load_tokenizer_file(factory: Any, file: Path, field: str) -> Any:
+    """`tokenizers.Tokenizer.from_file` with its errors (a Rust panic message for a non-UTF-8 or
+    malformed file) as one ConfigError line."""
+    untrusted.read_text(file, field=field, max_bytes=untrusted.MAX_FILE_BYTES * 4)  # size and UTF-8 first
+    try:
+        return factory.from_file(str(file))
+    except Exception as err:  # the library raises plain Exception subclasses from Rust
+        raise ConfigError(
+            f"{file} is not a tokenizer.json: {untrusted.one_line(str(err))}", field=field
+        ) from None
+
+
+def read_tokenizer_config(file: Path, field: str) -> dict[str, Any]:
+    """`tokenizer_config.json` as a mapping, or one ConfigError line."""
+    text = untrusted.read_text(file, field=field)
+    try:
+        config = untrusted.load_json(text, where=str(file), field=field)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{file} is not valid JSON: {err}", field=field) from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{file} is not a JSON object", field=field)
+    return config
 
 
 def _token_text(value: Any) -> str | None:

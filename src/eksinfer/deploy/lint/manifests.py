@@ -12,13 +12,15 @@ from typing import Any
 
 import yaml
 
+from eksinfer import untrusted
 from eksinfer.deploy import vllm_flags
-from eksinfer.errors import UsageError
+from eksinfer.errors import ConfigError, UsageError
 
 Obj = dict[str, Any]
 SUFFIXES = (".yaml", ".yml", ".json")
 GPU = "nvidia.com/gpu"
 UNREADABLE = "__eksinfer_unreadable__"  # key of the placeholder document for a file that does not parse
+REFUSED = "__eksinfer_refused__"  # ... for a file refused unread or unexpanded (eksinfer.untrusted bounds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +87,15 @@ class PodUnit:
 def _load_file(path: Path, root: Path) -> list[Doc]:
     rel = str(path.relative_to(root)) if path != root else path.name
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
+        text = untrusted.read_text(path, field=None)
+        if path.suffix == ".json":
+            docs = [untrusted.load_json(text, where=rel, field=None)]
+        else:
+            docs = untrusted.load_yaml_all(text, where=rel, field=None)
+    except untrusted.NotTextError:
         return [Doc(rel, {UNREADABLE: "not UTF-8 text"})]
-    try:
-        docs = [json.loads(text)] if path.suffix == ".json" else list(yaml.safe_load_all(text))
+    except ConfigError as err:  # over the size, alias or nesting bounds: `refused-manifest`
+        return [Doc(rel, {REFUSED: str(err)})]
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         # Reported by the `unreadable-manifest` rule (e.g. an unrendered Helm template); lint goes on.
         return [Doc(rel, {UNREADABLE: str(err).splitlines()[0]})]
@@ -217,8 +223,8 @@ class Tree:
                 if "prefix-cache-scorer" in str(value):
                     return "gaie"
                 try:
-                    cfg = yaml.safe_load(str(value))
-                except yaml.YAMLError:
+                    cfg = untrusted.load_yaml(str(value), where="ConfigMap data", field=None)
+                except (yaml.YAMLError, ConfigError):
                     continue
                 if isinstance(cfg, dict) and "endpoints" in cfg:
                     preset = (cfg.get("routing") or {}).get("preset", "kv-aware")

@@ -7,7 +7,7 @@ from typing import Any
 
 from eksinfer.deploy import cel, validate, vllm_flags
 from eksinfer.deploy.lint.core import at, rule
-from eksinfer.deploy.lint.manifests import GPU, UNREADABLE, Doc, Tree
+from eksinfer.deploy.lint.manifests import GPU, REFUSED, UNREADABLE, Doc, Tree
 
 Hit = tuple[Doc, str, str, str]
 DEFAULT_NODE_STARTUP_S = 600  # GPU node boot + ~10 GB image + weights; typical of p5/g6e cold starts
@@ -351,4 +351,19 @@ def unreadable_manifest(tree: Tree) -> Iterator[Hit]:
                 "",
                 f"it does not parse ({doc.obj[UNREADABLE]}), so none of its objects were checked",
                 "render templates first (helm template, kustomize build) and lint the output",
+            )
+
+
+@rule(
+    "refused-manifest", "error", "a file too large, too deeply nested or with too many YAML aliases to read"
+)
+def refused_manifest(tree: Tree) -> Iterator[Hit]:
+    for doc in tree.docs:
+        if REFUSED in doc.obj:
+            yield (
+                doc,
+                "",
+                f"it was not read ({doc.obj[REFUSED]}); a file like this is a denial of service on whatever "
+                "loads it (a YAML alias bomb expands to billions of values)",
+                "remove the file, or expand its aliases and split it into ordinary manifests",
             )

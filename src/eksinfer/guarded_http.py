@@ -32,6 +32,10 @@ from eksinfer.untrusted import one_line
 
 log = logging.getLogger(__name__)
 
+# After an early answer (408, 413) the rest of the body is read and dropped for this long before closing:
+# closing with unread bytes makes the kernel send a reset, and the client may lose the answer with it.
+# aiohttp's default is 10 s, which a slow-body client fills; 2 s bounds what each one costs.
+LINGERING_S = 2.0
 ErrorBody = Callable[[int, str, str], bytes]  # (status, message, code) -> a JSON error body
 
 
@@ -144,6 +148,7 @@ class GuardedRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, guards: Guards, **kwargs: Any) -> None:
         kwargs.setdefault("keepalive_timeout", guards.idle_timeout_s)
+        kwargs.setdefault("lingering_time", LINGERING_S)
         super().__init__(app, **kwargs)
         self._guards = guards
 

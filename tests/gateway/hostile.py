@@ -126,3 +126,37 @@ class CuttingEngine:
             + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
+
+
+async def closed_by_server(reader: asyncio.StreamReader, deadline_s: float = 15.0) -> bytes:
+    """Reads until the server closes the connection and returns what it sent; fails after `deadline_s`
+    (a bound on a hang, not a measurement)."""
+    data = b""
+    async with asyncio.timeout(deadline_s):
+        while True:
+            try:
+                chunk = await reader.read(65536)
+            except ConnectionError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+async def trickle(writer: asyncio.StreamWriter, piece: bytes, every_s: float = 0.05) -> None:
+    """A slowloris: one small piece at a time, until the server closes the connection."""
+    try:
+        while not writer.is_closing():
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(every_s)
+    except ConnectionError:
+        return
+
+
+async def read_answer(reader: asyncio.StreamReader) -> RawAnswer:
+    """One response with a Content-Length from a kept-alive connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    answer = parse_answer(head)
+    answer.body = await reader.readexactly(int(answer.headers.get("content-length", "0")))
+    return answer

@@ -11,7 +11,15 @@ import httpx
 import pytest
 
 from eksinfer.sim.tokenizer import BuiltinTokenizer
-from tests.gateway.hostile import assert_openai_error, post, raw_request
+from tests.gateway.hostile import (
+    assert_openai_error,
+    closed_by_server,
+    parse_answer,
+    post,
+    raw_request,
+    trickle,
+)
+from tests.gateway.test_proxy_fakes import until
 from tests.sim.conftest import StartCluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -117,13 +125,52 @@ async def test_health_answers_while_a_large_prompt_is_tokenized(
 
 
 def test_message_cache_is_bounded_in_bytes() -> None:
-    """Forty distinct 400 KB chats used to stay cached whole (the gateway in builtin mode grew by 70 MB)."""
-    tok = BuiltinTokenizer(message_cache_bytes=4 * 1024**2)
+    """Distinct large chats used to stay cached whole, 4,096 of them whatever their size (forty 400 KB chats
+    grew the gateway in builtin mode by 70 MB). Scaled down: forty 20 KB chats against a 1 MiB budget."""
+    budget = 1024**2
+    tok = BuiltinTokenizer(message_cache_bytes=budget)
     tail = tok.encode("<|assistant|>\n", add_special_tokens=False)
     for i in range(40):
-        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"{i} " * 200_000}]
+        messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"{i} " * 10_000}]
         assert tok.encode_chat(messages)[-len(tail) :] == tail
-    assert tok._messages.bytes <= 4 * 1024**2
-    small = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
-    tok.encode_chat(small)
-    assert ("system", "be brief") in tok._messages._entries  # small, repeated messages are still cached
+        assert tok._messages.bytes <= budget
+    assert 1 < len(tok._messages) < 40  # large messages were cached, then evicted
+    assert ("system", "be brief") in tok._messages._entries  # the repeated one stays (least recently used)
+
+
+HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+async def test_slow_headers_and_bodies_are_cut_off(start: StartCluster) -> None:
+    cluster = await start(keep_alive_timeout_s=0.3, body_timeout_s=0.3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.ports[0])
+    writer.write(HEAD)
+    sender = asyncio.create_task(trickle(writer, b"x-slow: 1\r\n"))
+    assert await closed_by_server(reader) == b""
+    sender.cancel()
+    writer.close()
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.ports[0])
+    writer.write(HEAD + b'Content-Length: 500\r\n\r\n{"prompt": ')
+    sender = asyncio.create_task(trickle(writer, b" "))
+    answer = parse_answer(await closed_by_server(reader))
+    assert answer.status == 408
+    assert answer.json()["error"]["code"] == 408
+    sender.cancel()
+    writer.close()
+
+
+async def test_connections_past_the_limit_get_503(start: StartCluster) -> None:
+    cluster = await start(max_connections=2)
+    held = [await asyncio.open_connection("127.0.0.1", cluster.ports[0]) for _ in range(2)]
+    for _, writer in held:
+        writer.write(HEAD)
+    runner = cluster.replicas[0].runner
+    await until(lambda: runner.guarded is not None and runner.guarded.open_connections == 2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", cluster.ports[0])
+    answer = parse_answer(await closed_by_server(reader))
+    writer.close()
+    assert answer.status == 503
+    assert answer.json()["error"]["type"] == "Service Unavailable"
+    for _, w in held:
+        w.close()

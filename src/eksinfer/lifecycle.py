@@ -30,13 +30,21 @@ def parent_from_env() -> int | None:
     return int(value) if value.isdigit() else None
 
 
-async def stopped_or_orphaned(stop: Awaitable[object], parent: int | None) -> None:
-    """Returns when `stop` completes or, with a `parent` pid, when that parent is gone; cancels the other."""
+async def stopped_or_orphaned(
+    stop: Awaitable[object], parent: int | None, *, watch: Awaitable[object] | None = None
+) -> None:
+    """Returns when `stop` completes or, with a `parent` pid, when that parent is gone; cancels the others.
+    `watch` is a supervised child's death: when it ends first, its exception (what went wrong) is raised."""
     waits: list[asyncio.Future[object]] = [asyncio.ensure_future(stop)]
     if parent is not None:
         waits.append(asyncio.ensure_future(wait_for_parent_exit(parent)))
+    if watch is not None:
+        waits.append(asyncio.ensure_future(watch))
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in waits:
             task.cancel()
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]

@@ -52,7 +52,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(banner(opts, runtime.port or port, models[0]))
 
         async def main() -> None:
-            await serve_until_signal(config, on_ready=ready, before_start=sim.start, after_stop=sim.stop)
+            await serve_until_signal(
+                config, on_ready=ready, before_start=sim.start, after_stop=sim.stop, watch=sim.died
+            )
 
         run_event_loop(main)
         typer.echo("stopped")

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ from typing import IO, Any
 
 import aiohttp
 
-from eksinfer.errors import UpstreamError
+from eksinfer.errors import UpstreamError, UsageError
 from eksinfer.gateway.config import GatewayConfig, parse_config
 from eksinfer.lifecycle import PARENT_ENV
 
@@ -107,6 +108,13 @@ class SimProcess:
         self.log_path: Path | None = None
 
     async def start(self) -> None:
+        taken = taken_ports(self._opts)
+        if taken:
+            port, flag, what = taken[0]
+            raise UsageError(
+                f"port {port} ({what}) is already in use; stop what holds it or choose other ports",
+                field=flag,
+            )
         fd, name = tempfile.mkstemp(prefix="eksinfer-sim-", suffix=".log")
         self.log_path = Path(name)
         self._log = os.fdopen(fd, "wb")
@@ -144,6 +152,16 @@ class SimProcess:
                                 pending.discard(url)
                 await asyncio.sleep(0.1)
 
+    async def died(self) -> None:
+        """Returns never while the simulator runs; raises UpstreamError (with its last log lines) once it
+        exits, so `eksinfer up` stops instead of answering 503 forever."""
+        proc = self._proc
+        if proc is None:
+            return
+        code = await proc.wait()
+        tail = self.tail()
+        raise UpstreamError(f"the simulator exited with code {code}; stopping: {tail}")
+
     def tail(self, lines: int = 5) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""
@@ -163,10 +181,35 @@ class SimProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)  # its last lines went into any error already
+            self.log_path = None
 
     @property
     def returncode(self) -> int | None:
         return self._proc.returncode if self._proc is not None else None
+
+
+def _in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def taken_ports(opts: StackOptions) -> list[tuple[int, str, str]]:
+    """Ports the stack needs that something else holds: (port, flag, what). Checked before starting, since
+    a simulator that cannot bind exits while whatever holds its port answers the health checks."""
+    wanted: list[tuple[str, int, str, str]] = [("127.0.0.1", opts.port, "--port", "the gateway")]
+    for i in range(opts.replicas):
+        wanted.append(("127.0.0.1", opts.sim_port + i, "--sim-port", f"engine {i}"))
+        wanted.append(("0.0.0.0", opts.kv_events_port + i, "--kv-events-port", f"engine {i} KV events"))
+        replay = opts.kv_events_port + REPLAY_OFFSET + i
+        wanted.append(("0.0.0.0", replay, "--kv-events-port", f"engine {i} KV-event replay"))
+    return [(port, flag, what) for host, port, flag, what in wanted if port and _in_use(host, port)]
 
 
 def banner(opts: StackOptions, port: int, model: str) -> str:

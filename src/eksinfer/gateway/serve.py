@@ -56,9 +56,10 @@ async def serve_until_signal(
     before_start: Callable[[], Awaitable[None]] | None = None,
     after_stop: Callable[[], Awaitable[None]] | None = None,
     parent: int | None = None,
+    watch: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Starts a gateway (after `before_start`), serves until a signal (or, for a worker, until its `parent`
-    process is gone), stops it (then `after_stop`)."""
+    process is gone, or until `watch()` raises: a supervised child died), stops it (then `after_stop`)."""
     try:
         if before_start is not None:
             await before_start()
@@ -68,7 +69,7 @@ async def serve_until_signal(
             await runtime.wait_ready(READY_WAIT_S)
             if on_ready is not None:
                 on_ready(runtime)
-            await stopped_or_orphaned(wait_for_signal(), parent)
+            await stopped_or_orphaned(wait_for_signal(), parent, watch=watch() if watch is not None else None)
             log.info("stopping")
         finally:
             await runtime.stop()

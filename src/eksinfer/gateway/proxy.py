@@ -302,6 +302,8 @@ class Proxy:
             raise
         except TimeoutError:
             status = "504"
+            stage = "its first bytes" if flight.response is None else "its stream (idle)"
+            self._warn.warning(f"504 {ep.id}", "endpoint %s timed out on %s: 504", ep.id, stage)
             if flight.response is None:
                 msg = f"endpoint {ep.id} did not answer within {self._config.first_token_timeout_s:g} s"
                 return error_response(504, msg, code="upstream_timeout")

@@ -24,6 +24,7 @@ import msgspec
 
 from eksinfer.gateway.config import ScrapeConfig
 from eksinfer.gateway.scheduling.framework import EndpointState
+from eksinfer.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class Scraper:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self.scrapes_total = 0
         self.failures_total = 0
+        self.warn = RateLimitedLog(log)  # one line per endpoint every 10 s, with the count held back
 
     async def run(self, state: EndpointState, *, fetch_models: bool = True) -> None:
         """Scrapes until cancelled; marks data stale after `stale_after_s` and the endpoint unhealthy after
@@ -203,7 +205,10 @@ class Scraper:
 
     def _set_health(self, state: EndpointState, healthy: bool) -> None:
         if healthy != state.healthy:
-            log.info("endpoint %s is now %s", state.id, "healthy" if healthy else "unhealthy")
+            if healthy:
+                log.info("endpoint %s is now healthy", state.id)
+            else:
+                log.warning("endpoint %s is now unhealthy", state.id)
             state.healthy = healthy
             if self._on_health is not None:
                 self._on_health(state, healthy)
@@ -222,7 +227,8 @@ class Scraper:
                 text = await resp.text()
         except (aiohttp.ClientError, TimeoutError, ValueError, msgspec.DecodeError, KeyError) as err:
             self.failures_total += 1
-            log.debug("scrape of %s failed: %s", state.id, err)
+            reason = str(err) or type(err).__name__  # a TimeoutError says nothing by itself
+            self.warn.warning(f"scrape {state.id}", "scrape of %s failed: %s", state.id, reason)
             return False
         apply_metrics(state, parse_metrics(text), self._clock())
         return True

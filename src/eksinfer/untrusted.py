@@ -34,26 +34,26 @@ class NotTextError(ConfigError):
     """The file is not UTF-8: a binary, or a mistake rather than an attack."""
 
 
-def read_text(path: Path, *, field: str | None, max_bytes: int = MAX_FILE_BYTES) -> str:
-    """The file's text; ConfigError when it is missing, unreadable, too large or not UTF-8."""
+def read_text(path: Path, *, field: str | None, max_bytes: int = MAX_FILE_BYTES, what: str = "") -> str:
+    """The file's text; ConfigError when it is missing, unreadable, too large or not UTF-8. `what` names the
+    kind of file in messages ("dataset ")."""
+    name = f"{what}{path}"
     try:
         size = path.stat().st_size
         if size > max_bytes:
             raise ConfigError(
-                f"{path} is {size:,} bytes; files over {max_bytes:,} bytes are refused", field=field
+                f"{name} is {size:,} bytes; files over {max_bytes:,} bytes are refused", field=field
             )
         with path.open("rb") as f:
             data = f.read(max_bytes + 1)  # a file that grew (or a pipe) is still bounded
-    except FileNotFoundError:
-        raise ConfigError(f"no such file {path}", field=field) from None
     except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror or err}", field=field) from None
+        raise ConfigError(f"cannot read {name}: {err.strerror or err}", field=field) from None
     if len(data) > max_bytes:
-        raise ConfigError(f"{path} is over {max_bytes:,} bytes; refused", field=field)
+        raise ConfigError(f"{name} is over {max_bytes:,} bytes; refused", field=field)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise NotTextError(f"{path} is not UTF-8 text (byte {err.start})", field=field) from None
+        raise NotTextError(f"{name} is not UTF-8 text (byte {err.start})", field=field) from None
 
 
 def one_line(text: str, limit: int = 200) -> str:

@@ -174,3 +174,16 @@ async def test_connections_past_the_limit_get_503(start: StartCluster) -> None:
     assert answer.json()["error"]["type"] == "Service Unavailable"
     for _, w in held:
         w.close()
+
+
+@pytest.mark.parametrize("messages", [[None], [1, {"role": "user", "content": "hi"}], ["hi"]])
+async def test_tokenize_with_messages_that_are_not_objects_is_a_400(
+    start: StartCluster, messages: list[object]
+) -> None:
+    """Found by the fuzz tier: /tokenize answered 500 with a traceback."""
+    cluster = await start()
+    async with httpx.AsyncClient(timeout=10) as client:
+        for path in ("/tokenize", "/v1/chat/completions"):
+            r = await client.post(cluster.urls[0] + path, json={"messages": messages})
+            assert r.status_code == 400, (path, r.text)
+            assert r.json()["error"]["param"] == "messages"

@@ -79,10 +79,7 @@ MAX_DATASET_BYTES = 1024**3  # replay datasets (ShareGPT dumps) run to hundreds 
 
 def read_replay(path: Path, max_prompts: int | None = None) -> list[ReplayPrompt]:
     """Every prompt of the file (or the first `max_prompts`); at least one, or a ConfigError."""
-    try:
-        text = untrusted.read_text(path, field=None, max_bytes=MAX_DATASET_BYTES)
-    except ConfigError as err:
-        raise ConfigError(f"cannot read dataset {path}: {err}") from None
+    text = untrusted.read_text(path, field=None, max_bytes=MAX_DATASET_BYTES, what="dataset ")
     stripped = text.lstrip()
     prompts: list[ReplayPrompt] = []
     if stripped.startswith("["):

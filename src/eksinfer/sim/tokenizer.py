@@ -170,7 +170,7 @@ class BuiltinTokenizer:
     def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
         parts = []
         for message in messages:
-            role = message.get("role")
+            role = message.get("role") if isinstance(message, Mapping) else None
             if not isinstance(role, str):
                 raise UsageError("every message needs a string 'role'", field="messages")
             parts.append(f"<|{role}|>\n{message_text(message.get('content'))}\n")
@@ -185,7 +185,7 @@ class BuiltinTokenizer:
         """`encode(apply_chat_template(messages))`, one cached message at a time (module docstring)."""
         out = [BOS_ID]
         for message in messages:
-            role = message.get("role")
+            role = message.get("role") if isinstance(message, Mapping) else None
             if not isinstance(role, str):
                 raise UsageError("every message needs a string 'role'", field="messages")
             key = (role, message_text(message.get("content")))
@@ -271,6 +271,8 @@ class HFTokenizer:
     def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
         if self._template is None:
             raise UsageError("the tokenizer has no chat template; use /v1/completions", field="messages")
+        if not all(isinstance(m, Mapping) for m in messages):
+            raise UsageError("every message must be an object with a 'role'", field="messages")
         plain = [{**m, "content": message_text(m.get("content"))} for m in messages]
         return str(
             self._template.render(

@@ -187,3 +187,22 @@ async def test_tokenize_with_messages_that_are_not_objects_is_a_400(
             r = await client.post(cluster.urls[0] + path, json={"messages": messages})
             assert r.status_code == 400, (path, r.text)
             assert r.json()["error"]["param"] == "messages"
+
+
+def test_kv_event_replay_buffer_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch storing a long prompt carries its token ids: 10,000 kept batches of 28k-token prompts were a
+    GB in the simulator (the soak in `make bench` showed it growing). Unstarted publisher: no sockets."""
+    from eksinfer.kvcache.events import BlockStored, KVEventsConfig
+    from eksinfer.sim import publisher
+
+    monkeypatch.setattr(publisher, "REPLAY_BUFFER_BYTES", 200_000)
+    pub = publisher.EventPublisher(KVEventsConfig(enable_kv_cache_events=True), rank=0, topic="t")
+    ids = tuple(range(1000, 1000 + 16 * 1000))
+    for i in range(50):
+        event = BlockStored(tuple(range(i * 1000, i * 1000 + 1000)), None, ids, 16)
+        pub.publish([event])
+    kept = list(pub._buffer)
+    assert sum(len(payload) for _, payload in kept) <= 200_000
+    assert pub._buffer_bytes == sum(len(payload) for _, payload in kept)
+    assert [seq for seq, _ in kept] == list(range(50 - len(kept), 50))  # the newest, in order
+    assert len(kept) >= 2

@@ -3,7 +3,9 @@
 - PUB socket on `endpoint` (bound when it has `*`, `::`, `ipc://` or `inproc://`, else connected), port offset
   by the replica index as vLLM offsets data-parallel ranks; high-water mark `hwm` (ZMQ drops beyond it).
 - One batch per engine step that produced events; frames (topic, seq 8-byte BE, msgpack), seq from 0.
-- The last `buffer_steps` payloads are kept; a ROUTER on `replay_endpoint` answers
+- The last `buffer_steps` payloads are kept, and at most `REPLAY_BUFFER_BYTES` of them (a bound vLLM does not
+  have: a batch storing a 28k-token prompt carries its ids, ~100 KB, and 10,000 of those are a GB; the oldest
+  go first, as past `buffer_steps`); a ROUTER on `replay_endpoint` answers
   [identity, b"", start_seq] with every kept (seq, payload) with seq >= start_seq, then (-1, b"").
 - Faults: `events_drop_rate` skips sending a batch (it stays replayable, so subscribers see a seq gap);
   `events_close_after` closes the PUB socket after that many batches.
@@ -38,6 +40,7 @@ from eksinfer.kvcache.events import (
 )
 
 log = logging.getLogger(__name__)
+REPLAY_BUFFER_BYTES = 16 * 1024**2  # thousands of ordinary steps (a few KB each), 160 of 28k-token prompts
 
 
 def _binds(endpoint: str) -> bool:
@@ -65,6 +68,7 @@ class EventPublisher:
         self.endpoint = offset_endpoint_port(config.endpoint, rank) or config.endpoint
         self.replay_endpoint = offset_endpoint_port(config.replay_endpoint, rank)
         self._buffer: deque[tuple[int, bytes]] = deque(maxlen=max(config.buffer_steps, 1))
+        self._buffer_bytes = 0
         self._seq = 0
         self._drop_rate = drop_rate
         self._close_after = close_after
@@ -118,7 +122,12 @@ class EventPublisher:
         payload = encode_batch(batch, self.encoding)
         seq = self._seq
         self._seq += 1
+        if len(self._buffer) == self._buffer.maxlen:
+            self._buffer_bytes -= len(self._buffer[0][1])
         self._buffer.append((seq, payload))
+        self._buffer_bytes += len(payload)
+        while self._buffer_bytes > REPLAY_BUFFER_BYTES and len(self._buffer) > 1:
+            self._buffer_bytes -= len(self._buffer.popleft()[1])
         pub = self._pub
         if pub is None:
             return

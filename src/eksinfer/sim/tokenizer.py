@@ -32,7 +32,9 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,8 +54,8 @@ BUILTIN_VOCAB_SIZE = _WORD_BASE + 4 * _PER_CLASS  # 73,371
 _PIECE = re.compile(r" ?[A-Za-z][a-z]{0,2}|[\s\S]")
 _A = ord("a")
 # The message cache is bounded in bytes, not entries: 4,096 entries of 400 KB chats were 1.6 GB. An entry
-# costs its text (1 byte a character for ASCII, up to 4) plus its ids (8 bytes each in a list); a system
-# prompt of 8k characters is ~30 KB, so 32 MiB keeps about a thousand distinct ones. A message over 2 MiB
+# costs its text (1 byte a character for ASCII, up to 4) plus its ids (4 bytes each, in an array); a system
+# prompt of 8k characters is ~18 KB, so 32 MiB keeps well over a thousand distinct ones. A message over 2 MiB
 # (or a quarter of a smaller budget) is never cached: it would evict the rest for a prompt unlikely to repeat.
 MESSAGE_CACHE_BYTES = 32 * 1024**2
 _LARGEST_CACHED_MESSAGE_BYTES = 2 * 1024**2
@@ -189,11 +191,13 @@ class BuiltinTokenizer:
             if not isinstance(role, str):
                 raise UsageError("every message needs a string 'role'", field="messages")
             key = (role, message_text(message.get("content")))
-            ids = self._messages.get(key)
-            if ids is None:
+            cached = self._messages.get(key)
+            if cached is None:
                 ids = self.encode(f"<|{role}|>\n{key[1]}\n", add_special_tokens=False)
                 self._messages.put(key, ids)
-            out.extend(ids)
+                out.extend(ids)
+            else:
+                out.extend(cached)
         out.extend(self._generation_prompt)
         return out
 
@@ -205,18 +209,19 @@ class BuiltinTokenizer:
 
 class _MessageCache:
     """Least-recently-used (role, content) -> ids, bounded in bytes (`MESSAGE_CACHE_BYTES`); thread-safe,
-    since the simulator tokenizes large bodies in worker threads."""
+    since the simulator tokenizes large bodies in worker threads. Ids are kept as 4-byte arrays: a list of
+    Python ints costs about 36 bytes an id (the int objects plus the pointers), an array exactly 4."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._entries: OrderedDict[tuple[str, str], tuple[list[int], int]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[array[int], int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[str, str]) -> list[int] | None:
+    def get(self, key: tuple[str, str]) -> array[int] | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -225,14 +230,16 @@ class _MessageCache:
             return entry[0]
 
     def put(self, key: tuple[str, str], ids: list[int]) -> None:
-        size = 4 * (len(key[0]) + len(key[1])) + 8 * len(ids) + 200  # worst-case text, ids, the two objects
+        # the two strings (exact: getsizeof), the ids, the key tuple and the dict slot
+        size = sys.getsizeof(key[0]) + sys.getsizeof(key[1]) + 4 * len(ids) + 200
         if size > min(self.max_bytes // 4, _LARGEST_CACHED_MESSAGE_BYTES):
             return
+        packed = array("i", ids)
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self.bytes -= old[1]
-            self._entries[key] = (ids, size)
+            self._entries[key] = (packed, size)
             self.bytes += size
             while self.bytes > self.max_bytes:
                 _, (_, dropped) = self._entries.popitem(last=False)

@@ -8,17 +8,18 @@ import logging
 import pytest
 
 from eksinfer.ratelog import RateLimitedLog
+from tests.waiting import FakeClock
 
 
 def test_one_line_per_key_and_interval(caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    warn = RateLimitedLog(logging.getLogger("t"), interval_s=10.0, clock=lambda: now[0])
+    clock = FakeClock()
+    warn = RateLimitedLog(logging.getLogger("t"), interval_s=10.0, clock=clock)
     caplog.set_level(logging.WARNING)
     assert warn.warning("a", "engine %s failed", "e1")
     assert not warn.warning("a", "engine %s failed", "e1")
     assert not warn.warning("a", "engine %s failed", "e1")
     assert warn.warning("b", "other %d", 2)  # another key is not held back
-    now[0] = 10.0
+    clock.advance(10.0)
     assert warn.warning("a", "engine %s failed", "e1")
     assert [r.getMessage() for r in caplog.records] == [
         "engine e1 failed",

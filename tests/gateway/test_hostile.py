@@ -15,7 +15,8 @@ import pytest
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from tests.gateway.hostile import CuttingEngine, assert_openai_error, post, raw_request
-from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter, until
+from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 

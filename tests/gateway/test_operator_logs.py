@@ -16,6 +16,7 @@ from eksinfer.ratelog import RateLimitedLog
 from tests.gateway.test_hostile import CHAT, port, start
 from tests.gateway.test_proxy_fakes import EngineBehaviour, FakeEngine
 from tests.sim.conftest import free_port
+from tests.waiting import FakeClock
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,12 +26,11 @@ async def test_scrape_failures_are_warnings_one_per_interval(caplog: pytest.LogC
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     state = EndpointState(id="dead", url=dead)
     async with aiohttp.ClientSession() as session:
-        scraper = Scraper(session, ScrapeConfig(), lambda s, cards: None)
-        now = [0.0]
-        scraper.warn = RateLimitedLog(logging.getLogger("eksinfer.gateway.scrape"), clock=lambda: now[0])
+        clock = FakeClock()
+        scraper = Scraper(session, ScrapeConfig(), lambda s, cards: None, clock=clock)
         for _ in range(5):
             assert not await scraper.scrape_once(state, models=False)
-        now[0] = 10.0
+        clock.advance(10.0)
         assert not await scraper.scrape_once(state, models=False)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
@@ -44,7 +44,7 @@ async def test_timeouts_are_logged_once_per_endpoint(caplog: pytest.LogCaptureFi
     runtime = await start([engine.url], server={"first_token_timeout_s": 0.2})
     caplog.set_level(logging.WARNING, logger="eksinfer.gateway.proxy")
     assert runtime.proxy is not None  # a frozen clock: the verdict cannot depend on how long requests take
-    runtime.proxy._warn = RateLimitedLog(logging.getLogger("eksinfer.gateway.proxy"), clock=lambda: 0.0)
+    runtime.proxy._warn = RateLimitedLog(logging.getLogger("eksinfer.gateway.proxy"), clock=FakeClock())
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             for _ in range(3):

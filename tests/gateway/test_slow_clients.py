@@ -14,7 +14,8 @@ import pytest
 from eksinfer.gateway.runtime import GatewayRuntime
 from tests.gateway.hostile import closed_by_server, parse_answer, read_answer, trickle
 from tests.gateway.test_hostile import CHAT, port, start
-from tests.gateway.test_proxy_fakes import FakeEngine, until
+from tests.gateway.test_proxy_fakes import FakeEngine
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,13 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from eksinfer.gateway.local_stack import REPLAY_OFFSET
 from tests.gateway.test_up import free_block
+from tests.waiting import until_sync
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,11 +35,11 @@ def start_up(tmp_path: Path, port: int, sim_port: int, kv_port: int) -> tuple[su
 
 
 def wait_for_banner(proc: subprocess.Popen[bytes], out: Path) -> None:
-    deadline = time.monotonic() + 60
-    while "Ctrl-C stops" not in out.read_text():
+    def printed() -> bool:
         assert proc.poll() is None, out.read_text()
-        assert time.monotonic() < deadline, "eksinfer up did not print its banner"
-        time.sleep(0.1)
+        return "Ctrl-C stops" in out.read_text()
+
+    until_sync(printed, what="eksinfer up printing its banner")
 
 
 def children(pid: int) -> list[int]:

@@ -19,8 +19,8 @@ from tests.gateway.hostile import (
     raw_request,
     trickle,
 )
-from tests.gateway.test_proxy_fakes import until
 from tests.sim.conftest import StartCluster
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -182,7 +182,9 @@ class Scraper:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self.scrapes_total = 0
         self.failures_total = 0
-        self.warn = RateLimitedLog(log)  # one line per endpoint every 10 s, with the count held back
+        self.warn = RateLimitedLog(
+            log, clock=clock
+        )  # a line per endpoint every 10 s, with the count held back
 
     async def run(self, state: EndpointState, *, fetch_models: bool = True) -> None:
         """Scrapes until cancelled; marks data stale after `stale_after_s` and the endpoint unhealthy after

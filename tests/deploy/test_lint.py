@@ -366,7 +366,7 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         [engine(), so(), {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}],
     ),
     "unreadable-manifest": ([{UNREADABLE: "mapping values are not allowed here"}], [engine()]),
-    "refused-manifest": ([{REFUSED: "x.yaml expands to more than 2,000,000 values"}], [engine()]),
+    "refused-manifest": ([{REFUSED: "x.yaml expands to more than 1,000,000 values"}], [engine()]),
     "mig-on-auto-mode": (
         [
             mutate(

@@ -2,7 +2,7 @@
 (the real router, kv-aware with the built-in tokenizer). The only acceptable outcomes are a 2xx or a 4xx with
 an OpenAI-style error body; a 5xx, a body that is not JSON or a dropped connection fails the test.
 
-Bounded: `FUZZ_EXAMPLES` examples per route (25 by default, so the tier costs seconds in `make test`);
+Bounded: `FUZZ_EXAMPLES` examples per route (15 by default, so the tier costs seconds in `make test`);
 EKSINFER_FUZZ_EXAMPLES=2000 runs a longer session. Servers run on a loop in a background thread so that
 Hypothesis drives plain synchronous tests."""
 
@@ -26,7 +26,7 @@ from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from eksinfer.sim.cluster import SimCluster, start_cluster
 from tests.sim.conftest import BASE
 
-FUZZ_EXAMPLES = int(os.environ.get("EKSINFER_FUZZ_EXAMPLES", "25"))
+FUZZ_EXAMPLES = int(os.environ.get("EKSINFER_FUZZ_EXAMPLES", "15"))
 FUZZ = settings(
     max_examples=FUZZ_EXAMPLES,
     deadline=None,

@@ -141,8 +141,10 @@ def stack() -> Iterator[Stack]:
     s.run(s.start())
     yield s
     s.run(s.stop())
+    s.run(s.loop.shutdown_default_executor())
     s.loop.call_soon_threadsafe(s.loop.stop)
     s.thread.join(timeout=10)
+    s.loop.close()
 
 
 def _check(response: httpx.Response) -> None:

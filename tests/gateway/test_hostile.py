@@ -162,3 +162,11 @@ async def test_engine_address_is_not_sent_to_clients_unless_asked(engine: FakeEn
             assert r.headers.get("x-eksinfer-endpoint") == expected
         finally:
             await runtime.stop()
+
+
+def test_only_429_and_503_carry_retry_after() -> None:
+    from eksinfer.gateway.http import error_response
+
+    assert error_response(429, "busy").headers["Retry-After"] == "1"
+    assert error_response(503, "none").headers["Retry-After"] == "1"
+    assert "Retry-After" not in error_response(400, "bad").headers

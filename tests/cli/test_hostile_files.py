@@ -9,7 +9,6 @@ an expansion that is no longer bounded fails with MemoryError (and a traceback) 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -38,19 +37,18 @@ K8S_LAUGHS = (
 )
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+# The child limits its own address space, then runs the CLI (no preexec_fn: it is unsafe, and deprecated,
+# in a test process that has threads).
+LIMITED = (
+    "import resource, runpy, sys; "
+    f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT_BYTES}, {MEMORY_LIMIT_BYTES})); "
+    "sys.argv = ['eksinfer', *sys.argv[1:]]; runpy.run_module('eksinfer.cli.main', run_name='__main__')"
+)
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*EKSINFER, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        preexec_fn=_limit_memory if sys.platform == "linux" else None,
-    )
+    cmd = [sys.executable, "-c", LIMITED, *args] if sys.platform == "linux" else [*EKSINFER, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=cwd)
 
 
 @pytest.mark.parametrize("text", [LAUGHS, K8S_LAUGHS], ids=["plain", "kubernetes-shaped"])

@@ -141,11 +141,30 @@ def test_label_prefix_switches_with_mode() -> None:
     assert 'pull-mode = "parallel-pull-unpack"' in cls["spec"]["userData"]
     assert cls["spec"]["instanceStorePolicy"] == "RAID0"
     values = yaml.safe_load(karp.files["helm/gpu-operator-values.yaml"])
-    assert values["devicePlugin"]["enabled"] is False  # Bottlerocket NVIDIA ships its own
-    auto = yaml.safe_load(build_tree(plans.tier1("auto-mode")).files["helm/gpu-operator-values.yaml"])
-    assert auto["devicePlugin"]["enabled"] is False
-    assert auto["driver"]["enabled"] is False
+    # Bottlerocket NVIDIA ships its own plugin: the pool opts out, the operator keeps it for other nodes
+    assert values["devicePlugin"]["enabled"] is True
+    assert pool["spec"]["template"]["metadata"]["labels"]["nvidia.com/gpu.deploy.device-plugin"] == "false"
+
+
+def test_gpu_operator_values_follow_the_design_on_auto_mode() -> None:
+    """driver and toolkit off, the device plugin off only through the NodePool label, NFD/GFD/DCGM on,
+    each value explained by a comment in the file."""
+    tree = build_tree(plans.tier1("auto-mode"))
+    text = tree.files["helm/gpu-operator-values.yaml"]
+    auto = yaml.safe_load(text)
+    assert (auto["driver"]["enabled"], auto["toolkit"]["enabled"]) == (False, False)
+    assert auto["devicePlugin"]["enabled"] is True
+    assert (auto["nfd"]["enabled"], auto["gfd"]["enabled"], auto["dcgmExporter"]["enabled"]) == (True,) * 3
+    [pool] = _objs(tree, "NodePool")
+    assert pool["spec"]["template"]["metadata"]["labels"]["nvidia.com/gpu.deploy.device-plugin"] == "false"
     assert "DCGM_FI_PROF_SM_ACTIVE" in auto["dcgmExporter"]["config"]["data"]
+    lines = text.splitlines()
+    for key in auto:
+        i = lines.index(f"{key}:")
+        assert lines[i - 1].startswith("# "), f"{key} has no comment above it"
+    assert "allocatable 0" in text
+    mng = build_tree(plans.tier1("managed-node-group"))
+    assert "nvidia.com/gpu.deploy.device-plugin" not in mng.files["cluster/eksctl-nodegroup.yaml"]
 
 
 def test_tier2_keda_and_limits() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from eksinfer.deploy.addons import DEVICE_PLUGIN_OPT_OUT, device_plugin_opt_out
 from eksinfer.deploy.context import GPU_TAINT, Ctx, Obj
 
 AUTO_DEFAULT_EPHEMERAL_GIB = 80  # EKS Auto Mode default NodeClass ephemeral storage (create-node-class.adoc)
@@ -59,6 +60,8 @@ def nodepool(ctx: Ctx) -> Obj:
     labels = {"eksinfer.io/pool": "cloud"}
     if ctx.plan.nodes.mig_profile:
         labels["nvidia.com/mig.config"] = ctx.plan.nodes.mig_profile  # read by the GPU Operator MIG manager
+    if device_plugin_opt_out(ctx):
+        labels.update(DEVICE_PLUGIN_OPT_OUT)  # the node brings its own plugin (see addons.py)
     consolidate_after = f"{max(300, ctx.node_startup_s())}s"  # keep an empty node as long as a new one takes
     return {
         "apiVersion": "karpenter.sh/v1",
@@ -190,6 +193,8 @@ def eksctl_config(ctx: Ctx) -> Obj:
     labels = {"eksinfer.io/pool": "cloud"}
     if p.nodes.mig_profile:
         labels["nvidia.com/mig.config"] = p.nodes.mig_profile
+    if device_plugin_opt_out(ctx):
+        labels.update(DEVICE_PLUGIN_OPT_OUT)  # the DRA driver advertises the GPUs
     group: Obj = {
         "name": ctx.pool_name,
         "instanceType": inst.type,

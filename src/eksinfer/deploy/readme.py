@@ -75,7 +75,9 @@ def _prerequisites(ctx: Ctx) -> list[str]:
     if p.on_prem and p.on_prem.replicas:
         steps.append(
             "EKS Hybrid Nodes with GPUs, the NVIDIA driver and container toolkit installed on the hosts, "
-            "and a CNI for them (Cilium or Calico)."
+            "and a CNI for them (Cilium or Calico). The tree pins its own device plugin to them: keep the "
+            "GPU Operator's off with `kubectl label nodes -l eks.amazonaws.com/compute-type=hybrid "
+            "nvidia.com/gpu.deploy.device-plugin=false`."
         )
     steps.append(
         f"The gateway image `{ctx.opts.gateway_image}`: build it from the eksinfer repository, push it where "

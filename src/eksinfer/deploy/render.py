@@ -17,6 +17,7 @@ DIR/README.md                   what to install first, then `kubectl apply -k DI
 from __future__ import annotations
 
 import shutil
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,17 @@ _Dumper.add_representer(str, _str)
 
 def to_yaml(obj: Any) -> str:
     return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def commented_yaml(obj: Obj, comments: dict[str, str]) -> str:
+    """A mapping as YAML with `# why` above each top-level key that has a comment (Helm values files are
+    read by people deciding whether to trust them)."""
+    out: list[str] = []
+    for key, value in obj.items():
+        if note := comments.get(key):
+            out.extend(f"# {line}\n" for line in textwrap.wrap(note, 106))
+        out.append(to_yaml({key: value}))
+    return "".join(out)
 
 
 @dataclass
@@ -108,7 +120,9 @@ def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree
 
 def _add_files(ctx: Ctx, tree: RenderedTree) -> None:
     header = HEADER.format(name=ctx.name)
-    tree.files["helm/gpu-operator-values.yaml"] = header + to_yaml(addons.gpu_operator_values(ctx))
+    tree.files["helm/gpu-operator-values.yaml"] = header + commented_yaml(
+        addons.gpu_operator_values(ctx), addons.gpu_operator_comments(ctx)
+    )
     if ctx.mode == "managed-node-group":
         tree.files["cluster/eksctl-nodegroup.yaml"] = header + to_yaml(nodes.eksctl_config(ctx))
         tree.files["helm/cluster-autoscaler-values.yaml"] = header + to_yaml(

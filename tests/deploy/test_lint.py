@@ -296,6 +296,15 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         ],
     ),
     "multi-node-without-efa": ([lws(efa=False)], [lws(efa=True), engine()]),
+    "replicas-fight-keda": (
+        [mutate(engine(), lambda o: o["spec"].update(replicas=3)), so()],
+        [
+            engine(),
+            so(),
+            # a fixed-size workload no ScaledObject targets may keep its replicas
+            mutate(engine(), lambda o: (o["spec"].update(replicas=3), o["metadata"].update(name="fixed"))),
+        ],
+    ),
     "keda-faster-than-nodes": (
         [engine(), so(window=None), so(up_period=15) | {"metadata": {"name": "fast-up"}}],
         [engine(), so(window=1200, up_period=300), so(target="cpu-only-app", window=None)],

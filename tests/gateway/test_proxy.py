@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(30)
 async def start_gateway(engines: list[FakeEngine], scrape_failures: int = 2, **server: Any) -> GatewayRuntime:
     config = parse_config(
         {
-            "server": {"host": "127.0.0.1", "port": 0, **server},
+            "server": {"host": "127.0.0.1", "port": 0, "route_headers": True, **server},
             "endpoints": {"static": [{"url": e.url} for e in engines]},
             "scrape": {"interval_s": 0.05, "stale_after_s": 1.0, "unhealthy_after_failures": scrape_failures},
         }
@@ -400,7 +401,7 @@ async def test_real_router_kv_aware_through_the_gateway(engines: list[FakeEngine
     """The real router (kv-aware preset, approximate tokenizer since the fake engine has no /tokenize)."""
     config = parse_config(
         {
-            "server": {"host": "127.0.0.1", "port": 0},
+            "server": {"host": "127.0.0.1", "port": 0, "route_headers": True},
             "endpoints": {"static": [{"url": e.url, "models": ["tiny"]} for e in engines]},
             "routing": {"preset": "kv-aware", "tokenizer": {"mode": "approx"}},
         }
@@ -460,3 +461,53 @@ async def test_router_bug_gives_an_openai_500(engines: list[FakeEngine]) -> None
         assert "Traceback" not in r.text
     finally:
         await runtime.stop()
+
+
+async def test_route_headers_are_off_unless_switched_on(engines: list[FakeEngine]) -> None:
+    """They name engine pod addresses: a gateway facing outside clients must not send them by default."""
+    runtime = await start_gateway(engines, route_headers=False)
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(base(runtime) + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+        assert r.status_code == 200
+        assert "x-eksinfer-endpoint" not in r.headers
+        assert "x-eksinfer-route" not in r.headers
+    finally:
+        await runtime.stop()
+    assert parse_config({}).server.route_headers is False
+
+
+@pytest.mark.parametrize(("drain_s", "finishes"), [(30.0, True), (0.001, False)])
+async def test_stop_drains_streams_in_flight_for_drain_timeout(
+    engines: list[FakeEngine], drain_s: float, finishes: bool
+) -> None:
+    """SIGTERM (runtime.stop) closes the port but lets open streams finish for up to drain_timeout_s; a
+    stream longer than that is cut (the engine sees the cancellation)."""
+    for engine in engines:
+        engine.behaviour = EngineBehaviour(tokens=20, chunk_delay_s=0.05)
+    runtime = await start_gateway(engines, drain_timeout_s=drain_s)
+    body = {"model": "tiny", "prompt": "x", "stream": True}
+    chunks = 0
+    stopping: asyncio.Task[None] | None = None
+    with contextlib.suppress(httpx.HTTPError):
+        async with (
+            httpx.AsyncClient() as client,
+            client.stream("POST", base(runtime) + "/v1/completions", json=body) as resp,
+        ):
+            async for line in resp.aiter_lines():
+                if line.startswith("data:") and line != "data: [DONE]":
+                    chunks += 1
+                    if stopping is None:
+                        stopping = asyncio.create_task(runtime.stop())
+    assert stopping is not None
+    await stopping
+    if finishes:
+        assert chunks >= 20
+        assert (sum(e.completed for e in engines), sum(e.cancelled for e in engines)) == (1, 0)
+    else:
+        assert chunks < 20
+        for _ in range(100):
+            if sum(e.cancelled for e in engines) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert (sum(e.completed for e in engines), sum(e.cancelled for e in engines)) == (0, 1)

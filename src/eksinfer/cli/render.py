@@ -52,7 +52,19 @@ def register(app: typer.Typer) -> None:
         engine_image: str | None = typer.Option(
             None, "--engine-image", help="vLLM image (default vllm/vllm-openai)."
         ),
-        gateway_image: str | None = typer.Option(None, "--gateway-image", help="eksinfer gateway image."),
+        gateway_image: str | None = typer.Option(
+            None, "--gateway-image", help="eksinfer gateway image, e.g. a private ECR copy."
+        ),
+        prometheus_url: str | None = typer.Option(
+            None,
+            "--prometheus-url",
+            help="Prometheus that KEDA queries (default http://prometheus-operated.monitoring.svc:9090).",
+        ),
+        route_headers: bool = typer.Option(
+            False,
+            "--route-headers",
+            help="Gateway responses carry x-eksinfer-endpoint / x-eksinfer-route (they name pod addresses).",
+        ),
         pd_backend: str = typer.Option(
             "disaggregatedset", "--pd-backend", help="Multi-node prefill/decode: disaggregatedset or lws."
         ),
@@ -66,6 +78,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("must start with s3://", field="--model-s3")
         if pd_backend not in ("disaggregatedset", "lws"):
             raise ConfigError("must be disaggregatedset or lws", field="--pd-backend")
+        if prometheus_url is not None and not prometheus_url.startswith(("http://", "https://")):
+            raise ConfigError("must be an http:// or https:// URL", field="--prometheus-url")
+        if gateway_image is not None and (not gateway_image.strip() or " " in gateway_image):
+            raise ConfigError("must be an image reference like REGISTRY/NAME:TAG", field="--gateway-image")
         plan = load_plan(plan_file)
         assert isinstance(plan, Plan)
         defaults = RenderOptions()
@@ -78,6 +94,8 @@ def register(app: typer.Typer) -> None:
             inference_pool=inference_pool,
             image_snapshot_id=image_snapshot,
             pd_backend="lws" if pd_backend == "lws" else "disaggregatedset",
+            prometheus_url=prometheus_url or defaults.prometheus_url,
+            route_headers=route_headers,
         )
         written = render_plan(plan, output, options=options)
         for path in written:

@@ -51,6 +51,8 @@ class RenderOptions:
     soci_parallel_pull: bool = True
     pd_backend: Literal["disaggregatedset", "lws"] = "disaggregatedset"
     hf_token_secret: str = "hf-token"
+    route_headers: bool = False  # gateway response headers naming engine pods (trusted clients only)
+    gateway_replicas: int = 2  # at least 2, spread over nodes and zones
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -155,6 +157,36 @@ class Ctx:
         """Start-up probe budget: twice the predicted load time plus 5 minutes for image pull, CUDA-graph
         capture and compile, never under 10 minutes (vLLM of any size routinely needs several)."""
         return max(600, math.ceil(2 * self.plan.prediction.load_time_s + 300))
+
+    def longest_request_s(self) -> int:
+        """How long the longest ordinary request runs: TTFT plus 5x the mean output at the predicted TPOT.
+        Output lengths are roughly exponential, whose 99th percentile is ln(100) = 4.6x the mean; 5x
+        rounds that up. Clamped to [60 s, 1 h] so shutdown neither cuts streams nor hangs a node drain."""
+        p = self.plan
+        tokens = min(5 * p.traffic.output_tokens, max(1, p.roles[0].engine.max_model_len))
+        return min(3600, max(60, math.ceil(p.prediction.ttft_s + tokens * p.prediction.tpot_s)))
+
+    def zone_spread(self, selector: Mapping[str, str]) -> list[Obj]:
+        """Spread over zones when capacity allows (ScheduleAnyway: a GPU shortage in one zone must not leave
+        pods Pending)."""
+        return [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(selector)},
+            }
+        ]
+
+    def pdb(self, name: str, component: str, selector: Mapping[str, str], extra: Mapping[str, str]) -> Obj:
+        """At most one pod of the set evicted at a time (node drains, Karpenter expiry); maxUnavailable, not
+        minAvailable, so a single replica never blocks a drain forever."""
+        return {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": self.meta(name, component, extra),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
+        }
 
     def node_startup_s(self) -> int:
         return max(60, math.ceil(self.plan.nodes.node_startup_s))

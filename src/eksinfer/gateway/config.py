@@ -48,6 +48,18 @@ class ServerConfig(_Model):
     max_inflight: int = Field(
         10_000, gt=0, description="Requests in flight through the gateway before new ones get HTTP 429."
     )
+    route_headers: bool = Field(
+        False,
+        description="Send x-eksinfer-endpoint and the routing.debug_header explanation on responses. They "
+        "name engine pod addresses, so they are off unless every client is trusted (`eksinfer up` turns "
+        "them on for local work).",
+    )
+    drain_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="On SIGTERM, how long requests in flight (streams included) may finish before they are "
+        "cut; keep the pod's terminationGracePeriodSeconds above it (eksinfer render does).",
+    )
     workers: int = Field(
         1,
         ge=1,

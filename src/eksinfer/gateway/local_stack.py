@@ -88,7 +88,7 @@ def gateway_config(opts: StackOptions) -> GatewayConfig:
     }
     return parse_config(
         {
-            "server": {"host": opts.host, "port": opts.port},
+            "server": {"host": opts.host, "port": opts.port, "route_headers": True},
             "endpoints": {"static": static},
             "scrape": {"interval_s": 0.1},
             "routing": routing,

@@ -132,7 +132,12 @@ class GatewayRuntime:
         self._supervisor = asyncio.create_task(self._supervise(ready))
         await ready.wait()
         app = self.build_app()
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self.config.server.drain_timeout_s,  # in-flight streams finish on SIGTERM
+        )
         await self._runner.setup()
         server = self.config.server
         site = web.TCPSite(

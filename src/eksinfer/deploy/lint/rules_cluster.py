@@ -201,6 +201,26 @@ def keda_faster_than_nodes(tree: Tree) -> Iterator[Hit]:
             )
 
 
+@rule("replicas-fight-keda", "warning", "a KEDA-scaled workload also sets spec.replicas")
+def replicas_fight_keda(tree: Tree) -> Iterator[Hit]:
+    targets = {
+        (
+            str((d.obj.get("spec") or {}).get("scaleTargetRef", {}).get("kind", "Deployment")),
+            str((d.obj.get("spec") or {}).get("scaleTargetRef", {}).get("name")),
+        )
+        for d in tree.of_kind("ScaledObject", "keda.sh")
+    }
+    for doc in tree.docs:
+        if (doc.kind, doc.name) in targets and "replicas" in (doc.obj.get("spec") or {}):
+            yield (
+                doc,
+                "spec.replicas",
+                "KEDA owns this workload's scale; every `kubectl apply` of the file resets it to this "
+                "number, dropping replicas that serve traffic or adding GPUs nobody asked for",
+                "delete spec.replicas and let the ScaledObject's minReplicaCount set the floor",
+            )
+
+
 def _engines(tree: Tree) -> Iterator[tuple[Any, int, list[str]]]:
     for unit in tree.units:
         found = unit.vllm()

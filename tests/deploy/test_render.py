@@ -116,10 +116,8 @@ def test_tier1_engine_by_hand() -> None:
     assert (c["startupProbe"]["periodSeconds"], c["startupProbe"]["failureThreshold"]) == (10, 60)
     # g6e.xlarge: 4 vCPU, 32 GiB; one GPU of one -> cpu floor(4*0.85)=3, memory floor(32*0.8)=25Gi
     assert c["resources"]["requests"] == {"cpu": "3", "memory": "25Gi", "nvidia.com/gpu": "1"}
-    assert pod["nodeSelector"] == {
-        "karpenter.sh/nodepool": "qwen3-32b-gpu",
-        "eks.amazonaws.com/instance-family": "g6e",
-    }
+    # every NodePool of the plan (primary, on-demand fallback) labels its nodes with the pool group
+    assert pod["nodeSelector"] == {"eksinfer.io/gpu-pool": "qwen3-32b-gpu"}
     [pool] = _objs(tree, "NodePool")
     assert pool["spec"]["template"]["spec"]["nodeClassRef"] == {
         "group": "eks.amazonaws.com",

@@ -60,6 +60,15 @@ def register(app: typer.Typer) -> None:
             "--prometheus-url",
             help="Prometheus that KEDA queries (default http://prometheus-operated.monitoring.svc:9090).",
         ),
+        capacity_reservation: list[str] | None = typer.Option(
+            None,
+            "--capacity-reservation",
+            help="ODCR or Capacity Block for the GPU nodes: a cr-... id or KEY=VALUE tag (repeatable; "
+            "Karpenter).",
+        ),
+        placement_group: str | None = typer.Option(
+            None, "--placement-group", help="Existing cluster placement group for the GPU nodes (Karpenter)."
+        ),
         route_headers: bool = typer.Option(
             False,
             "--route-headers",
@@ -96,6 +105,8 @@ def register(app: typer.Typer) -> None:
             pd_backend="lws" if pd_backend == "lws" else "disaggregatedset",
             prometheus_url=prometheus_url or defaults.prometheus_url,
             route_headers=route_headers,
+            capacity_reservations=tuple(capacity_reservation or ()),
+            placement_group=placement_group,
         )
         written = render_plan(plan, output, options=options)
         for path in written:

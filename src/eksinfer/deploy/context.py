@@ -26,6 +26,7 @@ NIXL_SIDE_CHANNEL_PORT = 5600
 GATEWAY_PORT = 8000
 HASH_SEED = "0"  # must equal the gateway's (eksinfer.kvcache.hashing.DEFAULT_HASH_SEED)
 GPU_TAINT = "nvidia.com/gpu"
+POOL_GROUP_LABEL = "eksinfer.io/gpu-pool"
 LABEL_PREFIX = {"auto-mode": "eks.amazonaws.com", "karpenter": "karpenter.k8s.aws"}
 # EFA interfaces per instance type family (AWS "Supported instance types" for EFA; p5/p5e 32 x 100 Gbit/s,
 # p5en and p6-b200 16 / 8 of the newer 200 / 400 Gbit/s cards, p4d 4 x 100). The plan carries only bandwidth.
@@ -51,6 +52,9 @@ class RenderOptions:
     soci_parallel_pull: bool = True
     pd_backend: Literal["disaggregatedset", "lws"] = "disaggregatedset"
     hf_token_secret: str = "hf-token"
+    # Capacity reservations (ODCR or Capacity Blocks for ML): `cr-...` ids or `key=value` tags (Karpenter).
+    capacity_reservations: tuple[str, ...] = ()
+    placement_group: str | None = None  # an existing cluster placement group for multi-node EFA groups
     route_headers: bool = False  # gateway response headers naming engine pods (trusted clients only)
     gateway_replicas: int = 2  # at least 2, spread over nodes and zones
     labels: dict[str, str] = field(default_factory=dict)
@@ -116,10 +120,9 @@ class Ctx:
     def node_selector(self) -> dict[str, str]:
         if self.mode == "managed-node-group":
             return {"eks.amazonaws.com/nodegroup": self.pool_name}
-        return {
-            "karpenter.sh/nodepool": self.pool_name,
-            f"{self.label_prefix}/instance-family": self.plan.instance.family,
-        }
+        # Every NodePool of this plan (primary, on-demand fallback) labels its nodes with the pool group, so
+        # pods follow whichever one had capacity; the pools' requirements pin the instance types.
+        return {POOL_GROUP_LABEL: self.pool_name}
 
     @property
     def mig_slices(self) -> int:
@@ -214,6 +217,18 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
         )
     if not plan.roles:
         raise ConfigError("a plan needs at least one role", field="roles")
+    opts = opts or RenderOptions()
+    if (opts.capacity_reservations or opts.placement_group) and plan.nodes.provisioning != "karpenter":
+        raise ConfigError(
+            "capacity reservations and placement groups are rendered for Karpenter's EC2NodeClass only; "
+            "the plan provisions with " + plan.nodes.provisioning,
+            field="--capacity-reservation" if opts.capacity_reservations else "--placement-group",
+        )
+    for term in opts.capacity_reservations:
+        if not (re.fullmatch(r"cr-[0-9a-z]+", term) or re.fullmatch(r"[^=\s]+=[^=\s]+", term)):
+            raise ConfigError(
+                f"{term!r} is neither a cr-... id nor KEY=VALUE", field="--capacity-reservation"
+            )
     for i, role in enumerate(plan.roles):
         if plan.routing.strategy == "kv-aware" and not role.engine.enable_prefix_caching:
             raise ConfigError(
@@ -223,4 +238,4 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
             raise ConfigError(
                 "GPUs do not split evenly across nodes", field=f"roles[{i}].engine.gpus_per_replica"
             )
-    return Ctx(plan, opts or RenderOptions())
+    return Ctx(plan, opts)

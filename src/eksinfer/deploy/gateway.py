@@ -167,11 +167,16 @@ def deployment(ctx: Ctx) -> Obj:
                                 "capabilities": {"drop": ["ALL"]},
                             },
                             "volumeMounts": [
-                                {"name": "config", "mountPath": "/etc/eksinfer", "readOnly": True}
+                                {"name": "config", "mountPath": "/etc/eksinfer", "readOnly": True},
+                                # the only writable path (HOME in the image) on a read-only root
+                                {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }
                     ],
-                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": name}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
                 },
             },
         },

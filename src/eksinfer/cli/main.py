@@ -20,6 +20,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("up", "Start a local stack: simulated engines behind the gateway."),
     ("render", "Render EKS manifests for a plan."),
     ("lint", "Check Kubernetes manifests for known GPU-serving pitfalls."),
+    ("doctor", "Check that a cluster has what a rendered tree needs."),
 )
 
 

@@ -113,7 +113,8 @@ def tree_readme(ctx: Ctx, objects: list[str], files: list[str]) -> str:
         f"kubectl -n {ctx.ns} port-forward svc/{ctx.name}-gateway 8000:80",
         "```",
         "",
-        "Check first with `eksinfer lint .` (the manifests) and `eksinfer doctor . --context NAME` (the cluster).",
+        "Check first with `eksinfer lint .` (the manifests) and `eksinfer doctor . --context NAME` "
+        "(the cluster).",
         "",
         "## Files",
         "",

@@ -315,14 +315,13 @@ def test_hybrid_gateway_discovers_each_pool_on_its_own() -> None:
         assert matching[0].endswith("-onprem") == (found.pool == "onprem")
 
 
-def test_s3_streaming_and_inference_pool_options() -> None:
-    opts = RenderOptions(model_s3_uri="s3://models/qwen3-32b", inference_pool=True)
+def test_s3_streaming_option() -> None:
+    opts = RenderOptions(model_s3_uri="s3://models/qwen3-32b")
     tree = build_tree(plans.tier1("auto-mode"), opts)
     c = _objs(tree, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert c["command"][2] == "s3://models/qwen3-32b"
     assert "runai_streamer" in c["args"]
     assert not _objs(tree, "PersistentVolumeClaim")
-    assert _objs(tree, "InferencePool")
     assert [str(p) for p in validate_objects(tree.all_objects())] == []
 
 

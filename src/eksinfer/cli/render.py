@@ -43,9 +43,17 @@ def register(app: typer.Typer) -> None:
         model_s3: str | None = typer.Option(
             None, "--model-s3", help="s3://bucket/prefix holding the weights: stream them, no cache volume."
         ),
-        inference_pool: bool = typer.Option(
-            False, "--inference-pool", help="Also emit Gateway API Inference Extension InferencePools."
+        inference_pool: bool = typer.Option(False, "--inference-pool", hidden=True),
+        expose: str = typer.Option(
+            "none", "--expose", help="How outside clients reach the gateway: none, httproute or alb."
         ),
+        gateway_ref: str | None = typer.Option(
+            None, "--gateway-ref", help="NAMESPACE/NAME[/LISTENER] of the Gateway an HTTPRoute attaches to."
+        ),
+        certificate_arn: str | None = typer.Option(
+            None, "--certificate-arn", help="ACM certificate of the ALB's HTTPS listener (--expose alb)."
+        ),
+        hostname: str | None = typer.Option(None, "--hostname", help="Host name clients use (optional)."),
         image_snapshot: str | None = typer.Option(
             None, "--image-snapshot", help="EBS snapshot id with the engine image pre-pulled (Karpenter)."
         ),
@@ -85,6 +93,14 @@ def register(app: typer.Typer) -> None:
 
         if model_s3 is not None and not model_s3.startswith("s3://"):
             raise ConfigError("must start with s3://", field="--model-s3")
+        if inference_pool:
+            raise ConfigError(
+                "removed: the gateway does not implement the endpoint-picker (ext_proc) protocol an "
+                "InferencePool needs; use --expose httproute or alb (docs/deploy.md, Exposure)",
+                field="--inference-pool",
+            )
+        if expose not in ("none", "httproute", "alb"):
+            raise ConfigError("must be none, httproute or alb", field="--expose")
         if pd_backend not in ("disaggregatedset", "lws"):
             raise ConfigError("must be disaggregatedset or lws", field="--pd-backend")
         if prometheus_url is not None and not prometheus_url.startswith(("http://", "https://")):
@@ -100,7 +116,10 @@ def register(app: typer.Typer) -> None:
             namespace=namespace,
             cluster_name=cluster,
             model_s3_uri=model_s3,
-            inference_pool=inference_pool,
+            expose="httproute" if expose == "httproute" else "alb" if expose == "alb" else "none",
+            gateway_ref=gateway_ref,
+            certificate_arn=certificate_arn,
+            hostname=hostname,
             image_snapshot_id=image_snapshot,
             pd_backend="lws" if pd_backend == "lws" else "disaggregatedset",
             prometheus_url=prometheus_url or defaults.prometheus_url,

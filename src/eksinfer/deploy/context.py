@@ -46,7 +46,11 @@ class RenderOptions:
     model_cache_storage_class: str = "efs-sc"  # a ReadWriteMany class (EFS or FSx for Lustre CSI)
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     prometheus_release: str = "kube-prometheus-stack"  # kube-prometheus-stack selects by `release`
-    inference_pool: bool = False  # also emit a GAIE InferencePool per engine pool
+    # How clients outside the cluster reach the gateway (deploy/exposure.py); none: port-forward or your own.
+    expose: Literal["none", "httproute", "alb"] = "none"
+    gateway_ref: str | None = None  # NAMESPACE/NAME[/LISTENER] of an existing Gateway (httproute)
+    certificate_arn: str | None = None  # ACM certificate for the ALB's HTTPS listener (alb)
+    hostname: str | None = None
     node_role: str | None = None  # IAM role of GPU nodes; default per mode
     image_snapshot_id: str | None = None  # EBS snapshot with the engine image pre-pulled (Bottlerocket)
     soci_parallel_pull: bool = True
@@ -218,6 +222,7 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
     if not plan.roles:
         raise ConfigError("a plan needs at least one role", field="roles")
     opts = opts or RenderOptions()
+    _check_exposure(opts)
     if (opts.capacity_reservations or opts.placement_group) and plan.nodes.provisioning != "karpenter":
         raise ConfigError(
             "capacity reservations and placement groups are rendered for Karpenter's EC2NodeClass only; "
@@ -239,3 +244,22 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
                 "GPUs do not split evenly across nodes", field=f"roles[{i}].engine.gpus_per_replica"
             )
     return Ctx(plan, opts)
+
+
+def _check_exposure(opts: RenderOptions) -> None:
+    if opts.expose == "httproute" and not re.fullmatch(
+        r"[a-z0-9-]+/[a-z0-9.-]+(/[a-z0-9.-]+)?", opts.gateway_ref or ""
+    ):
+        raise ConfigError(
+            "an HTTPRoute attaches to an existing Gateway: give NAMESPACE/NAME[/LISTENER]",
+            field="--gateway-ref",
+        )
+    if opts.expose == "alb" and not re.fullmatch(
+        r"arn:aws[-a-z]*:acm:[^:]+:\d{12}:certificate/[-0-9a-f]+", opts.certificate_arn or ""
+    ):
+        raise ConfigError(
+            "an ALB serves HTTPS with an ACM certificate: give arn:aws:acm:REGION:ACCOUNT:certificate/ID",
+            field="--certificate-arn",
+        )
+    if opts.hostname is not None and not re.fullmatch(r"[a-z0-9*]([-a-z0-9.]*[a-z0-9])?", opts.hostname):
+        raise ConfigError(f"{opts.hostname!r} is not a DNS name", field="--hostname")

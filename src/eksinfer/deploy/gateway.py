@@ -1,5 +1,5 @@
 """The eksinfer gateway in the cluster: ConfigMap (its YAML config), ServiceAccount + Role + RoleBinding to
-list/watch engine pods, Deployment, Service, and optionally GAIE InferencePools for Gateway API users.
+list/watch engine pods, Deployment, Service, PodDisruptionBudget, and the exposure chosen (`exposure.py`).
 
 The routing config discovers engines by namespace + label selector
 (`eksinfer.gateway.config.KubernetesDiscovery`) and subscribes to each pod's KV-event port when the plan
@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from eksinfer.deploy.context import ENGINE_PORT, GATEWAY_PORT, HASH_SEED, KV_EVENTS_PORT, Ctx, Obj
+from eksinfer.deploy.exposure import exposure_objects
 
 
 def routed_role(ctx: Ctx) -> str:
@@ -196,35 +197,7 @@ def service(ctx: Ctx) -> Obj:
     }
 
 
-def inference_pools(ctx: Ctx) -> list[Obj]:
-    pools = ["cloud", "onprem"] if ctx.plan.on_prem and ctx.plan.on_prem.replicas else ["cloud"]
-    out = []
-    for pool in pools:
-        name = ctx.name if pool == "cloud" else f"{ctx.name}-onprem"
-        out.append(
-            {
-                "apiVersion": "inference.networking.k8s.io/v1",
-                "kind": "InferencePool",
-                "metadata": ctx.meta(name, "engine", {"eksinfer.io/pool": pool}),
-                "spec": {
-                    "selector": {
-                        "matchLabels": {
-                            "app.kubernetes.io/instance": ctx.name,
-                            "eksinfer.io/role": routed_role(ctx),
-                            "eksinfer.io/pool": pool,
-                            "eksinfer.io/serving": "true",
-                        }
-                    },
-                    "targetPorts": [{"number": ENGINE_PORT}],
-                },
-            }
-        )
-    return out
-
-
 def gateway_objects(ctx: Ctx) -> list[Obj]:
     pdb = ctx.pdb(f"{ctx.name}-gateway", "gateway", selector(ctx), {})
     objs = [configmap(ctx), *rbac(ctx), deployment(ctx), service(ctx), pdb]
-    if ctx.opts.inference_pool:
-        objs += inference_pools(ctx)
-    return objs
+    return objs + exposure_objects(ctx)

@@ -59,8 +59,16 @@ def _prerequisites(ctx: Ctx) -> list[str]:
         "KEDA >= 2.16 and kube-prometheus-stack (release name "
         f"`{ctx.opts.prometheus_release}`, Grafana sidecar watching all namespaces)."
     )
-    if ctx.opts.inference_pool:
-        steps.append("Gateway API Inference Extension CRDs (InferencePool v1).")
+    if ctx.opts.expose == "httproute":
+        steps.append(
+            f"Gateway API CRDs and the Gateway `{ctx.opts.gateway_ref}` with an HTTPS listener (its "
+            f"certificateRefs hold the TLS certificate) that allows routes from namespace `{ctx.ns}`."
+        )
+    elif ctx.opts.expose == "alb":
+        steps.append(
+            "AWS Load Balancer Controller >= 2.7 (IngressClass `alb`); the ACM certificate "
+            f"`{ctx.opts.certificate_arn}` in region {ctx.plan.instance.region}."
+        )
     if ctx.opts.model_s3_uri:
         steps.append(
             f"An EKS Pod Identity association for service account `{ctx.name}-engine` that can read "
@@ -89,6 +97,20 @@ def _prerequisites(ctx: Ctx) -> list[str]:
     return steps
 
 
+def _reach(ctx: Ctx) -> list[str]:
+    """How to reach the gateway from outside once applied (or nothing: port-forward only)."""
+    if ctx.opts.expose == "alb":
+        return [
+            f"kubectl -n {ctx.ns} get ingress {ctx.name}-gateway "
+            "-o jsonpath='{.status.loadBalancer.ingress[0].hostname}'   # then https://HOST/v1"
+        ]
+    if ctx.opts.expose == "httproute":
+        return [
+            f"kubectl -n {ctx.ns} get httproute {ctx.name}-gateway   # Accepted by {ctx.opts.gateway_ref}"
+        ]
+    return []
+
+
 def tree_readme(ctx: Ctx, objects: list[str], files: list[str]) -> str:
     p = ctx.plan
     roles = ", ".join(
@@ -111,6 +133,7 @@ def tree_readme(ctx: Ctx, objects: list[str], files: list[str]) -> str:
         "```sh",
         "kubectl apply -k .",
         f"kubectl -n {ctx.ns} port-forward svc/{ctx.name}-gateway 8000:80",
+        *_reach(ctx),
         "```",
         "",
         "Check first with `eksinfer lint .` (the manifests) and `eksinfer doctor . --context NAME` "

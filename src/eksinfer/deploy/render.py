@@ -5,7 +5,7 @@ DIR/namespace.yaml
 DIR/nodes/                      NodePool, EC2NodeClass or Auto Mode NodeClass (not for managed node groups)
 DIR/engines/                    model cache / claim template, Deployment | LeaderWorkerSet | DisaggregatedSet,
                                 Services, the hybrid pool
-DIR/gateway/                    ConfigMap, RBAC, Deployment, Service (+ InferencePool)
+DIR/gateway/                    ConfigMap, RBAC, Deployment, Service, PDB (+ HTTPRoute or ALB Ingress)
 DIR/autoscaling/                KEDA ScaledObjects
 DIR/monitoring/                 PodMonitor, ServiceMonitors, PrometheusRule
 DIR/dashboards/NAME.json        Grafana dashboard (also usable by import)
@@ -90,6 +90,15 @@ class RenderedTree:
         return [*self.objects.values(), *self.generated_objects()]
 
 
+def _namespace_labels(ctx: Ctx) -> dict[str, str]:
+    labels = ctx.labels("namespace")
+    if ctx.opts.expose == "alb":
+        # The Load Balancer Controller then gates pod readiness on target health: a rollout never removes
+        # the last healthy gateway target from the ALB.
+        labels["elbv2.k8s.aws/pod-readiness-gate-inject"] = "enabled"
+    return labels
+
+
 def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree:
     """Renders in memory; raises ConfigError naming the plan field render cannot honour."""
     ctx = make_ctx(plan, options)
@@ -99,7 +108,7 @@ def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree
         {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": ctx.ns, "labels": ctx.labels("namespace")},
+            "metadata": {"name": ctx.ns, "labels": _namespace_labels(ctx)},
         },
     )
     for obj in nodes.node_objects(ctx):

@@ -23,7 +23,7 @@ import yaml
 
 from eksinfer.deploy.context import RenderOptions
 from eksinfer.deploy.doctor import diagnose, read_cluster
-from eksinfer.deploy.doctor.checks import namespaces_to_read
+from eksinfer.deploy.doctor.checks import gateway_refs, namespaces_to_read
 from eksinfer.deploy.lint.manifests import load
 from eksinfer.deploy.render import render_plan
 from eksinfer.errors import ConfigError, UpstreamError
@@ -69,6 +69,8 @@ class FakeCluster:
     daemonsets: list[Obj] = field(default_factory=list)
     services: dict[str, list[Obj]] = field(default_factory=dict)  # namespace -> Services
     nodes: list[Obj] = field(default_factory=list)
+    ingress_classes: list[str] = field(default_factory=list)
+    gateways: set[tuple[str, str]] = field(default_factory=set)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
 
     def answer(self, method: str, path: str, auth: str | None) -> tuple[int, Obj]:
@@ -89,6 +91,16 @@ class FakeCluster:
             items = self.services.get(route[4], [])
         elif path.startswith("/api/v1/nodes"):
             items = self.nodes
+        elif path.startswith("/apis/networking.k8s.io/v1/ingressclasses"):
+            items = [
+                {"metadata": {"name": n}, "spec": {"controller": "ingress.k8s.aws/alb"}}
+                for n in self.ingress_classes
+            ]
+        elif route[:4] == ["", "apis", "gateway.networking.k8s.io", "v1"] and route[6:7] == ["gateways"]:
+            if (route[5], route[7]) in self.gateways:
+                return 200, {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                             "metadata": {"namespace": route[5], "name": route[7]}}  # fmt: skip
+            return 404, {"kind": "Status", "code": 404}
         if items is None:
             return 404, {"kind": "Status", "code": 404}
         return 200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
@@ -330,3 +342,34 @@ def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 4, proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert "cannot reach the API server" in line
+
+
+CERT = "arn:aws:acm:us-east-1:111122223333:certificate/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+
+
+@pytest.mark.parametrize(
+    ("opts", "present"),
+    [
+        (RenderOptions(cluster_name=CLUSTER, expose="alb", certificate_arn=CERT), "ingress"),
+        (RenderOptions(cluster_name=CLUSTER, expose="httproute", gateway_ref="infra/public"), "gateway"),
+    ],
+)
+def test_exposure_needs_its_controller_or_gateway(
+    cluster: tuple[FakeCluster, str], tmp_path: Path, opts: RenderOptions, present: str
+) -> None:
+    state, url = cluster
+    complete(state)
+    render_plan(plans.tier1("auto-mode"), tmp_path / "tree", options=opts)
+    docs = load(tmp_path / "tree")
+    config = kubeconfig(tmp_path, url)
+
+    def run() -> list[Any]:
+        return diagnose(docs, read_cluster(config, None, namespaces_to_read(docs), gateway_refs(docs)))
+
+    findings = [f for f in run() if f.check != "crd-missing"]  # the Gateway API CRDs are not in the fake
+    assert _checks(findings) == [("exposure-missing", "error")]
+    if present == "ingress":
+        state.ingress_classes = ["alb"]
+    else:
+        state.gateways = {("infra", "public")}
+    assert [f for f in run() if f.check != "crd-missing"] == []

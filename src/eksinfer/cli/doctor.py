@@ -32,11 +32,11 @@ def register(app: typer.Typer) -> None:
         """Check that the cluster has what the tree needs (CRDs, storage, GPU and EFA plugins, Prometheus,
         cluster name); exits 1 when something it needs is missing."""
         from eksinfer.deploy.doctor import diagnose, read_cluster
-        from eksinfer.deploy.doctor.checks import namespaces_to_read
+        from eksinfer.deploy.doctor.checks import gateway_refs, namespaces_to_read
         from eksinfer.deploy.lint.manifests import load
 
         docs = load(path)
-        facts = read_cluster(kubeconfig, context, namespaces_to_read(docs))
+        facts = read_cluster(kubeconfig, context, namespaces_to_read(docs), gateway_refs(docs))
         findings = diagnose(docs, facts)
         errors = sum(f.severity == "error" for f in findings)
         if as_json:

@@ -14,6 +14,18 @@ def _node_steps(ctx: Ctx, multi: bool) -> list[str]:
             f"`karpenter.sh/discovery: {ctx.opts.cluster_name}`; node role "
             f"`KarpenterNodeRole-{ctx.opts.cluster_name}`."
         )
+        if ctx.opts.capacity_reservations:
+            steps.append(
+                "Capacity reservations: Karpenter >= 1.3 with the reserved-capacity feature gate on "
+                "(`--set settings.featureGates.reservedCapacity=true` where it is not the default), and the "
+                "Karpenter controller role allowed `ec2:DescribeCapacityReservations`."
+            )
+        if ctx.opts.placement_group:
+            steps.append(
+                f"The cluster placement group `{ctx.opts.placement_group}` (`aws ec2 "
+                f"create-placement-group --group-name {ctx.opts.placement_group} --strategy cluster`); it "
+                "pins the nodes to one zone."
+            )
         if multi:
             steps.append(
                 "AWS EFA device plugin (`helm install aws-efa-k8s-device-plugin "

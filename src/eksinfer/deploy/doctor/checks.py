@@ -10,6 +10,7 @@ that fixes it.
     prometheus-unreachable        the in-cluster Service behind KEDA's Prometheus address
     cluster-name-mismatch         the cluster the subnet / security-group selectors name
     hybrid-nodes-missing          nodes for the on-prem (EKS Hybrid Nodes) pool
+    exposure-missing              the IngressClass an ALB Ingress names, the Gateway an HTTPRoute attaches to
 """
 
 from __future__ import annotations
@@ -309,7 +310,43 @@ def _hybrid(docs: list[Doc], facts: ClusterFacts) -> Iterator[Finding]:
         )
 
 
-CHECKS = (_crds, _storage, _gpu, _prometheus, _cluster_name, _hybrid)
+def gateway_refs(docs: list[Doc]) -> set[tuple[str, str]]:
+    """(namespace, name) of every Gateway the tree's HTTPRoutes attach to."""
+    out = set()
+    for doc in _api_objects(docs):
+        if doc.kind == "HTTPRoute":
+            home = str((doc.obj.get("metadata") or {}).get("namespace", "default"))
+            for ref in (doc.obj.get("spec") or {}).get("parentRefs") or []:
+                if ref.get("kind", "Gateway") == "Gateway":
+                    out.add((str(ref.get("namespace", home)), str(ref.get("name"))))
+    return out
+
+
+def _exposure(docs: list[Doc], facts: ClusterFacts) -> Iterator[Finding]:
+    for doc in _api_objects(docs):
+        cls = (doc.obj.get("spec") or {}).get("ingressClassName")
+        if doc.kind == "Ingress" and cls and cls not in facts.ingress_classes:
+            yield Finding(
+                "exposure-missing",
+                "error",
+                f"IngressClass {cls!r} for {doc.oid}",
+                "no controller claims the Ingress: no load balancer is created and clients cannot connect",
+                "helm install aws-load-balancer-controller eks/aws-load-balancer-controller -n kube-system "
+                f"--set clusterName={facts.cluster_name or 'CLUSTER'} (on Auto Mode: an IngressClass "
+                f"{cls!r} with spec.controller eks.amazonaws.com/alb)",
+            )
+    for ns, name in sorted(gateway_refs(docs) - facts.gateways):
+        yield Finding(
+            "exposure-missing",
+            "error",
+            f"Gateway {ns}/{name}",
+            "the HTTPRoute attaches to it; without it the route is never accepted and nothing is exposed",
+            "create the Gateway with an HTTPS listener (certificateRefs) that allows routes from the tree's "
+            "namespace, or render with --gateway-ref naming an existing one",
+        )
+
+
+CHECKS = (_crds, _storage, _gpu, _prometheus, _cluster_name, _hybrid, _exposure)
 
 
 def diagnose(docs: list[Doc], facts: ClusterFacts) -> list[Finding]:

@@ -30,6 +30,8 @@ class ClusterFacts:
     services: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (ns, name) -> ports
     namespaces_read: set[str] = field(default_factory=set)
     node_labels: list[dict[str, str]] = field(default_factory=list)
+    ingress_classes: set[str] = field(default_factory=set)
+    gateways: set[tuple[str, str]] = field(default_factory=set)  # (ns, name) of the Gateways asked about
 
 
 def _cluster_name(context: Obj, clusters: list[Obj], users: list[Obj]) -> str | None:
@@ -96,7 +98,10 @@ def _get(call: Any, what: str, server: str, **kwargs: Any) -> Obj:
 
 
 def read_cluster(
-    kubeconfig: Path | None, context: str | None, namespaces: Iterable[str] = ()
+    kubeconfig: Path | None,
+    context: str | None,
+    namespaces: Iterable[str] = (),
+    gateways: Iterable[tuple[str, str]] = (),
 ) -> ClusterFacts:
     """One pass of read-only GETs; raises ConfigError (kubeconfig, context) or UpstreamError (API server)."""
     from kubernetes import client
@@ -122,4 +127,21 @@ def read_cluster(
                 facts.services[(ns, str(svc["metadata"]["name"]))] = ports
         for node in _get(core.list_node, "Nodes", server)["items"]:
             facts.node_labels.append(dict((node.get("metadata") or {}).get("labels") or {}))
+        net = client.NetworkingV1Api(api)
+        for cls in _get(net.list_ingress_class, "IngressClasses", server)["items"]:
+            facts.ingress_classes.add(str(cls["metadata"]["name"]))
+        custom = client.CustomObjectsApi(api)
+        for ns, name in sorted(set(gateways)):
+            found = _get(
+                custom.get_namespaced_custom_object,
+                f"Gateway {ns}/{name}",
+                server,
+                group="gateway.networking.k8s.io",
+                version="v1",
+                namespace=ns,
+                plural="gateways",
+                name=name,
+            )
+            if "metadata" in found:
+                facts.gateways.add((ns, name))
     return facts

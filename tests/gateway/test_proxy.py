@@ -506,8 +506,5 @@ async def test_stop_drains_streams_in_flight_for_drain_timeout(
         assert (sum(e.completed for e in engines), sum(e.cancelled for e in engines)) == (1, 0)
     else:
         assert chunks < 20
-        for _ in range(100):
-            if sum(e.cancelled for e in engines) == 1:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: sum(e.cancelled for e in engines) == 1, what="engine sees the cut stream")
         assert (sum(e.completed for e in engines), sum(e.cancelled for e in engines)) == (0, 1)

@@ -66,6 +66,7 @@ HEAVY = {
         ["eksinfer.sim.run", "eksinfer.sim.server", "eksinfer.cli.sim"],
     ],
 )
+@pytest.mark.slow
 def test_gateway_and_sim_need_no_heavy_extra(modules: list[str]) -> None:
     code = "import importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
     code += "from eksinfer.gateway.config import parse_config\n"

@@ -219,6 +219,7 @@ def test_empty_cluster_lists_every_gap_with_its_fix(cluster: tuple[FakeCluster, 
     assert {m for m, _ in state.requests} == {"GET"}  # doctor only reads
 
 
+@pytest.mark.slow
 def test_ready_cluster_has_no_findings(cluster: tuple[FakeCluster, str], tmp_path: Path) -> None:
     state, url = cluster
     complete(state)
@@ -243,6 +244,7 @@ def test_ready_cluster_has_no_findings(cluster: tuple[FakeCluster, str], tmp_pat
     assert f"0 error(s), 0 warning(s): {tmp_path / 'tree'} on {CLUSTER}" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_exit_status_and_json(cluster: tuple[FakeCluster, str], tmp_path: Path) -> None:
     state, url = cluster
     complete(state)
@@ -324,6 +326,7 @@ def test_rejected_token_and_unknown_context(cluster: tuple[FakeCluster, str], tm
     assert line.startswith("error: --kubeconfig")
 
 
+@pytest.mark.slow
 def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [

@@ -477,34 +477,44 @@ async def test_route_headers_are_off_unless_switched_on(engines: list[FakeEngine
     assert parse_config({}).server.route_headers is False
 
 
-@pytest.mark.parametrize(("drain_s", "finishes"), [(30.0, True), (0.001, False)])
+@pytest.mark.parametrize(("drain_s", "finishes"), [(30.0, True), (0.05, False)])
 async def test_stop_drains_streams_in_flight_for_drain_timeout(
     engines: list[FakeEngine], drain_s: float, finishes: bool
 ) -> None:
     """SIGTERM (runtime.stop) closes the port but lets open streams finish for up to drain_timeout_s; a
-    stream longer than that is cut (the engine sees the cancellation)."""
+    stream still open after that is cut and the engine sees the cancellation. The engine sends each chunk
+    only when the test steps it, so the stream is in flight exactly as long as the test says."""
+    step = asyncio.Event()
     for engine in engines:
-        engine.behaviour = EngineBehaviour(tokens=20, chunk_delay_s=0.05)
+        engine.behaviour = EngineBehaviour(tokens=4, step=step)
     runtime = await start_gateway(engines, drain_timeout_s=drain_s)
-    body = {"model": "tiny", "prompt": "x", "stream": True}
-    chunks = 0
-    stopping: asyncio.Task[None] | None = None
-    with contextlib.suppress(httpx.HTTPError):
-        async with (
-            httpx.AsyncClient() as client,
-            client.stream("POST", base(runtime) + "/v1/completions", json=body) as resp,
-        ):
-            async for line in resp.aiter_lines():
-                if line.startswith("data:") and line != "data: [DONE]":
-                    chunks += 1
-                    if stopping is None:
-                        stopping = asyncio.create_task(runtime.stop())
-    assert stopping is not None
-    await stopping
+    chunks: list[str] = []
+
+    async def read() -> None:
+        body = {"model": "tiny", "prompt": "x", "stream": True}
+        with contextlib.suppress(httpx.HTTPError):
+            async with (
+                httpx.AsyncClient() as client,
+                client.stream("POST", base(runtime) + "/v1/completions", json=body) as resp,
+            ):
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:") and line != "data: [DONE]":
+                        chunks.append(line)
+
+    reader = asyncio.create_task(read())
+    await until(lambda: len(chunks) == 1, what="first chunk through the gateway")
+    stopping = asyncio.create_task(runtime.stop())
     if finishes:
-        assert chunks >= 20
+        for _ in range(3):  # the engine holds each remaining chunk until stepped
+            step.set()
+            await until(lambda: not step.is_set(), what="engine sent the next chunk")
+        await reader
+        await stopping
+        assert len(chunks) == 4
         assert (sum(e.completed for e in engines), sum(e.cancelled for e in engines)) == (1, 0)
     else:
-        assert chunks < 20
+        await stopping  # returns although the engine still holds the stream: the drain time is over
+        await reader
         await until(lambda: sum(e.cancelled for e in engines) == 1, what="engine sees the cut stream")
-        assert (sum(e.completed for e in engines), sum(e.cancelled for e in engines)) == (0, 1)
+        assert len(chunks) == 1
+        assert sum(e.completed for e in engines) == 0

@@ -40,6 +40,10 @@ def test_httproute_attaches_to_the_gateway_and_routes_the_api_only() -> None:
     assert rule["backendRefs"] == [{"name": "qwen3-32b-gateway", "port": 80}]
     assert rule["timeouts"]["request"] == "90s"  # longest request 60 s + 30 s
     assert not [o for o in tree.objects.values() if o["kind"] == "Ingress"]
+    assert [str(p) for p in validate_objects(tree.all_objects())] == []
+    bad = {**_one(tree, "HTTPRoute"), "spec": {**route, "rules": [{**rule, "timeouts": {"request": "90 s"}}]}}
+    [problem] = validate_objects([bad])
+    assert "timeouts.request" in str(problem)
 
 
 def test_alb_ingress_terminates_tls_with_the_certificate(tmp_path: Path) -> None:

@@ -376,3 +376,21 @@ def test_exposure_needs_its_controller_or_gateway(
     else:
         state.gateways = {("infra", "public")}
     assert [f for f in run() if f.check != "crd-missing"] == []
+
+
+@pytest.mark.parametrize(
+    ("factory", "severity"),
+    [
+        (lambda: plans.tier1("managed-node-group"), "error"),  # the operator is these nodes' device plugin
+        (plans.dra, "warning"),  # the DRA driver advertises the GPUs; only DCGM/GFD would be missing
+        (lambda: plans.tier1("auto-mode"), "warning"),  # Auto Mode's own plugin
+    ],
+)
+def test_missing_gpu_operator_severity_follows_who_advertises_gpus(
+    tmp_path: Path, factory: Any, severity: str
+) -> None:
+    from eksinfer.deploy.doctor.cluster import ClusterFacts
+
+    render_plan(factory(), tmp_path / "t")
+    found = [f for f in diagnose(load(tmp_path / "t"), ClusterFacts()) if f.check == "gpu-operator-missing"]
+    assert [f.severity for f in found] == [severity]

@@ -164,12 +164,20 @@ def _images(ds: Obj) -> list[str]:
 
 
 def _pool_opted_out(docs: list[Doc]) -> bool:
-    """Every GPU pool in the tree labels its nodes out of the operator's device plugin."""
-    pools = [d for d in docs if d.kind == "NodePool"]
+    """Every GPU pool in the tree (NodePools, eksctl node groups) labels its nodes out of the operator's
+    device plugin: their own plugin, or the DRA driver, advertises the GPUs."""
     labels = [
-        ((d.obj["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {} for d in pools
+        ((d.obj["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+        for d in docs
+        if d.kind == "NodePool"
     ]
-    return bool(pools) and all(
+    labels += [
+        group.get("labels") or {}
+        for d in docs
+        if d.kind == "ClusterConfig"
+        for group in d.obj.get("managedNodeGroups") or []
+    ]
+    return bool(labels) and all(
         str(lb.get("nvidia.com/gpu.deploy.device-plugin")).lower() == "false" for lb in labels
     )
 

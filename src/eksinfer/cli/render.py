@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
             "none", "--expose", help="How outside clients reach the gateway: none, httproute or alb."
         ),
         gateway_ref: str | None = typer.Option(
-            None, "--gateway-ref", help="NAMESPACE/NAME[/LISTENER] of the Gateway an HTTPRoute attaches to."
+            None,
+            "--gateway-ref",
+            help="NAMESPACE/NAME or NAMESPACE/NAME/LISTENER of the Gateway an HTTPRoute attaches to.",
         ),
         certificate_arn: str | None = typer.Option(
             None, "--certificate-arn", help="ACM certificate of the ALB's HTTPS listener (--expose alb)."

@@ -71,6 +71,7 @@ class FakeCluster:
     nodes: list[Obj] = field(default_factory=list)
     ingress_classes: list[str] = field(default_factory=list)
     gateways: set[tuple[str, str]] = field(default_factory=set)
+    version: tuple[str, str] = ("1", "34+")  # EKS reports the minor with a "+"
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
 
     def answer(self, method: str, path: str, auth: str | None) -> tuple[int, Obj]:
@@ -78,6 +79,8 @@ class FakeCluster:
         if auth != f"Bearer {TOKEN}":
             return 401, {"kind": "Status", "code": 401, "message": "Unauthorized"}
         route = path.split("?", 1)[0].rstrip("/").split("/")
+        if route == ["", "version"]:
+            return 200, {"major": self.version[0], "minor": self.version[1], "gitVersion": "v1.34.2-eks-1"}
         items: list[Obj] | None = None
         if path.startswith("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"):
             items = self.crds
@@ -394,3 +397,19 @@ def test_missing_gpu_operator_severity_follows_who_advertises_gpus(
     render_plan(factory(), tmp_path / "t")
     found = [f for f in diagnose(load(tmp_path / "t"), ClusterFacts()) if f.check == "gpu-operator-missing"]
     assert [f.severity for f in found] == [severity]
+
+
+def test_old_kubernetes_is_named_with_the_upgrade(cluster: tuple[FakeCluster, str], tmp_path: Path) -> None:
+    state, url = cluster
+    complete(state)
+    render_plan(plans.tier1("auto-mode"), tmp_path / "tree", options=RenderOptions(cluster_name=CLUSTER))
+    docs = load(tmp_path / "tree")
+    facts = read_cluster(kubeconfig(tmp_path, url), None, namespaces_to_read(docs))
+    assert facts.version == (1, 34)
+    assert diagnose(docs, facts) == []
+    state.version = ("1", "29+")
+    facts = read_cluster(kubeconfig(tmp_path, url), None, namespaces_to_read(docs))
+    [finding] = diagnose(docs, facts)
+    assert (finding.check, finding.severity) == ("kubernetes-version", "error")
+    assert "preStop sleep" in finding.subject
+    assert f"update-cluster-version --name {CLUSTER} --kubernetes-version 1.30" in finding.fix

@@ -11,6 +11,7 @@ that fixes it.
     cluster-name-mismatch         the cluster the subnet / security-group selectors name
     hybrid-nodes-missing          nodes for the on-prem (EKS Hybrid Nodes) pool
     exposure-missing              the IngressClass an ALB Ingress names, the Gateway an HTTPRoute attaches to
+    kubernetes-version            preStop sleep actions (1.30), DRA's resource.k8s.io/v1 (1.34)
 """
 
 from __future__ import annotations
@@ -354,7 +355,33 @@ def _exposure(docs: list[Doc], facts: ClusterFacts) -> Iterator[Finding]:
         )
 
 
-CHECKS = (_crds, _storage, _gpu, _prometheus, _cluster_name, _hybrid, _exposure)
+def _uses_sleep_hook(docs: list[Doc]) -> bool:
+    return '"sleep": {"seconds"' in json.dumps([d.obj for d in _api_objects(docs)])
+
+
+def _version(docs: list[Doc], facts: ClusterFacts) -> Iterator[Finding]:
+    if facts.version is None:
+        return
+    have = f"{facts.version[0]}.{facts.version[1]}"
+    needs = []
+    if any(d.obj.get("apiVersion") == "resource.k8s.io/v1" for d in _api_objects(docs)):
+        needs.append(((1, 34), "resource.k8s.io/v1 (Dynamic Resource Allocation, GA in 1.34)"))
+    if _uses_sleep_hook(docs):
+        needs.append(((1, 30), "preStop sleep actions (PodLifecycleSleepAction, on by default from 1.30)"))
+    for minimum, what in needs:
+        if facts.version < minimum:
+            yield Finding(
+                "kubernetes-version",
+                "error",
+                f"Kubernetes {have}; the tree uses {what}",
+                "the API server rejects the objects (or drops the hook), so the apply fails or pods stop "
+                "without draining",
+                f"aws eks update-cluster-version --name {facts.cluster_name or 'CLUSTER'} "
+                f"--kubernetes-version {minimum[0]}.{minimum[1]} (one minor version at a time)",
+            )
+
+
+CHECKS = (_version, _crds, _storage, _gpu, _prometheus, _cluster_name, _hybrid, _exposure)
 
 
 def diagnose(docs: list[Doc], facts: ClusterFacts) -> list[Finding]:

@@ -23,6 +23,7 @@ class ClusterFacts:
     """The cluster as doctor sees it; built by `read_cluster` or by hand in tests."""
 
     server: str = ""
+    version: tuple[int, int] | None = None  # Kubernetes (major, minor) of the API server
     cluster_name: str | None = None  # from the kubeconfig (EKS ARN or `get-token --cluster-name`)
     crds: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (group, kind) -> served versions
     storage_classes: set[str] = field(default_factory=set)
@@ -110,6 +111,10 @@ def read_cluster(
     server = str(api.configuration.host)
     facts = ClusterFacts(server=server, cluster_name=name)
     with api:
+        found = _get(client.VersionApi(api).get_code, "the version", server)
+        digits = [re.sub(r"\D", "", str(found.get(k, ""))) for k in ("major", "minor")]  # EKS: "34+"
+        if all(digits):
+            facts.version = (int(digits[0]), int(digits[1]))
         ext, storage = client.ApiextensionsV1Api(api), client.StorageV1Api(api)
         apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
         for crd in _get(ext.list_custom_resource_definition, "CRDs", server)["items"]:

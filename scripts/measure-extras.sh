@@ -11,7 +11,7 @@ $PY -m pip wheel -q --no-deps . -w "$ROOT/wheel"
 WHEEL=$(ls "$ROOT"/wheel/eksinfer-*.whl)
 $PY -m venv "$ROOT/empty"
 empty=$(du -sk "$ROOT"/empty/lib/python3*/site-packages | cut -f1)
-for extra in base gateway sim bench plots deploy all; do
+for extra in base gateway sim bench plots deploy doctor all; do
   $PY -m venv "$ROOT/$extra"
   spec="$WHEEL"
   [ "$extra" != base ] && spec="eksinfer[$extra] @ file://$WHEEL"

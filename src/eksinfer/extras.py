@@ -16,7 +16,7 @@ PROVIDED_BY = {
     "matplotlib": "plots",
     "jsonschema": "deploy",
     "kubernetes_validate": "deploy",
-    "kubernetes": "deploy",
+    "kubernetes": "doctor",
     "tokenizers": "tokenizers",
     "jinja2": "tokenizers",
 }
@@ -29,7 +29,7 @@ FOR_COMMAND = {
     "bench": "bench,plots",
     "up": "gateway,sim",
     "lint": "deploy",
-    "doctor": "deploy",
+    "doctor": "doctor",
 }
 
 

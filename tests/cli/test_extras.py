@@ -86,11 +86,19 @@ def test_extras_in_pyproject_match_the_hints() -> None:
         "kubernetes_validate": "kubernetes-validate",
     }
     for module, extra in PROVIDED_BY.items():
-        if module == "kubernetes":
-            continue  # the doctor's client, listed under deploy once the doctor uses it
         assert module_to_dist.get(module, module) in names[extra], (module, extra)
     for command, wanted in FOR_COMMAND.items():
         assert set(wanted.split(",")) <= set(extras), command
     base = " ".join(meta["dependencies"]).lower()
     for heavy in ("matplotlib", "kubernetes-validate", "jsonschema", "aiohttp"):
         assert heavy not in base
+
+
+def test_doctor_without_its_client_names_the_doctor_extra(tmp_path: Path) -> None:
+    argv = ["doctor", str(tmp_path)]
+    proc = _run(
+        {"kubernetes"}, f"sys.argv = ['eksinfer', *{argv!r}]\nfrom eksinfer.cli.main import run\nrun()\n"
+    )
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert "pip install 'eksinfer[doctor]'" in line

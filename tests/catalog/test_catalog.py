@@ -178,6 +178,7 @@ def test_load_mixtral_config(tmp_path: Path) -> None:
 
 def test_load_awq_and_rejects_garbage(tmp_path: Path) -> None:
     cfg = {
+        "model_type": "llama",
         "num_hidden_layers": 2,
         "hidden_size": 64,
         "num_attention_heads": 4,
@@ -198,3 +199,51 @@ def test_load_awq_and_rejects_garbage(tmp_path: Path) -> None:
         load_model_config(_write(tmp_path, {"hidden_size": 8}))
     with pytest.raises(ConfigError):
         load_model_config(tmp_path / "missing.json")
+
+
+GEMMA2_9B = {  # google/gemma-2-9b config.json (tie_word_embeddings omitted: Gemma2Config ties by default)
+    "architectures": ["Gemma2ForCausalLM"],
+    "model_type": "gemma2",
+    "num_hidden_layers": 42,
+    "hidden_size": 3584,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 256,
+    "intermediate_size": 14336,
+    "vocab_size": 256000,
+    "max_position_embeddings": 8192,
+}
+
+
+def test_family_default_ties_gemma2_embeddings(tmp_path: Path) -> None:
+    # 42 x (3 x 14.68M attention + 154.1M MLP) + one 256,000 x 3,584 embedding = 9.24B (card: 9.24B); read
+    # as untied it would be 10.16B, 10 % high
+    spec = load_model_config(_write(tmp_path, GEMMA2_9B))
+    assert spec.tie_word_embeddings
+    assert spec.total_params / 1e9 == pytest.approx(9.24, abs=0.01)
+    untied = load_model_config(_write(tmp_path, {**GEMMA2_9B, "tie_word_embeddings": False}))
+    assert untied.total_params / 1e9 == pytest.approx(10.16, abs=0.01)
+    # the family is also read from the architecture when model_type is absent
+    arch_only = {k: v for k, v in GEMMA2_9B.items() if k != "model_type"}
+    assert load_model_config(_write(tmp_path, arch_only)).tie_word_embeddings
+
+
+def test_unknown_family_is_refused_unless_it_says_how_it_ties(tmp_path: Path) -> None:
+    cfg = {**GEMMA2_9B, "model_type": "brandnew", "architectures": ["BrandNewForCausalLM"]}
+    with pytest.raises(ConfigError) as err:
+        load_model_config(_write(tmp_path, cfg))
+    assert err.value.field == "model_type"
+    assert "brandnew" in str(err.value)
+    assert load_model_config(_write(tmp_path, {**cfg, "tie_word_embeddings": True})).tie_word_embeddings
+
+
+def test_hf_id_and_served_name_override_the_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    cfg = {k: v for k, v in GEMMA2_9B.items()}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert (load_model_config(folder).hf_id, load_model_config(folder).id) == ("cfg", "cfg")
+    spec = load_model_config(folder, hf_id="google/gemma-2-9b-it")
+    assert (spec.hf_id, spec.id) == ("google/gemma-2-9b-it", "gemma-2-9b-it")
+    spec = load_model_config(folder, hf_id="google/gemma-2-9b-it", served_name="gemma")
+    assert (spec.hf_id, spec.id) == ("google/gemma-2-9b-it", "gemma")

@@ -15,6 +15,7 @@ import pytest
 EKSINFER = [sys.executable, "-m", "eksinfer.cli.main"]
 BINARY = b"\x00\x01\xff\xfe"
 HF_BASE = {
+    "model_type": "llama",
     "num_hidden_layers": 32,
     "hidden_size": 4096,
     "num_attention_heads": 32,

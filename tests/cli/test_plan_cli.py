@@ -146,3 +146,41 @@ def test_new_flags_reach_the_plan_and_bad_values_name_the_flag() -> None:
         assert proc.returncode == 2
         assert proc.stderr.startswith(f"error: {flag}"), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+MISTRAL_7B = {  # mistralai/Mistral-7B-Instruct-v0.3 config.json, without _name_or_path (as downloaded)
+    "architectures": ["MistralForCausalLM"],
+    "model_type": "mistral",
+    "num_hidden_layers": 32,
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 14336,
+    "vocab_size": 32768,
+    "max_position_embeddings": 32768,
+}
+
+
+def test_model_config_with_hf_id_and_served_name(tmp_path: Path) -> None:
+    """The folder name must not become the checkpoint (`vllm serve cfg`): --hf-id names it, --served-name
+    names what clients send; the rendered engine serves exactly those."""
+    pytest.importorskip("eksinfer.deploy.render", reason="the deploy renderer is not in this build")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(MISTRAL_7B))
+    doc = json.loads(_invoke("--model-config", str(tmp_path / "cfg"), "--json"))
+    assert doc["model"]["hf_id"] == "cfg"  # what the issue saw: named after the folder
+    out = tmp_path / "tree"
+    args = ["--model-config", str(tmp_path / "cfg"), "--hf-id", "mistralai/Mistral-7B-Instruct-v0.3"]
+    doc = json.loads(_invoke(*args, "--served-name", "mistral-7b", "--json", "--render", str(out)))
+    assert (doc["model"]["hf_id"], doc["model"]["id"]) == ("mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b")
+    [dep] = [p for p in (out / "engines").glob("deployment-*.yaml")]
+    text = dep.read_text()
+    assert "- mistralai/Mistral-7B-Instruct-v0.3" in text
+    assert "--served-model-name\n        - mistral-7b" in text
+
+
+def test_hf_id_needs_model_config() -> None:
+    proc = _run("--model", "llama-3.1-8b", "--hf-id", "meta-llama/Llama-3.1-8B")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --hf-id: only with --model-config")

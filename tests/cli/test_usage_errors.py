@@ -9,6 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
+
+from eksinfer.cli.main import SUBCOMMANDS, build_app
 
 EKSINFER = [sys.executable, "-m", "eksinfer.cli.main"]
 
@@ -41,3 +44,11 @@ def test_lint_lists_its_rules_without_a_folder() -> None:
     rules = [line.split()[0] for line in proc.stdout.splitlines()]
     assert "tp-without-shm" in rules
     assert len(rules) == len(set(rules)) >= 20
+
+
+@pytest.mark.parametrize("command", [name for name, _ in SUBCOMMANDS])
+def test_every_command_prints_its_help(command: str) -> None:
+    """Help text goes through rich markup: a stray [/...] in an option's help crashed `render --help`."""
+    result = CliRunner().invoke(build_app(), [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output

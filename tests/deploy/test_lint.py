@@ -118,6 +118,13 @@ def nodepool(group: str = "eks.amazonaws.com", **spec_over: Any) -> Obj:
     return out
 
 
+def labelled_pool() -> Obj:
+    """An Auto Mode NodePool whose nodes opt out of the GPU Operator's device plugin."""
+    out = nodepool()
+    out["spec"]["template"]["metadata"] = {"labels": {"nvidia.com/gpu.deploy.device-plugin": "false"}}
+    return out
+
+
 def gateway_cm(preset: str = "kv-aware") -> Obj:
     cfg = {
         "endpoints": {"kubernetes": {"namespace": "x", "label_selector": "app=llm"}},
@@ -220,12 +227,28 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         [
             nodepool(),
             {"driver": {"enabled": False}, "toolkit": {"enabled": False}, "dcgmExporter": {"enabled": True}},
+            device_plugin_ds(),
         ],
         [
-            nodepool(),
-            {"driver": {"enabled": False}, "devicePlugin": {"enabled": False}},
+            labelled_pool(),
+            {"driver": {"enabled": False}, "devicePlugin": {"enabled": True}},
             device_plugin_ds({"eks.amazonaws.com/compute-type": "hybrid"}),
         ],
+    ),
+    "device-plugin-off-cluster-wide": (
+        [labelled_pool(), {"driver": {"enabled": False}, "devicePlugin": {"enabled": False}}],
+        [
+            labelled_pool(),
+            {"driver": {"enabled": False}, "devicePlugin": {"enabled": True}},
+            # with DRA the DRA driver advertises GPUs, so no plugin anywhere is right
+            dra_engine(),
+            RCT,
+            {"driver": {"enabled": False}, "devicePlugin": {"enabled": False}},
+        ],
+    ),
+    "gpu-operator-nfd-off": (
+        [{"driver": {"enabled": False}, "devicePlugin": {"enabled": True}, "nfd": {"enabled": False}}],
+        [{"driver": {"enabled": False}, "devicePlugin": {"enabled": True}, "nfd": {"enabled": True}}],
     ),
     "dra-on-karpenter": ([nodepool("karpenter.k8s.aws"), dra_engine(), RCT], [dra_engine(), RCT]),
     "tp-without-shm": (
@@ -273,6 +296,15 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         ],
     ),
     "multi-node-without-efa": ([lws(efa=False)], [lws(efa=True), engine()]),
+    "replicas-fight-keda": (
+        [mutate(engine(), lambda o: o["spec"].update(replicas=3)), so()],
+        [
+            engine(),
+            so(),
+            # a fixed-size workload no ScaledObject targets may keep its replicas
+            mutate(engine(), lambda o: (o["spec"].update(replicas=3), o["metadata"].update(name="fixed"))),
+        ],
+    ),
     "keda-faster-than-nodes": (
         [engine(), so(window=None), so(up_period=15) | {"metadata": {"name": "fast-up"}}],
         [engine(), so(window=1200, up_period=300), so(target="cpu-only-app", window=None)],

@@ -116,10 +116,8 @@ def test_tier1_engine_by_hand() -> None:
     assert (c["startupProbe"]["periodSeconds"], c["startupProbe"]["failureThreshold"]) == (10, 60)
     # g6e.xlarge: 4 vCPU, 32 GiB; one GPU of one -> cpu floor(4*0.85)=3, memory floor(32*0.8)=25Gi
     assert c["resources"]["requests"] == {"cpu": "3", "memory": "25Gi", "nvidia.com/gpu": "1"}
-    assert pod["nodeSelector"] == {
-        "karpenter.sh/nodepool": "qwen3-32b-gpu",
-        "eks.amazonaws.com/instance-family": "g6e",
-    }
+    # every NodePool of the plan (primary, on-demand fallback) labels its nodes with the pool group
+    assert pod["nodeSelector"] == {"eksinfer.io/gpu-pool": "qwen3-32b-gpu"}
     [pool] = _objs(tree, "NodePool")
     assert pool["spec"]["template"]["spec"]["nodeClassRef"] == {
         "group": "eks.amazonaws.com",
@@ -141,11 +139,30 @@ def test_label_prefix_switches_with_mode() -> None:
     assert 'pull-mode = "parallel-pull-unpack"' in cls["spec"]["userData"]
     assert cls["spec"]["instanceStorePolicy"] == "RAID0"
     values = yaml.safe_load(karp.files["helm/gpu-operator-values.yaml"])
-    assert values["devicePlugin"]["enabled"] is False  # Bottlerocket NVIDIA ships its own
-    auto = yaml.safe_load(build_tree(plans.tier1("auto-mode")).files["helm/gpu-operator-values.yaml"])
-    assert auto["devicePlugin"]["enabled"] is False
-    assert auto["driver"]["enabled"] is False
+    # Bottlerocket NVIDIA ships its own plugin: the pool opts out, the operator keeps it for other nodes
+    assert values["devicePlugin"]["enabled"] is True
+    assert pool["spec"]["template"]["metadata"]["labels"]["nvidia.com/gpu.deploy.device-plugin"] == "false"
+
+
+def test_gpu_operator_values_follow_the_design_on_auto_mode() -> None:
+    """driver and toolkit off, the device plugin off only through the NodePool label, NFD/GFD/DCGM on,
+    each value explained by a comment in the file."""
+    tree = build_tree(plans.tier1("auto-mode"))
+    text = tree.files["helm/gpu-operator-values.yaml"]
+    auto = yaml.safe_load(text)
+    assert (auto["driver"]["enabled"], auto["toolkit"]["enabled"]) == (False, False)
+    assert auto["devicePlugin"]["enabled"] is True
+    assert (auto["nfd"]["enabled"], auto["gfd"]["enabled"], auto["dcgmExporter"]["enabled"]) == (True,) * 3
+    [pool] = _objs(tree, "NodePool")
+    assert pool["spec"]["template"]["metadata"]["labels"]["nvidia.com/gpu.deploy.device-plugin"] == "false"
     assert "DCGM_FI_PROF_SM_ACTIVE" in auto["dcgmExporter"]["config"]["data"]
+    lines = text.splitlines()
+    for key in auto:
+        i = lines.index(f"{key}:")
+        assert lines[i - 1].startswith("# "), f"{key} has no comment above it"
+    assert "allocatable 0" in text
+    mng = build_tree(plans.tier1("managed-node-group"))
+    assert "nvidia.com/gpu.deploy.device-plugin" not in mng.files["cluster/eksctl-nodegroup.yaml"]
 
 
 def test_tier2_keda_and_limits() -> None:
@@ -298,14 +315,13 @@ def test_hybrid_gateway_discovers_each_pool_on_its_own() -> None:
         assert matching[0].endswith("-onprem") == (found.pool == "onprem")
 
 
-def test_s3_streaming_and_inference_pool_options() -> None:
-    opts = RenderOptions(model_s3_uri="s3://models/qwen3-32b", inference_pool=True)
+def test_s3_streaming_option() -> None:
+    opts = RenderOptions(model_s3_uri="s3://models/qwen3-32b")
     tree = build_tree(plans.tier1("auto-mode"), opts)
     c = _objs(tree, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     assert c["command"][2] == "s3://models/qwen3-32b"
     assert "runai_streamer" in c["args"]
     assert not _objs(tree, "PersistentVolumeClaim")
-    assert _objs(tree, "InferencePool")
     assert [str(p) for p in validate_objects(tree.all_objects())] == []
 
 

@@ -154,7 +154,7 @@ async def test_malformed_headers_get_an_openai_400_and_one_warning(
 
 async def test_engine_address_is_not_sent_to_clients_unless_asked(engine: FakeEngine) -> None:
     for expose, expected in ((False, None), (True, engine.url.removeprefix("http://"))):
-        runtime = await start([engine.url], server={"expose_endpoint_header": expose})
+        runtime = await start([engine.url], server={"route_headers": expose})
         try:
             async with httpx.AsyncClient() as client:
                 r = await client.post(f"http://127.0.0.1:{port(runtime)}/v1/chat/completions", content=CHAT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(30)
 async def start_gateway(engines: list[FakeEngine], scrape_failures: int = 2, **server: Any) -> GatewayRuntime:
     config = parse_config(
         {
-            "server": {"host": "127.0.0.1", "port": 0, **server},
+            "server": {"host": "127.0.0.1", "port": 0, "route_headers": True, **server},
             "endpoints": {"static": [{"url": e.url} for e in engines]},
             "scrape": {"interval_s": 0.05, "stale_after_s": 1.0, "unhealthy_after_failures": scrape_failures},
         }
@@ -107,7 +108,7 @@ async def test_completion_and_round_robin(gateway: GatewayRuntime, engines: list
 
 async def test_models_is_the_union_of_endpoints() -> None:
     first, second = await FakeEngine(model="a").start(), await FakeEngine(model="b").start()
-    runtime = await start_gateway([first, second], expose_endpoint_header=True)
+    runtime = await start_gateway([first, second])
     try:
         async with httpx.AsyncClient() as client:
             doc = (await client.get(base(runtime) + "/v1/models")).json()
@@ -400,7 +401,7 @@ async def test_real_router_kv_aware_through_the_gateway(engines: list[FakeEngine
     """The real router (kv-aware preset, approximate tokenizer since the fake engine has no /tokenize)."""
     config = parse_config(
         {
-            "server": {"host": "127.0.0.1", "port": 0},
+            "server": {"host": "127.0.0.1", "port": 0, "route_headers": True},
             "endpoints": {"static": [{"url": e.url, "models": ["tiny"]} for e in engines]},
             "routing": {"preset": "kv-aware", "tokenizer": {"mode": "approx"}},
         }
@@ -460,3 +461,60 @@ async def test_router_bug_gives_an_openai_500(engines: list[FakeEngine]) -> None
         assert "Traceback" not in r.text
     finally:
         await runtime.stop()
+
+
+async def test_route_headers_are_off_unless_switched_on(engines: list[FakeEngine]) -> None:
+    """They name engine pod addresses: a gateway facing outside clients must not send them by default."""
+    runtime = await start_gateway(engines, route_headers=False)
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(base(runtime) + "/v1/completions", json={"model": "tiny", "prompt": "x"})
+        assert r.status_code == 200
+        assert "x-eksinfer-endpoint" not in r.headers
+        assert "x-eksinfer-route" not in r.headers
+    finally:
+        await runtime.stop()
+    assert parse_config({}).server.route_headers is False
+
+
+@pytest.mark.parametrize(("drain_s", "finishes"), [(30.0, True), (0.05, False)])
+async def test_stop_drains_streams_in_flight_for_drain_timeout(
+    engines: list[FakeEngine], drain_s: float, finishes: bool
+) -> None:
+    """SIGTERM (runtime.stop) closes the port but lets open streams finish for up to drain_timeout_s; a
+    stream still open after that is cut and the engine sees the cancellation. The engine sends each chunk
+    only when the test steps it, so the stream is in flight exactly as long as the test says."""
+    step = asyncio.Event()
+    for engine in engines:
+        engine.behaviour = EngineBehaviour(tokens=4, step=step)
+    runtime = await start_gateway(engines, drain_timeout_s=drain_s)
+    chunks: list[str] = []
+
+    async def read() -> None:
+        body = {"model": "tiny", "prompt": "x", "stream": True}
+        with contextlib.suppress(httpx.HTTPError):
+            async with (
+                httpx.AsyncClient() as client,
+                client.stream("POST", base(runtime) + "/v1/completions", json=body) as resp,
+            ):
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:") and line != "data: [DONE]":
+                        chunks.append(line)
+
+    reader = asyncio.create_task(read())
+    await until(lambda: len(chunks) == 1, what="first chunk through the gateway")
+    stopping = asyncio.create_task(runtime.stop())
+    if finishes:
+        for _ in range(3):  # the engine holds each remaining chunk until stepped
+            step.set()
+            await until(lambda: not step.is_set(), what="engine sent the next chunk")
+        await reader
+        await stopping
+        assert len(chunks) == 4
+        assert (sum(e.completed for e in engines), sum(e.cancelled for e in engines)) == (1, 0)
+    else:
+        await stopping  # returns although the engine still holds the stream: the drain time is over
+        await reader
+        await until(lambda: sum(e.cancelled for e in engines) == 1, what="engine sees the cut stream")
+        assert len(chunks) == 1
+        assert sum(e.completed for e in engines) == 0

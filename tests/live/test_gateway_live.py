@@ -47,7 +47,7 @@ def _gateway(servers: list[LiveServer], model: Path, workdir: Path, tokenizer: s
     events_port = int(servers[0].events.rsplit(":", 1)[1])
     replay_port = int(servers[0].replay.rsplit(":", 1)[1])
     config = {
-        "server": {"host": "127.0.0.1", "port": port},
+        "server": {"host": "127.0.0.1", "port": port, "route_headers": True},
         "endpoints": {"static": [{"url": s.url, "kv_events": s.events} for s in servers]},
         "scrape": {"interval_s": 0.2},
         "routing": {

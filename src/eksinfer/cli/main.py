@@ -9,6 +9,7 @@ import typer
 
 from eksinfer import __version__
 from eksinfer.errors import EksinferError
+from eksinfer.extras import missing_extra_hint
 
 # (module under eksinfer.cli, command name, help). Each module exposes `register(app)`.
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
@@ -19,6 +20,7 @@ SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("up", "Start a local stack: simulated engines behind the gateway."),
     ("render", "Render EKS manifests for a plan."),
     ("lint", "Check Kubernetes manifests for known GPU-serving pitfalls."),
+    ("doctor", "Check that a cluster has what a rendered tree needs."),
 )
 
 
@@ -72,6 +74,13 @@ def run() -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ModuleNotFoundError as err:
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        hint = missing_extra_hint(err, command)
+        if hint is None:
+            raise
+        typer.echo(f"error: {hint}", err=True)
+        sys.exit(2)
     except Exception as err:  # click's usage errors arrive here in non-standalone mode
         line = _usage_line(err)
         if line is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ def build_request(
     model: str | None,
     model_config: Path | None,
     traffic: dict[str, Any],
+    hf_id: str | None = None,
+    served_name: str | None = None,
     slo: dict[str, Any],
     constraints: dict[str, Any],
 ) -> PlanRequest:
@@ -36,7 +39,20 @@ def build_request(
 
     if (model is None) == (model_config is None):
         raise UsageError("give exactly one of --model ID or --model-config PATH", field="--model")
-    spec = get_model(model) if model is not None else load_model_config(model_config)  # type: ignore[arg-type]
+    for flag, value in (("--hf-id", hf_id), ("--served-name", served_name)):
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            raise UsageError(f"{value!r} is empty or has spaces", field=flag)
+    if model is not None:
+        if hf_id is not None:
+            raise UsageError(
+                "only with --model-config (catalog models know their checkpoints)", field="--hf-id"
+            )
+        spec = get_model(model)
+        if served_name is not None:
+            spec = dataclasses.replace(spec, id=served_name)
+    else:
+        assert model_config is not None
+        spec = load_model_config(model_config, hf_id=hf_id, served_name=served_name)
     on_prem = _on_prem(constraints.pop("on_prem"))
     pool = None
     if on_prem:
@@ -251,6 +267,15 @@ def register(app: typer.Typer) -> None:
         model_config: Path | None = typer.Option(
             None, "--model-config", help="A local Hugging Face config.json."
         ),
+        hf_id: str | None = typer.Option(
+            None,
+            "--hf-id",
+            help="Checkpoint vLLM serves for --model-config, e.g. mistralai/Mistral-7B-Instruct-v0.3 "
+            "(default: the config's _name_or_path, else its folder).",
+        ),
+        served_name: str | None = typer.Option(
+            None, "--served-name", help="Model name clients send (vLLM --served-model-name)."
+        ),
         input_tokens: int = typer.Option(1024, "--input-tokens", help="Mean prompt length, tokens."),
         output_tokens: int = typer.Option(256, "--output-tokens", help="Mean generated length, tokens."),
         requests_per_s: float | None = typer.Option(
@@ -298,6 +323,8 @@ def register(app: typer.Typer) -> None:
         request = build_request(
             model=model,
             model_config=model_config,
+            hf_id=hf_id,
+            served_name=served_name,
             traffic={
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,

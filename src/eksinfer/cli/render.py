@@ -43,16 +43,47 @@ def register(app: typer.Typer) -> None:
         model_s3: str | None = typer.Option(
             None, "--model-s3", help="s3://bucket/prefix holding the weights: stream them, no cache volume."
         ),
-        inference_pool: bool = typer.Option(
-            False, "--inference-pool", help="Also emit Gateway API Inference Extension InferencePools."
+        inference_pool: bool = typer.Option(False, "--inference-pool", hidden=True),
+        expose: str = typer.Option(
+            "none", "--expose", help="How outside clients reach the gateway: none, httproute or alb."
         ),
+        gateway_ref: str | None = typer.Option(
+            None,
+            "--gateway-ref",
+            help="NAMESPACE/NAME or NAMESPACE/NAME/LISTENER of the Gateway an HTTPRoute attaches to.",
+        ),
+        certificate_arn: str | None = typer.Option(
+            None, "--certificate-arn", help="ACM certificate of the ALB's HTTPS listener (--expose alb)."
+        ),
+        hostname: str | None = typer.Option(None, "--hostname", help="Host name clients use (optional)."),
         image_snapshot: str | None = typer.Option(
             None, "--image-snapshot", help="EBS snapshot id with the engine image pre-pulled (Karpenter)."
         ),
         engine_image: str | None = typer.Option(
             None, "--engine-image", help="vLLM image (default vllm/vllm-openai)."
         ),
-        gateway_image: str | None = typer.Option(None, "--gateway-image", help="eksinfer gateway image."),
+        gateway_image: str | None = typer.Option(
+            None, "--gateway-image", help="eksinfer gateway image, e.g. a private ECR copy."
+        ),
+        prometheus_url: str | None = typer.Option(
+            None,
+            "--prometheus-url",
+            help="Prometheus that KEDA queries (default http://prometheus-operated.monitoring.svc:9090).",
+        ),
+        capacity_reservation: list[str] | None = typer.Option(
+            None,
+            "--capacity-reservation",
+            help="ODCR or Capacity Block for the GPU nodes: a cr-... id or KEY=VALUE tag (repeatable; "
+            "Karpenter).",
+        ),
+        placement_group: str | None = typer.Option(
+            None, "--placement-group", help="Existing cluster placement group for the GPU nodes (Karpenter)."
+        ),
+        route_headers: bool = typer.Option(
+            False,
+            "--route-headers",
+            help="Gateway responses carry x-eksinfer-endpoint / x-eksinfer-route (they name pod addresses).",
+        ),
         pd_backend: str = typer.Option(
             "disaggregatedset", "--pd-backend", help="Multi-node prefill/decode: disaggregatedset or lws."
         ),
@@ -64,8 +95,20 @@ def register(app: typer.Typer) -> None:
 
         if model_s3 is not None and not model_s3.startswith("s3://"):
             raise ConfigError("must start with s3://", field="--model-s3")
+        if inference_pool:
+            raise ConfigError(
+                "removed: the gateway does not implement the endpoint-picker (ext_proc) protocol an "
+                "InferencePool needs; use --expose httproute or alb (docs/deploy.md, Exposure)",
+                field="--inference-pool",
+            )
+        if expose not in ("none", "httproute", "alb"):
+            raise ConfigError("must be none, httproute or alb", field="--expose")
         if pd_backend not in ("disaggregatedset", "lws"):
             raise ConfigError("must be disaggregatedset or lws", field="--pd-backend")
+        if prometheus_url is not None and not prometheus_url.startswith(("http://", "https://")):
+            raise ConfigError("must be an http:// or https:// URL", field="--prometheus-url")
+        if gateway_image is not None and (not gateway_image.strip() or " " in gateway_image):
+            raise ConfigError("must be an image reference like REGISTRY/NAME:TAG", field="--gateway-image")
         plan = load_plan(plan_file)
         assert isinstance(plan, Plan)
         defaults = RenderOptions()
@@ -75,9 +118,16 @@ def register(app: typer.Typer) -> None:
             namespace=namespace,
             cluster_name=cluster,
             model_s3_uri=model_s3,
-            inference_pool=inference_pool,
+            expose="httproute" if expose == "httproute" else "alb" if expose == "alb" else "none",
+            gateway_ref=gateway_ref,
+            certificate_arn=certificate_arn,
+            hostname=hostname,
             image_snapshot_id=image_snapshot,
             pd_backend="lws" if pd_backend == "lws" else "disaggregatedset",
+            prometheus_url=prometheus_url or defaults.prometheus_url,
+            route_headers=route_headers,
+            capacity_reservations=tuple(capacity_reservation or ()),
+            placement_group=placement_group,
         )
         written = render_plan(plan, output, options=options)
         for path in written:

@@ -1,17 +1,30 @@
 """Cluster add-ons a plan needs: GPU Operator and Cluster Autoscaler Helm values, the NVIDIA DRA driver
 values, and the device plugin for EKS Hybrid Nodes.
 
-GPU Operator per mode (anchors D.5): every mode here boots an image with the NVIDIA driver and container
-toolkit already installed (Auto Mode, the Bottlerocket / AL2023 NVIDIA variants, the EKS accelerated AMI), so
-`driver` and `toolkit` are off. The device plugin is off where the node brings its own (Auto Mode: a second
-plugin makes allocatable 0; Bottlerocket NVIDIA; DRA replaces it) and on otherwise. DCGM exporter is always
-on, with a metrics CSV that adds `DCGM_FI_PROF_SM_ACTIVE` (commented out in the exporter's default CSV,
-anchors E.1).
+GPU Operator (anchors D.5, as the design asks): every mode here boots an image with the NVIDIA driver and
+container toolkit already installed (Auto Mode, the Bottlerocket / AL2023 NVIDIA variants, the EKS
+accelerated AMI), so `driver` and `toolkit` are off. The device plugin stays on cluster-wide and is turned
+off per pool by the node label `nvidia.com/gpu.deploy.device-plugin: "false"` where the node brings its own
+(Auto Mode, where a second plugin makes allocatable 0; Bottlerocket NVIDIA) or where DRA replaces it: a
+GPU node added later by someone else still gets a plugin. NFD, GFD and the DCGM exporter are on: NFD's PCI
+labels are how the operator finds GPU nodes at all, so with NFD off no GFD labels and no DCGM metrics.
+Each value is written with a comment that says why (`gpu_operator_comments`).
 """
 
 from __future__ import annotations
 
 from eksinfer.deploy.context import GPU_TAINT, Ctx, Obj
+
+# The operator adds `nvidia.com/gpu.deploy.<operand>=true` only where the label is missing, so a pool's own
+# "false" opts its nodes out of that operand (GPU Operator docs, "per-node operand deployment").
+DEVICE_PLUGIN_OPT_OUT = {"nvidia.com/gpu.deploy.device-plugin": "false"}
+
+
+def device_plugin_opt_out(ctx: Ctx) -> bool:
+    """True when this plan's GPU nodes must not get the operator's device plugin."""
+    bottlerocket = ctx.mode == "karpenter" and not ctx.plan.nodes.mig_profile
+    return ctx.mode == "auto-mode" or bottlerocket or ctx.plan.nodes.needs_dra
+
 
 DCGM_CSV_NAME = "eksinfer-dcgm-metrics"
 # Format: DCGM field, Prometheus type, help (dcgm-exporter etc/default-counters.csv).
@@ -38,8 +51,6 @@ def dcgm_csv() -> str:
 def gpu_operator_values(ctx: Ctx) -> Obj:
     auto = ctx.mode == "auto-mode"
     mig = bool(ctx.plan.nodes.mig_profile)
-    bottlerocket = ctx.mode == "karpenter" and not mig
-    device_plugin = not (auto or bottlerocket or ctx.plan.nodes.needs_dra)
     tolerations: list[Obj] = [{"key": GPU_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
     if auto:
         tolerations.append(
@@ -54,13 +65,13 @@ def gpu_operator_values(ctx: Ctx) -> Obj:
         "operator": {"defaultRuntime": "containerd"},
         "driver": {"enabled": False},
         "toolkit": {"enabled": False},
-        "devicePlugin": {"enabled": device_plugin},
+        "devicePlugin": {"enabled": True},
+        "nfd": {"enabled": True},
+        "node-feature-discovery": {"worker": {"tolerations": tolerations}},
         "gfd": {"enabled": True},
-        "nfd": {"enabled": not auto},
         "migManager": {"enabled": mig},
         "dcgmExporter": {
             "enabled": True,
-            # Scraped by our own ServiceMonitor (honorLabels keeps the exporter's pod/namespace labels).
             "serviceMonitor": {"enabled": False},
             "config": {"name": DCGM_CSV_NAME, "create": True, "data": dcgm_csv()},
         },
@@ -73,8 +84,50 @@ def gpu_operator_values(ctx: Ctx) -> Obj:
         "daemonsets": {"tolerations": tolerations},
     }
     if mig:
-        values["mig"] = {"strategy": "single"}  # every slice is advertised as nvidia.com/gpu
+        values["mig"] = {"strategy": "single"}
     return values
+
+
+def gpu_operator_comments(ctx: Ctx) -> dict[str, str]:
+    """Why each top-level value is what it is, written above it in helm/gpu-operator-values.yaml."""
+    opt_out = device_plugin_opt_out(ctx)
+    mng = ctx.mode == "managed-node-group"
+    where = "the node group (cluster/eksctl-nodegroup.yaml)" if mng else "the NodePool"
+    plugin = (
+        f"On cluster-wide; {where} labels its nodes nvidia.com/gpu.deploy.device-plugin=false because "
+        + (
+            "Auto Mode runs its own plugin (a second one makes nvidia.com/gpu allocatable 0)"
+            if ctx.mode == "auto-mode"
+            else "the NVIDIA DRA driver advertises the GPUs instead"
+            if ctx.plan.nodes.needs_dra
+            else "Bottlerocket NVIDIA runs its own plugin"
+        )
+        + ". Other GPU nodes keep the operator's plugin."
+        if opt_out
+        else "On: nothing else on these nodes advertises nvidia.com/gpu."
+    )
+    return {
+        "operator": "The node images run containerd.",
+        "driver": "Off: the node image ships the NVIDIA driver (Auto Mode, Bottlerocket/AL2023 NVIDIA, "
+        "EKS accelerated AMI).",
+        "toolkit": "Off: the NVIDIA container runtime is part of the same image.",
+        "devicePlugin": plugin,
+        "nfd": "On: NFD's PCI labels (pci-10de) are how the operator finds GPU nodes; without them GFD and "
+        "the DCGM exporter never start.",
+        "node-feature-discovery": "NFD workers must run on the tainted GPU nodes to label them.",
+        "gfd": "On: GPU Feature Discovery labels nodes with GPU product, memory and MIG layout.",
+        "migManager": "On only when the plan partitions GPUs with MIG.",
+        "dcgmExporter": "On: GPU utilisation, memory and SM activity for the dashboard and alerts; scraped "
+        "by the tree's own ServiceMonitor (so the chart's is off), with the metric list in the CSV below.",
+        "nodeStatusExporter": "Off: not needed to serve.",
+        "gds": "Off: weights load over the network (EFS/S3), not GPUDirect Storage.",
+        "gdrcopy": "Off: not used by vLLM's NCCL or NIXL paths here.",
+        "vgpuManager": "Off: bare GPUs, no vGPU.",
+        "vfioManager": "Off: no GPU passthrough to VMs.",
+        "sandboxWorkloads": "Off: no Kata/VM workloads.",
+        "daemonsets": "Operand DaemonSets tolerate the GPU taint (and Auto Mode's compute-type taint).",
+        "mig": "single: every MIG slice is advertised as nvidia.com/gpu.",
+    }
 
 
 def dra_driver_values(ctx: Ctx) -> Obj:

@@ -26,6 +26,7 @@ NIXL_SIDE_CHANNEL_PORT = 5600
 GATEWAY_PORT = 8000
 HASH_SEED = "0"  # must equal the gateway's (eksinfer.kvcache.hashing.DEFAULT_HASH_SEED)
 GPU_TAINT = "nvidia.com/gpu"
+POOL_GROUP_LABEL = "eksinfer.io/gpu-pool"
 LABEL_PREFIX = {"auto-mode": "eks.amazonaws.com", "karpenter": "karpenter.k8s.aws"}
 # EFA interfaces per instance type family (AWS "Supported instance types" for EFA; p5/p5e 32 x 100 Gbit/s,
 # p5en and p6-b200 16 / 8 of the newer 200 / 400 Gbit/s cards, p4d 4 x 100). The plan carries only bandwidth.
@@ -45,12 +46,21 @@ class RenderOptions:
     model_cache_storage_class: str = "efs-sc"  # a ReadWriteMany class (EFS or FSx for Lustre CSI)
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     prometheus_release: str = "kube-prometheus-stack"  # kube-prometheus-stack selects by `release`
-    inference_pool: bool = False  # also emit a GAIE InferencePool per engine pool
+    # How clients outside the cluster reach the gateway (deploy/exposure.py); none: port-forward or your own.
+    expose: Literal["none", "httproute", "alb"] = "none"
+    gateway_ref: str | None = None  # NAMESPACE/NAME[/LISTENER] of an existing Gateway (httproute)
+    certificate_arn: str | None = None  # ACM certificate for the ALB's HTTPS listener (alb)
+    hostname: str | None = None
     node_role: str | None = None  # IAM role of GPU nodes; default per mode
     image_snapshot_id: str | None = None  # EBS snapshot with the engine image pre-pulled (Bottlerocket)
     soci_parallel_pull: bool = True
     pd_backend: Literal["disaggregatedset", "lws"] = "disaggregatedset"
     hf_token_secret: str = "hf-token"
+    # Capacity reservations (ODCR or Capacity Blocks for ML): `cr-...` ids or `key=value` tags (Karpenter).
+    capacity_reservations: tuple[str, ...] = ()
+    placement_group: str | None = None  # an existing cluster placement group for multi-node EFA groups
+    route_headers: bool = False  # gateway response headers naming engine pods (trusted clients only)
+    gateway_replicas: int = 2  # at least 2, spread over nodes and zones
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -114,10 +124,9 @@ class Ctx:
     def node_selector(self) -> dict[str, str]:
         if self.mode == "managed-node-group":
             return {"eks.amazonaws.com/nodegroup": self.pool_name}
-        return {
-            "karpenter.sh/nodepool": self.pool_name,
-            f"{self.label_prefix}/instance-family": self.plan.instance.family,
-        }
+        # Every NodePool of this plan (primary, on-demand fallback) labels its nodes with the pool group, so
+        # pods follow whichever one had capacity; the pools' requirements pin the instance types.
+        return {POOL_GROUP_LABEL: self.pool_name}
 
     @property
     def mig_slices(self) -> int:
@@ -156,6 +165,36 @@ class Ctx:
         capture and compile, never under 10 minutes (vLLM of any size routinely needs several)."""
         return max(600, math.ceil(2 * self.plan.prediction.load_time_s + 300))
 
+    def longest_request_s(self) -> int:
+        """How long the longest ordinary request runs: TTFT plus 5x the mean output at the predicted TPOT.
+        Output lengths are roughly exponential, whose 99th percentile is ln(100) = 4.6x the mean; 5x
+        rounds that up. Clamped to [60 s, 1 h] so shutdown neither cuts streams nor hangs a node drain."""
+        p = self.plan
+        tokens = min(5 * p.traffic.output_tokens, max(1, p.roles[0].engine.max_model_len))
+        return min(3600, max(60, math.ceil(p.prediction.ttft_s + tokens * p.prediction.tpot_s)))
+
+    def zone_spread(self, selector: Mapping[str, str]) -> list[Obj]:
+        """Spread over zones when capacity allows (ScheduleAnyway: a GPU shortage in one zone must not leave
+        pods Pending)."""
+        return [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(selector)},
+            }
+        ]
+
+    def pdb(self, name: str, component: str, selector: Mapping[str, str], extra: Mapping[str, str]) -> Obj:
+        """At most one pod of the set evicted at a time (node drains, Karpenter expiry); maxUnavailable, not
+        minAvailable, so a single replica never blocks a drain forever."""
+        return {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": self.meta(name, component, extra),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
+        }
+
     def node_startup_s(self) -> int:
         return max(60, math.ceil(self.plan.nodes.node_startup_s))
 
@@ -182,6 +221,19 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
         )
     if not plan.roles:
         raise ConfigError("a plan needs at least one role", field="roles")
+    opts = opts or RenderOptions()
+    _check_exposure(opts)
+    if (opts.capacity_reservations or opts.placement_group) and plan.nodes.provisioning != "karpenter":
+        raise ConfigError(
+            "capacity reservations and placement groups are rendered for Karpenter's EC2NodeClass only; "
+            "the plan provisions with " + plan.nodes.provisioning,
+            field="--capacity-reservation" if opts.capacity_reservations else "--placement-group",
+        )
+    for term in opts.capacity_reservations:
+        if not (re.fullmatch(r"cr-[0-9a-z]+", term) or re.fullmatch(r"[^=\s]+=[^=\s]+", term)):
+            raise ConfigError(
+                f"{term!r} is neither a cr-... id nor KEY=VALUE", field="--capacity-reservation"
+            )
     for i, role in enumerate(plan.roles):
         if plan.routing.strategy == "kv-aware" and not role.engine.enable_prefix_caching:
             raise ConfigError(
@@ -191,4 +243,23 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
             raise ConfigError(
                 "GPUs do not split evenly across nodes", field=f"roles[{i}].engine.gpus_per_replica"
             )
-    return Ctx(plan, opts or RenderOptions())
+    return Ctx(plan, opts)
+
+
+def _check_exposure(opts: RenderOptions) -> None:
+    if opts.expose == "httproute" and not re.fullmatch(
+        r"[a-z0-9-]+/[a-z0-9.-]+(/[a-z0-9.-]+)?", opts.gateway_ref or ""
+    ):
+        raise ConfigError(
+            "an HTTPRoute attaches to an existing Gateway: give NAMESPACE/NAME[/LISTENER]",
+            field="--gateway-ref",
+        )
+    if opts.expose == "alb" and not re.fullmatch(
+        r"arn:aws[-a-z]*:acm:[^:]+:\d{12}:certificate/[-0-9a-f]+", opts.certificate_arn or ""
+    ):
+        raise ConfigError(
+            "an ALB serves HTTPS with an ACM certificate: give arn:aws:acm:REGION:ACCOUNT:certificate/ID",
+            field="--certificate-arn",
+        )
+    if opts.hostname is not None and not re.fullmatch(r"[a-z0-9*]([-a-z0-9.]*[a-z0-9])?", opts.hostname):
+        raise ConfigError(f"{opts.hostname!r} is not a DNS name", field="--hostname")

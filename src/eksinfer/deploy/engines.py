@@ -30,6 +30,12 @@ from eksinfer.planner.schema import PlanRole
 RAY_SCRIPT = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
 MODEL_MOUNT = "/models"
 GROUP_SIZE_ANNOTATION = "leaderworkerset.sigs.k8s.io/exclusive-topology"
+PRE_STOP_S = 30  # the gateway's watch drops a terminating pod within seconds; 30 s as GAIE's reference pod
+
+
+def termination_grace_s(ctx: Ctx) -> int:
+    """preStop, then the longest request the plan expects still streaming, then 10 s to exit."""
+    return PRE_STOP_S + ctx.longest_request_s() + 10
 
 
 def model_ref(ctx: Ctx) -> str:
@@ -165,7 +171,7 @@ def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = "cl
             ports.append({"name": "nixl", "containerPort": NIXL_SIDE_CHANNEL_PORT})
         out["ports"] = ports
         out |= _probes(ctx)
-        out["lifecycle"] = {"preStop": {"sleep": {"seconds": 30}}}
+        out["lifecycle"] = {"preStop": {"sleep": {"seconds": PRE_STOP_S}}}
     out["resources"] = {"requests": res_req, "limits": res_lim}
     if ctx.plan.nodes.needs_dra:
         out["resources"]["claims"] = [{"name": "gpus"}]
@@ -203,7 +209,7 @@ def pod_template(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = 
         )
     spec: Obj = {
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 130,  # preStop 30 s + in-flight requests (GAIE reference pod)
+        "terminationGracePeriodSeconds": termination_grace_s(ctx),
         "nodeSelector": {"eks.amazonaws.com/compute-type": "hybrid"}
         if pool == "onprem"
         else ctx.node_selector(),
@@ -218,6 +224,9 @@ def pod_template(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = 
         spec["automountServiceAccountToken"] = False
     if ctx.plan.nodes.needs_dra:
         spec["resourceClaims"] = [{"name": "gpus", "resourceClaimTemplateName": f"{ctx.name}-gpus"}]
+    if kind == "single" and pool == "cloud":
+        # Multi-node groups stay inside one zone (exclusive-topology); single-node replicas spread.
+        spec["topologySpreadConstraints"] = ctx.zone_spread(selector(ctx, role, pool))
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec}
 
 
@@ -226,27 +235,38 @@ def selector(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> dict[str, str]:
 
 
 def deployment(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> Obj:
+    """The cloud pool's replicas belong to KEDA (a `spec.replicas` here would reset its scale on every
+    `kubectl apply`); the on-prem pool is fixed-size and keeps it."""
     name = ctx.workload_name(role) + ("-onprem" if pool == "onprem" else "")
-    replicas = ctx.plan.on_prem.replicas if pool == "onprem" and ctx.plan.on_prem else role.replicas
+    spec: Obj = {}
+    if pool == "onprem" and ctx.plan.on_prem:
+        spec["replicas"] = ctx.plan.on_prem.replicas
+    spec |= {
+        "selector": {"matchLabels": selector(ctx, role, pool)},
+        # One extra replica at a time: a rollout needs at most one GPU slot of headroom.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": pod_template(ctx, role, role.engine.gpus_per_replica, kind="single", pool=pool),
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": ctx.meta(name, "engine", {"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}),
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": selector(ctx, role, pool)},
-            # One extra replica at a time: a rollout needs at most one GPU slot of headroom.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "template": pod_template(ctx, role, role.engine.gpus_per_replica, kind="single", pool=pool),
-        },
+        "spec": spec,
     }
+
+
+def pdb(ctx: Ctx, role: PlanRole, pool: str = "cloud") -> Obj:
+    name = ctx.workload_name(role) + ("-onprem" if pool == "onprem" else "")
+    extra = {"eksinfer.io/role": role.name, "eksinfer.io/pool": pool}
+    return ctx.pdb(name, "engine", selector(ctx, role, pool), extra)
 
 
 def lws_spec(ctx: Ctx, role: PlanRole) -> Obj:
     e = role.engine
     gpus = e.gpus_per_replica // e.nodes_per_replica
+    # No `replicas`: KEDA scales the LeaderWorkerSet (or the DisaggregatedSetRoleScaler) and an apply must
+    # not reset it.
     return {
-        "replicas": role.replicas,
         "startupPolicy": "LeaderCreated",
         "rolloutStrategy": {
             "type": "RollingUpdate",
@@ -377,8 +397,12 @@ def engine_objects(ctx: Ctx) -> list[Obj]:
             objs.append(
                 leaderworkerset(ctx, role) if role.engine.nodes_per_replica > 1 else deployment(ctx, role)
             )
-        objs.append(service(ctx, role))
+        objs += [service(ctx, role), pdb(ctx, role)]
     if p.on_prem and p.on_prem.replicas > 0:
         role = next(r for r in p.roles if r.name in ("engine", "decode"))
-        objs += [deployment(ctx, role, pool="onprem"), service(ctx, role, pool="onprem")]
+        objs += [
+            deployment(ctx, role, pool="onprem"),
+            service(ctx, role, pool="onprem"),
+            pdb(ctx, role, pool="onprem"),
+        ]
     return objs

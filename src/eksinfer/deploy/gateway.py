@@ -1,5 +1,5 @@
 """The eksinfer gateway in the cluster: ConfigMap (its YAML config), ServiceAccount + Role + RoleBinding to
-list/watch engine pods, Deployment, Service, and optionally GAIE InferencePools for Gateway API users.
+list/watch engine pods, Deployment, Service, PodDisruptionBudget, and the exposure chosen (`exposure.py`).
 
 The routing config discovers engines by namespace + label selector
 (`eksinfer.gateway.config.KubernetesDiscovery`) and subscribes to each pod's KV-event port when the plan
@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from eksinfer.deploy.context import ENGINE_PORT, GATEWAY_PORT, HASH_SEED, KV_EVENTS_PORT, Ctx, Obj
+from eksinfer.deploy.exposure import exposure_objects
 
 
 def routed_role(ctx: Ctx) -> str:
@@ -50,8 +51,16 @@ def gateway_config(ctx: Ctx) -> dict[str, Any]:
     discovery: Any = (
         [_discovery(ctx, "cloud"), _discovery(ctx, "onprem")] if hybrid else _discovery(ctx, None)
     )
+    server = {
+        "host": "0.0.0.0",
+        "port": GATEWAY_PORT,
+        # Headers naming engine pods: off for clients outside the cluster (render --route-headers turns on).
+        "route_headers": ctx.opts.route_headers,
+        # Streams in flight may finish after SIGTERM; the pod's grace period is longer (deployment()).
+        "drain_timeout_s": ctx.longest_request_s(),
+    }
     return {
-        "server": {"host": "0.0.0.0", "port": GATEWAY_PORT},
+        "server": server,
         "endpoints": {"kubernetes": discovery},
         "scrape": {"interval_s": 0.2, "stale_after_s": 2.0},
         "routing": {
@@ -92,7 +101,16 @@ def rbac(ctx: Ctx) -> list[Obj]:
     ]
 
 
+GATEWAY_PRE_STOP_S = 10  # for the Service endpoints / load balancer to stop sending new connections
+
+
+def selector(ctx: Ctx) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": ctx.name, "app.kubernetes.io/component": "gateway"}
+
+
 def deployment(ctx: Ctx) -> Obj:
+    """At least two replicas on different nodes and, when possible, zones; on shutdown the pod leaves the
+    Service first (preStop), then drains its streams (server.drain_timeout_s) inside the grace period."""
     name = f"{ctx.name}-gateway"
     labels = ctx.labels("gateway")
     env: list[Obj] = []
@@ -104,17 +122,27 @@ def deployment(ctx: Ctx) -> Obj:
         "kind": "Deployment",
         "metadata": ctx.meta(name, "gateway"),
         "spec": {
-            "replicas": 2,
-            "selector": {
-                "matchLabels": {
-                    "app.kubernetes.io/instance": ctx.name,
-                    "app.kubernetes.io/component": "gateway",
-                }
-            },
+            "replicas": max(2, ctx.opts.gateway_replicas),
+            "selector": {"matchLabels": selector(ctx)},
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": name,
+                    "terminationGracePeriodSeconds": GATEWAY_PRE_STOP_S + ctx.longest_request_s() + 10,
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "topologyKey": "kubernetes.io/hostname",
+                                        "labelSelector": {"matchLabels": selector(ctx)},
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                    "topologySpreadConstraints": ctx.zone_spread(selector(ctx)),
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": 65532,
@@ -129,6 +157,7 @@ def deployment(ctx: Ctx) -> Obj:
                             "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
                             "readinessProbe": {**probe, "httpGet": {"path": "/ready", "port": "http"}},
                             "livenessProbe": {**probe, "failureThreshold": 6},
+                            "lifecycle": {"preStop": {"sleep": {"seconds": GATEWAY_PRE_STOP_S}}},
                             "resources": {
                                 "requests": {"cpu": "1", "memory": "1Gi"},
                                 "limits": {"memory": "2Gi"},
@@ -139,11 +168,16 @@ def deployment(ctx: Ctx) -> Obj:
                                 "capabilities": {"drop": ["ALL"]},
                             },
                             "volumeMounts": [
-                                {"name": "config", "mountPath": "/etc/eksinfer", "readOnly": True}
+                                {"name": "config", "mountPath": "/etc/eksinfer", "readOnly": True},
+                                # the only writable path (HOME in the image) on a read-only root
+                                {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }
                     ],
-                    "volumes": [{"name": "config", "configMap": {"name": name}}],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": name}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
                 },
             },
         },
@@ -157,40 +191,13 @@ def service(ctx: Ctx) -> Obj:
         "metadata": ctx.meta(f"{ctx.name}-gateway", "gateway"),
         "spec": {
             "type": "ClusterIP",
-            "selector": {"app.kubernetes.io/instance": ctx.name, "app.kubernetes.io/component": "gateway"},
+            "selector": selector(ctx),
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
         },
     }
 
 
-def inference_pools(ctx: Ctx) -> list[Obj]:
-    pools = ["cloud", "onprem"] if ctx.plan.on_prem and ctx.plan.on_prem.replicas else ["cloud"]
-    out = []
-    for pool in pools:
-        name = ctx.name if pool == "cloud" else f"{ctx.name}-onprem"
-        out.append(
-            {
-                "apiVersion": "inference.networking.k8s.io/v1",
-                "kind": "InferencePool",
-                "metadata": ctx.meta(name, "engine", {"eksinfer.io/pool": pool}),
-                "spec": {
-                    "selector": {
-                        "matchLabels": {
-                            "app.kubernetes.io/instance": ctx.name,
-                            "eksinfer.io/role": routed_role(ctx),
-                            "eksinfer.io/pool": pool,
-                            "eksinfer.io/serving": "true",
-                        }
-                    },
-                    "targetPorts": [{"number": ENGINE_PORT}],
-                },
-            }
-        )
-    return out
-
-
 def gateway_objects(ctx: Ctx) -> list[Obj]:
-    objs = [configmap(ctx), *rbac(ctx), deployment(ctx), service(ctx)]
-    if ctx.opts.inference_pool:
-        objs += inference_pools(ctx)
-    return objs
+    pdb = ctx.pdb(f"{ctx.name}-gateway", "gateway", selector(ctx), {})
+    objs = [configmap(ctx), *rbac(ctx), deployment(ctx), service(ctx), pdb]
+    return objs + exposure_objects(ctx)

@@ -6,6 +6,14 @@
                         parallel pull; AL2023 NVIDIA when MIG, where the GPU Operator's MIG manager runs)
     managed-node-group  an eksctl ClusterConfig fragment with Cluster Autoscaler tags (the path for DRA)
 
+Capacity: the primary NodePool allows the plan's instance type plus every alternative type from the plan that
+can host the same pods (GPU memory, GPUs, vCPUs and memory per GPU at least the plan's, FP8 support when the
+weights are FP8); Karpenter launches the cheapest available of them, so the list is ordered but not weighted
+further. A spot plan gets a second, on-demand NodePool of lower weight that Karpenter uses when spot has no
+capacity. Capacity reservations (ODCR, Capacity Blocks for ML) and a cluster placement group are EC2NodeClass
+options (`--capacity-reservation`, `--placement-group`); with reservations the primary pool also allows the
+`reserved` capacity type, which Karpenter prefers.
+
 The disruption policy never consolidates a busy GPU node: empty nodes go after `consolidateAfter`, budgets
 forbid Underutilized and Drifted disruption (the starter kit's "drop empty, keep busy" pattern, anchors D.11),
 and engine pods carry `karpenter.sh/do-not-disrupt`.
@@ -15,7 +23,8 @@ from __future__ import annotations
 
 import math
 
-from eksinfer.deploy.context import GPU_TAINT, Ctx, Obj
+from eksinfer.deploy.addons import DEVICE_PLUGIN_OPT_OUT, device_plugin_opt_out
+from eksinfer.deploy.context import GPU_TAINT, POOL_GROUP_LABEL, Ctx, Obj
 
 AUTO_DEFAULT_EPHEMERAL_GIB = 80  # EKS Auto Mode default NodeClass ephemeral storage (create-node-class.adoc)
 IMAGE_GIB = 30  # vLLM CUDA image unpacked, plus room for compile caches
@@ -36,17 +45,60 @@ def needs_custom_auto_class(ctx: Ctx) -> bool:
     return ctx.plan.tier >= 2
 
 
-def _requirements(ctx: Ctx) -> list[Obj]:
-    inst = ctx.plan.instance
+PRIMARY_WEIGHT = 50
+FALLBACK_WEIGHT = 10
+
+
+def _fits(ctx: Ctx, instance_type: str) -> bool:
+    """Can `instance_type` host this plan's engine pods unchanged (same GPU count, same requests)?"""
+    from eksinfer.catalog import get_gpu, get_instance
+
+    p = ctx.plan
+    try:
+        alt = get_instance(instance_type)
+        gpu = get_gpu(alt.gpu)
+    except Exception:  # a type the catalog does not know is not offered
+        return False
+    per_pod = max(r.engine.gpus_per_replica for r in p.roles)
+    fp8 = any(r.engine.precision == "fp8" for r in p.roles)
+    return (
+        alt.gpus >= per_pod
+        and (alt.gpu.lower() == p.instance.gpu.lower() or gpu.memory_gib >= p.instance.gpu_memory_gib)
+        and alt.vcpus / alt.gpus >= p.instance.vcpus / p.instance.gpus
+        and alt.memory_gib / alt.gpus >= ctx.instance_memory_gib() / p.instance.gpus
+        and (gpu.fp8_tflops is not None or not fp8)
+    )
+
+
+def instance_types(ctx: Ctx) -> list[str]:
+    """The plan's type first, then compatible alternatives (best first). Multi-node and MIG plans keep the
+    one type: EFA interface counts and MIG layouts are per type."""
+    p = ctx.plan
+    types = [p.instance.type]
+    if p.nodes.mig_profile or any(r.engine.nodes_per_replica > 1 for r in p.roles):
+        return types
+    for alt in p.alternatives:
+        if alt.instance_type not in types and _fits(ctx, alt.instance_type):
+            types.append(alt.instance_type)
+    return types
+
+
+def _families(types: list[str]) -> list[str]:
+    return sorted({t.split(".", 1)[0] for t in types})
+
+
+def _requirements(ctx: Ctx, capacity: list[str]) -> list[Obj]:
+    types = instance_types(ctx)
     return [
-        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": [inst.capacity_type]},
+        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": capacity},
         {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]},
-        {"key": f"{ctx.label_prefix}/instance-family", "operator": "In", "values": [inst.family]},
-        {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": [inst.type]},
+        {"key": f"{ctx.label_prefix}/instance-family", "operator": "In", "values": _families(types)},
+        {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": types},
     ]
 
 
-def nodepool(ctx: Ctx) -> Obj:
+def nodepool(ctx: Ctx, *, fallback: bool = False) -> Obj:
+    """The primary pool, or (fallback) the on-demand pool behind a spot plan."""
     auto = ctx.mode == "auto-mode"
     if auto:
         ref = {
@@ -56,20 +108,29 @@ def nodepool(ctx: Ctx) -> Obj:
         }
     else:
         ref = {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": ctx.pool_name}
-    labels = {"eksinfer.io/pool": "cloud"}
+    labels = {"eksinfer.io/pool": "cloud", POOL_GROUP_LABEL: ctx.pool_name}
     if ctx.plan.nodes.mig_profile:
         labels["nvidia.com/mig.config"] = ctx.plan.nodes.mig_profile  # read by the GPU Operator MIG manager
+    if device_plugin_opt_out(ctx):
+        labels.update(DEVICE_PLUGIN_OPT_OUT)  # the node brings its own plugin (see addons.py)
+    if fallback:
+        capacity = ["on-demand"]
+    else:
+        capacity = [ctx.plan.instance.capacity_type]
+        if ctx.opts.capacity_reservations:
+            capacity.insert(0, "reserved")
     consolidate_after = f"{max(300, ctx.node_startup_s())}s"  # keep an empty node as long as a new one takes
+    name = f"{ctx.pool_name}-od" if fallback else ctx.pool_name
     return {
         "apiVersion": "karpenter.sh/v1",
         "kind": "NodePool",
-        "metadata": ctx.meta(ctx.pool_name, "nodes", namespaced=False),
+        "metadata": ctx.meta(name, "nodes", namespaced=False),
         "spec": {
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
                     "nodeClassRef": ref,
-                    "requirements": _requirements(ctx),
+                    "requirements": _requirements(ctx, capacity),
                     "taints": [{"key": GPU_TAINT, "effect": "NoSchedule"}],
                     "expireAfter": "336h" if auto else "720h",  # Auto Mode caps node life at 21 days
                     "terminationGracePeriod": "24h",
@@ -85,9 +146,21 @@ def nodepool(ctx: Ctx) -> Obj:
             },
             # Node-tier autoscaling limit: the plan's max_nodes in GPUs (Karpenter sums node capacity).
             "limits": {"nvidia.com/gpu": str(ctx.plan.nodes.max_nodes * ctx.plan.instance.gpus)},
-            "weight": 50,
+            # Karpenter tries higher weights first: spot (or reserved) before the on-demand fallback.
+            "weight": FALLBACK_WEIGHT if fallback else PRIMARY_WEIGHT,
         },
     }
+
+
+def _reservation_terms(ctx: Ctx) -> list[Obj]:
+    terms: list[Obj] = []
+    for term in ctx.opts.capacity_reservations:
+        if term.startswith("cr-"):
+            terms.append({"id": term})
+        else:
+            key, value = term.split("=", 1)
+            terms.append({"tags": {key: value}})
+    return terms
 
 
 def _selector_terms(ctx: Ctx) -> list[Obj]:
@@ -140,6 +213,10 @@ def ec2nodeclass(ctx: Ctx) -> Obj:
         "securityGroupSelectorTerms": _selector_terms(ctx),
         "tags": {"eksinfer.io/deployment": ctx.name},
     }
+    if terms := _reservation_terms(ctx):
+        spec["capacityReservationSelectorTerms"] = terms
+    if ctx.opts.placement_group:
+        spec["placementGroupSelector"] = {"name": ctx.opts.placement_group}
     if mig:
         spec["blockDeviceMappings"] = [_ebs("/dev/xvda", disk, root=True)]
         spec["instanceStorePolicy"] = "RAID0"
@@ -190,6 +267,8 @@ def eksctl_config(ctx: Ctx) -> Obj:
     labels = {"eksinfer.io/pool": "cloud"}
     if p.nodes.mig_profile:
         labels["nvidia.com/mig.config"] = p.nodes.mig_profile
+    if device_plugin_opt_out(ctx):
+        labels.update(DEVICE_PLUGIN_OPT_OUT)  # the DRA driver advertises the GPUs
     group: Obj = {
         "name": ctx.pool_name,
         "instanceType": inst.type,
@@ -228,6 +307,8 @@ def node_objects(ctx: Ctx) -> list[Obj]:
     if ctx.mode == "managed-node-group":
         return []
     objs = [nodepool(ctx)]
+    if ctx.plan.instance.capacity_type == "spot":
+        objs.append(nodepool(ctx, fallback=True))
     if ctx.mode == "karpenter":
         objs.append(ec2nodeclass(ctx))
     elif needs_custom_auto_class(ctx):

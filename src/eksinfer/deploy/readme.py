@@ -14,6 +14,18 @@ def _node_steps(ctx: Ctx, multi: bool) -> list[str]:
             f"`karpenter.sh/discovery: {ctx.opts.cluster_name}`; node role "
             f"`KarpenterNodeRole-{ctx.opts.cluster_name}`."
         )
+        if ctx.opts.capacity_reservations:
+            steps.append(
+                "Capacity reservations: Karpenter >= 1.3 with the reserved-capacity feature gate on "
+                "(`--set settings.featureGates.reservedCapacity=true` where it is not the default), and the "
+                "Karpenter controller role allowed `ec2:DescribeCapacityReservations`."
+            )
+        if ctx.opts.placement_group:
+            steps.append(
+                f"The cluster placement group `{ctx.opts.placement_group}` (`aws ec2 "
+                f"create-placement-group --group-name {ctx.opts.placement_group} --strategy cluster`); it "
+                "pins the nodes to one zone."
+            )
         if multi:
             steps.append(
                 "AWS EFA device plugin (`helm install aws-efa-k8s-device-plugin "
@@ -59,8 +71,16 @@ def _prerequisites(ctx: Ctx) -> list[str]:
         "KEDA >= 2.16 and kube-prometheus-stack (release name "
         f"`{ctx.opts.prometheus_release}`, Grafana sidecar watching all namespaces)."
     )
-    if ctx.opts.inference_pool:
-        steps.append("Gateway API Inference Extension CRDs (InferencePool v1).")
+    if ctx.opts.expose == "httproute":
+        steps.append(
+            f"Gateway API CRDs and the Gateway `{ctx.opts.gateway_ref}` with an HTTPS listener (its "
+            f"certificateRefs hold the TLS certificate) that allows routes from namespace `{ctx.ns}`."
+        )
+    elif ctx.opts.expose == "alb":
+        steps.append(
+            "AWS Load Balancer Controller >= 2.7 (IngressClass `alb`); the ACM certificate "
+            f"`{ctx.opts.certificate_arn}` in region {ctx.plan.instance.region}."
+        )
     if ctx.opts.model_s3_uri:
         steps.append(
             f"An EKS Pod Identity association for service account `{ctx.name}-engine` that can read "
@@ -75,7 +95,9 @@ def _prerequisites(ctx: Ctx) -> list[str]:
     if p.on_prem and p.on_prem.replicas:
         steps.append(
             "EKS Hybrid Nodes with GPUs, the NVIDIA driver and container toolkit installed on the hosts, "
-            "and a CNI for them (Cilium or Calico)."
+            "and a CNI for them (Cilium or Calico). The tree pins its own device plugin to them: keep the "
+            "GPU Operator's off with `kubectl label nodes -l eks.amazonaws.com/compute-type=hybrid "
+            "nvidia.com/gpu.deploy.device-plugin=false`."
         )
     steps.append(
         f"The gateway image `{ctx.opts.gateway_image}`: build it from the eksinfer repository, push it where "
@@ -85,6 +107,20 @@ def _prerequisites(ctx: Ctx) -> list[str]:
         f"Optional: a Secret `{ctx.opts.hf_token_secret}` (key `token`) for gated Hugging Face models."
     )
     return steps
+
+
+def _reach(ctx: Ctx) -> list[str]:
+    """How to reach the gateway from outside once applied (or nothing: port-forward only)."""
+    if ctx.opts.expose == "alb":
+        return [
+            f"kubectl -n {ctx.ns} get ingress {ctx.name}-gateway "
+            "-o jsonpath='{.status.loadBalancer.ingress[0].hostname}'   # then https://HOST/v1"
+        ]
+    if ctx.opts.expose == "httproute":
+        return [
+            f"kubectl -n {ctx.ns} get httproute {ctx.name}-gateway   # Accepted by {ctx.opts.gateway_ref}"
+        ]
+    return []
 
 
 def tree_readme(ctx: Ctx, objects: list[str], files: list[str]) -> str:
@@ -109,9 +145,11 @@ def tree_readme(ctx: Ctx, objects: list[str], files: list[str]) -> str:
         "```sh",
         "kubectl apply -k .",
         f"kubectl -n {ctx.ns} port-forward svc/{ctx.name}-gateway 8000:80",
+        *_reach(ctx),
         "```",
         "",
-        "Check first with `eksinfer lint .`.",
+        "Check first with `eksinfer lint .` (the manifests) and `eksinfer doctor . --context NAME` "
+        "(the cluster).",
         "",
         "## Files",
         "",

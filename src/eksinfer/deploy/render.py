@@ -5,7 +5,7 @@ DIR/namespace.yaml
 DIR/nodes/                      NodePool, EC2NodeClass or Auto Mode NodeClass (not for managed node groups)
 DIR/engines/                    model cache / claim template, Deployment | LeaderWorkerSet | DisaggregatedSet,
                                 Services, the hybrid pool
-DIR/gateway/                    ConfigMap, RBAC, Deployment, Service (+ InferencePool)
+DIR/gateway/                    ConfigMap, RBAC, Deployment, Service, PDB (+ HTTPRoute or ALB Ingress)
 DIR/autoscaling/                KEDA ScaledObjects
 DIR/monitoring/                 PodMonitor, ServiceMonitors, PrometheusRule
 DIR/dashboards/NAME.json        Grafana dashboard (also usable by import)
@@ -17,6 +17,7 @@ DIR/README.md                   what to install first, then `kubectl apply -k DI
 from __future__ import annotations
 
 import shutil
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,17 @@ def to_yaml(obj: Any) -> str:
     return yaml.dump(obj, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=120)
 
 
+def commented_yaml(obj: Obj, comments: dict[str, str]) -> str:
+    """A mapping as YAML with `# why` above each top-level key that has a comment (Helm values files are
+    read by people deciding whether to trust them)."""
+    out: list[str] = []
+    for key, value in obj.items():
+        if note := comments.get(key):
+            out.extend(f"# {line}\n" for line in textwrap.wrap(note, 106))
+        out.append(to_yaml({key: value}))
+    return "".join(out)
+
+
 @dataclass
 class RenderedTree:
     """Everything render writes: API objects by path, and other files (values, eksctl, dashboard, README)."""
@@ -78,6 +90,15 @@ class RenderedTree:
         return [*self.objects.values(), *self.generated_objects()]
 
 
+def _namespace_labels(ctx: Ctx) -> dict[str, str]:
+    labels = ctx.labels("namespace")
+    if ctx.opts.expose == "alb":
+        # The Load Balancer Controller then gates pod readiness on target health: a rollout never removes
+        # the last healthy gateway target from the ALB.
+        labels["elbv2.k8s.aws/pod-readiness-gate-inject"] = "enabled"
+    return labels
+
+
 def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree:
     """Renders in memory; raises ConfigError naming the plan field render cannot honour."""
     ctx = make_ctx(plan, options)
@@ -87,7 +108,7 @@ def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree
         {
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": ctx.ns, "labels": ctx.labels("namespace")},
+            "metadata": {"name": ctx.ns, "labels": _namespace_labels(ctx)},
         },
     )
     for obj in nodes.node_objects(ctx):
@@ -108,7 +129,9 @@ def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree
 
 def _add_files(ctx: Ctx, tree: RenderedTree) -> None:
     header = HEADER.format(name=ctx.name)
-    tree.files["helm/gpu-operator-values.yaml"] = header + to_yaml(addons.gpu_operator_values(ctx))
+    tree.files["helm/gpu-operator-values.yaml"] = header + commented_yaml(
+        addons.gpu_operator_values(ctx), addons.gpu_operator_comments(ctx)
+    )
     if ctx.mode == "managed-node-group":
         tree.files["cluster/eksctl-nodegroup.yaml"] = header + to_yaml(nodes.eksctl_config(ctx))
         tree.files["helm/cluster-autoscaler-values.yaml"] = header + to_yaml(

@@ -68,10 +68,17 @@ class ServerConfig(_Model):
     body_timeout_s: float = Field(
         60.0, gt=0, description="Time a client may take to send a request body; then HTTP 408."
     )
-    expose_endpoint_header: bool = Field(
+    route_headers: bool = Field(
         False,
-        description="Send x-eksinfer-endpoint (the engine's address) on every response; off by default so "
-        "external clients do not learn internal addresses.",
+        description="Send x-eksinfer-endpoint and the routing.debug_header explanation on responses. They "
+        "name engine pod addresses, so they are off unless every client is trusted (`eksinfer up` turns "
+        "them on for local work).",
+    )
+    drain_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="On SIGTERM, how long requests in flight (streams included) may finish before they are "
+        "cut; keep the pod's terminationGracePeriodSeconds above it (eksinfer render does).",
     )
     workers: int = Field(
         1,

@@ -90,7 +90,7 @@ def gateway_config(opts: StackOptions) -> GatewayConfig:
     return parse_config(
         {
             # a developer's stack on loopback: say which engine answered
-            "server": {"host": opts.host, "port": opts.port, "expose_endpoint_header": True},
+            "server": {"host": opts.host, "port": opts.port, "route_headers": True},
             "endpoints": {"static": static},
             "scrape": {"interval_s": 0.1},
             "routing": routing,

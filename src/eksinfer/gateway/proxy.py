@@ -131,6 +131,7 @@ class Proxy:
         self._warn = RateLimitedLog(log)
         config_of_router = getattr(router, "config", None)
         self._debug_header: str | None = getattr(config_of_router, "debug_header", "x-eksinfer-route")
+        self._route_headers = config.route_headers  # off by default: they expose pod addresses
 
     @property
     def inflight(self) -> int:
@@ -269,9 +270,9 @@ class Proxy:
         return headers
 
     def _explain(self, decision: Decision) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        if self._config.expose_endpoint_header:
-            headers["x-eksinfer-endpoint"] = decision.endpoint.id
+        if not self._route_headers:
+            return {}
+        headers: dict[str, str] = {"x-eksinfer-endpoint": decision.endpoint.id}
         if self._debug_header:
             headers[self._debug_header] = decision.explain()
         return headers

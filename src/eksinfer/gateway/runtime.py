@@ -140,7 +140,13 @@ class GatewayRuntime:
             max_connections=server.max_connections,
             retry_after_s=RETRY_AFTER_S,
         )
-        self._runner = GuardedRunner(app, guards, handler_cancellation=True, access_log=None)
+        self._runner = GuardedRunner(
+            app,
+            guards,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=server.drain_timeout_s,  # in-flight streams finish on SIGTERM
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner, server.host, server.port, backlog=1024, reuse_port=server.workers > 1 or None

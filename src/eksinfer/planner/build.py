@@ -132,8 +132,9 @@ def provisioning(request: PlanRequest, cand: Candidate) -> tuple[Provisioning, s
         )
     if cand.shape.tier == 3:
         return "karpenter", (
-            "multi-node EFA groups: Karpenter's EC2NodeClass selects capacity reservations and placement "
-            "groups for p-family nodes; GPU Operator on top"
+            "multi-node EFA groups: Karpenter's EC2NodeClass can take capacity reservations and a cluster "
+            "placement group for p-family nodes (render --capacity-reservation, --placement-group); GPU "
+            "Operator on top"
         )
     return (
         "auto-mode",

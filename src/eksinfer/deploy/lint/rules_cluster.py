@@ -42,6 +42,27 @@ def _pinned_off_auto(spec: dict[str, Any]) -> bool:
     )
 
 
+OPT_OUT = "nvidia.com/gpu.deploy.device-plugin"
+
+
+def _pool_labels(pool: Doc) -> dict[str, Any]:
+    tpl = ((pool.obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return tpl.get("labels") or {}
+
+
+def _operator_settings(tree: Tree) -> Iterator[tuple[Doc, str, dict[str, Any]]]:
+    """GPU Operator settings: Helm values files (prefix "") and ClusterPolicy objects (prefix "spec.")."""
+    for doc in tree.docs:
+        if not doc.is_api_object and _is_operator_values(doc.obj):
+            yield doc, "", doc.obj
+        elif doc.kind == "ClusterPolicy":
+            yield doc, "spec.", doc.obj.get("spec") or {}
+
+
+def _enabled(settings: dict[str, Any], key: str) -> bool:
+    return (settings.get(key) or {}).get("enabled", True) is not False
+
+
 @rule("device-plugin-on-auto-mode", "error", "a second NVIDIA device plugin on EKS Auto Mode")
 def device_plugin_on_auto_mode(tree: Tree) -> Iterator[Hit]:
     if not tree.auto_mode:
@@ -50,20 +71,21 @@ def device_plugin_on_auto_mode(tree: Tree) -> Iterator[Hit]:
         "Auto Mode nodes run their own NVIDIA device plugin; a second one fights over the kubelet socket and "
         "the node reports nvidia.com/gpu allocatable 0, so GPU pods never schedule"
     )
-    for doc in tree.docs:
-        if not doc.is_api_object and _is_operator_values(doc.obj):
-            if (doc.obj.get("devicePlugin") or {}).get("enabled", True) is not False:
+    unlabelled = [
+        p
+        for p in tree.nodepools
+        if tree.nodeclass_group(p) == AUTO and str(_pool_labels(p).get(OPT_OUT)).lower() != "false"
+    ]
+    for doc, _, settings in _operator_settings(tree):
+        if _enabled(settings, "devicePlugin"):
+            for pool in unlabelled:
                 yield (
-                    doc,
-                    "devicePlugin.enabled",
-                    why,
-                    "set devicePlugin.enabled: false in the GPU Operator values",
+                    pool,
+                    f"spec.template.metadata.labels[{OPT_OUT}]",
+                    why + f" (the GPU Operator in {doc.file} deploys its plugin on every GPU node not "
+                    "opted out)",
+                    f'add the label {OPT_OUT}: "false" to the NodePool template',
                 )
-        elif (
-            doc.kind == "ClusterPolicy"
-            and ((doc.obj.get("spec") or {}).get("devicePlugin") or {}).get("enabled", True) is not False
-        ):
-            yield doc, "spec.devicePlugin.enabled", why, "set spec.devicePlugin.enabled: false"
     for unit in tree.units:
         if unit.doc.kind != "DaemonSet" or _pinned_off_auto(unit.spec):
             continue
@@ -76,6 +98,41 @@ def device_plugin_on_auto_mode(tree: Tree) -> Iterator[Hit]:
                     "delete it, or pin it to hybrid nodes with nodeSelector "
                     "eks.amazonaws.com/compute-type: hybrid",
                 )
+
+
+@rule(
+    "device-plugin-off-cluster-wide",
+    "warning",
+    "the GPU Operator's device plugin is turned off for every node",
+)
+def device_plugin_off_cluster_wide(tree: Tree) -> Iterator[Hit]:
+    if tree.of_kind("ResourceClaimTemplate", "resource.k8s.io"):
+        return  # with DRA the NVIDIA DRA driver, not a device plugin, advertises GPUs
+    for doc, prefix, settings in _operator_settings(tree):
+        if not _enabled(settings, "devicePlugin"):
+            yield (
+                doc,
+                f"{prefix}devicePlugin.enabled",
+                "every GPU node that does not bring its own plugin (a managed node group on the accelerated "
+                "AL2023 AMI, a Karpenter AL2023 pool, a pool added later) then advertises no "
+                "nvidia.com/gpu, and its GPU pods stay Pending",
+                f"keep devicePlugin.enabled: true and label only the pools that bring their own plugin "
+                f'(Auto Mode, Bottlerocket) with {OPT_OUT}: "false"',
+            )
+
+
+@rule("gpu-operator-nfd-off", "warning", "GPU Operator without Node Feature Discovery")
+def gpu_operator_nfd_off(tree: Tree) -> Iterator[Hit]:
+    for doc, prefix, settings in _operator_settings(tree):
+        if prefix == "" and not _enabled(settings, "nfd"):
+            yield (
+                doc,
+                "nfd.enabled",
+                "the operator finds GPU nodes by NFD's PCI labels (feature.node.kubernetes.io/pci-10de."
+                "present); without them no node is marked nvidia.com/gpu.present, so GFD and the DCGM "
+                "exporter never run and GPU dashboards and alerts stay empty",
+                "set nfd.enabled: true (or install Node Feature Discovery yourself before the operator)",
+            )
 
 
 @rule("dra-on-karpenter", "error", "Dynamic Resource Allocation on Karpenter or Auto Mode")
@@ -141,6 +198,26 @@ def keda_faster_than_nodes(tree: Tree) -> Iterator[Hit]:
                 f"scale to zero after {spec.get('cooldownPeriod', 300)} s idle, but a cold start "
                 f"takes ~{startup} s",
                 f"set cooldownPeriod >= {startup} or minReplicaCount: 1",
+            )
+
+
+@rule("replicas-fight-keda", "warning", "a KEDA-scaled workload also sets spec.replicas")
+def replicas_fight_keda(tree: Tree) -> Iterator[Hit]:
+    targets = {
+        (
+            str((d.obj.get("spec") or {}).get("scaleTargetRef", {}).get("kind", "Deployment")),
+            str((d.obj.get("spec") or {}).get("scaleTargetRef", {}).get("name")),
+        )
+        for d in tree.of_kind("ScaledObject", "keda.sh")
+    }
+    for doc in tree.docs:
+        if (doc.kind, doc.name) in targets and "replicas" in (doc.obj.get("spec") or {}):
+            yield (
+                doc,
+                "spec.replicas",
+                "KEDA owns this workload's scale; every `kubectl apply` of the file resets it to this "
+                "number, dropping replicas that serve traffic or adding GPUs nobody asked for",
+                "delete spec.replicas and let the ScaledObject's minReplicaCount set the floor",
             )
 
 

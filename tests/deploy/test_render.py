@@ -172,8 +172,8 @@ def test_tier2_keda_and_limits() -> None:
     # capacity per replica min(256, 120) = 120: running target floor(0.8*120)=96, queue ceil(12)=12
     thresholds = {t["name"]: t["metadata"]["threshold"] for t in spec["triggers"]}
     assert thresholds == {"running": "96", "queue": "12", "kv-cache": "0.8", "ttft": "2"}
-    # 3 nodes x 8 GPUs / 4 GPUs per replica = 6 replicas
-    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 6)
+    # the plan's 2 replicas are the floor (no single point of failure); 3 nodes x 8 GPUs / 4 per replica = 6
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 6)
     assert (
         spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
             "stabilizationWindowSeconds"

@@ -81,6 +81,14 @@ def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
     ]
 
 
+def min_replicas(role: PlanRole) -> int:
+    """KEDA's floor: two replicas when the plan has two or more, so that losing one pod (a Spot
+    interruption, a node drain the PodDisruptionBudget allows) never leaves the role with none; otherwise
+    one. Not the planned count: off-peak the role shrinks to the floor, and the first apply starts there
+    and scales up on the triggers below."""
+    return min(2, max(1, role.replicas))
+
+
 def scaledobject(ctx: Ctx, role: PlanRole) -> Obj:
     startup = ctx.node_startup_s()
     return {
@@ -89,7 +97,7 @@ def scaledobject(ctx: Ctx, role: PlanRole) -> Obj:
         "metadata": ctx.meta(ctx.workload_name(role), "engine", {"eksinfer.io/role": role.name}),
         "spec": {
             "scaleTargetRef": scale_target(ctx, role),
-            "minReplicaCount": 1,
+            "minReplicaCount": min_replicas(role),
             "maxReplicaCount": max_replicas(ctx, role),
             "pollingInterval": 15,
             "cooldownPeriod": 2 * startup,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eksinfer.errors import ConfigError
-from eksinfer.sim.tokenizer import BUILTIN_VOCAB_SIZE, BuiltinTokenizer, HFTokenizer, load_tokenizer
+from eksinfer.tokenize import BUILTIN_VOCAB_SIZE, BuiltinTokenizer, HFTokenizer, load_tokenizer
 
 
 def test_documented_ids() -> None:

@@ -58,7 +58,7 @@ from eksinfer.gateway.scheduling.runner import (
 )
 from eksinfer.gateway.tokenize import (
     EngineTokenizer,
-    HfTokenizer,
+    HfPromptTokenizer,
     PromptTokenizer,
     make_tokenizer,
     prompt_text,
@@ -115,7 +115,7 @@ class Router:
         if self._started:
             return
         self._started = True
-        if isinstance(self.tokenizer, HfTokenizer):
+        if isinstance(self.tokenizer, HfPromptTokenizer):
             self._tokenizer_ready = asyncio.get_running_loop().create_task(
                 asyncio.to_thread(self.tokenizer.load)
             )

@@ -1,4 +1,4 @@
-"""KV-cache hit rate, measured two ways (anchors C.5):
+"""KV-cache hit rate, measured two ways:
 
 server side   Δ vllm:prefix_cache_hits_total / Δ vllm:prefix_cache_queries_total, read from each target's
               /metrics just before and just after the measured phase, summed over engines and URLs (both
@@ -92,7 +92,7 @@ def engine_bases(metrics_urls: Sequence[str], targets: Sequence[str]) -> list[st
 
 
 async def reset_prefix_cache(session: aiohttp.ClientSession, bases: Sequence[str]) -> None:
-    """vLLM's POST /reset_prefix_cache on every engine, so a run starts cold (anchors C.5)."""
+    """vLLM's POST /reset_prefix_cache on every engine, so a run starts cold."""
     from eksinfer.errors import UpstreamError
 
     for base in bases:

@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 OFF_LOOP_DECODE_BYTES = 1 << 20  # msgspec decodes ~1 GB/s: from 1 MiB (~1 ms) a body is decoded in a thread
 WHOLE_BODY_BYTES = 1 << 20  # non-streamed answers up to 1 MiB with a Content-Length are sent in one write
-CHARS_PER_TOKEN = (
-    4  # estimate when the router does not say how many prompt tokens it found uncached (llm-d §1.4)
-)
 _FORWARD_HEADERS = ("x-request-id", "traceparent", "tracestate")
 
 

@@ -1,12 +1,13 @@
 """Reads each engine's vLLM `/metrics` and `/v1/models` in the background and fills its `EndpointState`.
 
-Signals (routing-anchors.md 1.7): `vllm:num_requests_running`, `vllm:num_requests_waiting`,
-`vllm:kv_cache_usage_perc` (0..1), `vllm:cache_config_info{num_gpu_blocks, block_size}`,
-`vllm:lora_requests_info{running_lora_adapters, waiting_lora_adapters}` (the value is a timestamp: the newest
-sample wins). A data-parallel engine reports one series per `engine` label: requests are summed, KV usage is
-the mean. The parser finds only the lines it needs, so a 56 KB page (vllm-samples/metrics_after_requests.txt)
-costs tens of microseconds. Defaults follow llm-d (refresh 50 ms, stale after 2 s); ours refresh every
-200 ms because the gateway also tracks its own in-flight work between scrapes.
+Signals (those llm-d's endpoint picker scrapes, llm-d inference scheduler `pkg/epp/server/options.go`):
+`vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (0..1),
+`vllm:cache_config_info{num_gpu_blocks, block_size}`, `vllm:lora_requests_info{running_lora_adapters,
+waiting_lora_adapters}` (the value is a timestamp: the newest sample wins). A data-parallel engine reports one
+series per `engine` label: requests are summed, KV usage is the mean. The parser finds only the lines it
+needs, so a 56 KB page (tests/sim/data/metrics_after_requests.txt) costs tens of microseconds. Defaults follow
+llm-d (refresh 50 ms, stale after 2 s); ours refresh every 200 ms because the gateway also tracks its own
+in-flight work between scrapes.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ scheduling profiles, and turns one request into one explainable `Decision`.
 Contract with the proxy (signatures are stable):
 
     router = Router(config)                  # RoutingConfig (gateway YAML `routing:`); raises ConfigError
-    router.start()                           # inside the running loop: starts subscribers, loads the
-    tokenizer router.endpoint_added(state, kv_events="tcp://10.0.0.5:5557", kv_replay=None)
+    router.start()                           # in the running loop: starts subscribers, loads the tokenizer
+    router.endpoint_added(state, kv_events="tcp://10.0.0.5:5557", kv_replay=None)
     decision = await router.route(model, body, headers, endpoints)   # NoEndpointError -> HTTP 503
     router.on_first_token(decision)          # first streamed chunk (or the full response)
-    router.on_finish(decision, ok=True)      # always, exactly once per routed request (errors, disconnects
-    too) router.endpoint_removed(endpoint_id)
+    router.on_finish(decision, ok=True)      # always, once per routed request (errors, disconnects too)
+    router.endpoint_removed(endpoint_id)
     await router.stop()
     router.stats()                           # index size, predicted hit ratio, event lag, decisions
 

@@ -80,7 +80,7 @@ Workload = Annotated[
 ]
 
 
-class Slo(_Strict):
+class BenchSlo(_Strict):
     """Goodput SLOs (vLLM's --goodput): a request is good when it meets every SLO given."""
 
     ttft_ms: float | None = Field(None, gt=0, description="Time to first token, ms.")
@@ -116,7 +116,7 @@ class BenchConfig(_Strict):
     ignore_eos: bool = Field(False, description="Send vLLM's ignore_eos so outputs have exact lengths.")
     workload: Workload = Field(default_factory=RandomWorkload, description="What to send.")
     seed: int = Field(0, description="Seed of prompts, lengths and arrivals.")
-    slo: Slo = Field(default_factory=Slo, description="SLOs for goodput.")
+    slo: BenchSlo = Field(default_factory=BenchSlo, description="SLOs for goodput.")
     metrics_urls: list[str] = Field(
         default_factory=list, description="Engine /metrics URLs read before and after for the KV hit rate."
     )

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from eksinfer.bench.client import RequestRecord
-from eksinfer.bench.config import Slo
+from eksinfer.bench.config import BenchSlo
 from eksinfer.bench.stats import describe, nan_to_none
 from eksinfer.errors import ConfigError
 
@@ -32,7 +32,7 @@ def _ms(values: list[float]) -> dict[str, float]:
     return describe(v * 1000.0 for v in values)
 
 
-def is_good(rec: RequestRecord, slo: Slo) -> bool:
+def is_good(rec: RequestRecord, slo: BenchSlo) -> bool:
     """Meets every SLO that is set (vLLM's goodput rule)."""
     if not rec.ok:
         return False
@@ -43,7 +43,7 @@ def is_good(rec: RequestRecord, slo: Slo) -> bool:
     return not (slo.e2e_ms is not None and (rec.e2e_s is None or rec.e2e_s * 1000 > slo.e2e_ms))
 
 
-def summarize(records: list[RequestRecord], slo: Slo) -> dict[str, Any]:
+def summarize(records: list[RequestRecord], slo: BenchSlo) -> dict[str, Any]:
     """The summary dict of the measured (non-warm-up) records."""
     measured = [r for r in records if not r.warmup and r.error != "cancelled"]
     ok = [r for r in measured if r.ok]

@@ -36,9 +36,9 @@ from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_resp
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 from eksinfer.gateway.upstream import (
+    EngineLinkError,
     UpstreamBrokenError,
     UpstreamConnectError,
-    UpstreamError,
     UpstreamPool,
     UpstreamResponse,
 )
@@ -307,7 +307,7 @@ class Proxy:
         """Copies status, content type and chunks; the deadline moves to `idle_stream_timeout_s` per chunk."""
         try:
             first = await upstream.readany()
-        except UpstreamError as err:
+        except EngineLinkError as err:
             flight.decision.endpoint.healthy = False
             raise _RetryElsewhere from err
         self._first_token(flight)
@@ -318,7 +318,7 @@ class Proxy:
             # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
             try:
                 body = first if len(first) >= size else first + await upstream.read()
-            except UpstreamError as err:
+            except EngineLinkError as err:
                 self._warn.warning(
                     f"cut {flight.decision.endpoint.id}",
                     "endpoint %s closed the connection before the whole body: %s",

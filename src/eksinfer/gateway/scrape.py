@@ -43,7 +43,7 @@ MODELS_EVERY = 25  # re-read /v1/models every 25 scrapes (5 s at the default 200
 
 
 @dataclass(slots=True)
-class EngineMetrics:
+class ScrapedMetrics:
     """The few numbers routing needs from one /metrics page; None where the page lacks the series."""
 
     num_running: int | None = None
@@ -100,10 +100,10 @@ def _wanted_lines(text: str) -> list[str]:
     return lines
 
 
-def parse_metrics(text: str) -> EngineMetrics:
+def parse_metrics(text: str) -> ScrapedMetrics:
     """Parses the Prometheus text format, keeping only the series routing uses."""
     acc = _Acc()
-    out = EngineMetrics()
+    out = ScrapedMetrics()
     lora_ts = float("-inf")
     for line in _wanted_lines(text):
         sample = _split_sample(line)
@@ -142,7 +142,7 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def apply_metrics(state: EndpointState, metrics: EngineMetrics, now: float) -> None:
+def apply_metrics(state: EndpointState, metrics: ScrapedMetrics, now: float) -> None:
     """Copies one scrape into the state routing reads; keeps the last cache config if a page lacks it."""
     state.num_running = metrics.num_running
     state.num_waiting = metrics.num_waiting

@@ -24,7 +24,7 @@ import msgspec
 
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.scheduling.config import RoutingConfig
-from eksinfer.gateway.upstream import UpstreamError, UpstreamPool
+from eksinfer.gateway.upstream import EngineLinkError, UpstreamPool
 from eksinfer.tokenize import BuiltinTokenizer, HFTokenizer, message_text
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class EngineTokenizer:
             if response.status != 200:
                 raise ValueError(f"HTTP {response.status}")
             return [int(t) for t in msgspec.json.decode(raw)["tokens"]]
-        except (TimeoutError, UpstreamError, msgspec.DecodeError, KeyError, TypeError, ValueError) as err:
+        except (TimeoutError, EngineLinkError, msgspec.DecodeError, KeyError, TypeError, ValueError) as err:
             self.failures += 1
             log.debug("tokenize on %s failed: %s", base_url, err)
             return None

@@ -14,6 +14,7 @@ def load_plan(path: Path) -> object:
     from pydantic import ValidationError
 
     from eksinfer.planner.schema import Plan
+    from eksinfer.strict import config_error
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -24,9 +25,7 @@ def load_plan(path: Path) -> object:
     try:
         return Plan.model_validate_json(text)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "plan"
-        raise ConfigError(f"{first['msg']} (in {path})", field=where) from None
+        raise config_error(err, source=str(path), default="plan") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,7 @@ HIGH_WATER = 256 * 1024  # bytes waiting for the reader before the socket is pau
 
 class EngineLinkError(Exception):
     """A connection to an engine failed (base of the two below). Not `eksinfer.errors.UpstreamError`: that one
-    is for a person (one line, CLI exit 4); this one stays inside the gateway, which retries or answers 502."""
+    is for a person (one line, CLI exit 4); this one stays in the gateway, which retries or answers 502."""
 
 
 class UpstreamConnectError(EngineLinkError, ConnectionError):

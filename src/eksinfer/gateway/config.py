@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError
+from eksinfer.gateway.scheduling.config import RoutingConfig, load_routing_config
 from eksinfer.strict import StrictModel, config_error
 
 
@@ -214,16 +215,9 @@ def parse_config(data: object) -> GatewayConfig:
     return config
 
 
-def validate_routing(section: dict[str, Any]) -> Any:
-    """Validates the routing section with the router's own model (when it is installed) and returns it."""
-    try:
-        from eksinfer.gateway.scheduling.config import RoutingConfig
-    except ImportError:
-        return section
-    try:
-        return RoutingConfig.model_validate(section)
-    except ValidationError as err:
-        raise config_error(err, prefix="routing") from None
+def validate_routing(section: dict[str, Any]) -> RoutingConfig:
+    """The routing section validated with the router's own model; ConfigError names `routing.<field>`."""
+    return load_routing_config(section)
 
 
 def load_config(path: Path | None) -> GatewayConfig:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eksinfer import untrusted
 from eksinfer.bench.client import RequestRecord
 from eksinfer.bench.config import BenchSlo
 from eksinfer.bench.stats import describe, nan_to_none
@@ -148,12 +149,10 @@ class BenchResult:
 
 def load_result(path: Path) -> dict[str, Any]:
     """A result file written by `BenchResult.write` (or a sweep file), or a one-line ConfigError."""
+    # results keep every request's record: allow 16x the usual file limit (256 MiB)
+    text = untrusted.read_text(path, field=None, max_bytes=untrusted.MAX_FILE_BYTES * 16)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
+        doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
     if not isinstance(doc, dict) or ("summary" not in doc and "runs" not in doc):

@@ -102,16 +102,7 @@ class AuthConfig(StrictModel):
         """Reads the keys once at start; an empty set means authentication is off."""
         keys: set[str] = set()
         if self.api_keys_file is not None:
-            try:
-                text = self.api_keys_file.read_text(encoding="utf-8")
-            except OSError as err:
-                raise ConfigError(
-                    f"cannot read {self.api_keys_file}: {err.strerror}", field="auth.api_keys_file"
-                ) from None
-            except UnicodeDecodeError:
-                raise ConfigError(
-                    f"{self.api_keys_file} is not UTF-8 text", field="auth.api_keys_file"
-                ) from None
+            text = untrusted.read_text(self.api_keys_file, field="auth.api_keys_file")
             keys.update(
                 line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
             )

@@ -80,6 +80,14 @@ def test_builtin_matches_the_simulator() -> None:
     sim = SimBuiltin()
     ours = BuiltinPromptTokenizer()
     assert ours.encode_body({"messages": MESSAGES}) == sim.encode_chat(MESSAGES)
+    parts = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}],
+        }
+    ]
+    assert ours.encode_body({"messages": parts}) == sim.encode_chat(parts)
+    assert sim.decode(sim.encode_chat(parts)) == "<|user|>\na\nb\n<|assistant|>\n"
     assert ours.encode_body({"prompt": "hello there"}) == sim.encode_prompt("hello there")
 
 

@@ -49,7 +49,7 @@ class HFTokenizer:
         eos_id = self._tok.token_to_id(eos) if eos else None
         self.eos_token_id = int(eos_id) if eos_id is not None else -1
         source = select_template(config.get("chat_template"))
-        self.template = ChatTemplate(source, self.specials) if source else None
+        self.template = _compile(source, self.specials, config_file, field) if source else None
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
@@ -78,6 +78,17 @@ class HFTokenizer:
         """The rendered chat (`options` as for `apply_chat_template`), without added special tokens: the
         template writes them."""
         return self.encode(self.apply_chat_template(messages, **options), add_special_tokens=False)
+
+
+def _compile(source: str, specials: dict[str, str], file: Path, field: str) -> ChatTemplate:
+    """The chat template, or one ConfigError line for one jinja2 cannot parse."""
+    import jinja2
+
+    try:
+        return ChatTemplate(source, specials)
+    except jinja2.TemplateError as err:
+        line = f" (template line {err.lineno})" if isinstance(err, jinja2.TemplateSyntaxError) else ""
+        raise ConfigError(f"{file}: chat_template does not parse{line}: {err.message}", field=field) from None
 
 
 def load_tokenizer_file(factory: Any, file: Path, field: str) -> Any:

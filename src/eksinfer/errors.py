@@ -5,7 +5,11 @@ EksinferError                 one line for a person; `field` names the offending
 │   ├── UnknownNameError      a model, GPU, instance or plugin name we do not know (HTTP 404 for models)
 │   └── ConfigError           a config or data file that does not validate
 ├── InfeasibleError           a valid request no plan can meet (CLI exit 3); says what binds
+├── UnavailableError          a valid request nothing can take right now, e.g. no healthy endpoint (HTTP 503)
 └── UpstreamError             an engine or target that failed or could not be reached (CLI exit 4)
+
+HTTP servers map this tree to statuses in one place each: the gateway in `eksinfer.gateway.http.error_for`;
+the simulator answers vLLM's own error bodies (`eksinfer.sim.protocol.ApiError`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ class InfeasibleError(EksinferError):
         super().__init__(message)
         self.binding = list(binding)
         self.nearest = nearest
+
+
+class UnavailableError(EksinferError):
+    """Nothing can serve a valid request at the moment; a retry later may succeed."""
+
+    exit_code = 4
 
 
 class UpstreamError(EksinferError):

@@ -1,4 +1,4 @@
-"""The SSE client against the real vLLM 0.32 streams (shared/reference/vllm-samples) and failure modes.
+"""The SSE client against the real vLLM 0.32 streams (captures in tests/sim/data) and failure modes.
 
 Every test runs on a virtual-time event loop (looptime, `virtual_time` marker): sleeps end exactly when
 due and I/O takes no virtual time, so with the client timing on that loop's clock the measured gaps are
@@ -18,12 +18,8 @@ from eksinfer.bench import BenchConfig, run_bench
 from eksinfer.bench.client import RequestRecord, send
 from eksinfer.errors import UnknownNameError, UpstreamError
 
-SAMPLES = next(
-    (p for p in (Path(__file__).resolve().parents[3] / "shared/reference/vllm-samples",
-                 Path("/work/shared/reference/vllm-samples")) if p.is_dir()),
-    None,
-)  # fmt: skip
-needs_samples = pytest.mark.skipif(SAMPLES is None, reason="shared/reference/vllm-samples not found")
+SAMPLES = Path(__file__).parents[1] / "sim" / "data"  # vLLM 0.32 captures (CPU build, 2026-11-28)
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason="tests/sim/data not found")
 pytestmark = pytest.mark.virtual_time
 EXACT = 1e-9  # s: float rounding only
 

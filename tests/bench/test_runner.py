@@ -16,7 +16,7 @@ import pytest
 from eksinfer.bench import BenchConfig, run_bench, run_sweep
 from eksinfer.bench.hitrate import HITS, QUERIES, metrics_hit_rate, parse_counters
 
-SAMPLES = Path("/work/shared/reference/vllm-samples")
+SAMPLES = Path(__file__).parents[1] / "sim" / "data"  # vLLM 0.32 captures
 EXACT = 1e-9  # s: float rounding only
 
 
@@ -135,6 +135,9 @@ def test_hit_rate_math_sums_engines_and_urls():
         "vllm:prefix_cache_hits_created 1.7e9\n"
     )
     assert parse_counters(text) == {QUERIES: 400.0, HITS: 50.0}
+    # a sample may carry a timestamp (milliseconds) after its value: it is not the value
+    stamped = 'vllm:prefix_cache_hits_total{engine="0"} 7 1764720000000\n'
+    assert parse_counters(stamped) == {QUERIES: 0.0, HITS: 7.0}
     before = {"a": {QUERIES: 100.0, HITS: 0.0}, "b": {QUERIES: 0.0, HITS: 0.0}, "c": None}
     after = {"a": {QUERIES: 300.0, HITS: 150.0}, "b": {QUERIES: 200.0, HITS: 50.0}, "c": None}
     out = metrics_hit_rate(before, after)

@@ -14,7 +14,7 @@ from eksinfer.bench.prompts import WORDS, random_text
 from eksinfer.bench.runner import build_body
 from eksinfer.bench.workloads import conversations
 from eksinfer.errors import ConfigError
-from eksinfer.sim.tokenizer import BuiltinTokenizer
+from eksinfer.tokenize import BuiltinTokenizer
 
 
 def _cfg(workload: dict, seed: int = 0, **kw) -> BenchConfig:

@@ -18,7 +18,7 @@ from eksinfer.gateway.scheduling.config import load_routing_config
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.kvcache.events import BlockStored, EventBatch, encode_batch, encode_frames
 from eksinfer.kvcache.hashing import block_hashes
-from eksinfer.sim.tokenizer import BuiltinTokenizer
+from eksinfer.tokenize import BuiltinTokenizer
 from tests.waiting import DEADLINE_S, FakeClock, until
 
 pytestmark = pytest.mark.timeout(30)

@@ -14,7 +14,7 @@ from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper, parse_metrics, parse_models
 from tests.waiting import FakeClock, until
 
-SAMPLES = Path("/work/shared/reference/vllm-samples")
+SAMPLES = Path(__file__).parents[1] / "sim" / "data"  # vLLM 0.32 captures
 
 
 @pytest.mark.skipif(not SAMPLES.exists(), reason="the vLLM golden samples are not on this machine")

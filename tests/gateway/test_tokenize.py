@@ -13,14 +13,14 @@ from aiohttp import web
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.tokenize import (
     ApproxTokenizer,
-    BuiltinTokenizer,
+    BuiltinPromptTokenizer,
     EngineTokenizer,
-    HfTokenizer,
+    HfPromptTokenizer,
     prompt_text,
     prompt_token_ids,
 )
 from eksinfer.gateway.upstream import UpstreamPool
-from eksinfer.sim.tokenizer import BuiltinTokenizer as SimBuiltin
+from eksinfer.tokenize import BuiltinTokenizer as SimBuiltin
 from tests.waiting import DEADLINE_S
 
 pytestmark = pytest.mark.timeout(30)
@@ -49,12 +49,12 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_hf_completion_adds_bos(hf_dir: Path) -> None:
-    tok = HfTokenizer(str(hf_dir)).load()
+    tok = HfPromptTokenizer(str(hf_dir)).load()
     assert tok.encode_body({"prompt": "hello there"}) == [1, 5, 6]
 
 
 def test_hf_chat_renders_template_without_double_bos(hf_dir: Path) -> None:
-    tok = HfTokenizer(str(hf_dir)).load()
+    tok = HfPromptTokenizer(str(hf_dir)).load()
     ids = tok.encode_body({"messages": MESSAGES})
     # <s> [ system ] be brief [ user ] hello there [ assistant ]
     assert ids == [1, 7, 9, 8, 3, 4, 7, 10, 8, 5, 6, 7, 11, 8]
@@ -63,23 +63,31 @@ def test_hf_chat_renders_template_without_double_bos(hf_dir: Path) -> None:
 
 
 def test_hf_matches_the_simulator_hf_tokenizer(hf_dir: Path) -> None:
-    from eksinfer.sim.tokenizer import HFTokenizer as SimHF
+    from eksinfer.tokenize import HFTokenizer as SimHF
 
     sim = SimHF(hf_dir)
-    ours = HfTokenizer(str(hf_dir)).load()
+    ours = HfPromptTokenizer(str(hf_dir)).load()
     assert ours.encode_body({"messages": MESSAGES}) == sim.encode_chat(MESSAGES)
     assert ours.encode_body({"prompt": "be brief"}) == sim.encode_prompt("be brief")
 
 
 def test_hf_missing_dir_is_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"routing\.tokenizer\.path"):
-        HfTokenizer(str(tmp_path)).load()
+        HfPromptTokenizer(str(tmp_path)).load()
 
 
 def test_builtin_matches_the_simulator() -> None:
     sim = SimBuiltin()
-    ours = BuiltinTokenizer()
+    ours = BuiltinPromptTokenizer()
     assert ours.encode_body({"messages": MESSAGES}) == sim.encode_chat(MESSAGES)
+    parts = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}],
+        }
+    ]
+    assert ours.encode_body({"messages": parts}) == sim.encode_chat(parts)
+    assert sim.decode(sim.encode_chat(parts)) == "<|user|>\na\nb\n<|assistant|>\n"
     assert ours.encode_body({"prompt": "hello there"}) == sim.encode_prompt("hello there")
 
 
@@ -136,3 +144,20 @@ async def test_engine_tokenize(tokenize_server: tuple[str, list[dict[str, Any]]]
     assert await tok.encode_remote({"prompt": "x"}, "m", "http://127.0.0.1:9") is None
     assert tok.failures == 2
     await pool.close()
+
+
+def test_the_gateway_does_not_import_the_simulator() -> None:
+    """The gateway and the simulator share `eksinfer.tokenize`; the gateway never reaches into `sim/`."""
+    import ast
+
+    import eksinfer.gateway
+
+    root = Path(eksinfer.gateway.__file__).parent
+    found = []
+    for file in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            found += [f"{file.name}: {n}" for n in names if n.startswith("eksinfer.sim")]
+    assert found == []

@@ -28,7 +28,7 @@ from eksinfer.kvcache.events import (
     offset_endpoint_port,
 )
 
-# A vLLM 0.32 capture (shared/reference/vllm-samples), kept beside the simulator tests.
+# A vLLM 0.32 capture (CPU build, 2026-11-28), kept beside the simulator tests.
 GOLDEN = Path(__file__).parents[1] / "sim" / "data" / "kv_events_blocksize128.json"
 
 

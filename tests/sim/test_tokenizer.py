@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eksinfer.errors import ConfigError
-from eksinfer.sim.tokenizer import BUILTIN_VOCAB_SIZE, BuiltinTokenizer, HFTokenizer, load_tokenizer
+from eksinfer.tokenize import BUILTIN_VOCAB_SIZE, BuiltinTokenizer, HFTokenizer, load_tokenizer
 
 
 def test_documented_ids() -> None:
@@ -92,3 +92,12 @@ def test_hf_tokenizer_with_template(tmp_path: Path) -> None:
 def test_hf_tokenizer_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tokenizer"):
         load_tokenizer(str(tmp_path / "nope"))
+
+
+def test_hf_tokenizer_with_a_broken_template_is_one_config_line(tmp_path: Path) -> None:
+    path = _tiny_hf(tmp_path)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }"
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"--tokenizer: .*chat_template does not parse \(template line 1\)"):
+        HFTokenizer(path)

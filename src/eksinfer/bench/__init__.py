@@ -42,11 +42,11 @@ in client.py and result.py, and docs/bench.md compares them with vLLM's, GuideLL
 from eksinfer.bench.client import RequestRecord
 from eksinfer.bench.config import (
     BenchConfig,
+    BenchSlo,
     MultiTurnWorkload,
     RandomWorkload,
     ReplayWorkload,
     SharedPrefixWorkload,
-    Slo,
 )
 from eksinfer.bench.result import BenchResult
 from eksinfer.bench.runner import run_bench
@@ -55,12 +55,12 @@ from eksinfer.bench.sweep import SweepResult, run_sweep
 __all__ = [
     "BenchConfig",
     "BenchResult",
+    "BenchSlo",
     "MultiTurnWorkload",
     "RandomWorkload",
     "ReplayWorkload",
     "RequestRecord",
     "SharedPrefixWorkload",
-    "Slo",
     "SweepResult",
     "run_bench",
     "run_sweep",

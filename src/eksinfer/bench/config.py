@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from eksinfer.errors import ConfigError
+from eksinfer.strict import StrictModel, config_error
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf req/s, inf timeouts
+class _Strict(StrictModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # inf req/s, inf timeouts
 
 
 class RandomWorkload(_Strict):
@@ -80,7 +81,7 @@ Workload = Annotated[
 ]
 
 
-class Slo(_Strict):
+class BenchSlo(_Strict):
     """Goodput SLOs (vLLM's --goodput): a request is good when it meets every SLO given."""
 
     ttft_ms: float | None = Field(None, gt=0, description="Time to first token, ms.")
@@ -116,7 +117,7 @@ class BenchConfig(_Strict):
     ignore_eos: bool = Field(False, description="Send vLLM's ignore_eos so outputs have exact lengths.")
     workload: Workload = Field(default_factory=RandomWorkload, description="What to send.")
     seed: int = Field(0, description="Seed of prompts, lengths and arrivals.")
-    slo: Slo = Field(default_factory=Slo, description="SLOs for goodput.")
+    slo: BenchSlo = Field(default_factory=BenchSlo, description="SLOs for goodput.")
     metrics_urls: list[str] = Field(
         default_factory=list, description="Engine /metrics URLs read before and after for the KV hit rate."
     )
@@ -151,9 +152,7 @@ def load_config(data: dict[str, Any], source: str = "config") -> BenchConfig:
     try:
         return BenchConfig.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-after"))
-        raise ConfigError(f"{first['msg']} (in {source})", field=where or None) from None
+        raise config_error(err, source=source) from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""KV-cache hit rate, measured two ways (anchors C.5):
+"""KV-cache hit rate, measured two ways:
 
 server side   Δ vllm:prefix_cache_hits_total / Δ vllm:prefix_cache_queries_total, read from each target's
               /metrics just before and just after the measured phase, summed over engines and URLs (both
@@ -24,23 +24,17 @@ QUERIES = "vllm:prefix_cache_queries_total"
 
 
 def parse_counters(text: str, names: Iterable[str] = (HITS, QUERIES)) -> dict[str, float]:
-    """Sum of every sample (all label sets) of each named metric in Prometheus text format."""
+    """Sum of every sample (all label sets) of each named metric in Prometheus text format, read with
+    prometheus_client's parser (a sample's optional timestamp is not its value); ValueError for text that is
+    not the exposition format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     wanted = set(names)
     out = dict.fromkeys(wanted, 0.0)
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        name_end = len(line)
-        for sep in ("{", " "):
-            pos = line.find(sep)
-            if pos != -1:
-                name_end = min(name_end, pos)
-        name = line[:name_end]
-        if name in wanted:
-            try:
-                out[name] += float(line.rsplit(" ", 1)[1])
-            except (IndexError, ValueError):
-                continue
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[sample.name] += float(sample.value)
     return out
 
 
@@ -54,7 +48,7 @@ async def scrape(session: aiohttp.ClientSession, urls: Sequence[str]) -> dict[st
                     log.warning("metrics %s: HTTP %s", url, resp.status)
                     return None
                 return parse_counters(await resp.text())
-        except (aiohttp.ClientError, TimeoutError) as err:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             log.warning("metrics %s: %s", url, err)
             return None
 
@@ -92,7 +86,7 @@ def engine_bases(metrics_urls: Sequence[str], targets: Sequence[str]) -> list[st
 
 
 async def reset_prefix_cache(session: aiohttp.ClientSession, bases: Sequence[str]) -> None:
-    """vLLM's POST /reset_prefix_cache on every engine, so a run starts cold (anchors C.5)."""
+    """vLLM's POST /reset_prefix_cache on every engine, so a run starts cold."""
     from eksinfer.errors import UpstreamError
 
     for base in bases:

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eksinfer import untrusted
 from eksinfer.bench.client import RequestRecord
-from eksinfer.bench.config import Slo
+from eksinfer.bench.config import BenchSlo
 from eksinfer.bench.stats import describe, nan_to_none
 from eksinfer.errors import ConfigError
 
@@ -32,7 +33,7 @@ def _ms(values: list[float]) -> dict[str, float]:
     return describe(v * 1000.0 for v in values)
 
 
-def is_good(rec: RequestRecord, slo: Slo) -> bool:
+def is_good(rec: RequestRecord, slo: BenchSlo) -> bool:
     """Meets every SLO that is set (vLLM's goodput rule)."""
     if not rec.ok:
         return False
@@ -43,7 +44,7 @@ def is_good(rec: RequestRecord, slo: Slo) -> bool:
     return not (slo.e2e_ms is not None and (rec.e2e_s is None or rec.e2e_s * 1000 > slo.e2e_ms))
 
 
-def summarize(records: list[RequestRecord], slo: Slo) -> dict[str, Any]:
+def summarize(records: list[RequestRecord], slo: BenchSlo) -> dict[str, Any]:
     """The summary dict of the measured (non-warm-up) records."""
     measured = [r for r in records if not r.warmup and r.error != "cancelled"]
     ok = [r for r in measured if r.ok]
@@ -148,12 +149,10 @@ class BenchResult:
 
 def load_result(path: Path) -> dict[str, Any]:
     """A result file written by `BenchResult.write` (or a sweep file), or a one-line ConfigError."""
+    # results keep every request's record: allow 16x the usual file limit (256 MiB)
+    text = untrusted.read_text(path, field=None, max_bytes=untrusted.MAX_FILE_BYTES * 16)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text") from None
+        doc = json.loads(text)
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
     if not isinstance(doc, dict) or ("summary" not in doc and "runs" not in doc):

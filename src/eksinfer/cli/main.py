@@ -11,7 +11,7 @@ from eksinfer import __version__
 from eksinfer.errors import EksinferError
 from eksinfer.extras import missing_extra_hint
 
-# (module under eksinfer.cli, command name, help). Each module exposes `register(app)`.
+# (command name, which is also the module under eksinfer.cli, help). Each module exposes `register(app)`.
 SUBCOMMANDS: tuple[tuple[str, str], ...] = (
     ("plan", "Plan GPUs, parallelism, replicas and cost for a model, traffic and SLOs."),
     ("sim", "Run simulated vLLM engines that speak vLLM's wire interfaces."),

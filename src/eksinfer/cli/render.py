@@ -13,20 +13,15 @@ def load_plan(path: Path) -> object:
     """Reads and validates a plan file; errors name the file and the first bad field."""
     from pydantic import ValidationError
 
+    from eksinfer import untrusted
     from eksinfer.planner.schema import Plan
+    from eksinfer.strict import config_error
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror}", field="PLAN") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text", field="PLAN") from None
+    text = untrusted.read_text(path, field="PLAN")
     try:
         return Plan.model_validate_json(text)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "plan"
-        raise ConfigError(f"{first['msg']} (in {path})", field=where) from None
+        raise config_error(err, source=str(path), default="plan") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -1,14 +1,14 @@
 """Cluster add-ons a plan needs: GPU Operator and Cluster Autoscaler Helm values, the NVIDIA DRA driver
 values, and the device plugin for EKS Hybrid Nodes.
 
-GPU Operator (anchors D.5, as the design asks): every mode here boots an image with the NVIDIA driver and
-container toolkit already installed (Auto Mode, the Bottlerocket / AL2023 NVIDIA variants, the EKS
-accelerated AMI), so `driver` and `toolkit` are off. The device plugin stays on cluster-wide and is turned
-off per pool by the node label `nvidia.com/gpu.deploy.device-plugin: "false"` where the node brings its own
-(Auto Mode, where a second plugin makes allocatable 0; Bottlerocket NVIDIA) or where DRA replaces it: a
-GPU node added later by someone else still gets a plugin. NFD, GFD and the DCGM exporter are on: NFD's PCI
-labels are how the operator finds GPU nodes at all, so with NFD off no GFD labels and no DCGM metrics.
-Each value is written with a comment that says why (`gpu_operator_comments`).
+GPU Operator (NVIDIA/gpu-operator v26.7.0, `deployments/gpu-operator/values.yaml`): every mode here boots an
+image with the NVIDIA driver and container toolkit already installed (Auto Mode, the Bottlerocket / AL2023
+NVIDIA variants, the EKS accelerated AMI), so `driver` and `toolkit` are off. The device plugin stays on
+cluster-wide and is turned off per pool by the node label `nvidia.com/gpu.deploy.device-plugin: "false"` where
+the node brings its own (Auto Mode, where a second plugin makes allocatable 0; Bottlerocket NVIDIA) or where
+DRA replaces it: a GPU node added later by someone else still gets a plugin. NFD, GFD and the DCGM exporter
+are on: NFD's PCI labels are how the operator finds GPU nodes at all, so with NFD off no GFD labels and no
+DCGM metrics. Each value is written with a comment that says why (`gpu_operator_comments`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 
 from eksinfer.deploy.schemas import crd_schema
 
-Problem = tuple[str, str]  # (field path, message)
+FieldProblem = tuple[str, str]  # (field path, message)
 Obj = Mapping[str, Any]
 
 ALIAS_FAMILIES = ("al2", "al2023", "bottlerocket", "windows2019", "windows2022", "windows2025")
@@ -55,8 +55,8 @@ def label_key_problem(key: str) -> str | None:
     return None
 
 
-def _requirement_problems(reqs: Sequence[Mapping[str, Any]], at: str) -> list[Problem]:
-    out: list[Problem] = []
+def _requirement_problems(reqs: Sequence[Mapping[str, Any]], at: str) -> list[FieldProblem]:
+    out: list[FieldProblem] = []
     for i, req in enumerate(reqs):
         path, op, values = f"{at}[{i}]", req.get("operator"), list(req.get("values") or [])
         if (why := label_key_problem(str(req.get("key", "")))) is not None:
@@ -72,7 +72,7 @@ def _requirement_problems(reqs: Sequence[Mapping[str, Any]], at: str) -> list[Pr
     return out
 
 
-def nodepool(obj: Obj) -> list[Problem]:
+def nodepool(obj: Obj) -> list[FieldProblem]:
     spec = obj.get("spec") or {}
     template = spec.get("template") or {}
     out = _requirement_problems(
@@ -87,8 +87,8 @@ def nodepool(obj: Obj) -> list[Problem]:
     return out
 
 
-def _ami_problems(spec: Mapping[str, Any]) -> list[Problem]:
-    out: list[Problem] = []
+def _ami_problems(spec: Mapping[str, Any]) -> list[FieldProblem]:
+    out: list[FieldProblem] = []
     terms = spec.get("amiSelectorTerms") or []
     aliases = [t["alias"] for t in terms if "alias" in t]
     for alias in aliases:
@@ -104,7 +104,7 @@ def _ami_problems(spec: Mapping[str, Any]) -> list[Problem]:
     return out
 
 
-def ec2nodeclass(obj: Obj) -> list[Problem]:
+def ec2nodeclass(obj: Obj) -> list[FieldProblem]:
     spec = obj.get("spec") or {}
     out = _ami_problems(spec)
     if ("role" in spec) == ("instanceProfile" in spec):
@@ -122,7 +122,7 @@ def ec2nodeclass(obj: Obj) -> list[Problem]:
     return out
 
 
-def scaledobject(obj: Obj) -> list[Problem]:
+def scaledobject(obj: Obj) -> list[FieldProblem]:
     spec = obj.get("spec") or {}
     low, high = spec.get("minReplicaCount"), spec.get("maxReplicaCount", 100)
     if low is not None and int(low) > int(high):
@@ -130,9 +130,9 @@ def scaledobject(obj: Obj) -> list[Problem]:
     return []
 
 
-def inferencepool(obj: Obj) -> list[Problem]:
+def inferencepool(obj: Obj) -> list[FieldProblem]:
     spec = obj.get("spec") or {}
-    out: list[Problem] = []
+    out: list[FieldProblem] = []
     ports = [p.get("number") for p in spec.get("targetPorts") or []]
     if len(ports) != len(set(ports)):
         out.append(("spec.targetPorts", "port number must be unique"))
@@ -142,7 +142,7 @@ def inferencepool(obj: Obj) -> list[Problem]:
     return out
 
 
-RULES: dict[tuple[str, str], Callable[[Obj], list[Problem]]] = {
+RULES: dict[tuple[str, str], Callable[[Obj], list[FieldProblem]]] = {
     ("karpenter.sh/v1", "NodePool"): nodepool,
     ("karpenter.k8s.aws/v1", "EC2NodeClass"): ec2nodeclass,
     ("keda.sh/v1alpha1", "ScaledObject"): scaledobject,
@@ -150,7 +150,7 @@ RULES: dict[tuple[str, str], Callable[[Obj], list[Problem]]] = {
 }
 
 
-def check(obj: Obj) -> list[Problem]:
+def check(obj: Obj) -> list[FieldProblem]:
     """The CEL problems of one object (empty for kinds without re-implemented rules)."""
     rule = RULES.get((str(obj.get("apiVersion")), str(obj.get("kind"))))
     return rule(obj) if rule else []

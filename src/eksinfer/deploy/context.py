@@ -2,7 +2,8 @@
 
 One template set serves all three node-provisioning modes: the instance label prefix is
 `eks.amazonaws.com` on EKS Auto Mode and `karpenter.k8s.aws` on self-managed Karpenter (the switch the
-GenAI on EKS Starter Kit uses, anchors D.11); managed node groups are selected by
+GenAI on EKS Starter Kit makes in its templates, aws-samples/sample-genai-on-eks-starter-kit
+`components/llm-model/vllm/*.template.yaml`); managed node groups are selected by
 `eks.amazonaws.com/nodegroup`.
 """
 
@@ -21,10 +22,12 @@ from eksinfer.planner.schema import PLAN_SCHEMA_VERSION, Plan, PlanRole
 Obj = dict[str, Any]
 
 ENGINE_PORT = 8000
-KV_EVENTS_PORT = 5557  # vLLM's documented default KV-event endpoint tcp://*:5557 (routing anchors)
+KV_EVENTS_PORT = 5557  # vLLM's documented default KV-event endpoint tcp://*:5557 (vllm/config/kv_events.py)
 NIXL_SIDE_CHANNEL_PORT = 5600
 GATEWAY_PORT = 8000
-HASH_SEED = "0"  # must equal the gateway's (eksinfer.kvcache.hashing.DEFAULT_HASH_SEED)
+# PYTHONHASHSEED of the engine and gateway pods: vLLM roots its block-hash chain on it, so both must carry the
+# same value (it is not eksinfer.kvcache.hashing.DEFAULT_HASH_SEED, vLLM's root when the variable is unset).
+HASH_SEED = "0"
 GPU_TAINT = "nvidia.com/gpu"
 POOL_GROUP_LABEL = "eksinfer.io/gpu-pool"
 LABEL_PREFIX = {"auto-mode": "eks.amazonaws.com", "karpenter": "karpenter.k8s.aws"}

@@ -1,12 +1,13 @@
 """vLLM engines: a Deployment per role for tiers 1-2, a LeaderWorkerSet (or a DisaggregatedSet of them for
 prefill/decode) for multi-node tier 3, plus the Services, the model cache and, with DRA, the claim template.
 
-Pod shape (GAIE's reference vLLM pod and the LWS vLLM example, anchors D.2/D.6): `/dev/shm` as a memory
-emptyDir, a start-up probe sized to the predicted load time, `preStop` sleep so the gateway drains the pod,
-GPU toleration, `karpenter.sh/do-not-disrupt` so consolidation never takes a busy node. Weights come from a
-shared ReadWriteMany cache (HF_HOME on the volume) or stream from S3 with the Run:ai loader; never baked into
-the image. Multi-node groups use Ray via vLLM's `multi-node-serving.sh`: TP inside a node, PP across nodes
-(`size` = PP), EFA devices and libfabric env on every pod, `RecreateGroupOnPodRestart`.
+Pod shape (Gateway API Inference Extension v1.3.0 `config/manifests/vllm/gpu-deployment.yaml` and the
+LeaderWorkerSet v0.10.0 vLLM example): `/dev/shm` as a memory emptyDir, a start-up probe sized to the
+predicted load time, `preStop` sleep so the gateway drains the pod, GPU toleration,
+`karpenter.sh/do-not-disrupt` so consolidation never takes a busy node. Weights come from a shared
+ReadWriteMany cache (HF_HOME on the volume) or stream from S3 with the Run:ai loader; never baked into the
+image. Multi-node groups use Ray via vLLM's `multi-node-serving.sh`: TP inside a node, PP across nodes (`size`
+= PP), EFA devices and libfabric env on every pod, `RecreateGroupOnPodRestart`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def vllm_args(ctx: Ctx, role: PlanRole) -> list[str]:
             "topic": f"kv@$(POD_IP)@{ctx.served_name()}",
         }
         add(args, "kv-events-config", json.dumps(events, separators=(",", ":")))
-        # Reproducible block hashes (the default sha256 pickles; routing anchors "Option B").
+        # Reproducible block hashes: the default sha256 pickles, and vLLM seeds its root hash from
+        # PYTHONHASHSEED (vllm/v1/core/kv_cache_utils.py `init_none_hash`).
         add(args, "prefix-caching-hash-algo", "sha256_cbor")
     if ctx.opts.model_s3_uri:
         add(args, "load-format", "runai_streamer")

@@ -15,8 +15,9 @@ options (`--capacity-reservation`, `--placement-group`); with reservations the p
 `reserved` capacity type, which Karpenter prefers.
 
 The disruption policy never consolidates a busy GPU node: empty nodes go after `consolidateAfter`, budgets
-forbid Underutilized and Drifted disruption (the starter kit's "drop empty, keep busy" pattern, anchors D.11),
-and engine pods carry `karpenter.sh/do-not-disrupt`.
+forbid Underutilized and Drifted disruption (the "drop empty, keep busy" budgets of
+aws-samples/sample-genai-on-eks-starter-kit, `builder/karpenter_eks_auto_mode.yaml`), and engine pods carry
+`karpenter.sh/do-not-disrupt`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def node_disk_gib(ctx: Ctx) -> int:
 def needs_custom_auto_class(ctx: Ctx) -> bool:
     """Tier 1 fits the built-in class (80 GiB; weights live on the shared cache or stream from S3); multi-GPU
     nodes get a custom one with `node_disk_gib` and the fastest gp3 settings (image pull is often most of a
-    cold start, anchors D.9)."""
+    cold start: AWS blog "Introducing Seekable OCI Parallel Pull mode for Amazon EKS")."""
     return ctx.plan.tier >= 2
 
 
@@ -183,7 +184,8 @@ def auto_nodeclass(ctx: Ctx) -> Obj:
 
 
 def bottlerocket_user_data(ctx: Ctx) -> str:
-    """Bottlerocket settings TOML: SOCI parallel pull (bottlerocket.dev 1.44 settings, anchors D.9)."""
+    """Bottlerocket settings TOML: SOCI parallel pull (bottlerocket.dev 1.44 settings reference,
+    `settings.container-runtime-plugins.soci-snapshotter`)."""
     if not ctx.opts.soci_parallel_pull:
         return ""
     return "\n".join(
@@ -227,7 +229,7 @@ def ec2nodeclass(ctx: Ctx) -> Obj:
         # containerd off it onto empty instance storage, so it stays off here.
         data["ebs"]["snapshotID"] = ctx.opts.image_snapshot_id
     else:
-        spec["instanceStorePolicy"] = "RAID0"  # NVMe RAID0 for containerd and emptyDir (anchors D.9)
+        spec["instanceStorePolicy"] = "RAID0"  # NVMe RAID0 for containerd and emptyDir (Karpenter v1)
     spec["blockDeviceMappings"] = [_ebs("/dev/xvda", 10, root=True), data]
     if user_data := bottlerocket_user_data(ctx):
         spec["userData"] = user_data

@@ -1,7 +1,8 @@
 """Monitoring: PodMonitor (engines), ServiceMonitors (gateway, DCGM exporter), a PrometheusRule with
 recording rules and alerts, and a Grafana dashboard.
 
-Metric names: vLLM V1 (`vllm:*`, anchors E.2) and dcgm-exporter (`DCGM_FI_*`, E.1). The engine PodMonitor
+Metric names: vLLM V1 (`vllm:*`, vllm/v1/metrics/loggers.py, docs.vllm.ai v0.32 "Metrics") and
+dcgm-exporter (`DCGM_FI_*`, NVIDIA/dcgm-exporter 4.5.3 default counters CSV). The engine PodMonitor
 copies the pod labels `app.kubernetes.io/instance`, `eksinfer.io/role`, `eksinfer.io/pool` onto every series
 (as `app_kubernetes_io_instance`, ...) so rules, KEDA queries and panels select one deployment and role.
 Alert thresholds are the reference targets: TTFT P99 over 2 s (conversational) / 5 s (batch) or the plan's own

@@ -18,17 +18,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError
+from eksinfer.gateway.scheduling.config import RoutingConfig, load_routing_config
+from eksinfer.strict import StrictModel, config_error
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerConfig(_Model):
+class ServerConfig(StrictModel):
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 picks a free one).")
     max_body_bytes: int = Field(
@@ -94,7 +92,7 @@ class ServerConfig(_Model):
         return self
 
 
-class AuthConfig(_Model):
+class AuthConfig(StrictModel):
     api_keys_file: Path | None = Field(None, description="File with one accepted API key per line.")
     api_keys_env: str | None = Field(
         None, description="Environment variable holding accepted API keys, comma-separated."
@@ -104,16 +102,7 @@ class AuthConfig(_Model):
         """Reads the keys once at start; an empty set means authentication is off."""
         keys: set[str] = set()
         if self.api_keys_file is not None:
-            try:
-                text = self.api_keys_file.read_text(encoding="utf-8")
-            except OSError as err:
-                raise ConfigError(
-                    f"cannot read {self.api_keys_file}: {err.strerror}", field="auth.api_keys_file"
-                ) from None
-            except UnicodeDecodeError:
-                raise ConfigError(
-                    f"{self.api_keys_file} is not UTF-8 text", field="auth.api_keys_file"
-                ) from None
+            text = untrusted.read_text(self.api_keys_file, field="auth.api_keys_file")
             keys.update(
                 line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
             )
@@ -127,7 +116,7 @@ class AuthConfig(_Model):
         return frozenset(keys)
 
 
-class StaticEndpoint(_Model):
+class StaticEndpoint(StrictModel):
     url: str = Field(description="Base URL of an OpenAI-compatible engine, e.g. http://10.0.0.5:8000.")
     pool: str = Field("default", description="Pool this endpoint belongs to.")
     kv_events: str | None = Field(
@@ -151,7 +140,7 @@ class StaticEndpoint(_Model):
         return self
 
 
-class KubernetesDiscovery(_Model):
+class KubernetesDiscovery(StrictModel):
     namespace: str = Field(description="Namespace whose pods are watched.")
     label_selector: str = Field(description="Label selector of engine pods, e.g. app=vllm.")
     port: int = Field(8000, gt=0, le=65535, description="Engine HTTP port on each pod.")
@@ -168,7 +157,7 @@ class KubernetesDiscovery(_Model):
     )
 
 
-class EndpointsConfig(_Model):
+class EndpointsConfig(StrictModel):
     static: list[StaticEndpoint] = Field(default_factory=list, description="Fixed list of engines.")
     kubernetes: list[KubernetesDiscovery] = Field(
         default_factory=list,
@@ -184,7 +173,7 @@ class EndpointsConfig(_Model):
         return [value] if isinstance(value, dict | KubernetesDiscovery) else value
 
 
-class ScrapeConfig(_Model):
+class ScrapeConfig(StrictModel):
     interval_s: float = Field(0.2, gt=0, description="Time between two reads of each engine's /metrics.")
     timeout_s: float = Field(1.0, gt=0, description="Timeout of one /metrics read.")
     stale_after_s: float = Field(2.0, gt=0, description="Age after which scraped data counts as stale.")
@@ -193,7 +182,7 @@ class ScrapeConfig(_Model):
     )
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Optional API keys.")
     endpoints: EndpointsConfig = Field(default_factory=EndpointsConfig, description="Where the engines are.")
@@ -201,12 +190,6 @@ class GatewayConfig(_Model):
     routing: dict[str, Any] = Field(
         default_factory=dict, description="Routing section (see eksinfer.gateway.routing.RoutingConfig)."
     )
-
-
-def _loc(err: ValidationError) -> tuple[str, str]:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    return loc, first["msg"]
 
 
 def parse_config(data: object) -> GatewayConfig:
@@ -218,23 +201,14 @@ def parse_config(data: object) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as err:
-        loc, msg = _loc(err)
-        raise ConfigError(msg, field=loc or None) from None
+        raise config_error(err) from None
     validate_routing(config.routing)
     return config
 
 
-def validate_routing(section: dict[str, Any]) -> Any:
-    """Validates the routing section with the router's own model (when it is installed) and returns it."""
-    try:
-        from eksinfer.gateway.scheduling.config import RoutingConfig
-    except ImportError:
-        return section
-    try:
-        return RoutingConfig.model_validate(section)
-    except ValidationError as err:
-        loc, msg = _loc(err)
-        raise ConfigError(msg, field=f"routing.{loc}" if loc else "routing") from None
+def validate_routing(section: dict[str, Any]) -> RoutingConfig:
+    """The routing section validated with the router's own model; ConfigError names `routing.<field>`."""
+    return load_routing_config(section)
 
 
 def load_config(path: Path | None) -> GatewayConfig:

@@ -1,4 +1,5 @@
-"""HTTP helpers shared by the gateway's handlers: OpenAI-style error bodies and API-key checks.
+"""HTTP helpers shared by the gateway's handlers: OpenAI-style error bodies, the one map from eksinfer's
+exception tree to statuses (`error_for`), and API-key checks.
 
 Error bodies follow OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, which the `openai` SDK
 turns into its typed exceptions by status (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
@@ -12,6 +13,8 @@ from collections.abc import Mapping
 
 import msgspec
 from aiohttp import web
+
+from eksinfer.errors import EksinferError, UnavailableError, UnknownNameError, UsageError
 
 _TYPES = {
     400: "invalid_request_error",
@@ -58,6 +61,35 @@ def error_response(
 def sse_error_event(status: int, message: str, code: str) -> bytes:
     """The event written into an SSE stream that broke after it started (the status line is already sent)."""
     return b"data: " + error_body(status, message, code=code) + b"\n\n"
+
+
+class RequestRefused(EksinferError):
+    """A request the gateway refuses before routing (body limits, deadline, JSON, required fields), with the
+    status and OpenAI `code` the refusal calls for."""
+
+    def __init__(self, status: int, message: str, code: str | None, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+
+# The exception tree to (status, code), most specific class first. Anything else of the tree raised while
+# routing (a plugin's own error) is a 503: the request may succeed once endpoints or their state change.
+_STATUS_BY_CLASS: tuple[tuple[type[EksinferError], int, str], ...] = (
+    (UnknownNameError, 404, "unknown_name"),
+    (UsageError, 400, "invalid_request"),
+    (UnavailableError, 503, "no_endpoint"),
+    (EksinferError, 503, "no_endpoint"),
+)
+
+
+def error_for(err: EksinferError) -> tuple[int, str | None, str | None]:
+    """(status, code, param) of the OpenAI error answering `err`."""
+    if isinstance(err, RequestRefused):
+        return err.status, err.code, err.param
+    for cls, status, code in _STATUS_BY_CLASS:
+        if isinstance(err, cls):
+            return status, code, None
+    raise AssertionError("unreachable: EksinferError is the last row")  # pragma: no cover
 
 
 def _digest(key: str) -> bytes:

@@ -29,16 +29,16 @@ from typing import Any, Protocol
 import msgspec
 from aiohttp import web
 
-from eksinfer.errors import EksinferError, UnknownNameError, UsageError
+from eksinfer.errors import EksinferError
 from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
-from eksinfer.gateway.http import ApiKeys, error_response, sse_error_event
+from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_response, sse_error_event
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 from eksinfer.gateway.upstream import (
+    EngineLinkError,
     UpstreamBrokenError,
     UpstreamConnectError,
-    UpstreamError,
     UpstreamPool,
     UpstreamResponse,
 )
@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 OFF_LOOP_DECODE_BYTES = 1 << 20  # msgspec decodes ~1 GB/s: from 1 MiB (~1 ms) a body is decoded in a thread
 WHOLE_BODY_BYTES = 1 << 20  # non-streamed answers up to 1 MiB with a Content-Length are sent in one write
-CHARS_PER_TOKEN = (
-    4  # estimate when the router does not say how many prompt tokens it found uncached (llm-d §1.4)
-)
 _FORWARD_HEADERS = ("x-request-id", "traceparent", "tracestate")
 
 
@@ -80,27 +77,6 @@ class _Flight:
     broken: bool = False
     retried: bool = False
     response: web.StreamResponse | None = None
-
-
-_CODES = {400: "invalid_request", 404: "unknown_name", 429: "overloaded", 503: "no_endpoint"}
-
-
-def _status_of(err: EksinferError) -> int:
-    """HTTP status of a routing error: its own `http_status` if it has one, else by class."""
-    status = getattr(err, "http_status", None)
-    if isinstance(status, int):
-        return status
-    if isinstance(err, UnknownNameError):
-        return 404
-    return 400 if isinstance(err, UsageError) else 503
-
-
-class _Refusal(Exception):
-    """A request refused before routing; `_handle` turns it into an OpenAI-style error."""
-
-    def __init__(self, status: int, message: str, code: str | None, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.param = status, code, param
 
 
 class _RetryElsewhere(Exception):
@@ -165,11 +141,11 @@ class Proxy:
             return self._finish_early(path, 429, msg, "overloaded")
         self._inflight += 1  # from the first body byte: a slow body holds a slot like a slow answer does
         try:
-            try:
-                raw, body, model = await self._admit(request, field)
-            except _Refusal as refusal:
-                return self._finish_early(path, refusal.status, str(refusal), refusal.code, refusal.param)
+            raw, body, model = await self._admit(request, field)
             return await self._dispatch(request, path, raw, body, model, started)
+        except EksinferError as err:  # refused, or no route: `error_for` is the one map to a status
+            status, code, param = error_for(err)
+            return self._finish_early(path, status, str(err), code, param)
         except Exception:  # a bug must still give the client one OpenAI-style line, never a traceback
             log.exception("internal error on %s", path)
             return self._finish_early(path, 500, "internal gateway error", "internal_error")
@@ -177,9 +153,9 @@ class Proxy:
             self._inflight -= 1
 
     async def _admit(self, request: web.Request, field: str) -> tuple[bytes, dict[str, Any], str]:
-        """Body limit and deadline, JSON and the fields routing needs; `_Refusal` otherwise."""
+        """Body limit and deadline, JSON and the fields routing needs; raises `RequestRefused` otherwise."""
         limit = self._config.max_body_bytes
-        too_large = _Refusal(413, f"request body is larger than {limit} bytes", "body_too_large")
+        too_large = RequestRefused(413, f"request body is larger than {limit} bytes", "body_too_large")
         if request.content_length is not None and request.content_length > limit:
             raise too_large
         try:
@@ -187,29 +163,29 @@ class Proxy:
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
         except BodyTimeoutError as err:
-            raise _Refusal(408, str(err), "body_timeout") from None
+            raise RequestRefused(408, str(err), "body_timeout") from None
         try:
             if len(raw) >= OFF_LOOP_DECODE_BYTES:
                 body = await asyncio.to_thread(msgspec.json.decode, raw)
             else:
                 body = msgspec.json.decode(raw)
         except msgspec.DecodeError as err:
-            raise _Refusal(400, f"request body is not valid JSON: {err}", "invalid_json") from None
+            raise RequestRefused(400, f"request body is not valid JSON: {err}", "invalid_json") from None
         except RecursionError:  # msgspec recurses once per nesting level: a bracket bomb ends here
-            raise _Refusal(400, "request body is nested too deeply", "invalid_json") from None
+            raise RequestRefused(400, "request body is nested too deeply", "invalid_json") from None
         if not isinstance(body, dict):
-            raise _Refusal(400, "request body must be a JSON object", "invalid_json")
+            raise RequestRefused(400, "request body must be a JSON object", "invalid_json")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise _Refusal(400, "'model' is required and must be a string", None, param="model")
+            raise RequestRefused(400, "'model' is required and must be a string", None, param="model")
         value = body.get(field)
         if value is None or (field == "messages" and (not isinstance(value, list) or not value)):
             kind = "a non-empty list" if field == "messages" else "present"
             msg = f"'{field}' is required and must be {kind}"
-            raise _Refusal(400, msg, None, param=field)
+            raise RequestRefused(400, msg, None, param=field)
         if not self._registry.known_model(model):
             msg = f"the model '{model}' does not exist"
-            raise _Refusal(404, msg, "model_not_found", param="model")
+            raise RequestRefused(404, msg, "model_not_found", param="model")
         return raw, body, model
 
     async def _dispatch(
@@ -220,11 +196,7 @@ class Proxy:
             candidates = self._registry.candidates(model, exclude=lambda s: s.id in tried)
             if not candidates:
                 break
-            try:
-                decision = await self._router.route(model, body, request.headers, candidates)
-            except EksinferError as err:
-                status = _status_of(err)
-                return self._finish_early(path, status, str(err), _CODES.get(status, "routing_failed"))
+            decision = await self._router.route(model, body, request.headers, candidates)
             self._metrics.observe_decision(decision.preset or self._preset, decision.reason)
             try:
                 return await self._forward(request, path, raw, decision, started)
@@ -335,7 +307,7 @@ class Proxy:
         """Copies status, content type and chunks; the deadline moves to `idle_stream_timeout_s` per chunk."""
         try:
             first = await upstream.readany()
-        except UpstreamError as err:
+        except EngineLinkError as err:
             flight.decision.endpoint.healthy = False
             raise _RetryElsewhere from err
         self._first_token(flight)
@@ -346,7 +318,7 @@ class Proxy:
             # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
             try:
                 body = first if len(first) >= size else first + await upstream.read()
-            except UpstreamError as err:
+            except EngineLinkError as err:
                 self._warn.warning(
                     f"cut {flight.decision.endpoint.id}",
                     "endpoint %s closed the connection before the whole body: %s",

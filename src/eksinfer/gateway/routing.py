@@ -4,12 +4,12 @@ scheduling profiles, and turns one request into one explainable `Decision`.
 Contract with the proxy (signatures are stable):
 
     router = Router(config)                  # RoutingConfig (gateway YAML `routing:`); raises ConfigError
-    router.start()                           # inside the running loop: starts subscribers, loads the
-    tokenizer router.endpoint_added(state, kv_events="tcp://10.0.0.5:5557", kv_replay=None)
+    router.start()                           # in the running loop: starts subscribers, loads the tokenizer
+    router.endpoint_added(state, kv_events="tcp://10.0.0.5:5557", kv_replay=None)
     decision = await router.route(model, body, headers, endpoints)   # NoEndpointError -> HTTP 503
     router.on_first_token(decision)          # first streamed chunk (or the full response)
-    router.on_finish(decision, ok=True)      # always, exactly once per routed request (errors, disconnects
-    too) router.endpoint_removed(endpoint_id)
+    router.on_finish(decision, ok=True)      # always, once per routed request (errors, disconnects too)
+    router.endpoint_removed(endpoint_id)
     await router.stop()
     router.stats()                           # index size, predicted hit ratio, event lag, decisions
 
@@ -58,7 +58,7 @@ from eksinfer.gateway.scheduling.runner import (
 )
 from eksinfer.gateway.tokenize import (
     EngineTokenizer,
-    HfTokenizer,
+    HfPromptTokenizer,
     PromptTokenizer,
     make_tokenizer,
     prompt_text,
@@ -115,7 +115,7 @@ class Router:
         if self._started:
             return
         self._started = True
-        if isinstance(self.tokenizer, HfTokenizer):
+        if isinstance(self.tokenizer, HfPromptTokenizer):
             self._tokenizer_ready = asyncio.get_running_loop().create_task(
                 asyncio.to_thread(self.tokenizer.load)
             )

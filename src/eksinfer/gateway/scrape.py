@@ -1,12 +1,13 @@
 """Reads each engine's vLLM `/metrics` and `/v1/models` in the background and fills its `EndpointState`.
 
-Signals (routing-anchors.md 1.7): `vllm:num_requests_running`, `vllm:num_requests_waiting`,
-`vllm:kv_cache_usage_perc` (0..1), `vllm:cache_config_info{num_gpu_blocks, block_size}`,
-`vllm:lora_requests_info{running_lora_adapters, waiting_lora_adapters}` (the value is a timestamp: the newest
-sample wins). A data-parallel engine reports one series per `engine` label: requests are summed, KV usage is
-the mean. The parser finds only the lines it needs, so a 56 KB page (vllm-samples/metrics_after_requests.txt)
-costs tens of microseconds. Defaults follow llm-d (refresh 50 ms, stale after 2 s); ours refresh every
-200 ms because the gateway also tracks its own in-flight work between scrapes.
+Signals (those llm-d's endpoint picker scrapes, llm-d inference scheduler `pkg/epp/server/options.go`):
+`vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (0..1),
+`vllm:cache_config_info{num_gpu_blocks, block_size}`, `vllm:lora_requests_info{running_lora_adapters,
+waiting_lora_adapters}` (the value is a timestamp: the newest sample wins). A data-parallel engine reports one
+series per `engine` label: requests are summed, KV usage is the mean. The parser finds only the lines it
+needs, so a 56 KB page (tests/sim/data/metrics_after_requests.txt) costs tens of microseconds. Defaults follow
+llm-d (refresh 50 ms, stale after 2 s); ours refresh every 200 ms because the gateway also tracks its own
+in-flight work between scrapes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ MODELS_EVERY = 25  # re-read /v1/models every 25 scrapes (5 s at the default 200
 
 
 @dataclass(slots=True)
-class EngineMetrics:
+class ScrapedMetrics:
     """The few numbers routing needs from one /metrics page; None where the page lacks the series."""
 
     num_running: int | None = None
@@ -99,10 +100,10 @@ def _wanted_lines(text: str) -> list[str]:
     return lines
 
 
-def parse_metrics(text: str) -> EngineMetrics:
+def parse_metrics(text: str) -> ScrapedMetrics:
     """Parses the Prometheus text format, keeping only the series routing uses."""
     acc = _Acc()
-    out = EngineMetrics()
+    out = ScrapedMetrics()
     lora_ts = float("-inf")
     for line in _wanted_lines(text):
         sample = _split_sample(line)
@@ -141,7 +142,7 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def apply_metrics(state: EndpointState, metrics: EngineMetrics, now: float) -> None:
+def apply_metrics(state: EndpointState, metrics: ScrapedMetrics, now: float) -> None:
     """Copies one scrape into the state routing reads; keeps the last cache config if a page lacks it."""
     state.num_running = metrics.num_running
     state.num_waiting = metrics.num_waiting

@@ -32,16 +32,17 @@ import httptools
 HIGH_WATER = 256 * 1024  # bytes waiting for the reader before the socket is paused (resumed once read)
 
 
-class UpstreamError(Exception):
-    """Base of the errors below."""
+class EngineLinkError(Exception):
+    """A connection to an engine failed (base of the two below). Not `eksinfer.errors.UpstreamError`: that one
+    is for a person (one line, CLI exit 4); this one stays in the gateway, which retries or answers 502."""
 
 
-class UpstreamConnectError(UpstreamError, ConnectionError):
+class UpstreamConnectError(EngineLinkError, ConnectionError):
     """No response started: the engine could not be reached, or closed the connection before answering.
     Nothing went to the client yet, so the request may be routed elsewhere."""
 
 
-class UpstreamBrokenError(UpstreamError, ConnectionError):
+class UpstreamBrokenError(EngineLinkError, ConnectionError):
     """The response started but the connection broke (or sent bytes that are not HTTP) before its end."""
 
 
@@ -238,7 +239,7 @@ class _Connection(asyncio.Protocol):
         self._transport.writelines(data)
         return self._head
 
-    def _fail(self, error: UpstreamError) -> None:
+    def _fail(self, error: EngineLinkError) -> None:
         head = self._head
         if head is not None and not head.done():
             head.set_exception(error)

@@ -1,6 +1,7 @@
 """vLLM's KV-cache event schema and ZMQ wire format, shared by the simulator and the gateway.
 
-Schema (vllm/distributed/kv_events.py; golden: shared/reference/vllm-samples/kv_events_blocksize128.json):
+Schema (vllm/distributed/kv_events.py; golden: tests/sim/data/kv_events_blocksize128.json,
+a vLLM 0.32 capture):
 
     EventBatch   = [ts: float, events: list, data_parallel_rank: int]        msgpack, positional envelope
     BlockStored  = block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name,

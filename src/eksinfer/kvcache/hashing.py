@@ -12,7 +12,7 @@ Algorithm (vLLM 0.32: vllm/v1/core/kv_cache_utils.py `hash_block_tokens`, `init_
 Only full blocks are hashed; chaining uses the full 32-byte digest, events publish the 64-bit projection.
 `extra_keys_i` is None or a tuple of tagged keys in vLLM's order: `("lora", name, path)` on every block, then
 `("cache_salt", salt)` on block 0 only. Events publish them untagged (`event_extra_keys`): `(name, salt)`.
-Checked against the vLLM 0.32 capture in shared/reference/vllm-samples (default `sha256`, no PYTHONHASHSEED:
+Checked against a vLLM 0.32 capture kept in tests/sim/data (default `sha256`, no PYTHONHASHSEED:
 tests/kvcache/test_hashing.py reproduces its published hashes). Multimodal and prompt-embeds keys are not
 produced (text-only engines).
 

@@ -33,12 +33,13 @@ from eksinfer.catalog.models import ModelSpec
 from eksinfer.errors import InfeasibleError, UsageError
 from eksinfer.perf import memory as mem
 
-# Fitted values (benchmarks/bench_plan.py grid search over the 219 runs; starting points in brackets):
-ETA_BW = 0.85  # achieved / peak HBM bandwidth streaming weights and KV [AIC 0.8, anchors fit 0.9]
-ETA_GEMM = 0.45  # achieved / peak BF16 rate of prefill GEMMs, also W8A16 / W4A16 [anchors fit 0.4]
+# Fitted values (benchmarks/bench_plan.py grid search over the 219 runs; starting points in brackets, where
+# "first fit" is an earlier five-constant grid fit of this model to the same runs):
+ETA_BW = 0.85  # achieved / peak HBM bandwidth streaming weights and KV [AIC 0.8, first fit 0.9]
+ETA_GEMM = 0.45  # achieved / peak BF16 rate of prefill GEMMs, also W8A16 / W4A16 [first fit 0.4]
 ETA_GEMM_FP8 = 0.55  # achieved / peak FP8 rate (W8A8 GEMMs) [FP8 rows; 0.55-0.7 fit equally]
 ETA_ATTN = 0.3  # achieved / peak rate of attention kernels (FlashAttention / FlashMLA)
-STEP_OVERHEAD_S = 2.0e-3  # scheduler + sampler + input prep per step [anchors: 3 ms x layers / 64 in all]
+STEP_OVERHEAD_S = 2.0e-3  # scheduler + sampler + input prep per step [first fit: 3 ms x layers / 64 in all]
 LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
 MOE_GEMM_FACTOR = 0.2  # expert (grouped, TP-sharded) GEMM rate relative to a dense GEMM [Kimi K2.5 H200 runs]
 MOE_LAYER_OVERHEAD_S = 50e-6  # routing, top-k, token permutation per MoE layer per step [same runs]

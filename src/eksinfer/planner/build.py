@@ -117,7 +117,7 @@ def _engine(request: PlanRequest, cand: Candidate, role: str) -> PlanEngine:
 
 
 def provisioning(request: PlanRequest, cand: Candidate) -> tuple[Provisioning, str]:
-    """Node provisioning and why (gateway-bench-eks-anchors.md D.3-D.5)."""
+    """Node provisioning and why (Karpenter v1, EKS Auto Mode, NVIDIA GPU Operator: docs/deploy.md)."""
     c = request.constraints
     if c.needs_dra:
         return "managed-node-group", (

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from eksinfer.strict import StrictModel
 
 PLAN_SCHEMA_VERSION = "eksinfer.plan/v1"
 
@@ -18,11 +20,7 @@ CapacityType = Literal["on-demand", "spot"]
 RoleName = Literal["engine", "prefill", "decode"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PlanModel(_Model):
+class PlanModel(StrictModel):
     id: str = Field(description="catalog id (e.g. llama-3.3-70b) or the config.json path's model name")
     hf_id: str = Field(
         description="Hugging Face repository id vLLM serves, e.g. meta-llama/Llama-3.3-70B-Instruct"
@@ -34,7 +32,7 @@ class PlanModel(_Model):
     max_context: int = Field(description="model's maximum context length, tokens")
 
 
-class PlanTraffic(_Model):
+class PlanTraffic(StrictModel):
     input_tokens: int = Field(description="mean prompt length, tokens")
     output_tokens: int = Field(description="mean generated length, tokens")
     requests_per_s: float | None = Field(
@@ -48,13 +46,13 @@ class PlanTraffic(_Model):
     )
 
 
-class PlanSlo(_Model):
+class PlanSlo(StrictModel):
     preset: str = Field(description="conversational, batch or custom")
     ttft_s: float = Field(description="time-to-first-token target, seconds")
     tpot_s: float = Field(description="time-per-output-token target, seconds")
 
 
-class PlanInstance(_Model):
+class PlanInstance(StrictModel):
     type: str = Field(description="EC2 instance type, e.g. p5.48xlarge")
     family: str = Field(description="EC2 family, e.g. p5")
     gpu: str = Field(description="GPU name from the catalog, e.g. H100")
@@ -73,7 +71,7 @@ class PlanInstance(_Model):
     )
 
 
-class PlanEngine(_Model):
+class PlanEngine(StrictModel):
     """One vLLM engine (a replica). `vllm_args` is the command line, the other fields its structured form."""
 
     tensor_parallel_size: int = Field(ge=1, description="GPUs per pipeline stage")
@@ -95,13 +93,13 @@ class PlanEngine(_Model):
     vllm_args: list[str] = Field(description="arguments after `vllm serve MODEL`")
 
 
-class PlanRole(_Model):
+class PlanRole(StrictModel):
     name: RoleName = Field(description="engine (aggregated), or prefill / decode (disaggregated)")
     replicas: int = Field(ge=0, description="replicas of this role")
     engine: PlanEngine = Field(description="the engine configuration of this role")
 
 
-class PlanNodes(_Model):
+class PlanNodes(StrictModel):
     provisioning: Provisioning = Field(description="how GPU nodes are provisioned")
     total_nodes: int = Field(description="instances across all roles")
     max_nodes: int = Field(description="node-tier autoscaling limit")
@@ -112,18 +110,18 @@ class PlanNodes(_Model):
     node_startup_s: float = Field(description="expected GPU node start-up (boot + image + weights), seconds")
 
 
-class PlanRouting(_Model):
+class PlanRouting(StrictModel):
     strategy: Literal["round-robin", "kv-aware"] = Field(description="routing the gateway applies")
     gateway_preset: str = Field(description="eksinfer gateway --preset")
 
 
-class PlanLoadPoint(_Model):
+class PlanLoadPoint(StrictModel):
     requests_per_s: float = Field(description="arrival rate of the whole deployment (Poisson)")
     ttft_s: float | None = Field(description="mean TTFT, seconds; None when saturated")
     tpot_s: float = Field(description="mean TPOT, seconds")
 
 
-class PlanPrediction(_Model):
+class PlanPrediction(StrictModel):
     ttft_s: float = Field(description="predicted time to first token at the planned load, seconds")
     tpot_s: float = Field(description="predicted time per output token at the planned load, seconds")
     throughput_tokens_per_s: float = Field(description="output tokens/s of the whole deployment")
@@ -146,14 +144,14 @@ class PlanPrediction(_Model):
     )
 
 
-class PlanPriceComparison(_Model):
+class PlanPriceComparison(StrictModel):
     book: str = Field(description="another dated price book, e.g. reference (2025)")
     as_of: str = Field(description="date of that book's prices, ISO 8601")
     price_per_hour_usd: float | None = Field(description="the same instance type there; None: not priced")
     monthly_usd: float | None = Field(description="the same nodes for a month at that price")
 
 
-class PlanGround(_Model):
+class PlanGround(StrictModel):
     """Whether measured runs stand behind this plan's path, and the range its predictions may be off by."""
 
     measured: bool = Field(description="False when part of the path (PP, P/D, MIG, GPU, MoE) has no runs")
@@ -166,7 +164,7 @@ class PlanGround(_Model):
     )
 
 
-class PlanCost(_Model):
+class PlanCost(StrictModel):
     hours_per_month: float = Field(default=720.0, description="hours billed a month")
     monthly_usd: float = Field(description="instances x price x hours")
     per_million_tokens_usd: float = Field(
@@ -177,13 +175,13 @@ class PlanCost(_Model):
     )
 
 
-class PlanOnPrem(_Model):
+class PlanOnPrem(StrictModel):
     gpu: str = Field(description="GPU model of the on-prem nodes")
     gpus: int = Field(description="GPUs available on-prem")
     replicas: int = Field(ge=0, description="engine replicas placed on hybrid nodes")
 
 
-class PlanAlternative(_Model):
+class PlanAlternative(StrictModel):
     instance_type: str = Field(description="EC2 instance type")
     mode: Literal["aggregated", "disaggregated"] = Field(description="serving mode")
     tensor_parallel_size: int = Field(description="TP")
@@ -199,7 +197,7 @@ class PlanAlternative(_Model):
     measured: bool = Field(default=True, description="False when the path has no measured runs behind it")
 
 
-class Plan(_Model):
+class Plan(StrictModel):
     schema_version: str = Field(default=PLAN_SCHEMA_VERSION, description="plan document version")
     name: str = Field(description="deployment name, DNS-1123, used for Kubernetes object names")
     tier: Literal[1, 2, 3] = Field(description="1: one GPU; 2: TP 4-8 single node; 3: multi-node MoE")

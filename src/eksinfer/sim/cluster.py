@@ -25,7 +25,7 @@ from eksinfer.guarded_http import GuardedRunner
 from eksinfer.sim.config import SimOptions, build_perf, resolve_engine_sizing
 from eksinfer.sim.engine import Engine
 from eksinfer.sim.server import SimServer, guards
-from eksinfer.sim.tokenizer import Tokenizer, load_tokenizer
+from eksinfer.tokenize import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from eksinfer.perf import EnginePerf

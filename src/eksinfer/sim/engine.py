@@ -29,7 +29,7 @@ from eksinfer.sim.config import EngineSizing, SimOptions
 from eksinfer.sim.metrics import EngineMetrics
 from eksinfer.sim.publisher import EventPublisher
 from eksinfer.sim.scheduler import Scheduler, SimRequest, StepPlan
-from eksinfer.sim.tokenizer import BuiltinTokenizer, Tokenizer
+from eksinfer.tokenize import BuiltinTokenizer, Tokenizer
 
 if TYPE_CHECKING:
     from eksinfer.perf import EnginePerf

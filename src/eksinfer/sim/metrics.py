@@ -1,6 +1,6 @@
 """Prometheus metrics with vLLM V1's names, types, help texts, labels, buckets (vllm/v1/metrics/loggers.py).
 
-Checked against a real vLLM 0.32 scrape (shared/reference/vllm-samples/metrics_after_requests.txt): labels
+Checked against a real vLLM 0.32 scrape (tests/sim/data/metrics_after_requests.txt): labels
 `engine` and `model_name` on every engine metric, `finished_reason` on request_success_total, and the bucket
 boundaries below. Each engine has its own registry so replicas in one process do not mix.
 """

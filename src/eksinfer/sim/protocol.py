@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from eksinfer.errors import UsageError
-from eksinfer.sim.tokenizer import Tokenizer
+from eksinfer.tokenize import Tokenizer
 
 SYSTEM_FINGERPRINT = "vllm-0.32.0-eksinfer"
 _json_encode = msgspec.json.Encoder().encode

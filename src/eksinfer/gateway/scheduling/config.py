@@ -18,16 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from eksinfer.errors import ConfigError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from eksinfer.strict import StrictModel, config_error
 
 
-class PluginRef(_Strict):
+class PluginRef(StrictModel):
     type: str = Field(description="registered plugin type name, e.g. queue-scorer")
     name: str | None = Field(None, description="label in decisions and metrics (default: the type)")
     weight: float = Field(1.0, ge=0, description="scorer weight in the sum (ignored for filters and pickers)")
@@ -38,7 +34,7 @@ class PluginRef(_Strict):
         return self.name or self.type
 
 
-class ProfileConfig(_Strict):
+class ProfileConfig(StrictModel):
     filters: list[PluginRef] = Field(default_factory=list, description="applied in order")
     scorers: list[PluginRef] = Field(default_factory=list, description="weighted, summed")
     picker: PluginRef = Field(
@@ -46,7 +42,7 @@ class ProfileConfig(_Strict):
     )
 
 
-class TokenizerConfig(_Strict):
+class TokenizerConfig(StrictModel):
     mode: Literal["auto", "hf", "engine", "builtin", "approx"] = Field(
         "auto",
         description="hf: tokenizer.json + tokenizer_config.json from `path`; engine: the engine's POST "
@@ -60,7 +56,7 @@ class TokenizerConfig(_Strict):
     engine_timeout_s: float = Field(2.0, gt=0, description="timeout of one POST /tokenize")
 
 
-class IndexConfig(_Strict):
+class IndexConfig(StrictModel):
     speculative_ttl_s: float = Field(
         2.0, ge=0, description="life of the routed request's blocks before events"
     )
@@ -69,7 +65,7 @@ class IndexConfig(_Strict):
     )
 
 
-class EventsConfig(_Strict):
+class EventsConfig(StrictModel):
     topic: str = Field(
         "", description="ZMQ SUB topic prefix (vLLM publishes kv@<pod>@<model> in llm-d setups)"
     )
@@ -86,7 +82,7 @@ class EventsConfig(_Strict):
     )
 
 
-class RoutingConfig(_Strict):
+class RoutingConfig(StrictModel):
     preset: str = Field("kv-aware", description="built-in preset or a key of `profiles`")
     profiles: dict[str, ProfileConfig] = Field(default_factory=dict, description="custom profiles by name")
     block_size: int = Field(16, ge=1, description="engine block size until scraped or seen in events")
@@ -107,6 +103,4 @@ def load_routing_config(data: Mapping[str, Any] | None, *, prefix: str = "routin
     try:
         return RoutingConfig.model_validate(dict(data or {}))
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(first["msg"], field=f"{prefix}.{where}" if where else prefix) from None
+        raise config_error(err, prefix=prefix) from None

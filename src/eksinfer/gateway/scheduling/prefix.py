@@ -5,8 +5,7 @@ The router fills `block_keys` (token-block keys per block size) off the event lo
 prompt is long; these helpers compute anything missing inline (cheap for short prompts) and memoise it, so two
 scorers in one profile never hash or walk the index twice. Annotation keys:
 
-    block_keys      {block_size: [key, ...]}   keys of the request's full token blocks
-    (kvcache.index.chain_keys)
+    block_keys      {block_size: [key, ...]}   keys of the request's full token blocks (index.chain_keys)
     precise_match   {endpoint_id: matched_tokens} from the event-fed index (speculative entries included)
     approx_keys     [key, ...]                  character-block or token-block keys for the router-side index
     approx_match    {endpoint_id: matched_blocks}

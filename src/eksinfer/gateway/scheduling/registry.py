@@ -12,18 +12,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from eksinfer.errors import ConfigError, UnknownNameError
+from eksinfer.errors import UnknownNameError
 from eksinfer.kvcache.index import PrefixIndex
+from eksinfer.strict import StrictModel, config_error
 
 PluginKind = Literal["filter", "scorer", "picker"]
 
 
-class PluginParams(BaseModel):
+class PluginParams(StrictModel):
     """Base of every plugin's parameters: unknown keys are errors that name the field."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(slots=True)
@@ -82,10 +81,7 @@ class Registry:
         try:
             params = cls.Params.model_validate(dict(parameters))
         except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            prefix = f"{field}.parameters" if field else "parameters"
-            raise ConfigError(first["msg"], field=f"{prefix}.{where}" if where else prefix) from None
+            raise config_error(err, prefix=f"{field}.parameters" if field else "parameters") from None
         return cls(params, deps)
 
 

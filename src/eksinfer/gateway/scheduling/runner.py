@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from eksinfer.errors import UnknownNameError, UsageError
+from eksinfer.errors import UnavailableError, UnknownNameError
 from eksinfer.gateway.scheduling.config import ProfileConfig, RoutingConfig
 from eksinfer.gateway.scheduling.framework import (
     EndpointId,
@@ -32,10 +32,8 @@ TOKEN_SCORERS = frozenset(
 )
 
 
-class NoEndpointError(UsageError):
+class NoEndpointError(UnavailableError):
     """No endpoint can take the request (none serve the model, or filters removed all): HTTP 503."""
-
-    http_status = 503
 
 
 @dataclass(frozen=True, slots=True)

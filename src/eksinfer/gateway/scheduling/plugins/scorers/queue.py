@@ -1,8 +1,7 @@
 """`queue-scorer`: prefer endpoints with fewer waiting requests.
 
 Min-max over the candidates of the scraped `vllm:num_requests_waiting`: `(max_q - q) / (max_q - min_q)`, all
-equal
--> 1.0 (llm-d `queue-scorer`, queuedepth/queue.go). Missing or stale metrics count as the gateway's own
+equal -> 1.0 (llm-d `queue-scorer`, queuedepth/queue.go). Missing or stale metrics count as the gateway's own
 in-flight request count, the freshest signal it has.
 """
 

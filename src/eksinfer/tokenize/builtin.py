@@ -1,6 +1,5 @@
-"""Tokenizers of the simulated engine: the built-in deterministic one, or a local Hugging Face tokenizer.
-
-The gateway imports this module to tokenize exactly as the engine does (`encode_prompt`, `encode_chat`).
+"""The built-in deterministic tokenizer of the simulator, which the gateway's `builtin` mode shares so that it
+tokenizes exactly as a simulated engine does (`encode_prompt`, `encode_chat`).
 
 Built-in tokenizer ("eksinfer-builtin-v1"; stable: changing it means a new name). 73,371 ids:
 
@@ -21,29 +20,20 @@ A newline is always a token of its own, so each message encodes independently of
 are encoded message by message through a cache bounded in bytes (`MESSAGE_CACHE_BYTES`, 32 MiB), which
 makes a repeated system prompt (the gateway tokenizes every request) cost a dictionary lookup instead of a
 scan.
-
-Hugging Face (`--tokenizer DIR`): `DIR/tokenizer.json` via `tokenizers`, and the `chat_template` of
-`DIR/tokenizer_config.json` rendered with jinja2 (`bos_token`, `eos_token`, `add_generation_prompt`).
-Chat prompts are encoded without adding special tokens, as vLLM does: the template carries them.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import re
 import sys
 import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol
 
-from eksinfer import untrusted
-from eksinfer.errors import ConfigError, UsageError
-
-Message = Mapping[str, Any]
+from eksinfer.errors import UsageError
+from eksinfer.tokenize.chat import Message, message_text
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 _BYTE_BASE = 3
@@ -60,38 +50,6 @@ _A = ord("a")
 MESSAGE_CACHE_BYTES = 32 * 1024**2
 _LARGEST_CACHED_MESSAGE_BYTES = 2 * 1024**2
 _PIECE_CACHE_SIZE = 200_000  # pieces are 1-4 characters: a few hundred bytes each at most, ~20 MB in all
-
-
-class Tokenizer(Protocol):
-    """What the engine (and the gateway) need from a tokenizer."""
-
-    name: str
-    vocab_size: int
-    eos_token_id: int
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
-
-    def decode(self, token_ids: Sequence[int]) -> str: ...
-
-    def apply_chat_template(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
-    ) -> str: ...
-
-    def encode_prompt(self, prompt: str) -> list[int]: ...
-
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]: ...
-
-
-def message_text(content: Any) -> str:
-    """A message's text: a string, or the text parts of an OpenAI content list joined by newlines."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        return "\n".join(str(p) for p in parts)
-    raise UsageError("message content must be a string or a list of parts", field="messages")
 
 
 def _piece_id(piece: str) -> int:
@@ -244,107 +202,3 @@ class _MessageCache:
             while self.bytes > self.max_bytes:
                 _, (_, dropped) = self._entries.popitem(last=False)
                 self.bytes -= dropped
-
-
-class HFTokenizer:
-    """A local Hugging Face tokenizer directory (`tokenizer.json`, optional `tokenizer_config.json`)."""
-
-    def __init__(self, path: str | Path) -> None:
-        from tokenizers import Tokenizer as RawTokenizer
-
-        root = Path(path)
-        file = root / "tokenizer.json" if root.is_dir() else root
-        if not file.is_file():
-            raise ConfigError(f"no tokenizer.json at {root}", field="--tokenizer")
-        self._tok = load_tokenizer_file(RawTokenizer, file, "--tokenizer")
-        config: dict[str, Any] = {}
-        config_file = file.parent / "tokenizer_config.json"
-        if config_file.is_file():
-            config = read_tokenizer_config(config_file, "--tokenizer")
-        self.name = str(root)
-        self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
-        self._bos = _token_text(config.get("bos_token"))
-        self._eos = _token_text(config.get("eos_token"))
-        eos_id = self._tok.token_to_id(self._eos) if self._eos else None
-        self.eos_token_id = int(eos_id) if eos_id is not None else -1
-        self._template = _compile_template(config.get("chat_template"))
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
-
-    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
-        if self._template is None:
-            raise UsageError("the tokenizer has no chat template; use /v1/completions", field="messages")
-        if not all(isinstance(m, Mapping) for m in messages):
-            raise UsageError("every message must be an object with a 'role'", field="messages")
-        plain = [{**m, "content": message_text(m.get("content"))} for m in messages]
-        return str(
-            self._template.render(
-                messages=plain,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self._bos or "",
-                eos_token=self._eos or "",
-            )
-        )
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        return self.encode(prompt, add_special_tokens=True)
-
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
-
-
-def load_tokenizer_file(factory: Any, file: Path, field: str) -> Any:
-    """`tokenizers.Tokenizer.from_file` with its errors (a Rust panic message for a non-UTF-8 or
-    malformed file) as one ConfigError line."""
-    untrusted.read_text(file, field=field, max_bytes=untrusted.MAX_FILE_BYTES * 4)  # size and UTF-8 first
-    try:
-        return factory.from_file(str(file))
-    except Exception as err:  # the library raises plain Exception subclasses from Rust
-        raise ConfigError(
-            f"{file} is not a tokenizer.json: {untrusted.one_line(str(err))}", field=field
-        ) from None
-
-
-def read_tokenizer_config(file: Path, field: str) -> dict[str, Any]:
-    """`tokenizer_config.json` as a mapping, or one ConfigError line."""
-    text = untrusted.read_text(file, field=field)
-    try:
-        config = untrusted.load_json(text, where=str(file), field=field)
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{file} is not valid JSON: {err}", field=field) from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{file} is not a JSON object", field=field)
-    return config
-
-
-def _token_text(value: Any) -> str | None:
-    if isinstance(value, dict):  # AddedToken serialised as {"content": ...}
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _compile_template(source: Any) -> Any:
-    if isinstance(source, list):  # named templates: take "default"
-        named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
-        source = named.get("default")
-    if not isinstance(source, str):
-        return None
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise UsageError(message, field="messages")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
-
-
-def load_tokenizer(path: str | None) -> Tokenizer:
-    """The built-in tokenizer for None or "builtin", else the HF tokenizer at `path` (blocking I/O)."""
-    if path is None or path == "builtin":
-        return BuiltinTokenizer()
-    return HFTokenizer(path)

@@ -185,6 +185,13 @@ def complete(state: FakeCluster) -> None:
     }
 
 
+def run_doctor(tmp_path: Path, url: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`eksinfer doctor TREE --kubeconfig ...` as a user runs it, on the tree rendered under `tmp_path`."""
+    kube = str(kubeconfig(tmp_path, url))
+    cmd = [sys.executable, "-m", "eksinfer.cli.main", "doctor", str(tmp_path / "tree"), "--kubeconfig", kube]
+    return subprocess.run([*cmd, *flags], capture_output=True, text=True, timeout=60)
+
+
 def _checks(findings: list[Any]) -> list[tuple[str, str]]:
     return [(f.check, f.severity) for f in findings]
 
@@ -227,22 +234,7 @@ def test_ready_cluster_has_no_findings(cluster: tuple[FakeCluster, str], tmp_pat
     state, url = cluster
     complete(state)
     render_plan(plans.tier3("karpenter"), tmp_path / "tree", options=RenderOptions(cluster_name=CLUSTER))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eksinfer.cli.main",
-            "doctor",
-            str(tmp_path / "tree"),
-            "--kubeconfig",
-            str(kubeconfig(tmp_path, url)),
-            "--context",
-            "prod",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_doctor(tmp_path, url, "--context", "prod")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"0 error(s), 0 warning(s): {tmp_path / 'tree'} on {CLUSTER}" in proc.stdout
 
@@ -253,21 +245,7 @@ def test_cli_exit_status_and_json(cluster: tuple[FakeCluster, str], tmp_path: Pa
     complete(state)
     state.storage_classes = []
     render_plan(plans.tier2("karpenter"), tmp_path / "tree", options=RenderOptions(cluster_name=CLUSTER))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "eksinfer.cli.main",
-            "doctor",
-            str(tmp_path / "tree"),
-            "--kubeconfig",
-            str(kubeconfig(tmp_path, url)),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_doctor(tmp_path, url, "--json")
     assert proc.returncode == 1, proc.stderr
     doc = json.loads(proc.stdout)
     assert (doc["cluster"], doc["errors"]) == (CLUSTER, 1)

@@ -71,6 +71,13 @@ def register(app: typer.Typer) -> None:
             "map", "--kv-events-encoding", help="map (vLLM 0.32) or array."
         ),
         enable_prompt_tokens_details: bool = typer.Option(False, "--enable-prompt-tokens-details"),
+        enable_auto_tool_choice: bool = typer.Option(
+            False, "--enable-auto-tool-choice", help='Answer tool_choice "auto" (needs --tool-call-parser).'
+        ),
+        tool_call_parser: str = typer.Option(None, "--tool-call-parser", help="vLLM's tool parser name."),
+        runner: str = typer.Option(
+            "generate", "--runner", help="generate, or pooling (serves /v1/embeddings)."
+        ),
         lora_modules: list[str] = typer.Option(
             [], "--lora-modules", help="Adapters: name=path (repeatable)."
         ),
@@ -126,6 +133,9 @@ def register(app: typer.Typer) -> None:
             kv_events=KVEventsConfig.from_json(kv_events_config) if kv_events_config else KVEventsConfig(),
             kv_events_encoding="array" if kv_events_encoding == "array" else "map",
             enable_prompt_tokens_details=enable_prompt_tokens_details,
+            enable_auto_tool_choice=enable_auto_tool_choice,
+            tool_call_parser=tool_call_parser,
+            runner=runner,
             lora_modules=_lora_modules(lora_modules),
             tokenizer=tokenizer,
             time_scale=time_scale,

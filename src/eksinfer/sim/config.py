@@ -69,6 +69,9 @@ class SimOptions:
     kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
     kv_events_encoding: EventEncoding = "map"
     enable_prompt_tokens_details: bool = False
+    enable_auto_tool_choice: bool = False  # vLLM: lets tool_choice "auto" through (needs a parser)
+    tool_call_parser: str | None = None  # vLLM's parser name; the simulator answers in OpenAI's shape
+    runner: str = "generate"  # vLLM --runner: "pooling" serves /v1/embeddings instead of generation
     lora_modules: tuple[str, ...] = ()  # adapters served besides the base model: "name" or "name=path"
     tokenizer: str | None = None  # HF tokenizer directory; None: the built-in tokenizer
     time_scale: float = 1.0  # wall seconds per simulated second; 0 = as fast as possible
@@ -111,6 +114,12 @@ class SimOptions:
                 f"the simulator implements {' and '.join(HASH_ALGOS)} (the reproducible ones)",
             ),
             (self.kv_events_encoding in ("map", "array"), "--kv-events-encoding", "must be map or array"),
+            (
+                not self.enable_auto_tool_choice or bool(self.tool_call_parser),
+                "--tool-call-parser",
+                "must be set with --enable-auto-tool-choice (as vLLM requires)",
+            ),
+            (self.runner in ("generate", "pooling"), "--runner", "must be generate or pooling"),
         ]
         for ok, flag, message in checks:
             if not ok:

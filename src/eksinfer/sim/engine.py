@@ -165,8 +165,10 @@ class Engine:
         cache_salt: str | None = None,
         seed: int | None = None,
         on_tokens: Callable[[SimRequest], None] | None = None,
+        script: list[int] | None = None,
     ) -> SimRequest:
-        """Queue a request (already validated against max_model_len by the server)."""
+        """Queue a request (already validated against max_model_len by the server). With `script` the model
+        writes exactly those tokens and then EOS (guided decoding: tool calls, JSON output)."""
         bs = self.options.block_size
         if -(-(len(prompt_ids) + 1) // bs) > self.pool.num_gpu_blocks - 1:
             raise UsageError(
@@ -197,6 +199,7 @@ class Engine:
             on_tokens=on_tokens,
         )
         req.rng_state = rng
+        req.script = script
         self.scheduler.add(req)
         self._wake.set()
         return req
@@ -207,6 +210,9 @@ class Engine:
             self._wake.set()
 
     def _sample(self, req: SimRequest) -> int:
+        if req.script is not None:
+            i = req.num_output_tokens
+            return req.script[i] if i < len(req.script) else self.tokenizer.eos_token_id
         if req.natural_len and req.num_output_tokens + 1 >= req.natural_len and req.eos_token_id >= 0:
             return req.eos_token_id
         choices = self._choices

@@ -6,12 +6,16 @@ turns into vLLM's error body `{"error": {"message", "type", "param", "code"}}` w
 
 from __future__ import annotations
 
+import array
+import random
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from eksinfer.errors import UsageError
+from eksinfer.sim import outputs
 from eksinfer.tokenize import Tokenizer
 
 SYSTEM_FINGERPRINT = "vllm-0.32.0-eksinfer"
@@ -73,6 +77,10 @@ class GenerateParams:
     seed: int | None
     cache_salt: str | None = None
     echo_prompt: str | None = None
+    output: outputs.OutputPlan = outputs.TEXT
+    logprobs: int | None = None  # chat: top_logprobs when logprobs is true; completions: logprobs
+    prompt_logprobs: int | None = None
+    n: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,9 @@ class ModelContext:
     lora_names: tuple[str, ...]
     max_model_len: int
     tokenizer: Tokenizer
+    model_path: str = ""  # the model id vLLM names in "... is not a multimodal model"
+    enable_auto_tool_choice: bool = False
+    seed: int = 0  # the server's --seed: with the request's seed and prompt it seeds guided output
 
     def resolve(self, body: dict[str, Any]) -> tuple[str, str | None]:
         model = body.get("model")
@@ -241,12 +252,33 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise ApiError(400, "messages must be a non-empty list of message objects", param="messages")
+    check_text_only(messages, ctx)
     try:
         ids = ctx.tokenizer.encode_chat(messages)
     except UsageError as err:
         raise ApiError(400, str(err), param="messages") from err
     fields = _common(body, ctx, ids, None)
-    return GenerateParams(model=model, lora_name=lora, prompt_ids=ids, **fields)
+    key = (ctx.seed * 1_000_003 + (fields["seed"] or 0)) ^ zlib.crc32(array.array("q", ids).tobytes())
+    try:
+        plan = outputs.plan(body, random.Random(key), enable_auto_tool_choice=ctx.enable_auto_tool_choice)
+    except outputs.OutputError as err:
+        raise ApiError(400, err.message, param=err.param) from None
+    return GenerateParams(model=model, lora_name=lora, prompt_ids=ids, output=plan, **fields)
+
+
+_MEDIA_PARTS = frozenset({"image_url", "image", "image_pil", "image_embeds", "input_audio", "audio_url"})
+_MEDIA_PARTS |= {"video_url", "input_image", "audio"}
+
+
+def check_text_only(messages: list[dict[str, Any]], ctx: ModelContext) -> None:
+    """vLLM answers media parts sent to a text-only model with 400 (multimodal registry's message)."""
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("type") in _MEDIA_PARTS for part in content
+        ):
+            name = ctx.model_path or ctx.names[0]
+            raise ApiError(400, f"{name} is not a multimodal model", param="messages")
 
 
 def usage(prompt: int, completion: int, cached: int | None, *, stream: bool) -> dict[str, Any]:
@@ -344,17 +376,26 @@ def completion_response(
 
 
 def chat_response(
-    rid: str, created: int, model: str, text: str, finish: str | None, use: dict[str, Any]
+    rid: str,
+    created: int,
+    model: str,
+    text: str | None,
+    finish: str | None,
+    use: dict[str, Any],
+    *,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    message = {
+    message: dict[str, Any] = {
         "role": "assistant",
         "content": text,
         "refusal": None,
         "annotations": None,
         "audio": None,
         "function_call": None,
-        "reasoning": None,
     }
+    if tool_calls:  # vLLM leaves an empty list out of the body
+        message["tool_calls"] = tool_calls
+    message["reasoning"] = None
     choice = {
         "index": 0,
         "message": message,

@@ -59,6 +59,7 @@ class SimRequest:
         "on_tokens",
         "request_id",
         "rng_state",
+        "script",
         "status",
         "table",
         "token_ids",
@@ -113,6 +114,7 @@ class SimRequest:
         self.last_token_time = 0.0
         self.on_tokens = on_tokens
         self.rng_state: Any = None
+        self.script: list[int] | None = None  # tokens the model must write, then EOS (guided output)
 
     @property
     def num_tokens(self) -> int:

@@ -26,6 +26,7 @@ from eksinfer.sim import protocol as p
 from eksinfer.sim.config import SimOptions
 from eksinfer.sim.engine import VLLM_VERSION, Engine
 from eksinfer.sim.scheduler import SimRequest
+from eksinfer.sim.toolcalls import ToolDeltas, message_parts
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -104,6 +105,9 @@ class SimServer:
             lora_names=tuple(engine.options.lora_adapters),
             max_model_len=engine.sizing.max_model_len,
             tokenizer=engine.tokenizer,
+            model_path=engine.options.model,
+            enable_auto_tool_choice=engine.options.enable_auto_tool_choice,
+            seed=engine.options.seed,
         )
         self._rng = random.Random(engine.options.seed * 31 + engine.rank)
         self._num_requests = 0
@@ -263,14 +267,16 @@ class SimServer:
             await asyncio.sleep(faults.stall_s)
 
     def _submit(self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None]) -> SimRequest:
+        script = params.output.script
         return self.engine.add_request(
             params.prompt_ids,
             max_tokens=params.max_tokens,
-            ignore_eos=params.ignore_eos,
+            ignore_eos=params.ignore_eos and script is None,
             lora_name=params.lora_name,
             cache_salt=params.cache_salt,
             seed=params.seed,
             on_tokens=on_tokens,
+            script=None if script is None else self.engine.tokenizer.encode(script, add_special_tokens=False),
         )
 
     def usage_of(self, req: SimRequest, *, stream: bool) -> dict[str, Any]:
@@ -308,7 +314,9 @@ class SimServer:
         text = self._text(req.output_ids)
         use = self.usage_of(req, stream=False)
         if chat:
-            return _json(p.chat_response(rid, created, params.model, text, req.finish_reason, use))
+            content, calls, finish = message_parts(params.output, text, req.finish_reason)
+            body = p.chat_response(rid, created, params.model, content, finish, use, tool_calls=calls)
+            return _json(body)
         if params.echo_prompt is not None:
             text = params.echo_prompt + text
         return _json(p.completion_response(rid, created, params.model, text, req.finish_reason, use))
@@ -354,10 +362,23 @@ class _SseChunks:
         self.tokenizer = server.engine.tokenizer
         self.eos = self.tokenizer.eos_token_id
         self.obj = "chat.completion.chunk" if chat else "text_completion"
+        calls = chat and bool(params.output.calls)
+        self.tools = ToolDeltas(params.output, self.tokenizer.decode) if calls else None
 
     def _chunk(self, text: str, finish: str | None) -> dict[str, Any]:
         build = p.chat_chunk if self.chat else p.completion_chunk
         return build(self.rid, self.created, self.params.model, text, finish)
+
+    def _tool_chunk(self, req: SimRequest, i: int, last: bool) -> dict[str, Any] | None:
+        """The chunk of token i of a scripted tool-call output; None when it adds nothing to send."""
+        assert self.tools is not None
+        deltas = self.tools.advance([t for t in req.output_ids[: i + 1] if t != self.eos])
+        if not deltas and not last:
+            return None
+        finish = ("tool_calls" if self.tools.any_streamed else req.finish_reason) if last else None
+        chunk = self._chunk("", finish)
+        chunk["choices"][0]["delta"] = {"tool_calls": deltas} if deltas else {}
+        return chunk
 
     def render(self, req: SimRequest, sent: int) -> list[bytes]:
         params, out = self.params, req.output_ids
@@ -368,12 +389,18 @@ class _SseChunks:
                 b"data: " + p.dumps(p.chat_role_chunk(self.rid, self.created, params.model)) + b"\n\n"
             )
         for i in range(sent, len(out)):
-            text = "" if out[i] == self.eos else self.tokenizer.decode([out[i]])
             last = finished and i == len(out) - 1
-            if not last and not params.continuous_usage:
-                parts.append(self.head + p.dumps(text) + self.tail)  # the hot path: one encode per token
-                continue
-            chunk = self._chunk(text, req.finish_reason if last else None)
+            if self.tools is not None:
+                tool_chunk = self._tool_chunk(req, i, last)
+                if tool_chunk is None:
+                    continue
+                chunk = tool_chunk
+            else:
+                text = "" if out[i] == self.eos else self.tokenizer.decode([out[i]])
+                if not last and not params.continuous_usage:
+                    parts.append(self.head + p.dumps(text) + self.tail)  # the hot path: one encode per token
+                    continue
+                chunk = self._chunk(text, req.finish_reason if last else None)
             if params.continuous_usage:
                 chunk["usage"] = p.usage(req.num_prompt_tokens, i + 1, None, stream=True)
             if (

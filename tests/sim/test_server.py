@@ -160,7 +160,7 @@ async def test_errors_match_vllm_bodies(start: StartCluster) -> None:
             url + "/v1/chat/completions", content=b"{bad", headers={"content-type": "application/json"}
         )
         too_long = await client.post(url + "/v1/completions", json={"prompt": list(range(3, 80))})
-        n2 = await client.post(url + "/v1/completions", json={"prompt": "x", "n": 2})
+        n0 = await client.post(url + "/v1/completions", json={"prompt": "x", "n": 0})
         no_messages = await client.post(url + "/v1/chat/completions", json={"messages": []})
     assert unknown.status_code == 404
     assert unknown.json() == {
@@ -179,8 +179,8 @@ async def test_errors_match_vllm_bodies(start: StartCluster) -> None:
     assert bad_json.json()["error"]["param"] == "body.1"
     assert too_long.status_code == 400
     assert "maximum context length is 64 tokens" in too_long.json()["error"]["message"]
-    assert n2.status_code == 400
-    assert n2.json()["error"]["param"] == "n"
+    assert n0.status_code == 400
+    assert n0.json()["error"]["param"] == "n"
     assert no_messages.status_code == 400
 
 

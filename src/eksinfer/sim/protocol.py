@@ -17,6 +17,7 @@ import msgspec
 from eksinfer.errors import UsageError
 from eksinfer.sim import outputs
 from eksinfer.tokenize import Tokenizer
+from eksinfer.sim.logprobs import MAX_LOGPROBS
 
 SYSTEM_FINGERPRINT = "vllm-0.32.0-eksinfer"
 _json_encode = msgspec.json.Encoder().encode
@@ -175,13 +176,28 @@ def _bool_field(body: dict[str, Any], name: str) -> bool:
     raise ApiError(400, f"{name} must be a boolean", param=name)
 
 
+def _logprobs_field(body: dict[str, Any], name: str) -> int | None:
+    """A logprobs count, bounded by vLLM's default --max-logprobs (20) with its message."""
+    value = _int_field(body, name, minimum=0)
+    if value is not None and value > MAX_LOGPROBS:
+        raise ApiError(
+            400,
+            f"Requested sample logprobs of {value}, which is greater than max allowed: {MAX_LOGPROBS}",
+            param=name,
+        )
+    return value
+
+
 def _common(
     body: dict[str, Any], ctx: ModelContext, prompt_ids: list[int], default_max: int | None
 ) -> dict[str, Any]:
     _sampling(body)
-    n = _int_field(body, "n", minimum=1)
-    if n not in (None, 1):
-        raise ApiError(400, "the simulator serves n=1 only", param="n")
+    n = _int_field(body, "n", minimum=1) or 1
+    prompt_lp = _logprobs_field(body, "prompt_logprobs")
+    if prompt_lp is not None and _bool_field(body, "stream"):
+        raise ApiError(
+            400, "`prompt_logprobs` are not available when `stream=True`.", param="prompt_logprobs"
+        )
     requested = _int_field(body, "max_completion_tokens", minimum=1)
     if requested is None:
         requested = _int_field(body, "max_tokens", minimum=1)
@@ -221,6 +237,8 @@ def _common(
         and _bool_field(stream_options, "continuous_usage_stats"),
         "ignore_eos": _bool_field(body, "ignore_eos"),
         "seed": seed,
+        "n": n,
+        "prompt_logprobs": prompt_lp,
     }
 
 
@@ -244,7 +262,10 @@ def parse_completion(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
         )
     fields = _common(body, ctx, ids, 16)  # OpenAI/vLLM completions default max_tokens=16
     echo = prompt if _bool_field(body, "echo") and isinstance(prompt, str) else None
-    return GenerateParams(model=model, lora_name=lora, prompt_ids=ids, echo_prompt=echo, **fields)
+    logprobs = _logprobs_field(body, "logprobs")
+    return GenerateParams(
+        model=model, lora_name=lora, prompt_ids=ids, echo_prompt=echo, logprobs=logprobs, **fields
+    )
 
 
 def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
@@ -258,12 +279,24 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
     except UsageError as err:
         raise ApiError(400, str(err), param="messages") from err
     fields = _common(body, ctx, ids, None)
+    top = _logprobs_field(body, "top_logprobs")
+    wants = _bool_field(body, "logprobs")
+    if top and not wants:
+        msg = "when using `top_logprobs`, `logprobs` must be set to true."
+        raise ApiError(400, msg, param="top_logprobs")
     key = (ctx.seed * 1_000_003 + (fields["seed"] or 0)) ^ zlib.crc32(array.array("q", ids).tobytes())
     try:
         plan = outputs.plan(body, random.Random(key), enable_auto_tool_choice=ctx.enable_auto_tool_choice)
     except outputs.OutputError as err:
         raise ApiError(400, err.message, param=err.param) from None
-    return GenerateParams(model=model, lora_name=lora, prompt_ids=ids, output=plan, **fields)
+    return GenerateParams(
+        model=model,
+        lora_name=lora,
+        prompt_ids=ids,
+        output=plan,
+        logprobs=(top or 0) if wants else None,
+        **fields,
+    )
 
 
 _MEDIA_PARTS = frozenset({"image_url", "image", "image_pil", "image_embeds", "input_audio", "audio_url"})

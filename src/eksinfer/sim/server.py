@@ -22,11 +22,13 @@ from aiohttp import web
 
 from eksinfer.errors import UsageError
 from eksinfer.guarded_http import BodyTimeoutError, Guards, read_body
+from eksinfer.sim import logprobs as lp
 from eksinfer.sim import protocol as p
 from eksinfer.sim.config import SimOptions
 from eksinfer.sim.engine import VLLM_VERSION, Engine
 from eksinfer.sim.scheduler import SimRequest
-from eksinfer.sim.toolcalls import ToolDeltas, message_parts
+from eksinfer.sim.sse import SseChunks, usage_sum
+from eksinfer.sim.toolcalls import message_parts
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,16 +84,6 @@ def guards(options: SimOptions) -> Guards:
 
 def _error(err: p.ApiError) -> web.Response:
     return web.Response(body=err.body(), status=err.status, content_type=_JSON)
-
-
-_MARK = "\x00eksinfer-text\x00"
-
-
-def _chunk_template(rid: str, created: int, model: str, *, chat: bool) -> tuple[bytes, bytes]:
-    """The SSE bytes of a mid-stream token chunk before and after its JSON text (one encode per request)."""
-    chunk = (p.chat_chunk if chat else p.completion_chunk)(rid, created, model, _MARK, None)
-    head, tail = p.dumps(chunk).split(p.dumps(_MARK))
-    return b"data: " + head, tail + b"\n\n"
 
 
 class SimServer:
@@ -266,15 +258,19 @@ class SimServer:
         if faults.stall_rate and faults.stall_s and self._rng.random() < faults.stall_rate:
             await asyncio.sleep(faults.stall_s)
 
-    def _submit(self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None]) -> SimRequest:
+    def _submit(
+        self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None], index: int
+    ) -> SimRequest:
+        """Choice `index` of a request: choices after the first get their own seed, so n > 1 differ."""
         script = params.output.script
+        seed = params.seed if index == 0 else (params.seed or 0) + 7919 * index
         return self.engine.add_request(
             params.prompt_ids,
             max_tokens=params.max_tokens,
             ignore_eos=params.ignore_eos and script is None,
             lora_name=params.lora_name,
             cache_salt=params.cache_salt,
-            seed=params.seed,
+            seed=seed,
             on_tokens=on_tokens,
             script=None if script is None else self.engine.tokenizer.encode(script, add_special_tokens=False),
         )
@@ -296,124 +292,101 @@ class SimServer:
         if params.stream:
             return await self._stream(request, params, rid, created, chat=chat)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        reqs: list[SimRequest] = []
 
         def on_tokens(r: SimRequest) -> None:
-            if r.finish_reason is not None and not done.done():
+            if all(q.finish_reason is not None for q in reqs) and not done.done():
                 done.set_result(None)
 
-        req = self._submit(params, on_tokens)
+        reqs.extend(self._submit(params, on_tokens, i) for i in range(params.n))
         try:
             await done
         except asyncio.CancelledError:
-            self.engine.abort(req)
+            for req in reqs:
+                self.engine.abort(req)
             raise
-        if req.finish_reason == "error":
+        if any(req.finish_reason == "error" for req in reqs):
             raise p.ApiError(
                 500, "the engine stopped before the request finished", type_="InternalServerError"
             )
-        text = self._text(req.output_ids)
-        use = self.usage_of(req, stream=False)
-        if chat:
-            content, calls, finish = message_parts(params.output, text, req.finish_reason)
-            body = p.chat_response(rid, created, params.model, content, finish, use, tool_calls=calls)
-            return _json(body)
-        if params.echo_prompt is not None:
-            text = params.echo_prompt + text
-        return _json(p.completion_response(rid, created, params.model, text, req.finish_reason, use))
+        return _json(self._whole(params, reqs, rid, created, chat=chat))
+
+    def _whole(
+        self, params: p.GenerateParams, reqs: list[SimRequest], rid: str, created: int, *, chat: bool
+    ) -> dict[str, Any]:
+        """The non-streamed body: one choice per request, usage summed over them (as vLLM counts n)."""
+        use = usage_sum(self.usage_of(reqs[0], stream=False), reqs)
+        tok = self.engine.tokenizer
+        body: dict[str, Any] = {}
+        choices = []
+        for i, req in enumerate(reqs):
+            text, key = self._text(req.output_ids), lp.request_key(params.prompt_ids, params.seed, i)
+            if chat:
+                content, calls, finish = message_parts(params.output, text, req.finish_reason)
+                body = p.chat_response(rid, created, params.model, content, finish, use, tool_calls=calls)
+                if params.logprobs is not None:
+                    entries = lp.chat_content(tok, key, req.output_ids, 0, params.logprobs)
+                    body["choices"][0]["logprobs"] = {"content": entries}
+            else:
+                echo = params.echo_prompt or ""
+                body = p.completion_response(rid, created, params.model, echo + text, req.finish_reason, use)
+                if params.logprobs is not None:
+                    prompt = params.prompt_ids if params.echo_prompt is not None else ()
+                    block = lp.completion_block(
+                        tok, key, req.output_ids, 0, params.logprobs, 0, prompt_ids=prompt
+                    )
+                    body["choices"][0]["logprobs"] = block
+            body["choices"][0]["index"] = i
+            choices.extend(body["choices"])
+        body["choices"] = choices
+        if params.prompt_logprobs is not None:
+            prompt_lps = lp.prompt_logprobs(
+                tok,
+                lp.request_key(params.prompt_ids, params.seed, 0),
+                params.prompt_ids,
+                params.prompt_logprobs,
+            )
+            for choice in choices if not chat else ():
+                choice["prompt_logprobs"] = prompt_lps
+            if chat:
+                body["prompt_logprobs"] = prompt_lps
+        return body
 
     async def _stream(
         self, request: web.Request, params: p.GenerateParams, rid: str, created: int, *, chat: bool
     ) -> web.StreamResponse:
         wake = asyncio.Event()
-        req = self._submit(params, lambda r: wake.set())
+        reqs = [self._submit(params, lambda r: wake.set(), i) for i in range(params.n)]
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-        sse = _SseChunks(self, params, rid, created, chat=chat)
-        sent = 0
+        tok = self.engine.tokenizer
+        sse = [SseChunks(tok, params, rid, created, chat=chat, index=i) for i in range(params.n)]
+        sent = [0] * params.n
         try:
             await response.prepare(request)
             while True:
                 await wake.wait()
                 wake.clear()
-                if req.finish_reason == "error":  # vLLM ends a failed stream with an error event
+                if any(req.finish_reason == "error" for req in reqs):  # vLLM ends with an error event
                     err = p.ApiError(
                         500, "the engine stopped before the request finished", type_="InternalServerError"
                     )
                     await response.write(b"data: " + err.body() + b"\n\ndata: [DONE]\n\n")
                     break
-                parts = sse.render(req, sent)
-                sent = req.num_output_tokens
+                parts: list[bytes] = []
+                for i, req in enumerate(reqs):
+                    parts += sse[i].render(req, sent[i], stamp=len(reqs) == 1)
+                    sent[i] = req.num_output_tokens
+                finished = all(req.finish_reason is not None for req in reqs)
+                if finished:
+                    use = usage_sum(self.usage_of(reqs[0], stream=True), reqs)
+                    parts += sse[0].end(use)
                 if parts:
                     await response.write(b"".join(parts))
-                if req.finish_reason is not None:
+                if finished:
                     break
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
-            self.engine.abort(req)
+            for req in reqs:
+                self.engine.abort(req)
             raise
         return response
-
-
-class _SseChunks:
-    """Renders a request's new tokens as vLLM's SSE chunks (role chunk, token chunks, terminal, usage)."""
-
-    def __init__(self, server: SimServer, params: p.GenerateParams, rid: str, created: int, *, chat: bool):
-        self.server, self.params, self.rid, self.created, self.chat = server, params, rid, created, chat
-        self.head, self.tail = _chunk_template(rid, created, params.model, chat=chat)
-        self.tokenizer = server.engine.tokenizer
-        self.eos = self.tokenizer.eos_token_id
-        self.obj = "chat.completion.chunk" if chat else "text_completion"
-        calls = chat and bool(params.output.calls)
-        self.tools = ToolDeltas(params.output, self.tokenizer.decode) if calls else None
-
-    def _chunk(self, text: str, finish: str | None) -> dict[str, Any]:
-        build = p.chat_chunk if self.chat else p.completion_chunk
-        return build(self.rid, self.created, self.params.model, text, finish)
-
-    def _tool_chunk(self, req: SimRequest, i: int, last: bool) -> dict[str, Any] | None:
-        """The chunk of token i of a scripted tool-call output; None when it adds nothing to send."""
-        assert self.tools is not None
-        deltas = self.tools.advance([t for t in req.output_ids[: i + 1] if t != self.eos])
-        if not deltas and not last:
-            return None
-        finish = ("tool_calls" if self.tools.any_streamed else req.finish_reason) if last else None
-        chunk = self._chunk("", finish)
-        chunk["choices"][0]["delta"] = {"tool_calls": deltas} if deltas else {}
-        return chunk
-
-    def render(self, req: SimRequest, sent: int) -> list[bytes]:
-        params, out = self.params, req.output_ids
-        finished = req.finish_reason is not None
-        parts: list[bytes] = []
-        if self.chat and sent == 0 and out:
-            parts.append(
-                b"data: " + p.dumps(p.chat_role_chunk(self.rid, self.created, params.model)) + b"\n\n"
-            )
-        for i in range(sent, len(out)):
-            last = finished and i == len(out) - 1
-            if self.tools is not None:
-                tool_chunk = self._tool_chunk(req, i, last)
-                if tool_chunk is None:
-                    continue
-                chunk = tool_chunk
-            else:
-                text = "" if out[i] == self.eos else self.tokenizer.decode([out[i]])
-                if not last and not params.continuous_usage:
-                    parts.append(self.head + p.dumps(text) + self.tail)  # the hot path: one encode per token
-                    continue
-                chunk = self._chunk(text, req.finish_reason if last else None)
-            if params.continuous_usage:
-                chunk["usage"] = p.usage(req.num_prompt_tokens, i + 1, None, stream=True)
-            if (
-                last and not params.include_usage
-            ):  # vLLM stamps the terminal chunk when no usage chunk follows
-                chunk["system_fingerprint"] = p.SYSTEM_FINGERPRINT
-            parts.append(b"data: " + p.dumps(chunk) + b"\n\n")
-        if finished:
-            if params.include_usage:
-                use = self.server.usage_of(req, stream=True)
-                parts.append(
-                    b"data: " + p.dumps(p.usage_chunk(self.rid, self.obj, self.created, params.model, use))
-                )
-                parts.append(b"\n\n")
-            parts.append(b"data: [DONE]\n\n")
-        return parts

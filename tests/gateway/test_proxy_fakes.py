@@ -154,6 +154,7 @@ class RoundRobinRouter:
         self._counter = itertools.count()
         self.added: list[tuple[str, str | None]] = []
         self.removed: list[str] = []
+        self.profiles: list[str | None] = []
         self.first_tokens = 0
         self.finished: list[bool] = []
         self.started = False
@@ -172,8 +173,15 @@ class RoundRobinRouter:
         self.removed.append(endpoint_id)
 
     async def route(
-        self, model: str, body: dict[str, Any], headers: Mapping[str, str], endpoints: Sequence[EndpointState]
+        self,
+        model: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        endpoints: Sequence[EndpointState],
+        *,
+        profile: str | None = None,
     ) -> Decision:
+        self.profiles.append(profile)
         chosen = endpoints[next(self._counter) % len(endpoints)]
         chosen.inflight_requests += (
             1  # the real router's accounting: +1 request, +prompt tokens until 1st token

@@ -20,6 +20,7 @@ each, on every path (success, engine error, timeout, client disconnect).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import msgspec
 from aiohttp import web
 
 from eksinfer.errors import EksinferError
+from eksinfer.gateway.apis import APIS, Api, as_chat
 from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_response, sse_error_event
@@ -57,7 +59,13 @@ class RouterLike(Protocol):
     """What the proxy needs from `eksinfer.gateway.routing.Router`."""
 
     async def route(
-        self, model: str, body: dict[str, Any], headers: Mapping[str, str], endpoints: Sequence[EndpointState]
+        self,
+        model: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        endpoints: Sequence[EndpointState],
+        *,
+        profile: str | None = None,
     ) -> Decision: ...
 
     def on_first_token(self, decision: Decision) -> None: ...
@@ -114,17 +122,8 @@ class Proxy:
         return self._inflight
 
     def routes(self) -> list[web.RouteDef]:
-        return [
-            web.post("/v1/completions", self.completions),
-            web.post("/v1/chat/completions", self.chat_completions),
-            web.get("/v1/models", self.models),
-        ]
-
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "/v1/completions", "prompt")
-
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, "/v1/chat/completions", "messages")
+        posts = [web.post(api.path, functools.partial(self._handle, api=api)) for api in APIS]
+        return [*posts, web.get("/v1/models", self.models)]
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         if not self._keys.check(request.headers):
@@ -132,8 +131,9 @@ class Proxy:
         body = msgspec.json.encode({"object": "list", "data": self._registry.model_cards()})
         return web.Response(body=body, content_type="application/json")
 
-    async def _handle(self, request: web.Request, path: str, field: str) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, *, api: Api) -> web.StreamResponse:
         started = time.perf_counter()
+        path = api.path
         if not self._keys.check(request.headers):
             return self._finish_early(path, 401, "invalid or missing API key", "invalid_api_key")
         if self._inflight >= self._config.max_inflight:
@@ -141,8 +141,8 @@ class Proxy:
             return self._finish_early(path, 429, msg, "overloaded")
         self._inflight += 1  # from the first body byte: a slow body holds a slot like a slow answer does
         try:
-            raw, body, model = await self._admit(request, field)
-            return await self._dispatch(request, path, raw, body, model, started)
+            raw, body, model = await self._admit(request, api.fields)
+            return await self._dispatch(request, api, raw, body, model, started)
         except EksinferError as err:  # refused, or no route: `error_for` is the one map to a status
             status, code, param = error_for(err)
             return self._finish_early(path, status, str(err), code, param)
@@ -152,7 +152,9 @@ class Proxy:
         finally:
             self._inflight -= 1
 
-    async def _admit(self, request: web.Request, field: str) -> tuple[bytes, dict[str, Any], str]:
+    async def _admit(
+        self, request: web.Request, fields: tuple[str, ...]
+    ) -> tuple[bytes, dict[str, Any], str]:
         """Body limit and deadline, JSON and the fields routing needs; raises `RequestRefused` otherwise."""
         limit = self._config.max_body_bytes
         too_large = RequestRefused(413, f"request body is larger than {limit} bytes", "body_too_large")
@@ -178,10 +180,12 @@ class Proxy:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise RequestRefused(400, "'model' is required and must be a string", None, param="model")
+        field = next((f for f in fields if body.get(f) is not None), fields[0])
         value = body.get(field)
         if value is None or (field == "messages" and (not isinstance(value, list) or not value)):
             kind = "a non-empty list" if field == "messages" else "present"
-            msg = f"'{field}' is required and must be {kind}"
+            either = " or ".join(f"'{f}'" for f in fields)
+            msg = f"{either} is required" if value is None else f"'{field}' is required and must be {kind}"
             raise RequestRefused(400, msg, None, param=field)
         if not self._registry.known_model(model):
             msg = f"the model '{model}' does not exist"
@@ -189,14 +193,21 @@ class Proxy:
         return raw, body, model
 
     async def _dispatch(
-        self, request: web.Request, path: str, raw: bytes, body: dict[str, Any], model: str, started: float
+        self, request: web.Request, api: Api, raw: bytes, body: dict[str, Any], model: str, started: float
     ) -> web.StreamResponse:
         tried: set[str] = set()
+        path = api.path
+        view = as_chat(body) if api.chat_like else body
         for _ in range(MAX_ATTEMPTS):
             candidates = self._registry.candidates(model, exclude=lambda s: s.id in tried)
             if not candidates:
                 break
-            decision = await self._router.route(model, body, request.headers, candidates)
+            if api.profile is None:
+                decision = await self._router.route(model, view, request.headers, candidates)
+            else:
+                decision = await self._router.route(
+                    model, view, request.headers, candidates, profile=api.profile
+                )
             self._metrics.observe_decision(decision.preset or self._preset, decision.reason)
             try:
                 return await self._forward(request, path, raw, decision, started)

@@ -8,14 +8,17 @@ engines by it) and one of its `fields`; the body goes to the engine unchanged, o
 
 The Responses API (vLLM `entrypoints/openai/responses`) renders `instructions` as a system message and
 `input` (a string, or a list of message items) as the conversation, through the same chat template as
-`/v1/chat/completions`; `as_chat` gives the router that view so prefix matching sees the same prompt.
+`/v1/chat/completions`; `as_chat` (shared with the simulator) gives the router that view, so prefix
+matching sees that prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from eksinfer.sim.responses import as_chat
+
+__all__ = ["APIS", "LOAD_PROFILE", "Api", "as_chat"]
 
 LOAD_PROFILE = "load"
 
@@ -42,32 +45,3 @@ APIS: tuple[Api, ...] = (
     Api("/tokenize", ("prompt", "messages"), LOAD_PROFILE),
     Api("/detokenize", ("tokens",), LOAD_PROFILE),
 )
-
-
-def as_chat(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A Responses request as the chat request vLLM renders it into (for routing, never forwarded)."""
-    messages: list[dict[str, Any]] = []
-    instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions:
-        messages.append({"role": "system", "content": instructions})
-    items = body.get("input")
-    if isinstance(items, str):
-        messages.append({"role": "user", "content": items})
-    elif isinstance(items, list):
-        for item in items:
-            if isinstance(item, Mapping) and isinstance(item.get("role"), str):
-                messages.append({"role": item["role"], "content": _content(item.get("content"))})
-    view = {k: v for k, v in body.items() if k not in ("input", "instructions")}
-    view["messages"] = messages
-    return view
-
-
-def _content(content: Any) -> Any:
-    """Responses content parts (`input_text`, `output_text`) as chat `text` parts."""
-    if not isinstance(content, list):
-        return content
-    parts = []
-    for part in content:
-        if isinstance(part, Mapping) and part.get("type") in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
-    return parts

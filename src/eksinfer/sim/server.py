@@ -22,6 +22,7 @@ from aiohttp import web
 
 from eksinfer.errors import UsageError
 from eksinfer.guarded_http import BodyTimeoutError, Guards, read_body
+from eksinfer.sim import handlers
 from eksinfer.sim import logprobs as lp
 from eksinfer.sim import protocol as p
 from eksinfer.sim.config import SimOptions
@@ -108,8 +109,12 @@ class SimServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_body_bytes)
-        app.router.add_post("/v1/completions", self._guard(self.completions))
-        app.router.add_post("/v1/chat/completions", self._guard(self.chat))
+        if self.options.runner == "pooling":  # vLLM registers the routes of the tasks the model serves
+            app.router.add_post("/v1/embeddings", self._guard(functools.partial(handlers.embeddings, self)))
+        else:
+            app.router.add_post("/v1/completions", self._guard(self.completions))
+            app.router.add_post("/v1/chat/completions", self._guard(self.chat))
+            app.router.add_post("/v1/responses", self._guard(functools.partial(handlers.responses, self)))
         app.router.add_post("/tokenize", self._guard(self.tokenize))
         app.router.add_post("/detokenize", self._guard(self.detokenize))
         app.router.add_post("/reset_prefix_cache", self.reset_prefix_cache)
@@ -186,6 +191,22 @@ class SimServer:
             "max_model_len": self.ctx.max_model_len,
             "permission": [permission],
         }
+
+    @functools.cached_property
+    def hidden_size(self) -> int:
+        """The served model's hidden size: the length of its embeddings."""
+        from eksinfer.catalog import get_model
+
+        return get_model(self.options.model).hidden_size
+
+    async def read(self, request: web.Request) -> tuple[bytes, bool]:
+        return await self._body(request)
+
+    async def faults(self) -> None:
+        await self._faults()
+
+    def text_of(self, ids: list[int]) -> str:
+        return self._text(ids)
 
     async def _body(self, request: web.Request) -> tuple[bytes, bool]:
         """The body within the body deadline, and whether it is large enough to parse and tokenize in a worker

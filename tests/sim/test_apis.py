@@ -1,0 +1,114 @@
+"""`/v1/embeddings` (pooling runner) and `/v1/responses` from the simulator, through the `openai` SDK."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import openai
+import pytest
+
+from eksinfer.catalog import get_model
+from tests.sim.conftest import StartCluster
+
+Sdk = Callable[[str], openai.AsyncOpenAI]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Sdk]:
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(url: str) -> openai.AsyncOpenAI:
+        made.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
+        return made[-1]
+
+    yield make
+    for sdk in made:
+        await sdk.close()
+
+
+async def test_embeddings_are_unit_vectors_of_the_hidden_size(start: StartCluster, client: Sdk) -> None:
+    cluster = await start(runner="pooling")
+    sdk = client(cluster.urls[0])
+    hidden = get_model("llama-3.1-8b").hidden_size
+    out = await sdk.embeddings.create(
+        model="llama-3.1-8b", input=["the sea", "the land", "the sea"]
+    )  # base64
+    as_float = await sdk.embeddings.create(model="llama-3.1-8b", input="the sea", encoding_format="float")
+    vectors = [d.embedding for d in out.data]
+    assert [d.index for d in out.data] == [0, 1, 2]
+    assert all(len(v) == hidden for v in vectors)
+    assert all(math.isclose(math.fsum(x * x for x in v), 1.0, rel_tol=1e-5) for v in vectors)
+    assert vectors[0] == vectors[2]  # deterministic
+    assert vectors[0] != vectors[1]
+    assert as_float.data[0].embedding == pytest.approx(vectors[0], abs=1e-6)  # base64 is float32
+    assert out.usage.prompt_tokens > 0
+    assert out.usage.total_tokens == out.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="matryoshka"):
+        await sdk.embeddings.create(model="llama-3.1-8b", input="x", dimensions=8)
+
+
+async def test_runner_decides_which_routes_exist(start: StartCluster) -> None:
+    pooling = await start(runner="pooling")
+    generate = await start()
+    async with httpx.AsyncClient() as http:
+        chat = await http.post(pooling.urls[0] + "/v1/chat/completions", json={"messages": []})
+        embed = await http.post(generate.urls[0] + "/v1/embeddings", json={"input": "x"})
+    assert chat.status_code == 404
+    assert embed.status_code == 404
+    assert embed.json() == {"detail": "Not Found"}
+
+
+async def test_responses_whole_and_streamed(start: StartCluster, client: Sdk) -> None:
+    cluster = await start()
+    sdk = client(cluster.urls[0])
+    whole = await sdk.responses.create(
+        model="llama-3.1-8b", input="Tell me about the sea", instructions="Be brief.", max_output_tokens=6
+    )
+    assert whole.status == "incomplete"
+    assert whole.incomplete_details is not None
+    assert whole.incomplete_details.reason == "max_output_tokens"
+    assert whole.usage is not None
+    assert whole.usage.output_tokens == 6
+    assert whole.output_text
+    stream = await sdk.responses.create(
+        model="llama-3.1-8b",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "Tell me about the sea"}]}],
+        instructions="Be brief.",
+        max_output_tokens=6,
+        stream=True,
+    )
+    kinds, deltas, sequence = [], "", []
+    final = None
+    async for event in stream:
+        kinds.append(event.type)
+        sequence.append(event.sequence_number)
+        if event.type == "response.output_text.delta":
+            deltas += event.delta
+        if event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds.count("response.output_text.delta") == 6
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.incomplete",
+    ]
+    assert sequence == list(range(len(sequence)))
+    assert final is not None
+    assert final.output_text == deltas == whole.output_text  # the same prompt either way: same text
+
+
+async def test_responses_bad_input_is_a_400(start: StartCluster) -> None:
+    cluster = await start()
+    async with httpx.AsyncClient() as http:
+        bad = await http.post(cluster.urls[0] + "/v1/responses", json={"input": 5})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "input"

@@ -15,8 +15,10 @@ from typer.testing import CliRunner
 from eksinfer.cli.main import build_app
 from eksinfer.deploy.lint import RULES, lint_docs, lint_path
 from eksinfer.deploy.lint.manifests import REFUSED, UNREADABLE, Doc
+from eksinfer.deploy.tool_parsers import parsers_for
 
 Obj = dict[str, Any]
+TOOL_FLAGS = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
 TOL = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
@@ -25,8 +27,16 @@ def engine(
     gpus: int = 4,
     model: str = "meta-llama/Llama-3.3-70B-Instruct",
     extra: list[str] | None = None,
+    *,
+    tool_flags: bool = True,
 ) -> Obj:
-    """A hand-written vLLM Deployment that passes every rule."""
+    """A hand-written vLLM Deployment that passes every rule (with `tool_flags`: the model's tool and
+    reasoning parsers)."""
+    parsers = parsers_for(model) if tool_flags else None
+    if parsers is not None:
+        extra = [*(extra or []), "--enable-auto-tool-choice", "--tool-call-parser", parsers.tool]
+        if parsers.reasoning:
+            extra += ["--reasoning-parser", parsers.reasoning]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -284,6 +294,19 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
             | {"spec": {"leaderWorkerTemplate": {**lws()["spec"]["leaderWorkerTemplate"], "size": 3}}},
         ],
         [engine(tp=4, gpus=4), lws(size=2), dra_engine(), RCT],
+    ),
+    "tools-without-parser": (
+        [
+            engine(model="Qwen/Qwen3-32B", tool_flags=False),
+            engine(model="Qwen/Qwen3-32B", tool_flags=False, extra=TOOL_FLAGS),  # reasoning parser missing
+            engine(model="zai-org/GLM-5", tool_flags=False, extra=["--reasoning-parser", "glm45"]),
+        ],
+        [
+            engine(
+                model="Qwen/Qwen3-32B", tool_flags=False, extra=[*TOOL_FLAGS, "--reasoning-parser", "qwen3"]
+            ),
+            engine(model="acme/unknown-family-7b", tool_flags=False),  # not in the table: nothing to say
+        ],
     ),
     "moe-without-expert-parallel": (
         [
@@ -559,7 +582,7 @@ def test_model_read_from_entrypoint_arguments() -> None:
 
     def fn(o: Obj) -> None:
         ctr(o).pop("command")
-        ctr(o)["args"] = ["deepseek-ai/DeepSeek-V3", "--tensor-parallel-size", "8"]
+        ctr(o)["args"] = ["deepseek-ai/DeepSeek-V3", "--tensor-parallel-size", "8", *TOOL_FLAGS]
         ctr(o)["resources"]["limits"]["nvidia.com/gpu"] = "8"
 
     [f] = lint_docs([Doc("e.yaml", mutate(engine(), fn))])

@@ -26,6 +26,7 @@ from eksinfer.deploy.context import (
     Ctx,
     Obj,
 )
+from eksinfer.deploy.tool_parsers import parsers_for
 from eksinfer.planner.schema import PlanRole
 
 RAY_SCRIPT = "/vllm-workspace/examples/online_serving/multi-node-serving.sh"
@@ -66,6 +67,12 @@ def vllm_args(ctx: Ctx, role: PlanRole) -> list[str]:
     add(args, "max-num-batched-tokens", str(e.max_num_batched_tokens))
     add(args, "served-model-name", ctx.served_name())
     add(args, "port", str(ENGINE_PORT))
+    parsers = parsers_for(ctx.plan.model.hf_id)
+    if parsers is not None:  # agents send `tools`: vLLM refuses "auto" without these (deploy/tool_parsers.py)
+        add(args, "enable-auto-tool-choice")
+        add(args, "tool-call-parser", parsers.tool)
+        if parsers.reasoning is not None:
+            add(args, "reasoning-parser", parsers.reasoning)
     if ctx.kv_aware:
         events = {
             "enable_kv_cache_events": True,

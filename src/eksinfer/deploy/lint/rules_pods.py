@@ -253,3 +253,8 @@ def lws_no_group_restart(tree: Tree) -> Iterator[Hit]:
                 "peer; the group hangs instead of recovering",
                 "set restartPolicy: RecreateGroupOnPodRestart",
             )
+
+
+# For rule modules beside this one (rules_tools): the serving containers and their model.
+serving = _serving
+model_of = _model

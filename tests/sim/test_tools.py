@@ -139,7 +139,8 @@ async def test_streamed_tool_call_deltas_reassemble(
                 calls[delta.index]["arguments"] += delta.function.arguments or ""
             if choice.finish_reason:
                 finishes.append(choice.finish_reason)
-    assert finishes == ["tool_calls"]
+    named = isinstance(tool_choice, dict)
+    assert finishes == ["stop" if named else "tool_calls"]  # vLLM 0.32: a named call streams "stop"
     assert heads == len(calls) >= 1
     for call in calls.values():
         valid_call(call["name"], call["arguments"])
@@ -207,7 +208,10 @@ async def test_none_never_calls_and_tool_results_are_accepted(start: StartCluste
 @pytest.mark.parametrize(
     ("tool_choice", "message"),
     [
-        ({"type": "function", "function": {"name": "nope"}}, "Tool 'nope' has not been passed in `tools`."),
+        (
+            {"type": "function", "function": {"name": "nope"}},
+            "does not match any of the specified `tools` (parameter=tool_choice)",
+        ),
         ("sometimes", "tool_choice must be"),
     ],
 )

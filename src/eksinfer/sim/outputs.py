@@ -89,16 +89,21 @@ def _choice(body: Mapping[str, Any], tools: dict[str, dict[str, Any]]) -> str | 
         if choice.get("type") != "function" or not isinstance(name, str):
             raise OutputError("tool_choice must name a function: {'type': 'function', ...}", "tool_choice")
         if not tools:
-            raise OutputError("When using `tool_choice`, `tools` must be set.", "tool_choice")
+            raise OutputError(
+                "When using `tool_choice`, `tools` must be set. (parameter=tool_choice)", "tool_choice"
+            )
         if name not in tools:
-            raise OutputError(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
+            msg = "The tool specified in `tool_choice` does not match any of the specified `tools`"
+            raise OutputError(f"{msg} (parameter=tool_choice)", "tool_choice")
         return "=" + name
     if choice is None:
         return "auto" if tools else None
     if choice not in ("none", "auto", "required"):
         raise OutputError("tool_choice must be 'none', 'auto', 'required' or a named function", "tool_choice")
     if choice == "required" and not tools:
-        raise OutputError("When using `tool_choice`, `tools` must be set.", "tool_choice")
+        raise OutputError(
+            "When using `tool_choice`, `tools` must be set. (parameter=tool_choice)", "tool_choice"
+        )
     return str(choice)
 
 

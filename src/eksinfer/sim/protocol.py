@@ -92,7 +92,6 @@ class ModelContext:
     lora_names: tuple[str, ...]
     max_model_len: int
     tokenizer: Tokenizer
-    model_path: str = ""  # the model id vLLM names in "... is not a multimodal model"
     enable_auto_tool_choice: bool = False
     seed: int = 0  # the server's --seed: with the request's seed and prompt it seeds guided output
 
@@ -180,10 +179,12 @@ def _logprobs_field(body: dict[str, Any], name: str) -> int | None:
     """A logprobs count, bounded by vLLM's default --max-logprobs (20) with its message."""
     value = _int_field(body, name, minimum=0)
     if value is not None and value > MAX_LOGPROBS:
+        kind = "prompt_logprobs" if name == "prompt_logprobs" else "logprobs"  # vLLM names the sample field
         raise ApiError(
             400,
-            f"Requested sample logprobs of {value}, which is greater than max allowed: {MAX_LOGPROBS}",
-            param=name,
+            f"Requested {'prompt' if kind == 'prompt_logprobs' else 'sample'} logprobs of {value}, which is "
+            f"greater than max allowed: {MAX_LOGPROBS} (parameter={kind}, value={value})",
+            param=kind,
         )
     return value
 
@@ -196,7 +197,9 @@ def _common(
     prompt_lp = _logprobs_field(body, "prompt_logprobs")
     if prompt_lp is not None and _bool_field(body, "stream"):
         raise ApiError(
-            400, "`prompt_logprobs` are not available when `stream=True`.", param="prompt_logprobs"
+            400,
+            "`prompt_logprobs` are not available when `stream=True`. (parameter=prompt_logprobs)",
+            param="prompt_logprobs",
         )
     requested = _int_field(body, "max_completion_tokens", minimum=1)
     if requested is None:
@@ -282,7 +285,7 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
     top = _logprobs_field(body, "top_logprobs")
     wants = _bool_field(body, "logprobs")
     if top and not wants:
-        msg = "when using `top_logprobs`, `logprobs` must be set to true."
+        msg = "when using `top_logprobs`, `logprobs` must be set to true. (parameter=top_logprobs)"
         raise ApiError(400, msg, param="top_logprobs")
     key = (ctx.seed * 1_000_003 + (fields["seed"] or 0)) ^ zlib.crc32(array.array("q", ids).tobytes())
     try:
@@ -310,8 +313,7 @@ def check_text_only(messages: list[dict[str, Any]], ctx: ModelContext) -> None:
         if isinstance(content, list) and any(
             isinstance(part, dict) and part.get("type") in _MEDIA_PARTS for part in content
         ):
-            name = ctx.model_path or ctx.names[0]
-            raise ApiError(400, f"{name} is not a multimodal model", param="messages")
+            raise ApiError(400, f"{ctx.names[0]} is not a multimodal model")  # the served name, no param
 
 
 def usage(prompt: int, completion: int, cached: int | None, *, stream: bool) -> dict[str, Any]:
@@ -395,17 +397,31 @@ def usage_chunk(rid: str, obj: str, created: int, model: str, use: dict[str, Any
 def completion_response(
     rid: str, created: int, model: str, text: str, finish: str | None, use: dict[str, Any]
 ) -> dict[str, Any]:
-    body = completion_chunk(rid, created, model, text, finish)
-    body["choices"][0]["prompt_logprobs"] = None
-    body.update(
-        {
-            "service_tier": None,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-            "usage": use,
-            "kv_transfer_params": None,
-        }
-    )
-    return body
+    """A whole completion in vLLM 0.32's key order (captured: tests/sim/data/vllm-0.32-agent-apis.json)."""
+    choice = {
+        "index": 0,
+        "text": text,
+        "logprobs": None,
+        "finish_reason": finish,
+        "stop_reason": None,
+        "token_ids": None,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "routed_experts": None,
+    }
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "service_tier": None,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "usage": use,
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "metrics": None,
+    }
 
 
 def chat_response(

@@ -8,7 +8,9 @@ answer has `status: "incomplete"` and `incomplete_details: {"reason": "max_outpu
 Streaming sends named SSE events (`event: <type>` then `data: <json>`) in OpenAI's order, each with a
 rising `sequence_number`: response.created, response.in_progress, response.output_item.added,
 response.content_part.added, response.output_text.delta (one per token), response.output_text.done,
-response.content_part.done, response.output_item.done, response.completed. No `[DONE]` line follows.
+response.content_part.done, response.output_item.done, response.completed (also when the answer is
+incomplete), JSON keys sorted as vLLM writes them. No `[DONE]` line follows. Checked key for key against
+vLLM 0.32's answers (tests/sim/data/vllm-0.32-agent-apis.json).
 `as_chat` is also what the gateway routes on, so prefix matching sees the prompt the engine prefills.
 """
 
@@ -99,6 +101,7 @@ class ResponseBuilder:
             "role": "assistant",
             "status": status,
             "type": "message",
+            "phase": None,
         }
 
     def body(
@@ -115,9 +118,19 @@ class ResponseBuilder:
         if text is not None:
             usage = {
                 "input_tokens": prompt_tokens,
-                "input_tokens_details": {"cached_tokens": cached},
+                "input_tokens_details": {
+                    "cached_tokens": cached,
+                    "cache_write_tokens": 0,
+                    "input_tokens_per_turn": [],
+                    "cached_tokens_per_turn": [],
+                },
                 "output_tokens": output_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "tool_output_tokens": 0,
+                    "output_tokens_per_turn": [],
+                    "tool_output_tokens_per_turn": [],
+                },
                 "total_tokens": prompt_tokens + output_tokens,
             }
         return {
@@ -131,7 +144,7 @@ class ResponseBuilder:
             "output": [] if text is None else [self._item(text, "completed")],
             "parallel_tool_calls": True,
             "temperature": self.echo["temperature"],
-            "tool_choice": "auto",
+            "tool_choice": "none",  # no tools: vLLM 0.32 reports "none"
             "tools": [],
             "top_p": self.echo["top_p"],
             "background": False,
@@ -147,11 +160,17 @@ class ResponseBuilder:
             "truncation": "disabled",
             "usage": usage,
             "user": self.echo["user"],
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "input_messages": None,
+            "output_messages": None,
         }
 
     def event(self, kind: str, **fields: Any) -> bytes:
         """One SSE event: `event:` line, then the JSON with `type` and `sequence_number`."""
-        payload = {"type": kind, "sequence_number": self.sequence, **fields}
+        payload = dict(sorted({"type": kind, "sequence_number": self.sequence, **fields}.items()))
         self.sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + p.dumps(payload) + b"\n\n"
 
@@ -163,7 +182,7 @@ class ResponseBuilder:
             self.event("response.created", response=start),
             self.event("response.in_progress", response=start),
             self.event("response.output_item.added", item=self._item(None, "in_progress"), output_index=0),
-            self.event("response.content_part.added", part=self._part(""), **where),
+            self.event("response.content_part.added", part={**self._part(""), "logprobs": []}, **where),
         ]
 
     def delta(self, text: str) -> bytes:
@@ -180,7 +199,7 @@ class ResponseBuilder:
         """The events after the last token; `final` is the finished response body."""
         text = final["output"][0]["content"][0]["text"]
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
-        kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
+        kind = "response.completed"  # also for an incomplete response: vLLM 0.32 sends no response.incomplete
         return [
             self.event("response.output_text.done", text=text, logprobs=[], **where),
             self.event("response.content_part.done", part=self._part(text), **where),

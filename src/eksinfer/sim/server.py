@@ -98,7 +98,6 @@ class SimServer:
             lora_names=tuple(engine.options.lora_adapters),
             max_model_len=engine.sizing.max_model_len,
             tokenizer=engine.tokenizer,
-            model_path=engine.options.model,
             enable_auto_tool_choice=engine.options.enable_auto_tool_choice,
             seed=engine.options.seed,
         )

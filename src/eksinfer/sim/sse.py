@@ -58,16 +58,23 @@ class SseChunks:
         chunk["choices"][0]["index"] = self.index
         return chunk
 
-    def _tool_chunk(self, req: SimRequest, i: int, last: bool) -> dict[str, Any] | None:
-        """The chunk of token i of a scripted tool-call output; None when it adds nothing to send."""
+    def _tool_chunks(self, req: SimRequest, i: int, last: bool) -> list[dict[str, Any]]:
+        """The chunks of token i of a scripted tool-call output (`toolcalls`): one per delta, then an
+        empty-delta terminal chunk after the last token."""
         assert self.tools is not None
-        deltas = self.tools.advance([t for t in req.output_ids[: i + 1] if t != self.eos])
-        if not deltas and not last:
-            return None
-        finish = ("tool_calls" if self.tools.any_streamed else req.finish_reason) if last else None
-        chunk = self._chunk("", finish)
-        chunk["choices"][0]["delta"] = {"tool_calls": deltas} if deltas else {}
-        return chunk
+        chunks = []
+        for delta in self.tools.advance([t for t in req.output_ids[: i + 1] if t != self.eos]):
+            chunk = self._chunk("", None)
+            chunk["choices"][0]["delta"] = {"content": None, "tool_calls": [delta]}
+            chunks.append(chunk)
+        if last:
+            forced = self.params.output.mode in ("required", "auto") and self.tools.any_streamed
+            chunk = self._chunk(
+                "", "tool_calls" if forced and req.finish_reason == "stop" else req.finish_reason
+            )
+            chunk["choices"][0]["delta"] = {}
+            chunks.append(chunk)
+        return chunks
 
     def _logprobs(self, token_id: int, position: int, text: str) -> dict[str, Any]:
         k = self.params.logprobs or 0
@@ -90,10 +97,14 @@ class SseChunks:
         for i in range(sent, len(out)):
             last = finished and i == len(out) - 1
             if self.tools is not None:
-                tool_chunk = self._tool_chunk(req, i, last)
-                if tool_chunk is None:
+                chunks = self._tool_chunks(req, i, last)
+                done = (
+                    chunks if not last else chunks[:-1]
+                )  # the terminal chunk gets usage / fingerprint below
+                parts += [b"data: " + p.dumps(c) + b"\n\n" for c in done]
+                if not last:
                     continue
-                chunk = tool_chunk
+                chunk = chunks[-1]
             else:
                 text = "" if out[i] == self.eos else self.tokenizer.decode([out[i]])
                 plain = params.logprobs is None and not params.continuous_usage

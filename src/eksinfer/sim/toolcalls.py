@@ -3,13 +3,14 @@
 Whole: `content` is "" for a named or required choice (None for an auto call, as the JSON tool parsers
 leave no text around it) and `tool_calls` holds `{"id", "type": "function", "function": {"name",
 "arguments"}}`; `finish_reason` is "tool_calls" for required and auto, "stop" for a named function
-(vLLM follows OpenAI there). A scripted call the engine cut short (`max_tokens`) is a named call with
-truncated arguments, or plain content for required/auto (vLLM cannot parse the unfinished array either).
+(vLLM follows OpenAI there). A scripted call the engine cut short (`max_tokens`) is
+plain content with "length" and no `tool_calls`, as vLLM's parser finds no finished call.
 
-Streamed: the first delta of call k carries `{"id", "type", "index": k, "function": {"name",
-"arguments": <first piece>}}`, later ones `{"index": k, "function": {"arguments": <piece>}}`, where a
-piece is the part of the token's text that falls inside that call's arguments; tokens that write only the
-array's punctuation send no chunk. The last chunk says "tool_calls" once any call was streamed.
+Streamed (checked against vLLM 0.32 with the hermes parser): each chunk's delta is `{"content": null,
+"tool_calls": [one delta]}`; call k opens with `{"id", "type", "index": k, "function": {"name"}}`, then
+`{"index": k, "function": {"arguments": <piece>}}` chunks, a piece being the part of a token's text inside
+that call's arguments; tokens that write only the array's punctuation send nothing. The terminal chunk has
+an empty delta and "tool_calls" for required and auto, the engine's reason ("stop") for a named function.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ def message_parts(plan: OutputPlan, text: str, finish: str | None) -> tuple[str 
     """(content, tool_calls or None, finish_reason) of a whole response."""
     if not plan.calls or plan.mode == "json":
         return text, None, finish
+    if finish != "stop":  # the call never closed: vLLM's parser finds none and returns the text
+        return text, None, finish
     if plan.mode == "named":
         call = plan.calls[0]
         return "", [_whole(call.id, call.name, text)], finish
-    if finish != "stop":
-        return text, None, finish
     calls = [_whole(c.id, c.name, c.arguments) for c in plan.calls]
     return ("" if plan.mode == "required" else None), calls, "tool_calls"
 
@@ -50,17 +51,16 @@ class ToolDeltas:
         return bool(self.started)
 
     def advance(self, ids_so_far: Sequence[int]) -> list[dict[str, Any]]:
-        """The tool-call deltas of the text the latest token added (empty: nothing to send)."""
+        """The deltas of the text the latest token added, one per chunk as vLLM sends them: a call's head
+        (`id`, `type`, `index`, `function.name`) in its own chunk, then its argument pieces."""
         end = len(self.decode(ids_so_far))
         start, self.pos = self.pos, max(self.pos, end)
         out: list[dict[str, Any]] = []
         for k, call in enumerate(self.plan.calls):
-            lo, hi = max(start, call.start), min(end, call.end)
-            piece = self.plan.script[lo:hi] if self.plan.script is not None and lo < hi else ""
             if k not in self.started and end > call.start:
                 self.started.add(k)
-                function = {"name": call.name, "arguments": piece}
-                out.append({"id": call.id, "type": "function", "index": k, "function": function})
-            elif piece:
-                out.append({"index": k, "function": {"arguments": piece}})
+                out.append({"id": call.id, "type": "function", "index": k, "function": {"name": call.name}})
+            lo, hi = max(start, call.start), min(end, call.end)
+            if self.plan.script is not None and lo < hi:
+                out.append({"index": k, "function": {"arguments": self.plan.script[lo:hi]}})
         return out

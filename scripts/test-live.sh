@@ -5,7 +5,8 @@
 # 2. Builds a tiny random-weight Llama into .live/tiny-llama once (scripts/build-tiny-model.py), then runs
 #    tests/sim/test_vllm_compat.py inside the vLLM venv (vLLM's own code against ours; no server needed).
 # 3. Starts two `vllm serve` servers on 127.0.0.1 (one per core, prefix caching, sha256_cbor, KV events over
-#    ZMQ, dev mode for POST /reset_prefix_cache: loopback only, never expose such a server).
+#    ZMQ, tool calling with the hermes parser, dev mode for POST /reset_prefix_cache: loopback only, never
+#    expose such a server).
 # 4. Runs tests/live with EKSINFER_LIVE=1 (gateway in front of both; event and hash interoperability).
 # 5. Stops the servers on every exit path (trap), and gives up after bounded waits.
 #
@@ -136,6 +137,7 @@ start_server() {  # $1 index, $2 core to bind
     "$VENV/bin/vllm" serve "$MODEL_DIR" --served-model-name tiny-llama --host 127.0.0.1 --port "$http" \
     --block-size 32 --max-model-len 2048 --max-num-seqs 8 --enable-prefix-caching \
     --prefix-caching-hash-algo sha256_cbor --kv-events-config "$kv" \
+    --enable-auto-tool-choice --tool-call-parser hermes \
     >"$LOG_DIR/vllm-$i.log" 2>&1 &
   PIDS+=("$!")
 }

@@ -110,5 +110,9 @@ async def test_responses_bad_input_is_a_400(start: StartCluster) -> None:
     cluster = await start()
     async with httpx.AsyncClient() as http:
         bad = await http.post(cluster.urls[0] + "/v1/responses", json={"input": 5})
+        tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+        with_tools = await http.post(cluster.urls[0] + "/v1/responses", json={"input": "hi", "tools": tools})
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "input"
+    assert with_tools.status_code == 400  # not modelled: said plainly rather than answered wrongly
+    assert with_tools.json()["error"]["param"] == "tools"

@@ -65,6 +65,8 @@ def parse(body: dict[str, Any], ctx: p.ModelContext) -> tuple[p.GenerateParams, 
     items = body.get("input")
     if not isinstance(items, str | list) or not items:
         raise p.ApiError(400, "input must be a non-empty string or list of items", param="input")
+    if body.get("tools"):  # Responses tools are shaped differently (flat `name`, built-in tools)
+        raise p.ApiError(400, "the simulator's Responses API answers text only: no tools", param="tools")
     chat = as_chat(body)
     if not chat["messages"]:
         raise p.ApiError(400, "input holds no message items", param="input")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eksinfer.sim.responses import as_chat
+from eksinfer.tokenize.responses import as_chat
 
 __all__ = ["APIS", "LOAD_PROFILE", "Api", "as_chat"]
 

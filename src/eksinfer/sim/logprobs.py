@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from eksinfer.sim.tokenizer import Tokenizer
+from eksinfer.tokenize import Tokenizer
 
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 _FLOOR = -9999.0  # vLLM clamps -inf to this in responses

@@ -16,8 +16,8 @@ import msgspec
 
 from eksinfer.errors import UsageError
 from eksinfer.sim import outputs
-from eksinfer.tokenize import Tokenizer
 from eksinfer.sim.logprobs import MAX_LOGPROBS
+from eksinfer.tokenize import Tokenizer
 
 SYSTEM_FINGERPRINT = "vllm-0.32.0-eksinfer"
 _json_encode = msgspec.json.Encoder().encode

@@ -11,53 +11,17 @@ response.content_part.added, response.output_text.delta (one per token), respons
 response.content_part.done, response.output_item.done, response.completed (also when the answer is
 incomplete), JSON keys sorted as vLLM writes them. No `[DONE]` line follows. Checked key for key against
 vLLM 0.32's answers (tests/sim/data/vllm-0.32-agent-apis.json).
-`as_chat` is also what the gateway routes on, so prefix matching sees the prompt the engine prefills.
+`eksinfer.tokenize.responses.as_chat` is also what the gateway routes on, so prefix matching sees the
+prompt the engine prefills.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 from typing import Any
 
 from eksinfer.sim import protocol as p
-
-
-def as_chat(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A Responses request as the chat request vLLM renders it into (`input` and `instructions` become
-    `messages`; other fields are kept)."""
-    messages: list[dict[str, Any]] = []
-    instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions:
-        messages.append({"role": "system", "content": instructions})
-    items = body.get("input")
-    if isinstance(items, str):
-        messages.append({"role": "user", "content": items})
-    elif isinstance(items, list):
-        for item in items:
-            if isinstance(item, Mapping) and isinstance(item.get("role"), str):
-                messages.append({"role": item["role"], "content": _content(item.get("content"))})
-    view = {k: v for k, v in body.items() if k not in ("input", "instructions", "max_output_tokens")}
-    if "max_output_tokens" in body:
-        view["max_tokens"] = body["max_output_tokens"]
-    view["messages"] = messages
-    return view
-
-
-def _content(content: Any) -> Any:
-    """Responses content parts (`input_text`, `output_text`) as chat `text` parts; media kept as they are
-    (the chat checks answer them)."""
-    if not isinstance(content, list):
-        return content
-    parts = []
-    for part in content:
-        if isinstance(part, Mapping) and part.get("type") in ("input_text", "output_text", "text"):
-            parts.append({"type": "text", "text": part.get("text", "")})
-        elif isinstance(part, Mapping) and part.get("type") == "input_image":
-            parts.append({"type": "image_url", "image_url": {"url": part.get("image_url", "")}})
-        elif isinstance(part, Mapping) and part.get("type") == "input_audio":
-            parts.append({"type": "input_audio", "input_audio": part.get("input_audio")})
-    return parts
+from eksinfer.tokenize.responses import as_chat
 
 
 def parse(body: dict[str, Any], ctx: p.ModelContext) -> tuple[p.GenerateParams, dict[str, Any]]:

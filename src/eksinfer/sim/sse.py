@@ -14,8 +14,8 @@ from typing import Any
 from eksinfer.sim import logprobs as lp
 from eksinfer.sim import protocol as p
 from eksinfer.sim.scheduler import SimRequest
-from eksinfer.sim.tokenizer import Tokenizer
 from eksinfer.sim.toolcalls import ToolDeltas
+from eksinfer.tokenize import Tokenizer
 
 _MARK = "\x00eksinfer-text\x00"
 

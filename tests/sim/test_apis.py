@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import openai
@@ -116,3 +117,35 @@ async def test_responses_bad_input_is_a_400(start: StartCluster) -> None:
     assert bad.json()["error"]["param"] == "input"
     assert with_tools.status_code == 400  # not modelled: said plainly rather than answered wrongly
     assert with_tools.json()["error"]["param"] == "tools"
+
+
+async def test_reasoning_parser_separates_thinking_from_the_answer(start: StartCluster, client: Sdk) -> None:
+    cluster = await start(reasoning_parser="qwen3")
+    sdk = client(cluster.urls[0])
+    whole = await sdk.chat.completions.create(
+        model="llama-3.1-8b", messages=[{"role": "user", "content": "why?"}], max_tokens=8
+    )
+    message: Any = whole.choices[0].message
+    assert message.reasoning  # the first half: vLLM's `reasoning` field
+    assert message.content
+    stream = await sdk.chat.completions.create(
+        model="llama-3.1-8b", messages=[{"role": "user", "content": "why?"}], max_tokens=8, stream=True
+    )
+    thought, answer, order = "", "", []
+    async for chunk in stream:
+        for c in chunk.choices:
+            delta: Any = c.delta
+            piece = (delta.model_extra or {}).get("reasoning")
+            if piece:
+                thought += piece
+                order.append("r")
+            if delta.content:
+                answer += delta.content
+                order.append("c")
+    assert (thought, answer) == (message.reasoning, message.content)  # same prompt, same seed
+    assert order == sorted(order, reverse=True)  # all reasoning before any content
+    plain = await start()
+    out = await client(plain.urls[0]).chat.completions.create(
+        model="llama-3.1-8b", messages=[{"role": "user", "content": "why?"}], max_tokens=8
+    )
+    assert (out.choices[0].message.model_extra or {}).get("reasoning") is None

@@ -75,6 +75,9 @@ def register(app: typer.Typer) -> None:
             False, "--enable-auto-tool-choice", help='Answer tool_choice "auto" (needs --tool-call-parser).'
         ),
         tool_call_parser: str = typer.Option(None, "--tool-call-parser", help="vLLM's tool parser name."),
+        reasoning_parser: str = typer.Option(
+            None, "--reasoning-parser", help="vLLM's reasoning parser: answers start with `reasoning`."
+        ),
         runner: str = typer.Option(
             "generate", "--runner", help="generate, or pooling (serves /v1/embeddings)."
         ),
@@ -136,6 +139,7 @@ def register(app: typer.Typer) -> None:
             enable_auto_tool_choice=enable_auto_tool_choice,
             tool_call_parser=tool_call_parser,
             runner=runner,
+            reasoning_parser=reasoning_parser,
             lora_modules=_lora_modules(lora_modules),
             tokenizer=tokenizer,
             time_scale=time_scale,

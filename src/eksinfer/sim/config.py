@@ -71,6 +71,7 @@ class SimOptions:
     enable_prompt_tokens_details: bool = False
     enable_auto_tool_choice: bool = False  # vLLM: lets tool_choice "auto" through (needs a parser)
     tool_call_parser: str | None = None  # vLLM's parser name; the simulator answers in OpenAI's shape
+    reasoning_parser: str | None = None  # vLLM's parser name: output starts with `reasoning`, then content
     runner: str = "generate"  # vLLM --runner: "pooling" serves /v1/embeddings instead of generation
     lora_modules: tuple[str, ...] = ()  # adapters served besides the base model: "name" or "name=path"
     tokenizer: str | None = None  # HF tokenizer directory; None: the built-in tokenizer

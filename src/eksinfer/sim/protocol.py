@@ -433,6 +433,7 @@ def chat_response(
     use: dict[str, Any],
     *,
     tool_calls: list[dict[str, Any]] | None = None,
+    reasoning: str | None = None,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
@@ -444,7 +445,7 @@ def chat_response(
     }
     if tool_calls:  # vLLM leaves an empty list out of the body
         message["tool_calls"] = tool_calls
-    message["reasoning"] = None
+    message["reasoning"] = reasoning
     choice = {
         "index": 0,
         "message": message,

@@ -295,6 +295,14 @@ class SimServer:
             script=None if script is None else self.engine.tokenizer.encode(script, add_special_tokens=False),
         )
 
+    def reasoning_tokens(self, params: p.GenerateParams) -> int:
+        """How many leading output tokens are reasoning: with --reasoning-parser, half the expected answer
+        (--natural-output-tokens, else max_tokens) of free text; 0 otherwise."""
+        if self.options.reasoning_parser is None or params.output.mode != "text":
+            return 0
+        expected = self.options.natural_output_tokens or params.max_tokens
+        return max(expected // 2, 1)
+
     def usage_of(self, req: SimRequest, *, stream: bool) -> dict[str, Any]:
         cached = max(req.num_cached_tokens, 0) if self.options.enable_prompt_tokens_details else None
         return p.usage(req.num_prompt_tokens, req.num_output_tokens, cached, stream=stream)
@@ -342,8 +350,19 @@ class SimServer:
         for i, req in enumerate(reqs):
             text, key = self._text(req.output_ids), lp.request_key(params.prompt_ids, params.seed, i)
             if chat:
+                split = self.reasoning_tokens(params)
+                thought: str | None = None
+                if (
+                    split
+                ):  # a reasoning model: the first `split` tokens are its thinking (vLLM separates them)
+                    ids = [t for t in req.output_ids if t != self.engine.tokenizer.eos_token_id]
+                    thought, text = self._text(ids[:split]) or None, self._text(ids[split:])
                 content, calls, finish = message_parts(params.output, text, req.finish_reason)
-                body = p.chat_response(rid, created, params.model, content, finish, use, tool_calls=calls)
+                if split and not content:
+                    content = None  # still thinking when it stopped: vLLM has no content
+                body = p.chat_response(
+                    rid, created, params.model, content, finish, use, tool_calls=calls, reasoning=thought
+                )
                 if params.logprobs is not None:
                     entries = lp.chat_content(tok, key, req.output_ids, 0, params.logprobs)
                     body["choices"][0]["logprobs"] = {"content": entries}
@@ -379,7 +398,11 @@ class SimServer:
         reqs = [self._submit(params, lambda r: wake.set(), i) for i in range(params.n)]
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         tok = self.engine.tokenizer
-        sse = [SseChunks(tok, params, rid, created, chat=chat, index=i) for i in range(params.n)]
+        split = self.reasoning_tokens(params) if chat else 0
+        sse = [
+            SseChunks(tok, params, rid, created, chat=chat, index=i, reasoning_tokens=split)
+            for i in range(params.n)
+        ]
         sent = [0] * params.n
         try:
             await response.prepare(request)

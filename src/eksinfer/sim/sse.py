@@ -40,7 +40,9 @@ class SseChunks:
         *,
         chat: bool,
         index: int,
+        reasoning_tokens: int = 0,
     ) -> None:
+        self.reasoning_tokens = reasoning_tokens  # leading tokens sent as `delta.reasoning`
         self.params, self.rid, self.created, self.chat, self.index = params, rid, created, chat, index
         self.tokenizer = tokenizer
         self.eos = tokenizer.eos_token_id
@@ -107,11 +109,14 @@ class SseChunks:
                 chunk = chunks[-1]
             else:
                 text = "" if out[i] == self.eos else self.tokenizer.decode([out[i]])
-                plain = params.logprobs is None and not params.continuous_usage
+                thinking = i < self.reasoning_tokens
+                plain = params.logprobs is None and not params.continuous_usage and not thinking
                 if not last and plain:
                     parts.append(self.head + p.dumps(text) + self.tail)  # the hot path: one encode per token
                     continue
                 chunk = self._chunk(text, req.finish_reason if last else None)
+                if thinking:
+                    chunk["choices"][0]["delta"] = {"reasoning": text}
                 if params.logprobs is not None:
                     chunk["choices"][0]["logprobs"] = self._logprobs(out[i], i, text)
             if params.continuous_usage:

@@ -14,6 +14,7 @@ import aiohttp
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
@@ -158,7 +159,7 @@ async def test_endpoint_loss_mid_run_retries_elsewhere(engines: list[FakeEngine]
             assert engines[1].requests == 7
             assert not gateway.registry.all()[0].healthy
             metrics = (await client.get(base(gateway) + "/metrics")).text
-            assert "eksinfer_gateway_upstream_retries_total 1.0" in metrics
+            assert 'eksinfer_gateway_upstream_retries_total{model="tiny"} 1.0' in metrics
             await engines[1].stop()
             r = await client.post(url, json={"model": "tiny", "prompt": "x"})
             assert r.status_code == 502
@@ -313,15 +314,21 @@ async def test_health_ready_metrics(gateway: GatewayRuntime, engines: list[FakeE
         await client.post(url + "/v1/completions", json={"model": "nope", "prompt": "x"})
         text = (await client.get(url + "/metrics")).text
     ep = engines[0].url.removeprefix("http://")
-    assert (
-        f'eksinfer_gateway_requests_total{{endpoint="{ep}",route="/v1/completions",status="200"}} 1.0' in text
-    )
-    assert 'eksinfer_gateway_requests_total{endpoint="",route="/v1/completions",status="404"} 1.0' in text
+    ok = f'endpoint="{ep}",model="tiny",pool="default",route="/v1/completions",status="200"'
+    assert f"eksinfer_gateway_requests_total{{{ok}}} 1.0" in text
+    # an unknown model is refused before routing: no client-chosen label value
+    refused = 'endpoint="",model="",pool="",route="/v1/completions",status="404"'
+    assert f"eksinfer_gateway_requests_total{{{refused}}} 1.0" in text
     assert 'eksinfer_gateway_decisions_total{preset="round-robin",reason="round-robin"} 1.0' in text
+    assert 'eksinfer_gateway_scheduling_duration_seconds_count{model="tiny"} 1.0' in text
     assert "eksinfer_gateway_router_index_blocks 7.0" in text
-    assert 'eksinfer_gateway_router_subscribers_lag_s{endpoint="e1"} 0.5' in text
+    assert 'eksinfer_gateway_router_subscribers_lag_seconds{endpoint="e1"} 0.5' in text
+    assert "# TYPE eksinfer_gateway_router_subscribers_gaps_total counter" in text
+    assert 'eksinfer_gateway_router_subscribers_gaps_total{endpoint="e1"} 2.0' in text
     assert f'eksinfer_gateway_scrape_stale{{endpoint="{ep}",pool="default"}} 0.0' in text
-    assert 'eksinfer_gateway_time_to_first_token_seconds_count{route="/v1/completions"} 1.0' in text
+    ttft = 'model="tiny",route="/v1/completions"'
+    assert f"eksinfer_gateway_time_to_first_token_seconds_count{{{ttft}}} 1.0" in text
+    assert "_ms" not in text  # base units only
 
 
 async def test_ready_is_503_without_endpoints() -> None:
@@ -423,6 +430,14 @@ async def test_real_router_kv_aware_through_the_gateway(engines: list[FakeEngine
             text = (await http.get(base(runtime) + "/metrics")).text
         assert 'eksinfer_gateway_decisions_total{preset="kv-aware"' in text
         assert "eksinfer_gateway_router_predicted_hit_ratio" in text
+        samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        # 4 streams of 4 SSE events (no usage: one token per event) + one answer whose usage says 4
+        assert samples["eksinfer_gateway_generation_tokens_total"] == 20
+        prompt = samples["eksinfer_gateway_prompt_tokens_total"]
+        assert prompt > 0
+        # the shared 300-character prefix is predicted cached from the second request on
+        assert 0 < samples["eksinfer_gateway_prompt_tokens_predicted_cached_total"] < prompt
+        assert samples["eksinfer_gateway_scheduling_duration_seconds_count"] == 5
         await client.close()
     finally:
         await runtime.stop()

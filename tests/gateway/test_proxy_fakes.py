@@ -121,8 +121,9 @@ class FakeEngine:
             choice = (
                 {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"text": text}
             )
+            usage = {"prompt_tokens": 5, "completion_tokens": b.tokens, "total_tokens": 5 + b.tokens}
             return web.json_response(
-                {"id": "x", "object": "completion", "model": self.model, "choices": [choice]}
+                {"id": "x", "object": "completion", "model": self.model, "choices": [choice], "usage": usage}
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)

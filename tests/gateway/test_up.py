@@ -47,7 +47,7 @@ def stored_blocks(port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "eksinfer_gateway_router_index" and sample.labels.get("key") == "stored_blocks":
+            if sample.name == "eksinfer_gateway_router_index_stored_blocks_total":
                 return sample.value
     return 0.0
 

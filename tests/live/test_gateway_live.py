@@ -199,7 +199,7 @@ def test_prefix_cache_reset_reaches_the_gateway(gateway: str, live_servers: list
     target = live_servers[0]
     prefix = long_text(f"reset-{uuid.uuid4().hex[:8]}", 300)
     _warm(gateway, target, "completions", prefix)
-    cleared_before = _index_stat(gateway, "cleared")
+    cleared_before = _index_stat(gateway, "clears")
     capture = ZmqCapture(target.events)
     try:
         r = httpx.post(target.url + "/reset_prefix_cache", timeout=30)
@@ -212,7 +212,7 @@ def test_prefix_cache_reset_reaches_the_gateway(gateway: str, live_servers: list
     events = [e for p in frames for e in decode_batch(decode_frames(p)[2]).events]
     assert any(isinstance(e, AllBlocksCleared) for e in events), events
     deadline = time.monotonic() + 10
-    while _index_stat(gateway, "cleared") <= cleared_before:
+    while _index_stat(gateway, "clears") <= cleared_before:
         assert time.monotonic() < deadline, "the gateway never applied AllBlocksCleared"
         time.sleep(0.1)
     hits_before = [metric_sum(s.url, HITS) for s in live_servers]
@@ -229,7 +229,8 @@ def test_prefix_cache_reset_reaches_the_gateway(gateway: str, live_servers: list
 
 
 def _index_stat(gateway_url: str, key: str) -> float:
-    return metric_sum(gateway_url, f'eksinfer_gateway_router_index{{key="{key}"}}')
+    """One of the index's counters (`router_metrics.INDEX` names them)."""
+    return metric_sum(gateway_url, f"eksinfer_gateway_router_index_{key}_total")
 
 
 def test_late_gateway_recovers_earlier_events_through_vllm_replay(
@@ -248,7 +249,7 @@ def test_late_gateway_recovers_earlier_events_through_vllm_replay(
         deadline = time.monotonic() + 15
         ep = f'{{endpoint="{target.endpoint_id}"}}'
         n = 0
-        while metric_sum(url, "eksinfer_gateway_router_subscribers_replayed_batches" + ep) < 1:
+        while metric_sum(url, "eksinfer_gateway_router_subscribers_replayed_batches_total" + ep) < 1:
             assert time.monotonic() < deadline, "no batch came back from vLLM's replay socket"
             nudge = long_text(f"nudge-{n}-{uuid.uuid4().hex[:8]}", 60)
             _send(target.url, "completions", _body("completions", nudge, "x"))
@@ -259,7 +260,7 @@ def test_late_gateway_recovers_earlier_events_through_vllm_replay(
         r = _send(url, "completions", body)
         endpoint, _, reason, _, predicted = _route(r)
         stats = {
-            k: metric_sum(url, f"eksinfer_gateway_router_subscribers_{k}{ep}")
+            k: metric_sum(url, f"eksinfer_gateway_router_subscribers_{k}_total{ep}")
             for k in ("replays", "replayed_batches", "lost_batches", "decode_errors")
         }
     print(f"\nlate gateway: subscriber {stats}\n  {r.headers['x-eksinfer-route'].split(';')[0]}")

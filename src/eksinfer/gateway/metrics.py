@@ -1,6 +1,7 @@
 """Gateway metrics for Prometheus: traffic and latency as the gateway sees them, routing decisions, and the
-router's own statistics (predicted hit ratio, index size, KV-event lag) read from `router.stats()` when
-scraped.
+router's own statistics (index size, KV-event counts and lag) read from `router.stats()` when scraped and
+typed in `router_metrics.py`. Names follow Prometheus conventions: counters end in `_total`, times are in
+seconds.
 
 Each runtime owns its registry (no module globals): tests and several gateways in one process do not clash.
 Histogram buckets cover 1 ms to 120 s: a warm-cache TTFT is tens of ms, a cold 32k-token prefill seconds.
@@ -8,19 +9,21 @@ Histogram buckets cover 1 ms to 120 s: a warm-cache TTFT is tens of ms, a cold 3
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from eksinfer.gateway.router_metrics import router_families
 from eksinfer.gateway.scheduling.framework import EndpointState
 
 _BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-_NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
+# Routing (tokenize, hash, score) takes tens of microseconds to a few milliseconds: 20 us to 1 s.
+_SCHED_BUCKETS_S = (2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 PREFIX = "eksinfer_gateway_"
 
 
@@ -35,7 +38,7 @@ class _StateCollector(Collector):
         self._endpoints = endpoints
         self._router_stats = router_stats
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         now = time.monotonic()
         labels = ["endpoint", "pool"]
         age = GaugeMetricFamily(
@@ -65,45 +68,18 @@ class _StateCollector(Collector):
             inflight.add_metric(values, ep.inflight_requests)
             tokens.add_metric(values, ep.inflight_prompt_tokens)
         yield from (age, stale, healthy, inflight, tokens)
-        yield from _router_families(self._router_stats())
-
-
-def _router_families(stats: Mapping[str, Any]) -> Iterable[GaugeMetricFamily]:
-    """Router statistics as gauges `eksinfer_gateway_router_<key>`: a number is one gauge; {name: number}
-    gets a `key` label; {endpoint: {field: number}} becomes one gauge per field with an `endpoint` label.
-    Strings and None are skipped (the router's `stats()` is for logs too)."""
-    for key, value in stats.items():
-        name = PREFIX + "router_" + _NAME_OK.sub("_", str(key))
-        if _is_number(value):
-            yield GaugeMetricFamily(name, f"Router statistic {key}.", value=float(value))
-        elif isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values()):
-            families: dict[str, GaugeMetricFamily] = {}
-            for endpoint, fields in value.items():
-                for sub, number in fields.items():
-                    if _is_number(number):
-                        fam_name = name + "_" + _NAME_OK.sub("_", str(sub))
-                        family = families.get(fam_name)
-                        if family is None:
-                            help_text = f"Router statistic {key}.{sub}, per endpoint."
-                            family = families[fam_name] = GaugeMetricFamily(
-                                fam_name, help_text, labels=["endpoint"]
-                            )
-                        family.add_metric([str(endpoint)], float(number))
-            yield from families.values()
-        elif isinstance(value, Mapping):
-            family = GaugeMetricFamily(name, f"Router statistic {key}, by key.", labels=["key"])
-            for sub, number in value.items():
-                if _is_number(number):
-                    family.add_metric([str(sub)], float(number))
-            yield family
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+        yield from router_families(self._router_stats())
 
 
 class GatewayMetrics:
-    """The counters and histograms the request path updates; `render()` produces the /metrics page."""
+    """The counters and histograms the request path updates; `render()` produces the /metrics page.
+
+    `model` is the request's `model` field ("" when refused before it was read); `pool` and `endpoint` are
+    the engine that answered ("" when none did). Token counters: prompt and predicted-cached tokens are the
+    router's own counts at routing time (so their ratio is the hit rate the router predicted, to compare with
+    the engines' `vllm:prefix_cache_hits_total`); generated tokens are the engine's `usage.completion_tokens`,
+    or, for a stream without usage, one per SSE event (see `usage.py`).
+    """
 
     def __init__(
         self,
@@ -111,38 +87,62 @@ class GatewayMetrics:
         router_stats: Callable[[], Mapping[str, Any]],
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
         self.requests = Counter(
             PREFIX + "requests",
-            "Requests answered, by API route, endpoint and HTTP status.",
-            ["route", "endpoint", "status"],
-            registry=self.registry,
+            "Requests answered, by API route, model, pool, endpoint and HTTP status.",
+            ["route", "model", "pool", "endpoint", "status"],
+            registry=r,
         )
         self.ttft = Histogram(
             PREFIX + "time_to_first_token_seconds",
             "Time from receiving a request to forwarding the engine's first response bytes.",
-            ["route"],
+            ["route", "model"],
             buckets=_BUCKETS_S,
-            registry=self.registry,
+            registry=r,
         )
         self.e2e = Histogram(
             PREFIX + "request_duration_seconds",
             "Time from receiving a request to the end of its response.",
-            ["route"],
+            ["route", "model"],
             buckets=_BUCKETS_S,
-            registry=self.registry,
+            registry=r,
+        )
+        self.scheduling = Histogram(
+            PREFIX + "scheduling_duration_seconds",
+            "Time the router took to choose an endpoint (tokenize, hash, filter, score, pick).",
+            ["model"],
+            buckets=_SCHED_BUCKETS_S,
+            registry=r,
         )
         self.decisions = Counter(
             PREFIX + "decisions",
             "Routing decisions, by preset and reason.",
             ["preset", "reason"],
-            registry=self.registry,
+            registry=r,
         )
         self.retries = Counter(
             PREFIX + "upstream_retries",
             "Requests sent to another endpoint after the first one could not be reached.",
-            registry=self.registry,
+            ["model"],
+            registry=r,
         )
-        self.registry.register(_StateCollector(endpoints, router_stats))
+        self.prompt_tokens = Counter(
+            PREFIX + "prompt_tokens",
+            "Prompt tokens routed, as the router counted them.",
+            ["model"],
+            registry=r,
+        )
+        self.cached_tokens = Counter(
+            PREFIX + "prompt_tokens_predicted_cached",
+            "Prompt tokens the router predicted cached on the endpoint it chose.",
+            ["model"],
+            registry=r,
+        )
+        self.generation_tokens = Counter(
+            PREFIX + "generation_tokens", "Tokens generated in answers relayed.", ["model"], registry=r
+        )
+        r.register(_StateCollector(endpoints, router_stats))
         # Label children cached by label values: `.labels()` takes a lock and builds a tuple on every call.
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -153,17 +153,40 @@ class GatewayMetrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def observe_request(self, route: str, endpoint: str, status: str, elapsed_s: float | None) -> None:
+    def observe_request(
+        self,
+        route: str,
+        model: str,
+        endpoint: EndpointState | None,
+        status: str,
+        elapsed_s: float | None,
+    ) -> None:
         """One answered request; `elapsed_s` is None for requests refused before routing."""
-        self._child(self.requests, route, endpoint, status).inc()
+        pool, eid = (endpoint.pool, endpoint.id) if endpoint is not None else ("", "")
+        self._child(self.requests, route, model, pool, eid, status).inc()
         if elapsed_s is not None:
-            self._child(self.e2e, route).observe(elapsed_s)
+            self._child(self.e2e, route, model).observe(elapsed_s)
 
-    def observe_ttft(self, route: str, ttft_s: float) -> None:
-        self._child(self.ttft, route).observe(ttft_s)
+    def observe_ttft(self, route: str, model: str, ttft_s: float) -> None:
+        self._child(self.ttft, route, model).observe(ttft_s)
 
-    def observe_decision(self, preset: str, reason: str) -> None:
+    def observe_decision(
+        self, model: str, preset: str, reason: str, elapsed_s: float, prompt_tokens: int, cached_tokens: int
+    ) -> None:
+        """One routing decision: its reason, how long it took, and the prompt tokens it counted."""
         self._child(self.decisions, preset, reason).inc()
+        self._child(self.scheduling, model).observe(elapsed_s)
+        if prompt_tokens:
+            self._child(self.prompt_tokens, model).inc(prompt_tokens)
+        if cached_tokens:
+            self._child(self.cached_tokens, model).inc(cached_tokens)
+
+    def observe_retry(self, model: str) -> None:
+        self._child(self.retries, model).inc()
+
+    def observe_generated(self, model: str, tokens: int) -> None:
+        if tokens > 0:
+            self._child(self.generation_tokens, model).inc(tokens)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

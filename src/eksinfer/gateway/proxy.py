@@ -44,6 +44,7 @@ from eksinfer.gateway.upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
+from eksinfer.gateway.usage import StreamTokens, completion_tokens
 from eksinfer.guarded_http import BodyTimeoutError, read_body
 from eksinfer.ratelog import RateLimitedLog
 
@@ -78,6 +79,7 @@ class _Flight:
     """One attempt on one endpoint: what to release when it ends."""
 
     decision: Decision
+    model: str
     started: float
     first_token: bool = False
     done: bool = False
@@ -202,37 +204,54 @@ class Proxy:
             candidates = self._registry.candidates(model, exclude=lambda s: s.id in tried)
             if not candidates:
                 break
+            routing_started = time.perf_counter()
             if api.profile is None:
                 decision = await self._router.route(model, view, request.headers, candidates)
             else:
                 decision = await self._router.route(
                     model, view, request.headers, candidates, profile=api.profile
                 )
-            self._metrics.observe_decision(decision.preset or self._preset, decision.reason)
+            self._metrics.observe_decision(
+                model,
+                decision.preset or self._preset,
+                decision.reason,
+                time.perf_counter() - routing_started,
+                decision.prompt_tokens,
+                decision.predicted_cached_tokens,
+            )
             try:
-                return await self._forward(request, path, raw, decision, started)
+                return await self._forward(request, path, raw, decision, model, started)
             except _RetryElsewhere:
                 tried.add(decision.endpoint.id)
-                self._metrics.retries.inc()
+                self._metrics.observe_retry(model)
         if tried:
             return self._finish_early(
-                path, 502, "no endpoint could be reached for this request", "upstream_failed"
+                path, 502, "no endpoint could be reached for this request", "upstream_failed", model=model
             )
-        return self._finish_early(path, 503, f"no healthy endpoint serves model '{model}'", "no_endpoint")
+        msg = f"no healthy endpoint serves model '{model}'"
+        return self._finish_early(path, 503, msg, "no_endpoint", model=model)
 
     def _finish_early(
-        self, path: str, status: int, message: str, code: str | None, param: str | None = None
+        self,
+        path: str,
+        status: int,
+        message: str,
+        code: str | None,
+        param: str | None = None,
+        model: str = "",
     ) -> web.Response:
-        self._metrics.observe_request(path, "", str(status), None)
+        """An answer without an engine. `model` stays "" until the request is admitted: a client-chosen name
+        must not become a label value."""
+        self._metrics.observe_request(path, model, None, str(status), None)
         response = error_response(status, message, code=code, param=param)
         if status == 408:
             response.force_close()  # the rest of the body may still be on its way: the connection is spent
         return response
 
-    def _begin(self, decision: Decision) -> _Flight:
+    def _begin(self, decision: Decision, model: str) -> _Flight:
         """In-flight requests and uncached prompt tokens were added by `router.route` (its ticket releases
         them exactly once); the proxy only makes sure both hooks are called at the right moments."""
-        return _Flight(decision, time.perf_counter())
+        return _Flight(decision, model, time.perf_counter())
 
     def _first_token(self, flight: _Flight) -> None:
         if not flight.first_token:
@@ -261,11 +280,17 @@ class Proxy:
         return headers
 
     async def _forward(
-        self, request: web.Request, path: str, raw: bytes, decision: Decision, started: float
+        self,
+        request: web.Request,
+        path: str,
+        raw: bytes,
+        decision: Decision,
+        model: str,
+        started: float,
     ) -> web.StreamResponse:
         """Sends the request to the chosen endpoint and copies the answer back as it arrives."""
         ep = decision.endpoint
-        flight = self._begin(decision)
+        flight = self._begin(decision, model)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("route %s -> %s (%s) %s", path, ep.id, decision.reason, self._explain(decision))
         status = "000"
@@ -304,7 +329,7 @@ class Proxy:
         finally:
             self._end(flight, flight.ok)
             if not flight.retried:
-                self._metrics.observe_request(path, ep.id, status, time.perf_counter() - started)
+                self._metrics.observe_request(path, model, ep, status, time.perf_counter() - started)
         assert flight.response is not None
         return flight.response
 
@@ -322,7 +347,7 @@ class Proxy:
             flight.decision.endpoint.healthy = False
             raise _RetryElsewhere from err
         self._first_token(flight)
-        self._metrics.observe_ttft(request.path, time.perf_counter() - flight.started)
+        self._metrics.observe_ttft(request.path, flight.model, time.perf_counter() - flight.started)
         content_type = upstream.headers.get("content-type", "application/json")
         size = upstream.content_length
         if size is not None and size <= WHOLE_BODY_BYTES and not content_type.startswith("text/event-stream"):
@@ -340,6 +365,7 @@ class Proxy:
                 msg = "the engine closed the connection before the whole answer arrived"
                 flight.response = error_response(502, msg, code="upstream_broken")
                 return
+            self._metrics.observe_generated(flight.model, completion_tokens(body) or 0)
             headers = {"Content-Type": content_type, **self._explain(flight.decision)}
             flight.response = web.Response(status=upstream.status, body=body, headers=headers)
             return
@@ -350,8 +376,10 @@ class Proxy:
         loop = asyncio.get_running_loop()
         idle = self._config.idle_stream_timeout_s
         chunk = first
+        counted = StreamTokens()
         try:
             while chunk:
+                counted.feed(chunk)
                 await response.write(chunk)
                 deadline.reschedule(loop.time() + idle)
                 chunk = await upstream.readany()
@@ -360,6 +388,8 @@ class Proxy:
             flight.broken = True
             await _close_stream(response, 502, "the engine closed the stream early", "upstream_broken")
             return
+        finally:
+            self._metrics.observe_generated(flight.model, counted.tokens())
         await response.write_eof()
 
 

@@ -1,0 +1,85 @@
+"""Gateway metric conventions: every router statistic is declared a counter or a gauge (or deliberately not
+exported), counters are exposed as `_total` counters, and generated tokens are read from relayed bytes."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from eksinfer.gateway import router_metrics as rm
+from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.routing import Router
+from eksinfer.gateway.scheduling.config import load_routing_config
+from eksinfer.gateway.usage import StreamTokens, completion_tokens
+from eksinfer.kvcache.subscriber import SubscriberStats
+
+
+def test_every_router_statistic_is_declared() -> None:
+    """A statistic added to `Router.stats()` must be typed in router_metrics (or skipped on purpose)."""
+    stats = Router(load_routing_config({"tokenizer": {"mode": "approx"}})).stats()
+    assert set(stats) - {"index", "subscribers"} == set(rm.SCALARS) | rm.SKIPPED
+    assert set(stats["index"]) - {"endpoints"} == set(rm.INDEX) | rm.INDEX_SKIPPED
+    assert set(SubscriberStats().as_dict()) == set(rm.SUBSCRIBER) | rm.SUBSCRIBER_SKIPPED
+
+
+def test_router_statistics_are_typed_counters_and_gauges() -> None:
+    sub = SubscriberStats(batches=3, gaps=1, lag_s=0.25, last_seq=9).as_dict()
+    stats = {
+        "index_blocks": 12,
+        "predicted_hit_ratio": 0.5,
+        "event_lag_s_max": None,
+        "tokenize_failures": 2,
+        "route_ms_mean": 0.1,
+        "decisions": {"kv-aware/cold": 4},
+        "index": {"blocks": 12, "stored_blocks": 40, "cleared": 1, "endpoints": {"e1": 12}},
+        "subscribers": {"e1": sub},
+    }
+    metrics = GatewayMetrics(lambda: [], lambda: stats)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    p = rm.PREFIX
+    kinds = {n.removeprefix(p): f.type for n, f in families.items() if n.startswith(p)}
+    assert kinds["index_blocks"] == "gauge"
+    assert kinds["index_stored_blocks"] == kinds["index_clears"] == kinds["tokenize_failures"] == "counter"
+    assert kinds["subscribers_batches"] == kinds["subscribers_gaps"] == "counter"
+    assert kinds["subscribers_lag_seconds"] == kinds["subscribers_last_seq"] == "gauge"
+    assert kinds["index_endpoint_blocks"] == "gauge"
+    samples = {(s.name, s.labels.get("endpoint")): s.value for f in families.values() for s in f.samples}
+    assert samples[(p + "index_stored_blocks_total", None)] == 40
+    assert samples[(p + "subscribers_gaps_total", "e1")] == 1
+    assert samples[(p + "subscribers_lag_seconds", "e1")] == 0.25
+    assert samples[(p + "index_endpoint_blocks", "e1")] == 12
+    text = metrics.render().decode()
+    assert "kv_event_lag_max_seconds" not in text  # None: no sample rather than a made-up 0
+    assert "route_ms" not in text  # measured by the gateway itself (scheduling_duration_seconds)
+    assert "router_decisions" not in text  # the gateway's own decisions_total counts these
+    for family in families.values():  # counters carry `_total` on every sample
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":17,"total_tokens":26}}', 17),
+        (b'{"usage": {"completion_tokens" : 3}}', 3),
+        (b'{"choices":[{"text":"hi"}]}', None),
+    ],
+)
+def test_completion_tokens(body: bytes, expected: int | None) -> None:
+    assert completion_tokens(body) == expected
+
+
+def test_stream_tokens_prefers_usage_then_counts_events() -> None:
+    events = [b'data: {"choices":[{"text":"a"}]}\n\n', b'data: {"choices":[{"text":"b"}]}\n\n']
+    plain = StreamTokens()
+    for chunk in [*events, b"data: [DONE]\n\n"]:
+        plain.feed(chunk)
+    assert plain.tokens() == 2
+    with_usage = StreamTokens()
+    usage = b'data: {"choices":[],"usage":{"completion_tokens":7}}\n\n'
+    for chunk in [*events, usage + b"data: [DONE]\n\n"]:
+        with_usage.feed(chunk)
+    assert with_usage.tokens() == 7  # the engine's own count wins over the event estimate
+    coalesced = StreamTokens()
+    coalesced.feed(b"".join(events) + b"data: [DONE]\n\n")  # several events in one read
+    assert coalesced.tokens() == 2

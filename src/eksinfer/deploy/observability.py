@@ -1,13 +1,18 @@
 """Monitoring: PodMonitor (engines), ServiceMonitors (gateway, DCGM exporter), a PrometheusRule with
 recording rules and alerts, and a Grafana dashboard.
 
-Metric names: vLLM V1 (`vllm:*`, vllm/v1/metrics/loggers.py, docs.vllm.ai v0.32 "Metrics") and
-dcgm-exporter (`DCGM_FI_*`, NVIDIA/dcgm-exporter 4.5.3 default counters CSV). The engine PodMonitor
+Metric names: vLLM V1 (`vllm:*`, vllm/v1/metrics/loggers.py, docs.vllm.ai v0.32 "Metrics"),
+dcgm-exporter (`DCGM_FI_*`, NVIDIA/dcgm-exporter 4.5.3 default counters CSV) and the gateway's own
+(`eksinfer_gateway_*`, docs/gateway.md). The engine PodMonitor
 copies the pod labels `app.kubernetes.io/instance`, `eksinfer.io/role`, `eksinfer.io/pool` onto every series
 (as `app_kubernetes_io_instance`, ...) so rules, KEDA queries and panels select one deployment and role.
 Alert thresholds are the reference targets: TTFT P99 over 2 s (conversational) / 5 s (batch) or the plan's own
 TTFT for custom SLOs; GPU SM activity under 70% for 30 min; prefix-cache hit rate under 60% when the traffic
-shares prompts; a queue that keeps growing past the autoscaler's per-replica target.
+shares prompts; a queue that keeps growing past the autoscaler's per-replica target; an engine whose
+/metrics does not answer (`up == 0`: stalled or crash-looping, while its pod still exists) for 2 minutes.
+The gateway's series are selected by `job` (the operator names a ServiceMonitor's job after the Service);
+its ServiceMonitor honours the gateway's own labels, since its `endpoint` label (the engine) would otherwise
+be renamed `exported_endpoint` by the operator's `endpoint` (port name) target label.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ GPU_UTIL_MIN = 0.70
 KV_HIT_MIN = 0.60
 BY = "namespace, app_kubernetes_io_instance, eksinfer_io_role"
 POD_TARGET_LABELS = ["app.kubernetes.io/instance", "eksinfer.io/role", "eksinfer.io/pool"]
+ENGINE_DOWN_FOR = "2m"
+GW = "eksinfer_gateway_"
 
 
 def _release(ctx: Ctx) -> dict[str, str]:
@@ -61,7 +68,7 @@ def gateway_servicemonitor(ctx: Ctx) -> Obj:
                     "app.kubernetes.io/component": "gateway",
                 }
             },
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "honorLabels": True}],
         },
     }
 
@@ -89,6 +96,43 @@ def ttft_target_s(ctx: Ctx) -> float:
 def queue_alert_threshold(ctx: Ctx) -> int:
     role = ctx.plan.roles[-1]
     return max(1, round(0.1 * per_replica_concurrency(ctx, role))) * max(1, role.replicas)
+
+
+def gateway_job(ctx: Ctx) -> str:
+    """The `job` label of the gateway's series: the operator names it after the Service."""
+    return f"{ctx.name}-gateway"
+
+
+def gateway_recording_rules(ctx: Ctx) -> list[Obj]:
+    """Traffic as clients see it at the gateway: request rate, errors, TTFT, routing time, predicted hits."""
+    sel = f'{{namespace="{ctx.ns}",job="{gateway_job(ctx)}"}}'
+    by = "namespace, model"
+    mine = {"app_kubernetes_io_instance": ctx.name}
+
+    def rate(metric: str, extra: str = "", group: str = by) -> str:
+        s = sel if not extra else sel[:-1] + "," + extra + "}"
+        return f"sum by ({group}) (rate({GW}{metric}{s}[5m]))"
+
+    def p99(metric: str) -> str:
+        return f"histogram_quantile(0.99, sum by (le, {by}) (rate({GW}{metric}_bucket{sel}[5m])))"
+
+    errors = 'status=~"5.."'
+    rules: list[Obj] = [
+        {"record": "eksinfer:gateway_requests:rate5m", "expr": rate("requests_total")},
+        {
+            "record": "eksinfer:gateway_errors:ratio5m",
+            "expr": f"{rate('requests_total', errors, 'namespace')} / "
+            f"({rate('requests_total', '', 'namespace')} > 0)",
+        },
+        {"record": "eksinfer:gateway_ttft_seconds:p99", "expr": p99("time_to_first_token_seconds")},
+        {"record": "eksinfer:gateway_scheduling_seconds:p99", "expr": p99("scheduling_duration_seconds")},
+        {
+            "record": "eksinfer:gateway_predicted_hit_ratio",
+            "expr": f"{rate('prompt_tokens_predicted_cached_total')} / ({rate('prompt_tokens_total')} > 0)",
+        },
+        {"record": "eksinfer:gateway_generation_tokens:rate5m", "expr": rate("generation_tokens_total")},
+    ]
+    return [{**r, "labels": mine} for r in rules]
 
 
 def recording_rules(ctx: Ctx) -> list[Obj]:
@@ -128,6 +172,18 @@ def alert_rules(ctx: Ctx) -> list[Obj]:
     me = f'app_kubernetes_io_instance="{ctx.name}"'
     ttft = ttft_target_s(ctx)
     rules: list[Obj] = [
+        {
+            "alert": "EksinferEngineDown",
+            "expr": f'up{{namespace="{ctx.ns}",{me},eksinfer_io_role!=""}} == 0',
+            "for": ENGINE_DOWN_FOR,
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "Engine {{ $labels.pod }} ({{ $labels.eksinfer_io_role }}) does not answer "
+                "/metrics",
+                "description": "A stalled or restarting engine: the gateway stops routing to it; check the "
+                "pod's logs and GPU.",
+            },
+        },
         {
             "alert": "EksinferTTFTAboveTarget",
             "expr": f"eksinfer:ttft_seconds:p99{{{me}}} > {ttft:g}",
@@ -191,7 +247,7 @@ def prometheus_rule(ctx: Ctx) -> Obj:
                 {
                     "name": f"eksinfer-{ctx.name}",
                     "interval": "30s",
-                    "rules": [*recording_rules(ctx), *alert_rules(ctx)],
+                    "rules": [*recording_rules(ctx), *gateway_recording_rules(ctx), *alert_rules(ctx)],
                 }
             ]
         },
@@ -247,6 +303,45 @@ def dashboard(ctx: Ctx) -> Obj:
         ("KV-cache usage per pod", [(f"vllm:kv_cache_usage_perc{sel}", "{{pod}}")], "percentunit", 0.9),
         ("Generation throughput", [(f"eksinfer:generation_tokens:rate5m{{{me}}}", role)], "short", None),
         ("Running requests per pod", [(f"vllm:num_requests_running{sel}", "{{pod}}")], "short", None),
+        (
+            "Engines up",
+            [(f'up{{namespace="{ctx.ns}",{me},eksinfer_io_role!=""}}', "{{pod}}")],
+            "short",
+            None,
+        ),
+        (
+            "Gateway requests and errors",
+            [
+                (f"eksinfer:gateway_requests:rate5m{{{me}}}", "req/s {{model}}"),
+                (f"eksinfer:gateway_errors:ratio5m{{{me}}}", "5xx share"),
+            ],
+            "short",
+            None,
+        ),
+        (
+            "TTFT P99: gateway vs engines",
+            [
+                (f"eksinfer:gateway_ttft_seconds:p99{{{me}}}", "gateway {{model}}"),
+                (f"eksinfer:ttft_seconds:p99{{{me}}}", f"engine {role}"),
+            ],
+            "s",
+            ttft_target_s(ctx),
+        ),
+        (
+            "Prefix-cache hit rate: predicted vs engines",
+            [
+                (f"eksinfer:gateway_predicted_hit_ratio{{{me}}}", "predicted {{model}}"),
+                (f"eksinfer:kv_cache_hit_ratio{{{me}}}", f"engine {role}"),
+            ],
+            "percentunit",
+            None,
+        ),
+        (
+            "Gateway routing time P99",
+            [(f"eksinfer:gateway_scheduling_seconds:p99{{{me}}}", "{{model}}")],
+            "s",
+            None,
+        ),
     ]
     return {
         "title": f"eksinfer / {ctx.name}",

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test bench lint fmt test-live install clean
+.PHONY: run test bench lint fmt test-live test-prometheus install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+# Rendered rules, alerts and dashboard against a real Prometheus scraping simulated engines + gateway
+# (about 30 s; tests/deploy/test_prometheus_live.py). Skips, saying why, where Prometheus cannot be installed.
+test-prometheus: $(STAMP)
+	-@test -x scripts/ensure-promtool.sh && bash scripts/ensure-promtool.sh
+	EKSINFER_PROMETHEUS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -rs tests/deploy/test_prometheus_live.py $(ARGS)
 
 test-live: $(STAMP)
 	bash scripts/test-live.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs promtool (Debian's `prometheus` package) where it is missing, so the PrometheusRule tests can run
-# `promtool check rules` / `promtool test rules`. Best effort: it never fails the build; without promtool those
-# tests skip and print why.
+# Installs Debian's `prometheus` package (promtool and the server) where missing: the PrometheusRule tests
+# run `promtool check rules` / `promtool test rules`, `make test-prometheus` runs the server. Best effort: it
+# never fails the build; without the binaries those tests skip and print why.
 set -u
 
 if command -v promtool >/dev/null 2>&1; then

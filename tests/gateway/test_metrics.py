@@ -10,6 +10,7 @@ from eksinfer.gateway import router_metrics as rm
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.routing import Router
 from eksinfer.gateway.scheduling.config import load_routing_config
+from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.usage import StreamTokens, completion_tokens
 from eksinfer.kvcache.subscriber import SubscriberStats
 
@@ -83,3 +84,16 @@ def test_stream_tokens_prefers_usage_then_counts_events() -> None:
     coalesced = StreamTokens()
     coalesced.feed(b"".join(events) + b"data: [DONE]\n\n")  # several events in one read
     assert coalesced.tokens() == 2
+
+
+def test_per_model_series_start_at_zero_once_the_model_is_known() -> None:
+    """A counter that first appears at N hides N from rate(); known models get their series at 0."""
+    ep = EndpointState(EndpointId("e1"), "http://e1", models=frozenset({"m"}))
+    metrics = GatewayMetrics(lambda: [ep], lambda: {})
+    text = metrics.render().decode()
+    assert 'eksinfer_gateway_generation_tokens_total{model="m"} 0.0' in text
+    assert 'eksinfer_gateway_prompt_tokens_total{model="m"} 0.0' in text
+    assert 'eksinfer_gateway_scheduling_duration_seconds_count{model="m"} 0.0' in text
+    assert 'eksinfer_gateway_time_to_first_token_seconds_count{model="m",route="/v1/completions"} 0.0' in text
+    metrics.observe_generated("m", 5)
+    assert 'eksinfer_gateway_generation_tokens_total{model="m"} 5.0' in metrics.render().decode()

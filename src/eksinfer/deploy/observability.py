@@ -117,12 +117,13 @@ def gateway_recording_rules(ctx: Ctx) -> list[Obj]:
         return f"histogram_quantile(0.99, sum by (le, {by}) (rate({GW}{metric}_bucket{sel}[5m])))"
 
     errors = 'status=~"5.."'
+    total = rate("requests_total", "", "namespace")
     rules: list[Obj] = [
         {"record": "eksinfer:gateway_requests:rate5m", "expr": rate("requests_total")},
         {
             "record": "eksinfer:gateway_errors:ratio5m",
-            "expr": f"{rate('requests_total', errors, 'namespace')} / "
-            f"({rate('requests_total', '', 'namespace')} > 0)",
+            # `or ... * 0`: 0 rather than no value while no 5xx series exists yet
+            "expr": f"({rate('requests_total', errors, 'namespace')} or {total} * 0) / ({total} > 0)",
         },
         {"record": "eksinfer:gateway_ttft_seconds:p99", "expr": p99("time_to_first_token_seconds")},
         {"record": "eksinfer:gateway_scheduling_seconds:p99", "expr": p99("scheduling_duration_seconds")},

@@ -25,6 +25,7 @@ _BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 # Routing (tokenize, hash, score) takes tens of microseconds to a few milliseconds: 20 us to 1 s.
 _SCHED_BUCKETS_S = (2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 PREFIX = "eksinfer_gateway_"
+ROUTES = ("/v1/completions", "/v1/chat/completions")
 
 
 class _StateCollector(Collector):
@@ -142,6 +143,7 @@ class GatewayMetrics:
         self.generation_tokens = Counter(
             PREFIX + "generation_tokens", "Tokens generated in answers relayed.", ["model"], registry=r
         )
+        self._endpoints = endpoints
         r.register(_StateCollector(endpoints, router_stats))
         # Label children cached by label values: `.labels()` takes a lock and builds a tuple on every call.
         self._children: dict[tuple[str, ...], Any] = {}
@@ -188,5 +190,19 @@ class GatewayMetrics:
         if tokens > 0:
             self._child(self.generation_tokens, model).inc(tokens)
 
+    def _zero_per_model(self) -> None:
+        """Creates the per-model counters and histograms at 0 for every model the endpoints serve. A series
+        that first appears at N loses those N to `rate()` (it has no earlier sample to rise from); at 0 the
+        first scrape after an engine reports its models gives the baseline. `requests_total` also carries
+        endpoint and status, which are not known in advance, so it is not pre-created."""
+        for model in {m for ep in self._endpoints() for m in ep.models}:
+            for metric in (self.prompt_tokens, self.cached_tokens, self.generation_tokens, self.retries):
+                self._child(metric, model)
+            self._child(self.scheduling, model)
+            for route in ROUTES:
+                self._child(self.ttft, route, model)
+                self._child(self.e2e, route, model)
+
     def render(self) -> bytes:
+        self._zero_per_model()
         return generate_latest(self.registry)

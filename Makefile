@@ -35,7 +35,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 # Rendered rules, alerts and dashboard against a real Prometheus scraping simulated engines + gateway
-# (about 30 s; tests/deploy/test_prometheus_live.py). Skips, saying why, where Prometheus cannot be installed.
+# (about 45 s; tests/deploy/test_prometheus_live.py). Skips, saying why, where Prometheus cannot be installed.
 test-prometheus: $(STAMP)
 	-@test -x scripts/ensure-promtool.sh && bash scripts/ensure-promtool.sh
 	EKSINFER_PROMETHEUS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -rs tests/deploy/test_prometheus_live.py $(ARGS)

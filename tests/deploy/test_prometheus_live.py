@@ -16,10 +16,13 @@ within seconds.
 The fault is a stalled engine (SIGSTOP, as a hung process or a GPU stuck in a collective looks from outside):
 its /metrics stops answering, `up` goes to 0, EksinferEngineDown fires; SIGCONT resolves it.
 
+A second fault makes three long requests queue on engine 0 (which runs one sequence at a time): the engines'
+TTFT P99 goes over the 2 s target and EksinferTTFTAboveTarget fires. It does not resolve within a test: its
+5-minute `rate()` window keeps the slow observations for 5 minutes.
+
 Not checked here: the GPU panel and `eksinfer:gpu_utilization:avg` (dcgm-exporter needs NVIDIA GPUs), and the
-TTFT, queue and KV hit-rate alerts firing: their expressions read 5 to 10 minute windows of engine latency, so
-a fault would have to last minutes, and they are covered with synthetic series by promtool
-(tests/deploy/promtool/alerts_test.yaml).
+queue and KV hit-rate alerts firing (10 and 15 minute conditions over 5 to 10 minute windows); promtool covers
+them with synthetic series (tests/deploy/promtool/alerts_test.yaml).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,7 @@ from tests.gateway.test_up import REPLAY_OFFSET, free_block
 from tests.waiting import until_sync
 
 PROMETHEUS = shutil.which("prometheus")
-# About 25 to 35 s on a 2-core machine: its own target (`make test-prometheus` sets the variable).
+# About 45 s on a 2-core machine: its own target (`make test-prometheus` sets the variable).
 ENABLED = os.environ.get("EKSINFER_PROMETHEUS") == "1"
 pytestmark = [
     pytest.mark.slow,
@@ -178,6 +182,36 @@ class PromApi:
         return [a for a in body["data"]["alerts"] if a["labels"]["alertname"] == name]
 
 
+def _queue_behind_each_other(api: PromApi, engine_port: int, model: str) -> float:
+    """TTFT fault: three long answers at once to engine 0 (one sequence at a time) wait about 2.5 and 5 s for
+    their first token, which puts the engines' TTFT P99 over the 2 s target; EksinferTTFTAboveTarget fires.
+    Sent to the engine directly, since the gateway would spread them. Resolving is not waited for: the rule
+    reads a 5-minute rate() window, which keeps these observations for 5 minutes. Returns seconds to fire."""
+    assert api.alerts("EksinferTTFTAboveTarget") == []  # quiet under the earlier light load
+    sent = time.monotonic()  # for the printed report only
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{engine_port}/v1", api_key="none", max_retries=0)
+
+    def long_answer(i: int) -> int:
+        answer = client.completions.create(
+            model=model, prompt=f"story {i}", max_tokens=300, extra_body={"ignore_eos": True}
+        )
+        assert answer.usage is not None
+        return answer.usage.completion_tokens
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(long_answer, range(3))) == [300] * 3
+    client.close()
+
+    def firing() -> list[dict[str, Any]]:
+        return [a for a in api.alerts("EksinferTTFTAboveTarget") if a["state"] == "firing"]
+
+    until_sync(firing, WAIT_S, "EksinferTTFTAboveTarget fires")
+    [alert] = firing()
+    assert alert["labels"]["eksinfer_io_role"] == "engine"
+    assert float(alert["value"]) > 2.0
+    return time.monotonic() - sent
+
+
 def _scalar(api: PromApi, expr: str) -> float:
     result = api.query(expr)
     return float(result[0]["value"][1]) if result else math.nan
@@ -213,7 +247,9 @@ def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
     with ExitStack() as stack:
         engines = []
         for i in range(2):  # one process per engine: `eksinfer up` runs them in one, which cannot stall alone
-            one = StackOptions(replicas=1, sim_port=sim_base + i, kv_events_port=kv_base + i)
+            # engine 0 runs one sequence at a time, so that long requests queue behind each other (TTFT fault)
+            extra = ("--max-num-seqs", "1") if i == 0 else ()
+            one = StackOptions(replicas=1, sim_port=sim_base + i, kv_events_port=kv_base + i, sim_args=extra)
             log = tmp_path / f"sim{i}.log"
             proc = stack.enter_context(_process(sim_command(one), log))
             engines.append(proc)
@@ -302,7 +338,10 @@ def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
         os.kill(engines[0].pid, signal.SIGCONT)
         resumed_at = time.monotonic()
         until_sync(lambda: api.alerts("EksinferEngineDown") == [], WAIT_S, "EksinferEngineDown resolves")
+        resolved_s = time.monotonic() - resumed_at
+        ttft_fired_s = _queue_behind_each_other(api, sim_base, model)
         print(
             f"EksinferEngineDown (for: {FOR_S}s, eval {EVAL_S}s): fired {fired_s:.1f} s after SIGSTOP, "
-            f"resolved {time.monotonic() - resumed_at:.1f} s after SIGCONT; panels without data: {empty}"
+            f"resolved {resolved_s:.1f} s after SIGCONT; panels without data: {empty}; "
+            f"EksinferTTFTAboveTarget fired {ttft_fired_s:.1f} s after the long requests were sent"
         )

@@ -81,6 +81,12 @@ def test_stream_tokens_prefers_usage_then_counts_events() -> None:
     for chunk in [*events, usage + b"data: [DONE]\n\n"]:
         with_usage.feed(chunk)
     assert with_usage.tokens() == 7  # the engine's own count wins over the event estimate
+    chat = StreamTokens()
+    role = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+    token = b'data: {"choices":[{"index":0,"delta":{"content":" a"}}]}\n\n'
+    for chunk in [role, token, token, b"data: [DONE]\n\n"]:
+        chat.feed(chunk)
+    assert chat.tokens() == 2  # the opening role event carries no token
     coalesced = StreamTokens()
     coalesced.feed(b"".join(events) + b"data: [DONE]\n\n")  # several events in one read
     assert coalesced.tokens() == 2

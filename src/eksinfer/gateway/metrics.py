@@ -79,7 +79,7 @@ class GatewayMetrics:
     the engine that answered ("" when none did). Token counters: prompt and predicted-cached tokens are the
     router's own counts at routing time (so their ratio is the hit rate the router predicted, to compare with
     the engines' `vllm:prefix_cache_hits_total`); generated tokens are the engine's `usage.completion_tokens`,
-    or, for a stream without usage, one per SSE event (see `usage.py`).
+    or, for a stream without usage, one per SSE event that carries a token (see `usage.py`).
     """
 
     def __init__(

@@ -3,8 +3,9 @@
 An OpenAI-style answer reports `usage.completion_tokens` in its body (non-streamed), or in a last chunk when
 streamed with `stream_options.include_usage` (vLLM: also `--enable-force-include-usage`). The proxy relays
 bytes unchanged and does not add that option, so a stream without usage is counted as one token per SSE
-`data:` event other than `[DONE]`: vLLM sends one event per generated token when n=1 without speculative
-decoding; a chat stream's first event (the role, no token) makes this one too many per chat stream.
+`data:` event, less `[DONE]` and a chat stream's opening role event (`"delta":{"role":...`, no token): vLLM
+sends one event per generated token when n=1 without speculative decoding (an event whose text the
+detokenizer holds back still carries its token). With n > 1 or speculative decoding this is an estimate.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_ROLE_EVENT = b'"delta":{"role":'  # vLLM's opening chat event (compact JSON, as its server writes it)
 
 
 def completion_tokens(data: bytes) -> int | None:
@@ -32,7 +34,7 @@ class StreamTokens:
         self.last = b""
 
     def feed(self, chunk: bytes) -> None:
-        self.events += chunk.count(b"data:") - chunk.count(b"data: [DONE]")
+        self.events += chunk.count(b"data:") - chunk.count(b"data: [DONE]") - chunk.count(_ROLE_EVENT)
         self.previous, self.last = self.last, chunk
 
     def tokens(self) -> int:

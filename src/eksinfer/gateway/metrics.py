@@ -75,7 +75,7 @@ class _StateCollector(Collector):
 class GatewayMetrics:
     """The counters and histograms the request path updates; `render()` produces the /metrics page.
 
-    `model` is the request's `model` field ("" when refused before it was read); `pool` and `endpoint` are
+    `model` is the request's `model` field ("" when refused before admission); `pool` and `endpoint` are
     the engine that answered ("" when none did). Token counters: prompt and predicted-cached tokens are the
     router's own counts at routing time (so their ratio is the hit rate the router predicted, to compare with
     the engines' `vllm:prefix_cache_hits_total`); generated tokens are the engine's `usage.completion_tokens`,

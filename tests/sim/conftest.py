@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import openai
 import pytest
 
 from eksinfer.kvcache.events import KVEventsConfig
@@ -78,3 +79,20 @@ def set_slow_token_s(cluster: SimCluster, seconds: float) -> None:
     holds requests in flight with a long step, looks at them, then lets them finish at full speed."""
     for engine in cluster.engines:
         engine.options = replace(engine.options, faults=replace(engine.options.faults, slow_token_s=seconds))
+
+
+Sdk = Callable[[str], openai.AsyncOpenAI]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Sdk]:
+    """Makes `openai` SDK clients for a base URL, and closes them after the test."""
+    made: list[openai.AsyncOpenAI] = []
+
+    def make(url: str) -> openai.AsyncOpenAI:
+        made.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
+        return made[-1]
+
+    yield make
+    for sdk in made:
+        await sdk.close()

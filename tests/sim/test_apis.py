@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -11,22 +10,7 @@ import openai
 import pytest
 
 from eksinfer.catalog import get_model
-from tests.sim.conftest import StartCluster
-
-Sdk = Callable[[str], openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Sdk]:
-    made: list[openai.AsyncOpenAI] = []
-
-    def make(url: str) -> openai.AsyncOpenAI:
-        made.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
-        return made[-1]
-
-    yield make
-    for sdk in made:
-        await sdk.close()
+from tests.sim.conftest import Sdk, StartCluster
 
 
 async def test_embeddings_are_unit_vectors_of_the_hidden_size(start: StartCluster, client: Sdk) -> None:

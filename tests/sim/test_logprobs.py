@@ -8,30 +8,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-import openai
-import pytest
 
-from tests.sim.conftest import StartCluster
+from tests.sim.conftest import Sdk, StartCluster
 
-Sdk = Callable[[str], openai.AsyncOpenAI]
 ASK = [{"role": "user", "content": "Tell me about the sea"}]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Sdk]:
-    made: list[openai.AsyncOpenAI] = []
-
-    def make(url: str) -> openai.AsyncOpenAI:
-        made.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
-        return made[-1]
-
-    yield make
-    for sdk in made:
-        await sdk.close()
 
 
 def sorted_desc(values: list[float]) -> bool:

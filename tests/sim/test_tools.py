@@ -7,14 +7,13 @@ and JSON answer is checked against the request's own schema with `jsonschema`.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import jsonschema
 import openai
 import pytest
 
-from tests.sim.conftest import StartCluster
+from tests.sim.conftest import Sdk, StartCluster
 
 WEATHER = {
     "type": "object",
@@ -51,23 +50,6 @@ TOOLS: list[Any] = [
 ]
 SCHEMAS = {"get_weather": WEATHER, "search": SEARCH}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-
-
-Sdk = Callable[[str], openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[Sdk]:
-    """Makes `openai` clients for a base URL and closes them after the test."""
-    made: list[openai.AsyncOpenAI] = []
-
-    def make(url: str) -> openai.AsyncOpenAI:
-        made.append(openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
-        return made[-1]
-
-    yield make
-    for sdk in made:
-        await sdk.close()
 
 
 def valid_call(name: str, arguments: str) -> None:

@@ -93,22 +93,22 @@ def _number(value: object) -> float | None:
     return None
 
 
-def router_families(stats: Mapping[str, Any]) -> Iterable[Family]:
-    """The declared statistics present in `stats` (routers without an index simply export less)."""
-    for key, (name, kind, help_text) in SCALARS.items():
-        value = _number(stats.get(key))
+def _unlabelled(table: Mapping[str, tuple[str, Kind, str]], source: Mapping[str, Any]) -> Iterable[Family]:
+    """One family per statistic of `table` that `source` holds as a number."""
+    for key, (name, kind, help_text) in table.items():
+        value = _number(source.get(key))
         if value is not None:
             family = _family(name, kind, help_text)
             family.add_metric([], value)
             yield family
+
+
+def router_families(stats: Mapping[str, Any]) -> Iterable[Family]:
+    """The declared statistics present in `stats` (routers without an index simply export less)."""
+    yield from _unlabelled(SCALARS, stats)
     index = stats.get("index")
     if isinstance(index, Mapping):
-        for key, (name, kind, help_text) in INDEX.items():
-            value = _number(index.get(key))
-            if value is not None:
-                family = _family(name, kind, help_text)
-                family.add_metric([], value)
-                yield family
+        yield from _unlabelled(INDEX, index)
         per_endpoint = index.get("endpoints")
         if isinstance(per_endpoint, Mapping) and per_endpoint:
             name, help_text = INDEX_PER_ENDPOINT

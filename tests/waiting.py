@@ -9,17 +9,26 @@ which code under test takes through its `clock=` parameter and which moves only 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 DEADLINE_S = 20.0  # far beyond any healthy wait; reached only when the condition never comes
 POLL_S = 0.01
 
 
-async def until(check: Callable[[], object], timeout_s: float = DEADLINE_S, what: str = "") -> None:
-    """Polls `check` on the event loop until it is true; fails after `timeout_s` naming `what`."""
+async def until(
+    check: Callable[[], object | Awaitable[object]], timeout_s: float = DEADLINE_S, what: str = ""
+) -> None:
+    """Polls `check` (plain or async, e.g. an HTTP read) on the event loop until it is true; fails after
+    `timeout_s` naming `what`."""
     deadline = time.monotonic() + timeout_s
-    while not check():
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not reached in {timeout_s} s: {what or check}")
         await asyncio.sleep(POLL_S)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
@@ -11,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eksinfer.sim.config import FaultOptions
 from tests.sim.conftest import StartCluster, set_slow_token_s
-from tests.waiting import DEADLINE_S
+from tests.waiting import DEADLINE_S, until
 
 GOLDEN = Path(__file__).parent / "data" / "metrics_after_requests.txt"  # real vLLM 0.32 scrape
 
@@ -115,19 +114,20 @@ async def test_gauges_follow_requests_in_flight(start: StartCluster) -> None:
     async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         body = {"prompt": "hold", "max_tokens": 30, "ignore_eos": True}
         tasks = [asyncio.create_task(client.post(url + "/v1/completions", json=body)) for _ in range(3)]
-        seen = None
-        deadline = time.monotonic() + DEADLINE_S
-        while seen is None:
-            assert time.monotonic() < deadline, "never saw 2 running and 1 waiting"
+        seen: list[float] = []
+
+        async def two_running_one_waiting() -> bool:
             text = (await client.get(url + "/metrics")).text
             running, waiting = (
                 _value(text, "vllm:num_requests_running"),
                 _value(text, "vllm:num_requests_waiting"),
             )
             if (running, waiting) == (2, 1):
-                seen = _value(text, "vllm:kv_cache_usage_perc")
-            await asyncio.sleep(0.01)
-        assert seen > 0
+                seen.append(_value(text, "vllm:kv_cache_usage_perc"))
+            return bool(seen)
+
+        await until(two_running_one_waiting, what="2 running and 1 waiting")
+        assert seen[0] > 0
         set_slow_token_s(cluster, 0.0)
         await asyncio.gather(*tasks)
         text = (await client.get(url + "/metrics")).text
@@ -143,13 +143,14 @@ async def test_client_disconnect_aborts(start: StartCluster) -> None:
         async with client.stream("POST", url + "/v1/completions", json=body) as r:
             async for _ in r.aiter_lines():
                 break
-        deadline = time.monotonic() + DEADLINE_S
-        text = (await client.get(url + "/metrics")).text
-        while _value(text, "vllm:request_success_total", finished_reason="abort") != 1:
-            assert time.monotonic() < deadline, "the abort never reached the metrics"
-            await asyncio.sleep(0.01)
-            text = (await client.get(url + "/metrics")).text
-        assert _value(text, "vllm:num_requests_running") == 0
+        texts: list[str] = []
+
+        async def aborted() -> bool:
+            texts.append((await client.get(url + "/metrics")).text)
+            return _value(texts[-1], "vllm:request_success_total", finished_reason="abort") == 1
+
+        await until(aborted, what="the abort reached the metrics")
+        assert _value(texts[-1], "vllm:num_requests_running") == 0
 
 
 async def test_step_time_comes_from_the_performance_model(start: StartCluster) -> None:
@@ -182,15 +183,16 @@ async def test_lora_requests_info(start: StartCluster) -> None:
                 json={"model": "sql", "prompt": "x", "max_tokens": 20, "ignore_eos": True},
             )
         )
-        labels = None
-        deadline = time.monotonic() + DEADLINE_S
-        while not (labels and labels["running_lora_adapters"] == "sql"):
-            assert time.monotonic() < deadline, f"never saw the adapter running: {labels}"
+        labels: dict[str, str] = {}
+
+        async def adapter_running() -> bool:
             text = (await client.get(url + "/metrics")).text
             for fam in text_string_to_metric_families(text):
                 if fam.name == "vllm:lora_requests_info":
-                    labels = fam.samples[0].labels
-            await asyncio.sleep(0.01)
+                    labels.update(fam.samples[0].labels)
+            return labels.get("running_lora_adapters") == "sql"
+
+        await until(adapter_running, what="the adapter running")
         set_slow_token_s(cluster, 0.0)
         await task
     assert labels == {"max_lora": "2", "running_lora_adapters": "sql", "waiting_lora_adapters": ""}

@@ -1,34 +1,26 @@
-"""One simulated vLLM engine: block pool + scheduler + performance model + metrics + KV-event publisher.
+"""One simulated vLLM engine over HTTP: the engine core (`sim.core`) + metrics + KV-event publisher.
 
-The step loop runs on the asyncio loop: schedule a batch, publish the KV events the allocation produced,
-wait `step_time_s(batch) * time_scale` (+ the slow-token fault), then sample one token for every request
-whose tokens are all computed and wake its HTTP handler. Waiting is measured against an absolute timeline so
-short steps do not drift; at `time_scale = 0` a step only yields to the loop.
-
-Generated tokens are deterministic: request r's generator is seeded by (`--seed`, the request's `seed`, a
-CRC-32 of its prompt ids). With `--natural-output-tokens N > 0` the simulated model emits EOS as token number
-U[N/2, 3N/2] (same seeding) unless `ignore_eos`; `max_tokens` and `max_model_len` cap the length as in vLLM.
+The step loop runs on the asyncio loop: the core schedules a batch, the engine publishes the KV events the
+allocation produced, waits `step_time_s(batch) * time_scale` (+ the slow-token fault), then the core samples
+one token for every request whose tokens are all computed and the engine wakes its HTTP handler. Waiting is
+measured against an absolute timeline so short steps do not drift; at `time_scale = 0` a step only yields to
+the loop. Scheduling, sampling and step times live in the core, which the fleet simulation drives too.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
-import itertools
 import logging
-import random
 import time
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from eksinfer.errors import UsageError
-from eksinfer.sim.blocks import BlockPool
 from eksinfer.sim.config import EngineSizing, SimOptions
+from eksinfer.sim.core import CoreConfig, EngineCore
 from eksinfer.sim.metrics import EngineMetrics
 from eksinfer.sim.publisher import EventPublisher
-from eksinfer.sim.scheduler import Scheduler, SimRequest, StepPlan
+from eksinfer.sim.scheduler import SimRequest, StepPlan
 from eksinfer.tokenize import BuiltinTokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -61,19 +53,30 @@ class Engine:
         self.lora_paths = options.lora_adapters
         self.lora_ids = {name: i + 1 for i, name in enumerate(self.lora_paths)}
         events = options.kv_events
-        self.pool = BlockPool(
-            sizing.num_gpu_blocks,
-            options.block_size,
-            enable_caching=options.enable_prefix_caching,
-            emit_events=events.enabled,
+        self.core = EngineCore(
+            CoreConfig(
+                num_gpu_blocks=sizing.num_gpu_blocks,
+                block_size=options.block_size,
+                max_num_seqs=sizing.max_num_seqs,
+                max_num_batched_tokens=sizing.max_num_batched_tokens,
+                max_model_len=sizing.max_model_len,
+                enable_prefix_caching=options.enable_prefix_caching,
+                enable_chunked_prefill=options.enable_chunked_prefill,
+                hash_seed=options.hash_seed,
+                hash_algo=options.prefix_caching_hash_algo,
+                seed=options.seed,
+                natural_output_tokens=options.natural_output_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                emit_events=events.enabled,
+            ),
+            perf=perf,
+            sample_space=self._sample_space(),
+            clock=time.monotonic,
+            observer=self,
+            id_prefix=f"{rank}-",
         )
-        self.scheduler = Scheduler(
-            self.pool,
-            max_num_seqs=sizing.max_num_seqs,
-            max_num_batched_tokens=sizing.max_num_batched_tokens,
-            max_model_len=sizing.max_model_len,
-            enable_chunked_prefill=options.enable_chunked_prefill,
-        )
+        self.pool = self.core.pool
+        self.scheduler = self.core.scheduler
         self.publisher: EventPublisher | None = None
         if events.enabled:
             self.publisher = EventPublisher(
@@ -95,12 +98,18 @@ class Engine:
         )
         if self.lora_ids:
             self.metrics.add_lora_info(len(self.lora_ids), self._lora_snapshot, time.time)
-        self._choices = self._sample_space()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._ids = itertools.count()
-        self.num_steps = 0
-        self.simulated_s = 0.0  # sum of modelled step times (unscaled): the simulated GPU's busy time
+        self._computed_prompt = 0  # prompt tokens computed by the step being completed (first tokens)
+
+    @property
+    def num_steps(self) -> int:
+        return self.core.num_steps
+
+    @property
+    def simulated_s(self) -> float:
+        """Sum of modelled step times (unscaled): the simulated GPU's busy time."""
+        return self.core.simulated_s
 
     def _cache_labels(self) -> dict[str, str]:
         o = self.options
@@ -145,10 +154,7 @@ class Engine:
             await self.publisher.close()
 
     def _fail_all(self) -> None:
-        pending = [*self.scheduler.running, *self.scheduler.waiting]
-        for req in pending:
-            self.scheduler.abort(req)
-            req.finish_reason = "error"
+        for req in self.core.fail_all():
             self.metrics.success["error"].inc()
             if req.on_tokens is not None:
                 req.on_tokens(req)
@@ -169,38 +175,18 @@ class Engine:
     ) -> SimRequest:
         """Queue a request (already validated against max_model_len by the server). With `script` the model
         writes exactly those tokens and then EOS (guided decoding: tool calls, JSON output)."""
-        bs = self.options.block_size
-        if -(-(len(prompt_ids) + 1) // bs) > self.pool.num_gpu_blocks - 1:
-            raise UsageError(
-                f"the prompt needs more KV blocks than the engine has ({self.pool.num_gpu_blocks - 1})",
-                field="prompt",
-            )
-        key = (self.options.seed * 1_000_003 + (seed or 0)) ^ zlib.crc32(
-            array.array("q", prompt_ids).tobytes()
-        )
-        rng = random.Random(key)
-        natural = self.options.natural_output_tokens
-        natural_len = rng.randint(max(natural // 2, 1), max(natural * 3 // 2, 1)) if natural else 0
-        req = SimRequest(
-            f"{self.rank}-{next(self._ids)}",
+        req = self.core.add_request(
             prompt_ids,
             max_tokens=max_tokens,
-            block_size=bs,
-            hash_seed=self.options.hash_seed,
-            hash_algo=self.options.prefix_caching_hash_algo,
-            arrival_time=time.monotonic(),
             ignore_eos=ignore_eos,
-            natural_len=natural_len,
-            eos_token_id=self.tokenizer.eos_token_id,
             lora_name=lora_name,
             lora_path=self.lora_paths.get(lora_name) if lora_name else None,
             lora_id=self.lora_ids.get(lora_name) if lora_name else None,
             cache_salt=cache_salt,
+            seed=seed,
             on_tokens=on_tokens,
+            script=script,
         )
-        req.rng_state = rng
-        req.script = script
-        self.scheduler.add(req)
         self._wake.set()
         return req
 
@@ -208,16 +194,6 @@ class Engine:
         if self.scheduler.abort(req):
             self.metrics.success["abort"].inc()
             self._wake.set()
-
-    def _sample(self, req: SimRequest) -> int:
-        if req.script is not None:
-            i = req.num_output_tokens
-            return req.script[i] if i < len(req.script) else self.tokenizer.eos_token_id
-        if req.natural_len and req.num_output_tokens + 1 >= req.natural_len and req.eos_token_id >= 0:
-            return req.eos_token_id
-        choices = self._choices
-        rng: random.Random = req.rng_state
-        return choices[rng.randrange(len(choices))]
 
     # --- the step loop ------------------------------------------------------------------------------------
 
@@ -241,21 +217,13 @@ class Engine:
                 await self._wake.wait()
                 deadline = loop.time()
                 continue
-            plan = self.scheduler.schedule()
-            now = time.monotonic()
-            self._after_schedule(plan, now)
+            plan = self.core.schedule(time.monotonic())
             if not plan.scheduled:  # nothing fits until a request finishes or is aborted
                 self._wake.clear()
                 await self._wake.wait()
                 deadline = loop.time()
                 continue
-            step_s = self.perf.step_time_s(
-                prefill_tokens=plan.prefill_tokens,
-                prefill_attention_pairs=plan.prefill_attention_pairs,
-                decode_seqs=plan.decode_seqs,
-                decode_context_tokens=plan.decode_context_tokens,
-            )
-            self.simulated_s += step_s
+            step_s = self.core.step_time_s(plan)
             # Read every step, so that replacing `options` on a running engine changes its faults at once.
             wait_s = step_s * scale + self.options.faults.slow_token_s
             if wait_s > 0:
@@ -266,15 +234,12 @@ class Engine:
                 # streaming handler writes several tokens per wake-up instead of one syscall per token
                 await asyncio.sleep(0)
                 deadline = loop.time()
-            self.num_steps += 1
-            emitted = self.scheduler.update(plan, self._sample)
-            self._after_update(plan, emitted, time.monotonic())
+            self.core.complete_step(plan, time.monotonic())
 
-    def _after_schedule(self, plan: StepPlan, now: float) -> None:
-        for req, _ in plan.scheduled:
-            if not req.first_scheduled_time:
-                req.first_scheduled_time = now
-        stats = self.scheduler.stats
+    # --- CoreObserver: metrics, KV events, waking handlers -------------------------------------------------
+
+    def on_schedule(self, core: EngineCore, plan: StepPlan) -> None:
+        stats = core.scheduler.stats
         m = self.metrics
         if stats.prefix_queries:
             m.prefix_queries.inc(stats.prefix_queries)
@@ -286,27 +251,26 @@ class Engine:
         if self.publisher is not None and self.pool.events:
             self.publisher.publish(self.pool.take_events())
 
-    def _after_update(self, plan: StepPlan, emitted: list[SimRequest], now: float) -> None:
+    def on_token(self, req: SimRequest, now: float) -> None:
         m = self.metrics
-        computed_prompt = 0
-        for req in emitted:
-            if req.num_output_tokens == 1:
-                computed_prompt += self._first_token(req, now)
-            else:
-                m.itl.observe(now - req.last_token_time)
-            req.last_token_time = now
-            if req.finish_reason is not None:
-                self._finished(req, now)
-            if req.on_tokens is not None:
-                req.on_tokens(req)
-        if emitted:
-            m.generation_tokens.inc(len(emitted))
-        m.iteration_tokens.observe(computed_prompt + len(emitted))
+        if req.num_output_tokens == 1:
+            self._computed_prompt += self._first_token(req)
+        else:
+            m.itl.observe(now - req.last_token_time)
+        if req.finish_reason is not None:
+            self._finished(req, now)
+        if req.on_tokens is not None:
+            req.on_tokens(req)
 
-    def _first_token(self, req: SimRequest, now: float) -> int:
+    def on_step(self, emitted: Sequence[SimRequest], now: float) -> None:
+        if emitted:
+            self.metrics.generation_tokens.inc(len(emitted))
+        self.metrics.iteration_tokens.observe(self._computed_prompt + len(emitted))
+        self._computed_prompt = 0
+
+    def _first_token(self, req: SimRequest) -> int:
         m = self.metrics
-        req.first_token_time = now
-        m.ttft.observe(now - req.arrival_time)
+        m.ttft.observe(req.first_token_time - req.arrival_time)
         prompt = req.num_prompt_tokens
         cached = max(req.num_cached_tokens, 0)
         m.prompt_tokens.inc(prompt)

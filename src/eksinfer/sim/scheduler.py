@@ -20,13 +20,24 @@ Each step has a token budget of `max_num_batched_tokens`:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
-from eksinfer.kvcache.hashing import BlockHasher, HashAlgo
+from eksinfer.kvcache.hashing import BlockDigest, BlockHasher, ExtraKeys, HashAlgo
 from eksinfer.sim.blocks import BlockPool, BlockTable
+
+
+class HasherLike(Protocol):
+    """What the scheduler needs of a request's block hasher: the digests of its full blocks so far."""
+
+    @property
+    def digests(self) -> list[BlockDigest]: ...
+
+    def extra_keys(self, block_index: int) -> ExtraKeys: ...
+
+    def update(self, token_ids: Sequence[int]) -> object: ...
 
 
 class Status(Enum):
@@ -83,6 +94,7 @@ class SimRequest:
         lora_id: int | None = None,
         cache_salt: str | None = None,
         on_tokens: Callable[[SimRequest], None] | None = None,
+        hasher: HasherLike | None = None,
     ) -> None:
         self.request_id = request_id
         self.token_ids = list(prompt_ids)
@@ -99,7 +111,7 @@ class SimRequest:
         self.num_cached_tokens = -1
         self.num_preemptions = 0
         self.table = BlockTable()
-        self.hasher = BlockHasher(
+        self.hasher: HasherLike = hasher or BlockHasher(
             block_size,
             seed=hash_seed,
             algo=hash_algo,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NewType, Protocol
+from typing import Any, NewType, Protocol, runtime_checkable
 
 EndpointId = NewType("EndpointId", str)
 
@@ -110,24 +110,36 @@ class Decision:
         return "; ".join(parts)
 
 
+@runtime_checkable
 class Filter(Protocol):
     def filter(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> list[EndpointState]: ...
 
 
+@runtime_checkable
 class Scorer(Protocol):
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> dict[EndpointId, float]: ...
 
 
+@runtime_checkable
 class Picker(Protocol):
     def pick(self, ctx: SchedulingContext, scored: Sequence[ScoredEndpoint]) -> ScoredEndpoint: ...
 
 
+@runtime_checkable
 class RoutedHook(Protocol):
-    """Optional on any plugin: told the outcome after each decision, to keep router-side memory (llm-d's
-    PreRequest). Must be cheap and must not do I/O."""
+    """Optional on any plugin: told the outcome after each decision, to keep router-side memory or index the
+    routed prompt speculatively (llm-d's PreRequest). Must be cheap and must not do I/O."""
 
     def on_routed(self, request: RoutingRequest, endpoint: EndpointState) -> None: ...
+
+
+@runtime_checkable
+class ReasonHook(Protocol):
+    """Optional on a picker: names why it chose, in one word, when its choice ignores the scores (e.g.
+    round-robin); None leaves the reason to the scores."""
+
+    def reason(self) -> str | None: ...

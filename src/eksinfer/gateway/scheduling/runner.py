@@ -2,34 +2,36 @@
 the picker (llm-d scheduler_profile.go: scores clamped to [0, 1] and summed with their weights, not
 normalised).
 
-A profile also says what request data it needs (`needs_tokens`) so the router tokenizes only when a plugin
-would use the token ids.
+Building a profile checks its plugins' data contracts (scheduling.data): every key a plugin consumes is
+supplied by the gateway or produced by a plugin that runs before it (filters, then scorers, then the picker,
+each in order), else a `ConfigError` names the plugin. The profile then knows what request data it needs
+(`needs_tokens`: the router tokenizes only when a plugin consumes token ids or block keys) and which plugins
+want to hear about each decision (`on_routed`) or name its reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from eksinfer.errors import UnavailableError, UnknownNameError
+from eksinfer.errors import ConfigError, UnavailableError, UnknownNameError
 from eksinfer.gateway.scheduling.config import ProfileConfig, RoutingConfig
+from eksinfer.gateway.scheduling.data import GATEWAY_KEYS, TOKEN_KEYS, DataKey
 from eksinfer.gateway.scheduling.framework import (
     EndpointId,
     EndpointState,
     Filter,
     Picker,
+    ReasonHook,
+    RoutedHook,
     RoutingRequest,
     SchedulingContext,
     ScoredEndpoint,
     Scorer,
 )
 from eksinfer.gateway.scheduling.presets import builtin_presets
-from eksinfer.gateway.scheduling.registry import PluginDeps, Registry, builtin_registry
-
-# Scorers that read token ids or prefix keys; a profile with none of them never tokenizes.
-TOKEN_SCORERS = frozenset(
-    {"precise-prefix-cache-scorer", "kv-cost-scorer", "approx-prefix-cache-scorer", "prefix-affinity-scorer"}
-)
+from eksinfer.gateway.scheduling.registry import PluginDeps, Registry, builtin_registry, consumes, produces
 
 
 class NoEndpointError(UnavailableError):
@@ -52,6 +54,31 @@ class Profile:
     picker: Picker
     picker_type: str
     needs_tokens: bool
+    consumes: frozenset[DataKey[Any]] = frozenset()
+    produces: frozenset[DataKey[Any]] = frozenset()
+
+    def plugins(self) -> tuple[object, ...]:
+        """Every plugin instance, in the order they run."""
+        return (*(f for _, f in self.filters), *(ws.scorer for ws in self.scorers), self.picker)
+
+
+def check_contracts(plugins: Sequence[tuple[str, object]]) -> tuple[frozenset[DataKey[Any]], ...]:
+    """Each plugin's consumed keys must be supplied by the gateway or produced by an earlier plugin; returns
+    (consumed, produced) over the profile. `plugins` are (field, instance) in run order."""
+    available: set[DataKey[Any]] = set(GATEWAY_KEYS)
+    used: set[DataKey[Any]] = set()
+    for field, plugin in plugins:
+        missing = consumes(plugin) - available
+        if missing:
+            names = ", ".join(sorted(k.name for k in missing))
+            raise ConfigError(
+                f"{getattr(plugin, 'type_name', type(plugin).__name__)} consumes {names}, which neither the "
+                "gateway nor an earlier plugin of the profile produces",
+                field=field,
+            )
+        used |= consumes(plugin)
+        available |= produces(plugin)
+    return frozenset(used), frozenset(available - GATEWAY_KEYS)
 
 
 def build_profile(
@@ -77,8 +104,13 @@ def build_profile(
     picker = registry.create(
         "picker", config.picker.type, config.picker.parameters, deps, field=f"{field}.picker.type"
     )
-    needs = any(s.type_name in TOKEN_SCORERS for s in scorers)
-    return Profile(name, filters, scorers, picker, config.picker.type, needs)
+    used, made = check_contracts(
+        [(f"{field}.filters[{i}].type", f) for i, (_, f) in enumerate(filters)]
+        + [(f"{field}.scorers[{i}].type", ws.scorer) for i, ws in enumerate(scorers)]
+        + [(f"{field}.picker.type", picker)]
+    )
+    needs = bool(used & TOKEN_KEYS)
+    return Profile(name, filters, scorers, picker, config.picker.type, needs, used, made)
 
 
 def build_profiles(
@@ -103,11 +135,26 @@ def build_profiles(
 
 
 def notify_routed(profile: Profile, request: RoutingRequest, endpoint: EndpointState) -> None:
-    """Call `on_routed` on every plugin of the profile that has it (router-side memory)."""
-    for ws in profile.scorers:
-        hook = getattr(ws.scorer, "on_routed", None)
-        if hook is not None:
-            hook(request, endpoint)
+    """Call `on_routed` on every plugin of the profile that has it (router-side memory, speculative index
+    entries)."""
+    for plugin in profile.plugins():
+        if isinstance(plugin, RoutedHook):
+            plugin.on_routed(request, endpoint)
+
+
+def decision_reason(profile: Profile, chosen: str, matched: Mapping[str, int], num_candidates: int) -> str:
+    """Why this endpoint, in one word, for the decisions-by-reason metric and the debug header: the picker's
+    own word when it ignores the scores, else from the predicted cached tokens per candidate."""
+    if isinstance(profile.picker, ReasonHook):
+        named = profile.picker.reason()
+        if named:
+            return named
+    if num_candidates == 1:
+        return "only-candidate"
+    best = max(matched.values(), default=0)
+    if best <= 0:
+        return "cold" if profile.needs_tokens else "least-load"
+    return "prefix-hit" if matched.get(chosen, 0) >= best else "load-gate"
 
 
 def _clamp(value: float) -> float:

@@ -4,22 +4,14 @@ unhealthy the set is returned unchanged, so a flapping health check degrades to 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
+from eksinfer.gateway.scheduling.data import ENDPOINT_METRICS
 from eksinfer.gateway.scheduling.framework import EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, plugin
 
 
-class HealthyFilter:
-    type_name: ClassVar[str] = "healthy-filter"
-    kind: ClassVar[Literal["filter"]] = "filter"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
-
+@plugin("healthy-filter", "filter", consumes={ENDPOINT_METRICS})
+class HealthyFilter(PluginBase):
     def filter(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> list[EndpointState]:

@@ -9,24 +9,21 @@ Stale metrics are ignored here (the gateway's own in-flight counts in the scorer
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from eksinfer.gateway.scheduling.data import ENDPOINT_METRICS
 from eksinfer.gateway.scheduling.framework import EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginParams, plugin
 
 
-class SaturationFilter:
-    type_name: ClassVar[str] = "saturation-filter"
-    kind: ClassVar[Literal["filter"]] = "filter"
-
+@plugin("saturation-filter", "filter", consumes={ENDPOINT_METRICS})
+class SaturationFilter(PluginBase):
     class Params(PluginParams):
         max_waiting: int = Field(32, ge=1, description="waiting requests at which an endpoint is saturated")
         max_kv_usage: float = Field(0.98, gt=0, le=1, description="KV usage (0..1) at which it is saturated")
 
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
+    params: Params
 
     def saturated(self, ep: EndpointState) -> bool:
         if ep.stale:

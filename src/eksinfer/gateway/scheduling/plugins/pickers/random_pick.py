@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from eksinfer.gateway.scheduling.framework import SchedulingContext, ScoredEndpoint
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, plugin
 
 
-class RandomPicker:
-    type_name: ClassVar[str] = "random-picker"
-    kind: ClassVar[Literal["picker"]] = "picker"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.rng = deps.rng
-
+@plugin("random-picker", "picker")
+class RandomPicker(PluginBase):
     def pick(self, ctx: SchedulingContext, scored: Sequence[ScoredEndpoint]) -> ScoredEndpoint:
-        return self.rng.choice(list(scored))
+        return self.deps.rng.choice(list(scored))
+
+    def reason(self) -> str:
+        return "random"

@@ -7,20 +7,15 @@ or repeat others.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from eksinfer.gateway.scheduling.framework import SchedulingContext, ScoredEndpoint
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginDeps, PluginParams, plugin
 
 
-class RoundRobinPicker:
-    type_name: ClassVar[str] = "round-robin-picker"
-    kind: ClassVar[Literal["picker"]] = "picker"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
+@plugin("round-robin-picker", "picker")
+class RoundRobinPicker(PluginBase):
+    def __init__(self, params: PluginParams, deps: PluginDeps) -> None:
+        super().__init__(params, deps)
         self._last: str | None = None
 
     def pick(self, ctx: SchedulingContext, scored: Sequence[ScoredEndpoint]) -> ScoredEndpoint:
@@ -30,3 +25,6 @@ class RoundRobinPicker:
             chosen = next((s for s in ordered if s.endpoint.id > self._last), ordered[0])
         self._last = chosen.endpoint.id
         return chosen
+
+    def reason(self) -> str:
+        return "round-robin"

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from eksinfer.gateway.scheduling.framework import SchedulingContext, ScoredEndpoint
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginDeps, PluginParams, plugin
 
 
-class SoftmaxPicker:
-    type_name: ClassVar[str] = "softmax-picker"
-    kind: ClassVar[Literal["picker"]] = "picker"
-
+@plugin("softmax-picker", "picker")
+class SoftmaxPicker(PluginBase):
     class Params(PluginParams):
         temperature: float = Field(0.2, ge=0, description="0 = argmax; larger spreads choices")
 

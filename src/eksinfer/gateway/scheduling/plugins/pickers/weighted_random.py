@@ -7,24 +7,15 @@ wins; all-zero totals fall back to uniform.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from eksinfer.gateway.scheduling.framework import SchedulingContext, ScoredEndpoint
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, plugin
 
 
-class WeightedRandomPicker:
-    type_name: ClassVar[str] = "weighted-random-picker"
-    kind: ClassVar[Literal["picker"]] = "picker"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.rng = deps.rng
-
+@plugin("weighted-random-picker", "picker")
+class WeightedRandomPicker(PluginBase):
     def pick(self, ctx: SchedulingContext, scored: Sequence[ScoredEndpoint]) -> ScoredEndpoint:
         positive = [s for s in scored if s.total > 0]
         if not positive:
-            return self.rng.choice(list(scored))
-        return max(positive, key=lambda s: self.rng.random() ** (1.0 / s.total))
+            return self.deps.rng.choice(list(scored))
+        return max(positive, key=lambda s: self.deps.rng.random() ** (1.0 / s.total))

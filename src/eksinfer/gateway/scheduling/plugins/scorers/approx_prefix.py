@@ -10,31 +10,34 @@ per token).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from eksinfer.gateway.scheduling.data import APPROX_KEYS, APPROX_MATCH, MATCHED_TOKENS, TOKEN_IDS
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.prefix import approx_matches
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.prefix import approx_matches, speculate
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginParams, plugin
 
 
-class ApproxPrefixCacheScorer:
-    type_name: ClassVar[str] = "approx-prefix-cache-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
+@plugin(
+    "approx-prefix-cache-scorer",
+    "scorer",
+    consumes={TOKEN_IDS},
+    produces={APPROX_KEYS, APPROX_MATCH, MATCHED_TOKENS},
+)
+class ApproxPrefixCacheScorer(PluginBase):
     class Params(PluginParams):
         use_tokens: bool = Field(False, description="key token blocks when token ids exist (else characters)")
 
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
-        self.deps = deps
+    params: Params
 
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> dict[EndpointId, float]:
-        request.annotations["approx_use_tokens"] = self.params.use_tokens
         matches, total = approx_matches(request, endpoints, self.deps, use_tokens=self.params.use_tokens)
         if total == 0:
             return {ep.id: 0.0 for ep in endpoints}
         return {ep.id: matches[ep.id] / total for ep in endpoints}
+
+    def on_routed(self, request: RoutingRequest, endpoint: EndpointState) -> None:
+        speculate(request, endpoint, self.deps)

@@ -23,19 +23,31 @@ that replica (Dynamo's `overlap_score_weight`; llm-d's affinity filter). The def
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from eksinfer.gateway.scheduling.data import (
+    APPROX_KEYS,
+    APPROX_MATCH,
+    BLOCK_KEYS,
+    ENDPOINT_METRICS,
+    KV_COST,
+    MATCHED_TOKENS,
+    PRECISE_MATCH,
+    TOKEN_IDS,
+)
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.prefix import approx_matches, precise_matches, prompt_tokens
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.prefix import approx_matches, precise_matches, prompt_tokens, speculate
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginParams, plugin
 
 
-class KvCostScorer:
-    type_name: ClassVar[str] = "kv-cost-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
+@plugin(
+    "kv-cost-scorer",
+    "scorer",
+    consumes={TOKEN_IDS, BLOCK_KEYS, ENDPOINT_METRICS},
+    produces={PRECISE_MATCH, APPROX_KEYS, APPROX_MATCH, MATCHED_TOKENS, KV_COST},
+)
+class KvCostScorer(PluginBase):
     class Params(PluginParams):
         prefill_weight: float = Field(
             3.0, ge=0, description="cost of one uncached prompt token vs one queued"
@@ -44,9 +56,7 @@ class KvCostScorer:
             16.0, ge=0, description="prompt-token equivalents of one in-flight request's decode load"
         )
 
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
-        self.deps = deps
+    params: Params
 
     def matched_tokens(self, request: RoutingRequest, endpoints: Sequence[EndpointState]) -> dict[str, int]:
         """Precise matches when the request has token ids, else approximate (character blocks)."""
@@ -74,7 +84,10 @@ class KvCostScorer:
         if not endpoints:
             return {}
         costs = self.costs(request, endpoints)
-        request.annotations["kv_cost"] = costs
+        KV_COST.put(request, costs)
         best = min(costs.values())
         scale = max(prompt_tokens(request), self.deps.block_size)
         return {eid: 1.0 / (1.0 + (c - best) / scale) for eid, c in costs.items()}
+
+    def on_routed(self, request: RoutingRequest, endpoint: EndpointState) -> None:
+        speculate(request, endpoint, self.deps)

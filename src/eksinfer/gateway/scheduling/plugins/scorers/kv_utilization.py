@@ -7,22 +7,14 @@ Score `1 - vllm:kv_cache_usage_perc` (0..1), as llm-d's kvcacheutilization score
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
+from eksinfer.gateway.scheduling.data import ENDPOINT_METRICS
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, plugin
 
 
-class KvCacheUtilizationScorer:
-    type_name: ClassVar[str] = "kv-cache-utilization-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
-
+@plugin("kv-cache-utilization-scorer", "scorer", consumes={ENDPOINT_METRICS})
+class KvCacheUtilizationScorer(PluginBase):
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> dict[EndpointId, float]:

@@ -9,26 +9,23 @@ everywhere.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from eksinfer.gateway.scheduling.data import ENDPOINT_METRICS
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginParams, plugin
 
 
-class LoraAffinityScorer:
-    type_name: ClassVar[str] = "lora-affinity-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
+@plugin("lora-affinity-scorer", "scorer", consumes={ENDPOINT_METRICS})
+class LoraAffinityScorer(PluginBase):
     class Params(PluginParams):
         max_loras: int = Field(4, ge=1, description="adapters an engine holds at once (vLLM --max-loras)")
         room_score: float = Field(
             0.6, ge=0, le=1, description="score of an endpoint with a free adapter slot"
         )
 
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
+    params: Params
 
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]

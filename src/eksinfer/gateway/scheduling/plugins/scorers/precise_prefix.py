@@ -9,24 +9,20 @@ tokenizer) every endpoint scores 0, and the router falls back to the approximate
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
+from eksinfer.gateway.scheduling.data import BLOCK_KEYS, MATCHED_TOKENS, PRECISE_MATCH, TOKEN_IDS
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.prefix import endpoint_block_size, precise_matches
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.prefix import endpoint_block_size, precise_matches, speculate
+from eksinfer.gateway.scheduling.registry import PluginBase, plugin
 
 
-class PrecisePrefixCacheScorer:
-    type_name: ClassVar[str] = "precise-prefix-cache-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
-        self.deps = deps
-
+@plugin(
+    "precise-prefix-cache-scorer",
+    "scorer",
+    consumes={TOKEN_IDS, BLOCK_KEYS},
+    produces={PRECISE_MATCH, MATCHED_TOKENS},
+)
+class PrecisePrefixCacheScorer(PluginBase):
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> dict[EndpointId, float]:
@@ -38,3 +34,6 @@ class PrecisePrefixCacheScorer:
             hashable = (tokens // size) * size
             out[ep.id] = min(1.0, matches[ep.id] / hashable) if matches and hashable else 0.0
         return out
+
+    def on_routed(self, request: RoutingRequest, endpoint: EndpointState) -> None:
+        speculate(request, endpoint, self.deps)

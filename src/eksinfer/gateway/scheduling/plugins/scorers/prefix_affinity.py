@@ -18,20 +18,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from eksinfer.gateway.scheduling.data import APPROX_KEYS, BLOCK_KEYS, TOKEN_IDS
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.prefix import approx_request_keys, request_block_keys
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.prefix import approx_request_keys, request_block_keys, speculate
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginDeps, PluginParams, plugin
 from eksinfer.kvcache.index import BlockKey
 
 
-class PrefixAffinityScorer:
-    type_name: ClassVar[str] = "prefix-affinity-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
+@plugin("prefix-affinity-scorer", "scorer", consumes={TOKEN_IDS, BLOCK_KEYS}, produces={APPROX_KEYS})
+class PrefixAffinityScorer(PluginBase):
     class Params(PluginParams):
         depths: tuple[int, ...] = Field((4, 16, 64), min_length=1, description="family key depths in blocks")
         capacity: int = Field(65536, ge=1, description="families remembered (LRU)")
@@ -61,6 +59,7 @@ class PrefixAffinityScorer:
 
     def on_routed(self, request: RoutingRequest, endpoint: EndpointState) -> None:
         """Make the chosen endpoint the home of every family key of the request."""
+        speculate(request, endpoint, self.deps)
         homes = self._homes
         for key in self._family_keys(request):
             homes[key] = endpoint.id

@@ -8,10 +8,10 @@ in-flight request count, the freshest signal it has.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
+from eksinfer.gateway.scheduling.data import ENDPOINT_METRICS
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, plugin
 
 
 def waiting(ep: EndpointState) -> int:
@@ -20,16 +20,8 @@ def waiting(ep: EndpointState) -> int:
     return ep.num_waiting
 
 
-class QueueScorer:
-    type_name: ClassVar[str] = "queue-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
-
+@plugin("queue-scorer", "scorer", consumes={ENDPOINT_METRICS})
+class QueueScorer(PluginBase):
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> dict[EndpointId, float]:

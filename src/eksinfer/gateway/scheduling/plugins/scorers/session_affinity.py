@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, plugin
 
 
 def rendezvous_weight(session: str, endpoint_id: str) -> int:
@@ -20,16 +19,8 @@ def rendezvous_weight(session: str, endpoint_id: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-class SessionAffinityScorer:
-    type_name: ClassVar[str] = "session-affinity-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
-    class Params(PluginParams):
-        pass
-
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
-
+@plugin("session-affinity-scorer", "scorer")
+class SessionAffinityScorer(PluginBase):
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]
     ) -> dict[EndpointId, float]:

@@ -11,25 +11,22 @@ scores fall back to min-max so the least loaded still wins.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from eksinfer.gateway.scheduling.data import ENDPOINT_METRICS
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState, RoutingRequest, SchedulingContext
 from eksinfer.gateway.scheduling.prefix import prompt_tokens
-from eksinfer.gateway.scheduling.registry import PluginDeps, PluginParams
+from eksinfer.gateway.scheduling.registry import PluginBase, PluginParams, plugin
 
 
-class TokenLoadScorer:
-    type_name: ClassVar[str] = "token-load-scorer"
-    kind: ClassVar[Literal["scorer"]] = "scorer"
-
+@plugin("token-load-scorer", "scorer", consumes={ENDPOINT_METRICS})
+class TokenLoadScorer(PluginBase):
     class Params(PluginParams):
         threshold_tokens: int = Field(32768, gt=0, description="in-flight prompt tokens that score 0")
         lookahead: bool = Field(True, description="add this request's prompt tokens to each endpoint's load")
 
-    def __init__(self, params: Params, deps: PluginDeps) -> None:
-        self.params = params
+    params: Params
 
     def score(
         self, ctx: SchedulingContext, request: RoutingRequest, endpoints: Sequence[EndpointState]

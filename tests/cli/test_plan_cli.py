@@ -11,9 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eksinfer.cli import plan as plan_cli
 from eksinfer.cli.main import build_app
-from eksinfer.errors import UsageError
 from eksinfer.planner import Plan
 
 RUNNER = CliRunner()
@@ -61,24 +59,6 @@ def test_flags_reach_the_plan(tmp_path: Path) -> None:
     assert doc["instance"]["type"] == "p5.48xlarge"
     assert doc["traffic"]["concurrency"] == 16
     assert doc["nodes"]["total_nodes"] >= 2
-
-
-def test_render_without_the_deploy_module_is_a_usage_error(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import importlib
-
-    real = importlib.import_module
-
-    def fake(name: str, package: str | None = None) -> object:
-        if name == "eksinfer.deploy.render":
-            raise ModuleNotFoundError(name)
-        return real(name, package)
-
-    monkeypatch.setattr(importlib, "import_module", fake)
-    plan = Plan.model_validate_json(_invoke("--model", "llama-3.1-8b", "--json"))
-    with pytest.raises(UsageError, match="--render"):
-        plan_cli.render(plan, tmp_path)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

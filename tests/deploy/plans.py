@@ -39,11 +39,11 @@ def _engine(
 
 def _instance(kind: str) -> dict[str, Any]:
     table = {
-        "g6e.xlarge": ("g6e", "L40S", 1, 48.0, 4, 0.0, 1.861),
-        "p5.48xlarge": ("p5", "H100", 8, 80.0, 192, 3200.0, 55.04),
-        "p5en.48xlarge": ("p5en", "H200", 8, 141.0, 192, 3200.0, 63.30),
+        "g6e.xlarge": ("g6e", "L40S", 1, 48.0, 4, 32.0, 0.0, 1.861),
+        "p5.48xlarge": ("p5", "H100", 8, 80.0, 192, 2048.0, 3200.0, 55.04),
+        "p5en.48xlarge": ("p5en", "H200", 8, 141.0, 192, 2048.0, 3200.0, 63.30),
     }
-    family, gpu, gpus, mem, vcpus, efa, price = table[kind]
+    family, gpu, gpus, mem, vcpus, host_mem, efa, price = table[kind]
     return {
         "type": kind,
         "family": family,
@@ -51,6 +51,7 @@ def _instance(kind: str) -> dict[str, Any]:
         "gpus": gpus,
         "gpu_memory_gib": mem,
         "vcpus": vcpus,
+        "memory_gib": host_mem,
         "efa_gbps": efa,
         "capacity_type": "on-demand",
         "price_per_hour_usd": price,

@@ -47,8 +47,8 @@ import pytest
 import yaml
 
 from eksinfer.deploy.render import build_tree
-from eksinfer.gateway.local_stack import StackOptions, gateway_config, sim_command
 from eksinfer.lifecycle import PARENT_ENV
+from eksinfer.stack import StackOptions, gateway_config, sim_command
 from tests.deploy import plans
 from tests.gateway.test_up import REPLAY_OFFSET, free_block
 from tests.waiting import until_sync

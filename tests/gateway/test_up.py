@@ -15,7 +15,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eksinfer.gateway.local_stack import REPLAY_OFFSET, StackOptions, gateway_config, sim_command
+from eksinfer.stack import REPLAY_OFFSET, StackOptions, gateway_config, sim_command
 from tests.waiting import until_sync
 
 pytestmark = pytest.mark.timeout(90)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from eksinfer.gateway.local_stack import REPLAY_OFFSET
+from eksinfer.stack import REPLAY_OFFSET
 from tests.gateway.test_up import free_block
 from tests.waiting import until_sync
 

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
     ) -> None:
         """Run the OpenAI-compatible gateway in front of vLLM-compatible engines."""
+        from eksinfer.cli.logs import setup_logging
         from eksinfer.gateway.config import load_config, with_overrides
         from eksinfer.gateway.serve import run_gateway
 
@@ -52,16 +53,3 @@ def register(app: typer.Typer) -> None:
             )
 
         run_gateway(cfg, on_ready=ready)
-
-
-def setup_logging(level: str) -> None:
-    import logging
-
-    from eksinfer.errors import UsageError
-
-    value = getattr(logging, level.upper(), None)
-    if not isinstance(value, int):
-        raise UsageError(
-            f"unknown log level {level!r}; use debug, info, warning or error", field="--log-level"
-        )
-    logging.basicConfig(level=value, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 
 from eksinfer import __version__
+from eksinfer.cli import bench, doctor, gateway, lint, plan, render, sim, up
 from eksinfer.errors import EksinferError
 from eksinfer.extras import missing_extra_hint
 
-# (command name, which is also the module under eksinfer.cli, help). Each module exposes `register(app)`.
-SUBCOMMANDS: tuple[tuple[str, str], ...] = (
-    ("plan", "Plan GPUs, parallelism, replicas and cost for a model, traffic and SLOs."),
-    ("sim", "Run simulated vLLM engines that speak vLLM's wire interfaces."),
-    ("bench", "Load-test an OpenAI-compatible endpoint and report latency, throughput, hit rate."),
-    ("gateway", "Run the OpenAI-compatible gateway with KV-cache-aware routing."),
-    ("up", "Start a local stack: simulated engines behind the gateway."),
-    ("render", "Render EKS manifests for a plan."),
-    ("lint", "Check Kubernetes manifests for known GPU-serving pitfalls."),
-    ("doctor", "Check that a cluster has what a rendered tree needs."),
-)
+# Each module's `register(app)` adds its command (help from the command's docstring), in this order in
+# `--help`. The modules import their heavy parts inside the commands, so `eksinfer --help` stays fast.
+SUBCOMMANDS = (plan, sim, bench, gateway, up, render, lint, doctor)
 
 
 def _version(value: bool) -> None:
@@ -47,13 +39,7 @@ def build_app() -> typer.Typer:
     ) -> None:
         """Plan, simulate, route, benchmark and deploy vLLM inference on Amazon EKS."""
 
-    for name, _help in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"eksinfer.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"eksinfer.cli.{name}":
-                raise
-            continue  # that part of the system is not built yet
+    for module in SUBCOMMANDS:
         module.register(app)
     return app
 

@@ -251,12 +251,8 @@ def print_pareto(request: PlanRequest, plan: Plan, png: Path) -> None:
 
 def render(plan: Plan, directory: Path) -> None:
     """Hand the plan to the deploy renderer (imported only when asked for)."""
-    import importlib
+    from eksinfer.deploy.render import render_plan
 
-    try:
-        render_plan = importlib.import_module("eksinfer.deploy.render").render_plan
-    except (ImportError, AttributeError) as err:
-        raise UsageError("eksinfer.deploy.render is not available in this build", field="--render") from err
     render_plan(plan, directory)
 
 

@@ -23,9 +23,9 @@ def register(app: typer.Typer) -> None:
         log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning or error."),
     ) -> None:
         """Start simulated engines and the gateway on localhost; Ctrl-C stops both."""
-        from eksinfer.cli.gateway import setup_logging
-        from eksinfer.gateway.local_stack import SimProcess, StackOptions, banner, gateway_config
+        from eksinfer.cli.logs import setup_logging
         from eksinfer.gateway.serve import run_event_loop, serve_until_signal
+        from eksinfer.stack import SimProcess, StackOptions, banner, gateway_config
 
         setup_logging(log_level)
         opts = StackOptions(

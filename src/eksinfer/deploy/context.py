@@ -146,13 +146,10 @@ class Ctx:
         return EFA_INTERFACES.get(self.plan.instance.family, 1) if self.plan.instance.efa_gbps > 0 else 0
 
     def instance_memory_gib(self) -> float:
-        """Host memory from the catalog; 4 GiB per vCPU (the smallest ratio among GPU types) when unknown."""
-        try:
-            from eksinfer.catalog import get_instance
-
-            return float(get_instance(self.plan.instance.type).memory_gib)
-        except Exception:  # catalog missing or type unknown: a conservative ratio still schedules
-            return self.plan.instance.vcpus * 4.0
+        """Host memory as the plan carries it; 4 GiB per vCPU (the smallest ratio among GPU types) for a plan
+        written before it did, a conservative ratio that still schedules."""
+        inst = self.plan.instance
+        return inst.memory_gib if inst.memory_gib is not None else inst.vcpus * 4.0
 
     def pod_resources(self, gpus: int) -> tuple[int, int]:
         """(cpu cores, memory GiB) for a pod holding `gpus` devices: its share of the node, 85% / 80% of it

@@ -331,6 +331,7 @@ def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
         gpus=inst.gpus,
         gpu_memory_gib=get_gpu(inst.gpu).memory_gib,  # the whole GPU, also when MIG slices it
         vcpus=inst.vcpus,
+        memory_gib=inst.memory_gib,
         efa_gbps=inst.efa_gbps,
         capacity_type=request.constraints.capacity_type,
         price_per_hour_usd=round(price, 4),

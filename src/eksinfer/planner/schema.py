@@ -59,6 +59,10 @@ class PlanInstance(StrictModel):
     gpus: int = Field(description="GPUs per instance")
     gpu_memory_gib: float = Field(description="memory of one GPU, GiB")
     vcpus: int = Field(description="vCPUs per instance")
+    memory_gib: float | None = Field(
+        default=None,
+        description="host memory per instance, GiB (render sizes pods from it; absent: 4 per vCPU)",
+    )
     efa_gbps: float = Field(description="EFA network bandwidth, Gbit/s (0 when the type has none)")
     capacity_type: CapacityType = Field(description="on-demand or spot")
     price_per_hour_usd: float = Field(description="price used for the cost, USD per instance-hour")

@@ -244,3 +244,35 @@ def test_the_date_comes_from_strftime_now(tokenizer_dirs: dict[str, Path]) -> No
     engine = HFTokenizer(tokenizer_dirs["llama3"])
     text = _same_day(lambda: (engine.apply_chat_template(CHATS["plain"]), datetime.date.today()))
     assert f"Today Date: {text[1].strftime('%d %b %Y')}\n" in text[0]
+
+
+@pytest.mark.parametrize(("family", "chat", "tools", "kwargs"), [c for c in CASES if c[2] is not None])
+def test_simulator_chat_requests_with_tools_tokenize_as_transformers_and_the_gateway(
+    tokenizer_dirs: dict[str, Path], family: str, chat: str, tools: Any, kwargs: Any
+) -> None:
+    """The simulator's chat parser hands the request's tools (and chat_template_kwargs) to the template, so a
+    tool request's prompt ids are the gateway's and transformers'."""
+    from eksinfer.sim.protocol import ModelContext, parse_chat
+
+    messages = CHATS[chat]
+    body: dict[str, Any] = {"model": "m", "messages": copy.deepcopy(messages), "tools": tools}
+    if kwargs is not None:
+        body["chat_template_kwargs"] = kwargs
+    ctx = ModelContext(
+        names=("m",),
+        lora_names=(),
+        max_model_len=8192,
+        tokenizer=HFTokenizer(tokenizer_dirs[family]),
+        enable_auto_tool_choice=True,
+    )
+    gateway = HfPromptTokenizer(str(tokenizer_dirs[family])).load()
+
+    def all_three() -> tuple[list[int], list[int] | None, list[int]]:
+        sim_ids = list(parse_chat(copy.deepcopy(body), ctx).prompt_ids)
+        return sim_ids, gateway.encode_body(body), _reference(tokenizer_dirs[family], messages, tools, kwargs)
+
+    sim_ids, gateway_ids, expected = _same_day(all_three)
+    assert sim_ids == expected
+    assert gateway_ids == expected
+    if "tools" in (TEMPLATES / f"{family}.jinja").read_text():  # DeepSeek V3's format has no tools section
+        assert sim_ids != ctx.tokenizer.encode_chat(messages, extra=kwargs)  # the tools are in the prompt

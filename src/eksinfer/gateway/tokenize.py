@@ -25,7 +25,7 @@ import msgspec
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.scheduling.config import RoutingConfig
 from eksinfer.gateway.upstream import EngineLinkError, UpstreamPool
-from eksinfer.tokenize import BuiltinTokenizer, HFTokenizer, message_text
+from eksinfer.tokenize import BuiltinTokenizer, HFTokenizer, encode_chat_body, message_text
 
 log = logging.getLogger(__name__)
 _JSON = {"Content-Type": "application/json"}
@@ -108,12 +108,7 @@ class HfPromptTokenizer:
         tok = self._tok if self._tok is not None else self.load()._tok
         assert tok is not None
         if "messages" in body:
-            return tok.encode_chat(
-                body.get("messages") or [],
-                add_generation_prompt=bool(body.get("add_generation_prompt", True)),
-                tools=body.get("tools"),
-                extra=body.get("chat_template_kwargs") or {},
-            )
+            return encode_chat_body(tok, body)
         return tok.encode_prompt(prompt_text(body))
 
     async def encode_remote(self, body: Mapping[str, Any], model: str, base_url: str) -> list[int] | None:
@@ -135,7 +130,7 @@ class BuiltinPromptTokenizer:
         if given is not None:
             return given
         if "messages" in body:
-            return self._tok.encode_chat(body.get("messages") or [])
+            return encode_chat_body(self._tok, body)
         return self._tok.encode_prompt(prompt_text(body))
 
     async def encode_remote(self, body: Mapping[str, Any], model: str, base_url: str) -> list[int] | None:

@@ -17,7 +17,7 @@ import msgspec
 from eksinfer.errors import UsageError
 from eksinfer.sim import outputs
 from eksinfer.sim.logprobs import MAX_LOGPROBS
-from eksinfer.tokenize import Tokenizer
+from eksinfer.tokenize import Tokenizer, encode_chat_body
 
 SYSTEM_FINGERPRINT = "vllm-0.32.0-eksinfer"
 _json_encode = msgspec.json.Encoder().encode
@@ -278,7 +278,7 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
         raise ApiError(400, "messages must be a non-empty list of message objects", param="messages")
     check_text_only(messages, ctx)
     try:
-        ids = ctx.tokenizer.encode_chat(messages)
+        ids = encode_chat_body(ctx.tokenizer, body)  # with the request's tools, as the gateway tokenizes it
     except UsageError as err:
         raise ApiError(400, str(err), param="messages") from err
     fields = _common(body, ctx, ids, None)

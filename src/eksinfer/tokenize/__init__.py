@@ -9,8 +9,8 @@ token ids (the gateway's prefix keys are the engine's cached blocks only if they
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from eksinfer.tokenize.builtin import BUILTIN_VOCAB_SIZE, BuiltinTokenizer
 from eksinfer.tokenize.chat import Message, message_text
@@ -22,6 +22,7 @@ __all__ = [
     "HFTokenizer",
     "Message",
     "Tokenizer",
+    "encode_chat_body",
     "load_tokenizer",
     "message_text",
 ]
@@ -39,12 +40,36 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
     def apply_chat_template(
-        self, messages: Sequence[Message], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> str: ...
 
     def encode_prompt(self, prompt: str) -> list[int]: ...
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]: ...
+    def encode_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> list[int]: ...
+
+
+def encode_chat_body(tok: Tokenizer, body: Mapping[str, Any]) -> list[int]:
+    """A chat request's prompt ids, given what vLLM hands the chat template: the messages, the request's
+    `tools`, `add_generation_prompt` and `chat_template_kwargs`. The simulator and the gateway both call this,
+    so a tool request tokenizes the same in both."""
+    return tok.encode_chat(
+        body.get("messages") or [],
+        add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+        tools=body.get("tools"),
+        extra=body.get("chat_template_kwargs") or {},
+    )
 
 
 def load_tokenizer(path: str | None) -> Tokenizer:

@@ -31,6 +31,7 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from eksinfer.errors import UsageError
 from eksinfer.tokenize.chat import Message, message_text
@@ -127,7 +128,15 @@ class BuiltinTokenizer:
             chunks.append(pending.decode("utf-8", "replace"))
         return "".join(chunks)
 
-    def apply_chat_template(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The built-in format has no tool or template-option section: `tools` and `extra` change nothing."""
         parts = []
         for message in messages:
             role = message.get("role") if isinstance(message, Mapping) else None
@@ -141,8 +150,16 @@ class BuiltinTokenizer:
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.encode(prompt, add_special_tokens=True)
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        """`encode(apply_chat_template(messages))`, one cached message at a time (module docstring)."""
+    def encode_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """`encode(apply_chat_template(messages))`, one cached message at a time (module docstring). The
+        generation prompt is always added, as the simulator always did; `tools` and `extra` change nothing."""
         out = [BOS_ID]
         for message in messages:
             role = message.get("role") if isinstance(message, Mapping) else None

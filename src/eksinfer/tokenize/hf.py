@@ -74,10 +74,19 @@ class HFTokenizer:
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.encode(prompt, add_special_tokens=True)
 
-    def encode_chat(self, messages: Sequence[Message], **options: Any) -> list[int]:
-        """The rendered chat (`options` as for `apply_chat_template`), without added special tokens: the
-        template writes them."""
-        return self.encode(self.apply_chat_template(messages, **options), add_special_tokens=False)
+    def encode_chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """The rendered chat, without added special tokens: the template writes them."""
+        text = self.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools, extra=extra
+        )
+        return self.encode(text, add_special_tokens=False)
 
 
 def _compile(source: str, specials: dict[str, str], file: Path, field: str) -> ChatTemplate:

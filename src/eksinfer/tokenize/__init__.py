@@ -10,15 +10,16 @@ token ids (the gateway's prefix keys are the engine's cached blocks only if they
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from eksinfer.tokenize.builtin import BUILTIN_VOCAB_SIZE, BuiltinTokenizer
-from eksinfer.tokenize.chat import Message, message_text
+from eksinfer.tokenize.chat import ChatOptions, Message, message_text
 from eksinfer.tokenize.hf import HFTokenizer
 
 __all__ = [
     "BUILTIN_VOCAB_SIZE",
     "BuiltinTokenizer",
+    "ChatOptions",
     "HFTokenizer",
     "Message",
     "Tokenizer",
@@ -39,25 +40,11 @@ class Tokenizer(Protocol):
 
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
-    def apply_chat_template(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> str: ...
+    def apply_chat_template(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> str: ...
 
     def encode_prompt(self, prompt: str) -> list[int]: ...
 
-    def encode_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> list[int]: ...
+    def encode_chat(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> list[int]: ...
 
 
 def encode_chat_body(tok: Tokenizer, body: Mapping[str, Any]) -> list[int]:

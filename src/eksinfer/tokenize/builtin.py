@@ -31,10 +31,10 @@ import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Unpack
 
 from eksinfer.errors import UsageError
-from eksinfer.tokenize.chat import Message, message_text
+from eksinfer.tokenize.chat import ChatOptions, Message, message_text
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 _BYTE_BASE = 3
@@ -128,14 +128,7 @@ class BuiltinTokenizer:
             chunks.append(pending.decode("utf-8", "replace"))
         return "".join(chunks)
 
-    def apply_chat_template(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> str:
+    def apply_chat_template(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> str:
         """The built-in format has no tool or template-option section: `tools` and `extra` change nothing."""
         parts = []
         for message in messages:
@@ -143,21 +136,14 @@ class BuiltinTokenizer:
             if not isinstance(role, str):
                 raise UsageError("every message needs a string 'role'", field="messages")
             parts.append(f"<|{role}|>\n{message_text(message.get('content'))}\n")
-        if add_generation_prompt:
+        if options.get("add_generation_prompt", True):
             parts.append("<|assistant|>\n")
         return "".join(parts)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.encode(prompt, add_special_tokens=True)
 
-    def encode_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> list[int]:
+    def encode_chat(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> list[int]:
         """`encode(apply_chat_template(messages))`, one cached message at a time (module docstring). The
         generation prompt is always added, as the simulator always did; `tools` and `extra` change nothing."""
         out = [BOS_ID]

@@ -24,11 +24,24 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 
 from eksinfer.errors import UsageError
 
 Message = Mapping[str, Any]
+
+
+class ChatOptions(TypedDict, total=False):
+    """What a chat request hands its template besides the messages, as transformers' `apply_chat_template`
+    takes them: `add_generation_prompt` (default True), `tools`, `documents`, and `extra`, the request's
+    `chat_template_kwargs`."""
+
+    add_generation_prompt: bool
+    tools: Sequence[Any] | None
+    documents: Sequence[Any] | None
+    extra: Mapping[str, Any] | None
+
+
 # The special tokens transformers passes to every template (its `special_tokens_map`), when configured.
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
@@ -111,15 +124,7 @@ class ChatTemplate:
         self._specials = dict(specials)
         self.content_format = content_format(source)
 
-    def render(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Any] | None = None,
-        documents: Sequence[Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> str:
+    def render(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> str:
         """The prompt text; a template's `raise_exception(...)` becomes a UsageError naming `messages`."""
         import jinja2
 
@@ -134,11 +139,11 @@ class ChatTemplate:
             return str(
                 self._template.render(
                     messages=messages,
-                    tools=tools,
-                    documents=documents,
-                    add_generation_prompt=add_generation_prompt,
+                    tools=options.get("tools"),
+                    documents=options.get("documents"),
+                    add_generation_prompt=options.get("add_generation_prompt", True),
                     **self._specials,
-                    **dict(extra or {}),
+                    **dict(options.get("extra") or {}),
                 )
             )
         except jinja2.TemplateError as err:

@@ -10,14 +10,15 @@ I/O: call it in a worker thread from async code.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError, UsageError
 from eksinfer.tokenize.chat import (
     SPECIAL_TOKEN_KEYS,
+    ChatOptions,
     ChatTemplate,
     Message,
     select_template,
@@ -57,35 +58,17 @@ class HFTokenizer:
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
 
-    def apply_chat_template(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> str:
+    def apply_chat_template(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> str:
         if self.template is None:
             raise UsageError("the tokenizer has no chat template; use /v1/completions", field="messages")
-        return self.template.render(
-            messages, add_generation_prompt=add_generation_prompt, tools=tools, extra=extra
-        )
+        return self.template.render(messages, **options)
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.encode(prompt, add_special_tokens=True)
 
-    def encode_chat(
-        self,
-        messages: Sequence[Message],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> list[int]:
+    def encode_chat(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> list[int]:
         """The rendered chat, without added special tokens: the template writes them."""
-        text = self.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt, tools=tools, extra=extra
-        )
+        text = self.apply_chat_template(messages, **options)
         return self.encode(text, add_special_tokens=False)
 
 

@@ -13,7 +13,7 @@ import pkgutil
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, overload
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -138,36 +138,6 @@ class Registry:
             raise UnknownNameError(f"{kind} plugin", name, self.known(kind), field=field)
         return cls
 
-    @overload
-    def create(
-        self,
-        kind: Literal["filter"],
-        name: str,
-        parameters: Mapping[str, Any],
-        deps: PluginDeps,
-        *,
-        field: str | None = None,
-    ) -> Filter: ...
-    @overload
-    def create(
-        self,
-        kind: Literal["scorer"],
-        name: str,
-        parameters: Mapping[str, Any],
-        deps: PluginDeps,
-        *,
-        field: str | None = None,
-    ) -> Scorer: ...
-    @overload
-    def create(
-        self,
-        kind: Literal["picker"],
-        name: str,
-        parameters: Mapping[str, Any],
-        deps: PluginDeps,
-        *,
-        field: str | None = None,
-    ) -> Picker: ...
     def create(
         self,
         kind: PluginKind,
@@ -177,8 +147,8 @@ class Registry:
         *,
         field: str | None = None,
     ) -> Plugin:
-        """Instantiate `name` with validated parameters; errors name `field.parameters.<key>`. The result
-        satisfies the kind's protocol (`Filter`, `Scorer` or `Picker`)."""
+        """Instantiate `name` with validated parameters; errors name `field.parameters.<key>`. The result is
+        checked against the kind's protocol (`Filter`, `Scorer` or `Picker`), so a caller may cast to it."""
         cls = self.get(kind, name, field=field)
         try:
             params = params_model(cls).model_validate(dict(parameters))

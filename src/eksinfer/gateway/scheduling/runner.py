@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from eksinfer.errors import ConfigError, UnavailableError, UnknownNameError
 from eksinfer.gateway.scheduling.config import ProfileConfig, RoutingConfig
@@ -88,7 +88,10 @@ def build_profile(
     filters = tuple(
         (
             ref.label,
-            registry.create("filter", ref.type, ref.parameters, deps, field=f"{field}.filters[{i}].type"),
+            cast(
+                Filter,
+                registry.create("filter", ref.type, ref.parameters, deps, field=f"{field}.filters[{i}].type"),
+            ),
         )
         for i, ref in enumerate(config.filters)
     )
@@ -96,13 +99,19 @@ def build_profile(
         WeightedScorer(
             ref.label,
             ref.type,
-            registry.create("scorer", ref.type, ref.parameters, deps, field=f"{field}.scorers[{i}].type"),
+            cast(
+                Scorer,
+                registry.create("scorer", ref.type, ref.parameters, deps, field=f"{field}.scorers[{i}].type"),
+            ),
             ref.weight,
         )
         for i, ref in enumerate(config.scorers)
     )
-    picker = registry.create(
-        "picker", config.picker.type, config.picker.parameters, deps, field=f"{field}.picker.type"
+    picker = cast(
+        Picker,
+        registry.create(
+            "picker", config.picker.type, config.picker.parameters, deps, field=f"{field}.picker.type"
+        ),
     )
     used, made = check_contracts(
         [(f"{field}.filters[{i}].type", f) for i, (_, f) in enumerate(filters)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 if TYPE_CHECKING:
     from eksinfer.gateway.scheduling.framework import EndpointId, RoutingRequest
@@ -30,17 +30,18 @@ class DataKey(Generic[T]):
     doc: str
 
     def get(self, request: RoutingRequest) -> T | None:
-        return cast("T | None", request.annotations.get(self.name))
+        value: T | None = request.annotations.get(self.name)  # no cast(): this runs several times per request
+        return value
 
     def put(self, request: RoutingRequest, value: T) -> T:
         request.annotations[self.name] = value
         return value
 
     def setdefault(self, request: RoutingRequest, factory: Callable[[], T]) -> T:
-        found = request.annotations.get(self.name)
+        found: T | None = request.annotations.get(self.name)
         if found is None:
             found = request.annotations[self.name] = factory()
-        return cast(T, found)
+        return found
 
 
 # Supplied by the gateway.

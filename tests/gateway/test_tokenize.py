@@ -137,6 +137,11 @@ async def test_engine_tokenize(tokenize_server: tuple[str, list[dict[str, Any]]]
     tok = EngineTokenizer(lambda: pool, timeout_s=DEADLINE_S)  # a healthy /tokenize never comes close
     assert await tok.encode_remote({"messages": MESSAGES}, "m", url) == [285, 379, 536]
     assert seen[-1] == {"model": "m", "messages": MESSAGES, "add_generation_prompt": True}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    kwargs = {"enable_thinking": False}
+    await tok.encode_remote({"messages": MESSAGES, "tools": tools, "chat_template_kwargs": kwargs}, "m", url)
+    assert seen[-1]["tools"] == tools  # the engine renders the template with them, as for the chat request
+    assert seen[-1]["chat_template_kwargs"] == kwargs
     assert await tok.encode_remote({"prompt": "x"}, "m", url) == [285, 379, 536]
     assert seen[-1] == {"model": "m", "prompt": "x"}
     assert pool.idle_connections == 1  # one keep-alive connection served both

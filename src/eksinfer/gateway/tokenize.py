@@ -157,9 +157,12 @@ class EngineTokenizer:
         if given is not None:
             return given
         payload: dict[str, Any] = {"model": model}
-        if "messages" in body:
+        if "messages" in body:  # what the chat template sees (vLLM's TokenizeChatRequest takes them all)
             payload["messages"] = body.get("messages")
             payload["add_generation_prompt"] = bool(body.get("add_generation_prompt", True))
+            for name in ("tools", "chat_template_kwargs"):
+                if body.get(name):
+                    payload[name] = body[name]
         else:
             payload["prompt"] = prompt_text(body)
         try:

@@ -30,6 +30,7 @@ from eksinfer.sim.engine import VLLM_VERSION, Engine
 from eksinfer.sim.scheduler import SimRequest
 from eksinfer.sim.sse import SseChunks, usage_sum
 from eksinfer.sim.toolcalls import message_parts
+from eksinfer.tokenize import chat_options, encode_chat_body
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -226,10 +227,10 @@ class SimServer:
         tok = self.engine.tokenizer
         if isinstance(body.get("messages"), list):
             if "add_special_tokens" in body:
-                text = tok.apply_chat_template(body["messages"])
+                text = tok.apply_chat_template(body["messages"], **chat_options(body))
                 ids = tok.encode(text, add_special_tokens=bool(body["add_special_tokens"]))
             else:
-                ids = tok.encode_chat(body["messages"])  # exactly what a chat request is prefilled with
+                ids = encode_chat_body(tok, body)  # exactly what a chat request is prefilled with
         elif isinstance(body.get("prompt"), str):
             ids = tok.encode(body["prompt"], add_special_tokens=bool(body.get("add_special_tokens", True)))
         else:

@@ -23,6 +23,7 @@ __all__ = [
     "HFTokenizer",
     "Message",
     "Tokenizer",
+    "chat_options",
     "encode_chat_body",
     "load_tokenizer",
     "message_text",
@@ -47,16 +48,20 @@ class Tokenizer(Protocol):
     def encode_chat(self, messages: Sequence[Message], **options: Unpack[ChatOptions]) -> list[int]: ...
 
 
-def encode_chat_body(tok: Tokenizer, body: Mapping[str, Any]) -> list[int]:
-    """A chat request's prompt ids, given what vLLM hands the chat template: the messages, the request's
-    `tools`, `add_generation_prompt` and `chat_template_kwargs`. The simulator and the gateway both call this,
-    so a tool request tokenizes the same in both."""
-    return tok.encode_chat(
-        body.get("messages") or [],
+def chat_options(body: Mapping[str, Any]) -> ChatOptions:
+    """What vLLM hands a chat request's template besides the messages: the request's `tools`,
+    `add_generation_prompt` and `chat_template_kwargs`."""
+    return ChatOptions(
         add_generation_prompt=bool(body.get("add_generation_prompt", True)),
         tools=body.get("tools"),
         extra=body.get("chat_template_kwargs") or {},
     )
+
+
+def encode_chat_body(tok: Tokenizer, body: Mapping[str, Any]) -> list[int]:
+    """A chat request's prompt ids. The simulator and the gateway both call this, so a tool request
+    tokenizes the same in both."""
+    return tok.encode_chat(body.get("messages") or [], **chat_options(body))
 
 
 def load_tokenizer(path: str | None) -> Tokenizer:

@@ -96,11 +96,18 @@ async def test_responses_bad_input_is_a_400(start: StartCluster) -> None:
     async with httpx.AsyncClient() as http:
         bad = await http.post(cluster.urls[0] + "/v1/responses", json={"input": 5})
         tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
-        with_tools = await http.post(cluster.urls[0] + "/v1/responses", json={"input": "hi", "tools": tools})
+        auto = await http.post(cluster.urls[0] + "/v1/responses", json={"input": "hi", "tools": tools})
+        builtin = await http.post(
+            cluster.urls[0] + "/v1/responses",
+            json={"input": "hi", "tools": [{"type": "web_search_preview"}], "tool_choice": "none"},
+        )
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "input"
-    assert with_tools.status_code == 400  # not modelled: said plainly rather than answered wrongly
-    assert with_tools.json()["error"]["param"] == "tools"
+    # tool_choice defaults to "auto", which needs --enable-auto-tool-choice (as in chat)
+    assert auto.status_code == 400
+    assert auto.json()["error"]["param"] == "tool_choice"
+    assert builtin.status_code == 400  # built-in tools need vLLM's tool server: not modelled, said plainly
+    assert builtin.json()["error"]["param"] == "tools"
 
 
 async def test_reasoning_parser_separates_thinking_from_the_answer(start: StartCluster, client: Sdk) -> None:

@@ -174,7 +174,7 @@ async def test_step_time_comes_from_the_performance_model(start: StartCluster) -
 
 
 async def test_lora_requests_info(start: StartCluster) -> None:
-    cluster = await start(lora_modules=("sql", "chat"), faults=FaultOptions(slow_token_s=1.0))
+    cluster = await start(lora_modules=("sql", "chat"), max_loras=2, faults=FaultOptions(slow_token_s=1.0))
     url = cluster.urls[0]
     async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
         task = asyncio.create_task(

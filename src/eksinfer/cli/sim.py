@@ -10,6 +10,11 @@ import typer
 from eksinfer.errors import ConfigError, UsageError
 
 
+def _env_flag(name: str) -> bool:
+    """A vLLM boolean environment variable ("1"/"true" on, as vLLM's envs module reads it)."""
+    return os.environ.get(name, "0").strip().lower() in ("1", "true")
+
+
 def _lora_modules(values: list[str]) -> tuple[str, ...]:
     """vLLM's --lora-modules entries (`name=path` or a JSON object with "name" and "path") as name=path."""
     entries = []
@@ -79,11 +84,16 @@ def register(app: typer.Typer) -> None:
             None, "--reasoning-parser", help="vLLM's reasoning parser: answers start with `reasoning`."
         ),
         runner: str = typer.Option(
-            "generate", "--runner", help="generate, or pooling (serves /v1/embeddings)."
+            "generate", "--runner", help="generate, or pooling (serves /v1/embeddings, /score, /rerank)."
+        ),
+        convert: str = typer.Option(
+            "embed", "--convert", help="Pooling task: embed (bi-encoder) or classify (cross-encoder)."
         ),
         lora_modules: list[str] = typer.Option(
             [], "--lora-modules", help="Adapters: name=path (repeatable)."
         ),
+        enable_lora: bool = typer.Option(False, "--enable-lora", help="Serve LoRA adapters (vLLM's flag)."),
+        max_loras: int = typer.Option(1, "--max-loras", help="Adapters in a batch (vLLM's --max-loras)."),
         tokenizer: str = typer.Option(
             None, "--tokenizer", help="Local HF tokenizer dir (default: built-in)."
         ),
@@ -139,6 +149,12 @@ def register(app: typer.Typer) -> None:
             enable_auto_tool_choice=enable_auto_tool_choice,
             tool_call_parser=tool_call_parser,
             runner=runner,
+            convert=convert,
+            enable_lora=enable_lora or bool(lora_modules),
+            max_loras=max_loras,
+            # vLLM reads these two from the environment; so does the simulator
+            allow_runtime_lora_updating=_env_flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING"),
+            enable_responses_store=_env_flag("VLLM_ENABLE_RESPONSES_API_STORE"),
             reasoning_parser=reasoning_parser,
             lora_modules=_lora_modules(lora_modules),
             tokenizer=tokenizer,

@@ -73,6 +73,11 @@ class SimOptions:
     tool_call_parser: str | None = None  # vLLM's parser name; the simulator answers in OpenAI's shape
     reasoning_parser: str | None = None  # vLLM's parser name: output starts with `reasoning`, then content
     runner: str = "generate"  # vLLM --runner: "pooling" serves /v1/embeddings instead of generation
+    convert: str = "embed"  # vLLM --convert for a pooling runner: embed (bi-encoder) or classify (1 label)
+    enable_lora: bool = False  # vLLM --enable-lora (also implied by --lora-modules)
+    max_loras: int = 1  # vLLM --max-loras: the `max_lora` label of vllm:lora_requests_info
+    allow_runtime_lora_updating: bool = False  # $VLLM_ALLOW_RUNTIME_LORA_UPDATING: the load/unload routes
+    enable_responses_store: bool = False  # $VLLM_ENABLE_RESPONSES_API_STORE: `store` and previous_response_id
     lora_modules: tuple[str, ...] = ()  # adapters served besides the base model: "name" or "name=path"
     tokenizer: str | None = None  # HF tokenizer directory; None: the built-in tokenizer
     time_scale: float = 1.0  # wall seconds per simulated second; 0 = as fast as possible
@@ -121,6 +126,8 @@ class SimOptions:
                 "must be set with --enable-auto-tool-choice (as vLLM requires)",
             ),
             (self.runner in ("generate", "pooling"), "--runner", "must be generate or pooling"),
+            (self.convert in ("embed", "classify"), "--convert", "must be embed or classify"),
+            (self.max_loras >= 1, "--max-loras", "must be >= 1"),
         ]
         for ok, flag, message in checks:
             if not ok:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from eksinfer.sim.config import EngineSizing, SimOptions
 from eksinfer.sim.core import CoreConfig, EngineCore
+from eksinfer.sim.lora import LoraRegistry
 from eksinfer.sim.metrics import EngineMetrics
 from eksinfer.sim.publisher import EventPublisher
 from eksinfer.sim.scheduler import SimRequest, StepPlan
@@ -50,8 +51,7 @@ class Engine:
         self.perf = perf
         self.sizing = sizing
         self.model_name = options.model_names[0]
-        self.lora_paths = options.lora_adapters
-        self.lora_ids = {name: i + 1 for i, name in enumerate(self.lora_paths)}
+        self.loras = LoraRegistry(options.model_names, options.lora_adapters)
         events = options.kv_events
         self.core = EngineCore(
             CoreConfig(
@@ -96,8 +96,8 @@ class Engine:
             waiting=lambda: float(len(self.scheduler.waiting)),
             kv_usage=self.pool.usage,
         )
-        if self.lora_ids:
-            self.metrics.add_lora_info(len(self.lora_ids), self._lora_snapshot, time.time)
+        if options.enable_lora or options.lora_modules:  # vLLM: only with a LoRA config
+            self.metrics.add_lora_info(options.max_loras, self._lora_snapshot, time.time)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._computed_prompt = 0  # prompt tokens computed by the step being completed (first tokens)
@@ -180,8 +180,8 @@ class Engine:
             max_tokens=max_tokens,
             ignore_eos=ignore_eos,
             lora_name=lora_name,
-            lora_path=self.lora_paths.get(lora_name) if lora_name else None,
-            lora_id=self.lora_ids.get(lora_name) if lora_name else None,
+            lora_path=self.loras.path(lora_name) if lora_name else None,
+            lora_id=self.loras.id(lora_name) if lora_name else None,
             cache_salt=cache_salt,
             seed=seed,
             on_tokens=on_tokens,

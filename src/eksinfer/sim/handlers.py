@@ -1,4 +1,4 @@
-"""The simulator's `/v1/embeddings` (pooling runner) and `/v1/responses` (generate runner) handlers.
+"""The simulator's pooling handlers (`/v1/embeddings`, `/score`, `/rerank`) and `/v1/responses`.
 
 They reuse the server's body reading, fault injection and engine submission; the wire shapes live in
 `pooling` and `responses`. Embedding inputs are prefilled by the engine with one output step (vLLM's
@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from eksinfer.sim import pooling
+from eksinfer.sim import pooling, scoring
 from eksinfer.sim import protocol as p
 from eksinfer.sim import responses as r
 from eksinfer.sim.scheduler import SimRequest
+from eksinfer.sim.toolcalls import ToolDeltas, message_parts
 
 if TYPE_CHECKING:
     from eksinfer.sim.server import SimServer
@@ -62,37 +63,100 @@ async def embeddings(server: SimServer, request: web.Request) -> web.Response:
     return web.Response(body=p.dumps(out), content_type="application/json")
 
 
+async def _scored(server: SimServer, request: web.Request, *, rerank: bool) -> web.Response:
+    """Score or rerank: every input is prefilled once (vLLM pools each input: queries once, then the
+    documents; a cross-encoder's pairs cost the same tokens here), then scored."""
+    raw, _ = await server.read(request)
+    body = p.parse_body(raw)
+    parsed = scoring.parse_rerank(body, server.ctx) if rerank else scoring.parse_score(body, server.ctx)
+    await server.faults()
+    await _finish_all(server, [(x, 1) for x in parsed.inputs])
+    cross = server.options.convert == "classify"
+    values = scoring.scores(parsed, hidden_size=server.hidden_size, cross_encoder=cross)
+    rid = f"score-{secrets.token_hex(8)}"  # vLLM 0.32 names rerank answers score-... too
+    if rerank:
+        out = scoring.rerank_response(rid, parsed, values)
+    else:
+        out = scoring.score_response(rid, int(time.time()), parsed, values)
+    return web.Response(body=p.dumps(out), content_type="application/json")
+
+
+async def score(server: SimServer, request: web.Request) -> web.Response:
+    return await _scored(server, request, rerank=False)
+
+
+async def rerank(server: SimServer, request: web.Request) -> web.Response:
+    return await _scored(server, request, rerank=True)
+
+
 async def responses(server: SimServer, request: web.Request) -> web.StreamResponse:
     raw, _ = await server.read(request)
     body = p.parse_body(raw)
-    params, echo = r.parse(body, server.ctx)
+    previous = None
+    prev_id = body.get("previous_response_id")
+    if prev_id is not None:
+        previous = server.stored_responses.get(str(prev_id))
+        if previous is None:  # also every id when the store is off: vLLM stores nothing then
+            raise r.not_found(str(prev_id))
+    params, echo, messages = r.parse(body, server.ctx, previous)
+    store = server.options.enable_responses_store and body.get("store", True) is not False
     await server.faults()
     build = r.ResponseBuilder(params.model, int(time.time()), echo)
     if params.stream:
-        return await _stream(server, request, params, build)
-    [req] = await _finish_all(server, [(params.prompt_ids, params.max_tokens)])
-    final = _final(server, build, req)
+        return await _stream(server, request, params, build, messages if store else None)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_tokens(req: SimRequest) -> None:
+        if req.finish_reason is not None and not done.done():
+            done.set_result(None)
+
+    req = server.submit(params, on_tokens, 0)
+    try:
+        await done
+    except asyncio.CancelledError:
+        server.engine.abort(req)
+        raise
+    if req.finish_reason == "error":
+        raise p.ApiError(500, "the engine stopped before the request finished", type_="InternalServerError")
+    final = _final(server, build, req, params)
+    if store:
+        server.stored_responses[build.id] = r.Stored(final, messages)
     return web.Response(body=p.dumps(final), content_type="application/json")
 
 
-def _final(server: SimServer, build: r.ResponseBuilder, req: SimRequest) -> dict[str, object]:
+async def get_response(server: SimServer, request: web.Request) -> web.Response:
+    """`GET /v1/responses/{id}`: a stored response as it was answered; vLLM's 404 otherwise."""
+    response_id = request.match_info["response_id"]
+    stored = server.stored_responses.get(response_id)
+    if stored is None:
+        raise r.not_found(response_id)
+    return web.Response(body=p.dumps(stored.response), content_type="application/json")
+
+
+def _final(
+    server: SimServer, build: r.ResponseBuilder, req: SimRequest, params: p.GenerateParams
+) -> dict[str, Any]:
     cached = max(req.num_cached_tokens, 0)
     text = server.text_of(req.output_ids)
-    return build.body(text, req.finish_reason, req.num_prompt_tokens, req.num_output_tokens, cached)
+    _, calls, _ = message_parts(params.output, text, req.finish_reason)
+    return build.body(text, req.finish_reason, req.num_prompt_tokens, req.num_output_tokens, cached, calls)
 
 
 async def _stream(
-    server: SimServer, request: web.Request, params: p.GenerateParams, build: r.ResponseBuilder
+    server: SimServer,
+    request: web.Request,
+    params: p.GenerateParams,
+    build: r.ResponseBuilder,
+    store_messages: list[dict[str, Any]] | None,
 ) -> web.StreamResponse:
     wake = asyncio.Event()
-    req = server.engine.add_request(
-        params.prompt_ids, max_tokens=params.max_tokens, on_tokens=lambda _: wake.set()
-    )
+    req = server.submit(params, lambda _: wake.set(), 0)
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     tok, eos, sent = server.engine.tokenizer, server.engine.tokenizer.eos_token_id, 0
+    tools = ToolDeltas(params.output, tok.decode) if params.output.calls else None
     try:
         await response.prepare(request)
-        await response.write(b"".join(build.opening()))
+        await response.write(b"".join(build.opening(text=tools is None)))
         while True:
             await wake.wait()
             wake.clear()
@@ -103,10 +167,26 @@ async def _stream(
                 await response.write(b"event: error\ndata: " + err.body() + b"\n\n")
                 break
             out = req.output_ids
-            parts = [build.delta(tok.decode([t])) for t in out[sent:] if t != eos]
+            if tools is None:
+                parts = [build.delta(tok.decode([t])) for t in out[sent:] if t != eos]
+            else:
+                parts = []
+                for i in range(sent, len(out)):
+                    for delta in tools.advance([t for t in out[: i + 1] if t != eos]):
+                        fn = delta["function"]
+                        if "id" in delta:
+                            parts.append(build.call_opened(delta["index"], delta["id"], fn["name"]))
+                        else:
+                            parts.append(build.call_delta(delta["index"], fn["arguments"]))
             sent = len(out)
             if req.finish_reason is not None:
-                parts += build.closing(_final(server, build, req))
+                final = _final(server, build, req, params)
+                if store_messages is not None:
+                    server.stored_responses[build.id] = r.Stored(final, store_messages)
+                if final["output"] and final["output"][0]["type"] == "function_call":
+                    parts += build.closing_calls(final)
+                else:  # text; a scripted call cut short by max_output_tokens is text too, as in vLLM
+                    parts += (build.message_opening() if tools is not None else []) + build.closing(final)
             if parts:
                 await response.write(b"".join(parts))
             if req.finish_reason is not None:

@@ -6,7 +6,8 @@ parameter schema and answers `content: ""` plus one tool call whose `arguments` 
 `{"name", "parameters"}` objects and answers one tool call per element (`finish_reason` "tool_calls");
 `"auto"` needs `--enable-auto-tool-choice` (else 400) and lets the tool parser find calls in free text;
 `"none"` (or no tools) is plain text. `response_format` (`json_object`, `json_schema`) and
-`structured_outputs` (`json`, `choice`) guide plain content the same way.
+`structured_outputs` (`json`, `json_object`, `choice`, `regex`, `grammar`) guide plain content the same way;
+regex and grammar text comes from `grammar` (llguidance, as vLLM's fallback backend checks them).
 
 The simulator draws the value from the schema with a seeded generator (`structured.generate`) and scripts
 the engine to emit exactly its tokens, then EOS; `max_tokens` can still cut it short ("length"), as in vLLM.
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from eksinfer.sim import grammar
 from eksinfer.sim.structured import SchemaError, generate
 
 Mode = Literal["text", "json", "named", "required", "auto"]
@@ -30,7 +32,7 @@ AUTO_TOOL_RATE = 0.5  # share of "auto" requests the simulated model answers wit
 class OutputError(ValueError):
     """A tools / structured-output field vLLM rejects: message and the body field it names."""
 
-    def __init__(self, message: str, param: str) -> None:
+    def __init__(self, message: str, param: str | None) -> None:
         super().__init__(message)
         self.message, self.param = message, param
 
@@ -107,44 +109,115 @@ def _choice(body: Mapping[str, Any], tools: dict[str, dict[str, Any]]) -> str | 
     return str(choice)
 
 
-def _response_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The schema `response_format` or `structured_outputs` ask for; None when they ask for none."""
-    fmt = body.get("response_format")
-    if fmt is not None:
-        kind = fmt.get("type") if isinstance(fmt, dict) else None
-        if kind == "text":
-            return None
-        if kind == "json_object":
-            return {"type": "object"}
-        if kind == "json_schema":
-            spec = fmt.get("json_schema")
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if not isinstance(schema, dict):
-                raise OutputError("response_format.json_schema.schema must be an object", "response_format")
-            return schema
-        raise OutputError("response_format.type must be text, json_object or json_schema", "response_format")
-    so = body.get("structured_outputs")
-    if so is None:
+_SO_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+_SO_OPTIONS = ("disable_any_whitespace", "disable_additional_properties", "whitespace_pattern")
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """What guided decoding holds the content to: a JSON schema, or a regex / grammar (llguidance)."""
+
+    schema: dict[str, Any] | None = None
+    raw: bool = False  # write the drawn value as it is (a choice), not as JSON
+    kind: grammar.Kind | None = None
+    compiled: str | None = None
+
+
+def _response_format(fmt: Any) -> Constraint | None:
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
         return None
+    if kind == "json_object":
+        return Constraint({"type": "object"})
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise OutputError("response_format.json_schema.schema must be an object", "response_format")
+        return Constraint(schema)
+    raise OutputError("response_format.type must be text, json_object or json_schema", "response_format")
+
+
+def _so_dict(so: Mapping[str, Any]) -> str:
+    """vLLM's `StructuredOutputsParams.__dict__` as its error message prints it."""
+    fields: dict[str, Any] = {k: so.get(k) for k in ("json", "regex", "choice", "grammar", "json_object")}
+    fields |= {k: so.get(k, False) for k in _SO_OPTIONS[:2]}
+    fields |= {"whitespace_pattern": so.get("whitespace_pattern"), "structural_tag": so.get("structural_tag")}
+    return repr(fields | {"_backend": None, "_backend_was_auto": False})
+
+
+def _structured_outputs(so: Any) -> Constraint:
+    """vLLM 0.32's checks of `structured_outputs`, in its order, with its messages (captured: errors name
+    no parameter)."""
     if not isinstance(so, dict):
         raise OutputError("structured_outputs must be an object", "structured_outputs")
-    if isinstance(so.get("json"), str):
-        try:
-            loaded = json.loads(so["json"])
-        except ValueError:
-            raise OutputError("structured_outputs.json is not valid JSON", "structured_outputs") from None
-        so = {**so, "json": loaded}
-    if isinstance(so.get("json"), dict):
-        return dict(so["json"])
-    if so.get("json_object"):
-        return {"type": "object"}
-    if isinstance(so.get("choice"), list) and so["choice"]:
-        if not all(isinstance(c, str) for c in so["choice"]):
+    given = [k for k in _SO_KINDS if so.get(k) is not None]
+    if len(given) > 1:
+        raise OutputError(
+            "You can only use one kind of constraints for structured outputs ('json', 'regex' or 'choice').",
+            None,
+        )
+    if not given:
+        raise OutputError(
+            f"You must use one kind of structured outputs constraint but none are specified: {_so_dict(so)}",
+            None,
+        )
+    kind, value = given[0], so[given[0]]
+    if kind == "json":
+        if isinstance(value, str):
+            if not value.strip():
+                raise OutputError("structured_outputs.json cannot be an empty string", None)
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise OutputError("Invalid JSON grammar specification.", None) from None
+        if not isinstance(value, dict):
+            raise OutputError("structured_outputs.json must be a JSON schema object", "structured_outputs")
+        return Constraint(dict(value))
+    if kind == "json_object":
+        if value is False:
+            raise OutputError(
+                "structured_outputs.json_object must be True if set; omit structured_outputs to disable "
+                "structured outputs",
+                None,
+            )
+        return Constraint({"type": "object"})
+    if kind == "choice":
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
             raise OutputError("structured_outputs.choice must be a list of strings", "structured_outputs")
-        return {"enum": list(so["choice"]), "x-eksinfer-raw": True}
+        if not value:
+            raise OutputError(f"Choice '{value}' cannot be an empty list", None)
+        return Constraint({"enum": list(value)}, raw=True)
+    if kind in ("regex", "grammar"):
+        if not isinstance(value, str):
+            raise OutputError(f"structured_outputs.{kind} must be a string", "structured_outputs")
+        spec: grammar.Kind = "regex" if kind == "regex" else "grammar"
+        try:
+            return Constraint(kind=spec, compiled=grammar.compile_spec(spec, value))
+        except grammar.GrammarError as err:
+            raise OutputError(str(err), None) from None
+    try:
+        tag = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        tag = None
+    if not isinstance(tag, dict):
+        raise OutputError(
+            "Invalid structured_outputs structural_tag specification. (parameter=structured_outputs)",
+            "structured_outputs",
+        )
     raise OutputError(
-        "the simulator supports structured_outputs json, json_object and choice", "structured_outputs"
+        "the simulator does not write structural_tag output (vLLM accepts it)", "structured_outputs"
     )
+
+
+def constraint(body: Mapping[str, Any]) -> Constraint | None:
+    """What `response_format` or `structured_outputs` hold the content to; None: free text. The
+    `guided_*` fields vLLM 0.32 removed are ignored, as vLLM ignores them (it only logs a warning)."""
+    if body.get("response_format") is not None:
+        return _response_format(body["response_format"])
+    if body.get("structured_outputs") is None:
+        return None
+    return _structured_outputs(body["structured_outputs"])
 
 
 def _draw(schema: dict[str, Any], rng: random.Random, param: str) -> Any:
@@ -178,12 +251,18 @@ def plan(body: Mapping[str, Any], rng: random.Random, *, enable_auto_tool_choice
         return OutputPlan("named", args, (ToolCall(call_id(), name, args, 0, len(args)),))
     if choice == "required" or (choice == "auto" and rng.random() < AUTO_TOOL_RATE):
         return _calls("required" if choice == "required" else "auto", tools, rng)
-    schema = _response_schema(body)
-    if schema is None:
+    return constrained(constraint(body), rng)
+
+
+def constrained(rule: Constraint | None, rng: random.Random) -> OutputPlan:
+    """The content a constraint lets the model write (drawn with `rng`); free text without one."""
+    if rule is None:
         return TEXT
-    raw = schema.pop("x-eksinfer-raw", False)
-    value = _draw(schema, rng, "response_format")
-    return OutputPlan("json", str(value) if raw else _dumps(value))
+    if rule.compiled is not None:
+        return OutputPlan("json", grammar.generate(rule.compiled, rng))
+    assert rule.schema is not None
+    value = _draw(rule.schema, rng, "response_format")
+    return OutputPlan("json", str(value) if rule.raw else _dumps(value))
 
 
 def _calls(mode: Mode, tools: dict[str, dict[str, Any]], rng: random.Random) -> OutputPlan:

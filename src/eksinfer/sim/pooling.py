@@ -38,7 +38,7 @@ def inputs(body: dict[str, Any], ctx: p.ModelContext) -> list[list[int]]:
     out = []
     for item in raw:
         if isinstance(item, str):
-            out.append(tok.encode(item, add_special_tokens=True))
+            out.append(tok.encode(item, add_special_tokens=True)[: ctx.max_model_len + 1])
         elif (
             isinstance(item, list)
             and item
@@ -52,15 +52,23 @@ def inputs(body: dict[str, Any], ctx: p.ModelContext) -> list[list[int]]:
                 400, "input must be a string, a list of strings or token-id lists", param="input"
             )
     for ids in out:
-        if len(ids) > ctx.max_model_len:
-            raise p.ApiError(
-                400,
-                f"This model's maximum context length is {ctx.max_model_len} tokens. However, you requested "
-                f"{len(ids)} tokens in the input for embedding generation. "
-                "Please reduce the length of the input.",
-                param="input",
-            )
+        too_long(len(ids), ctx.max_model_len)
     return out
+
+
+def too_long(n: int, max_model_len: int) -> None:
+    """vLLM 0.32's renderer check for a pooling input (no output tokens); text is tokenized up to
+    max_model_len + 1 tokens, hence "at least" (captured on /score)."""
+    if n <= max_model_len:
+        return
+    qualifier = "at least " if n == max_model_len + 1 else ""
+    raise p.ApiError(
+        400,
+        f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains "
+        f"{qualifier}{n} input tokens, which exceeds this limit even without any output tokens. Please "
+        f"reduce the length of the input prompt. (parameter=input_tokens, value={n})",
+        param="input_tokens",
+    )
 
 
 def check_options(body: dict[str, Any]) -> str:
@@ -109,5 +117,6 @@ def response(
             "total_tokens": prompt_tokens,
             "completion_tokens": 0,
             "prompt_tokens_details": None,
+            "completion_tokens_details": None,
         },
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import random
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,7 @@ class ModelContext:
     """What request validation needs to know about the server."""
 
     names: tuple[str, ...]
-    lora_names: tuple[str, ...]
+    lora_names: Collection[str]  # a live view when adapters load at run time
     max_model_len: int
     tokenizer: Tokenizer
     enable_auto_tool_choice: bool = False
@@ -105,7 +106,23 @@ class ModelContext:
             return model, None
         if model in self.lora_names:
             return model, model
-        raise ApiError(404, f"The model `{model}` does not exist.", type_="NotFoundError", param="model")
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist. Valid aliases: {', '.join(self.names)}.",
+            type_="NotFoundError",
+            param="model",
+        )
+
+
+def missing_fields(body: dict[str, Any], names: list[str]) -> ApiError:
+    """vLLM's pydantic 400 for required body fields that are absent (one line per field, as it lists them)."""
+    size = f"<dict of {len(body)} items>"
+    lines = [
+        f"{{'type': 'missing', 'loc': 'body.{name}', 'msg': 'Field required', 'input': '{size}'}}"
+        for name in names
+    ]
+    count = f"{len(lines)} validation error{'s' if len(lines) > 1 else ''}"
+    return ApiError(400, f"{count}:\n  " + "\n  ".join(lines), type_="Bad Request", param=f"body.{names[0]}")
 
 
 def _int_field(body: dict[str, Any], name: str, *, minimum: int) -> int | None:

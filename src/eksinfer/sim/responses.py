@@ -1,40 +1,96 @@
 """The Responses API (`POST /v1/responses`) as vLLM 0.32 serves it for a text model.
 
 vLLM renders `instructions` as a system message and `input` (a string, or a list of message items whose
-content is a string or `input_text`/`output_text` parts) through the chat template, generates, and answers
-one `message` output item holding one `output_text` part. `max_output_tokens` caps the output; a capped
-answer has `status: "incomplete"` and `incomplete_details: {"reason": "max_output_tokens"}`.
+content is a string or `input_text`/`output_text` parts, function calls and their outputs) through the chat
+template, generates, and answers one `message` output item holding one `output_text` part, or, when the model
+called function tools (`tools` with `"type": "function"`, `tool_choice` as in chat), one `function_call` item
+per call. With `store` (default true) and VLLM_ENABLE_RESPONSES_API_STORE set, the response and its
+conversation are kept in memory: `GET /v1/responses/{id}` returns it and `previous_response_id` continues it
+(unknown or unstored ids: vLLM's 404). `max_output_tokens` caps the output; a capped answer has `status:
+"incomplete"` and `incomplete_details: {"reason": "max_output_tokens"}`.
 
-Streaming sends named SSE events (`event: <type>` then `data: <json>`) in OpenAI's order, each with a
-rising `sequence_number`: response.created, response.in_progress, response.output_item.added,
+Streaming sends named SSE events (`event: <type>` then `data: <json>`) in OpenAI's order, each with a rising
+`sequence_number`: response.created, response.in_progress, response.output_item.added,
 response.content_part.added, response.output_text.delta (one per token), response.output_text.done,
 response.content_part.done, response.output_item.done, response.completed (also when the answer is
-incomplete), JSON keys sorted as vLLM writes them. No `[DONE]` line follows. Checked key for key against
-vLLM 0.32's answers (tests/sim/data/vllm-0.32-agent-apis.json).
-`eksinfer.tokenize.responses.as_chat` is also what the gateway routes on, so prefix matching sees the
-prompt the engine prefills.
+incomplete), JSON keys sorted as vLLM writes them. No `[DONE]` line follows. A function-call answer streams
+response.output_item.added (arguments ""), response.function_call_arguments.delta pieces,
+response.function_call_arguments.done and response.output_item.done per call instead. Checked key for key
+against vLLM 0.32's answers (tests/sim/data/vllm-0.32-agent-apis.json). `eksinfer.tokenize.responses.as_chat`
+is also what the gateway routes on, so prefix matching sees the prompt the engine prefills.
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from eksinfer.sim import protocol as p
 from eksinfer.tokenize.responses import as_chat
 
 
-def parse(body: dict[str, Any], ctx: p.ModelContext) -> tuple[p.GenerateParams, dict[str, Any]]:
-    """Generation parameters of a Responses request, and the request fields the answer echoes."""
+def _chat_tools(body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The request's function tools and tool choice in chat form, and the tools as vLLM echoes them."""
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise p.ApiError(400, "tools must be a list of tools", param="tools")
+    chat: dict[str, Any] = {}
+    echo = []
+    for i, tool in enumerate(tools):
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(tool.get("name"), str)
+        ):
+            raise p.ApiError(  # built-in tools need vLLM's tool server, which the simulator does not run
+                400, f"tools[{i}]: the simulator models function tools only", param="tools"
+            )
+        fn = {k: tool[k] for k in ("name", "description", "parameters") if tool.get(k) is not None}
+        chat.setdefault("tools", []).append({"type": "function", "function": fn})
+        echo.append(
+            {
+                "name": tool["name"],
+                "parameters": tool.get("parameters"),
+                "strict": tool.get("strict"),
+                "type": "function",
+                "allowed_callers": None,
+                "async": None,
+                "defer_loading": None,
+                "description": tool.get("description"),
+                "output_schema": None,
+            }
+        )
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif choice is not None and tools:
+        chat["tool_choice"] = choice
+    return chat, echo
+
+
+def parse(
+    body: dict[str, Any], ctx: p.ModelContext, previous: Stored | None = None
+) -> tuple[p.GenerateParams, dict[str, Any], list[dict[str, Any]]]:
+    """Generation parameters of a Responses request, the request fields the answer echoes, and the
+    conversation it renders (what `store` keeps for a later `previous_response_id`)."""
     items = body.get("input")
     if not isinstance(items, str | list) or not items:
         raise p.ApiError(400, "input must be a non-empty string or list of items", param="input")
-    if body.get("tools"):  # Responses tools are shaped differently (flat `name`, built-in tools)
-        raise p.ApiError(400, "the simulator's Responses API answers text only: no tools", param="tools")
-    chat = as_chat(body)
+    tools, tools_echo = _chat_tools(body)
+    chat = as_chat(
+        {**body, **tools},
+        previous.messages if previous else None,
+        previous.response["output"] if previous else None,
+    )
+    if not tools:
+        chat.pop("tool_choice", None)
     if not chat["messages"]:
         raise p.ApiError(400, "input holds no message items", param="input")
     params = p.parse_chat(chat, ctx)
+    choice = body.get("tool_choice", "auto") if tools_echo else "none"  # no tools: vLLM reports "none"
+    if isinstance(choice, dict):
+        choice = {"name": choice.get("name"), "type": "function"}
     echo = {
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
@@ -43,8 +99,29 @@ def parse(body: dict[str, Any], ctx: p.ModelContext) -> tuple[p.GenerateParams, 
         "metadata": body.get("metadata"),
         "previous_response_id": body.get("previous_response_id"),
         "user": body.get("user"),
+        "tool_choice": choice,
+        "tools": tools_echo,
     }
-    return params, echo
+    return params, echo, chat["messages"]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored response (`store`, with VLLM_ENABLE_RESPONSES_API_STORE): its body and the conversation
+    it was generated from."""
+
+    response: dict[str, Any]
+    messages: list[dict[str, Any]]
+
+
+def not_found(response_id: str) -> p.ApiError:
+    """vLLM's answer for an unknown (or unstored) response id, on GET and as `previous_response_id`."""
+    return p.ApiError(
+        404,
+        f"Response with id '{response_id}' not found.",
+        type_="invalid_request_error",
+        param="response_id",
+    )
 
 
 class ResponseBuilder:
@@ -55,6 +132,22 @@ class ResponseBuilder:
         self.id = f"resp_{secrets.token_hex(16)}"
         self.item_id = f"msg_{secrets.token_hex(16)}"
         self.sequence = 0
+        self.call_item_ids: dict[int, str] = {}
+
+    def call_item(self, k: int, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
+        """Function call k as an output item, in vLLM 0.32's key order (captured)."""
+        item_id = self.call_item_ids.setdefault(k, f"fc_{secrets.token_hex(8)}")
+        return {
+            "arguments": arguments,
+            "call_id": call_id,
+            "name": name,
+            "type": "function_call",
+            "id": item_id,
+            "async": None,
+            "caller": None,
+            "namespace": None,
+            "status": status,
+        }
 
     def _part(self, text: str) -> dict[str, Any]:
         return {"annotations": [], "text": text, "type": "output_text", "logprobs": None}
@@ -71,9 +164,16 @@ class ResponseBuilder:
         }
 
     def body(
-        self, text: str | None, finish: str | None, prompt_tokens: int, output_tokens: int, cached: int
+        self,
+        text: str | None,
+        finish: str | None,
+        prompt_tokens: int,
+        output_tokens: int,
+        cached: int,
+        calls: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """The response object; `text` None: still in progress (no output yet)."""
+        """The response object; `text` None: still in progress (no output yet). `calls` (chat-shaped tool
+        calls) become function_call items and replace the message, as vLLM leaves out empty content."""
         if text is None:
             status, incomplete = "in_progress", None
         elif finish == "length":
@@ -107,11 +207,11 @@ class ResponseBuilder:
             "metadata": self.echo["metadata"],
             "model": self.model,
             "object": "response",
-            "output": [] if text is None else [self._item(text, "completed")],
+            "output": self._output(text, calls),
             "parallel_tool_calls": True,
             "temperature": self.echo["temperature"],
-            "tool_choice": "none",  # no tools: vLLM 0.32 reports "none"
-            "tools": [],
+            "tool_choice": self.echo["tool_choice"],
+            "tools": self.echo["tools"],
             "top_p": self.echo["top_p"],
             "background": False,
             "max_output_tokens": self.echo["max_output_tokens"],
@@ -134,19 +234,37 @@ class ResponseBuilder:
             "output_messages": None,
         }
 
-    def event(self, kind: str, **fields: Any) -> bytes:
-        """One SSE event: `event:` line, then the JSON with `type` and `sequence_number`."""
+    def _output(self, text: str | None, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        if text is None:
+            return []
+        if calls:
+            return [
+                self.call_item(k, c["id"], c["function"]["name"], c["function"]["arguments"], "completed")
+                for k, c in enumerate(calls)
+            ]
+        return [self._item(text, "completed")]
+
+    def event(self, kind: str, *, last: dict[str, Any] | None = None, **fields: Any) -> bytes:
+        """One SSE event: `event:` line, then the JSON with `type` and `sequence_number`, keys sorted as
+        vLLM writes them (`last`: keys it appends after the sorted ones)."""
         payload = dict(sorted({"type": kind, "sequence_number": self.sequence, **fields}.items()))
+        payload |= last or {}
         self.sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + p.dumps(payload) + b"\n\n"
 
-    def opening(self) -> list[bytes]:
-        """The events before the first token."""
+    def opening(self, *, text: bool = True) -> list[bytes]:
+        """The events before the first token (a function-call answer opens its items as calls start)."""
         start = self.body(None, None, 0, 0, 0)
-        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
-        return [
+        head = [
             self.event("response.created", response=start),
             self.event("response.in_progress", response=start),
+        ]
+        return head + self.message_opening() if text else head
+
+    def message_opening(self) -> list[bytes]:
+        """The events that open the message item and its text part."""
+        where: dict[str, Any] = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        return [
             self.event("response.output_item.added", item=self._item(None, "in_progress"), output_index=0),
             self.event("response.content_part.added", part={**self._part(""), "logprobs": []}, **where),
         ]
@@ -161,10 +279,38 @@ class ResponseBuilder:
             logprobs=[],
         )
 
+    def call_opened(self, k: int, call_id: str, name: str) -> bytes:
+        item = self.call_item(k, call_id, name, "", "in_progress")
+        return self.event("response.output_item.added", item=item, output_index=k)
+
+    def call_delta(self, k: int, piece: str) -> bytes:
+        return self.event(
+            "response.function_call_arguments.delta",
+            delta=piece,
+            item_id=self.call_item_ids[k],
+            output_index=k,
+        )
+
+    def closing_calls(self, final: dict[str, Any]) -> list[bytes]:
+        """The events after the last token of a function-call answer (captured from vLLM 0.32)."""
+        out = []
+        for k, item in enumerate(final["output"]):
+            out.append(
+                self.event(
+                    "response.function_call_arguments.done",
+                    arguments=item["arguments"],
+                    item_id=item["id"],
+                    output_index=k,
+                    last={"name": item["name"]},
+                )
+            )
+            out.append(self.event("response.output_item.done", item=item, output_index=k))
+        return [*out, self.event("response.completed", response=final)]
+
     def closing(self, final: dict[str, Any]) -> list[bytes]:
         """The events after the last token; `final` is the finished response body."""
         text = final["output"][0]["content"][0]["text"]
-        where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        where: dict[str, Any] = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         kind = "response.completed"  # also for an incomplete response: vLLM 0.32 sends no response.incomplete
         return [
             self.event("response.output_text.done", text=text, logprobs=[], **where),

@@ -1,6 +1,8 @@
 """The HTTP face of one simulated engine: vLLM's OpenAI server routes on aiohttp.
 
-Routes: POST /v1/completions, /v1/chat/completions (SSE when `stream`), /tokenize, /detokenize,
+Routes: POST /v1/completions, /v1/chat/completions (SSE when `stream`), /v1/responses (and GET
+/v1/responses/{id}) for a generate runner; /v1/embeddings, /score, /rerank (and their aliases) for a pooling
+runner; /v1/load_lora_adapter, /v1/unload_lora_adapter with runtime LoRA updating; /tokenize, /detokenize,
 /reset_prefix_cache; GET /v1/models, /health, /ping, /version, /metrics.
 Faults (per replica): `error_rate` answers 500, `stall_rate` holds a request `stall_s` before admission,
 `crash_after` stops the replica (listener and engine) once that many generation requests arrived.
@@ -27,6 +29,7 @@ from eksinfer.sim import logprobs as lp
 from eksinfer.sim import protocol as p
 from eksinfer.sim.config import SimOptions
 from eksinfer.sim.engine import VLLM_VERSION, Engine
+from eksinfer.sim.responses import Stored
 from eksinfer.sim.scheduler import SimRequest
 from eksinfer.sim.sse import SseChunks, usage_sum
 from eksinfer.sim.toolcalls import message_parts
@@ -44,6 +47,13 @@ OFF_LOOP_BYTES = 16 * 1024
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=p.dumps(body), status=status, content_type=_JSON)
+
+
+def _plain(text: str) -> web.Response:
+    """vLLM's LoRA routes answer a bare `Response(content=...)`: a text body and no content type."""
+    response = web.Response(body=text.encode())
+    response.headers.pop("Content-Type", None)
+    return response
 
 
 def _add_fastapi_fallback(app: web.Application) -> None:
@@ -96,7 +106,7 @@ class SimServer:
         self.options = engine.options
         self.ctx = p.ModelContext(
             names=engine.options.model_names,
-            lora_names=tuple(engine.options.lora_adapters),
+            lora_names=engine.loras.names,
             max_model_len=engine.sizing.max_model_len,
             tokenizer=engine.tokenizer,
             enable_auto_tool_choice=engine.options.enable_auto_tool_choice,
@@ -106,15 +116,29 @@ class SimServer:
         self._num_requests = 0
         self._on_crash = on_crash
         self._created = int(time.time())
+        self.stored_responses: dict[
+            str, Stored
+        ] = {}  # VLLM_ENABLE_RESPONSES_API_STORE: kept forever, as vLLM
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_body_bytes)
         if self.options.runner == "pooling":  # vLLM registers the routes of the tasks the model serves
-            app.router.add_post("/v1/embeddings", self._guard(functools.partial(handlers.embeddings, self)))
+            if self.options.convert == "embed":
+                embed = self._guard(functools.partial(handlers.embeddings, self))
+                app.router.add_post("/v1/embeddings", embed)
+            for path in ("/score", "/v1/score"):
+                app.router.add_post(path, self._guard(functools.partial(handlers.score, self)))
+            for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+                app.router.add_post(path, self._guard(functools.partial(handlers.rerank, self)))
         else:
             app.router.add_post("/v1/completions", self._guard(self.completions))
             app.router.add_post("/v1/chat/completions", self._guard(self.chat))
             app.router.add_post("/v1/responses", self._guard(functools.partial(handlers.responses, self)))
+            get = self._guard(functools.partial(handlers.get_response, self))
+            app.router.add_get("/v1/responses/{response_id}", get)
+        if self.options.allow_runtime_lora_updating:  # vLLM: only with VLLM_ALLOW_RUNTIME_LORA_UPDATING
+            app.router.add_post("/v1/load_lora_adapter", self._guard(self.load_lora))
+            app.router.add_post("/v1/unload_lora_adapter", self._guard(self.unload_lora))
         app.router.add_post("/tokenize", self._guard(self.tokenize))
         app.router.add_post("/detokenize", self._guard(self.detokenize))
         app.router.add_post("/reset_prefix_cache", self.reset_prefix_cache)
@@ -162,9 +186,17 @@ class SimServer:
     async def models(self, request: web.Request) -> web.Response:
         root = self.options.model
         cards = [self._card(name, root, None) for name in self.ctx.names]
-        adapters = self.options.lora_adapters
-        cards += [self._card(name, adapters[name], self.ctx.names[0]) for name in self.ctx.lora_names]
+        adapters = self.engine.loras.adapters
+        cards += [self._card(name, path, self.ctx.names[0]) for name, (_, path) in adapters.items()]
         return _json({"object": "list", "data": cards})
+
+    async def load_lora(self, request: web.Request) -> web.Response:
+        raw, _ = await self._body(request)
+        return _plain(self.engine.loras.load(p.parse_body(raw)))
+
+    async def unload_lora(self, request: web.Request) -> web.Response:
+        raw, _ = await self._body(request)
+        return _plain(self.engine.loras.unload(p.parse_body(raw)))
 
     def _card(self, name: str, root: str, parent: str | None) -> dict[str, Any]:
         permission = {
@@ -188,7 +220,7 @@ class SimServer:
             "owned_by": "vllm",
             "root": root,
             "parent": parent,
-            "max_model_len": self.ctx.max_model_len,
+            "max_model_len": None if parent else self.ctx.max_model_len,  # vLLM leaves it out of adapters
             "permission": [permission],
         }
 
@@ -279,7 +311,7 @@ class SimServer:
         if faults.stall_rate and faults.stall_s and self._rng.random() < faults.stall_rate:
             await asyncio.sleep(faults.stall_s)
 
-    def _submit(
+    def submit(
         self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None], index: int
     ) -> SimRequest:
         """Choice `index` of a request: choices after the first get their own seed, so n > 1 differ."""
@@ -327,7 +359,7 @@ class SimServer:
             if all(q.finish_reason is not None for q in reqs) and not done.done():
                 done.set_result(None)
 
-        reqs.extend(self._submit(params, on_tokens, i) for i in range(params.n))
+        reqs.extend(self.submit(params, on_tokens, i) for i in range(params.n))
         try:
             await done
         except asyncio.CancelledError:
@@ -396,7 +428,7 @@ class SimServer:
         self, request: web.Request, params: p.GenerateParams, rid: str, created: int, *, chat: bool
     ) -> web.StreamResponse:
         wake = asyncio.Event()
-        reqs = [self._submit(params, lambda r: wake.set(), i) for i in range(params.n)]
+        reqs = [self.submit(params, lambda r: wake.set(), i) for i in range(params.n)]
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         tok = self.engine.tokenizer
         split = self.reasoning_tokens(params) if chat else 0

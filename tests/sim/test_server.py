@@ -164,7 +164,7 @@ async def test_errors_match_vllm_bodies(start: StartCluster) -> None:
     assert unknown.status_code == 404
     assert unknown.json() == {
         "error": {
-            "message": "The model `nope` does not exist.",
+            "message": "The model `nope` does not exist. Valid aliases: llama-3.1-8b.",  # vLLM 0.32
             "type": "NotFoundError",
             "param": "model",
             "code": 404,

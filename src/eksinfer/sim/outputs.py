@@ -232,8 +232,8 @@ def _dumps(value: Any) -> str:
 
 
 def call_id() -> str:
-    """vLLM's default tool-call id: `chatcmpl-tool-` and 32 hex digits."""
-    return f"chatcmpl-tool-{secrets.token_hex(16)}"
+    """vLLM 0.32's default tool-call id: `chatcmpl-tool-` and 16 hex digits (captured)."""
+    return f"chatcmpl-tool-{secrets.token_hex(8)}"
 
 
 def plan(body: Mapping[str, Any], rng: random.Random, *, enable_auto_tool_choice: bool) -> OutputPlan:

@@ -83,6 +83,12 @@ class GenerateParams:
     logprobs: int | None = None  # chat: top_logprobs when logprobs is true; completions: logprobs
     prompt_logprobs: int | None = None
     n: int = 1
+    choice_outputs: tuple[outputs.OutputPlan, ...] = ()  # one plan per choice when n > 1 (else `output`)
+
+    def plan(self, index: int) -> outputs.OutputPlan:
+        """What choice `index` writes: choices draw their own tool calls / structured text, as vLLM samples
+        each of the n sequences on its own."""
+        return self.choice_outputs[index] if index < len(self.choice_outputs) else self.output
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,8 +289,21 @@ def parse_completion(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
     fields = _common(body, ctx, ids, 16)  # OpenAI/vLLM completions default max_tokens=16
     echo = prompt if _bool_field(body, "echo") and isinstance(prompt, str) else None
     logprobs = _logprobs_field(body, "logprobs")
+    key = _plan_key(ctx, fields["seed"], ids)
+    try:  # completions take response_format / structured_outputs too (no tools)
+        rule = outputs.constraint(body)
+        plans = tuple(outputs.constrained(rule, random.Random(key + i)) for i in range(fields["n"]))
+    except outputs.OutputError as err:
+        raise ApiError(400, err.message, param=err.param) from None
     return GenerateParams(
-        model=model, lora_name=lora, prompt_ids=ids, echo_prompt=echo, logprobs=logprobs, **fields
+        model=model,
+        lora_name=lora,
+        prompt_ids=ids,
+        echo_prompt=echo,
+        logprobs=logprobs,
+        output=plans[0],
+        choice_outputs=plans,
+        **fields,
     )
 
 
@@ -304,19 +323,29 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
     if top and not wants:
         msg = "when using `top_logprobs`, `logprobs` must be set to true. (parameter=top_logprobs)"
         raise ApiError(400, msg, param="top_logprobs")
-    key = (ctx.seed * 1_000_003 + (fields["seed"] or 0)) ^ zlib.crc32(array.array("q", ids).tobytes())
+    key = _plan_key(ctx, fields["seed"], ids)
     try:
-        plan = outputs.plan(body, random.Random(key), enable_auto_tool_choice=ctx.enable_auto_tool_choice)
+        plans = tuple(
+            outputs.plan(body, random.Random(key + i), enable_auto_tool_choice=ctx.enable_auto_tool_choice)
+            for i in range(fields["n"])
+        )
     except outputs.OutputError as err:
         raise ApiError(400, err.message, param=err.param) from None
     return GenerateParams(
         model=model,
         lora_name=lora,
         prompt_ids=ids,
-        output=plan,
+        output=plans[0],
+        choice_outputs=plans,
         logprobs=(top or 0) if wants else None,
         **fields,
     )
+
+
+def _plan_key(ctx: ModelContext, seed: int | None, ids: list[int]) -> int:
+    """The seed of a request's guided output: server seed, request seed and prompt, so the same request
+    gets the same tool calls / structured text; choice i of n uses key + i."""
+    return (ctx.seed * 1_000_003 + (seed or 0)) ^ zlib.crc32(array.array("q", ids).tobytes())
 
 
 _MEDIA_PARTS = frozenset({"image_url", "image", "image_pil", "image_embeds", "input_audio", "audio_url"})

@@ -315,7 +315,7 @@ class SimServer:
         self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None], index: int
     ) -> SimRequest:
         """Choice `index` of a request: choices after the first get their own seed, so n > 1 differ."""
-        script = params.output.script
+        script = params.plan(index).script
         seed = params.seed if index == 0 else (params.seed or 0) + 7919 * index
         return self.engine.add_request(
             params.prompt_ids,
@@ -390,7 +390,7 @@ class SimServer:
                 ):  # a reasoning model: the first `split` tokens are its thinking (vLLM separates them)
                     ids = [t for t in req.output_ids if t != self.engine.tokenizer.eos_token_id]
                     thought, text = self._text(ids[:split]) or None, self._text(ids[split:])
-                content, calls, finish = message_parts(params.output, text, req.finish_reason)
+                content, calls, finish = message_parts(params.plan(i), text, req.finish_reason)
                 if split and not content:
                     content = None  # still thinking when it stopped: vLLM has no content
                 body = p.chat_response(

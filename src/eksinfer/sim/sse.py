@@ -49,8 +49,9 @@ class SseChunks:
         self.obj = "chat.completion.chunk" if chat else "text_completion"
         head, tail = p.dumps(self._chunk(_MARK, None)).split(p.dumps(_MARK))
         self.head, self.tail = b"data: " + head, tail + b"\n\n"
-        calls = chat and bool(params.output.calls)
-        self.tools = ToolDeltas(params.output, tokenizer.decode) if calls else None
+        self.output = params.plan(index)
+        calls = chat and bool(self.output.calls)
+        self.tools = ToolDeltas(self.output, tokenizer.decode) if calls else None
         self.key = lp.request_key(params.prompt_ids, params.seed, index)
         self.text_offset = 0
 
@@ -70,7 +71,7 @@ class SseChunks:
             chunk["choices"][0]["delta"] = {"content": None, "tool_calls": [delta]}
             chunks.append(chunk)
         if last:
-            forced = self.params.output.mode in ("required", "auto") and self.tools.any_streamed
+            forced = self.output.mode in ("required", "auto") and self.tools.any_streamed
             chunk = self._chunk(
                 "", "tool_calls" if forced and req.finish_reason == "stop" else req.finish_reason
             )

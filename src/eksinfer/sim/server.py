@@ -50,10 +50,9 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 def _plain(text: str) -> web.Response:
-    """vLLM's LoRA routes answer a bare `Response(content=...)`: a text body and no content type."""
-    response = web.Response(body=text.encode())
-    response.headers.pop("Content-Type", None)
-    return response
+    """vLLM's LoRA routes answer a bare `Response(content=...)`: a text body without a content type. aiohttp
+    always names one, so it is `application/octet-stream`, what RFC 9110 tells a client to assume for none."""
+    return web.Response(body=text.encode())
 
 
 def _add_fastapi_fallback(app: web.Application) -> None:

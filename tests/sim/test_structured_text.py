@@ -130,9 +130,8 @@ async def test_best_of_is_accepted_and_ignored_as_vllm_0_32(start: StartCluster,
 async def test_n_choices_differ_and_repeat_with_the_seed(start: StartCluster, client: Sdk) -> None:
     """As captured from vLLM 0.32: with a seed, n=3 gives three different texts, and the same three again."""
     real = [c["text"] for c in GEN["completions_n3_seed"]["body"]["choices"]]
-    assert len(set(real)) == 3 and real == [
-        c["text"] for c in GEN["completions_n3_seed_again"]["body"]["choices"]
-    ]
+    assert len(set(real)) == 3
+    assert real == [c["text"] for c in GEN["completions_n3_seed_again"]["body"]["choices"]]
     sdk = client((await start()).urls[0])
     runs = [
         await sdk.completions.create(
@@ -144,4 +143,5 @@ async def test_n_choices_differ_and_repeat_with_the_seed(start: StartCluster, cl
     texts = [c.text for c in first.choices]
     assert len(set(texts)) == 3
     assert [c.text for c in again.choices] == texts
-    assert first.usage is not None and first.usage.completion_tokens == 18
+    assert first.usage is not None
+    assert first.usage.completion_tokens == 18

@@ -19,7 +19,8 @@ import pytest
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from eksinfer.sim.cluster import SimCluster
-from tests.sim.conftest import StartCluster, start  # noqa: F401 - the fixture
+from tests.sim.conftest import StartCluster, client, start  # noqa: F401 - the fixtures
+from tests.waiting import until
 
 MODEL = "llama-3.1-8b"
 
@@ -121,24 +122,82 @@ async def test_pooling_and_tokenizer_routes_use_the_load_preset(start: StartClus
                 url + "/detokenize", json={"model": MODEL, "tokens": tok.json()["tokens"]}
             )
             rerank = await http.post(
-                url + "/v2/rerank", json={"model": MODEL, "query": "q", "documents": ["d"]}
+                url + "/v2/rerank", json={"model": MODEL, "query": "q", "documents": ["d", "q"]}
             )
             no_query = await http.post(url + "/v1/rerank", json={"model": MODEL, "documents": ["d"]})
             no_input = await http.post(url + "/v1/embeddings", json={"model": MODEL})
-            score = await http.post(url + "/v1/score", json={"model": MODEL, "text_1": "a", "text_2": "b"})
+            scores = [
+                await http.post(url + path, json={"model": MODEL, "text_1": "a", "text_2": ["b", "a"]})
+                for path in ("/score", "/v1/score")
+            ]
             metrics = (await http.get(url + "/metrics")).text
         assert "preset=load" in tok.headers["x-eksinfer-route"]
         assert detok.json()["prompt"].endswith("hello there")
-        # the simulator serves no reranker: the gateway forwarded, the engine answered as vLLM's FastAPI does
-        assert rerank.status_code == 404
-        assert rerank.json() == {"detail": "Not Found"}
+        assert rerank.status_code == 200
+        assert [r["index"] for r in rerank.json()["results"]] == [1, 0]  # the query itself scores 1.0
         assert "preset=load" in rerank.headers["x-eksinfer-route"]
-        assert score.status_code == 404
+        for score in scores:
+            assert score.status_code == 200
+            assert "preset=load" in score.headers["x-eksinfer-route"]
+            assert score.json()["data"][1]["score"] == pytest.approx(1.0)
         for refused, field in ((no_query, "query"), (no_input, "input")):
             assert refused.status_code == 400
             assert refused.json()["error"]["param"] == field
-        for route in ("/v1/embeddings", "/tokenize", "/v2/rerank"):
+        for route in ("/v1/embeddings", "/tokenize", "/v2/rerank", "/score"):
             assert f'route="{route}"' in metrics  # requests are counted per API route
     finally:
         await sdk.close()
+        await runtime.stop()
+
+
+async def test_lora_adapter_routes_reach_every_engine(start: StartCluster, client: Any) -> None:  # noqa: F811
+    """With `server.lora_adapter_routes`, a load goes to every engine, the adapter is routable at once and
+    listed by the gateway; a refusal (already loaded) comes back as the engine's own body and status."""
+    cluster = await start(2, allow_runtime_lora_updating=True, enable_lora=True)
+    urls = cluster.urls
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0, "lora_adapter_routes": True},
+            "endpoints": {"static": [{"url": u} for u in urls]},
+            "routing": {"preset": "load"},
+        }
+    )
+    runtime = build_runtime(config)
+    await runtime.start()
+    url = f"http://127.0.0.1:{runtime.port}"
+    try:
+        await until(runtime.registry.ready, what="the engines' models read")
+        sdk = client(url)
+        load = {"lora_name": "sql", "lora_path": "org/sql-adapter"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            first = await http.post(url + "/v1/load_lora_adapter", json=load)
+            again = await http.post(url + "/v1/load_lora_adapter", json=load)
+            engines = [(await http.get(u + "/v1/models")).json()["data"] for u in urls]
+            out = await sdk.completions.create(model="sql", prompt="hi", max_tokens=2)
+            listed = [m.id for m in (await sdk.models.list()).data]
+            unload = await http.post(url + "/v1/unload_lora_adapter", json={"lora_name": "sql"})
+        assert (first.status_code, first.text) == (200, "Success: LoRA adapter 'sql' added successfully.")
+        assert again.status_code == 400
+        assert again.json()["error"]["type"] == "InvalidUserInput"  # the engine's body, unchanged
+        assert all([c["id"] for c in cards] == [MODEL, "sql"] for cards in engines)
+        assert out.model == "sql"
+        assert "sql" in listed
+        assert unload.status_code == 200
+        with pytest.raises(openai.NotFoundError):
+            await sdk.completions.create(model="sql", prompt="hi", max_tokens=2)
+    finally:
+        await runtime.stop()
+
+
+async def test_lora_adapter_routes_are_off_by_default(start: StartCluster) -> None:  # noqa: F811
+    cluster = await start(allow_runtime_lora_updating=True, enable_lora=True)
+    runtime = await gateway_for(cluster)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            got = await http.post(
+                f"http://127.0.0.1:{runtime.port}/v1/load_lora_adapter",
+                json={"lora_name": "a", "lora_path": "b"},
+            )
+        assert got.status_code == 404
+    finally:
         await runtime.stop()

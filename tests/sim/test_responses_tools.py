@@ -84,8 +84,9 @@ async def test_streamed_function_call_events_match_vllm(start: StartCluster) -> 
     one_call = [e for e in got if e.get("output_index", 0) == 0]
     assert kinds(one_call) == kinds(want)
     assert [e["sequence_number"] for e in got] == list(range(len(got)))
-    for kind in ("response.output_item.added", "response.function_call_arguments.delta",
-                 "response.function_call_arguments.done", "response.output_item.done", "response.completed"):  # fmt: skip
+    fc = "response.function_call_arguments"
+    for kind in ("response.output_item.added", f"{fc}.delta", f"{fc}.done", "response.output_item.done",
+                 "response.completed"):  # fmt: skip
         assert shape(next(e for e in got if e["type"] == kind)) == shape(
             next(e for e in want if e["type"] == kind)
         )
@@ -119,7 +120,9 @@ async def test_previous_response_id_continues_a_stored_response(start: StartClus
     )
     alone = await sdk.responses.create(model=MODEL, input="Which word?", max_output_tokens=8, store=False)
     assert nxt.previous_response_id == first.id
-    assert nxt.usage is not None and alone.usage is not None and first.usage is not None
+    assert nxt.usage is not None
+    assert alone.usage is not None
+    assert first.usage is not None
     # the conversation carries the first input and answer: more prompt, and its prefix comes from the cache
     assert nxt.usage.input_tokens > alone.usage.input_tokens + first.usage.output_tokens
     with pytest.raises(openai.NotFoundError) as err:

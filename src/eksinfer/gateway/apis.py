@@ -14,11 +14,19 @@ matching sees that prompt.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from eksinfer.gateway.http import error_body
 from eksinfer.tokenize.responses import as_chat
 
-__all__ = ["APIS", "LOAD_PROFILE", "Api", "as_chat"]
+if TYPE_CHECKING:
+    from eksinfer.gateway.scheduling.framework import EndpointState
+    from eksinfer.gateway.upstream import UpstreamPool
+
+__all__ = ["APIS", "LOAD_PROFILE", "LORA_PATHS", "Api", "LoraAnswer", "as_chat", "broadcast_lora"]
 
 LOAD_PROFILE = "load"
 
@@ -38,6 +46,7 @@ APIS: tuple[Api, ...] = (
     Api("/v1/chat/completions", ("messages",)),
     Api("/v1/responses", ("input",), chat_like=True),
     Api("/v1/embeddings", ("input", "messages"), LOAD_PROFILE),
+    Api("/score", ("text_1", "queries", "data_1"), LOAD_PROFILE),
     Api("/v1/score", ("text_1", "queries", "data_1"), LOAD_PROFILE),
     Api("/v1/rerank", ("query",), LOAD_PROFILE),
     Api("/rerank", ("query",), LOAD_PROFILE),
@@ -45,3 +54,55 @@ APIS: tuple[Api, ...] = (
     Api("/tokenize", ("prompt", "messages"), LOAD_PROFILE),
     Api("/detokenize", ("tokens",), LOAD_PROFILE),
 )
+
+# vLLM's runtime LoRA routes (engines started with VLLM_ALLOW_RUNTIME_LORA_UPDATING). An adapter lives in one
+# engine, so the gateway sends the call to every healthy engine (of the base `model` when the body names one:
+# an extra field vLLM ignores) and answers 200 only when all of them loaded / unloaded it.
+LORA_PATHS = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+
+
+@dataclass(frozen=True, slots=True)
+class LoraAnswer:
+    """What the gateway answers: the engines' common 200 text, or the first refusal (status and body as the
+    engine sent them); `done` lists the endpoints that accepted."""
+
+    status: int
+    body: bytes
+    content_type: str | None
+    done: tuple[EndpointState, ...]
+
+
+async def broadcast_lora(
+    upstream: UpstreamPool,
+    endpoints: Sequence[EndpointState],
+    path: str,
+    raw: bytes,
+    headers: Mapping[str, str],
+) -> LoraAnswer:
+    """Posts a load / unload call to every endpoint at once; see `LoraAnswer`."""
+
+    async def one(ep: EndpointState) -> tuple[EndpointState, int, bytes, str | None]:
+        try:
+            resp = await upstream.post(ep.url, path, raw, headers)
+        except Exception as err:  # an engine that cannot be reached: a 502 for it, the others go on
+            return ep, 502, _error(502, f"endpoint {ep.id} could not be reached: {err}"), "application/json"
+        try:
+            return ep, resp.status, await resp.read(), resp.headers.get("content-type")
+        finally:
+            resp.close()
+
+    answers = await asyncio.gather(*(one(ep) for ep in endpoints))
+    done = tuple(ep for ep, status, _, _ in answers if status == 200)
+    failed = [a for a in answers if a[1] != 200]
+    _, status, body, ctype = failed[0] if failed else answers[0]
+    return LoraAnswer(status, body, ctype, done)
+
+
+def lora_body(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The adapter name and the optional base model named in a load / unload body."""
+    name, model = body.get("lora_name"), body.get("model")
+    return (name if isinstance(name, str) else None), (model if isinstance(model, str) else None)
+
+
+def _error(status: int, message: str) -> bytes:
+    return error_body(status, message, code="upstream_failed")

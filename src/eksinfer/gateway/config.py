@@ -45,6 +45,12 @@ class ServerConfig(StrictModel):
     idle_stream_timeout_s: float = Field(
         60.0, gt=0, description="Longest silence between two chunks of a streamed response."
     )
+    lora_adapter_routes: bool = Field(
+        False,
+        description="Serve vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter: each call goes to every "
+        "healthy engine (of `model` when the body names one); the engines need "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING.",
+    )
     max_inflight: int = Field(
         10_000,
         gt=0,

@@ -88,6 +88,18 @@ class EndpointRegistry:
             state.models = models
             self._by_model = None
 
+    def adapter_changed(self, state: EndpointState, name: str, *, loaded: bool) -> None:
+        """A LoRA adapter loaded or unloaded through the gateway: routable at once, before the next read
+        of the engine's /v1/models confirms it."""
+        if state.id not in self._states:
+            return
+        cards = dict(self._cards.get(state.id, {}))
+        if loaded:
+            cards.setdefault(name, {"id": name, "object": "model", "owned_by": "vllm"})
+        else:
+            cards.pop(name, None)
+        self.set_models(state, cards)
+
     def health_changed(self, state: EndpointState, healthy: bool) -> None:
         self._by_model = None
 

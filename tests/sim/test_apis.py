@@ -140,3 +140,43 @@ async def test_reasoning_parser_separates_thinking_from_the_answer(start: StartC
         model="llama-3.1-8b", messages=[{"role": "user", "content": "why?"}], max_tokens=8
     )
     assert (out.choices[0].message.model_extra or {}).get("reasoning") is None
+
+
+async def test_reasoning_tokens_usage_and_include_reasoning(start: StartCluster, client: Sdk) -> None:
+    """vLLM 0.32's chat path with a reasoning parser (entrypoints/openai/chat_completion/serving.py): usage
+    has `completion_tokens_details: {"reasoning_tokens": n}` (whole and in the final streamed usage), and
+    `include_reasoning: false` drops the reasoning; Responses gets a `reasoning` item first."""
+    cluster = await start(reasoning_parser="qwen3")
+    sdk = client(cluster.urls[0])
+    ask: Any = [{"role": "user", "content": "why?"}]
+    whole = await sdk.chat.completions.create(model="llama-3.1-8b", messages=ask, max_tokens=8, n=2)
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens_details is not None
+    assert whole.usage.completion_tokens_details.reasoning_tokens == 8  # 4 of 8 per choice
+    hidden = await sdk.chat.completions.create(
+        model="llama-3.1-8b", messages=ask, max_tokens=8, extra_body={"include_reasoning": False}
+    )
+    assert (hidden.choices[0].message.model_extra or {}).get("reasoning") is None
+    assert hidden.choices[0].message.content == whole.choices[0].message.content
+    stream = await sdk.chat.completions.create(
+        model="llama-3.1-8b",
+        messages=ask,
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"include_reasoning": False},
+    )
+    chunks = [c async for c in stream]
+    assert not any((c.delta.model_extra or {}).get("reasoning") for ch in chunks for c in ch.choices)
+    assert (
+        "".join(c.delta.content or "" for ch in chunks for c in ch.choices)
+        == hidden.choices[0].message.content
+    )
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 4
+    resp = await sdk.responses.create(model="llama-3.1-8b", input="why?", max_output_tokens=8)
+    assert [item.type for item in resp.output] == ["reasoning", "message"]
+    assert resp.usage is not None
+    assert resp.usage.output_tokens_details.reasoning_tokens == 4

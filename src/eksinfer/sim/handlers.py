@@ -134,12 +134,30 @@ async def get_response(server: SimServer, request: web.Request) -> web.Response:
 
 
 def _final(
-    server: SimServer, build: r.ResponseBuilder, req: SimRequest, params: p.GenerateParams
+    server: SimServer,
+    build: r.ResponseBuilder,
+    req: SimRequest,
+    params: p.GenerateParams,
+    *,
+    stream: bool = False,
 ) -> dict[str, Any]:
+    """The finished response. With --reasoning-parser the whole answer's first tokens are a reasoning item
+    (as vLLM's); a streamed one sends all its text as output_text (reasoning events are not modelled)."""
     cached = max(req.num_cached_tokens, 0)
-    text = server.text_of(req.output_ids)
+    split = 0 if stream else server.reasoning_tokens(params)
+    ids = [t for t in req.output_ids if t != server.engine.tokenizer.eos_token_id]
+    thought, text = server.text_of(ids[:split]), server.text_of(ids[split:])
     _, calls, _ = message_parts(params.output, text, req.finish_reason)
-    return build.body(text, req.finish_reason, req.num_prompt_tokens, req.num_output_tokens, cached, calls)
+    return build.body(
+        text,
+        req.finish_reason,
+        req.num_prompt_tokens,
+        req.num_output_tokens,
+        cached,
+        calls,
+        reasoning=thought or None,
+        reasoning_tokens=min(split, len(ids)),
+    )
 
 
 async def _stream(
@@ -180,7 +198,7 @@ async def _stream(
                             parts.append(build.call_delta(delta["index"], fn["arguments"]))
             sent = len(out)
             if req.finish_reason is not None:
-                final = _final(server, build, req, params)
+                final = _final(server, build, req, params, stream=True)
                 if store_messages is not None:
                     server.stored_responses[build.id] = r.Stored(final, store_messages)
                 if final["output"] and final["output"][0]["type"] == "function_call":

@@ -84,6 +84,7 @@ class GenerateParams:
     prompt_logprobs: int | None = None
     n: int = 1
     choice_outputs: tuple[outputs.OutputPlan, ...] = ()  # one plan per choice when n > 1 (else `output`)
+    include_reasoning: bool = True  # chat: false drops the reasoning of a --reasoning-parser model
 
     def plan(self, index: int) -> outputs.OutputPlan:
         """What choice `index` writes: choices draw their own tool calls / structured text, as vLLM samples
@@ -338,6 +339,7 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
         output=plans[0],
         choice_outputs=plans,
         logprobs=(top or 0) if wants else None,
+        include_reasoning=body.get("include_reasoning") is not False,
         **fields,
     )
 

@@ -133,6 +133,7 @@ class ResponseBuilder:
         self.item_id = f"msg_{secrets.token_hex(16)}"
         self.sequence = 0
         self.call_item_ids: dict[int, str] = {}
+        self.reasoning_id = f"rs_{secrets.token_hex(16)}"
 
     def call_item(self, k: int, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
         """Function call k as an output item, in vLLM 0.32's key order (captured)."""
@@ -171,6 +172,8 @@ class ResponseBuilder:
         output_tokens: int,
         cached: int,
         calls: list[dict[str, Any]] | None = None,
+        reasoning: str | None = None,
+        reasoning_tokens: int = 0,
     ) -> dict[str, Any]:
         """The response object; `text` None: still in progress (no output yet). `calls` (chat-shaped tool
         calls) become function_call items and replace the message, as vLLM leaves out empty content."""
@@ -192,7 +195,7 @@ class ResponseBuilder:
                 },
                 "output_tokens": output_tokens,
                 "output_tokens_details": {
-                    "reasoning_tokens": 0,
+                    "reasoning_tokens": reasoning_tokens,
                     "tool_output_tokens": 0,
                     "output_tokens_per_turn": [],
                     "tool_output_tokens_per_turn": [],
@@ -207,7 +210,7 @@ class ResponseBuilder:
             "metadata": self.echo["metadata"],
             "model": self.model,
             "object": "response",
-            "output": self._output(text, calls),
+            "output": self._reasoning(reasoning) + self._output(text, calls),
             "parallel_tool_calls": True,
             "temperature": self.echo["temperature"],
             "tool_choice": self.echo["tool_choice"],
@@ -234,6 +237,21 @@ class ResponseBuilder:
             "output_messages": None,
         }
 
+    def _reasoning(self, reasoning: str | None) -> list[dict[str, Any]]:
+        """A reasoning model's thinking as vLLM's first output item (`rs_`, reasoning_text content)."""
+        if not reasoning:
+            return []
+        return [
+            {
+                "id": self.reasoning_id,
+                "summary": [],
+                "type": "reasoning",
+                "content": [{"text": reasoning, "type": "reasoning_text"}],
+                "encrypted_content": None,
+                "status": None,
+            }
+        ]
+
     def _output(self, text: str | None, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         if text is None:
             return []
@@ -242,7 +260,7 @@ class ResponseBuilder:
                 self.call_item(k, c["id"], c["function"]["name"], c["function"]["arguments"], "completed")
                 for k, c in enumerate(calls)
             ]
-        return [self._item(text, "completed")]
+        return [self._item(text, "completed")] if text else []  # vLLM adds no message without content
 
     def event(self, kind: str, *, last: dict[str, Any] | None = None, **fields: Any) -> bytes:
         """One SSE event: `event:` line, then the JSON with `type` and `sequence_number`, keys sorted as
@@ -309,12 +327,14 @@ class ResponseBuilder:
 
     def closing(self, final: dict[str, Any]) -> list[bytes]:
         """The events after the last token; `final` is the finished response body."""
-        text = final["output"][0]["content"][0]["text"]
+        messages = [item for item in final["output"] if item["type"] == "message"]
+        item = messages[0] if messages else self._item("", "completed")
+        text = item["content"][0]["text"] if item["content"] else ""
         where: dict[str, Any] = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         kind = "response.completed"  # also for an incomplete response: vLLM 0.32 sends no response.incomplete
         return [
             self.event("response.output_text.done", text=text, logprobs=[], **where),
             self.event("response.content_part.done", part=self._part(text), **where),
-            self.event("response.output_item.done", item=final["output"][0], output_index=0),
+            self.event("response.output_item.done", item=item, output_index=0),
             self.event(kind, response=final),
         ]

@@ -339,6 +339,18 @@ class SimServer:
         cached = max(req.num_cached_tokens, 0) if self.options.enable_prompt_tokens_details else None
         return p.usage(req.num_prompt_tokens, req.num_output_tokens, cached, stream=stream)
 
+    def add_reasoning_usage(
+        self, use: dict[str, Any], params: p.GenerateParams, reqs: list[SimRequest], *, chat: bool
+    ) -> dict[str, Any]:
+        """With --reasoning-parser vLLM's chat usage counts the reasoning tokens of every choice in
+        `completion_tokens_details` (`{"reasoning_tokens": n}`, whole and in the final usage chunk)."""
+        if chat and self.options.reasoning_parser is not None:
+            split = self.reasoning_tokens(params)
+            eos = self.engine.tokenizer.eos_token_id
+            thought = sum(min(split, sum(1 for t in r.output_ids if t != eos)) for r in reqs)
+            use["completion_tokens_details"] = {"reasoning_tokens": thought}
+        return use
+
     def _text(self, ids: list[int]) -> str:
         eos = self.engine.tokenizer.eos_token_id
         return self.engine.tokenizer.decode([t for t in ids if t != eos])
@@ -376,6 +388,7 @@ class SimServer:
     ) -> dict[str, Any]:
         """The non-streamed body: one choice per request, usage summed over them (as vLLM counts n)."""
         use = usage_sum(self.usage_of(reqs[0], stream=False), reqs)
+        use = self.add_reasoning_usage(use, params, reqs, chat=chat)
         tok = self.engine.tokenizer
         body: dict[str, Any] = {}
         choices = []
@@ -392,10 +405,12 @@ class SimServer:
                 content, calls, finish = message_parts(params.plan(i), text, req.finish_reason)
                 if split and not content:
                     content = None  # still thinking when it stopped: vLLM has no content
+                if not params.include_reasoning:
+                    thought = None  # include_reasoning: false drops it (and the logprobs, which would show it)
                 body = p.chat_response(
                     rid, created, params.model, content, finish, use, tool_calls=calls, reasoning=thought
                 )
-                if params.logprobs is not None:
+                if params.logprobs is not None and (params.include_reasoning or not split):
                     entries = lp.chat_content(tok, key, req.output_ids, 0, params.logprobs)
                     body["choices"][0]["logprobs"] = {"content": entries}
             else:
@@ -454,6 +469,7 @@ class SimServer:
                 finished = all(req.finish_reason is not None for req in reqs)
                 if finished:
                     use = usage_sum(self.usage_of(reqs[0], stream=True), reqs)
+                    use = self.add_reasoning_usage(use, params, reqs, chat=chat)
                     parts += sse[0].end(use)
                 if parts:
                     await response.write(b"".join(parts))

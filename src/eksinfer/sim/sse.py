@@ -111,14 +111,16 @@ class SseChunks:
             else:
                 text = "" if out[i] == self.eos else self.tokenizer.decode([out[i]])
                 thinking = i < self.reasoning_tokens
+                if thinking and not params.include_reasoning and not last:
+                    continue  # include_reasoning: false: vLLM sends no reasoning deltas
                 plain = params.logprobs is None and not params.continuous_usage and not thinking
                 if not last and plain:
                     parts.append(self.head + p.dumps(text) + self.tail)  # the hot path: one encode per token
                     continue
                 chunk = self._chunk(text, req.finish_reason if last else None)
                 if thinking:
-                    chunk["choices"][0]["delta"] = {"reasoning": text}
-                if params.logprobs is not None:
+                    chunk["choices"][0]["delta"] = {"reasoning": text} if params.include_reasoning else {}
+                if params.logprobs is not None and (params.include_reasoning or not self.reasoning_tokens):
                     chunk["choices"][0]["logprobs"] = self._logprobs(out[i], i, text)
             if params.continuous_usage:
                 chunk["usage"] = p.usage(req.num_prompt_tokens, i + 1, None, stream=True)

@@ -406,7 +406,9 @@ class SimServer:
                 if split and not content:
                     content = None  # still thinking when it stopped: vLLM has no content
                 if not params.include_reasoning:
-                    thought = None  # include_reasoning: false drops it (and the logprobs, which would show it)
+                    thought = (
+                        None  # include_reasoning: false drops it (and the logprobs, which would show it)
+                    )
                 body = p.chat_response(
                     rid, created, params.model, content, finish, use, tool_calls=calls, reasoning=thought
                 )

@@ -113,13 +113,17 @@ class SseChunks:
                 thinking = i < self.reasoning_tokens
                 if thinking and not params.include_reasoning and not last:
                     continue  # include_reasoning: false: vLLM sends no reasoning deltas
-                plain = params.logprobs is None and not params.continuous_usage and not thinking
+                hidden = not params.include_reasoning and self.reasoning_tokens > 0
+                quiet = not thinking and not hidden
+                plain = params.logprobs is None and not params.continuous_usage and quiet
                 if not last and plain:
                     parts.append(self.head + p.dumps(text) + self.tail)  # the hot path: one encode per token
                     continue
                 chunk = self._chunk(text, req.finish_reason if last else None)
                 if thinking:
                     chunk["choices"][0]["delta"] = {"reasoning": text} if params.include_reasoning else {}
+                elif hidden:  # vLLM 0.32 (captured): content deltas say "reasoning": null when it is hidden
+                    chunk["choices"][0]["delta"]["reasoning"] = None
                 if params.logprobs is not None and (params.include_reasoning or not self.reasoning_tokens):
                     chunk["choices"][0]["logprobs"] = self._logprobs(out[i], i, text)
             if params.continuous_usage:

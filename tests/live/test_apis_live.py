@@ -8,6 +8,7 @@ tests/sim/test_vllm_shapes.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -120,3 +121,40 @@ async def test_responses_and_pooling_routes_through_the_gateway(
     assert "preset=load" in embed.headers["x-eksinfer-route"]
     assert tok.status_code == 200
     assert tok.json()["count"] == len(tok.json()["tokens"])
+
+
+async def test_leftover_apis_through_the_gateway(sdk: openai.AsyncOpenAI, gateway: str) -> None:
+    """structured_outputs regex, best_of (ignored by 0.32), n with a seed, Responses function tools, and
+    the score route forwarded (a generative model has none: vLLM's 404), all through the gateway."""
+    regex = r"[a-z]{3}-[0-9]{2}"
+    guided = await sdk.chat.completions.create(
+        model=MODEL, messages=ASK, max_tokens=40, extra_body={"structured_outputs": {"regex": regex}}
+    )
+    content = guided.choices[0].message.content or ""
+    assert re.fullmatch(regex, content), content
+    best = await sdk.completions.create(model=MODEL, prompt="Hello there", max_tokens=4, n=3, best_of=2)
+    assert len(best.choices) == 3
+    seeded = [
+        [c.text for c in (await sdk.completions.create(
+            model=MODEL, prompt="Hello", max_tokens=6, n=3, seed=7, extra_body={"ignore_eos": True}
+        )).choices]
+        for _ in range(2)
+    ]  # fmt: skip
+    assert seeded[0] == seeded[1]
+    assert len(set(seeded[0])) == 3
+    tools: Any = [{"type": "function", "name": "weather", "parameters": SCHEMA}]
+    resp = await sdk.responses.create(
+        model=MODEL, input="weather?", tools=tools, tool_choice="required", max_output_tokens=200
+    )
+    assert resp.output
+    assert all(item.type == "function_call" for item in resp.output)
+    async with httpx.AsyncClient(timeout=120) as http:
+        empty = await http.post(
+            gateway + "/v1/chat/completions",
+            json={"model": MODEL, "messages": ASK, "structured_outputs": {"grammar": " "}},
+        )
+        score = await http.post(gateway + "/score", json={"model": MODEL, "text_1": "a", "text_2": "b"})
+    assert empty.status_code == 400
+    assert empty.json()["error"]["message"] == "structured_outputs.grammar cannot be an empty string"
+    assert score.status_code == 404
+    assert "preset=load" in score.headers["x-eksinfer-route"]

@@ -70,8 +70,12 @@ def compile_spec(kind: Kind, spec: str) -> str:
     return compiled
 
 
+_BITS = [tuple(bit for bit in range(8) if value >> bit & 1) for value in range(256)]  # byte -> its set bits
+
+
 def _allowed(mask: bytes) -> list[int]:
-    return [i for i in range(_END + 1) if mask[i >> 3] >> (i & 7) & 1]
+    """The token ids a bitmask allows (little-endian bits, as llguidance writes them)."""
+    return [8 * i + bit for i, value in enumerate(mask[: (_END >> 3) + 1]) if value for bit in _BITS[value]]
 
 
 def generate(compiled: str, rng: random.Random, *, limit: int = MAX_CHARS) -> str:

@@ -58,7 +58,7 @@ def valid_call(name: str, arguments: str) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 async def test_required_answers_valid_tool_calls(start: StartCluster, client: Sdk, seed: int) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     out = await client(cluster.urls[0]).chat.completions.create(
         model="llama-3.1-8b", messages=ASK, tools=TOOLS, tool_choice="required", seed=seed
     )
@@ -75,7 +75,7 @@ async def test_required_answers_valid_tool_calls(start: StartCluster, client: Sd
 
 
 async def test_named_function_is_that_function_with_finish_stop(start: StartCluster, client: Sdk) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     out = await client(cluster.urls[0]).chat.completions.create(
         model="llama-3.1-8b",
         messages=ASK,
@@ -97,7 +97,7 @@ async def test_named_function_is_that_function_with_finish_stop(start: StartClus
 async def test_streamed_tool_call_deltas_reassemble(
     start: StartCluster, client: Sdk, tool_choice: Any
 ) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     stream = await client(cluster.urls[0]).chat.completions.create(
         model="llama-3.1-8b",
         messages=ASK,
@@ -129,11 +129,24 @@ async def test_streamed_tool_call_deltas_reassemble(
 
 
 async def test_auto_needs_the_flag_and_then_calls_some_of_the_time(start: StartCluster, client: Sdk) -> None:
-    plain = await start()
-    with pytest.raises(openai.BadRequestError, match="--enable-auto-tool-choice"):
-        await client(plain.urls[0]).chat.completions.create(
+    bare = await start()
+    with pytest.raises(openai.BadRequestError) as err:
+        await client(bare.urls[0]).chat.completions.create(
             model="llama-3.1-8b", messages=ASK, tools=TOOLS, tool_choice="auto"
         )
+    # vLLM 0.32 renderers/online_renderer.py: no parser -> this 400, naming no param
+    assert err.value.body == {
+        "message": '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+    parser_only = await start(tool_call_parser="hermes")  # a parser, no flag: "auto" is answered as text
+    text = await client(parser_only.urls[0]).chat.completions.create(
+        model="llama-3.1-8b", messages=ASK, tools=TOOLS, tool_choice="auto", max_tokens=5
+    )
+    assert not text.choices[0].message.tool_calls
+    assert text.choices[0].finish_reason == "length"
     enabled = await start(enable_auto_tool_choice=True, tool_call_parser="hermes")
     reasons = []
     for seed in range(12):
@@ -157,7 +170,7 @@ async def test_auto_needs_the_flag_and_then_calls_some_of_the_time(start: StartC
 
 
 async def test_none_never_calls_and_tool_results_are_accepted(start: StartCluster, client: Sdk) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     conversation: list[Any] = [
         *ASK,
         {
@@ -200,7 +213,7 @@ async def test_none_never_calls_and_tool_results_are_accepted(start: StartCluste
 async def test_bad_tool_choice_is_a_400_naming_the_field(
     start: StartCluster, client: Sdk, tool_choice: Any, message: str
 ) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     with pytest.raises(openai.BadRequestError) as info:
         await client(cluster.urls[0]).chat.completions.create(
             model="llama-3.1-8b", messages=ASK, tools=TOOLS, tool_choice=tool_choice
@@ -211,7 +224,7 @@ async def test_bad_tool_choice_is_a_400_naming_the_field(
 
 
 async def test_required_without_tools_is_vllms_400(start: StartCluster, client: Sdk) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     with pytest.raises(openai.BadRequestError, match="`tools` must be set"):
         await client(cluster.urls[0]).chat.completions.create(
             model="llama-3.1-8b", messages=ASK, tool_choice="required"
@@ -220,7 +233,7 @@ async def test_required_without_tools_is_vllms_400(start: StartCluster, client: 
 
 @pytest.mark.parametrize("seed", range(4))
 async def test_response_format_json_schema_validates(start: StartCluster, client: Sdk, seed: int) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     out = await client(cluster.urls[0]).chat.completions.create(
         model="llama-3.1-8b",
         messages=ASK,
@@ -232,7 +245,7 @@ async def test_response_format_json_schema_validates(start: StartCluster, client
 
 
 async def test_json_object_and_structured_outputs_choice(start: StartCluster, client: Sdk) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     sdk = client(cluster.urls[0])
     out = await sdk.chat.completions.create(
         model="llama-3.1-8b", messages=ASK, response_format={"type": "json_object"}
@@ -252,7 +265,7 @@ async def test_json_object_and_structured_outputs_choice(start: StartCluster, cl
 
 
 async def test_unsatisfiable_or_broken_schema_is_a_400(start: StartCluster, client: Sdk) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     sdk = client(cluster.urls[0])
     with pytest.raises(openai.BadRequestError, match="invalid JSON schema"):
         await sdk.chat.completions.create(
@@ -263,7 +276,7 @@ async def test_unsatisfiable_or_broken_schema_is_a_400(start: StartCluster, clie
 
 
 async def test_max_tokens_cuts_structured_output_short(start: StartCluster, client: Sdk) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     out = await client(cluster.urls[0]).chat.completions.create(
         model="llama-3.1-8b", messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=3
     )
@@ -274,10 +287,34 @@ async def test_max_tokens_cuts_structured_output_short(start: StartCluster, clie
 
 
 async def test_image_parts_on_a_text_only_model(start: StartCluster, client: Sdk) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     with pytest.raises(openai.BadRequestError, match="is not a multimodal model"):
         await client(cluster.urls[0]).chat.completions.create(
             model="llama-3.1-8b",
             messages=[{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}],
         )
+
+
+@pytest.mark.parametrize(
+    ("choice", "desc"),
+    [
+        ("required", '"required"'),
+        ({"type": "function", "function": {"name": "get_weather"}}, 'function "get_weather"'),
+    ],
+)
+async def test_required_and_named_need_a_tool_parser(
+    start: StartCluster, client: Sdk, choice: Any, desc: str
+) -> None:
+    """vLLM 0.32 refuses a tool choice it would have to parse when no --tool-call-parser is set."""
+    bare = await start()
+    with pytest.raises(openai.BadRequestError) as err:
+        await client(bare.urls[0]).chat.completions.create(
+            model="llama-3.1-8b", messages=ASK, tools=TOOLS, tool_choice=choice
+        )
+    assert err.value.body == {
+        "message": f"tool_choice={desc} requires --tool-call-parser to be set",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }

@@ -39,7 +39,7 @@ async def post(url: str, path: str, body: dict[str, Any]) -> httpx.Response:
 
 @pytest.mark.parametrize(("choice", "real"), [("required", "required_whole"), (NAMED, "named_whole")])
 async def test_whole_tool_call_answers_match(start: StartCluster, choice: Any, real: str) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     got = (
         await post(
             cluster.urls[0], "/v1/chat/completions", {"messages": ASK, "tools": TOOLS, "tool_choice": choice}
@@ -54,7 +54,7 @@ async def test_whole_tool_call_answers_match(start: StartCluster, choice: Any, r
 
 
 async def test_streamed_tool_call_head_and_pieces_match(start: StartCluster) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     async with httpx.AsyncClient(timeout=30) as http:
         body = {
             "model": "llama-3.1-8b",
@@ -109,7 +109,7 @@ async def test_streamed_tool_call_head_and_pieces_match(start: StartCluster) -> 
     ],
 )
 async def test_errors_match(start: StartCluster, real: str, path: str, body: dict[str, Any]) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     got = await post(cluster.urls[0], path, body)
     want = REAL["errors"][real]
     assert got.status_code == want["error"]["code"]
@@ -120,7 +120,7 @@ async def test_errors_match(start: StartCluster, real: str, path: str, body: dic
 
 
 async def test_logprobs_shapes_match(start: StartCluster) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     chat = (
         await post(
             cluster.urls[0],
@@ -152,7 +152,7 @@ async def test_logprobs_shapes_match(start: StartCluster) -> None:
 
 
 async def test_responses_match(start: StartCluster) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     whole = (await post(cluster.urls[0], "/v1/responses", {"input": "hi", "max_output_tokens": 3})).json()
     assert shape(whole) == shape(REAL["responses_whole"])
     async with httpx.AsyncClient(timeout=30) as http:
@@ -168,7 +168,7 @@ async def test_responses_match(start: StartCluster) -> None:
 
 
 async def test_embeddings_on_a_generative_model_is_404_as_vllm(start: StartCluster) -> None:
-    cluster = await start()
+    cluster = await start(tool_call_parser="hermes")
     got = await post(cluster.urls[0], "/v1/embeddings", {"input": "hi"})
     assert got.status_code == REAL["embeddings_on_generate"]["status"]
     assert got.json() == REAL["embeddings_on_generate"]["body"]

@@ -236,15 +236,26 @@ def call_id() -> str:
     return f"chatcmpl-tool-{secrets.token_hex(8)}"
 
 
-def plan(body: Mapping[str, Any], rng: random.Random, *, enable_auto_tool_choice: bool) -> OutputPlan:
-    """The output plan of a chat request (tools first, then structured output), or `OutputError`."""
+def plan(
+    body: Mapping[str, Any], rng: random.Random, *, enable_auto_tool_choice: bool, tool_parser: bool = True
+) -> OutputPlan:
+    """The output plan of a chat request (tools first, then structured output), or `OutputError`.
+
+    vLLM 0.32's renderer (`renderers/online_renderer.py`) refuses a tool choice it cannot parse: without a
+    `--tool-call-parser`, "auto" (also implied by `tools` without `tool_choice`) and "required" / a named
+    function get a 400 naming the flag (no `param`). With a parser but without --enable-auto-tool-choice,
+    "auto" is answered as plain text (the parser is not run)."""
     tools = _tools(body)
     choice = _choice(body, tools)
-    if choice == "auto" and not enable_auto_tool_choice:  # also when tools come without a tool_choice
-        raise OutputError(
-            '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
-            "tool_choice",
-        )
+    if choice not in (None, "none") and not tool_parser:
+        if choice == "auto":
+            raise OutputError(
+                '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set', None
+            )
+        desc = f'function "{choice[1:]}"' if choice.startswith("=") else f'"{choice}"'
+        raise OutputError(f"tool_choice={desc} requires --tool-call-parser to be set", None)
+    if choice == "auto" and not enable_auto_tool_choice:
+        choice = None  # free text: vLLM does not parse tool calls out of it
     if choice is not None and choice.startswith("="):
         name = choice[1:]
         args = _dumps(_draw(tools[name], rng, "tools"))

@@ -101,6 +101,7 @@ class ModelContext:
     max_model_len: int
     tokenizer: Tokenizer
     enable_auto_tool_choice: bool = False
+    tool_parser: bool = False  # --tool-call-parser given: required / named / auto tool choices are served
     seed: int = 0  # the server's --seed: with the request's seed and prompt it seeds guided output
 
     def resolve(self, body: dict[str, Any]) -> tuple[str, str | None]:
@@ -327,7 +328,12 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
     key = _plan_key(ctx, fields["seed"], ids)
     try:
         plans = tuple(
-            outputs.plan(body, random.Random(key + i), enable_auto_tool_choice=ctx.enable_auto_tool_choice)
+            outputs.plan(
+                body,
+                random.Random(key + i),
+                enable_auto_tool_choice=ctx.enable_auto_tool_choice,
+                tool_parser=ctx.tool_parser,
+            )
             for i in range(fields["n"])
         )
     except outputs.OutputError as err:

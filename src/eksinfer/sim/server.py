@@ -109,6 +109,7 @@ class SimServer:
             max_model_len=engine.sizing.max_model_len,
             tokenizer=engine.tokenizer,
             enable_auto_tool_choice=engine.options.enable_auto_tool_choice,
+            tool_parser=engine.options.tool_call_parser is not None,
             seed=engine.options.seed,
         )
         self._rng = random.Random(engine.options.seed * 31 + engine.rank)

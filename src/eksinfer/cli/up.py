@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import typer
 
+DEFAULT_SIM_MODEL = "llama-3.1-8b"  # `eksinfer sim`'s default --model
+
+
+def agent_flags(model: str | None) -> tuple[str, ...]:
+    """The tool and reasoning flags a rendered deployment gives this model's engines
+    (`deploy.tool_parsers`), so the local stack answers tool choices as that deployment's vLLM would
+    (without a parser vLLM 0.32 refuses them)."""
+    from eksinfer.deploy.tool_parsers import parsers_for
+
+    parsers = parsers_for(model or DEFAULT_SIM_MODEL)
+    if parsers is None:
+        return ()
+    flags = ("--enable-auto-tool-choice", "--tool-call-parser", parsers.tool)
+    return flags + (("--reasoning-parser", parsers.reasoning) if parsers.reasoning else ())
+
 
 def register(app: typer.Typer) -> None:
     @app.command("up")
@@ -39,6 +54,7 @@ def register(app: typer.Typer) -> None:
             gpu=gpu,
             time_scale=time_scale,
             num_gpu_blocks=num_gpu_blocks,
+            sim_args=agent_flags(model),
         )
         config = gateway_config(opts)
         sim = SimProcess(opts)

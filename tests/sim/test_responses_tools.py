@@ -125,6 +125,14 @@ async def test_previous_response_id_continues_a_stored_response(start: StartClus
     assert first.usage is not None
     # the conversation carries the first input and answer: more prompt, and its prefix comes from the cache
     assert nxt.usage.input_tokens > alone.usage.input_tokens + first.usage.output_tokens
+    with pytest.raises(openai.BadRequestError) as cancel:  # finished: vLLM's 400 for a synchronous response
+        await sdk.responses.cancel(first.id)
+    assert cancel.value.body == {
+        "message": "Cannot cancel a synchronous response.",
+        "type": "invalid_request_error",
+        "param": "response_id",
+        "code": 400,
+    }
     with pytest.raises(openai.NotFoundError) as err:
         await sdk.responses.retrieve(alone.id)  # store=False: not kept
     assert err.value.body == json.loads(json.dumps(GEN["resp_store_false_get"]["body"]["error"]).replace(

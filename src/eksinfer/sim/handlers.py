@@ -133,6 +133,17 @@ async def get_response(server: SimServer, request: web.Request) -> web.Response:
     return web.Response(body=p.dumps(stored.response), content_type="application/json")
 
 
+async def cancel_response(server: SimServer, request: web.Request) -> web.Response:
+    """`POST /v1/responses/{id}/cancel`: the simulator answers synchronously only, so a stored response is
+    finished and cannot be cancelled (vLLM 0.32's 400); unknown ids get its 404."""
+    response_id = request.match_info["response_id"]
+    if response_id not in server.stored_responses:
+        raise r.not_found(response_id)
+    raise p.ApiError(
+        400, "Cannot cancel a synchronous response.", type_="invalid_request_error", param="response_id"
+    )
+
+
 def _final(
     server: SimServer,
     build: r.ResponseBuilder,

@@ -136,6 +136,8 @@ class SimServer:
             app.router.add_post("/v1/responses", self._guard(functools.partial(handlers.responses, self)))
             get = self._guard(functools.partial(handlers.get_response, self))
             app.router.add_get("/v1/responses/{response_id}", get)
+            cancel = self._guard(functools.partial(handlers.cancel_response, self))
+            app.router.add_post("/v1/responses/{response_id}/cancel", cancel)
         if self.options.allow_runtime_lora_updating:  # vLLM: only with VLLM_ALLOW_RUNTIME_LORA_UPDATING
             app.router.add_post("/v1/load_lora_adapter", self._guard(self.load_lora))
             app.router.add_post("/v1/unload_lora_adapter", self._guard(self.unload_lora))

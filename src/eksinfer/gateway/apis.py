@@ -15,18 +15,36 @@ matching sees that prompt.
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from eksinfer.gateway.http import error_body
+import msgspec
+from aiohttp import web
+
+from eksinfer.gateway.http import ApiKeys, error_body, error_response
+from eksinfer.guarded_http import BodyTimeoutError, read_body
 from eksinfer.tokenize.responses import as_chat
 
 if TYPE_CHECKING:
+    from eksinfer.gateway.config import ServerConfig
+    from eksinfer.gateway.endpoints import EndpointRegistry
+    from eksinfer.gateway.metrics import GatewayMetrics
     from eksinfer.gateway.scheduling.framework import EndpointState
     from eksinfer.gateway.upstream import UpstreamPool
 
-__all__ = ["APIS", "LOAD_PROFILE", "LORA_PATHS", "Api", "LoraAnswer", "as_chat", "broadcast_lora"]
+__all__ = [
+    "APIS",
+    "LOAD_PROFILE",
+    "LORA_PATHS",
+    "Api",
+    "LoraAdmin",
+    "LoraAnswer",
+    "as_chat",
+    "broadcast_lora",
+]
 
 LOAD_PROFILE = "load"
 
@@ -96,6 +114,54 @@ async def broadcast_lora(
     failed = [a for a in answers if a[1] != 200]
     _, status, body, ctype = failed[0] if failed else answers[0]
     return LoraAnswer(status, body, ctype, done)
+
+
+class LoraAdmin:
+    """The gateway's `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` (`server.lora_adapter_routes`)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: EndpointRegistry,
+        upstream: UpstreamPool,
+        keys: ApiKeys,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._config, self._registry, self._upstream = config, registry, upstream
+        self._keys, self._metrics = keys, metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(path, functools.partial(self.handle, path=path)) for path in LORA_PATHS]
+
+    def _refuse(self, path: str, status: int, message: str, code: str) -> web.Response:
+        self._metrics.observe_request(path, "", None, str(status), None)
+        return error_response(status, message, code=code)
+
+    async def handle(self, request: web.Request, *, path: str) -> web.Response:
+        started = time.perf_counter()
+        if not self._keys.check(request.headers):
+            return self._refuse(path, 401, "invalid or missing API key", "invalid_api_key")
+        try:
+            raw = await read_body(request, self._config.body_timeout_s)
+            body = msgspec.json.decode(raw)
+        except (msgspec.DecodeError, BodyTimeoutError, web.HTTPRequestEntityTooLarge, RecursionError):
+            return self._refuse(path, 400, "request body is not valid JSON", "invalid_json")
+        name, model = lora_body(body) if isinstance(body, dict) else (None, None)
+        healthy = [s for s in self._registry.all() if s.healthy]
+        targets = self._registry.candidates(model) if model else healthy
+        if not targets:
+            return self._refuse(path, 503, "no healthy endpoint to load the adapter on", "no_endpoint")
+        headers = {"Content-Type": "application/json"}
+        headers |= {h: request.headers[h] for h in _FORWARD if h in request.headers}
+        answer = await broadcast_lora(self._upstream, targets, path, raw, headers)
+        for state in answer.done if name else ():
+            self._registry.adapter_changed(state, name or "", loaded=path == LORA_PATHS[0])
+        self._metrics.observe_request(path, "", None, str(answer.status), time.perf_counter() - started)
+        reply = {"Content-Type": answer.content_type} if answer.content_type else None
+        return web.Response(status=answer.status, body=answer.body, headers=reply)
+
+
+_FORWARD = ("x-request-id", "traceparent", "tracestate")  # as the proxy forwards them
 
 
 def lora_body(body: dict[str, Any]) -> tuple[str | None, str | None]:

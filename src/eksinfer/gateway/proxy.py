@@ -31,7 +31,7 @@ import msgspec
 from aiohttp import web
 
 from eksinfer.errors import EksinferError
-from eksinfer.gateway.apis import APIS, LORA_PATHS, Api, as_chat, broadcast_lora, lora_body
+from eksinfer.gateway.apis import APIS, Api, LoraAdmin, as_chat
 from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_response, sse_error_event
@@ -125,31 +125,11 @@ class Proxy:
 
     def routes(self) -> list[web.RouteDef]:
         posts = [web.post(api.path, functools.partial(self._handle, api=api)) for api in APIS]
-        if self._config.lora_adapter_routes:
-            posts += [web.post(path, functools.partial(self._lora, path=path)) for path in LORA_PATHS]
+        if self._config.lora_adapter_routes:  # vLLM's runtime LoRA routes, sent to every engine
+            posts += LoraAdmin(
+                self._config, self._registry, self._upstream, self._keys, self._metrics
+            ).routes()
         return [*posts, web.get("/v1/models", self.models)]
-
-    async def _lora(self, request: web.Request, *, path: str) -> web.StreamResponse:
-        """vLLM's runtime LoRA load / unload, sent to every engine (`apis.broadcast_lora`)."""
-        started = time.perf_counter()
-        if not self._keys.check(request.headers):
-            return self._finish_early(path, 401, "invalid or missing API key", "invalid_api_key")
-        try:
-            raw = await read_body(request, self._config.body_timeout_s)
-            body = msgspec.json.decode(raw)
-        except (msgspec.DecodeError, BodyTimeoutError, web.HTTPRequestEntityTooLarge, RecursionError):
-            return self._finish_early(path, 400, "request body is not valid JSON", "invalid_json")
-        name, model = lora_body(body) if isinstance(body, dict) else (None, None)
-        healthy = [s for s in self._registry.all() if s.healthy]
-        targets = self._registry.candidates(model) if model else healthy
-        if not targets:
-            return self._finish_early(path, 503, "no healthy endpoint to load the adapter on", "no_endpoint")
-        answer = await broadcast_lora(self._upstream, targets, path, raw, self._upstream_headers(request))
-        for state in answer.done if name else ():
-            self._registry.adapter_changed(state, name or "", loaded=path == LORA_PATHS[0])
-        self._metrics.observe_request(path, "", None, str(answer.status), time.perf_counter() - started)
-        headers = {"Content-Type": answer.content_type} if answer.content_type else None
-        return web.Response(status=answer.status, body=answer.body, headers=headers)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         if not self._keys.check(request.headers):

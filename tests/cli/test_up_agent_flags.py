@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eksinfer.cli.up import agent_flags
-from eksinfer.gateway.local_stack import StackOptions, sim_command
+from eksinfer.stack import StackOptions, sim_command
 from eksinfer.sim.config import SimOptions
 
 

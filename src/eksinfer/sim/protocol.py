@@ -332,7 +332,7 @@ def parse_chat(body: dict[str, Any], ctx: ModelContext) -> GenerateParams:
                 body,
                 random.Random(key + i),
                 enable_auto_tool_choice=ctx.enable_auto_tool_choice,
-                tool_parser=ctx.tool_parser,
+                tool_parser=ctx.tool_parser or ctx.enable_auto_tool_choice,  # the flag needs a parser
             )
             for i in range(fields["n"])
         )

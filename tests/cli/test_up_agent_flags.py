@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from eksinfer.cli.up import agent_flags
-from eksinfer.stack import StackOptions, sim_command
 from eksinfer.sim.config import SimOptions
+from eksinfer.stack import StackOptions, sim_command
 
 
 def test_default_model_gets_its_tool_parser() -> None:

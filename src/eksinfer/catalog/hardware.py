@@ -8,6 +8,11 @@ from typing import Any
 
 from eksinfer.errors import ConfigError
 
+# One TCP flow between two instances in a cluster placement group: "up to 10 Gbps" (5 Gbps outside one),
+# AWS EC2 User Guide, "Amazon EC2 instance network bandwidth". NIXL without EFA falls back to UCX over TCP
+# on the pod's ENA interface; the simulator prices such a KV transfer at this single-flow rate.
+TCP_FLOW_GBPS = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class GpuSpec:

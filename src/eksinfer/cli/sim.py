@@ -111,11 +111,31 @@ def register(app: typer.Typer) -> None:
         fault_crash_after: int = typer.Option(0, "--fault-crash-after", help="Die after N requests."),
         fault_events_drop_rate: float = typer.Option(0.0, "--fault-events-drop-rate"),
         fault_events_close_after: int = typer.Option(0, "--fault-events-close-after"),
+        kv_transfer_config: str = typer.Option(
+            None,
+            "--kv-transfer-config",
+            help="vLLM's KV-transfer JSON for P/D, e.g. "
+            '\'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\'.',
+        ),
+        prefill_replicas: int = typer.Option(
+            0, "--prefill-replicas", help="P/D: the first N engines are the prefill pool, the rest decode."
+        ),
+        kv_link: str = typer.Option(
+            "efa", "--kv-link", help="P/D KV transfer link: nvlink (one node), efa, or tcp (no EFA)."
+        ),
+        kv_link_gbps: float = typer.Option(None, "--kv-link-gbps", help="Override the link's Gbit/s."),
+        nixl_side_channel_port: int = typer.Option(
+            None,
+            "--nixl-side-channel-port",
+            help="NIXL side channel of engine 0, engine i on +i "
+            "(default $VLLM_NIXL_SIDE_CHANNEL_PORT or 5600).",
+        ),
         log_level: str = typer.Option("info", "--log-level"),
     ) -> None:
         from eksinfer.kvcache.events import KVEventsConfig
         from eksinfer.kvcache.hashing import DEFAULT_HASH_SEED
         from eksinfer.sim.config import FaultOptions, SimOptions
+        from eksinfer.sim.pd.config import SIDE_CHANNEL_HOST, SIDE_CHANNEL_PORT, KvTransferConfig
         from eksinfer.sim.run import serve
 
         if prefix_caching_hash_algo not in ("sha256_cbor", "sha256"):
@@ -124,7 +144,19 @@ def register(app: typer.Typer) -> None:
             )
         if kv_events_encoding not in ("map", "array"):
             raise ConfigError("must be map or array", field="--kv-events-encoding")
+        side_port = nixl_side_channel_port
+        if side_port is None:
+            env_port = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_PORT", str(SIDE_CHANNEL_PORT))
+            if not env_port.isdigit():
+                raise ConfigError(f"not a port: {env_port!r}", field="VLLM_NIXL_SIDE_CHANNEL_PORT")
+            side_port = int(env_port)
         options = SimOptions(
+            kv_transfer=KvTransferConfig.from_json(kv_transfer_config) if kv_transfer_config else None,
+            prefill_replicas=prefill_replicas,
+            kv_link=kv_link,
+            kv_link_gbps=kv_link_gbps,
+            nixl_side_channel_host=os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST", SIDE_CHANNEL_HOST),
+            nixl_side_channel_port=side_port,
             model=model_tag or model,
             gpu=gpu,
             served_model_name=tuple(n for value in served_model_name for n in value.split()),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -61,6 +61,12 @@ class Replica:
         if pub is None or pub.replay_endpoint is None:
             return None
         return pub.replay_endpoint.replace("*", "127.0.0.1", 1)
+
+    @property
+    def side_channel(self) -> str | None:
+        """host:port of the NIXL side channel (P/D engines only)."""
+        nixl = self.engine.nixl
+        return None if nixl is None else f"{nixl.side_channel.host}:{nixl.port}"
 
     async def stop(self) -> None:
         await self.engine.stop()  # first, so in-flight handlers complete (500) instead of holding shutdown
@@ -108,7 +114,34 @@ def _topic(template: str, *, host: str, port: int, model: str, rank: int) -> str
     )
 
 
-async def _start_replica(options: SimOptions, rank: int, tokenizer: Tokenizer, perf: EnginePerf) -> Replica:
+def _replica_options(options: SimOptions, rank: int, replicas: int) -> SimOptions:
+    """P/D: replica `rank`'s engine id (`<id>_dp<rank>`), role (the first `prefill_replicas` produce KV,
+    the rest consume it) and side-channel port (base + rank, as vLLM adds the data-parallel rank)."""
+    if options.kv_transfer is None:
+        return options
+    role = None
+    if options.prefill_replicas:
+        role = "kv_producer" if rank < options.prefill_replicas else "kv_consumer"
+    port = options.nixl_side_channel_port + rank if options.nixl_side_channel_port else 0
+    return replace(
+        options,
+        kv_transfer=options.kv_transfer.for_replica(rank, replicas, role),
+        nixl_side_channel_port=port,
+    )
+
+
+def role_of(engine: Engine) -> str | None:
+    """ "prefill" / "decode" for split pools, "both" for kv_both engines, None without P/D."""
+    kv = engine.options.kv_transfer
+    if kv is None:
+        return None
+    return {"kv_producer": "prefill", "kv_consumer": "decode"}.get(kv.kv_role, "both")
+
+
+async def _start_replica(
+    options: SimOptions, rank: int, tokenizer: Tokenizer, perf: EnginePerf, replicas: int = 1
+) -> Replica:
+    options = _replica_options(options, rank, replicas)
     sizing = resolve_engine_sizing(options, perf)
     port = options.port + rank if options.port else 0
     engine_holder: list[Replica] = []
@@ -161,13 +194,20 @@ async def start_cluster(
     if options.port and options.port + replicas - 1 > 65535:  # engine i listens on port + i
         last = options.port + replicas - 1
         raise ConfigError(f"engine {replicas - 1} would listen on port {last} > 65535", field="--replicas")
+    if options.prefill_replicas >= replicas:
+        msg = f"{options.prefill_replicas} prefill replicas leave no decode replica of {replicas}"
+        raise ConfigError(msg, field="--prefill-replicas")
+    if options.kv_transfer is not None and options.nixl_side_channel_port + replicas - 1 > 65535:
+        raise ConfigError(
+            "the last replica's side-channel port would pass 65535", field="--nixl-side-channel-port"
+        )
     if tokenizer is None:
         tokenizer = await asyncio.to_thread(load_tokenizer, options.tokenizer)
     perf = await asyncio.to_thread(build_perf, options)
     cluster = SimCluster()
     try:
         for rank in range(replicas):
-            cluster.replicas.append(await _start_replica(options, rank, tokenizer, perf))
+            cluster.replicas.append(await _start_replica(options, rank, tokenizer, perf, replicas))
     except BaseException:
         await cluster.stop()
         raise

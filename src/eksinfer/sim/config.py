@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from eksinfer.errors import UsageError
 from eksinfer.kvcache.events import KVEventsConfig
 from eksinfer.kvcache.hashing import DEFAULT_HASH_SEED, HASH_ALGOS, HashAlgo
+from eksinfer.sim.pd.config import LINKS, SIDE_CHANNEL_HOST, SIDE_CHANNEL_PORT, KvTransferConfig
 
 if TYPE_CHECKING:
     from eksinfer.perf import EnginePerf
@@ -84,6 +85,13 @@ class SimOptions:
     seed: int = 0
     natural_output_tokens: int = 256  # mean length before the model "emits EOS" (0: never)
     faults: FaultOptions = field(default_factory=FaultOptions)
+    # P/D disaggregation (sim/pd): vLLM's --kv-transfer-config, and what the simulated NIXL transfer crosses
+    kv_transfer: KvTransferConfig | None = None
+    kv_link: str = "efa"  # nvlink (same node), efa (between nodes), tcp (between nodes, no EFA)
+    kv_link_gbps: float | None = None  # replaces the catalog's bandwidth for kv_link (Gbit/s)
+    nixl_side_channel_host: str = SIDE_CHANNEL_HOST  # vLLM: VLLM_NIXL_SIDE_CHANNEL_HOST
+    nixl_side_channel_port: int = SIDE_CHANNEL_PORT  # vLLM: VLLM_NIXL_SIDE_CHANNEL_PORT (+ rank); 0 = free
+    prefill_replicas: int = 0  # the first N replicas form the prefill pool (kv_role kv_producer)
     # Request hardening (not vLLM flags; vLLM bounds request heads through uvicorn/h11, not bodies):
     max_request_body_bytes: int = 8 * 1024**2  # larger bodies get 413; the gateway's default limit too
     body_timeout_s: float = 60.0  # a body that takes longer gets 408
@@ -128,6 +136,19 @@ class SimOptions:
             (self.runner in ("generate", "pooling"), "--runner", "must be generate or pooling"),
             (self.convert in ("embed", "classify"), "--convert", "must be embed or classify"),
             (self.max_loras >= 1, "--max-loras", "must be >= 1"),
+            (self.kv_link in LINKS, "--kv-link", f"must be one of {', '.join(LINKS)}"),
+            (
+                self.kv_link_gbps is None or 0 < self.kv_link_gbps < math.inf,
+                "--kv-link-gbps",
+                "must be a number of Gbit/s > 0",
+            ),
+            (0 <= self.nixl_side_channel_port < 65536, "--nixl-side-channel-port", "must be a TCP port"),
+            (self.prefill_replicas >= 0, "--prefill-replicas", "must be >= 0"),
+            (
+                not self.prefill_replicas or self.kv_transfer is not None,
+                "--prefill-replicas",
+                "needs --kv-transfer-config (prefill engines hand their KV to decode engines over NIXL)",
+            ),
         ]
         for ok, flag, message in checks:
             if not ok:

@@ -23,7 +23,7 @@ import random
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from eksinfer.errors import UsageError
 from eksinfer.kvcache.hashing import DEFAULT_HASH_SEED, HashAlgo
@@ -119,10 +119,13 @@ class EngineCore:
         script: list[int] | None = None,
         hasher: HasherLike | None = None,
         arrival_time: float | None = None,
+        request_id: str | None = None,
+        kv_params: dict[str, Any] | None = None,
     ) -> SimRequest:
         """Queue a request (already validated against max_model_len by the caller). With `script` the model
         writes exactly those tokens and then EOS (guided decoding: tool calls, JSON output). A `hasher`
-        replaces the sha256 block hasher (the fleet simulation's synthetic prompts)."""
+        replaces the sha256 block hasher (the fleet simulation's synthetic prompts). `kv_params` are the
+        request's kv_transfer_params, for the scheduler's KV connector (P/D, sim/pd)."""
         cfg = self.config
         if -(-(len(prompt_ids) + 1) // cfg.block_size) > self.pool.num_gpu_blocks - 1:
             raise UsageError(
@@ -137,7 +140,7 @@ class EngineCore:
             rng = random.Random(key)
             natural_len = rng.randint(max(natural // 2, 1), max(natural * 3 // 2, 1)) if natural else 0
         req = SimRequest(
-            f"{self._id_prefix}{next(self._ids)}",
+            request_id or f"{self._id_prefix}{next(self._ids)}",
             prompt_ids,
             max_tokens=max_tokens,
             block_size=cfg.block_size,
@@ -156,6 +159,7 @@ class EngineCore:
         )
         req.rng_state = rng
         req.script = script
+        req.kv_params = kv_params
         self.scheduler.add(req)
         return req
 
@@ -164,7 +168,7 @@ class EngineCore:
 
     def fail_all(self) -> list[SimRequest]:
         """Abort everything queued or running with reason "error"; returns them so the driver can tell."""
-        pending = [*self.scheduler.running, *self.scheduler.waiting]
+        pending = [*self.scheduler.running, *self.scheduler.waiting, *self.scheduler.loading]
         for req in pending:
             self.scheduler.abort(req)
             req.finish_reason = "error"

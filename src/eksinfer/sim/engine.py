@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eksinfer.sim.config import EngineSizing, SimOptions
 from eksinfer.sim.core import CoreConfig, EngineCore
@@ -26,6 +26,7 @@ from eksinfer.tokenize import BuiltinTokenizer, Tokenizer
 
 if TYPE_CHECKING:
     from eksinfer.perf import EnginePerf
+    from eksinfer.sim.pd.connector import NixlSim
 
 log = logging.getLogger(__name__)
 VLLM_VERSION = "0.32.0"
@@ -91,14 +92,18 @@ class Engine:
         self.metrics = EngineMetrics(
             model_name=self.model_name, engine=rank, cache_labels=self._cache_labels()
         )
+        self._wake = asyncio.Event()
+        self.nixl: NixlSim | None = None
+        if options.kv_transfer is not None:
+            self.nixl = self._connector()
         self.metrics.bind_gauges(
             running=lambda: float(len(self.scheduler.running)),
             waiting=lambda: float(len(self.scheduler.waiting)),
             kv_usage=self.pool.usage,
+            deferred=None if self.nixl is None else lambda: float(len(self.scheduler.loading)),
         )
         if options.enable_lora or options.lora_modules:  # vLLM: only with a LoRA config
             self.metrics.add_lora_info(options.max_loras, self._lora_snapshot, time.time)
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._computed_prompt = 0  # prompt tokens computed by the step being completed (first tokens)
 
@@ -110,6 +115,43 @@ class Engine:
     def simulated_s(self) -> float:
         """Sum of modelled step times (unscaled): the simulated GPU's busy time."""
         return self.core.simulated_s
+
+    def _connector(self) -> NixlSim:
+        """The simulated NixlConnector (sim/pd), wired into the core's scheduler; P/D only. It does I/O (the
+        side channel), so it belongs to this asyncio driver; the core only sees the scheduler hooks."""
+        from eksinfer.sim.pd.config import SideChannel
+        from eksinfer.sim.pd.connector import NixlSim
+        from eksinfer.sim.pd.link import link_gbytes_per_s
+        from eksinfer.sim.pd.metrics import NixlMetrics
+
+        o = self.options
+        assert o.kv_transfer is not None
+        nixl = NixlSim(
+            o.kv_transfer,
+            pool=self.pool,
+            block_size=o.block_size,
+            tp_size=o.tensor_parallel_size,
+            kv_bytes_per_token=self.perf.kv_bytes_per_token,
+            gbytes_per_s=link_gbytes_per_s(o.kv_link, o.gpu, o.tensor_parallel_size, o.kv_link_gbps),
+            metrics=NixlMetrics(self.metrics),
+            side_channel=SideChannel(o.nixl_side_channel_host, o.nixl_side_channel_port),
+            time_scale=lambda: self.options.time_scale,
+        )
+        nixl.bind(on_loaded=self._kv_loaded, on_freed=lambda: self._wake.set())
+        self.scheduler.connector = nixl
+        return nixl
+
+    def _kv_loaded(self, req: SimRequest, ok: bool) -> None:
+        """A pull ended: the request continues, recomputes (policy "recompute") or fails (vLLM's default)."""
+        assert self.nixl is not None
+        if ok or self.nixl.config.kv_load_failure_policy == "recompute":
+            self.scheduler.finish_load(req, ok=ok)
+        elif self.scheduler.abort(req):
+            req.finish_reason = "error"
+            self.metrics.success["error"].inc()
+            if req.on_tokens is not None:
+                req.on_tokens(req)
+        self._wake.set()
 
     def _cache_labels(self) -> dict[str, str]:
         o = self.options
@@ -140,6 +182,8 @@ class Engine:
     async def start(self) -> None:
         if self.publisher is not None:
             self.publisher.start()
+        if self.nixl is not None:
+            await self.nixl.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"engine-{self.rank}")
 
     async def stop(self) -> None:
@@ -150,6 +194,8 @@ class Engine:
                 await self._task
             self._task = None
         self._fail_all()
+        if self.nixl is not None:
+            await self.nixl.stop()
         if self.publisher is not None:
             await self.publisher.close()
 
@@ -172,9 +218,12 @@ class Engine:
         seed: int | None = None,
         on_tokens: Callable[[SimRequest], None] | None = None,
         script: list[int] | None = None,
+        kv_transfer_params: dict[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> SimRequest:
         """Queue a request (already validated against max_model_len by the server). With `script` the model
-        writes exactly those tokens and then EOS (guided decoding: tool calls, JSON output)."""
+        writes exactly those tokens and then EOS (guided decoding: tool calls, JSON output).
+        `kv_transfer_params` count only with --kv-transfer-config (vLLM ignores them without a connector)."""
         req = self.core.add_request(
             prompt_ids,
             max_tokens=max_tokens,
@@ -186,11 +235,17 @@ class Engine:
             seed=seed,
             on_tokens=on_tokens,
             script=script,
+            request_id=request_id,
+            kv_params=dict(kv_transfer_params) if self.nixl is not None and kv_transfer_params else None,
         )
+        if self.nixl is not None:
+            self.nixl.on_new_request(req)
         self._wake.set()
         return req
 
     def abort(self, req: SimRequest) -> None:
+        if self.nixl is not None and req.finish_reason is None:
+            self.nixl.on_abort(req)
         if self.scheduler.abort(req):
             self.metrics.success["abort"].inc()
             self._wake.set()
@@ -248,6 +303,10 @@ class Engine:
         if stats.preemptions:
             m.preemptions.inc(stats.preemptions)
             stats.preemptions = 0
+        if stats.external_queries:
+            m.external_queries.inc(stats.external_queries)
+            m.external_hits.inc(stats.external_hits)
+            stats.external_queries = stats.external_hits = 0
         if self.publisher is not None and self.pool.events:
             self.publisher.publish(self.pool.take_events())
 
@@ -273,10 +332,12 @@ class Engine:
         m.ttft.observe(req.first_token_time - req.arrival_time)
         prompt = req.num_prompt_tokens
         cached = max(req.num_cached_tokens, 0)
+        external = req.num_external_tokens  # pulled from a prefill engine: cached, not computed here
         m.prompt_tokens.inc(prompt)
         m.prompt_computed.inc(prompt - cached)
         if cached:
-            m.prompt_cache_hit.inc(cached)
+            m.prompt_cache_hit.inc(cached - external)
+            m.prompt_external.inc(external)
             m.prompt_cached.inc(cached)
         return prompt - cached  # vLLM 0.32 iteration_tokens_total counts computed prompt tokens
 

@@ -107,6 +107,7 @@ class EngineMetrics:
         PlatformCollector(registry=self.registry)
         ProcessCollector(registry=self.registry)
         self._labels = {"engine": str(engine), "model_name": model_name}
+        self.labels = dict(self._labels)
         self._gauges()
         self._counters()
         self._request_histograms()
@@ -151,6 +152,16 @@ class EngineMetrics:
         self.prefix_hits = counter(
             "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
         ).labels(**lv)
+        self.external_queries = counter(
+            "vllm:external_prefix_cache_queries",
+            "External prefix cache queries from KV connector cross-instance cache sharing, "
+            "in terms of number of queried tokens.",
+        ).labels(**lv)
+        self.external_hits = counter(
+            "vllm:external_prefix_cache_hits",
+            "External prefix cache hits from KV connector cross-instance cache sharing, "
+            "in terms of number of cached tokens.",
+        ).labels(**lv)
         self.preemptions = counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine."
         ).labels(**lv)
@@ -163,7 +174,7 @@ class EngineMetrics:
         )
         self.prompt_computed = by_source.labels(**lv, source="local_compute")
         self.prompt_cache_hit = by_source.labels(**lv, source="local_cache_hit")
-        by_source.labels(**lv, source="external_kv_transfer")
+        self.prompt_external = by_source.labels(**lv, source="external_kv_transfer")
         self.prompt_cached = counter(
             "vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external)."
         ).labels(**lv)
@@ -249,14 +260,24 @@ class EngineMetrics:
         )
 
     def bind_gauges(
-        self, *, running: Callable[[], float], waiting: Callable[[], float], kv_usage: Callable[[], float]
+        self,
+        *,
+        running: Callable[[], float],
+        waiting: Callable[[], float],
+        kv_usage: Callable[[], float],
+        deferred: Callable[[], float] | None = None,
     ) -> None:
-        """Gauges read live state at scrape time."""
+        """Gauges read live state at scrape time. `deferred`: waiting requests the scheduler skips (vLLM
+        counts a request waiting for remote KV there); `waiting` is the rest."""
         lv = self._labels
         self.running.labels(**lv).set_function(running)
-        self.waiting.labels(**lv).set_function(waiting)
         self.waiting_by_reason.labels(**lv, reason="capacity").set_function(waiting)
-        self.waiting_by_reason.labels(**lv, reason="deferred").set(0.0)
+        if deferred is None:
+            self.waiting.labels(**lv).set_function(waiting)
+            self.waiting_by_reason.labels(**lv, reason="deferred").set(0.0)
+        else:
+            self.waiting.labels(**lv).set_function(lambda: waiting() + deferred())
+            self.waiting_by_reason.labels(**lv, reason="deferred").set_function(deferred)
         self.kv_usage.labels(**lv).set_function(kv_usage)
 
     def add_lora_info(

@@ -83,6 +83,7 @@ class GenerateParams:
     logprobs: int | None = None  # chat: top_logprobs when logprobs is true; completions: logprobs
     prompt_logprobs: int | None = None
     n: int = 1
+    kv_transfer_params: dict[str, Any] | None = None  # vLLM's P/D fields (sim/pd/params.py)
     choice_outputs: tuple[outputs.OutputPlan, ...] = ()  # one plan per choice when n > 1 (else `output`)
     include_reasoning: bool = True  # chat: false drops the reasoning of a --reasoning-parser model
 
@@ -255,7 +256,11 @@ def _common(
     cache_salt = body.get("cache_salt")
     if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
         raise ApiError(400, "cache_salt must be a non-empty string", param="cache_salt")
+    kv_params = body.get("kv_transfer_params")
+    if kv_params is not None and not isinstance(kv_params, dict):  # vLLM: dict[str, Any] | None
+        raise ApiError(400, "kv_transfer_params must be an object", param="kv_transfer_params")
     return {
+        "kv_transfer_params": kv_params,
         "cache_salt": cache_salt,
         "max_tokens": min(wanted, room) if wanted is not None else room,
         "max_tokens_requested": requested,

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from eksinfer.lifecycle import parent_from_env, stopped_or_orphaned
-from eksinfer.sim.cluster import start_cluster
+from eksinfer.sim.cluster import role_of, start_cluster
 from eksinfer.sim.config import SimOptions
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ async def _serve(options: SimOptions, replicas: int) -> None:
     engine = cluster.engines[0]
     for replica in cluster.replicas:
         events = f", KV events {replica.event_endpoint}" if replica.event_endpoint else ""
-        print(f"engine {replica.engine.rank}: {replica.url}{events}", flush=True)
+        role = role_of(replica.engine)
+        pd = f", {role} role, NIXL side channel {replica.side_channel}" if role else ""
+        print(f"engine {replica.engine.rank}: {replica.url}{events}{pd}", flush=True)
     print(
         f"simulating {options.model} on {options.gpu}: {engine.sizing.num_gpu_blocks} KV blocks of "
         f"{options.block_size}, max_model_len {engine.sizing.max_model_len}, time scale {options.time_scale}",

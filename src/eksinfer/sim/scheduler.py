@@ -15,6 +15,14 @@ Each step has a token budget of `max_num_batched_tokens`:
    does not fit.
 3. After the step, every request whose tokens are all computed samples one token; a request stops at
    `max_tokens`, at EOS (unless `ignore_eos`), or at `max_model_len` tokens.
+
+With a KV connector (P/D disaggregation, sim/pd): at admission the connector may claim the prompt tokens the
+local cache lacks as remote (vLLM's `get_num_new_matched_tokens` -> load asynchronously). Such a request gets
+blocks for the whole prompt, computes nothing and parks in WAITING_FOR_REMOTE_KVS (neither running nor
+waiting) until `finish_load`; then it rejoins the head of the waiting queue with the prompt computed but its
+last token, which it recomputes to sample the first output token (vLLM `_update_waiting_for_remote_kv`).
+A finishing request's blocks go to the connector instead of the free queue when it says so (a prefill
+whose blocks a decode engine will pull).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from eksinfer.kvcache.hashing import BlockDigest, BlockHasher, ExtraKeys, HashAlgo
-from eksinfer.sim.blocks import BlockPool, BlockTable
+from eksinfer.sim.blocks import Block, BlockPool, BlockTable
 
 
 class HasherLike(Protocol):
@@ -44,6 +52,7 @@ class Status(Enum):
     WAITING = "waiting"
     RUNNING = "running"
     PREEMPTED = "preempted"
+    WAITING_FOR_REMOTE_KVS = "waiting_for_remote_kvs"
     FINISHED = "finished"
 
 
@@ -58,6 +67,8 @@ class SimRequest:
         "first_token_time",
         "hasher",
         "ignore_eos",
+        "kv_out",
+        "kv_params",
         "last_token_time",
         "lora_id",
         "lora_name",
@@ -65,6 +76,7 @@ class SimRequest:
         "natural_len",
         "num_cached_tokens",
         "num_computed_tokens",
+        "num_external_tokens",
         "num_preemptions",
         "num_prompt_tokens",
         "on_tokens",
@@ -108,7 +120,10 @@ class SimRequest:
         self.arrival_time = arrival_time
         self.status = Status.WAITING
         self.num_computed_tokens = 0
-        self.num_cached_tokens = -1
+        self.num_cached_tokens = -1  # local + external, set at first admission
+        self.num_external_tokens = 0  # of those, pulled from a remote prefill engine
+        self.kv_params: dict[str, Any] | None = None  # kv_transfer_params the client sent
+        self.kv_out: dict[str, Any] | None = None  # kv_transfer_params the response carries
         self.num_preemptions = 0
         self.table = BlockTable()
         self.hasher: HasherLike = hasher or BlockHasher(
@@ -163,12 +178,30 @@ class SchedulerStats:
 
     prefix_queries: int = 0
     prefix_hits: int = 0
+    external_queries: int = 0  # vLLM's connector PrefixCacheStats: tokens not hit locally at admission
+    external_hits: int = 0  # of those, the ones a remote engine supplies
     preempted_queries: int = 0
     preempted_hits: int = 0
     preemptions: int = 0
 
 
 Sampler = Callable[[SimRequest], int]
+
+
+class KvConnector(Protocol):
+    """What the scheduler asks a KV connector (vLLM's KVConnectorBase_V1 scheduler side, reduced)."""
+
+    def remote_tokens(self, req: SimRequest, num_local_computed: int) -> int:
+        """Prompt tokens to load from a remote engine beyond the local hits (0: none)."""
+        ...
+
+    def start_load(self, req: SimRequest, num_local_blocks: int) -> None:
+        """Blocks are allocated: begin pulling; the engine calls `Scheduler.finish_load` when done."""
+        ...
+
+    def request_finished(self, req: SimRequest) -> bool:
+        """A request finished normally; True when the connector keeps (and will free) its blocks."""
+        ...
 
 
 class Scheduler:
@@ -188,7 +221,9 @@ class Scheduler:
         self.enable_chunked_prefill = enable_chunked_prefill
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
+        self.loading: list[SimRequest] = []  # WAITING_FOR_REMOTE_KVS
         self.stats = SchedulerStats()
+        self.connector: KvConnector | None = None
 
     def add(self, request: SimRequest) -> None:
         self.waiting.append(request)
@@ -258,8 +293,18 @@ class Scheduler:
         pool, bs = self.pool, self.pool.block_size
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
-            hits = pool.longest_hit(req.hasher.digests, (req.num_tokens - 1) // bs)
-            computed = len(hits) * bs
+            resumed = bool(req.table.blocks)  # back from a remote KV load with its blocks allocated
+            if resumed:
+                hits: list[Block] = []
+                computed = req.num_computed_tokens
+            else:
+                hits = pool.longest_hit(req.hasher.digests, (req.num_tokens - 1) // bs)
+                computed = len(hits) * bs
+                remote = self.connector.remote_tokens(req, computed) if self.connector is not None else 0
+                if remote > 0:
+                    if not self._admit_remote(req, hits, computed, remote):
+                        break
+                    continue
             n = req.num_tokens - computed
             if not self.enable_chunked_prefill and n > budget:
                 break
@@ -270,7 +315,7 @@ class Scheduler:
                 break
             if not pool.allocate(req.table, computed + n, hits):
                 break
-            if pool.enable_caching:  # recorded at admission, so lookups that did not schedule do not count
+            if pool.enable_caching and not resumed:  # recorded at admission: unscheduled lookups do not count
                 if req.num_preemptions:
                     self.stats.preempted_queries += req.num_tokens
                     self.stats.preempted_hits += computed
@@ -286,6 +331,46 @@ class Scheduler:
             self._cache(req, computed + n)
             plan.scheduled.append((req, n))
             budget -= n
+
+    def _admit_remote(self, req: SimRequest, hits: list[Block], computed: int, remote: int) -> bool:
+        """Allocate the whole prompt and park the request until its remote KV arrives; False if short."""
+        pool = self.pool
+        full = min(req.num_tokens, self.max_model_len)
+        if pool.blocks_to_allocate(req.table, full, hits) > pool.num_free_blocks:
+            return False
+        if not pool.allocate(req.table, computed + remote, hits):
+            return False
+        stats = self.stats
+        if pool.enable_caching:
+            stats.prefix_queries += req.num_tokens
+            stats.prefix_hits += computed
+        stats.external_queries += req.num_tokens - computed
+        stats.external_hits += remote
+        self.waiting.popleft()
+        req.num_computed_tokens = computed + remote
+        req.num_cached_tokens = computed + remote
+        req.num_external_tokens = remote
+        req.status = Status.WAITING_FOR_REMOTE_KVS
+        self.loading.append(req)
+        assert self.connector is not None
+        self.connector.start_load(req, len(hits))
+        return True
+
+    def finish_load(self, req: SimRequest, *, ok: bool) -> None:
+        """The remote KV arrived (`ok`) or could not be read (the request recomputes what it lacks)."""
+        if req.status is not Status.WAITING_FOR_REMOTE_KVS:
+            return  # aborted meanwhile
+        self.loading.remove(req)
+        if ok:
+            self._cache(req, req.num_computed_tokens)
+        else:
+            local = req.num_computed_tokens - req.num_external_tokens
+            req.num_computed_tokens = req.num_cached_tokens = local
+            req.num_external_tokens = 0
+        if req.num_computed_tokens >= req.num_tokens:  # recompute the last token to sample the next one
+            req.num_computed_tokens = req.num_tokens - 1
+        req.status = Status.WAITING
+        self.waiting.appendleft(req)
 
     def update(self, plan: StepPlan, sample: Sampler) -> list[SimRequest]:
         """Apply a finished step: advance progress, sample tokens, finish requests.
@@ -308,7 +393,8 @@ class Scheduler:
             if reason is not None:
                 req.finish_reason = reason
                 req.status = Status.FINISHED
-                self.pool.free(req.table)
+                if self.connector is None or not self.connector.request_finished(req):
+                    self.pool.free(req.table)
                 any_finished = True
         if any_finished:
             self.running = [r for r in self.running if r.status is Status.RUNNING]
@@ -333,8 +419,13 @@ class Scheduler:
             return False
         if req.status is Status.RUNNING:
             self._finish(req)
+        elif req.status is Status.WAITING_FOR_REMOTE_KVS:
+            self.loading.remove(req)
+            self.pool.free(req.table)
+            req.status = Status.FINISHED
         else:
             self.waiting.remove(req)
+            self.pool.free(req.table)  # holds blocks when it came back from a remote KV load
             req.status = Status.FINISHED
         req.finish_reason = "abort"
         return True

@@ -93,6 +93,12 @@ def guards(options: SimOptions) -> Guards:
     )
 
 
+def _engine_request_id(rid: str, index: int) -> str:
+    """vLLM: completions add the prompt index; the engine appends 8 random hex digits to every id."""
+    base = f"{rid}-{index}" if rid.startswith("cmpl-") else rid
+    return f"{base}-{secrets.token_hex(4)}"
+
+
 def _error(err: p.ApiError) -> web.Response:
     return web.Response(body=err.body(), status=err.status, content_type=_JSON)
 
@@ -314,9 +320,11 @@ class SimServer:
             await asyncio.sleep(faults.stall_s)
 
     def submit(
-        self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None], index: int
+        self, params: p.GenerateParams, on_tokens: Callable[[SimRequest], None], index: int, rid: str = ""
     ) -> SimRequest:
-        """Choice `index` of a request: choices after the first get their own seed, so n > 1 differ."""
+        """Choice `index` of a request: choices after the first get their own seed, so n > 1 differ.
+        The engine request id is vLLM's: the response id, the choice index for completions, a random
+        suffix (it is the `remote_request_id` a prefill returns). Only choice 0 carries kv_transfer_params."""
         script = params.plan(index).script
         seed = params.seed if index == 0 else (params.seed or 0) + 7919 * index
         return self.engine.add_request(
@@ -328,6 +336,8 @@ class SimServer:
             seed=seed,
             on_tokens=on_tokens,
             script=None if script is None else self.engine.tokenizer.encode(script, add_special_tokens=False),
+            kv_transfer_params=params.kv_transfer_params if index == 0 else None,
+            request_id=_engine_request_id(rid, index) if rid else None,
         )
 
     def reasoning_tokens(self, params: p.GenerateParams) -> int:
@@ -340,6 +350,12 @@ class SimServer:
 
     def usage_of(self, req: SimRequest, *, stream: bool) -> dict[str, Any]:
         cached = max(req.num_cached_tokens, 0) if self.options.enable_prompt_tokens_details else None
+        remote = req.kv_params
+        if cached is not None and remote and remote.get("do_remote_prefill"):
+            # vLLM 0.32 reports the prefill engine's own cache hits, not the (full) hit of the transfer
+            theirs = remote.get("remote_prefill_cached_tokens")
+            if isinstance(theirs, int) and not isinstance(theirs, bool):
+                cached = theirs
         return p.usage(req.num_prompt_tokens, req.num_output_tokens, cached, stream=stream)
 
     def add_reasoning_usage(
@@ -373,7 +389,7 @@ class SimServer:
             if all(q.finish_reason is not None for q in reqs) and not done.done():
                 done.set_result(None)
 
-        reqs.extend(self.submit(params, on_tokens, i) for i in range(params.n))
+        reqs.extend(self.submit(params, on_tokens, i, rid) for i in range(params.n))
         try:
             await done
         except asyncio.CancelledError:
@@ -430,6 +446,7 @@ class SimServer:
             body["choices"][0]["index"] = i
             choices.extend(body["choices"])
         body["choices"] = choices
+        body["kv_transfer_params"] = reqs[0].kv_out  # vLLM: the first output's, non-streamed responses only
         if params.prompt_logprobs is not None:
             prompt_lps = lp.prompt_logprobs(
                 tok,
@@ -447,7 +464,7 @@ class SimServer:
         self, request: web.Request, params: p.GenerateParams, rid: str, created: int, *, chat: bool
     ) -> web.StreamResponse:
         wake = asyncio.Event()
-        reqs = [self.submit(params, lambda r: wake.set(), i) for i in range(params.n)]
+        reqs = [self.submit(params, lambda r: wake.set(), i, rid) for i in range(params.n)]
         response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         tok = self.engine.tokenizer
         split = self.reasoning_tokens(params) if chat else 0

@@ -158,6 +158,41 @@ def kv_engine(extra: list[str] | None = None, seed: str | None = "0") -> Obj:
     return e
 
 
+def pd_engine(role: str, *, efa: bool = True) -> Obj:
+    """A P/D engine: vLLM's NixlConnector as kv_producer (prefill) or kv_consumer (decode)."""
+    kv_role = {"prefill": "kv_producer", "decode": "kv_consumer"}[role]
+    kv = json.dumps({"kv_connector": "NixlConnector", "kv_role": kv_role})
+    e = engine(extra=["--kv-transfer-config", kv])
+    e["metadata"]["name"] = f"llm-{role}"
+    pod_labels = {"app": "llm", "eksinfer.io/role": role, "eksinfer.io/serving": "true"}
+    e["spec"]["template"]["metadata"]["labels"] = pod_labels
+    e["spec"]["selector"]["matchLabels"] = pod_labels
+    if efa:
+        ctr(e)["resources"]["limits"]["vpc.amazonaws.com/efa"] = "4"
+    return e
+
+
+def pd_gateway_cm(*roles: str, profile: bool = True) -> Obj:
+    """An eksinfer gateway ConfigMap discovering each of `roles` as its own pool."""
+    found = [
+        {
+            "namespace": "x",
+            "label_selector": f"app=llm,eksinfer.io/role={r},eksinfer.io/serving=true",
+            "pool": r,
+        }
+        for r in roles
+    ]
+    cfg: Obj = {"endpoints": {"kubernetes": found}, "routing": {"preset": "load"}}
+    if profile:
+        cfg["disaggregation"] = {"llm": {"prefill_pool": "prefill", "decode_pool": "decode"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "gw"},
+        "data": {"gateway.yaml": yaml.safe_dump(cfg)},
+    }
+
+
 def so(
     target: str = "llm",
     window: int | None = 1200,
@@ -319,6 +354,14 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
         ],
     ),
     "multi-node-without-efa": ([lws(efa=False)], [lws(efa=True), engine()]),
+    "pd-without-efa": (
+        [pd_engine("prefill", efa=False), pd_engine("decode")],
+        [pd_engine("prefill"), pd_engine("decode"), engine()],
+    ),
+    "pd-gateway-misses-a-role": (
+        [pd_engine("prefill"), pd_engine("decode"), pd_gateway_cm("decode", profile=False)],
+        [pd_engine("prefill"), pd_engine("decode"), pd_gateway_cm("decode", "prefill"), engine()],
+    ),
     "replicas-fight-keda": (
         [mutate(engine(), lambda o: o["spec"].update(replicas=3)), so()],
         [
@@ -588,3 +631,19 @@ def test_model_read_from_entrypoint_arguments() -> None:
     [f] = lint_docs([Doc("e.yaml", mutate(engine(), fn))])
     assert f.rule == "moe-without-expert-parallel"
     assert "deepseek-ai/deepseek-v3" in f.why
+
+
+def test_pd_gateway_without_a_profile_is_flagged_where_the_gateway_has_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both roles discovered but no `disaggregation:` profile wiring them: flagged when the gateway can be
+    configured for P/D (eksinfer.gateway.pd), not before."""
+    from eksinfer.deploy.lint import rules_pd
+
+    objs = [pd_engine("prefill"), pd_engine("decode"), pd_gateway_cm("decode", "prefill", profile=False)]
+    monkeypatch.setattr(rules_pd, "gateway_speaks_pd", lambda: True)
+    assert _lint(objs, "pd-gateway-misses-a-role") == ["ConfigMap/gw:data.disaggregation"]
+    wired = [pd_engine("prefill"), pd_engine("decode"), pd_gateway_cm("decode", "prefill")]
+    assert _lint(wired, "pd-gateway-misses-a-role") == []
+    monkeypatch.setattr(rules_pd, "gateway_speaks_pd", lambda: False)
+    assert _lint(objs, "pd-gateway-misses-a-role") == []

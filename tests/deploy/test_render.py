@@ -219,7 +219,76 @@ def test_tier3_disaggregated_set() -> None:
         for r in ("prefill", "decode")
     ]
     config = yaml.safe_load(_objs(tree, "ConfigMap")[0]["data"]["gateway.yaml"])
-    assert "eksinfer.io/role=decode" in config["endpoints"]["kubernetes"]["label_selector"]
+    found = config["endpoints"]["kubernetes"]  # both roles, each its own pool: the prefill pods serve
+    assert [(d["pool"], "eksinfer.io/role=" + d["pool"] in d["label_selector"]) for d in found] == [
+        ("decode", True),
+        ("prefill", True),
+    ]
+    assert '"kv_role":"kv_producer"' in script  # prefill role; vLLM 0.32 deprecates kv_both for NIXL
+    decode = ds["spec"]["roles"][1]["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]
+    assert '"kv_role":"kv_consumer"' in decode["args"][0]
+
+
+def single_node_pd(provisioning: str = "managed-node-group") -> plans.Plan:
+    """Tier 3 P/D with single-node TP 4 engines: separate Deployments that may land on different nodes."""
+    doc = plans.tier3(provisioning).model_dump()
+    engine = plans._engine(4, 1, precision="int4", ep=True, max_len=131072)
+    doc["roles"] = [
+        {"name": "prefill", "replicas": 1, "engine": engine},
+        {"name": "decode", "replicas": 2, "engine": engine},
+    ]
+    return plans.Plan.model_validate(doc)
+
+
+def test_single_node_pd_requests_efa_and_wires_both_roles(tmp_path: Path) -> None:
+    tree = build_tree(single_node_pd())
+    deployments = {
+        d["metadata"]["labels"]["eksinfer.io/role"]: d
+        for d in _objs(tree, "Deployment")
+        if "eksinfer.io/role" in d["metadata"]["labels"]
+    }
+    assert set(deployments) == {"prefill", "decode"}
+    for role, kv_role in (("prefill", "kv_producer"), ("decode", "kv_consumer")):
+        pod = deployments[role]["spec"]["template"]
+        c = pod["spec"]["containers"][0]
+        # p5en: 16 EFA interfaces for 8 GPUs; a 4-GPU pod takes its half, so two pods still fit a node
+        assert c["resources"]["limits"]["vpc.amazonaws.com/efa"] == "8"
+        assert c["resources"]["requests"]["vpc.amazonaws.com/efa"] == "8"
+        assert c["securityContext"]["capabilities"] == {"add": ["IPC_LOCK"]}
+        args = c["args"]
+        assert args[args.index("--kv-transfer-config") + 1] == (
+            '{"kv_connector":"NixlConnector","kv_role":"' + kv_role + '"}'
+        )
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert (env["VLLM_NIXL_SIDE_CHANNEL_HOST"], env["VLLM_NIXL_SIDE_CHANNEL_PORT"]) == (
+            "$(POD_IP)",
+            "5600",
+        )
+        assert {"name": "nixl", "containerPort": 5600} in c["ports"]
+        assert pod["metadata"]["labels"]["eksinfer.io/serving"] == "true"
+    # the prefill pods serve: a Service and a gateway discovery select them, as they do the decode pods
+    services = {
+        s["metadata"]["labels"]["eksinfer.io/role"]: s
+        for s in _objs(tree, "Service")
+        if "eksinfer.io/role" in s["metadata"]["labels"]
+    }
+    cm = next(o for o in _objs(tree, "ConfigMap") if o["metadata"]["name"].endswith("-gateway"))
+    config = yaml.safe_load(cm["data"]["gateway.yaml"])
+    for found in config["endpoints"]["kubernetes"]:
+        wanted = dict(kv.split("=") for kv in found["label_selector"].split(","))
+        matching = [
+            r
+            for r, d in deployments.items()
+            if wanted.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert matching == [found["pool"]]
+        assert services[found["pool"]]["spec"]["selector"].items() <= wanted.items()
+    [group] = [
+        yaml.safe_load(t)["managedNodeGroups"][0] for p, t in tree.files.items() if p.startswith("cluster/")
+    ]
+    assert group["efaEnabled"] is True
+    render_plan(single_node_pd(), tmp_path / "pd")
+    assert [f"{f.rule} {f.object}" for f in lint_path(tmp_path / "pd")] == []
 
 
 def test_round_robin_plan_has_no_kv_plumbing_and_snapshot_option() -> None:
@@ -288,12 +357,12 @@ def test_managed_node_group_mig_dra_hybrid() -> None:
 def test_gateway_config_is_accepted_by_the_gateway() -> None:
     from eksinfer.gateway.config import parse_config
 
-    for case in ("tier1-auto-mode", "tier3-karpenter-pd"):
+    for case, pools in (("tier1-auto-mode", 1), ("tier3-karpenter-pd", 2)):  # P/D: prefill + decode
         tree = build_tree(plans.CASES[case]())
         cm = next(o for o in _objs(tree, "ConfigMap") if o["metadata"]["name"].endswith("-gateway"))
         config = parse_config(yaml.safe_load(cm["data"]["gateway.yaml"]))
-        assert len(config.endpoints.kubernetes) == 1
-        assert config.endpoints.kubernetes[0].kv_events_port == 5557
+        assert len(config.endpoints.kubernetes) == pools
+        assert all(d.kv_events_port == 5557 for d in config.endpoints.kubernetes)
 
 
 def test_hybrid_gateway_discovers_each_pool_on_its_own() -> None:

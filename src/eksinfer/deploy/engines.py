@@ -8,6 +8,12 @@ predicted load time, `preStop` sleep so the gateway drains the pod, GPU tolerati
 ReadWriteMany cache (HF_HOME on the volume) or stream from S3 with the Run:ai loader; never baked into the
 image. Multi-node groups use Ray via vLLM's `multi-node-serving.sh`: TP inside a node, PP across nodes (`size`
 = PP), EFA devices and libfabric env on every pod, `RecreateGroupOnPodRestart`.
+
+Prefill/decode plans: prefill pods run vLLM's NixlConnector as `kv_producer`, decode pods as `kv_consumer`
+(vLLM 0.32 deprecates `kv_both` for NIXL), both advertise their NIXL side channel on the pod IP, and both
+request EFA interfaces whenever the instance has them, single-node pods included: nothing keeps a prefill and
+its decode pod on one node, and without EFA NIXL moves the KV over TCP on the pod network. A single-node pod
+takes its GPUs' share of the node's interfaces (p5: 4 per GPU), so pods still pack onto a node.
 """
 
 from __future__ import annotations
@@ -89,10 +95,49 @@ def vllm_args(ctx: Ctx, role: PlanRole) -> list[str]:
         extra = {"concurrency": 16, "distributed": e.tensor_parallel_size > 1}
         add(args, "model-loader-extra-config", json.dumps(extra, separators=(",", ":")))
     if ctx.plan.mode == "disaggregated":
-        add(args, "kv-transfer-config", '{"kv_connector":"NixlConnector","kv_role":"kv_both"}')
+        _set_kv_transfer_config(args, role)
     if e.nodes_per_replica > 1:
         add(args, "distributed-executor-backend", "ray")
     return args
+
+
+def kv_transfer_config(role: PlanRole) -> str:
+    """vLLM's --kv-transfer-config for a P/D role: prefill produces KV, decode consumes it."""
+    kv_role = {"prefill": "kv_producer", "decode": "kv_consumer"}.get(role.name, "kv_both")
+    return json.dumps({"kv_connector": "NixlConnector", "kv_role": kv_role}, separators=(",", ":"))
+
+
+def _set_kv_transfer_config(args: list[str], role: PlanRole) -> None:
+    """The role's NIXL config; a plan's generic kv_both NixlConnector becomes the role's (a user's own
+    connector stays)."""
+    current = vllm_flags.value(args, "kv-transfer-config")
+    if current is None:
+        vllm_flags.ensure(args, "kv-transfer-config", kv_transfer_config(role))
+        return
+    try:
+        parsed = json.loads(current)
+    except ValueError:
+        return
+    if parsed == {"kv_connector": "NixlConnector", "kv_role": "kv_both"}:
+        for i, token in enumerate(args):
+            if token == "--kv-transfer-config" and i + 1 < len(args):
+                args[i + 1] = kv_transfer_config(role)
+            elif token.startswith("--kv-transfer-config="):
+                args[i] = f"--kv-transfer-config={kv_transfer_config(role)}"
+
+
+def efa_interfaces(ctx: Ctx, gpus: int, *, multi: bool) -> int:
+    """EFA interfaces a pod requests: all of the node's for a multi-node group, its GPUs' share for a
+    single-node P/D pod (NIXL between nodes), none otherwise or where the instance has no EFA."""
+    total = ctx.efa_interfaces
+    if not total:
+        return 0
+    if multi:
+        return total
+    if ctx.plan.mode != "disaggregated":
+        return 0
+    per_node = max(ctx.plan.instance.gpus, 1)
+    return max(1, total * min(gpus, per_node) // per_node)
 
 
 def _env(ctx: Ctx, multi_node: bool) -> list[Obj]:
@@ -157,8 +202,9 @@ def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = "cl
     res_lim: Obj = {"memory": f"{mem + shm}Gi"}
     if not ctx.plan.nodes.needs_dra:
         res_req["nvidia.com/gpu"] = res_lim["nvidia.com/gpu"] = str(gpus)
-    if multi and ctx.efa_interfaces:
-        res_req["vpc.amazonaws.com/efa"] = res_lim["vpc.amazonaws.com/efa"] = str(ctx.efa_interfaces)
+    efa = 0 if pool == "onprem" else efa_interfaces(ctx, gpus, multi=multi)
+    if efa:
+        res_req["vpc.amazonaws.com/efa"] = res_lim["vpc.amazonaws.com/efa"] = str(efa)
     serve = ["vllm", "serve", model_ref(ctx), *vllm_args(ctx, role)]
     out: Obj = {"name": "vllm", "image": ctx.opts.engine_image, "imagePullPolicy": "IfNotPresent"}
     if kind == "single":
@@ -189,7 +235,7 @@ def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = "cl
         mounts.append({"name": "model-cache", "mountPath": MODEL_MOUNT})
     out["volumeMounts"] = mounts
     sec: Obj = {"allowPrivilegeEscalation": False}
-    if multi and ctx.efa_interfaces:
+    if efa:
         sec["capabilities"] = {"add": ["IPC_LOCK"]}  # EFA registers (pins) GPU and host memory
     out["securityContext"] = sec
     return out

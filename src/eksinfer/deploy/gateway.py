@@ -3,8 +3,10 @@ list/watch engine pods, Deployment, Service, PodDisruptionBudget, and the exposu
 
 The routing config discovers engines by namespace + label selector
 (`eksinfer.gateway.config.KubernetesDiscovery`) and subscribes to each pod's KV-event port when the plan
-routes KV-aware. Disaggregated plans route to the decode role (prefill/decode orchestration stays with
-vLLM's NIXL connector).
+routes KV-aware. Disaggregated plans discover both roles, each as its own pool (`decode`, `prefill`: the
+prefill pods serve), and give the model a `disaggregation:` profile naming them, so the gateway runs the NIXL
+steps (prefill hop, then decode with the returned kv_transfer_params). A gateway without that section (before
+eksinfer.gateway.pd) gets the two pools alone and routes over both.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import yaml
 
 from eksinfer.deploy.context import ENGINE_PORT, GATEWAY_PORT, HASH_SEED, KV_EVENTS_PORT, Ctx, Obj
 from eksinfer.deploy.exposure import exposure_objects
+from eksinfer.deploy.lint.rules_pd import gateway_speaks_pd
 
 
 def routed_role(ctx: Ctx) -> str:
@@ -22,25 +25,33 @@ def routed_role(ctx: Ctx) -> str:
     return "decode" if "decode" in names else names[0]
 
 
-def engine_selector(ctx: Ctx, pool: str | None = None) -> str:
-    """Serving pods of the routed role; with `pool`, only that pool's (cloud or on-prem)."""
+def engine_selector(ctx: Ctx, pool: str | None = None, role: str | None = None) -> str:
+    """Serving pods of the routed role (or `role`); with `pool`, only that pool's (cloud or on-prem)."""
     base = (
-        f"app.kubernetes.io/instance={ctx.name},eksinfer.io/role={routed_role(ctx)},eksinfer.io/serving=true"
+        f"app.kubernetes.io/instance={ctx.name},eksinfer.io/role={role or routed_role(ctx)},"
+        "eksinfer.io/serving=true"
     )
     return base if pool is None else f"{base},eksinfer.io/pool={pool}"
 
 
-def _discovery(ctx: Ctx, pool: str | None) -> dict[str, Any]:
+def _discovery(ctx: Ctx, pool: str | None, role: str | None = None) -> dict[str, Any]:
     found: dict[str, Any] = {
         "namespace": ctx.ns,
-        "label_selector": engine_selector(ctx, pool),
+        "label_selector": engine_selector(ctx, pool, role),
         "port": ENGINE_PORT,
     }
     if ctx.kv_aware:
         found["kv_events_port"] = KV_EVENTS_PORT
-    if pool is not None:
+    if role is not None:  # P/D: the gateway's pool is the role
+        found["pool"] = role
+    elif pool is not None:
         found["pool"] = pool
     return found
+
+
+def disaggregated(ctx: Ctx) -> bool:
+    names = {r.name for r in ctx.plan.roles}
+    return ctx.plan.mode == "disaggregated" and {"prefill", "decode"} <= names
 
 
 def gateway_config(ctx: Ctx) -> dict[str, Any]:
@@ -51,6 +62,9 @@ def gateway_config(ctx: Ctx) -> dict[str, Any]:
     discovery: Any = (
         [_discovery(ctx, "cloud"), _discovery(ctx, "onprem")] if hybrid else _discovery(ctx, None)
     )
+    pd = disaggregated(ctx)
+    if pd:  # the cloud prefill and decode pools (P/D plans have no on-prem pool)
+        discovery = [_discovery(ctx, "cloud", "decode"), _discovery(ctx, "cloud", "prefill")]
     server = {
         "host": "0.0.0.0",
         "port": GATEWAY_PORT,
@@ -59,7 +73,7 @@ def gateway_config(ctx: Ctx) -> dict[str, Any]:
         # Streams in flight may finish after SIGTERM; the pod's grace period is longer (deployment()).
         "drain_timeout_s": ctx.longest_request_s(),
     }
-    return {
+    config: dict[str, Any] = {
         "server": server,
         "endpoints": {"kubernetes": discovery},
         "scrape": {"interval_s": 0.2, "stale_after_s": 2.0},
@@ -69,6 +83,9 @@ def gateway_config(ctx: Ctx) -> dict[str, Any]:
             "tokenizer": {"mode": "engine"},
         },
     }
+    if pd and gateway_speaks_pd():
+        config["disaggregation"] = {ctx.served_name(): {"prefill_pool": "prefill", "decode_pool": "decode"}}
+    return config
 
 
 def configmap(ctx: Ctx) -> Obj:

@@ -292,7 +292,8 @@ def eksctl_config(ctx: Ctx) -> Obj:
         },
         "iam": {"withAddonPolicies": {"autoScaler": True}},
     }
-    if ctx.efa_interfaces and any(r.engine.nodes_per_replica > 1 for r in p.roles):
+    multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
+    if ctx.efa_interfaces and (multi or p.mode == "disaggregated"):  # P/D pods pull KV over EFA (NIXL)
         group["efaEnabled"] = True
         group["placement"] = {"groupName": f"{ctx.name}-pg"}
     return {

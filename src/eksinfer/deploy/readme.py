@@ -50,7 +50,8 @@ def _node_steps(ctx: Ctx, multi: bool) -> list[str]:
 def _prerequisites(ctx: Ctx) -> list[str]:
     p = ctx.plan
     multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
-    steps = _node_steps(ctx, multi)
+    # the EFA device plugin: multi-node groups, and P/D pods that pull KV between nodes
+    steps = _node_steps(ctx, multi or (p.mode == "disaggregated" and ctx.efa_interfaces > 0))
     steps.append(
         "NVIDIA GPU Operator: `helm install gpu-operator nvidia/gpu-operator -n gpu-operator "
         "--create-namespace "

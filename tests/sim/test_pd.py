@@ -23,6 +23,7 @@ from eksinfer.errors import ConfigError
 from eksinfer.sim.blocks import BlockPool, BlockTable
 from eksinfer.sim.cluster import SimCluster
 from eksinfer.sim.pd.config import KvTransferConfig
+from eksinfer.sim.pd.connector import descriptors
 from eksinfer.sim.pd.link import link_gbytes_per_s, transfer_s
 from eksinfer.sim.pd.pinned import PinnedBlocks
 from tests.sim.conftest import BASE, Sdk, StartCluster, free_port
@@ -140,7 +141,14 @@ async def test_decode_pulls_the_blocks_and_the_prefill_frees_them(start: StartCl
     blocks = len(first["kv_transfer_params"]["remote_block_ids"][0])
     bytes_expected = blocks * BASE.block_size * decode.perf.kv_bytes_per_token
     assert await _counter(d, "vllm:nixl_bytes_transferred_sum") == bytes_expected
-    assert await _counter(d, "vllm:nixl_num_descriptors_sum") == blocks
+    # contiguous blocks coalesce: one descriptor per layer (what a real vLLM CPU pull posts)
+    assert await _counter(d, "vllm:nixl_num_descriptors_sum") == decode.perf.num_layers
+    assert (
+        await _counter(
+            d, 'vllm:prompt_tokens_cached_by_source_total{engine="1",model_name="llama-3.1-8b",source="p2p"}'
+        )
+        == n
+    )
     # the prompt counts as cached on the decode engine, from an external source, where vLLM counts it
     assert await _counter(d, "vllm:external_prefix_cache_hits_total") == n
     assert await _counter(d, "vllm:external_prefix_cache_queries_total") == n
@@ -499,3 +507,9 @@ def test_link_bandwidths_come_from_the_catalog() -> None:
     assert link_gbytes_per_s("tcp", "H100", 8) == TCP_FLOW_GBPS / 8
     assert link_gbytes_per_s("efa", "H100", 1, override_gbps=800) == 100
     assert transfer_s(10**9, 50.0) == pytest.approx(0.02)
+
+
+def test_descriptors_coalesce_contiguous_blocks() -> None:
+    assert descriptors([1, 2, 3, 4], 2) == 2
+    assert descriptors([1, 2, 7, 8, 10], 3) == 9
+    assert descriptors([], 4) == 0

@@ -132,6 +132,7 @@ class Engine:
             block_size=o.block_size,
             tp_size=o.tensor_parallel_size,
             kv_bytes_per_token=self.perf.kv_bytes_per_token,
+            num_layers=self.perf.num_layers,
             gbytes_per_s=link_gbytes_per_s(o.kv_link, o.gpu, o.tensor_parallel_size, o.kv_link_gbps),
             metrics=NixlMetrics(self.metrics),
             side_channel=SideChannel(o.nixl_side_channel_host, o.nixl_side_channel_port),
@@ -299,6 +300,7 @@ class Engine:
         if stats.prefix_queries:
             m.prefix_queries.inc(stats.prefix_queries)
             m.prefix_hits.inc(stats.prefix_hits)
+            m.cached_device.inc(stats.prefix_hits)
             stats.prefix_queries = stats.prefix_hits = 0
         if stats.preemptions:
             m.preemptions.inc(stats.preemptions)
@@ -306,6 +308,7 @@ class Engine:
         if stats.external_queries:
             m.external_queries.inc(stats.external_queries)
             m.external_hits.inc(stats.external_hits)
+            m.cached_p2p.inc(stats.external_hits)  # NixlConnector's hits come from another instance
             stats.external_queries = stats.external_hits = 0
         if self.publisher is not None and self.pool.events:
             self.publisher.publish(self.pool.take_events())

@@ -162,6 +162,18 @@ class EngineMetrics:
             "External prefix cache hits from KV connector cross-instance cache sharing, "
             "in terms of number of cached tokens.",
         ).labels(**lv)
+        cached_by_source = Counter(
+            "vllm:prompt_tokens_cached_by_source",
+            "Prefix-cache hit tokens by the cache tier that supplied them: device (local HBM), "
+            "host (offloaded to DRAM), disk, p2p (transferred from another vLLM instance) or "
+            "external_unspecified. Counted at admission; sums to vllm:prefix_cache_hits + "
+            "vllm:external_prefix_cache_hits.",
+            (*LABELS, "source"),
+            registry=registry,
+        )
+        sources = ("device", "host", "p2p", "disk", "external_unspecified")
+        by_tier = {s: cached_by_source.labels(**lv, source=s) for s in sources}
+        self.cached_device, self.cached_p2p = by_tier["device"], by_tier["p2p"]
         self.preemptions = counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine."
         ).labels(**lv)

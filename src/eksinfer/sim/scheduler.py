@@ -315,6 +315,10 @@ class Scheduler:
                 break
             if not pool.allocate(req.table, computed + n, hits):
                 break
+            if self.connector is not None and not resumed and not req.num_preemptions:
+                self.stats.external_queries += (
+                    req.num_tokens - computed
+                )  # vLLM: every lookup with a connector
             if pool.enable_caching and not resumed:  # recorded at admission: unscheduled lookups do not count
                 if req.num_preemptions:
                     self.stats.preempted_queries += req.num_tokens

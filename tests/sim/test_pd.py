@@ -513,3 +513,24 @@ def test_descriptors_coalesce_contiguous_blocks() -> None:
     assert descriptors([1, 2, 3, 4], 2) == 2
     assert descriptors([1, 2, 7, 8, 10], 3) == 9
     assert descriptors([], 4) == 0
+
+
+async def test_a_decode_that_goes_away_mid_pull_lets_the_prefill_free_its_blocks(start: StartCluster) -> None:
+    """A client gone while its KV is in flight: the decode engine stops the pull and notifies the prefill
+    engine (vLLM frees the prefill's blocks the same way), so nothing stays stranded until the lease."""
+    cluster = await _pd(start, time_scale=1.0, kv_link_gbps=1e-3)  # 1 Mbit/s: the pull takes minutes
+    prefill, decode = cluster.engines
+    first = await _prefill(cluster.urls[0])
+    assert len(prefill.nixl.pinned) == 1  # type: ignore[union-attr]
+    body = {"prompt": PROMPT, "max_tokens": 2, "kv_transfer_params": first["kv_transfer_params"]}
+    async with aiohttp.ClientSession() as s:
+        task = asyncio.create_task(s.post(cluster.urls[1] + "/v1/completions", json=body))
+        await until(lambda: len(decode.scheduler.loading) == 1, what="the decode request waits for its KV")
+        assert await _counter(cluster.urls[1], "eksinfer_nixl_requests_waiting_for_remote_kvs") == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await until(lambda: len(prefill.nixl.pinned) == 0, what="the prefill freed the abandoned blocks")  # type: ignore[union-attr]
+    await until(lambda: not decode.scheduler.loading, what="the decode side dropped the request")
+    assert decode.pool.num_free_blocks == decode.pool.num_gpu_blocks - 1
+    assert await _counter(cluster.urls[0], "vllm:nixl_num_kv_expired_reqs_total") == 0

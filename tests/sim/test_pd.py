@@ -26,7 +26,7 @@ from eksinfer.sim.pd.config import KvTransferConfig
 from eksinfer.sim.pd.connector import descriptors
 from eksinfer.sim.pd.link import link_gbytes_per_s, transfer_s
 from eksinfer.sim.pd.pinned import PinnedBlocks
-from tests.sim.conftest import BASE, Sdk, StartCluster, free_port
+from tests.sim.conftest import BASE, Sdk, StartCluster, free_port, set_slow_token_s
 from tests.waiting import DEADLINE_S, FakeClock, until
 
 CLI = [sys.executable, "-m", "eksinfer.cli.main", "sim"]
@@ -534,3 +534,41 @@ async def test_a_decode_that_goes_away_mid_pull_lets_the_prefill_free_its_blocks
     await until(lambda: not decode.scheduler.loading, what="the decode side dropped the request")
     assert decode.pool.num_free_blocks == decode.pool.num_gpu_blocks - 1
     assert await _counter(cluster.urls[0], "vllm:nixl_num_kv_expired_reqs_total") == 0
+
+
+async def test_a_queued_decode_renews_the_prefill_lease_over_the_side_channel(start: StartCluster) -> None:
+    """The decode request waits behind a busy engine (max_num_seqs 1); its engine heartbeats the prefill
+    engine, which moves the lease to now + 2/3 of it. The prefill's lease runs on a fake clock."""
+    p = await start(1, **{**PD, "kv_transfer": NIXL.for_replica(0, 1, "kv_producer")})
+    fast = KvTransferConfig.from_json(
+        '{"kv_connector":"NixlConnector","kv_role":"kv_consumer",'
+        '"kv_connector_extra_config":{"kv_lease_duration":0.6}}'  # heartbeats every 0.1 s
+    )
+    d = await start(1, **{**PD, "kv_transfer": fast, "max_num_seqs": 1})
+    nixl = p.engines[0].nixl
+    assert nixl is not None
+    clock = FakeClock()
+    nixl.pinned.clock = clock
+    first = await _prefill(p.urls[0])
+    rid = first["kv_transfer_params"]["remote_request_id"]
+    assert nixl.pinned.next_expiry() == clock.now + 30.0
+    set_slow_token_s(d, 0.05)
+    async with aiohttp.ClientSession() as s:
+        busy = asyncio.create_task(
+            s.post(
+                d.urls[0] + "/v1/completions", json={"prompt": "hold", "max_tokens": 2000, "ignore_eos": True}
+            )
+        )
+        await until(lambda: len(d.engines[0].scheduler.running) == 1, what="the decode engine is busy")
+        body = {"prompt": PROMPT, "max_tokens": 2, "kv_transfer_params": first["kv_transfer_params"]}
+        queued = asyncio.create_task(s.post(d.urls[0] + "/v1/completions", json=body))
+        clock.advance(25.0)
+        before = nixl.heartbeats_served
+        await until(lambda: nixl.heartbeats_served > before, what="a heartbeat reached the prefill engine")
+        assert nixl.pinned.next_expiry() == clock.now + 20.0  # 25 s in: renewed to 45 s, past the first 30
+        assert rid in nixl.pinned
+        busy.cancel()
+        set_slow_token_s(d, 0.0)
+        async with await queued as r:
+            assert r.status == 200
+    await until(lambda: len(nixl.pinned) == 0, what="the pull released the blocks")

@@ -92,6 +92,7 @@ class NixlSim:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.last_transfer_s = 0.0  # modelled seconds of the latest pull (read by tests and the bench)
+        self.heartbeats_served = 0  # heartbeat calls this engine answered (prefill side)
         metrics.bind(
             pinned_blocks=lambda: float(self.pinned.num_blocks),
             pinned_requests=lambda: float(len(self.pinned)),
@@ -183,6 +184,7 @@ class NixlSim:
         return False
 
     def serve_heartbeat(self, request_ids: list[str]) -> int:
+        self.heartbeats_served += 1
         return self.pinned.extend(request_ids, self.config.lease_extension_s)
 
     def reap(self) -> int:

@@ -526,7 +526,14 @@ async def test_a_decode_that_goes_away_mid_pull_lets_the_prefill_free_its_blocks
     async with aiohttp.ClientSession() as s:
         task = asyncio.create_task(s.post(cluster.urls[1] + "/v1/completions", json=body))
         await until(lambda: len(decode.scheduler.loading) == 1, what="the decode request waits for its KV")
-        assert await _counter(cluster.urls[1], "eksinfer_nixl_requests_waiting_for_remote_kvs") == 1
+        fetch = (
+            'vllm:num_requests_kv_fetch_by_stage{engine="1",model_name="llama-3.1-8b",stage="in_progress"}'
+        )
+        assert await _counter(cluster.urls[1], fetch) == 1
+        assert await _counter(cluster.urls[1], "vllm:num_requests_waiting") == 1  # vLLM counts it waiting
+        assert (
+            await _counter(cluster.urls[0], "vllm:num_requests_kv_fetch_by_stage") == 0
+        )  # kv_producer: none
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

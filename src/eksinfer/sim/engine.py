@@ -134,12 +134,13 @@ class Engine:
             kv_bytes_per_token=self.perf.kv_bytes_per_token,
             num_layers=self.perf.num_layers,
             gbytes_per_s=link_gbytes_per_s(o.kv_link, o.gpu, o.tensor_parallel_size, o.kv_link_gbps),
-            metrics=NixlMetrics(self.metrics),
+            metrics=NixlMetrics(self.metrics, consumer=o.kv_transfer.kv_role != "kv_producer"),
             side_channel=SideChannel(o.nixl_side_channel_host, o.nixl_side_channel_port),
             time_scale=lambda: self.options.time_scale,
         )
         nixl.bind(on_loaded=self._kv_loaded, on_freed=lambda: self._wake.set())
         self.scheduler.connector = nixl
+        nixl.scheduler = self.scheduler
         return nixl
 
     def _kv_loaded(self, req: SimRequest, ok: bool) -> None:

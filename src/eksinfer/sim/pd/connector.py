@@ -34,7 +34,7 @@ from eksinfer.sim.pd.link import transfer_s
 from eksinfer.sim.pd.metrics import NixlMetrics
 from eksinfer.sim.pd.pinned import PinnedBlocks
 from eksinfer.sim.pd.side_channel import side_channel_app
-from eksinfer.sim.scheduler import SimRequest
+from eksinfer.sim.scheduler import Scheduler, SimRequest
 
 log = logging.getLogger(__name__)
 SIDE_CHANNEL_TIMEOUT_S = 5.0  # vLLM's handshake socket gives up after 5 s
@@ -82,6 +82,7 @@ class NixlSim:
         self.port = side_channel.port  # the bound port once started
         self._time_scale = time_scale
         self.pinned = PinnedBlocks(pool, lease_s=config.lease_s, clock=clock)
+        self.scheduler: Scheduler | None = None  # set by the engine that wires this connector in
         self._on_loaded: Callable[[SimRequest, bool], None] = lambda req, ok: None
         self._on_freed: Callable[[], None] = lambda: None
         self._pending: dict[str, kvp.RemotePrefill] = {}  # decode requests whose KV is not in yet
@@ -96,8 +97,20 @@ class NixlSim:
         metrics.bind(
             pinned_blocks=lambda: float(self.pinned.num_blocks),
             pinned_requests=lambda: float(len(self.pinned)),
-            loading=lambda: float(len(self._pulls)),
+            fetch_stages={
+                # vLLM stamps waiting_to_start at the lookup and moves on at once: never seen between steps
+                "waiting_to_start": lambda: 0.0,
+                "in_progress": lambda: float(len(self._pulls)),
+                "completed_waiting": lambda: float(self._completed_waiting()),
+            },
         )
+
+    def _completed_waiting(self) -> int:
+        """Decode requests whose KV arrived and that wait to run (back in the queue with their blocks)."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return 0
+        return sum(1 for r in scheduler.waiting if r.num_external_tokens and r.table.blocks)
 
     def bind(self, *, on_loaded: Callable[[SimRequest, bool], None], on_freed: Callable[[], None]) -> None:
         """`on_loaded(req, ok)` when a pull ends; `on_freed()` when reaped blocks may admit waiting work."""

@@ -24,8 +24,9 @@ DESCRIPTOR_BUCKETS = (10, 20, 30, 50, 75, 100, 200, 400, 1000, 2000, 4000, 10000
 class NixlMetrics:
     """Registered in one engine's registry when it runs with --kv-transfer-config."""
 
-    def __init__(self, engine: EngineMetrics) -> None:
+    def __init__(self, engine: EngineMetrics, *, consumer: bool = True) -> None:
         reg, lv = engine.registry, engine.labels
+        self._lv = lv
 
         def hist(name: str, doc: str, buckets: tuple[float, ...]) -> FastHistogram:
             h = FastHistogram(name, doc, lv, buckets)
@@ -92,20 +93,26 @@ class NixlMetrics:
             tuple(lv),
             registry=reg,
         ).labels(**lv)
-        self._loading = Gauge(
-            "eksinfer_nixl_requests_waiting_for_remote_kvs",
-            "Decode requests waiting for their KV blocks to arrive from a prefill engine.",
-            tuple(lv),
-            registry=reg,
-        ).labels(**lv)
+        self._fetch: Gauge | None = None
+        if consumer:  # vLLM registers it for kv_consumer and kv_both engines (v1/metrics/loggers.py)
+            self._fetch = Gauge(
+                "vllm:num_requests_kv_fetch_by_stage",
+                "Number of waiting requests by async KV load stage. Stage labels: 'waiting_to_start' = needs "
+                "an async KV load that has not started; 'in_progress' = load started and not yet reported "
+                "finished; 'completed_waiting' = load finished, request not running yet.",
+                (*lv, "stage"),
+                registry=reg,
+            )
 
     def bind(
         self,
         *,
         pinned_blocks: Callable[[], float],
         pinned_requests: Callable[[], float],
-        loading: Callable[[], float],
+        fetch_stages: dict[str, Callable[[], float]],
     ) -> None:
         self._pinned_blocks.set_function(pinned_blocks)
         self._pinned_requests.set_function(pinned_requests)
-        self._loading.set_function(loading)
+        if self._fetch is not None:
+            for stage, read in fetch_stages.items():
+                self._fetch.labels(**self._lv, stage=stage).set_function(read)

@@ -19,7 +19,7 @@ import pytest
 
 from eksinfer.catalog import get_gpu, get_instance
 from eksinfer.catalog.hardware import TCP_FLOW_GBPS
-from eksinfer.errors import ConfigError
+from eksinfer.errors import ConfigError, UsageError
 from eksinfer.sim.blocks import BlockPool, BlockTable
 from eksinfer.sim.cluster import SimCluster
 from eksinfer.sim.pd.config import KvTransferConfig
@@ -578,3 +578,20 @@ async def test_a_queued_decode_renews_the_prefill_lease_over_the_side_channel(st
         async with await queued as r:
             assert r.status == 200
     await until(lambda: len(nixl.pinned) == 0, what="the pull released the blocks")
+
+
+@pytest.mark.parametrize(
+    ("replicas", "changes", "field"),
+    [
+        (2, {"prefill_replicas": 2}, "--prefill-replicas"),
+        (1, {"kv_link": "infiniband"}, "--kv-link"),
+        (1, {"kv_link_gbps": 0.0}, "--kv-link-gbps"),
+        (1, {"nixl_side_channel_port": 70000}, "--nixl-side-channel-port"),
+    ],
+)
+async def test_bad_pd_options_name_their_flag(
+    start: StartCluster, replicas: int, changes: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(UsageError) as err:  # ConfigError is one too
+        await start(replicas, **{**PD, **changes})
+    assert err.value.field == field

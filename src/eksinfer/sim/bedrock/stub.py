@@ -43,6 +43,7 @@ class StubFaults:
     break_share: float = 0.0  # streams that break after `break_after_events` events
     break_after_events: int = 2
     break_mode: Literal["exception", "reset"] = "exception"  # in-band modelStreamErrorException, or a cut
+    hold: asyncio.Event | None = None  # when set: the answer / first event waits until the event is set
 
 
 @dataclass
@@ -148,7 +149,7 @@ class BedrockStub:
         except _Refused as err:
             return self._error(err)
         answer = self._answer(body)
-        await asyncio.sleep(self.faults.first_event_delay_s)
+        await self._first_event_wait()
         content: list[dict[str, Any]] = [{"text": "".join(answer.pieces)}] if answer.pieces else []
         if answer.tool is not None:
             content.append({"toolUse": answer.tool})
@@ -177,7 +178,7 @@ class BedrockStub:
         )
         response.enable_chunked_encoding()
         await response.prepare(request)
-        await asyncio.sleep(self.faults.first_event_delay_s)
+        await self._first_event_wait()
         breaks = self.rng.random() < self.faults.break_share
         for sent, (frame, paced) in enumerate(_events(answer)):
             if breaks and sent == self.faults.break_after_events:
@@ -194,6 +195,15 @@ class BedrockStub:
         self.counts["streams"] += 1
         await response.write_eof()
         return response
+
+    async def _first_event_wait(self) -> None:
+        self.counts["waiting"] += 1
+        try:
+            if self.faults.hold is not None:
+                await self.faults.hold.wait()
+            await asyncio.sleep(self.faults.first_event_delay_s)
+        finally:
+            self.counts["waiting"] -= 1
 
     def _error(self, err: _Refused) -> web.Response:
         self.counts[err.code] += 1

@@ -20,12 +20,11 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 
+from eksinfer.catalog.bedrock import MODEL_ID
 from eksinfer.strict import StrictModel, config_error
 
 # us-east-1, eu-central-2, us-gov-west-1, ap-southeast-7, ...
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
-# A model id (`anthropic.claude-...-v1:0`), an inference-profile id (`us.meta.llama...`) or an ARN of either.
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:/_-]{0,2047}$")
 
 
 class BedrockPoolConfig(StrictModel):
@@ -94,7 +93,7 @@ class BedrockPoolConfig(StrictModel):
         for name, model_id in value.items():
             if not name.strip():
                 raise ValueError("a model name is empty")
-            if not _MODEL_ID.match(model_id):
+            if not MODEL_ID.match(model_id):
                 raise ValueError(f"{model_id!r} (for {name}) is not a Bedrock model id, profile id or ARN")
         return value
 

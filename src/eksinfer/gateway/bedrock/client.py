@@ -5,8 +5,10 @@ credential chain (EKS Pod Identity and IRSA in a cluster, refreshed before expir
 decoder, all maintained by AWS; re-implementing them over aiohttp would be more code to get wrong. Its calls
 block, so every one runs in a ThreadPoolExecutor of `max_concurrency` workers, and an asyncio semaphore of
 the same size admits requests (a stream holds its slot until it ends), so a request never waits for a thread
-while it holds a slot, and the event loop only ever awaits. A stream is read one event per executor call:
-the loop gets each event as it arrives and the thread is free again in between.
+while it holds a slot, and the event loop only ever awaits. A stream is one worker job that opens it and
+reads it event by event, handing each decoded event to the loop (`call_soon_threadsafe` into a queue) as it
+arrives: one hand-off per event instead of a round trip per event (benchmarks/bench_bedrock.py measured
+both). A client that leaves closes the stream's socket from the loop, which ends the worker's reads.
 
 botocore's own retries are off (`total_max_attempts: 1`): the gateway's retry budget and cascade decide
 whether a throttled or failed call is tried again, here or on another tier.
@@ -24,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -42,6 +44,7 @@ from eksinfer.gateway.http import RequestRefused
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+_END = object()  # the pump's last item
 
 
 class BedrockClient:
@@ -80,18 +83,29 @@ class BedrockClient:
             model=model, rid=_rid(), created=int(time.time()), include_usage=include_usage
         )
         async with self._slot():
-            opened = await self._run(self._call, "converse_stream", request)
-            stream = opened["stream"]
-            events: Iterator[dict[str, Any]] = iter(stream)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[Any] = asyncio.Queue()
+            opened: list[Any] = []  # the botocore EventStream, once the response headers came
+            gone = threading.Event()  # the consumer left: the pump stops at its next event
+
+            def put(item: Any) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is left to read
+                    loop.call_soon_threadsafe(events.put_nowait, item)
+
+            self._pool.submit(self._pump, request, opened, put, gone)
             try:
-                while (event := await self._run(next, events, None)) is not None:
+                while (event := await events.get()) is not _END:
+                    if isinstance(event, BaseException):
+                        raise event
                     for chunk in translator.feed(event):
                         yield chunk
                 if not translator.finished:
                     raise BedrockError(502, "bedrock_stream_truncated", "Amazon Bedrock ended the stream "
                                        "before messageStop", retryable=True)  # fmt: skip
             finally:
-                self._close_later(stream)
+                gone.set()
+                if opened:
+                    _quiet_close(opened[0])  # a socket close: does not block; ends the pump's reads
 
     async def start(self) -> None:
         """Builds the botocore client now (it reads its service model from disk) instead of on first use."""
@@ -159,6 +173,27 @@ class BedrockClient:
         result: dict[str, Any] = getattr(self._botocore(), operation)(**request)
         return result
 
+    def _pump(
+        self, request: dict[str, Any], opened: list[Any], put: Callable[[Any], None], gone: threading.Event
+    ) -> None:
+        """On a worker: opens the stream and hands each event to the loop as it is decoded (one hand-off
+        per event, no round trip), then `_END`; an error is handed over as a BedrockError."""
+
+        def drain() -> None:
+            stream = self._call("converse_stream", request)["stream"]
+            opened.append(stream)
+            for event in stream:
+                if gone.is_set():
+                    _quiet_close(stream)
+                    return
+                put(event)
+
+        try:
+            self._guarded(drain)
+            put(_END)
+        except BedrockError as err:
+            put(err)
+
     def _secrets(self) -> list[str | None]:
         """The credentials in use, to scrub from error messages (on a worker thread: may refresh)."""
         try:
@@ -204,11 +239,6 @@ class BedrockClient:
             )  # fmt: skip
         logger.debug("bedrock call failed: %s %s", raised.code, raised)
         raise raised
-
-    def _close_later(self, stream: Any) -> None:
-        """Closes a stream's connection on a worker (an early exit: a client gone, a cancelled task)."""
-        with contextlib.suppress(RuntimeError):  # a pool already shut down: the process is ending
-            self._pool.submit(_quiet_close, stream)
 
 
 def _quiet_close(stream: Any) -> None:

@@ -89,7 +89,11 @@ class BedrockStub:
         app = web.Application()
         app.router.add_post("/model/{modelId}/converse", self._converse)
         app.router.add_post("/model/{modelId}/converse-stream", self._converse_stream)
+        app.router.add_get("/ping", self._ping)  # the stub's own readiness check; Bedrock has none
         return app
+
+    async def _ping(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     # --- request checks and the answer -------------------------------------------------------------
 

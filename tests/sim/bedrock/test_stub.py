@@ -117,3 +117,25 @@ async def test_fault_shares_are_drawn_per_request(stub: RunningStub) -> None:
     assert set(statuses) == {200, 429}
     assert 60 <= statuses.count(429) <= 140  # seeded: the same draws every run
     assert stub.stub.counts["ThrottlingException"] == statuses.count(429)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--throttle-share", "2"], "--throttle-share"),
+        (["--token-delay-s", "x"], "--token-delay-s"),
+        (["--break-after-events", "0"], "--break-after-events"),
+        (["--break-mode", "explode"], "--break-mode"),
+    ],
+)
+def test_cli_refuses_bad_values_naming_the_flag(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eksinfer.sim.bedrock.__main__ import parse
+
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in error
+    assert parse(["--throttle-share", "0.25"]).throttle_share == 0.25

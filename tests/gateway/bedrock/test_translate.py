@@ -163,6 +163,19 @@ def test_tool_choice_none_leaves_tools_out_unless_the_history_uses_them() -> Non
     ]
 
 
+def test_empty_tool_result_is_an_empty_json_block() -> None:
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "ping", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "c", "content": ""},
+    ]
+    request = to_converse({"messages": history}, "m")
+    assert request["messages"][1]["content"][0]["toolUse"]["input"] == {}
+    assert request["messages"][2]["content"] == [
+        {"toolResult": {"toolUseId": "c", "content": [{"json": {}}]}}
+    ]
+
+
 def test_data_url_image_becomes_bytes() -> None:
     png = b"\x89PNG\r\n\x1a\nfake"
     url = "data:image/png;base64," + base64.b64encode(png).decode()

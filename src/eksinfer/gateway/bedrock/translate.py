@@ -146,7 +146,8 @@ def _turn(message: Any, i: int) -> tuple[str, list[dict[str, Any]]]:
         return "assistant", blocks
     if role == "tool":
         call_id = _text(message.get("tool_call_id"), f"{param}.tool_call_id")
-        result = _content(message.get("content"), f"{param}.content", images=False) or [{"text": ""}]
+        # an empty result becomes `{}`: Bedrock refuses blank text blocks
+        result = _content(message.get("content"), f"{param}.content", images=False) or [{"json": {}}]
         return "user", [{"toolResult": {"toolUseId": call_id, "content": result}}]
     raise _refuse(f"role {role!r} is not supported by the Amazon Bedrock tier", f"{param}.role")
 

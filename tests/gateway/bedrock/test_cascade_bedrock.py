@@ -4,6 +4,7 @@ are not reachable here: the stub stands in for Bedrock Runtime, a closed port fo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from eksinfer.gateway.config import GatewayConfig, parse_config
 from eksinfer.sim.bedrock import StubFaults
 from eksinfer.sim.bedrock.stub import RunningStub
-from tests.gateway.bedrock.conftest import MODEL_ID
+from tests.gateway.bedrock.conftest import ACCESS_KEY, MODEL_ID, SECRET_KEY, SESSION_TOKEN
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -84,15 +85,23 @@ async def test_bedrock_answers_when_the_engines_are_down(gateway: Any, stub: Run
     assert [r.stream for r in stub.stub.recorded] == [False, True]
 
 
-async def test_throttled_bedrock_is_retried_by_the_gateway(gateway: Any, stub: RunningStub) -> None:
+async def test_throttled_bedrock_is_retried_by_the_gateway(
+    gateway: Any, stub: RunningStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     stub.stub.faults = StubFaults(throttle_share=1.0)
+    chat = base(gateway) + "/v1/chat/completions"
     async with httpx.AsyncClient(timeout=30) as client:
-        r = await client.post(
-            base(gateway) + "/v1/chat/completions", json={"model": "llama", "messages": CHAT}
-        )
+        r = await client.post(chat, json={"model": "llama", "messages": CHAT})
+        metrics = (await client.get(base(gateway) + "/metrics")).text
     assert r.status_code == 429  # Bedrock kept throttling: the client gets Bedrock's status, not a hang
     assert r.json()["error"]["code"] == "bedrock_throttling"
     assert len(stub.stub.recorded) >= 2  # the gateway retried (botocore itself never does)
+    # the gateway's answer, its metrics and its logs (every logger at DEBUG) carry no credential
+    assert caplog.records
+    for text in (r.text, metrics, caplog.text):
+        for secret in (ACCESS_KEY, SECRET_KEY, SESSION_TOKEN[:40]):
+            assert secret not in text
 
 
 async def test_bedrock_stream_breaking_after_content_ends_with_an_error_event(

@@ -148,6 +148,47 @@ def gateway_cm(preset: str = "kv-aware") -> Obj:
     }
 
 
+def bedrock_gateway(*, irsa: bool = False, pod_identity: bool = False) -> list[Obj]:
+    """A gateway ConfigMap with a Bedrock pool, the Deployment mounting it, its ServiceAccount, and the
+    identity wiring asked for (IRSA annotation, or an eksctl Pod Identity association)."""
+    cfg = {
+        "endpoints": {"kubernetes": {"namespace": "ns", "label_selector": "app=llm"}},
+        "pools": {"bedrock": {"kind": "bedrock", "region": "us-east-1", "models": {"m": "meta.x-v1:0"}}},
+        "models": {"m": {"cascade": ["default", "bedrock"]}},
+    }
+    meta = {"name": "gw", "namespace": "ns"}
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {"gateway.yaml": yaml.safe_dump(cfg)},
+    }
+    template = {
+        "spec": {
+            "serviceAccountName": "gw",
+            "containers": [{"name": "gateway", "image": "eksinfer:1"}],
+            "volumes": [{"name": "config", "configMap": {"name": "gw"}}],
+        }
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {"template": template},
+    }
+    account: Obj = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(meta)}
+    if irsa:
+        account["metadata"]["annotations"] = {
+            "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/gw"
+        }
+    out = [cm, deployment, account]
+    if pod_identity:
+        assoc = {"namespace": "ns", "serviceAccountName": "gw", "permissionPolicy": {}}
+        out.append({"apiVersion": "eksctl.io/v1alpha5", "kind": "ClusterConfig", "metadata": {"name": "c"},
+                    "iam": {"podIdentityAssociations": [assoc]}})  # fmt: skip
+    return out
+
+
 KV_OK = ["--kv-events-config", '{"enable_kv_cache_events":true}', "--prefix-caching-hash-algo", "sha256_cbor"]
 
 
@@ -462,6 +503,10 @@ CASES: dict[str, tuple[list[Obj], list[Obj]]] = {
             mutate(so(), lambda o: o["spec"].update(minReplicas=1)),
         ],
         [engine(), so(), {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}],
+    ),
+    "bedrock-without-identity": (
+        bedrock_gateway(),
+        [*bedrock_gateway(irsa=True), *bedrock_gateway(pod_identity=True)[3:], gateway_cm()],
     ),
     "unreadable-manifest": ([{UNREADABLE: "mapping values are not allowed here"}], [engine()]),
     "refused-manifest": ([{REFUSED: "x.yaml expands to more than 1,000,000 values"}], [engine()]),

@@ -304,6 +304,14 @@ def register(app: typer.Typer) -> None:
             None, "--prices", help="Price book (aws-2026-08: newest, default; reference: 2025) or file."
         ),
         region: str | None = typer.Option(None, "--region", help="AWS region to price (default us-east-1)."),
+        bedrock_fallback: bool = typer.Option(
+            True,
+            "--bedrock-fallback/--no-bedrock-fallback",
+            help="Amazon Bedrock as the last tier (default on).",
+        ),
+        bedrock_model: str | None = typer.Option(
+            None, "--bedrock-model", help="Bedrock model id, inference profile or ARN for the fallback tier."
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
         as_yaml: bool = typer.Option(False, "--yaml", help="Print the plan as YAML."),
         render_dir: Path | None = typer.Option(None, "--render", help="Also render EKS manifests into DIR."),
@@ -342,6 +350,8 @@ def register(app: typer.Typer) -> None:
                 "kv_cache_dtype": kv_cache_dtype,
                 "prices": prices,
                 "region": region,
+                "bedrock_fallback": bedrock_fallback,
+                "bedrock_model": bedrock_model,
             },
         )
         plan = make_plan(request)

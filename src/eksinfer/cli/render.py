@@ -82,6 +82,11 @@ def register(app: typer.Typer) -> None:
         pd_backend: str = typer.Option(
             "disaggregatedset", "--pd-backend", help="Multi-node prefill/decode: disaggregatedset or lws."
         ),
+        bedrock_role_arn: str | None = typer.Option(
+            None,
+            "--bedrock-role-arn",
+            help="IAM role (IRSA) for the gateway's Bedrock tier; default: an EKS Pod Identity association.",
+        ),
     ) -> None:
         """Render EKS manifests (nodes, engines, gateway, autoscaling, monitoring) for a plan."""
         from eksinfer.deploy.context import RenderOptions
@@ -123,6 +128,7 @@ def register(app: typer.Typer) -> None:
             route_headers=route_headers,
             capacity_reservations=tuple(capacity_reservation or ()),
             placement_group=placement_group,
+            bedrock_role_arn=bedrock_role_arn,
         )
         written = render_plan(plan, output, options=options)
         for path in written:

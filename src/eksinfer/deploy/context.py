@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from eksinfer import __version__
+from eksinfer.catalog.bedrock import MODEL_ID
 from eksinfer.errors import ConfigError
 from eksinfer.planner.schema import PLAN_SCHEMA_VERSION, Plan, PlanRole
 
@@ -64,6 +65,7 @@ class RenderOptions:
     placement_group: str | None = None  # an existing cluster placement group for multi-node EFA groups
     route_headers: bool = False  # gateway response headers naming engine pods (trusted clients only)
     gateway_replicas: int = 2  # at least 2, spread over nodes and zones
+    bedrock_role_arn: str | None = None  # IRSA role for the Bedrock tier; None: EKS Pod Identity (bedrock.py)
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -223,6 +225,7 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
         raise ConfigError("a plan needs at least one role", field="roles")
     opts = opts or RenderOptions()
     _check_exposure(opts)
+    _check_fallback(plan, opts)
     if (opts.capacity_reservations or opts.placement_group) and plan.nodes.provisioning != "karpenter":
         raise ConfigError(
             "capacity reservations and placement groups are rendered for Karpenter's EC2NodeClass only; "
@@ -244,6 +247,24 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
                 "GPUs do not split evenly across nodes", field=f"roles[{i}].engine.gpus_per_replica"
             )
     return Ctx(plan, opts)
+
+
+def _check_fallback(plan: Plan, opts: RenderOptions) -> None:
+    """The Bedrock tier's ids end up in an IAM policy and a gateway config: refuse what neither accepts."""
+    fallback = plan.fallback
+    if fallback is not None:
+        if not MODEL_ID.match(fallback.model_id):
+            raise ConfigError(
+                "not a Bedrock model id, inference-profile id or ARN", field="fallback.model_id"
+            )
+        if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", fallback.region):
+            raise ConfigError(f"{fallback.region!r} is not an AWS region name", field="fallback.region")
+    if opts.bedrock_role_arn is None:
+        return
+    if fallback is None:
+        raise ConfigError("the plan has no Bedrock fallback to give a role to", field="--bedrock-role-arn")
+    if not re.fullmatch(r"arn:aws[-a-z]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", opts.bedrock_role_arn):
+        raise ConfigError("give an IAM role ARN: arn:aws:iam::ACCOUNT:role/NAME", field="--bedrock-role-arn")
 
 
 def _check_exposure(opts: RenderOptions) -> None:

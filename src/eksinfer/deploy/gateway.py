@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from eksinfer.deploy import bedrock
 from eksinfer.deploy.context import ENGINE_PORT, GATEWAY_PORT, HASH_SEED, KV_EVENTS_PORT, Ctx, Obj
 from eksinfer.deploy.exposure import exposure_objects
 from eksinfer.deploy.lint.rules_pd import gateway_speaks_pd
@@ -82,6 +83,8 @@ def gateway_config(ctx: Ctx) -> dict[str, Any]:
             "block_size": engine.block_size,
             "tokenizer": {"mode": "engine"},
         },
+        # The plan's fallback: on-prem first, then the cloud engines, then Amazon Bedrock (deploy/bedrock.py).
+        **bedrock.gateway_sections(ctx, ["onprem", "cloud"] if hybrid else ["default"]),
     }
     if pd and gateway_speaks_pd():
         config["disaggregation"] = {ctx.served_name(): {"prefill_pool": "prefill", "decode_pool": "decode"}}
@@ -98,10 +101,18 @@ def configmap(ctx: Ctx) -> Obj:
     }
 
 
+def _service_account_meta(ctx: Ctx, name: str) -> Obj:
+    meta = ctx.meta(name, "gateway")
+    annotations = bedrock.service_account_annotations(ctx)
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
 def rbac(ctx: Ctx) -> list[Obj]:
     name = f"{ctx.name}-gateway"
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": ctx.meta(name, "gateway")},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _service_account_meta(ctx, name)},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from eksinfer.deploy import bedrock
 from eksinfer.deploy.context import Ctx
 
 
@@ -104,6 +105,7 @@ def _prerequisites(ctx: Ctx) -> list[str]:
         f"The gateway image `{ctx.opts.gateway_image}`: build it from the eksinfer repository, push it where "
         "the cluster can pull it (or render with `--gateway-image`)."
     )
+    steps.extend(bedrock.readme_steps(ctx))
     steps.append(
         f"Optional: a Secret `{ctx.opts.hf_token_secret}` (key `token`) for gated Hugging Face models."
     )

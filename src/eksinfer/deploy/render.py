@@ -11,6 +11,7 @@ DIR/monitoring/                 PodMonitor, ServiceMonitors, PrometheusRule
 DIR/dashboards/NAME.json        Grafana dashboard (also usable by import)
 DIR/helm/*.yaml                 Helm values (GPU Operator; Cluster Autoscaler, DRA driver): not API objects
 DIR/cluster/eksctl-nodegroup.yaml   managed node group (eksctl), not an API object
+DIR/bedrock/                    IAM policy + EKS Pod Identity association (eksctl) of the Bedrock tier
 DIR/README.md                   what to install first, then `kubectl apply -k DIR`
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from eksinfer.deploy import addons, autoscale, engines, gateway, nodes, observability
+from eksinfer.deploy import addons, autoscale, bedrock, engines, gateway, nodes, observability
 from eksinfer.deploy.context import Ctx, Obj, RenderOptions, make_ctx
 from eksinfer.deploy.readme import tree_readme
 from eksinfer.errors import ConfigError
@@ -139,6 +140,7 @@ def _add_files(ctx: Ctx, tree: RenderedTree) -> None:
         )
     if ctx.plan.nodes.needs_dra:
         tree.files["helm/nvidia-dra-driver-gpu-values.yaml"] = header + to_yaml(addons.dra_driver_values(ctx))
+    tree.files.update(bedrock.files(ctx, header, to_yaml))
     dash = f"dashboards/{ctx.name}.json"
     tree.files[dash] = observability.dashboard_json(ctx)
     tree.generators.append(

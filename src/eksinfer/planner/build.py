@@ -11,6 +11,7 @@ from eksinfer.perf import EnginePerf, load_time_s, max_running
 from eksinfer.perf.memory import GIB
 from eksinfer.perf.queueing import knee_requests_per_s, open_loop
 from eksinfer.planner.evaluate import open_loop_curve
+from eksinfer.planner.fallback import bedrock_fallback
 from eksinfer.planner.ground import assess
 from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.schema import (
@@ -277,6 +278,8 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
         per_m = cost.per_million_tokens_usd * alt.monthly_usd / cand.monthly_usd if cand.monthly_usd else 0.0
         alternatives.append(entry.model_copy(update={"per_million_tokens_usd": round(per_m, 4)}))
     prediction = _prediction(request, cand)
+    instance = _instance(request, cand)
+    fallback, fallback_why = bedrock_fallback(request, instance.region)
     return Plan(
         name=dns_name(model.id),
         tier=shape.tier,
@@ -300,7 +303,7 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
             shared_prefix_ratio=t.shared_prefix_ratio,
         ),
         slo=PlanSlo(preset=request.slo.preset, ttft_s=request.slo.ttft_s, tpot_s=request.slo.tpot_s),
-        instance=_instance(request, cand),
+        instance=instance,
         roles=roles,
         nodes=PlanNodes(
             provisioning=prov,
@@ -316,7 +319,8 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
         ground=_ground(request, prediction, cand),
         cost=cost,
         on_prem=_on_prem(request, cand),
-        why=explain(request, cand, prov_why, strategy),
+        fallback=fallback,
+        why={**explain(request, cand, prov_why, strategy), "fallback": fallback_why},
         alternatives=alternatives,
     )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eksinfer.catalog import ModelSpec, list_instances
+from eksinfer.catalog.bedrock import MODEL_ID
 from eksinfer.errors import UsageError
 
 SLO_PRESETS: dict[str, tuple[float, float]] = {  # name -> (TTFT s, TPOT s)
@@ -79,6 +80,8 @@ class Constraints:
     kv_cache_dtype: str | None = None  # None: search auto and fp8 (where the GPU has FP8 tensor cores)
     prices: str | Path | None = None  # price book name or overrides file; None: the newest book
     region: str | None = None  # None: the book's own region (us-east-1)
+    bedrock_fallback: bool = True  # Amazon Bedrock as the cascade's last tier (planner/fallback.py)
+    bedrock_model: str | None = None  # None: the catalog's Bedrock model for the served model
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,5 +136,7 @@ class PlanRequest:
             raise UsageError(
                 f"unknown {', '.join(unknown)}; known: {', '.join(sorted(known))}", field="--families"
             )
+        if c.bedrock_model is not None and not MODEL_ID.match(c.bedrock_model):
+            raise UsageError("not a Bedrock model id, inference-profile id or ARN", field="--bedrock-model")
         if c.on_prem is not None and c.on_prem.gpus < 1:
             raise UsageError("needs at least one GPU", field="--on-prem")

@@ -201,6 +201,20 @@ class PlanAlternative(StrictModel):
     measured: bool = Field(default=True, description="False when the path has no measured runs behind it")
 
 
+class PlanFallback(StrictModel):
+    """The managed tier a gateway falls back to when every self-hosted pool of the model fails or sheds."""
+
+    kind: Literal["bedrock"] = Field(default="bedrock", description="managed service; Amazon Bedrock")
+    region: str = Field(description="AWS region the gateway calls Bedrock Runtime in")
+    model_id: str = Field(description="the id the gateway calls: model id, inference-profile id or ARN")
+    inference_profile: bool = Field(description="model_id is a cross-Region inference profile")
+    match: Literal["same", "close", "chosen"] = Field(
+        description="same model as served, a close one (see why.fallback), or chosen with --bedrock-model"
+    )
+    source: str = Field(default="", description="where the model id comes from (a Bedrock model card)")
+    as_of: str = Field(default="", description="date the model id was checked, ISO 8601")
+
+
 class Plan(StrictModel):
     schema_version: str = Field(default=PLAN_SCHEMA_VERSION, description="plan document version")
     name: str = Field(description="deployment name, DNS-1123, used for Kubernetes object names")
@@ -221,5 +235,8 @@ class Plan(StrictModel):
     )
     cost: PlanCost = Field(description="cost")
     on_prem: PlanOnPrem | None = Field(default=None, description="on-prem (EKS Hybrid Nodes) pool, when any")
+    fallback: PlanFallback | None = Field(
+        default=None, description="last tier of the gateway's cascade (Amazon Bedrock); None: no fallback"
+    )
     why: dict[str, str] = Field(description="one short reason per choice: tier, instance, parallelism, ...")
     alternatives: list[PlanAlternative] = Field(default_factory=list, description="runners-up, best first")

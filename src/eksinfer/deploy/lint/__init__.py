@@ -2,14 +2,21 @@
 
 Each finding names the rule, the file, the object, the field, why it hurts and the fix. Rules live in
 `rules_pods` (pod templates), `rules_tools` (what clients can call), `rules_pd` (prefill/decode
-disaggregation) and `rules_cluster` (across objects); `RULES` lists them all.
+disaggregation), `rules_aws` (AWS identity of the Bedrock tier) and `rules_cluster` (across objects); `RULES`
+lists them all.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from eksinfer.deploy.lint import rules_cluster, rules_pd, rules_pods, rules_tools  # noqa: F401  (registers)
+from eksinfer.deploy.lint import (  # noqa: F401  (registers the rules)
+    rules_aws,
+    rules_cluster,
+    rules_pd,
+    rules_pods,
+    rules_tools,
+)
 from eksinfer.deploy.lint.core import RULES, Finding, Rule
 from eksinfer.deploy.lint.manifests import Doc, Tree, load
 

@@ -102,7 +102,7 @@ class CuttingEngine:
                 if path == "/v1/models":
                     card = {"id": self.model, "object": "model", "owned_by": "vllm"}
                     self._answer(writer, json.dumps({"object": "list", "data": [card]}).encode())
-                elif path == "/metrics":
+                elif path in ("/metrics", "/health"):  # /health: the gateway's active health checks
                     self._answer(writer, b"", "text/plain")
                 else:
                     body = json.dumps({"id": "x", "choices": [{"text": "hello world"}]}).encode()

@@ -6,6 +6,10 @@
                  selector or several, each with its pool)
     scrape:      how often each engine's /metrics is read and when its data counts as stale
     routing:     the routing section, validated by `eksinfer.gateway.routing.RoutingConfig`
+    pools:       per pool: its kind (vllm engines, or a managed API such as Bedrock), routing preset and
+                 context window; endpoints name their pool
+    models:      per model: the cascade of pools, stream continuation, the TTFT SLO used for shedding
+    resilience:  retries, retry budget, outlier ejection, circuit breakers, health checks, slow start
 
 Pydantic models at the edge only (STYLE.md 10); the runtime reads plain attributes from them.
 """
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -22,7 +26,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError
+from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.scheduling.config import RoutingConfig, load_routing_config
+from eksinfer.gateway.scheduling.presets import PRESET_NAMES
 from eksinfer.strict import StrictModel, config_error
 
 
@@ -188,6 +194,65 @@ class ScrapeConfig(StrictModel):
     )
 
 
+class VllmPoolConfig(StrictModel):
+    kind: Literal["vllm"] = Field("vllm", description="Engines that speak vLLM's OpenAI API.")
+    preset: str | None = Field(
+        None, description="Routing preset or profile for this pool; default: routing.preset."
+    )
+    max_context_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Longest prompt plus max_tokens this pool takes; longer requests go to the next tier.",
+    )
+    max_waiting: int | None = Field(
+        None,
+        ge=0,
+        description="The pool sheds (the request goes to the next tier) when every endpoint reports at "
+        "least this many waiting requests (vllm:num_requests_waiting); unset: never sheds on queue depth.",
+    )
+
+
+# The managed-API pool kinds and where their config model lives; imported only when a pool uses the kind.
+MANAGED_KINDS: dict[str, tuple[str, str]] = {
+    "bedrock": ("eksinfer.gateway.bedrock.config", "BedrockPoolConfig"),
+}
+
+
+def _pool_model(kind: str) -> type[StrictModel]:
+    import importlib
+
+    module, name = MANAGED_KINDS[kind]
+    try:
+        model: type[StrictModel] = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"pool kind {kind!r} is not available in this build ({module})") from None
+    return model
+
+
+class ModelRoute(StrictModel):
+    cascade: list[str] = Field(
+        min_length=1, description="Pools tried in order; a request moves on when a pool cannot take it."
+    )
+    continue_streams: bool = Field(
+        False,
+        description="A stream that breaks after its first content byte continues on another endpoint or "
+        "tier with the text already sent as an assistant prefix, instead of ending with an error event.",
+    )
+    ttft_slo_s: float | None = Field(
+        None,
+        gt=0,
+        description="A pool (other than the last) whose predicted time to first token is above this "
+        "sheds the request to the next tier.",
+    )
+
+    @field_validator("cascade")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a pool may appear only once in a cascade")
+        return value
+
+
 class GatewayConfig(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server settings.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Optional API keys.")
@@ -196,6 +261,51 @@ class GatewayConfig(StrictModel):
     routing: dict[str, Any] = Field(
         default_factory=dict, description="Routing section (see eksinfer.gateway.routing.RoutingConfig)."
     )
+    pools: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Pools by name: {kind: vllm, preset, max_context_tokens, max_waiting} or a managed API "
+        "({kind: bedrock, ...}); pools that endpoints name but that are not listed are vllm pools.",
+    )
+    models: dict[str, ModelRoute] = Field(
+        default_factory=dict, description="Per model: cascade, continue_streams, ttft_slo_s."
+    )
+    resilience: ResilienceConfig = Field(
+        default_factory=ResilienceConfig, description="Retries, budget, ejection, breakers, health checks."
+    )
+
+    @field_validator("pools", mode="after")
+    @classmethod
+    def _pools(cls, value: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, entry in value.items():
+            if isinstance(entry, StrictModel):
+                out[name] = entry
+                continue
+            if entry is None:
+                entry = {}
+            if not isinstance(entry, dict):
+                raise ValueError(f"pool {name!r} must be a mapping")
+            kind = entry.get("kind", "vllm")
+            if kind == "vllm":
+                out[name] = VllmPoolConfig.model_validate(entry)
+            elif kind in MANAGED_KINDS:
+                out[name] = _pool_model(kind).model_validate(entry)
+            else:
+                known = ", ".join(["vllm", *MANAGED_KINDS])
+                raise ValueError(f"pool {name!r}: unknown kind {kind!r}; known: {known}")
+        return out
+
+    @model_validator(mode="after")
+    def _cascades_name_pools(self) -> GatewayConfig:
+        named = set(self.pools) | {e.pool for e in self.endpoints.static}
+        named |= {k.pool for k in self.endpoints.kubernetes}
+        for model, route in self.models.items():
+            for pool in route.cascade:
+                if pool not in named:
+                    raise ValueError(
+                        f"models.{model}.cascade names pool {pool!r}, which no pool or endpoint defines"
+                    )
+        return self
 
 
 def parse_config(data: object) -> GatewayConfig:
@@ -208,7 +318,15 @@ def parse_config(data: object) -> GatewayConfig:
         config = GatewayConfig.model_validate(data)
     except ValidationError as err:
         raise config_error(err) from None
-    validate_routing(config.routing)
+    routing = validate_routing(config.routing)
+    known = {*routing.profiles, *PRESET_NAMES}
+    for name, pool in config.pools.items():
+        preset = getattr(pool, "preset", None)
+        if preset is not None and preset not in known:
+            raise ConfigError(
+                f"unknown routing preset {preset!r}; known: {', '.join(sorted(known))}",
+                field=f"pools.{name}.preset",
+            )
     return config
 
 

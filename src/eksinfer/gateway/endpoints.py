@@ -2,8 +2,10 @@
 
 Discovery (a static list or a Kubernetes watch) adds and removes endpoints here; the runtime listens and
 starts or stops the endpoint's scraper and tells the router. Request handling reads `candidates(model)`:
-healthy endpoints that serve the model. Pools group endpoints that are interchangeable; a cascade
-(self-hosted, then on-prem, then a managed API) is an ordered list of pools (docs/gateway.md).
+healthy endpoints that serve the model and are not draining, of one pool or of all. Pools group endpoints
+that are interchangeable; a cascade (on-prem, then EKS, then a managed API) is an ordered list of pools
+(docs/gateway.md). Draining: a pod with a deletion timestamp (Spot interruption, consolidation, rollout)
+stays registered, so its requests in flight finish and its gauges stay visible, but takes no new request.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class EndpointRegistry:
         self._cards: dict[EndpointId, dict[str, dict[str, Any]]] = {}
         self._listeners: list[EndpointListener] = []
         self._by_model: dict[str, list[EndpointState]] | None = None
+        self._draining: set[EndpointId] = set()
 
     def subscribe(self, listener: EndpointListener) -> None:
         self._listeners.append(listener)
@@ -72,6 +75,7 @@ class EndpointRegistry:
             return
         self._specs.pop(endpoint_id, None)
         self._cards.pop(endpoint_id, None)
+        self._draining.discard(endpoint_id)
         self._by_model = None
         state.healthy = False
         log.info("endpoint %s removed", endpoint_id)
@@ -103,6 +107,19 @@ class EndpointRegistry:
     def health_changed(self, state: EndpointState, healthy: bool) -> None:
         self._by_model = None
 
+    def drain(self, endpoint_id: EndpointId) -> None:
+        """No new requests for this endpoint; those in flight finish. Removal (`remove`) comes later."""
+        if endpoint_id in self._states and endpoint_id not in self._draining:
+            self._draining.add(endpoint_id)
+            log.info("endpoint %s draining: no new requests", endpoint_id)
+
+    def draining(self, endpoint_id: str) -> bool:
+        return endpoint_id in self._draining
+
+    def pool_members(self, pool: str) -> list[EndpointState]:
+        """Every registered endpoint of a pool (healthy or not): the base of the outlier ejection share."""
+        return [s for s in self._states.values() if s.pool == pool]
+
     def get(self, endpoint_id: EndpointId) -> EndpointState | None:
         return self._states.get(endpoint_id)
 
@@ -125,11 +142,20 @@ class EndpointRegistry:
         return model in by_model
 
     def candidates(
-        self, model: str, exclude: Callable[[EndpointState], bool] | None = None
+        self,
+        model: str,
+        exclude: Callable[[EndpointState], bool] | None = None,
+        *,
+        pool: str | None = None,
     ) -> list[EndpointState]:
-        """Healthy endpoints serving `model` (all pools, in insertion order)."""
+        """Healthy, not draining endpoints serving `model`, in insertion order: of `pool`, or of all."""
         by_model = self._by_model if self._by_model is not None else self._index()
-        found = [s for s in by_model.get(model, ()) if s.healthy]
+        drain = self._draining
+        found = [
+            s
+            for s in by_model.get(model, ())
+            if s.healthy and (pool is None or s.pool == pool) and (not drain or s.id not in drain)
+        ]
         return [s for s in found if not exclude(s)] if exclude is not None else found
 
     def model_cards(self) -> list[dict[str, Any]]:

@@ -124,7 +124,7 @@ class GatewayMetrics:
         )
         self.retries = Counter(
             PREFIX + "upstream_retries",
-            "Requests sent to another endpoint after the first one could not be reached.",
+            "Retries: attempts on another endpoint of the same pool after a retryable failure.",
             ["model"],
             registry=r,
         )
@@ -142,6 +142,25 @@ class GatewayMetrics:
         )
         self.generation_tokens = Counter(
             PREFIX + "generation_tokens", "Tokens generated in answers relayed.", ["model"], registry=r
+        )
+        self.attempt_failures = Counter(
+            PREFIX + "attempt_failures",
+            "Attempts that failed, by pool and kind (connect, broken, first_token_timeout, status).",
+            ["model", "pool", "kind"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            PREFIX + "fallbacks",
+            "Tiers of a cascade a request passed over, by pool and reason (circuit_open, no_endpoint, "
+            "shed_saturated, shed_ttft, context_too_long, attempts_exhausted, retry_budget, failed).",
+            ["model", "pool", "reason"],
+            registry=r,
+        )
+        self.stream_breaks = Counter(
+            PREFIX + "stream_breaks",
+            "Streams broken after their first content byte, by what followed (continued, error_event).",
+            ["model", "pool", "action"],
+            registry=r,
         )
         self._endpoints = endpoints
         r.register(_StateCollector(endpoints, router_stats))
@@ -162,9 +181,11 @@ class GatewayMetrics:
         endpoint: EndpointState | None,
         status: str,
         elapsed_s: float | None,
+        pool: str = "",
     ) -> None:
-        """One answered request; `elapsed_s` is None for requests refused before routing."""
-        pool, eid = (endpoint.pool, endpoint.id) if endpoint is not None else ("", "")
+        """One answered request; `elapsed_s` is None for requests refused before routing. `pool` names the
+        tier that answered when no endpoint did (a managed API)."""
+        pool, eid = (endpoint.pool, endpoint.id) if endpoint is not None else (pool, "")
         self._child(self.requests, route, model, pool, eid, status).inc()
         if elapsed_s is not None:
             self._child(self.e2e, route, model).observe(elapsed_s)
@@ -185,6 +206,15 @@ class GatewayMetrics:
 
     def observe_retry(self, model: str) -> None:
         self._child(self.retries, model).inc()
+
+    def observe_attempt_failure(self, model: str, pool: str, kind: str) -> None:
+        self._child(self.attempt_failures, model, pool, kind).inc()
+
+    def observe_fallback(self, model: str, pool: str, reason: str) -> None:
+        self._child(self.fallbacks, model, pool, reason).inc()
+
+    def observe_stream_break(self, model: str, pool: str, action: str) -> None:
+        self._child(self.stream_breaks, model, pool, action).inc()
 
     def observe_generated(self, model: str, tokens: int) -> None:
         if tokens > 0:

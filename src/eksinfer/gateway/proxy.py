@@ -1,20 +1,25 @@
-"""The request pipeline: admit (auth, limits, parse) -> route (router over the model's candidates) -> forward
+"""The request pipeline: admit (auth, limits, parse) -> cascade (pool by pool, attempt by attempt) -> forward
 (stream the engine's bytes through as they arrive, never buffered).
 
 Forwarding rules:
-- the raw request body goes to the engine unchanged (no re-serialisation); the response is copied chunk by
-  chunk, so an SSE stream reaches the client token by token;
-- the engine is called through `upstream.UpstreamPool` (keep-alive connections, httptools parser), not
-  aiohttp's client, which cost several times more CPU per request;
-- timeouts: connect, first bytes from the engine, and silence between two chunks;
+- the raw request body goes to the engine unchanged (no re-serialisation); `_request_bytes` is the one place
+  that decides what is sent to the chosen endpoint (a continuation, a P/D rewrite change it there);
+- the answer is copied chunk by chunk, so an SSE stream reaches the client token by token;
+- the engine is called through `upstream.UpstreamPool` (keep-alive connections, httptools parser);
+- timeouts: connect, first bytes from the engine (per attempt), and silence between two chunks;
 - a client that disconnects cancels the handler (aiohttp `handler_cancellation`), which closes the upstream
-  connection, which makes vLLM abort the request and free its KV blocks;
-- an endpoint that cannot be reached before any byte went to the client is marked unhealthy and the request is
-  routed again among the others (at most `MAX_ATTEMPTS` endpoints); after the stream started, an error event
-  ends it.
-In-flight work per endpoint (requests, and uncached prompt tokens until the first token) is added by the
-router when it decides and released through `on_first_token` / `on_finish`, which the proxy calls exactly once
-each, on every path (success, engine error, timeout, client disconnect).
+  connection, which makes vLLM abort the request and free its KV blocks.
+
+Resilience (`gateway/resilience/`, docs/gateway.md "Resilience"): a model's cascade is tried tier by tier;
+inside a tier, a retryable failure before the commit point (the first content byte sent to the client) is
+retried on another endpoint after a backoff, while the per-pool and per-request attempt limits and the
+gateway-wide retry budget allow; a fall-back-worthy condition moves to the next tier; a terminal answer goes
+to the client as it is. Every attempt's outcome feeds the outlier detector and the pool's circuit breaker.
+After the commit point a broken stream continues on another endpoint or tier (models with
+`continue_streams`) or ends with an in-band SSE error event.
+
+In-flight work per endpoint is added by the router when it decides and released through `on_first_token` /
+`on_finish`, which the proxy calls exactly once each per attempt, on every path.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
@@ -36,6 +41,17 @@ from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_response, sse_error_event
 from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.resilience.breaker import BreakerState, CircuitBreaker
+from eksinfer.gateway.resilience.cascade import Cascade, ModelPlan, Tier, request_tokens
+from eksinfer.gateway.resilience.config import ResilienceConfig
+from eksinfer.gateway.resilience.errors import ErrorClass, FailureKind, SkipReason, classify_status
+from eksinfer.gateway.resilience.layer import ManagedClient, Resilience
+from eksinfer.gateway.resilience.stream import (
+    ContinuationFilter,
+    SentText,
+    continuation_body,
+    is_opening_only,
+)
 from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 from eksinfer.gateway.upstream import (
     EngineLinkError,
@@ -50,10 +66,12 @@ from eksinfer.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3
 OFF_LOOP_DECODE_BYTES = 1 << 20  # msgspec decodes ~1 GB/s: from 1 MiB (~1 ms) a body is decoded in a thread
 WHOLE_BODY_BYTES = 1 << 20  # non-streamed answers up to 1 MiB with a Content-Length are sent in one write
 _FORWARD_HEADERS = ("x-request-id", "traceparent", "tracestate")
+POOL_HEADER = "x-eksinfer-pool"  # which pool answered: a pool name, not an address, so always sent
+_CONTINUABLE = ("/v1/chat/completions", "/v1/completions")
+_DONE_EVENT = b"data: [DONE]\n\n"
 
 
 class RouterLike(Protocol):
@@ -84,13 +102,51 @@ class _Flight:
     first_token: bool = False
     done: bool = False
     ok: bool = False
-    broken: bool = False
-    retried: bool = False
-    response: web.StreamResponse | None = None
+    wrote: bool = False  # this attempt sent bytes to the client
 
 
-class _RetryElsewhere(Exception):
-    """The endpoint failed before the client saw a byte; route again without it."""
+@dataclass(slots=True)
+class _Call:
+    """One client request across all its attempts."""
+
+    request: web.Request
+    api: Api
+    model: str
+    raw: bytes
+    body: dict[str, Any]
+    view: Mapping[str, Any]
+    started: float
+    plan: ModelPlan
+    tried: set[str] = field(default_factory=set)
+    attempts: int = 0
+    response: web.StreamResponse | None = None  # set once the client has (or will get) an answer
+    committed: bool = False  # the client has part of a stream
+    sent: SentText | None = None  # text relayed so far, for models that continue broken streams
+    status: str = "000"
+    endpoint: EndpointState | None = None
+    pool: str = ""
+    failure: _Failed | None = None  # the last failure before the commit point
+    skips: list[tuple[str, SkipReason]] = field(default_factory=list)
+
+
+class _Failed(Exception):
+    """One attempt failed; `cls` says what may follow (retry, fallback, or the answer as it is)."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        cls: ErrorClass,
+        status: int,
+        message: str,
+        code: str,
+        *,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        mid_stream: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.kind, self.cls, self.status, self.message, self.code = kind, cls, status, message, code
+        self.body, self.content_type, self.mid_stream = body, content_type, mid_stream
 
 
 class Proxy:
@@ -105,6 +161,7 @@ class Proxy:
         upstream: UpstreamPool,
         keys: ApiKeys,
         preset: str,
+        resilience: Resilience | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -113,6 +170,9 @@ class Proxy:
         self._upstream = upstream
         self._keys = keys
         self._preset = preset
+        self._res = resilience or Resilience(ResilienceConfig(), Cascade({}, {}))
+        self._retries = self._res.config.retries
+        self._managed_models = self._res.managed_models()
         self._inflight = 0
         self._warn = RateLimitedLog(log)
         config_of_router = getattr(router, "config", None)
@@ -122,6 +182,10 @@ class Proxy:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def resilience(self) -> Resilience:
+        return self._res
 
     def routes(self) -> list[web.RouteDef]:
         posts = [web.post(api.path, functools.partial(self._handle, api=api)) for api in APIS]
@@ -134,7 +198,13 @@ class Proxy:
     async def models(self, request: web.Request) -> web.StreamResponse:
         if not self._keys.check(request.headers):
             return error_response(401, "invalid or missing API key", code="invalid_api_key")
-        body = msgspec.json.encode({"object": "list", "data": self._registry.model_cards()})
+        cards = self._registry.model_cards()
+        listed = {c["id"] for c in cards}
+        cards += [
+            {"id": m, "object": "model", "owned_by": "eksinfer"}
+            for m in sorted(self._managed_models - listed)
+        ]
+        body = msgspec.json.encode({"object": "list", "data": cards})
         return web.Response(body=body, content_type="application/json")
 
     async def _handle(self, request: web.Request, *, api: Api) -> web.StreamResponse:
@@ -148,7 +218,9 @@ class Proxy:
         self._inflight += 1  # from the first body byte: a slow body holds a slot like a slow answer does
         try:
             raw, body, model = await self._admit(request, api.fields)
-            return await self._dispatch(request, api, raw, body, model, started)
+            view = as_chat(body) if api.chat_like else body
+            call = _Call(request, api, model, raw, body, view, started, self._res.cascade.plan(model))
+            return await self._dispatch(call)
         except EksinferError as err:  # refused, or no route: `error_for` is the one map to a status
             status, code, param = error_for(err)
             return self._finish_early(path, status, str(err), code, param)
@@ -186,54 +258,216 @@ class Proxy:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise RequestRefused(400, "'model' is required and must be a string", None, param="model")
-        field = next((f for f in fields if body.get(f) is not None), fields[0])
-        value = body.get(field)
-        if value is None or (field == "messages" and (not isinstance(value, list) or not value)):
-            kind = "a non-empty list" if field == "messages" else "present"
+        field_ = next((f for f in fields if body.get(f) is not None), fields[0])
+        value = body.get(field_)
+        if value is None or (field_ == "messages" and (not isinstance(value, list) or not value)):
+            kind = "a non-empty list" if field_ == "messages" else "present"
             either = " or ".join(f"'{f}'" for f in fields)
-            msg = f"{either} is required" if value is None else f"'{field}' is required and must be {kind}"
-            raise RequestRefused(400, msg, None, param=field)
-        if not self._registry.known_model(model):
+            msg = f"{either} is required" if value is None else f"'{field_}' is required and must be {kind}"
+            raise RequestRefused(400, msg, None, param=field_)
+        if not self._registry.known_model(model) and model not in self._managed_models:
             msg = f"the model '{model}' does not exist"
             raise RequestRefused(404, msg, "model_not_found", param="model")
         return raw, body, model
 
-    async def _dispatch(
-        self, request: web.Request, api: Api, raw: bytes, body: dict[str, Any], model: str, started: float
-    ) -> web.StreamResponse:
-        tried: set[str] = set()
-        path = api.path
-        view = as_chat(body) if api.chat_like else body
-        for _ in range(MAX_ATTEMPTS):
-            candidates = self._registry.candidates(model, exclude=lambda s: s.id in tried)
-            if not candidates:
-                break
-            routing_started = time.perf_counter()
-            if api.profile is None:
-                decision = await self._router.route(model, view, request.headers, candidates)
-            else:
-                decision = await self._router.route(
-                    model, view, request.headers, candidates, profile=api.profile
+    # --- the cascade ----------------------------------------------------------------------------------
+    async def _dispatch(self, call: _Call) -> web.StreamResponse:
+        budget = self._res.budget
+        budget.active_requests += 1
+        try:
+            response = await self._cascade(call)
+        except asyncio.CancelledError:
+            call.status = "499"  # the client went away (nginx's code for it)
+            raise
+        finally:
+            budget.active_requests -= 1
+            elapsed = time.perf_counter() - call.started
+            self._metrics.observe_request(
+                call.api.path, call.model, call.endpoint, call.status, elapsed, pool=call.pool
+            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "request %s model=%s pool=%s status=%s attempts=%d skipped=%s",
+                    call.api.path,
+                    call.model,
+                    call.pool or "-",
+                    call.status,
+                    call.attempts,
+                    ",".join(f"{p or '*'}:{r}" for p, r in call.skips) or "-",
                 )
-            self._metrics.observe_decision(
-                model,
-                decision.preset or self._preset,
-                decision.reason,
-                time.perf_counter() - routing_started,
-                decision.prompt_tokens,
-                decision.predicted_cached_tokens,
+        return response
+
+    async def _cascade(self, call: _Call) -> web.StreamResponse:
+        tiers = call.plan.tiers
+        for i, tier in enumerate(tiers):
+            if call.attempts >= self._retries.max_attempts:
+                break
+            last = i == len(tiers) - 1
+            if tier.kind == "vllm":
+                response = await self._try_pool(call, tier, last)
+            else:
+                response = await self._try_managed(call, tier)
+            if response is not None:
+                return response
+        return await self._give_up(call)
+
+    def _skip(self, call: _Call, tier: Tier, reason: SkipReason) -> web.StreamResponse | None:
+        """Records why a tier passed the request on; returns None (the caller's "next tier")."""
+        call.skips.append((tier.name, reason))
+        self._metrics.observe_fallback(call.model, tier.name, reason)
+        return None
+
+    async def _try_pool(self, call: _Call, tier: Tier, last: bool) -> web.StreamResponse | None:
+        """Attempts on one pool's endpoints; a response when done, None to move to the next tier."""
+        res = self._res
+        breaker = res.breaker(tier.pool) if tier.pool is not None else None
+        if breaker is not None and not breaker.allow():
+            return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
+        in_tier = 0
+        try:
+            while in_tier < self._retries.attempts_per_pool and call.attempts < self._retries.max_attempts:
+                found = self._registry.candidates(call.model, _excluding(call.tried), pool=tier.pool)
+                candidates = res.detector.eligible(found) if found else found
+                if not candidates:
+                    return self._skip(call, tier, SkipReason.EXHAUSTED if in_tier else SkipReason.NO_ENDPOINT)
+                if in_tier == 0 and not last:
+                    shed = res.cascade.shed_reason(tier, call.plan, candidates)
+                    if shed is not None:
+                        return self._skip(call, tier, shed)
+                retry = in_tier > 0
+                if retry:
+                    if not res.budget.try_acquire():
+                        return self._skip(call, tier, SkipReason.BUDGET)
+                    self._metrics.observe_retry(call.model)
+                try:
+                    if retry:
+                        await res.sleep(res.backoff.delay_s(in_tier))
+                    decision = await self._route(call, tier, candidates)
+                    if tier.max_context_tokens is not None and self._too_long(call, decision, tier):
+                        self._router.on_finish(decision, True)
+                        return self._skip(call, tier, SkipReason.CONTEXT)
+                    call.attempts += 1
+                    in_tier += 1
+                    try:
+                        return await self._forward(call, decision, tier, breaker)
+                    except _Failed as failed:
+                        self._attempt_failed(call, decision.endpoint, tier, breaker, failed)
+                        if call.committed and not self._can_continue(call, failed):
+                            return await self._end_stream(call, failed)
+                        if failed.cls is ErrorClass.FALLBACK:
+                            return self._skip(call, tier, SkipReason.FAILED)
+                        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                            return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
+                finally:
+                    if retry:
+                        res.budget.release()
+            return self._skip(call, tier, SkipReason.EXHAUSTED)
+        finally:
+            if breaker is not None and in_tier == 0:
+                breaker.abandon_trial()
+
+    async def _route(self, call: _Call, tier: Tier, candidates: list[EndpointState]) -> Decision:
+        routing_started = time.perf_counter()
+        profile = call.api.profile or tier.preset
+        if profile is None:
+            decision = await self._router.route(call.model, call.view, call.request.headers, candidates)
+        else:
+            decision = await self._router.route(
+                call.model, call.view, call.request.headers, candidates, profile=profile
             )
-            try:
-                return await self._forward(request, path, raw, decision, model, started)
-            except _RetryElsewhere:
-                tried.add(decision.endpoint.id)
-                self._metrics.observe_retry(model)
-        if tried:
-            return self._finish_early(
-                path, 502, "no endpoint could be reached for this request", "upstream_failed", model=model
+        self._metrics.observe_decision(
+            call.model,
+            decision.preset or self._preset,
+            decision.reason,
+            time.perf_counter() - routing_started,
+            decision.prompt_tokens,
+            decision.predicted_cached_tokens,
+        )
+        return decision
+
+    def _too_long(self, call: _Call, decision: Decision, tier: Tier) -> bool:
+        assert tier.max_context_tokens is not None
+        chars = len(call.raw)  # an upper bound of the prompt's characters when the router did not count
+        return request_tokens(call.body, decision.prompt_tokens, chars) > tier.max_context_tokens
+
+    def _attempt_failed(
+        self, call: _Call, ep: EndpointState, tier: Tier, breaker: CircuitBreaker | None, failed: _Failed
+    ) -> None:
+        """Books a failed attempt: outlier detector, breaker, metrics; remembers it for the final answer."""
+        call.tried.add(ep.id)
+        if failed.status != 429:  # an engine that says it is busy is not faulty: do not eject it for load
+            members = self._registry.pool_members(ep.pool)
+            self._res.detector.record_failure(ep, members)
+            if breaker is not None:
+                breaker.record_failure(ep.id, len(members))
+        self._metrics.observe_attempt_failure(call.model, ep.pool, failed.kind)
+        if not failed.mid_stream:
+            call.failure = failed
+        if failed.kind is not FailureKind.TIMEOUT:  # timeouts have their own line
+            self._warn.warning(
+                f"attempt {ep.id}", "attempt on %s failed (%s): %s", ep.id, failed.kind, failed.message
             )
-        msg = f"no healthy endpoint serves model '{model}'"
-        return self._finish_early(path, 503, msg, "no_endpoint", model=model)
+
+    def _can_continue(self, call: _Call, failed: _Failed) -> bool:
+        """After the commit point: continue elsewhere (opt-in per model), or end with an error event."""
+        if not failed.mid_stream and call.sent is not None:
+            return True  # a continuation attempt failed before its first byte: try the next one
+        sent = call.sent
+        if sent is None or not call.plan.continue_streams:
+            return False
+        body = continuation_body(
+            call.body, call.api.path.endswith("/chat/completions"), sent, engine_options=True
+        )
+        if body is None:
+            return False
+        self._metrics.observe_stream_break(call.model, call.pool, "continued")
+        return True
+
+    async def _end_stream(self, call: _Call, failed: _Failed) -> web.StreamResponse:
+        assert call.response is not None
+        self._metrics.observe_stream_break(call.model, call.pool, "error_event")
+        try:
+            await _close_stream(call.response, failed.status, failed.message, failed.code)
+        except ConnectionResetError:
+            call.status = "499"
+        return call.response
+
+    async def _give_up(self, call: _Call) -> web.StreamResponse:
+        """Every tier was tried or skipped: the clearest error for what happened."""
+        if call.committed:
+            broke = call.failure or _Failed(
+                FailureKind.BROKEN,
+                ErrorClass.RETRYABLE,
+                502,
+                "no endpoint could continue the stream",
+                "upstream_broken",
+            )
+            return await self._end_stream(call, broke)
+        failed = call.failure
+        if failed is not None and failed.body is not None:
+            call.status = str(failed.status)  # the engine's own error, as it sent it
+            response = web.Response(
+                status=failed.status, body=failed.body, headers={"Content-Type": failed.content_type}
+            )
+        elif failed is not None:
+            call.status = str(failed.status)
+            response = error_response(failed.status, failed.message, code=failed.code)
+        else:
+            reasons = {r for _, r in call.skips}
+            if reasons == {SkipReason.CONTEXT}:
+                call.status = "400"
+                msg = "the request is longer than the context window of every pool serving this model"
+                response = error_response(400, msg, code="context_length_exceeded", param="messages")
+            elif SkipReason.CIRCUIT_OPEN in reasons:
+                call.status = "503"
+                msg = f"every pool serving model '{call.model}' is failing; retry later"
+                response = error_response(503, msg, code="circuit_open")
+            else:
+                call.status = "503"
+                msg = f"no healthy endpoint serves model '{call.model}'"
+                response = error_response(503, msg, code="no_endpoint")
+        call.response = response
+        return response
 
     def _finish_early(
         self,
@@ -252,11 +486,7 @@ class Proxy:
             response.force_close()  # the rest of the body may still be on its way: the connection is spent
         return response
 
-    def _begin(self, decision: Decision, model: str) -> _Flight:
-        """In-flight requests and uncached prompt tokens were added by `router.route` (its ticket releases
-        them exactly once); the proxy only makes sure both hooks are called at the right moments."""
-        return _Flight(decision, model, time.perf_counter())
-
+    # --- one attempt on an engine ------------------------------------------------------------------------
     def _first_token(self, flight: _Flight) -> None:
         if not flight.first_token:
             flight.first_token = True
@@ -275,108 +505,155 @@ class Proxy:
                 headers[name] = value
         return headers
 
-    def _explain(self, decision: Decision) -> dict[str, str]:
-        if not self._route_headers:
-            return {}
-        headers: dict[str, str] = {"x-eksinfer-endpoint": decision.endpoint.id}
-        if self._debug_header:
-            headers[self._debug_header] = decision.explain()
+    def _headers(self, pool: str, decision: Decision | None) -> dict[str, str]:
+        headers = {POOL_HEADER: pool}
+        if self._route_headers and decision is not None:
+            headers["x-eksinfer-endpoint"] = decision.endpoint.id
+            if self._debug_header:
+                headers[self._debug_header] = decision.explain()
         return headers
 
+    def _request_bytes(self, call: _Call, decision: Decision) -> bytes:
+        """The one place that decides the bytes sent to the chosen endpoint: the client's body unchanged, or
+        the continuation of a stream that broke (a P/D prefill hop would rewrite here too)."""
+        if call.committed and call.sent is not None:
+            chat = call.api.path.endswith("/chat/completions")
+            body = continuation_body(call.body, chat, call.sent, engine_options=True)
+            if body is not None:
+                return msgspec.json.encode(body)
+        return call.raw
+
     async def _forward(
-        self,
-        request: web.Request,
-        path: str,
-        raw: bytes,
-        decision: Decision,
-        model: str,
-        started: float,
+        self, call: _Call, decision: Decision, tier: Tier, breaker: CircuitBreaker | None
     ) -> web.StreamResponse:
-        """Sends the request to the chosen endpoint and copies the answer back as it arrives."""
+        """Sends the request to the chosen endpoint and copies the answer back as it arrives; raises `_Failed`
+        when the attempt failed (before the commit point, or a stream broken after it)."""
         ep = decision.endpoint
-        flight = self._begin(decision, model)
+        flight = _Flight(decision, call.model, time.perf_counter())
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("route %s -> %s (%s) %s", path, ep.id, decision.reason, self._explain(decision))
-        status = "000"
+            log.debug("route %s -> %s (%s, pool %s)", call.api.path, ep.id, decision.reason, ep.pool)
+        data = self._request_bytes(call, decision)
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
                 try:
-                    upstream = await self._upstream.post(ep.url, path, raw, self._upstream_headers(request))
+                    upstream = await self._upstream.post(
+                        ep.url, call.api.path, data, self._upstream_headers(call.request)
+                    )
                 except UpstreamConnectError as err:
-                    log.warning("endpoint %s unreachable: %s", ep.id, err)
                     ep.healthy = False
-                    raise _RetryElsewhere from err
+                    self._registry.health_changed(ep, False)
+                    msg = "no endpoint could be reached for this request"
+                    raise _Failed(
+                        FailureKind.CONNECT, ErrorClass.RETRYABLE, 502, msg, "upstream_failed"
+                    ) from err
                 try:
-                    status = str(upstream.status)
-                    await self._relay(request, upstream, flight, deadline)
-                    if flight.response is not None and not flight.response.prepared:
-                        status = str(flight.response.status)  # what the client gets (a 502 for a cut body)
-                    flight.ok = upstream.status < 500 and not flight.broken
+                    kind = classify_status(upstream.status)
+                    if call.committed and kind is ErrorClass.TERMINAL:
+                        kind = (
+                            ErrorClass.FALLBACK
+                        )  # the continuation was refused here: another tier may take it
+                    if kind is ErrorClass.RETRYABLE or kind is ErrorClass.FALLBACK:
+                        body = await upstream.read()
+                        ctype = upstream.headers.get("content-type", "application/json")
+                        msg = f"endpoint {ep.id} answered HTTP {upstream.status}"
+                        raise _Failed(
+                            FailureKind.STATUS,
+                            kind,
+                            upstream.status,
+                            msg,
+                            "upstream_error",
+                            body=body,
+                            content_type=ctype,
+                        )
+                    await self._relay(call, upstream, flight, deadline)
+                    flight.ok = upstream.status < 500
                 finally:
                     upstream.close()
-        except _RetryElsewhere:
-            flight.retried = True
-            raise
         except TimeoutError:
-            status = "504"
-            stage = "its first bytes" if flight.response is None else "its stream (idle)"
+            stage = "its stream (idle)" if flight.wrote else "its first bytes"
             self._warn.warning(f"504 {ep.id}", "endpoint %s timed out on %s: 504", ep.id, stage)
-            if flight.response is None:
-                msg = f"endpoint {ep.id} did not answer within {self._config.first_token_timeout_s:g} s"
-                return error_response(504, msg, code="upstream_timeout")
-            await _close_stream(flight.response, 504, "the engine stopped sending", "upstream_timeout")
+            if flight.wrote:
+                msg = "the engine stopped sending"
+                raise _Failed(
+                    FailureKind.TIMEOUT, ErrorClass.RETRYABLE, 504, msg, "upstream_timeout", mid_stream=True
+                ) from None
+            msg = f"endpoint {ep.id} did not answer within {self._config.first_token_timeout_s:g} s"
+            raise _Failed(FailureKind.TIMEOUT, ErrorClass.RETRYABLE, 504, msg, "upstream_timeout") from None
+        except EngineLinkError as err:  # the whole answer could not be read (non-streamed), nothing sent yet
+            raise _Failed(
+                FailureKind.BROKEN,
+                ErrorClass.RETRYABLE,
+                502,
+                "the engine closed the connection early",
+                "upstream_broken",
+            ) from err
         except ConnectionResetError:
-            status = "499"  # the client went away while we wrote to it (nginx's code for it)
-        except asyncio.CancelledError:
-            status = "499"
-            raise
+            call.status = "499"  # the client went away while we wrote to it
+            flight.ok = True  # not the engine's fault
         finally:
             self._end(flight, flight.ok)
-            if not flight.retried:
-                self._metrics.observe_request(path, model, ep, status, time.perf_counter() - started)
-        assert flight.response is not None
-        return flight.response
+            if flight.ok:
+                self._res.detector.record_success(ep)
+                if breaker is not None:
+                    breaker.record_success()
+        assert call.response is not None
+        return call.response
 
     async def _relay(
         self,
-        request: web.Request,
+        call: _Call,
         upstream: UpstreamResponse,
         flight: _Flight,
         deadline: asyncio.Timeout,
     ) -> None:
         """Copies status, content type and chunks; the deadline moves to `idle_stream_timeout_s` per chunk."""
+        ep = flight.decision.endpoint
         try:
             first = await upstream.readany()
+            if first and is_opening_only(first):  # commit point: the first content byte, not the role event
+                first += await upstream.readany()
         except EngineLinkError as err:
-            flight.decision.endpoint.healthy = False
-            raise _RetryElsewhere from err
+            msg = "the engine closed the connection before answering"
+            raise _Failed(FailureKind.BROKEN, ErrorClass.RETRYABLE, 502, msg, "upstream_broken") from err
         self._first_token(flight)
-        self._metrics.observe_ttft(request.path, flight.model, time.perf_counter() - flight.started)
+        now = time.perf_counter()
+        self._res.cascade.observe_ttft(ep.id, now - flight.started)
         content_type = upstream.headers.get("content-type", "application/json")
         size = upstream.content_length
-        if size is not None and size <= WHOLE_BODY_BYTES and not content_type.startswith("text/event-stream"):
+        sse = content_type.startswith("text/event-stream")
+        if not call.committed:
+            self._metrics.observe_ttft(call.api.path, call.model, now - call.started)
+            call.endpoint, call.pool, call.status = ep, ep.pool, str(upstream.status)
+        if not call.committed and size is not None and size <= WHOLE_BODY_BYTES and not sse:
             # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
-            try:
-                body = first if len(first) >= size else first + await upstream.read()
-            except EngineLinkError as err:
-                self._warn.warning(
-                    f"cut {flight.decision.endpoint.id}",
-                    "endpoint %s closed the connection before the whole body: %s",
-                    flight.decision.endpoint.id,
-                    err,
-                )
-                flight.broken = True
-                msg = "the engine closed the connection before the whole answer arrived"
-                flight.response = error_response(502, msg, code="upstream_broken")
-                return
-            self._metrics.observe_generated(flight.model, completion_tokens(body) or 0)
-            headers = {"Content-Type": content_type, **self._explain(flight.decision)}
-            flight.response = web.Response(status=upstream.status, body=body, headers=headers)
+            body = first if len(first) >= size else first + await upstream.read()
+            self._metrics.observe_generated(call.model, completion_tokens(body) or 0)
+            headers = {"Content-Type": content_type, **self._headers(ep.pool, flight.decision)}
+            call.response = web.Response(status=upstream.status, body=body, headers=headers)
             return
-        response = web.StreamResponse(status=upstream.status, headers=self._explain(flight.decision))
-        response.content_type = content_type.split(";")[0]
-        flight.response = response
-        await response.prepare(request)
+        continuing = call.committed
+        if continuing:
+            response = call.response
+            assert response is not None
+            cut: ContinuationFilter | None = ContinuationFilter()
+        else:
+            response = web.StreamResponse(
+                status=upstream.status, headers=self._headers(ep.pool, flight.decision)
+            )
+            response.content_type = content_type.split(";")[0]
+            call.response = response
+            await response.prepare(call.request)
+            call.committed = True
+            cut = None
+            if (
+                sse
+                and call.plan.continue_streams
+                and call.api.path in _CONTINUABLE
+                and upstream.status == 200
+            ):
+                call.sent = SentText()
+        flight.wrote = True
+        sent = call.sent
         loop = asyncio.get_running_loop()
         idle = self._config.idle_stream_timeout_s
         chunk = first
@@ -384,17 +661,187 @@ class Proxy:
         try:
             while chunk:
                 counted.feed(chunk)
+                if cut is not None:
+                    chunk = cut.feed(chunk)
+                if sent is not None:
+                    sent.feed(chunk)
                 await response.write(chunk)
                 deadline.reschedule(loop.time() + idle)
                 chunk = await upstream.readany()
         except UpstreamBrokenError as err:
-            log.warning("endpoint %s broke the stream: %s", flight.decision.endpoint.id, err)
-            flight.broken = True
-            await _close_stream(response, 502, "the engine closed the stream early", "upstream_broken")
-            return
+            log.warning("endpoint %s broke the stream: %s", ep.id, err)
+            msg = "the engine closed the stream early"
+            raise _Failed(
+                FailureKind.BROKEN, ErrorClass.RETRYABLE, 502, msg, "upstream_broken", mid_stream=True
+            ) from err
         finally:
-            self._metrics.observe_generated(flight.model, counted.tokens())
+            self._metrics.observe_generated(call.model, counted.tokens())
         await response.write_eof()
+
+    # --- a managed API (Bedrock) -------------------------------------------------------------------------
+    async def _try_managed(self, call: _Call, tier: Tier) -> web.StreamResponse | None:
+        res = self._res
+        assert tier.pool is not None
+        client = res.managed_client(tier.pool) if res.managed_serves(tier.pool, call.model) else None
+        if client is None:
+            return self._skip(call, tier, SkipReason.NO_ENDPOINT)
+        breaker = res.breaker(tier.pool)
+        if not breaker.allow():
+            return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
+        in_tier = 0
+        try:
+            while in_tier < self._retries.attempts_per_pool and call.attempts < self._retries.max_attempts:
+                retry = in_tier > 0
+                if retry:
+                    if not res.budget.try_acquire():
+                        return self._skip(call, tier, SkipReason.BUDGET)
+                    self._metrics.observe_retry(call.model)
+                try:
+                    if retry:
+                        await res.sleep(res.backoff.delay_s(in_tier))
+                    call.attempts += 1
+                    in_tier += 1
+                    try:
+                        response = await self._forward_managed(call, client, tier)
+                        breaker.record_success()
+                        return response
+                    except _Failed as failed:
+                        breaker.record_failure(tier.name, 1)
+                        self._metrics.observe_attempt_failure(call.model, tier.name, failed.kind)
+                        if call.committed:
+                            if failed.mid_stream or failed.cls is not ErrorClass.RETRYABLE:
+                                return await self._end_stream(call, failed)
+                        else:
+                            call.failure = failed
+                        if failed.cls is ErrorClass.TERMINAL:
+                            return await self._give_up(call)
+                        if failed.cls is ErrorClass.FALLBACK:
+                            return self._skip(call, tier, SkipReason.FAILED)
+                        if breaker.state is not BreakerState.CLOSED:
+                            return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
+                finally:
+                    if retry:
+                        res.budget.release()
+            return self._skip(call, tier, SkipReason.EXHAUSTED)
+        finally:
+            if in_tier == 0:
+                breaker.abandon_trial()
+
+    def _managed_body(self, call: _Call) -> dict[str, Any]:
+        if call.committed and call.sent is not None:
+            chat = call.api.path.endswith("/chat/completions")
+            body = continuation_body(call.body, chat, call.sent, engine_options=False)
+            if body is not None:
+                return body
+        return call.body
+
+    async def _forward_managed(self, call: _Call, client: ManagedClient, tier: Tier) -> web.StreamResponse:
+        """One attempt on a managed API: its OpenAI answer as JSON, or its chunks as SSE events."""
+        if call.api.path != "/v1/chat/completions":
+            msg = f"pool {tier.name} serves only /v1/chat/completions"
+            raise _Failed(FailureKind.STATUS, ErrorClass.FALLBACK, 404, msg, "unsupported_route")
+        body = self._managed_body(call)
+        try:
+            if not body.get("stream"):
+                async with asyncio.timeout(self._config.first_token_timeout_s):
+                    answer = await client.complete(body, call.model)
+                self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started)
+                call.endpoint, call.pool, call.status = None, tier.name, "200"
+                encoded = msgspec.json.encode(answer)
+                self._metrics.observe_generated(call.model, completion_tokens(encoded) or 0)
+                headers = {"Content-Type": "application/json", **self._headers(tier.name, None)}
+                call.response = web.Response(status=200, body=encoded, headers=headers)
+                return call.response
+            return await self._stream_managed(call, client.stream(body, call.model), tier)
+        except RequestRefused as err:
+            raise _Failed(
+                FailureKind.STATUS, ErrorClass.TERMINAL, err.status, str(err), err.code or "invalid_request"
+            ) from None
+        except EksinferError as err:
+            status = int(getattr(err, "status", 502))
+            code = str(getattr(err, "code", None) or "upstream_error")
+            if getattr(err, "retryable", False):
+                cls = ErrorClass.RETRYABLE
+            else:
+                cls = classify_status(status) or ErrorClass.FALLBACK
+            raise _Failed(
+                FailureKind.STATUS, cls, status, str(err), code, mid_stream=call.committed
+            ) from None
+        except TimeoutError:
+            msg = f"pool {tier.name} did not answer within {self._config.first_token_timeout_s:g} s"
+            raise _Failed(FailureKind.TIMEOUT, ErrorClass.RETRYABLE, 504, msg, "upstream_timeout") from None
+
+    async def _stream_managed(
+        self, call: _Call, chunks: AsyncIterator[dict[str, Any]], tier: Tier
+    ) -> web.StreamResponse:
+        """Relays a managed API's chunks as SSE. The opening role chunk is held back until content arrives
+        (the commit point), or dropped when this attempt continues a stream the client already has."""
+        loop = asyncio.get_running_loop()
+        idle = self._config.idle_stream_timeout_s
+        continuing = call.committed
+        wrote = False
+        held = b""
+        try:
+            async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
+                async for chunk in chunks:
+                    event = b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+                    if not wrote and _opening_chunk(chunk):
+                        if not continuing:
+                            held = event
+                        continue
+                    if not wrote:
+                        await self._commit_managed(call, tier)
+                        wrote = True
+                    data = held + event if held else event
+                    held = b""
+                    if call.sent is not None:
+                        call.sent.feed(data)
+                    assert call.response is not None
+                    await call.response.write(data)
+                    deadline.reschedule(loop.time() + idle)
+                await self._commit_managed(call, tier)
+                assert call.response is not None
+                await call.response.write(held + _DONE_EVENT)
+                await call.response.write_eof()
+        except TimeoutError:
+            msg = f"pool {tier.name} stopped sending"
+            raise _Failed(
+                FailureKind.TIMEOUT, ErrorClass.RETRYABLE, 504, msg, "upstream_timeout", mid_stream=wrote
+            ) from None
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+        return call.response
+
+    async def _commit_managed(self, call: _Call, tier: Tier) -> None:
+        if call.committed:
+            return
+        self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started)
+        response = web.StreamResponse(status=200, headers=self._headers(tier.name, None))
+        response.content_type = "text/event-stream"
+        call.response, call.committed = response, True
+        call.endpoint, call.pool, call.status = None, tier.name, "200"
+        await response.prepare(call.request)
+        if call.plan.continue_streams:
+            call.sent = SentText()
+
+
+def _excluding(tried: set[str]) -> Callable[[EndpointState], bool]:
+    return lambda state: state.id in tried
+
+
+def _opening_chunk(chunk: Mapping[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
+        return False
+    delta = choices[0].get("delta")
+    return (
+        isinstance(delta, dict)
+        and bool(delta.get("role"))
+        and not delta.get("content")
+        and not delta.get("tool_calls")
+    )
 
 
 async def _close_stream(response: web.StreamResponse, status: int, message: str, code: str) -> None:

@@ -24,6 +24,9 @@ from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
 from eksinfer.gateway.http import RETRY_AFTER_S, ApiKeys, add_fallback_route, error_body
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.proxy import Proxy, RouterLike
+from eksinfer.gateway.resilience.cascade import Cascade
+from eksinfer.gateway.resilience.health import HealthChecker
+from eksinfer.gateway.resilience.layer import Resilience
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper
 from eksinfer.gateway.upstream import UpstreamPool
@@ -68,7 +71,11 @@ class GatewayRuntime:
         self.preset = str(getattr(router, "preset", None) or config.routing.get("preset", DEFAULT_PRESET))
         self.metrics = GatewayMetrics(self.registry.all, self._router_stats)
         self.keys = ApiKeys(config.auth.load_keys())
+        self.resilience = Resilience(config.resilience, Cascade(config.pools, config.models))
+        self.metrics.registry.register(self.resilience.collector(self.registry.all, self.registry.draining))
         self._scrape_tasks: dict[EndpointId, asyncio.Task[None]] = {}
+        self._check_tasks: dict[EndpointId, asyncio.Task[None]] = {}
+        self._checker: HealthChecker | None = None
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._runner: GuardedRunner | None = None
@@ -95,12 +102,26 @@ class GatewayRuntime:
                 _guarded(f"scraper {state.id}", lambda: scraper.run(state, fetch_models=not spec.models))
             )
             self._scrape_tasks[state.id] = task
+            checker = self._checker
+            if checker is not None:
+                self._check_tasks[state.id] = self._group.create_task(
+                    _guarded(f"health checks {state.id}", lambda: checker.run(state))
+                )
 
     def endpoint_removed(self, state: EndpointState) -> None:
-        task = self._scrape_tasks.pop(state.id, None)
-        if task is not None:
-            task.cancel()
+        for tasks in (self._scrape_tasks, self._check_tasks):
+            task = tasks.pop(state.id, None)
+            if task is not None:
+                task.cancel()
+        self.resilience.detector.forget(state.id)
+        self.resilience.cascade.forget(state.id)
         self.router.endpoint_removed(state.id)
+
+    def _health_changed(self, state: EndpointState, healthy: bool) -> None:
+        """A scraper's verdict changed; an endpoint that comes back starts slowly."""
+        self.registry.health_changed(state, healthy)
+        if healthy:
+            self.resilience.detector.returned(state)
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     def build_app(self) -> web.Application:
@@ -108,7 +129,14 @@ class GatewayRuntime:
         # Bodies are relayed byte for byte: the engine is not offered compression (no Accept-Encoding).
         self._upstream = UpstreamPool(server.connect_timeout_s, server.engine_keepalive_s)
         self.proxy = Proxy(
-            server, self.registry, self.router, self.metrics, self._upstream, self.keys, self.preset
+            server,
+            self.registry,
+            self.router,
+            self.metrics,
+            self._upstream,
+            self.keys,
+            self.preset,
+            self.resilience,
         )
         app = web.Application(client_max_size=server.max_body_bytes)
         app.add_routes(self.proxy.routes())
@@ -127,8 +155,11 @@ class GatewayRuntime:
             await started
         self._scrape_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self._scraper = Scraper(
-            self._scrape_session, self.config.scrape, self.registry.set_models, self.registry.health_changed
+            self._scrape_session, self.config.scrape, self.registry.set_models, self._health_changed
         )
+        checks = self.config.resilience.health_checks
+        if checks.enabled:
+            self._checker = HealthChecker(self._scrape_session, checks, self.resilience.detector)
         ready = asyncio.Event()
         self._supervisor = asyncio.create_task(self._supervise(ready))
         await ready.wait()
@@ -184,6 +215,7 @@ class GatewayRuntime:
             self._supervisor = None
             self._group = None
         await self.router.stop()
+        await self.resilience.close()
         if self._upstream is not None:
             await self._upstream.close()
         if self._scrape_session is not None:

@@ -33,6 +33,10 @@ class EngineBehaviour:
     running: int = 0
     waiting: int = 0
     kv_usage: float = 0.0
+    fail_status: int | None = None  # answer generation requests with this status (a vLLM-shaped error)
+    fail_first: int | None = None  # only the first N requests fail (None: all, while fail_status is set)
+    role_event: bool = False  # chat streams open with vLLM's role event before the first token
+    health_status: int = 200  # what GET /health answers
 
 
 @dataclass
@@ -46,6 +50,7 @@ class FakeEngine:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     headers: list[Mapping[str, str]] = field(default_factory=list)
     peers: list[int] = field(default_factory=list)  # client port of each request: keep-alive reuses one
+    health_checks: int = 0
     runner: web.AppRunner | None = None
     url: str = ""
 
@@ -55,6 +60,7 @@ class FakeEngine:
             [
                 web.get("/v1/models", self._models),
                 web.get("/metrics", self._metrics),
+                web.get("/health", self._health),
                 web.post("/v1/completions", self._generate),
                 web.post("/v1/chat/completions", self._generate),
             ]
@@ -75,6 +81,10 @@ class FakeEngine:
     async def _models(self, request: web.Request) -> web.Response:
         card = {"id": self.model, "object": "model", "owned_by": "vllm", "max_model_len": 2048}
         return web.json_response({"object": "list", "data": [card]})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
+        return web.Response(status=self.behaviour.health_status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         b = self.behaviour
@@ -109,6 +119,11 @@ class FakeEngine:
                 "error": {"message": "no such model", "type": "NotFoundError", "param": "model", "code": 404}
             }
             return web.json_response(err, status=404)
+        if b.fail_status is not None and (b.fail_first is None or self.requests <= b.fail_first):
+            err = {
+                "error": {"message": "injected", "type": "InternalServerError", "param": None, "code": 500}
+            }
+            return web.json_response(err, status=b.fail_status)
         await asyncio.sleep(b.first_delay_s)
         if b.hold is not None:
             self.held += 1
@@ -127,6 +142,10 @@ class FakeEngine:
             )
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        if chat and b.role_event:
+            opening = {"id": "x", "object": "chunk", "created": int(time.time()), "model": self.model}
+            opening["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
+            await resp.write(b"data: " + json.dumps(opening, separators=(",", ":")).encode() + b"\n\n")
         for i, word in enumerate(words):
             if b.break_after is not None and i >= b.break_after:
                 assert request.transport is not None

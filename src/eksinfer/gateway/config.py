@@ -218,14 +218,14 @@ MANAGED_KINDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _pool_model(kind: str) -> type[StrictModel]:
+def _pool_model(kind: str, field: str) -> type[StrictModel]:
     import importlib
 
     module, name = MANAGED_KINDS[kind]
     try:
         model: type[StrictModel] = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
-        raise ValueError(f"pool kind {kind!r} is not available in this build ({module})") from None
+        raise ConfigError(f"pool kind {kind!r} is not available in this build", field=field) from None
     return model
 
 
@@ -285,25 +285,28 @@ class GatewayConfig(StrictModel):
                 entry = {}
             if not isinstance(entry, dict):
                 raise ValueError(f"pool {name!r} must be a mapping")
+            # ConfigError, not ValueError: pydantic passes it through, so the field is `pools.NAME...`.
             kind = entry.get("kind", "vllm")
-            if kind == "vllm":
-                out[name] = VllmPoolConfig.model_validate(entry)
-            elif kind in MANAGED_KINDS:
-                out[name] = _pool_model(kind).model_validate(entry)
-            else:
+            if kind != "vllm" and kind not in MANAGED_KINDS:
                 known = ", ".join(["vllm", *MANAGED_KINDS])
-                raise ValueError(f"pool {name!r}: unknown kind {kind!r}; known: {known}")
+                raise ConfigError(f"unknown pool kind {kind!r}; known: {known}", field=f"pools.{name}.kind")
+            try:
+                model = VllmPoolConfig if kind == "vllm" else _pool_model(kind, f"pools.{name}.kind")
+                out[name] = model.model_validate(entry)
+            except ValidationError as err:
+                raise config_error(err, prefix=f"pools.{name}") from None
         return out
 
     @model_validator(mode="after")
     def _cascades_name_pools(self) -> GatewayConfig:
-        named = set(self.pools) | {e.pool for e in self.endpoints.static}
+        named = {"default", *self.pools, *(e.pool for e in self.endpoints.static)}
         named |= {k.pool for k in self.endpoints.kubernetes}
         for model, route in self.models.items():
-            for pool in route.cascade:
+            for i, pool in enumerate(route.cascade):
                 if pool not in named:
-                    raise ValueError(
-                        f"models.{model}.cascade names pool {pool!r}, which no pool or endpoint defines"
+                    raise ConfigError(
+                        f"names pool {pool!r}, which no pool or endpoint defines",
+                        field=f"models.{model}.cascade.{i}",
                     )
         return self
 

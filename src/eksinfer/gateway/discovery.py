@@ -5,7 +5,9 @@ The Kubernetes protocol used (https://kubernetes.io/docs/reference/using-api/api
 2. watch the same path with `watch=1&resourceVersion=RV&allowWatchBookmarks=true`: newline-delimited JSON
    events `{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}`, each advancing RV;
 3. when the server ends the watch, watch again from the last RV; on `410 Gone` (RV too old), list again.
-A pod is an endpoint while it has an IP, is Running, has condition Ready=True and no deletionTimestamp.
+A pod is an endpoint while it has an IP, is Running, has condition Ready=True and no deletionTimestamp. A pod
+that gets a deletionTimestamp while it runs is drained (no new requests, those in flight finish) and removed
+when it stops running or is deleted.
 In a cluster the service-account token and CA bundle are read from their standard paths; the token is
 re-read on every list because the kubelet rotates it.
 """
@@ -41,15 +43,19 @@ def static_specs(config: EndpointsConfig) -> list[EndpointSpec]:
     ]
 
 
-def pod_spec(pod: Mapping[str, Any], config: KubernetesDiscovery) -> EndpointSpec | None:
-    """The endpoint a pod stands for, or None when it should not take traffic."""
+def pod_spec(
+    pod: Mapping[str, Any], config: KubernetesDiscovery, *, terminating: bool = False
+) -> EndpointSpec | None:
+    """The endpoint a pod stands for, or None when it should not take traffic. With `terminating`, the
+    endpoint of a pod that is being deleted but still runs (to drain it), else None."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     ip = status.get("podIP")
-    if not ip or meta.get("deletionTimestamp") or status.get("phase") != "Running":
+    if not ip or bool(meta.get("deletionTimestamp")) != terminating or status.get("phase") != "Running":
         return None
     conditions = status.get("conditions") or []
-    if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    if not ready and not terminating:  # a terminating pod turns unready as it stops; it still drains
         return None
     host = f"[{ip}]" if ":" in ip else ip
     kv = f"tcp://{host}:{config.kv_events_port}" if config.kv_events_port else None
@@ -133,10 +139,18 @@ class KubernetesWatcher:
             doc = msgspec.json.decode(await resp.read())
         self.lists += 1
         old, self._pods = self._pods, {}
+        draining: list[EndpointSpec] = []
         for pod in doc.get("items") or []:
+            key = _pod_key(pod)
             spec = pod_spec(pod, self._config)
+            if spec is None and old.get(key) is not None:
+                spec = pod_spec(pod, self._config, terminating=True)
+                if spec is not None and spec == old[key]:
+                    draining.append(spec)
+                else:
+                    spec = None
             if spec is not None:
-                self._pods[_pod_key(pod)] = spec
+                self._pods[key] = spec
         # Only this watcher's own pods change: static endpoints and other selectors' pods stay.
         for key, spec in old.items():
             if self._pods.get(key) != spec:
@@ -144,6 +158,8 @@ class KubernetesWatcher:
         for key, spec in self._pods.items():
             if old.get(key) != spec:
                 self._registry.add(spec)
+        for spec in draining:
+            self._registry.drain(spec.id)
         return str((doc.get("metadata") or {}).get("resourceVersion", ""))
 
     async def _watch(
@@ -180,6 +196,12 @@ class KubernetesWatcher:
         key = _pod_key(obj)
         old = self._pods.get(key)
         spec = pod_spec(obj, self._config) if kind in ("ADDED", "MODIFIED") else None
+        # Deleted but still running (Spot interruption, consolidation, rollout): drain now, remove later.
+        terminating = kind == "MODIFIED" and spec is None and old is not None
+        if terminating and pod_spec(obj, self._config, terminating=True) == old:
+            assert old is not None
+            self._registry.drain(old.id)
+            return new_rv
         if old is not None and old != spec:
             del self._pods[key]
             self._registry.remove(old.id)

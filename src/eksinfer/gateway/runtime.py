@@ -64,14 +64,16 @@ def make_router(config: GatewayConfig) -> RuntimeRouter:
 class GatewayRuntime:
     """One gateway: `await start()` serves, `await stop()` cancels every task and closes every connection."""
 
-    def __init__(self, config: GatewayConfig, router: RuntimeRouter) -> None:
+    def __init__(
+        self, config: GatewayConfig, router: RuntimeRouter, resilience: Resilience | None = None
+    ) -> None:
         self.config = config
         self.router = router
         self.registry = EndpointRegistry()
         self.preset = str(getattr(router, "preset", None) or config.routing.get("preset", DEFAULT_PRESET))
         self.metrics = GatewayMetrics(self.registry.all, self._router_stats)
         self.keys = ApiKeys(config.auth.load_keys())
-        self.resilience = Resilience(config.resilience, Cascade(config.pools, config.models))
+        self.resilience = resilience or Resilience(config.resilience, Cascade(config.pools, config.models))
         self.metrics.registry.register(self.resilience.collector(self.registry.all, self.registry.draining))
         self._scrape_tasks: dict[EndpointId, asyncio.Task[None]] = {}
         self._check_tasks: dict[EndpointId, asyncio.Task[None]] = {}
@@ -269,6 +271,9 @@ async def _guarded(name: str, factory: Callable[[], Awaitable[None]]) -> None:
             await asyncio.sleep(RESTART_PAUSE_S)
 
 
-def build_runtime(config: GatewayConfig, router: RuntimeRouter | None = None) -> GatewayRuntime:
-    """Wires a gateway from its config; `router` replaces the configured one (tests, embedding)."""
-    return GatewayRuntime(config, router if router is not None else make_router(config))
+def build_runtime(
+    config: GatewayConfig, router: RuntimeRouter | None = None, resilience: Resilience | None = None
+) -> GatewayRuntime:
+    """Wires a gateway from its config; `router` and `resilience` replace the configured ones (tests,
+    embedding: a resilience layer with injected clock, random generator or managed-API clients)."""
+    return GatewayRuntime(config, router if router is not None else make_router(config), resilience)

@@ -1,0 +1,397 @@
+"""The resilience layer's pieces on their own, on a FakeClock and seeded random generators: error classes,
+backoff, retry budget, circuit breaker transitions, outlier ejection and readmission, slow start, shedding,
+the stream continuation helpers and the config sections."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+
+from eksinfer.errors import ConfigError
+from eksinfer.gateway.config import parse_config
+from eksinfer.gateway.resilience.breaker import BreakerState, CircuitBreaker
+from eksinfer.gateway.resilience.cascade import TTFT_MEMORY_S, Cascade, Tier, request_tokens
+from eksinfer.gateway.resilience.config import BreakerConfig, BudgetConfig, OutlierConfig, RetryConfig
+from eksinfer.gateway.resilience.errors import ErrorClass, SkipReason, classify_bedrock, classify_status
+from eksinfer.gateway.resilience.outlier import OutlierDetector
+from eksinfer.gateway.resilience.policy import Backoff, RetryBudget
+from eksinfer.gateway.resilience.stream import (
+    ContinuationFilter,
+    SentText,
+    continuation_body,
+    is_opening_only,
+)
+from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
+from tests.waiting import FakeClock
+
+
+def ep(name: str, pool: str = "p", **fields: Any) -> EndpointState:
+    return EndpointState(id=EndpointId(name), url=f"http://{name}", pool=pool, **fields)
+
+
+# --- error classes --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (200, None),
+        (400, ErrorClass.TERMINAL),
+        (401, ErrorClass.TERMINAL),
+        (403, ErrorClass.TERMINAL),
+        (404, ErrorClass.TERMINAL),
+        (408, ErrorClass.RETRYABLE),
+        (429, ErrorClass.RETRYABLE),
+        (500, ErrorClass.RETRYABLE),
+        (502, ErrorClass.RETRYABLE),
+        (503, ErrorClass.RETRYABLE),
+        (504, ErrorClass.RETRYABLE),
+        (501, ErrorClass.FALLBACK),
+    ],
+)
+def test_http_status_classes(status: int, expected: ErrorClass | None) -> None:
+    assert classify_status(status) is expected
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("ThrottlingException", ErrorClass.RETRYABLE),
+        ("ServiceUnavailableException", ErrorClass.RETRYABLE),
+        ("ModelNotReadyException", ErrorClass.RETRYABLE),
+        ("ModelTimeoutException", ErrorClass.RETRYABLE),
+        ("InternalServerException", ErrorClass.FALLBACK),
+        ("ValidationException", ErrorClass.TERMINAL),
+        ("AccessDeniedException", ErrorClass.TERMINAL),
+    ],
+)
+def test_bedrock_code_classes(code: str, expected: ErrorClass) -> None:
+    assert classify_bedrock(code) is expected
+
+
+# --- backoff and budget ---------------------------------------------------------------------------------
+def test_backoff_doubles_to_its_cap_within_the_jitter_band() -> None:
+    exact = Backoff(RetryConfig(backoff_base_s=0.1, backoff_max_s=0.5, jitter=0.0))
+    assert [exact.delay_s(n) for n in (1, 2, 3, 4, 5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+    jittered = Backoff(RetryConfig(backoff_base_s=0.1, backoff_max_s=0.5, jitter=0.2), random.Random(7))
+    waits = [jittered.delay_s(2) for _ in range(200)]
+    assert all(0.16 <= w <= 0.24 for w in waits)
+    assert len(set(waits)) > 100  # really random: requests failing together do not retry together
+    again = Backoff(RetryConfig(backoff_base_s=0.1, backoff_max_s=0.5, jitter=0.2), random.Random(7))
+    assert [again.delay_s(2) for _ in range(200)] == waits  # the injected generator decides
+
+
+def test_retry_budget_is_a_share_of_active_requests_with_a_minimum() -> None:
+    budget = RetryBudget(BudgetConfig(percent=20, min_retries=2))
+    budget.active_requests = 5  # 20 % of 5 is 1: the minimum (2) rules
+    assert [budget.try_acquire() for _ in range(3)] == [True, True, False]
+    assert budget.denied_total == 1
+    budget.release()
+    assert budget.try_acquire()
+    budget.active_requests = 50  # 20 % of 50: 10 retries in flight
+    assert sum(budget.try_acquire() for _ in range(20)) == 8  # 2 already in flight
+    assert budget.active_retries == 10
+    assert budget.denied_total == 13
+
+
+# --- circuit breaker ------------------------------------------------------------------------------------
+def test_breaker_opens_half_opens_with_one_trial_and_closes() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("eks", BreakerConfig(consecutive_failures=3, open_s=5), clock)
+    for name in ("a", "b"):
+        breaker.record_failure(name, pool_size=2)
+    breaker.record_success()  # a success in between resets the count
+    for name in ("a", "b", "a"):
+        assert breaker.allow()
+        breaker.record_failure(name, pool_size=2)
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+    clock.advance(4.9)
+    assert not breaker.allow()
+    clock.advance(0.2)
+    assert breaker.allow()  # the trial
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert not breaker.allow()  # only one trial at a time
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow() and breaker.allow()
+    assert breaker.opens_total == 1
+
+
+def test_breaker_trial_failure_reopens_and_an_abandoned_trial_is_handed_on() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("eks", BreakerConfig(consecutive_failures=2, open_s=5), clock)
+    breaker.record_failure("a", 2)
+    breaker.record_failure("b", 2)
+    clock.advance(5)
+    assert breaker.allow()
+    breaker.abandon_trial()  # the trial found no endpoint: the next request is the trial
+    assert breaker.allow()
+    breaker.record_failure("a", 2)
+    assert breaker.state is BreakerState.OPEN
+    assert not breaker.allow()
+    assert breaker.opens_total == 2
+
+
+def test_one_failing_endpoint_does_not_open_a_pool_of_several() -> None:
+    breaker = CircuitBreaker("eks", BreakerConfig(consecutive_failures=3, open_s=5), FakeClock())
+    for _ in range(10):
+        breaker.record_failure("a", pool_size=4)
+    assert breaker.state is BreakerState.CLOSED  # the outlier detector's business
+    single = CircuitBreaker("solo", BreakerConfig(consecutive_failures=3, open_s=5), FakeClock())
+    for _ in range(3):
+        single.record_failure("a", pool_size=1)
+    assert single.state is BreakerState.OPEN
+
+
+# --- outlier detection ----------------------------------------------------------------------------------
+class FixedRandom(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_ejection_grows_and_ends_only_by_time() -> None:
+    clock = FakeClock()
+    det = OutlierDetector(OutlierConfig(consecutive_failures=3, base_ejection_s=10), 0.0, clock=clock)
+    a, b = ep("a"), ep("b")
+    pool = [a, b]
+    assert [det.record_failure(a, pool) for _ in range(3)] == [False, False, True]
+    assert det.eligible(pool) == [b]
+    a.healthy = True  # a good scrape: the ejection stays
+    clock.advance(9.9)
+    assert det.eligible(pool) == [b]
+    clock.advance(0.2)
+    assert det.eligible(pool) == [a, b]  # readmitted by time
+    assert not det.is_ejected(a)
+    for _ in range(3):
+        det.record_failure(a, pool)
+    clock.advance(19.9)  # second ejection: twice as long
+    assert det.eligible(pool) == [b]
+    clock.advance(0.2)
+    assert det.eligible(pool) == [a, b]
+    assert det.ejections_total == {"p": 2}
+
+
+def test_successes_reset_the_count_and_earn_ejections_back() -> None:
+    clock = FakeClock()
+    det = OutlierDetector(OutlierConfig(consecutive_failures=3, base_ejection_s=10), 0.0, clock=clock)
+    a, b = ep("a"), ep("b")
+    det.record_failure(a, [a, b])
+    det.record_failure(a, [a, b])
+    det.record_success(a)
+    assert not det.record_failure(a, [a, b])  # the count started again
+    for _ in range(2):
+        det.record_failure(a, [a, b])
+    clock.advance(10)
+    det.eligible([a, b])
+    det.record_success(a)  # 10 s after its last failure: one ejection earned back
+    for _ in range(3):
+        det.record_failure(a, [a, b])
+    clock.advance(10.1)  # ejected for 10 s again, not 20
+    assert det.eligible([a, b]) == [a, b]
+
+
+def test_at_most_the_allowed_share_of_a_pool_is_ejected() -> None:
+    det = OutlierDetector(
+        OutlierConfig(consecutive_failures=1, max_ejected_percent=50), 0.0, clock=FakeClock()
+    )
+    pool = [ep(n) for n in "abcd"]
+    assert [det.record_failure(e, pool) for e in pool] == [True, True, False, False]
+    assert det.eligible(pool) == pool[2:]
+    lone = [ep("solo", pool="q")]
+    assert det.record_failure(
+        lone[0], lone
+    )  # at least one: a pool of one may be ejected (the cascade moves on)
+
+
+def test_slow_start_ramps_a_returning_endpoint_and_never_empties_a_pool() -> None:
+    clock = FakeClock()
+    rng = FixedRandom(0.5)
+    det = OutlierDetector(OutlierConfig(), slow_start_s=10.0, clock=clock, rng=rng)
+    a, b = ep("a"), ep("b")
+    det.returned(a)
+    assert det.in_slow_start(a)
+    assert det.eligible([a, b]) == [b]  # share 10 % < draw 0.5
+    clock.advance(4.0)  # share 0.1 + 0.9 * 0.4 = 46 %
+    assert det.eligible([a, b]) == [b]
+    clock.advance(1.0)  # 55 %
+    assert det.eligible([a, b]) == [a, b]
+    clock.advance(5.0)
+    assert det.eligible([a, b]) == [a, b]
+    assert not det.in_slow_start(a)  # ramp over
+    det.returned(b)
+    assert det.eligible([b]) == [b]  # held back by its draw, but the only one: kept
+
+
+def test_active_check_verdicts_take_out_and_bring_back_in_slow_start() -> None:
+    clock = FakeClock()
+    det = OutlierDetector(OutlierConfig(), slow_start_s=10.0, clock=clock, rng=FixedRandom(0.99))
+    a, b = ep("a"), ep("b")
+    det.set_down(a, True)
+    assert det.is_down(a)
+    assert det.eligible([a, b]) == [b]
+    det.set_down(a, False)
+    assert det.in_slow_start(a)
+    assert det.eligible([a, b]) == [b]
+    clock.advance(10)
+    assert det.eligible([a, b]) == [a, b]
+
+
+# --- cascade and shedding -------------------------------------------------------------------------------
+class Route:
+    def __init__(self, cascade: list[str], slo: float | None = None) -> None:
+        self.cascade, self.continue_streams, self.ttft_slo_s = cascade, False, slo
+
+
+def test_plans_and_shedding_on_queue_depth_and_predicted_ttft() -> None:
+    config = parse_config(
+        {"pools": {"onprem": {"preset": "load", "max_waiting": 4}, "eks": {"max_context_tokens": 1000}}}
+    )
+    clock = FakeClock()
+    cascade = Cascade(config.pools, {"m": Route(["onprem", "eks"], slo=1.0)}, clock)
+    plan = cascade.plan("m")
+    assert plan.tiers == (
+        Tier("onprem", preset="load", max_waiting=4),
+        Tier("eks", max_context_tokens=1000),
+    )
+    assert cascade.plan("other").tiers == (Tier(None),)
+    a, b = ep("a"), ep("b")
+    a.num_waiting, b.num_waiting = 4, 3
+    onprem = plan.tiers[0]
+    assert cascade.shed_reason(onprem, plan, [a, b]) is None
+    b.num_waiting = 5
+    assert cascade.shed_reason(onprem, plan, [a, b]) is SkipReason.SHED_SATURATED
+    b.num_waiting = 0
+    cascade.observe_ttft("a", 3.0)
+    assert cascade.shed_reason(onprem, plan, [a, b]) is None  # b has no sample: no reason to shed
+    cascade.observe_ttft("b", 1.5)
+    cascade.observe_ttft("b", 1.0)  # mean 1.5 + 0.2 * (1.0 - 1.5) = 1.4
+    assert cascade.predicted_ttft_s([a, b]) == pytest.approx(1.4)
+    assert cascade.shed_reason(onprem, plan, [a, b]) is SkipReason.SHED_TTFT
+    clock.advance(TTFT_MEMORY_S + 0.1)  # forgotten: one request probes the pool again
+    assert cascade.shed_reason(onprem, plan, [a, b]) is None
+
+
+def test_request_size_counts_the_prompt_and_the_answer() -> None:
+    assert request_tokens({"max_tokens": 100}, 900, 0) == 1000
+    assert request_tokens({"max_completion_tokens": 50, "max_tokens": 100}, 10, 0) == 60
+    assert request_tokens({}, 0, 4000) == 1000  # no count from the router: characters / 4
+
+
+# --- config ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("data", "field", "words"),
+    [
+        ({"models": {"m": {"cascade": ["nope"]}}}, "models.m.cascade.0", "no pool or endpoint defines"),
+        ({"models": {"m": {"cascade": []}}}, "models.m.cascade", "at least 1"),
+        ({"models": {"m": {"cascade": ["a", "a"], "x": 1}}}, "models.m", ""),
+        ({"pools": {"a": {"kind": "mystery"}}}, "pools.a.kind", "unknown pool kind 'mystery'"),
+        ({"pools": {"a": {"preset": "nope"}}}, "pools.a.preset", "unknown routing preset 'nope'"),
+        ({"pools": {"a": {"max_context_tokens": 0}}}, "pools.a.max_context_tokens", "greater than 0"),
+        (
+            {"resilience": {"retries": {"backoff_base_s": 2, "backoff_max_s": 1}}},
+            "resilience",
+            "backoff_max_s",
+        ),
+        ({"resilience": {"budget": {"percent": 120}}}, "resilience.budget.percent", "less than or equal"),
+    ],
+)
+def test_config_errors_name_their_field(data: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert err.value.field is not None and err.value.field.startswith(field)
+    assert words in str(err.value)
+
+
+def test_a_cascade_may_name_pools_of_endpoints() -> None:
+    config = parse_config(
+        {
+            "endpoints": {"static": [{"url": "http://10.0.0.1:8000", "pool": "onprem"}]},
+            "pools": {"eks": {"preset": "round-robin"}},
+            "models": {"m": {"cascade": ["onprem", "eks"], "continue_streams": True, "ttft_slo_s": 2}},
+        }
+    )
+    assert config.models["m"].cascade == ["onprem", "eks"]
+    assert config.resilience.budget.percent == 20  # Envoy's default
+
+
+# --- streams --------------------------------------------------------------------------------------------
+def sse(*docs: Any) -> bytes:
+    return b"".join(
+        b"data: " + (d if isinstance(d, bytes) else json.dumps(d, separators=(",", ":")).encode()) + b"\n\n"
+        for d in docs
+    )
+
+
+def chunk(content: str | None = None, role: str | None = None, **extra: Any) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if role is not None:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    delta.update(extra)
+    return {"id": "c", "choices": [{"index": 0, "delta": delta}]}
+
+
+def test_sent_text_reads_whole_events_across_chunks() -> None:
+    data = sse(chunk("", role="assistant"), chunk("Hel"), chunk("lo"), b"[DONE]")
+    sent = SentText()
+    for i in range(0, len(data), 7):  # split anywhere, even inside an event
+        sent.feed(data[i : i + 7])
+    assert sent.text == "Hello"
+    assert sent.events == 2
+    assert sent.continuable
+    tools = SentText()
+    tools.feed(sse(chunk(tool_calls=[{"index": 0, "function": {"name": "f"}}])))
+    assert not tools.continuable
+
+
+def test_continuation_bodies() -> None:
+    sent = SentText()
+    sent.feed(sse(chunk("Once upon"), chunk(" a time")))
+    chat = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "story"}],
+        "max_tokens": 10,
+        "stream": True,
+    }
+    body = continuation_body(chat, True, sent, engine_options=True)
+    assert body is not None
+    assert body["messages"][-1] == {"role": "assistant", "content": "Once upon a time"}
+    assert (body["continue_final_message"], body["add_generation_prompt"], body["max_tokens"]) == (
+        True,
+        False,
+        8,
+    )
+    managed = continuation_body(chat, True, sent, engine_options=False)
+    assert managed is not None and "continue_final_message" not in managed
+    completion = continuation_body({"prompt": "P:", "max_tokens": 2}, False, sent, engine_options=True)
+    assert completion is None  # both tokens were sent: nothing left to continue
+    completion = continuation_body({"prompt": "P:"}, False, sent, engine_options=True)
+    assert completion == {"prompt": "P:Once upon a time"}
+    assert continuation_body({**chat, "n": 2}, True, sent, engine_options=True) is None
+
+
+def test_opening_event_is_held_and_dropped_from_a_continuation() -> None:
+    opening = sse(chunk("", role="assistant"))
+    assert is_opening_only(opening)
+    assert not is_opening_only(opening + sse(chunk("x")))
+    cut = ContinuationFilter()
+    assert cut.feed(opening + sse(chunk("rest"))) == sse(chunk("rest"))
+    assert cut.feed(opening) == opening  # only the first one goes
+
+
+def test_a_bedrock_pool_needs_its_module() -> None:
+    try:
+        import eksinfer.gateway.bedrock.config  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError) as err:
+            parse_config({"pools": {"bedrock": {"kind": "bedrock", "region": "us-east-1"}}})
+        assert err.value.field == "pools.bedrock.kind"
+    else:
+        pytest.skip("the Bedrock pool kind is built: its own tests cover its config")

@@ -115,7 +115,8 @@ def test_breaker_opens_half_opens_with_one_trial_and_closes() -> None:
     assert not breaker.allow()  # only one trial at a time
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED
-    assert breaker.allow() and breaker.allow()
+    assert breaker.allow()
+    assert breaker.allow()
     assert breaker.opens_total == 1
 
 
@@ -304,7 +305,8 @@ def test_request_size_counts_the_prompt_and_the_answer() -> None:
 def test_config_errors_name_their_field(data: dict[str, Any], field: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(data)
-    assert err.value.field is not None and err.value.field.startswith(field)
+    assert err.value.field is not None
+    assert err.value.field.startswith(field)
     assert words in str(err.value)
 
 
@@ -369,7 +371,8 @@ def test_continuation_bodies() -> None:
         8,
     )
     managed = continuation_body(chat, True, sent, engine_options=False)
-    assert managed is not None and "continue_final_message" not in managed
+    assert managed is not None
+    assert "continue_final_message" not in managed
     completion = continuation_body({"prompt": "P:", "max_tokens": 2}, False, sent, engine_options=True)
     assert completion is None  # both tokens were sent: nothing left to continue
     completion = continuation_body({"prompt": "P:"}, False, sent, engine_options=True)

@@ -260,3 +260,77 @@ async def test_outside_a_cluster_without_api_server_is_a_config_error(
     runtime = build_runtime(config, router=RoundRobinRouter())
     with pytest.raises(ConfigError, match=r"^endpoints\.kubernetes\.0\.api_server: not running in a cluster"):
         await runtime.start()
+
+
+async def test_a_pod_with_a_deletion_timestamp_drains(api: FakeApiServer, tmp_path: Path) -> None:
+    """Spot interruption: the pod gets a deletionTimestamp and keeps running for its grace period. It takes
+    no new request (they go to the static engine) and finishes the one in flight; then it is removed."""
+    pod_engine = await FakeEngine().start()
+    other = await FakeEngine().start()
+    port = int(pod_engine.url.rsplit(":", 1)[1])
+    api.pods = [pod("p1", "127.0.0.1")]
+    config = parse_config(
+        {
+            "server": {"host": "127.0.0.1", "port": 0},
+            "endpoints": {"static": [{"url": other.url, "pool": "static"}]},
+            "scrape": {"interval_s": 0.05},
+            "resilience": {"health_checks": {"enabled": False}, "slow_start_s": 0},
+        }
+    )
+    config = config.model_copy(
+        update={
+            "endpoints": config.endpoints.model_copy(update={"kubernetes": [discovery(api, tmp_path, port)]})
+        }
+    )
+    runtime = build_runtime(config, router=RoundRobinRouter())
+    await runtime.start()
+    pod_id = f"127.0.0.1:{port}"
+    try:
+        await until(
+            lambda: len(runtime.registry.all()) == 2 and all(s.models for s in runtime.registry.all())
+        )
+        hold = asyncio.Event()
+        pod_engine.behaviour.hold = hold
+        url = f"http://127.0.0.1:{runtime.port}/v1/completions"
+        async with httpx.AsyncClient(timeout=20) as client:
+            in_flight: asyncio.Task[httpx.Response] | None = None
+            while in_flight is None:  # round robin: send until one request is held on the pod
+                task = asyncio.create_task(client.post(url, json={"model": "tiny", "prompt": "x"}))
+                await until(
+                    lambda t=task: t.done() or pod_engine.held == 1,  # type: ignore[misc]
+                    what="request answered or held",
+                )
+                if pod_engine.held == 1:
+                    in_flight = task
+            deleting = pod("p1", "127.0.0.1", rv=11)
+            deleting["metadata"]["deletionTimestamp"] = "2026-12-03T15:00:00Z"
+            await api.events.put({"type": "MODIFIED", "object": deleting})
+            await until(lambda: runtime.registry.draining(pod_id), what="pod draining")
+            before = pod_engine.requests
+            for _ in range(4):
+                r = await client.post(url, json={"model": "tiny", "prompt": "x"})
+                assert r.status_code == 200
+            assert pod_engine.requests == before  # no new request on the draining pod
+            assert pod_id in {s.id for s in runtime.registry.all()}
+            hold.set()
+            assert (await in_flight).status_code == 200  # the one in flight finished
+            gone = pod("p1", "127.0.0.1", rv=12, phase="Succeeded")
+            gone["metadata"]["deletionTimestamp"] = "2026-12-03T15:00:00Z"
+            await api.events.put({"type": "MODIFIED", "object": gone})
+            await until(lambda: pod_id not in {s.id for s in runtime.registry.all()}, what="pod removed")
+            assert not runtime.registry.draining(pod_id)
+    finally:
+        await api.events.put(None)
+        await runtime.stop()
+        await pod_engine.stop()
+        await other.stop()
+
+
+def test_pod_spec_of_a_terminating_pod(tmp_path: Path) -> None:
+    config = KubernetesDiscovery(namespace="n", label_selector="a=b", port=9000)
+    deleting = pod("a", "10.0.0.1", ready=False)
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    spec = pod_spec(deleting, config, terminating=True)
+    assert spec is not None
+    assert spec.id == "10.0.0.1:9000"  # unready as it stops, still drained
+    assert pod_spec(pod("a", "10.0.0.1"), config, terminating=True) is None  # not terminating

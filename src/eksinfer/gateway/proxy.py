@@ -306,7 +306,7 @@ class Proxy:
             if tier.kind == "vllm":
                 response = await self._try_pool(call, tier, last)
             else:
-                response = await self._try_managed(call, tier)
+                response = await self._try_managed(call, tier, last)
             if response is not None:
                 return response
         return await self._give_up(call)
@@ -322,7 +322,9 @@ class Proxy:
         res = self._res
         breaker = res.breaker(tier.pool) if tier.pool is not None else None
         if breaker is not None and not breaker.allow():
-            return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
+            if not last:
+                return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
+            breaker = None  # the last tier: nowhere else to go, so try it anyway (breaker.py)
         in_tier = 0
         try:
             while in_tier < self._retries.attempts_per_pool and call.attempts < self._retries.max_attempts:
@@ -356,7 +358,7 @@ class Proxy:
                             return await self._end_stream(call, failed)
                         if failed.cls is ErrorClass.FALLBACK:
                             return self._skip(call, tier, SkipReason.FAILED)
-                        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+                        if not last and breaker is not None and breaker.state is not BreakerState.CLOSED:
                             return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
                 finally:
                     if retry:
@@ -679,14 +681,15 @@ class Proxy:
         await response.write_eof()
 
     # --- a managed API (Bedrock) -------------------------------------------------------------------------
-    async def _try_managed(self, call: _Call, tier: Tier) -> web.StreamResponse | None:
+    async def _try_managed(self, call: _Call, tier: Tier, last: bool) -> web.StreamResponse | None:
         res = self._res
         assert tier.pool is not None
         client = res.managed_client(tier.pool) if res.managed_serves(tier.pool, call.model) else None
         if client is None:
             return self._skip(call, tier, SkipReason.NO_ENDPOINT)
         breaker = res.breaker(tier.pool)
-        if not breaker.allow():
+        trial = breaker.allow()
+        if not trial and not last:
             return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
         in_tier = 0
         try:
@@ -717,7 +720,7 @@ class Proxy:
                             return await self._give_up(call)
                         if failed.cls is ErrorClass.FALLBACK:
                             return self._skip(call, tier, SkipReason.FAILED)
-                        if breaker.state is not BreakerState.CLOSED:
+                        if not last and breaker.state is not BreakerState.CLOSED:
                             return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
                 finally:
                     if retry:

@@ -72,6 +72,16 @@ class Replica:
         await self.engine.stop()  # first, so in-flight handlers complete (500) instead of holding shutdown
         await self.runner.cleanup()
 
+    async def kill(self) -> None:
+        """Fault injection: die like a killed process or a lost node, mid-stream included: every open
+        connection is reset (no error event, no end of stream), then the listener and the engine stop."""
+        self.crashed = True
+        server = self.runner.server
+        for handler in server.connections if server is not None else ():
+            if handler.transport is not None:
+                handler.transport.abort()
+        await self.stop()
+
     def crash(self) -> None:
         """Fault injection: stop serving and publishing, as if the process died."""
         if not self.crashed:

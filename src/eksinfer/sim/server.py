@@ -303,7 +303,7 @@ class SimServer:
         return await self._generate(request, params, chat=True)
 
     async def _faults(self) -> None:
-        faults = self.options.faults
+        faults = self.engine.options.faults  # the engine's: replacing its options changes faults at once
         self._num_requests += 1
         if faults.crash_after and self._num_requests > faults.crash_after:
             if self._num_requests == faults.crash_after + 1 and self._on_crash is not None:

@@ -1,9 +1,11 @@
 """Per-pool circuit breaker: closed, open, half-open with one trial request.
 
-- closed: requests flow; `consecutive_failures` (5) failed attempts in a row across the pool, from at least
-  two different endpoints when the pool has two or more (one dead engine is the outlier detector's job, not
-  a reason to close the whole pool), open the circuit;
-- open: the pool is skipped (the cascade moves to its next tier) for `open_s` (5 s);
+- closed: requests flow; `consecutive_failures` (5) failed attempts in a row across the pool (no success in
+  between), from at least half of its endpoints (and two when it has two or more: one or two dead engines
+  are the outlier detector's job, not a reason to close the whole pool), open the circuit;
+- open: the pool is skipped (the cascade moves to its next tier) for `open_s` (5 s), unless it is the last
+  tier: with nowhere else to go, requests still try its eligible endpoints (a refusal would be a certain
+  failure; the retry budget keeps that from becoming a storm);
 - half-open: the first request after `open_s` is the trial, the only one let through; its success closes the
   circuit, its failure opens it again for another `open_s`. A trial that never reached an endpoint is
   handed back (`abandon_trial`), so the next request becomes the trial.
@@ -91,7 +93,7 @@ class CircuitBreaker:
             return
         self.failures += 1
         self._failing.add(endpoint_id)
-        if self.failures >= self._config.consecutive_failures and len(self._failing) >= min(2, pool_size):
+        if self.failures >= self._config.consecutive_failures and len(self._failing) >= _spread(pool_size):
             self._open(f"{self.failures} failures in a row on {len(self._failing)} endpoint(s)")
 
     def _open(self, why: str) -> None:
@@ -102,3 +104,9 @@ class CircuitBreaker:
         self._failing.clear()
         self.opens_total += 1
         log.warning("circuit of pool %s open for %.1f s: %s", self.name, self._config.open_s, why)
+
+
+def _spread(pool_size: int) -> int:
+    """Distinct endpoints a failure streak must cover to open the circuit: half the pool (at least two when
+    there are two), so a few bad engines are left to the outlier detector."""
+    return max(min(2, pool_size), -(-pool_size // 2))

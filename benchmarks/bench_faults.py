@@ -1,0 +1,494 @@
+"""`make bench ARGS=faults`: the gateway's resilience under a fault schedule, side by side with vllm-router.
+
+Five simulated engines (`eksinfer.sim`, llama-3.1-8b on H100 timing, `max_num_seqs` 4, in this process so the
+schedule can break them) behind `eksinfer gateway` (a subprocess; four engines listed statically, the fifth
+found through a small fake Kubernetes API server, so that a Spot-style interruption can be announced with a
+deletion timestamp), then behind vllm-router (PyPI `vllm-router`, its retries and circuit breaker on, which
+are its defaults). Each target gets fresh engines and the same open-loop streaming load: Poisson arrivals at
+70 % of the capacity measured first (a closed loop straight to the engines), chats of 32 output tokens.
+
+Fault schedule (seconds from the start of the load; `--stretch 2` doubles every time):
+    15  engine 0 is killed mid-stream (connections reset, no error event); restarted at 30
+    25  engine 1 stalls (accepts requests, never answers) for 20 s
+    40  engine 2 answers 30 % of requests with HTTP 500, for 20 s
+    50  engine 3 gets a deletion timestamp (Spot interruption notice); killed at 60, never back
+    70  the load stops; every request has a 60 s client deadline, so none can stay open
+vllm-router is not told about the deletion (it has no Kubernetes watch here): it sees engine 3 die at 60 s.
+
+Per request: answered (and by which pool, from `x-eksinfer-pool`), failed before streaming (status, code),
+broken after streaming started (ended with an error event, or cut without one), hung (client deadline). TTFT
+P99 of requests sent during the faults (15 s to the end) against those sent in the quiet first 15 s. After the
+load: the gateway's in-flight gauges and retries in flight (must be 0), its open file descriptors and resident
+memory against their values before the load, and the stream breaks it continued.
+
+Not here yet: the phase "every self-hosted engine down for 30 s, Bedrock stub as the last tier" (it needs the
+Bedrock pool kind and its local stub).
+
+Run: `make bench ARGS=faults` (about 4 minutes) or `.venv/bin/python -m benchmarks.run faults
+--no-vllm-router`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from benchmarks.gateway_e2e import free_port_block, spawn, stderr_tail, stop_proc, vllm_router_exe, wait_http
+from eksinfer.sim.cluster import SimCluster, start_cluster
+from eksinfer.sim.config import FaultOptions, SimOptions
+
+HOST = "127.0.0.1"
+MODEL = "m"
+ENGINES = 5
+MAX_SEQS = 4
+OUTPUT_TOKENS = 32
+LOAD_SHARE = 0.7
+DEADLINE_S = 60.0  # per request, client side: "hung" means this passed
+QUIET_S = 15.0
+
+
+@dataclass
+class Outcome:
+    sent_at: float
+    kind: str = "hung"  # ok | failed | broken_event | broken_cut | hung
+    detail: str = ""
+    pool: str = ""
+    ttft_s: float | None = None
+
+
+@dataclass
+class RunReport:
+    name: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def counts(self) -> Counter[str]:
+        return Counter(o.kind for o in self.outcomes)
+
+    def p99_ttft(self, faults: bool, quiet_s: float) -> float:
+        ttfts = [o.ttft_s for o in self.outcomes if o.ttft_s is not None and (o.sent_at >= quiet_s) == faults]
+        if not ttfts:
+            return float("nan")
+        ttfts.sort()
+        return ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
+
+
+# --- engines and their faults ------------------------------------------------------------------------------
+class Engines:
+    """Five one-engine clusters on fixed ports, so a killed engine can come back on the same address."""
+
+    def __init__(self, ports: list[int], time_scale: float) -> None:
+        self.ports = ports
+        self.options = [
+            SimOptions(
+                port=p,
+                served_model_name=(MODEL,),
+                max_num_seqs=MAX_SEQS,
+                time_scale=time_scale,
+                natural_output_tokens=0,
+                seed=i,
+            )
+            for i, p in enumerate(ports)
+        ]
+        self.clusters: list[SimCluster | None] = [None] * len(ports)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://{HOST}:{p}" for p in self.ports]
+
+    async def start(self, i: int | None = None) -> None:
+        for j in [i] if i is not None else range(len(self.ports)):
+            self.clusters[j] = await start_cluster(self.options[j], 1)
+
+    async def kill(self, i: int) -> None:
+        cluster = self.clusters[i]
+        if cluster is not None:
+            self.clusters[i] = None
+            await cluster.replicas[0].kill()
+
+    def set_faults(self, i: int, **faults: float) -> None:
+        cluster = self.clusters[i]
+        if cluster is not None:
+            engine = cluster.engines[0]
+            engine.options = replace(engine.options, faults=FaultOptions(**faults))  # type: ignore[arg-type]
+
+    async def stop(self) -> None:
+        for i in range(len(self.ports)):
+            cluster = self.clusters[i]
+            self.clusters[i] = None
+            if cluster is not None:
+                await cluster.stop()
+
+
+class FakeKubeApi:
+    """The part of the Kubernetes API the gateway's watch uses: one pod (engine 3), then its deletion."""
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    def pod(self, rv: int, deleting: bool = False, phase: str = "Running") -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": "vllm-3", "namespace": "llm", "resourceVersion": str(rv)}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-12-03T00:00:00Z"
+        status = {"phase": phase, "podIP": self.ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        return {"metadata": meta, "status": status}
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.add_routes([web.get("/api/v1/namespaces/llm/pods", self._pods)])
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self.runner.setup()
+        port = free_port_block(1)
+        await web.TCPSite(self.runner, HOST, port).start()
+        self.url = f"http://{HOST}:{port}"
+
+    async def _pods(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") != "1":
+            return web.json_response({"metadata": {"resourceVersion": "1"}, "items": [self.pod(1)]})
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        while (event := await self.events.get()) is not None:
+            await resp.write(json.dumps(event).encode() + b"\n")
+        await resp.write_eof()
+        return resp
+
+    async def stop(self) -> None:
+        await self.events.put(None)
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def schedule(engines: Engines, kube: FakeKubeApi, stretch: float, t0: float) -> list[str]:
+    """Runs the fault schedule; returns what happened when, for the report."""
+    log: list[str] = []
+
+    async def at(t: float) -> None:
+        delay = t0 + t * stretch - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def note(what: str) -> None:
+        log.append(f"{time.perf_counter() - t0:6.1f} s  {what}")
+
+    await at(15)
+    await engines.kill(0)
+    note("engine 0 killed mid-stream")
+    await at(25)
+    engines.set_faults(1, stall_rate=1.0, stall_s=20.0 * stretch)
+    note("engine 1 stalls")
+    await at(30)
+    await engines.start(0)
+    note("engine 0 back")
+    await at(40)
+    engines.set_faults(2, error_rate=0.3)
+    note("engine 2 answers 30 % with HTTP 500")
+    await at(45)
+    engines.set_faults(1)
+    note("engine 1 stops stalling (requests already held stay held for 20 s)")
+    await at(50)
+    await kube.events.put({"type": "MODIFIED", "object": kube.pod(2, deleting=True)})
+    note("engine 3 gets a deletion timestamp")
+    await at(60)
+    engines.set_faults(2)
+    await engines.kill(3)
+    await kube.events.put({"type": "DELETED", "object": kube.pod(3, deleting=True, phase="Failed")})
+    note("engine 3 killed (end of its grace period); engine 2 healthy again")
+    return log
+
+
+# --- load ------------------------------------------------------------------------------------------------
+def chat_body(i: int) -> dict[str, Any]:
+    question = f"request {i}: say something about the number {i * 7919 % 1000}"
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": OUTPUT_TOKENS,
+        "stream": True,
+    }
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any], out: Outcome) -> None:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+                out.pool = r.headers.get("x-eksinfer-pool", "")
+                if r.status != 200:
+                    text = await r.text()
+                    try:
+                        code = json.loads(text).get("error", {}).get("code")
+                    except (ValueError, AttributeError):
+                        code = None
+                    out.kind, out.detail = "failed", f"{r.status} {code or ''}".strip()
+                    return
+                done = errored = False
+                async for raw in r.content:
+                    line = raw.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    if line == b"data: [DONE]":
+                        done = True
+                        continue
+                    chunk = json.loads(line[5:])
+                    if "error" in chunk:
+                        errored = True
+                        out.detail = str((chunk["error"] or {}).get("code") or "error")
+                        continue
+                    choices = chunk.get("choices") or []
+                    if out.ttft_s is None and choices and (choices[0].get("delta") or {}).get("content"):
+                        out.ttft_s = time.perf_counter() - started
+                out.kind = "ok" if done and not errored else ("broken_event" if errored else "broken_cut")
+    except TimeoutError:
+        out.kind = "hung"
+    except aiohttp.ClientError as err:
+        out.kind, out.detail = (
+            ("broken_cut", type(err).__name__) if out.ttft_s else ("failed", type(err).__name__)
+        )
+
+
+async def calibrate(urls: list[str], seconds: float) -> float:
+    """Requests per second the engines sustain, measured with a closed loop straight to them."""
+    done = 0
+    stop_at = time.perf_counter() + seconds
+    async with aiohttp.ClientSession() as session:
+
+        async def worker(k: int) -> None:
+            nonlocal done
+            i = 0
+            while time.perf_counter() < stop_at:
+                out = Outcome(0.0)
+                await one_request(session, urls[(k + i) % len(urls)], chat_body(k * 1000 + i), out)
+                i += 1
+                done += out.kind == "ok"
+
+        await asyncio.gather(*(worker(k) for k in range(len(urls) * MAX_SEQS * 2)))
+    return done / seconds
+
+
+async def run_load(url: str, rate: float, duration_s: float, seed: int) -> list[Outcome]:
+    rng = random.Random(seed)
+    sends, t = [], 0.0
+    while t < duration_s:
+        sends.append(t)
+        t += rng.expovariate(rate)
+    outcomes = [Outcome(at) for at in sends]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+    ) as session:
+        start = time.perf_counter()
+
+        async def fire(i: int, out: Outcome) -> None:
+            delay = start + out.sent_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await one_request(session, url, chat_body(i), out)
+
+        await asyncio.gather(*(fire(i, o) for i, o in enumerate(outcomes)))
+    return outcomes
+
+
+# --- targets ---------------------------------------------------------------------------------------------
+def gateway_config(engines: Engines, kube: FakeKubeApi, port: int, token: Path) -> dict[str, Any]:
+    return {
+        "server": {"host": HOST, "port": port, "first_token_timeout_s": 5, "idle_stream_timeout_s": 5},
+        "endpoints": {
+            "static": [
+                {"url": u, "pool": "eks", "models": [MODEL]} for u in engines.urls[:3] + engines.urls[4:]
+            ],
+            "kubernetes": {
+                "namespace": "llm",
+                "label_selector": "app=vllm",
+                "port": engines.ports[3],
+                "pool": "eks",
+                "api_server": kube.url,
+                "token_file": str(token),
+                "ca_file": str(token.with_suffix(".none")),
+            },
+        },
+        "scrape": {"interval_s": 0.2},
+        "routing": {"preset": "load", "debug_header": None},
+        "models": {MODEL: {"cascade": ["eks"], "continue_streams": True}},
+        "resilience": {"health_checks": {"interval_s": 1.0}},
+    }
+
+
+def proc_stats(pid: int) -> tuple[int, float]:
+    """Open file descriptors and resident MB of a process (Linux /proc)."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    return fds, rss
+
+
+async def gateway_metrics(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as r:
+        text = await r.text()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + ("{" + s.labels.get("action", "") + "}" if "action" in s.labels else "")
+            totals[key] = totals.get(key, 0.0) + s.value
+    return totals
+
+
+async def run_target(name: str, args: argparse.Namespace, rate: float, work: Path) -> RunReport | str:
+    ports = [free_port_block(1) for _ in range(ENGINES)]
+    engines = Engines(ports, args.time_scale)
+    await engines.start()
+    kube = FakeKubeApi(HOST)
+    await kube.start()
+    report = RunReport(name)
+    proc = None
+    try:
+        port = free_port_block(1)
+        if name == "eksinfer":
+            token = work / "token"
+            token.write_text("bench\n")
+            config = work / "gateway.yaml"
+            config.write_text(yaml.safe_dump(gateway_config(engines, kube, port, token)))
+            exe = str(Path(sys.executable).with_name("eksinfer"))
+            proc = spawn([exe, "gateway", "--config", str(config), "--log-level", "error"])
+        else:
+            exe = vllm_router_exe()
+            if exe is None:
+                return "vllm-router could not be installed"
+            cmd = [exe, "--host", HOST, "--port", str(port), "--policy", "power_of_two", "--worker-urls"]
+            cmd += [*engines.urls, "--prometheus-host", HOST, "--prometheus-port", str(free_port_block(1))]
+            cmd += ["--log-level", "error"]
+            proc = spawn(cmd, dict(os.environ, HF_HUB_OFFLINE="1"))
+        url = f"http://{HOST}:{port}"
+        await wait_http([f"{url}/health"], proc)
+        if name == "eksinfer":
+            await wait_http([f"{url}/ready"], proc)
+            await asyncio.sleep(1.0)  # the watch delivers engine 3, its scrapes fill in
+        else:
+            await asyncio.sleep(2.0)
+        before = proc_stats(proc.pid)
+        t0 = time.perf_counter()
+        faults = asyncio.create_task(schedule(engines, kube, args.stretch, t0))
+        report.outcomes = await run_load(url, rate, 70.0 * args.stretch, seed=1)
+        report.extra["schedule"] = await faults
+        await asyncio.sleep(1.0)
+        after = proc_stats(proc.pid)
+        report.extra["fds"] = (before[0], after[0])
+        report.extra["rss_mb"] = (before[1], after[1])
+        if name == "eksinfer":
+            report.extra["metrics"] = await gateway_metrics(url)
+        if proc.poll() is not None:
+            return f"{name} exited: {stderr_tail(proc)}"
+        return report
+    finally:
+        stop_proc(proc)
+        await kube.stop()
+        await engines.stop()
+
+
+# --- report ----------------------------------------------------------------------------------------------
+def print_report(reports: list[RunReport | str], names: list[str], quiet_s: float) -> None:
+    kinds = ("ok", "failed", "broken_event", "broken_cut", "hung")
+    print(
+        f"{'target':<14}{'requests':>9}"
+        + "".join(f"{k:>13}" for k in kinds)
+        + f"{'TTFT P99 quiet':>16}{'faults':>8}{'ratio':>7}"
+    )
+    for name, rep in zip(names, reports, strict=True):
+        if isinstance(rep, str):
+            print(f"{name:<14}skipped: {rep}")
+            continue
+        c = rep.counts()
+        quiet, faulty = rep.p99_ttft(False, quiet_s), rep.p99_ttft(True, quiet_s)
+        row = f"{name:<14}{len(rep.outcomes):>9}" + "".join(f"{c.get(k, 0):>13}" for k in kinds)
+        print(row + f"{quiet:>15.3f}s{faulty:>7.3f}s{faulty / quiet:>7.2f}")
+    for name, rep in zip(names, reports, strict=True):
+        if isinstance(rep, str):
+            continue
+        print(f"\n{name}:")
+        pools = Counter(o.pool or "-" for o in rep.outcomes if o.kind == "ok")
+        if any(p != "-" for p in pools):
+            print("  answered by pool: " + ", ".join(f"{p} {n}" for p, n in sorted(pools.items())))
+        details = Counter(f"{o.kind}: {o.detail or '-'}" for o in rep.outcomes if o.kind != "ok")
+        for what, n in sorted(details.items()):
+            print(f"  {n:5d}  {what}")
+        fds, rss = rep.extra["fds"], rep.extra["rss_mb"]
+        print(f"  open fds {fds[0]} -> {fds[1]}; resident {rss[0]:.0f} -> {rss[1]:.0f} MB")
+        m = rep.extra.get("metrics")
+        if m:
+            print(
+                "  in flight after the load: "
+                f"{m.get('eksinfer_gateway_inflight_requests', float('nan')):.0f} requests, "
+                f"{m.get('eksinfer_gateway_retries_inflight', float('nan')):.0f} retries; "
+                f"stream breaks continued {m.get('eksinfer_gateway_stream_breaks_total{continued}', 0):.0f}, "
+                f"ended with an error event {m.get('eksinfer_gateway_stream_breaks_total{error_event}', 0):.0f}; "
+                f"retries {m.get('eksinfer_gateway_upstream_retries_total', 0):.0f}; "
+                f"ejections {m.get('eksinfer_gateway_outlier_ejections_total', 0):.0f}"
+            )
+        for line in rep.extra.get("schedule", []):
+            print("  " + line)
+
+
+def main(argv: list[str]) -> None:
+    # Killed engines' handlers fail their writes by design; aiohttp would print each traceback.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    ap = argparse.ArgumentParser(prog="bench_faults")
+    ap.add_argument("--no-vllm-router", action="store_true")
+    ap.add_argument("--stretch", type=float, default=1.0, help="multiply every time of the schedule")
+    ap.add_argument(
+        "--time-scale", type=float, default=10.0, help="simulator wall seconds per simulated second"
+    )
+    args = ap.parse_args(argv)
+    asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="eksinfer-bench-faults-"))
+    ports = [free_port_block(1) for _ in range(ENGINES)]
+    engines = Engines(ports, args.time_scale)
+    await engines.start()
+    try:
+        await wait_http([f"{u}/health" for u in engines.urls], None)
+        capacity = await calibrate(engines.urls, 6.0)
+    finally:
+        await engines.stop()
+    rate = LOAD_SHARE * capacity
+    print(
+        f"capacity {capacity:.1f} req/s (closed loop, straight to {ENGINES} engines); load {rate:.1f} req/s"
+    )
+    names = ["eksinfer", *([] if args.no_vllm_router else ["vllm-router"])]
+    reports = [await run_target(name, args, rate, work) for name in names]
+    print_report(reports, names, QUIET_S * args.stretch)
+    ours = reports[0]
+    if isinstance(ours, RunReport):
+        c = ours.counts()
+        print(
+            f"\neksinfer: failed before streaming {c.get('failed', 0)} (goal 0), cut without an error event "
+            f"{c.get('broken_cut', 0)} (goal 0), hung {c.get('hung', 0)} (goal 0), TTFT P99 faults/quiet "
+            f"{ours.p99_ttft(True, QUIET_S * args.stretch) / ours.p99_ttft(False, QUIET_S * args.stretch):.2f} "
+            "(goal <= 2)"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -265,9 +265,10 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, 
 
 
 async def calibrate(urls: list[str], seconds: float) -> float:
-    """Requests per second the engines sustain, measured with a closed loop straight to them."""
+    """Requests per second the engines sustain, measured with a closed loop straight to them: requests that
+    end inside the window, after a warm-up as long as one request."""
     done = 0
-    stop_at = time.perf_counter() + seconds
+    start_at = stop_at = 0.0
     async with aiohttp.ClientSession() as session:
 
         async def worker(k: int) -> None:
@@ -277,7 +278,13 @@ async def calibrate(urls: list[str], seconds: float) -> float:
                 out = Outcome(0.0)
                 await one_request(session, urls[(k + i) % len(urls)], chat_body(k * 1000 + i), out)
                 i += 1
-                done += out.kind == "ok"
+                done += out.kind == "ok" and start_at <= time.perf_counter() <= stop_at
+
+        probe_started = time.perf_counter()
+        await one_request(session, urls[0], chat_body(0), Outcome(0.0))
+        latency_s = time.perf_counter() - probe_started
+        start_at = time.perf_counter() + latency_s  # warm-up: the length of one request
+        stop_at = start_at + seconds
 
         await asyncio.gather(*(worker(k) for k in range(len(urls) * MAX_SEQS * 2)))
     return done / seconds
@@ -469,7 +476,7 @@ async def _main(args: argparse.Namespace) -> None:
     await engines.start()
     try:
         await wait_http([f"{u}/health" for u in engines.urls], None)
-        capacity = await calibrate(engines.urls, 6.0)
+        capacity = await calibrate(engines.urls, 8.0)
     finally:
         await engines.stop()
     rate = LOAD_SHARE * capacity

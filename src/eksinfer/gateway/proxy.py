@@ -328,7 +328,8 @@ class Proxy:
         in_tier = 0
         try:
             while in_tier < self._retries.attempts_per_pool and call.attempts < self._retries.max_attempts:
-                found = self._registry.candidates(call.model, _excluding(call.tried), pool=tier.pool)
+                exclude = _excluding(call.tried) if call.tried else None
+                found = self._registry.candidates(call.model, exclude, pool=tier.pool)
                 candidates = res.detector.eligible(found) if found else found
                 if not candidates:
                     return self._skip(call, tier, SkipReason.EXHAUSTED if in_tier else SkipReason.NO_ENDPOINT)

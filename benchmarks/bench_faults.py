@@ -449,7 +449,8 @@ def print_report(reports: list[RunReport | str], names: list[str], quiet_s: floa
                 f"{m.get('eksinfer_gateway_retries_inflight', float('nan')):.0f} retries; "
                 "stream breaks continued "
                 f"{m.get('eksinfer_gateway_stream_breaks_total{continued}', 0):.0f}, "
-                f"ended with an error event {m.get('eksinfer_gateway_stream_breaks_total{error_event}', 0):.0f}; "
+                "ended with an error event "
+                f"{m.get('eksinfer_gateway_stream_breaks_total{error_event}', 0):.0f}; "
                 f"retries {m.get('eksinfer_gateway_upstream_retries_total', 0):.0f}; "
                 f"ejections {m.get('eksinfer_gateway_outlier_ejections_total', 0):.0f}"
             )
@@ -490,11 +491,12 @@ async def _main(args: argparse.Namespace) -> None:
     ours = reports[0]
     if isinstance(ours, RunReport):
         c = ours.counts()
+        quiet_s = QUIET_S * args.stretch
         print(
             f"\neksinfer: failed before streaming {c.get('failed', 0)} (goal 0), cut without an error "
             "event "
             f"{c.get('broken_cut', 0)} (goal 0), hung {c.get('hung', 0)} (goal 0), TTFT P99 faults/quiet "
-            f"{ours.p99_ttft(True, QUIET_S * args.stretch) / ours.p99_ttft(False, QUIET_S * args.stretch):.2f} "
+            f"{ours.p99_ttft(True, quiet_s) / ours.p99_ttft(False, quiet_s):.2f} "
             "(goal <= 2)"
         )
 

@@ -334,7 +334,7 @@ def gateway_config(engines: Engines, kube: FakeKubeApi, port: int, token: Path) 
         "scrape": {"interval_s": 0.2},
         "routing": {"preset": "load", "debug_header": None},
         "models": {MODEL: {"cascade": ["eks"], "continue_streams": True}},
-        "resilience": {"health_checks": {"interval_s": 1.0}},
+        "resilience": {"health_checks": {"interval_s": 1.0}, "stall_after_s": 1.5},
     }
 
 

@@ -35,7 +35,12 @@ def gateway_config(
     pools_of: dict[str, list[FakeEngine]], *, server: dict[str, Any] | None = None, **sections: Any
 ) -> Any:
     static = [{"url": e.url, "pool": pool} for pool, engines in pools_of.items() for e in engines]
-    resilience = {"health_checks": {"enabled": False}, "slow_start_s": 0, "retries": FAST_RETRIES}
+    resilience = {
+        "health_checks": {"enabled": False},
+        "slow_start_s": 0,
+        "retries": FAST_RETRIES,
+        "stall_after_s": 0,
+    }
     for key, value in sections.pop("resilience", {}).items():
         resilience[key] = {**resilience.get(key, {}), **value} if isinstance(value, dict) else value
     return parse_config(
@@ -516,6 +521,32 @@ async def test_no_request_hangs_when_everything_is_down(engines: list[FakeEngine
             [503, 503, 504, 504],
         )
         assert {r.json()["error"]["code"] for r in answers} <= {"upstream_timeout", "no_endpoint"}
+        assert_nothing_in_flight(runtime)
+    finally:
+        await runtime.stop()
+
+
+async def test_the_watchdog_retries_a_stalled_engines_requests_long_before_their_timeout(
+    engines: list[FakeEngine],
+) -> None:
+    stalled, busy = engines[0], engines[1]
+    stalled.behaviour = EngineBehaviour(hang=True)
+    config = gateway_config(
+        {"default": [stalled, busy]},
+        server={"first_token_timeout_s": DEADLINE_S * 3},  # beyond the test's own deadline: never the cause
+        resilience={"stall_after_s": 0.3},
+    )
+    runtime = await start(config)
+    try:
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+            r = await client.post(url(runtime), json={"model": "tiny", "messages": CHAT})
+            assert r.status_code == 200  # its first attempt hung on the stalled engine
+        assert stalled.requests == 1
+        assert runtime.resilience.detector.is_ejected(runtime.registry.all()[0])
+        found = await metrics(runtime)
+        assert sample(found, "eksinfer_gateway_stalls_total") == 1
+        assert sample(found, "eksinfer_gateway_attempt_failures_total", kind="first_token_timeout") == 1
+        assert busy.requests == 1
         assert_nothing_in_flight(runtime)
     finally:
         await runtime.stop()

@@ -274,7 +274,7 @@ async def test_a_pod_with_a_deletion_timestamp_drains(api: FakeApiServer, tmp_pa
             "server": {"host": "127.0.0.1", "port": 0},
             "endpoints": {"static": [{"url": other.url, "pool": "static"}]},
             "scrape": {"interval_s": 0.05},
-            "resilience": {"health_checks": {"enabled": False}, "slow_start_s": 0},
+            "resilience": {"health_checks": {"enabled": False}, "slow_start_s": 0, "stall_after_s": 0},
         }
     )
     config = config.model_copy(

@@ -30,6 +30,8 @@ async def start_gateway(engines: list[FakeEngine], scrape_failures: int = 2, **s
             "server": {"host": "127.0.0.1", "port": 0, "route_headers": True, **server},
             "endpoints": {"static": [{"url": e.url} for e in engines]},
             "scrape": {"interval_s": 0.05, "stale_after_s": 1.0, "unhealthy_after_failures": scrape_failures},
+            # Tests here hold requests in flight as long as they need: no stall watchdog (test_cascade.py).
+            "resilience": {"stall_after_s": 0},
         }
     )
     runtime = build_runtime(config, router=RoundRobinRouter())

@@ -18,6 +18,7 @@ from eksinfer.gateway.resilience.config import BreakerConfig, BudgetConfig, Outl
 from eksinfer.gateway.resilience.errors import ErrorClass, SkipReason, classify_bedrock, classify_status
 from eksinfer.gateway.resilience.outlier import OutlierDetector
 from eksinfer.gateway.resilience.policy import Backoff, RetryBudget
+from eksinfer.gateway.resilience.stall import StallWatch, Watched
 from eksinfer.gateway.resilience.stream import (
     ContinuationFilter,
     SentText,
@@ -398,3 +399,29 @@ def test_a_bedrock_pool_needs_its_module() -> None:
         assert err.value.field == "pools.bedrock.kind"
     else:
         pytest.skip("the Bedrock pool kind is built: its own tests cover its config")
+
+
+# --- stall watchdog -------------------------------------------------------------------------------------
+def test_a_stalled_endpoint_is_told_from_a_busy_one() -> None:
+    watch = StallWatch(stall_after_s=2.0)
+    stalled_wait = Watched("stalled", started=10.0)
+    busy_wait, busy_stream = Watched("busy", started=10.0), Watched("busy", started=5.0, last_byte=11.5)
+    young = Watched("young", started=11.0)
+    for w in (stalled_wait, busy_wait, busy_stream, young):
+        watch.add(w)
+    assert watch.stalled(11.9) == []
+    assert watch.stalled(12.1) == [("stalled", [stalled_wait])]  # busy streams to someone; young is young
+    busy_stream.last_byte = 12.0
+    assert [e for e, _ in watch.stalled(13.9)] == ["stalled", "young"]
+    assert [e for e, _ in watch.stalled(14.1)] == ["stalled", "busy", "young"]  # silent for 2 s: stalled too
+    for w in (stalled_wait, busy_wait, busy_stream, young):
+        watch.remove(w)
+    assert watch.stalled(100.0) == []
+
+
+def test_an_immediate_ejection_keeps_the_pool_cap() -> None:
+    det = OutlierDetector(OutlierConfig(max_ejected_percent=50), 0.0, clock=FakeClock())
+    pool = [ep(n) for n in "ab"]
+    assert det.eject(pool[0], pool)
+    assert not det.eject(pool[1], pool)  # one of two is the cap
+    assert det.eligible(pool) == [pool[1]]

@@ -46,6 +46,7 @@ from eksinfer.gateway.resilience.cascade import Cascade, ModelPlan, Tier, reques
 from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.resilience.errors import ErrorClass, FailureKind, SkipReason, classify_status
 from eksinfer.gateway.resilience.layer import ManagedClient, Resilience
+from eksinfer.gateway.resilience.stall import Watched
 from eksinfer.gateway.resilience.stream import (
     ContinuationFilter,
     SentText,
@@ -103,6 +104,7 @@ class _Flight:
     done: bool = False
     ok: bool = False
     wrote: bool = False  # this attempt sent bytes to the client
+    watched: Watched | None = None  # what the stall watchdog sees of this attempt
 
 
 @dataclass(slots=True)
@@ -421,10 +423,7 @@ class Proxy:
         body = continuation_body(
             call.body, call.api.path.endswith("/chat/completions"), sent, engine_options=True
         )
-        if body is None:
-            return False
-        self._metrics.observe_stream_break(call.model, call.pool, "continued")
-        return True
+        return body is not None
 
     async def _end_stream(self, call: _Call, failed: _Failed) -> web.StreamResponse:
         assert call.response is not None
@@ -536,8 +535,12 @@ class Proxy:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("route %s -> %s (%s, pool %s)", call.api.path, ep.id, decision.reason, ep.pool)
         data = self._request_bytes(call, decision)
+        stalls = self._res.stalls
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
+                if stalls.stall_after_s > 0:
+                    flight.watched = Watched(ep.id, asyncio.get_running_loop().time(), deadline=deadline)
+                    stalls.add(flight.watched)
                 try:
                     upstream = await self._upstream.post(
                         ep.url, call.api.path, data, self._upstream_headers(call.request)
@@ -594,6 +597,8 @@ class Proxy:
             call.status = "499"  # the client went away while we wrote to it
             flight.ok = True  # not the engine's fault
         finally:
+            if flight.watched is not None:
+                stalls.remove(flight.watched)
             self._end(flight, flight.ok)
             if flight.ok:
                 self._res.detector.record_success(ep)
@@ -619,6 +624,10 @@ class Proxy:
             msg = "the engine closed the connection before answering"
             raise _Failed(FailureKind.BROKEN, ErrorClass.RETRYABLE, 502, msg, "upstream_broken") from err
         self._first_token(flight)
+        watched = flight.watched
+        loop = asyncio.get_running_loop()
+        if watched is not None:
+            watched.last_byte = loop.time()
         now = time.perf_counter()
         self._res.cascade.observe_ttft(ep.id, now - flight.started)
         content_type = upstream.headers.get("content-type", "application/json")
@@ -656,8 +665,9 @@ class Proxy:
             ):
                 call.sent = SentText()
         flight.wrote = True
+        if continuing:
+            self._metrics.observe_stream_break(call.model, call.pool, "continued")
         sent = call.sent
-        loop = asyncio.get_running_loop()
         idle = self._config.idle_stream_timeout_s
         chunk = first
         counted = StreamTokens()
@@ -669,7 +679,10 @@ class Proxy:
                 if sent is not None:
                     sent.feed(chunk)
                 await response.write(chunk)
-                deadline.reschedule(loop.time() + idle)
+                t = loop.time()
+                deadline.reschedule(t + idle)
+                if watched is not None:
+                    watched.last_byte = t  # progress, for the stall watchdog
                 chunk = await upstream.readany()
         except UpstreamBrokenError as err:
             log.warning("endpoint %s broke the stream: %s", ep.id, err)
@@ -796,6 +809,8 @@ class Proxy:
                     if not wrote:
                         await self._commit_managed(call, tier)
                         wrote = True
+                        if continuing:
+                            self._metrics.observe_stream_break(call.model, call.pool, "continued")
                     data = held + event if held else event
                     held = b""
                     if call.sent is not None:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -27,6 +27,7 @@ from eksinfer.gateway.proxy import Proxy, RouterLike
 from eksinfer.gateway.resilience.cascade import Cascade
 from eksinfer.gateway.resilience.health import HealthChecker
 from eksinfer.gateway.resilience.layer import Resilience
+from eksinfer.gateway.resilience.stall import Watched
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper
 from eksinfer.gateway.upstream import UpstreamPool
@@ -119,6 +120,15 @@ class GatewayRuntime:
         self.resilience.cascade.forget(state.id)
         self.router.endpoint_removed(state.id)
 
+    def _stalled(self, endpoint_id: str, waiting: Iterable[Watched]) -> None:
+        """The watchdog found an endpoint stalled: eject it, and retry its waiting requests elsewhere now."""
+        state = self.registry.get(EndpointId(endpoint_id))
+        if state is not None:
+            self.resilience.detector.eject(state, self.registry.pool_members(state.pool))
+        now = asyncio.get_running_loop().time()
+        for watched in waiting:
+            watched.expire(now)
+
     def _health_changed(self, state: EndpointState, healthy: bool) -> None:
         """A scraper's verdict changed; an endpoint that comes back starts slowly."""
         self.registry.health_changed(state, healthy)
@@ -202,6 +212,9 @@ class GatewayRuntime:
             for i, kube in enumerate(self.config.endpoints.kubernetes):
                 watcher = KubernetesWatcher(kube, self.registry, f"endpoints.kubernetes.{i}")
                 group.create_task(_guarded(f"kubernetes discovery ({kube.label_selector})", watcher.run))
+            stalls = self.resilience.stalls
+            if stalls.stall_after_s > 0:
+                group.create_task(_guarded("stall watchdog", lambda: stalls.run(self._stalled)))
             ready.set()
             await asyncio.Event().wait()  # until cancelled by stop()
 

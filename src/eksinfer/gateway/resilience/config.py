@@ -89,6 +89,13 @@ class ResilienceConfig(StrictModel):
     health_checks: HealthCheckConfig = Field(
         default_factory=HealthCheckConfig, description="Active health checks."
     )
+    stall_after_s: float = Field(
+        3.0,
+        ge=0,
+        description="An endpoint holding a request that waits for its first byte this long, while no byte of "
+        "any of its requests arrived in that time, is stalled: ejected, and its waiting requests retried "
+        "elsewhere at once (resilience/stall.py); 0 turns the watchdog off (first_token_timeout_s remains).",
+    )
     slow_start_s: float = Field(
         10.0,
         ge=0,

@@ -20,6 +20,7 @@ from eksinfer.gateway.resilience.cascade import Cascade
 from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.resilience.outlier import OutlierDetector
 from eksinfer.gateway.resilience.policy import Backoff, RetryBudget
+from eksinfer.gateway.resilience.stall import StallWatch
 from eksinfer.gateway.scheduling.framework import EndpointState
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class Resilience:
         self.detector = OutlierDetector(config.outlier, config.slow_start_s, clock=clock, rng=rng)
         self.budget = RetryBudget(config.budget)
         self.backoff = Backoff(config.retries, rng)
+        self.stalls = StallWatch(config.stall_after_s)
         self.managed: dict[str, ManagedClient] = dict(managed or {})
         self._managed_configs = cascade.managed_pools()
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -159,4 +161,6 @@ class _ResilienceCollector(Collector):
         budget.add_metric([], res.budget.active_retries)
         denied = CounterMetricFamily(PREFIX + "retry_budget_denied", "Retries refused by the retry budget.")
         denied.add_metric([], res.budget.denied_total)
-        yield from (state, opens, ejections, ejected, down, drain, slow, budget, denied)
+        stalls = CounterMetricFamily(PREFIX + "stalls", "Endpoints found stalled by the watchdog.")
+        stalls.add_metric([], res.stalls.stalls_total)
+        yield from (state, opens, ejections, ejected, down, drain, slow, budget, denied, stalls)

@@ -101,6 +101,12 @@ class OutlierDetector:
         )
         return True
 
+    def eject(self, ep: EndpointState, pool: Sequence[EndpointState]) -> bool:
+        """Ejects at once (a stall seen by the watchdog), within the pool's ejection cap."""
+        health = self._of(ep)
+        health.failures = max(health.failures, self._config.consecutive_failures - 1)
+        return self.record_failure(ep, pool)
+
     # --- active checks and comebacks ---------------------------------------------------------------------
     def set_down(self, ep: EndpointState, down: bool) -> None:
         """The active health check's verdict; coming back up starts slow start."""

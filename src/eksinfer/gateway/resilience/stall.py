@@ -1,0 +1,89 @@
+"""Stalled engines, found in a second or two instead of a first-token timeout.
+
+A stalled engine (accepts connections, never answers: a hung engine core, a wedged GPU) is told apart from a
+busy one by progress: a busy engine keeps streaming tokens to the requests it runs while new ones queue, a
+stalled one sends no byte at all. So an endpoint is stalled when it holds a request still waiting for its
+first byte for longer than `stall_after_s` (3 s) and no byte of any of its requests arrived during that time
+(a non-streamed answer counts when it arrives).
+The watchdog (a background loop every `stall_after_s / 4`) then ejects it (outlier detection, with its usual
+cap on the share of a pool) and ends the wait of each request waiting for a first byte there, which the proxy
+retries elsewhere as a first-token timeout. Requests already streaming from it keep their own idle timeout.
+
+A queue that holds a request for 3 s while the engine streams nothing to anyone is not a load a working
+engine shows when it streams: a running batch emits a token every step (tens of milliseconds). Two loads can
+look like it: a very long prefill (a first request of 100k+ tokens on an idle engine) and an engine busy only
+with long non-streamed answers (no byte until each ends). A false stall costs a retry elsewhere and a short
+ejection (within the pool's ejection cap), not an error; raise `stall_after_s` for such pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True, eq=False)
+class Watched:
+    """One attempt in flight, as the watchdog sees it; times from the event loop's clock."""
+
+    endpoint_id: str
+    started: float
+    last_byte: float | None = None  # None until the first byte
+    deadline: asyncio.Timeout | None = field(default=None, repr=False)
+
+    def expire(self, now: float) -> None:
+        """Ends the wait for the first byte now (the proxy sees a first-token timeout)."""
+        if self.deadline is not None and self.last_byte is None:
+            self.deadline.reschedule(now)
+
+
+class StallWatch:
+    """Attempts in flight per endpoint; `stalled(now)` names the endpoints that show no progress."""
+
+    def __init__(self, stall_after_s: float) -> None:
+        self.stall_after_s = stall_after_s
+        self._flights: dict[str, set[Watched]] = {}
+        self.stalls_total = 0
+
+    def add(self, watched: Watched) -> None:
+        self._flights.setdefault(watched.endpoint_id, set()).add(watched)
+
+    def remove(self, watched: Watched) -> None:
+        flights = self._flights.get(watched.endpoint_id)
+        if flights is not None:
+            flights.discard(watched)
+            if not flights:
+                del self._flights[watched.endpoint_id]
+
+    def stalled(self, now: float) -> list[tuple[str, list[Watched]]]:
+        """Endpoints with a request waiting for its first byte longer than `stall_after_s` and no byte from
+        any request in that time, with their waiting requests."""
+        found = []
+        limit = now - self.stall_after_s
+        for endpoint_id, flights in self._flights.items():
+            waiting = [w for w in flights if w.last_byte is None]
+            if not waiting or min(w.started for w in waiting) > limit:
+                continue
+            if any(w.last_byte is not None and w.last_byte > limit for w in flights):
+                continue  # it streams to someone: busy, not stalled
+            found.append((endpoint_id, waiting))
+        return found
+
+    async def run(self, on_stall: Callable[[str, Iterable[Watched]], None]) -> None:
+        """Checks every quarter of `stall_after_s` until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.stall_after_s / 4)
+            for endpoint_id, waiting in self.stalled(loop.time()):
+                self.stalls_total += 1
+                log.warning(
+                    "endpoint %s stalled: %d request(s) waiting for a first byte, no byte sent for %.1f s",
+                    endpoint_id,
+                    len(waiting),
+                    self.stall_after_s,
+                )
+                on_stall(endpoint_id, waiting)

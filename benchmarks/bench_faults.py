@@ -398,7 +398,7 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
         faults = asyncio.create_task(schedule(engines, kube, args.stretch, t0))
         report.outcomes = await run_load(url, rate, 70.0 * args.stretch, seed=1)
         report.extra["schedule"] = await faults
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(6.0)  # past the engine keep-alive (4 s): idle connections are closed by then
         after = proc_stats(proc.pid)
         report.extra["fds"] = (before[0], after[0])
         report.extra["rss_mb"] = (before[1], after[1])

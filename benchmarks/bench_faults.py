@@ -12,7 +12,10 @@ Fault schedule (seconds from the start of the load; `--stretch 2` doubles every 
     25  engine 1 stalls (accepts requests, never answers) for 20 s
     40  engine 2 answers 30 % of requests with HTTP 500, for 20 s
     50  engine 3 gets a deletion timestamp (Spot interruption notice); killed at 60, never back
-    70  the load stops; every request has a 60 s client deadline, so none can stay open
+    65  every self-hosted engine is down for 30 s; the gateway's cascade is [eks, bedrock], with the local
+        Bedrock stub (`eksinfer.sim.bedrock`, reached by real botocore) as the last tier (this phase runs
+        when the Bedrock pool kind is part of the build; vllm-router has no such tier)
+    70  (100 with the Bedrock phase) the load stops; every request has a 60 s client deadline
 vllm-router is not told about the deletion (it has no Kubernetes watch here): it sees engine 3 die at 60 s.
 
 Per request: answered (and by which pool, from `x-eksinfer-pool`), failed before streaming (status, code),
@@ -20,9 +23,6 @@ broken after streaming started (ended with an error event, or cut without one), 
 P99 of requests sent during the faults (15 s to the end) against those sent in the quiet first 15 s. After the
 load: the gateway's in-flight gauges and retries in flight (must be 0), its open file descriptors and resident
 memory against their values before the load, and the stream breaks it continued.
-
-Not here yet: the phase "every self-hosted engine down for 30 s, Bedrock stub as the last tier" (it needs the
-Bedrock pool kind and its local stub).
 
 Run: `make bench ARGS=faults` (about 4 minutes) or `.venv/bin/python -m benchmarks.run faults
 --no-vllm-router`.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -60,6 +61,9 @@ OUTPUT_TOKENS = 32
 LOAD_SHARE = 0.7
 DEADLINE_S = 60.0  # per request, client side: "hung" means this passed
 QUIET_S = 15.0
+ATTEMPTS = "eksinfer_gateway_attempt_failures_total"
+FALLBACKS = "eksinfer_gateway_fallbacks_total"
+BEDROCK_MODEL_ID = "us.meta.llama3-3-70b-instruct-v1:0"  # any id: the stub answers for every model
 
 
 @dataclass
@@ -176,7 +180,9 @@ class FakeKubeApi:
             await self.runner.cleanup()
 
 
-async def schedule(engines: Engines, kube: FakeKubeApi, stretch: float, t0: float) -> list[str]:
+async def schedule(
+    engines: Engines, kube: FakeKubeApi, stretch: float, t0: float, with_bedrock: bool
+) -> list[str]:
     """Runs the fault schedule; returns what happened when, for the report."""
     log: list[str] = []
 
@@ -211,6 +217,15 @@ async def schedule(engines: Engines, kube: FakeKubeApi, stretch: float, t0: floa
     await engines.kill(3)
     await kube.events.put({"type": "DELETED", "object": kube.pod(3, deleting=True, phase="Failed")})
     note("engine 3 killed (end of its grace period); engine 2 healthy again")
+    if with_bedrock:
+        await at(65)
+        for i in (0, 1, 2, 4):
+            await engines.kill(i)
+        note("every self-hosted engine down (Bedrock stub is the last tier)")
+        await at(95)
+        for i in (0, 1, 2, 4):
+            await engines.start(i)
+        note("self-hosted engines back")
     return log
 
 
@@ -314,9 +329,26 @@ async def run_load(url: str, rate: float, duration_s: float, seed: int) -> list[
 
 
 # --- targets ---------------------------------------------------------------------------------------------
-def gateway_config(engines: Engines, kube: FakeKubeApi, port: int, token: Path) -> dict[str, Any]:
+def bedrock_available() -> bool:
+    """The Bedrock pool kind and its local stub (eksinfer.sim.bedrock) are part of this build."""
+    return importlib.util.find_spec("eksinfer.sim.bedrock") is not None
+
+
+def gateway_config(
+    engines: Engines, kube: FakeKubeApi, port: int, token: Path, bedrock_url: str | None
+) -> dict[str, Any]:
+    cascade = ["eks", "bedrock"] if bedrock_url else ["eks"]
+    pools: dict[str, Any] = {"eks": {"kind": "vllm"}}
+    if bedrock_url:
+        pools["bedrock"] = {
+            "kind": "bedrock",
+            "region": "us-east-1",
+            "endpoint_url": bedrock_url,
+            "models": {MODEL: BEDROCK_MODEL_ID},
+            "max_concurrency": 64,
+        }
     return {
-        "server": {"host": HOST, "port": port, "first_token_timeout_s": 5, "idle_stream_timeout_s": 5},
+        "server": {"host": HOST, "port": port, "first_token_timeout_s": 30, "idle_stream_timeout_s": 10},
         "endpoints": {
             "static": [
                 {"url": u, "pool": "eks", "models": [MODEL]} for u in engines.urls[:3] + engines.urls[4:]
@@ -333,7 +365,8 @@ def gateway_config(engines: Engines, kube: FakeKubeApi, port: int, token: Path) 
         },
         "scrape": {"interval_s": 0.2},
         "routing": {"preset": "load", "debug_header": None},
-        "models": {MODEL: {"cascade": ["eks"], "continue_streams": True}},
+        "pools": pools,
+        "models": {MODEL: {"cascade": cascade, "continue_streams": True}},
         "resilience": {"health_checks": {"interval_s": 1.0}, "stall_after_s": 1.5},
     }
 
@@ -356,7 +389,8 @@ async def gateway_metrics(url: str) -> dict[str, float]:
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            key = s.name + ("{" + s.labels.get("action", "") + "}" if "action" in s.labels else "")
+            label = s.labels.get("action") or s.labels.get("kind") or s.labels.get("reason")
+            key = s.name + ("{" + label + "}" if label and not s.name.endswith("_bucket") else "")
             totals[key] = totals.get(key, 0.0) + s.value
     return totals
 
@@ -369,15 +403,25 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
     await kube.start()
     report = RunReport(name)
     proc = None
+    stub: Any = None
+    with_bedrock = bedrock_available()
     try:
         port = free_port_block(1)
+        if with_bedrock:
+            from eksinfer.sim.bedrock import start_stub
+
+            stub = await start_stub(HOST, 0)
         if name == "eksinfer":
             token = work / "token"
             token.write_text("bench\n")
             config = work / "gateway.yaml"
-            config.write_text(yaml.safe_dump(gateway_config(engines, kube, port, token)))
+            bedrock_url = stub.url if stub is not None else None
+            config.write_text(yaml.safe_dump(gateway_config(engines, kube, port, token, bedrock_url)))
             exe = str(Path(sys.executable).with_name("eksinfer"))
-            proc = spawn([exe, "gateway", "--config", str(config), "--log-level", "error"])
+            # Fake credentials for botocore's signer: the stub does not check them, nothing reaches AWS.
+            env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+            env.update(AWS_CONFIG_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
+            proc = spawn([exe, "gateway", "--config", str(config), "--log-level", "warning"], env)
         else:
             exe = vllm_router_exe()
             if exe is None:
@@ -395,8 +439,9 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
             await asyncio.sleep(2.0)
         before = proc_stats(proc.pid)
         t0 = time.perf_counter()
-        faults = asyncio.create_task(schedule(engines, kube, args.stretch, t0))
-        report.outcomes = await run_load(url, rate, 70.0 * args.stretch, seed=1)
+        faults = asyncio.create_task(schedule(engines, kube, args.stretch, t0, with_bedrock))
+        load_s = (100.0 if with_bedrock else 70.0) * args.stretch
+        report.outcomes = await run_load(url, rate, load_s, seed=1)
         report.extra["schedule"] = await faults
         await asyncio.sleep(6.0)  # past the engine keep-alive (4 s): idle connections are closed by then
         after = proc_stats(proc.pid)
@@ -404,11 +449,18 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
         report.extra["rss_mb"] = (before[1], after[1])
         if name == "eksinfer":
             report.extra["metrics"] = await gateway_metrics(url)
+            log = getattr(proc, "eksinfer_log", None)
+            if log is not None:  # the gateway's warnings (ejections, stalls, circuit changes), for a look
+                log.seek(0)
+                (work / "gateway.log").write_bytes(log.read())
+                report.extra["log"] = str(work / "gateway.log")
         if proc.poll() is not None:
             return f"{name} exited: {stderr_tail(proc)}"
         return report
     finally:
         stop_proc(proc)
+        if stub is not None:
+            await stub.stop()
         await kube.stop()
         await engines.stop()
 
@@ -454,6 +506,20 @@ def print_report(reports: list[RunReport | str], names: list[str], quiet_s: floa
                 f"retries {m.get('eksinfer_gateway_upstream_retries_total', 0):.0f}; "
                 f"ejections {m.get('eksinfer_gateway_outlier_ejections_total', 0):.0f}"
             )
+        if m:
+            failures = {k.split("{")[1][:-1]: v for k, v in m.items() if k.startswith(ATTEMPTS + "{")}
+            skipped = {k.split("{")[1][:-1]: v for k, v in m.items() if k.startswith(FALLBACKS + "{")}
+            print(
+                "  failed attempts: "
+                + (", ".join(f"{k} {v:.0f}" for k, v in sorted(failures.items())) or "0")
+            )
+            print(
+                "  tiers passed over: "
+                + (", ".join(f"{k} {v:.0f}" for k, v in sorted(skipped.items())) or "0")
+            )
+            print(f"  stalls found by the watchdog: {m.get('eksinfer_gateway_stalls_total', 0):.0f}")
+        if "log" in rep.extra:
+            print(f"  gateway log: {rep.extra['log']}")
         for line in rep.extra.get("schedule", []):
             print("  " + line)
 

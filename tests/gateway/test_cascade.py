@@ -335,6 +335,26 @@ async def test_spent_retry_budget_sends_the_request_to_the_next_tier(engines: li
         await runtime.stop()
 
 
+async def test_a_retry_away_from_an_ejected_endpoint_needs_no_budget(engines: list[FakeEngine]) -> None:
+    a1, a2 = engines[0], engines[1]
+    a1.behaviour = EngineBehaviour(fail_status=500)
+    config = gateway_config(
+        {"onprem": [a1, a2]},
+        resilience={"budget": {"percent": 0, "min_retries": 0}, "outlier": {"consecutive_failures": 1}},
+    )
+    runtime = await start(config)
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(url(runtime), json={"model": "tiny", "messages": CHAT})
+        assert r.status_code == 200  # a1 failed and was ejected at once: moving away from it is free
+        assert (a1.requests, a2.requests) == (1, 1)
+        found = await metrics(runtime)
+        assert sample(found, "eksinfer_gateway_retry_budget_denied_total") == 0
+        assert_nothing_in_flight(runtime)
+    finally:
+        await runtime.stop()
+
+
 # --- streams after the commit point -----------------------------------------------------------------------
 async def test_broken_stream_ends_with_an_error_event_never_a_done(engines: list[FakeEngine]) -> None:
     engines[0].behaviour = EngineBehaviour(tokens=5, break_after=2, role_event=True)

@@ -128,6 +128,7 @@ class _Call:
     endpoint: EndpointState | None = None
     pool: str = ""
     failure: _Failed | None = None  # the last failure before the commit point
+    failed_on: EndpointState | None = None  # where the last attempt failed
     skips: list[tuple[str, SkipReason]] = field(default_factory=list)
 
 
@@ -340,9 +341,14 @@ class Proxy:
                     if shed is not None:
                         return self._skip(call, tier, shed)
                 retry = in_tier > 0
+                # A retry away from an endpoint the failure just ejected moves its share of the load, it does
+                # not multiply it: no budget slot (the budget guards a pool whose endpoints all fail).
+                budgeted = retry and not (
+                    call.failed_on is not None and res.detector.is_ejected(call.failed_on)
+                )
+                if budgeted and not res.budget.try_acquire():
+                    return self._skip(call, tier, SkipReason.BUDGET)
                 if retry:
-                    if not res.budget.try_acquire():
-                        return self._skip(call, tier, SkipReason.BUDGET)
                     self._metrics.observe_retry(call.model)
                 try:
                     if retry:
@@ -364,7 +370,7 @@ class Proxy:
                         if not last and breaker is not None and breaker.state is not BreakerState.CLOSED:
                             return self._skip(call, tier, SkipReason.CIRCUIT_OPEN)
                 finally:
-                    if retry:
+                    if budgeted:
                         res.budget.release()
             return self._skip(call, tier, SkipReason.EXHAUSTED)
         finally:
@@ -400,6 +406,7 @@ class Proxy:
     ) -> None:
         """Books a failed attempt: outlier detector, breaker, metrics; remembers it for the final answer."""
         call.tried.add(ep.id)
+        call.failed_on = ep
         if failed.status != 429:  # an engine that says it is busy is not faulty: do not eject it for load
             members = self._registry.pool_members(ep.pool)
             self._res.detector.record_failure(ep, members)

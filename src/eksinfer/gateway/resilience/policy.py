@@ -7,7 +7,10 @@ do not retry together. The random generator is injected, so tests see exact wait
 Budget (Envoy's `retry_budget`): a retry may start only while the retries in flight stay below
 `max(min_retries, percent% of the requests in flight)`. When a pool fails outright every request wants to
 retry at once; the budget lets a few do so (enough to ride out one bad endpoint) and sends the rest on to
-the next tier of the cascade instead of multiplying the load on a pool that is already down.
+the next tier of the cascade instead of multiplying the load on a pool that is already down. A retry away
+from an endpoint that its failure just ejected takes no slot (the proxy decides): it moves that endpoint's
+share of the load to the others rather than multiplying it, and a stalled engine's waiting requests all
+retry at once.
 """
 
 from __future__ import annotations

@@ -414,6 +414,7 @@ def test_a_stalled_endpoint_is_told_from_a_busy_one() -> None:
     busy_stream.last_byte = 12.0
     assert [e for e, _ in watch.stalled(13.9)] == ["stalled", "young"]
     assert [e for e, _ in watch.stalled(14.1)] == ["stalled", "busy", "young"]  # silent for 2 s: stalled too
+    assert [e for e, _ in watch.stalled(13.1, after_s=1.0)] == ["stalled", "busy", "young"]  # suspects
     for w in (stalled_wait, busy_wait, busy_stream, young):
         watch.remove(w)
     assert watch.stalled(100.0) == []

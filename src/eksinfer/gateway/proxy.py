@@ -334,6 +334,9 @@ class Proxy:
                 exclude = _excluding(call.tried) if call.tried else None
                 found = self._registry.candidates(call.model, exclude, pool=tier.pool)
                 candidates = res.detector.eligible(found) if found else found
+                suspects = res.stalls.suspects
+                if suspects and len(candidates) > 1:
+                    candidates = [c for c in candidates if c.id not in suspects] or candidates
                 if not candidates:
                     return self._skip(call, tier, SkipReason.EXHAUSTED if in_tier else SkipReason.NO_ENDPOINT)
                 if in_tier == 0 and not last:

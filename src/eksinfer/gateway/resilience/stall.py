@@ -5,6 +5,8 @@ busy one by progress: a busy engine keeps streaming tokens to the requests it ru
 stalled one sends no byte at all. So an endpoint is stalled when it holds a request still waiting for its
 first byte for longer than `stall_after_s` (3 s) and no byte of any of its requests arrived during that time
 (a non-streamed answer counts when it arrives).
+Half way there it is a suspect: while other endpoints can take them, new requests go elsewhere (so a
+stalled engine that looks idle to its scrapes does not draw a pool's whole traffic for `stall_after_s`).
 The watchdog (a background loop every `stall_after_s / 4`) then ejects it (outlier detection, with its usual
 cap on the share of a pool) and ends the wait of each request waiting for a first byte there, which the proxy
 retries elsewhere as a first-token timeout. Requests already streaming from it keep their own idle timeout.
@@ -48,6 +50,7 @@ class StallWatch:
         self.stall_after_s = stall_after_s
         self._flights: dict[str, set[Watched]] = {}
         self.stalls_total = 0
+        self.suspects: frozenset[str] = frozenset()  # silent for half the time: no new requests if avoidable
 
     def add(self, watched: Watched) -> None:
         self._flights.setdefault(watched.endpoint_id, set()).add(watched)
@@ -59,11 +62,11 @@ class StallWatch:
             if not flights:
                 del self._flights[watched.endpoint_id]
 
-    def stalled(self, now: float) -> list[tuple[str, list[Watched]]]:
-        """Endpoints with a request waiting for its first byte longer than `stall_after_s` and no byte from
-        any request in that time, with their waiting requests."""
+    def stalled(self, now: float, after_s: float | None = None) -> list[tuple[str, list[Watched]]]:
+        """Endpoints with a request waiting for its first byte longer than `after_s` (`stall_after_s`) and no
+        byte from any request in that time, with their waiting requests."""
         found = []
-        limit = now - self.stall_after_s
+        limit = now - (self.stall_after_s if after_s is None else after_s)
         for endpoint_id, flights in self._flights.items():
             waiting = [w for w in flights if w.last_byte is None]
             if not waiting or min(w.started for w in waiting) > limit:
@@ -78,7 +81,9 @@ class StallWatch:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.stall_after_s / 4)
-            for endpoint_id, waiting in self.stalled(loop.time()):
+            now = loop.time()
+            self.suspects = frozenset(e for e, _ in self.stalled(now, self.stall_after_s / 2))
+            for endpoint_id, waiting in self.stalled(now):
                 self.stalls_total += 1
                 log.warning(
                     "endpoint %s stalled: %d request(s) waiting for a first byte, no byte sent for %.1f s",

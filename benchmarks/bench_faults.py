@@ -366,7 +366,10 @@ def gateway_config(
         "scrape": {"interval_s": 0.2},
         "routing": {"preset": "load", "debug_header": None},
         "pools": pools,
-        "models": {MODEL: {"cascade": cascade, "continue_streams": True}},
+        # With a Bedrock tier, a pool whose predicted TTFT passes 3 s (twice the quiet P99) sheds to it.
+        "models": {
+            MODEL: {"cascade": cascade, "continue_streams": True, "ttft_slo_s": 3.0 if bedrock_url else None}
+        },
         "resilience": {"health_checks": {"interval_s": 1.0}, "stall_after_s": 1.5},
     }
 

@@ -525,9 +525,10 @@ class Proxy:
                 headers[self._debug_header] = decision.explain()
         return headers
 
-    def _request_bytes(self, call: _Call, decision: Decision) -> bytes:
+    async def _request_bytes(self, call: _Call, decision: Decision) -> bytes:
         """The one place that decides the bytes sent to the chosen endpoint: the client's body unchanged, or
-        the continuation of a stream that broke (a P/D prefill hop would rewrite here too)."""
+        the continuation of a stream that broke. Async so that a step with I/O (a P/D prefill hop that returns
+        the decode request's bytes) is one awaited call here."""
         if call.committed and call.sent is not None:
             chat = call.api.path.endswith("/chat/completions")
             body = continuation_body(call.body, chat, call.sent, engine_options=True)
@@ -544,7 +545,7 @@ class Proxy:
         flight = _Flight(decision, call.model, time.perf_counter())
         if log.isEnabledFor(logging.DEBUG):
             log.debug("route %s -> %s (%s, pool %s)", call.api.path, ep.id, decision.reason, ep.pool)
-        data = self._request_bytes(call, decision)
+        data = await self._request_bytes(call, decision)
         stalls = self._res.stalls
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:

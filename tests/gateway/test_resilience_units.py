@@ -390,15 +390,25 @@ def test_opening_event_is_held_and_dropped_from_a_continuation() -> None:
     assert cut.feed(opening) == opening  # only the first one goes
 
 
-def test_a_bedrock_pool_needs_its_module() -> None:
-    try:
-        import eksinfer.gateway.bedrock.config  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError) as err:
-            parse_config({"pools": {"bedrock": {"kind": "bedrock", "region": "us-east-1"}}})
-        assert err.value.field == "pools.bedrock.kind"
-    else:
-        pytest.skip("the Bedrock pool kind is built: its own tests cover its config")
+def test_a_bedrock_pool_is_a_managed_tier_of_the_cascade() -> None:
+    from eksinfer.gateway.bedrock.config import BedrockPoolConfig
+
+    config = parse_config(
+        {
+            "pools": {
+                "eks": {"preset": "load"},
+                "bedrock": {"kind": "bedrock", "region": "us-east-1", "models": {"m": "us.meta.x-v1:0"}},
+            },
+            "models": {"m": {"cascade": ["eks", "bedrock"]}},
+        }
+    )
+    assert isinstance(config.pools["bedrock"], BedrockPoolConfig)
+    cascade = Cascade(config.pools, config.models)
+    assert [(t.name, t.kind) for t in cascade.plan("m").tiers] == [("eks", "vllm"), ("bedrock", "bedrock")]
+    assert list(cascade.managed_pools()) == ["bedrock"]
+    with pytest.raises(ConfigError) as err:  # the pool's own model validates it, its errors name pools.NAME
+        parse_config({"pools": {"bedrock": {"kind": "bedrock", "region": "mars", "models": {"m": "x"}}}})
+    assert err.value.field == "pools.bedrock.region"
 
 
 # --- stall watchdog -------------------------------------------------------------------------------------

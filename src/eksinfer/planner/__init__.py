@@ -13,6 +13,7 @@ import math
 from eksinfer.errors import InfeasibleError
 from eksinfer.planner.build import build_plan, dns_name
 from eksinfer.planner.evaluate import evaluate_aggregated, evaluate_disaggregated, refine_open_loop
+from eksinfer.planner.phases import early
 from eksinfer.planner.request import Constraints, OnPremPool, PlanRequest, Slo, Traffic
 from eksinfer.planner.schema import Plan
 from eksinfer.planner.search import (
@@ -130,9 +131,15 @@ def _infeasible(
         looser = request.constraints
     else:
         binding = ["memory"]
+        phase = request.constraints.phase
+        limit = (
+            f"one node per engine in phase {phase}: multi-node engines arrive in phase 2"
+            if early(phase)
+            else f"up to {MAX_NODES_PER_ENGINE} nodes per engine"
+        )
         message = (
             f"memory: {request.model.id} ({request.model.total_params_b:.0f}B) fits no allowed instance "
-            f"shape (up to {MAX_NODES_PER_ENGINE} nodes per engine)"
+            f"shape ({limit})"
         )
         looser = dataclasses.replace(
             request.constraints, instance_families=(), precision=None, needs_mig=False

@@ -82,6 +82,8 @@ class Constraints:
     region: str | None = None  # None: the book's own region (us-east-1)
     bedrock_fallback: bool = True  # Amazon Bedrock as the cascade's last tier (planner/fallback.py)
     bedrock_model: str | None = None  # None: the catalog's Bedrock model for the served model
+    phase: str | None = None  # migration phase (planner.phases): its limits and its stack; None: full stack
+    without: tuple[str, ...] = ()  # optional parts of the phase's stack left out on request
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +142,9 @@ class PlanRequest:
             raise UsageError("not a Bedrock model id, inference-profile id or ARN", field="--bedrock-model")
         if c.on_prem is not None and c.on_prem.gpus < 1:
             raise UsageError("needs at least one GPU", field="--on-prem")
+        if c.without and c.phase is None:
+            raise UsageError("only with --phase", field="--without")
+        if c.phase is not None:
+            from eksinfer.planner.phases import check_request
+
+            check_request(self, c.phase, c.without)

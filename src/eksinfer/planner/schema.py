@@ -168,6 +168,20 @@ class PlanGround(StrictModel):
     )
 
 
+class PlanStack(StrictModel):
+    """Which step of the migration path (`plan --phase N`) this plan renders; absent: the full stack."""
+
+    phase: Literal["1", "1.5", "2", "3", "4"] = Field(description="migration phase the stack belongs to")
+    components: list[str] = Field(description="what the phase's stack is made of, in the order it arrived")
+    gpu_operator: bool = Field(description="NVIDIA GPU Operator installed (phase 1.5 on)")
+    autoscaling: Literal["load", "slo"] = Field(
+        description="load: KEDA on running / waiting / KV use; slo: also p90 TTFT against the SLO (phase 4)"
+    )
+    without: list[str] = Field(
+        default_factory=list, description="components of the phase left out on request (plan --without)"
+    )
+
+
 class PlanCost(StrictModel):
     hours_per_month: float = Field(default=720.0, description="hours billed a month")
     monthly_usd: float = Field(description="instances x price x hours")
@@ -237,6 +251,9 @@ class Plan(StrictModel):
     on_prem: PlanOnPrem | None = Field(default=None, description="on-prem (EKS Hybrid Nodes) pool, when any")
     fallback: PlanFallback | None = Field(
         default=None, description="last tier of the gateway's cascade (Amazon Bedrock); None: no fallback"
+    )
+    stack: PlanStack | None = Field(
+        default=None, description="the migration phase this plan renders (plan --phase); None: full stack"
     )
     why: dict[str, str] = Field(description="one short reason per choice: tier, instance, parallelism, ...")
     alternatives: list[PlanAlternative] = Field(default_factory=list, description="runners-up, best first")

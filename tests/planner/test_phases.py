@@ -7,6 +7,7 @@ The Bedrock and cascade parts are left out explicitly (`without`) where a test i
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +190,12 @@ def test_phase_three_adds_the_hybrid_pool_objects() -> None:
     added = {c.detail for c in phases.diff_stacks(two, three) if c.kind == "added"}
     assert "DaemonSet/nvidia-device-plugin-hybrid" in added
     assert f"Deployment/{three.name}-engine-onprem" in added
+
+
+def test_capacity_block_needs_phase_two(tmp_path: Path) -> None:
+    book = tmp_path / "blocks.yaml"
+    book.write_text("capacity_block_as_of: '2026-11-20'\ncapacity_block: {g6e.xlarge: 1.5}\n")
+    with pytest.raises(UsageError, match="arrive in phase 2") as err:
+        _plan("1.5", capacity_type="capacity-block", prices=book)
+    assert err.value.field == "--capacity-type"
+    assert _plan("2", capacity_type="capacity-block", prices=book).instance.type == "g6e.xlarge"

@@ -328,7 +328,11 @@ def register(app: typer.Typer) -> None:
         ttft: float | None = typer.Option(None, "--ttft", help="p99 TTFT target, s (overrides the preset)."),
         tpot: float | None = typer.Option(None, "--tpot", help="p99 TPOT target, s (overrides the preset)."),
         families: str | None = typer.Option(None, "--families", help="Allowed EC2 families, e.g. p5,p5en."),
-        capacity_type: str = typer.Option("on-demand", "--capacity-type", help="on-demand or spot."),
+        capacity_type: str = typer.Option(
+            "on-demand",
+            "--capacity-type",
+            help="on-demand, spot, capacity-block or reserved (the last two priced from --prices FILE).",
+        ),
         max_nodes: int | None = typer.Option(None, "--max-nodes", help="Most GPU nodes the plan may use."),
         budget: float | None = typer.Option(None, "--budget", help="Monthly budget, USD."),
         needs_mig: bool = typer.Option(False, "--needs-mig", help="Serve from MIG slices."),

@@ -136,6 +136,11 @@ def provisioning(request: PlanRequest, cand: Candidate) -> tuple[Provisioning, s
             "DRA requested: Karpenter and Auto Mode skip pods that claim DRA devices, so managed node groups "
             "with Cluster Autoscaler"
         )
+    if c.capacity_type == "capacity-block":
+        return "karpenter", (
+            "Capacity Block for ML: Karpenter's EC2NodeClass launches into the reservation (render "
+            "--capacity-reservation cr-...); GPU Operator on top"
+        )
     if c.needs_mig or c.custom_ami:
         what = "MIG partitions (GPU Operator MIG manager)" if c.needs_mig else "a custom AMI"
         return (
@@ -341,6 +346,8 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
 
 
 def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
+    from eksinfer.planner.why import commitment_note
+
     inst = cand.shape.instance
     price = inst.price(request.constraints.capacity_type) or 0.0
     return PlanInstance(
@@ -359,6 +366,9 @@ def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
         price_book=inst.price_book,
         price_source=inst.price_source,
         spot_price_date=(inst.spot_date or None) if request.constraints.capacity_type == "spot" else None,
+        commitment=commitment_note(inst, request.constraints.capacity_type)
+        if request.constraints.capacity_type in ("capacity-block", "reserved")
+        else None,
     )
 
 

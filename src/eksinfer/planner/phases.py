@@ -135,7 +135,12 @@ def check_request(request: PlanRequest, phase: str, without: tuple[str, ...]) ->
             )
     c = request.constraints
     if early(phase):
-        for flag, on in (("--needs-mig", c.needs_mig), ("--custom-ami", c.custom_ami)):
+        block = c.capacity_type == "capacity-block"
+        for flag, on in (
+            ("--needs-mig", c.needs_mig),
+            ("--custom-ami", c.custom_ami),
+            ("--capacity-type", block),
+        ):
             if on:
                 raise UsageError(f"needs Karpenter nodes, which arrive in phase 2 (not {phase})", field=flag)
     if c.needs_dra:

@@ -200,6 +200,7 @@ def build_perf(request: PlanRequest, shape: Shape, max_model_len: int) -> Engine
         tensor_parallel_size=shape.tp,
         pipeline_parallel_size=shape.pp,
         data_parallel_size=shape.dp,
+        expert_parallel=True,  # the plan renders --enable-expert-parallel for MoE
         precision=shape.precision,
         kv_cache_dtype=shape.kv_cache_dtype,
         max_model_len=max_model_len,

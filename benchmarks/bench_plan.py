@@ -33,6 +33,7 @@ MODEL_MAP = {
     "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
     "moonshotai/Kimi-K2.5": "kimi-k2.5",
     "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
 }
 # Not a catalog model: the config.json fields of MiniMaxAI/MiniMax-M2.5 (MiniMaxM2ForCausalLM, shared with
 # MiniMax-M2; native FP8), 228.7B total / 10.4B active as counted, against the card's 229B / 10B.
@@ -62,6 +63,14 @@ HOLDOUT = {
     ("moonshotai/Kimi-K2.5", "b200_sxm", "int4"),
     ("MiniMaxAI/MiniMax-M2.5", "h200_sxm", "fp8"),
     ("MiniMaxAI/MiniMax-M2.5", "b200_sxm", "fp8"),
+}
+# A second serving engine (SGLang) on the calibration models and GPUs: runs nobody fitted on, from another
+# stack's benchmark campaign; predicted with the vLLM model as they are (SGLang schedules prefill its own way)
+CROSSCHECK_NAME = "aic_sglang_agg_crosscheck.csv"
+CROSSCHECK = {
+    ("Qwen/Qwen3-32B", "h100_sxm", "bf16"),
+    ("Qwen/Qwen3-235B-A22B-FP8", "h200_sxm", "fp8"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "h200_sxm", "fp8"),
 }
 MAX_GPUS = 8  # one node: multi-node DP / EP launches are not modelled end to end
 # Representative runs shown one by one: (model, system, tp, isl, osl, concurrency).
@@ -111,25 +120,27 @@ def _find(name: str) -> Path:
     return DATA / name
 
 
-def load_holdout(paths: tuple[Path, ...] | None = None) -> list[Row]:
-    """vLLM aggregated runs of the held-out model/GPU pairs on one node: TP, attention DP with the experts
+def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm") -> list[Row]:
+    """Aggregated runs of the held-out model/GPU pairs on one node: TP, attention DP with the experts
     TP-sharded (moe_tp = TP x DP) or expert-parallel (moe_ep > 1)."""
     rows = []
+    wanted = HOLDOUT if backend == "vllm" else CROSSCHECK
     for path in paths or tuple(_find(name) for name in SAMPLE_NAMES):
         with path.open(newline="", encoding="utf-8") as fh:
             for r in csv.DictReader(fh):
-                key = (r["model_path"], r["system"], r["precision"])
-                if r["backend"] != "vllm" or r["mode"] != "agg" or key not in HOLDOUT:
+                key = (r["model_path"], r["system"], r["precision"] or "bf16")
+                if r["backend"] != backend or r["mode"] != "agg" or key not in wanted:
                     continue
                 tp = int(r["tp_size"])
-                expert_ranks = int(r["moe_tp_size"] or tp) * int(r["moe_ep_size"] or 1)
+                # dense rows carry moe_tp 1 (or 0); only a product above TP means DP ranks
+                expert_ranks = max(tp, int(r["moe_tp_size"] or tp) * int(r["moe_ep_size"] or 1))
                 if expert_ranks % tp or expert_ranks > MAX_GPUS:
                     continue
                 conc, osl = int(r["batch_size"]), int(r["osl"])
                 ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
                 tok_s = conc * osl / ((ttft + tpot * (osl - 1)) / 1e3)
                 model, system, precision = key
-                source = f"vLLM {r['backend_version']}, {r['id'][:40]}"
+                source = f"{backend} {r['backend_version']}, {r['id'][:40]}"
                 rows.append(
                     Row(
                         model, system, precision, tp, int(r["isl"]), osl, conc, ttft, tpot, tok_s, source,
@@ -266,6 +277,11 @@ def main(argv: list[str]) -> None:
     _summary_table(f"\nmedian / mean absolute error, dense fit set ({len(fitted)} runs)", fitted)
     _summary_table(f"\nmedian / mean absolute error, MoE fit set ({len(moe_fit)} runs)", moe_fit)
     _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)
+    cross = compare_all(load_holdout((_find(CROSSCHECK_NAME),), backend="sglang"))
+    _summary_table(
+        f"\nmedian / mean absolute error, other engine: SGLang runs predicted as vLLM ({len(cross)} runs)",
+        cross,
+    )
     _saturated(fitted + extra)
     print(
         f"\npredicted {len(fitted) + len(extra)} runs in {elapsed * 1e3:.0f} ms; "

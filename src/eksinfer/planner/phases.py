@@ -21,6 +21,7 @@ the objects and files added, removed and changed between them.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,24 +38,28 @@ PhaseName = Literal["1", "1.5", "2", "3", "4"]
 
 
 def _bedrock_missing() -> str | None:
-    """None when this build renders a Bedrock fallback tier (issue 13b: the gateway's Bedrock pool and the
-    plan's fallback fields), else what is missing."""
+    """None when this build renders a Bedrock fallback tier: the gateway's Bedrock pool (issue 13b), a
+    gateway config with `pools` and per-model cascades (13a), and the plan's fallback field; else what is
+    missing."""
+    from eksinfer.gateway.config import GatewayConfig
     from eksinfer.planner.schema import Plan
 
     if importlib.util.find_spec("eksinfer.gateway.bedrock") is None:
         return "the gateway has no Bedrock pool (eksinfer.gateway.bedrock) in this build"
+    if not {"pools", "models"} <= set(GatewayConfig.model_fields):
+        return "the gateway config has no pools and per-model cascades in this build"
     if "fallback" not in Plan.model_fields:
         return "the plan has no fallback tier to render"
     return None
 
 
 def _cascade_missing() -> str | None:
-    """None when the gateway config and the renderer carry a per-model cascade (pools + models.cascade)."""
+    """None when the renderer puts the on-prem pool, the cloud pool and Bedrock in one cascade."""
     bedrock = _bedrock_missing()
     if bedrock is not None:
         return bedrock
-    if importlib.util.find_spec("eksinfer.gateway.resilience") is None:
-        return "the gateway has no tiered cascade (eksinfer.gateway.resilience) in this build"
+    if importlib.util.find_spec("eksinfer.deploy.bedrock") is None:
+        return "the renderer writes no Bedrock tier (eksinfer.deploy.bedrock) in this build"
     return None
 
 
@@ -152,6 +157,37 @@ def check_request(request: PlanRequest, phase: str, without: tuple[str, ...]) ->
         raise UsageError(
             f"phase {phase} adds EKS Hybrid Nodes: give --on-prem GPU:COUNT (or --without hybrid-nodes)",
             field="--on-prem",
+        )
+
+
+def normalize(request: PlanRequest) -> PlanRequest:
+    """One switch for the Bedrock tier under --phase: `--without bedrock-fallback` turns the plan's fallback
+    off, and a fallback already turned off (--no-bedrock-fallback, where the build has it) counts as left
+    out."""
+    c = request.constraints
+    if c.phase is None:
+        return request
+    names = {f.name for f in dataclasses.fields(c)}
+    if "bedrock_fallback" not in names:
+        return request
+    if getattr(c, "bedrock_fallback", True) is False and "bedrock-fallback" not in c.without:
+        c = dataclasses.replace(c, without=(*c.without, "bedrock-fallback"))
+    if "bedrock-fallback" in c.without:
+        off: dict[str, Any] = {"bedrock_fallback": False}
+        c = dataclasses.replace(c, **off)
+    return dataclasses.replace(request, constraints=c)
+
+
+def check_plan(plan: Plan) -> None:
+    """A phase whose Bedrock tier found no model to map is refused, not rendered without it."""
+    if plan.stack is None or "bedrock-fallback" not in plan.stack.components:
+        return
+    if getattr(plan, "fallback", None) is None:
+        raise UsageError(
+            f"phase {plan.stack.phase} includes bedrock-fallback, but no Amazon Bedrock model is mapped to "
+            f"{plan.model.id}; name one with --bedrock-model ID, or leave it out with --without "
+            "bedrock-fallback",
+            field="--phase",
         )
 
 

@@ -199,3 +199,14 @@ def test_capacity_block_needs_phase_two(tmp_path: Path) -> None:
         _plan("1.5", capacity_type="capacity-block", prices=book)
     assert err.value.field == "--capacity-type"
     assert _plan("2", capacity_type="capacity-block", prices=book).instance.type == "g6e.xlarge"
+
+
+def test_a_phase_with_a_bedrock_tier_that_maps_no_model_is_refused() -> None:
+    plan = _plan("2")
+    with_bedrock = plan.model_copy(
+        update={"stack": phases.stack("2", ("cascade", "hybrid-nodes")), "fallback": None}
+    )
+    with pytest.raises(UsageError, match="no Amazon Bedrock model is mapped") as err:
+        phases.check_plan(with_bedrock)
+    assert err.value.field == "--phase"
+    phases.check_plan(plan)  # left out on request: nothing to check

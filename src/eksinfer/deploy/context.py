@@ -235,7 +235,7 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
     if plan.instance.capacity_type == "capacity-block" and not opts.capacity_reservations:
         raise ConfigError(
             "the plan is priced for a Capacity Block for ML: name its reservation (cr-... or KEY=VALUE) so "
-            "the nodes launch into it",
+            "the nodes launch into it (eksinfer render PLAN.json --capacity-reservation ...)",
             field="--capacity-reservation",
         )
     for term in opts.capacity_reservations:

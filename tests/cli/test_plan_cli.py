@@ -188,3 +188,16 @@ def test_phase_from_prints_what_changes_and_bad_phase_flags_are_one_line() -> No
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith(f"error: {flag}"), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_phase_from_with_json_keeps_stdout_a_plan_and_prints_changes_on_stderr() -> None:
+    proc = _run(
+        "--model", "llama-3.1-8b", "--phase", "4", "--from", "2", "--json",
+        "--without", "bedrock-fallback,cascade,hybrid-nodes",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    plan = Plan.model_validate_json(proc.stdout)
+    assert plan.stack is not None
+    assert plan.stack.phase == "4"
+    assert "phase 2 -> 4" in proc.stderr
+    assert "+ slo-autoscaling" in proc.stderr

@@ -270,26 +270,27 @@ def plan_from(request: PlanRequest, from_phase: str) -> Plan:
         raise UsageError(str(err).removeprefix("--phase: "), field="--from") from None
 
 
-def print_changes(old: Plan, new: Plan) -> None:
-    """What moving from `old`'s phase to `new`'s changes: plan fields, then rendered objects and files."""
+def print_changes(old: Plan, new: Plan, *, err: bool = False) -> None:
+    """What moving from `old`'s phase to `new`'s changes: plan fields, then rendered objects and files (on
+    stderr when stdout carries --json or --yaml)."""
     from eksinfer.planner.phases import components, diff_stacks, plan_changes
 
     assert old.stack is not None
     assert new.stack is not None
     before = {c.name for c in components(old.stack.phase, tuple(old.stack.without))}
     after = [c for c in components(new.stack.phase, tuple(new.stack.without))]
-    typer.echo(f"\nphase {old.stack.phase} -> {new.stack.phase}")
+    typer.echo(f"\nphase {old.stack.phase} -> {new.stack.phase}", err=err)
     for comp in after:
         if comp.name not in before:
-            typer.echo(f"  + {comp.name}: {comp.what}")
+            typer.echo(f"  + {comp.name}: {comp.what}", err=err)
     for name in sorted(before - {c.name for c in after}):
-        typer.echo(f"  - {name}")
+        typer.echo(f"  - {name}", err=err)
     for line in plan_changes(old, new):
-        typer.echo(f"  ~ {line}")
+        typer.echo(f"  ~ {line}", err=err)
     changes = diff_stacks(old, new)
-    typer.echo(f"rendered tree: {len(changes)} change(s)")
+    typer.echo(f"rendered tree: {len(changes)} change(s)", err=err)
     for ch in changes:
-        typer.echo(f"  {ch.kind:<8} {ch.path}" + (f"  ({ch.detail})" if ch.detail else ""))
+        typer.echo(f"  {ch.kind:<8} {ch.path}" + (f"  ({ch.detail})" if ch.detail else ""), err=err)
 
 
 def render(plan: Plan, directory: Path) -> None:
@@ -431,7 +432,7 @@ def register(app: typer.Typer) -> None:
         else:
             print_table(plan)
         if before is not None:
-            print_changes(before, plan)
+            print_changes(before, plan, err=as_json or as_yaml)
         if pareto_png is not None:
             print_pareto(request, plan, pareto_png)
         if render_dir is not None:

@@ -210,3 +210,14 @@ def test_a_phase_with_a_bedrock_tier_that_maps_no_model_is_refused() -> None:
         phases.check_plan(with_bedrock)
     assert err.value.field == "--phase"
     phases.check_plan(plan)  # left out on request: nothing to check
+
+
+def test_without_bedrock_fallback_turns_the_plans_fallback_off_and_no_fallback_counts_as_left_out() -> None:
+    assert make_plan(PlanRequest(model=get_model("llama-3.1-8b"))).fallback is not None  # on by default
+    plan = _plan("2")  # WITHOUT holds bedrock-fallback
+    assert plan.fallback is None
+    off = _plan("2", without=("cascade", "hybrid-nodes"), bedrock_fallback=False)
+    assert off.fallback is None
+    assert off.stack is not None
+    assert "bedrock-fallback" in off.stack.without
+    assert "bedrock-fallback" not in off.stack.components

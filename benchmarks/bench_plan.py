@@ -17,31 +17,62 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eksinfer.catalog import get_gpu, get_model
+from eksinfer.catalog import ModelSpec, get_gpu, get_model
+from eksinfer.catalog.models import parse_hf_config
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import build_engine_perf, predict_aggregated
 
 DATA = Path(__file__).resolve().parent / "data"
 CSV_NAME = "aic_vllm_agg_dense_h100_h200.csv"
 SOURCE = "AIC silicon_sample.csv @095f58a5"
-SAMPLE_NAME = "aic_vllm_agg_moe_b200.csv"
+SAMPLE_NAMES = ("aic_vllm_agg_moe_b200.csv", "aic_vllm_agg_holdout_more.csv")
 MODEL_MAP = {
     "Qwen/Qwen3-32B": "qwen3-32b",
     "meta-llama/Llama-3.1-70B": "llama-3.3-70b",
     "nvidia/Llama-3.1-8B-Instruct-FP8": "llama-3.1-8b",
     "Qwen/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b",
     "moonshotai/Kimi-K2.5": "kimi-k2.5",
+    "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
 }
+# Not a catalog model: the config.json fields of MiniMaxAI/MiniMax-M2.5 (MiniMaxM2ForCausalLM, shared with
+# MiniMax-M2; native FP8), 228.7B total / 10.4B active as counted, against the card's 229B / 10B.
+MINIMAX_M2_5 = {
+    "architectures": ["MiniMaxM2ForCausalLM"], "model_type": "minimax_m2", "vocab_size": 200064,
+    "hidden_size": 3072, "intermediate_size": 1536, "num_hidden_layers": 62, "num_attention_heads": 48,
+    "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 196608, "num_local_experts": 256,
+    "num_experts_per_tok": 8, "tie_word_embeddings": False, "quantization_config": {"quant_method": "fp8"},
+}  # fmt: skip
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name == "MiniMaxAI/MiniMax-M2.5":
+        return parse_hf_config(MINIMAX_M2_5, model_id="minimax-m2.5", hf_id=name)
+    return get_model(MODEL_MAP[name])
+
+
 GPU_MAP = {"h100_sxm": "H100", "h200_sxm": "H200", "b200_sxm": "B200"}
 # Beyond the validation csv: vLLM aggregated runs, TP only, of other GPUs and the MoE models. Kimi K2.5 on
 # H200 fitted the two MoE constants (MOE_GEMM_FACTOR, MOE_LAYER_OVERHEAD_S); the rest was never used to fit.
 MOE_FIT = ("moonshotai/Kimi-K2.5", "h200_sxm", "int4")
 HOLDOUT = {
     ("meta-llama/Llama-3.1-70B", "b200_sxm", "fp8"),
+    ("meta-llama/Llama-3.1-70B", "b200_sxm", "fp4"),
     ("Qwen/Qwen3-235B-A22B-FP8", "h200_sxm", "fp8"),
     ("moonshotai/Kimi-K2.5", "h200_sxm", "int4"),
     ("moonshotai/Kimi-K2.5", "b200_sxm", "int4"),
+    ("MiniMaxAI/MiniMax-M2.5", "h200_sxm", "fp8"),
+    ("MiniMaxAI/MiniMax-M2.5", "b200_sxm", "fp8"),
 }
+# A second serving engine (SGLang) on the calibration models and GPUs: runs nobody fitted on, from another
+# stack's benchmark campaign; predicted with the vLLM model as they are (SGLang schedules prefill its own way)
+CROSSCHECK_NAME = "aic_sglang_agg_crosscheck.csv"
+CROSSCHECK = {
+    ("Qwen/Qwen3-32B", "h100_sxm", "bf16"),
+    ("Qwen/Qwen3-235B-A22B-FP8", "h200_sxm", "fp8"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "h200_sxm", "fp8"),
+}
+MAX_GPUS = 8  # one node: multi-node DP / EP launches are not modelled end to end
 # Representative runs shown one by one: (model, system, tp, isl, osl, concurrency).
 SHOWCASE = (
     ("Qwen/Qwen3-32B", "h100_sxm", 2, 1024, 1024, 8),
@@ -68,6 +99,8 @@ class Row:
     tpot_ms: float
     tok_s: float
     source: str = "AIC validation csv"
+    dp: int = 1  # attention data-parallel ranks
+    ep: bool = False  # --enable-expert-parallel (experts whole on TP x DP ranks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,26 +120,33 @@ def _find(name: str) -> Path:
     return DATA / name
 
 
-def load_holdout(path: Path | None = None) -> list[Row]:
-    """vLLM aggregated runs of the held-out model/GPU pairs, TP only (no attention-DP or EP splits)."""
+def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm") -> list[Row]:
+    """Aggregated runs of the held-out model/GPU pairs on one node: TP, attention DP with the experts
+    TP-sharded (moe_tp = TP x DP) or expert-parallel (moe_ep > 1)."""
     rows = []
-    with (path or _find(SAMPLE_NAME)).open(newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            key = (r["model_path"], r["system"], r["precision"])
-            if r["backend"] != "vllm" or r["mode"] != "agg" or key not in HOLDOUT:
-                continue
-            tp = int(r["tp_size"])
-            if r["attention_dp_size"] not in ("", "1") or int(r["moe_tp_size"] or tp) != tp:
-                continue
-            conc, osl = int(r["batch_size"]), int(r["osl"])
-            ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
-            tok_s = conc * osl / ((ttft + tpot * (osl - 1)) / 1e3)
-            version = f"vLLM {r['backend_version']}"
-            model, system, precision = key
-            source = f"{version}, {r['id'][:40]}"
-            rows.append(
-                Row(model, system, precision, tp, int(r["isl"]), osl, conc, ttft, tpot, tok_s, source)
-            )
+    wanted = HOLDOUT if backend == "vllm" else CROSSCHECK
+    for path in paths or tuple(_find(name) for name in SAMPLE_NAMES):
+        with path.open(newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                key = (r["model_path"], r["system"], r["precision"] or "bf16")
+                if r["backend"] != backend or r["mode"] != "agg" or key not in wanted:
+                    continue
+                tp = int(r["tp_size"])
+                # dense rows carry moe_tp 1 (or 0); only a product above TP means DP ranks
+                expert_ranks = max(tp, int(r["moe_tp_size"] or tp) * int(r["moe_ep_size"] or 1))
+                if expert_ranks % tp or expert_ranks > MAX_GPUS:
+                    continue
+                conc, osl = int(r["batch_size"]), int(r["osl"])
+                ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
+                tok_s = conc * osl / ((ttft + tpot * (osl - 1)) / 1e3)
+                model, system, precision = key
+                source = f"{backend} {r['backend_version']}, {r['id'][:40]}"
+                rows.append(
+                    Row(
+                        model, system, precision, tp, int(r["isl"]), osl, conc, ttft, tpot, tok_s, source,
+                        dp=expert_ranks // tp, ep=int(r["moe_ep_size"] or 1) > 1,
+                    )
+                )  # fmt: skip
     return rows
 
 
@@ -131,10 +171,16 @@ def load_rows(path: Path | None = None) -> list[Row]:
 
 
 def predict(row: Row) -> Compared | None:
-    model, gpu = get_model(MODEL_MAP[row.model]), get_gpu(GPU_MAP[row.system])
+    model, gpu = model_spec(row.model), get_gpu(GPU_MAP[row.system])
     try:
         perf = build_engine_perf(
-            model, gpu, tensor_parallel_size=row.tp, precision=row.precision, max_model_len=row.isl + row.osl
+            model,
+            gpu,
+            tensor_parallel_size=row.tp,
+            data_parallel_size=row.dp,
+            expert_parallel=row.ep,
+            precision=row.precision,
+            max_model_len=row.isl + row.osl,
         )
     except InfeasibleError:
         return None
@@ -151,6 +197,8 @@ def summary(compared: list[Compared]) -> dict[str, tuple[int, float, float, floa
     groups: dict[str, list[Compared]] = {"all": compared}
     for c in compared:
         key = f"{MODEL_MAP[c.row.model]} {c.row.precision} {GPU_MAP[c.row.system]}"
+        if c.row.dp > 1 or c.row.ep:
+            key += f" {'DP' + str(c.row.dp) if c.row.dp > 1 else ''}{' EP' if c.row.ep else ''}"
         groups.setdefault(key, []).append(c)
     out = {}
     for key, items in groups.items():
@@ -229,6 +277,11 @@ def main(argv: list[str]) -> None:
     _summary_table(f"\nmedian / mean absolute error, dense fit set ({len(fitted)} runs)", fitted)
     _summary_table(f"\nmedian / mean absolute error, MoE fit set ({len(moe_fit)} runs)", moe_fit)
     _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)
+    cross = compare_all(load_holdout((_find(CROSSCHECK_NAME),), backend="sglang"))
+    _summary_table(
+        f"\nmedian / mean absolute error, other engine: SGLang runs predicted as vLLM ({len(cross)} runs)",
+        cross,
+    )
     _saturated(fitted + extra)
     print(
         f"\npredicted {len(fitted) + len(extra)} runs in {elapsed * 1e3:.0f} ms; "

@@ -164,3 +164,40 @@ def test_hf_id_needs_model_config() -> None:
     proc = _run("--model", "llama-3.1-8b", "--hf-id", "meta-llama/Llama-3.1-8B")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --hf-id: only with --model-config")
+
+
+def test_phase_from_prints_what_changes_and_bad_phase_flags_are_one_line() -> None:
+    out = _invoke(
+        "--model", "llama-3.1-8b", "--phase", "2", "--from", "1",
+        "--without", "bedrock-fallback,cascade,hybrid-nodes",
+    )  # fmt: skip
+    tail = out[out.index("phase 1 -> 2") :]
+    assert "+ karpenter" in tail
+    assert "- auto-mode" in tail
+    assert "~ provisioning: auto-mode -> karpenter" in tail
+    assert "added    nodes/ec2nodeclass-llama-3-1-8b-gpu.yaml" in tail
+    assert "added    helm/gpu-operator-values.yaml" in tail
+    for args, flag in (
+        (("--from", "1"), "--from"),
+        (("--phase", "2", "--from", "2"), "--from"),
+        (("--phase", "2", "--from", "0"), "--from"),
+        (("--phase", "2.5"), "--phase"),
+        (("--phase", "2", "--without", "karpenter"), "--without"),
+    ):
+        proc = _run("--model", "llama-3.1-8b", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"error: {flag}"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_phase_from_with_json_keeps_stdout_a_plan_and_prints_changes_on_stderr() -> None:
+    proc = _run(
+        "--model", "llama-3.1-8b", "--phase", "4", "--from", "2", "--json",
+        "--without", "bedrock-fallback,cascade,hybrid-nodes",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    plan = Plan.model_validate_json(proc.stdout)
+    assert plan.stack is not None
+    assert plan.stack.phase == "4"
+    assert "phase 2 -> 4" in proc.stderr
+    assert "+ slo-autoscaling" in proc.stderr

@@ -25,6 +25,7 @@ def test_calibration_medians_hold() -> None:
     def median(field: str) -> float:
         return statistics.median(abs(c.err(field)) for c in compared)
 
+    # issue 18's goals on calibration data: TPOT <= 10 %, TTFT <= 12 %, throughput <= 8 %
     assert median("tpot_ms") <= 10.0
-    assert median("tok_s") <= 10.0
-    assert median("ttft_ms") <= 15.0
+    assert median("tok_s") <= 8.0
+    assert median("ttft_ms") <= 12.0

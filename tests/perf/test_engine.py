@@ -21,6 +21,7 @@ def test_single_decode_is_weights_plus_kv_over_bandwidth() -> None:
     bw = 3350e9 * E.ETA_BW
     weights_read = (model.total_params - model.vocab_size * model.hidden_size) * 2  # embedding is a gather
     expected = weights_read / bw + 1000 * 131_072 / bw + E.STEP_OVERHEAD_S + 32 * E.LAYER_OVERHEAD_S
+    expected += E.SEQ_OVERHEAD_S  # one decoding sequence
     assert _step(perf, d=1, ctx=1000) == pytest.approx(expected, rel=1e-9)
     assert _step(perf) == 0.0
 
@@ -120,3 +121,22 @@ def test_throughput_never_exceeds_what_the_step_token_budget_allows(budget: int,
     assert point.e2e_s == pytest.approx(point.ttft_s + (osl - 1) * point.tpot_s)
     if concurrency * (isl + osl - 1) / (osl - 1 + 1) > budget * 1.5:  # clearly budget-bound: every step full
         assert point.requests_per_s == pytest.approx(bound, rel=1e-6)
+
+
+def test_ttft_queues_behind_other_prompts_tokens_at_the_marginal_prefill_cost() -> None:
+    from eksinfer.perf import serving as S
+
+    model, gpu = get_model("qwen3-32b"), get_gpu("H100")
+    perf = build_engine_perf(model, gpu, tensor_parallel_size=2, max_model_len=8192)
+    isl, osl, conc = 4096, 1024, 8
+    point = predict_aggregated(perf, input_tokens=isl, output_tokens=osl, concurrency=conc)
+    own = S._own_prefill_s(perf, conc, isl, isl, osl)
+    tau = S._prefill_token_s(perf, conc, isl, isl, osl)
+    dispatch = S.DISPATCH_PER_LAYER_S * model.num_layers
+    expected = (own + dispatch) * (1 + (conc - 1) / S.QUEUE_CONCURRENCY_SCALE) + (
+        (conc - 1) / S.QUEUE_PROMPT_SCALE * isl * tau
+    )
+    assert point.ttft_s == pytest.approx(expected, rel=1e-9)
+    # compute-bound prompt tokens: the marginal cost is the dense GEMM rate per token (within attention)
+    gemm = 2 * (model.active_params - model.vocab_size * model.hidden_size) / 2 / (989e12 * E.ETA_GEMM)
+    assert gemm < tau < 1.3 * gemm

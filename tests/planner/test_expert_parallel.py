@@ -3,6 +3,8 @@ search and the vLLM arguments."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from eksinfer.catalog import get_gpu, get_instance, get_model
@@ -69,3 +71,41 @@ def test_search_offers_dp_for_moe_only_and_renders_the_flags() -> None:
     assert args[args.index("--tensor-parallel-size") + 1] == "1"
     seqs = int(args[args.index("--max-num-seqs") + 1])
     assert seqs * 8 >= cand.batch  # --max-num-seqs is per DP rank
+
+
+def _decode(perf: E.EnginePerf, seqs: int) -> float:
+    return perf.step_time_s(
+        prefill_tokens=0, prefill_attention_pairs=0, decode_seqs=seqs, decode_context_tokens=seqs * 1000
+    )
+
+
+def test_ep_busiest_rank_reads_more_touched_experts_than_the_mean() -> None:
+    kw = {"tensor_parallel_size": 4, "precision": "fp8", "max_model_len": 8192}
+    sharded = build_engine_perf(QWEN, H200, expert_parallel=False, **kw)  # type: ignore[arg-type]
+    ep = build_engine_perf(QWEN, H200, expert_parallel=True, **kw)  # type: ignore[arg-type]
+    assert sharded._ep_z == 0.0
+    assert ep._ep_z == pytest.approx((2 * math.log(4)) ** 0.5)
+    # 4 decodes: each rank holds 32 experts; uniform routing touches f = 1 - (120/128)^4 of them on average,
+    # the busiest of 4 ranks about sqrt(2 ln 4) standard deviations more
+    f = 1 - (1 - 8 / 128) ** 4
+    busiest = f + ep._ep_z * (f * (1 - f) / 32) ** 0.5
+    extra_read = ep._experts_read_s * (busiest - f)  # decode is memory-bound: the compute hides under it
+    assert _decode(ep, 4) - _decode(sharded, 4) == pytest.approx(extra_read, rel=1e-9)
+    # a big prefill chunk touches every expert on every rank and spreads its tokens evenly
+    big = {"prefill_tokens": 8192, "prefill_attention_pairs": 8192 * 8192, "decode_seqs": 0}
+    ratio = ep.step_time_s(**big, decode_context_tokens=0) / sharded.step_time_s(
+        **big, decode_context_tokens=0
+    )
+    assert 1.0 < ratio < 1.02
+
+
+def test_dp_without_ep_shards_experts_by_tp_and_moves_one_copy_per_token() -> None:
+    kw = {"tensor_parallel_size": 1, "data_parallel_size": 4, "precision": "fp8", "max_model_len": 8192}
+    ep = build_engine_perf(QWEN, H200, **kw)  # type: ignore[arg-type]  # default: EP with DP
+    tp_experts = build_engine_perf(QWEN, H200, expert_parallel=False, **kw)  # type: ignore[arg-type]
+    assert ep.expert_parallel
+    assert not tp_experts.expert_parallel
+    assert tp_experts._ep_z == 0.0
+    assert ep._comm_per_token_s == pytest.approx(QWEN.experts_per_token * tp_experts._comm_per_token_s)
+    assert tp_experts.weight_bytes_per_gpu == ep.weight_bytes_per_gpu
+    assert _decode(tp_experts, 8) < _decode(ep, 8)

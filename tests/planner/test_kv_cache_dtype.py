@@ -35,8 +35,9 @@ def test_fp8_kv_holds_twice_the_sequences_and_ends_the_queueing() -> None:
 
 
 def test_search_takes_fp8_kv_when_it_saves_nodes_and_says_why() -> None:
-    searched = _plan(LONG_BATCH, Slo.from_preset("batch"), instance_families=("p5",))
-    forced = _plan(LONG_BATCH, Slo.from_preset("batch"), instance_families=("p5",), kv_cache_dtype="auto")
+    slo = Slo.from_preset("batch", ttft_s=8.0)  # 256 queued 8k prompts: the batch preset's 5 s binds first
+    searched = _plan(LONG_BATCH, slo, instance_families=("p5",))
+    forced = _plan(LONG_BATCH, slo, instance_families=("p5",), kv_cache_dtype="auto")
     engine = searched.roles[0].engine
     assert engine.kv_cache_dtype == "fp8"
     args = engine.vllm_args

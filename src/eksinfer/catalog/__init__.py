@@ -6,7 +6,9 @@
 
 `prices` is a price-book name (`aws-2026-08`, the default because it is the newest dated book, or
 `reference`, the 2025 book kept for comparison) or a path to a YAML overrides file (`on_demand: {type: usd}`,
-`spot_discount: {type-or-family: fraction}`, `as_of`, `source`, `base`) applied on top of a book. `region`
+`spot_discount: {type-or-family: fraction}`, `as_of`, `source`, `base`, and the commitment prices
+`capacity_block: {type: usd}` / `reserved_discount: {type-or-family: fraction}` with their `*_as_of`,
+`*_source` and `reserved_term`) applied on top of a book. `region`
 prices an instance in another region by the book's per-family factor; a family the book has no factor for
 there is not offered (no price).
 """
@@ -43,6 +45,12 @@ __all__ = [
 ]
 
 PRICE_BOOKS = ("aws-2026-08", "reference")
+# Commitment prices an overrides file may add (docs/planner.md, "Capacity Blocks and reserved pricing"): the
+# shipped books carry none, because AWS publishes no current public figure for them that we could date.
+COMMITMENT_KEYS = (
+    "capacity_block", "capacity_block_as_of", "capacity_block_source",
+    "reserved_discount", "reserved_as_of", "reserved_source", "reserved_term",
+)  # fmt: skip
 DEFAULT_REGION = "us-east-1"
 
 
@@ -141,17 +149,19 @@ def _with_overrides(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path!r} must be a mapping", field="--prices")
     unknown = set(loaded) - {
         "name", "region", "as_of", "source", "base", "on_demand", "spot_discount", "spot_as_of",
-        "spot_source", "region_factors",
+        "spot_source", "region_factors", *COMMITMENT_KEYS,
     }  # fmt: skip
     if unknown:
         raise ConfigError(f"unknown keys {sorted(unknown)} in {path!r}", field="--prices")
     base = dict(load_price_book(str(loaded.get("base", default_price_book()))))
-    for key in ("on_demand", "spot_discount", "region_factors"):
+    for key in ("on_demand", "spot_discount", "region_factors", "capacity_block", "reserved_discount"):
         extra = loaded.get(key) or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"{key} must be a mapping in {path!r}", field="--prices")
         base[key] = {**(base.get(key) or {}), **extra}
-    for key in ("name", "region", "as_of", "source", "spot_as_of", "spot_source"):
+    for key in ("name", "region", "as_of", "source", "spot_as_of", "spot_source", *COMMITMENT_KEYS):
+        if key in ("capacity_block", "reserved_discount"):
+            continue
         if key in loaded:
             base[key] = loaded[key]
     base.setdefault("source", path)

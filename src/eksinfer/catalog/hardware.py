@@ -69,13 +69,25 @@ class InstanceSpec:
     region: str
     price_book: str = ""
     spot_date: str = ""  # date of the spot discount (spot prices move daily)
+    capacity_block_usd: float | None = None  # effective hourly rate of a Capacity Block for ML, when known
+    capacity_block_date: str = ""
+    reserved_discount: float = 0.0  # fraction off on-demand of a commitment (RI / Savings Plan), 0: unknown
+    reserved_date: str = ""
+    reserved_term: str = ""  # what the commitment is, e.g. "1-year EC2 Instance Savings Plan, no upfront"
 
     def price(self, capacity_type: str) -> float | None:
-        """USD per instance-hour for on-demand or spot (spot = on-demand x (1 - discount))."""
+        """USD per instance-hour: on-demand, spot (on-demand x (1 - discount)), capacity-block (the block's
+        effective hourly rate) or reserved (on-demand x (1 - commitment discount)); None: not priced."""
+        if capacity_type == "capacity-block":
+            return self.capacity_block_usd
         if self.price_per_hour_usd is None:
             return None
         if capacity_type == "spot":
             return self.price_per_hour_usd * (1.0 - self.spot_discount)
+        if capacity_type == "reserved":
+            return (
+                self.price_per_hour_usd * (1.0 - self.reserved_discount) if self.reserved_discount else None
+            )
         return self.price_per_hour_usd
 
 
@@ -117,11 +129,12 @@ def instance_from_entry(
     if on_demand is not None and region != home:
         factor = ((prices.get("region_factors") or {}).get(region) or {}).get(family)
         on_demand = None if factor is None else float(on_demand) * float(factor)
-    discounts = prices.get("spot_discount") or {}
-    discount = float(discounts.get(name, discounts.get(family, 0.0)))
-    if not 0.0 <= discount < 1.0:
+    discount = _fraction(prices, "spot_discount", name, family)
+    reserved = _fraction(prices, "reserved_discount", name, family)
+    block = (prices.get("capacity_block") or {}).get(name) if region == home else None
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int | float) or block <= 0):
         raise ConfigError(
-            f"spot discount for {name} must be in [0, 1), got {discount}", field="spot_discount"
+            f"capacity_block rate for {name} must be a number > 0, got {block!r}", field="capacity_block"
         )
     return InstanceSpec(
         type=name,
@@ -139,4 +152,18 @@ def instance_from_entry(
         region=region,
         price_book=str(prices.get("name", "")),
         spot_date=str(prices.get("spot_as_of", prices.get("as_of", ""))) if discount else "",
+        capacity_block_usd=None if block is None else float(block),
+        capacity_block_date=str(prices.get("capacity_block_as_of", "")) if block is not None else "",
+        reserved_discount=reserved,
+        reserved_date=str(prices.get("reserved_as_of", "")) if reserved else "",
+        reserved_term=str(prices.get("reserved_term", "")) if reserved else "",
     )
+
+
+def _fraction(prices: Mapping[str, Any], key: str, name: str, family: str) -> float:
+    """A per-type (else per-family) fraction off on-demand from a price book; 0 when it has none."""
+    table = prices.get(key) or {}
+    value = float(table.get(name, table.get(family, 0.0)))
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{key} for {name} must be in [0, 1), got {value}", field=key)
+    return value

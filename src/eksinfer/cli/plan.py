@@ -61,6 +61,9 @@ def build_request(
         except UnknownNameError as err:
             raise UnknownNameError("GPU", on_prem[0], err.known, field="--on-prem") from err
     families = tuple(f.strip() for f in (constraints.pop("families") or "").split(",") if f.strip())
+    constraints["without"] = tuple(
+        w.strip() for w in (constraints.pop("without", None) or "").split(",") if w.strip()
+    )
     return PlanRequest(
         model=spec,
         traffic=Traffic(**traffic),
@@ -249,6 +252,47 @@ def print_pareto(request: PlanRequest, plan: Plan, png: Path) -> None:
     console.print(f"wrote {write_png(points, request, png)}")
 
 
+def plan_from(request: PlanRequest, from_phase: str) -> Plan:
+    """The same request planned at an earlier (or later) phase; errors name --from."""
+    from eksinfer.planner import make_plan
+    from eksinfer.planner.phases import components, early
+
+    constraints = dataclasses.replace(request.constraints, phase=from_phase)
+    if early(from_phase):  # MIG and custom AMIs need Karpenter (phase 2)
+        constraints = dataclasses.replace(constraints, needs_mig=False, custom_ami=False)
+    if all(c.name != "hybrid-nodes" for c in components(from_phase, constraints.without)):
+        constraints = dataclasses.replace(constraints, on_prem=None)  # hybrid nodes arrive in phase 3
+    try:
+        return make_plan(dataclasses.replace(request, constraints=constraints))
+    except UsageError as err:
+        if err.field != "--phase":
+            raise
+        raise UsageError(str(err).removeprefix("--phase: "), field="--from") from None
+
+
+def print_changes(old: Plan, new: Plan, *, err: bool = False) -> None:
+    """What moving from `old`'s phase to `new`'s changes: plan fields, then rendered objects and files (on
+    stderr when stdout carries --json or --yaml)."""
+    from eksinfer.planner.phases import components, diff_stacks, plan_changes
+
+    assert old.stack is not None
+    assert new.stack is not None
+    before = {c.name for c in components(old.stack.phase, tuple(old.stack.without))}
+    after = [c for c in components(new.stack.phase, tuple(new.stack.without))]
+    typer.echo(f"\nphase {old.stack.phase} -> {new.stack.phase}", err=err)
+    for comp in after:
+        if comp.name not in before:
+            typer.echo(f"  + {comp.name}: {comp.what}", err=err)
+    for name in sorted(before - {c.name for c in after}):
+        typer.echo(f"  - {name}", err=err)
+    for line in plan_changes(old, new):
+        typer.echo(f"  ~ {line}", err=err)
+    changes = diff_stacks(old, new)
+    typer.echo(f"rendered tree: {len(changes)} change(s)", err=err)
+    for ch in changes:
+        typer.echo(f"  {ch.kind:<8} {ch.path}" + (f"  ({ch.detail})" if ch.detail else ""), err=err)
+
+
 def render(plan: Plan, directory: Path) -> None:
     """Hand the plan to the deploy renderer (imported only when asked for)."""
     from eksinfer.deploy.render import render_plan
@@ -285,7 +329,11 @@ def register(app: typer.Typer) -> None:
         ttft: float | None = typer.Option(None, "--ttft", help="p99 TTFT target, s (overrides the preset)."),
         tpot: float | None = typer.Option(None, "--tpot", help="p99 TPOT target, s (overrides the preset)."),
         families: str | None = typer.Option(None, "--families", help="Allowed EC2 families, e.g. p5,p5en."),
-        capacity_type: str = typer.Option("on-demand", "--capacity-type", help="on-demand or spot."),
+        capacity_type: str = typer.Option(
+            "on-demand",
+            "--capacity-type",
+            help="on-demand, spot, capacity-block or reserved (the last two priced from --prices FILE).",
+        ),
         max_nodes: int | None = typer.Option(None, "--max-nodes", help="Most GPU nodes the plan may use."),
         budget: float | None = typer.Option(None, "--budget", help="Monthly budget, USD."),
         needs_mig: bool = typer.Option(False, "--needs-mig", help="Serve from MIG slices."),
@@ -318,12 +366,29 @@ def register(app: typer.Typer) -> None:
         pareto_png: Path | None = typer.Option(
             None, "--pareto", help="Also print the tokens/s per GPU vs per user front and write it as a PNG."
         ),
+        phase: str | None = typer.Option(
+            None, "--phase", help="Plan one step of the migration path: 1, 1.5, 2, 3 or 4 (docs/planner.md)."
+        ),
+        from_phase: str | None = typer.Option(
+            None, "--from", help="With --phase: also print what changes coming from this phase."
+        ),
+        without: str | None = typer.Option(
+            None, "--without", help="With --phase: leave out optional parts, e.g. bedrock-fallback."
+        ),
     ) -> None:
         """Plan GPUs, parallelism, replicas and cost for a model, traffic and SLOs."""
         from eksinfer.planner import make_plan
 
         if as_json and as_yaml:
             raise UsageError("choose one of --json and --yaml", field="--yaml")
+        if from_phase is not None:
+            if phase is None:
+                raise UsageError("only with --phase", field="--from")
+            from eksinfer.planner.phases import check_phase
+
+            check_phase(from_phase, field="--from")
+            if from_phase == phase:
+                raise UsageError(f"is the same phase as --phase ({phase})", field="--from")
         request = build_request(
             model=model,
             model_config=model_config,
@@ -352,8 +417,11 @@ def register(app: typer.Typer) -> None:
                 "region": region,
                 "bedrock_fallback": bedrock_fallback,
                 "bedrock_model": bedrock_model,
+                "phase": phase,
+                "without": without,
             },
         )
+        before = None if from_phase is None else plan_from(request, from_phase)
         plan = make_plan(request)
         if as_json:
             typer.echo(plan.model_dump_json(indent=2))
@@ -363,6 +431,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False), nl=False)
         else:
             print_table(plan)
+        if before is not None:
+            print_changes(before, plan, err=as_json or as_yaml)
         if pareto_png is not None:
             print_pareto(request, plan, pareto_png)
         if render_dir is not None:

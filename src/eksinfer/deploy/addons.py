@@ -22,6 +22,8 @@ DEVICE_PLUGIN_OPT_OUT = {"nvidia.com/gpu.deploy.device-plugin": "false"}
 
 def device_plugin_opt_out(ctx: Ctx) -> bool:
     """True when this plan's GPU nodes must not get the operator's device plugin."""
+    if ctx.plan.stack is not None and not ctx.plan.stack.gpu_operator:
+        return False  # a migration phase without the operator: nothing to opt out of
     bottlerocket = ctx.mode == "karpenter" and not ctx.plan.nodes.mig_profile
     return ctx.mode == "auto-mode" or bottlerocket or ctx.plan.nodes.needs_dra
 

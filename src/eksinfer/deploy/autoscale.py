@@ -68,6 +68,7 @@ def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
     ttft = (
         f"histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[2m])))"
     )
+    slo = ctx.plan.stack is None or ctx.plan.stack.autoscaling == "slo"  # migration phase 4 on
     return [
         prom("running", f"sum(vllm:num_requests_running{{{sel}}})", str(max(1, math.floor(0.8 * conc)))),
         prom(
@@ -77,7 +78,7 @@ def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
             activationThreshold="1",
         ),
         prom("kv-cache", f"sum(vllm:kv_cache_usage_perc{{{sel}}})", "0.8"),
-        prom("ttft", ttft, f"{ctx.plan.slo.ttft_s:g}", "Value"),
+        *([prom("ttft", ttft, f"{ctx.plan.slo.ttft_s:g}", "Value")] if slo else []),
     ]
 
 

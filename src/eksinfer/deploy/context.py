@@ -232,6 +232,12 @@ def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:
             "the plan provisions with " + plan.nodes.provisioning,
             field="--capacity-reservation" if opts.capacity_reservations else "--placement-group",
         )
+    if plan.instance.capacity_type == "capacity-block" and not opts.capacity_reservations:
+        raise ConfigError(
+            "the plan is priced for a Capacity Block for ML: name its reservation (cr-... or KEY=VALUE) so "
+            "the nodes launch into it (eksinfer render PLAN.json --capacity-reservation ...)",
+            field="--capacity-reservation",
+        )
     for term in opts.capacity_reservations:
         if not (re.fullmatch(r"cr-[0-9a-z]+", term) or re.fullmatch(r"[^=\s]+=[^=\s]+", term)):
             raise ConfigError(

@@ -117,8 +117,11 @@ def nodepool(ctx: Ctx, *, fallback: bool = False) -> Obj:
     if fallback:
         capacity = ["on-demand"]
     else:
-        capacity = [ctx.plan.instance.capacity_type]
-        if ctx.opts.capacity_reservations:
+        # Karpenter's capacity types: a Capacity Block is reserved capacity; a commitment (reserved pricing:
+        # Reserved Instances, Savings Plans) bills on-demand nodes
+        launch = {"capacity-block": "reserved", "reserved": "on-demand"}
+        capacity = [launch.get(ctx.plan.instance.capacity_type, ctx.plan.instance.capacity_type)]
+        if ctx.opts.capacity_reservations and capacity != ["reserved"]:
             capacity.insert(0, "reserved")
     consolidate_after = f"{max(300, ctx.node_startup_s())}s"  # keep an empty node as long as a new one takes
     name = f"{ctx.pool_name}-od" if fallback else ctx.pool_name

@@ -53,11 +53,12 @@ def _prerequisites(ctx: Ctx) -> list[str]:
     multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
     # the EFA device plugin: multi-node groups, and P/D pods that pull KV between nodes
     steps = _node_steps(ctx, multi or (p.mode == "disaggregated" and ctx.efa_interfaces > 0))
-    steps.append(
-        "NVIDIA GPU Operator: `helm install gpu-operator nvidia/gpu-operator -n gpu-operator "
-        "--create-namespace "
-        "-f helm/gpu-operator-values.yaml`."
-    )
+    if p.stack is None or p.stack.gpu_operator:  # phase 1 of the migration path has none
+        steps.append(
+            "NVIDIA GPU Operator: `helm install gpu-operator nvidia/gpu-operator -n gpu-operator "
+            "--create-namespace "
+            "-f helm/gpu-operator-values.yaml`."
+        )
     if p.nodes.needs_dra:
         steps.append(
             "NVIDIA DRA driver: `helm install nvidia-dra-driver-gpu nvidia/nvidia-dra-driver-gpu "

@@ -130,9 +130,10 @@ def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree
 
 def _add_files(ctx: Ctx, tree: RenderedTree) -> None:
     header = HEADER.format(name=ctx.name)
-    tree.files["helm/gpu-operator-values.yaml"] = header + commented_yaml(
-        addons.gpu_operator_values(ctx), addons.gpu_operator_comments(ctx)
-    )
+    if ctx.plan.stack is None or ctx.plan.stack.gpu_operator:  # phase 1 of the migration path has none
+        tree.files["helm/gpu-operator-values.yaml"] = header + commented_yaml(
+            addons.gpu_operator_values(ctx), addons.gpu_operator_comments(ctx)
+        )
     if ctx.mode == "managed-node-group":
         tree.files["cluster/eksctl-nodegroup.yaml"] = header + to_yaml(nodes.eksctl_config(ctx))
         tree.files["helm/cluster-autoscaler-values.yaml"] = header + to_yaml(

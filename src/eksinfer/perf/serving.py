@@ -8,8 +8,9 @@ specialised to vLLM: aiconfigurator @095f58a5 base_backend.py and vllm_backend.p
     one micro-batch per pipeline stage); when p + d exceeds max_num_batched_tokens the token budget binds,
     every step is full and K = m x (ISL_new + OSL - 1) / budget
     TPOT      = step time of that mixed step (prefill chunks ride inside decode steps: the interleaving tax)
-    TTFT      = (own prefill steps + DISPATCH_PER_LAYER_S x layers) x min(1 + (B - 1) / 32, 8)
-                (AIC's per-layer vLLM dispatch term, refitted to 0.5 ms; a queueing factor fitted to data),
+    TTFT      = (own prefill steps + DISPATCH_PER_LAYER_S x layers) x min(1 + (B - 1) / 80, 8)
+                + (B - 1) / 24 prompts ahead x ISL_new x marginal prefill seconds per token
+                (AIC's per-layer vLLM dispatch term, refitted to 0.5 ms; the queue scales fitted to data),
                 at least K - OSL + 1 steps (a prompt waits for its share of full steps when the budget binds)
                 + the wait for a KV slot when concurrency exceeds what fits (Little's law)
     E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL
@@ -25,10 +26,15 @@ from dataclasses import dataclass
 
 from eksinfer.perf.engine import EnginePerf
 
-# Closed-loop benchmarks keep arrivals bunched, so a new prompt queues behind others' prefill: the measured
-# TTFT / own-prefill ratio grows about linearly, 1.0 at 4 concurrent to 3.0 at 64 (Llama-3.1-70B FP8 rows);
-# fitted with benchmarks/bench_plan.py. It replaces AIC's min(1 + log2(B)/8, 2), which undershoots at B > 16.
-QUEUE_CONCURRENCY_SCALE = 32.0
+# Closed-loop benchmarks keep arrivals bunched, so a new prompt waits in two ways (fitted together with
+# engine.SEQ_OVERHEAD_S on the 219 calibration runs, benchmarks/bench_plan.py):
+# - its own prefill steps stretch with the batch: x (1 + (B - 1) / QUEUE_CONCURRENCY_SCALE) (this replaces
+#   AIC's min(1 + log2(B)/8, 2), which undershoots at B > 16);
+# - it queues behind (B - 1) / QUEUE_PROMPT_SCALE other prompts' tokens at the marginal prefill cost per
+#   token. A long prompt fills the token budget, so prompts ahead cost their whole prefill: the first term
+#   alone under-predicted 4,096-token TTFT by about 40 % (Qwen3-32B BF16) while fitting 1,024-token prompts.
+QUEUE_CONCURRENCY_SCALE = 80.0
+QUEUE_PROMPT_SCALE = 24.0
 QUEUE_FACTOR_CAP = 8.0
 DISPATCH_PER_LAYER_S = 0.5e-3  # AIC vllm_backend uses 0.8 ms x layers; 0.5 ms fits the 219 runs better
 PREFILL_RATE_DERATE = 0.9  # AIC picking.py: pipeline bubble
@@ -53,8 +59,13 @@ class ServingPoint:
 
 
 def queueing_factor(concurrency: float) -> float:
-    """How much longer a prompt waits than its own prefill when `concurrency` requests are in flight."""
+    """How much longer a prompt's own prefill steps take when `concurrency` requests are in flight."""
     return min(1.0 + (max(1.0, concurrency) - 1.0) / QUEUE_CONCURRENCY_SCALE, QUEUE_FACTOR_CAP)
+
+
+def prompts_ahead(running: float) -> float:
+    """Mean number of other prompts whose prefill tokens a new prompt waits behind (closed loop)."""
+    return max(0.0, running - 1.0) / QUEUE_PROMPT_SCALE
 
 
 def max_running(perf: EnginePerf, input_tokens: int, output_tokens: int) -> int:
@@ -112,6 +123,23 @@ def _own_prefill_s(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -
     return total
 
 
+def _prefill_token_s(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> float:
+    """Marginal seconds per prompt token in a step: what a prompt queued ahead adds to a new one's TTFT."""
+    decodes = max(0.0, m - 1.0) * max(0, osl - 1) / max(1.0, float(osl))
+    chunk = max(1.0, min(new, perf.max_num_batched_tokens - decodes))
+    ctx = decodes * (isl + osl / 2.0)
+    with_chunk = perf.step_time_s(
+        prefill_tokens=chunk,
+        prefill_attention_pairs=chunk * (isl - new + chunk),
+        decode_seqs=decodes,
+        decode_context_tokens=ctx,
+    )
+    without = perf.step_time_s(
+        prefill_tokens=0, prefill_attention_pairs=0, decode_seqs=decodes, decode_context_tokens=ctx
+    )
+    return max(0.0, with_chunk - without) / chunk
+
+
 def predict_aggregated(
     perf: EnginePerf, *, input_tokens: int, output_tokens: int, concurrency: int, prefix_hit: float = 0.0
 ) -> ServingPoint:
@@ -125,8 +153,10 @@ def predict_aggregated(
     m = running / perf.pipeline_parallel_size / perf.data_parallel_size
     step, prefill, lifetime_steps = _mixed_step(perf, m, input_tokens, new, output_tokens)
     dispatch = DISPATCH_PER_LAYER_S * perf.num_layers
-    ttft_run = (_own_prefill_s(perf, m, input_tokens, new, output_tokens) + dispatch) * queueing_factor(
-        running
+    own = _own_prefill_s(perf, m, input_tokens, new, output_tokens)
+    ahead = prompts_ahead(running / perf.data_parallel_size)
+    ttft_run = (own + dispatch) * queueing_factor(running) + ahead * new * _prefill_token_s(
+        perf, m, input_tokens, new, output_tokens
     )
     decode_steps = max(0, output_tokens - 1)
     # A request cannot finish faster than the steps its tokens need: when the token budget binds, a prompt

@@ -13,6 +13,7 @@ import math
 from eksinfer.errors import InfeasibleError
 from eksinfer.planner.build import build_plan, dns_name
 from eksinfer.planner.evaluate import evaluate_aggregated, evaluate_disaggregated, refine_open_loop
+from eksinfer.planner.phases import check_plan, early, normalize
 from eksinfer.planner.request import Constraints, OnPremPool, PlanRequest, Slo, Traffic
 from eksinfer.planner.schema import Plan
 from eksinfer.planner.search import (
@@ -88,6 +89,7 @@ def _distinct(cands: list[Candidate]) -> list[Candidate]:
 
 def make_plan(request: PlanRequest, *, _relaxed: bool = False) -> Plan:
     """The cheapest plan meeting the request, or InfeasibleError naming what binds and the nearest plan."""
+    request = normalize(request)
     request.validate()
     misses = Misses()
     binding: list[str] = []
@@ -99,7 +101,9 @@ def make_plan(request: PlanRequest, *, _relaxed: bool = False) -> Plan:
             if tier < 3:  # show what the next tier would cost
                 above, _ = _within_limits(request, _evaluate_tier(request, tier + 1, Misses()))
                 runners += _distinct(above)[:2]
-            return build_plan(request, cands[0], runners)
+            plan = build_plan(request, cands[0], runners)
+            check_plan(plan)
+            return plan
     raise _infeasible(request, misses, binding, relaxed=_relaxed)
 
 
@@ -130,9 +134,15 @@ def _infeasible(
         looser = request.constraints
     else:
         binding = ["memory"]
+        phase = request.constraints.phase
+        limit = (
+            f"one node per engine in phase {phase}: multi-node engines arrive in phase 2"
+            if early(phase)
+            else f"up to {MAX_NODES_PER_ENGINE} nodes per engine"
+        )
         message = (
             f"memory: {request.model.id} ({request.model.total_params_b:.0f}B) fits no allowed instance "
-            f"shape (up to {MAX_NODES_PER_ENGINE} nodes per engine)"
+            f"shape ({limit})"
         )
         looser = dataclasses.replace(
             request.constraints, instance_families=(), precision=None, needs_mig=False

@@ -13,6 +13,7 @@ from eksinfer.perf.queueing import knee_requests_per_s, open_loop
 from eksinfer.planner.evaluate import open_loop_curve
 from eksinfer.planner.fallback import bedrock_fallback
 from eksinfer.planner.ground import assess
+from eksinfer.planner.phases import early, stack
 from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.schema import (
     Plan,
@@ -120,10 +121,25 @@ def _engine(request: PlanRequest, cand: Candidate, role: str) -> PlanEngine:
 def provisioning(request: PlanRequest, cand: Candidate) -> tuple[Provisioning, str]:
     """Node provisioning and why (Karpenter v1, EKS Auto Mode, NVIDIA GPU Operator: docs/deploy.md)."""
     c = request.constraints
+    if early(c.phase):
+        return "auto-mode", (
+            f"phase {c.phase}: EKS Auto Mode, AWS runs the GPU drivers, device plugin and node scaling; "
+            "Karpenter arrives in phase 2"
+        )
+    if c.phase is not None:
+        return "karpenter", (
+            f"phase {c.phase}: Karpenter NodePool + EC2NodeClass (capacity reservations, placement groups, "
+            "MIG and custom AMIs), GPU Operator on top"
+        )
     if c.needs_dra:
         return "managed-node-group", (
             "DRA requested: Karpenter and Auto Mode skip pods that claim DRA devices, so managed node groups "
             "with Cluster Autoscaler"
+        )
+    if c.capacity_type == "capacity-block":
+        return "karpenter", (
+            "Capacity Block for ML: Karpenter's EC2NodeClass launches into the reservation (render "
+            "--capacity-reservation cr-...); GPU Operator on top"
         )
     if c.needs_mig or c.custom_ami:
         what = "MIG partitions (GPU Operator MIG manager)" if c.needs_mig else "a custom AMI"
@@ -270,6 +286,9 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
             PlanRole(name="decode", replicas=cand.replicas, engine=_engine(request, cand, "decode")),
         ]
     kv_aware = shape.tier > 1 or (t.shared_prefix_ratio >= 0.3 and cand.replicas > 1)
+    phase = request.constraints.phase
+    if phase is not None:  # the migration path: round-robin in phase 1, KV-aware from 1.5 on
+        kv_aware = phase != "1"
     strategy = "kv-aware" if kv_aware else "round-robin"
     cost = _cost(request, cand)
     alternatives = []
@@ -320,12 +339,15 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
         cost=cost,
         on_prem=_on_prem(request, cand),
         fallback=fallback,
+        stack=None if phase is None else stack(phase, request.constraints.without),
         why={**explain(request, cand, prov_why, strategy), "fallback": fallback_why},
         alternatives=alternatives,
     )
 
 
 def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
+    from eksinfer.planner.why import commitment_note
+
     inst = cand.shape.instance
     price = inst.price(request.constraints.capacity_type) or 0.0
     return PlanInstance(
@@ -344,6 +366,9 @@ def _instance(request: PlanRequest, cand: Candidate) -> PlanInstance:
         price_book=inst.price_book,
         price_source=inst.price_source,
         spot_price_date=(inst.spot_date or None) if request.constraints.capacity_type == "spot" else None,
+        commitment=commitment_note(inst, request.constraints.capacity_type)
+        if request.constraints.capacity_type in ("capacity-block", "reserved")
+        else None,
     )
 
 

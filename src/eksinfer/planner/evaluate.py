@@ -123,6 +123,7 @@ def _on_prem_capacity(request: PlanRequest, shape: Shape) -> tuple[int, float, i
             tensor_parallel_size=shape.tp,
             pipeline_parallel_size=shape.pp,
             data_parallel_size=shape.dp,
+            expert_parallel=True,  # the plan renders --enable-expert-parallel for MoE
             precision=shape.precision,
             kv_cache_dtype=shape.kv_cache_dtype,
             max_model_len=request.traffic.input_tokens + request.traffic.output_tokens,

@@ -19,7 +19,7 @@ SLO_PRESETS: dict[str, tuple[float, float]] = {  # name -> (TTFT s, TPOT s)
     "conversational": (2.0, 0.05),
     "batch": (5.0, 0.15),
 }
-CAPACITY_TYPES = ("on-demand", "spot")
+CAPACITY_TYPES = ("on-demand", "spot", "capacity-block", "reserved")
 # Bounds on what a plan can be asked for: past them the arithmetic gives replica counts hundreds of digits
 # long and "$inf/month". 100,000 requests/s is 8.6 billion a day, beyond any one model's deployment;
 # 100,000 nodes is the most one EKS cluster supports; 10M tokens is beyond any model's context window.
@@ -82,6 +82,8 @@ class Constraints:
     region: str | None = None  # None: the book's own region (us-east-1)
     bedrock_fallback: bool = True  # Amazon Bedrock as the cascade's last tier (planner/fallback.py)
     bedrock_model: str | None = None  # None: the catalog's Bedrock model for the served model
+    phase: str | None = None  # migration phase (planner.phases): its limits and its stack; None: full stack
+    without: tuple[str, ...] = ()  # optional parts of the phase's stack left out on request
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,5 +140,24 @@ class PlanRequest:
             )
         if c.bedrock_model is not None and not MODEL_ID.match(c.bedrock_model):
             raise UsageError("not a Bedrock model id, inference-profile id or ARN", field="--bedrock-model")
+        if c.capacity_type in ("capacity-block", "reserved"):
+            priced = [i for i in list_instances(c.prices, c.region) if i.price(c.capacity_type) is not None]
+            if not priced:
+                key = (
+                    "capacity_block: {TYPE: USD per hour}"
+                    if c.capacity_type == "capacity-block"
+                    else "reserved_discount: {TYPE-or-FAMILY: fraction}"
+                )
+                raise UsageError(
+                    f"the price book has no {c.capacity_type} prices (no current public AWS figure to "
+                    f"ship); give yours in a --prices FILE with {key} (docs/planner.md)",
+                    field="--capacity-type",
+                )
         if c.on_prem is not None and c.on_prem.gpus < 1:
             raise UsageError("needs at least one GPU", field="--on-prem")
+        if c.without and c.phase is None:
+            raise UsageError("only with --phase", field="--without")
+        if c.phase is not None:
+            from eksinfer.planner.phases import check_request
+
+            check_request(self, c.phase, c.without)

@@ -16,7 +16,9 @@ PLAN_SCHEMA_VERSION = "eksinfer.plan/v1"
 
 Precision = Literal["bf16", "fp8", "int4", "fp4"]
 Provisioning = Literal["auto-mode", "karpenter", "managed-node-group"]
-CapacityType = Literal["on-demand", "spot"]
+# capacity-block: nodes launched into a Capacity Block for ML (Karpenter capacity type "reserved");
+# reserved: on-demand nodes billed under a commitment (Reserved Instances / Savings Plans)
+CapacityType = Literal["on-demand", "spot", "capacity-block", "reserved"]
 RoleName = Literal["engine", "prefill", "decode"]
 
 
@@ -64,7 +66,7 @@ class PlanInstance(StrictModel):
         description="host memory per instance, GiB (render sizes pods from it; absent: 4 per vCPU)",
     )
     efa_gbps: float = Field(description="EFA network bandwidth, Gbit/s (0 when the type has none)")
-    capacity_type: CapacityType = Field(description="on-demand or spot")
+    capacity_type: CapacityType = Field(description="on-demand, spot, capacity-block or reserved")
     price_per_hour_usd: float = Field(description="price used for the cost, USD per instance-hour")
     price_date: str = Field(description="date of the price, ISO 8601")
     region: str = Field(default="us-east-1", description="region the price is for")
@@ -72,6 +74,9 @@ class PlanInstance(StrictModel):
     price_source: str = Field(default="", description="where the book's prices come from")
     spot_price_date: str | None = Field(
         default=None, description="date of the spot discount used, when capacity_type is spot"
+    )
+    commitment: str | None = Field(
+        default=None, description="what a capacity-block or reserved price stands for, with its date"
     )
 
 
@@ -168,6 +173,20 @@ class PlanGround(StrictModel):
     )
 
 
+class PlanStack(StrictModel):
+    """Which step of the migration path (`plan --phase N`) this plan renders; absent: the full stack."""
+
+    phase: Literal["1", "1.5", "2", "3", "4"] = Field(description="migration phase the stack belongs to")
+    components: list[str] = Field(description="what the phase's stack is made of, in the order it arrived")
+    gpu_operator: bool = Field(description="NVIDIA GPU Operator installed (phase 1.5 on)")
+    autoscaling: Literal["load", "slo"] = Field(
+        description="load: KEDA on running / waiting / KV use; slo: also p90 TTFT against the SLO (phase 4)"
+    )
+    without: list[str] = Field(
+        default_factory=list, description="components of the phase left out on request (plan --without)"
+    )
+
+
 class PlanCost(StrictModel):
     hours_per_month: float = Field(default=720.0, description="hours billed a month")
     monthly_usd: float = Field(description="instances x price x hours")
@@ -237,6 +256,9 @@ class Plan(StrictModel):
     on_prem: PlanOnPrem | None = Field(default=None, description="on-prem (EKS Hybrid Nodes) pool, when any")
     fallback: PlanFallback | None = Field(
         default=None, description="last tier of the gateway's cascade (Amazon Bedrock); None: no fallback"
+    )
+    stack: PlanStack | None = Field(
+        default=None, description="the migration phase this plan renders (plan --phase); None: full stack"
     )
     why: dict[str, str] = Field(description="one short reason per choice: tier, instance, parallelism, ...")
     alternatives: list[PlanAlternative] = Field(default_factory=list, description="runners-up, best first")

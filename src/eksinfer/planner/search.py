@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from eksinfer.catalog import GpuSpec, InstanceSpec, ModelSpec, get_gpu, list_instances
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_decode
+from eksinfer.planner.phases import early
 from eksinfer.planner.request import PlanRequest
 
 TTFT_TAIL = 2.0  # p99 / mean TTFT allowance (MLPerf server logs: 1.7-3.1)
@@ -139,6 +140,8 @@ def enumerate_shapes(request: PlanRequest, tier: int) -> list[Shape]:
     """Every engine shape of `tier` on the allowed, priced instance types."""
     c = request.constraints
     shapes: list[Shape] = []
+    if tier == 3 and early(c.phase):  # phases 1 / 1.5: Auto Mode, one node per replica, no P/D
+        return shapes
     for inst in list_instances(c.prices, c.region):
         if c.instance_families and inst.family not in c.instance_families:
             continue
@@ -197,6 +200,7 @@ def build_perf(request: PlanRequest, shape: Shape, max_model_len: int) -> Engine
         tensor_parallel_size=shape.tp,
         pipeline_parallel_size=shape.pp,
         data_parallel_size=shape.dp,
+        expert_parallel=True,  # the plan renders --enable-expert-parallel for MoE
         precision=shape.precision,
         kv_cache_dtype=shape.kv_cache_dtype,
         max_model_len=max_model_len,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from eksinfer.catalog import InstanceSpec
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import max_running
 from eksinfer.perf.memory import GIB
@@ -127,6 +128,21 @@ def _gpus_used(cand: Candidate) -> int:
     return -(-engines * s.gpus_per_replica // s.slices_per_gpu)
 
 
+def commitment_note(inst: InstanceSpec, capacity_type: str) -> str:
+    """What a capacity-block or reserved price stands for, its date and where it came from."""
+    on_demand = inst.price_per_hour_usd
+    if capacity_type == "capacity-block":
+        vs = f", on-demand ${on_demand:,.2f}/h" if on_demand else ""
+        return (
+            f"Capacity Block for ML effective rate of {inst.capacity_block_date or 'an undated book'}{vs}; "
+            "paid up front for the block's days, whether used or not; render with --capacity-reservation"
+        )
+    return (
+        f"{inst.reserved_term or 'commitment'}: {inst.reserved_discount:.0%} off on-demand as of "
+        f"{inst.reserved_date or 'an undated book'}; billed for the term whether used or not"
+    )
+
+
 def explain(request: PlanRequest, cand: Candidate, provisioning_why: str, strategy: str) -> dict[str, str]:
     s, c = cand.shape, request.constraints
     price = s.instance.price(c.capacity_type) or 0.0
@@ -138,6 +154,8 @@ def explain(request: PlanRequest, cand: Candidate, provisioning_why: str, strate
             f" ({s.instance.spot_discount:.0%} off on-demand, median us-east-1 spot price of "
             f"{s.instance.spot_date}; spot capacity is reclaimable and not guaranteed)"
         )
+    elif capacity in ("capacity-block", "reserved"):
+        capacity += f" ({commitment_note(s.instance, capacity)})"
     routing = (
         "KV-cache-aware: sends a prompt where its prefix is cached and the queue is short"
         if strategy == "kv-aware"

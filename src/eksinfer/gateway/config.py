@@ -6,6 +6,7 @@
                  selector or several, each with its pool)
     scrape:      how often each engine's /metrics is read and when its data counts as stale
     routing:     the routing section, validated by `eksinfer.gateway.routing.RoutingConfig`
+    observability: access log, traces, status page (`eksinfer.gateway.observe.ObservabilityConfig`)
 
 Pydantic models at the edge only (STYLE.md 10); the runtime reads plain attributes from them.
 """
@@ -22,6 +23,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError
+from eksinfer.gateway.observe import ObservabilityConfig
 from eksinfer.gateway.scheduling.config import RoutingConfig, load_routing_config
 from eksinfer.strict import StrictModel, config_error
 
@@ -195,6 +197,10 @@ class GatewayConfig(StrictModel):
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig, description="Engine metrics scraping.")
     routing: dict[str, Any] = Field(
         default_factory=dict, description="Routing section (see eksinfer.gateway.routing.RoutingConfig)."
+    )
+    observability: ObservabilityConfig = Field(
+        default_factory=ObservabilityConfig,
+        description="Access log, OpenTelemetry traces and the status page (eksinfer.gateway.observe).",
     )
 
 

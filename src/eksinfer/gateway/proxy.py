@@ -36,6 +36,7 @@ from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_response, sse_error_event
 from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.observe import RequestObserver
 from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 from eksinfer.gateway.upstream import (
     EngineLinkError,
@@ -105,8 +106,11 @@ class Proxy:
         upstream: UpstreamPool,
         keys: ApiKeys,
         preset: str,
+        *,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._config = config
+        self._observe = observer if observer is not None else RequestObserver.off()
         self._registry = registry
         self._router = router
         self._metrics = metrics
@@ -124,7 +128,9 @@ class Proxy:
         return self._inflight
 
     def routes(self) -> list[web.RouteDef]:
-        posts = [web.post(api.path, functools.partial(self._handle, api=api)) for api in APIS]
+        posts = [
+            web.post(api.path, self._observe.wrap(functools.partial(self._handle, api=api))) for api in APIS
+        ]
         if self._config.lora_adapter_routes:  # vLLM's runtime LoRA routes, sent to every engine
             posts += LoraAdmin(
                 self._config, self._registry, self._upstream, self._keys, self._metrics
@@ -223,6 +229,7 @@ class Proxy:
                 decision.prompt_tokens,
                 decision.predicted_cached_tokens,
             )
+            self._observe.decided(model, decision)
             try:
                 return await self._forward(request, path, raw, decision, model, started)
             except _RetryElsewhere:
@@ -273,6 +280,7 @@ class Proxy:
             value = request.headers.get(name)
             if value is not None:
                 headers[name] = value
+        self._observe.upstream_headers(headers)
         return headers
 
     def _explain(self, decision: Decision) -> dict[str, str]:
@@ -351,6 +359,7 @@ class Proxy:
             flight.decision.endpoint.healthy = False
             raise _RetryElsewhere from err
         self._first_token(flight)
+        self._observe.first_token()
         self._metrics.observe_ttft(request.path, flight.model, time.perf_counter() - flight.started)
         content_type = upstream.headers.get("content-type", "application/json")
         size = upstream.content_length
@@ -369,7 +378,9 @@ class Proxy:
                 msg = "the engine closed the connection before the whole answer arrived"
                 flight.response = error_response(502, msg, code="upstream_broken")
                 return
-            self._metrics.observe_generated(flight.model, completion_tokens(body) or 0)
+            generated = completion_tokens(body) or 0
+            self._metrics.observe_generated(flight.model, generated)
+            self._observe.generated(generated)
             headers = {"Content-Type": content_type, **self._explain(flight.decision)}
             flight.response = web.Response(status=upstream.status, body=body, headers=headers)
             return
@@ -393,7 +404,9 @@ class Proxy:
             await _close_stream(response, 502, "the engine closed the stream early", "upstream_broken")
             return
         finally:
-            self._metrics.observe_generated(flight.model, counted.tokens())
+            generated = counted.tokens()
+            self._metrics.observe_generated(flight.model, generated)
+            self._observe.generated(generated)
         await response.write_eof()
 
 

@@ -23,9 +23,11 @@ from eksinfer.gateway.discovery import KubernetesWatcher, static_specs
 from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
 from eksinfer.gateway.http import RETRY_AFTER_S, ApiKeys, add_fallback_route, error_body
 from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.observe import RequestObserver
 from eksinfer.gateway.proxy import Proxy, RouterLike
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper
+from eksinfer.gateway.status.page import status_routes
 from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.guarded_http import GuardedRunner, Guards
 
@@ -61,13 +63,19 @@ def make_router(config: GatewayConfig) -> RuntimeRouter:
 class GatewayRuntime:
     """One gateway: `await start()` serves, `await stop()` cancels every task and closes every connection."""
 
-    def __init__(self, config: GatewayConfig, router: RuntimeRouter) -> None:
+    def __init__(self, config: GatewayConfig, router: RuntimeRouter, *, tracer_provider: Any = None) -> None:
         self.config = config
         self.router = router
         self.registry = EndpointRegistry()
         self.preset = str(getattr(router, "preset", None) or config.routing.get("preset", DEFAULT_PRESET))
         self.metrics = GatewayMetrics(self.registry.all, self._router_stats)
         self.keys = ApiKeys(config.auth.load_keys())
+        self.observer = RequestObserver(
+            config.observability,
+            self.registry.all,
+            lambda: self.proxy.inflight if self.proxy is not None else 0,
+            tracer_provider=tracer_provider,
+        )
         self._scrape_tasks: dict[EndpointId, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -108,10 +116,19 @@ class GatewayRuntime:
         # Bodies are relayed byte for byte: the engine is not offered compression (no Accept-Encoding).
         self._upstream = UpstreamPool(server.connect_timeout_s, server.engine_keepalive_s)
         self.proxy = Proxy(
-            server, self.registry, self.router, self.metrics, self._upstream, self.keys, self.preset
+            server,
+            self.registry,
+            self.router,
+            self.metrics,
+            self._upstream,
+            self.keys,
+            self.preset,
+            observer=self.observer,
         )
         app = web.Application(client_max_size=server.max_body_bytes)
         app.add_routes(self.proxy.routes())
+        if self.observer.board is not None:
+            app.add_routes(status_routes(self.observer.board, self.keys))
         app.add_routes([web.get("/health", self._health), web.get("/ready", self._ready)])
         app.add_routes([web.get("/metrics", self._metrics)])
         add_fallback_route(app)
@@ -122,6 +139,7 @@ class GatewayRuntime:
         for i, kube in enumerate(self.config.endpoints.kubernetes):
             # ConfigError now, not a retry loop later
             KubernetesWatcher(kube, self.registry, f"endpoints.kubernetes.{i}").api_url()
+        self.observer.start()
         started = self.router.start()
         if inspect.isawaitable(started):
             await started

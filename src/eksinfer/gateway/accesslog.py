@@ -43,7 +43,6 @@ class RequestRecord:
     cached_tokens: int = 0  # the router's prediction of prompt tokens cached on the chosen endpoint
     generated_tokens: int = 0
     attempts: int = 0
-    stream: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The log line's fields, in a stable order."""
@@ -63,7 +62,6 @@ class RequestRecord:
             "preset": self.preset,
             "reason": self.reason,
             "attempts": self.attempts,
-            "stream": self.stream,
         }
 
 

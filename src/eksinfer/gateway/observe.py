@@ -87,9 +87,11 @@ class RequestObserver:
         endpoints: Callable[[], Sequence[EndpointState]],
         gateway_inflight: Callable[[], int] = lambda: 0,
         *,
+        default_preset: str = "",
         tracer_provider: Any = None,
     ) -> None:
         self.config = config
+        self._default_preset = default_preset
         self.access = AccessLog() if config.access_log else None
         self.board = (
             StatusBoard(
@@ -162,7 +164,7 @@ class RequestObserver:
             return
         ep = decision.endpoint
         rec.model, rec.endpoint, rec.pool = model, ep.id, ep.pool
-        rec.preset, rec.reason = decision.preset, decision.reason
+        rec.preset, rec.reason = decision.preset or self._default_preset, decision.reason
         rec.prompt_tokens, rec.cached_tokens = decision.prompt_tokens, decision.predicted_cached_tokens
         rec.attempts += 1
         if self.tracer is not None:

@@ -74,6 +74,7 @@ class GatewayRuntime:
             config.observability,
             self.registry.all,
             lambda: self.proxy.inflight if self.proxy is not None else 0,
+            default_preset=self.preset,
             tracer_provider=tracer_provider,
         )
         self._scrape_tasks: dict[EndpointId, asyncio.Task[None]] = {}

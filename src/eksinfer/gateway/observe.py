@@ -167,10 +167,6 @@ class RequestObserver:
         rec.preset, rec.reason = decision.preset or self._default_preset, decision.reason
         rec.prompt_tokens, rec.cached_tokens = decision.prompt_tokens, decision.predicted_cached_tokens
         rec.attempts += 1
-        if self.tracer is not None:
-            span = current_span.get()
-            if span is not None:
-                self.tracer.decided(span, decision)
 
     def first_token(self) -> None:
         rec = _current.get()

@@ -28,7 +28,6 @@ from eksinfer.errors import ConfigError
 
 if TYPE_CHECKING:
     from eksinfer.gateway.accesslog import RequestRecord
-    from eksinfer.gateway.scheduling.framework import Decision
 
 log = logging.getLogger(__name__)
 
@@ -90,26 +89,26 @@ class OtelTracer:
         headers.pop("tracestate", None)
         self._propagator.inject(headers, context=self._trace.set_span_in_context(span))
 
-    def decided(self, span: Any, decision: Decision) -> None:
-        ep = decision.endpoint
-        span.set_attributes(
-            {
-                ATTR_ENDPOINT: ep.id,
-                ATTR_POOL: ep.pool,
-                ATTR_PRESET: decision.preset,
-                ATTR_REASON: decision.reason,
-                ATTR_INPUT_TOKENS: decision.prompt_tokens,
-                ATTR_PREDICTED_CACHED: decision.predicted_cached_tokens,
-            }
-        )
-
     def end(self, span: Any, record: RequestRecord) -> None:
+        """All attributes in one call at the end: the SDK validates each call's attributes, which is most of a
+        span's cost (benchmarks/bench_observe.py)."""
         attrs: dict[str, Any] = {
             ATTR_MODEL: record.model,
             ATTR_STATUS: record.status,
             ATTR_OUTPUT_TOKENS: record.generated_tokens,
             ATTR_ATTEMPTS: record.attempts,
         }
+        if record.endpoint:  # routed: the decision that answered
+            attrs.update(
+                {
+                    ATTR_ENDPOINT: record.endpoint,
+                    ATTR_POOL: record.pool,
+                    ATTR_PRESET: record.preset,
+                    ATTR_REASON: record.reason,
+                    ATTR_INPUT_TOKENS: record.prompt_tokens,
+                    ATTR_PREDICTED_CACHED: record.cached_tokens,
+                }
+            )
         if record.ttft_s is not None:
             attrs[ATTR_TTFT] = record.ttft_s
         span.set_attributes(attrs)

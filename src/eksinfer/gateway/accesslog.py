@@ -77,7 +77,7 @@ class AccessLog:
             # makeRecord + handle instead of log.info: no caller lookup (a stack walk) and no %-formatting,
             # which were most of the line's cost (benchmarks/bench_observe.py).
             line = msgspec.json.encode(record.as_dict()).decode()
-            log.handle(log.makeRecord(log.name, logging.INFO, "", 0, line, None, None))
+            log.handle(log.makeRecord(log.name, logging.INFO, "", 0, line, (), None))
 
 
 def default_handler(logger: logging.Logger | None = None) -> None:

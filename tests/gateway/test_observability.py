@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 
 from eksinfer.errors import ConfigError
 from eksinfer.gateway import tracing
-from eksinfer.gateway.accesslog import ACCESS_LOGGER
+from eksinfer.gateway.accesslog import ACCESS_LOGGER, default_handler
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.observe import ObservabilityConfig, RequestObserver
 from eksinfer.gateway.runtime import GatewayRuntime
@@ -312,3 +312,26 @@ def test_gateway_without_tracing_never_imports_opentelemetry() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_access_logger_gets_a_bare_stdout_handler_unless_it_has_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bare = logging.Logger("eksinfer.access.test-bare")
+    default_handler(bare)
+    bare.info("%s", '{"status":200}')
+    assert capsys.readouterr().out == '{"status":200}\n'  # the JSON line alone: no level, no logger name
+    assert bare.propagate is False
+    owned = logging.Logger("eksinfer.access.test-owned")
+    mine = Lines()
+    owned.addHandler(mine)
+    default_handler(owned)
+    assert owned.handlers == [mine]
+    assert owned.propagate is True
+
+
+def test_observability_section_errors_name_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"observability\.recent_decisions"):
+        parse_config({"observability": {"recent_decisions": 0}})
+    with pytest.raises(ConfigError, match=r"observability\.access_logs"):
+        parse_config({"observability": {"access_logs": True}})

@@ -5,9 +5,8 @@ A line carries what happened to the request, never what it said: route, model, p
 TTFT and end-to-end seconds, prompt / predicted-cached / generated tokens, routing preset and reason, attempts
 and the request id. No prompt, no completion text, no API key: the record has no field that could hold them.
 
-Cost on the hot path: building the dict and one `msgspec.json.encode` is a few microseconds (measured in
-tests/gateway/test_accesslog.py's report and docs/gateway.md); when the logger is disabled the record is
-not even encoded (`isEnabledFor` first).
+Cost on the hot path: about 12 us a line (`make bench ARGS=observe`), most of it `logging.LogRecord`; when
+the logger is disabled for INFO the record is not even encoded.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test bench lint fmt test-live test-prometheus install clean
+.PHONY: run test bench lint fmt test-live test-prometheus test-status-page install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,14 @@ fmt: $(STAMP)
 test-prometheus: $(STAMP)
 	-@test -x scripts/ensure-promtool.sh && bash scripts/ensure-promtool.sh
 	EKSINFER_PROMETHEUS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -rs tests/deploy/test_prometheus_live.py $(ARGS)
+
+# The gateway's status page in a real headless Chromium (Debian's package) against `eksinfer up`, under load
+# (about 20 s; tests/gateway/test_status_page_browser.py). Skips, saying why, where Chromium cannot be installed.
+# EKSINFER_UPDATE_SCREENSHOT=1 also rewrites docs/img/status.png.
+test-status-page: $(STAMP)
+	-@test -x scripts/ensure-chromium.sh && bash scripts/ensure-chromium.sh
+	$(BIN)/python -m pip install -q -e '.[browser]'
+	EKSINFER_BROWSER=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -rs tests/gateway/test_status_page_browser.py $(ARGS)
 
 test-live: $(STAMP)
 	bash scripts/test-live.sh

@@ -234,6 +234,7 @@ def banner(opts: StackOptions, port: int, model: str) -> str:
             "",
             f"  models:  {base}/v1/models",
             f"  metrics: {base}/metrics (gateway), http://127.0.0.1:{opts.sim_port}/metrics (engine 0)",
+            f"  status:  {base}/status (endpoints, load, TTFT, recent routing decisions)",
             "  routing: the x-eksinfer-route response header explains every decision",
             "Ctrl-C stops the gateway and the engines.",
         ]

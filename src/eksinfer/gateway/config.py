@@ -10,6 +10,7 @@
                  context window; endpoints name their pool
     models:      per model: the cascade of pools, stream continuation, the TTFT SLO used for shedding
     resilience:  retries, retry budget, outlier ejection, circuit breakers, health checks, slow start
+    observability: access log, traces, status page (`eksinfer.gateway.observe.ObservabilityConfig`)
 
 Pydantic models at the edge only (STYLE.md 10); the runtime reads plain attributes from them.
 """
@@ -27,6 +28,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.resilience.config import ResilienceConfig
+from eksinfer.gateway.observe import ObservabilityConfig
 from eksinfer.gateway.scheduling.config import RoutingConfig, load_routing_config
 from eksinfer.gateway.scheduling.presets import PRESET_NAMES
 from eksinfer.strict import StrictModel, config_error
@@ -309,6 +311,10 @@ class GatewayConfig(StrictModel):
                         field=f"models.{model}.cascade.{i}",
                     )
         return self
+    observability: ObservabilityConfig = Field(
+        default_factory=ObservabilityConfig,
+        description="Access log, OpenTelemetry traces and the status page (eksinfer.gateway.observe).",
+    )
 
 
 def parse_config(data: object) -> GatewayConfig:

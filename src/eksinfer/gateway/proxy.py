@@ -41,6 +41,7 @@ from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_response, sse_error_event
 from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.observe import RequestObserver
 from eksinfer.gateway.resilience.breaker import BreakerState, CircuitBreaker
 from eksinfer.gateway.resilience.cascade import Cascade, ModelPlan, Tier, request_tokens
 from eksinfer.gateway.resilience.config import ResilienceConfig
@@ -165,8 +166,11 @@ class Proxy:
         keys: ApiKeys,
         preset: str,
         resilience: Resilience | None = None,
+        *,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._config = config
+        self._observe = observer if observer is not None else RequestObserver.off()
         self._registry = registry
         self._router = router
         self._metrics = metrics
@@ -191,7 +195,9 @@ class Proxy:
         return self._res
 
     def routes(self) -> list[web.RouteDef]:
-        posts = [web.post(api.path, functools.partial(self._handle, api=api)) for api in APIS]
+        posts = [
+            web.post(api.path, self._observe.wrap(functools.partial(self._handle, api=api))) for api in APIS
+        ]
         if self._config.lora_adapter_routes:  # vLLM's runtime LoRA routes, sent to every engine
             posts += LoraAdmin(
                 self._config, self._registry, self._upstream, self._keys, self._metrics
@@ -397,6 +403,7 @@ class Proxy:
             decision.prompt_tokens,
             decision.predicted_cached_tokens,
         )
+        self._observe.decided(call.model, decision)
         return decision
 
     def _too_long(self, call: _Call, decision: Decision, tier: Tier) -> bool:
@@ -515,6 +522,7 @@ class Proxy:
             value = request.headers.get(name)
             if value is not None:
                 headers[name] = value
+        self._observe.upstream_headers(headers)
         return headers
 
     def _headers(self, pool: str, decision: Decision | None) -> dict[str, str]:
@@ -635,6 +643,7 @@ class Proxy:
             msg = "the engine closed the connection before answering"
             raise _Failed(FailureKind.BROKEN, ErrorClass.RETRYABLE, 502, msg, "upstream_broken") from err
         self._first_token(flight)
+        self._observe.first_token()
         watched = flight.watched
         loop = asyncio.get_running_loop()
         if watched is not None:
@@ -650,7 +659,9 @@ class Proxy:
         if not call.committed and size is not None and size <= WHOLE_BODY_BYTES and not sse:
             # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
             body = first if len(first) >= size else first + await upstream.read()
-            self._metrics.observe_generated(call.model, completion_tokens(body) or 0)
+            generated = completion_tokens(body) or 0
+            self._metrics.observe_generated(call.model, generated)
+            self._observe.generated(generated)
             headers = {"Content-Type": content_type, **self._headers(ep.pool, flight.decision)}
             call.response = web.Response(status=upstream.status, body=body, headers=headers)
             return
@@ -702,7 +713,9 @@ class Proxy:
                 FailureKind.BROKEN, ErrorClass.RETRYABLE, 502, msg, "upstream_broken", mid_stream=True
             ) from err
         finally:
-            self._metrics.observe_generated(call.model, counted.tokens())
+            generated = counted.tokens()
+            self._metrics.observe_generated(call.model, generated)
+            self._observe.generated(generated)
         await response.write_eof()
 
     # --- a managed API (Bedrock) -------------------------------------------------------------------------
@@ -729,6 +742,7 @@ class Proxy:
                         await res.sleep(res.backoff.delay_s(in_tier))
                     call.attempts += 1
                     in_tier += 1
+                    self._observe.managed(call.model, tier.name)
                     try:
                         response = await self._forward_managed(call, client, tier)
                         breaker.record_success()
@@ -774,9 +788,12 @@ class Proxy:
                 async with asyncio.timeout(self._config.first_token_timeout_s):
                     answer = await client.complete(body, call.model)
                 self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started)
+                self._observe.first_token()
                 call.endpoint, call.pool, call.status = None, tier.name, "200"
                 encoded = msgspec.json.encode(answer)
-                self._metrics.observe_generated(call.model, completion_tokens(encoded) or 0)
+                generated = completion_tokens(encoded) or 0
+                self._metrics.observe_generated(call.model, generated)
+                self._observe.generated(generated)
                 headers = {"Content-Type": "application/json", **self._headers(tier.name, None)}
                 call.response = web.Response(status=200, body=encoded, headers=headers)
                 return call.response
@@ -848,6 +865,7 @@ class Proxy:
         if call.committed:
             return
         self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started)
+        self._observe.first_token()
         response = web.StreamResponse(status=200, headers=self._headers(tier.name, None))
         response.content_type = "text/event-stream"
         call.response, call.committed = response, True

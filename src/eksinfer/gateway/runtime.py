@@ -23,6 +23,7 @@ from eksinfer.gateway.discovery import KubernetesWatcher, static_specs
 from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
 from eksinfer.gateway.http import RETRY_AFTER_S, ApiKeys, add_fallback_route, error_body
 from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.observe import RequestObserver
 from eksinfer.gateway.proxy import Proxy, RouterLike
 from eksinfer.gateway.resilience.cascade import Cascade
 from eksinfer.gateway.resilience.health import HealthChecker
@@ -30,6 +31,7 @@ from eksinfer.gateway.resilience.layer import Resilience
 from eksinfer.gateway.resilience.stall import Watched
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper
+from eksinfer.gateway.status.page import status_routes
 from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.guarded_http import GuardedRunner, Guards
 
@@ -66,7 +68,12 @@ class GatewayRuntime:
     """One gateway: `await start()` serves, `await stop()` cancels every task and closes every connection."""
 
     def __init__(
-        self, config: GatewayConfig, router: RuntimeRouter, resilience: Resilience | None = None
+        self,
+        config: GatewayConfig,
+        router: RuntimeRouter,
+        resilience: Resilience | None = None,
+        *,
+        tracer_provider: Any = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -76,6 +83,13 @@ class GatewayRuntime:
         self.keys = ApiKeys(config.auth.load_keys())
         self.resilience = resilience or Resilience(config.resilience, Cascade(config.pools, config.models))
         self.metrics.registry.register(self.resilience.collector(self.registry.all, self.registry.draining))
+        self.observer = RequestObserver(
+            config.observability,
+            self.registry.all,
+            lambda: self.proxy.inflight if self.proxy is not None else 0,
+            default_preset=self.preset,
+            tracer_provider=tracer_provider,
+        )
         self._scrape_tasks: dict[EndpointId, asyncio.Task[None]] = {}
         self._check_tasks: dict[EndpointId, asyncio.Task[None]] = {}
         self._checker: HealthChecker | None = None
@@ -149,9 +163,12 @@ class GatewayRuntime:
             self.keys,
             self.preset,
             self.resilience,
+            observer=self.observer,
         )
         app = web.Application(client_max_size=server.max_body_bytes)
         app.add_routes(self.proxy.routes())
+        if self.observer.board is not None:
+            app.add_routes(status_routes(self.observer.board, self.keys))
         app.add_routes([web.get("/health", self._health), web.get("/ready", self._ready)])
         app.add_routes([web.get("/metrics", self._metrics)])
         add_fallback_route(app)
@@ -162,6 +179,7 @@ class GatewayRuntime:
         for i, kube in enumerate(self.config.endpoints.kubernetes):
             # ConfigError now, not a retry loop later
             KubernetesWatcher(kube, self.registry, f"endpoints.kubernetes.{i}").api_url()
+        self.observer.start()
         started = self.router.start()
         if inspect.isawaitable(started):
             await started

@@ -27,8 +27,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError
-from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.observe import ObservabilityConfig
+from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.scheduling.config import RoutingConfig, load_routing_config
 from eksinfer.gateway.scheduling.presets import PRESET_NAMES
 from eksinfer.strict import StrictModel, config_error
@@ -311,6 +311,7 @@ class GatewayConfig(StrictModel):
                         field=f"models.{model}.cascade.{i}",
                     )
         return self
+
     observability: ObservabilityConfig = Field(
         default_factory=ObservabilityConfig,
         description="Access log, OpenTelemetry traces and the status page (eksinfer.gateway.observe).",

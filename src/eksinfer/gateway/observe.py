@@ -169,7 +169,7 @@ class RequestObserver:
         rec.attempts += 1
 
     def managed(self, model: str, pool: str) -> None:
-        """An attempt on a managed API's pool (Bedrock): no endpoint and no routing decision, only the pool."""
+        """An attempt on a managed API's pool (Bedrock): no endpoint, no routing decision, only the pool."""
         rec = _current.get()
         if rec is None:
             return

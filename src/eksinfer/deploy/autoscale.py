@@ -20,11 +20,42 @@ from __future__ import annotations
 import math
 
 from eksinfer.deploy.context import Ctx, Obj
-from eksinfer.planner.schema import PlanRole
+from eksinfer.planner.schema import Plan, PlanRole
+
+POLLING_INTERVAL_S = 15
 
 
 def per_replica_concurrency(ctx: Ctx, role: PlanRole) -> int:
-    return max(1, min(role.engine.max_num_seqs, ctx.plan.prediction.max_concurrency_per_replica))
+    return concurrency_of(ctx.plan, role)
+
+
+def concurrency_of(plan: Plan, role: PlanRole) -> int:
+    return max(1, min(role.engine.max_num_seqs, plan.prediction.max_concurrency_per_replica))
+
+
+def trigger_thresholds(plan: Plan, role: PlanRole) -> dict[str, float]:
+    """The thresholds `render` writes (see the module docstring); `eksinfer autoscale` simulates them."""
+    conc = concurrency_of(plan, role)
+    return {
+        "running": max(1, math.floor(0.8 * conc)),
+        "queue": max(1, math.ceil(0.1 * conc)),
+        "kv-cache": 0.8,
+        "ttft": plan.slo.ttft_s,
+    }
+
+
+def behavior_numbers(startup_s: int, planned_replicas: int) -> dict[str, int]:
+    """HPA behaviour from the node start-up time (see the module docstring)."""
+    return {
+        "polling_s": POLLING_INTERVAL_S,
+        "cooldown_s": 2 * startup_s,
+        "up_window_s": 0,
+        "up_pods": max(1, planned_replicas),
+        "up_period_s": min(1800, startup_s),
+        "down_window_s": min(3600, 2 * startup_s),
+        "down_pods": 1,
+        "down_period_s": min(1800, startup_s),
+    }
 
 
 def max_replicas(ctx: Ctx, role: PlanRole) -> int:
@@ -58,7 +89,7 @@ def _selector(ctx: Ctx, role: PlanRole) -> str:
 
 
 def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
-    sel, conc = _selector(ctx, role), per_replica_concurrency(ctx, role)
+    sel, th = _selector(ctx, role), trigger_thresholds(ctx.plan, role)
     server = ctx.opts.prometheus_url
 
     def prom(name: str, query: str, threshold: str, metric_type: str = "AverageValue", **extra: str) -> Obj:
@@ -69,15 +100,12 @@ def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
         f"histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[2m])))"
     )
     return [
-        prom("running", f"sum(vllm:num_requests_running{{{sel}}})", str(max(1, math.floor(0.8 * conc)))),
+        prom("running", f"sum(vllm:num_requests_running{{{sel}}})", f"{th['running']:g}"),
         prom(
-            "queue",
-            f"sum(vllm:num_requests_waiting{{{sel}}})",
-            str(max(1, math.ceil(0.1 * conc))),
-            activationThreshold="1",
+            "queue", f"sum(vllm:num_requests_waiting{{{sel}}})", f"{th['queue']:g}", activationThreshold="1"
         ),
-        prom("kv-cache", f"sum(vllm:kv_cache_usage_perc{{{sel}}})", "0.8"),
-        prom("ttft", ttft, f"{ctx.plan.slo.ttft_s:g}", "Value"),
+        prom("kv-cache", f"sum(vllm:kv_cache_usage_perc{{{sel}}})", f"{th['kv-cache']:g}"),
+        prom("ttft", ttft, f"{th['ttft']:g}", "Value"),
     ]
 
 
@@ -91,6 +119,7 @@ def min_replicas(role: PlanRole) -> int:
 
 def scaledobject(ctx: Ctx, role: PlanRole) -> Obj:
     startup = ctx.node_startup_s()
+    b = behavior_numbers(startup, role.replicas)
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -99,24 +128,22 @@ def scaledobject(ctx: Ctx, role: PlanRole) -> Obj:
             "scaleTargetRef": scale_target(ctx, role),
             "minReplicaCount": min_replicas(role),
             "maxReplicaCount": max_replicas(ctx, role),
-            "pollingInterval": 15,
-            "cooldownPeriod": 2 * startup,
+            "pollingInterval": b["polling_s"],
+            "cooldownPeriod": b["cooldown_s"],
             "advanced": {
                 "horizontalPodAutoscalerConfig": {
                     "behavior": {
                         "scaleUp": {
-                            "stabilizationWindowSeconds": 0,
+                            "stabilizationWindowSeconds": b["up_window_s"],
                             "policies": [
-                                {
-                                    "type": "Pods",
-                                    "value": max(1, role.replicas),
-                                    "periodSeconds": min(1800, startup),
-                                }
+                                {"type": "Pods", "value": b["up_pods"], "periodSeconds": b["up_period_s"]}
                             ],
                         },
                         "scaleDown": {
-                            "stabilizationWindowSeconds": min(3600, 2 * startup),
-                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": min(1800, startup)}],
+                            "stabilizationWindowSeconds": b["down_window_s"],
+                            "policies": [
+                                {"type": "Pods", "value": b["down_pods"], "periodSeconds": b["down_period_s"]}
+                            ],
                         },
                     }
                 }

@@ -231,7 +231,9 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def _cache(self, req: SimRequest, num_tokens: int) -> None:
+    def cache_blocks(self, req: SimRequest, num_tokens: int) -> None:
+        """Cache the request's blocks that are full within its first `num_tokens` tokens (vLLM caches a block
+        as soon as its tokens are scheduled); the fleet simulation replays this for runs of decode steps."""
         self.pool.cache_full_blocks(
             req.table,
             req.hasher.digests,
@@ -283,7 +285,7 @@ class Scheduler:
                     break
             if not fits:
                 break
-            self._cache(req, req.num_computed_tokens + n)
+            self.cache_blocks(req, req.num_computed_tokens + n)
             plan.scheduled.append((req, n))
             budget -= n
             i += 1
@@ -332,7 +334,7 @@ class Scheduler:
                 req.num_cached_tokens = computed
             req.status = Status.RUNNING
             self.running.append(req)
-            self._cache(req, computed + n)
+            self.cache_blocks(req, computed + n)
             plan.scheduled.append((req, n))
             budget -= n
 

@@ -82,7 +82,7 @@ def _parse_json_line(line: str, where: str) -> TraceRequest:
     prefix_tokens = _int_field({"prefix_tokens": prefix}, "prefix_tokens", where, 0)
     if prefix_tokens > input_tokens:
         raise ConfigError(
-            f"{where}: {prefix_tokens} exceeds input_tokens {input_tokens}", field="prefix_tokens"
+            f"{where}: {prefix_tokens} > input_tokens {input_tokens}", field="prefix_tokens"
         )
     return TraceRequest(float(arrival), input_tokens, output_tokens, group, prefix_tokens)
 
@@ -128,7 +128,7 @@ def load_trace(path: Path) -> list[TraceRequest]:
     with handle:
         try:
             head = handle.readline()
-            if head.lstrip().startswith("{") or not head.strip():
+            if head.lstrip().startswith(("{", "[")) or not head.strip():
                 out: list[TraceRequest] = []
                 for n, line in enumerate([head, *handle], start=1):
                     if line.strip():

@@ -88,25 +88,68 @@ def _selector(ctx: Ctx, role: PlanRole) -> str:
     return f'namespace="{ctx.ns}",app_kubernetes_io_instance="{ctx.name}",eksinfer_io_role="{role.name}"'
 
 
-def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
-    sel, th = _selector(ctx, role), trigger_thresholds(ctx.plan, role)
-    server = ctx.opts.prometheus_url
-
-    def prom(name: str, query: str, threshold: str, metric_type: str = "AverageValue", **extra: str) -> Obj:
-        meta = {"serverAddress": server, "query": query, "threshold": threshold, **extra}
-        return {"type": "prometheus", "name": name, "metricType": metric_type, "metadata": meta}
-
+def _queries(ctx: Ctx, role: PlanRole) -> dict[str, tuple[str, str]]:
+    """Trigger name -> (PromQL query, metricType)."""
+    sel = _selector(ctx, role)
     ttft = (
         f"histogram_quantile(0.9, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket{{{sel}}}[2m])))"
     )
-    return [
-        prom("running", f"sum(vllm:num_requests_running{{{sel}}})", f"{th['running']:g}"),
-        prom(
-            "queue", f"sum(vllm:num_requests_waiting{{{sel}}})", f"{th['queue']:g}", activationThreshold="1"
-        ),
-        prom("kv-cache", f"sum(vllm:kv_cache_usage_perc{{{sel}}})", f"{th['kv-cache']:g}"),
-        prom("ttft", ttft, f"{th['ttft']:g}", "Value"),
-    ]
+    return {
+        "running": (f"sum(vllm:num_requests_running{{{sel}}})", "AverageValue"),
+        "queue": (f"sum(vllm:num_requests_waiting{{{sel}}})", "AverageValue"),
+        "kv-cache": (f"sum(vllm:kv_cache_usage_perc{{{sel}}})", "AverageValue"),
+        "ttft": (ttft, "Value"),
+    }
+
+
+def forecast_query(ctx: Ctx, role: PlanRole, lead_s: float, window_min: int) -> str:
+    """The SLO-predictive trigger (`eksinfer autoscale`, autoscale/policies.py): the larger of the last
+    minute's request rate and its least-squares trend over `window_min` minutes, `lead_s` seconds ahead.
+    PromQL's max() aggregates one vector, so the two series get distinct labels first."""
+    rate = f"sum(rate(vllm:request_success_total{{{_selector(ctx, role)}}}[1m]))"
+    ahead = f"predict_linear({rate}[{window_min}m:1m], {lead_s:g})"
+    return (
+        f'max(label_replace({rate}, "series", "now", "", "") or '
+        f'label_replace(clamp_min({ahead}, 0), "series", "ahead", "", ""))'
+    )
+
+
+def _prom(server: str, name: str, query: str, threshold: float, metric_type: str, **extra: str) -> Obj:
+    meta = {"serverAddress": server, "query": query, "threshold": f"{threshold:g}", **extra}
+    return {"type": "prometheus", "name": name, "metricType": metric_type, "metadata": meta}
+
+
+def triggers(ctx: Ctx, role: PlanRole) -> list[Obj]:
+    server, queries = ctx.opts.prometheus_url, _queries(ctx, role)
+    rec = ctx.opts.autoscale
+    if rec is None:
+        th = trigger_thresholds(ctx.plan, role)
+        out = []
+        for name in ("running", "queue", "kv-cache", "ttft"):
+            query, kind = queries[name]
+            extra = {"activationThreshold": "1"} if name == "queue" else {}
+            out.append(_prom(server, name, query, th[name], kind, **extra))
+        return out
+    out = []
+    for t in rec.triggers:
+        if t.name == "forecast":
+            out.append(
+                _prom(
+                    server,
+                    t.name,
+                    forecast_query(ctx, role, t.lead_s, t.window_min),
+                    t.threshold,
+                    "AverageValue",
+                )
+            )
+            continue
+        query, kind = queries[t.name]
+        extra = {"activationThreshold": "1"} if t.name == "queue" else {}
+        out.append(_prom(server, t.name, query, t.threshold, kind, **extra))
+    if not out:  # a static recommendation: min = max pins the count; KEDA needs one trigger
+        query, kind = queries["running"]
+        out.append(_prom(server, "running", query, trigger_thresholds(ctx.plan, role)["running"], kind))
+    return out
 
 
 def min_replicas(role: PlanRole) -> int:
@@ -120,14 +163,20 @@ def min_replicas(role: PlanRole) -> int:
 def scaledobject(ctx: Ctx, role: PlanRole) -> Obj:
     startup = ctx.node_startup_s()
     b = behavior_numbers(startup, role.replicas)
+    low, high = min_replicas(role), max_replicas(ctx, role)
+    rec = ctx.opts.autoscale
+    if rec is not None:  # `render --autoscale FILE`: the numbers the simulation chose
+        rb = rec.behavior
+        b = {k: getattr(rb, k) for k in b}
+        low, high = rb.min_replicas, rb.max_replicas
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
         "metadata": ctx.meta(ctx.workload_name(role), "engine", {"eksinfer.io/role": role.name}),
         "spec": {
             "scaleTargetRef": scale_target(ctx, role),
-            "minReplicaCount": min_replicas(role),
-            "maxReplicaCount": max_replicas(ctx, role),
+            "minReplicaCount": low,
+            "maxReplicaCount": high,
             "pollingInterval": b["polling_s"],
             "cooldownPeriod": b["cooldown_s"],
             "advanced": {

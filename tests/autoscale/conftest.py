@@ -12,7 +12,7 @@ from eksinfer.planner.schema import Plan
 
 @pytest.fixture(scope="session")
 def plan_70b() -> Plan:
-    """Llama-3.3-70B on g6e.12xlarge (4 x L40S, TP 4), sized for 4 requests/s: about 1 request/s per replica."""
+    """Llama-3.3-70B on g6e.12xlarge (4 x L40S, TP 4) for 4 requests/s: about 1 request/s per replica."""
     request = PlanRequest(
         get_model("llama-3.3-70b"),
         Traffic(requests_per_s=4.0),

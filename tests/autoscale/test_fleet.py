@@ -1,4 +1,4 @@
-"""The fleet simulation: macro-steps give the same results as single steps; routing, scaling and accounting."""
+"""The fleet simulation: macro-steps give the results of single steps; routing, scaling, accounting."""
 
 from __future__ import annotations
 

@@ -38,7 +38,9 @@ def test_scale_down_waits_for_the_stabilisation_window_then_steps_one_pod() -> N
         history.append((t, current))
     # the 6 recommended at 0 s holds the count until it leaves the 300 s window, then one pod a minute
     assert all(c == 6 for t, c in history if t <= 300)
-    changes = [(t, c) for (t, c), (_, before) in zip(history, [(0, 6), *history]) if c != before]
+    changes = [
+        (t, c) for (t, c), (_, before) in zip(history, [(0, 6), *history[:-1]], strict=True) if c != before
+    ]
     assert changes[:3] == [(315, 5), (375, 4), (435, 3)]
     assert history[-1] == (600, 1)
 

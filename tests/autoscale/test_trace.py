@@ -21,7 +21,8 @@ from eksinfer.errors import ConfigError
 def test_jsonl_with_prefix_groups_is_sorted_by_arrival(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_text(
-        '{"arrival_s": 2.5, "input_tokens": 100, "output_tokens": 20, "prefix_group": 3, "prefix_tokens": 64}\n'
+        '{"arrival_s": 2.5, "input_tokens": 100, "output_tokens": 20, "prefix_group": 3, '
+        '"prefix_tokens": 64}\n'
         "\n"
         '{"timestamp": 1, "input_tokens": 50, "output_tokens": 5, "prefix_group": 1}\n'
         '{"arrival_s": 0, "input_tokens": 7, "output_tokens": 1}\n'
@@ -64,7 +65,8 @@ def test_azure_csv_arrivals_are_relative_to_the_first_row(tmp_path: Path) -> Non
         ('{"arrival_s": 0, "input_tokens": 5.5, "output_tokens": 1}\n', "input_tokens", "integer"),
         ('{"arrival_s": 0, "input_tokens": 5, "output_tokens": 0}\n', "output_tokens", ">= 1"),
         (
-            '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 1, "prefix_group": 1, "prefix_tokens": 9}\n',
+            '{"arrival_s": 0, "input_tokens": 5, "output_tokens": 1, "prefix_group": 1, '
+            '"prefix_tokens": 9}\n',
             "prefix_tokens",
             "> input_tokens",
         ),

@@ -96,6 +96,21 @@ class FleetResult:
     series_ttft_p90: list[float] = field(default_factory=list)
 
 
+def _cached_prefix_blocks(is_cached: Callable[[bytes], bool], digests: list[BlockDigest]) -> int:
+    """How many leading blocks are cached, by binary search: the engine frees a request's blocks tail first,
+    so what stays cached of a prefix is its head (the router's estimate; admission uses the exact walk)."""
+    if not digests or not is_cached(digests[0]):
+        return 0
+    lo, hi = 1, len(digests)  # digests[:lo] cached; answer in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if is_cached(digests[mid - 1]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in [0, 1]) of a non-empty list."""
     ordered = sorted(values)
@@ -250,8 +265,7 @@ class Fleet:
             if digests:
                 rep = pod.replica
                 rep.sync(now)
-                if rep.pool.is_cached(digests[0]):
-                    matched = len(rep.pool.longest_hit(digests, len(digests))) * bs
+                matched = _cached_prefix_blocks(rep.pool.is_cached, digests) * bs
             cost = (
                 pod.inflight_prompt_tokens
                 + self.prefill_weight * max(0, r.input_tokens - matched)

@@ -72,9 +72,9 @@ def test_slo_predictive_scales_ahead_of_a_rising_rate(plan_70b: Plan) -> None:
     policy = make_policy("slo-predictive:0.8", spec, th, peak_replicas=4, work_factor=1.0)
     assert isinstance(policy, KedaPolicy)
     per_replica = spec.capacity_per_replica * 0.8
-    rising = [2.0 + 0.1 * i for i in range(30)]  # +0.1 req/s a minute; now 4.9 req/s
+    rising = [0.5 + 0.2 * i for i in range(30)]  # +0.2 req/s a minute; now 6.3 req/s
     now_need = math.ceil(rising[-1] / per_replica)
-    ahead = rising[-1] + 0.1 * policy.lead_s / 60  # where the line will be when new capacity is up
+    ahead = rising[-1] + 0.2 * policy.lead_s / 60  # where the line will be when new capacity is up
     wanted = policy.decide(_obs(1800, now_need, rates=rising))
     assert wanted == min(spec.max_replicas, math.ceil(ahead / per_replica))
     assert wanted > now_need

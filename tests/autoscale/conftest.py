@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping
+
+import looptime
 import pytest
 
 from eksinfer.catalog import get_model
@@ -24,3 +28,13 @@ def plan_70b() -> Plan:
 @pytest.fixture(scope="session")
 def plan_8b() -> Plan:
     return make_plan(PlanRequest(get_model("llama-3.1-8b"), Traffic(requests_per_s=20.0)))
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests marked `virtual_time` run on a looptime loop (as in tests/bench): the HTTP simulator's steps
+    sleep in virtual time, so its latencies are exact and comparable with the fleet simulation's."""
+    if item.get_closest_marker("virtual_time"):
+        return {"virtual-time": looptime.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}

@@ -25,7 +25,7 @@ from eksinfer.sim.config import SimOptions
 from eksinfer.sim.core import CoreConfig
 
 
-def _trace(n: int = 40) -> tuple[list[TraceRequest], list[list[int]]]:
+def _trace(n: int = 24) -> tuple[list[TraceRequest], list[list[int]]]:
     rng = random.Random(4)
     groups = [[rng.randrange(1000, 60000) for _ in range(1024)] for _ in range(3)]
     trace, prompts = [], []

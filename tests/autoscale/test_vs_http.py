@@ -1,9 +1,11 @@
 """The fleet simulation against the HTTP simulator on the same short trace: the same latencies.
 
-Both run the same engine core (sim/core.py): the HTTP side through `eksinfer sim`'s server, with an openai
+Both run the same engine core (sim/core.py): the HTTP side through `eksinfer sim`'s server, with an aiohttp
 client streaming each request at its arrival time on a virtual-time loop (looptime: sleeps end exactly when
-due, I/O takes no time); the fleet side in its own virtual time, one static replica. Prompts are token ids:
-requests of a prefix group share their first blocks, which the fleet represents by synthetic digests.
+due, I/O takes no time); the fleet side in its own virtual time, one static replica. Not the openai SDK here:
+httpx resolves even 127.0.0.1 in a worker thread, and virtual time runs on while a thread works. Prompts are
+token ids: requests of a prefix group share their first blocks, which the fleet represents by synthetic
+digests.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import random
 from dataclasses import replace
 
-import openai
+import aiohttp
 import pytest
 
 from eksinfer.autoscale.capacity import fleet_spec
@@ -52,28 +54,31 @@ async def test_fleet_latencies_match_the_http_simulator(plan_8b: Plan) -> None:
     ttft: list[float] = [0.0] * len(trace)
     e2e: list[float] = [0.0] * len(trace)
     try:
-        client = openai.AsyncOpenAI(base_url=cluster.urls[0] + "/v1", api_key="x", max_retries=0)
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        url = cluster.urls[0] + "/v1/completions"
         start = loop.time()
 
         async def one(i: int) -> None:
             await asyncio.sleep(max(0.0, start + trace[i].arrival_s - loop.time()))
             sent = loop.time()
-            stream = await client.completions.create(
-                model=options.model,
-                prompt=prompts[i],
-                max_tokens=trace[i].output_tokens,
-                stream=True,
-                extra_body={"ignore_eos": True},
-            )
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].text and not ttft[i]:
-                    ttft[i] = loop.time() - sent
+            body = {
+                "model": options.model,
+                "prompt": prompts[i],
+                "max_tokens": trace[i].output_tokens,
+                "stream": True,
+                "ignore_eos": True,
+            }
+            async with session.post(url, json=body) as response:
+                assert response.status == 200
+                async for line in response.content:
+                    if line.startswith(b"data: {") and not ttft[i]:
+                        ttft[i] = loop.time() - sent
             e2e[i] = loop.time() - sent
 
         try:
             await asyncio.gather(*(one(i) for i in range(len(trace))))
         finally:
-            await client.close()
+            await session.close()
         engine = cluster.engines[0]
         sizing, perf = engine.sizing, engine.perf
     finally:

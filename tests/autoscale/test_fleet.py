@@ -16,6 +16,7 @@ from eksinfer.autoscale.trace import TraceRequest, TraceShape, diurnal_trace
 from eksinfer.deploy.autoscale import trigger_thresholds
 from eksinfer.planner.schema import Plan
 from eksinfer.sim.core import CoreConfig
+from eksinfer.sim.scheduler import SimRequest
 
 
 def _drive(macro: bool, num_blocks: int, n: int = 150) -> tuple[dict[str, tuple[float, float, int]], Replica]:
@@ -50,9 +51,11 @@ def _drive(macro: bool, num_blocks: int, n: int = 150) -> tuple[dict[str, tuple[
     for i in range(n):
         t += rng.expovariate(5.0)
         inp = rng.randint(40, 1500)
-        arrivals.append(
-            (t, i, inp, rng.randint(1, 300), group_digests(rng.randrange(4), rng.randint(0, inp) // 16))
-        )
+        shared = rng.randint(0, inp)
+        if i % 5 == 0:  # a cached prefix that leaves one prompt token to compute: a 1-token prefill
+            inp = 16 * rng.randint(2, 8) + 1
+            shared = inp - 1
+        arrivals.append((t, i, inp, rng.randint(1, 300), group_digests(rng.randrange(4), shared // 16)))
     k = 0
     while k < len(arrivals) or rep.next_event_s < math.inf:
         if k < len(arrivals) and arrivals[k][0] < rep.next_event_s:
@@ -162,3 +165,34 @@ def test_scale_up_waits_for_node_start_up_and_scale_down_drains(plan_70b: Plan) 
     assert gone  # some were drained after the burst
     assert all(p.inflight_requests == 0 for p in fleet.pods)
     assert all(not math.isnan(x) for x in res.ttft_s)
+
+
+def test_a_prompt_chunk_of_one_token_is_a_prefill_not_a_run() -> None:
+    """513 prompt tokens in steps of 512 leave one token: that step completes the prompt and emits the
+    first token, so it must not be folded into a decode run."""
+    from eksinfer.catalog import get_gpu, get_model
+    from eksinfer.perf import build_engine_perf
+
+    perf = build_engine_perf(get_model("llama-3.1-8b"), get_gpu("H100"))
+    cfg = CoreConfig(
+        num_gpu_blocks=1000,
+        block_size=16,
+        max_num_seqs=8,
+        max_num_batched_tokens=512,
+        max_model_len=4096,
+        natural_output_tokens=0,
+    )
+    seen: dict[bool, list[tuple[int, float]]] = {}
+    for macro in (True, False):
+        tokens: list[tuple[int, float]] = []
+
+        def record(rep: Replica, req: SimRequest, now: float, out: list[tuple[int, float]] = tokens) -> None:
+            out.append((req.num_output_tokens, now))
+
+        rep = Replica(0, cfg, perf, macro=macro, on_token=record)
+        rep.add(0, 513, 40, [], 0.0)
+        while rep.next_event_s < math.inf:
+            rep.step_end()
+        seen[macro] = tokens
+    assert [n for n, _ in seen[True]] == [1, 40]  # the first token and the last
+    assert [t for _, t in seen[True]] == pytest.approx([t for _, t in seen[False]], rel=1e-12)

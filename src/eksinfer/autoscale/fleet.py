@@ -262,7 +262,9 @@ class Fleet:
         best_cost = math.inf
         for pod in ready:
             matched = 0
-            if digests:
+            if digests and pod.replica.pool.is_cached(digests[0]):
+                # bringing a run up to date only evicts (its decode blocks have no digest to cache), so a
+                # prefix that is not cached now is not cached after `sync` either
                 rep = pod.replica
                 rep.sync(now)
                 matched = _cached_prefix_blocks(rep.pool.is_cached, digests) * bs

@@ -193,6 +193,8 @@ class Replica:
         self.next_event_s = math.inf
         if not self.core.has_work():
             return
+        if self.macro and self._direct_run(now):
+            return
         plan = self.core.schedule(now)
         if not plan.scheduled:
             return  # nothing fits until something finishes: cannot happen without aborts here
@@ -236,15 +238,57 @@ class Replica:
         self.next_event_s = run.end(last)
         return True
 
-    def _pool_limit(self, reqs: list[SimRequest], base: list[int], last: int) -> int:
-        """The last step whose allocations fit in the free blocks (step 1's are made already)."""
+    def _direct_run(self, now: float) -> bool:
+        """Start a run without asking the scheduler, when its answer is known: nothing waits and every
+        running request decodes, so the step is one token each (the scheduler's allocations for it are
+        replayed by the run, its cache calls have nothing to add: a fleet request's digests are its prompt
+        prefix, cached by its last prefill chunk)."""
+        sched = self.scheduler
+        reqs = sched.running
+        b = len(reqs)
+        if sched.waiting or not b or b > sched.max_num_batched_tokens:
+            return False
+        max_len = sched.max_model_len
+        last = 1 << 62
+        for r in reqs:
+            # one token to compute, and not the last one of a prompt (that would be a prefill step)
+            if r.num_tokens - r.num_computed_tokens != 1 or r.num_computed_tokens < r.num_prompt_tokens:
+                return False
+            last = min(last, max(1, min(r.max_tokens - r.num_output_tokens, max_len - r.num_tokens)))
+        if last < 2:
+            return False
+        base = [r.num_computed_tokens for r in reqs]
+        last = self._pool_limit(reqs, base, last, start=1)
+        if last < 2:
+            return False
+        context0 = sum(base) + b
+        perf = self.core.perf
+        t1 = perf.step_time_s(
+            prefill_tokens=0, prefill_attention_pairs=0, decode_seqs=b, decode_context_tokens=context0
+        )
+        t2 = perf.step_time_s(
+            prefill_tokens=0, prefill_attention_pairs=0, decode_seqs=b, decode_context_tokens=context0 + b
+        )
+        run = _Run(list(reqs), base, now, t1, t2 - t1, context0, last, allocated=0)
+        bs = self.block_size
+        for j, c in enumerate(base):
+            run.by_residue.setdefault((1 - c) % bs, []).append(j)
+        self._allocate(run, 1)  # step 1 has started: its blocks are taken now, as schedule() would
+        self._run = run
+        self.num_runs += 1
+        self.next_event_s = run.end(last)
+        return True
+
+    def _pool_limit(self, reqs: list[SimRequest], base: list[int], last: int, start: int = 2) -> int:
+        """The last step whose allocations fit in the free blocks, counting from step `start` (the steps
+        before it have their blocks); `start - 1` when even step `start` does not fit."""
         free = self.pool.num_free_blocks
         bs = self.block_size
-        if len(reqs) * ((last - 2) // bs + 1) <= free:
+        if len(reqs) * ((last - start) // bs + 1) <= free:
             return last
         steps: list[int] = []
         for c in base:
-            first = 2 + ((1 - c - 2) % bs)  # first m >= 2 with (c + m - 1) % bs == 0
+            first = start + ((1 - c - start) % bs)  # first m >= start with (c + m - 1) % bs == 0
             steps.extend(range(first, last + 1, bs))
         if len(steps) <= free:
             return last
@@ -300,6 +344,8 @@ class Replica:
                         append(reqs[j].table)
         cache = self.scheduler.cache_blocks
         for j, r in enumerate(reqs):
-            if r.status is Status.RUNNING:
+            # only blocks with a digest are cached; a fleet request's are its shared prefix, cached when it
+            # was admitted, so decode steps rarely have any to add
+            if r.table.num_cached < len(r.hasher.digests) and r.status is Status.RUNNING:
                 cache(r, base[j] + upto)
         run.allocated = upto

@@ -81,9 +81,7 @@ def _parse_json_line(line: str, where: str) -> TraceRequest:
     prefix = row.get("prefix_tokens", input_tokens // 2)
     prefix_tokens = _int_field({"prefix_tokens": prefix}, "prefix_tokens", where, 0)
     if prefix_tokens > input_tokens:
-        raise ConfigError(
-            f"{where}: {prefix_tokens} > input_tokens {input_tokens}", field="prefix_tokens"
-        )
+        raise ConfigError(f"{where}: {prefix_tokens} > input_tokens {input_tokens}", field="prefix_tokens")
     return TraceRequest(float(arrival), input_tokens, output_tokens, group, prefix_tokens)
 
 

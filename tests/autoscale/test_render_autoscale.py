@@ -4,12 +4,14 @@ schemas (KEDA and Karpenter CRDs, Kubernetes) the other renders are checked with
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from eksinfer.autoscale.recommendation import (
     RECOMMENDATION_SCHEMA,
@@ -128,3 +130,25 @@ def test_render_cli_refuses_a_bad_recommendation(
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ")
     assert words in lines[0]
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (scripts/ensure-promtool.sh)"
+)
+def test_every_rendered_trigger_query_is_valid_promql(tmp_path: Path, plan_70b: Plan) -> None:
+    triggers = [
+        RecommendedTrigger(name="forecast", threshold=0.8, lead_s=358),
+        RecommendedTrigger(name="queue", threshold=2),
+        RecommendedTrigger(name="ttft", threshold=2),
+    ]
+    objs = _objects(plan_70b, _rec(plan_70b, triggers))
+    queries = [t["metadata"]["query"] for t in _kind(objs, "ScaledObject")["spec"]["triggers"]]
+    rules = [{"record": f"check:trigger{i}", "expr": q} for i, q in enumerate(queries)]
+    path = tmp_path / "triggers.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "triggers", "rules": rules}]}))
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -368,7 +368,7 @@ class Scheduler:
             return  # aborted meanwhile
         self.loading.remove(req)
         if ok:
-            self._cache(req, req.num_computed_tokens)
+            self.cache_blocks(req, req.num_computed_tokens)
         else:
             local = req.num_computed_tokens - req.num_external_tokens
             req.num_computed_tokens = req.num_cached_tokens = local

@@ -234,6 +234,8 @@ class Scheduler:
     def cache_blocks(self, req: SimRequest, num_tokens: int) -> None:
         """Cache the request's blocks that are full within its first `num_tokens` tokens (vLLM caches a block
         as soon as its tokens are scheduled); the fleet simulation replays this for runs of decode steps."""
+        if req.table.num_cached >= len(req.hasher.digests):
+            return  # every hashed block is cached already (most decode steps)
         self.pool.cache_full_blocks(
             req.table,
             req.hasher.digests,
@@ -269,6 +271,7 @@ class Scheduler:
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
         running = self.running
+        block_size = self.pool.block_size
         while i < len(running) and budget > 0:
             req = running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
@@ -276,7 +279,11 @@ class Scheduler:
                 i += 1
                 continue
             fits = True
-            while not self.pool.allocate(req.table, req.num_computed_tokens + n, ()):
+            tokens = req.num_computed_tokens + n
+            # the blocks held may cover the step already (a decode step does 15 times in 16 at block size 16)
+            while tokens > len(req.table.blocks) * block_size and not self.pool.allocate(
+                req.table, tokens, ()
+            ):
                 victim = running.pop()
                 self._preempt(victim)
                 plan.preempted.append(victim)

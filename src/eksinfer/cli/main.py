@@ -7,13 +7,13 @@ import sys
 import typer
 
 from eksinfer import __version__
-from eksinfer.cli import bench, doctor, gateway, lint, plan, render, sim, up
+from eksinfer.cli import autoscale, bench, doctor, gateway, lint, plan, render, sim, up
 from eksinfer.errors import EksinferError
 from eksinfer.extras import missing_extra_hint
 
 # Each module's `register(app)` adds its command (help from the command's docstring), in this order in
 # `--help`. The modules import their heavy parts inside the commands, so `eksinfer --help` stays fast.
-SUBCOMMANDS = (plan, sim, bench, gateway, up, render, lint, doctor)
+SUBCOMMANDS = (plan, sim, bench, gateway, up, render, autoscale, lint, doctor)
 
 
 def _version(value: bool) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from eksinfer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eksinfer.autoscale.recommendation import Recommendation
 
 
 def load_plan(path: Path) -> object:
@@ -22,6 +26,28 @@ def load_plan(path: Path) -> object:
         return Plan.model_validate_json(text)
     except ValidationError as err:
         raise config_error(err, source=str(path), default="plan") from None
+
+
+def load_recommendation(path: Path, plan_name: str, mode: str) -> Recommendation:
+    """Reads an `eksinfer autoscale` recommendation for `render --autoscale`; errors name the field."""
+    from pydantic import ValidationError
+
+    from eksinfer import untrusted
+    from eksinfer.autoscale.recommendation import Recommendation
+    from eksinfer.strict import config_error
+
+    text = untrusted.read_text(path, field="--autoscale")
+    try:
+        rec = Recommendation.model_validate_json(text)
+    except ValidationError as err:
+        raise config_error(err, source=str(path), prefix="--autoscale") from None
+    if rec.plan != plan_name:
+        raise ConfigError(
+            f"the recommendation is for plan {rec.plan!r}, not {plan_name!r}", field="--autoscale"
+        )
+    if mode != "aggregated":
+        raise ConfigError("recommendations exist for aggregated plans only", field="--autoscale")
+    return rec
 
 
 def register(app: typer.Typer) -> None:
@@ -87,6 +113,12 @@ def register(app: typer.Typer) -> None:
             "--bedrock-role-arn",
             help="IAM role (IRSA) for the gateway's Bedrock tier; default: an EKS Pod Identity association.",
         ),
+        autoscale_file: Path | None = typer.Option(
+            None,
+            "--autoscale",
+            help="recommendation.json from `eksinfer autoscale`: its triggers, thresholds, behaviour and "
+            "node limit replace the defaults.",
+        ),
     ) -> None:
         """Render EKS manifests (nodes, engines, gateway, autoscaling, monitoring) for a plan."""
         from eksinfer.deploy.context import RenderOptions
@@ -111,6 +143,9 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("must be an image reference like REGISTRY/NAME:TAG", field="--gateway-image")
         plan = load_plan(plan_file)
         assert isinstance(plan, Plan)
+        recommendation = None
+        if autoscale_file is not None:
+            recommendation = load_recommendation(autoscale_file, plan.name, plan.mode)
         defaults = RenderOptions()
         options = RenderOptions(
             engine_image=engine_image or defaults.engine_image,
@@ -129,6 +164,7 @@ def register(app: typer.Typer) -> None:
             capacity_reservations=tuple(capacity_reservation or ()),
             placement_group=placement_group,
             bedrock_role_arn=bedrock_role_arn,
+            autoscale=recommendation,
         )
         written = render_plan(plan, output, options=options)
         for path in written:

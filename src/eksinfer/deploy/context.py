@@ -13,12 +13,15 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from eksinfer import __version__
 from eksinfer.catalog.bedrock import MODEL_ID
 from eksinfer.errors import ConfigError
 from eksinfer.planner.schema import PLAN_SCHEMA_VERSION, Plan, PlanRole
+
+if TYPE_CHECKING:
+    from eksinfer.autoscale.recommendation import Recommendation
 
 Obj = dict[str, Any]
 
@@ -66,6 +69,7 @@ class RenderOptions:
     route_headers: bool = False  # gateway response headers naming engine pods (trusted clients only)
     gateway_replicas: int = 2  # at least 2, spread over nodes and zones
     bedrock_role_arn: str | None = None  # IRSA role for the Bedrock tier; None: EKS Pod Identity (bedrock.py)
+    autoscale: Recommendation | None = None  # `render --autoscale FILE`: what `eksinfer autoscale` chose
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -199,6 +203,11 @@ class Ctx:
 
     def node_startup_s(self) -> int:
         return max(60, math.ceil(self.plan.nodes.node_startup_s))
+
+    def max_nodes(self) -> int:
+        """The node-tier limit: the plan's, or the autoscale recommendation's when rendering with one."""
+        rec = self.opts.autoscale
+        return rec.max_nodes if rec is not None else self.plan.nodes.max_nodes
 
 
 def make_ctx(plan: Plan, opts: RenderOptions | None = None) -> Ctx:

@@ -148,8 +148,9 @@ def nodepool(ctx: Ctx, *, fallback: bool = False) -> Obj:
                     {"nodes": "0", "reasons": ["Underutilized", "Drifted"]},
                 ],
             },
-            # Node-tier autoscaling limit: the plan's max_nodes in GPUs (Karpenter sums node capacity).
-            "limits": {"nvidia.com/gpu": str(ctx.plan.nodes.max_nodes * ctx.plan.instance.gpus)},
+            # Node-tier autoscaling limit: the plan's max_nodes (or the autoscale recommendation's) in GPUs
+            # (Karpenter sums node capacity).
+            "limits": {"nvidia.com/gpu": str(ctx.max_nodes() * ctx.plan.instance.gpus)},
             # Karpenter tries higher weights first: spot (or reserved) before the on-demand fallback.
             "weight": FALLBACK_WEIGHT if fallback else PRIMARY_WEIGHT,
         },
@@ -280,7 +281,7 @@ def eksctl_config(ctx: Ctx) -> Obj:
         "amiFamily": "AmazonLinux2023",  # the EKS-optimised accelerated AMI: NVIDIA driver + toolkit
         "minSize": 0,
         "desiredCapacity": p.nodes.total_nodes,
-        "maxSize": p.nodes.max_nodes,
+        "maxSize": ctx.max_nodes(),
         "spot": inst.capacity_type == "spot",
         "volumeSize": node_disk_gib(ctx),
         "volumeType": "gp3",

@@ -104,10 +104,20 @@ class BlockPool:
         new = -(-num_tokens // self.block_size) - len(table.blocks)
         for _ in range(new):
             _, block = self._free.popitem(last=False)
-            self._evict(block)
+            if block.digest is not None:
+                self._evict(block)
             block.ref_cnt = 1
             table.blocks.append(block)
         return True
+
+    def append_block(self, table: BlockTable) -> None:
+        """Grow `table` by one block from the free queue, which the caller knows is not empty: the fast path
+        for a decode step that crosses a block boundary (the fleet simulation replays thousands)."""
+        _, block = self._free.popitem(last=False)
+        if block.digest is not None:
+            self._evict(block)
+        block.ref_cnt = 1
+        table.blocks.append(block)
 
     def _evict(self, block: Block) -> None:
         digest = block.digest

@@ -231,7 +231,11 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def _cache(self, req: SimRequest, num_tokens: int) -> None:
+    def cache_blocks(self, req: SimRequest, num_tokens: int) -> None:
+        """Cache the request's blocks that are full within its first `num_tokens` tokens (vLLM caches a block
+        as soon as its tokens are scheduled); the fleet simulation replays this for runs of decode steps."""
+        if req.table.num_cached >= len(req.hasher.digests):
+            return  # every hashed block is cached already (most decode steps)
         self.pool.cache_full_blocks(
             req.table,
             req.hasher.digests,
@@ -267,6 +271,7 @@ class Scheduler:
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
         running = self.running
+        block_size = self.pool.block_size
         while i < len(running) and budget > 0:
             req = running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
@@ -274,7 +279,11 @@ class Scheduler:
                 i += 1
                 continue
             fits = True
-            while not self.pool.allocate(req.table, req.num_computed_tokens + n, ()):
+            tokens = req.num_computed_tokens + n
+            # the blocks held may cover the step already (a decode step does 15 times in 16 at block size 16)
+            while tokens > len(req.table.blocks) * block_size and not self.pool.allocate(
+                req.table, tokens, ()
+            ):
                 victim = running.pop()
                 self._preempt(victim)
                 plan.preempted.append(victim)
@@ -283,7 +292,7 @@ class Scheduler:
                     break
             if not fits:
                 break
-            self._cache(req, req.num_computed_tokens + n)
+            self.cache_blocks(req, req.num_computed_tokens + n)
             plan.scheduled.append((req, n))
             budget -= n
             i += 1
@@ -332,7 +341,7 @@ class Scheduler:
                 req.num_cached_tokens = computed
             req.status = Status.RUNNING
             self.running.append(req)
-            self._cache(req, computed + n)
+            self.cache_blocks(req, computed + n)
             plan.scheduled.append((req, n))
             budget -= n
 
@@ -366,7 +375,7 @@ class Scheduler:
             return  # aborted meanwhile
         self.loading.remove(req)
         if ok:
-            self._cache(req, req.num_computed_tokens)
+            self.cache_blocks(req, req.num_computed_tokens)
         else:
             local = req.num_computed_tokens - req.num_external_tokens
             req.num_computed_tokens = req.num_cached_tokens = local

@@ -61,6 +61,7 @@ class NixlFakeEngine:
         app.add_routes(
             [
                 web.get("/v1/models", self._models),
+                web.get("/health", self._health),
                 web.get("/metrics", self._metrics),
                 web.post("/v1/completions", self._generate),
                 web.post("/v1/chat/completions", self._generate),
@@ -82,6 +83,9 @@ class NixlFakeEngine:
     async def _models(self, request: web.Request) -> web.Response:
         card = {"id": self.model, "object": "model", "owned_by": "vllm", "max_model_len": 32768}
         return web.json_response({"object": "list", "data": [card]})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         text = (

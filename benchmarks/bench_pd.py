@@ -1,12 +1,12 @@
-"""`make bench ARGS=pd`: aggregated vs prefill/decode disaggregated serving on the same simulated GPUs, side by
-side in one run, next to what the planner's performance model predicts.
+"""`make bench ARGS=pd`: aggregated vs prefill/decode disaggregated serving on the same simulated GPUs, side
+by side in one run, next to what the planner's performance model predicts.
 
 Setup: 4 simulated engines (`eksinfer sim`, llama-3.1-8b on H100, TP 1, all with vLLM's NixlConnector
 `{"kv_connector":"NixlConnector","kv_role":"kv_both"}`, KV moving over NVLink: one 8-GPU node) in one process,
 fresh per system under test. Systems:
   agg 4        `eksinfer gateway`, kv-aware, every engine prefills and decodes
   P/D 1P+3D    `eksinfer gateway` with a `disaggregation:` profile: 1 prefill engine, 3 decode engines
-  P/D 2P+2D    the same with 2 + 2
+  P/D 2P+2D    the same with 2 + 2 (and 3 + 1 without --quick: this mix's prefill work outweighs its decode)
   vllm-router  PyPI `vllm-router --vllm-pd-disaggregation --prefill URL --decode URL --kv-connector nixl`
                (1P+3D and 2P+2D), when it installs and runs against the simulator (else the reason)
 Workload: closed loop at each concurrency, a seeded mix of long prompts (LONG_TOKENS, a document to read)
@@ -194,7 +194,8 @@ def start_sim(base: int, scale: float, nixl: bool) -> subprocess.Popen[bytes]:
         "from eksinfer.sim.config import SimOptions\n"
         "from eksinfer.sim.run import serve\n"
         f"{pd}"
-        f"opts = SimOptions(model={SIM_MODEL!r}, gpu={SIM_GPU!r}, port={base}, served_model_name=({MODEL!r},),"
+        f"opts = SimOptions(model={SIM_MODEL!r}, gpu={SIM_GPU!r}, port={base},"
+        f" served_model_name=({MODEL!r},),"
         f" time_scale={scale}, seed=1, natural_output_tokens=0, **extra)\n"
         f"serve(opts, {ENGINES}, log_level='warning')\n"
     )
@@ -360,6 +361,8 @@ async def run(args: argparse.Namespace) -> None:
     systems = [System("eksinfer agg 4", 0, "eksinfer")]
     if why is None:
         systems += [System("eksinfer P/D 1P+3D", 1, "eksinfer"), System("eksinfer P/D 2P+2D", 2, "eksinfer")]
+        if not args.quick:  # this mix is prefill-heavy: the split it needs has more prefill engines
+            systems.append(System("eksinfer P/D 3P+1D", 3, "eksinfer"))
         if not args.no_vllm_router:
             if not args.quick:
                 systems.append(System("vllm-router P/D 1P+3D", 1, "vllm-router"))
@@ -367,8 +370,8 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"\n-- {ENGINES} simulated {SIM_GPU} engines ({SIM_MODEL}, TP 1) per system; closed loop; "
         f"{args.long_fraction:.0%} prompts of {LONG_TOKENS} tokens, the rest {SHORT_TOKENS}; {OUTPUT_TOKENS} "
-        f"output tokens; time scale {args.time_scale}; times in simulated seconds; SLO TTFT < {TTFT_SLO_S:g} s, "
-        f"TPOT < {TPOT_SLO_S * 1000:g} ms --",
+        f"output tokens; time scale {args.time_scale}; times in simulated seconds; "
+        f"SLO TTFT < {TTFT_SLO_S:g} s, TPOT < {TPOT_SLO_S * 1000:g} ms --",
         flush=True,
     )
     if why is not None:
@@ -394,13 +397,18 @@ def report(
     for sys_ in systems:
         for level, r in measured.get(sys_.name, {}).items():
             p = predict(sys_.prefill, level, args.long_fraction)
+            ttft = (
+                f"{r.pct('ttft_s', 0.5) * 1e3:8.0f} {r.pct('ttft_s', 0.99) * 1e3:8.0f} {p.ttft_s * 1e3:7.0f}"
+            )
+            tpot = (
+                f"{r.pct('tpot_s', 0.5) * 1e3:8.1f} {r.pct('tpot_s', 0.99) * 1e3:8.1f} {p.tpot_s * 1e3:6.1f}"
+            )
             print(
-                f"{sys_.name:<22} {level:>3} | {r.pct('ttft_s', 0.5) * 1e3:8.0f} {r.pct('ttft_s', 0.99) * 1e3:8.0f} "
-                f"{p.ttft_s * 1e3:7.0f} | {r.pct('tpot_s', 0.5) * 1e3:8.1f} {r.pct('tpot_s', 0.99) * 1e3:8.1f} "
-                f"{p.tpot_s * 1e3:6.1f} | {r.tokens_per_s:6.0f} {p.tokens_per_s:6.0f} | {r.goodput:7.2f}"
+                f"{sys_.name:<22} {level:>3} | {ttft} | {tpot} | {r.tokens_per_s:6.0f} {p.tokens_per_s:6.0f} | "
+                f"{r.goodput:7.2f}"
             )
     agg = measured.get("eksinfer agg 4", {})
-    for name in ("eksinfer P/D 1P+3D", "eksinfer P/D 2P+2D"):
+    for name in ("eksinfer P/D 1P+3D", "eksinfer P/D 2P+2D", "eksinfer P/D 3P+1D"):
         pd = measured.get(name)
         if not pd or not agg:
             continue

@@ -404,8 +404,8 @@ def report(
                 f"{r.pct('tpot_s', 0.5) * 1e3:8.1f} {r.pct('tpot_s', 0.99) * 1e3:8.1f} {p.tpot_s * 1e3:6.1f}"
             )
             print(
-                f"{sys_.name:<22} {level:>3} | {ttft} | {tpot} | {r.tokens_per_s:6.0f} {p.tokens_per_s:6.0f} | "
-                f"{r.goodput:7.2f}"
+                f"{sys_.name:<22} {level:>3} | {ttft} | {tpot} | "
+                f"{r.tokens_per_s:6.0f} {p.tokens_per_s:6.0f} | {r.goodput:7.2f}"
             )
     agg = measured.get("eksinfer agg 4", {})
     for name in ("eksinfer P/D 1P+3D", "eksinfer P/D 2P+2D", "eksinfer P/D 3P+1D"):

@@ -94,34 +94,50 @@ async def stack() -> AsyncIterator[Stack]:
     await cluster.stop()
 
 
-async def test_long_prompt_prefills_remotely_and_streams_through_openai_sdk(stack: Stack) -> None:
-    messages = [{"role": "system", "content": DOCUMENT}, {"role": "user", "content": "Who pays?"}]
-    for turn in range(2):
-        raw = await stack.client.chat.completions.with_raw_response.create(
-            model="tiny",
-            messages=messages,  # type: ignore[arg-type]
-            max_tokens=8,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        assert "pd=remote" in raw.headers["x-eksinfer-route"]
-        tokens, usage = 0, None
-        async with asyncio.timeout(DEADLINE_S):
-            async for chunk in raw.parse():
-                if chunk.choices and chunk.choices[0].delta.content:
-                    tokens += 1
-                if chunk.usage is not None:
-                    usage = chunk.usage
-        assert usage is not None
-        assert usage.completion_tokens == 8
-        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
-        # what the prefiller had cached: nothing the first time, the whole-block prefix the second
-        assert (cached == 0) if turn == 0 else (0 < cached < usage.prompt_tokens)
+async def _chat(stack: Stack, messages: list[dict[str, str]]) -> tuple[str, int, int]:
+    """(route explanation, completion tokens, cached tokens) of one streamed chat through the openai SDK."""
+    raw = await stack.client.chat.completions.with_raw_response.create(
+        model="tiny",
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    tokens, usage = 0, None
+    async with asyncio.timeout(DEADLINE_S):
+        async for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].delta.content:
+                tokens += 1
+            if chunk.usage is not None:
+                usage = chunk.usage
+    assert usage is not None
+    assert usage.completion_tokens == 8
+    cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    return raw.headers["x-eksinfer-route"], tokens, cached or 0
+
+
+async def test_long_prompts_prefill_remotely_and_stream_through_openai_sdk(stack: Stack) -> None:
+    first = [{"role": "system", "content": DOCUMENT}, {"role": "user", "content": "Who pays?"}]
+    route, tokens, cached = await _chat(stack, first)
+    assert "pd=remote" in route
+    assert tokens == 8
+    assert cached == 0  # the prefiller had nothing cached
     prefill = await _sums(stack.prefill_url, "vllm:prompt_tokens_by_source_total")
     decode = await _sums(stack.decode_url, "vllm:prompt_tokens_by_source_total")
     assert prefill["local_compute"] > 0  # the prompt was computed on the prefill engine ...
     assert decode["external_kv_transfer"] > 0  # ... and pulled by the decode engine
     assert decode["local_compute"] < prefill["local_compute"]
+
+    # The decode engine now holds the document's blocks: the same prompt again is prefilled where it decodes.
+    route, _, cached = await _chat(stack, first)
+    assert "pd=local" in route
+    assert cached > 0
+
+    # A long new question after the same document: remote again, and the prefiller had the document cached.
+    question = " ".join(f"and what happens in case {i} when the tenant is late?" for i in range(40))
+    route, _, cached = await _chat(stack, [first[0], {"role": "user", "content": question}])
+    assert "pd=remote" in route
+    assert cached > 0
     await until(
         lambda: all(s.inflight_requests == 0 for s in stack.runtime.registry.all()), what="in flight released"
     )

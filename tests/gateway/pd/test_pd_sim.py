@@ -21,7 +21,7 @@ from tests.waiting import DEADLINE_S, until
 HAS_NIXL = "kv_transfer" in getattr(SimOptions, "__dataclass_fields__", {})
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(not HAS_NIXL, reason="the simulator has no NixlConnector yet (SimOptions.kv_transfer)"),
+    pytest.mark.skipif(not HAS_NIXL, reason="this simulator has no NixlConnector (SimOptions.kv_transfer)"),
 ]
 NIXL = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
 DOCUMENT = " ".join(f"clause {i} of the contract says the tenant pays on time." for i in range(60))

@@ -3,7 +3,8 @@
 
 Forwarding rules:
 - the raw request body goes to the engine unchanged (no re-serialisation); `_request_bytes` is the one place
-  that decides what is sent to the chosen endpoint (a continuation, a P/D rewrite change it there);
+  that decides what is sent to the chosen endpoint (a continuation changes it there), and `_post` hands it
+  to the P/D hook, which may run the prefill hop and send the decode body instead (gateway/pd/);
 - the answer is copied chunk by chunk, so an SSE stream reaches the client token by token;
 - the engine is called through `upstream.UpstreamPool` (keep-alive connections, httptools parser);
 - timeouts: connect, first bytes from the engine (per attempt), and silence between two chunks;

@@ -11,6 +11,8 @@
     models:      per model: the cascade of pools, stream continuation, the TTFT SLO used for shedding
     resilience:  retries, retry budget, outlier ejection, circuit breakers, health checks, slow start
     observability: access log, traces, status page (`eksinfer.gateway.observe.ObservabilityConfig`)
+    disaggregation: per model, a P/D profile (`eksinfer.gateway.pd.config.PdProfile`): which pools prefill
+                 and decode it, and from how many uncached prompt tokens the prefill runs remotely
 
 Pydantic models at the edge only (STYLE.md 10); the runtime reads plain attributes from them.
 """
@@ -28,6 +30,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from eksinfer import untrusted
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.observe import ObservabilityConfig
+from eksinfer.gateway.pd.config import PdProfile
 from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.scheduling.config import RoutingConfig, load_routing_config
 from eksinfer.gateway.scheduling.presets import PRESET_NAMES
@@ -316,6 +319,30 @@ class GatewayConfig(StrictModel):
         default_factory=ObservabilityConfig,
         description="Access log, OpenTelemetry traces and the status page (eksinfer.gateway.observe).",
     )
+
+    disaggregation: dict[str, PdProfile] = Field(
+        default_factory=dict,
+        description="Per model, prefill/decode disaggregation: the model is decoded on decode_pool and, when "
+        "enough of its prompt is uncached there, prefilled on prefill_pool first (NIXL KV transfer).",
+    )
+
+    @model_validator(mode="after")
+    def _pd_pools_exist(self) -> GatewayConfig:
+        eps = self.endpoints
+        if not eps.static and not eps.kubernetes:
+            return self  # endpoints may come from the command line
+        pools = {e.pool for e in eps.static} | {k.pool for k in eps.kubernetes}
+        for model, profile in self.disaggregation.items():
+            for name in ("prefill_pool", "decode_pool"):
+                pool = getattr(profile, name)
+                if pool not in pools:
+                    known = ", ".join(sorted(pools))
+                    # ConfigError passes through pydantic as is, with the field it names
+                    raise ConfigError(
+                        f"no endpoint is in pool {pool!r} (pools: {known})",
+                        field=f"disaggregation.{model}.{name}",
+                    )
+        return self
 
 
 def parse_config(data: object) -> GatewayConfig:

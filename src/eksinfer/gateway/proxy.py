@@ -3,7 +3,8 @@
 
 Forwarding rules:
 - the raw request body goes to the engine unchanged (no re-serialisation); `_request_bytes` is the one place
-  that decides what is sent to the chosen endpoint (a continuation, a P/D rewrite change it there);
+  that decides what is sent to the chosen endpoint (a continuation changes it there), and `_post` hands it
+  to the P/D hook, which may run the prefill hop and send the decode body instead (gateway/pd/);
 - the answer is copied chunk by chunk, so an SSE stream reaches the client token by token;
 - the engine is called through `upstream.UpstreamPool` (keep-alive connections, httptools parser);
 - timeouts: connect, first bytes from the engine (per attempt), and silence between two chunks;
@@ -94,6 +95,28 @@ class RouterLike(Protocol):
     def on_finish(self, decision: Decision, ok: bool) -> None: ...
 
 
+class SendLike(Protocol):
+    """What a P/D hook returns: the bytes for the chosen endpoint, how to read its answer, one explanation."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def explain(self) -> str: ...
+
+    def wrap(self, upstream: UpstreamResponse) -> UpstreamResponse: ...
+
+
+class PdHook(Protocol):
+    """What the proxy needs from `eksinfer.gateway.pd.coordinator.PdCoordinator` (docs/gateway.md, P/D)."""
+
+    def decode_candidates(self, model: str, candidates: Sequence[EndpointState]) -> list[EndpointState]: ...
+
+    async def prepare(
+        self, path: str, raw: bytes, decision: Decision, model: str, headers: Mapping[str, str]
+    ) -> SendLike | None: ...
+
+
 @dataclass(slots=True)
 class _Flight:
     """One attempt on one endpoint: what to release when it ends."""
@@ -105,6 +128,7 @@ class _Flight:
     done: bool = False
     ok: bool = False
     wrote: bool = False  # this attempt sent bytes to the client
+    note: str = ""  # the P/D hook's explanation of the prefill hop, appended to the route header
     watched: Watched | None = None  # what the stall watchdog sees of this attempt
 
 
@@ -168,6 +192,7 @@ class Proxy:
         resilience: Resilience | None = None,
         *,
         observer: RequestObserver | None = None,
+        pd: PdHook | None = None,
     ) -> None:
         self._config = config
         self._observe = observer if observer is not None else RequestObserver.off()
@@ -177,6 +202,7 @@ class Proxy:
         self._upstream = upstream
         self._keys = keys
         self._preset = preset
+        self._pd = pd
         self._res = resilience or Resilience(ResilienceConfig(), Cascade({}, {}))
         self._retries = self._res.config.retries
         self._managed_models = self._res.managed_models()
@@ -339,6 +365,8 @@ class Proxy:
             while in_tier < self._retries.attempts_per_pool and call.attempts < self._retries.max_attempts:
                 exclude = _excluding(call.tried) if call.tried else None
                 found = self._registry.candidates(call.model, exclude, pool=tier.pool)
+                if self._pd is not None:  # a P/D model decodes on its decode pool only
+                    found = self._pd.decode_candidates(call.model, found)
                 candidates = res.detector.eligible(found) if found else found
                 suspects = res.stalls.suspects
                 if suspects and len(candidates) > 1:
@@ -525,12 +553,12 @@ class Proxy:
         self._observe.upstream_headers(headers)
         return headers
 
-    def _headers(self, pool: str, decision: Decision | None) -> dict[str, str]:
+    def _headers(self, pool: str, decision: Decision | None, note: str = "") -> dict[str, str]:
         headers = {POOL_HEADER: pool}
         if self._route_headers and decision is not None:
             headers["x-eksinfer-endpoint"] = decision.endpoint.id
             if self._debug_header:
-                headers[self._debug_header] = decision.explain()
+                headers[self._debug_header] = decision.explain() + (f"; {note}" if note else "")
         return headers
 
     async def _request_bytes(self, call: _Call, decision: Decision) -> bytes:
@@ -561,9 +589,7 @@ class Proxy:
                     flight.watched = Watched(ep.id, asyncio.get_running_loop().time(), deadline=deadline)
                     stalls.add(flight.watched)
                 try:
-                    upstream = await self._upstream.post(
-                        ep.url, call.api.path, data, self._upstream_headers(call.request)
-                    )
+                    upstream = await self._post(call, flight, data)
                 except UpstreamConnectError as err:
                     ep.healthy = False
                     self._registry.health_changed(ep, False)
@@ -626,6 +652,21 @@ class Proxy:
         assert call.response is not None
         return call.response
 
+    async def _post(self, call: _Call, flight: _Flight, data: bytes) -> UpstreamResponse:
+        """Posts `data` to the chosen endpoint; for a model with a P/D profile the hook may first run the
+        prefill hop and give the decode body (kv_transfer_params) instead. A continuation is never split."""
+        ep = flight.decision.endpoint
+        headers = self._upstream_headers(call.request)
+        send = None
+        if self._pd is not None and not call.committed:
+            send = await self._pd.prepare(
+                call.api.path, data, flight.decision, call.model, call.request.headers
+            )
+        if send is None:
+            return await self._upstream.post(ep.url, call.api.path, data, headers)
+        flight.note = send.explain
+        return send.wrap(await self._upstream.post(ep.url, call.api.path, send.body, headers))
+
     async def _relay(
         self,
         call: _Call,
@@ -662,7 +703,7 @@ class Proxy:
             generated = completion_tokens(body) or 0
             self._metrics.observe_generated(call.model, generated)
             self._observe.generated(generated)
-            headers = {"Content-Type": content_type, **self._headers(ep.pool, flight.decision)}
+            headers = {"Content-Type": content_type, **self._headers(ep.pool, flight.decision, flight.note)}
             call.response = web.Response(status=upstream.status, body=body, headers=headers)
             return
         continuing = call.committed
@@ -672,7 +713,7 @@ class Proxy:
             cut: ContinuationFilter | None = ContinuationFilter()
         else:
             response = web.StreamResponse(
-                status=upstream.status, headers=self._headers(ep.pool, flight.decision)
+                status=upstream.status, headers=self._headers(ep.pool, flight.decision, flight.note)
             )
             response.content_type = content_type.split(";")[0]
             call.response = response

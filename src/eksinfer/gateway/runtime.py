@@ -154,6 +154,13 @@ class GatewayRuntime:
         server = self.config.server
         # Bodies are relayed byte for byte: the engine is not offered compression (no Accept-Encoding).
         self._upstream = UpstreamPool(server.connect_timeout_s, server.engine_keepalive_s)
+        pd = None
+        if self.config.disaggregation:
+            from eksinfer.gateway.pd.coordinator import PdCoordinator
+
+            pd = PdCoordinator(
+                self.config.disaggregation, self.registry, self.router, self._upstream, self.metrics.registry
+            )
         self.proxy = Proxy(
             server,
             self.registry,
@@ -164,6 +171,7 @@ class GatewayRuntime:
             self.preset,
             self.resilience,
             observer=self.observer,
+            pd=pd,
         )
         app = web.Application(client_max_size=server.max_body_bytes)
         app.add_routes(self.proxy.routes())

@@ -1,0 +1,454 @@
+"""`make bench ARGS=pd`: aggregated vs prefill/decode disaggregated serving on the same simulated GPUs, side
+by side in one run, next to what the planner's performance model predicts.
+
+Setup: 4 simulated engines (`eksinfer sim`, llama-3.1-8b on H100, TP 1, all with vLLM's NixlConnector
+`{"kv_connector":"NixlConnector","kv_role":"kv_both"}`, KV moving over NVLink: one 8-GPU node) in one process,
+fresh per system under test. Systems:
+  agg 4        `eksinfer gateway`, kv-aware, every engine prefills and decodes
+  P/D 1P+3D    `eksinfer gateway` with a `disaggregation:` profile: 1 prefill engine, 3 decode engines
+  P/D 2P+2D    the same with 2 + 2 (and 3 + 1 without --quick: this mix's prefill work outweighs its decode)
+  vllm-router  PyPI `vllm-router --vllm-pd-disaggregation --prefill URL --decode URL --kv-connector nixl`
+               (1P+3D and 2P+2D), when it installs and runs against the simulator (else the reason)
+Workload: closed loop at each concurrency, a seeded mix of long prompts (LONG_TOKENS, a document to read)
+and short chats (SHORT_TOKENS), every prompt distinct (no prefix reuse: P/D's case is prefill interference,
+not caching), OUTPUT_TOKENS each (ignore_eos), streamed; requests per level = max(MIN_REQUESTS, 3 x c).
+Reported per system and concurrency, in simulated seconds (wall time / time scale): TTFT P50/P99, TPOT
+P50/P99 (per request: (last token - first token) / (tokens - 1)), output tokens/s, and goodput: requests/s
+meeting TTFT < 2 s and TPOT < the plan's target (50 ms, the conversational preset), and in () at a tight 20 ms
+(where an 8B model's prefill interference shows), next to the planner's predicted TTFT / TPOT / tokens/s for
+the same configuration (`eksinfer.perf.serving` combined as `planner/evaluate.py` does: the mean prompt,
+every prompt prefilled remotely). P/D "pays" at a concurrency where its goodput beats the aggregated row's by
+more than 10% (run-to-run noise of these short runs is a few percent); the planner's choice "agrees" when
+the configuration it predicts best measures within 10% of the best.
+
+Options: --quick (two concurrency levels, no vllm-router 1P+3D), --concurrency=8,32,64, --time-scale=T,
+--no-vllm-router, --long-fraction=F (the `=` form: `make bench ARGS="pd --concurrency=4,16"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from benchmarks.gateway_e2e import free_port_block, spawn, stderr_tail, stop_proc, vllm_router_exe, wait_http
+from eksinfer.bench.prompts import random_text
+
+MODEL = "m"
+HOST = "127.0.0.1"
+ENGINES = 4
+SIM_MODEL, SIM_GPU = "llama-3.1-8b", "H100"
+LONG_TOKENS = 8192
+SHORT_TOKENS = 128
+OUTPUT_TOKENS = 64
+MIN_REQUESTS = 24
+TTFT_SLO_S = 2.0
+TPOT_SLO_S = 0.05  # the plan's conversational TPOT target (planner/request.py Slo)
+TIGHT_TPOT_S = 0.02  # a tighter target (interactive use on a small model), where prefill interference counts
+AGREE_WITHIN = 0.10  # the planner's pick "agrees" when its measured goodput is within 10% of the best
+MIN_UNCACHED_TOKENS = 256  # short chats (~140 tokens with the template) prefill where they decode
+NIXL = '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="bench_pd")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--concurrency", default=None, help="comma-separated levels (default 4,16,48)")
+    ap.add_argument("--time-scale", type=float, default=2.0, help="wall seconds per simulated second")
+    ap.add_argument("--long-fraction", type=float, default=0.3)
+    ap.add_argument("--no-vllm-router", action="store_true")
+    args = ap.parse_args(argv)
+    default = "8,32" if args.quick else "4,16,48"
+    args.levels = [int(x) for x in (args.concurrency or default).split(",")]
+    return args
+
+
+# --- workload ------------------------------------------------------------------------------------------
+def workload(n: int, long_fraction: float, seed: int) -> list[dict[str, Any]]:
+    """n chat requests: long documents and short chats in a seeded order, every prompt distinct."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        long = rng.random() < long_fraction
+        text = random_text(rng, LONG_TOKENS if long else SHORT_TOKENS)
+        out.append(
+            {
+                "_long": long,
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"[{seed}-{i}] {text}"}],
+                "max_tokens": OUTPUT_TOKENS,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+    return out
+
+
+@dataclass
+class Sample:
+    long: bool
+    ttft_s: float
+    tpot_s: float
+    tokens: int
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    samples: list[Sample] = field(default_factory=list)
+    errors: int = 0
+    duration_s: float = 0.0
+
+    def pct(self, attr: str, q: float, only_long: bool | None = None) -> float:
+        values = sorted(getattr(s, attr) for s in self.samples if only_long is None or s.long == only_long)
+        return values[min(len(values) - 1, int(q * len(values)))] if values else math.nan
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(s.tokens for s in self.samples) / self.duration_s if self.duration_s else 0.0
+
+    def goodput(self, tpot_slo_s: float = TPOT_SLO_S) -> float:
+        """Requests per simulated second that met TTFT < 2 s and TPOT < `tpot_slo_s`."""
+        good = sum(1 for s in self.samples if s.ttft_s < TTFT_SLO_S and s.tpot_s < tpot_slo_s)
+        return good / self.duration_s if self.duration_s else 0.0
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any], scale: float) -> Sample | None:
+    payload = {k: v for k, v in body.items() if not k.startswith("_")}
+    started = time.perf_counter()
+    first = last = None
+    tokens = 0
+    async with session.post(f"{url}/v1/chat/completions", json=payload) as r:
+        if r.status != 200:
+            await r.read()
+            return None
+        async for raw in r.content:
+            line = raw.strip()
+            if not line.startswith(b"data:") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            choices = chunk.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                now = time.perf_counter()
+                first = first if first is not None else now
+                last = now
+                tokens += 1
+    if first is None or last is None:
+        return None
+    tpot = (last - first) / (tokens - 1) if tokens > 1 else 0.0
+    return Sample(body["_long"], (first - started) / scale, tpot / scale, tokens)
+
+
+async def closed_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, scale: float) -> LevelResult:
+    result = LevelResult(concurrency)
+    queue = list(reversed(bodies))
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+        async def worker() -> None:
+            while queue:
+                body = queue.pop()
+                try:
+                    sample = await _one(session, url, body, scale)
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    sample = None
+                if sample is None:
+                    result.errors += 1
+                else:
+                    result.samples.append(sample)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.duration_s = (time.perf_counter() - started) / scale
+    return result
+
+
+# --- systems under test --------------------------------------------------------------------------------
+def sim_supports_nixl() -> str | None:
+    """None when the simulator has the NixlConnector, else why not."""
+    from eksinfer.sim.config import SimOptions
+
+    if "kv_transfer" not in getattr(SimOptions, "__dataclass_fields__", {}):
+        return "this simulator has no NixlConnector (SimOptions.kv_transfer)"
+    return None
+
+
+def start_sim(base: int, scale: float, nixl: bool) -> subprocess.Popen[bytes]:
+    pd = (
+        "from eksinfer.sim.pd.config import KvTransferConfig\n"
+        f"extra = dict(kv_transfer=KvTransferConfig.from_json({NIXL!r}), kv_link='nvlink',"
+        " nixl_side_channel_port=0)\n"
+        if nixl
+        else "extra = {}\n"
+    )
+    code = (
+        "from eksinfer.sim.config import SimOptions\n"
+        "from eksinfer.sim.run import serve\n"
+        f"{pd}"
+        f"opts = SimOptions(model={SIM_MODEL!r}, gpu={SIM_GPU!r}, port={base},"
+        f" served_model_name=({MODEL!r},),"
+        f" time_scale={scale}, seed=1, natural_output_tokens=0, **extra)\n"
+        f"serve(opts, {ENGINES}, log_level='warning')\n"
+    )
+    return spawn([sys.executable, "-c", code])
+
+
+def gateway_config(urls: list[str], prefill: int, port: int, scale: float) -> dict[str, Any]:
+    pools = ["prefill" if i < prefill else "decode" for i in range(len(urls))] if prefill else None
+    static = [
+        {"url": u, "models": [MODEL], **({"pool": pools[i]} if pools else {})} for i, u in enumerate(urls)
+    ]
+    config: dict[str, Any] = {
+        "server": {"host": HOST, "port": port, "first_token_timeout_s": 600.0},
+        "endpoints": {"static": static},
+        "scrape": {"interval_s": 0.25},
+        "routing": {"preset": "kv-aware", "tokenizer": {"mode": "builtin"}, "debug_header": None},
+    }
+    if prefill:
+        config["disaggregation"] = {
+            MODEL: {
+                "prefill_pool": "prefill",
+                "decode_pool": "decode",
+                "min_uncached_tokens": MIN_UNCACHED_TOKENS,
+                "prefill_timeout_s": 120.0 * max(1.0, scale),
+            }
+        }
+    return config
+
+
+def start_gateway(urls: list[str], prefill: int, scale: float, workdir: Path) -> tuple[Any, str]:
+    port = free_port_block(1)
+    path = workdir / f"gateway-pd{prefill}.yaml"
+    path.write_text(yaml.safe_dump(gateway_config(urls, prefill, port, scale)))
+    exe = str(Path(sys.executable).with_name("eksinfer"))
+    return spawn([exe, "gateway", "--config", str(path), "--log-level", "warning"]), f"http://{HOST}:{port}"
+
+
+def start_vllm_router_pd(exe: str, urls: list[str], prefill: int) -> tuple[Any, str]:
+    port = free_port_block(1)
+    cmd = [exe, "--host", HOST, "--port", str(port), "--vllm-pd-disaggregation", "--kv-connector", "nixl"]
+    for url in urls[:prefill]:
+        cmd += ["--prefill", url]
+    for url in urls[prefill:]:
+        cmd += ["--decode", url]
+    cmd += ["--policy", "cache_aware", "--worker-startup-check-interval", "1"]
+    cmd += ["--prometheus-host", HOST, "--prometheus-port", str(free_port_block(1))]
+    cmd += ["--log-level", os.environ.get("VR_LOG", "warning"), "--disable-retries"]
+    cmd += ["--max-concurrent-requests", "4096", "--request-timeout-secs", "3600"]
+    return spawn(cmd, dict(os.environ, HF_HUB_OFFLINE="1")), f"http://{HOST}:{port}"
+
+
+async def pd_counts(url: str) -> str:
+    """The gateway's P/D decision counts, one short string."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as r:
+        text = await r.text()
+    counts = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "eksinfer_gateway_pd_decisions_total":
+                counts[s.labels["decision"]] = int(s.value)
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+@dataclass
+class System:
+    name: str
+    prefill: int  # prefill engines (0: aggregated)
+    router: str  # "eksinfer" or "vllm-router"
+
+
+async def run_system(sys_: System, args: argparse.Namespace, workdir: Path) -> dict[int, LevelResult] | str:
+    """Fresh engines, the router under test, every concurrency level; a string says why it was skipped."""
+    base = free_port_block(ENGINES)
+    urls = [f"http://{HOST}:{base + i}" for i in range(ENGINES)]
+    sim = start_sim(base, args.time_scale, nixl=args.nixl)
+    proc = None
+    try:
+        await wait_http([f"{u}/health" for u in urls], sim, timeout_s=120)
+        if sys_.router == "eksinfer":
+            proc, url = start_gateway(urls, sys_.prefill, args.time_scale, workdir)
+        else:
+            exe = vllm_router_exe()
+            if exe is None:
+                return "`pip install vllm-router` failed (no network or no wheel for this platform)"
+            proc, url = start_vllm_router_pd(exe, urls, sys_.prefill)
+        try:
+            await wait_http([f"{url}/v1/models" if sys_.router == "eksinfer" else f"{url}/health"], proc, 120)
+        except RuntimeError as err:
+            return f"did not start: {str(err)[:600]}"
+        await asyncio.sleep(1.0)  # scrapers settle
+        results = {}
+        for level in args.levels:
+            n = max(MIN_REQUESTS, 3 * level)
+            res = await closed_loop(url, workload(n, args.long_fraction, seed=level), level, args.time_scale)
+            if not res.samples:
+                tail = stderr_tail(proc)[-400:] or stderr_tail(sim)[-400:]
+                return f"every request failed at c={level} ({res.errors} errors): {tail}"
+            results[level] = res
+            print(f"  {sys_.name:<22} c={level:<3} {_row(res)}", flush=True)
+        if sys_.router == "eksinfer" and sys_.prefill:
+            print(f"  {sys_.name:<22} gateway P/D decisions: {await pd_counts(url)}", flush=True)
+        return results
+    finally:
+        stop_proc(proc)
+        stop_proc(sim)
+
+
+def _row(r: LevelResult) -> str:
+    ms = 1000.0
+    return (
+        f"ttft p50 {r.pct('ttft_s', 0.5) * ms:7.0f} p99 {r.pct('ttft_s', 0.99) * ms:7.0f} ms | "
+        f"tpot p50 {r.pct('tpot_s', 0.5) * ms:6.1f} p99 {r.pct('tpot_s', 0.99) * ms:6.1f} ms | "
+        f"{r.tokens_per_s:7.0f} tok/s | goodput {r.goodput():5.2f} ({r.goodput(TIGHT_TPOT_S):5.2f}) req/s | "
+        f"err {r.errors}"
+    )
+
+
+# --- the planner's prediction ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Predicted:
+    ttft_s: float
+    tpot_s: float
+    tokens_per_s: float
+
+    @property
+    def meets(self) -> bool:
+        return self.ttft_s < TTFT_SLO_S and self.tpot_s < TPOT_SLO_S
+
+
+def predict(prefill: int, concurrency: int, long_fraction: float) -> Predicted:
+    """The performance model the planner uses, for the mean prompt of the mix (what a plan is sized for)."""
+    from eksinfer.catalog import get_gpu, get_model
+    from eksinfer.perf import build_engine_perf
+    from eksinfer.perf.serving import predict_aggregated, predict_decode, predict_prefill
+
+    gpu = get_gpu(SIM_GPU)
+    perf = build_engine_perf(get_model(SIM_MODEL), gpu)
+    isl = round(long_fraction * LONG_TOKENS + (1 - long_fraction) * SHORT_TOKENS)
+    osl = OUTPUT_TOKENS
+    if not prefill:
+        per = math.ceil(concurrency / ENGINES)
+        p = predict_aggregated(perf, input_tokens=isl, output_tokens=osl, concurrency=per)
+        return Predicted(p.ttft_s, p.tpot_s, min(ENGINES, concurrency) * p.output_tokens_per_s)
+    decoders = ENGINES - prefill
+    link_gbytes_s = gpu.nvlink_gbps / 8  # one node: the KV crosses NVLink
+    pf = predict_prefill(perf, input_tokens=isl, kv_transfer_gbps=link_gbytes_s)
+    d = predict_decode(
+        perf, input_tokens=isl, output_tokens=osl, concurrency=math.ceil(concurrency / decoders)
+    )
+    e2e = pf.ttft_s + max(0, osl - 1) * d.tpot_s
+    rate = min(concurrency / e2e, decoders * d.requests_per_s, prefill * pf.requests_per_s)
+    return Predicted(pf.ttft_s, d.tpot_s, rate * osl)
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+async def run(args: argparse.Namespace) -> None:
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="eksinfer-bench-pd-"))
+    why = sim_supports_nixl()
+    args.nixl = why is None
+    systems = [System("eksinfer agg 4", 0, "eksinfer")]
+    if why is None:
+        systems += [System("eksinfer P/D 1P+3D", 1, "eksinfer"), System("eksinfer P/D 2P+2D", 2, "eksinfer")]
+        if not args.quick:  # this mix is prefill-heavy: the split it needs has more prefill engines
+            systems.append(System("eksinfer P/D 3P+1D", 3, "eksinfer"))
+        if not args.no_vllm_router:
+            if not args.quick:
+                systems.append(System("vllm-router P/D 1P+3D", 1, "vllm-router"))
+            systems.append(System("vllm-router P/D 2P+2D", 2, "vllm-router"))
+    print(
+        f"\n-- {ENGINES} simulated {SIM_GPU} engines ({SIM_MODEL}, TP 1) per system; closed loop; "
+        f"{args.long_fraction:.0%} prompts of {LONG_TOKENS} tokens, the rest {SHORT_TOKENS}; {OUTPUT_TOKENS} "
+        f"output tokens; time scale {args.time_scale}; times in simulated seconds; "
+        f"SLO TTFT < {TTFT_SLO_S:g} s, TPOT < {TPOT_SLO_S * 1000:g} ms --",
+        flush=True,
+    )
+    if why is not None:
+        print(f"P/D rows skipped: {why}")
+    measured: dict[str, dict[int, LevelResult]] = {}
+    for sys_ in systems:
+        res = await run_system(sys_, args, workdir)
+        if isinstance(res, str):
+            print(f"  {sys_.name:<22} skipped: {res}", flush=True)
+            continue
+        measured[sys_.name] = res
+    report(systems, measured, args)
+
+
+def report(
+    systems: list[System], measured: dict[str, dict[int, LevelResult]], args: argparse.Namespace
+) -> None:
+    tight = f"{TIGHT_TPOT_S * 1000:g} ms"
+    print(
+        "\n-- measured vs the planner's model (predicted for the mean prompt); "
+        f"goodput at TPOT {tight} in () --"
+    )
+    print(
+        f"{'system':<22} {'c':>3} | {'ttft p50':>8} {'ttft p99':>8} {'pred':>7} | {'tpot p50':>8} "
+        f"{'tpot p99':>8} {'pred':>6} | {'tok/s':>6} {'pred':>6} | {'goodput':>15}"
+    )
+    for sys_ in systems:
+        for level, r in measured.get(sys_.name, {}).items():
+            p = predict(sys_.prefill, level, args.long_fraction)
+            ttft = (
+                f"{r.pct('ttft_s', 0.5) * 1e3:8.0f} {r.pct('ttft_s', 0.99) * 1e3:8.0f} {p.ttft_s * 1e3:7.0f}"
+            )
+            tpot = (
+                f"{r.pct('tpot_s', 0.5) * 1e3:8.1f} {r.pct('tpot_s', 0.99) * 1e3:8.1f} {p.tpot_s * 1e3:6.1f}"
+            )
+            print(
+                f"{sys_.name:<22} {level:>3} | {ttft} | {tpot} | "
+                f"{r.tokens_per_s:6.0f} {p.tokens_per_s:6.0f} | "
+                f"{r.goodput():7.2f} ({r.goodput(TIGHT_TPOT_S):5.2f})"
+            )
+    agg = measured.get("eksinfer agg 4", {})
+    for slo, label in ((TPOT_SLO_S, "plan's TPOT target"), (TIGHT_TPOT_S, f"TPOT {tight}")):
+        for name, pd in measured.items():
+            if name == "eksinfer agg 4" or not agg:
+                continue
+            ratios = [
+                (c, pd[c].goodput(slo) / agg[c].goodput(slo)) for c in args.levels if c in pd and c in agg
+            ]
+            ratios = [(c, x) for c, x in ratios if math.isfinite(x)]
+            text = " ".join(f"c={c}: x{x:.2f}" for c, x in ratios)
+            wins = [c for c, x in ratios if x > 1 + AGREE_WITHIN]
+            verdict = f"P/D pays at c={','.join(map(str, wins))}" if wins else "P/D does not pay here"
+            print(f"goodput {name} / agg 4 ({label}): {text}  -> {verdict}")
+    print("planner's choice (best predicted throughput, SLO met) vs measured best goodput, per concurrency:")
+    for level in args.levels:
+        pred = {
+            s.name: predict(s.prefill, level, args.long_fraction) for s in systems if s.router == "eksinfer"
+        }
+        ok = {k: v for k, v in pred.items() if v.meets}
+        chosen = max(ok, key=lambda k: ok[k].tokens_per_s) if ok else "none meets the SLO"
+        meas = {k: v[level].goodput() for k, v in measured.items() if level in v and k in pred}
+        if not meas:
+            continue
+        best = max(meas, key=lambda k: meas[k])
+        close = chosen in meas and meas[chosen] >= (1 - AGREE_WITHIN) * meas[best]
+        verdict = "agree" if close else "DISAGREE"
+        print(f"  c={level:<3} planner: {chosen:<22} measured: {best:<22} {verdict}")
+
+
+def main(argv: list[str]) -> None:
+    asyncio.run(run(parse(argv)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -121,6 +121,21 @@ def test_gateway_accepts_the_cascade_config() -> None:
     assert config.models["llama-3.3-70b"].cascade == ["onprem", "cloud", "bedrock"]
 
 
+@pytest.mark.parametrize("plan", [plans.tier1(), plans.tier2(), plans.tier3(), plans.hybrid()], ids=lambda p: p.name)
+def test_every_self_hosted_tier_of_the_cascade_is_a_discovered_pool(plan: Plan) -> None:
+    """A cascade tier naming a pool no discovery fills would skip straight to Bedrock (a P/D plan's engines
+    are in the `prefill` and `decode` pools, not `default`)."""
+    config = gateway_yaml(build_tree(with_fallback(plan)))
+    kube = config["endpoints"]["kubernetes"]
+    discovered = {d.get("pool", "default") for d in (kube if isinstance(kube, list) else [kube])}
+    for route in config["models"].values():
+        self_hosted = [p for p in route["cascade"] if config["pools"][p]["kind"] == "vllm"]
+        assert self_hosted and set(self_hosted) <= discovered
+    pd = config.get("disaggregation", {})
+    for route_model, profile in pd.items():
+        assert config["models"][route_model]["cascade"][0] == profile["decode_pool"]
+
+
 def test_no_fallback_renders_no_bedrock() -> None:
     tree = build_tree(plans.tier2())
     assert "pools" not in gateway_yaml(tree)

@@ -84,11 +84,19 @@ def gateway_config(ctx: Ctx) -> dict[str, Any]:
             "tokenizer": {"mode": "engine"},
         },
         # The plan's fallback: on-prem first, then the cloud engines, then Amazon Bedrock (deploy/bedrock.py).
-        **bedrock.gateway_sections(ctx, ["onprem", "cloud"] if hybrid else ["default"]),
+        # A P/D model's self-hosted tier is its decode pool: the P/D hop picks the prefill pool itself.
+        **bedrock.gateway_sections(ctx, _self_hosted_pools(pd, hybrid)),
     }
     if pd and gateway_speaks_pd():
         config["disaggregation"] = {ctx.served_name(): {"prefill_pool": "prefill", "decode_pool": "decode"}}
     return config
+
+
+def _self_hosted_pools(pd: bool, hybrid: bool) -> list[str]:
+    """The discovered pools a request tries before Bedrock, in cascade order."""
+    if pd:
+        return ["decode"]
+    return ["onprem", "cloud"] if hybrid else ["default"]
 
 
 def configmap(ctx: Ctx) -> Obj:

@@ -121,7 +121,9 @@ def test_gateway_accepts_the_cascade_config() -> None:
     assert config.models["llama-3.3-70b"].cascade == ["onprem", "cloud", "bedrock"]
 
 
-@pytest.mark.parametrize("plan", [plans.tier1(), plans.tier2(), plans.tier3(), plans.hybrid()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "plan", [plans.tier1(), plans.tier2(), plans.tier3(), plans.hybrid()], ids=lambda p: str(p.name)
+)
 def test_every_self_hosted_tier_of_the_cascade_is_a_discovered_pool(plan: Plan) -> None:
     """A cascade tier naming a pool no discovery fills would skip straight to Bedrock (a P/D plan's engines
     are in the `prefill` and `decode` pools, not `default`)."""
@@ -130,7 +132,8 @@ def test_every_self_hosted_tier_of_the_cascade_is_a_discovered_pool(plan: Plan) 
     discovered = {d.get("pool", "default") for d in (kube if isinstance(kube, list) else [kube])}
     for route in config["models"].values():
         self_hosted = [p for p in route["cascade"] if config["pools"][p]["kind"] == "vllm"]
-        assert self_hosted and set(self_hosted) <= discovered
+        assert self_hosted
+        assert set(self_hosted) <= discovered
     pd = config.get("disaggregation", {})
     for route_model, profile in pd.items():
         assert config["models"][route_model]["cascade"][0] == profile["decode_pool"]

@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/eksinfer up $(ARGS)
 
 test: $(STAMP)
-	-@test -x scripts/ensure-promtool.sh && bash scripts/ensure-promtool.sh
+	-@bash scripts/ensure-deb.sh prometheus promtool 300
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(ARGS)
 
 bench: $(STAMP)
@@ -37,14 +37,14 @@ fmt: $(STAMP)
 # Rendered rules, alerts and dashboard against a real Prometheus scraping simulated engines + gateway
 # (about 45 s; tests/deploy/test_prometheus_live.py). Skips, saying why, where Prometheus cannot be installed.
 test-prometheus: $(STAMP)
-	-@test -x scripts/ensure-promtool.sh && bash scripts/ensure-promtool.sh
+	-@bash scripts/ensure-deb.sh prometheus promtool 300
 	EKSINFER_PROMETHEUS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -rs tests/deploy/test_prometheus_live.py $(ARGS)
 
 # The gateway's status page in a real headless Chromium (Debian's package) against `eksinfer up`, under load
 # (about 20 s; tests/gateway/test_status_page_browser.py). Skips, saying why, where Chromium cannot be installed.
 # EKSINFER_UPDATE_SCREENSHOT=1 also rewrites docs/img/status.png.
 test-status-page: $(STAMP)
-	-@test -x scripts/ensure-chromium.sh && bash scripts/ensure-chromium.sh
+	-@bash scripts/ensure-deb.sh chromium chromium 600
 	$(BIN)/python -m pip install -q -e '.[browser]'
 	EKSINFER_BROWSER=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -rs tests/gateway/test_status_page_browser.py $(ARGS)
 

@@ -132,9 +132,7 @@ def test_render_cli_refuses_a_bad_recommendation(
     assert words in lines[0]
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool not installed (scripts/ensure-promtool.sh)"
-)
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (scripts/ensure-deb.sh)")
 def test_every_rendered_trigger_query_is_valid_promql(tmp_path: Path, plan_70b: Plan) -> None:
     triggers = [
         RecommendedTrigger(name="forecast", threshold=0.8, lead_s=358),

@@ -1,5 +1,5 @@
 """The rendered recording rules, alerts and dashboard against a real Prometheus (Debian's `prometheus`
-package, as scripts/ensure-promtool.sh installs it) scraping an `eksinfer up`-style stack on 127.0.0.1: two
+package, as scripts/ensure-deb.sh installs it) scraping an `eksinfer up`-style stack on 127.0.0.1: two
 simulated engines (one `eksinfer sim` process each, so that one can be stalled alone) behind the gateway,
 wired by the same `gateway_config` that `eksinfer up` uses.
 
@@ -62,7 +62,7 @@ pytestmark = [
     pytest.mark.skipif(not ENABLED, reason="live Prometheus tier: run `make test-prometheus`"),
     pytest.mark.skipif(
         PROMETHEUS is None,
-        reason="prometheus not installed (run scripts/ensure-promtool.sh or apt-get install prometheus)",
+        reason="prometheus not installed (run scripts/ensure-deb.sh or apt-get install prometheus)",
     ),
 ]
 

@@ -1,6 +1,6 @@
 """The rendered PrometheusRule passes `promtool check rules`, and its alerts fire (and stay quiet) as the
 hand-written unit tests in promtool/alerts_test.yaml expect. Skipped, with the reason printed, without
-promtool (scripts/ensure-promtool.sh installs Debian's `prometheus` package where it can)."""
+promtool (scripts/ensure-deb.sh installs Debian's `prometheus` package where it can)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.deploy import plans
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool not installed (run scripts/ensure-promtool.sh or apt-get install prometheus)",
+    reason="promtool not installed (run scripts/ensure-deb.sh or apt-get install prometheus)",
 )
 
 

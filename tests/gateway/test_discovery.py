@@ -24,6 +24,7 @@ from eksinfer.gateway.discovery import KubernetesWatcher, pod_spec
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.runtime import build_runtime
 from tests.gateway.test_proxy_fakes import FakeEngine, RoundRobinRouter
+from tests.local_http import serve
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,11 +57,7 @@ class FakeApiServer:
     async def start(self) -> FakeApiServer:
         app = web.Application()
         app.add_routes([web.get("/api/v1/namespaces/{ns}/pods", self._pods)])
-        self.runner = web.AppRunner(app, handler_cancellation=True)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self.runner, self.url = await serve(app)
         return self
 
     async def _pods(self, request: web.Request) -> web.StreamResponse:

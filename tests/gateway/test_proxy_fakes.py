@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from eksinfer.gateway.scheduling.framework import Decision, EndpointId, EndpointState, ScoredEndpoint
+from tests.local_http import serve
 from tests.waiting import until as until  # re-exported: older tests import it from here
 
 
@@ -65,12 +66,7 @@ class FakeEngine:
                 web.post("/v1/chat/completions", self._generate),
             ]
         )
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve(app)
         return self
 
     async def stop(self) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from eksinfer.gateway.config import ScrapeConfig
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import Scraper, parse_metrics, parse_models
+from tests.local_http import serve
 from tests.waiting import FakeClock, until
 
 SAMPLES = Path(__file__).parents[1] / "sim" / "data"  # vLLM 0.32 captures
@@ -69,12 +70,8 @@ async def test_scraper_marks_stale_and_unhealthy_then_recovers() -> None:
 
     app = web.Application()
     app.add_routes([web.get("/metrics", metrics), web.get("/v1/models", models)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state = EndpointState(id=EndpointId("e"), url=f"http://127.0.0.1:{port}")
+    runner, url = await serve(app)
+    state = EndpointState(id=EndpointId("e"), url=url)
     seen: dict[str, object] = {}
     health: list[bool] = []
     # Staleness is decided on the injected clock, which moves only when the test says; the scrape loop

@@ -1,4 +1,4 @@
-"""The status page in a real headless Chromium (Debian's `chromium`, as scripts/ensure-chromium.sh installs
+"""The status page in a real headless Chromium (Debian's `chromium`, as scripts/ensure-deb.sh installs
 it), driven over the DevTools protocol by Playwright (`executable_path`: Playwright never downloads a
 browser), against `eksinfer up` itself: two simulated engines behind the gateway, as a developer runs them.
 
@@ -42,7 +42,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(180),
     pytest.mark.skipif(not ENABLED, reason="status page in Chromium: run `make test-status-page`"),
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (run scripts/ensure-chromium.sh)"),
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (run scripts/ensure-deb.sh)"),
     pytest.mark.skipif(sync_playwright is None, reason="playwright not installed (pip install '.[browser]')"),
 ]
 

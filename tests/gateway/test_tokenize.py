@@ -21,6 +21,7 @@ from eksinfer.gateway.tokenize import (
 )
 from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.tokenize import BuiltinTokenizer as SimBuiltin
+from tests.local_http import serve
 from tests.waiting import DEADLINE_S
 
 pytestmark = pytest.mark.timeout(30)
@@ -122,12 +123,8 @@ async def tokenize_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/tokenize", tokenize)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen
+    runner, url = await serve(app)
+    yield url, seen
     await runner.cleanup()
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.local_http import serve
+
 BLOCK_SIZE = 16
 
 
@@ -67,12 +69,7 @@ class NixlFakeEngine:
                 web.post("/v1/chat/completions", self._generate),
             ]
         )
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve(app)
         return self
 
     async def stop(self) -> None:

@@ -559,8 +559,11 @@ async def test_the_watchdog_retries_a_stalled_engines_requests_long_before_their
     runtime = await start(config)
     try:
         async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
-            r = await client.post(url(runtime), json={"model": "tiny", "messages": CHAT})
+            # Streamed: a non-streamed wait never convicts an endpoint (no byte comes until its answer ends).
+            body = {"model": "tiny", "messages": CHAT, "stream": True}
+            r = await client.post(url(runtime), json=body)
             assert r.status_code == 200  # its first attempt hung on the stalled engine
+            assert r.text.rstrip().endswith("data: [DONE]")
         assert stalled.requests == 1
         assert runtime.resilience.detector.is_ejected(runtime.registry.all()[0])
         found = await metrics(runtime)

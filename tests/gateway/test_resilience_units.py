@@ -18,7 +18,7 @@ from eksinfer.gateway.resilience.config import BreakerConfig, BudgetConfig, Outl
 from eksinfer.gateway.resilience.errors import ErrorClass, SkipReason, classify_bedrock, classify_status
 from eksinfer.gateway.resilience.outlier import OutlierDetector
 from eksinfer.gateway.resilience.policy import Backoff, RetryBudget
-from eksinfer.gateway.resilience.stall import StallWatch, Watched
+from eksinfer.gateway.resilience.stall import PREFILL_FLOOR_TOKENS_PER_S, StallWatch, Watched, grace_s
 from eksinfer.gateway.resilience.stream import (
     ContinuationFilter,
     SentText,
@@ -428,6 +428,24 @@ def test_a_stalled_endpoint_is_told_from_a_busy_one() -> None:
     for w in (stalled_wait, busy_wait, busy_stream, young):
         watch.remove(w)
     assert watch.stalled(100.0) == []
+
+
+def test_a_long_prefill_or_a_non_streamed_answer_does_not_convict_an_endpoint() -> None:
+    """A 100k-token prompt alone on an engine, or answers that send no byte until they end, look silent: their
+    own waits get a grace (prompt over the prefill floor) or none at all counts, and a non-streamed wait is
+    still retried once a streamed one proves the endpoint stalled."""
+    watch = StallWatch(stall_after_s=2.0)
+    long_prompt = Watched("prefill", started=10.0, grace_s=grace_s(100_000, streamed=True))
+    batch = Watched("batch", started=10.0, grace_s=grace_s(50, streamed=False))
+    for w in (long_prompt, batch):
+        watch.add(w)
+    assert long_prompt.grace_s == pytest.approx(100_000 / PREFILL_FLOOR_TOKENS_PER_S)
+    assert watch.stalled(12.1) == []  # a grace-less wait would convict both here
+    assert watch.stalled(10.0 + 2.0 + long_prompt.grace_s + 0.1) == [("prefill", [long_prompt])]
+    assert watch.stalled(1e6) == [("prefill", [long_prompt])]  # the batch endpoint is never convicted
+    short = Watched("batch", started=20.0, grace_s=grace_s(50, streamed=True))
+    watch.add(short)
+    assert [(e, len(w)) for e, w in watch.stalled(22.1)] == [("batch", 2)]  # the prompt is still in grace
 
 
 def test_an_immediate_ejection_keeps_the_pool_cap() -> None:

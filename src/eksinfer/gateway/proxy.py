@@ -49,6 +49,7 @@ from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.resilience.errors import ErrorClass, FailureKind, SkipReason, classify_status
 from eksinfer.gateway.resilience.layer import ManagedClient, Resilience
 from eksinfer.gateway.resilience.stall import Watched
+from eksinfer.gateway.resilience.stall import grace_s as stall_grace_s
 from eksinfer.gateway.resilience.stream import (
     ContinuationFilter,
     SentText,
@@ -586,7 +587,11 @@ class Proxy:
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
                 if stalls.stall_after_s > 0:
-                    flight.watched = Watched(ep.id, asyncio.get_running_loop().time(), deadline=deadline)
+                    tokens = decision.prompt_tokens or len(call.raw) // 4  # ~4 bytes a token without a count
+                    grace = stall_grace_s(tokens, call.body.get("stream") is True)
+                    flight.watched = Watched(
+                        ep.id, asyncio.get_running_loop().time(), grace_s=grace, deadline=deadline
+                    )
                     stalls.add(flight.watched)
                 try:
                     upstream = await self._post(call, flight, data)

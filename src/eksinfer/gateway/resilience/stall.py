@@ -12,10 +12,13 @@ cap on the share of a pool) and ends the wait of each request waiting for a firs
 retries elsewhere as a first-token timeout. Requests already streaming from it keep their own idle timeout.
 
 A queue that holds a request for 3 s while the engine streams nothing to anyone is not a load a working
-engine shows when it streams: a running batch emits a token every step (tens of milliseconds). Two loads can
-look like it: a very long prefill (a first request of 100k+ tokens on an idle engine) and an engine busy only
-with long non-streamed answers (no byte until each ends). A false stall costs a retry elsewhere and a short
-ejection (within the pool's ejection cap), not an error; raise `stall_after_s` for such pools.
+engine shows when it streams: a running batch emits a token every step (tens of milliseconds). Two loads would
+look like it, so neither is judged by its wait:
+- a long prefill (a 100k-token prompt alone on an engine, or the prefill hop of a P/D request): each attempt
+  gets a grace of its prompt tokens over `PREFILL_FLOOR_TOKENS_PER_S`, a prefill rate any GPU engine beats;
+- a non-streamed answer sends no byte until it ends: its wait never convicts an endpoint (its arrival still
+  counts as progress, and it is retried with the others when a streamed request proves the endpoint stalled;
+  otherwise `first_token_timeout_s` bounds it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+# Prompt tokens per second an engine is assumed to prefill at least (a 70B model on one H100 does ~10x this);
+# 100k tokens of prompt give 20 s of grace before the wait counts.
+PREFILL_FLOOR_TOKENS_PER_S = 5_000.0
+
+
+def grace_s(prompt_tokens: int, streamed: bool) -> float:
+    """How long an attempt may wait for its first byte before its wait is evidence of a stall."""
+    return prompt_tokens / PREFILL_FLOOR_TOKENS_PER_S if streamed else float("inf")
+
 
 @dataclass(slots=True, eq=False)
 class Watched:
@@ -35,6 +47,7 @@ class Watched:
     endpoint_id: str
     started: float
     last_byte: float | None = None  # None until the first byte
+    grace_s: float = 0.0  # added to `stall_after_s` for this attempt's own wait (`grace_s()`)
     deadline: asyncio.Timeout | None = field(default=None, repr=False)
 
     def expire(self, now: float) -> None:
@@ -69,7 +82,7 @@ class StallWatch:
         limit = now - (self.stall_after_s if after_s is None else after_s)
         for endpoint_id, flights in self._flights.items():
             waiting = [w for w in flights if w.last_byte is None]
-            if not waiting or min(w.started for w in waiting) > limit:
+            if not any(w.started + w.grace_s <= limit for w in waiting):
                 continue
             if any(w.last_byte is not None and w.last_byte > limit for w in flights):
                 continue  # it streams to someone: busy, not stalled

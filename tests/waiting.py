@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -54,3 +55,51 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class LoopWatch:
+    """Tells a blocked event loop from a busy machine: a 50 ms ticker on the loop beside one on a thread,
+    which no event loop blocks. A machine too busy to run the process shows the same gap in both; a blocking
+    call on the loop shows only in the loop's. Use as `async with LoopWatch() as watch:` around the load."""
+
+    TICK_S = 0.05
+
+    def __init__(self) -> None:
+        self.loop_gaps: list[float] = []
+        self.thread_gaps: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._thread_ticker, daemon=True)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> LoopWatch:
+        self._thread.start()
+        self._task = asyncio.create_task(self._loop_ticker())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self._stop.set()
+        self._thread.join()
+
+    async def _loop_ticker(self) -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(self.TICK_S)
+            now = time.perf_counter()
+            self.loop_gaps.append(now - last)
+            last = now
+
+    def _thread_ticker(self) -> None:
+        last = time.perf_counter()
+        while not self._stop.wait(self.TICK_S):
+            now = time.perf_counter()
+            self.thread_gaps.append(now - last)
+            last = now
+
+    def assert_not_blocked(self, margin_s: float = 0.5) -> None:
+        """The loop's longest gap is within `margin_s` of the machine's own longest gap."""
+        loop_max, machine_max = max(self.loop_gaps), max(self.thread_gaps)
+        assert loop_max < machine_max + margin_s, (
+            f"event loop stalled for {loop_max:.3f} s; the machine itself for {machine_max:.3f} s"
+        )

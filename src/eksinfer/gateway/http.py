@@ -58,6 +58,14 @@ def error_response(
     )
 
 
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse_event(chunk: object) -> bytes:
+    """One server-sent event carrying a JSON chunk, as OpenAI streams are framed."""
+    return b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+
+
 def sse_error_event(status: int, message: str, code: str) -> bytes:
     """The event written into an SSE stream that broke after it started (the status line is already sent)."""
     return b"data: " + error_body(status, message, code=code) + b"\n\n"

@@ -40,7 +40,15 @@ from eksinfer.errors import EksinferError
 from eksinfer.gateway.apis import APIS, Api, LoraAdmin, as_chat
 from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
-from eksinfer.gateway.http import ApiKeys, RequestRefused, error_for, error_response, sse_error_event
+from eksinfer.gateway.http import (
+    SSE_DONE,
+    ApiKeys,
+    RequestRefused,
+    error_for,
+    error_response,
+    sse_error_event,
+    sse_event,
+)
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.observe import RequestObserver
 from eksinfer.gateway.resilience.breaker import BreakerState, CircuitBreaker
@@ -75,7 +83,6 @@ WHOLE_BODY_BYTES = 1 << 20  # non-streamed answers up to 1 MiB with a Content-Le
 _FORWARD_HEADERS = ("x-request-id", "traceparent", "tracestate")
 POOL_HEADER = "x-eksinfer-pool"  # which pool answered: a pool name, not an address, so always sent
 _CONTINUABLE = ("/v1/chat/completions", "/v1/completions")
-_DONE_EVENT = b"data: [DONE]\n\n"
 
 
 class RouterLike(Protocol):
@@ -875,7 +882,7 @@ class Proxy:
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
                 async for chunk in chunks:
-                    event = b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+                    event = sse_event(chunk)
                     if not wrote and _opening_chunk(chunk):
                         if not continuing:
                             held = event
@@ -894,7 +901,7 @@ class Proxy:
                     deadline.reschedule(loop.time() + idle)
                 await self._commit_managed(call, tier)
                 assert call.response is not None
-                await call.response.write(held + _DONE_EVENT)
+                await call.response.write(held + SSE_DONE)
                 await call.response.write_eof()
         except TimeoutError:
             msg = f"pool {tier.name} stopped sending"

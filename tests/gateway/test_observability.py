@@ -262,13 +262,14 @@ async def test_pd_hop_is_a_child_span_with_its_own_traceparent() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = tracing.OtelTracer(provider)
-    with tracing.pd_hop("prefill", {}) as headers:
-        assert headers == {}  # no request span: a no-op
+    with tracing.pd_hop("prefill", {}) as hop:
+        assert hop is tracing.NO_HOP  # no request span: a no-op
+        assert hop.headers == {}
     span = tracer.start("/v1/completions", {}, "r1")
     tokens = tracing.bind(tracer, span)
     try:
-        with tracing.pd_hop("prefill", {tracing.ATTR_PD_PREFILL_ENDPOINT: "10.0.0.9:8000"}) as headers:
-            pass
+        with tracing.pd_hop("prefill", {tracing.ATTR_PD_PREFILL_ENDPOINT: "10.0.0.9:8000"}) as hop:
+            headers = hop.headers
         tracing.set_request_attributes({tracing.ATTR_PD_MODE: "remote"})
     finally:
         tracing.unbind(tokens)

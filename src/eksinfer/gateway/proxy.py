@@ -104,7 +104,8 @@ class RouterLike(Protocol):
 
 
 class SendLike(Protocol):
-    """What a P/D hook returns: the bytes for the chosen endpoint, how to read its answer, one explanation."""
+    """What a P/D hook returns: the bytes for the chosen endpoint, one explanation, and `post`, which sends
+    them and gives the answer as the client must read it."""
 
     @property
     def body(self) -> bytes: ...
@@ -112,7 +113,9 @@ class SendLike(Protocol):
     @property
     def explain(self) -> str: ...
 
-    def wrap(self, upstream: UpstreamResponse) -> UpstreamResponse: ...
+    async def post(
+        self, upstream: UpstreamPool, url: str, path: str, headers: dict[str, str]
+    ) -> UpstreamResponse: ...
 
 
 class PdHook(Protocol):
@@ -677,7 +680,7 @@ class Proxy:
         if send is None:
             return await self._upstream.post(ep.url, call.api.path, data, headers)
         flight.note = send.explain
-        return send.wrap(await self._upstream.post(ep.url, call.api.path, send.body, headers))
+        return await send.post(self._upstream, ep.url, call.api.path, headers)
 
     async def _relay(
         self,

@@ -4,8 +4,11 @@ One SERVER span per request, child of the client's `traceparent` when it sent on
 engine receives the gateway span's own `traceparent`, so vLLM's spans (`--otlp-traces-endpoint`) hang under
 it. The span carries the routing decision (attributes below) and the answer's status and token counts.
 
-P/D hops: the hop code (gateway/pd/) calls `pd_hop(...)` around the prefill request (a CLIENT child span;
-its headers carry that span's `traceparent`) and `set_request_attributes` with the `ATTR_PD_*` names.
+P/D hops: the hop code (gateway/pd/coordinator.py) opens a CLIENT child span of the request span for each
+hop, `pd_hop("prefill", ...)` around the prefill request and `start_hop("decode", ...)` for the decode
+request (it ends when the decode answer is closed, after its last byte was relayed); each hop sends its own
+span's `traceparent` to its engine, so the prefill and decode engines' spans hang under their hop. The
+request span gets the `ATTR_PD_*` summary through `set_request_attributes`.
 
 Without the extra nothing here imports OpenTelemetry: `observability.tracing: false` (the default) never
 calls `OtelTracer`, and the no-op helpers return at once. With it on and the packages missing, the gateway
@@ -53,6 +56,9 @@ ATTR_PD_PREFILL_DURATION = "eksinfer.pd.prefill.duration_s"
 ATTR_PD_PREFILL_CACHED = "eksinfer.pd.prefill.cached_tokens"
 ATTR_PD_FALLBACK_REASON = "eksinfer.pd.fallback_reason"
 ATTR_PD_DECODE_ENDPOINT = "eksinfer.pd.decode.endpoint"
+# on each hop span, beside ATTR_ENDPOINT, ATTR_POOL, ATTR_MODEL, ATTR_INPUT_TOKENS, ATTR_PREDICTED_CACHED
+ATTR_PD_ROLE = "eksinfer.pd.role"  # "prefill" | "decode"
+ATTR_PD_OUTCOME = "eksinfer.pd.outcome"  # "ok", a prefill fallback reason, or "incomplete" (decode)
 
 INSTRUMENTATION = "eksinfer.gateway"
 
@@ -116,14 +122,54 @@ class OtelTracer:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, f"HTTP {record.status}"))
         span.end()
 
-    @contextlib.contextmanager
-    def hop(self, parent: Any, name: str, attributes: Mapping[str, Any]) -> Iterator[dict[str, str]]:
+    def hop(self, parent: Any, name: str, attributes: Mapping[str, Any]) -> Hop:
         ctx = self._trace.set_span_in_context(parent)
         kind = self._trace.SpanKind.CLIENT
-        with self._tracer.start_as_current_span(name, context=ctx, kind=kind, attributes=attributes) as span:
-            headers: dict[str, str] = {}
-            self._propagator.inject(headers, context=self._trace.set_span_in_context(span))
-            yield headers
+        span = self._tracer.start_span(name, context=ctx, kind=kind, attributes=attributes)
+        headers: dict[str, str] = {}
+        self._propagator.inject(headers, context=self._trace.set_span_in_context(span))
+        return _OtelHop(self._trace, span, headers)
+
+
+class Hop:
+    """A hop's span as the hop code sees it: the headers to send, attributes to add, then one `end`. This
+    base class is the no-op used when tracing is off (no headers: the client's `traceparent` passes)."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+
+    def set(self, attributes: Mapping[str, Any]) -> None:
+        """Adds attributes (last value wins)."""
+
+    def end(self, error: str | None = None) -> None:
+        """Ends the span; `error` marks it failed with that description. Later calls do nothing."""
+
+
+class _OtelHop(Hop):
+    __slots__ = ("_attrs", "_span", "_trace")
+
+    def __init__(self, trace: Any, span: Any, headers: dict[str, str]) -> None:
+        self.headers = headers
+        self._trace, self._span = trace, span
+        self._attrs: dict[str, Any] = {}
+
+    def set(self, attributes: Mapping[str, Any]) -> None:
+        self._attrs.update(attributes)  # set on the span in one call at the end (the SDK checks each call)
+
+    def end(self, error: str | None = None) -> None:
+        span, self._span = self._span, None
+        if span is None:
+            return
+        if self._attrs:
+            span.set_attributes(self._attrs)
+        if error is not None:
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
+        span.end()
+
+
+NO_HOP = Hop()
 
 
 def _default_provider(trace: Any) -> Any:
@@ -168,13 +214,23 @@ def set_request_attributes(attributes: Mapping[str, Any]) -> None:
         span.set_attributes(dict(attributes))
 
 
-@contextlib.contextmanager
-def pd_hop(name: str, attributes: Mapping[str, Any]) -> Iterator[dict[str, str]]:
-    """A child span around one hop (e.g. "prefill"); yields the headers (`traceparent`) to send with it,
-    empty when tracing is off."""
+def start_hop(name: str, attributes: Mapping[str, Any]) -> Hop:
+    """A child span of the current request's span, started now; `NO_HOP` when tracing is off or no request
+    span is current. The caller ends it (`Hop.end`) exactly once, also on failure."""
     span, tracer = current_span.get(), _tracer_of_span.get()
     if span is None or tracer is None:
-        yield {}
-        return
-    with tracer.hop(span, name, attributes) as headers:
-        yield headers
+        return NO_HOP
+    return tracer.hop(span, name, attributes)
+
+
+@contextlib.contextmanager
+def pd_hop(name: str, attributes: Mapping[str, Any]) -> Iterator[Hop]:
+    """`start_hop` around a block: the span ends when the block does, failed (with the exception's class
+    name) when the block raises."""
+    hop = start_hop(name, attributes)
+    try:
+        yield hop
+    except BaseException as err:
+        hop.end(error=type(err).__name__)
+        raise
+    hop.end()

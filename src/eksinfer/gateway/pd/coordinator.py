@@ -13,12 +13,16 @@ Flow for a model with a `disaggregation:` profile (llm-d's disagg profile handle
    client sees no error.
 In-flight accounting: the prefill hop has its own router decision, released here exactly once
 (`on_first_token` when its answer arrives, `on_finish` always); the decode decision stays the proxy's.
+Traces (when `observability.tracing` is on): each hop is a CLIENT child span of the request's span, `prefill`
+around the prefill request and `decode` from the decode request to the end of its answer (`PdSend.post`),
+and each engine gets its own hop's `traceparent`; the request span gets the P/D summary (`ATTR_PD_*`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -29,6 +33,7 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from eksinfer.errors import EksinferError
+from eksinfer.gateway import tracing as tr
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.pd.answer import CachedTokensAnswer
 from eksinfer.gateway.pd.config import PdProfile
@@ -41,6 +46,7 @@ from eksinfer.gateway.pd.protocol import (
     read_prefill_answer,
     remote_prefill_pays,
 )
+from eksinfer.gateway.pd.traced import TracedAnswer
 from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 from eksinfer.gateway.upstream import EngineLinkError, UpstreamPool, UpstreamResponse
 from eksinfer.ratelog import RateLimitedLog
@@ -60,11 +66,28 @@ class PdSend:
     body: bytes
     explain: str
     cached_tokens: int | None = None  # set after a remote prefill: the answer's usage is rewritten
+    decode_span: Mapping[str, Any] | None = None  # the decode hop span's attributes
 
     def wrap(self, upstream: UpstreamResponse) -> UpstreamResponse:
         if self.cached_tokens is None:
             return upstream
         return CachedTokensAnswer(upstream, self.cached_tokens)
+
+    async def post(
+        self, upstream: UpstreamPool, url: str, path: str, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        """The decode request, in its own hop span when tracing is on (ended when the answer is closed)."""
+        hop = tr.start_hop("decode", self.decode_span or {})
+        if hop is tr.NO_HOP:
+            return self.wrap(await upstream.post(url, path, self.body, headers))
+        headers.update(hop.headers)  # this hop's traceparent, not the request span's
+        try:
+            answer = await upstream.post(url, path, self.body, headers)
+        except BaseException as err:
+            hop.set({tr.ATTR_PD_OUTCOME: "connect"})
+            hop.end(error=f"decode request failed: {type(err).__name__}")
+            raise
+        return TracedAnswer(self.wrap(answer), hop)
 
 
 class _Fallback(Exception):
@@ -113,24 +136,35 @@ class PdCoordinator:
             decision.prompt_tokens, decision.predicted_cached_tokens, profile.min_uncached_tokens
         ):
             self.metrics.decided(model, "local")
-            return PdSend(raw, f"pd=local uncached_tokens={uncached} < {profile.min_uncached_tokens}")
+            explain = f"pd=local uncached_tokens={uncached} < {profile.min_uncached_tokens}"
+            return PdSend(raw, explain, decode_span=_traced(decision, model, "local"))
         body = msgspec.json.decode(raw)  # the proxy already parsed it once: valid JSON object
         if "kv_transfer_params" in body:  # the client runs its own P/D: leave its request alone
             self.metrics.decided(model, "local")
-            return PdSend(raw, "pd=local client sent kv_transfer_params")
+            explain = "pd=local client sent kv_transfer_params"
+            return PdSend(raw, explain, decode_span=_traced(decision, model, "local"))
         try:
             params, cached, prefill_s, pdecision = await self._prefill(profile, path, body, model, headers)
         except _Fallback as why:
             self.metrics.fell_back(model, why.reason)
             self._warn.warning(f"pd {why.reason}", "P/D prefill for %s fell back to local: %s", model, why)
-            return PdSend(raw, f"pd=fallback reason={why.reason} uncached_tokens={uncached}")
+            explain = f"pd=fallback reason={why.reason} uncached_tokens={uncached}"
+            span = _traced(decision, model, "fallback", {tr.ATTR_PD_FALLBACK_REASON: why.reason})
+            return PdSend(raw, explain, decode_span=span)
         send = decode_body(body, params)
         self.metrics.remote_done(model, prefill_s, time.perf_counter() - started - prefill_s)
         explain = (
             f"pd=remote uncached_tokens={uncached} prefill_cached_tokens={cached} "
             f"prefill_ms={prefill_s * 1000:.1f} prefill=[{pdecision.explain()}]"
         )
-        return PdSend(send, explain, cached_tokens=cached)
+        prefill = {
+            tr.ATTR_PD_PREFILL_ENDPOINT: pdecision.endpoint.id,
+            tr.ATTR_PD_PREFILL_POOL: pdecision.endpoint.pool,
+            tr.ATTR_PD_PREFILL_DURATION: prefill_s,
+            tr.ATTR_PD_PREFILL_CACHED: cached,
+        }
+        span = _traced(decision, model, "remote", prefill)
+        return PdSend(send, explain, cached_tokens=cached, decode_span=span)
 
     async def _prefill(
         self,
@@ -154,11 +188,13 @@ class PdCoordinator:
         except EksinferError as err:
             raise _Fallback("no_prefill_endpoint", str(err)) from None
         ok = False
+        hop = tr.start_hop("prefill", _hop_attributes(pdecision, model, "prefill"))
         sent = time.perf_counter()
         try:
             async with asyncio.timeout(profile.prefill_timeout_s):
-                status, answer = await self._post(pdecision.endpoint, path, body, headers)
+                status, answer = await self._post(pdecision.endpoint, path, body, headers, hop.headers)
             self._router.on_first_token(pdecision)
+            hop.set({tr.ATTR_STATUS: status})
             if status >= 400:
                 raise _Fallback("status", f"prefill endpoint {pdecision.endpoint.id} answered {status}")
             try:
@@ -166,6 +202,7 @@ class PdCoordinator:
             except PrefillAnswerError as err:
                 raise _Fallback("invalid_answer", f"{pdecision.endpoint.id}: {err}") from None
             ok = True
+            hop.set({tr.ATTR_PD_OUTCOME: "ok", tr.ATTR_PD_PREFILL_CACHED: cached})
             return params, cached, time.perf_counter() - sent, pdecision
         except TimeoutError:
             msg = f"prefill endpoint {pdecision.endpoint.id} took over {profile.prefill_timeout_s:g} s"
@@ -174,14 +211,21 @@ class PdCoordinator:
             raise _Fallback("connect", f"prefill endpoint {pdecision.endpoint.id}: {err}") from None
         finally:
             self._router.on_finish(pdecision, ok)
+            _end_prefill_hop(hop, ok)
 
     async def _post(
-        self, ep: EndpointState, path: str, body: dict[str, Any], headers: Mapping[str, str]
+        self,
+        ep: EndpointState,
+        path: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        trace: Mapping[str, str],
     ) -> tuple[int, bytes]:
-        """One prefill request; the connection closes (and the engine aborts) if the wait is cancelled."""
+        """One prefill request; the connection closes (and the engine aborts) if the wait is cancelled.
+        `trace`: the hop span's `traceparent` when tracing is on (else the client's trace headers pass)."""
         out = {"Content-Type": "application/json", "x-request-id": uuid.uuid4().hex}
         for name in _PASS_HEADERS:
-            value = headers.get(name)
+            value = trace.get(name, headers.get(name))
             if value is not None:
                 out[name] = value
         upstream = await self._upstream.post(ep.url, path, msgspec.json.encode(prefill_body(body, path)), out)
@@ -189,3 +233,40 @@ class PdCoordinator:
             return upstream.status, await upstream.read()
         finally:
             upstream.close()
+
+
+def _hop_attributes(decision: Decision, model: str, role: str) -> dict[str, Any]:
+    ep = decision.endpoint
+    return {
+        tr.ATTR_PD_ROLE: role,
+        tr.ATTR_MODEL: model,
+        tr.ATTR_ENDPOINT: ep.id,
+        tr.ATTR_POOL: ep.pool,
+        tr.ATTR_REASON: decision.reason,
+        tr.ATTR_INPUT_TOKENS: decision.prompt_tokens,
+        tr.ATTR_PREDICTED_CACHED: decision.predicted_cached_tokens,
+    }
+
+
+def _traced(
+    decision: Decision, model: str, mode: str, summary: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The request span's P/D summary (set now) and the decode hop span's attributes; None without a
+    request span (tracing off), so that nothing is built per request then."""
+    if tr.current_span.get() is None:
+        return None
+    request = {tr.ATTR_PD_MODE: mode, tr.ATTR_PD_DECODE_ENDPOINT: decision.endpoint.id, **(summary or {})}
+    tr.set_request_attributes(request)
+    return {**_hop_attributes(decision, model, "decode"), **request}
+
+
+def _end_prefill_hop(hop: tr.Hop, ok: bool) -> None:
+    """Ends the prefill span: failed with the fallback reason (or the cancellation) unless `ok`. Called from
+    the `finally` of the hop, where `sys.exc_info()` is the exception on its way out."""
+    if ok:
+        hop.end()
+        return
+    exc = sys.exc_info()[1]
+    reason = exc.reason if isinstance(exc, _Fallback) else type(exc).__name__ if exc else "failed"
+    hop.set({tr.ATTR_PD_OUTCOME: reason})
+    hop.end(error=str(exc) if isinstance(exc, _Fallback) else reason)

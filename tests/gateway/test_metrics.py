@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eksinfer.gateway import router_metrics as rm
-from eksinfer.gateway.metrics import GatewayMetrics
+from eksinfer.gateway.metrics import PREFIX, GatewayMetrics
 from eksinfer.gateway.routing import Router
 from eksinfer.gateway.scheduling.config import load_routing_config
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
@@ -100,6 +100,33 @@ def test_per_model_series_start_at_zero_once_the_model_is_known() -> None:
     assert 'eksinfer_gateway_generation_tokens_total{model="m"} 0.0' in text
     assert 'eksinfer_gateway_prompt_tokens_total{model="m"} 0.0' in text
     assert 'eksinfer_gateway_scheduling_duration_seconds_count{model="m"} 0.0' in text
-    assert 'eksinfer_gateway_time_to_first_token_seconds_count{model="m",route="/v1/completions"} 0.0' in text
+    ttft = 'model="m",pool="default",route="/v1/completions"'
+    assert f"eksinfer_gateway_time_to_first_token_seconds_count{{{ttft}}} 0.0" in text
     metrics.observe_generated("m", 5)
     assert 'eksinfer_gateway_generation_tokens_total{model="m"} 5.0' in metrics.render().decode()
+
+
+def test_cascade_tiers_are_described_and_their_pools_start_at_zero() -> None:
+    """A managed tier has no endpoint: its per-pool series start at 0 from the cascade, and the info series
+    says which pool is which kind, for the dashboard's share answered by Bedrock."""
+    ep = EndpointState(EndpointId("e1"), "http://e1", models=frozenset({"m"}), pool="eks")
+    metrics = GatewayMetrics(lambda: [ep], lambda: {})
+    metrics.describe_cascades({"m": [("eks", "vllm"), ("bedrock", "bedrock")]})
+    metrics.observe_ttft("/v1/chat/completions", "m", 0.2, "bedrock")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
+    info = {tuple(sorted(s.labels.items())): s.value for s in families[PREFIX + "cascade_tier_info"].samples}
+    assert info == {
+        (("kind", "vllm"), ("model", "m"), ("pool", "eks"), ("tier", "1")): 1.0,
+        (("kind", "bedrock"), ("model", "m"), ("pool", "bedrock"), ("tier", "2")): 1.0,
+    }
+    counts = {
+        (s.labels["pool"], s.labels["route"]): s.value
+        for s in families[PREFIX + "time_to_first_token_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert counts == {
+        ("eks", "/v1/completions"): 0.0,
+        ("eks", "/v1/chat/completions"): 0.0,
+        ("bedrock", "/v1/completions"): 0.0,
+        ("bedrock", "/v1/chat/completions"): 1.0,
+    }

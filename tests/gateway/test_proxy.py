@@ -326,7 +326,7 @@ async def test_health_ready_metrics(gateway: GatewayRuntime, engines: list[FakeE
     assert "# TYPE eksinfer_gateway_router_subscribers_gaps_total counter" in text
     assert 'eksinfer_gateway_router_subscribers_gaps_total{endpoint="e1"} 2.0' in text
     assert f'eksinfer_gateway_scrape_stale{{endpoint="{ep}",pool="default"}} 0.0' in text
-    ttft = 'model="tiny",route="/v1/completions"'
+    ttft = 'model="tiny",pool="default",route="/v1/completions"'
     assert f"eksinfer_gateway_time_to_first_token_seconds_count{{{ttft}}} 1.0" in text
     assert "_ms" not in text  # base units only
 

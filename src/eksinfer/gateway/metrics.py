@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -97,15 +97,16 @@ class GatewayMetrics:
         )
         self.ttft = Histogram(
             PREFIX + "time_to_first_token_seconds",
-            "Time from receiving a request to forwarding the engine's first response bytes.",
-            ["route", "model"],
+            "Time from receiving a request to forwarding the first response bytes, by the pool (tier) that "
+            "sent them.",
+            ["route", "model", "pool"],
             buckets=_BUCKETS_S,
             registry=r,
         )
         self.e2e = Histogram(
             PREFIX + "request_duration_seconds",
-            "Time from receiving a request to the end of its response.",
-            ["route", "model"],
+            "Time from receiving a request to the end of its response, by the pool (tier) that answered.",
+            ["route", "model", "pool"],
             buckets=_BUCKETS_S,
             registry=r,
         )
@@ -162,6 +163,14 @@ class GatewayMetrics:
             ["model", "pool", "action"],
             registry=r,
         )
+        self.tiers = Gauge(
+            PREFIX + "cascade_tier_info",
+            "1 for each pool of a model's cascade: its kind (vllm, or a managed API such as bedrock) and its "
+            "position (tier 1 is tried first). Join on (model, pool) to split request series by kind.",
+            ["model", "pool", "kind", "tier"],
+            registry=r,
+        )
+        self._cascades: list[tuple[str, str]] = []  # (model, pool) of every configured cascade tier
         self._endpoints = endpoints
         r.register(_StateCollector(endpoints, router_stats))
         # Label children cached by label values: `.labels()` takes a lock and builds a tuple on every call.
@@ -173,6 +182,13 @@ class GatewayMetrics:
         if child is None:
             child = self._children[key] = metric.labels(*values)
         return child
+
+    def describe_cascades(self, cascades: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        """The configured cascades, model -> [(pool, kind), ...] in order (set once at start-up)."""
+        for model, tiers in cascades.items():
+            for position, (pool, kind) in enumerate(tiers, start=1):
+                self.tiers.labels(model, pool, kind, str(position)).set(1)
+                self._cascades.append((model, pool))
 
     def observe_request(
         self,
@@ -188,10 +204,11 @@ class GatewayMetrics:
         pool, eid = (endpoint.pool, endpoint.id) if endpoint is not None else (pool, "")
         self._child(self.requests, route, model, pool, eid, status).inc()
         if elapsed_s is not None:
-            self._child(self.e2e, route, model).observe(elapsed_s)
+            self._child(self.e2e, route, model, pool).observe(elapsed_s)
 
-    def observe_ttft(self, route: str, model: str, ttft_s: float) -> None:
-        self._child(self.ttft, route, model).observe(ttft_s)
+    def observe_ttft(self, route: str, model: str, ttft_s: float, pool: str = "") -> None:
+        """`pool`: the pool (tier) whose first bytes went to the client."""
+        self._child(self.ttft, route, model, pool).observe(ttft_s)
 
     def observe_decision(
         self, model: str, preset: str, reason: str, elapsed_s: float, prompt_tokens: int, cached_tokens: int
@@ -223,15 +240,20 @@ class GatewayMetrics:
     def _zero_per_model(self) -> None:
         """Creates the per-model counters and histograms at 0 for every model the endpoints serve. A series
         that first appears at N loses those N to `rate()` (it has no earlier sample to rise from); at 0 the
-        first scrape after an engine reports its models gives the baseline. `requests_total` also carries
-        endpoint and status, which are not known in advance, so it is not pre-created."""
-        for model in {m for ep in self._endpoints() for m in ep.models}:
+        first scrape after an engine reports its models gives the baseline. The per-pool histograms start at 0
+        for each pool serving the model: its endpoints' pools and its cascade's tiers (a managed tier has no
+        endpoint). `requests_total` also carries endpoint and status, which are not known in advance, so it is
+        not pre-created."""
+        pairs = {(m, ep.pool) for ep in self._endpoints() for m in ep.models}
+        pairs.update(self._cascades)
+        for model in {m for m, _ in pairs}:
             for metric in (self.prompt_tokens, self.cached_tokens, self.generation_tokens, self.retries):
                 self._child(metric, model)
             self._child(self.scheduling, model)
+        for model, pool in pairs:
             for route in ROUTES:
-                self._child(self.ttft, route, model)
-                self._child(self.e2e, route, model)
+                self._child(self.ttft, route, model, pool)
+                self._child(self.e2e, route, model, pool)
 
     def render(self) -> bytes:
         self._zero_per_model()

@@ -710,7 +710,7 @@ class Proxy:
         size = upstream.content_length
         sse = content_type.startswith("text/event-stream")
         if not call.committed:
-            self._metrics.observe_ttft(call.api.path, call.model, now - call.started)
+            self._metrics.observe_ttft(call.api.path, call.model, now - call.started, ep.pool)
             call.endpoint, call.pool, call.status = ep, ep.pool, str(upstream.status)
         if not call.committed and size is not None and size <= WHOLE_BODY_BYTES and not sse:
             # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
@@ -843,7 +843,9 @@ class Proxy:
             if not body.get("stream"):
                 async with asyncio.timeout(self._config.first_token_timeout_s):
                     answer = await client.complete(body, call.model)
-                self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started)
+                self._metrics.observe_ttft(
+                    call.api.path, call.model, time.perf_counter() - call.started, tier.name
+                )
                 self._observe.first_token()
                 call.endpoint, call.pool, call.status = None, tier.name, "200"
                 encoded = msgspec.json.encode(answer)
@@ -920,7 +922,7 @@ class Proxy:
     async def _commit_managed(self, call: _Call, tier: Tier) -> None:
         if call.committed:
             return
-        self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started)
+        self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started, tier.name)
         self._observe.first_token()
         response = web.StreamResponse(status=200, headers=self._headers(tier.name, None))
         response.content_type = "text/event-stream"

@@ -83,6 +83,10 @@ class GatewayRuntime:
         self.keys = ApiKeys(config.auth.load_keys())
         self.resilience = resilience or Resilience(config.resilience, Cascade(config.pools, config.models))
         self.metrics.registry.register(self.resilience.collector(self.registry.all, self.registry.draining))
+        cascade = self.resilience.cascade
+        self.metrics.describe_cascades(
+            {m: [(t.name, t.kind) for t in cascade.plan(m).tiers] for m in config.models}
+        )
         self.observer = RequestObserver(
             config.observability,
             self.registry.all,

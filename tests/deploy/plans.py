@@ -126,6 +126,16 @@ KIMI = {
 }
 
 
+# The Bedrock tier `eksinfer plan` adds for Qwen3-32B (examples/tier1/plan.json): cascade rules and panels.
+QWEN_BEDROCK = {
+    "kind": "bedrock",
+    "region": "us-east-1",
+    "model_id": "qwen.qwen3-32b-v1:0",
+    "inference_profile": False,
+    "match": "same",
+}
+
+
 def tier1(provisioning: str = "auto-mode", **over: Any) -> Plan:
     doc = _base("qwen3-32b", 1, QWEN, "g6e.xlarge", nodes={"provisioning": provisioning}, **over)
     doc["roles"] = [{"name": "engine", "replicas": 2, "engine": _engine(1, 1, precision="fp8")}]

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from eksinfer.deploy.render import build_tree
+from eksinfer.planner.schema import Plan
 from tests.deploy import plans
 
 PROMTOOL = shutil.which("promtool")
@@ -22,7 +23,11 @@ pytestmark = pytest.mark.skipif(
 
 
 def _rules_file(tmp_path: Path, case: str) -> Path:
-    tree = build_tree(plans.CASES[case]())
+    return _write_rules(tmp_path, plans.CASES[case]())
+
+
+def _write_rules(tmp_path: Path, plan: Plan) -> Path:
+    tree = build_tree(plan)
     [rule] = [o for o in tree.objects.values() if o["kind"] == "PrometheusRule"]
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False), encoding="utf-8")
@@ -45,4 +50,13 @@ def test_alert_unit_tests(tmp_path: Path) -> None:
     _rules_file(tmp_path, "tier1-auto-mode")
     shutil.copy(Path(__file__).parent / "promtool" / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
     result = _promtool("test", "rules", "alerts_test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cascade_rule_unit_tests(tmp_path: Path) -> None:
+    """The share answered by Bedrock and its sustained-fallback alert (rendered only with a Bedrock tier)."""
+    rules = _write_rules(tmp_path, plans.tier1("auto-mode", fallback=plans.QWEN_BEDROCK))
+    assert _promtool("check", "rules", str(rules), cwd=tmp_path).returncode == 0
+    shutil.copy(Path(__file__).parent / "promtool" / "cascade_test.yaml", tmp_path / "cascade_test.yaml")
+    result = _promtool("test", "rules", "cascade_test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -10,6 +10,12 @@ Alert thresholds are the reference targets: TTFT P99 over 2 s (conversational) /
 TTFT for custom SLOs; GPU SM activity under 70% for 30 min; prefix-cache hit rate under 60% when the traffic
 shares prompts; a queue that keeps growing past the autoscaler's per-replica target; an engine whose
 /metrics does not answer (`up == 0`: stalled or crash-looping, while its pod still exists) for 2 minutes.
+The cascade (gateway/resilience/cascade.py): the gateway labels requests, TTFT, fallbacks and sheds with the
+`pool` (tier) that answered or was passed over, and `eksinfer_gateway_cascade_tier_info` says each pool's kind
+and position in a model's cascade; the dashboard's cascade row shows requests and TTFT per pool and why
+requests moved on, and, for a plan with a Bedrock tier, the share Bedrock answered, with an alert when that
+share stays above a quarter of the traffic for 15 minutes (the fallback tier is for failures and bursts; a
+sustained quarter means the self-hosted pools are short, and Bedrock bills per token).
 The gateway's series are selected by `job` (the operator names a ServiceMonitor's job after the Service);
 its ServiceMonitor honours the gateway's own labels, since its `endpoint` label (the engine) would otherwise
 be renamed `exported_endpoint` by the operator's `endpoint` (port name) target label.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from eksinfer.deploy import bedrock
 from eksinfer.deploy.autoscale import per_replica_concurrency
 from eksinfer.deploy.context import Ctx, Obj
 
@@ -30,6 +37,8 @@ BY = "namespace, app_kubernetes_io_instance, eksinfer_io_role"
 POD_TARGET_LABELS = ["app.kubernetes.io/instance", "eksinfer.io/role", "eksinfer.io/pool"]
 ENGINE_DOWN_FOR = "2m"
 GW = "eksinfer_gateway_"
+MANAGED_SHARE_MAX = 0.25  # share of a model's requests answered by a managed tier (Bedrock), sustained 15 min
+MANAGED_SHARE_FOR = "15m"
 
 
 def _release(ctx: Ctx) -> dict[str, str]:
@@ -113,10 +122,11 @@ def gateway_recording_rules(ctx: Ctx) -> list[Obj]:
         s = sel if not extra else sel[:-1] + "," + extra + "}"
         return f"sum by ({group}) (rate({GW}{metric}{s}[5m]))"
 
-    def p99(metric: str) -> str:
-        return f"histogram_quantile(0.99, sum by (le, {by}) (rate({GW}{metric}_bucket{sel}[5m])))"
+    def p99(metric: str, group: str = by) -> str:
+        return f"histogram_quantile(0.99, sum by (le, {group}) (rate({GW}{metric}_bucket{sel}[5m])))"
 
     errors = 'status=~"5.."'
+    pooled = f"{by}, pool"
     total = rate("requests_total", "", "namespace")
     rules: list[Obj] = [
         {"record": "eksinfer:gateway_requests:rate5m", "expr": rate("requests_total")},
@@ -132,7 +142,31 @@ def gateway_recording_rules(ctx: Ctx) -> list[Obj]:
             "expr": f"{rate('prompt_tokens_predicted_cached_total')} / ({rate('prompt_tokens_total')} > 0)",
         },
         {"record": "eksinfer:gateway_generation_tokens:rate5m", "expr": rate("generation_tokens_total")},
+        # The cascade: per pool (tier) that answered, and why requests passed a tier over (sheds included).
+        {"record": "eksinfer:gateway_pool_requests:rate5m", "expr": rate("requests_total", "", pooled)},
+        {
+            "record": "eksinfer:gateway_pool_ttft_seconds:p99",
+            "expr": p99("time_to_first_token_seconds", pooled),
+        },
+        {
+            "record": "eksinfer:gateway_fallbacks:rate5m",
+            "expr": rate("fallbacks_total", "", f"{pooled}, reason"),
+        },
     ]
+    if bedrock.enabled(ctx):
+        # Requests answered by a pool whose kind is not vllm (the info series is one per gateway pod: max).
+        managed = (
+            f"sum by ({by}) ({rate('requests_total', '', pooled)} * on ({pooled}) group_left () "
+            f'max by ({pooled}) ({GW}cascade_tier_info{sel[:-1]},kind!="vllm"}}))'
+        )
+        answered = rate("requests_total")
+        rules.append(
+            {
+                "record": "eksinfer:gateway_managed_share:ratio5m",
+                # `or ... * 0`: 0 rather than no value while no managed tier has answered
+                "expr": f"({managed} or {answered} * 0) / ({answered} > 0)",
+            }
+        )
     return [{**r, "labels": mine} for r in rules]
 
 
@@ -218,6 +252,22 @@ def alert_rules(ctx: Ctx) -> list[Obj]:
             },
         },
     ]
+    if bedrock.enabled(ctx):
+        rules.append(
+            {
+                "alert": "EksinferBedrockFallbackSustained",
+                "expr": f"eksinfer:gateway_managed_share:ratio5m{{{me}}} > {MANAGED_SHARE_MAX:g}",
+                "for": MANAGED_SHARE_FOR,
+                "labels": {"severity": "warning"},
+                "annotations": {
+                    "summary": "{{ $value | humanizePercentage }} of {{ $labels.model }} requests "
+                    "answered by Amazon Bedrock for 15 minutes",
+                    "description": "The self-hosted pools pass this traffic on (the cascade panels say why: "
+                    "sheds, context too long, failures) and Bedrock bills per token: add replicas or raise "
+                    "the NodePool limit.",
+                },
+            }
+        )
     if ctx.plan.traffic.shared_prefix_ratio > 0:
         rules.insert(
             2,
@@ -255,8 +305,11 @@ def prometheus_rule(ctx: Ctx) -> Obj:
     }
 
 
+Panel = tuple[str, list[tuple[str, str]], str, float | None]
+
+
 def _panel(
-    i: int, title: str, exprs: list[tuple[str, str]], unit: str, threshold: float | None = None
+    i: int, title: str, exprs: list[tuple[str, str]], unit: str, threshold: float | None = None, top: int = 0
 ) -> Obj:
     defaults: dict[str, Any] = {"unit": unit}
     if threshold is not None:
@@ -270,7 +323,7 @@ def _panel(
         "type": "timeseries",
         "title": title,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": (i // 2) * 8},
+        "gridPos": {"h": 8, "w": 12, "x": (i % 2) * 12, "y": top + (i // 2) * 8},
         "fieldConfig": {"defaults": defaults, "overrides": []},
         "targets": [
             {"refId": chr(65 + j), "expr": e, "legendFormat": legend} for j, (e, legend) in enumerate(exprs)
@@ -344,6 +397,17 @@ def dashboard(ctx: Ctx) -> Obj:
             None,
         ),
     ]
+    cascade = cascade_panels(ctx)
+    row_y = ((len(panels) + 1) // 2) * 8
+    row = {
+        "id": len(panels) + 1,
+        "type": "row",
+        "title": "Cascade: pools (tiers) and fallbacks",
+        "collapsed": False,
+        "gridPos": {"h": 1, "w": 24, "x": 0, "y": row_y},
+        "panels": [],
+    }
+    first = len(panels) + 2
     return {
         "title": f"eksinfer / {ctx.name}",
         "uid": f"eksinfer-{ctx.name}"[:40],
@@ -356,8 +420,43 @@ def dashboard(ctx: Ctx) -> Obj:
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"}
             ]
         },
-        "panels": [_panel(i, *p) for i, p in enumerate(panels)],
+        "panels": [
+            *(_panel(i, *p) for i, p in enumerate(panels)),
+            row,
+            *({**_panel(i, *p, top=row_y + 1), "id": first + i} for i, p in enumerate(cascade)),
+        ],
     }
+
+
+def cascade_panels(ctx: Ctx) -> list[Panel]:
+    """Requests and TTFT per pool (tier), why requests moved on, and the share a Bedrock tier answered."""
+    me = f'app_kubernetes_io_instance="{ctx.name}"'
+    per_pool = "{{model}} {{pool}}"
+    panels: list[Panel] = [
+        ("Requests per pool", [(f"eksinfer:gateway_pool_requests:rate5m{{{me}}}", per_pool)], "reqps", None),
+        (
+            "TTFT P99 per pool (gateway)",
+            [(f"eksinfer:gateway_pool_ttft_seconds:p99{{{me}}}", per_pool)],
+            "s",
+            ttft_target_s(ctx),
+        ),
+        (
+            "Fallbacks and sheds: tiers passed over, by reason",
+            [(f"eksinfer:gateway_fallbacks:rate5m{{{me}}}", "{{model}} {{pool}}: {{reason}}")],
+            "reqps",
+            None,
+        ),
+    ]
+    if bedrock.enabled(ctx):
+        panels.append(
+            (
+                "Share answered by Amazon Bedrock",
+                [(f"eksinfer:gateway_managed_share:ratio5m{{{me}}}", "{{model}}")],
+                "percentunit",
+                MANAGED_SHARE_MAX,
+            )
+        )
+    return panels
 
 
 def dashboard_json(ctx: Ctx) -> str:

@@ -13,6 +13,16 @@ group, unchanged except for durations: the group's interval (30 s) becomes 1 s a
 the `for:` only delays firing, and the 5-minute `rate()` windows need two samples, which 1 s scrapes give
 within seconds.
 
+The plan has its Bedrock tier (as `eksinfer plan` gives Qwen3-32B), so the rendered gateway config carries
+the cascade [default, bedrock] and the rules and dashboard their cascade row. The gateway takes the rendered
+`pools` and `models` sections unchanged except two fields: the model name (the simulator's) and the Bedrock
+pool's `endpoint_url`, which points botocore at the Bedrock stub (`python -m eksinfer.sim.bedrock`, one more
+process; AWS is not reachable here, and the credentials are fake: the stub ignores SigV4). The fallback panels
+have data only once a request has passed a tier over, so the test drives one: requests whose prompt plus
+`max_tokens` exceed the default pool's context window (`max_context_tokens`, the plan's max_model_len) go
+to Bedrock (`fallbacks_total{reason="context_too_long"}`), enough of them for the share answered by Bedrock
+to pass 25% and EksinferBedrockFallbackSustained to fire.
+
 The fault is a stalled engine (SIGSTOP, as a hung process or a GPU stuck in a collective looks from outside):
 its /metrics stops answering, `up` goes to 0, EksinferEngineDown fires; SIGCONT resolves it.
 
@@ -27,6 +37,7 @@ them with synthetic series (tests/deploy/promtool/alerts_test.yaml).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -58,7 +69,7 @@ PROMETHEUS = shutil.which("prometheus")
 ENABLED = os.environ.get("EKSINFER_PROMETHEUS") == "1"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(180),
+    pytest.mark.timeout(240),
     pytest.mark.skipif(not ENABLED, reason="live Prometheus tier: run `make test-prometheus`"),
     pytest.mark.skipif(
         PROMETHEUS is None,
@@ -66,7 +77,18 @@ pytestmark = [
     ),
 ]
 
-CASE = "tier1-auto-mode"  # namespace inference, deployment qwen3-32b, shared prompts (KV hit-rate alert on)
+# tier1-auto-mode (namespace inference, deployment qwen3-32b, shared prompts: KV hit-rate alert on) with the
+# Bedrock tier `eksinfer plan` gives it
+PLAN = functools.partial(plans.tier1, "auto-mode", fallback=plans.QWEN_BEDROCK)
+FALLBACKS = 24  # requests sent to Bedrock after the first (whose series appears at 1: rate() cannot see it)
+# botocore's credential chain fenced in to fake keys: no files, no instance metadata (the stub ignores SigV4)
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "AKIAEKSINFERTEST0001",
+    "AWS_SECRET_ACCESS_KEY": "eksinferTestSecretKey0000000000000000001",
+    "AWS_CONFIG_FILE": "/nonexistent/eksinfer-test-aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/eksinfer-test-aws-credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 FOR_S = 3
 EVAL_S = 1
 WAIT_S = 60.0  # generous: Prometheus and three Python processes start on a busy 2-core machine
@@ -84,14 +106,42 @@ POSITIVE_RULES = {
     "eksinfer:gateway_ttft_seconds:p99",
     "eksinfer:gateway_scheduling_seconds:p99",
     "eksinfer:gateway_generation_tokens:rate5m",
+    "eksinfer:gateway_pool_requests:rate5m",
+    "eksinfer:gateway_pool_ttft_seconds:p99",
+    "eksinfer:gateway_fallbacks:rate5m",
+    "eksinfer:gateway_managed_share:ratio5m",
 }
 
 
-def _rendered() -> tuple[dict[str, Any], dict[str, Any]]:
-    tree = build_tree(plans.CASES[CASE]())
+def _rendered() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The PrometheusRule, the dashboard and the gateway's YAML config, as `render` writes them."""
+    tree = build_tree(PLAN())
     [rule] = [o for o in tree.objects.values() if o["kind"] == "PrometheusRule"]
     [dash] = [json.loads(text) for path, text in tree.files.items() if path.startswith("dashboards/")]
-    return rule, dash
+    [cm] = [
+        o
+        for o in tree.objects.values()
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-gateway")
+    ]
+    return rule, dash, yaml.safe_load(cm["data"]["gateway.yaml"])
+
+
+def _cascade_sections(rendered: dict[str, Any], model: str, bedrock_url: str) -> dict[str, Any]:
+    """The rendered `pools` and `models`, for the simulator's model name and with Bedrock at the stub."""
+    pools = {name: dict(pool) for name, pool in rendered["pools"].items()}
+    [route] = rendered["models"].values()
+    for pool in pools.values():
+        if pool["kind"] == "bedrock":
+            [model_id] = pool["models"].values()
+            pool["models"] = {model: model_id}
+            pool["endpoint_url"] = bedrock_url
+    return {"pools": pools, "models": {model: route}}
+
+
+def _context_window(sections: dict[str, Any]) -> int:
+    [window] = [p["max_context_tokens"] for p in sections["pools"].values() if p["kind"] == "vllm"]
+    assert isinstance(window, int)
+    return window
 
 
 def _fast_rules(rule: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +188,15 @@ def _scrape_config(ns: str, name: str, engines: list[int], gateway: int) -> dict
 
 
 @contextmanager
-def _process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, PARENT_ENV: str(os.getpid())}
+            cmd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())},
         )
     try:
         yield proc
@@ -154,6 +209,15 @@ def _process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _listens(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+    try:
+        httpx.get(url, timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def _answers(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
@@ -233,14 +297,30 @@ def _load(gateway: int, model: str, requests: int) -> None:
     client.close()
 
 
+def _too_long_for_the_pool(gateway: int, model: str, window: int, count: int) -> None:
+    """Chat requests whose `max_tokens` alone passes the default pool's context window: Bedrock answers."""
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{gateway}/v1", api_key="none", max_retries=0)
+    for i in range(count):
+        raw = client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": f"a long story {i}"}], max_tokens=window + 1
+        )
+        assert raw.headers["x-eksinfer-pool"] == "bedrock"
+        assert raw.parse().choices[0].message.content
+    client.close()
+
+
+def _labels(api: PromApi, expr: str, *names: str) -> set[tuple[str, ...]]:
+    return {tuple(s["metric"].get(n, "") for n in names) for s in api.query(expr)}
+
+
 def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
     assert PROMETHEUS is not None
-    rule, dash = _rendered()
+    rule, dash, rendered_gateway = _rendered()
     ns, name = rule["metadata"]["namespace"], rule["metadata"]["labels"]["app.kubernetes.io/instance"]
     sim_base, kv_base, gw_port, prom_port = free_block(2), free_block(2, REPLAY_OFFSET), free_block(1), 0
     prom_port = free_block(1)
+    stub_port = free_block(1)
     opts = StackOptions(replicas=2, port=gw_port, sim_port=sim_base, kv_events_port=kv_base)
-    (tmp_path / "gateway.json").write_text(json.dumps(gateway_config(opts).model_dump(mode="json")))
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(_fast_rules(rule), sort_keys=False))
     config = _scrape_config(ns, name, [sim_base, sim_base + 1], gw_port)
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -255,6 +335,17 @@ def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
             engines.append(proc)
             url = f"http://127.0.0.1:{sim_base + i}/health"
             until_sync(lambda u=url, p=proc, f=log: _answers(u, p, f), WAIT_S, f"engine {i} healthy")
+        stub_cmd = [sys.executable, "-m", "eksinfer.sim.bedrock", "--port", str(stub_port)]
+        stub_log = tmp_path / "bedrock.log"
+        stub = stack.enter_context(_process(stub_cmd, stub_log))
+        # the stub has no health route: any answer (its 404 JSON) says it listens
+        stub_url = f"http://127.0.0.1:{stub_port}"
+        until_sync(lambda: _listens(stub_url, stub, stub_log), WAIT_S, "Bedrock stub listening")
+        sim_models = httpx.get(f"http://127.0.0.1:{sim_base}/v1/models", timeout=5).json()["data"]
+        sections = _cascade_sections(rendered_gateway, sim_models[0]["id"], stub_url)
+        window = _context_window(sections)
+        config = {**gateway_config(opts).model_dump(mode="json"), **sections}
+        (tmp_path / "gateway.json").write_text(json.dumps(config))
         gw_log = tmp_path / "gateway.log"
         gw_cmd = [
             sys.executable,
@@ -264,7 +355,7 @@ def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
             "--config",
             str(tmp_path / "gateway.json"),
         ]
-        gateway = stack.enter_context(_process(gw_cmd, gw_log))
+        gateway = stack.enter_context(_process(gw_cmd, gw_log, AWS_ENV))
         gw_ready = f"http://127.0.0.1:{gw_port}/ready"
         until_sync(lambda: _answers(gw_ready, gateway, gw_log), WAIT_S, "gateway ready")
         prom_cmd = [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}"]
@@ -283,6 +374,23 @@ def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
         until_sync(lambda: len(api.query("count_over_time(up[1m]) >= 2")) == 3, WAIT_S, "two scrapes each")
         assert api.alerts("EksinferEngineDown") == []
         _load(gw_port, model, 24)
+        # Generated tokens, gateway vs engines, read back from Prometheus once the last scrape has them: the
+        # gateway counts half of the answers from usage, half from SSE events (gateway/usage.py); the same.
+        engine_q, gateway_q = (
+            "sum(vllm:generation_tokens_total)",
+            "sum(eksinfer_gateway_generation_tokens_total)",
+        )
+        until_sync(lambda: _scalar(api, engine_q) == 24 * 6, WAIT_S, "engines generated 24 x 6 tokens")
+        expected = 24 * 6
+        until_sync(lambda: _scalar(api, gateway_q) == expected, WAIT_S, f"gateway counted {expected}")
+        print(f"generated tokens: engines {_scalar(api, engine_q):g}, gateway {_scalar(api, gateway_q):g}")
+
+        # The fallback: one request too long for the default pool, then, once Prometheus holds its series
+        # (a counter's first sample is invisible to rate()), FALLBACKS more.
+        _too_long_for_the_pool(gw_port, model, window, 1)
+        bedrock_q = 'eksinfer_gateway_requests_total{pool="bedrock"}'
+        until_sync(lambda: _scalar(api, f"sum({bedrock_q})") == 1, WAIT_S, "Bedrock's first answer scraped")
+        _too_long_for_the_pool(gw_port, model, window, FALLBACKS)
 
         records = [r["record"] for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r]
 
@@ -305,23 +413,32 @@ def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
         assert 0 < predicted <= 1  # and the router predicted it
         errors = float(api.query("eksinfer:gateway_errors:ratio5m")[0]["value"][1])
         assert errors == 0
-        # Generated tokens, gateway vs engines, read back from Prometheus once the last scrape has them: the
-        # gateway counts half of the answers from usage, half from SSE events (gateway/usage.py); the same.
-        engine_q, gateway_q = (
-            "sum(vllm:generation_tokens_total)",
-            "sum(eksinfer_gateway_generation_tokens_total)",
-        )
-        until_sync(lambda: _scalar(api, engine_q) == 24 * 6, WAIT_S, "engines generated 24 x 6 tokens")
-        expected = 24 * 6
-        until_sync(lambda: _scalar(api, gateway_q) == expected, WAIT_S, f"gateway counted {expected}")
-        print(f"generated tokens: engines {_scalar(api, engine_q):g}, gateway {_scalar(api, gateway_q):g}")
+        # The cascade, per pool: both tiers answered and have a TTFT; the default pool was passed over for
+        # context length only; Bedrock's share is a share.
+        assert _labels(api, "eksinfer:gateway_pool_requests:rate5m", "pool") == {("default",), ("bedrock",)}
+        assert _labels(api, "eksinfer:gateway_pool_ttft_seconds:p99", "pool") == {("default",), ("bedrock",)}
+        fallbacks = _labels(api, "eksinfer:gateway_fallbacks:rate5m", "pool", "reason")
+        assert fallbacks == {("default", "context_too_long")}
+        share = _scalar(api, "eksinfer:gateway_managed_share:ratio5m")
+        assert 0.25 < share < 1  # FALLBACKS of about 24 + FALLBACKS + 1 requests, less what rate() cannot see
 
         empty = []
         for panel in dash["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets", []):  # a row has none
                 if not api.query(target["expr"]):
                     empty.append(panel["title"])
         assert sorted(set(empty)) == sorted(NO_DATA_PANELS), empty
+        assert any(p["type"] == "row" for p in dash["panels"])  # the cascade row was checked too
+
+        # More than a quarter answered by Bedrock: the sustained-fallback alert fires (for: FOR_S here).
+        def bedrock_firing() -> list[dict[str, Any]]:
+            return [a for a in api.alerts("EksinferBedrockFallbackSustained") if a["state"] == "firing"]
+
+        fallback_sent = time.monotonic()  # for the printed report only
+        until_sync(bedrock_firing, WAIT_S, "EksinferBedrockFallbackSustained fires")
+        [alert] = bedrock_firing()
+        assert (alert["labels"]["model"], alert["labels"]["severity"]) == (model, "warning")
+        bedrock_fired_s = time.monotonic() - fallback_sent
 
         # Fault: engine 0 stalls. Its scrape times out, up == 0, and the alert fires for that pod only.
         os.kill(engines[0].pid, signal.SIGSTOP)
@@ -343,5 +460,7 @@ def test_rules_alerts_and_panels_on_a_live_prometheus(tmp_path: Path) -> None:
         print(
             f"EksinferEngineDown (for: {FOR_S}s, eval {EVAL_S}s): fired {fired_s:.1f} s after SIGSTOP, "
             f"resolved {resolved_s:.1f} s after SIGCONT; panels without data: {empty}; "
-            f"EksinferTTFTAboveTarget fired {ttft_fired_s:.1f} s after the long requests were sent"
+            f"EksinferTTFTAboveTarget fired {ttft_fired_s:.1f} s after the long requests were sent; "
+            f"EksinferBedrockFallbackSustained fired {bedrock_fired_s:.1f} s after the fallbacks (share "
+            f"answered by Bedrock {share:.2f})"
         )

@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from eksinfer.errors import ConfigError
 from eksinfer.gateway import tracing
@@ -281,6 +281,39 @@ async def test_pd_hop_is_a_child_span_with_its_own_traceparent() -> None:
     assert headers["traceparent"].split("-")[2] == format(hop.context.span_id, "016x")
     assert dict(hop.attributes or {})[tracing.ATTR_PD_PREFILL_ENDPOINT] == "10.0.0.9:8000"
     assert dict(req.attributes or {})[tracing.ATTR_PD_MODE] == "remote"
+
+
+async def test_a_hop_that_raises_is_an_error_span_and_ends_once() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = tracing.OtelTracer(provider)
+    span = tracer.start("/v1/completions", {}, "r1")
+    tokens = tracing.bind(tracer, span)
+    try:
+        hop = tracing.NO_HOP
+
+        async def hop_that_times_out() -> None:
+            nonlocal hop
+            with tracing.pd_hop("prefill", {}) as hop:
+                hop.set({tracing.ATTR_PD_OUTCOME: "timeout"})
+                raise TimeoutError
+
+        with pytest.raises(TimeoutError):
+            await hop_that_times_out()
+        hop.end()  # a second end does nothing (no second span, no exception)
+        later = tracing.start_hop("decode", {tracing.ATTR_PD_ROLE: "decode"})
+        later.set({tracing.ATTR_STATUS: 200})
+        later.end()
+    finally:
+        tracing.unbind(tokens)
+    span.end()
+    failed, decode, _req = exporter.get_finished_spans()
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.status.description == "TimeoutError"
+    assert dict(failed.attributes or {})[tracing.ATTR_PD_OUTCOME] == "timeout"
+    assert decode.status.status_code == StatusCode.UNSET
+    assert dict(decode.attributes or {}) == {tracing.ATTR_PD_ROLE: "decode", tracing.ATTR_STATUS: 200}
 
 
 async def test_without_tracing_the_clients_traceparent_passes_unchanged(engines: list[FakeEngine]) -> None:

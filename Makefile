@@ -35,7 +35,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 
 # Rendered rules, alerts and dashboard against a real Prometheus scraping simulated engines + gateway
-# (about 100 s on a shared 2-core machine; tests/deploy/test_prometheus_live.py). Skips, saying why, where Prometheus cannot be installed.
+# (50 to 100 s on a shared 2-core machine; tests/deploy/test_prometheus_live.py). Skips, saying why, where Prometheus cannot be installed.
 test-prometheus: $(STAMP)
 	-@bash scripts/ensure-deb.sh prometheus promtool 300
 	EKSINFER_PROMETHEUS=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -rs tests/deploy/test_prometheus_live.py $(ARGS)

@@ -65,7 +65,7 @@ from tests.gateway.test_up import REPLAY_OFFSET, free_block
 from tests.waiting import until_sync
 
 PROMETHEUS = shutil.which("prometheus")
-# About 100 s on a shared 2-core machine: its own target (`make test-prometheus` sets the variable).
+# 50 to 100 s on a shared 2-core machine: its own target (`make test-prometheus` sets the variable).
 ENABLED = os.environ.get("EKSINFER_PROMETHEUS") == "1"
 pytestmark = [
     pytest.mark.slow,

@@ -29,3 +29,28 @@ def test_calibration_medians_hold() -> None:
     assert median("tpot_ms") <= 10.0
     assert median("tok_s") <= 8.0
     assert median("ttft_ms") <= 12.0
+
+
+def test_runs_count_as_async_by_version_engine_or_measurement_date() -> None:
+    # vLLM v0.14.0 made async scheduling the default; SGLang overlaps by default; an unversioned run counts
+    # by its measurement date
+    assert not bench_plan.overlapped("vllm", "0.12.0", "")
+    assert bench_plan.overlapped("vllm", "0.14.0", "")
+    assert bench_plan.overlapped("vllm", "0.19.0", "")
+    assert bench_plan.overlapped("sglang", "0.5.6", "")
+    assert not bench_plan.overlapped("vllm", "", "source_file=x.csv; measured=2025-10-29T00:00:00.000Z")
+    assert bench_plan.overlapped("vllm", "", "measured=2026-04-22T00:00:00.000Z")
+    assert not bench_plan.overlapped("vllm", "", "no date")
+    rows = bench_plan.load_holdout()
+    assert {r.model for r in rows if r.async_scheduling} == {"moonshotai/Kimi-K2.5", "MiniMaxAI/MiniMax-M2.5"}
+    assert not any(r.async_scheduling for r in bench_plan.load_rows())
+
+
+def test_held_out_medians_hold() -> None:
+    # issue 18's held-out goals met at this commit (TTFT, 23-24 %, is not: see docs/planner.md); a guard,
+    # not a fit: no constant is chosen on these runs
+    extra = bench_plan.compare_all(bench_plan.load_holdout())
+    held = [c for c in extra if (c.row.model, c.row.system, c.row.precision) != bench_plan.MOE_FIT]
+    assert len(held) == 487
+    assert statistics.median(abs(c.err("tpot_ms")) for c in held) <= 15.0
+    assert statistics.median(abs(c.err("tok_s")) for c in held) <= 15.0

@@ -17,18 +17,36 @@ def _step(perf: E.EnginePerf, p: int = 0, pairs: int = 0, d: int = 0, ctx: int =
 
 def test_single_decode_is_weights_plus_kv_over_bandwidth() -> None:
     model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
-    perf = build_engine_perf(model, gpu)
+    serial = build_engine_perf(model, gpu, async_scheduling=False)  # vLLM < 0.14
+    overlapped = build_engine_perf(model, gpu)  # the default: async scheduling (vLLM >= 0.14)
+    assert overlapped.async_scheduling
+    assert not serial.async_scheduling
     bw = 3350e9 * E.ETA_BW
     weights_read = (model.total_params - model.vocab_size * model.hidden_size) * 2  # embedding is a gather
-    expected = weights_read / bw + 1000 * 131_072 / bw + E.STEP_OVERHEAD_S + 32 * E.LAYER_OVERHEAD_S
-    expected += E.SEQ_OVERHEAD_S  # one decoding sequence
-    assert _step(perf, d=1, ctx=1000) == pytest.approx(expected, rel=1e-9)
-    assert _step(perf) == 0.0
+    gpu_s = weights_read / bw + 1000 * 131_072 / bw + 32 * E.LAYER_OVERHEAD_S
+    host_s = E.STEP_OVERHEAD_S + E.SEQ_OVERHEAD_S  # one decoding sequence
+    assert _step(serial, d=1, ctx=1000) == pytest.approx(gpu_s + host_s, rel=1e-9)
+    # the host work of the next step runs while this one is on the GPU: the longer of the two sets the pace
+    assert _step(overlapped, d=1, ctx=1000) == pytest.approx(max(gpu_s, host_s), rel=1e-9)
+    assert _step(serial) == _step(overlapped) == 0.0
+
+
+def test_async_scheduling_hides_host_work_until_it_is_the_longer_part() -> None:
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
+    serial = build_engine_perf(model, gpu, async_scheduling=False)
+    overlapped = build_engine_perf(model, gpu)
+    for seqs in (1, 64, 256, 1024):
+        host = E.STEP_OVERHEAD_S + E.SEQ_OVERHEAD_S * seqs
+        gpu_s = _step(serial, d=seqs, ctx=seqs * 1000) - host
+        assert _step(overlapped, d=seqs, ctx=seqs * 1000) == pytest.approx(max(gpu_s, host), rel=1e-9)
+    # pipeline parallelism keeps vLLM's serial loop (v0.14.0 release notes)
+    pp = build_engine_perf(get_model("llama-3.3-70b"), gpu, tensor_parallel_size=4, pipeline_parallel_size=2)
+    assert not pp.async_scheduling
 
 
 def test_large_prefill_is_compute_bound_with_causal_attention() -> None:
     model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
-    perf = build_engine_perf(model, gpu)
+    perf = build_engine_perf(model, gpu, async_scheduling=False)
     tokens = 4096
     flops_rate = 989e12 * E.ETA_GEMM
     linear = 2 * (model.active_params - model.vocab_size * model.hidden_size) * tokens / flops_rate
@@ -66,7 +84,7 @@ def test_moe_decode_touches_more_experts_as_the_batch_grows() -> None:
 
 def test_pipeline_stage_hand_off_costs_latency() -> None:
     model, gpu = get_model("llama-3.3-70b"), get_gpu("H100")
-    tp8 = build_engine_perf(model, gpu, tensor_parallel_size=8)
+    tp8 = build_engine_perf(model, gpu, tensor_parallel_size=8, async_scheduling=False)
     pp2 = build_engine_perf(model, gpu, tensor_parallel_size=8, pipeline_parallel_size=2)
     added = _step(pp2, d=16, ctx=16000) - _step(tp8, d=16, ctx=16000)
     assert added == pytest.approx(E.P2P_LATENCY_S + 16 * 8192 * 2 / 50e9, rel=1e-6)
@@ -127,7 +145,7 @@ def test_ttft_queues_behind_other_prompts_tokens_at_the_marginal_prefill_cost() 
     from eksinfer.perf import serving as S
 
     model, gpu = get_model("qwen3-32b"), get_gpu("H100")
-    perf = build_engine_perf(model, gpu, tensor_parallel_size=2, max_model_len=8192)
+    perf = build_engine_perf(model, gpu, tensor_parallel_size=2, max_model_len=8192, async_scheduling=False)
     isl, osl, conc = 4096, 1024, 8
     point = predict_aggregated(perf, input_tokens=isl, output_tokens=osl, concurrency=conc)
     own = S._own_prefill_s(perf, conc, isl, isl, osl)
@@ -137,6 +155,15 @@ def test_ttft_queues_behind_other_prompts_tokens_at_the_marginal_prefill_cost() 
         (conc - 1) / S.QUEUE_PROMPT_SCALE * isl * tau
     )
     assert point.ttft_s == pytest.approx(expected, rel=1e-9)
+    # with async scheduling a new prompt also waits out the one step already scheduled ahead of it
+    overlapped = build_engine_perf(model, gpu, tensor_parallel_size=2, max_model_len=8192)
+    queued = predict_aggregated(overlapped, input_tokens=isl, output_tokens=osl, concurrency=conc)
+    own = S._own_prefill_s(overlapped, conc, isl, isl, osl)
+    tau = S._prefill_token_s(overlapped, conc, isl, isl, osl)
+    expected = (own + dispatch) * (1 + (conc - 1) / S.QUEUE_CONCURRENCY_SCALE) + (
+        (conc - 1) / S.QUEUE_PROMPT_SCALE * isl * tau
+    )
+    assert queued.ttft_s == pytest.approx(expected + queued.tpot_s, rel=1e-9)
     # compute-bound prompt tokens: the marginal cost is the dense GEMM rate per token (within attention)
     gemm = 2 * (model.active_params - model.vocab_size * model.hidden_size) / 2 / (989e12 * E.ETA_GEMM)
     assert gemm < tau < 1.3 * gemm

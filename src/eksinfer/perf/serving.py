@@ -12,6 +12,8 @@ specialised to vLLM: aiconfigurator @095f58a5 base_backend.py and vllm_backend.p
                 + (B - 1) / 24 prompts ahead x ISL_new x marginal prefill seconds per token
                 (AIC's per-layer vLLM dispatch term, refitted to 0.5 ms; the queue scales fitted to data),
                 at least K - OSL + 1 steps (a prompt waits for its share of full steps when the budget binds)
+                + one mixed step with async scheduling (vLLM >= 0.14: two batches in flight, so a new
+                prompt waits behind the step already scheduled; vllm/config/vllm.py max_concurrent_batches)
                 + the wait for a KV slot when concurrency exceeds what fits (Little's law)
     E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL
 Disaggregated: a prefill engine runs whole prompts back to back, a decode engine only decodes; AIC rate
@@ -158,6 +160,8 @@ def predict_aggregated(
     ttft_run = (own + dispatch) * queueing_factor(running) + ahead * new * _prefill_token_s(
         perf, m, input_tokens, new, output_tokens
     )
+    if perf.async_scheduling:  # the step already scheduled ahead of the first one that can take the prompt
+        ttft_run += step
     decode_steps = max(0, output_tokens - 1)
     # A request cannot finish faster than the steps its tokens need: when the token budget binds, a prompt
     # waits for its share of full steps, so TTFT is the lifetime less the decode steps (the throughput this

@@ -148,8 +148,11 @@ def test_static_fleet_accounting_and_routing_spreads_load(plan_70b: Plan) -> Non
 def test_scale_up_waits_for_node_start_up_and_scale_down_drains(plan_70b: Plan) -> None:
     spec = fleet_spec(plan_70b)
     perf = build_perf(spec)
-    # quiet, then a wall of traffic from 10 to 30 min, quiet again until 90 min
-    trace = _burst_trace(burst=(600.0, 1800.0), rate=3.0, end_s=5400.0)
+    # quiet, then a wall of traffic from 10 to 30 min, quiet again until 90 min; the wall is three replicas'
+    # planned capacity, so the two replicas render starts with cannot take it however fast the model says
+    # an engine is
+    rate = 3.0 * spec.capacity_per_replica
+    trace = _burst_trace(burst=(600.0, 1800.0), rate=rate, end_s=5400.0)
     th = trigger_thresholds(plan_70b, plan_70b.roles[0])
     policy = make_policy("keda-render", spec, th, peak_replicas=4, work_factor=1.0)
     fleet = Fleet(trace, spec, perf, policy)

@@ -21,7 +21,7 @@ from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from eksinfer.gateway.scheduling.framework import EndpointId
 from eksinfer.sim.cluster import SimCluster
-from tests.sim.conftest import StartCluster, start  # noqa: F401 - the fixture
+from tests.sim.conftest import StartCluster, set_slow_token_s, start  # noqa: F401 - the fixture
 
 MODEL = "llama-3.1-8b"
 
@@ -149,6 +149,26 @@ async def test_get_cancel_and_unknown_ids(stack: tuple[GatewayRuntime, openai.As
     text = runtime.metrics.render().decode()
     assert 'route="/v1/responses/{id}"' in text  # one label for every id
     assert "resp_doesnotexist" not in text
+
+
+async def test_background_responses_are_cancelled_on_their_engine(
+    engines: list[SimCluster], stack: tuple[GatewayRuntime, openai.AsyncOpenAI]
+) -> None:
+    """`background: true` answers at once with a queued response; cancelling it through the gateway reaches
+    the one engine running it (the other two would answer 404)."""
+    _, sdk = stack
+    for cluster in engines:
+        set_slow_token_s(cluster, 600.0)  # still running whenever it is cancelled
+    queued = [
+        await sdk.responses.create(model=MODEL, input=f"job {i}", background=True, max_output_tokens=4)
+        for i in range(3)
+    ]
+    for job in queued:
+        assert job.status == "queued"
+        cancelled = await sdk.responses.cancel(job.id)
+        assert (cancelled.id, cancelled.status) == (job.id, "cancelled")
+        assert (await sdk.responses.retrieve(job.id)).status == "cancelled"
+    assert all(not c.engines[0].scheduler.running for c in engines)
 
 
 async def test_a_gateway_that_never_saw_the_id_asks_every_engine(engines: list[SimCluster]) -> None:

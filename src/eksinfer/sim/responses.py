@@ -101,8 +101,27 @@ def parse(
         "user": body.get("user"),
         "tool_choice": choice,
         "tools": tools_echo,
+        "background": body.get("background") is True,
     }
     return params, echo, chat["messages"]
+
+
+def check_background(body: dict[str, Any], store_enabled: bool) -> None:
+    """vLLM 0.32's two refusals of `background: true` (its request validator, then its serving check; the
+    texts are from its source, not a capture). The simulator does not model a streamed background response."""
+    if body.get("store", True) is False:
+        raise p.ApiError(400, "background can only be used when `store` is true", param="background")
+    if not store_enabled:
+        raise p.ApiError(
+            400,
+            "This vLLM engine does not support `store=True` and therefore does not support the background "
+            "mode. To enable these features, set the environment variable "
+            "`VLLM_ENABLE_RESPONSES_API_STORE=1` when launching the vLLM server.",
+            type_="invalid_request_error",
+            param="background",
+        )
+    if body.get("stream") is True:
+        raise p.ApiError(400, "the simulator does not model streamed background responses", param="stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +183,10 @@ class ResponseBuilder:
             "phase": None,
         }
 
+    def queued(self) -> dict[str, Any]:
+        """A background response as first answered and stored: no output, no usage yet (vLLM 0.32)."""
+        return {**self.body(None, None, 0, 0, 0), "output": [], "status": "queued", "usage": None}
+
     def body(
         self,
         text: str | None,
@@ -216,7 +239,7 @@ class ResponseBuilder:
             "tool_choice": self.echo["tool_choice"],
             "tools": self.echo["tools"],
             "top_p": self.echo["top_p"],
-            "background": False,
+            "background": self.echo.get("background", False),
             "max_output_tokens": self.echo["max_output_tokens"],
             "max_tool_calls": None,
             "previous_response_id": self.echo["previous_response_id"],

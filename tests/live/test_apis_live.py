@@ -19,6 +19,7 @@ import pytest
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from tests.live.conftest import LiveServer
+from tests.waiting import until
 
 pytestmark = pytest.mark.live
 
@@ -158,3 +159,88 @@ async def test_leftover_apis_through_the_gateway(sdk: openai.AsyncOpenAI, gatewa
     assert empty.json()["error"]["message"] == "structured_outputs.grammar cannot be an empty string"
     assert score.status_code == 404
     assert "preset=load" in score.headers["x-eksinfer-route"]
+
+
+async def test_stored_responses_through_the_gateway(live_servers: list[LiveServer]) -> None:
+    """Responses `store` on two real vLLM 0.32 servers (VLLM_ENABLE_RESPONSES_API_STORE=1, as
+    scripts/test-live.sh starts them): each server keeps its own store, and round-robin routing sends
+    consecutive requests to different servers, so every follow-up, GET and cancel below reaches the server
+    that stored its response only because the gateway pins it there. A second gateway, which never saw the
+    ids, finds them by asking both servers."""
+    urls = [s.url for s in live_servers]
+
+    async def gateway() -> GatewayRuntime:
+        config = parse_config(
+            {
+                "server": {"host": "127.0.0.1", "port": 0, "route_headers": True},
+                "endpoints": {"static": [{"url": u, "models": [MODEL]} for u in urls]},
+                "routing": {"preset": "round-robin"},
+            }
+        )
+        runtime = build_runtime(config)
+        await runtime.start()
+        return runtime
+
+    first = await gateway()
+    sdk = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{first.port}/v1", api_key="unused", max_retries=0, timeout=120
+    )
+    try:
+        starts = [
+            await sdk.responses.with_raw_response.create(model=MODEL, input=f"story {i}", max_output_tokens=4)
+            for i in range(2)
+        ]
+        assert len({raw.headers["x-eksinfer-endpoint"] for raw in starts}) == 2  # one per server
+        last = [raw.parse().id for raw in starts]
+        for turn in range(4):
+            for i in range(2):
+                if turn % 2:
+                    stream = await sdk.responses.create(
+                        model=MODEL,
+                        input="go on",
+                        previous_response_id=last[i],
+                        max_output_tokens=4,
+                        stream=True,
+                    )
+                    events = [event async for event in stream]
+                    assert events[0].type == "response.created"
+                    assert events[-1].type == "response.completed"
+                    last[i] = events[-1].response.id  # type: ignore[union-attr]
+                else:
+                    out = await sdk.responses.create(
+                        model=MODEL, input="go on", previous_response_id=last[i], max_output_tokens=4
+                    )
+                    assert out.previous_response_id == last[i]
+                    last[i] = out.id
+        for rid in last:
+            assert (await sdk.responses.retrieve(rid)).id == rid
+            with pytest.raises(openai.BadRequestError) as refused:
+                await sdk.responses.cancel(rid)
+            assert "Cannot cancel a synchronous response." in str(refused.value)
+        with pytest.raises(openai.NotFoundError) as missing:
+            await sdk.responses.retrieve("resp_doesnotexist")
+        assert "Response with id 'resp_doesnotexist' not found." in str(missing.value)
+        job = await sdk.responses.create(model=MODEL, input="later", background=True, max_output_tokens=4)
+        assert job.status == "queued"
+
+        async def finished() -> bool:
+            return (await sdk.responses.retrieve(job.id)).status in ("completed", "incomplete")
+
+        await until(finished, timeout_s=120, what="the background response finished on its server")
+    finally:
+        await sdk.close()
+        await first.stop()
+    second = await gateway()
+    sdk = openai.AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{second.port}/v1", api_key="unused", max_retries=0, timeout=120
+    )
+    try:
+        for rid in last:
+            out = await sdk.responses.create(
+                model=MODEL, input="the end", previous_response_id=rid, max_output_tokens=4
+            )
+            assert out.previous_response_id == rid
+        assert (await sdk.responses.retrieve(job.id)).id == job.id
+    finally:
+        await sdk.close()
+        await second.stop()

@@ -286,3 +286,14 @@ async def test_a_pinned_follow_up_skips_the_cascade(start: StartCluster) -> None
         await http.aclose()
         await sdk.close()
         await runtime.stop()
+
+
+async def test_routes_vllm_does_not_have(stack: tuple[GatewayRuntime, openai.AsyncOpenAI]) -> None:
+    """vLLM 0.32 has no DELETE of a response and no input_items: 405 with `Allow` and 404, as it answers."""
+    runtime, _ = stack
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{runtime.port}") as http:
+        delete = await http.delete("/v1/responses/resp_1")
+        items = await http.get("/v1/responses/resp_1/input_items")
+    assert (delete.status_code, delete.headers["Allow"]) == (405, "GET, HEAD")
+    assert delete.json()["error"]["code"] == "method_not_allowed"
+    assert items.status_code == 404

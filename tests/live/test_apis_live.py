@@ -148,7 +148,12 @@ async def test_leftover_apis_through_the_gateway(sdk: openai.AsyncOpenAI, gatewa
         model=MODEL, input="weather?", tools=tools, tool_choice="required", max_output_tokens=200
     )
     assert resp.output
-    assert all(item.type == "function_call" for item in resp.output)
+    if resp.status == "incomplete":  # random weights may not close the call in 200 tokens: vLLM's text
+        assert resp.incomplete_details is not None
+        assert resp.incomplete_details.reason == "max_output_tokens"
+        assert [item.type for item in resp.output] == ["message"]
+    else:
+        assert all(item.type == "function_call" for item in resp.output)
     async with httpx.AsyncClient(timeout=120) as http:
         empty = await http.post(
             gateway + "/v1/chat/completions",

@@ -347,7 +347,7 @@ class ResponsePins:
         try:
             ctype = upstream.headers.get("content-type", "application/json")
             if not ctype.startswith("text/event-stream"):
-                body = await upstream.read()
+                body = await asyncio.wait_for(upstream.read(), self._config.idle_stream_timeout_s)
                 reply = web.Response(status=upstream.status, body=body, headers={"Content-Type": ctype})
             else:
                 reply = web.StreamResponse(status=upstream.status, headers={"Content-Type": ctype})

@@ -9,6 +9,7 @@ would land on an engine that never saw the response and get its 404.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -17,11 +18,16 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eksinfer.gateway.config import parse_config
+from eksinfer.gateway.apis import ResponsePins
+from eksinfer.gateway.config import ServerConfig, parse_config
+from eksinfer.gateway.endpoints import EndpointRegistry, EndpointSpec
+from eksinfer.gateway.http import ApiKeys, RequestRefused
+from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from eksinfer.gateway.scheduling.framework import EndpointId
+from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.sim.cluster import SimCluster
-from tests.sim.conftest import StartCluster, set_slow_token_s, start  # noqa: F401 - the fixture
+from tests.sim.conftest import StartCluster, free_port, set_slow_token_s, start  # noqa: F401 - the fixture
 
 MODEL = "llama-3.1-8b"
 
@@ -297,3 +303,34 @@ async def test_routes_vllm_does_not_have(stack: tuple[GatewayRuntime, openai.Asy
     assert (delete.status_code, delete.headers["Allow"]) == (405, "GET, HEAD")
     assert delete.json()["error"]["code"] == "method_not_allowed"
     assert items.status_code == 404
+
+
+async def test_an_id_unknown_while_an_engine_is_silent(start: StartCluster) -> None:  # noqa: F811
+    """Looking for an id the gateway never saw: an engine that does not answer might hold it, so the answer
+    is 503 (retry), not 404; once only engines that answered remain, vLLM's 404 body. No scraper runs here,
+    so both endpoints stay "healthy" whatever they do."""
+    cluster = await start(enable_responses_store=True)
+    registry = EndpointRegistry()
+    alive = registry.add(EndpointSpec(cluster.urls[0], models=(MODEL,)))
+    silent = registry.add(EndpointSpec(f"http://127.0.0.1:{free_port()}", models=(MODEL,)))
+    upstream = UpstreamPool(connect_timeout_s=2.0)
+    pins = ResponsePins(
+        ServerConfig(), registry, upstream, ApiKeys(frozenset()), GatewayMetrics(registry.all, dict)
+    )
+    try:
+        with pytest.raises(RequestRefused) as refused:
+            await pins.find("resp_nowhere", MODEL, "previous_response_id")
+        assert (refused.value.status, refused.value.code) == (503, "response_engine_unavailable")
+        assert "1 of 2 did not answer" in str(refused.value)
+        registry.remove(silent.id)
+        state, body = await pins.find("resp_nowhere", MODEL, "previous_response_id")
+        assert state is None
+        assert body is not None
+        assert json.loads(body)["error"]["message"] == "Response with id 'resp_nowhere' not found."
+        async with httpx.AsyncClient() as http:
+            made = await http.post(cluster.urls[0] + "/v1/responses", json={"model": MODEL, "input": "hi"})
+        found, _ = await pins.find(made.json()["id"], None, "response_id")
+        assert found is alive
+        assert len(pins.ids) == 1  # remembered
+    finally:
+        await upstream.close()

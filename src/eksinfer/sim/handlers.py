@@ -195,13 +195,11 @@ def _final(
     build: r.ResponseBuilder,
     req: SimRequest,
     params: p.GenerateParams,
-    *,
-    stream: bool = False,
 ) -> dict[str, Any]:
     """The finished response. With --reasoning-parser the whole answer's first tokens are a reasoning item
-    (as vLLM's); a streamed one sends all its text as output_text (reasoning events are not modelled)."""
+    (as vLLM's), streamed or not."""
     cached = max(req.num_cached_tokens, 0)
-    split = 0 if stream else server.reasoning_tokens(params)
+    split = server.reasoning_tokens(params)
     ids = [t for t in req.output_ids if t != server.engine.tokenizer.eos_token_id]
     thought, text = server.text_of(ids[:split]), server.text_of(ids[split:])
     _, calls, _ = message_parts(params.output, text, req.finish_reason)
@@ -229,9 +227,11 @@ async def _stream(
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     tok, eos, sent = server.engine.tokenizer, server.engine.tokenizer.eos_token_id, 0
     tools = ToolDeltas(params.output, tok.decode) if params.output.calls else None
+    split = server.reasoning_tokens(params) if tools is None else 0  # leading tokens streamed as reasoning
+    thinking, said = split > 0, 0  # the reasoning item is open; non-EOS tokens streamed so far
     try:
         await response.prepare(request)
-        await response.write(b"".join(build.opening(text=tools is None)))
+        await response.write(b"".join(build.opening(text=tools is None, reasoning=thinking)))
         while True:
             await wake.wait()
             wake.clear()
@@ -243,7 +243,17 @@ async def _stream(
                 break
             out = req.output_ids
             if tools is None:
-                parts = [build.delta(tok.decode([t])) for t in out[sent:] if t != eos]
+                parts = []
+                for t in (t for t in out[sent:] if t != eos):
+                    if said < split:
+                        parts.append(build.reasoning_delta(tok.decode([t])))
+                    else:
+                        if thinking:  # the first answer token ends the thinking: the message opens
+                            thought = server.text_of([t for t in out if t != eos][:split])
+                            parts += build.reasoning_closing(thought) + build.message_opening()
+                            thinking = False
+                        parts.append(build.delta(tok.decode([t])))
+                    said += 1
             else:
                 parts = []
                 for i in range(sent, len(out)):
@@ -255,11 +265,14 @@ async def _stream(
                             parts.append(build.call_delta(delta["index"], fn["arguments"]))
             sent = len(out)
             if req.finish_reason is not None:
-                final = _final(server, build, req, params, stream=True)
+                final = _final(server, build, req, params)
                 if store_messages is not None:
                     server.stored_responses[build.id] = r.Stored(final, store_messages)
                 if final["output"] and final["output"][0]["type"] == "function_call":
                     parts += build.closing_calls(final)
+                elif thinking:  # it stopped while thinking: the reasoning item, and no message (as vLLM)
+                    thought = server.text_of([t for t in req.output_ids if t != eos])
+                    parts += build.reasoning_closing(thought) + build.closing(final, message=False)
                 else:  # text; a scripted call cut short by max_output_tokens is text too, as in vLLM
                     parts += (build.message_opening() if tools is not None else []) + build.closing(final)
             if parts:

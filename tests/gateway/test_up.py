@@ -127,3 +127,49 @@ def test_up_serves_routes_by_prefix_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.slow
+def test_up_keeps_stored_responses_on_their_engine(tmp_path: Path) -> None:
+    """`VLLM_ENABLE_RESPONSES_API_STORE=1 eksinfer up --replicas 3 --preset round-robin`: the engines keep
+    stored responses (each its own store, as vLLM), round-robin spreads requests over them, and every
+    follow-up and GET still reaches the engine that stored its response (the gateway pins them)."""
+    port = free_block(1)
+    sim_port = free_block(3)
+    kv_port = free_block(3, REPLAY_OFFSET)
+    cmd = [sys.executable, "-m", "eksinfer.cli.main", "up", "--replicas", "3", "--time-scale", "0"]
+    cmd += ["--port", str(port), "--sim-port", str(sim_port), "--kv-events-port", str(kv_port)]
+    cmd += ["--preset", "round-robin"]
+    env = {**os.environ, "NO_COLOR": "1", "VLLM_ENABLE_RESPONSES_API_STORE": "1"}
+    out = tmp_path / "up.out"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+
+        def banner_or_exit() -> bool:
+            assert proc.poll() is None, out.read_text()
+            return "Ctrl-C stops" in out.read_text()
+
+        until_sync(banner_or_exit, timeout_s=60, what="eksinfer up printed its banner")
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        model = client.models.list().data[0].id
+        starts = [
+            client.responses.with_raw_response.create(model=model, input=f"topic {i}", max_output_tokens=4)
+            for i in range(3)
+        ]
+        assert len({raw.headers["x-eksinfer-endpoint"] for raw in starts}) == 3
+        last = [raw.parse().id for raw in starts]
+        for _ in range(3):
+            for i in range(3):
+                answer = client.responses.create(
+                    model=model, input="and then?", previous_response_id=last[i], max_output_tokens=4
+                )
+                assert answer.previous_response_id == last[i]
+                last[i] = answer.id
+        assert [client.responses.retrieve(rid).id for rid in last] == last
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

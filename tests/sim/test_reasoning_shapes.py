@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 
 from tests.sim.conftest import StartCluster
 from tests.sim.test_vllm_shapes import shape
@@ -20,6 +21,7 @@ from tests.sim.test_vllm_shapes import shape
 REAL: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "vllm-0.32-leftovers.json").read_text())
 THINK = REAL["reasoning"]
 ASK = [{"role": "user", "content": "Why is the sky blue?"}]
+MODEL = "llama-3.1-8b"
 
 
 def chunks(sse: str) -> list[dict[str, Any]]:
@@ -97,3 +99,45 @@ async def test_responses_answer_a_reasoning_item_as_vllm(start: StartCluster) ->
     assert got["output"][0]["id"].startswith("rs_")
     assert got["status"] == real["status"] == "incomplete"
     assert got["usage"]["output_tokens_details"] == real["usage"]["output_tokens_details"]  # 16 of 16
+
+
+async def test_streamed_responses_send_the_reasoning_item_first(start: StartCluster) -> None:
+    """A streamed Responses answer from a reasoning model, as vLLM 0.32's stream processor sends it (from
+    its source, `responses/streaming_events.py`; no streamed capture): a reasoning item (reasoning_text
+    deltas) at output 0, then the message at output 1; its done events and the final response agree. An
+    answer that stops while thinking has no message. Parsed by the `openai` SDK."""
+    url = (await start(reasoning_parser="qwen3", natural_output_tokens=8)).urls[0]
+    sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    try:
+        stream = await sdk.responses.create(model=MODEL, input="Why?", max_output_tokens=8, stream=True)
+        events = [event async for event in stream]
+        short = await sdk.responses.create(model=MODEL, input="Why?", max_output_tokens=2, stream=True)
+        cut = [event async for event in short]
+        whole = await sdk.responses.create(model=MODEL, input="Why?", max_output_tokens=8)
+    finally:
+        await sdk.close()
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    thinking = [e for e in events if e.type == "response.reasoning_text.delta"]
+    said = [e for e in events if e.type == "response.output_text.delta"]
+    assert (len(thinking), len(said)) == (4, 4)  # half of the 8 expected tokens think
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    added = [e for e in events if e.type == "response.output_item.added"]
+    assert [(e.output_index, e.item.type) for e in added] == [(0, "reasoning"), (1, "message")]  # type: ignore[union-attr]
+    assert {e.output_index for e in said} == {1}  # type: ignore[union-attr]
+    final = events[-1].response  # type: ignore[union-attr]
+    assert [o.type for o in final.output] == [o.type for o in whole.output] == ["reasoning", "message"]
+    done = next(e for e in events if e.type == "response.reasoning_text.done")
+    assert done.text == final.output[0].content[0].text  # type: ignore[union-attr]
+    assert final.usage is not None
+    assert final.usage.output_tokens_details.reasoning_tokens == 4
+    assert [e.type for e in cut if e.type.startswith("response.output_")] == [
+        "response.output_item.added",
+        "response.output_item.done",
+    ]  # only the reasoning item: it stopped while thinking
+    assert [o.type for o in cut[-1].response.output] == ["reasoning"]  # type: ignore[union-attr]

@@ -12,8 +12,9 @@ import jsonschema
 import openai
 import pytest
 
-from tests.sim.conftest import Sdk, StartCluster
+from tests.sim.conftest import Sdk, StartCluster, set_slow_token_s
 from tests.sim.test_vllm_shapes import shape
+from tests.waiting import until
 
 REAL: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "vllm-0.32-leftovers.json").read_text())
 GEN = REAL["generate"]
@@ -150,3 +151,51 @@ async def test_unknown_previous_response_is_vllms_404(start: StartCluster, store
         get = await http.get(cluster.urls[0] + "/v1/responses/resp_doesnotexist")
     assert (prev.status_code, prev.json()) == (404, GEN["resp_prev_unknown"]["body"])
     assert (get.status_code, get.json()) == (404, GEN["resp_get_unknown"]["body"])
+
+
+async def test_background_responses_are_queued_then_cancelled_or_completed(
+    start: StartCluster, client: Sdk
+) -> None:
+    """`background: true` as vLLM 0.32 serves it: answered at once with the stored, queued response; a
+    cancel while it runs aborts it (`status: "cancelled"`, kept so); otherwise GET shows it completed."""
+    slow, fast = await start(enable_responses_store=True), await start(enable_responses_store=True)
+    set_slow_token_s(slow, 600.0)  # one step in ten minutes: still running whenever it is cancelled
+    sdk = client(slow.urls[0])
+    queued = await sdk.responses.create(model=MODEL, input="hi", background=True, max_output_tokens=4)
+    assert (queued.status, queued.output, queued.usage, queued.background) == ("queued", [], None, True)
+    assert (await sdk.responses.retrieve(queued.id)).status == "queued"
+    cancelled = await sdk.responses.cancel(queued.id)
+    assert (cancelled.id, cancelled.status) == (queued.id, "cancelled")
+    scheduler = slow.engines[0].scheduler
+    assert (list(scheduler.running), list(scheduler.waiting)) == ([], [])  # its generation was aborted
+    assert (await sdk.responses.retrieve(queued.id)).status == "cancelled"
+    sdk = client(fast.urls[0])
+    done = await sdk.responses.create(model=MODEL, input="hi", background=True, max_output_tokens=4)
+
+    async def completed() -> bool:
+        return (await sdk.responses.retrieve(done.id)).status == "incomplete"  # capped at 4 tokens
+
+    await until(completed, what="the background response finished")
+    final = await sdk.responses.retrieve(done.id)
+    assert final.usage is not None
+    assert final.usage.output_tokens == 4
+    assert final.background is True
+    with pytest.raises(openai.BadRequestError):  # finished: nothing to cancel
+        await sdk.responses.cancel(done.id)
+
+
+async def test_background_refusals(start: StartCluster) -> None:
+    on, off = await start(enable_responses_store=True), await start()
+    async with httpx.AsyncClient(timeout=30) as http:
+        no_store = await http.post(
+            on.urls[0] + "/v1/responses",
+            json={"model": MODEL, "input": "hi", "background": True, "store": False},
+        )
+        store_off = await http.post(
+            off.urls[0] + "/v1/responses", json={"model": MODEL, "input": "hi", "background": True}
+        )
+    assert no_store.status_code == 400
+    assert no_store.json()["error"]["message"] == "background can only be used when `store` is true"
+    assert store_off.status_code == 400
+    assert store_off.json()["error"]["param"] == "background"
+    assert "VLLM_ENABLE_RESPONSES_API_STORE=1" in store_off.json()["error"]["message"]

@@ -62,6 +62,17 @@ class ServerConfig(StrictModel):
         "healthy engine (of `model` when the body names one); the engines need "
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING.",
     )
+    response_ids_max_entries: int = Field(
+        100_000,
+        gt=0,
+        description="Stored Responses-API ids the gateway remembers (id -> the engine that stored it), least "
+        "recently used dropped first; a forgotten id is looked for on every engine.",
+    )
+    response_ids_ttl_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="Time an unused stored-response id stays remembered (then it is looked for again).",
+    )
     max_inflight: int = Field(
         10_000,
         gt=0,

@@ -136,9 +136,12 @@ def add_fallback_route(app: web.Application) -> None:
     for route in app.router.routes():
         path = route.resource.canonical if route.resource is not None else ""
         allowed.setdefault(path, set()).add(route.method)
+    dynamic = [r for r in app.router.resources() if isinstance(r, web.DynamicResource)]  # /v1/responses/{id}
 
     async def fallback(request: web.Request) -> web.Response:
-        methods = allowed.get(request.path)
+        methods = set(allowed.get(request.path, ()))
+        for resource in dynamic:  # a path one of them matches, with another method
+            methods |= (await resource.resolve(request))[1]
         if methods:
             response = error_response(
                 405, f"{request.method} is not allowed on {request.path}", code="method_not_allowed"

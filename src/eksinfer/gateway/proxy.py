@@ -37,7 +37,7 @@ import msgspec
 from aiohttp import web
 
 from eksinfer.errors import EksinferError
-from eksinfer.gateway.apis import APIS, Api, LoraAdmin, as_chat
+from eksinfer.gateway.apis import APIS, Api, LoraAdmin, ResponsePins, as_chat
 from eksinfer.gateway.config import ServerConfig
 from eksinfer.gateway.endpoints import EndpointRegistry
 from eksinfer.gateway.http import (
@@ -166,6 +166,7 @@ class _Call:
     failure: _Failed | None = None  # the last failure before the commit point
     failed_on: EndpointState | None = None  # where the last attempt failed
     skips: list[tuple[str, SkipReason]] = field(default_factory=list)
+    pin: EndpointState | None = None  # the engine holding the stored conversation it continues (apis.py)
 
 
 class _Failed(Exception):
@@ -222,6 +223,7 @@ class Proxy:
         config_of_router = getattr(router, "config", None)
         self._debug_header: str | None = getattr(config_of_router, "debug_header", "x-eksinfer-route")
         self._route_headers = config.route_headers  # off by default: they expose pod addresses
+        self._pins = ResponsePins(config, registry, upstream, keys, metrics)  # stored Responses' engines
 
     @property
     def inflight(self) -> int:
@@ -239,7 +241,7 @@ class Proxy:
             posts += LoraAdmin(
                 self._config, self._registry, self._upstream, self._keys, self._metrics
             ).routes()
-        return [*posts, web.get("/v1/models", self.models)]
+        return [*posts, *self._pins.routes(), web.get("/v1/models", self.models)]
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         if not self._keys.check(request.headers):
@@ -266,6 +268,7 @@ class Proxy:
             raw, body, model = await self._admit(request, api.fields)
             view = as_chat(body) if api.chat_like else body
             call = _Call(request, api, model, raw, body, view, started, self._res.cascade.plan(model))
+            call.pin = await self._pins.pin(api.path, body, model)
             return await self._dispatch(call)
         except EksinferError as err:  # refused, or no route: `error_for` is the one map to a status
             status, code, param = error_for(err)
@@ -345,6 +348,8 @@ class Proxy:
 
     async def _cascade(self, call: _Call) -> web.StreamResponse:
         tiers = call.plan.tiers
+        if call.pin is not None:  # a stored conversation: its engine's pool only, no fallback (apis.py)
+            tiers = (self._res.cascade.tier_of(call.pin.pool),)
         for i, tier in enumerate(tiers):
             if call.attempts >= self._retries.max_attempts:
                 break
@@ -382,6 +387,8 @@ class Proxy:
                 suspects = res.stalls.suspects
                 if suspects and len(candidates) > 1:
                     candidates = [c for c in candidates if c.id not in suspects] or candidates
+                if call.pin is not None:  # tried once, whatever its health: no other engine has the context
+                    candidates = [] if call.pin.id in call.tried else [call.pin]
                 if not candidates:
                     return self._skip(call, tier, SkipReason.EXHAUSTED if in_tier else SkipReason.NO_ENDPOINT)
                 if in_tier == 0 and not last:
@@ -502,6 +509,10 @@ class Proxy:
             )
             return await self._end_stream(call, broke)
         failed = call.failure
+        if call.pin is not None and failed is not None and failed.body is None:  # the engine was not reached
+            call.status = "503"
+            call.response = self._pins.unavailable(call.pin, call.body)
+            return call.response
         if failed is not None and failed.body is not None:
             call.status = str(failed.status)  # the engine's own error, as it sent it
             response = web.Response(
@@ -709,12 +720,16 @@ class Proxy:
         content_type = upstream.headers.get("content-type", "application/json")
         size = upstream.content_length
         sse = content_type.startswith("text/event-stream")
+        sniff = self._pins.sniffer(call.api.path, call.body, upstream.status, ep, sse)
         if not call.committed:
             self._metrics.observe_ttft(call.api.path, call.model, now - call.started, ep.pool)
             call.endpoint, call.pool, call.status = ep, ep.pool, str(upstream.status)
         if not call.committed and size is not None and size <= WHOLE_BODY_BYTES and not sse:
             # A complete JSON answer: one write of headers and body (no chunked framing, fewer syscalls).
             body = first if len(first) >= size else first + await upstream.read()
+            if sniff is not None:
+                sniff.feed(body)
+                sniff.finish()
             generated = completion_tokens(body) or 0
             self._metrics.observe_generated(call.model, generated)
             self._observe.generated(generated)
@@ -756,6 +771,8 @@ class Proxy:
                     chunk = cut.feed(chunk)
                 if sent is not None:
                     sent.feed(chunk)
+                if sniff is not None:
+                    sniff.feed(chunk)
                 await response.write(chunk)
                 t = loop.time()
                 deadline.reschedule(t + idle)
@@ -772,6 +789,8 @@ class Proxy:
             generated = counted.tokens()
             self._metrics.observe_generated(call.model, generated)
             self._observe.generated(generated)
+        if sniff is not None:
+            sniff.finish()
         await response.write_eof()
 
     # --- a managed API (Bedrock) -------------------------------------------------------------------------

@@ -295,8 +295,15 @@ class UpstreamPool:
 
     async def post(self, url: str, path: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
         """Sends `body` to `url + path`; returns once the status line and headers are in."""
+        return await self.request("POST", url, path, body, headers)
+
+    async def request(
+        self, method: str, url: str, path: str, body: bytes, headers: Mapping[str, str]
+    ) -> UpstreamResponse:
+        """`post` with another method (the Responses API's GET of a stored response); `path` may carry a
+        query string."""
         origin = origin_of(url)
-        head = [f"POST {origin.prefix}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+        head = [f"{method} {origin.prefix}{path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
         head.append(f"Content-Length: {len(body)}\r\n")
         for name, value in headers.items():
             if not any(c in value for c in "\r\n\0"):  # never let a client's header value split ours

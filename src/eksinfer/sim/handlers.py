@@ -100,8 +100,12 @@ async def responses(server: SimServer, request: web.Request) -> web.StreamRespon
             raise r.not_found(str(prev_id))
     params, echo, messages = r.parse(body, server.ctx, previous)
     store = server.options.enable_responses_store and body.get("store", True) is not False
+    if echo["background"]:
+        r.check_background(body, server.options.enable_responses_store)
     await server.faults()
     build = r.ResponseBuilder(params.model, int(time.time()), echo)
+    if echo["background"]:
+        return _background(server, params, build, messages)
     if params.stream:
         return await _stream(server, request, params, build, messages if store else None)
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -124,6 +128,38 @@ async def responses(server: SimServer, request: web.Request) -> web.StreamRespon
     return web.Response(body=p.dumps(final), content_type="application/json")
 
 
+def _background(
+    server: SimServer, params: p.GenerateParams, build: r.ResponseBuilder, messages: list[dict[str, Any]]
+) -> web.Response:
+    """`background: true`: answered at once with the stored, queued response; generation goes on, and its
+    end replaces the stored response unless it was cancelled first (as vLLM 0.32's serving_responses)."""
+    queued = build.queued()
+    server.stored_responses[build.id] = r.Stored(queued, messages)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_tokens(req: SimRequest) -> None:
+        if req.finish_reason is not None and not done.done():
+            done.set_result(None)
+
+    req = server.submit(params, on_tokens, 0)
+
+    async def finish() -> None:
+        try:
+            await done
+        finally:
+            server.background.pop(build.id, None)
+        stored = server.stored_responses.get(build.id)
+        if stored is not None and stored.response["status"] != "cancelled":
+            if req.finish_reason == "error":
+                stored.response["status"] = "failed"
+            else:
+                final = _final(server, build, req, params)
+                server.stored_responses[build.id] = r.Stored(final, messages)
+
+    server.background[build.id] = (asyncio.create_task(finish()), req)
+    return web.Response(body=p.dumps(queued), content_type="application/json")
+
+
 async def get_response(server: SimServer, request: web.Request) -> web.Response:
     """`GET /v1/responses/{id}`: a stored response as it was answered; vLLM's 404 otherwise."""
     response_id = request.match_info["response_id"]
@@ -134,14 +170,24 @@ async def get_response(server: SimServer, request: web.Request) -> web.Response:
 
 
 async def cancel_response(server: SimServer, request: web.Request) -> web.Response:
-    """`POST /v1/responses/{id}/cancel`: the simulator answers synchronously only, so a stored response is
-    finished and cannot be cancelled (vLLM 0.32's 400); unknown ids get its 404."""
+    """`POST /v1/responses/{id}/cancel`: a background response still queued is cancelled (its generation
+    aborted) and returned with `status: "cancelled"`; any other stored response gets vLLM 0.32's 400, unknown
+    ids its 404."""
     response_id = request.match_info["response_id"]
-    if response_id not in server.stored_responses:
+    stored = server.stored_responses.get(response_id)
+    if stored is None:
         raise r.not_found(response_id)
-    raise p.ApiError(
-        400, "Cannot cancel a synchronous response.", type_="invalid_request_error", param="response_id"
-    )
+    if stored.response["status"] not in ("queued", "in_progress"):
+        raise p.ApiError(
+            400, "Cannot cancel a synchronous response.", type_="invalid_request_error", param="response_id"
+        )
+    stored.response["status"] = "cancelled"
+    running = server.background.pop(response_id, None)
+    if running is not None:
+        task, req = running
+        server.engine.abort(req)
+        task.cancel()
+    return web.Response(body=p.dumps(stored.response), content_type="application/json")
 
 
 def _final(
@@ -149,13 +195,11 @@ def _final(
     build: r.ResponseBuilder,
     req: SimRequest,
     params: p.GenerateParams,
-    *,
-    stream: bool = False,
 ) -> dict[str, Any]:
     """The finished response. With --reasoning-parser the whole answer's first tokens are a reasoning item
-    (as vLLM's); a streamed one sends all its text as output_text (reasoning events are not modelled)."""
+    (as vLLM's), streamed or not."""
     cached = max(req.num_cached_tokens, 0)
-    split = 0 if stream else server.reasoning_tokens(params)
+    split = server.reasoning_tokens(params)
     ids = [t for t in req.output_ids if t != server.engine.tokenizer.eos_token_id]
     thought, text = server.text_of(ids[:split]), server.text_of(ids[split:])
     _, calls, _ = message_parts(params.output, text, req.finish_reason)
@@ -183,9 +227,11 @@ async def _stream(
     response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
     tok, eos, sent = server.engine.tokenizer, server.engine.tokenizer.eos_token_id, 0
     tools = ToolDeltas(params.output, tok.decode) if params.output.calls else None
+    split = server.reasoning_tokens(params) if tools is None else 0  # leading tokens streamed as reasoning
+    thinking, said = split > 0, 0  # the reasoning item is open; non-EOS tokens streamed so far
     try:
         await response.prepare(request)
-        await response.write(b"".join(build.opening(text=tools is None)))
+        await response.write(b"".join(build.opening(text=tools is None, reasoning=thinking)))
         while True:
             await wake.wait()
             wake.clear()
@@ -197,7 +243,17 @@ async def _stream(
                 break
             out = req.output_ids
             if tools is None:
-                parts = [build.delta(tok.decode([t])) for t in out[sent:] if t != eos]
+                parts = []
+                for t in (t for t in out[sent:] if t != eos):
+                    if said < split:
+                        parts.append(build.reasoning_delta(tok.decode([t])))
+                    else:
+                        if thinking:  # the first answer token ends the thinking: the message opens
+                            thought = server.text_of([t for t in out if t != eos][:split])
+                            parts += build.reasoning_closing(thought) + build.message_opening()
+                            thinking = False
+                        parts.append(build.delta(tok.decode([t])))
+                    said += 1
             else:
                 parts = []
                 for i in range(sent, len(out)):
@@ -209,11 +265,14 @@ async def _stream(
                             parts.append(build.call_delta(delta["index"], fn["arguments"]))
             sent = len(out)
             if req.finish_reason is not None:
-                final = _final(server, build, req, params, stream=True)
+                final = _final(server, build, req, params)
                 if store_messages is not None:
                     server.stored_responses[build.id] = r.Stored(final, store_messages)
                 if final["output"] and final["output"][0]["type"] == "function_call":
                     parts += build.closing_calls(final)
+                elif thinking:  # it stopped while thinking: the reasoning item, and no message (as vLLM)
+                    thought = server.text_of([t for t in req.output_ids if t != eos])
+                    parts += build.reasoning_closing(thought) + build.closing(final, message=False)
                 else:  # text; a scripted call cut short by max_output_tokens is text too, as in vLLM
                     parts += (build.message_opening() if tools is not None else []) + build.closing(final)
             if parts:

@@ -101,8 +101,27 @@ def parse(
         "user": body.get("user"),
         "tool_choice": choice,
         "tools": tools_echo,
+        "background": body.get("background") is True,
     }
     return params, echo, chat["messages"]
+
+
+def check_background(body: dict[str, Any], store_enabled: bool) -> None:
+    """vLLM 0.32's two refusals of `background: true` (its request validator, then its serving check; the
+    texts are from its source, not a capture). The simulator does not model a streamed background response."""
+    if body.get("store", True) is False:
+        raise p.ApiError(400, "background can only be used when `store` is true", param="background")
+    if not store_enabled:
+        raise p.ApiError(
+            400,
+            "This vLLM engine does not support `store=True` and therefore does not support the background "
+            "mode. To enable these features, set the environment variable "
+            "`VLLM_ENABLE_RESPONSES_API_STORE=1` when launching the vLLM server.",
+            type_="invalid_request_error",
+            param="background",
+        )
+    if body.get("stream") is True:
+        raise p.ApiError(400, "the simulator does not model streamed background responses", param="stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +153,7 @@ class ResponseBuilder:
         self.sequence = 0
         self.call_item_ids: dict[int, str] = {}
         self.reasoning_id = f"rs_{secrets.token_hex(16)}"
+        self.message_index = 0  # the message item's output_index: 1 after a streamed reasoning item
 
     def call_item(self, k: int, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
         """Function call k as an output item, in vLLM 0.32's key order (captured)."""
@@ -163,6 +183,10 @@ class ResponseBuilder:
             "type": "message",
             "phase": None,
         }
+
+    def queued(self) -> dict[str, Any]:
+        """A background response as first answered and stored: no output, no usage yet (vLLM 0.32)."""
+        return {**self.body(None, None, 0, 0, 0), "output": [], "status": "queued", "usage": None}
 
     def body(
         self,
@@ -216,7 +240,7 @@ class ResponseBuilder:
             "tool_choice": self.echo["tool_choice"],
             "tools": self.echo["tools"],
             "top_p": self.echo["top_p"],
-            "background": False,
+            "background": self.echo.get("background", False),
             "max_output_tokens": self.echo["max_output_tokens"],
             "max_tool_calls": None,
             "previous_response_id": self.echo["previous_response_id"],
@@ -270,20 +294,24 @@ class ResponseBuilder:
         self.sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + p.dumps(payload) + b"\n\n"
 
-    def opening(self, *, text: bool = True) -> list[bytes]:
-        """The events before the first token (a function-call answer opens its items as calls start)."""
+    def opening(self, *, text: bool = True, reasoning: bool = False) -> list[bytes]:
+        """The events before the first token (a function-call answer opens its items as calls start; a
+        reasoning model's answer opens its reasoning item, the message follows when the thinking ends)."""
         start = self.body(None, None, 0, 0, 0)
         head = [
             self.event("response.created", response=start),
             self.event("response.in_progress", response=start),
         ]
+        if reasoning:
+            return head + self.reasoning_opening()
         return head + self.message_opening() if text else head
 
     def message_opening(self) -> list[bytes]:
         """The events that open the message item and its text part."""
-        where: dict[str, Any] = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        k = self.message_index
+        where: dict[str, Any] = {"item_id": self.item_id, "output_index": k, "content_index": 0}
         return [
-            self.event("response.output_item.added", item=self._item(None, "in_progress"), output_index=0),
+            self.event("response.output_item.added", item=self._item(None, "in_progress"), output_index=k),
             self.event("response.content_part.added", part={**self._part(""), "logprobs": []}, **where),
         ]
 
@@ -292,10 +320,48 @@ class ResponseBuilder:
             "response.output_text.delta",
             delta=text,
             item_id=self.item_id,
-            output_index=0,
+            output_index=self.message_index,
             content_index=0,
             logprobs=[],
         )
+
+    # A streamed reasoning item, as vLLM 0.32's simple (non-Harmony) stream processor emits it
+    # (`entrypoints/openai/responses/streaming_events.py`: emit_simple_reasoning_open / _delta / _done; from
+    # its source: the capture server streamed no reasoning). The message comes after it, at output_index 1.
+    def _reasoning_item(self, text: str | None, status: str) -> dict[str, Any]:
+        content = None if text is None else [{"text": text, "type": "reasoning_text"}]
+        return {
+            "id": self.reasoning_id,
+            "summary": [],
+            "type": "reasoning",
+            "content": content,
+            "encrypted_content": None,
+            "status": status,
+        }
+
+    def reasoning_opening(self) -> list[bytes]:
+        where: dict[str, Any] = {"item_id": self.reasoning_id, "output_index": 0, "content_index": 0}
+        item = self._reasoning_item(None, "in_progress")
+        return [
+            self.event("response.output_item.added", item=item, output_index=0),
+            self.event("response.content_part.added", part={"text": "", "type": "reasoning_text"}, **where),
+        ]
+
+    def reasoning_delta(self, text: str) -> bytes:
+        where: dict[str, Any] = {"item_id": self.reasoning_id, "output_index": 0, "content_index": 0}
+        return self.event("response.reasoning_text.delta", delta=text, **where)
+
+    def reasoning_closing(self, text: str) -> list[bytes]:
+        """The events that close the reasoning item; the message that may follow is output 1."""
+        where: dict[str, Any] = {"item_id": self.reasoning_id, "output_index": 0, "content_index": 0}
+        self.message_index = 1
+        return [
+            self.event("response.reasoning_text.done", text=text, **where),
+            self.event("response.content_part.done", part={"text": text, "type": "reasoning_text"}, **where),
+            self.event(
+                "response.output_item.done", item=self._reasoning_item(text, "completed"), output_index=0
+            ),
+        ]
 
     def call_opened(self, k: int, call_id: str, name: str) -> bytes:
         item = self.call_item(k, call_id, name, "", "in_progress")
@@ -325,16 +391,20 @@ class ResponseBuilder:
             out.append(self.event("response.output_item.done", item=item, output_index=k))
         return [*out, self.event("response.completed", response=final)]
 
-    def closing(self, final: dict[str, Any]) -> list[bytes]:
-        """The events after the last token; `final` is the finished response body."""
+    def closing(self, final: dict[str, Any], *, message: bool = True) -> list[bytes]:
+        """The events after the last token; `final` is the finished response body. `message` False: none
+        was opened (a reasoning answer that stopped while thinking), so only the end is sent."""
+        kind = "response.completed"  # also for an incomplete response: vLLM 0.32 sends no response.incomplete
+        if not message:
+            return [self.event(kind, response=final)]
         messages = [item for item in final["output"] if item["type"] == "message"]
         item = messages[0] if messages else self._item("", "completed")
         text = item["content"][0]["text"] if item["content"] else ""
-        where: dict[str, Any] = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
-        kind = "response.completed"  # also for an incomplete response: vLLM 0.32 sends no response.incomplete
+        k = self.message_index
+        where: dict[str, Any] = {"item_id": self.item_id, "output_index": k, "content_index": 0}
         return [
             self.event("response.output_text.done", text=text, logprobs=[], **where),
             self.event("response.content_part.done", part=self._part(text), **where),
-            self.event("response.output_item.done", item=item, output_index=0),
+            self.event("response.output_item.done", item=item, output_index=k),
             self.event(kind, response=final),
         ]

@@ -125,6 +125,15 @@ class SimServer:
         self.stored_responses: dict[
             str, Stored
         ] = {}  # VLLM_ENABLE_RESPONSES_API_STORE: kept forever, as vLLM
+        self.background: dict[str, tuple[asyncio.Task[None], SimRequest]] = {}  # `background: true` running
+
+    async def _stop_background(self, _: web.Application) -> None:
+        """Background responses still generating end with the server (no task outlives it)."""
+        running = [task for task, _ in self.background.values()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        self.background.clear()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_body_bytes)
@@ -156,6 +165,7 @@ class SimServer:
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.metrics)
         _add_fastapi_fallback(app)
+        app.on_cleanup.append(self._stop_background)
         return app
 
     def _guard(self, handler: Handler) -> Handler:

@@ -166,7 +166,6 @@ class FakeEngine:
         await resp.write_eof()
         return resp
 
-
     @staticmethod
     async def _error_event(resp: web.StreamResponse, b: EngineBehaviour) -> None:
         """vLLM's in-band error (`create_streaming_error_response`: `json.dumps`, so with spaces), then its

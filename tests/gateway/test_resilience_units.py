@@ -373,7 +373,8 @@ def test_continuation_bodies() -> None:
     )
     managed = continuation_body(chat, True, sent, engine_options=False)
     assert managed is not None
-    assert "continue_final_message" not in managed
+    assert managed["continue_final_message"] is True  # the managed tier's translation reads it
+    assert "add_generation_prompt" not in managed
     completion = continuation_body({"prompt": "P:", "max_tokens": 2}, False, sent, engine_options=True)
     assert completion is None  # both tokens were sent: nothing left to continue
     completion = continuation_body({"prompt": "P:"}, False, sent, engine_options=True)

@@ -65,6 +65,7 @@ from eksinfer.gateway.resilience.stream import (
     SentText,
     continuation_body,
     is_opening_only,
+    without_role,
 )
 from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 from eksinfer.gateway.upstream import (
@@ -919,7 +920,7 @@ class Proxy:
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
                 async for chunk in chunks:
-                    event = sse_event(chunk)
+                    event = sse_event(without_role(chunk) if continuing and not wrote else chunk)
                     if not wrote and _opening_chunk(chunk):
                         if not continuing:
                             held = event

@@ -114,8 +114,9 @@ class SentText:
 def continuation_body(
     body: Mapping[str, Any], chat: bool, sent: SentText, *, engine_options: bool
 ) -> dict[str, Any] | None:
-    """The request that continues `body` after `sent`; None when it cannot be continued honestly.
-    `engine_options` adds vLLM's chat-template options (not for a managed API: it refuses unknown fields)."""
+    """The request that continues `body` after `sent`; None when it cannot be continued honestly. A chat
+    continuation says `continue_final_message: true` (vLLM's option; a managed tier's translation reads it
+    too, see bedrock/translate.py); `engine_options` adds vLLM's `add_generation_prompt: false` with it."""
     if not sent.continuable or body.get("n", 1) not in (1, None) or body.get("logprobs"):
         return None
     out = dict(body)
@@ -124,8 +125,8 @@ def continuation_body(
         if not isinstance(messages, list):
             return None
         out["messages"] = [*messages, {"role": "assistant", "content": sent.text}]
+        out["continue_final_message"] = True
         if engine_options:
-            out["continue_final_message"] = True
             out["add_generation_prompt"] = False
     else:
         prompt = body.get("prompt")
@@ -140,6 +141,19 @@ def continuation_body(
                 return None  # the answer was complete in length: nothing left to continue
             out[key] = left
     return out
+
+
+def without_role(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A continuation's first chunk without its `role` (a managed tier sends it with the first content), so
+    the client sees the role once, at the start of the stream."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return chunk
+    delta = choices[0].get("delta")
+    if not isinstance(delta, dict) or "role" not in delta:
+        return chunk
+    first = {**choices[0], "delta": {k: v for k, v in delta.items() if k != "role"}}
+    return {**chunk, "choices": [first, *choices[1:]]}
 
 
 class ContinuationFilter:

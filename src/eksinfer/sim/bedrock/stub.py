@@ -8,7 +8,9 @@ Wire protocol (botocore's bedrock-runtime service model 2023-09-30, protocol res
     errors: the AWS status, `x-amzn-ErrorType: <Code>:<namespace>`, `x-amzn-RequestId`, body {"message"}
 
 It checks what Bedrock checks and the gateway's translation must get right (roles alternate and start with
-`user`, no blank text, tool blocks need a toolConfig) and ignores the SigV4 signature. The answer is a
+`user`, no blank text, tool blocks need a toolConfig, an assistant prefill does not end with whitespace, and
+the models in `no_prefill_models` refuse a conversation that ends with an assistant message, as Claude 4.6
+and later do) and ignores the SigV4 signature. The answer is a
 deterministic word list (" b0 b1 ..."), cut by maxTokens and stopSequences; a forced tool choice answers
 with one tool call. `StubFaults` injects throttling, 503s, a slow first event and streams that break
 (an in-band exception event or a dropped connection); the faults are read per request, so a test or a
@@ -76,6 +78,7 @@ class BedrockStub:
 
     output_tokens: int = 8
     known_models: frozenset[str] | None = None  # None: every model id is served
+    no_prefill_models: frozenset[str] = frozenset()  # model ids that refuse a final assistant message
     cache_read_input_tokens: int = 0
     seed: int = 0
     faults: StubFaults = field(default_factory=StubFaults)
@@ -109,6 +112,7 @@ class BedrockStub:
         if self.known_models is not None and model_id not in self.known_models:
             raise _Refused(404, "ResourceNotFoundException", "The provided model identifier is invalid.")
         _check_conversation(body)
+        _check_prefill(body, model_id in self.no_prefill_models)
         draw = self.rng.random()
         if draw < self.faults.throttle_share:
             raise _Refused(429, "ThrottlingException", "Too many requests, please wait before trying again.")
@@ -283,6 +287,32 @@ def _check_conversation(body: dict[str, Any]) -> None:
             400,
             "ValidationException",
             "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+        )
+
+
+# Bedrock's ValidationException for a model without assistant prefill (its message as Bedrock relays the
+# model's own error, e.g. Claude Opus 4.6 on Bedrock: anomalyco/opencode issue #29760).
+NO_PREFILL_MESSAGE = (
+    "The model returned the following errors: This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+
+
+def _check_prefill(body: dict[str, Any], refused: bool) -> None:
+    """A conversation ending with an assistant message is a prefill: refused by some models; for the others
+    its text must not end with whitespace (Anthropic's check, which Bedrock relays)."""
+    last = body["messages"][-1]
+    if last.get("role") != "assistant":
+        return
+    if refused:
+        raise _Refused(400, "ValidationException", NO_PREFILL_MESSAGE)
+    texts = [b["text"] for b in last["content"] if "text" in b]
+    if texts and texts[-1] != texts[-1].rstrip():
+        raise _Refused(
+            400,
+            "ValidationException",
+            "The model returned the following errors: final assistant content cannot end with trailing "
+            "whitespace",
         )
 
 

@@ -47,11 +47,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8089)
     p.add_argument("--output-tokens", type=_count, default=16, help="words per answer (before maxTokens)")
     p.add_argument("--models", default="", help="comma-separated model ids served; empty: any")
-    p.add_argument(
-        "--no-prefill-models",
-        default="",
-        help="comma-separated model ids that refuse a conversation ending with an assistant message",
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--throttle-share", type=_share, default=0.0, help="429 ThrottlingException share")
     p.add_argument("--unavailable-share", type=_share, default=0.0, help="503 ServiceUnavailable share")
@@ -60,6 +55,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--break-share", type=_share, default=0.0, help="streams that break mid-way")
     p.add_argument("--break-after-events", type=_count, default=2)
     p.add_argument("--break-mode", choices=("exception", "reset"), default="exception")
+    p.add_argument(
+        "--no-prefill-models",
+        default="",
+        help="comma-separated model ids that refuse a conversation ending with an assistant message",
+    )
     return p.parse_args(argv)
 
 
@@ -79,9 +79,9 @@ async def serve(args: argparse.Namespace) -> None:
         args.port,
         output_tokens=args.output_tokens,
         known_models=models,
-        no_prefill_models=frozenset(m.strip() for m in args.no_prefill_models.split(",") if m.strip()),
         seed=args.seed,
         faults=faults,
+        no_prefill_models=frozenset(m.strip() for m in args.no_prefill_models.split(",") if m.strip()),
     )
     print(f"Bedrock Runtime stub on {running.url}", flush=True)
     try:

@@ -8,9 +8,7 @@ Wire protocol (botocore's bedrock-runtime service model 2023-09-30, protocol res
     errors: the AWS status, `x-amzn-ErrorType: <Code>:<namespace>`, `x-amzn-RequestId`, body {"message"}
 
 It checks what Bedrock checks and the gateway's translation must get right (roles alternate and start with
-`user`, no blank text, tool blocks need a toolConfig, an assistant prefill does not end with whitespace, and
-the models in `no_prefill_models` refuse a conversation that ends with an assistant message, as Claude 4.6
-and later do) and ignores the SigV4 signature. The answer is a
+`user`, no blank text, tool blocks need a toolConfig) and ignores the SigV4 signature. The answer is a
 deterministic word list (" b0 b1 ..."), cut by maxTokens and stopSequences; a forced tool choice answers
 with one tool call. `StubFaults` injects throttling, 503s, a slow first event and streams that break
 (an in-band exception event or a dropped connection); the faults are read per request, so a test or a
@@ -78,12 +76,14 @@ class BedrockStub:
 
     output_tokens: int = 8
     known_models: frozenset[str] | None = None  # None: every model id is served
-    no_prefill_models: frozenset[str] = frozenset()  # model ids that refuse a final assistant message
     cache_read_input_tokens: int = 0
     seed: int = 0
     faults: StubFaults = field(default_factory=StubFaults)
     recorded: deque[Recorded] = field(default_factory=lambda: deque(maxlen=1000))
     counts: Counter[str] = field(default_factory=Counter)
+    # Model ids that refuse a conversation ending with an assistant message (a prefill), as Claude 4.6 and
+    # later do on Bedrock; the others refuse only a prefill that ends with whitespace (`_check_prefill`).
+    no_prefill_models: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)

@@ -38,6 +38,9 @@ class EngineBehaviour:
     fail_first: int | None = None  # only the first N requests fail (None: all, while fail_status is set)
     role_event: bool = False  # chat streams open with vLLM's role event before the first token
     health_status: int = 200  # what GET /health answers
+    error_after: int | None = None  # after this many tokens, end with vLLM's in-band error event + [DONE]
+    error_code: int = 500  # that event's code (vLLM: 500 for an engine failure, 400 for a refused request)
+    error_split: bool = False  # write the error event in two pieces (a read may split it)
 
 
 @dataclass
@@ -143,6 +146,9 @@ class FakeEngine:
             opening["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
             await resp.write(b"data: " + json.dumps(opening, separators=(",", ":")).encode() + b"\n\n")
         for i, word in enumerate(words):
+            if b.error_after is not None and i >= b.error_after:
+                await self._error_event(resp, b)
+                return resp
             if b.break_after is not None and i >= b.break_after:
                 assert request.transport is not None
                 request.transport.close()
@@ -159,6 +165,22 @@ class FakeEngine:
         self.completed += 1
         await resp.write_eof()
         return resp
+
+    @staticmethod
+    async def _error_event(resp: web.StreamResponse, b: EngineBehaviour) -> None:
+        """vLLM's in-band error (`create_streaming_error_response`: `json.dumps`, so with spaces), then its
+        `[DONE]`."""
+        kind = "InternalServerError" if b.error_code >= 500 else "BadRequestError"
+        error = {"message": "engine failed", "type": kind, "param": None, "code": b.error_code}
+        event = f"data: {json.dumps({'error': error})}\n\n".encode()
+        if b.error_split:
+            await resp.write(event[:12])
+            await asyncio.sleep(0.05)  # a separate read on the gateway's side (its verdict holds either way)
+            await resp.write(event[12:])
+        else:
+            await resp.write(event)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
 
 
 class RoundRobinRouter:

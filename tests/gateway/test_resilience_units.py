@@ -18,6 +18,7 @@ from eksinfer.gateway.resilience.config import BreakerConfig, BudgetConfig, Outl
 from eksinfer.gateway.resilience.errors import ErrorClass, SkipReason, classify_bedrock, classify_status
 from eksinfer.gateway.resilience.outlier import OutlierDetector
 from eksinfer.gateway.resilience.policy import Backoff, RetryBudget
+from eksinfer.gateway.resilience.slowstart import SlowStartRamp
 from eksinfer.gateway.resilience.stall import PREFILL_FLOOR_TOKENS_PER_S, StallWatch, Watched, grace_s
 from eksinfer.gateway.resilience.stream import (
     ContinuationFilter,
@@ -213,33 +214,32 @@ def test_at_most_the_allowed_share_of_a_pool_is_ejected() -> None:
 
 def test_slow_start_ramps_a_returning_endpoint_and_never_empties_a_pool() -> None:
     clock = FakeClock()
-    rng = FixedRandom(0.5)
-    det = OutlierDetector(OutlierConfig(), slow_start_s=10.0, clock=clock, rng=rng)
-    a, b = ep("a"), ep("b")
+    det = OutlierDetector(OutlierConfig(), SlowStartRamp(10.0), clock=clock)
+    a, b = ep("a", inflight_requests=1), ep("b", inflight_requests=10)
     det.returned(a)
     assert det.in_slow_start(a)
-    assert det.eligible([a, b]) == [b]  # share 10 % < draw 0.5
-    clock.advance(4.0)  # share 0.1 + 0.9 * 0.4 = 46 %
-    assert det.eligible([a, b]) == [b]
-    clock.advance(1.0)  # 55 %
+    assert det.eligible([a, b]) == [b]  # weight 0.1: at most max(1, 0.1 x 10) in flight, it has 1
+    clock.advance(4.0)  # weight 0.4: up to 4
     assert det.eligible([a, b]) == [a, b]
-    clock.advance(5.0)
+    a.inflight_requests = 4
+    assert det.eligible([a, b]) == [b]
+    clock.advance(6.0)
     assert det.eligible([a, b]) == [a, b]
     assert not det.in_slow_start(a)  # ramp over
     det.returned(b)
-    assert det.eligible([b]) == [b]  # held back by its draw, but the only one: kept
+    assert det.eligible([b]) == [b]  # ramping, but nothing to compare with: kept
 
 
 def test_active_check_verdicts_take_out_and_bring_back_in_slow_start() -> None:
     clock = FakeClock()
-    det = OutlierDetector(OutlierConfig(), slow_start_s=10.0, clock=clock, rng=FixedRandom(0.99))
-    a, b = ep("a"), ep("b")
+    det = OutlierDetector(OutlierConfig(), SlowStartRamp(10.0), clock=clock)
+    a, b = ep("a", inflight_requests=1), ep("b")
     det.set_down(a, True)
     assert det.is_down(a)
     assert det.eligible([a, b]) == [b]
     det.set_down(a, False)
     assert det.in_slow_start(a)
-    assert det.eligible([a, b]) == [b]
+    assert det.eligible([a, b]) == [b]  # its one request in flight is its ceiling
     clock.advance(10)
     assert det.eligible([a, b]) == [a, b]
 
@@ -373,7 +373,8 @@ def test_continuation_bodies() -> None:
     )
     managed = continuation_body(chat, True, sent, engine_options=False)
     assert managed is not None
-    assert "continue_final_message" not in managed
+    assert managed["continue_final_message"] is True  # the managed tier's translation reads it
+    assert "add_generation_prompt" not in managed
     completion = continuation_body({"prompt": "P:", "max_tokens": 2}, False, sent, engine_options=True)
     assert completion is None  # both tokens were sent: nothing left to continue
     completion = continuation_body({"prompt": "P:"}, False, sent, engine_options=True)

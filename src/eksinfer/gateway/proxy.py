@@ -60,9 +60,12 @@ from eksinfer.gateway.resilience.stall import Watched
 from eksinfer.gateway.resilience.stall import grace_s as stall_grace_s
 from eksinfer.gateway.resilience.stream import (
     ContinuationFilter,
+    EngineError,
+    EventGuard,
     SentText,
     continuation_body,
     is_opening_only,
+    without_role,
 )
 from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 from eksinfer.gateway.upstream import (
@@ -83,6 +86,7 @@ WHOLE_BODY_BYTES = 1 << 20  # non-streamed answers up to 1 MiB with a Content-Le
 _FORWARD_HEADERS = ("x-request-id", "traceparent", "tracestate")
 POOL_HEADER = "x-eksinfer-pool"  # which pool answered: a pool name, not an address, so always sent
 _CONTINUABLE = ("/v1/chat/completions", "/v1/completions")
+_SSE_EVENT = "text/event-stream; event"  # a `_Failed` body that is the engine's own error event
 
 
 class RouterLike(Protocol):
@@ -492,7 +496,8 @@ class Proxy:
         assert call.response is not None
         self._metrics.observe_stream_break(call.model, call.pool, "error_event")
         try:
-            await _close_stream(call.response, failed.status, failed.message, failed.code)
+            event = failed.body if failed.content_type == _SSE_EVENT else None
+            await _close_stream(call.response, failed.status, failed.message, failed.code, event)
         except ConnectionResetError:
             call.status = "499"
         return call.response
@@ -709,6 +714,11 @@ class Proxy:
         except EngineLinkError as err:
             msg = "the engine closed the connection before answering"
             raise _Failed(FailureKind.BROKEN, ErrorClass.RETRYABLE, 502, msg, "upstream_broken") from err
+        guard = _event_guard(call, upstream)
+        if guard is not None:
+            first = guard.feed(first)
+            if guard.error is not None and not guard.error.terminal and (not first or is_opening_only(first)):
+                raise _engine_error(ep, guard.error, mid_stream=False)  # before any content: retried unseen
         self._first_token(flight)
         self._observe.first_token()
         watched = flight.watched
@@ -764,21 +774,30 @@ class Proxy:
         idle = self._config.idle_stream_timeout_s
         chunk = first
         counted = StreamTokens()
+        counted.feed(chunk)
         try:
-            while chunk:
-                counted.feed(chunk)
-                if cut is not None:
+            while True:
+                if cut is not None and chunk:
                     chunk = cut.feed(chunk)
-                if sent is not None:
+                if sent is not None and chunk:
                     sent.feed(chunk)
-                if sniff is not None:
-                    sniff.feed(chunk)
-                await response.write(chunk)
+                if chunk:
+                    if sniff is not None:
+                        sniff.feed(chunk)
+                    await response.write(chunk)
                 t = loop.time()
                 deadline.reschedule(t + idle)
                 if watched is not None:
                     watched.last_byte = t  # progress, for the stall watchdog
-                chunk = await upstream.readany()
+                if guard is not None and guard.error is not None:
+                    break
+                raw = await upstream.readany()
+                if not raw:
+                    break
+                counted.feed(raw)
+                chunk = guard.feed(raw) if guard is not None else raw
+            if guard is not None:
+                await self._guard_end(guard, response, ep)
         except UpstreamBrokenError as err:
             log.warning("endpoint %s broke the stream: %s", ep.id, err)
             msg = "the engine closed the stream early"
@@ -792,6 +811,20 @@ class Proxy:
         if sniff is not None:
             sniff.finish()
         await response.write_eof()
+
+    async def _guard_end(self, guard: EventGuard, response: web.StreamResponse, ep: EndpointState) -> None:
+        """The end of a guarded stream: the rest of it, a 4xx error event as the engine wrote it (without
+        its `[DONE]`), or a break for a 5xx one (stream.py)."""
+        error = guard.error
+        if error is None:
+            rest = guard.flush()
+            if rest:
+                await response.write(rest)
+        elif error.terminal:
+            await response.write(error.event)
+        else:
+            log.warning("endpoint %s ended its stream with an error event: %s", ep.id, error.message)
+            raise _engine_error(ep, error, mid_stream=True)
 
     # --- a managed API (Bedrock) -------------------------------------------------------------------------
     async def _try_managed(self, call: _Call, tier: Tier, last: bool) -> web.StreamResponse | None:
@@ -906,7 +939,7 @@ class Proxy:
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
                 async for chunk in chunks:
-                    event = sse_event(chunk)
+                    event = sse_event(without_role(chunk) if continuing and not wrote else chunk)
                     if not wrote and _opening_chunk(chunk):
                         if not continuing:
                             held = event
@@ -952,6 +985,27 @@ class Proxy:
             call.sent = SentText()
 
 
+def _event_guard(call: _Call, upstream: UpstreamResponse) -> EventGuard | None:
+    """A guard for vLLM's in-band error event on chat and completion streams (stream.py)."""
+    if upstream.status != 200 or call.api.path not in _CONTINUABLE:
+        return None
+    return EventGuard() if upstream.headers.get("content-type", "").startswith("text/event-stream") else None
+
+
+def _engine_error(ep: EndpointState, error: EngineError, *, mid_stream: bool) -> _Failed:
+    msg = f"endpoint {ep.id} ended its stream with an error: {error.message}"
+    return _Failed(
+        FailureKind.ERROR_EVENT,
+        ErrorClass.RETRYABLE,
+        error.status,
+        msg,
+        "upstream_error",
+        body=error.event if mid_stream else error.payload,  # after the commit point an event, else JSON
+        content_type=_SSE_EVENT if mid_stream else "application/json",
+        mid_stream=mid_stream,
+    )
+
+
 def _excluding(tried: set[str]) -> Callable[[EndpointState], bool]:
     return lambda state: state.id in tried
 
@@ -969,8 +1023,11 @@ def _opening_chunk(chunk: Mapping[str, Any]) -> bool:
     )
 
 
-async def _close_stream(response: web.StreamResponse, status: int, message: str, code: str) -> None:
-    """Ends a response whose status line is already sent: an error event for SSE, then end of body."""
+async def _close_stream(
+    response: web.StreamResponse, status: int, message: str, code: str, event: bytes | None = None
+) -> None:
+    """Ends a response whose status line is already sent: an error event for SSE (`event`, the engine's own,
+    when it sent one), then end of body."""
     if response.content_type == "text/event-stream":
-        await response.write(sse_error_event(status, message, code))
+        await response.write(event or sse_error_event(status, message, code))
     await response.write_eof()

@@ -117,6 +117,7 @@ class GatewayRuntime:
     # --- endpoint listener ------------------------------------------------------------------------------
     def endpoint_added(self, state: EndpointState, spec: EndpointSpec) -> None:
         self.router.endpoint_added(state, spec.kv_events)
+        self.resilience.detector.joined(state)  # slow start, when it joins a pool already serving
         if self._group is not None and self._scraper is not None:
             scraper = self._scraper
             task = self._group.create_task(

@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -58,6 +58,7 @@ class BedrockClient:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self.inflight = 0  # requests holding a slot (streams included)
+        self._no_prefill: set[str] = set()  # listed in assistant_prefill, but Bedrock refused one
         _cap_botocore_logs()
 
     def serves(self, model: str) -> bool:
@@ -68,14 +69,51 @@ class BedrockClient:
     async def complete(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         """The `chat.completion` for `body`; raises BedrockError or RequestRefused."""
         request = self._request(body, model)
-        async with self._slot():
-            response = await self._run(self._call, "converse", request)
+        try:
+            async with self._slot():
+                response = await self._run(self._call, "converse", request)
+        except BedrockError as err:
+            if not self._prefill_refused(err, body, model):
+                raise
+            async with self._slot():  # once more, asking for the rest instead (translate.py)
+                response = await self._run(self._call, "converse", self._request(body, model))
         return answer.completion(response, model=model, rid=_rid(), created=int(time.time()))
 
     async def stream(self, body: dict[str, Any], model: str) -> AsyncIterator[dict[str, Any]]:
         """`chat.completion.chunk` dicts as ConverseStream events arrive, the usage chunk last when
         `stream_options.include_usage`. Nothing is yielded before the first content, so an error raised
         before the first chunk reached no client."""
+        yielded = False
+        try:
+            async with contextlib.aclosing(self._stream(body, model)) as chunks:
+                async for chunk in chunks:
+                    yielded = True
+                    yield chunk
+        except BedrockError as err:
+            if yielded or not self._prefill_refused(err, body, model):
+                raise
+            async with contextlib.aclosing(self._stream(body, model)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    def _prefill_refused(self, err: BedrockError, body: dict[str, Any], model: str) -> bool:
+        """A model listed in `assistant_prefill` refused the prefill of a continuation after all: it is
+        continued with the instruction from now on, in this process (a warning says to fix the config)."""
+        if err.code != "bedrock_validation" or body.get("continue_final_message") is not True:
+            return False
+        text = str(err).lower()
+        if "prefill" not in text and "end with a user message" not in text:
+            return False
+        if model not in self._no_prefill:
+            self._no_prefill.add(model)
+            logger.warning(
+                "Bedrock refused an assistant prefill for %s: continuing it with an instruction; remove it "
+                "from the pool's assistant_prefill",
+                model,
+            )
+        return True
+
+    async def _stream(self, body: dict[str, Any], model: str) -> AsyncGenerator[dict[str, Any], None]:
         request = self._request(body, model)
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -125,7 +163,10 @@ class BedrockClient:
             raise RequestRefused(
                 404, f"model {model!r} is not served by the Bedrock pool", "model_not_found", param="model"
             )
-        return to_converse(body, model_id, drop_unsupported=self.config.drop_unsupported_params)
+        prefill = model in self.config.assistant_prefill and model not in self._no_prefill
+        return to_converse(
+            body, model_id, drop_unsupported=self.config.drop_unsupported_params, prefill=prefill
+        )
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ model names, and how much of it the gateway may use at once.
         kind: bedrock
         region: us-east-1
         models: {llama-3.3-70b: "us.meta.llama3-3-70b-instruct-v1:0"}   # model id, inference profile or ARN
+        assistant_prefill: []      # models that accept a conversation ending with an assistant message
         max_concurrency: 64
 
 Credentials are not configured here: botocore's standard chain finds them (EKS Pod Identity or IRSA in a
@@ -18,7 +19,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from eksinfer.catalog.bedrock import MODEL_ID
 from eksinfer.strict import StrictModel, config_error
@@ -41,6 +42,13 @@ class BedrockPoolConfig(StrictModel):
         min_length=1,
         description="OpenAI model name -> Bedrock model id, inference-profile id or ARN. A model not listed "
         "is not served by this pool.",
+    )
+    assistant_prefill: list[str] = Field(
+        default_factory=list,
+        description="Models (names of `models`) that accept a conversation ending with an assistant message "
+        "as a prefill to continue (Anthropic's Claude up to 4.5). A stream continued on this tier goes to "
+        "these as a prefill; to the others (their Converse answers a ValidationException) as the "
+        "conversation plus a user turn asking for the rest (docs/bedrock.md, Continuation).",
     )
     max_concurrency: int = Field(
         64,
@@ -95,6 +103,15 @@ class BedrockPoolConfig(StrictModel):
                 raise ValueError("a model name is empty")
             if not MODEL_ID.match(model_id):
                 raise ValueError(f"{model_id!r} (for {name}) is not a Bedrock model id, profile id or ARN")
+        return value
+
+    @field_validator("assistant_prefill")
+    @classmethod
+    def _prefill_models_are_mapped(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        models = info.data.get("models") or {}
+        unknown = [name for name in value if name not in models]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not one of this pool's models")
         return value
 
 

@@ -23,6 +23,14 @@ Choices this module makes (and docs/bedrock.md repeats):
 * `n > 1`, `logprobs`, `top_logprobs` and the legacy `functions` change what the answer is: always HTTP 400.
   Sampling hints Converse lacks (seed, penalties, ...) are dropped or refused per the pool's
   `drop_unsupported_params`.
+* `continue_final_message: true` (vLLM's option, which the gateway's stream continuation sends) asks to
+  continue the final assistant message. A model that accepts an assistant prefill (the pool's
+  `assistant_prefill` list) gets the conversation ending with that message, its trailing whitespace cut
+  (Anthropic's models refuse a prefill that ends with whitespace). Other models refuse a conversation that
+  does not end with a user message (ValidationException, "This model does not support assistant message
+  prefill. The conversation must end with a user message."), so they get one more user turn asking for the
+  rest of the cut-off answer (`CONTINUE_INSTRUCTION`). A final assistant message without that option is
+  sent as it is, for Bedrock to take as a prefill or refuse.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from eksinfer.gateway.http import RequestRefused
 _MAPPED = frozenset(
     {
         "model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-        "stop", "tools", "tool_choice", "response_format",
+        "stop", "tools", "tool_choice", "response_format", "continue_final_message", "add_generation_prompt",
     }
 )  # fmt: skip
 # Metadata that never changes an answer: ignored on every tier.
@@ -47,6 +55,13 @@ _IGNORED = frozenset({"stream_options", "user", "metadata", "store", "service_ti
 _SHAPE = ("n", "logprobs", "top_logprobs", "functions", "function_call", "audio")
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif"}
 _IMAGE_FORMATS["image/webp"] = "webp"
+
+
+# The user turn that asks a model without prefill for the rest of a cut-off answer (the gateway's own words).
+CONTINUE_INSTRUCTION = (
+    "Your previous reply was cut off. Write only the rest of it, starting exactly where it stopped: do not "
+    "repeat any of it, do not comment on the interruption, do not start over."
+)
 
 
 def _refuse(message: str, param: str) -> RequestRefused:
@@ -264,12 +279,31 @@ def _output_config(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
 
 
-def to_converse(body: dict[str, Any], model_id: str, *, drop_unsupported: bool = True) -> dict[str, Any]:
-    """Keyword arguments of botocore's `converse` / `converse_stream` for an OpenAI chat body.
+def _continued(turns: list[dict[str, Any]], *, prefill: bool) -> list[dict[str, Any]]:
+    """The turns that continue a final assistant message: as a prefill, or with an instruction after it."""
+    last = turns[-1] if turns else None
+    if last is None or last["role"] != "assistant" or any("text" not in b for b in last["content"]):
+        msg = "continue_final_message needs a final assistant message of text"
+        raise _refuse(msg, "continue_final_message")
+    if not prefill:
+        return [*turns, {"role": "user", "content": [{"text": CONTINUE_INSTRUCTION}]}]
+    blocks = [dict(b) for b in last["content"]]
+    blocks[-1]["text"] = blocks[-1]["text"].rstrip()
+    blocks = [b for b in blocks if b["text"]]
+    return [*turns[:-1], {"role": "assistant", "content": blocks}] if blocks else turns[:-1]
+
+
+def to_converse(
+    body: dict[str, Any], model_id: str, *, drop_unsupported: bool = True, prefill: bool = False
+) -> dict[str, Any]:
+    """Keyword arguments of botocore's `converse` / `converse_stream` for an OpenAI chat body; `prefill`:
+    the model accepts a conversation ending with an assistant message (see `continue_final_message`).
 
     Raises RequestRefused(400) naming the offending field."""
     check_fields(body, drop_unsupported=drop_unsupported)
     system, turns = _messages(body.get("messages"))
+    if body.get("continue_final_message") is True:
+        turns = _continued(turns, prefill=prefill)
     request: dict[str, Any] = {"modelId": model_id, "messages": turns}
     if system:
         request["system"] = system

@@ -6,7 +6,7 @@
       outlier:   {consecutive_failures: 3, base_ejection_s: 10, max_ejection_s: 300, max_ejected_percent: 50}
       breaker:   {consecutive_failures: 5, open_s: 5}
       health_checks: {enabled: true, path: /health, interval_s: 2, timeout_s: 1, unhealthy_after: 2}
-      slow_start_s: 10
+      slow_start_s: 10          # with slow_start_aggression: 1, slow_start_min_weight: 0.1 (Envoy's)
 
 Defaults and where they come from: the retry budget is Envoy's (`retry_budget`: 20 % of active requests,
 at least 3 concurrent retries; envoy `config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget`); outlier
@@ -99,8 +99,24 @@ class ResilienceConfig(StrictModel):
     slow_start_s: float = Field(
         10.0,
         ge=0,
-        description="After an endpoint comes back (readmitted, healthy again, or new), its share of new "
-        "requests ramps from 10 % to 100 % over this time; 0 turns slow start off.",
+        description="Slow-start window: an endpoint that comes back (readmitted, healthy again) or joins a "
+        "pool already serving (scale-up, rollout, replacement node) takes a share of the pool's load that "
+        "ramps up over this time (resilience/slowstart.py); 0 turns slow start off.",
+    )
+    slow_start_aggression: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="Shape of the ramp, Envoy's: weight = (elapsed / window) ^ (1 / aggression); 1 is "
+        "linear, above 1 ramps faster at first.",
+    )
+    slow_start_min_weight: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Weight at the start of the ramp (Envoy's min_weight_percent, 10 %): a slow-starting "
+        "endpoint holds at most weight x the mean requests in flight of its pool's other endpoints (at "
+        "least one).",
     )
 
     @model_validator(mode="after")

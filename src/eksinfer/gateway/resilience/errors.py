@@ -65,6 +65,7 @@ class FailureKind(StrEnum):
     BROKEN = "broken"  # headers came, the body broke before any byte reached the client
     TIMEOUT = "first_token_timeout"  # a stalled engine: nothing within first_token_timeout_s
     STATUS = "status"  # a retryable HTTP status (or a managed API's retryable error)
+    ERROR_EVENT = "error_event"  # the engine ended its stream with its own 5xx error event (stream.py)
 
 
 class SkipReason(StrEnum):

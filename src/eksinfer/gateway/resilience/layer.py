@@ -20,6 +20,7 @@ from eksinfer.gateway.resilience.cascade import Cascade
 from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.resilience.outlier import OutlierDetector
 from eksinfer.gateway.resilience.policy import Backoff, RetryBudget
+from eksinfer.gateway.resilience.slowstart import SlowStartRamp
 from eksinfer.gateway.resilience.stall import StallWatch
 from eksinfer.gateway.scheduling.framework import EndpointState
 
@@ -72,7 +73,8 @@ class Resilience:
         self.cascade = cascade
         self.clock = clock
         self.sleep = sleep
-        self.detector = OutlierDetector(config.outlier, config.slow_start_s, clock=clock, rng=rng)
+        ramp = SlowStartRamp(config.slow_start_s, config.slow_start_aggression, config.slow_start_min_weight)
+        self.detector = OutlierDetector(config.outlier, ramp, clock=clock)
         self.budget = RetryBudget(config.budget)
         self.backoff = Backoff(config.retries, rng)
         self.stalls = StallWatch(config.stall_after_s)

@@ -10,27 +10,27 @@ Algorithm (Envoy's outlier detection, `consecutive_5xx`, adapted):
   cannot empty itself: a whole-pool outage is the circuit breaker's and the cascade's business;
 - an ejection ends only by time: a good `/metrics` scrape does not end it (an engine that stalls every
   request still answers its scrapes);
-- an endpoint coming back (readmitted, healthy again after failed checks) starts slowly: it is offered to
-  the router for a share of requests that grows linearly from 10 % to 100 % over `slow_start_s` (a random
-  draw per request from the injected generator), so a cold or still-shaky engine is not handed a full share
-  at once. Slow start never empties a pool: if every candidate was left out by its draw, all are kept.
-The healthy path costs one set lookup per request: filtering runs only while some endpoint is restricted.
+- slow start (`slowstart.py`): an endpoint coming back (readmitted, healthy again after failed checks or
+  scrapes) and one that joins a pool that is already serving (a scale-up, a rollout, a replacement node, found
+  by discovery) take a share of the pool's load that ramps up over `slow_start_s`, so a cold or still-shaky
+  engine is not handed a full share at once. The endpoints a pool starts with are not slow-started: a pool
+  counts as serving from its first request, and only endpoints added after it ramp. Slow start never empties
+  a pool: if every candidate is held back, all are kept.
+The healthy path costs two set lookups per request: filtering runs only while some endpoint is restricted.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from eksinfer.gateway.resilience.config import OutlierConfig
+from eksinfer.gateway.resilience.slowstart import SlowStartRamp
 from eksinfer.gateway.scheduling.framework import EndpointState
 
 log = logging.getLogger(__name__)
-
-SLOW_START_FLOOR = 0.1  # share of a returning endpoint's traffic at the start of its ramp
 
 
 @dataclass(slots=True)
@@ -42,6 +42,7 @@ class _Health:
     times_ejected: int = 0
     down: bool = False  # the active health check says so
     returned_at: float | None = None  # start of slow start
+    joining: bool = False  # joined a serving pool: slow start begins when it is first a candidate
 
 
 class OutlierDetector:
@@ -50,17 +51,16 @@ class OutlierDetector:
     def __init__(
         self,
         config: OutlierConfig,
-        slow_start_s: float,
+        slow_start: SlowStartRamp | float,
         *,
         clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
     ) -> None:
         self._config = config
-        self._slow_start_s = slow_start_s
+        self._ramp = slow_start if isinstance(slow_start, SlowStartRamp) else SlowStartRamp(slow_start)
         self._clock = clock
-        self._rng = rng or random.Random()
         self._health: dict[str, _Health] = {}
         self._restricted: set[str] = set()  # ejected, down or slow-starting: the only ones filtering looks at
+        self._serving: set[str] = set()  # pools that have had a request: endpoints joining them slow-start
         self.ejections_total: dict[str, int] = {}  # by pool
 
     def _of(self, ep: EndpointState) -> _Health:
@@ -121,11 +121,18 @@ class OutlierDetector:
 
     def returned(self, ep: EndpointState) -> None:
         """An endpoint takes traffic again (healthy after failed scrapes, checks back up): slow start."""
-        if self._slow_start_s <= 0:
+        if not self._ramp.enabled:
             self._unrestrict(ep.id)
             return
         self._of(ep).returned_at = self._clock()
         self._restricted.add(ep.id)
+
+    def joined(self, ep: EndpointState) -> None:
+        """Discovery added an endpoint. One that joins a pool already serving requests slow-starts from the
+        moment it is first a candidate (its models are known then); a pool's starting endpoints do not."""
+        if self._ramp.enabled and ep.pool in self._serving:
+            self._of(ep).joining = True
+            self._restricted.add(ep.id)
 
     def forget(self, endpoint_id: str) -> None:
         self._health.pop(endpoint_id, None)
@@ -144,18 +151,22 @@ class OutlierDetector:
 
     def in_slow_start(self, ep: EndpointState) -> bool:
         health = self._health.get(ep.id)
-        return health is not None and health.returned_at is not None
+        return health is not None and (health.returned_at is not None or health.joining)
 
     def eligible(self, candidates: list[EndpointState]) -> list[EndpointState]:
         """The candidates that may take a new request now (ejections past their time are readmitted here)."""
+        if candidates and (
+            candidates[0].pool not in self._serving or candidates[-1].pool not in self._serving
+        ):
+            self._serving.update(ep.pool for ep in candidates)
         if not self._restricted:
             return candidates
         now = self._clock()
-        out: list[EndpointState] = []
-        held_back: list[EndpointState] = []
+        kept: list[EndpointState] = []
+        ramping: list[tuple[EndpointState, float]] = []
         for ep in candidates:
             if ep.id not in self._restricted:
-                out.append(ep)
+                kept.append(ep)
                 continue
             health = self._health[ep.id]
             if health.down:
@@ -166,26 +177,33 @@ class OutlierDetector:
                 health.ejected_until = None
                 health.failures = 0
                 log.info("endpoint %s readmitted after its ejection", ep.id)
-                if self._slow_start_s > 0:
+                if self._ramp.enabled:
                     health.returned_at = now
+            if health.joining:
+                health.joining = False
+                health.returned_at = now
+                log.info("endpoint %s joined pool %s: slow start", ep.id, ep.pool)
             if health.returned_at is not None:
-                share = self._share(now - health.returned_at)
-                if share >= 1.0:
-                    health.returned_at = None
-                elif self._rng.random() >= share:
-                    held_back.append(ep)
+                weight = self._ramp.weight(now - health.returned_at)
+                if weight < 1.0:
+                    ramping.append((ep, weight))
                     continue
-            if health.returned_at is None:
-                self._restricted.discard(ep.id)
-            out.append(ep)
-        return out or held_back
-
-    def _share(self, elapsed_s: float) -> float:
-        return SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * elapsed_s / self._slow_start_s
+                health.returned_at = None
+            self._restricted.discard(ep.id)
+            kept.append(ep)
+        if not ramping:
+            return kept
+        admitted = {ep.id for ep in kept}
+        for ep, weight in ramping:
+            if self._ramp.admits(ep, weight, [p for p in kept if p.pool == ep.pool]):
+                admitted.add(ep.id)
+        out = [ep for ep in candidates if ep.id in admitted]  # the candidates' order, for the pickers
+        return out or [ep for ep, _ in ramping]
 
     def _unrestrict(self, endpoint_id: str) -> None:
         health = self._health.get(endpoint_id)
         if health is None or (health.ejected_until is None and not health.down):
             if health is not None:
                 health.returned_at = None
+                health.joining = False
             self._restricted.discard(endpoint_id)

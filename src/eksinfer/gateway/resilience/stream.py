@@ -17,17 +17,31 @@ would have produced (sampling starts again, a different engine or model may phra
 exact token counts in `usage` (the final usage covers the continuation only), tool calls (a stream that
 already sent a tool-call delta, uses `n > 1`, or asks for logprobs is not continued: it ends with the error
 event), and more than the text itself (a reasoning model's hidden reasoning is not carried over).
+
+The engine's own error event. vLLM ends a chat or completion stream that fails after it started with
+`data: {"error": {"message", "type", "param", "code"}}` and then its `[DONE]` (`serving_chat.py` /
+`serving_completion.py`, `create_streaming_error_response`; `code` is the HTTP status it would have answered:
+500 InternalServerError for an engine failure, 400 for a request the template or a parser refused).
+`EventGuard` finds that event in the relayed bytes, so a failed engine is not mistaken for a finished
+answer: a 5xx (or a code that is no status) is a break like a dropped connection (counted for the outlier
+detector and the breaker, retried unseen before the commit point, continued or ended with one error event
+after it, and vLLM's `[DONE]` after it is never relayed); a 4xx is the request's own fault (the same body
+fails everywhere) and goes to the client as the engine wrote it, without the `[DONE]`. The guard holds back
+an event split across reads until it is whole, so the client never gets half of an error event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 ROLE_EVENT = b'"delta":{"role":'
 _DONE = b"[DONE]"
+_ERROR_KEY = b'{"error"'  # cannot occur unescaped inside a JSON string, so only as an error event's object
+_EVENT_END = b"\n\n"
 
 
 def is_opening_only(chunk: bytes) -> bool:
@@ -78,6 +92,8 @@ class SentText:
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
+            if choice.get("finish_reason"):
+                self.continuable = False  # the answer ended: an error after it has nothing to continue
             if choice.get("index", 0) != 0 or choice.get("logprobs"):
                 self.continuable = False
                 continue
@@ -98,8 +114,9 @@ class SentText:
 def continuation_body(
     body: Mapping[str, Any], chat: bool, sent: SentText, *, engine_options: bool
 ) -> dict[str, Any] | None:
-    """The request that continues `body` after `sent`; None when it cannot be continued honestly.
-    `engine_options` adds vLLM's chat-template options (not for a managed API: it refuses unknown fields)."""
+    """The request that continues `body` after `sent`; None when it cannot be continued honestly. A chat
+    continuation says `continue_final_message: true` (vLLM's option; a managed tier's translation reads it
+    too, see bedrock/translate.py); `engine_options` adds vLLM's `add_generation_prompt: false` with it."""
     if not sent.continuable or body.get("n", 1) not in (1, None) or body.get("logprobs"):
         return None
     out = dict(body)
@@ -108,8 +125,8 @@ def continuation_body(
         if not isinstance(messages, list):
             return None
         out["messages"] = [*messages, {"role": "assistant", "content": sent.text}]
+        out["continue_final_message"] = True
         if engine_options:
-            out["continue_final_message"] = True
             out["add_generation_prompt"] = False
     else:
         prompt = body.get("prompt")
@@ -124,6 +141,19 @@ def continuation_body(
                 return None  # the answer was complete in length: nothing left to continue
             out[key] = left
     return out
+
+
+def without_role(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A continuation's first chunk without its `role` (a managed tier sends it with the first content), so
+    the client sees the role once, at the start of the stream."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return chunk
+    delta = choices[0].get("delta")
+    if not isinstance(delta, dict) or "role" not in delta:
+        return chunk
+    first = {**choices[0], "delta": {k: v for k, v in delta.items() if k != "role"}}
+    return {**chunk, "choices": [first, *choices[1:]]}
 
 
 class ContinuationFilter:
@@ -147,3 +177,85 @@ class ContinuationFilter:
                 continue
             kept.append(event)
         return b"\n\n".join(kept)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineError:
+    """vLLM's in-band error event: the bytes it sent, and the status its `code` stands for."""
+
+    event: bytes
+    status: int
+    message: str
+
+    @property
+    def terminal(self) -> bool:
+        """A 4xx: the request's own fault, passed to the client; anything else is the engine's failure."""
+        return 400 <= self.status < 500
+
+    @property
+    def payload(self) -> bytes:
+        """The event's JSON, vLLM's error body (what it answers with an HTTP error status)."""
+        return self.event.split(b":", 1)[1].strip()
+
+    @classmethod
+    def parse(cls, event: bytes) -> EngineError:
+        payload = event.split(b":", 1)[1].strip()
+        try:
+            doc = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            doc = None
+        error = doc.get("error") if isinstance(doc, dict) else None
+        error = error if isinstance(error, dict) else {}
+        code = error.get("code")
+        status = code if isinstance(code, int) and 400 <= code < 600 else 502
+        message = error.get("message")
+        return cls(event, status, message if isinstance(message, str) else "the engine sent an error event")
+
+
+def _error_at(data: bytes) -> int:
+    """Offset of the line `data: {"error"...` in `data` (whole events), or -1."""
+    i = data.find(_ERROR_KEY)
+    while i >= 0:
+        start = data.rfind(b"\n", 0, i) + 1
+        if data[start:i].rstrip() == b"data:":
+            return start
+        i = data.find(_ERROR_KEY, i + 1)
+    return -1
+
+
+class EventGuard:
+    """Passes whole SSE events of a chat or completion stream and stops at vLLM's in-band error event
+    (`error` is then set and nothing more is passed). The healthy path costs an `endswith` and one `find`
+    per chunk; only an event split across reads is held back, until its end arrives."""
+
+    __slots__ = ("_partial", "error")
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self.error: EngineError | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes of `chunk` to relay now."""
+        if self.error is not None:
+            return b""
+        data = self._partial + chunk if self._partial else chunk
+        if data.endswith(_EVENT_END):
+            self._partial = b""
+        else:
+            cut = data.rfind(_EVENT_END)
+            cut = cut + 2 if cut >= 0 else 0
+            data, self._partial = data[:cut], data[cut:]
+        if _ERROR_KEY not in data:
+            return data
+        start = _error_at(data)
+        if start < 0:
+            return data
+        end = data.find(_EVENT_END, start)
+        self.error = EngineError.parse(data[start : end + 2])
+        self._partial = b""
+        return data[:start]
+
+    def flush(self) -> bytes:
+        """What is left when the stream ends (an engine that did not end its last event)."""
+        rest, self._partial = self._partial, b""
+        return rest

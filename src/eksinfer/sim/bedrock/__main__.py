@@ -55,6 +55,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--break-share", type=_share, default=0.0, help="streams that break mid-way")
     p.add_argument("--break-after-events", type=_count, default=2)
     p.add_argument("--break-mode", choices=("exception", "reset"), default="exception")
+    p.add_argument(
+        "--no-prefill-models",
+        default="",
+        help="comma-separated model ids that refuse a conversation ending with an assistant message",
+    )
     return p.parse_args(argv)
 
 
@@ -76,6 +81,7 @@ async def serve(args: argparse.Namespace) -> None:
         known_models=models,
         seed=args.seed,
         faults=faults,
+        no_prefill_models=frozenset(m.strip() for m in args.no_prefill_models.split(",") if m.strip()),
     )
     print(f"Bedrock Runtime stub on {running.url}", flush=True)
     try:

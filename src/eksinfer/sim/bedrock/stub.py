@@ -81,6 +81,9 @@ class BedrockStub:
     faults: StubFaults = field(default_factory=StubFaults)
     recorded: deque[Recorded] = field(default_factory=lambda: deque(maxlen=1000))
     counts: Counter[str] = field(default_factory=Counter)
+    # Model ids that refuse a conversation ending with an assistant message (a prefill), as Claude 4.6 and
+    # later do on Bedrock; the others refuse only a prefill that ends with whitespace (`_check_prefill`).
+    no_prefill_models: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -109,6 +112,7 @@ class BedrockStub:
         if self.known_models is not None and model_id not in self.known_models:
             raise _Refused(404, "ResourceNotFoundException", "The provided model identifier is invalid.")
         _check_conversation(body)
+        _check_prefill(body, model_id in self.no_prefill_models)
         draw = self.rng.random()
         if draw < self.faults.throttle_share:
             raise _Refused(429, "ThrottlingException", "Too many requests, please wait before trying again.")
@@ -283,6 +287,32 @@ def _check_conversation(body: dict[str, Any]) -> None:
             400,
             "ValidationException",
             "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+        )
+
+
+# Bedrock's ValidationException for a model without assistant prefill (its message as Bedrock relays the
+# model's own error, e.g. Claude Opus 4.6 on Bedrock: anomalyco/opencode issue #29760).
+NO_PREFILL_MESSAGE = (
+    "The model returned the following errors: This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+
+
+def _check_prefill(body: dict[str, Any], refused: bool) -> None:
+    """A conversation ending with an assistant message is a prefill: refused by some models; for the others
+    its text must not end with whitespace (Anthropic's check, which Bedrock relays)."""
+    last = body["messages"][-1]
+    if last.get("role") != "assistant":
+        return
+    if refused:
+        raise _Refused(400, "ValidationException", NO_PREFILL_MESSAGE)
+    texts = [b["text"] for b in last["content"] if "text" in b]
+    if texts and texts[-1] != texts[-1].rstrip():
+        raise _Refused(
+            400,
+            "ValidationException",
+            "The model returned the following errors: final assistant content cannot end with trailing "
+            "whitespace",
         )
 
 

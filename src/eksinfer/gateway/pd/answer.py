@@ -57,12 +57,6 @@ class CachedTokensAnswer(UpstreamResponse):
             self._tail = data[end + 2 :]
             return _rewrite_events(data[: end + 2], self._cached_tokens)
 
-    async def read(self) -> bytes:
-        parts = []
-        while chunk := await self.readany():
-            parts.append(chunk)
-        return b"".join(parts)
-
     @property
     def complete(self) -> bool:
         return self._inner.complete

@@ -29,12 +29,6 @@ class TracedAnswer(UpstreamResponse):
         self.content_length = self._inner.content_length  # a rewritten JSON answer has a new length
         return chunk
 
-    async def read(self) -> bytes:
-        parts = []
-        while chunk := await self.readany():
-            parts.append(chunk)
-        return b"".join(parts)
-
     @property
     def complete(self) -> bool:
         return self._inner.complete

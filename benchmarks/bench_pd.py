@@ -22,7 +22,8 @@ more than 10% (run-to-run noise of these short runs is a few percent); the plann
 the configuration it predicts best measures within 10% of the best.
 
 Options: --quick (two concurrency levels, no vllm-router 1P+3D), --concurrency=8,32,64, --time-scale=T,
---no-vllm-router, --long-fraction=F (the `=` form: `make bench ARGS="pd --concurrency=4,16"`).
+--no-vllm-router, --long-fraction=F (the `=` form: `make bench ARGS="pd --concurrency=4,16"`), --save=FILE
+(the measured samples as JSON), --load=FILE (report those again against the current model, no run).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--time-scale", type=float, default=2.0, help="wall seconds per simulated second")
     ap.add_argument("--long-fraction", type=float, default=0.3)
     ap.add_argument("--no-vllm-router", action="store_true")
+    ap.add_argument("--save", default=None, help="write the measured samples to this JSON file")
+    ap.add_argument("--load", default=None, help="report samples saved with --save (no run)")
     args = ap.parse_args(argv)
     default = "8,32" if args.quick else "4,16,48"
     args.levels = [int(x) for x in (args.concurrency or default).split(",")]
@@ -115,6 +118,10 @@ class LevelResult:
     def pct(self, attr: str, q: float, only_long: bool | None = None) -> float:
         values = sorted(getattr(s, attr) for s in self.samples if only_long is None or s.long == only_long)
         return values[min(len(values) - 1, int(q * len(values)))] if values else math.nan
+
+    def mean(self, attr: str, only_long: bool | None = None) -> float:
+        values = [getattr(s, attr) for s in self.samples if only_long is None or s.long == only_long]
+        return sum(values) / len(values) if values else math.nan
 
     @property
     def tokens_per_s(self) -> float:
@@ -322,23 +329,31 @@ def _row(r: LevelResult) -> str:
 # --- the planner's prediction ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Predicted:
-    ttft_s: float
+    ttft_s: float  # mean over requests
     tpot_s: float
     tokens_per_s: float
+    ttft_long_s: float = math.nan  # per class (the prompt mix model only)
+    ttft_short_s: float = math.nan
 
     @property
     def meets(self) -> bool:
-        return self.ttft_s < TTFT_SLO_S and self.tpot_s < TPOT_SLO_S
+        worst = self.ttft_s if math.isnan(self.ttft_long_s) else max(self.ttft_long_s, self.ttft_short_s)
+        return worst < TTFT_SLO_S and self.tpot_s < TPOT_SLO_S
 
 
-def predict(prefill: int, concurrency: int, long_fraction: float) -> Predicted:
-    """The performance model the planner uses, for the mean prompt of the mix (what a plan is sized for)."""
+def _perf() -> Any:
     from eksinfer.catalog import get_gpu, get_model
     from eksinfer.perf import build_engine_perf
+
+    return build_engine_perf(get_model(SIM_MODEL), get_gpu(SIM_GPU))
+
+
+def predict_mean(prefill: int, concurrency: int, long_fraction: float) -> Predicted:
+    """The model before prompt mixes: the mean prompt, every prompt prefilled remotely, no prefill queue."""
+    from eksinfer.catalog import get_gpu
     from eksinfer.perf.serving import predict_aggregated, predict_decode, predict_prefill
 
-    gpu = get_gpu(SIM_GPU)
-    perf = build_engine_perf(get_model(SIM_MODEL), gpu)
+    perf = _perf()
     isl = round(long_fraction * LONG_TOKENS + (1 - long_fraction) * SHORT_TOKENS)
     osl = OUTPUT_TOKENS
     if not prefill:
@@ -346,7 +361,7 @@ def predict(prefill: int, concurrency: int, long_fraction: float) -> Predicted:
         p = predict_aggregated(perf, input_tokens=isl, output_tokens=osl, concurrency=per)
         return Predicted(p.ttft_s, p.tpot_s, min(ENGINES, concurrency) * p.output_tokens_per_s)
     decoders = ENGINES - prefill
-    link_gbytes_s = gpu.nvlink_gbps / 8  # one node: the KV crosses NVLink
+    link_gbytes_s = get_gpu(SIM_GPU).nvlink_gbps / 8  # one node: the KV crosses NVLink
     pf = predict_prefill(perf, input_tokens=isl, kv_transfer_gbps=link_gbytes_s)
     d = predict_decode(
         perf, input_tokens=isl, output_tokens=osl, concurrency=math.ceil(concurrency / decoders)
@@ -354,6 +369,35 @@ def predict(prefill: int, concurrency: int, long_fraction: float) -> Predicted:
     e2e = pf.ttft_s + max(0, osl - 1) * d.tpot_s
     rate = min(concurrency / e2e, decoders * d.requests_per_s, prefill * pf.requests_per_s)
     return Predicted(pf.ttft_s, d.tpot_s, rate * osl)
+
+
+def predict(prefill: int, concurrency: int, long_fraction: float) -> Predicted:
+    """The planner's model for the prompt mix (`eksinfer.perf.mix`): classes priced apart, the gateway's
+    decider (MIN_UNCACHED_TOKENS) sending only long prompts to a prefill pool that queues."""
+    from eksinfer.catalog import get_gpu
+    from eksinfer.perf.mix import PromptClass, predict_aggregated_mix, predict_disaggregated_mix
+
+    perf = _perf()
+    mix = (
+        PromptClass(long_fraction, LONG_TOKENS, OUTPUT_TOKENS),
+        PromptClass(1 - long_fraction, SHORT_TOKENS, OUTPUT_TOKENS),
+    )
+    if not prefill:
+        p = predict_aggregated_mix(perf, mix, concurrency=math.ceil(concurrency / ENGINES))
+        tokens = min(ENGINES, concurrency) * p.output_tokens_per_s
+        long, short = (c.ttft_s for c in p.classes)
+        return Predicted(p.ttft_s, p.tpot_s, tokens, long, short)
+    pd = predict_disaggregated_mix(
+        perf,
+        mix,
+        prefill_replicas=prefill,
+        decode_replicas=ENGINES - prefill,
+        concurrency=concurrency,
+        kv_transfer_gbps=get_gpu(SIM_GPU).nvlink_gbps / 8,
+        min_uncached_tokens=MIN_UNCACHED_TOKENS,
+    )
+    long, short = (c.ttft_s for c in pd.decode.classes)
+    return Predicted(pd.ttft_s, pd.tpot_s, pd.output_tokens_per_s, long, short)
 
 
 # --- the run ----------------------------------------------------------------------------------------------
@@ -382,13 +426,44 @@ async def run(args: argparse.Namespace) -> None:
     if why is not None:
         print(f"P/D rows skipped: {why}")
     measured: dict[str, dict[int, LevelResult]] = {}
-    for sys_ in systems:
+    if args.load:
+        measured = load_samples(Path(args.load))
+        systems = [s for s in systems if s.name in measured]
+        args.levels = sorted({c for levels in measured.values() for c in levels})
+    for sys_ in [] if args.load else systems:
         res = await run_system(sys_, args, workdir)
         if isinstance(res, str):
             print(f"  {sys_.name:<22} skipped: {res}", flush=True)
             continue
         measured[sys_.name] = res
+    if args.save:
+        save_samples(Path(args.save), measured)
     report(systems, measured, args)
+
+
+def save_samples(path: Path, measured: dict[str, dict[int, LevelResult]]) -> None:
+    doc = {
+        name: {
+            str(c): {
+                "duration_s": r.duration_s,
+                "errors": r.errors,
+                "samples": [[s.long, s.ttft_s, s.tpot_s, s.tokens] for s in r.samples],
+            }
+            for c, r in levels.items()
+        }
+        for name, levels in measured.items()
+    }
+    path.write_text(json.dumps(doc))
+
+
+def load_samples(path: Path) -> dict[str, dict[int, LevelResult]]:
+    out: dict[str, dict[int, LevelResult]] = {}
+    for name, levels in json.loads(path.read_text()).items():
+        out[name] = {}
+        for c, r in levels.items():
+            samples = [Sample(bool(a), float(b), float(t), int(n)) for a, b, t, n in r["samples"]]
+            out[name][int(c)] = LevelResult(int(c), samples, int(r["errors"]), float(r["duration_s"]))
+    return out
 
 
 def report(
@@ -396,27 +471,45 @@ def report(
 ) -> None:
     tight = f"{TIGHT_TPOT_S * 1000:g} ms"
     print(
-        "\n-- measured vs the planner's model (predicted for the mean prompt); "
-        f"goodput at TPOT {tight} in () --"
+        "\n-- measured vs the planner's model: `mean` prices the mean prompt, every prompt remote, no prefill"
+        " queue (the model before prompt mixes); `mix` prices the classes (perf.mix); means in ms --"
     )
     print(
-        f"{'system':<22} {'c':>3} | {'ttft p50':>8} {'ttft p99':>8} {'pred':>7} | {'tpot p50':>8} "
-        f"{'tpot p99':>8} {'pred':>6} | {'tok/s':>6} {'pred':>6} | {'goodput':>15}"
+        f"{'system':<22} {'c':>3} | {'TTFT long':>9} {'mix':>6} | {'TTFT short':>10} {'mix':>5} | "
+        f"{'TTFT':>5} {'mean':>5} {'mix':>5} | {'TPOT':>5} {'mean':>5} {'mix':>5} | "
+        f"{'tok/s':>5} {'mean':>5} {'mix':>5} | {'goodput':>13}"
     )
     for sys_ in systems:
         for level, r in measured.get(sys_.name, {}).items():
+            old = predict_mean(sys_.prefill, level, args.long_fraction)
             p = predict(sys_.prefill, level, args.long_fraction)
-            ttft = (
-                f"{r.pct('ttft_s', 0.5) * 1e3:8.0f} {r.pct('ttft_s', 0.99) * 1e3:8.0f} {p.ttft_s * 1e3:7.0f}"
-            )
-            tpot = (
-                f"{r.pct('tpot_s', 0.5) * 1e3:8.1f} {r.pct('tpot_s', 0.99) * 1e3:8.1f} {p.tpot_s * 1e3:6.1f}"
-            )
+            ms = 1e3
             print(
-                f"{sys_.name:<22} {level:>3} | {ttft} | {tpot} | "
-                f"{r.tokens_per_s:6.0f} {p.tokens_per_s:6.0f} | "
-                f"{r.goodput():7.2f} ({r.goodput(TIGHT_TPOT_S):5.2f})"
+                f"{sys_.name:<22} {level:>3} | "
+                f"{r.mean('ttft_s', True) * ms:9.0f} {p.ttft_long_s * ms:6.0f} | "
+                f"{r.mean('ttft_s', False) * ms:10.0f} {p.ttft_short_s * ms:5.0f} | "
+                f"{r.mean('ttft_s') * ms:5.0f} {old.ttft_s * ms:5.0f} {p.ttft_s * ms:5.0f} | "
+                f"{r.mean('tpot_s') * ms:5.1f} {old.tpot_s * ms:5.1f} {p.tpot_s * ms:5.1f} | "
+                f"{r.tokens_per_s:5.0f} {old.tokens_per_s:5.0f} {p.tokens_per_s:5.0f} | "
+                f"{r.goodput():5.2f} ({r.goodput(TIGHT_TPOT_S):5.2f})"
             )
+    errors = [
+        (
+            predict_mean(s_.prefill, c, args.long_fraction).tokens_per_s / r.tokens_per_s - 1,
+            predict(s_.prefill, c, args.long_fraction).tokens_per_s / r.tokens_per_s - 1,
+        )
+        for s_ in systems
+        if s_.router == "eksinfer"
+        for c, r in measured.get(s_.name, {}).items()
+        if r.tokens_per_s
+    ]
+    if errors:
+        worst_old = max(abs(e[0]) for e in errors)
+        worst_new = max(abs(e[1]) for e in errors)
+        print(
+            "tok/s error of the model, worst over the eksinfer rows: "
+            f"mean prompt {worst_old:.0%}, mix {worst_new:.0%}"
+        )
     agg = measured.get("eksinfer agg 4", {})
     for slo, label in ((TPOT_SLO_S, "plan's TPOT target"), (TIGHT_TPOT_S, f"TPOT {tight}")):
         for name, pd in measured.items():

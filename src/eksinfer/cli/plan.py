@@ -64,6 +64,13 @@ def build_request(
     constraints["without"] = tuple(
         w.strip() for w in (constraints.pop("without", None) or "").split(",") if w.strip()
     )
+    mix_text = traffic.pop("prompt_mix", None)
+    if mix_text is not None:
+        from eksinfer.perf.mix import mean_tokens, parse_prompt_mix
+
+        mix = parse_prompt_mix(mix_text)
+        mean_in, mean_out = mean_tokens(mix)
+        traffic.update(prompt_mix=mix, input_tokens=round(mean_in), output_tokens=max(1, round(mean_out)))
     return PlanRequest(
         model=spec,
         traffic=Traffic(**traffic),
@@ -322,6 +329,12 @@ def register(app: typer.Typer) -> None:
             None, "--requests-per-s", help="Target rate (default 1)."
         ),
         concurrency: int | None = typer.Option(None, "--concurrency", help="Target concurrent requests."),
+        prompt_mix: str | None = typer.Option(
+            None,
+            "--prompt-mix",
+            help="Classes of requests SHARE:INPUT/OUTPUT, e.g. 0.3:8192/256,0.7:128/256 (replaces "
+            "--input-tokens / --output-tokens; priced class by class).",
+        ),
         shared_prefix_ratio: float = typer.Option(
             0.0, "--shared-prefix-ratio", help="Prompt share cached, 0-1."
         ),
@@ -400,6 +413,7 @@ def register(app: typer.Typer) -> None:
                 "requests_per_s": requests_per_s,
                 "concurrency": concurrency,
                 "shared_prefix_ratio": shared_prefix_ratio,
+                "prompt_mix": prompt_mix,
             },
             slo={"preset": preset, "ttft_s": ttft, "tpot_s": tpot},
             constraints={

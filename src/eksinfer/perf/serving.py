@@ -18,7 +18,9 @@ specialised to vLLM: aiconfigurator @095f58a5 base_backend.py and vllm_backend.p
     E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL
 Disaggregated: a prefill engine runs whole prompts back to back, a decode engine only decodes; AIC rate
 matching derates them by 0.9 (pipeline bubble) and 0.92 (unsaturated batch slots), and multiplies the
-prefill TTFT by 1.8 for queueing (aiconfigurator picking.py), plus the KV transfer over EFA.
+prefill TTFT by 1.8 for queueing (aiconfigurator picking.py), plus the KV transfer over EFA. Given an arrival
+rate and a replica count, `predict_prefill` replaces the x1.8 with the prefill pool's queue (M/G/c wait), so a
+split short of prefill capacity predicts a TTFT that grows without bound. Prompt mixes: perf/mix.py.
 """
 
 from __future__ import annotations
@@ -185,15 +187,30 @@ def predict_aggregated(
 
 @dataclass(frozen=True, slots=True)
 class PrefillPoint:
-    ttft_s: float  # closed loop: AIC's x1.8 queueing correction included
-    requests_per_s: float
+    ttft_s: float  # no arrival rate given: AIC's x1.8 queueing correction; else service + the pool's wait
+    requests_per_s: float  # one engine, batched, derated
     service_s: float = 0.0  # one prompt alone: prefill + dispatch + KV transfer (no queueing)
+    wait_s: float = 0.0  # mean wait in the pool's queue at the given arrival rate (inf: saturated)
+    utilization: float = 0.0  # arrivals / (replicas x requests_per_s); >= 1 saturates the pool
 
 
 def predict_prefill(
-    perf: EnginePerf, *, input_tokens: int, prefix_hit: float = 0.0, kv_transfer_gbps: float = 50.0
+    perf: EnginePerf,
+    *,
+    input_tokens: int,
+    prefix_hit: float = 0.0,
+    kv_transfer_gbps: float = 50.0,
+    replicas: int = 1,
+    arrival_requests_per_s: float | None = None,
+    service_cv2: float = 1.0,
 ) -> PrefillPoint:
-    """A prefill-only engine running prompts in full token-budget batches (disaggregated serving)."""
+    """A prefill-only engine running prompts in full token-budget batches (disaggregated serving).
+
+    With `arrival_requests_per_s` the `replicas` engines form a queue (M/G/c: the Erlang-C wait of c servers
+    at this rate x (1 + service_cv2) / 2, Allen-Cunneen; 1.0 is M/M/c, 0 deterministic prompts), so TTFT
+    grows with the arrival rate toward the pool's capacity and is infinite at or past it. Without it, AIC's
+    closed-loop x1.8 stands in for the queue (the model before the load term).
+    """
     new = max(1.0, input_tokens * (1.0 - prefix_hit))
     cached = input_tokens - new
     per_step = max(new, float(perf.max_num_batched_tokens))
@@ -214,7 +231,19 @@ def predict_prefill(
     ttft = (one + DISPATCH_PER_LAYER_S * perf.num_layers) * DISAGG_TTFT_FACTOR + transfer
     rate = prompts / step * perf.pipeline_parallel_size * perf.data_parallel_size * PREFILL_RATE_DERATE
     service = one + DISPATCH_PER_LAYER_S * perf.num_layers + transfer
-    return PrefillPoint(ttft_s=ttft, requests_per_s=rate, service_s=service)
+    if arrival_requests_per_s is None:
+        return PrefillPoint(ttft_s=ttft, requests_per_s=rate, service_s=service)
+    from eksinfer.perf.queueing import erlang_c_wait_s  # queueing builds on this module
+
+    engines = max(1, replicas)
+    wait = erlang_c_wait_s(engines, rate, arrival_requests_per_s) * (1.0 + service_cv2) / 2.0
+    return PrefillPoint(
+        ttft_s=service + wait,
+        requests_per_s=rate,
+        service_s=service,
+        wait_s=wait,
+        utilization=arrival_requests_per_s / (engines * rate),
+    )
 
 
 def predict_decode(

@@ -9,6 +9,7 @@ from typing import Any
 from eksinfer.catalog import PRICE_BOOKS, get_gpu, get_instance, load_price_book, price_regions
 from eksinfer.perf import EnginePerf, load_time_s, max_running
 from eksinfer.perf.memory import GIB
+from eksinfer.perf.mix import MixPoint, max_running_mix
 from eksinfer.perf.queueing import knee_requests_per_s, open_loop
 from eksinfer.planner.evaluate import open_loop_curve
 from eksinfer.planner.fallback import bedrock_fallback
@@ -18,6 +19,7 @@ from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.schema import (
     Plan,
     PlanAlternative,
+    PlanClassPrediction,
     PlanCost,
     PlanEngine,
     PlanGround,
@@ -28,6 +30,7 @@ from eksinfer.planner.schema import (
     PlanOnPrem,
     PlanPrediction,
     PlanPriceComparison,
+    PlanPromptClass,
     PlanRole,
     PlanRouting,
     PlanSlo,
@@ -192,13 +195,33 @@ def _prediction(request: PlanRequest, cand: Candidate) -> PlanPrediction:
         tpot_s=round(cand.tpot_s, 5),
         throughput_tokens_per_s=round(cand.point.output_tokens_per_s * replicas, 1),
         requests_per_s=round(cand.requests_per_s, 3),
-        max_concurrency_per_replica=max_running(perf, t.input_tokens, t.output_tokens),
+        max_concurrency_per_replica=max_running_mix(perf, t.classes)
+        if t.is_mix
+        else max_running(perf, t.input_tokens, t.output_tokens),
         weight_gib_per_gpu=round(perf.weight_bytes_per_gpu / GIB, 2),
         kv_cache_gib_per_replica=round(perf.kv_cache_bytes_per_gpu * perf.gpus / GIB, 2),
         num_gpu_blocks=perf.num_gpu_blocks,
         load_time_s=round(load_time_s(perf), 1),
         **_saturation(request, cand),
+        classes=_classes(cand),
     )
+
+
+def _classes(cand: Candidate) -> list[PlanClassPrediction]:
+    """Each class of a prompt mix: its TTFT (client-seen; P/D: prefill hop included) and where it prefills."""
+    if not isinstance(cand.point, MixPoint) or len(cand.point.classes) < 2:
+        return []
+    pd = cand.shape.mode == "disaggregated"
+    return [
+        PlanClassPrediction(
+            share=round(c.share, 4),
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+            ttft_s=round(c.ttft_s, 4),
+            remote_prefill=pd and c.remote,
+        )
+        for c in cand.point.classes
+    ]
 
 
 def _cost(request: PlanRequest, cand: Candidate) -> PlanCost:
@@ -320,6 +343,10 @@ def build_plan(request: PlanRequest, cand: Candidate, runners_up: list[Candidate
             else None,
             concurrency=t.concurrency,
             shared_prefix_ratio=t.shared_prefix_ratio,
+            prompt_mix=[
+                PlanPromptClass(share=c.share, input_tokens=c.input_tokens, output_tokens=c.output_tokens)
+                for c in t.prompt_mix
+            ],
         ),
         slo=PlanSlo(preset=request.slo.preset, ttft_s=request.slo.ttft_s, tpot_s=request.slo.tpot_s),
         instance=instance,

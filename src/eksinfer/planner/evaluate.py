@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from eksinfer.catalog import get_gpu
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_prefill
+from eksinfer.perf.mix import (
+    MIN_UNCACHED_TOKENS,
+    MixPoint,
+    PdMixPoint,
+    mix_service_curve,
+    predict_aggregated_mix,
+    predict_disaggregated_mix,
+    prefill_pool_rate,
+    remote_classes,
+)
 from eksinfer.perf.queueing import (
     OpenLoopPoint,
     ServiceCurve,
@@ -37,7 +48,7 @@ from eksinfer.planner.search import (
 
 def max_model_lens(request: PlanRequest) -> list[int]:
     """--max-model-len to try: the next power of two >= 8192 covering ISL + OSL, then ISL + OSL itself."""
-    need = request.traffic.input_tokens + request.traffic.output_tokens
+    need = request.traffic.longest_tokens
     limit = request.model.max_context
     if need > limit:
         raise InfeasibleError(
@@ -82,12 +93,17 @@ def evaluate_aggregated(request: PlanRequest, shape: Shape, misses: Misses) -> C
     if t.concurrency is not None:
         remaining = max(0, t.concurrency - on_prem_conc)
         replicas = max(1, math.ceil(remaining / best.concurrency))
-        planned = predict_aggregated(
-            perf,
-            input_tokens=t.input_tokens,
-            output_tokens=t.output_tokens,
-            concurrency=max(1, math.ceil(remaining / replicas)),
-            prefix_hit=t.shared_prefix_ratio,
+        per_replica = max(1, math.ceil(remaining / replicas))
+        planned = (
+            predict_aggregated_mix(perf, t.classes, concurrency=per_replica, prefix_hit=t.shared_prefix_ratio)
+            if t.is_mix
+            else predict_aggregated(
+                perf,
+                input_tokens=t.input_tokens,
+                output_tokens=t.output_tokens,
+                concurrency=per_replica,
+                prefix_hit=t.shared_prefix_ratio,
+            )
         )
     else:
         demand = demand_requests_per_s(request, best.e2e_s) * RATE_HEADROOM - on_prem_rps
@@ -126,7 +142,7 @@ def _on_prem_capacity(request: PlanRequest, shape: Shape) -> tuple[int, float, i
             expert_parallel=True,  # the plan renders --enable-expert-parallel for MoE
             precision=shape.precision,
             kv_cache_dtype=shape.kv_cache_dtype,
-            max_model_len=request.traffic.input_tokens + request.traffic.output_tokens,
+            max_model_len=request.traffic.longest_tokens,
         )
     except InfeasibleError:
         return 0, 0.0, 0
@@ -143,7 +159,11 @@ def evaluate_disaggregated(request: PlanRequest, shape: Shape, misses: Misses) -
     if perf is None:
         return None
     t = request.traffic
+    if t.is_mix:
+        return _evaluate_disaggregated_mix(request, shape, misses, perf)
     efa_gbytes_per_s = shape.instance.efa_gbps / 8  # every GPU's NICs move its share of the KV in parallel
+    if t.input_tokens * (1.0 - t.shared_prefix_ratio) < MIN_UNCACHED_TOKENS:
+        return None  # the gateway's decider prefills such prompts on their decode engine: no prefill pool
     prefill = predict_prefill(
         perf, input_tokens=t.input_tokens, prefix_hit=t.shared_prefix_ratio, kv_transfer_gbps=efa_gbytes_per_s
     )
@@ -166,19 +186,110 @@ def evaluate_disaggregated(request: PlanRequest, shape: Shape, misses: Misses) -
     else:
         decode_replicas = max(1, math.ceil(demand / best.requests_per_s))
         planned = _planned(ok, demand / decode_replicas)
+    # the prefill pool is a queue: the fewest engines whose TTFT (one prompt + the M/M/c wait at the demand)
+    # meets the target; engines sized to the bare demand would run saturated with an unbounded TTFT
     prefill_replicas = max(1, math.ceil(demand / prefill.requests_per_s))
+    while True:
+        loaded = _loaded_prefill(perf, request, efa_gbytes_per_s, prefill_replicas, demand)
+        if loaded.ttft_s * TTFT_TAIL <= request.slo.ttft_s:
+            break
+        prefill_replicas += 1
+        if prefill_replicas > MAX_PREFILL_ENGINES:
+            misses.note_slo(shape, _with_ttft(planned, loaded.ttft_s), request.slo.ttft_s, request.slo.tpot_s)
+            return None
+    ttft = max(prefill.ttft_s, loaded.ttft_s)  # never below AIC's closed-loop x1.8 (today's figure)
     nodes = node_count(shape, decode_replicas + prefill_replicas)
     capacity = min(decode_replicas * best.requests_per_s, prefill_replicas * prefill.requests_per_s)
     return Candidate(
         shape=shape,
         perf=perf,
-        point=_with_ttft(planned, prefill.ttft_s),
+        point=_with_ttft(planned, ttft),
         batch=best.concurrency,
         replicas=decode_replicas,
         prefill_replicas=prefill_replicas,
-        ttft_s=prefill.ttft_s,
+        ttft_s=ttft,
         tpot_s=planned.tpot_s,
         requests_per_s=capacity,
+        nodes=nodes,
+        monthly_usd=monthly_cost(shape, nodes, request),
+    )
+
+
+def _loaded_prefill(
+    perf: EnginePerf, request: PlanRequest, gbytes_per_s: float, engines: int, arrivals: float
+) -> PrefillPoint:
+    t = request.traffic
+    return predict_prefill(
+        perf,
+        input_tokens=t.input_tokens,
+        prefix_hit=t.shared_prefix_ratio,
+        kv_transfer_gbps=gbytes_per_s,
+        replicas=engines,
+        arrival_requests_per_s=arrivals,
+    )
+
+
+def _evaluate_disaggregated_mix(
+    request: PlanRequest, shape: Shape, misses: Misses, perf: EnginePerf
+) -> Candidate | None:
+    """P/D for a prompt mix: the decider's split (classes from MIN_UNCACHED_TOKENS uncached tokens go to the
+    prefill pool, the rest prefill on their decode engine), decode engines sized from their sweep, then the
+    fewest prefill engines whose queue keeps the slowest class within the TTFT target (perf.mix)."""
+    t, slo = request.traffic, request.slo
+    gbps = shape.instance.efa_gbps / 8
+    remote = remote_classes(t.classes, t.shared_prefix_ratio)
+    if not any(remote):
+        return None  # nothing would go to the prefill pool
+    points = sweep(perf, request, decode_only=True)
+    ok = [p for p in points if meets(p, request)]
+    if not ok:
+        if points:
+            misses.note_slo(shape, points[0], slo.ttft_s, slo.tpot_s)
+        else:
+            misses.memory += 1
+        return None
+    best = ok[-1]
+    rate = None if t.concurrency is not None else (t.requests_per_s or 1.0)
+    if t.concurrency is not None:
+        decode_replicas = max(1, math.ceil(t.concurrency / best.concurrency))
+    else:
+        decode_replicas = max(1, math.ceil((rate or 1.0) * RATE_HEADROOM / best.requests_per_s - 1e-9))
+
+    def predict(engines: int, arrivals: float | None) -> PdMixPoint:
+        return predict_disaggregated_mix(
+            perf,
+            t.classes,
+            prefill_replicas=engines,
+            decode_replicas=decode_replicas,
+            concurrency=t.concurrency,
+            requests_per_s=arrivals,
+            prefix_hit=t.shared_prefix_ratio,
+            kv_transfer_gbps=gbps,
+        )
+
+    per_prefill = prefill_pool_rate(perf, t.classes, prefix_hit=t.shared_prefix_ratio, kv_transfer_gbps=gbps)
+    need = (rate or 0.0) * RATE_HEADROOM
+    prefill_replicas = max(1, math.ceil(need / per_prefill - 1e-9))
+    while True:
+        sized = predict(prefill_replicas, None if rate is None else need)
+        if sized.requests_per_s > 0 and meets(sized.decode, request):
+            break
+        prefill_replicas += 1
+        if prefill_replicas > MAX_PREFILL_ENGINES:
+            misses.note_slo(shape, sized.decode, slo.ttft_s, slo.tpot_s)
+            return None
+    planned = sized if rate is None else predict(prefill_replicas, rate)
+    nodes = node_count(shape, decode_replicas + prefill_replicas)
+    return Candidate(
+        shape=shape,
+        perf=perf,
+        point=planned.decode,
+        batch=best.concurrency,
+        replicas=decode_replicas,
+        prefill_replicas=prefill_replicas,
+        ttft_s=planned.ttft_s,
+        tpot_s=planned.tpot_s,
+        requests_per_s=min(decode_replicas * best.requests_per_s, prefill_replicas * per_prefill),
         nodes=nodes,
         monthly_usd=monthly_cost(shape, nodes, request),
     )
@@ -187,6 +298,8 @@ def evaluate_disaggregated(request: PlanRequest, shape: Shape, misses: Misses) -
 def open_loop_curve(request: PlanRequest, cand: Candidate) -> ServiceCurve:
     """The candidate's engine serving Poisson arrivals, its batch capped at the planned max-num-seqs."""
     t = request.traffic
+    if t.is_mix:
+        return mix_service_curve(cand.perf, t.classes, prefix_hit=t.shared_prefix_ratio, max_batch=cand.batch)
     return service_curve(
         cand.perf,
         input_tokens=t.input_tokens,
@@ -208,9 +321,12 @@ def refine_open_loop(request: PlanRequest, cand: Candidate) -> Candidate | None:
     if t.concurrency is not None:
         return cand  # a concurrency target is a closed loop
     if cand.shape.mode == "disaggregated":
-        return _refine_disaggregated(request, cand)
+        # a mix's P/D candidate is already sized at the arrival rate (its prefill pool as a queue)
+        return cand if t.is_mix else _refine_disaggregated(request, cand)
     curve = open_loop_curve(request, cand)
-    per_replica = max_rate(curve, lambda p: _meets_open(p, request))
+    # a mix meets the TTFT target on its slowest class: scale the open-loop mean by the closed-loop ratio
+    slowest = cand.point.slowest_ttft_s / cand.point.ttft_s if isinstance(cand.point, MixPoint) else 1.0
+    per_replica = max_rate(curve, lambda p: _meets_open(p, request, slowest))
     if per_replica <= 0:
         return None
     on_prem_replicas, on_prem_rps, _ = _on_prem_capacity(request, cand.shape)
@@ -228,6 +344,10 @@ def refine_open_loop(request: PlanRequest, cand: Candidate) -> Candidate | None:
         prefill_tokens_per_step=cand.point.prefill_tokens_per_step,
         kv_limited=False,
     )
+    if isinstance(cand.point, MixPoint) and cand.point.ttft_s > 0:  # each class's TTFT moves with the mean
+        scale = load.ttft_s / cand.point.ttft_s
+        classes = tuple(dataclasses.replace(c, ttft_s=c.ttft_s * scale) for c in cand.point.classes)
+        point = MixPoint(**_kwargs(point), classes=classes)
     nodes = node_count(cand.shape, replicas)
     return dataclasses.replace(
         cand,
@@ -323,8 +443,12 @@ def max_prefill_rate(engines: int, prefill: PrefillPoint, request: PlanRequest) 
     return lo
 
 
-def _meets_open(point: OpenLoopPoint, request: PlanRequest) -> bool:
-    return not point.saturated and meets_latency(point.ttft_s, point.tpot_s, request)
+def _meets_open(point: OpenLoopPoint, request: PlanRequest, slowest: float = 1.0) -> bool:
+    return not point.saturated and meets_latency(point.ttft_s * slowest, point.tpot_s, request)
+
+
+def _kwargs(point: ServingPoint) -> dict[str, Any]:
+    return {f.name: getattr(point, f.name) for f in dataclasses.fields(ServingPoint)}
 
 
 def _with_ttft(point: ServingPoint, ttft_s: float) -> ServingPoint:

@@ -14,6 +14,7 @@ from pathlib import Path
 from eksinfer.catalog import ModelSpec, list_instances
 from eksinfer.catalog.bedrock import MODEL_ID
 from eksinfer.errors import UsageError
+from eksinfer.perf.mix import PromptClass, single_shape
 
 SLO_PRESETS: dict[str, tuple[float, float]] = {  # name -> (TTFT s, TPOT s)
     "conversational": (2.0, 0.05),
@@ -36,6 +37,23 @@ class Traffic:
     requests_per_s: float | None = None  # exactly one of requests_per_s / concurrency (default 1 req/s)
     concurrency: int | None = None
     shared_prefix_ratio: float = 0.0  # share of prompt tokens served from the prefix cache, 0..1
+    # classes of requests (share, prompt, output tokens), priced apart (perf.mix); empty: one class of
+    # input_tokens / output_tokens. With a mix, input_tokens / output_tokens carry its means.
+    prompt_mix: tuple[PromptClass, ...] = ()
+
+    @property
+    def classes(self) -> tuple[PromptClass, ...]:
+        return self.prompt_mix or (PromptClass(1.0, self.input_tokens, self.output_tokens),)
+
+    @property
+    def is_mix(self) -> bool:
+        """More than one request shape: priced class by class, not at the mean."""
+        return not single_shape(self.classes)
+
+    @property
+    def longest_tokens(self) -> int:
+        """Prompt + output tokens of the longest request (what --max-model-len must hold)."""
+        return max(c.input_tokens + c.output_tokens for c in self.classes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +130,17 @@ class PlanRequest:
             raise UsageError(f"must be <= {MAX_REQUESTS_PER_S:,.0f}", field="--requests-per-s")
         if t.concurrency is not None and not 1 <= t.concurrency <= MAX_CONCURRENCY:
             raise UsageError(f"must be in [1, {MAX_CONCURRENCY:,}]", field="--concurrency")
+        for cls in t.prompt_mix:
+            if not (
+                0 < cls.share <= 1
+                and 1 <= cls.input_tokens <= MAX_TOKENS
+                and 1 <= cls.output_tokens <= MAX_TOKENS
+            ):
+                raise UsageError(
+                    f"share must be in (0, 1] and tokens in [1, {MAX_TOKENS:,}]", field="--prompt-mix"
+                )
+        if t.prompt_mix and abs(sum(cls.share for cls in t.prompt_mix) - 1.0) > 0.01:
+            raise UsageError("shares must add up to 1", field="--prompt-mix")
         if not 0.0 <= t.shared_prefix_ratio < 1.0:
             raise UsageError("must be in [0, 1)", field="--shared-prefix-ratio")
         if not 0 < s.ttft_s < math.inf:

@@ -34,6 +34,12 @@ class PlanModel(StrictModel):
     max_context: int = Field(description="model's maximum context length, tokens")
 
 
+class PlanPromptClass(StrictModel):
+    share: float = Field(description="share of requests of this class, 0..1")
+    input_tokens: int = Field(description="prompt length, tokens")
+    output_tokens: int = Field(description="generated length, tokens")
+
+
 class PlanTraffic(StrictModel):
     input_tokens: int = Field(description="mean prompt length, tokens")
     output_tokens: int = Field(description="mean generated length, tokens")
@@ -45,6 +51,9 @@ class PlanTraffic(StrictModel):
     )
     shared_prefix_ratio: float = Field(
         default=0.0, description="share of prompt tokens reusable from cache, 0..1"
+    )
+    prompt_mix: list[PlanPromptClass] = Field(
+        default_factory=list, description="classes of requests priced apart (plan --prompt-mix); empty: one"
     )
 
 
@@ -130,6 +139,16 @@ class PlanLoadPoint(StrictModel):
     tpot_s: float = Field(description="mean TPOT, seconds")
 
 
+class PlanClassPrediction(StrictModel):
+    share: float = Field(description="share of requests of this class, 0..1")
+    input_tokens: int = Field(description="prompt length, tokens")
+    output_tokens: int = Field(description="generated length, tokens")
+    ttft_s: float = Field(description="predicted mean time to first token of this class, seconds")
+    remote_prefill: bool = Field(
+        description="P/D: the gateway decider sends it to the prefill pool (uncached tokens >= 256)"
+    )
+
+
 class PlanPrediction(StrictModel):
     ttft_s: float = Field(description="predicted time to first token at the planned load, seconds")
     tpot_s: float = Field(description="predicted time per output token at the planned load, seconds")
@@ -150,6 +169,9 @@ class PlanPrediction(StrictModel):
     )
     load_curve: list[PlanLoadPoint] = Field(
         default_factory=list, description="open-loop mean TTFT / TPOT at fractions of saturation"
+    )
+    classes: list[PlanClassPrediction] = Field(
+        default_factory=list, description="per class of a prompt mix: its TTFT and where it prefills"
     )
 
 

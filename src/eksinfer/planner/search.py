@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from eksinfer.catalog import GpuSpec, InstanceSpec, ModelSpec, get_gpu, list_instances
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_decode
+from eksinfer.perf.mix import MixPoint, predict_aggregated_mix, predict_decode_mix
 from eksinfer.planner.phases import early
 from eksinfer.planner.request import PlanRequest
 
@@ -215,7 +216,15 @@ def sweep(perf: EnginePerf, request: PlanRequest, *, decode_only: bool) -> list[
     for batch in BATCH_GRID:
         if batch > perf.max_num_seqs * perf.data_parallel_size:
             break
-        if decode_only:
+        if t.is_mix:  # classes priced apart; a P/D decode engine also prefills the classes kept local
+            point: ServingPoint = (
+                predict_decode_mix(perf, t.classes, concurrency=batch, prefix_hit=t.shared_prefix_ratio)
+                if decode_only
+                else predict_aggregated_mix(
+                    perf, t.classes, concurrency=batch, prefix_hit=t.shared_prefix_ratio
+                )
+            )
+        elif decode_only:
             point = predict_decode(
                 perf, input_tokens=t.input_tokens, output_tokens=t.output_tokens, concurrency=batch
             )
@@ -234,7 +243,10 @@ def sweep(perf: EnginePerf, request: PlanRequest, *, decode_only: bool) -> list[
 
 
 def meets(point: ServingPoint, request: PlanRequest, ttft_s: float | None = None) -> bool:
-    return meets_latency(point.ttft_s if ttft_s is None else ttft_s, point.tpot_s, request)
+    """A mix meets the TTFT target on its slowest class (where the tail is), not on the mean."""
+    if ttft_s is None:
+        ttft_s = point.slowest_ttft_s if isinstance(point, MixPoint) else point.ttft_s
+    return meets_latency(ttft_s, point.tpot_s, request)
 
 
 def meets_latency(ttft_s: float, tpot_s: float, request: PlanRequest) -> bool:

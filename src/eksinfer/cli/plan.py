@@ -119,6 +119,7 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
             f"TTFT {pred.ttft_s:.3f} s, TPOT {pred.tpot_s * 1e3:.1f} ms, "
             f"{pred.throughput_tokens_per_s:,.0f} output tok/s, capacity {pred.requests_per_s:.2f} req/s",
         ),
+        *_class_rows(p),
         *_knee_rows(p),
         *_ground_rows(p),
         (
@@ -138,6 +139,20 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
     if p.on_prem:
         rows.append(("on-prem", f"{p.on_prem.replicas} replica(s) on {p.on_prem.gpus} x {p.on_prem.gpu}"))
     return rows
+
+
+def _class_rows(p: Plan) -> list[tuple[str, str]]:
+    """A prompt mix's classes: each one's TTFT, and in P/D where it prefills."""
+    parts = [
+        f"{c.share:.0%} {c.input_tokens}/{c.output_tokens}: TTFT {c.ttft_s:.3f} s"
+        + (
+            (" (prefill pool)" if c.remote_prefill else " (decode engine)")
+            if p.mode == "disaggregated"
+            else ""
+        )
+        for c in p.prediction.classes
+    ]
+    return [("  by class", "; ".join(parts))] if parts else []
 
 
 def _knee_rows(p: Plan) -> list[tuple[str, str]]:

@@ -18,7 +18,8 @@ meeting TTFT < 2 s and TPOT < the plan's target (50 ms, the conversational prese
 (where an 8B model's prefill interference shows), next to the planner's predicted TTFT / TPOT / tokens/s for
 the same configuration: `eksinfer.perf.mix` (the classes priced apart, the gateway's decider split, the
 prefill pool as a queue), beside the model before it (`mean`: the mean prompt, every prompt prefilled
-remotely, no prefill queue), with mean TTFT per class (long / short) measured and predicted. P/D "pays" at a concurrency where its goodput beats the aggregated row's by
+remotely, no prefill queue), with mean TTFT per class (long / short) measured and predicted. P/D "pays"
+at a concurrency where its goodput beats the aggregated row's by
 more than 10% (run-to-run noise of these short runs is a few percent); the planner's choice "agrees" when
 the configuration it predicts best measures within 10% of the best.
 

@@ -25,7 +25,9 @@ the configuration it predicts best measures within 10% of the best.
 
 Options: --quick (two concurrency levels, no vllm-router 1P+3D), --concurrency=8,32,64, --time-scale=T,
 --no-vllm-router, --long-fraction=F (the `=` form: `make bench ARGS="pd --concurrency=4,16"`), --save=FILE
-(the measured samples as JSON), --load=FILE (report those again against the current model, no run).
+(the measured samples as JSON), --load=FILE (report those again against the current model, no run),
+--virtual (the same systems on the simulator's engine cores in virtual time: no gateway, no HTTP, seconds;
+benchmarks/pd_virtual.py).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-vllm-router", action="store_true")
     ap.add_argument("--save", default=None, help="write the measured samples to this JSON file")
     ap.add_argument("--load", default=None, help="report samples saved with --save (no run)")
+    ap.add_argument("--virtual", action="store_true", help="engine cores in virtual time, no HTTP (seconds)")
     args = ap.parse_args(argv)
     default = "8,32" if args.quick else "4,16,48"
     args.levels = [int(x) for x in (args.concurrency or default).split(",")]
@@ -433,7 +436,7 @@ async def run(args: argparse.Namespace) -> None:
         systems = [s for s in systems if s.name in measured]
         args.levels = sorted({c for levels in measured.values() for c in levels})
     for sys_ in [] if args.load else systems:
-        res = await run_system(sys_, args, workdir)
+        res = run_virtual(sys_, args) if args.virtual else await run_system(sys_, args, workdir)
         if isinstance(res, str):
             print(f"  {sys_.name:<22} skipped: {res}", flush=True)
             continue
@@ -441,6 +444,38 @@ async def run(args: argparse.Namespace) -> None:
     if args.save:
         save_samples(Path(args.save), measured)
     report(systems, measured, args)
+
+
+def run_virtual(sys_: System, args: argparse.Namespace) -> dict[int, LevelResult] | str:
+    """The system on engine cores in virtual time (benchmarks/pd_virtual.py): no gateway, no HTTP; samples
+    after the first quarter of completions (warm-up), many more requests than the HTTP run affords."""
+    if sys_.router != "eksinfer":
+        return "the virtual run has no vllm-router"
+    from benchmarks.pd_virtual import simulate
+    from eksinfer.catalog import get_gpu
+    from eksinfer.perf.mix import PromptClass
+
+    mix = (
+        PromptClass(args.long_fraction, LONG_TOKENS, OUTPUT_TOKENS),
+        PromptClass(1 - args.long_fraction, SHORT_TOKENS, OUTPUT_TOKENS),
+    )
+    results = {}
+    for level in args.levels:
+        done = simulate(
+            _perf(),
+            mix,
+            prefill_engines=sys_.prefill,
+            decode_engines=ENGINES - sys_.prefill,
+            concurrency=level,
+            requests=max(200, 12 * level),
+            kv_transfer_gbps=get_gpu(SIM_GPU).nvlink_gbps / 8,
+            min_uncached_tokens=MIN_UNCACHED_TOKENS,
+        )
+        warm = len(done) // 4
+        kept = [Sample(f.long, f.ttft_s, f.tpot_s, f.tokens) for f in done[warm + 1 :]]
+        results[level] = LevelResult(level, kept, 0, done[-1].done_s - done[warm].done_s)
+        print(f"  {sys_.name:<22} c={level:<3} {_row(results[level])}", flush=True)
+    return results
 
 
 def save_samples(path: Path, measured: dict[str, dict[int, LevelResult]]) -> None:

@@ -543,7 +543,7 @@ def predict_disaggregated_mix(
     )
 
 
-def _bisect(high_enough: Callable[[float], bool], lo: float, hi: float, iterations: int = 40) -> float:
+def _bisect(high_enough: Callable[[float], bool], lo: float, hi: float, iterations: int = 30) -> float:
     """The smallest x in [lo, hi] where the monotone predicate turns true (hi when it never does)."""
     if high_enough(lo):
         return lo

@@ -269,16 +269,32 @@ def _evaluate_disaggregated_mix(
 
     per_prefill = prefill_pool_rate(perf, t.classes, prefix_hit=t.shared_prefix_ratio, kv_transfer_gbps=gbps)
     need = (rate or 0.0) * RATE_HEADROOM
-    prefill_replicas = max(1, math.ceil(need / per_prefill - 1e-9))
-    while True:
-        sized = predict(prefill_replicas, None if rate is None else need)
-        if sized.requests_per_s > 0 and meets(sized.decode, request):
-            break
-        prefill_replicas += 1
-        if prefill_replicas > MAX_PREFILL_ENGINES:
-            misses.note_slo(shape, sized.decode, slo.ttft_s, slo.tpot_s)
+    lowest = max(1, math.ceil(need / per_prefill - 1e-9))
+    if lowest > MAX_PREFILL_ENGINES:
+        return None
+
+    def sized(engines: int) -> PdMixPoint:
+        return predict(engines, None if rate is None else need)
+
+    def fits(point: PdMixPoint) -> bool:
+        return point.requests_per_s > 0 and meets(point.decode, request)
+
+    # TTFT falls as prefill engines are added: gallop up from the bare demand, then bisect
+    hi, last = lowest, sized(lowest)
+    while not fits(last):
+        if hi >= MAX_PREFILL_ENGINES:
+            misses.note_slo(shape, last.decode, slo.ttft_s, slo.tpot_s)
             return None
-    planned = sized if rate is None else predict(prefill_replicas, rate)
+        lowest, hi = hi + 1, min(MAX_PREFILL_ENGINES, hi * 2)
+        last = sized(hi)
+    while lowest < hi:
+        mid = (lowest + hi) // 2
+        if fits(sized(mid)):
+            hi = mid
+        else:
+            lowest = mid + 1
+    prefill_replicas = hi
+    planned = sized(hi) if rate is None else predict(prefill_replicas, rate)
     nodes = node_count(shape, decode_replicas + prefill_replicas)
     return Candidate(
         shape=shape,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eksinfer.perf import predict_prefill
+from eksinfer.perf.mix import MixPoint, prefill_pool_rate
 from eksinfer.planner.evaluate import fit
 from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.schema import Plan
@@ -61,17 +62,20 @@ def _shape_points(request: PlanRequest, shape: Shape) -> list[ParetoPoint]:
         return []
     t, gpus = request.traffic, shape.gpus_per_replica / shape.slices_per_gpu
     disagg = shape.mode == "disaggregated"
+    # a mix's TTFT tail is its longest prompt; a single class's is its own
+    longest = max(c.input_tokens for c in t.classes) if t.is_mix else t.input_tokens
     prefill = (
-        predict_prefill(perf, input_tokens=t.input_tokens, prefix_hit=t.shared_prefix_ratio)
-        if disagg
-        else None
+        predict_prefill(perf, input_tokens=longest, prefix_hit=t.shared_prefix_ratio) if disagg else None
     )
+    pool_rate = prefill.requests_per_s if prefill is not None else 0.0
+    if prefill is not None and t.is_mix:  # only the classes the gateway's decider sends remote use the pool
+        pool_rate = prefill_pool_rate(perf, t.classes, prefix_hit=t.shared_prefix_ratio)
     out = []
     for point in sweep(perf, request, decode_only=disagg):
         used = gpus
-        ttft = point.ttft_s
+        ttft = point.slowest_ttft_s if isinstance(point, MixPoint) else point.ttft_s
         if prefill is not None:
-            used = gpus * (1 + point.requests_per_s / prefill.requests_per_s)
+            used = gpus * (1 + point.requests_per_s / pool_rate)
             ttft = prefill.ttft_s
         out.append(
             ParetoPoint(

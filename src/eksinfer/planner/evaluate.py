@@ -340,8 +340,9 @@ def refine_open_loop(request: PlanRequest, cand: Candidate) -> Candidate | None:
         # a mix's P/D candidate is already sized at the arrival rate (its prefill pool as a queue)
         return cand if t.is_mix else _refine_disaggregated(request, cand)
     curve = open_loop_curve(request, cand)
-    # a mix meets the TTFT target on its slowest class: scale the open-loop mean by the closed-loop ratio
-    slowest = cand.point.slowest_ttft_s / cand.point.ttft_s if isinstance(cand.point, MixPoint) else 1.0
+    # a mix meets the TTFT target on its slowest class: the queue's wait is shared by every class, so the
+    # slowest one sits above the open-loop mean by what its own prefill adds (the closed-loop gap)
+    slowest = cand.point.slowest_ttft_s - cand.point.ttft_s if isinstance(cand.point, MixPoint) else 0.0
     per_replica = max_rate(curve, lambda p: _meets_open(p, request, slowest))
     if per_replica <= 0:
         return None
@@ -360,9 +361,9 @@ def refine_open_loop(request: PlanRequest, cand: Candidate) -> Candidate | None:
         prefill_tokens_per_step=cand.point.prefill_tokens_per_step,
         kv_limited=False,
     )
-    if isinstance(cand.point, MixPoint) and cand.point.ttft_s > 0:  # each class's TTFT moves with the mean
-        scale = load.ttft_s / cand.point.ttft_s
-        classes = tuple(dataclasses.replace(c, ttft_s=c.ttft_s * scale) for c in cand.point.classes)
+    if isinstance(cand.point, MixPoint):  # each class's TTFT moves with the mean (the shared queue)
+        shift = load.ttft_s - cand.point.ttft_s
+        classes = tuple(dataclasses.replace(c, ttft_s=max(0.0, c.ttft_s + shift)) for c in cand.point.classes)
         point = MixPoint(**_kwargs(point), classes=classes)
     nodes = node_count(cand.shape, replicas)
     return dataclasses.replace(
@@ -459,8 +460,8 @@ def max_prefill_rate(engines: int, prefill: PrefillPoint, request: PlanRequest) 
     return lo
 
 
-def _meets_open(point: OpenLoopPoint, request: PlanRequest, slowest: float = 1.0) -> bool:
-    return not point.saturated and meets_latency(point.ttft_s * slowest, point.tpot_s, request)
+def _meets_open(point: OpenLoopPoint, request: PlanRequest, slowest: float = 0.0) -> bool:
+    return not point.saturated and meets_latency(point.ttft_s + slowest, point.tpot_s, request)
 
 
 def _kwargs(point: ServingPoint) -> dict[str, Any]:

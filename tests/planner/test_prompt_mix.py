@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from eksinfer.catalog import get_model
 from eksinfer.cli.main import build_app
 from eksinfer.perf import EnginePerf, predict_prefill
-from eksinfer.perf.mix import mean_tokens, parse_prompt_mix
+from eksinfer.perf.mix import MixPoint, mean_tokens, parse_prompt_mix
 from eksinfer.planner import Constraints, Plan, PlanRequest, Slo, Traffic, make_plan
 from eksinfer.planner.evaluate import evaluate_disaggregated
 from eksinfer.planner.search import Candidate, Misses, Shape, enumerate_shapes
@@ -91,12 +91,20 @@ def test_a_bimodal_mix_needs_more_replicas_than_its_mean_prompt() -> None:
 
 
 def test_pd_mix_sends_only_long_prompts_to_the_prefill_pool() -> None:
-    plan = make_plan(PlanRequest(get_model("glm-5"), _traffic(2.0, mix=True)))
-    assert plan.mode == "disaggregated"
-    long, short = plan.prediction.classes
-    assert (long.remote_prefill, short.remote_prefill) == (True, False)
-    assert long.ttft_s * 2 <= plan.slo.ttft_s
-    assert plan.prediction.requests_per_s >= 2.0 * 1.2
+    request = PlanRequest(get_model("glm-5"), _traffic(2.0, mix=True))
+    cands = [
+        evaluate_disaggregated(request, s, Misses())
+        for s in enumerate_shapes(request, 3)
+        if s.mode == "disaggregated" and s.instance.family == "p5"
+    ]
+    cand = next(c for c in cands if c is not None)  # the first P/D shape that fits and meets the SLOs
+    assert isinstance(cand.point, MixPoint)
+    long, short = cand.point.classes
+    assert (long.remote, short.remote) == (True, False)
+    assert long.ttft_s > short.ttft_s
+    assert long.ttft_s * 2 <= request.slo.ttft_s
+    assert cand.requests_per_s >= 2.0 * 1.2
+    assert cand.prefill_replicas >= 1
 
 
 def test_prefill_engines_are_sized_for_the_queue_not_the_bare_demand() -> None:

@@ -16,7 +16,8 @@ simulator (same step model, docs/gateway.md "P/D benchmark"). Here the steps are
     TPOT      = the mean step time over those K steps (a decoding sequence is in every step)
     TTFT_i    = (own steps of class i + dispatch) x queueing_factor(B)
                 + prompts_ahead(B) x mean prompt tokens x marginal seconds per prompt token
-                (perf.serving's fitted queue terms, applied per class), at least its share of full steps
+                (perf.serving's fitted queue terms, applied per class; + one mean step with async
+                scheduling, as perf.serving), at least its share of full steps
                 when the token budget binds; + the wait for a KV slot (Little's law) when B exceeds the fit
     rate      = running / sum w_i (TTFT_i + (OSL_i - 1) x TPOT)
 A single class (or classes of one shape) is priced by `perf.serving.predict_aggregated` unchanged.
@@ -170,6 +171,7 @@ class _Steps:
     token_s: float  # marginal seconds per prompt token queued ahead
     prefill_per_step: float
     residual_s: float  # extra wait for the step in progress that mixed step lengths add
+    mean_step_s: float  # mean step time over all steps (the one async scheduling has queued ahead)
 
 
 def _steps(perf: EnginePerf, m: float, classes: Sequence[PromptClass], news: Sequence[float]) -> _Steps:
@@ -244,7 +246,7 @@ def _steps(perf: EnginePerf, m: float, classes: Sequence[PromptClass], news: Seq
     wait_steps = max(0.0, k * m - sum(wi * (o + 1) for wi, o in zip(w, osl1, strict=True)))
     mean_new = sum(wi * n for wi, n in zip(w, news, strict=True)) or 1.0
     bound = tuple((1.0 + wait_steps * n / mean_new) * mean_step for n in news)
-    return _Steps(tpot, tuple(own), bound, token_s, pool_tokens / k, residual)
+    return _Steps(tpot, tuple(own), bound, token_s, pool_tokens / k, residual, mean_step)
 
 
 def _mixed_engine(
@@ -270,8 +272,10 @@ def _mixed_engine(
     mean_new = sum(c.share * n for c, n in zip(classes, news, strict=True))
     queue = ahead * mean_new * s.token_s
     extra = extra_ttft_s or [0.0] * len(classes)
+    # vLLM >= 0.14 async scheduling: a new prompt also waits for the step already scheduled (as serving.py)
+    ahead_step = s.mean_step_s if perf.async_scheduling else 0.0
     ttfts = [
-        max((own + dispatch) * queueing_factor(running) + queue + s.residual_s, bound) + x
+        max((own + dispatch) * queueing_factor(running) + queue + s.residual_s + ahead_step, bound) + x
         for own, bound, x in zip(s.own_s, s.bound_s, extra, strict=True)
     ]
     e2e = sum(

@@ -234,7 +234,7 @@ async def test_circuit_opens_skips_the_pool_and_closes_after_a_good_trial(engine
         {"onprem": [a1, a2], "eks": [eks]},
         models={"tiny": {"cascade": ["onprem", "eks"]}},
         resilience={
-            "breaker": {"consecutive_failures": 2, "open_s": 30},
+            "breaker": {"min_failures": 2, "open_s": 30},
             "outlier": {"consecutive_failures": 50},
         },
     )

@@ -100,14 +100,17 @@ def test_retry_budget_is_a_share_of_active_requests_with_a_minimum() -> None:
 # --- circuit breaker ------------------------------------------------------------------------------------
 def test_breaker_opens_half_opens_with_one_trial_and_closes() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker("eks", BreakerConfig(consecutive_failures=3, open_s=5), clock)
+    breaker = CircuitBreaker("eks", BreakerConfig(min_failures=3, open_s=5), clock)
+    for _ in range(4):
+        breaker.record_success()
     for name in ("a", "b"):
-        breaker.record_failure(name, pool_size=2)
-    breaker.record_success()  # a success in between resets the count
-    for name in ("a", "b", "a"):
         assert breaker.allow()
         breaker.record_failure(name, pool_size=2)
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.state is BreakerState.CLOSED  # two failures: under min_failures
+    breaker.record_failure("a", pool_size=2)
+    assert breaker.state is BreakerState.CLOSED  # three, but three of seven attempts
+    breaker.record_failure("b", pool_size=2)
+    assert breaker.state is BreakerState.OPEN  # four of eight, from both endpoints
     assert not breaker.allow()
     clock.advance(4.9)
     assert not breaker.allow()
@@ -117,14 +120,52 @@ def test_breaker_opens_half_opens_with_one_trial_and_closes() -> None:
     assert not breaker.allow()  # only one trial at a time
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED
+    assert breaker.failures == 0  # closing starts a fresh window
     assert breaker.allow()
     assert breaker.allow()
     assert breaker.opens_total == 1
 
 
+def test_breaker_judges_a_failure_share_so_late_successes_do_not_open_a_healthy_pool() -> None:
+    """Successes are booked when a stream ends, failures at once: five quick failures from a bad engine (and
+    one from a second) between slow successes of three healthy engines must not open the pool, as a streak
+    count did."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("eks", BreakerConfig(min_failures=5, open_s=5), clock)
+    for _ in range(8):
+        breaker.record_success()
+        clock.advance(0.5)
+    for name in ("bad", "bad", "other", "bad", "bad", "bad"):
+        breaker.record_failure(name, pool_size=4)
+    assert breaker.state is BreakerState.CLOSED  # 6 of 14 attempts failed: under half
+    breaker.record_failure("bad", pool_size=4)
+    assert breaker.state is BreakerState.CLOSED  # 7 of 15
+    breaker.record_failure("bad", pool_size=4)
+    assert breaker.state is BreakerState.OPEN  # 8 of 16, from two of four endpoints
+
+
+def test_breaker_forgets_outcomes_older_than_its_window() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("eks", BreakerConfig(min_failures=3, window_s=10, open_s=5), clock)
+    breaker.record_failure("a", pool_size=2)
+    breaker.record_failure("b", pool_size=2)
+    assert breaker.failures == 2
+    clock.advance(10.1)
+    assert breaker.failures == 0
+    breaker.record_failure("a", pool_size=2)
+    breaker.record_failure("b", pool_size=2)
+    assert breaker.state is BreakerState.CLOSED  # two in this window, the older two forgotten
+    breaker.record_failure("a", pool_size=2)
+    assert breaker.state is BreakerState.OPEN
+
+
+def test_breaker_reads_its_old_config_name() -> None:
+    assert BreakerConfig.model_validate({"consecutive_failures": 7}).min_failures == 7
+
+
 def test_breaker_trial_failure_reopens_and_an_abandoned_trial_is_handed_on() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker("eks", BreakerConfig(consecutive_failures=2, open_s=5), clock)
+    breaker = CircuitBreaker("eks", BreakerConfig(min_failures=2, open_s=5), clock)
     breaker.record_failure("a", 2)
     breaker.record_failure("b", 2)
     clock.advance(5)
@@ -138,11 +179,11 @@ def test_breaker_trial_failure_reopens_and_an_abandoned_trial_is_handed_on() -> 
 
 
 def test_one_failing_endpoint_does_not_open_a_pool_of_several() -> None:
-    breaker = CircuitBreaker("eks", BreakerConfig(consecutive_failures=3, open_s=5), FakeClock())
+    breaker = CircuitBreaker("eks", BreakerConfig(min_failures=3, open_s=5), FakeClock())
     for _ in range(10):
         breaker.record_failure("a", pool_size=4)
     assert breaker.state is BreakerState.CLOSED  # the outlier detector's business
-    single = CircuitBreaker("solo", BreakerConfig(consecutive_failures=3, open_s=5), FakeClock())
+    single = CircuitBreaker("solo", BreakerConfig(min_failures=3, open_s=5), FakeClock())
     for _ in range(3):
         single.record_failure("a", pool_size=1)
     assert single.state is BreakerState.OPEN

@@ -4,7 +4,7 @@
       retries:   {attempts_per_pool: 3, max_attempts: 6, backoff_base_s: 0.025, backoff_max_s: 1, jitter: 0.2}
       budget:    {percent: 20, min_retries: 3}
       outlier:   {consecutive_failures: 3, base_ejection_s: 10, max_ejection_s: 300, max_ejected_percent: 50}
-      breaker:   {consecutive_failures: 5, open_s: 5}
+      breaker:   {min_failures: 5, failure_rate: 0.5, window_s: 10, open_s: 5}
       health_checks: {enabled: true, path: /health, interval_s: 2, timeout_s: 1, unhealthy_after: 2}
       slow_start_s: 10          # with slow_start_aggression: 1, slow_start_min_weight: 0.1 (Envoy's)
 
@@ -18,7 +18,7 @@ at 25 ms because the next attempt goes to another engine, not back to the one th
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from eksinfer.strict import StrictModel
 
@@ -66,9 +66,17 @@ class OutlierConfig(StrictModel):
 
 
 class BreakerConfig(StrictModel):
-    consecutive_failures: int = Field(
-        5, ge=1, description="Failed requests in a row across a pool that open its circuit."
+    min_failures: int = Field(
+        5,
+        ge=1,
+        validation_alias=AliasChoices("min_failures", "consecutive_failures"),
+        description="Failed attempts within window_s that may open a pool's circuit (also read as "
+        "consecutive_failures, its name before the breaker judged a failure share).",
     )
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of the pool's attempts within window_s that must have failed."
+    )
+    window_s: float = Field(10.0, gt=0, description="The window failures and successes are counted over.")
     open_s: float = Field(5.0, gt=0, description="Time the circuit stays open before one trial request.")
 
 

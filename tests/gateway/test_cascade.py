@@ -432,6 +432,45 @@ async def test_active_health_checks_take_an_endpoint_out_and_back(engines: list[
         await runtime.stop()
 
 
+async def test_a_pool_whose_engines_pass_their_checks_again_gets_its_trial_before_open_s(
+    engines: list[FakeEngine],
+) -> None:
+    """After an outage the circuit's open_s (here 300 s on a clock that never moves) must not keep a pool
+    whose engines are back behind a slower tier: their passing health checks let the trial through."""
+    a1, a2, eks = engines
+    for engine in (a1, a2):
+        engine.behaviour = EngineBehaviour(fail_status=503)
+    config = gateway_config(
+        {"onprem": [a1, a2], "eks": [eks]},
+        models={"tiny": {"cascade": ["onprem", "eks"]}},
+        resilience={
+            "breaker": {"min_failures": 2, "open_s": 300},
+            "outlier": {"consecutive_failures": 50},
+            "health_checks": {"enabled": True, "interval_s": 0.05, "unhealthy_after": 1},
+        },
+    )
+    res = Resilience(config.resilience, Cascade(config.pools, config.models), clock=FakeClock())
+    runtime = await start(config, res)
+    try:
+        onprem = [s for s in runtime.registry.all() if s.pool == "onprem"]
+        async with httpx.AsyncClient() as client:
+            r = await client.post(url(runtime), json={"model": "tiny", "messages": CHAT})
+            assert r.headers[POOL_HEADER] == "eks"
+            assert res.breaker("onprem").state is BreakerState.OPEN  # both onprem attempts failed
+            for engine in (a1, a2):
+                engine.behaviour = EngineBehaviour(fail_status=503, health_status=503)  # the outage
+            await until(lambda: all(res.detector.is_down(s) for s in onprem), what="failed checks seen")
+            for engine in (a1, a2):
+                engine.behaviour = EngineBehaviour()
+            await until(lambda: not any(res.detector.is_down(s) for s in onprem), what="checks pass again")
+            r = await client.post(url(runtime), json={"model": "tiny", "messages": CHAT})
+            assert r.headers[POOL_HEADER] == "onprem"  # the trial, 300 s early
+            assert res.breaker("onprem").state is BreakerState.CLOSED
+        assert_nothing_in_flight(runtime)
+    finally:
+        await runtime.stop()
+
+
 # --- a managed API as the last tier (a fake client until the Bedrock pool kind is built) --------------------
 class FakeManagedError(EksinferError):
     """Shaped like the Bedrock client's errors (CONTRACTS: status, code, retryable)."""

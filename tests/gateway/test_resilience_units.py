@@ -159,6 +159,20 @@ def test_breaker_forgets_outcomes_older_than_its_window() -> None:
     assert breaker.state is BreakerState.OPEN
 
 
+def test_breaker_try_now_moves_the_trial_forward_only_when_open() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("eks", BreakerConfig(min_failures=1, open_s=60), clock)
+    breaker.try_now()
+    assert breaker.state is BreakerState.CLOSED  # nothing to move forward
+    breaker.record_failure("a", pool_size=1)
+    assert not breaker.allow()
+    breaker.try_now()
+    assert breaker.allow()  # the trial, 60 s early
+    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.try_now()
+    assert not breaker.allow()  # still one trial at a time
+
+
 def test_breaker_reads_its_old_config_name() -> None:
     assert BreakerConfig.model_validate({"consecutive_failures": 7}).min_failures == 7
 

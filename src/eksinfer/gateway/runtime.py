@@ -202,7 +202,12 @@ class GatewayRuntime:
         )
         checks = self.config.resilience.health_checks
         if checks.enabled:
-            self._checker = HealthChecker(self._scrape_session, checks, self.resilience.detector)
+            self._checker = HealthChecker(
+                self._scrape_session,
+                checks,
+                self.resilience.detector,
+                on_back=lambda state: self.resilience.breaker(state.pool).try_now(),
+            )
         ready = asyncio.Event()
         self._supervisor = asyncio.create_task(self._supervise(ready))
         await ready.wait()

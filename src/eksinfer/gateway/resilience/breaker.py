@@ -79,6 +79,12 @@ class CircuitBreaker:
         self._trial = True
         return True
 
+    def try_now(self) -> None:
+        """An endpoint of the pool passes its health checks again: an open circuit lets its trial through
+        now rather than at the end of `open_s` (health.py)."""
+        if self.state is BreakerState.OPEN:
+            self._opened_at = self._clock() - self._config.open_s
+
     def abandon_trial(self) -> None:
         """The trial request never reached an endpoint: the next request may try."""
         if self.state is BreakerState.HALF_OPEN:

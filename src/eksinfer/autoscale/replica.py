@@ -24,7 +24,6 @@ Prompts have no token ids: block digests are synthetic (`SyntheticHasher`), shar
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,14 +48,10 @@ class SyntheticHasher:
     where vLLM might still find them cached.
     """
 
-    __slots__ = ("_digests",)
+    __slots__ = ("digests",)
 
     def __init__(self, prefix_digests: list[BlockDigest]) -> None:
-        self._digests = prefix_digests
-
-    @property
-    def digests(self) -> list[BlockDigest]:
-        return self._digests
+        self.digests = prefix_digests
 
     def extra_keys(self, block_index: int) -> ExtraKeys:
         return None
@@ -81,6 +76,7 @@ class _Run:
     context0: int  # decode_context_tokens of step 1
     last: int  # the step at which the run ends (completed through the core)
     by_residue: dict[int, list[int]] = field(default_factory=dict)  # (1 - base) % bs -> request indices
+    uncached: list[int] = field(default_factory=list)  # requests with hashed blocks not yet cached
     allocated: int = 1  # steps whose allocations are applied
     completed: int = 0  # steps whose tokens are applied
 
@@ -135,7 +131,10 @@ class Replica:
         pass
 
     def on_token(self, req: SimRequest, now: float) -> None:
-        if self._on_token is not None and (req.num_output_tokens == 1 or req.finish_reason is not None):
+        # the first output token, or the last
+        if self._on_token is not None and (
+            len(req.token_ids) - req.num_prompt_tokens == 1 or req.finish_reason is not None
+        ):
             self._on_token(self, req, now)
 
     def on_step(self, emitted: Sequence[SimRequest], now: float) -> None:
@@ -230,9 +229,7 @@ class Replica:
         )
         self.core.simulated_s -= step_s  # counted per completed step instead
         run = _Run(reqs, base, now, step_s, delta, plan.decode_context_tokens, last)
-        bs = self.block_size
-        for j, c in enumerate(base):
-            run.by_residue.setdefault((1 - c) % bs, []).append(j)
+        self._index(run)
         self._run = run
         self.num_runs += 1
         self.next_event_s = run.end(last)
@@ -250,14 +247,19 @@ class Replica:
             return False
         max_len = sched.max_model_len
         last = 1 << 62
-        for r in reqs:
+        base: list[int] = []
+        for r in reqs:  # once per run for every request: properties spelt out
+            c = r.num_computed_tokens
+            n = len(r.token_ids)
             # one token to compute, and not the last one of a prompt (that would be a prefill step)
-            if r.num_tokens - r.num_computed_tokens != 1 or r.num_computed_tokens < r.num_prompt_tokens:
+            if n - c != 1 or c < r.num_prompt_tokens:
                 return False
-            last = min(last, max(1, min(r.max_tokens - r.num_output_tokens, max_len - r.num_tokens)))
-        if last < 2:
+            left = min(r.max_tokens - n + r.num_prompt_tokens, max_len - n)
+            if left < last:
+                last = left
+            base.append(c)
+        if last < 2:  # a request stops after step max(1, left)
             return False
-        base = [r.num_computed_tokens for r in reqs]
         last = self._pool_limit(reqs, base, last, start=1)
         if last < 2:
             return False
@@ -270,14 +272,26 @@ class Replica:
             prefill_tokens=0, prefill_attention_pairs=0, decode_seqs=b, decode_context_tokens=context0 + b
         )
         run = _Run(list(reqs), base, now, t1, t2 - t1, context0, last, allocated=0)
-        bs = self.block_size
-        for j, c in enumerate(base):
-            run.by_residue.setdefault((1 - c) % bs, []).append(j)
+        self._index(run)
         self._allocate(run, 1)  # step 1 has started: its blocks are taken now, as schedule() would
         self._run = run
         self.num_runs += 1
         self.next_event_s = run.end(last)
         return True
+
+    def _index(self, run: _Run) -> None:
+        """Group the run's requests by the step residue at which they cross a block boundary, and note the
+        ones whose hashed blocks are not all cached yet (the run's cache calls)."""
+        bs = self.block_size
+        groups = run.by_residue
+        for j, c in enumerate(run.base):
+            key = (1 - c) % bs
+            js = groups.get(key)
+            if js is None:
+                groups[key] = [j]
+            else:
+                js.append(j)
+        run.uncached = [j for j, r in enumerate(run.reqs) if r.table.num_cached < len(r.hasher.digests)]
 
     def _pool_limit(self, reqs: list[SimRequest], base: list[int], last: int, start: int = 2) -> int:
         """The last step whose allocations fit in the free blocks, counting from step `start` (the steps
@@ -312,10 +326,10 @@ class Replica:
     def _complete(self, run: _Run, upto: int) -> None:
         n = upto - run.completed
         end = run.end(upto)
-        zeros = itertools.repeat
+        zeros = [0] * n
         for r in run.reqs:
             r.num_computed_tokens += n
-            r.token_ids.extend(zeros(0, n))
+            r.token_ids.extend(zeros)
             r.last_token_time = end
         first = run.completed + 1
         # sum of durations of steps first..upto
@@ -343,9 +357,10 @@ class Replica:
                     for j in js:
                         append(reqs[j].table)
         cache = self.scheduler.cache_blocks
-        for j, r in enumerate(reqs):
+        for j in run.uncached:
             # only blocks with a digest are cached; a fleet request's are its shared prefix, cached when it
-            # was admitted, so decode steps rarely have any to add
-            if r.table.num_cached < len(r.hasher.digests) and r.status is Status.RUNNING:
+            # was admitted, so decode steps rarely have any to add (`uncached` is almost always empty)
+            r = reqs[j]
+            if r.status is Status.RUNNING:
                 cache(r, base[j] + upto)
         run.allocated = upto

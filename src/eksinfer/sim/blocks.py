@@ -99,21 +99,23 @@ class BlockPool:
             if block.ref_cnt == 0:
                 del self._free[block.block_id]
             block.ref_cnt += 1
-        table.blocks.extend(hits)
+        blocks = table.blocks
+        blocks.extend(hits)
         table.num_cached += len(hits)
-        new = -(-num_tokens // self.block_size) - len(table.blocks)
+        new = -(-num_tokens // self.block_size) - len(blocks)
+        popitem, append = self._free.popitem, blocks.append
         for _ in range(new):
-            _, block = self._free.popitem(last=False)
+            block = popitem(last=False)[1]
             if block.digest is not None:
                 self._evict(block)
             block.ref_cnt = 1
-            table.blocks.append(block)
+            append(block)
         return True
 
     def append_block(self, table: BlockTable) -> None:
         """Grow `table` by one block from the free queue, which the caller knows is not empty: the fast path
         for a decode step that crosses a block boundary (the fleet simulation replays thousands)."""
-        _, block = self._free.popitem(last=False)
+        block = self._free.popitem(last=False)[1]
         if block.digest is not None:
             self._evict(block)
         block.ref_cnt = 1
@@ -183,8 +185,9 @@ class BlockPool:
         """Release a request's blocks; the ones nobody else holds join the free queue, tail first."""
         free = self._free
         for block in reversed(table.blocks):
-            block.ref_cnt -= 1
-            if block.ref_cnt == 0:
+            n = block.ref_cnt - 1
+            block.ref_cnt = n
+            if not n:
                 free[block.block_id] = block
         table.blocks = []
         table.num_cached = 0

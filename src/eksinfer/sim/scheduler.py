@@ -392,33 +392,37 @@ class Scheduler:
         """
         emitted: list[SimRequest] = []
         any_finished = False
+        running = Status.RUNNING
+        max_len = self.max_model_len
+        # the hot loop of every simulated step (the fleet simulation runs millions): the num_tokens /
+        # num_output_tokens properties are spelt out; a request stops at EOS unless ignore_eos, at max_tokens
+        # output tokens, or at max_model_len tokens
         for req, n in plan.scheduled:
-            if req.status is not Status.RUNNING:
+            if req.status is not running:
                 continue  # aborted while the step ran
-            req.num_computed_tokens += n
-            if req.num_computed_tokens < req.num_tokens:
+            computed = req.num_computed_tokens + n
+            req.num_computed_tokens = computed
+            tokens = req.token_ids
+            if computed < len(tokens):
                 continue  # a prefill chunk that is not the last
             token = sample(req)
-            req.token_ids.append(token)
-            req.hasher.update(req.token_ids)
+            tokens.append(token)
+            req.hasher.update(tokens)
             emitted.append(req)
-            reason = self._stop_reason(req, token)
-            if reason is not None:
-                req.finish_reason = reason
-                req.status = Status.FINISHED
-                if self.connector is None or not self.connector.request_finished(req):
-                    self.pool.free(req.table)
-                any_finished = True
+            if not req.ignore_eos and token == req.eos_token_id:
+                reason = "stop"
+            elif len(tokens) - req.num_prompt_tokens >= req.max_tokens or len(tokens) >= max_len:
+                reason = "length"
+            else:
+                continue
+            req.finish_reason = reason
+            req.status = Status.FINISHED
+            if self.connector is None or not self.connector.request_finished(req):
+                self.pool.free(req.table)
+            any_finished = True
         if any_finished:
-            self.running = [r for r in self.running if r.status is Status.RUNNING]
+            self.running = [r for r in self.running if r.status is running]
         return emitted
-
-    def _stop_reason(self, req: SimRequest, token: int) -> str | None:
-        if not req.ignore_eos and token == req.eos_token_id:
-            return "stop"
-        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len:
-            return "length"
-        return None
 
     def _finish(self, req: SimRequest) -> None:
         req.status = Status.FINISHED

@@ -78,13 +78,11 @@ class _Run:
     by_residue: dict[int, list[int]] = field(default_factory=dict)  # (1 - base) % bs -> request indices
     uncached: list[int] = field(default_factory=list)  # requests with hashed blocks not yet cached
     allocated: int = 1  # steps whose allocations are applied
+    counted: int = 0  # steps whose busy time the core counted (step 1 when the scheduler planned it)
     completed: int = 0  # steps whose tokens are applied
 
     def end(self, m: int) -> float:
         return self.start_s + m * self.t1 + self.delta * m * (m - 1) / 2
-
-    def duration(self, m: int) -> float:
-        return self.t1 + (m - 1) * self.delta
 
     def completed_by(self, t: float) -> int:
         """Steps of the run that end at or before t."""
@@ -167,6 +165,11 @@ class Replica:
     def has_work(self) -> bool:
         return self.core.has_work()
 
+    @property
+    def in_run(self) -> bool:
+        """A macro-run is in flight: the pool may lag behind `now` until `sync`."""
+        return self._run is not None
+
     def step_end(self) -> None:
         """Complete the step (or run) ending at `next_event_s`, and start the next one."""
         now = self.next_event_s
@@ -180,7 +183,10 @@ class Replica:
                 decode_seqs=len(run.reqs),
                 decode_context_tokens=run.context0 + (m - 1) * len(run.reqs),
             )
-            self.core.simulated_s += run.duration(m)
+            # the busy time of the run's steps, in one closed form (so it does not depend on how often the
+            # run was synced): steps counted+1..m, step 1 being counted by the core when it scheduled it
+            c, n = run.counted, m - run.counted
+            self.core.simulated_s += n * run.t1 + run.delta * ((c + m - 1) * n / 2)
             self._run = None
             self.core.complete_step(plan, now)
         elif self._plan is not None:
@@ -227,8 +233,7 @@ class Replica:
             )
             - step_s
         )
-        self.core.simulated_s -= step_s  # counted per completed step instead
-        run = _Run(reqs, base, now, step_s, delta, plan.decode_context_tokens, last)
+        run = _Run(reqs, base, now, step_s, delta, plan.decode_context_tokens, last, counted=1)
         self._index(run)
         self._run = run
         self.num_runs += 1
@@ -331,9 +336,6 @@ class Replica:
             r.num_computed_tokens += n
             r.token_ids.extend(zeros)
             r.last_token_time = end
-        first = run.completed + 1
-        # sum of durations of steps first..upto
-        self.core.simulated_s += n * run.t1 + run.delta * ((first - 1 + upto - 1) * n / 2)
         self.core.num_steps += n
         run.completed = upto
 

@@ -259,27 +259,33 @@ class Scheduler:
         budget = self._schedule_running(plan, self.max_num_batched_tokens)
         if not plan.preempted:
             self._schedule_waiting(plan, budget)
+        decode_seqs = decode_context = prefill = pairs = 0
         for req, n in plan.scheduled:
-            if n == 1 and req.num_computed_tokens >= req.num_prompt_tokens:
-                plan.decode_seqs += 1
-                plan.decode_context_tokens += req.num_computed_tokens + 1
+            computed = req.num_computed_tokens
+            if n == 1 and computed >= req.num_prompt_tokens:
+                decode_seqs += 1
+                decode_context += computed + 1
             else:
-                plan.prefill_tokens += n
-                plan.prefill_attention_pairs += n * (req.num_computed_tokens + n)
+                prefill += n
+                pairs += n * (computed + n)
+        plan.decode_seqs, plan.decode_context_tokens = decode_seqs, decode_context
+        plan.prefill_tokens, plan.prefill_attention_pairs = prefill, pairs
         return plan
 
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
         running = self.running
         block_size = self.pool.block_size
+        scheduled = plan.scheduled
         while i < len(running) and budget > 0:
             req = running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            computed = req.num_computed_tokens
+            n = min(len(req.token_ids) - computed, budget)
             if n <= 0:
                 i += 1
                 continue
             fits = True
-            tokens = req.num_computed_tokens + n
+            tokens = computed + n
             # the blocks held may cover the step already (a decode step does 15 times in 16 at block size 16)
             while tokens > len(req.table.blocks) * block_size and not self.pool.allocate(
                 req.table, tokens, ()
@@ -292,8 +298,9 @@ class Scheduler:
                     break
             if not fits:
                 break
-            self.cache_blocks(req, req.num_computed_tokens + n)
-            plan.scheduled.append((req, n))
+            if req.table.num_cached < len(req.hasher.digests):  # else cache_blocks has nothing to do
+                self.cache_blocks(req, tokens)
+            scheduled.append((req, n))
             budget -= n
             i += 1
         return budget

@@ -2,13 +2,15 @@
 
 Prints, side by side in one run:
 1. single steps vs macro-steps on the same one-hour slice (the same results, checked; the speed-up);
-2. the whole day under three fleets: 32 static replicas (the most replicas the goal names), the
-   static-peak fleet and KEDA as `render` writes it (scaling, draining, node start-up), each as CPU seconds
-   of this process (wall seconds too, which other load on the machine inflates) and as the ratio to the
-   60 s goal (below 1 meets it).
-Plan: Llama-3.3-70B on g6e.12xlarge (4 x L40S) for 4 requests/s; trace: diurnal, mean 2.31 requests/s
-(peak 3.7), prompts 1,024 and outputs 256 tokens on average, half with a shared prefix.
-Run: `make bench ARGS=autoscale` (`--requests N` for another size).
+2. the whole day, diurnal and bursty, under each fleet: 32 static replicas (the most replicas the goal
+   names), the static-peak fleet, and the scaling policies (KEDA on queue depth, KEDA as `render` writes it,
+   SLO-predictive), each as CPU seconds of this process (`time.process_time`; wall seconds too, which other
+   load on the machine inflates), the ratio to the 60 s goal (below 1 meets it), and the policy's
+   attainment, GPU-hours, peak replicas and scale events (so a speed change that moved a result shows).
+Plan: Llama-3.3-70B on g6e.12xlarge (4 x L40S) for 4 requests/s; traces: diurnal, mean 2.31 requests/s
+(peak 3.7), and bursty (bursts of 3x base about hourly, same mean); prompts 1,024 and outputs 256 tokens
+on average, half with a shared prefix.
+Run: `make bench ARGS=autoscale` (`--requests=N`, `--traces=diurnal,bursty`, `--policies=keda-render,...`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import time
 
 from eksinfer.autoscale.capacity import build_perf, fleet_spec
 from eksinfer.autoscale.fleet import Fleet
-from eksinfer.autoscale.policies import StaticPolicy, make_policy
-from eksinfer.autoscale.trace import DAY_S, TraceShape, diurnal_trace
+from eksinfer.autoscale.policies import Policy, StaticPolicy, make_policy
+from eksinfer.autoscale.report import summarize
+from eksinfer.autoscale.trace import DAY_S, TraceShape, bursty_trace, diurnal_trace, rate_series
+from eksinfer.autoscale.whatif import work_factor
 from eksinfer.catalog import get_model
 from eksinfer.deploy.autoscale import trigger_thresholds
 from eksinfer.planner import make_plan
@@ -30,9 +34,17 @@ GOAL_S = 60.0
 
 def main(argv: list[str]) -> None:
     requests = 200_000
+    traces = ["diurnal", "bursty"]
+    policies = ["keda-queue", "keda-render", "slo-predictive"]
     for arg in argv:
         if arg.startswith("--requests="):
             requests = int(arg.split("=", 1)[1])
+        elif arg.startswith("--traces="):
+            traces = [t for t in arg.split("=", 1)[1].split(",") if t]
+        elif arg.startswith("--policies="):
+            policies = [p for p in arg.split("=", 1)[1].split(",") if p]
+    if unknown := set(traces) - {"diurnal", "bursty"}:
+        raise SystemExit(f"--traces: unknown {', '.join(sorted(unknown))}; known: diurnal, bursty")
     plan = make_plan(
         PlanRequest(
             get_model("llama-3.3-70b"),
@@ -73,17 +85,32 @@ def main(argv: list[str]) -> None:
     )
 
     th = trigger_thresholds(plan, plan.roles[0])
-    peak = math.ceil(3.7 / spec.capacity_per_replica)
-    fleets = [
-        ("static, 32 replicas", StaticPolicy(32)),
-        (f"static peak, {peak} replicas", StaticPolicy(peak)),
-        ("keda-render (scales)", make_policy("keda-render", spec, th, peak_replicas=peak, work_factor=1.0)),
-    ]
-    for name, policy in fleets:
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = Fleet(trace, spec, perf, policy).run()
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(
-            f"24 h, {name}: {cpu:.1f} s CPU ({wall:.1f} s wall), {cpu / GOAL_S:.2f} of the 60 s goal; "
-            f"{res.steps:,} engine steps in {res.macro_runs:,} macro-runs, peak {res.peak_pods} replicas"
-        )
+    shape = TraceShape(seed=1)
+    days = {"diurnal": trace, "bursty": bursty_trace(requests / DAY_S / (5 / 6 + 3 / 6), shape)}
+    print(
+        "trace        fleet                   CPU s  wall s  CPU/goal  attain  GPU-h  peak  events"
+        "  engine steps  macro-runs"
+    )
+    for trace_name in traces:
+        day = days[trace_name]
+        factor = work_factor(day, spec, perf, plan.traffic.shared_prefix_ratio)
+        peak_rate = max(rate_series(day, 300.0, max(day[-1].arrival_s, 300.0)))
+        peak = max(1, math.ceil(peak_rate * factor / spec.capacity_per_replica))
+        fleets: list[tuple[str, Policy]] = [
+            ("static:32", StaticPolicy(32)),  # the most replicas the goal names (past the plan's cap)
+            (f"static:{peak} (peak)", StaticPolicy(peak)),
+        ]
+        for text in policies:
+            fleets.append((text, make_policy(text, spec, th, peak_replicas=peak, work_factor=factor)))
+        for name, policy in fleets:
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = Fleet(day, spec, perf, policy).run()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            s = summarize(res, spec.ttft_slo_s, spec.tpot_slo_s)
+            events = s.scale_ups + s.scale_downs
+            print(
+                f"{trace_name:<12} {name:<22} {cpu:6.1f} {wall:7.1f}  {cpu / GOAL_S:8.2f}  "
+                f"{s.attainment:6.2%} {s.gpu_hours:6.1f} {s.peak_replicas:5d} {events:7d}"
+                f"  {res.steps:12,} {res.macro_runs:11,}",
+                flush=True,
+            )

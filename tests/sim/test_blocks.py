@@ -103,3 +103,27 @@ def test_shared_blocks_need_both_frees() -> None:
     assert pool.num_free_blocks == 10 - 3
     pool.free(b)
     assert pool.num_free_blocks == 10
+
+
+def test_a_hit_takes_a_free_block_out_of_the_middle_of_the_queue() -> None:
+    pool = BlockPool(7, 4)  # 6 usable
+    a = _fill(pool, list(range(8)))  # a0 a1, both cached
+    x = _fill(pool, list(range(200, 210)))  # x0 x1 x2 (x0, x1 cached)
+    pool.free(a)
+    pool.free(x)
+    a0, a1 = 1, 2
+    assert pool.free_block_ids() == [6, a1, a0, 5, 4, 3]  # never-used first, then a tail first, then x
+    again = _fill(pool, [*range(4), 99, 98, 97])  # hits a0 only: it leaves the middle of the queue
+    assert again.blocks[0].block_id == a0
+    assert pool.free_block_ids() == [a1, 5, 4, 3]  # 6 went to again's second block; a0 is skipped
+    assert pool.num_free_blocks == 4
+    b = BlockTable()
+    assert pool.allocate(b, 8, ())  # the next two from the front: a1 (evicted), then 5, not a0
+    assert [blk.block_id for blk in b.blocks] == [a1, 5]
+    pool.free(again)  # a0 joins the back again, behind its stale entry's old place
+    assert pool.free_block_ids() == [4, 3, 6, a0]
+    c = BlockTable()
+    assert pool.allocate(c, 16, ())
+    assert [blk.block_id for blk in c.blocks] == [4, 3, 6, a0]
+    assert pool.num_free_blocks == 0
+    assert pool.free_block_ids() == []

@@ -258,24 +258,40 @@ class Fleet:
             return
         bs = self.spec.core.block_size
         digests = self._prefix_digests(r.prefix_group, r.prefix_tokens // bs) if r.prefix_group >= 0 else []
-        best: Pod | None = None
-        best_cost = math.inf
-        for pod in ready:
-            matched = 0
-            if digests and pod.replica.pool.is_cached(digests[0]):
-                # bringing a run up to date only evicts (its decode blocks have no digest to cache), so a
-                # prefix that is not cached now is not cached after `sync` either
+        inp, pw, dw = r.input_tokens, self.prefill_weight, self.decode_weight
+        if not digests:
+            uncached = pw * max(0, inp)
+            costs = [pod.inflight_prompt_tokens + uncached + dw * pod.inflight_requests for pod in ready]
+            bounds: list[int] = []
+        else:
+            # a replica in the middle of a run has not applied its allocations yet; bringing it up to date
+            # (`sync`) only evicts (its decode blocks have no digest to cache), and the matched count can only
+            # fall then, so the count read without syncing makes the cost a lower bound: only the replicas
+            # whose bound could win are synced (a day over 32 replicas would otherwise sync most of them
+            # on every arrival)
+            first = digests[0]
+            costs = []
+            bounds = []
+            for k, pod in enumerate(ready):
                 rep = pod.replica
-                rep.sync(now)
-                matched = _cached_prefix_blocks(rep.pool.is_cached, digests) * bs
-            cost = (
-                pod.inflight_prompt_tokens
-                + self.prefill_weight * max(0, r.input_tokens - matched)
-                + self.decode_weight * pod.inflight_requests
-            )
-            if cost < best_cost:
-                best, best_cost = pod, cost
-        assert best is not None
+                matched = 0
+                if rep.pool.is_cached(first):
+                    matched = _cached_prefix_blocks(rep.pool.is_cached, digests) * bs
+                    if rep.in_run:
+                        bounds.append(k)
+                costs.append(
+                    pod.inflight_prompt_tokens + pw * max(0, inp - matched) + dw * pod.inflight_requests
+                )
+        pick = costs.index(min(costs))  # the lowest cost, the first one on ties
+        while pick in bounds:
+            bounds.remove(pick)
+            pod = ready[pick]
+            rep = pod.replica
+            rep.sync(now)
+            matched = _cached_prefix_blocks(rep.pool.is_cached, digests) * bs
+            costs[pick] = pod.inflight_prompt_tokens + pw * max(0, inp - matched) + dw * pod.inflight_requests
+            pick = costs.index(min(costs))
+        best = ready[pick]
         best.inflight_requests += 1
         best.inflight_prompt_tokens += r.input_tokens
         best.replica.add(i, r.input_tokens, r.output_tokens, digests, now)

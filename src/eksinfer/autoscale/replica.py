@@ -24,7 +24,6 @@ Prompts have no token ids: block digests are synthetic (`SyntheticHasher`), shar
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,14 +48,10 @@ class SyntheticHasher:
     where vLLM might still find them cached.
     """
 
-    __slots__ = ("_digests",)
+    __slots__ = ("digests",)
 
     def __init__(self, prefix_digests: list[BlockDigest]) -> None:
-        self._digests = prefix_digests
-
-    @property
-    def digests(self) -> list[BlockDigest]:
-        return self._digests
+        self.digests = prefix_digests
 
     def extra_keys(self, block_index: int) -> ExtraKeys:
         return None
@@ -81,14 +76,13 @@ class _Run:
     context0: int  # decode_context_tokens of step 1
     last: int  # the step at which the run ends (completed through the core)
     by_residue: dict[int, list[int]] = field(default_factory=dict)  # (1 - base) % bs -> request indices
+    uncached: list[int] = field(default_factory=list)  # requests with hashed blocks not yet cached
     allocated: int = 1  # steps whose allocations are applied
+    counted: int = 0  # steps whose busy time the core counted (step 1 when the scheduler planned it)
     completed: int = 0  # steps whose tokens are applied
 
     def end(self, m: int) -> float:
         return self.start_s + m * self.t1 + self.delta * m * (m - 1) / 2
-
-    def duration(self, m: int) -> float:
-        return self.t1 + (m - 1) * self.delta
 
     def completed_by(self, t: float) -> int:
         """Steps of the run that end at or before t."""
@@ -135,7 +129,10 @@ class Replica:
         pass
 
     def on_token(self, req: SimRequest, now: float) -> None:
-        if self._on_token is not None and (req.num_output_tokens == 1 or req.finish_reason is not None):
+        # the first output token, or the last
+        if self._on_token is not None and (
+            len(req.token_ids) - req.num_prompt_tokens == 1 or req.finish_reason is not None
+        ):
             self._on_token(self, req, now)
 
     def on_step(self, emitted: Sequence[SimRequest], now: float) -> None:
@@ -168,6 +165,11 @@ class Replica:
     def has_work(self) -> bool:
         return self.core.has_work()
 
+    @property
+    def in_run(self) -> bool:
+        """A macro-run is in flight: the pool may lag behind `now` until `sync`."""
+        return self._run is not None
+
     def step_end(self) -> None:
         """Complete the step (or run) ending at `next_event_s`, and start the next one."""
         now = self.next_event_s
@@ -181,7 +183,10 @@ class Replica:
                 decode_seqs=len(run.reqs),
                 decode_context_tokens=run.context0 + (m - 1) * len(run.reqs),
             )
-            self.core.simulated_s += run.duration(m)
+            # the busy time of the run's steps, in one closed form (so it does not depend on how often the
+            # run was synced): steps counted+1..m, step 1 being counted by the core when it scheduled it
+            c, n = run.counted, m - run.counted
+            self.core.simulated_s += n * run.t1 + run.delta * ((c + m - 1) * n / 2)
             self._run = None
             self.core.complete_step(plan, now)
         elif self._plan is not None:
@@ -228,11 +233,8 @@ class Replica:
             )
             - step_s
         )
-        self.core.simulated_s -= step_s  # counted per completed step instead
-        run = _Run(reqs, base, now, step_s, delta, plan.decode_context_tokens, last)
-        bs = self.block_size
-        for j, c in enumerate(base):
-            run.by_residue.setdefault((1 - c) % bs, []).append(j)
+        run = _Run(reqs, base, now, step_s, delta, plan.decode_context_tokens, last, counted=1)
+        self._index(run)
         self._run = run
         self.num_runs += 1
         self.next_event_s = run.end(last)
@@ -250,14 +252,19 @@ class Replica:
             return False
         max_len = sched.max_model_len
         last = 1 << 62
-        for r in reqs:
+        base: list[int] = []
+        for r in reqs:  # once per run for every request: properties spelt out
+            c = r.num_computed_tokens
+            n = len(r.token_ids)
             # one token to compute, and not the last one of a prompt (that would be a prefill step)
-            if r.num_tokens - r.num_computed_tokens != 1 or r.num_computed_tokens < r.num_prompt_tokens:
+            if n - c != 1 or c < r.num_prompt_tokens:
                 return False
-            last = min(last, max(1, min(r.max_tokens - r.num_output_tokens, max_len - r.num_tokens)))
-        if last < 2:
+            left = min(r.max_tokens - n + r.num_prompt_tokens, max_len - n)
+            if left < last:
+                last = left
+            base.append(c)
+        if last < 2:  # a request stops after step max(1, left)
             return False
-        base = [r.num_computed_tokens for r in reqs]
         last = self._pool_limit(reqs, base, last, start=1)
         if last < 2:
             return False
@@ -270,14 +277,26 @@ class Replica:
             prefill_tokens=0, prefill_attention_pairs=0, decode_seqs=b, decode_context_tokens=context0 + b
         )
         run = _Run(list(reqs), base, now, t1, t2 - t1, context0, last, allocated=0)
-        bs = self.block_size
-        for j, c in enumerate(base):
-            run.by_residue.setdefault((1 - c) % bs, []).append(j)
+        self._index(run)
         self._allocate(run, 1)  # step 1 has started: its blocks are taken now, as schedule() would
         self._run = run
         self.num_runs += 1
         self.next_event_s = run.end(last)
         return True
+
+    def _index(self, run: _Run) -> None:
+        """Group the run's requests by the step residue at which they cross a block boundary, and note the
+        ones whose hashed blocks are not all cached yet (the run's cache calls)."""
+        bs = self.block_size
+        groups = run.by_residue
+        for j, c in enumerate(run.base):
+            key = (1 - c) % bs
+            js = groups.get(key)
+            if js is None:
+                groups[key] = [j]
+            else:
+                js.append(j)
+        run.uncached = [j for j, r in enumerate(run.reqs) if r.table.num_cached < len(r.hasher.digests)]
 
     def _pool_limit(self, reqs: list[SimRequest], base: list[int], last: int, start: int = 2) -> int:
         """The last step whose allocations fit in the free blocks, counting from step `start` (the steps
@@ -312,14 +331,11 @@ class Replica:
     def _complete(self, run: _Run, upto: int) -> None:
         n = upto - run.completed
         end = run.end(upto)
-        zeros = itertools.repeat
+        zeros = [0] * n
         for r in run.reqs:
             r.num_computed_tokens += n
-            r.token_ids.extend(zeros(0, n))
+            r.token_ids.extend(zeros)
             r.last_token_time = end
-        first = run.completed + 1
-        # sum of durations of steps first..upto
-        self.core.simulated_s += n * run.t1 + run.delta * ((first - 1 + upto - 1) * n / 2)
         self.core.num_steps += n
         run.completed = upto
 
@@ -343,9 +359,10 @@ class Replica:
                     for j in js:
                         append(reqs[j].table)
         cache = self.scheduler.cache_blocks
-        for j, r in enumerate(reqs):
+        for j in run.uncached:
             # only blocks with a digest are cached; a fleet request's are its shared prefix, cached when it
-            # was admitted, so decode steps rarely have any to add
-            if r.table.num_cached < len(r.hasher.digests) and r.status is Status.RUNNING:
+            # was admitted, so decode steps rarely have any to add (`uncached` is almost always empty)
+            r = reqs[j]
+            if r.status is Status.RUNNING:
                 cache(r, base[j] + upto)
         run.allocated = upto

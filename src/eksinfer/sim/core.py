@@ -218,11 +218,12 @@ class EngineCore:
         self.num_steps += 1
         emitted = self.scheduler.update(plan, self.sample)
         obs = self.observer
+        on_token = obs.on_token if obs is not None else None
         for req in emitted:
-            if req.num_output_tokens == 1:
+            if len(req.token_ids) - req.num_prompt_tokens == 1:  # the first output token
                 req.first_token_time = now
-            if obs is not None:
-                obs.on_token(req, now)
+            if on_token is not None:
+                on_token(req, now)
             req.last_token_time = now
         if obs is not None:
             obs.on_step(emitted, now)

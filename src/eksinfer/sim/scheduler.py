@@ -259,27 +259,33 @@ class Scheduler:
         budget = self._schedule_running(plan, self.max_num_batched_tokens)
         if not plan.preempted:
             self._schedule_waiting(plan, budget)
+        decode_seqs = decode_context = prefill = pairs = 0
         for req, n in plan.scheduled:
-            if n == 1 and req.num_computed_tokens >= req.num_prompt_tokens:
-                plan.decode_seqs += 1
-                plan.decode_context_tokens += req.num_computed_tokens + 1
+            computed = req.num_computed_tokens
+            if n == 1 and computed >= req.num_prompt_tokens:
+                decode_seqs += 1
+                decode_context += computed + 1
             else:
-                plan.prefill_tokens += n
-                plan.prefill_attention_pairs += n * (req.num_computed_tokens + n)
+                prefill += n
+                pairs += n * (computed + n)
+        plan.decode_seqs, plan.decode_context_tokens = decode_seqs, decode_context
+        plan.prefill_tokens, plan.prefill_attention_pairs = prefill, pairs
         return plan
 
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         i = 0
         running = self.running
         block_size = self.pool.block_size
+        scheduled = plan.scheduled
         while i < len(running) and budget > 0:
             req = running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            computed = req.num_computed_tokens
+            n = min(len(req.token_ids) - computed, budget)
             if n <= 0:
                 i += 1
                 continue
             fits = True
-            tokens = req.num_computed_tokens + n
+            tokens = computed + n
             # the blocks held may cover the step already (a decode step does 15 times in 16 at block size 16)
             while tokens > len(req.table.blocks) * block_size and not self.pool.allocate(
                 req.table, tokens, ()
@@ -292,8 +298,9 @@ class Scheduler:
                     break
             if not fits:
                 break
-            self.cache_blocks(req, req.num_computed_tokens + n)
-            plan.scheduled.append((req, n))
+            if req.table.num_cached < len(req.hasher.digests):  # else cache_blocks has nothing to do
+                self.cache_blocks(req, tokens)
+            scheduled.append((req, n))
             budget -= n
             i += 1
         return budget
@@ -392,33 +399,37 @@ class Scheduler:
         """
         emitted: list[SimRequest] = []
         any_finished = False
+        running = Status.RUNNING
+        max_len = self.max_model_len
+        # the hot loop of every simulated step (the fleet simulation runs millions): the num_tokens /
+        # num_output_tokens properties are spelt out; a request stops at EOS unless ignore_eos, at max_tokens
+        # output tokens, or at max_model_len tokens
         for req, n in plan.scheduled:
-            if req.status is not Status.RUNNING:
+            if req.status is not running:
                 continue  # aborted while the step ran
-            req.num_computed_tokens += n
-            if req.num_computed_tokens < req.num_tokens:
+            computed = req.num_computed_tokens + n
+            req.num_computed_tokens = computed
+            tokens = req.token_ids
+            if computed < len(tokens):
                 continue  # a prefill chunk that is not the last
             token = sample(req)
-            req.token_ids.append(token)
-            req.hasher.update(req.token_ids)
+            tokens.append(token)
+            req.hasher.update(tokens)
             emitted.append(req)
-            reason = self._stop_reason(req, token)
-            if reason is not None:
-                req.finish_reason = reason
-                req.status = Status.FINISHED
-                if self.connector is None or not self.connector.request_finished(req):
-                    self.pool.free(req.table)
-                any_finished = True
+            if not req.ignore_eos and token == req.eos_token_id:
+                reason = "stop"
+            elif len(tokens) - req.num_prompt_tokens >= req.max_tokens or len(tokens) >= max_len:
+                reason = "length"
+            else:
+                continue
+            req.finish_reason = reason
+            req.status = Status.FINISHED
+            if self.connector is None or not self.connector.request_finished(req):
+                self.pool.free(req.table)
+            any_finished = True
         if any_finished:
-            self.running = [r for r in self.running if r.status is Status.RUNNING]
+            self.running = [r for r in self.running if r.status is running]
         return emitted
-
-    def _stop_reason(self, req: SimRequest, token: int) -> str | None:
-        if not req.ignore_eos and token == req.eos_token_id:
-            return "stop"
-        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len:
-            return "length"
-        return None
 
     def _finish(self, req: SimRequest) -> None:
         req.status = Status.FINISHED

@@ -75,6 +75,11 @@ class StallWatch:
             if not flights:
                 del self._flights[watched.endpoint_id]
 
+    def first_byte_waits(self, endpoint_id: str) -> int:
+        """Attempts on `endpoint_id` still waiting for their first byte (the queue estimate's own count)."""
+        flights = self._flights.get(endpoint_id)
+        return sum(w.last_byte is None for w in flights) if flights else 0
+
     def stalled(self, now: float, after_s: float | None = None) -> list[tuple[str, list[Watched]]]:
         """Endpoints with a request waiting for its first byte longer than `after_s` (`stall_after_s`) and no
         byte from any request in that time, with their waiting requests."""

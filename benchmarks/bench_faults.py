@@ -371,7 +371,8 @@ def gateway_config(
             "region": "us-east-1",
             "endpoint_url": bedrock_url,
             "models": {MODEL: BEDROCK_MODEL_ID},
-            "max_concurrency": 64,
+            # Sized for the load: a stream holds a slot for its whole answer, ~13 s on the engines' clock.
+            "max_concurrency": 256,
         }
     return {
         "server": {"host": HOST, "port": port, "first_token_timeout_s": 30, "idle_stream_timeout_s": 10},

@@ -487,7 +487,7 @@ def test_a_bedrock_pool_is_a_managed_tier_of_the_cascade() -> None:
 
 
 # --- stall watchdog -------------------------------------------------------------------------------------
-def test_requests_the_engine_does_not_count_convict_it_while_it_streams_to_others() -> None:
+def test_requests_the_engine_does_not_count_make_it_a_suspect_while_it_streams_to_others() -> None:
     watch = StallWatch(stall_after_s=2.0)
     streams = [Watched("e", started=5.0, last_byte=11.9) for _ in range(2)]  # admitted before the fault
     lost = [Watched("e", started=t) for t in (9.0, 9.5, 10.0)]  # sent after it: no first byte

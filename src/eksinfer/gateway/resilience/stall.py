@@ -5,14 +5,16 @@ busy one by progress: a busy engine keeps streaming tokens to the requests it ru
 stalled one sends no byte at all. So an endpoint is stalled when it holds a request still waiting for its
 first byte for longer than `stall_after_s` (3 s) and no byte of any of its requests arrived during that time
 (a non-streamed answer counts when it arrives).
-A second sign needs no silence: the engine's own count. An engine counts every request it admitted as
-running or waiting (vLLM's `num_requests_running` / `num_requests_waiting`); when a scrape taken after our
-oldest waits began counts fewer requests than the gateway has had in flight there since before that
-scrape, the engine has lost or never admitted some of them (a hung engine core behind a live HTTP front
-end), so the same waits convict it even while it still streams to requests it admitted earlier. Other
-gateways' requests only raise the engine's count, so they cannot cause this verdict.
 Half way there it is a suspect: while other endpoints can take them, new requests go elsewhere (so a
 stalled engine that looks idle to its scrapes does not draw a pool's whole traffic for `stall_after_s`).
+A second sign makes a suspect without silence: the engine's own count. An engine counts every request it
+admitted as running or waiting (vLLM's `num_requests_running` / `num_requests_waiting`); when a scrape
+taken after our oldest waits began counts fewer requests than the gateway has had in flight there since
+before that scrape, the engine has lost or not yet admitted some of them (a hung engine core behind a live
+HTTP front end keeps streaming what it runs while new requests pile up unseen: the bench's stalled engine
+drew 14 to 18 requests in the 4 s its running streams took to end). Other gateways' requests only raise the
+engine's count. An engine front end starved of CPU shows the same sign for a while, so it only steers new
+requests away; the verdict below still needs silence.
 The watchdog (a background loop every `stall_after_s / 4`) then ejects it (outlier detection, with its usual
 cap on the share of a pool) and ends the wait of each request waiting for a first byte there, which the proxy
 retries elsewhere as a first-token timeout. Requests already streaming from it keep their own idle timeout.
@@ -125,7 +127,7 @@ class StallWatch:
             now = loop.time()
             suspects = self.stalled(now, self.stall_after_s / 2, engine_count)
             self.suspects = frozenset(e for e, _ in suspects)
-            for endpoint_id, waiting in self.stalled(now, None, engine_count):
+            for endpoint_id, waiting in self.stalled(now):
                 self.stalls_total += 1
                 log.warning(
                     "endpoint %s stalled: %d request(s) waiting for a first byte, no byte sent for %.1f s",

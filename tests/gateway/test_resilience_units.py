@@ -331,7 +331,9 @@ def test_predicted_wait_is_the_queue_ahead_drained_at_the_slot_release_rate() ->
 
 def test_shedding_on_predicted_wait_only_towards_a_tier_not_known_to_be_slower() -> None:
     clock = FakeClock()
-    cascade = Cascade({}, {"m": Route(["eks", "bedrock"], slo=1.0)}, clock)
+    bedrock_pool = {"kind": "bedrock", "region": "us-east-1", "models": {"m": "x"}}
+    config = parse_config({"pools": {"eks": {}, "bedrock": bedrock_pool}})
+    cascade = Cascade(config.pools, {"m": Route(["eks", "bedrock"], slo=1.0)}, clock)
     plan = cascade.plan("m")
     eks, bedrock = plan.tiers
     a, b = ep("a", num_running=4, num_waiting=4), ep("b", num_running=4, num_waiting=1)
@@ -340,15 +342,24 @@ def test_shedding_on_predicted_wait_only_towards_a_tier_not_known_to_be_slower()
     waits = {"a": 0, "b": 0}
     assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None  # b: 0.5 s
     waits["b"] = 3  # a burst to b since its last scrape: 3 ahead, 1.5 s
+    # The tier was never measured: one request probes it, the others stay until its first token.
     assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None
     cascade.observe_tier_ttft("bedrock", 2.0)  # the next tier is slower than the 1.5 s wait here: stay
     assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None
     waits["b"], a.num_waiting = 5, 6  # 2.5 s at best here (a: 3 s): the 2 s tier is the faster one now
     assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
-    waits["b"] = 3
-    clock.advance(TIER_MEMORY_S + 0.1)  # the tier's TTFT is forgotten: shed again, which measures it anew
+    waits["b"], a.num_waiting = 3, 4
+    clock.advance(TIER_MEMORY_S + 0.1)  # the tier's TTFT is forgotten: one request measures it anew
     assert cascade.tier_ttft_s("bedrock") is None
     assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None
+    clock.advance(TIER_MEMORY_S + 0.1)  # a probe that never answered: the next one goes
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
+    vllm_next = Cascade({}, {"m": Route(["eks", "onprem"], slo=1.0)}, clock).plan("m")
+    assert cascade.shed_reason(eks, vllm_next, [a, b], waits.__getitem__, vllm_next.tiers[1]) is (
+        SkipReason.SHED_TTFT  # an engine tier is judged by its own shedding, not by a probe
+    )
     no_slo = cascade.plan("other")  # no ttft_slo_s: never shed on a prediction
     assert cascade.shed_reason(eks, no_slo, [a, b], waits.__getitem__, bedrock) is None
 

@@ -29,8 +29,10 @@ added (short next to a queue; long prompts are left to the stall watch's grace).
 TTFTs the estimate moves as soon as a queue forms, not after the queued requests have waited.
 
 The next tier: a managed tier's (Bedrock) TTFT is an exponentially weighted mean of the TTFTs the gateway
-measured on it, remembered `TIER_MEMORY_S` (30 s). Shedding to it while it is known to be slower than the
-wait here would trade a queue for a longer wait; a forgotten estimate lets one request probe it again.
+measured on it, remembered `TIER_MEMORY_S` (60 s). Shedding to it while it is known to be slower than the
+wait here would trade a queue for a longer wait. Unknown (never measured, or forgotten), one shed request
+probes it; until that probe's first token (or `TIER_MEMORY_S`) the others stay, so a slow tier costs one
+request per minute, not every request shed while the probe waits for its first token.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from eksinfer.gateway.resilience.errors import SkipReason
 from eksinfer.gateway.scheduling.framework import EndpointState
 
 TTFT_WEIGHT = 0.2
-TIER_MEMORY_S = 30.0
+TIER_MEMORY_S = 60.0
 CHARS_PER_TOKEN = 4  # prompt size estimate when the router did not count tokens (approximate presets)
 
 
@@ -86,6 +88,7 @@ class Cascade:
         self._decode_s: dict[str, float] = {}  # endpoint id -> mean time from first to last byte
         self._slots: dict[str, int] = {}  # endpoint id -> most requests seen running at once
         self._tier_ttft: dict[str, tuple[float, float]] = {}  # managed pool -> (mean TTFT s, when updated)
+        self._probes: dict[str, float] = {}  # managed pool -> when a shed request went to measure it
         self._default = ModelPlan((Tier(None),))
 
     def tier_of(self, pool: str) -> Tier:
@@ -125,6 +128,7 @@ class Cascade:
     def observe_tier_ttft(self, pool: str, ttft_s: float) -> None:
         """A managed tier answered its first token `ttft_s` after the attempt was sent."""
         now = self._clock()
+        self._probes.pop(pool, None)
         old = self._tier_ttft.get(pool)
         if old is None or now - old[1] > TIER_MEMORY_S:
             self._tier_ttft[pool] = (ttft_s, now)
@@ -165,8 +169,15 @@ class Cascade:
         if plan.ttft_slo_s is not None and candidates:
             wait_s = min(self.predicted_wait_s(ep, first_byte_waits(ep.id)) for ep in candidates)
             if wait_s > plan.ttft_slo_s:
-                after = self.tier_ttft_s(next_tier.name) if next_tier is not None else None
-                if after is None or after < wait_s:
+                if next_tier is None or next_tier.kind == "vllm":
+                    return SkipReason.SHED_TTFT  # engines: their own shedding judges them
+                after = self.tier_ttft_s(next_tier.name)
+                if after is not None:
+                    return SkipReason.SHED_TTFT if after < wait_s else None
+                now = self._clock()
+                probe = self._probes.get(next_tier.name)
+                if probe is None or now - probe > TIER_MEMORY_S:
+                    self._probes[next_tier.name] = now  # this request measures the tier
                     return SkipReason.SHED_TTFT
         return None
 

@@ -149,6 +149,15 @@ class GatewayRuntime:
         for watched in waiting:
             watched.expire(now)
 
+    async def _warm_managed(self) -> None:
+        """Builds the managed pools' clients once the first scrapes have landed (or after 5 s): building a
+        botocore client takes about a second of CPU, which would slow those first scrapes."""
+        for _ in range(50):
+            if self.registry.ready():
+                break
+            await asyncio.sleep(0.1)
+        await self.resilience.warm()
+
     def _engine_count(self, endpoint_id: str) -> tuple[int, float] | None:
         """Requests the endpoint's engine counts (running + waiting) at its last scrape, and that scrape's
         age; the stall watchdog compares it with the gateway's own count (resilience/stall.py)."""
@@ -253,7 +262,7 @@ class GatewayRuntime:
             for i, kube in enumerate(self.config.endpoints.kubernetes):
                 watcher = KubernetesWatcher(kube, self.registry, f"endpoints.kubernetes.{i}")
                 group.create_task(_guarded(f"kubernetes discovery ({kube.label_selector})", watcher.run))
-            group.create_task(_guarded("managed clients", self.resilience.warm))
+            group.create_task(_guarded("managed clients", self._warm_managed))
             stalls = self.resilience.stalls
             if stalls.stall_after_s > 0:
                 group.create_task(

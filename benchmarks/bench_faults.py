@@ -14,17 +14,24 @@ Fault schedule (seconds from the start of the load; `--stretch 2` doubles every 
     50  engine 3 gets a deletion timestamp (Spot interruption notice); killed at 60, never back
     65  every self-hosted engine is down for 30 s; the gateway's cascade is [eks, bedrock], with the local
         Bedrock stub (`eksinfer.sim.bedrock`, reached by real botocore) as the last tier (this phase runs
-        when the Bedrock pool kind is part of the build; vllm-router has no such tier)
+        when the Bedrock pool kind is part of the build; vllm-router has no such tier). The stub answers
+        like Bedrock does, not at once: 0.76 s to the first token and 60 tokens/s (Artificial Analysis'
+        median for Claude 3 Sonnet on Amazon Bedrock; `--bedrock-ttft-s`, `--bedrock-tokens-per-s`), on
+        the engines' clock (times `--time-scale`, as the simulated engines are slowed)
     70  (100 with the Bedrock phase) the load stops; every request has a 60 s client deadline
 vllm-router is not told about the deletion (it has no Kubernetes watch here): it sees engine 3 die at 60 s.
 
 Per request: answered (and by which pool, from `x-eksinfer-pool`), failed before streaming (status, code),
 broken after streaming started (ended with an error event, or cut without one), hung (client deadline). TTFT
-P99 of requests sent during the faults (15 s to the end) against those sent in the quiet first 15 s. After the
-load: the gateway's in-flight gauges and retries in flight (must be 0), its open file descriptors and resident
-memory against their values before the load, and the stream breaks it continued.
+P99 of requests sent during the faults (15 s to the end) against those sent in the quiet first 15 s, and per
+stretch of the schedule where the slow requests' time went (the gateway's access log `ttft_parts_s`: the
+answering endpoint's queue, waits ended by the stall watchdog, failed attempts, backoff, its own time).
+After the load: the gateway's in-flight gauges and retries in flight (must be 0), its open file descriptors
+and resident memory against their values before, and the stream breaks it continued. The gateway runs the
+schedule `--passes` times (2) in one process, so what is built on first use shows in pass 1 and a leak in
+pass 2.
 
-Run: `make bench ARGS=faults` (about 4 minutes) or `.venv/bin/python -m benchmarks.run faults
+Run: `make bench ARGS=faults` (about 6 minutes) or `.venv/bin/python -m benchmarks.run faults
 --no-vllm-router`.
 """
 
@@ -37,6 +44,7 @@ import json
 import logging
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +57,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from benchmarks.gateway_e2e import free_port_block, spawn, stderr_tail, stop_proc, vllm_router_exe, wait_http
+from benchmarks.gateway_e2e import free_port_block, stderr_tail, stop_proc, vllm_router_exe, wait_http
 from eksinfer.sim.cluster import SimCluster, start_cluster
 from eksinfer.sim.config import FaultOptions, SimOptions
 
@@ -73,6 +81,8 @@ class Outcome:
     detail: str = ""
     pool: str = ""
     ttft_s: float | None = None
+    request_id: str = ""
+    parts: dict[str, float] | None = None  # the gateway's `ttft_parts_s` for this request (access log)
 
 
 @dataclass
@@ -90,6 +100,11 @@ class RunReport:
             return float("nan")
         ttfts.sort()
         return ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
+
+
+def p99(outcomes: list[Outcome]) -> float:
+    ttfts = sorted(o.ttft_s for o in outcomes if o.ttft_s is not None)
+    return ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else float("nan")
 
 
 # --- engines and their faults ------------------------------------------------------------------------------
@@ -181,7 +196,7 @@ class FakeKubeApi:
 
 
 async def schedule(
-    engines: Engines, kube: FakeKubeApi, stretch: float, t0: float, with_bedrock: bool
+    engines: Engines, kube: FakeKubeApi, stretch: float, t0: float, with_bedrock: bool, rv: int = 0
 ) -> list[str]:
     """Runs the fault schedule; returns what happened when, for the report."""
     log: list[str] = []
@@ -210,12 +225,12 @@ async def schedule(
     engines.set_faults(1)
     note("engine 1 stops stalling (requests already held stay held for 20 s)")
     await at(50)
-    await kube.events.put({"type": "MODIFIED", "object": kube.pod(2, deleting=True)})
+    await kube.events.put({"type": "MODIFIED", "object": kube.pod(rv + 2, deleting=True)})
     note("engine 3 gets a deletion timestamp")
     await at(60)
     engines.set_faults(2)
     await engines.kill(3)
-    await kube.events.put({"type": "DELETED", "object": kube.pod(3, deleting=True, phase="Failed")})
+    await kube.events.put({"type": "DELETED", "object": kube.pod(rv + 3, deleting=True, phase="Failed")})
     note("engine 3 killed (end of its grace period); engine 2 healthy again")
     if with_bedrock:
         await at(65)
@@ -227,6 +242,28 @@ async def schedule(
             await engines.start(i)
         note("self-hosted engines back")
     return log
+
+
+# Stretches of the schedule (start, label) a request is counted in by its send time.
+WINDOWS = (
+    (0.0, "quiet"),
+    (15.0, "engine 0 killed"),
+    (25.0, "0 down + 1 stalls"),
+    (30.0, "1 stalls"),
+    (40.0, "2 answers 500s"),
+    (50.0, "3 draining"),
+    (60.0, "3 gone"),
+    (65.0, "all self-hosted down"),
+    (95.0, "engines back"),
+)
+
+
+def window_of(sent_at: float, stretch: float) -> str:
+    label = WINDOWS[0][1]
+    for start, name in WINDOWS:
+        if sent_at >= start * stretch:
+            label = name
+    return label
 
 
 # --- load ------------------------------------------------------------------------------------------------
@@ -242,9 +279,10 @@ def chat_body(i: int) -> dict[str, Any]:
 
 async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any], out: Outcome) -> None:
     started = time.perf_counter()
+    headers = {"x-request-id": out.request_id} if out.request_id else None
     try:
         async with asyncio.timeout(DEADLINE_S):
-            async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+            async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as r:
                 out.pool = r.headers.get("x-eksinfer-pool", "")
                 if r.status != 200:
                     text = await r.text()
@@ -311,7 +349,7 @@ async def run_load(url: str, rate: float, duration_s: float, seed: int) -> list[
     while t < duration_s:
         sends.append(t)
         t += rng.expovariate(rate)
-    outcomes = [Outcome(at) for at in sends]
+    outcomes = [Outcome(at, request_id=f"bench-{seed}-{i}") for i, at in enumerate(sends)]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=None)
@@ -345,7 +383,8 @@ def gateway_config(
             "region": "us-east-1",
             "endpoint_url": bedrock_url,
             "models": {MODEL: BEDROCK_MODEL_ID},
-            "max_concurrency": 64,
+            # Sized for the load: a stream holds a slot for its whole answer, ~13 s on the engines' clock.
+            "max_concurrency": 256,
         }
     return {
         "server": {"host": HOST, "port": port, "first_token_timeout_s": 30, "idle_stream_timeout_s": 10},
@@ -371,17 +410,42 @@ def gateway_config(
             MODEL: {"cascade": cascade, "continue_streams": True, "ttft_slo_s": 3.0 if bedrock_url else None}
         },
         "resilience": {"health_checks": {"interval_s": 1.0}, "stall_after_s": 1.5},
+        # One JSON line per request (to the bench's file): `ttft_parts_s` says where each TTFT went.
+        "observability": {"access_log": True},
     }
 
 
-def proc_stats(pid: int) -> tuple[int, float]:
-    """Open file descriptors and resident MB of a process (Linux /proc)."""
+def spawn(cmd: list[str], env: dict[str, str], stdout: Any = None) -> subprocess.Popen[bytes]:
+    """A child with stderr in a temporary file and stdout (the gateway's access log) where asked."""
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the process object)
+    proc = subprocess.Popen(cmd, stdout=stdout or subprocess.DEVNULL, stderr=log, env=env)
+    proc.eksinfer_log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def read_access_log(path: Path, outcomes: list[Outcome]) -> None:
+    """Joins the gateway's access log (one JSON line per request) to the outcomes by request id."""
+    by_id = {o.request_id: o for o in outcomes}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        out = by_id.get(rec.get("request_id", ""))
+        if out is not None:
+            out.parts = rec.get("ttft_parts_s")
+
+
+def proc_stats(pid: int) -> tuple[int, float, int]:
+    """Open file descriptors, resident MB and threads of a process (Linux /proc)."""
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    rss = 0.0
+    rss, threads = 0.0, 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1]) / 1024
-    return fds, rss
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    return fds, rss, threads
 
 
 async def gateway_metrics(url: str) -> dict[str, float]:
@@ -398,14 +462,19 @@ async def gateway_metrics(url: str) -> dict[str, float]:
     return totals
 
 
-async def run_target(name: str, args: argparse.Namespace, rate: float, work: Path) -> RunReport | str:
+async def run_target(
+    name: str, args: argparse.Namespace, rate: float, work: Path, passes: int
+) -> list[RunReport] | str:
+    """Runs the schedule `passes` times through one target process (fresh engines each pass): the first
+    pass warms what is built on first use (the Bedrock client), the second shows whether anything grows."""
     ports = [free_port_block(1) for _ in range(ENGINES)]
     engines = Engines(ports, args.time_scale)
     await engines.start()
     kube = FakeKubeApi(HOST)
     await kube.start()
-    report = RunReport(name)
+    reports: list[RunReport] = []
     proc = None
+    access = None
     stub: Any = None
     with_bedrock = bedrock_available()
     try:
@@ -413,7 +482,16 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
         if with_bedrock:
             from eksinfer.sim.bedrock import start_stub
 
-            stub = await start_stub(HOST, 0)
+            # Bedrock's own latency on the engines' clock (`--time-scale` slows both alike).
+            stub = await start_stub(
+                HOST,
+                0,
+                output_tokens=OUTPUT_TOKENS,
+                first_token_s=args.bedrock_ttft_s * args.time_scale,
+                tokens_per_s=args.bedrock_tokens_per_s / args.time_scale,
+                latency_jitter=0.2,
+                seed=7,
+            )
         if name == "eksinfer":
             token = work / "token"
             token.write_text("bench\n")
@@ -424,7 +502,8 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
             # Fake credentials for botocore's signer: the stub does not check them, nothing reaches AWS.
             env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
             env.update(AWS_CONFIG_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
-            proc = spawn([exe, "gateway", "--config", str(config), "--log-level", "warning"], env)
+            access = (work / "access.jsonl").open("wb")
+            proc = spawn([exe, "gateway", "--config", str(config), "--log-level", "warning"], env, access)
         else:
             exe = vllm_router_exe()
             if exe is None:
@@ -437,31 +516,45 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
         await wait_http([f"{url}/health"], proc)
         if name == "eksinfer":
             await wait_http([f"{url}/ready"], proc)
-            await asyncio.sleep(1.0)  # the watch delivers engine 3, its scrapes fill in
-        else:
-            await asyncio.sleep(2.0)
-        before = proc_stats(proc.pid)
-        t0 = time.perf_counter()
-        faults = asyncio.create_task(schedule(engines, kube, args.stretch, t0, with_bedrock))
-        load_s = (100.0 if with_bedrock else 70.0) * args.stretch
-        report.outcomes = await run_load(url, rate, load_s, seed=1)
-        report.extra["schedule"] = await faults
-        await asyncio.sleep(6.0)  # past the engine keep-alive (4 s): idle connections are closed by then
-        after = proc_stats(proc.pid)
-        report.extra["fds"] = (before[0], after[0])
-        report.extra["rss_mb"] = (before[1], after[1])
+        previous: dict[str, float] = {}
+        for n in range(passes):
+            if n:  # engine 3 comes back as a new pod; the others are back from the last stretch
+                await engines.start(3)
+                await kube.events.put({"type": "ADDED", "object": kube.pod(10 * n + 1)})
+            await asyncio.sleep(1.0 if name == "eksinfer" else 2.0)  # the watch and the scrapes fill in
+            report = RunReport(name if passes == 1 else f"{name} #{n + 1}")
+            before = proc_stats(proc.pid)
+            t0 = time.perf_counter()
+            faults = asyncio.create_task(schedule(engines, kube, args.stretch, t0, with_bedrock, rv=10 * n))
+            load_s = (100.0 if with_bedrock else 70.0) * args.stretch
+            report.outcomes = await run_load(url, rate, load_s, seed=1 + n)
+            report.extra["schedule"] = await faults
+            await asyncio.sleep(6.0)  # past the engine keep-alive (4 s): idle connections are closed by then
+            after = proc_stats(proc.pid)
+            report.extra["fds"] = (before[0], after[0])
+            report.extra["rss_mb"] = (before[1], after[1])
+            report.extra["threads"] = (before[2], after[2])
+            if name == "eksinfer":
+                totals = await gateway_metrics(url)
+                report.extra["metrics"] = {  # this pass's counts; gauges as they are
+                    k: v if "inflight" in k else v - previous.get(k, 0.0) for k, v in totals.items()
+                }
+                previous = totals
+                read_access_log(work / "access.jsonl", report.outcomes)
+            reports.append(report)
         if name == "eksinfer":
-            report.extra["metrics"] = await gateway_metrics(url)
             log = getattr(proc, "eksinfer_log", None)
             if log is not None:  # the gateway's warnings (ejections, stalls, circuit changes), for a look
                 log.seek(0)
                 (work / "gateway.log").write_bytes(log.read())
-                report.extra["log"] = str(work / "gateway.log")
+                reports[-1].extra["log"] = str(work / "gateway.log")
         if proc.poll() is not None:
             return f"{name} exited: {stderr_tail(proc)}"
-        return report
+        return reports
     finally:
         stop_proc(proc)
+        if access is not None:
+            access.close()
         if stub is not None:
             await stub.stop()
         await kube.stop()
@@ -469,20 +562,22 @@ async def run_target(name: str, args: argparse.Namespace, rate: float, work: Pat
 
 
 # --- report ----------------------------------------------------------------------------------------------
-def print_report(reports: list[RunReport | str], names: list[str], quiet_s: float) -> None:
+def print_report(
+    reports: list[RunReport | str], names: list[str], quiet_s: float, stretch: float = 1.0
+) -> None:
     kinds = ("ok", "failed", "broken_event", "broken_cut", "hung")
     print(
-        f"{'target':<14}{'requests':>9}"
+        f"{'target':<16}{'requests':>9}"
         + "".join(f"{k:>13}" for k in kinds)
         + f"{'TTFT P99 quiet':>16}{'faults':>8}{'ratio':>7}"
     )
     for name, rep in zip(names, reports, strict=True):
         if isinstance(rep, str):
-            print(f"{name:<14}skipped: {rep}")
+            print(f"{name:<16}skipped: {rep}")
             continue
         c = rep.counts()
         quiet, faulty = rep.p99_ttft(False, quiet_s), rep.p99_ttft(True, quiet_s)
-        row = f"{name:<14}{len(rep.outcomes):>9}" + "".join(f"{c.get(k, 0):>13}" for k in kinds)
+        row = f"{name:<16}{len(rep.outcomes):>9}" + "".join(f"{c.get(k, 0):>13}" for k in kinds)
         print(row + f"{quiet:>15.3f}s{faulty:>7.3f}s{faulty / quiet:>7.2f}")
     for name, rep in zip(names, reports, strict=True):
         if isinstance(rep, str):
@@ -521,10 +616,44 @@ def print_report(reports: list[RunReport | str], names: list[str], quiet_s: floa
                 + (", ".join(f"{k} {v:.0f}" for k, v in sorted(skipped.items())) or "0")
             )
             print(f"  stalls found by the watchdog: {m.get('eksinfer_gateway_stalls_total', 0):.0f}")
+        if any(o.parts for o in rep.outcomes):
+            print_breakdown(rep, quiet_s, stretch)
         if "log" in rep.extra:
             print(f"  gateway log: {rep.extra['log']}")
         for line in rep.extra.get("schedule", []):
             print("  " + line)
+
+
+def print_breakdown(rep: RunReport, quiet_s: float, stretch: float) -> None:
+    """Where the TTFT went, per stretch of the schedule: for requests slower than twice the quiet P99, the
+    mean of each part of the gateway's `ttft_parts_s` (upstream: the answering endpoint's queue and
+    prefill, or Bedrock's first token; first_token_timeout: waits the stall watchdog ended; connect, status,
+    broken: failed attempts; backoff; gateway: its own time)."""
+    limit = 2 * rep.p99_ttft(False, quiet_s)
+    rows: dict[str, list[Outcome]] = {}
+    for o in rep.outcomes:
+        rows.setdefault(window_of(o.sent_at, stretch), []).append(o)
+    parts = ("upstream", "first_token_timeout", "connect", "status", "broken", "backoff", "gateway")
+    print(f"\n  TTFT per stretch of the schedule; slow: above {limit:.2f} s (2x quiet P99); parts: mean s")
+    print(
+        f"  {'stretch':<22}{'sent':>5}{'P99':>7}{'slow':>5}  {'answered by':<20}"
+        + "".join(f"{p[:9]:>10}" for p in parts)
+    )
+    for _, label in WINDOWS:
+        group = rows.get(label, [])
+        ttfts = sorted(o.ttft_s for o in group if o.ttft_s is not None)
+        if not group:
+            continue
+        p99 = ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else float("nan")
+        slow = [o for o in group if o.ttft_s is not None and o.ttft_s > limit]
+        pools = Counter(o.pool or "-" for o in slow)
+        by = ", ".join(f"{p} {n}" for p, n in sorted(pools.items()))
+        known = [o.parts for o in slow if o.parts]
+        means = [sum(k.get(p, 0.0) for k in known) / len(known) if known else 0.0 for p in parts]
+        print(
+            f"  {label:<22}{len(group):>5}{p99:>6.2f}s{len(slow):>5}  {by:<20}"
+            + "".join(f"{m:>10.2f}" for m in means)
+        )
 
 
 def main(argv: list[str]) -> None:
@@ -533,6 +662,18 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="bench_faults")
     ap.add_argument("--no-vllm-router", action="store_true")
     ap.add_argument("--stretch", type=float, default=1.0, help="multiply every time of the schedule")
+    ap.add_argument(
+        "--passes", type=int, default=2, help="fault schedules run through one gateway (memory flat?)"
+    )
+    ap.add_argument(
+        "--bedrock-ttft-s",
+        type=float,
+        default=0.76,
+        help="Bedrock's own time to first token (Artificial Analysis, Claude 3 Sonnet on Bedrock, median)",
+    )
+    ap.add_argument(
+        "--bedrock-tokens-per-s", type=float, default=60.0, help="Bedrock's output tokens per second"
+    )
     ap.add_argument(
         "--time-scale", type=float, default=10.0, help="simulator wall seconds per simulated second"
     )
@@ -554,19 +695,52 @@ async def _main(args: argparse.Namespace) -> None:
     print(
         f"capacity {capacity:.1f} req/s (closed loop, straight to {ENGINES} engines); load {rate:.1f} req/s"
     )
-    names = ["eksinfer", *([] if args.no_vllm_router else ["vllm-router"])]
-    reports = [await run_target(name, args, rate, work) for name in names]
-    print_report(reports, names, QUIET_S * args.stretch)
-    ours = reports[0]
-    if isinstance(ours, RunReport):
-        c = ours.counts()
-        quiet_s = QUIET_S * args.stretch
+    if bedrock_available():
         print(
-            f"\neksinfer: failed before streaming {c.get('failed', 0)} (goal 0), cut without an error "
-            "event "
-            f"{c.get('broken_cut', 0)} (goal 0), hung {c.get('hung', 0)} (goal 0), TTFT P99 faults/quiet "
-            f"{ours.p99_ttft(True, quiet_s) / ours.p99_ttft(False, quiet_s):.2f} "
-            "(goal <= 2)"
+            f"Bedrock stub: first token {args.bedrock_ttft_s:g} s, {args.bedrock_tokens_per_s:g} tokens/s "
+            f"(x{args.time_scale:g} on the engines' clock)"
+        )
+    reports: list[RunReport | str] = []
+    names: list[str] = []
+    for name, passes in (("eksinfer", args.passes), ("vllm-router", 1)):
+        if name == "vllm-router" and args.no_vllm_router:
+            continue
+        got = await run_target(name, args, rate, work, passes)
+        reports += [got] if isinstance(got, str) else got
+        names += [name] if isinstance(got, str) else [r.name for r in got]
+    print_report(reports, names, QUIET_S * args.stretch, args.stretch)
+    quiet_s = QUIET_S * args.stretch
+    ours = [r for r in reports if isinstance(r, RunReport) and r.name.startswith("eksinfer")]
+    for rep in ours:
+        c = rep.counts()
+        quiet = rep.p99_ttft(False, quiet_s)
+        print(
+            f"\n{rep.name}: failed before streaming {c.get('failed', 0)} (goal 0), cut without an error "
+            f"event {c.get('broken_cut', 0)} (goal 0), hung {c.get('hung', 0)} (goal 0), TTFT P99 "
+            f"faults/quiet {rep.p99_ttft(True, quiet_s) / quiet:.2f} (goal <= 2)"
+        )
+        if bedrock_available():
+            # While every self-hosted engine is down the last tier's own first token bounds the TTFT;
+            # the stretches before it say what the gateway's choices did with the capacity left.
+            left = p99([o for o in rep.outcomes if quiet_s <= o.sent_at < 65.0 * args.stretch])
+            down = p99([o for o in rep.outcomes if 65.0 * args.stretch <= o.sent_at < 95.0 * args.stretch])
+            own = args.bedrock_ttft_s * args.time_scale
+            print(
+                f"  with self-hosted capacity left (15-65 s): TTFT P99 {left:.2f} s, "
+                f"{left / quiet:.2f}x quiet; all self-hosted down (65-95 s): P99 {down:.2f} s against the "
+                f"Bedrock stub's own first token of {own:.2f} s +/- 20 % ({down / quiet:.2f}x quiet)"
+            )
+    if len(ours) > 1:
+        rss = [ours[0].extra["rss_mb"][0], *(r.extra["rss_mb"][1] for r in ours)]
+        fds = [ours[0].extra["fds"][0], *(r.extra["fds"][1] for r in ours)]
+        threads = [ours[0].extra["threads"][0], *(r.extra["threads"][1] for r in ours)]
+        print(
+            "eksinfer resident MB before / after each pass: "
+            + " / ".join(f"{m:.1f}" for m in rss)
+            + "; open fds: "
+            + " / ".join(str(f) for f in fds)
+            + "; threads: "
+            + " / ".join(str(t) for t in threads)
         )
 
 

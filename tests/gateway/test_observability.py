@@ -9,7 +9,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import openai
@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from eksinfer.errors import ConfigError
 from eksinfer.gateway import tracing
-from eksinfer.gateway.accesslog import ACCESS_LOGGER, default_handler
+from eksinfer.gateway.accesslog import ACCESS_LOGGER, RequestRecord, default_handler
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.observe import ObservabilityConfig, RequestObserver
 from eksinfer.gateway.runtime import GatewayRuntime
@@ -116,7 +116,7 @@ async def test_access_log_one_json_line_per_request_without_prompt_text(
     assert all(SECRET not in line and "zebra" not in line for line in access_lines)
     assert set(whole) == {
         "ts", "request_id", "route", "model", "pool", "endpoint", "status", "ttft_s", "e2e_s",
-        "prompt_tokens", "cached_tokens", "generated_tokens", "preset", "reason", "attempts",
+        "prompt_tokens", "cached_tokens", "generated_tokens", "preset", "reason", "attempts", "ttft_parts_s",
     }  # fmt: skip
     assert (whole["route"], whole["model"], whole["status"], whole["generated_tokens"]) == (
         "/v1/chat/completions", "tiny", 200, 3,
@@ -125,6 +125,9 @@ async def test_access_log_one_json_line_per_request_without_prompt_text(
     assert (whole["pool"], whole["endpoint"]) == ("p0", engines[0].url.split("://")[1])
     assert 0 < whole["ttft_s"] <= whole["e2e_s"]
     assert whole["attempts"] == 1
+    parts = whole["ttft_parts_s"]  # one attempt, no failure: the engine's wait and the gateway's own time
+    assert set(parts) == {"upstream", "gateway"}
+    assert parts["upstream"] + parts["gateway"] == pytest.approx(whole["ttft_s"], abs=2e-6)
     assert (streamed["request_id"], streamed["generated_tokens"], streamed["pool"]) == (
         "client-id-7",
         3,
@@ -139,6 +142,7 @@ async def test_access_log_one_json_line_per_request_without_prompt_text(
         "",
         None,
     )
+    assert refused["ttft_parts_s"] is None
 
 
 async def test_access_log_is_off_by_default(engines: list[FakeEngine], access_lines: list[str]) -> None:
@@ -369,3 +373,54 @@ def test_observability_section_errors_name_the_field() -> None:
         parse_config({"observability": {"recent_decisions": 0}})
     with pytest.raises(ConfigError, match=r"observability\.access_logs"):
         parse_config({"observability": {"access_logs": True}})
+
+
+def test_ttft_parts_split_the_first_token_wait_by_where_it_went() -> None:
+    rec = RequestRecord("r", "/v1/chat/completions", started=100.0, wall_started=0.0)
+    assert rec.ttft_parts() is None  # no first token: nothing to split
+    rec.spend("first_token_timeout", 1.5)  # a stalled engine's wait, ended by the watchdog
+    rec.spend("backoff", 0.025)
+    rec.spend("status", 0.25)  # a 500 from the next one
+    rec.upstream_s, rec.ttft_s = 0.5, 2.3  # the answering engine's queue and prefill
+    assert rec.ttft_parts() == {
+        "first_token_timeout": 1.5,
+        "backoff": 0.025,
+        "status": 0.25,
+        "upstream": 0.5,
+        "gateway": pytest.approx(0.025),  # the rest: admission and routing
+    }
+
+
+async def test_observer_books_each_attempt_until_the_first_token() -> None:
+    observer = RequestObserver(ObservabilityConfig(status_page=True), lambda: [])
+    seen: list[RequestRecord] = []
+    observer.finish = lambda rec, span=None: seen.append(rec)  # type: ignore[method-assign]
+
+    async def handler(_request: Any) -> Any:
+        observer.attempt()
+        observer.attempt_failed("connect")
+        observer.waited("backoff", 0.01)
+        observer.attempt()
+        observer.first_token()
+        observer.attempt()  # a continuation after the first token: not part of the TTFT
+        observer.attempt_failed("broken")
+
+        class Answer:
+            status = 200
+
+        return Answer()
+
+    class Request:
+        path = "/v1/chat/completions"
+        headers: ClassVar[dict[str, str]] = {}
+
+    await observer.wrap(handler)(Request())  # type: ignore[arg-type]
+    (rec,) = seen
+    parts = rec.ttft_parts()
+    assert parts is not None
+    assert set(parts) == {"connect", "backoff", "upstream", "gateway"}  # the late "broken" is not in it
+    assert parts["backoff"] == 0.01
+    assert rec.ttft_s is not None
+    measured = parts["connect"] + parts["upstream"]  # timed by the hooks; the backoff was only declared
+    assert 0 <= measured <= rec.ttft_s + 1e-5
+    assert parts["gateway"] == pytest.approx(max(0.0, rec.ttft_s - measured - 0.01), abs=1e-5)

@@ -13,7 +13,7 @@ import pytest
 from eksinfer.errors import ConfigError
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.resilience.breaker import BreakerState, CircuitBreaker
-from eksinfer.gateway.resilience.cascade import TTFT_MEMORY_S, Cascade, Tier, request_tokens
+from eksinfer.gateway.resilience.cascade import TIER_MEMORY_S, Cascade, Tier, request_tokens
 from eksinfer.gateway.resilience.config import BreakerConfig, BudgetConfig, OutlierConfig, RetryConfig
 from eksinfer.gateway.resilience.errors import ErrorClass, SkipReason, classify_bedrock, classify_status
 from eksinfer.gateway.resilience.outlier import OutlierDetector
@@ -305,12 +305,11 @@ class Route:
         self.cascade, self.continue_streams, self.ttft_slo_s = cascade, False, slo
 
 
-def test_plans_and_shedding_on_queue_depth_and_predicted_ttft() -> None:
+def test_plans_and_shedding_on_queue_depth() -> None:
     config = parse_config(
         {"pools": {"onprem": {"preset": "load", "max_waiting": 4}, "eks": {"max_context_tokens": 1000}}}
     )
-    clock = FakeClock()
-    cascade = Cascade(config.pools, {"m": Route(["onprem", "eks"], slo=1.0)}, clock)
+    cascade = Cascade(config.pools, {"m": Route(["onprem", "eks"], slo=1.0)}, FakeClock())
     plan = cascade.plan("m")
     assert plan.tiers == (
         Tier("onprem", preset="load", max_waiting=4),
@@ -323,15 +322,60 @@ def test_plans_and_shedding_on_queue_depth_and_predicted_ttft() -> None:
     assert cascade.shed_reason(onprem, plan, [a, b]) is None
     b.num_waiting = 5
     assert cascade.shed_reason(onprem, plan, [a, b]) is SkipReason.SHED_SATURATED
-    b.num_waiting = 0
-    cascade.observe_ttft("a", 3.0)
-    assert cascade.shed_reason(onprem, plan, [a, b]) is None  # b has no sample: no reason to shed
-    cascade.observe_ttft("b", 1.5)
-    cascade.observe_ttft("b", 1.0)  # mean 1.5 + 0.2 * (1.0 - 1.5) = 1.4
-    assert cascade.predicted_ttft_s([a, b]) == pytest.approx(1.4)
-    assert cascade.shed_reason(onprem, plan, [a, b]) is SkipReason.SHED_TTFT
-    clock.advance(TTFT_MEMORY_S + 0.1)  # forgotten: one request probes the pool again
-    assert cascade.shed_reason(onprem, plan, [a, b]) is None
+
+
+def test_predicted_wait_is_the_queue_ahead_drained_at_the_slot_release_rate() -> None:
+    cascade = Cascade({}, {}, FakeClock())
+    a = ep("a", num_running=4, num_waiting=0)
+    assert cascade.predicted_wait_s(a, first_byte_waits=9) == 0.0  # no decode time seen yet: no evidence
+    cascade.observe_decode("a", 2.0)
+    cascade.observe_decode("a", 1.0)  # mean 2.0 + 0.2 * (1.0 - 2.0) = 1.8 s per stream
+    assert cascade.predicted_wait_s(a) == 0.0  # nothing waits: a new request starts at once
+    a.num_waiting = 2  # the engine's queue: 2 ahead, 4 slots freeing one every 1.8 / 4 s
+    assert cascade.predicted_wait_s(a) == pytest.approx(2 * 1.8 / 4)
+    # Sent since the last scrape: 7 of ours wait for a first byte, all 4 slots taken -> 7 ahead.
+    assert cascade.predicted_wait_s(a, first_byte_waits=7) == pytest.approx(7 * 1.8 / 4)
+    # Slots are learned (the most seen running): with 1 running, 3 of those 7 start at once.
+    a.num_running, a.num_waiting = 1, 0
+    assert cascade.predicted_wait_s(a, first_byte_waits=7) == pytest.approx(4 * 1.8 / 4)
+    assert cascade.predicted_wait_s(a, first_byte_waits=3) == 0.0
+    cascade.forget("a")
+    assert cascade.predicted_wait_s(a, first_byte_waits=7) == 0.0
+
+
+def test_shedding_on_predicted_wait_only_towards_a_tier_not_known_to_be_slower() -> None:
+    clock = FakeClock()
+    bedrock_pool = {"kind": "bedrock", "region": "us-east-1", "models": {"m": "x"}}
+    config = parse_config({"pools": {"eks": {}, "bedrock": bedrock_pool}})
+    cascade = Cascade(config.pools, {"m": Route(["eks", "bedrock"], slo=1.0)}, clock)
+    plan = cascade.plan("m")
+    eks, bedrock = plan.tiers
+    a, b = ep("a", num_running=4, num_waiting=4), ep("b", num_running=4, num_waiting=1)
+    for name in ("a", "b"):
+        cascade.observe_decode(name, 2.0)  # 0.5 s per request ahead
+    waits = {"a": 0, "b": 0}
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None  # b: 0.5 s
+    waits["b"] = 3  # a burst to b since its last scrape: 3 ahead, 1.5 s
+    # The tier was never measured: one request probes it, the others stay until its first token.
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None
+    cascade.observe_tier_ttft("bedrock", 2.0)  # the next tier is slower than the 1.5 s wait here: stay
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None
+    waits["b"], a.num_waiting = 5, 6  # 2.5 s at best here (a: 3 s): the 2 s tier is the faster one now
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
+    waits["b"], a.num_waiting = 3, 4
+    clock.advance(TIER_MEMORY_S + 0.1)  # the tier's TTFT is forgotten: one request measures it anew
+    assert cascade.tier_ttft_s("bedrock") is None
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None
+    clock.advance(TIER_MEMORY_S + 0.1)  # a probe that never answered: the next one goes
+    assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is SkipReason.SHED_TTFT
+    vllm_next = Cascade({}, {"m": Route(["eks", "onprem"], slo=1.0)}, clock).plan("m")
+    assert cascade.shed_reason(eks, vllm_next, [a, b], waits.__getitem__, vllm_next.tiers[1]) is (
+        SkipReason.SHED_TTFT  # an engine tier is judged by its own shedding, not by a probe
+    )
+    no_slo = cascade.plan("other")  # no ttft_slo_s: never shed on a prediction
+    assert cascade.shed_reason(eks, no_slo, [a, b], waits.__getitem__, bedrock) is None
 
 
 def test_request_size_counts_the_prompt_and_the_answer() -> None:
@@ -468,6 +512,28 @@ def test_a_bedrock_pool_is_a_managed_tier_of_the_cascade() -> None:
 
 
 # --- stall watchdog -------------------------------------------------------------------------------------
+def test_requests_the_engine_does_not_count_make_it_a_suspect_while_it_streams_to_others() -> None:
+    watch = StallWatch(stall_after_s=2.0)
+    streams = [Watched("e", started=5.0, last_byte=11.9) for _ in range(2)]  # admitted before the fault
+    lost = [Watched("e", started=t) for t in (9.0, 9.5, 10.0)]  # sent after it: no first byte
+    fresh = Watched("e", started=11.5)
+    for w in (*streams, *lost, fresh):
+        watch.add(w)
+    counts: dict[str, tuple[int, float] | None] = {"e": (2, 0.1)}  # the engine counts only its 2 streams
+    assert [e for e, _ in watch.stalled(12.0)] == []  # without the engine's count: busy, not stalled
+    found = watch.stalled(12.0, engine_count=counts.__getitem__)
+    assert [e for e, _ in found] == ["e"]
+    assert set(found[0][1]) == {*lost, fresh}  # every wait is retried, the young one too
+    counts["e"] = (5, 0.1)  # a healthy queue: the engine counts all 5 sent before its scrape
+    assert watch.stalled(12.0, engine_count=counts.__getitem__) == []
+    counts["e"] = (2, 2.5)  # a scrape older than the waits proves nothing
+    assert watch.stalled(12.0, engine_count=counts.__getitem__) == []
+    counts["e"] = None  # never scraped
+    assert watch.stalled(12.0, engine_count=counts.__getitem__) == []
+    counts["e"] = (2, 0.1)  # half way (suspect): the same sign, over the shorter time
+    assert [e for e, _ in watch.stalled(11.0, after_s=1.0, engine_count=counts.__getitem__)] == ["e"]
+
+
 def test_a_stalled_endpoint_is_told_from_a_busy_one() -> None:
     watch = StallWatch(stall_after_s=2.0)
     stalled_wait = Watched("stalled", started=10.0)

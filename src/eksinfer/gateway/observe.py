@@ -177,10 +177,32 @@ class RequestObserver:
         rec.reason = "managed"
         rec.attempts += 1
 
+    def attempt(self) -> None:
+        """An attempt is sent (to an engine or a managed API); its wait counts until it answers or fails."""
+        rec = _current.get()
+        if rec is not None and rec.ttft_s is None:
+            rec.attempt_started = time.perf_counter()
+
+    def attempt_failed(self, kind: str) -> None:
+        """The attempt failed before the client's first token: its time goes to `kind` in `ttft_parts`."""
+        rec = _current.get()
+        if rec is not None and rec.ttft_s is None and rec.attempt_started is not None:
+            rec.spend(kind, time.perf_counter() - rec.attempt_started)
+            rec.attempt_started = None
+
+    def waited(self, part: str, seconds: float) -> None:
+        """Time spent before the first token on something other than an attempt (a retry's backoff)."""
+        rec = _current.get()
+        if rec is not None and rec.ttft_s is None:
+            rec.spend(part, seconds)
+
     def first_token(self) -> None:
         rec = _current.get()
         if rec is not None and rec.ttft_s is None:
-            rec.ttft_s = time.perf_counter() - rec.started
+            now = time.perf_counter()
+            rec.ttft_s = now - rec.started
+            if rec.attempt_started is not None:
+                rec.upstream_s = now - rec.attempt_started
 
     def generated(self, tokens: int) -> None:
         rec = _current.get()

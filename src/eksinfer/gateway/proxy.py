@@ -171,6 +171,7 @@ class _Call:
     failed_on: EndpointState | None = None  # where the last attempt failed
     skips: list[tuple[str, SkipReason]] = field(default_factory=list)
     pin: EndpointState | None = None  # the engine holding the stored conversation it continues (apis.py)
+    attempt_started: float = 0.0  # perf_counter when the current managed attempt was sent
 
 
 class _Failed(Exception):
@@ -396,7 +397,10 @@ class Proxy:
                 if not candidates:
                     return self._skip(call, tier, SkipReason.EXHAUSTED if in_tier else SkipReason.NO_ENDPOINT)
                 if in_tier == 0 and not last:
-                    shed = res.cascade.shed_reason(tier, call.plan, candidates)
+                    after = call.plan.tiers[call.plan.tiers.index(tier) + 1]
+                    shed = res.cascade.shed_reason(
+                        tier, call.plan, candidates, res.stalls.first_byte_waits, after
+                    )
                     if shed is not None:
                         return self._skip(call, tier, shed)
                 retry = in_tier > 0
@@ -411,7 +415,7 @@ class Proxy:
                     self._metrics.observe_retry(call.model)
                 try:
                     if retry:
-                        await res.sleep(res.backoff.delay_s(in_tier))
+                        await self._backoff(in_tier)
                     decision = await self._route(call, tier, candidates)
                     if tier.max_context_tokens is not None and self._too_long(call, decision, tier):
                         self._router.on_finish(decision, True)
@@ -419,8 +423,10 @@ class Proxy:
                     call.attempts += 1
                     in_tier += 1
                     try:
+                        self._observe.attempt()
                         return await self._forward(call, decision, tier, breaker)
                     except _Failed as failed:
+                        self._observe.attempt_failed(failed.kind)
                         self._attempt_failed(call, decision.endpoint, tier, breaker, failed)
                         if call.committed and not self._can_continue(call, failed):
                             return await self._end_stream(call, failed)
@@ -435,6 +441,11 @@ class Proxy:
         finally:
             if breaker is not None and in_tier == 0:
                 breaker.abandon_trial()
+
+    async def _backoff(self, retry: int) -> None:
+        delay = self._res.backoff.delay_s(retry)
+        self._observe.waited("backoff", delay)
+        await self._res.sleep(delay)
 
     async def _route(self, call: _Call, tier: Tier, candidates: list[EndpointState]) -> Decision:
         routing_started = time.perf_counter()
@@ -726,7 +737,6 @@ class Proxy:
         if watched is not None:
             watched.last_byte = loop.time()
         now = time.perf_counter()
-        self._res.cascade.observe_ttft(ep.id, now - flight.started)
         content_type = upstream.headers.get("content-type", "application/json")
         size = upstream.content_length
         sse = content_type.startswith("text/event-stream")
@@ -811,6 +821,7 @@ class Proxy:
         if sniff is not None:
             sniff.finish()
         await response.write_eof()
+        self._res.cascade.observe_decode(ep.id, time.perf_counter() - now)  # for shedding's queue estimate
 
     async def _guard_end(self, guard: EventGuard, response: web.StreamResponse, ep: EndpointState) -> None:
         """The end of a guarded stream: the rest of it, a 4xx error event as the engine wrote it (without
@@ -847,15 +858,18 @@ class Proxy:
                     self._metrics.observe_retry(call.model)
                 try:
                     if retry:
-                        await res.sleep(res.backoff.delay_s(in_tier))
+                        await self._backoff(in_tier)
                     call.attempts += 1
                     in_tier += 1
                     self._observe.managed(call.model, tier.name)
                     try:
+                        self._observe.attempt()
+                        call.attempt_started = time.perf_counter()
                         response = await self._forward_managed(call, client, tier)
                         breaker.record_success()
                         return response
                     except _Failed as failed:
+                        self._observe.attempt_failed(failed.kind)
                         breaker.record_failure(tier.name, 1)
                         self._metrics.observe_attempt_failure(call.model, tier.name, failed.kind)
                         if call.committed:
@@ -898,6 +912,7 @@ class Proxy:
                 self._metrics.observe_ttft(
                     call.api.path, call.model, time.perf_counter() - call.started, tier.name
                 )
+                self._res.cascade.observe_tier_ttft(tier.name, time.perf_counter() - call.attempt_started)
                 self._observe.first_token()
                 call.endpoint, call.pool, call.status = None, tier.name, "200"
                 encoded = msgspec.json.encode(answer)
@@ -975,6 +990,7 @@ class Proxy:
         if call.committed:
             return
         self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started, tier.name)
+        self._res.cascade.observe_tier_ttft(tier.name, time.perf_counter() - call.attempt_started)
         self._observe.first_token()
         response = web.StreamResponse(status=200, headers=self._headers(tier.name, None))
         response.content_type = "text/event-stream"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -148,6 +149,24 @@ class GatewayRuntime:
         for watched in waiting:
             watched.expire(now)
 
+    async def _warm_managed(self) -> None:
+        """Builds the managed pools' clients once the first scrapes have landed (or after 5 s): building a
+        botocore client takes about a second of CPU, which would slow those first scrapes."""
+        for _ in range(50):
+            if self.registry.ready():
+                break
+            await asyncio.sleep(0.1)
+        await self.resilience.warm()
+
+    def _engine_count(self, endpoint_id: str) -> tuple[int, float] | None:
+        """Requests the endpoint's engine counts (running + waiting) at its last scrape, and that scrape's
+        age; the stall watchdog compares it with the gateway's own count (resilience/stall.py)."""
+        state = self.registry.get(EndpointId(endpoint_id))
+        if state is None or state.scraped_at is None or state.num_running is None:
+            return None
+        count = state.num_running + (state.num_waiting or 0)
+        return count, time.monotonic() - state.scraped_at
+
     def _health_changed(self, state: EndpointState, healthy: bool) -> None:
         """A scraper's verdict changed; an endpoint that comes back starts slowly."""
         self.registry.health_changed(state, healthy)
@@ -248,9 +267,12 @@ class GatewayRuntime:
             for i, kube in enumerate(self.config.endpoints.kubernetes):
                 watcher = KubernetesWatcher(kube, self.registry, f"endpoints.kubernetes.{i}")
                 group.create_task(_guarded(f"kubernetes discovery ({kube.label_selector})", watcher.run))
+            group.create_task(_guarded("managed clients", self._warm_managed))
             stalls = self.resilience.stalls
             if stalls.stall_after_s > 0:
-                group.create_task(_guarded("stall watchdog", lambda: stalls.run(self._stalled)))
+                group.create_task(
+                    _guarded("stall watchdog", lambda: stalls.run(self._stalled, self._engine_count))
+                )
             ready.set()
             await asyncio.Event().wait()  # until cancelled by stop()
 

@@ -124,6 +124,8 @@ async def test_fault_shares_are_drawn_per_request(stub: RunningStub) -> None:
     [
         (["--throttle-share", "2"], "--throttle-share"),
         (["--token-delay-s", "x"], "--token-delay-s"),
+        (["--tokens-per-s", "-1"], "--tokens-per-s"),
+        (["--first-token-s", "x"], "--first-token-s"),
         (["--break-after-events", "0"], "--break-after-events"),
         (["--break-mode", "explode"], "--break-mode"),
     ],
@@ -139,3 +141,30 @@ def test_cli_refuses_bad_values_naming_the_flag(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag in error
     assert parse(["--throttle-share", "0.25"]).throttle_share == 0.25
+
+
+async def test_latency_is_configurable_and_reported_like_bedrock_does() -> None:
+    running = await start_stub(output_tokens=5, first_token_s=0.05, tokens_per_s=100.0)
+    try:
+        url = f"{running.url}/model/m/converse"
+        async with aiohttp.ClientSession() as http, http.post(url, json=BODY) as resp:
+            answer = await resp.json()
+    finally:
+        await running.stop()
+    # 3 tokens (maxTokens) after a 50 ms first token at 100 tokens/s: Bedrock's own `metrics.latencyMs`.
+    assert answer["metrics"]["latencyMs"] == 80
+    spread = await start_stub(first_token_s=1.0, latency_jitter=0.2, seed=3)
+    try:
+        scales = [spread.stub._latency_scale() for _ in range(200)]
+    finally:
+        await spread.stop()
+    assert all(0.8 <= s <= 1.2 for s in scales)
+    assert len(set(scales)) > 100  # drawn per request, not fixed
+
+
+def test_cli_defaults_to_a_published_bedrock_latency() -> None:
+    from eksinfer.sim.bedrock.__main__ import parse
+
+    args = parse([])
+    assert (args.first_token_s, args.tokens_per_s, args.latency_jitter) == (0.76, 60.0, 0.2)
+    assert parse(["--first-token-s", "0", "--tokens-per-s", "0"]).tokens_per_s == 0.0

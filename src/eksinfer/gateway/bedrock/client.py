@@ -149,6 +149,10 @@ class BedrockClient:
         """Builds the botocore client now (it reads its service model from disk) instead of on first use."""
         await self._run(self._botocore)
 
+    async def warm(self) -> None:
+        """Builds the botocore client (service model, credential chain) on a worker thread, before traffic."""
+        await self._run(self._botocore)
+
     async def close(self) -> None:
         client = self._client
         if client is not None:

@@ -8,12 +8,31 @@ tier is tried the cascade asks, in this order (`SkipReason` names each):
 - context too long: prompt tokens plus `max_tokens` above the pool's `max_context_tokens` (checked once the
   router has counted the prompt; a larger-context tier takes it);
 - shedding, never on the last tier (someone must take the request): every endpoint reports at least the
-  pool's `max_waiting` queued requests, or the predicted TTFT is above the model's `ttft_slo_s`.
+  pool's `max_waiting` queued requests, or the predicted TTFT is above the model's `ttft_slo_s` on every
+  eligible endpoint and the next tier is not known to be slower.
 
-Predicted TTFT: the smallest, over the pool's eligible endpoints, of an exponentially weighted mean (weight
-0.2 per sample) of the TTFTs the gateway measured on that endpoint. A prediction older than
-`TTFT_MEMORY_S` (5 s) is dropped: a shed pool gets no new samples, and without forgetting it would be shed
-for good; after 5 s one request probes it again.
+Predicted TTFT of an endpoint: the queue ahead of a new request, drained at the rate the engine frees its
+running slots. A vLLM engine starts a waiting request when a running one ends (or frees KV blocks), so
+
+    wait(e) = ahead(e) x decode_s(e) / slots(e)
+    ahead(e) = max(num_waiting(e), first_byte_waits(e) - free_slots(e))
+
+- `num_waiting`: the engine's own queue from its last scrape;
+- `first_byte_waits`: the gateway's own attempts on e still waiting for their first byte (the stall watch
+  counts them; no scrape lag, so a burst sent since the last scrape is seen at once); `free_slots` =
+  slots - num_running discounts those that the engine starts at once;
+- `decode_s`: an exponentially weighted mean (weight 0.2 per sample) of the time from first to last byte
+  of the streams e answered (its service time once a slot is given);
+- `slots`: the most requests e has been seen running (vLLM's `max_num_seqs`, or what its KV cache holds).
+With no queue the wait is 0 (no prediction without evidence); prefill of the request's own prompt is not
+added (short next to a queue; long prompts are left to the stall watch's grace). Unlike the mean of past
+TTFTs the estimate moves as soon as a queue forms, not after the queued requests have waited.
+
+The next tier: a managed tier's (Bedrock) TTFT is an exponentially weighted mean of the TTFTs the gateway
+measured on it, remembered `TIER_MEMORY_S` (60 s). Shedding to it while it is known to be slower than the
+wait here would trade a queue for a longer wait. Unknown (never measured, or forgotten), one shed request
+probes it; until that probe's first token (or `TIER_MEMORY_S`) the others stay, so a slow tier costs one
+request per minute, not every request shed while the probe waits for its first token.
 """
 
 from __future__ import annotations
@@ -27,7 +46,7 @@ from eksinfer.gateway.resilience.errors import SkipReason
 from eksinfer.gateway.scheduling.framework import EndpointState
 
 TTFT_WEIGHT = 0.2
-TTFT_MEMORY_S = 5.0
+TIER_MEMORY_S = 60.0
 CHARS_PER_TOKEN = 4  # prompt size estimate when the router did not count tokens (approximate presets)
 
 
@@ -54,7 +73,7 @@ class ModelPlan:
 
 
 class Cascade:
-    """Plans per model (built once, cached) and the per-endpoint TTFT memory used for shedding."""
+    """Plans per model (built once, cached) and what shedding learns per endpoint and per managed tier."""
 
     def __init__(
         self,
@@ -66,7 +85,10 @@ class Cascade:
         self._models = dict(models)
         self._clock = clock
         self._plans: dict[str, ModelPlan] = {}
-        self._ttft: dict[str, tuple[float, float]] = {}  # endpoint id -> (mean TTFT s, when last updated)
+        self._decode_s: dict[str, float] = {}  # endpoint id -> mean time from first to last byte
+        self._slots: dict[str, int] = {}  # endpoint id -> most requests seen running at once
+        self._tier_ttft: dict[str, tuple[float, float]] = {}  # managed pool -> (mean TTFT s, when updated)
+        self._probes: dict[str, float] = {}  # managed pool -> when a shed request went to measure it
         self._default = ModelPlan((Tier(None),))
 
     def tier_of(self, pool: str) -> Tier:
@@ -98,40 +120,70 @@ class Cascade:
         return {n: c for n, c in self._pools.items() if getattr(c, "kind", "vllm") != "vllm"}
 
     # --- shedding -------------------------------------------------------------------------------------
-    def observe_ttft(self, endpoint_id: str, ttft_s: float) -> None:
-        now = self._clock()
-        old = self._ttft.get(endpoint_id)
-        if old is None or now - old[1] > TTFT_MEMORY_S:
-            self._ttft[endpoint_id] = (ttft_s, now)
-        else:
-            self._ttft[endpoint_id] = (old[0] + TTFT_WEIGHT * (ttft_s - old[0]), now)
+    def observe_decode(self, endpoint_id: str, decode_s: float) -> None:
+        """A stream from `endpoint_id` ended `decode_s` after its first byte."""
+        old = self._decode_s.get(endpoint_id)
+        self._decode_s[endpoint_id] = decode_s if old is None else old + TTFT_WEIGHT * (decode_s - old)
 
-    def predicted_ttft_s(self, candidates: Sequence[EndpointState]) -> float | None:
+    def observe_tier_ttft(self, pool: str, ttft_s: float) -> None:
+        """A managed tier answered its first token `ttft_s` after the attempt was sent."""
         now = self._clock()
-        best: float | None = None
-        for ep in candidates:
-            known = self._ttft.get(ep.id)
-            if known is None or now - known[1] > TTFT_MEMORY_S:
-                return None  # an endpoint without a recent sample: no reason to shed
-            best = known[0] if best is None else min(best, known[0])
-        return best
+        self._probes.pop(pool, None)
+        old = self._tier_ttft.get(pool)
+        if old is None or now - old[1] > TIER_MEMORY_S:
+            self._tier_ttft[pool] = (ttft_s, now)
+        else:
+            self._tier_ttft[pool] = (old[0] + TTFT_WEIGHT * (ttft_s - old[0]), now)
+
+    def tier_ttft_s(self, pool: str) -> float | None:
+        known = self._tier_ttft.get(pool)
+        if known is None or self._clock() - known[1] > TIER_MEMORY_S:
+            return None
+        return known[0]
+
+    def predicted_wait_s(self, ep: EndpointState, first_byte_waits: int = 0) -> float:
+        """Seconds a request sent now to `ep` would queue before the engine starts it (module docstring)."""
+        running = ep.num_running or 0
+        slots = max(self._slots.get(ep.id, 0), running)
+        if slots > self._slots.get(ep.id, 0):
+            self._slots[ep.id] = slots
+        ahead = max(ep.num_waiting or 0, first_byte_waits - max(0, slots - running))
+        decode_s = self._decode_s.get(ep.id)
+        if ahead <= 0 or decode_s is None or slots <= 0:
+            return 0.0
+        return ahead * decode_s / slots
 
     def shed_reason(
-        self, tier: Tier, plan: ModelPlan, candidates: Sequence[EndpointState]
+        self,
+        tier: Tier,
+        plan: ModelPlan,
+        candidates: Sequence[EndpointState],
+        first_byte_waits: Callable[[str], int] = lambda _: 0,
+        next_tier: Tier | None = None,
     ) -> SkipReason | None:
         """Why this (not last) tier should pass the request on, or None to try it."""
         if tier.max_waiting is not None and all(
             (ep.num_waiting or 0) >= tier.max_waiting for ep in candidates
         ):
             return SkipReason.SHED_SATURATED
-        if plan.ttft_slo_s is not None:
-            predicted = self.predicted_ttft_s(candidates)
-            if predicted is not None and predicted > plan.ttft_slo_s:
-                return SkipReason.SHED_TTFT
+        if plan.ttft_slo_s is not None and candidates:
+            wait_s = min(self.predicted_wait_s(ep, first_byte_waits(ep.id)) for ep in candidates)
+            if wait_s > plan.ttft_slo_s:
+                if next_tier is None or next_tier.kind == "vllm":
+                    return SkipReason.SHED_TTFT  # engines: their own shedding judges them
+                after = self.tier_ttft_s(next_tier.name)
+                if after is not None:
+                    return SkipReason.SHED_TTFT if after < wait_s else None
+                now = self._clock()
+                probe = self._probes.get(next_tier.name)
+                if probe is None or now - probe > TIER_MEMORY_S:
+                    self._probes[next_tier.name] = now  # this request measures the tier
+                    return SkipReason.SHED_TTFT
         return None
 
     def forget(self, endpoint_id: str) -> None:
-        self._ttft.pop(endpoint_id, None)
+        self._decode_s.pop(endpoint_id, None)
+        self._slots.pop(endpoint_id, None)
 
 
 def request_tokens(body: Mapping[str, Any], prompt_tokens: int, prompt_chars: int) -> int:

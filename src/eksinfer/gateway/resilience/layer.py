@@ -95,6 +95,25 @@ class Resilience:
             client = self.managed[pool] = make_managed_client(str(config.kind), config)
         return client
 
+    async def warm(self) -> None:
+        """Builds every managed pool's client at start, off the event loop: importing botocore and loading
+        its service model take about a second of CPU, which, done on the first request that falls back,
+        froze the loop at the worst moment (health checks and scrapes timed out, the stall watchdog saw
+        silence; benchmarks/bench_faults.py). A client that cannot warm (no credentials yet) is built again
+        on first use."""
+        for pool, config in self._managed_configs.items():
+            if pool in self.managed:
+                continue
+            module, _ = MANAGED_CLIENTS[str(config.kind)]
+            await asyncio.to_thread(importlib.import_module, module)
+            client = self.managed.setdefault(pool, make_managed_client(str(config.kind), config))
+            warm = getattr(client, "warm", None)
+            if warm is not None:
+                try:
+                    await warm()
+                except Exception as err:  # one that cannot warm is built again on first use
+                    log.warning("managed pool %s: client not ready at start: %s", pool, err)
+
     def managed_models(self) -> set[str]:
         return {m for c in self._managed_configs.values() for m in (getattr(c, "models", None) or {})}
 

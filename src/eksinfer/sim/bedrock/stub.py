@@ -10,9 +10,14 @@ Wire protocol (botocore's bedrock-runtime service model 2023-09-30, protocol res
 It checks what Bedrock checks and the gateway's translation must get right (roles alternate and start with
 `user`, no blank text, tool blocks need a toolConfig) and ignores the SigV4 signature. The answer is a
 deterministic word list (" b0 b1 ..."), cut by maxTokens and stopSequences; a forced tool choice answers
-with one tool call. `StubFaults` injects throttling, 503s, a slow first event and streams that break
-(an in-band exception event or a dropped connection); the faults are read per request, so a test or a
-benchmark can change them while the stub runs.
+with one tool call. It answers as fast as it can unless given a latency (`first_token_s`, `tokens_per_s`,
+`latency_jitter`): a benchmark whose last tier answered in a millisecond would flatter every TTFT measured
+through it. A realistic figure: Artificial Analysis measured Amazon Bedrock at a median 0.76 s to the
+first token and 60 output tokens/s for Claude 3 Sonnet (artificialanalysis.ai/models/claude-3-sonnet/
+providers); `python -m eksinfer.sim.bedrock` and `make bench ARGS=faults` use those two numbers.
+`StubFaults` injects throttling, 503s, a slow first event and streams that break (an in-band exception
+event or a dropped connection); the faults are read per request, so a test or a benchmark can change them
+while the stub runs.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ class BedrockStub:
 
     output_tokens: int = 8
     known_models: frozenset[str] | None = None  # None: every model id is served
+    first_token_s: float = 0.0  # the service's own time to the first text delta (or to a Converse answer)
+    tokens_per_s: float = 0.0  # pace of the text deltas after it; 0: as fast as the stub can write
+    latency_jitter: float = 0.0  # both scaled per request by a random factor in [1 - j, 1 + j]
     cache_read_input_tokens: int = 0
     seed: int = 0
     faults: StubFaults = field(default_factory=StubFaults)
@@ -157,7 +165,9 @@ class BedrockStub:
         except _Refused as err:
             return self._error(err)
         answer = self._answer(body)
-        await self._first_event_wait()
+        scale = self._latency_scale()
+        latency_s = scale * (self.first_token_s + len(answer.pieces) * self._token_gap_s())
+        await self._first_event_wait(latency_s)
         content: list[dict[str, Any]] = [{"text": "".join(answer.pieces)}] if answer.pieces else []
         if answer.tool is not None:
             content.append({"toolUse": answer.tool})
@@ -167,7 +177,7 @@ class BedrockStub:
                 "output": {"message": {"role": "assistant", "content": content}},
                 "stopReason": answer.stop_reason,
                 "usage": answer.usage,
-                "metrics": {"latencyMs": 1},
+                "metrics": {"latencyMs": max(1, round(latency_s * 1000))},
             },
             headers={"x-amzn-RequestId": str(uuid.uuid4())},
         )
@@ -186,7 +196,9 @@ class BedrockStub:
         )
         response.enable_chunked_encoding()
         await response.prepare(request)
-        await self._first_event_wait()
+        scale = self._latency_scale()
+        await self._first_event_wait(scale * self.first_token_s)
+        gap_s = scale * self._token_gap_s()
         breaks = self.rng.random() < self.faults.break_share
         for sent, (frame, paced) in enumerate(_events(answer)):
             if breaks and sent == self.faults.break_after_events:
@@ -197,19 +209,29 @@ class BedrockStub:
                 await response.write(exception_frame("modelStreamErrorException", "The model stream broke."))
                 await response.write_eof()
                 return response
-            if sent and paced:
-                await asyncio.sleep(self.faults.token_delay_s)
+            if sent and paced and (gap_s or self.faults.token_delay_s):
+                await asyncio.sleep(gap_s + self.faults.token_delay_s)
             await response.write(frame)
         self.counts["streams"] += 1
         await response.write_eof()
         return response
 
-    async def _first_event_wait(self) -> None:
+    def _latency_scale(self) -> float:
+        jitter = self.latency_jitter
+        return 1.0 + jitter * (2.0 * self.rng.random() - 1.0) if jitter else 1.0
+
+    def _token_gap_s(self) -> float:
+        return 1.0 / self.tokens_per_s if self.tokens_per_s > 0 else 0.0
+
+    async def _first_event_wait(self, latency_s: float = 0.0) -> None:
+        """The service's own latency, then a fault's extra delay or hold."""
         self.counts["waiting"] += 1
         try:
             if self.faults.hold is not None:
                 await self.faults.hold.wait()
-            await asyncio.sleep(self.faults.first_event_delay_s)
+            delay_s = latency_s + self.faults.first_event_delay_s
+            if delay_s:
+                await asyncio.sleep(delay_s)
         finally:
             self.counts["waiting"] -= 1
 

@@ -28,6 +28,7 @@ from eksinfer.gateway.scheduling.framework import EndpointId
 from eksinfer.gateway.upstream import UpstreamPool
 from eksinfer.sim.cluster import SimCluster
 from tests.sim.conftest import StartCluster, free_port, set_slow_token_s, start  # noqa: F401 - the fixture
+from tests.waiting import until
 
 MODEL = "llama-3.1-8b"
 
@@ -46,6 +47,8 @@ async def gateway_for(urls: Sequence[str], **sections: Any) -> GatewayRuntime:
     )
     runtime = build_runtime(config)
     await runtime.start()
+    # round-robin over all three engines needs each engine's models known first
+    await until(lambda: all(s.models for s in runtime.registry.all()), what="engines' models scraped")
     return runtime
 
 

@@ -211,6 +211,8 @@ async def test_a_simulated_engine_failing_mid_stream_is_continued_by_the_next_ti
     )
     runtime = build_runtime(config)
     await runtime.start()
+    # the cascade's next tier would take a request sent before the engines' models are known
+    await until(lambda: all(s.models for s in runtime.registry.all()), what="engines' models scraped")
     try:
         text = await _stream_and_stop(runtime.port, failing)
         assert text  # the continuation's text followed the first engine's

@@ -25,6 +25,7 @@ from eksinfer.sim.bedrock import start_stub
 from eksinfer.sim.bedrock.stub import NO_PREFILL_MESSAGE, RunningStub
 from tests.gateway.bedrock.conftest import MODEL_ID, pool
 from tests.gateway.test_proxy_fakes import EngineBehaviour, FakeEngine
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 ASKED = [{"role": "user", "content": "tell me a story"}]
@@ -169,6 +170,8 @@ async def test_a_broken_stream_continues_on_bedrock_with_or_without_prefill(
     )
     runtime = build_runtime(config)
     await runtime.start()
+    # the cascade's next tier would take a request sent before the engines' models are known
+    await until(lambda: all(s.models for s in runtime.registry.all()), what="engines' models scraped")
     sdk = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{runtime.port}/v1", api_key="k", max_retries=0)
     try:
         stream = await sdk.chat.completions.create(

@@ -19,6 +19,7 @@ from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from eksinfer.sim.bedrock.stub import RunningStub
 from tests.gateway.bedrock.conftest import MODEL_ID
 from tests.gateway.test_proxy_fakes import FakeEngine
+from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,6 +47,8 @@ async def gateway(aws_env: None, stub: RunningStub) -> AsyncIterator[GatewayRunt
     )
     runtime = build_runtime(config)
     await runtime.start()
+    # the cascade's next tier would take a request sent before the engines' models are known
+    await until(lambda: all(s.models for s in runtime.registry.all()), what="engines' models scraped")
     yield runtime
     await runtime.stop()
     await engine.stop()

@@ -85,14 +85,7 @@ def simulate(
 ) -> list[Finished]:
     """Closed loop until `requests` finish; prefill_engines 0 is aggregated serving on decode_engines."""
     now = 0.0
-    config = CoreConfig(
-        num_gpu_blocks=perf.num_gpu_blocks,
-        block_size=perf.block_size,
-        max_num_seqs=perf.max_num_seqs,
-        max_num_batched_tokens=perf.max_num_batched_tokens,
-        max_model_len=perf.max_model_len,
-        natural_output_tokens=0,
-    )
+    config = CoreConfig.sized_by(perf)
 
     def engine(pd_decode: bool) -> _Engine:
         core = EngineCore(config, perf=perf, sample_space=(0,), clock=lambda: now)

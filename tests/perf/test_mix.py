@@ -38,14 +38,7 @@ def simulate(
 ) -> tuple[float, float]:
     """(output tokens/s, mean TPOT) of one simulated engine in a closed loop over the mix, virtual time,
     after the first quarter of completions (warm-up)."""
-    config = CoreConfig(
-        num_gpu_blocks=perf.num_gpu_blocks,
-        block_size=perf.block_size,
-        max_num_seqs=perf.max_num_seqs,
-        max_num_batched_tokens=perf.max_num_batched_tokens,
-        max_model_len=perf.max_model_len,
-        natural_output_tokens=0,
-    )
+    config = CoreConfig.sized_by(perf)
     now = 0.0
     core = EngineCore(config, perf=perf, sample_space=(0,), clock=lambda: now)
     rng = random.Random(7)

@@ -65,6 +65,19 @@ class CoreConfig:
     eos_token_id: int = -1
     emit_events: bool = False
 
+    @classmethod
+    def sized_by(cls, perf: EnginePerf) -> CoreConfig:
+        """The core of an engine sized as the performance model sizes it, for virtual-time studies: every
+        request runs to its `max_tokens` (no natural end), so the work is the workload's."""
+        return cls(
+            num_gpu_blocks=perf.num_gpu_blocks,
+            block_size=perf.block_size,
+            max_num_seqs=perf.max_num_seqs,
+            max_num_batched_tokens=perf.max_num_batched_tokens,
+            max_model_len=perf.max_model_len,
+            natural_output_tokens=0,
+        )
+
 
 class EngineCore:
     """One engine's state and its step function; `clock()` stamps arrivals (the driver's time base)."""

@@ -60,10 +60,12 @@ class Watched:
     last_byte: float | None = None  # None until the first byte
     grace_s: float = 0.0  # added to `stall_after_s` for this attempt's own wait (`grace_s()`)
     deadline: asyncio.Timeout | None = field(default=None, repr=False)
+    expired: bool = False  # the watchdog ended the wait (so the timeout's message can say why)
 
     def expire(self, now: float) -> None:
         """Ends the wait for the first byte now (the proxy sees a first-token timeout)."""
         if self.deadline is not None and self.last_byte is None:
+            self.expired = True
             self.deadline.reschedule(now)
 
 

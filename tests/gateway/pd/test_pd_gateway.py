@@ -414,9 +414,9 @@ async def test_prefill_hop_longer_than_stall_after_s_does_not_fail_the_request()
     checked: list[float] = []
     judge = stalls.stalled
 
-    def recording(now: float, after_s: float | None = None) -> list[tuple[str, list[Watched]]]:
+    def recording(now: float, *args: Any) -> list[tuple[str, list[Watched]]]:
         checked.append(now)
-        return judge(now, after_s)
+        return judge(now, *args)
 
     stalls.stalled = recording  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()

@@ -27,7 +27,10 @@ Options: --quick (two concurrency levels, no vllm-router 1P+3D), --concurrency=8
 --no-vllm-router, --long-fraction=F (the `=` form: `make bench ARGS="pd --concurrency=4,16"`), --save=FILE
 (the measured samples as JSON), --load=FILE (report those again against the current model, no run),
 --virtual (the same systems on the simulator's engine cores in virtual time: no gateway, no HTTP, seconds;
-benchmarks/pd_virtual.py).
+benchmarks/pd_virtual.py), --systems=1P+3D (only the systems whose name contains one of these, comma
+separated).
+A level's failed requests are printed under its row, grouped by what the client got (status and error, or the
+in-band error event, or the client's own exception) and after how many wall seconds.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -77,6 +81,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--save", default=None, help="write the measured samples to this JSON file")
     ap.add_argument("--load", default=None, help="report samples saved with --save (no run)")
     ap.add_argument("--virtual", action="store_true", help="engine cores in virtual time, no HTTP (seconds)")
+    ap.add_argument(
+        "--systems", default=None, help="comma-separated systems to run, by name or part of it (agg,1P+3D)"
+    )
     args = ap.parse_args(argv)
     default = "8,32" if args.quick else "4,16,48"
     args.levels = [int(x) for x in (args.concurrency or default).split(",")]
@@ -113,12 +120,21 @@ class Sample:
     tokens: int
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why one request got no usable answer, as the client saw it, and when (wall seconds after sending)."""
+
+    reason: str
+    after_s: float
+
+
 @dataclass
 class LevelResult:
     concurrency: int
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     duration_s: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
 
     def pct(self, attr: str, q: float, only_long: bool | None = None) -> float:
         values = sorted(getattr(s, attr) for s in self.samples if only_long is None or s.long == only_long)
@@ -138,30 +154,50 @@ class LevelResult:
         return good / self.duration_s if self.duration_s else 0.0
 
 
-async def _one(session: aiohttp.ClientSession, url: str, body: dict[str, Any], scale: float) -> Sample | None:
+async def _one(
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], scale: float
+) -> Sample | Failure:
     payload = {k: v for k, v in body.items() if not k.startswith("_")}
     started = time.perf_counter()
     first = last = None
     tokens = 0
-    async with session.post(f"{url}/v1/chat/completions", json=payload) as r:
-        if r.status != 200:
-            await r.read()
-            return None
-        async for raw in r.content:
-            line = raw.strip()
-            if not line.startswith(b"data:") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[5:])
-            choices = chunk.get("choices") or []
-            if choices and (choices[0].get("delta") or {}).get("content"):
-                now = time.perf_counter()
-                first = first if first is not None else now
-                last = now
-                tokens += 1
+    try:
+        async with session.post(f"{url}/v1/chat/completions", json=payload) as r:
+            if r.status != 200:
+                reason = f"HTTP {r.status} {_error_text(await r.read())}"
+                return Failure(reason, time.perf_counter() - started)
+            async for raw in r.content:
+                line = raw.strip()
+                if not line.startswith(b"data:") or line == b"data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                if "error" in chunk:  # an in-band error event (vLLM's, or the gateway's after the commit)
+                    reason = f"stream error after {tokens} tokens: {_error_text(line[5:])}"
+                    return Failure(reason, time.perf_counter() - started)
+                choices = chunk.get("choices") or []
+                if choices and (choices[0].get("delta") or {}).get("content"):
+                    now = time.perf_counter()
+                    first = first if first is not None else now
+                    last = now
+                    tokens += 1
+    except (aiohttp.ClientError, TimeoutError, ValueError) as err:
+        reason = f"client {type(err).__name__} after {tokens} tokens: {str(err)[:120]}"
+        return Failure(reason, time.perf_counter() - started)
     if first is None or last is None:
-        return None
+        return Failure("stream ended without a token", time.perf_counter() - started)
     tpot = (last - first) / (tokens - 1) if tokens > 1 else 0.0
     return Sample(body["_long"], (first - started) / scale, tpot / scale, tokens)
+
+
+def _error_text(raw: bytes) -> str:
+    """An OpenAI-style error body as `type: message` (endpoint ids and numbers kept: they say which hop)."""
+    try:
+        err = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        return raw[:160].decode(errors="replace")
+    if not isinstance(err, dict):
+        return str(err)[:160]
+    return f"{err.get('type') or err.get('code')}: {str(err.get('message'))[:160]}"
 
 
 async def closed_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, scale: float) -> LevelResult:
@@ -173,12 +209,10 @@ async def closed_loop(url: str, bodies: list[dict[str, Any]], concurrency: int, 
         async def worker() -> None:
             while queue:
                 body = queue.pop()
-                try:
-                    sample = await _one(session, url, body, scale)
-                except (aiohttp.ClientError, TimeoutError, ValueError):
-                    sample = None
-                if sample is None:
+                sample = await _one(session, url, body, scale)
+                if isinstance(sample, Failure):
                     result.errors += 1
+                    result.failures.append(sample)
                 else:
                     result.samples.append(sample)
 
@@ -264,7 +298,8 @@ def start_vllm_router_pd(exe: str, urls: list[str], prefill: int) -> tuple[Any, 
 
 
 async def pd_counts(url: str) -> str:
-    """The gateway's P/D decision counts, one short string."""
+    """The gateway's P/D decision and fallback counts, and the endpoints its stall watchdog found stalled,
+    one short string."""
     from prometheus_client.parser import text_string_to_metric_families
 
     async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as r:
@@ -274,6 +309,10 @@ async def pd_counts(url: str) -> str:
         for s in fam.samples:
             if s.name == "eksinfer_gateway_pd_decisions_total":
                 counts[s.labels["decision"]] = int(s.value)
+            elif s.name == "eksinfer_gateway_pd_fallbacks_total":
+                counts[f"fallback:{s.labels['reason']}"] = int(s.value)
+            elif s.name == "eksinfer_gateway_stalls_total":
+                counts["stalls"] = int(s.value)
     return " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
 
 
@@ -313,12 +352,26 @@ async def run_system(sys_: System, args: argparse.Namespace, workdir: Path) -> d
                 return f"every request failed at c={level} ({res.errors} errors): {tail}"
             results[level] = res
             print(f"  {sys_.name:<22} c={level:<3} {_row(res)}", flush=True)
+            for line in failure_lines(res.failures):
+                print(f"  {sys_.name:<22} c={level:<3}   failed: {line}", flush=True)
         if sys_.router == "eksinfer" and sys_.prefill:
-            print(f"  {sys_.name:<22} gateway P/D decisions: {await pd_counts(url)}", flush=True)
+            print(f"  {sys_.name:<22} gateway P/D counts: {await pd_counts(url)}", flush=True)
         return results
     finally:
         stop_proc(proc)
         stop_proc(sim)
+
+
+def failure_lines(failures: list[Failure]) -> list[str]:
+    """The failed requests grouped by reason (digits in endpoint ports and times folded), with how many and
+    after how long (wall seconds, min/max)."""
+    groups: dict[str, list[float]] = {}
+    for f in failures:
+        groups.setdefault(re.sub(r"\d+(\.\d+)?", "N", f.reason), []).append(f.after_s)
+    return [
+        f"{len(ts)} x {reason} (after {min(ts):.1f}-{max(ts):.1f} s wall)"
+        for reason, ts in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    ]
 
 
 def _row(r: LevelResult) -> str:
@@ -431,6 +484,11 @@ async def run(args: argparse.Namespace) -> None:
     if why is not None:
         print(f"P/D rows skipped: {why}")
     measured: dict[str, dict[int, LevelResult]] = {}
+    if args.systems:
+        wanted = [w.strip().lower() for w in args.systems.split(",") if w.strip()]
+        systems = [s for s in systems if any(w in s.name.lower() for w in wanted)]
+        if not systems:
+            raise SystemExit(f"error: --systems {args.systems!r} names none of the systems of this run")
     if args.load:
         measured = load_samples(Path(args.load))
         systems = [s for s in systems if s.name in measured]

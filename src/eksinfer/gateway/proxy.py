@@ -623,15 +623,8 @@ class Proxy:
         stalls = self._res.stalls
         try:
             async with asyncio.timeout(self._config.first_token_timeout_s) as deadline:
-                if stalls.stall_after_s > 0:
-                    tokens = decision.prompt_tokens or len(call.raw) // 4  # ~4 bytes a token without a count
-                    grace = stall_grace_s(tokens, call.body.get("stream") is True)
-                    flight.watched = Watched(
-                        ep.id, asyncio.get_running_loop().time(), grace_s=grace, deadline=deadline
-                    )
-                    stalls.add(flight.watched)
                 try:
-                    upstream = await self._post(call, flight, data)
+                    upstream = await self._post(call, flight, data, deadline)
                 except UpstreamConnectError as err:
                     ep.healthy = False
                     self._registry.health_changed(ep, False)
@@ -671,6 +664,8 @@ class Proxy:
                     FailureKind.TIMEOUT, ErrorClass.RETRYABLE, 504, msg, "upstream_timeout", mid_stream=True
                 ) from None
             msg = f"endpoint {ep.id} did not answer within {self._config.first_token_timeout_s:g} s"
+            if flight.watched is not None and flight.watched.expired:
+                msg = f"endpoint {ep.id} stalled: no byte from it for {stalls.stall_after_s:g} s"
             raise _Failed(FailureKind.TIMEOUT, ErrorClass.RETRYABLE, 504, msg, "upstream_timeout") from None
         except EngineLinkError as err:  # the whole answer could not be read (non-streamed), nothing sent yet
             raise _Failed(
@@ -694,7 +689,9 @@ class Proxy:
         assert call.response is not None
         return call.response
 
-    async def _post(self, call: _Call, flight: _Flight, data: bytes) -> UpstreamResponse:
+    async def _post(
+        self, call: _Call, flight: _Flight, data: bytes, deadline: asyncio.Timeout
+    ) -> UpstreamResponse:
         """Posts `data` to the chosen endpoint; for a model with a P/D profile the hook may first run the
         prefill hop and give the decode body (kv_transfer_params) instead. A continuation is never split."""
         ep = flight.decision.endpoint
@@ -704,10 +701,26 @@ class Proxy:
             send = await self._pd.prepare(
                 call.api.path, data, flight.decision, call.model, call.request.headers
             )
+        self._watch(call, flight, deadline)
         if send is None:
             return await self._upstream.post(ep.url, call.api.path, data, headers)
         flight.note = send.explain
         return await send.post(self._upstream, ep.url, call.api.path, headers)
+
+    def _watch(self, call: _Call, flight: _Flight, deadline: asyncio.Timeout) -> None:
+        """Shows the attempt to the stall watchdog from the moment its request goes to the endpoint. Not
+        before: a P/D prefill hop runs in the gateway first (queued behind other prompts on the prefill pool
+        for as long as `prefill_timeout_s`), and the decode endpoint, which has not been sent anything yet,
+        must not be judged stalled for that wait (nor made a suspect)."""
+        stalls = self._res.stalls
+        if stalls.stall_after_s <= 0:
+            return
+        decision = flight.decision
+        tokens = decision.prompt_tokens or len(call.raw) // 4  # ~4 bytes a token without a count
+        grace = stall_grace_s(tokens, call.body.get("stream") is True)
+        loop = asyncio.get_running_loop()
+        flight.watched = Watched(decision.endpoint.id, loop.time(), grace_s=grace, deadline=deadline)
+        stalls.add(flight.watched)
 
     async def _relay(
         self,

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eksinfer.gateway.config import parse_config
 from eksinfer.gateway.pd.protocol import PREFILL_KV_TRANSFER_PARAMS
+from eksinfer.gateway.resilience.stall import Watched
 from eksinfer.gateway.routing import Router
 from eksinfer.gateway.runtime import GatewayRuntime, build_runtime
 from eksinfer.gateway.scheduling.config import load_routing_config
@@ -99,7 +100,7 @@ class Stack:
         )
 
 
-async def start_stack(**profile: Any) -> Stack:
+async def start_stack(resilience: dict[str, Any] | None = None, **profile: Any) -> Stack:
     fabric = NixlFabric()
     prefill = await NixlFakeEngine(fabric, "engine-prefill", prefix_cached=96).start()
     decode = await NixlFakeEngine(fabric, "engine-decode").start()
@@ -114,6 +115,7 @@ async def start_stack(**profile: Any) -> Stack:
                 ]
             },
             "disaggregation": {"tiny": pd},
+            **({"resilience": resilience} if resilience is not None else {}),
         }
     )
     router = CountingRouter()
@@ -358,3 +360,85 @@ async def test_other_models_and_client_transfer_params_are_left_alone(stack: Sta
     assert r.status_code == 200
     assert stack.prefill.prefills == 0
     assert stack.decode.bodies[0]["kv_transfer_params"] == {"do_remote_decode": False}
+
+
+async def stop_stack(s: Stack) -> None:
+    await s.client.close()
+    await s.runtime.stop()
+    await s.prefill.stop()
+    await s.decode.stop()
+
+
+async def test_decode_endpoint_is_not_watched_for_stalls_during_the_prefill_hop() -> None:
+    """The prefill hop runs in the gateway before anything is sent to the decode endpoint (a long prompt
+    may queue behind others on the prefill pool): that wait is no evidence against the decode endpoint.
+    Judged with an injected `now` an hour ahead (the real watchdog is kept out of the way)."""
+    s = await start_stack(resilience={"stall_after_s": 3600})
+    s.prefill.prefill_hold = asyncio.Event()
+    s.decode.decode_hold = asyncio.Event()
+    stalls = s.runtime.resilience.stalls
+    loop = asyncio.get_running_loop()
+    try:
+        task = asyncio.create_task(
+            s.client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": LONG}], stream=True
+            )
+        )
+        # the prefill hop in flight: nothing sent to the decode endpoint, so nothing of it to judge
+        await until(lambda: s.prefill.prefills == 1, what="the prefill hop in flight")
+        assert stalls.stalled(loop.time() + 3 * 3600) == []
+        s.prefill.prefill_hold.set()
+        # the decode request sent and silent: now the decode endpoint's own wait is watched
+        await until(lambda: s.decode.remote_decodes == 1, what="the decode request in flight")
+        (judged,) = stalls.stalled(loop.time() + 3 * 3600)
+        decode_ep = next(ep for ep in s.runtime.registry.all() if ep.pool == "decode")
+        assert judged[0] == decode_ep.id
+        s.decode.decode_hold.set()
+        stream = await task
+        pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+        assert pieces == [" w0", " w1", " w2"]
+        assert s.router.pools() == ["decode", "prefill"]  # one attempt, no retry
+        await until(s.idle, what="in-flight counters back to zero")
+    finally:
+        await stop_stack(s)
+
+
+async def test_prefill_hop_longer_than_stall_after_s_does_not_fail_the_request() -> None:
+    """End to end with the watchdog running (stall_after_s 0.2 s): the prefill answer is held until the
+    watchdog has checked at a time well past stall_after_s plus the prompt's grace since the request came in
+    (the watchdog's own calls are recorded, so no sleep decides it). Before the decode endpoint was watched
+    from the prefill hop's start, that check ejected it and the client got a 504."""
+    s = await start_stack(resilience={"stall_after_s": 0.2})
+    s.prefill.prefill_hold = asyncio.Event()
+    stalls = s.runtime.resilience.stalls
+    checked: list[float] = []
+    judge = stalls.stalled
+
+    def recording(now: float, *args: Any) -> list[tuple[str, list[Watched]]]:
+        checked.append(now)
+        return judge(now, *args)
+
+    stalls.stalled = recording  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    try:
+        task = asyncio.create_task(
+            s.client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": LONG}], stream=True
+            )
+        )
+        await until(lambda: s.prefill.prefills == 1, what="the prefill hop in flight")
+        past = loop.time() + 1.0  # 0.2 s + ~0.15 s of grace for ~750 prompt tokens, with room
+        await until(lambda: any(t > past for t in checked), what="a watchdog check past stall_after_s")
+        s.prefill.prefill_hold.set()
+        stream = await task
+        pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+        assert pieces == [" w0", " w1", " w2"]
+        assert stalls.stalls_total == 0
+        assert s.decode.remote_decodes == 1
+        assert s.decode.local_prefills == 0
+        assert s.router.pools() == ["decode", "prefill"]  # one attempt, no retry
+        decode_ep = next(ep for ep in s.runtime.registry.all() if ep.pool == "decode")
+        assert not s.runtime.resilience.detector.is_ejected(decode_ep)
+        await until(s.idle, what="in-flight counters back to zero")
+    finally:
+        await stop_stack(s)

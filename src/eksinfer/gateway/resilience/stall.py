@@ -22,8 +22,10 @@ retries elsewhere as a first-token timeout. Requests already streaming from it k
 A queue that holds a request for 3 s while the engine streams nothing to anyone is not a load a working
 engine shows when it streams: a running batch emits a token every step (tens of milliseconds). Two loads would
 look like it, so neither is judged by its wait:
-- a long prefill (a 100k-token prompt alone on an engine, or the prefill hop of a P/D request): each attempt
-  gets a grace of its prompt tokens over `PREFILL_FLOOR_TOKENS_PER_S`, a prefill rate any GPU engine beats;
+- a long prefill (a 100k-token prompt alone on an engine, or a P/D decode request's KV pull): each attempt
+  gets a grace of its prompt tokens over `PREFILL_FLOOR_TOKENS_PER_S`, a prefill rate any GPU engine beats
+  (a P/D request's prefill hop, which the gateway runs before it sends the decode endpoint anything, is not
+  watched at all: the proxy adds the attempt when its request goes out; `prefill_timeout_s` bounds the hop);
 - a non-streamed answer sends no byte until it ends: its wait never convicts an endpoint (its arrival still
   counts as progress, and it is retried with the others when a streamed request proves the endpoint stalled;
   otherwise `first_token_timeout_s` bounds it).
@@ -60,10 +62,12 @@ class Watched:
     last_byte: float | None = None  # None until the first byte
     grace_s: float = 0.0  # added to `stall_after_s` for this attempt's own wait (`grace_s()`)
     deadline: asyncio.Timeout | None = field(default=None, repr=False)
+    expired: bool = False  # the watchdog ended the wait (so the timeout's message can say why)
 
     def expire(self, now: float) -> None:
         """Ends the wait for the first byte now (the proxy sees a first-token timeout)."""
         if self.deadline is not None and self.last_byte is None:
+            self.expired = True
             self.deadline.reschedule(now)
 
 

@@ -355,6 +355,20 @@ class GatewayConfig(StrictModel):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _prefill_gives_up_before_the_request(self) -> GatewayConfig:
+        # The first-token timeout covers the prefill hop too: a prefill timeout at or above it would turn a
+        # slow prefill into the client's 504 where the profile promises a local-prefill fallback.
+        limit = self.server.first_token_timeout_s
+        for model, profile in self.disaggregation.items():
+            if profile.prefill_timeout_s >= limit:
+                raise ConfigError(
+                    f"{profile.prefill_timeout_s:g} s is not under server.first_token_timeout_s "
+                    f"({limit:g} s): a slow prefill would fail the request, not fall back to local prefill",
+                    field=f"disaggregation.{model}.prefill_timeout_s",
+                )
+        return self
+
 
 def parse_config(data: object) -> GatewayConfig:
     """Validates a parsed YAML document; raises ConfigError naming the first bad field."""

@@ -175,12 +175,23 @@ def _config(pd: dict[str, Any]) -> dict[str, Any]:
         ({"prefill_pool": "p", "decode_pool": "d", "min_uncached_tokens": -1}, "disaggregation.kimi"),
         ({"prefill_pool": "p", "decode_pool": "d", "prefill_timeout_s": 0}, "disaggregation.kimi"),
         ({"prefill_pool": "p", "decode_pool": "d", "typo": 1}, "disaggregation.kimi.typo"),
+        # the first-token timeout (120 s) covers the prefill hop: a prefill timeout must end before it
+        (
+            {"prefill_pool": "p", "decode_pool": "d", "prefill_timeout_s": 120},
+            "disaggregation.kimi.prefill_timeout_s",
+        ),
     ],
 )
 def test_config_errors_name_the_field(pd: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(_config(pd))
     assert (err.value.field or "").startswith(field)
+
+
+def test_a_prefill_timeout_under_a_raised_first_token_timeout_is_accepted() -> None:
+    config = _config({"prefill_pool": "p", "decode_pool": "d", "prefill_timeout_s": 150})
+    config["server"] = {"first_token_timeout_s": 600}
+    assert parse_config(config).disaggregation["kimi"].prefill_timeout_s == 150
 
 
 def test_config_defaults() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from eksinfer.gateway.scheduling.framework import Decision, EndpointId, EndpointState, ScoredEndpoint
-from tests.local_http import serve
+from tests.local_http import FakeEngineServer
 from tests.waiting import until as until  # re-exported: older tests import it from here
 
 
@@ -44,7 +44,7 @@ class EngineBehaviour:
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(FakeEngineServer):
     model: str = "tiny"
     behaviour: EngineBehaviour = field(default_factory=EngineBehaviour)
     requests: int = 0
@@ -57,29 +57,6 @@ class FakeEngine:
     health_checks: int = 0
     runner: web.AppRunner | None = None
     url: str = ""
-
-    async def start(self) -> FakeEngine:
-        app = web.Application()
-        app.add_routes(
-            [
-                web.get("/v1/models", self._models),
-                web.get("/metrics", self._metrics),
-                web.get("/health", self._health),
-                web.post("/v1/completions", self._generate),
-                web.post("/v1/chat/completions", self._generate),
-            ]
-        )
-        self.runner, self.url = await serve(app)
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-    async def _models(self, request: web.Request) -> web.Response:
-        card = {"id": self.model, "object": "model", "owned_by": "vllm", "max_model_len": 2048}
-        return web.json_response({"object": "list", "data": [card]})
 
     async def _health(self, request: web.Request) -> web.Response:
         self.health_checks += 1

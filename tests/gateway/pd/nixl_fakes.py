@@ -20,11 +20,11 @@ import asyncio
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
-from tests.local_http import serve
+from tests.local_http import FakeEngineServer
 
 BLOCK_SIZE = 16
 
@@ -38,7 +38,8 @@ class NixlFabric:
 
 
 @dataclass
-class NixlFakeEngine:
+class NixlFakeEngine(FakeEngineServer):
+    max_model_len: ClassVar[int] = 32768
     fabric: NixlFabric
     engine_id: str
     model: str = "tiny"
@@ -57,29 +58,6 @@ class NixlFakeEngine:
     url: str = ""
     runner: web.AppRunner | None = None
     _ids: itertools.count[int] = field(default_factory=itertools.count)
-
-    async def start(self) -> NixlFakeEngine:
-        app = web.Application()
-        app.add_routes(
-            [
-                web.get("/v1/models", self._models),
-                web.get("/health", self._health),
-                web.get("/metrics", self._metrics),
-                web.post("/v1/completions", self._generate),
-                web.post("/v1/chat/completions", self._generate),
-            ]
-        )
-        self.runner, self.url = await serve(app)
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
-
-    async def _models(self, request: web.Request) -> web.Response:
-        card = {"id": self.model, "object": "model", "owned_by": "vllm", "max_model_len": 32768}
-        return web.json_response({"object": "list", "data": [card]})
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response()

@@ -802,9 +802,9 @@ class Proxy:
             while True:
                 if cut is not None and chunk:
                     chunk = cut.feed(chunk)
-                if sent is not None and chunk:
-                    sent.feed(chunk)
                 if chunk:
+                    if sent is not None:
+                        sent.feed(chunk)
                     if sniff is not None:
                         sniff.feed(chunk)
                     await response.write(chunk)

@@ -6,7 +6,8 @@ the MoE and B200 runs, from NVIDIA AIConfigurator's silicon_sample.csv @095f58a5
 medians are printed separately.
 Llama-3.1-70B is predicted with the catalog's Llama-3.3-70B (identical config.json shapes).
 Prints a table of representative runs and the median / mean absolute percentage error per model and GPU.
-Run: `make bench ARGS=plan` or `.venv/bin/python -m benchmarks.run plan` (`--all` prints every row).
+Run: `make bench ARGS=plan` or `.venv/bin/python -m benchmarks.run plan` (`--all` prints every row,
+`--residuals` where the TTFT error lives: benchmarks/ttft_residuals.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks import ttft_residuals
 from eksinfer.catalog import ModelSpec, get_gpu, get_model
 from eksinfer.catalog.models import parse_hf_config
 from eksinfer.errors import InfeasibleError
@@ -102,6 +104,7 @@ class Row:
     dp: int = 1  # attention data-parallel ranks
     ep: bool = False  # --enable-expert-parallel (experts whole on TP x DP ranks)
     async_scheduling: bool = False  # the engine overlapped its host work with the GPU (see overlapped())
+    version: str = ""  # the run's vLLM (or SGLang) version; "" where the campaign recorded none
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,7 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
                         async_scheduling=overlapped(
                             backend, r["backend_version"], r["silicon_data_source"]
                         ),
+                        version=r["backend_version"],
                     )
                 )  # fmt: skip
     return rows
@@ -187,6 +191,7 @@ def load_rows(path: Path | None = None) -> list[Row]:
                 float(r["derived_output_tok_s"]),
                 f"AIC, vLLM {r['backend_version'] or '(version not recorded)'}",
                 async_scheduling=overlapped("vllm", r["backend_version"], r["source"]),
+                version=r["backend_version"],
             )
             for r in csv.DictReader(fh)
         ]
@@ -310,6 +315,11 @@ def main(argv: list[str]) -> None:
         cross,
     )
     _saturated(fitted + extra)
+    if "--residuals" in argv:
+        ttft_residuals.report(
+            (("calibration", fitted), ("MoE fit", moe_fit), ("held out", holdout)),
+            lambda r: f"{MODEL_MAP[r.model]} {r.precision} {GPU_MAP[r.system]}",
+        )
     print(
         f"\npredicted {len(fitted) + len(extra)} runs in {elapsed * 1e3:.0f} ms; "
         f"step_time_s: {_step_speed():.2f} us per call"

@@ -23,6 +23,11 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
               scheduling is on by default (release notes of v0.14.0, PR #27614; not with pipeline
               parallelism) and schedules step N+1 while step N runs, so step = max(GPU, CPU)
 
+Not modelled, tested and rejected on the calibration runs (docs/planner.md, "TTFT off the calibration set"): a
+launch-bound floor for steps vLLM runs without a CUDA graph (more tokens than min(2 x max_num_seqs, 512,
+max_num_batched_tokens), vllm/config/vllm.py _set_cudagraph_sizes), a per-prompt-token host cost, and an
+all-reduce efficiency below the NVLink rate: each fits best at (or indistinguishably from) zero / one there.
+
 Efficiency factors (fitted with benchmarks/bench_plan.py to the 219 vLLM H100/H200 runs in
 benchmarks/data/aic_vllm_agg_dense_h100_h200.csv, from NVIDIA AIConfigurator's silicon_sample.csv
 @095f58a5, starting from AIC's system YAMLs): see the constants below. The model is additive on purpose:

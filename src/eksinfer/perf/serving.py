@@ -40,6 +40,10 @@ from eksinfer.perf.engine import EnginePerf
 QUEUE_CONCURRENCY_SCALE = 80.0
 QUEUE_PROMPT_SCALE = 24.0
 QUEUE_FACTOR_CAP = 8.0
+# Per request, added to its own prefill (not a floor under it): AIC's vLLM dispatch overhead. The calibration
+# runs need it at TP 1 too, where the GPU is busy for over a second, so it is not the eager launch cost of the
+# prefill step; it does not double count engine.LAYER_OVERHEAD_S (gaps inside every step) or STEP_OVERHEAD_S
+# (host work per step).
 DISPATCH_PER_LAYER_S = 0.5e-3  # AIC vllm_backend uses 0.8 ms x layers; 0.5 ms fits the 219 runs better
 PREFILL_RATE_DERATE = 0.9  # AIC picking.py: pipeline bubble
 DECODE_RATE_DERATE = 0.92  # AIC picking.py: batch slots not saturated

@@ -138,8 +138,8 @@ class EnginePerf:
 
         Uniform routing: E x (1 - (1 - k/E)^n) distinct experts for n routed tokens (the tokens of all DP
         ranks meet at the experts); with EP the busiest of EP ranks sets the pace, its touched experts
-        `expected_max_normal(EP)` standard deviations above the mean. Concave in the tokens: a mean over steps of
-        different sizes reads fewer experts than the step at the mean tokens would.
+        `expected_max_normal(EP)` standard deviations above the mean. Concave in the tokens: a mean over
+        steps of different sizes reads fewer experts than the step at the mean tokens would.
         """
         if not self._experts_read_s or tokens <= 0:
             return 0.0

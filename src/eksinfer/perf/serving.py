@@ -87,31 +87,32 @@ class StepKind:
 
     share: float  # of the steps being averaged
     prefill_tokens: float
-    prefill_attention_pairs: float
     decode_seqs: float
 
 
-def expected_step_s(perf: EnginePerf, kinds: tuple[StepKind, ...], context_per_seq: float) -> float:
-    """Mean step time over step kinds: the step at their mean tokens, but reading the mean of their
-    touched experts.
+def expected_step_s(perf: EnginePerf, kinds: tuple[StepKind, ...], isl: int, new: float, osl: int) -> float:
+    """Mean step time over step kinds: the step at their mean tokens, reading the mean of their touched
+    experts.
 
-    The tokens enter the step linearly (GEMM FLOPs, attention pairs, KV reads), so the mean-field step at
-    the mean tokens is the calibrated model, unchanged for dense models. The experts a MoE layer reads are
-    concave in its tokens (E x (1 - (1 - k/E)^n)): a decode-only step of a few sequences wakes few experts,
-    a step with a prompt chunk wakes most of them, and the mean of the two is far below the experts the
-    mean tokens would wake (Jensen). So the expert read is averaged over the kinds, not taken at the mean.
+    Tokens enter a step linearly (GEMM FLOPs, KV reads, and attention pairs: a prompt's chunks attend to
+    cached + (new + chunk) / 2 keys on average, so a mean of p prompt tokens per step costs p x (cached +
+    new / 2) causal pairs whatever the chunking), so the step at the mean tokens is the calibrated mean-field
+    step, unchanged for dense models. The experts a MoE layer reads are concave in its tokens
+    (E x (1 - (1 - k/E)^n)): a decode-only step of a few sequences wakes few experts, a step with a prompt
+    chunk most of them, and their mean is far below what the mean tokens would wake (Jensen). So the expert
+    read is averaged over the kinds, not taken at the mean.
     """
     total = sum(k.share for k in kinds)
 
     def mean(of: Callable[[StepKind], float]) -> float:
         return sum(k.share * of(k) for k in kinds) / total
 
-    decodes = mean(lambda k: k.decode_seqs)
+    prefill, decodes = mean(lambda k: k.prefill_tokens), mean(lambda k: k.decode_seqs)
     return perf.step_time_s(
-        prefill_tokens=mean(lambda k: k.prefill_tokens),
-        prefill_attention_pairs=mean(lambda k: k.prefill_attention_pairs),
+        prefill_tokens=prefill,
+        prefill_attention_pairs=prefill * (isl - new + (new + min(prefill, new)) / 2.0),
         decode_seqs=decodes,
-        decode_context_tokens=decodes * context_per_seq,
+        decode_context_tokens=decodes * (isl + osl / 2.0),
         touched_experts=mean(lambda k: perf.touched_experts(k.prefill_tokens + k.decode_seqs)),
     )
 
@@ -156,26 +157,19 @@ def step_composition(perf: EnginePerf, m: float, isl: int, new: float, osl: int)
         if m * (new + osl - 1) / lifetime > budget:  # token budget binds: every step is full
             lifetime = m * (new + osl - 1) / budget
         prefill, decodes = m * new / lifetime, m * max(0, osl - 1) / lifetime
-    cached = isl - new
-    context = isl + osl / 2.0
-
-    def pairs(tokens: float) -> float:  # causal pairs of a chunk, averaged over the prompt's chunks
-        return tokens * (cached + (new + min(tokens, new)) / 2.0)
-
     own_prompt = lifetime - max(0, osl - 1)
     chunk_steps = m * prompt_steps if new > 0 else 0.0
     if chunk_steps >= lifetime or osl <= 1:  # every step carries prompt tokens: the mean-field step
-        step = expected_step_s(perf, (StepKind(1.0, prefill, pairs(prefill), decodes),), context)
+        step = expected_step_s(perf, (StepKind(1.0, prefill, decodes),), isl, new, osl)
         return StepComposition(step, step, prefill, lifetime, own_prompt, 1.0, 1.0)
-    tokens = new / prompt_steps
     beside = max(0.0, m - 1.0)  # decodes beside a chunk; the decode-only steps take the rest
     alone = (m * (osl - 1) - chunk_steps * beside) / (lifetime - chunk_steps)
     share = chunk_steps / lifetime
     seen = min(1.0, beside * prompt_steps / (osl - 1))
 
     def mix(f: float) -> float:
-        kinds = (StepKind(f, tokens, pairs(tokens), beside), StepKind(1.0 - f, 0.0, 0.0, alone))
-        return expected_step_s(perf, kinds, context)
+        kinds = (StepKind(f, new / prompt_steps, beside), StepKind(1.0 - f, 0.0, alone))
+        return expected_step_s(perf, kinds, isl, new, osl)
 
     return StepComposition(mix(share), mix(seen), prefill, lifetime, own_prompt, share, seen)
 

@@ -47,8 +47,8 @@ def test_runs_count_as_async_by_version_engine_or_measurement_date() -> None:
 
 
 def test_held_out_medians_hold() -> None:
-    # issue 18's held-out goals met at this commit (TTFT, 22 % on all runs, is not: see docs/planner.md); a guard,
-    # not a fit: no constant is chosen on these runs
+    # issue 18's held-out goals met at this commit (TTFT, 22 % on all runs, is not: see docs/planner.md); a
+    # guard, not a fit: no constant is chosen on these runs
     extra = bench_plan.compare_all(bench_plan.load_holdout())
     held = [c for c in extra if (c.row.model, c.row.system, c.row.precision) != bench_plan.MOE_FIT]
     assert len(held) == 487

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from benchmarks.bench_plan import model_spec
+
 from eksinfer.catalog import get_gpu, get_model
 from eksinfer.perf import build_engine_perf, predict_aggregated
 from eksinfer.perf import engine as E

@@ -5,7 +5,9 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
 
     linear    max(weights read / (HBM x ETA_BW),  2 x active params x tokens / TP / (TFLOPS x ETA_GEMM))
               weights read = non-expert weights + touched experts; a MoE layer touches
-              E x (1 - (1 - k/E)^tokens) distinct experts (uniform routing)
+              E x (1 - (1 - k/E)^tokens) distinct experts (uniform routing; `touched_experts`, which a mean
+              over steps of different sizes passes in averaged: perf.serving.step_composition); expert
+              FLOPs at MOE_GEMM_FACTOR of the dense rate (W4A16 experts on Blackwell: of the Hopper rate)
     prefill   4 x layers x heads x qk/v dims x causal query-key pairs / TP / (TFLOPS x ETA_ATTN)
     decode    max(KV read / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN))
     TP        2 all-reduces per layer: ALLREDUCE_LATENCY + 2 (TP-1)/TP x tokens x hidden x 2 B / NVLink
@@ -13,9 +15,11 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
     DP + EP   (MoE, vLLM --data-parallel-size D [--enable-expert-parallel]) each of D attention ranks runs
               its own batch and KV cache; experts are split over TP x D ranks (whole experts with EP, TP
               shards without), so a rank reads its share, touched by the tokens of all D ranks; per MoE layer
-              a dispatch and a combine move tokens x hidden x 2 B x (ranks-1)/ranks, x top-k with EP (all-
-              to-all), over NVLink (<= 8 ranks) or EFA. With EP the busiest rank sets the pace: touched
-              experts and token assignments at mean + sqrt(2 ln EP) standard deviations (uniform routing)
+              vLLM's default all2all backend (allgather_reducescatter) all-gathers the D ranks' hidden states
+              and reduce-scatters them back: (D - 1) x tokens x hidden x 2 B each way, over NVLink (<= 8
+              ranks) or EFA. With EP the busiest rank sets the pace: its touched experts and its token
+              assignments (hypergeometric: a token's k distinct experts) sit at the expected maximum of EP
+              standard normals above the mean (Blom's approximation; uniform routing)
     overhead  GPU: LAYER_OVERHEAD x layers (+ MOE_LAYER_OVERHEAD x MoE layers) (launch gaps, routing)
               CPU: STEP_OVERHEAD + SEQ_OVERHEAD x decoding sequences (scheduler, input preparation,
               output processing: the engine core's host work each step)
@@ -54,12 +58,13 @@ LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
 SEQ_OVERHEAD_S = 40e-6
 MOE_GEMM_FACTOR = 0.2  # expert (grouped, TP-sharded) GEMM rate relative to a dense GEMM [Kimi K2.5 H200 runs]
 MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
-# (The Kimi runs are vLLM 0.16, async scheduling: refitted once the host work overlapped the GPU, by grid
-# search over 0.15-0.3 x 50-130 us on those 45 runs alone, minimising the sum of the three median errors;
-# with the host work counted serially the same runs had given 50 us.)
+# (The Kimi runs are vLLM 0.16, async scheduling. Refitted when decode steps started reading only the
+# experts their step kind touches (perf.serving.step_composition): grid search over factor 0.1-0.4 x
+# 50-250 us on those 45 runs alone, minimising the sum of the three median errors, gave 0.2 and 90 us; with
+# every step charged the prompt tokens smeared over it, 70 us; with the host work counted serially, 50 us.)
 # Not fitted: expert load imbalance under EP is the busiest of EP ranks under uniform routing (its touched
-# experts and its token assignments sit sqrt(2 ln EP) standard deviations above the mean); skew of real
-# routers (hot experts, no EPLB) comes on top and is not modelled.
+# experts and its token assignments sit expected_max_normal(EP) standard deviations above the mean); skew
+# of real routers (hot experts, no EPLB) comes on top and is not modelled.
 # W4A16 routed experts (INT4 weights, BF16 activations: Kimi K2.5) run in vLLM's Marlin MoE kernel on CUDA
 # GPUs (the default WNA16 MoE backend, vllm/model_executor/layers/quantization/compressed_tensors/
 # compressed_tensors_moe.py; its CUTLASS alternative is Hopper-only). Marlin issues the warp-level mma.sync

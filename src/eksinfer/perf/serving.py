@@ -7,12 +7,19 @@ specialised to vLLM: aiconfigurator @095f58a5 base_backend.py and vllm_backend.p
     step carries p = m x ISL_new / K prefill tokens and d = m x (OSL - 1) / K decodes (m = running / PP:
     one micro-batch per pipeline stage); when p + d exceeds max_num_batched_tokens the token budget binds,
     every step is full and K = m x (ISL_new + OSL - 1) / budget
-    TPOT      = step time of that mixed step (prefill chunks ride inside decode steps: the interleaving tax)
+    steps     of two kinds (`step_composition`): m x s of the K steps carry a prompt chunk (s = its chunks)
+              beside m - 1 decodes, the rest m decodes only (when chunks overlap, m x s >= K, every step
+              carries p: one kind); a step's time is taken at the kinds' mean tokens, which for every
+              term linear in tokens is the mean-field step, but a MoE layer reads the mean of the kinds'
+              touched experts (concave in tokens: a decode step of a few sequences wakes few experts)
+    TPOT      = the mean step of one request's own OSL - 1 decode steps, of which (m - 1) x s carry another
+                request's chunk (vLLM's bench: (latency - TTFT) / (OSL - 1) per request); prefill chunks
+                ride inside decode steps: the interleaving tax
     TTFT      = (own prefill steps + DISPATCH_PER_LAYER_S x layers) x min(1 + (B - 1) / 80, 8)
                 + (B - 1) / 24 prompts ahead x ISL_new x marginal prefill seconds per token
                 (AIC's per-layer vLLM dispatch term, refitted to 0.5 ms; the queue scales fitted to data),
                 at least K - OSL + 1 steps (a prompt waits for its share of full steps when the budget binds)
-                + one mixed step with async scheduling (vLLM >= 0.14: two batches in flight, so a new
+                + one mean step with async scheduling (vLLM >= 0.14: two batches in flight, so a new
                 prompt waits behind the step already scheduled; vllm/config/vllm.py max_concurrent_batches)
                 + the wait for a KV slot when concurrency exceeds what fits (Little's law)
     E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL

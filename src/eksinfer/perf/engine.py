@@ -67,8 +67,9 @@ MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer 
 # of real routers (hot experts, no EPLB) comes on top and is not modelled.
 # W4A16 routed experts (INT4 weights, BF16 activations: Kimi K2.5) run in vLLM's Marlin MoE kernel on CUDA
 # GPUs (the default WNA16 MoE backend, vllm/model_executor/layers/quantization/compressed_tensors/
-# compressed_tensors_moe.py; its CUTLASS alternative is Hopper-only). Marlin issues the warp-level mma.sync
-# instructions of Ampere, while Blackwell's dense BF16 peak (2.25 PFLOPS on B200) is reached only through its
+# compressed_tensors_moe.py: "Prefer to use the MarlinMoE kernel when it is supported"; its CUTLASS
+# alternative is Hopper-only). Marlin issues Ampere's warp-level mma.sync.aligned.m16n8k16 (csrc/quantization/
+# gptq_marlin), while Blackwell's dense BF16 peak (2.25 PFLOPS on B200) is reached only through its
 # tcgen05 instructions, so on a Blackwell GPU these GEMMs are taken at most at the Hopper BF16 peak (an
 # assumption: no public measurement of B200's mma.sync rate was found; not fitted).
 MMA_SYNC_BF16_TFLOPS = 989.0

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from eksinfer.autoscale.capacity import TPOT_P99_ALLOWANCE, TTFT_P99_ALLOWANCE, fleet_spec, slo_capacity
+from eksinfer.autoscale.capacity import (
+    TPOT_P99_ALLOWANCE,
+    TTFT_P99_ALLOWANCE,
+    FleetSpec,
+    fleet_spec,
+    slo_capacity,
+)
 from eksinfer.autoscale.policies import KedaPolicy, Observation, StaticPolicy, make_policy, predict_linear
 from eksinfer.deploy.autoscale import trigger_thresholds
 from eksinfer.errors import ConfigError
@@ -48,8 +55,14 @@ def test_slo_capacity_interpolates_where_the_load_curve_crosses_the_slo(plan_70b
     assert max(meets) <= cap <= min(fails)
 
 
+def _pinned(plan: Plan) -> FleetSpec:
+    """The plan's fleet with 4 planned replicas (HPA scale-up: 4 pods a period) and room for 8, so the
+    trigger arithmetic below does not move with the replica count the performance model gives the plan."""
+    return dataclasses.replace(fleet_spec(plan), planned_replicas=4, max_replicas=8)
+
+
 def test_keda_policies_scale_on_their_own_trigger(plan_70b: Plan) -> None:
-    spec = fleet_spec(plan_70b)
+    spec = _pinned(plan_70b)
     th = trigger_thresholds(plan_70b, plan_70b.roles[0])
     queue = make_policy("keda-queue:2", spec, th, peak_replicas=4, work_factor=1.0)
     assert queue.decide(_obs(0, 2, waiting=9, kv=3.0)) == 5  # ceil(9 / 2); the KV sum is not its trigger
@@ -67,14 +80,18 @@ def test_keda_policies_scale_on_their_own_trigger(plan_70b: Plan) -> None:
 
 
 def test_slo_predictive_scales_ahead_of_a_rising_rate(plan_70b: Plan) -> None:
-    spec = fleet_spec(plan_70b)
+    spec = _pinned(plan_70b)
     th = trigger_thresholds(plan_70b, plan_70b.roles[0])
     policy = make_policy("slo-predictive:0.8", spec, th, peak_replicas=4, work_factor=1.0)
     assert isinstance(policy, KedaPolicy)
     per_replica = spec.capacity_per_replica * 0.8
-    rising = [0.5 + 0.2 * i for i in range(30)]  # +0.2 req/s a minute; now 6.3 req/s
+    # a line rising by 1.5 replicas' worth over the lead time, now at 4.4 replicas' worth (needs 5): in the
+    # plan's own units, so the test holds whatever capacity the performance model gives a replica
+    slope = 1.5 * per_replica / (policy.lead_s / 60)  # req/s per minute
+    rising = [4.4 * per_replica - slope * (5 - i) for i in range(6)]  # six minutes: enough to forecast
+    assert rising[0] > 0
     now_need = math.ceil(rising[-1] / per_replica)
-    ahead = rising[-1] + 0.2 * policy.lead_s / 60  # where the line will be when new capacity is up
+    ahead = rising[-1] + slope * policy.lead_s / 60  # where the line will be when new capacity is up
     # one replica running, so the HPA's 10 % tolerance around the current count cannot hide the forecast
     wanted = policy.decide(_obs(1800, 1, rates=rising))
     assert wanted == min(spec.max_replicas, math.ceil(ahead / per_replica))

@@ -5,7 +5,9 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
 
     linear    max(weights read / (HBM x ETA_BW),  2 x active params x tokens / TP / (TFLOPS x ETA_GEMM))
               weights read = non-expert weights + touched experts; a MoE layer touches
-              E x (1 - (1 - k/E)^tokens) distinct experts (uniform routing)
+              E x (1 - (1 - k/E)^tokens) distinct experts (uniform routing; `touched_experts`, which a mean
+              over steps of different sizes passes in averaged: perf.serving.step_composition); expert
+              FLOPs at MOE_GEMM_FACTOR of the dense rate (W4A16 experts on Blackwell: of the Hopper rate)
     prefill   4 x layers x heads x qk/v dims x causal query-key pairs / TP / (TFLOPS x ETA_ATTN)
     decode    max(KV read / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN))
     TP        2 all-reduces per layer: ALLREDUCE_LATENCY + 2 (TP-1)/TP x tokens x hidden x 2 B / NVLink
@@ -13,9 +15,11 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
     DP + EP   (MoE, vLLM --data-parallel-size D [--enable-expert-parallel]) each of D attention ranks runs
               its own batch and KV cache; experts are split over TP x D ranks (whole experts with EP, TP
               shards without), so a rank reads its share, touched by the tokens of all D ranks; per MoE layer
-              a dispatch and a combine move tokens x hidden x 2 B x (ranks-1)/ranks, x top-k with EP (all-
-              to-all), over NVLink (<= 8 ranks) or EFA. With EP the busiest rank sets the pace: touched
-              experts and token assignments at mean + sqrt(2 ln EP) standard deviations (uniform routing)
+              vLLM's default all2all backend (allgather_reducescatter) all-gathers the D ranks' hidden states
+              and reduce-scatters them back: (D - 1) x tokens x hidden x 2 B each way, over NVLink (<= 8
+              ranks) or EFA. With EP the busiest rank sets the pace: its touched experts and its token
+              assignments (hypergeometric: a token's k distinct experts) sit at the expected maximum of EP
+              standard normals above the mean (Blom's approximation; uniform routing)
     overhead  GPU: LAYER_OVERHEAD x layers (+ MOE_LAYER_OVERHEAD x MoE layers) (launch gaps, routing)
               CPU: STEP_OVERHEAD + SEQ_OVERHEAD x decoding sequences (scheduler, input preparation,
               output processing: the engine core's host work each step)
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from eksinfer.catalog.hardware import GpuSpec
 from eksinfer.catalog.models import ModelSpec
@@ -57,13 +62,22 @@ LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
 # (Qwen3-32B TP 8: 8.0 ms at 8 sequences, 19.3 ms at 128) [fitted with the queue scales in serving.py]
 SEQ_OVERHEAD_S = 40e-6
 MOE_GEMM_FACTOR = 0.2  # expert (grouped, TP-sharded) GEMM rate relative to a dense GEMM [Kimi K2.5 H200 runs]
-MOE_LAYER_OVERHEAD_S = 70e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
-# (The Kimi runs are vLLM 0.16, async scheduling: refitted once the host work overlapped the GPU, by grid
-# search over 0.15-0.3 x 50-130 us on those 45 runs alone, minimising the sum of the three median errors;
-# with the host work counted serially the same runs had given 50 us.)
+MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
+# (The Kimi runs are vLLM 0.16, async scheduling. Refitted when decode steps started reading only the
+# experts their step kind touches (perf.serving.step_composition): grid search over factor 0.1-0.4 x
+# 50-250 us on those 45 runs alone, minimising the sum of the three median errors, gave 0.2 and 90 us; with
+# every step charged the prompt tokens smeared over it, 70 us; with the host work counted serially, 50 us.)
 # Not fitted: expert load imbalance under EP is the busiest of EP ranks under uniform routing (its touched
-# experts and its token assignments sit sqrt(2 ln EP) standard deviations above the mean); skew of real
-# routers (hot experts, no EPLB) comes on top and is not modelled.
+# experts and its token assignments sit expected_max_normal(EP) standard deviations above the mean); skew
+# of real routers (hot experts, no EPLB) comes on top and is not modelled.
+# W4A16 routed experts (INT4 weights, BF16 activations: Kimi K2.5) run in vLLM's Marlin MoE kernel on CUDA
+# GPUs (the default WNA16 MoE backend, vllm/model_executor/layers/quantization/compressed_tensors/
+# compressed_tensors_moe.py: "Prefer to use the MarlinMoE kernel when it is supported"; its CUTLASS
+# alternative is Hopper-only). Marlin issues Ampere's warp-level mma.sync.aligned.m16n8k16 (csrc/quantization/
+# gptq_marlin), while Blackwell's dense BF16 peak (2.25 PFLOPS on B200) is reached only through its
+# tcgen05 instructions, so on a Blackwell GPU these GEMMs are taken at most at the Hopper BF16 peak (an
+# assumption: no public measurement of B200's mma.sync rate was found; not fitted).
+MMA_SYNC_BF16_TFLOPS = 989.0
 A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us
 NVLINK_DOMAIN_GPUS = 8  # an HGX node: EP beyond 8 ranks crosses EFA
 # Literature values, not fitted:
@@ -110,7 +124,7 @@ class EnginePerf:
     _expert_keep: float  # 1 - k/E: chance one token leaves a given expert untouched
     _ep_z: float  # expert parallel: how many standard deviations the busiest of EP ranks sits above the mean
     _experts_per_rank: float  # routed experts one EP rank holds
-    _topk_per_rank: float  # expert assignments one token gives each EP rank on average: k / EP
+    _assign_cv: float  # spread of one rank's expert assignments per routed token, relative to their mean
     _expert_per_token_s: float  # routed-expert GEMM seconds per local token at a balanced load
     _linear_per_token_s: float
     _head_per_token_s: float
@@ -130,6 +144,22 @@ class EnginePerf:
         """KV tokens of one (data-parallel) rank: each DP rank keeps its own sequences."""
         return self.num_gpu_blocks * self.block_size
 
+    def touched_experts(self, tokens: float) -> float:
+        """Share of this rank's routed experts that a step of `tokens` (local) tokens reads, 0 for dense.
+
+        Uniform routing: E x (1 - (1 - k/E)^n) distinct experts for n routed tokens (the tokens of all DP
+        ranks meet at the experts); with EP the busiest of EP ranks sets the pace, its touched experts
+        `expected_max_normal(EP)` standard deviations above the mean. Concave in the tokens: a mean over
+        steps of different sizes reads fewer experts than the step at the mean tokens would.
+        """
+        if not self._experts_read_s or tokens <= 0:
+            return 0.0
+        touched: float = 1.0 - math.pow(self._expert_keep, tokens * self._ep_token_scale)
+        if self._ep_z:
+            spread = math.sqrt(touched * (1.0 - touched) / self._experts_per_rank)
+            touched = min(1.0, touched + self._ep_z * spread)
+        return touched
+
     def step_time_s(
         self,
         *,
@@ -137,10 +167,12 @@ class EnginePerf:
         prefill_attention_pairs: float,
         decode_seqs: float,
         decode_context_tokens: float,
+        touched_experts: float | None = None,
     ) -> float:
         """Seconds for one step through all layers (all pipeline stages) for the described batch.
 
-        Counts are ints from the simulator; the planner passes mean-field floats.
+        Counts are ints from the simulator; the planner passes mean-field floats, and for a mean over steps
+        of different sizes the mean of `touched_experts` over them (the share of this rank's experts read).
         """
         tokens = prefill_tokens + decode_seqs
         if tokens <= 0:
@@ -151,12 +183,10 @@ class EnginePerf:
         )
         if self._experts_read_s:
             routed = tokens * self._ep_token_scale
-            touched = 1.0 - self._expert_keep**routed
             experts = self._expert_per_token_s * tokens
-            if self._ep_z:  # the busiest EP rank sets the pace: more touched experts, more assignments
-                spread = math.sqrt(touched * (1.0 - touched) / self._experts_per_rank)
-                touched = min(1.0, touched + self._ep_z * spread)
-                experts *= 1.0 + self._ep_z / math.sqrt(max(1.0, routed * self._topk_per_rank))
+            if self._ep_z:  # the busiest EP rank sets the pace: more token assignments
+                experts *= 1.0 + self._ep_z * self._assign_cv / math.sqrt(max(1.0, routed))
+            touched = self.touched_experts(tokens) if touched_experts is None else touched_experts
             read += self._experts_read_s * touched
             compute += experts
         t = read if read > compute else compute
@@ -174,6 +204,39 @@ class EnginePerf:
         if self.async_scheduling:
             return gpu if gpu > host else host
         return gpu + host
+
+
+def expected_max_normal(n: int) -> float:
+    """Expected largest of n independent standard normals (Blom 1958: the normal quantile at
+    (n - 0.375) / (n + 0.25); within 0.03 of the exact 0.56 / 1.03 / 1.42 at n = 2 / 4 / 8), 0 for n = 1.
+
+    The busiest of n EP ranks sits this many standard deviations above the mean. (sqrt(2 ln n), the
+    asymptotic bound used before, is 1.18 / 1.67 / 2.04 there: twice the exact value at EP 2.)
+    """
+    if n <= 1:
+        return 0.0
+    return NormalDist().inv_cdf((n - 0.375) / (n + 0.25))
+
+
+def _assignment_cv(model: ModelSpec, ep_ranks: int) -> float:
+    """Coefficient of variation of one EP rank's expert assignments, per sqrt(routed tokens).
+
+    Uniform routing: each token picks k distinct experts of E, so the picks landing on one rank's E / EP
+    experts are hypergeometric: mean k p, variance k p (1 - p) (E - k) / (E - 1) with p = 1 / EP; over n
+    independent tokens the relative spread is this value / sqrt(n).
+    """
+    if not model.is_moe or ep_ranks <= 1:
+        return 0.0
+    k, e, p = model.experts_per_token, model.num_experts, 1.0 / ep_ranks
+    return math.sqrt((1.0 - p) * (e - k) / max(1, e - 1) / (k * p))
+
+
+def _expert_gemm_rate(gpu: GpuSpec, precision: str, gemm: float) -> float:
+    """Achieved FLOP/s of the routed-expert GEMMs before MOE_GEMM_FACTOR: the dense rate, except W4A16
+    experts on Blackwell (FP4 tensor cores), whose Marlin kernel runs at most at the Hopper BF16 peak."""
+    if precision == "int4" and gpu.fp4_tflops:
+        return min(gemm, MMA_SYNC_BF16_TFLOPS * 1e12 * ETA_GEMM)
+    return gemm
 
 
 def _check_parallelism(model: ModelSpec, tp: int, pp: int, dp: int = 1) -> None:
@@ -218,6 +281,7 @@ def _step_coefficients(
     # FP4 GEMMs take the FP8 efficiency: no measured FP4 runs to fit their own (the plan says so)
     low_gemm = (precision == "fp8" and bool(gpu.fp8_tflops)) or (precision == "fp4" and bool(gpu.fp4_tflops))
     gemm = gpu.tflops_for(precision) * 1e12 * (ETA_GEMM_FP8 if low_gemm else ETA_GEMM)
+    expert_gemm = _expert_gemm_rate(gpu, precision, gemm)
     attn = gpu.tflops_for("fp8" if kv_dtype.startswith("fp8") else "bf16") * 1e12 * ETA_ATTN
     dense_b, expert_b = mem.linear_bytes(model, precision)
     lm_head = model.vocab_size * model.hidden_size
@@ -244,22 +308,22 @@ def _step_coefficients(
     if dp > 1:  # tokens of all DP ranks meet at the experts and go back: two collectives per MoE layer
         a2a_link = (gpu.interconnect_gbps if ep <= NVLINK_DOMAIN_GPUS else pp_link_gbps) * 1e9
         moe = model.num_moe_layers
-        # EP: all-to-all dispatch / combine of each token's top-k copies; expert TP: all-gather and
-        # reduce-scatter of the hidden states
-        copies = model.experts_per_token if expert_parallel else 1
+        # vLLM's default --all2all-backend (allgather_reducescatter, with or without EP): the dispatch
+        # all-gathers the hidden states of the DP ranks and the combine reduce-scatters them, so each rank
+        # receives and sends the other DP - 1 ranks' tokens once each (not top-k copies)
         comm_fixed += 2 * moe * A2A_LATENCY_S
-        comm_per_token += 2 * moe * copies * hidden_bytes * (ep - 1) / ep / a2a_link
+        comm_per_token += 2 * moe * (dp - 1) * hidden_bytes / a2a_link
     ep_ranks = ep if expert_parallel and model.is_moe else 1
     return {
         "_dense_read_s": dense_read / bw,
         "_experts_read_s": experts_read / bw,
         "_ep_token_scale": float(dp),
         "_expert_keep": 1.0 - model.experts_per_token / model.num_experts if model.is_moe else 1.0,
-        "_ep_z": math.sqrt(2.0 * math.log(ep_ranks)) if ep_ranks > 1 else 0.0,
+        "_ep_z": expected_max_normal(ep_ranks),
         "_experts_per_rank": max(1.0, model.num_experts / ep_ranks),
-        "_topk_per_rank": model.experts_per_token / ep_ranks,
+        "_assign_cv": _assignment_cv(model, ep_ranks),
         # expert FLOPs per local token: all ranks' tokens x top-k spread over EP ranks = k x expert / TP
-        "_expert_per_token_s": 2.0 * expert_linear / MOE_GEMM_FACTOR / tp / gemm,
+        "_expert_per_token_s": 2.0 * expert_linear / MOE_GEMM_FACTOR / tp / expert_gemm,
         "_linear_per_token_s": 2.0 * dense_linear / tp / gemm,
         "_head_per_token_s": 2.0 * lm_head / tp / gemm,
         "_attn_per_pair_s": 2.0 * layers * heads * prefill_dims / tp / attn,

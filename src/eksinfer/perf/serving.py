@@ -7,12 +7,19 @@ specialised to vLLM: aiconfigurator @095f58a5 base_backend.py and vllm_backend.p
     step carries p = m x ISL_new / K prefill tokens and d = m x (OSL - 1) / K decodes (m = running / PP:
     one micro-batch per pipeline stage); when p + d exceeds max_num_batched_tokens the token budget binds,
     every step is full and K = m x (ISL_new + OSL - 1) / budget
-    TPOT      = step time of that mixed step (prefill chunks ride inside decode steps: the interleaving tax)
+    steps     of two kinds (`step_composition`): m x s of the K steps carry a prompt chunk (s = its chunks)
+              beside m - 1 decodes, the rest m decodes only (when chunks overlap, m x s >= K, every step
+              carries p: one kind); a step's time is taken at the kinds' mean tokens, which for every
+              term linear in tokens is the mean-field step, but a MoE layer reads the mean of the kinds'
+              touched experts (concave in tokens: a decode step of a few sequences wakes few experts)
+    TPOT      = the mean step of one request's own OSL - 1 decode steps, of which (m - 1) x s carry another
+                request's chunk (vLLM's bench: (latency - TTFT) / (OSL - 1) per request); prefill chunks
+                ride inside decode steps: the interleaving tax
     TTFT      = (own prefill steps + DISPATCH_PER_LAYER_S x layers) x min(1 + (B - 1) / 80, 8)
                 + (B - 1) / 24 prompts ahead x ISL_new x marginal prefill seconds per token
                 (AIC's per-layer vLLM dispatch term, refitted to 0.5 ms; the queue scales fitted to data),
                 at least K - OSL + 1 steps (a prompt waits for its share of full steps when the budget binds)
-                + one mixed step with async scheduling (vLLM >= 0.14: two batches in flight, so a new
+                + one mean step with async scheduling (vLLM >= 0.14: two batches in flight, so a new
                 prompt waits behind the step already scheduled; vllm/config/vllm.py max_concurrent_batches)
                 + the wait for a KV slot when concurrency exceeds what fits (Little's law)
     E2E       = TTFT + (OSL - 1) x TPOT ;  requests/s = running / E2E_running ;  tokens/s = requests/s x OSL
@@ -26,6 +33,7 @@ split short of prefill capacity predicts a TTFT that grows without bound. Prompt
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from eksinfer.perf.engine import EnginePerf
@@ -84,32 +92,97 @@ def max_running(perf: EnginePerf, input_tokens: int, output_tokens: int) -> int:
     return max(0, per_rank * perf.data_parallel_size)
 
 
-def _mixed_step(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> tuple[float, float, float]:
-    """(step seconds, prefill tokens per step, steps one request lives) for micro-batch m.
+@dataclass(frozen=True, slots=True)
+class StepKind:
+    """One kind of step of the closed loop: how often it runs and what it carries (per micro-batch)."""
 
-    A request lives (OSL - 1) decode steps plus its prefill steps, or, when the step token budget binds,
-    m x (ISL_new + OSL - 1) / budget steps: every step is full and the budget is shared.
+    share: float  # of the steps being averaged
+    prefill_tokens: float
+    decode_seqs: float
+
+
+def expected_step_s(perf: EnginePerf, kinds: tuple[StepKind, ...], isl: int, new: float, osl: int) -> float:
+    """Mean step time over step kinds: the step at their mean tokens, reading the mean of their touched
+    experts.
+
+    Tokens enter a step linearly (GEMM FLOPs, KV reads, and attention pairs: a prompt's chunks attend to
+    cached + (new + chunk) / 2 keys on average, so a mean of p prompt tokens per step costs p x (cached +
+    new / 2) causal pairs whatever the chunking), so the step at the mean tokens is the calibrated mean-field
+    step, unchanged for dense models. The experts a MoE layer reads are concave in its tokens
+    (E x (1 - (1 - k/E)^n)): a decode-only step of a few sequences wakes few experts, a step with a prompt
+    chunk most of them, and their mean is far below what the mean tokens would wake (Jensen). So the expert
+    read is averaged over the kinds, not taken at the mean.
+    """
+    total = sum(k.share for k in kinds)
+
+    def mean(of: Callable[[StepKind], float]) -> float:
+        return sum(k.share * of(k) for k in kinds) / total
+
+    prefill, decodes = mean(lambda k: k.prefill_tokens), mean(lambda k: k.decode_seqs)
+    return perf.step_time_s(
+        prefill_tokens=prefill,
+        prefill_attention_pairs=prefill * (isl - new + (new + min(prefill, new)) / 2.0),
+        decode_seqs=decodes,
+        decode_context_tokens=decodes * (isl + osl / 2.0),
+        touched_experts=mean(lambda k: perf.touched_experts(k.prefill_tokens + k.decode_seqs)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StepComposition:
+    """The steps one request lives through, as `step_composition` finds them."""
+
+    mean_s: float  # mean over all steps: the step a newly arrived prompt finds in flight
+    tpot_s: float  # mean over one request's own decode steps: the inter-token gap its client measures
+    prefill_tokens_per_step: float  # mean over all steps
+    lifetime: float  # steps one request lives
+    prompt_steps: float  # of which carry its own prompt (lifetime - (OSL - 1))
+    chunk_share: float  # of all steps, those carrying a prompt chunk (1: every step does)
+    seen_share: float  # of one request's decode steps, those carrying another request's chunk
+
+
+def step_composition(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> StepComposition:
+    """Chunk steps and decode-only steps of micro-batch m, in the proportions the closed loop implies.
+
+    A request lives (OSL - 1) decode steps plus s = ceil(ISL_new / chunk) prompt steps, or, when the step
+    token budget binds, m x (ISL_new + OSL - 1) / budget steps (every step full, the budget shared). vLLM's
+    scheduler serves the running requests' decodes first and fills the rest of the token budget with a
+    waiting prompt (vllm/v1/core/sched/scheduler.py), so a prompt enters in chunks of up to the budget: of
+    every K = lifetime steps, m x s carry a chunk of ISL_new / s tokens beside m - 1 decodes and the rest
+    carry m decodes only (the token totals of the mean field: m x ISL_new prompt and m x (OSL - 1) decode
+    tokens per K steps). Where those chunks would overlap (m x s >= K) every step carries prompt tokens and
+    one kind, the mean-field step, remains.
+    TPOT is what vLLM's benchmark reports, per request (latency - TTFT) / (OSL - 1) (vllm/benchmarks/
+    serve.py): the mean of that request's own decode steps, of which the other m - 1 requests' chunk
+    steps, (m - 1) x s of OSL - 1, carry a prompt chunk.
     """
     budget = perf.max_num_batched_tokens
     decodes = m
     prefill = 0.0
     lifetime = 1.0
+    prompt_steps = 1.0
     for _ in range(4):  # fixed point between decodes per step and prefill chunk size
         chunk = max(1.0, budget - decodes)
-        steps_pf = max(1, math.ceil(new / chunk)) if new > 0 else 1
-        lifetime = max(1.0, (osl - 1) + steps_pf)
+        prompt_steps = float(max(1, math.ceil(new / chunk))) if new > 0 else 1.0
+        lifetime = max(1.0, (osl - 1) + prompt_steps)
         if m * (new + osl - 1) / lifetime > budget:  # token budget binds: every step is full
             lifetime = m * (new + osl - 1) / budget
         prefill, decodes = m * new / lifetime, m * max(0, osl - 1) / lifetime
-    cached = isl - new
-    pairs = prefill * (cached + (new + min(prefill, new)) / 2.0)
-    step = perf.step_time_s(
-        prefill_tokens=prefill,
-        prefill_attention_pairs=pairs,
-        decode_seqs=decodes,
-        decode_context_tokens=decodes * (isl + osl / 2.0),
-    )
-    return step, prefill, lifetime
+    own_prompt = lifetime - max(0, osl - 1)
+    chunk_steps = m * prompt_steps if new > 0 else 0.0
+    if chunk_steps >= lifetime or osl <= 1:  # every step carries prompt tokens: the mean-field step
+        step = expected_step_s(perf, (StepKind(1.0, prefill, decodes),), isl, new, osl)
+        return StepComposition(step, step, prefill, lifetime, own_prompt, 1.0, 1.0)
+    beside = max(0.0, m - 1.0)  # decodes beside a chunk; the decode-only steps take the rest
+    alone = (m * (osl - 1) - chunk_steps * beside) / (lifetime - chunk_steps)
+    share = chunk_steps / lifetime
+    seen = min(1.0, beside * prompt_steps / (osl - 1))
+
+    def mix(f: float) -> float:
+        kinds = (StepKind(f, new / prompt_steps, beside), StepKind(1.0 - f, 0.0, alone))
+        return expected_step_s(perf, kinds, isl, new, osl)
+
+    return StepComposition(mix(share), mix(seen), prefill, lifetime, own_prompt, share, seen)
 
 
 def _own_prefill_s(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> float:
@@ -159,7 +232,7 @@ def predict_aggregated(
         return ServingPoint(concurrency, 0, inf, inf, inf, 0.0, 0.0, 0.0, True)
     new = input_tokens * (1.0 - prefix_hit)
     m = running / perf.pipeline_parallel_size / perf.data_parallel_size
-    step, prefill, lifetime_steps = _mixed_step(perf, m, input_tokens, new, output_tokens)
+    steps = step_composition(perf, m, input_tokens, new, output_tokens)
     dispatch = DISPATCH_PER_LAYER_S * perf.num_layers
     own = _own_prefill_s(perf, m, input_tokens, new, output_tokens)
     ahead = prompts_ahead(running / perf.data_parallel_size)
@@ -167,24 +240,24 @@ def predict_aggregated(
         perf, m, input_tokens, new, output_tokens
     )
     if perf.async_scheduling:  # the step already scheduled ahead of the first one that can take the prompt
-        ttft_run += step
+        ttft_run += steps.mean_s
     decode_steps = max(0, output_tokens - 1)
     # A request cannot finish faster than the steps its tokens need: when the token budget binds, a prompt
     # waits for its share of full steps, so TTFT is the lifetime less the decode steps (the throughput this
     # implies is budget x PP / step x OSL / (ISL_new + OSL - 1) output tokens/s, no more).
-    ttft_run = max(ttft_run, (lifetime_steps - decode_steps) * step)
-    e2e_run = ttft_run + decode_steps * step
+    ttft_run = max(ttft_run, steps.prompt_steps * steps.mean_s)
+    e2e_run = ttft_run + decode_steps * steps.tpot_s
     rate = running / e2e_run
     wait = concurrency / rate - e2e_run if concurrency > running else 0.0
     return ServingPoint(
         concurrency=concurrency,
         running=running,
         ttft_s=ttft_run + wait,
-        tpot_s=step,
+        tpot_s=steps.tpot_s,
         e2e_s=e2e_run + wait,
         requests_per_s=rate,
         output_tokens_per_s=rate * output_tokens,
-        prefill_tokens_per_step=prefill,
+        prefill_tokens_per_step=steps.prefill_tokens_per_step,
         kv_limited=concurrency > running,
     )
 

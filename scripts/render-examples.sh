@@ -23,4 +23,4 @@ example examples/tier2 -m llama-3.3-70b --families p5 --custom-ami --requests-pe
   --input-tokens 2000 --output-tokens 300 --shared-prefix-ratio 0.3
 # Tier 3: GLM-5 in BF16 across two p5en nodes per replica (PP 2), prefill/decode disaggregated over NIXL.
 example examples/tier3 -m glm-5 --precision bf16 --families p5en --requests-per-s 2 \
-  --input-tokens 4000 --output-tokens 500 --shared-prefix-ratio 0.5
+  --input-tokens 8000 --output-tokens 500 --shared-prefix-ratio 0.5

@@ -327,20 +327,22 @@ def test_plans_and_shedding_on_queue_depth() -> None:
 def test_predicted_wait_is_the_queue_ahead_drained_at_the_slot_release_rate() -> None:
     cascade = Cascade({}, {}, FakeClock())
     a = ep("a", num_running=4, num_waiting=0)
-    assert cascade.predicted_wait_s(a, first_byte_waits=9) == 0.0  # no decode time seen yet: no evidence
+    cascade.observe_scrape(a)
+    assert cascade.predicted_ttft_s(a, first_byte_waits=9) == 0.0  # no decode time seen yet: no evidence
     cascade.observe_decode("a", 2.0)
     cascade.observe_decode("a", 1.0)  # mean 2.0 + 0.2 * (1.0 - 2.0) = 1.8 s per stream
-    assert cascade.predicted_wait_s(a) == 0.0  # nothing waits: a new request starts at once
+    assert cascade.predicted_ttft_s(a) == 0.0  # nothing waits: a new request starts at once
     a.num_waiting = 2  # the engine's queue: 2 ahead, 4 slots freeing one every 1.8 / 4 s
-    assert cascade.predicted_wait_s(a) == pytest.approx(2 * 1.8 / 4)
+    assert cascade.predicted_ttft_s(a) == pytest.approx(2 * 1.8 / 4)
     # Sent since the last scrape: 7 of ours wait for a first byte, all 4 slots taken -> 7 ahead.
-    assert cascade.predicted_wait_s(a, first_byte_waits=7) == pytest.approx(7 * 1.8 / 4)
-    # Slots are learned (the most seen running): with 1 running, 3 of those 7 start at once.
+    assert cascade.predicted_ttft_s(a, first_byte_waits=7) == pytest.approx(7 * 1.8 / 4)
+    # Slots are learned from scrapes (the most seen running): with 1 running, 3 of those 7 start at once.
     a.num_running, a.num_waiting = 1, 0
-    assert cascade.predicted_wait_s(a, first_byte_waits=7) == pytest.approx(4 * 1.8 / 4)
-    assert cascade.predicted_wait_s(a, first_byte_waits=3) == 0.0
+    cascade.observe_scrape(a)
+    assert cascade.predicted_ttft_s(a, first_byte_waits=7) == pytest.approx(4 * 1.8 / 4)
+    assert cascade.predicted_ttft_s(a, first_byte_waits=3) == 0.0
     cascade.forget("a")
-    assert cascade.predicted_wait_s(a, first_byte_waits=7) == 0.0
+    assert cascade.predicted_ttft_s(a, first_byte_waits=7) == 0.0
 
 
 def test_shedding_on_predicted_wait_only_towards_a_tier_not_known_to_be_slower() -> None:
@@ -351,8 +353,9 @@ def test_shedding_on_predicted_wait_only_towards_a_tier_not_known_to_be_slower()
     plan = cascade.plan("m")
     eks, bedrock = plan.tiers
     a, b = ep("a", num_running=4, num_waiting=4), ep("b", num_running=4, num_waiting=1)
-    for name in ("a", "b"):
-        cascade.observe_decode(name, 2.0)  # 0.5 s per request ahead
+    for e in (a, b):
+        cascade.observe_scrape(e)
+        cascade.observe_decode(e.id, 2.0)  # 0.5 s per request ahead
     waits = {"a": 0, "b": 0}
     assert cascade.shed_reason(eks, plan, [a, b], waits.__getitem__, bedrock) is None  # b: 0.5 s
     waits["b"] = 3  # a burst to b since its last scrape: 3 ahead, 1.5 s

@@ -52,7 +52,7 @@ from eksinfer.gateway.http import (
 from eksinfer.gateway.metrics import GatewayMetrics
 from eksinfer.gateway.observe import RequestObserver
 from eksinfer.gateway.resilience.breaker import BreakerState, CircuitBreaker
-from eksinfer.gateway.resilience.cascade import Cascade, ModelPlan, Tier, request_tokens
+from eksinfer.gateway.resilience.cascade import Cascade, ModelPlan, PromptCost, Tier, request_tokens
 from eksinfer.gateway.resilience.config import ResilienceConfig
 from eksinfer.gateway.resilience.errors import ErrorClass, FailureKind, SkipReason, classify_status
 from eksinfer.gateway.resilience.layer import ManagedClient, Resilience
@@ -124,6 +124,8 @@ class SendLike(Protocol):
 
 class PdHook(Protocol):
     """What the proxy needs from `eksinfer.gateway.pd.coordinator.PdCoordinator` (docs/gateway.md, P/D)."""
+
+    def disaggregated(self, model: str) -> bool: ...
 
     def decode_candidates(self, model: str, candidates: Sequence[EndpointState]) -> list[EndpointState]: ...
 
@@ -420,6 +422,11 @@ class Proxy:
                     if tier.max_context_tokens is not None and self._too_long(call, decision, tier):
                         self._router.on_finish(decision, True)
                         return self._skip(call, tier, SkipReason.CONTEXT)
+                    if in_tier == 0 and not last and call.plan.ttft_slo_s is not None:
+                        shed = self._shed_with_prompt(call, tier, candidates, decision)
+                        if shed is not None:
+                            self._router.on_finish(decision, True)
+                            return self._skip(call, tier, shed)
                     call.attempts += 1
                     in_tier += 1
                     try:
@@ -466,6 +473,18 @@ class Proxy:
         )
         self._observe.decided(call.model, decision)
         return decision
+
+    def _shed_with_prompt(
+        self, call: _Call, tier: Tier, candidates: list[EndpointState], decision: Decision
+    ) -> SkipReason | None:
+        """Shedding again once the router has counted the prompt: its prefill on each candidate (cascade.py);
+        a P/D model prefills on another pool, so only the queue counts."""
+        res = self._res
+        after = call.plan.tiers[call.plan.tiers.index(tier) + 1]
+        remote = self._pd is not None and self._pd.disaggregated(call.model)
+        prompt = None if remote else PromptCost.of(decision)
+        waits = res.stalls.first_byte_waits
+        return res.cascade.shed_reason(tier, call.plan, candidates, waits, after, prompt)
 
     def _too_long(self, call: _Call, decision: Decision, tier: Tier) -> bool:
         assert tier.max_context_tokens is not None

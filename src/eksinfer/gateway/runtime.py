@@ -217,7 +217,11 @@ class GatewayRuntime:
             await started
         self._scrape_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self._scraper = Scraper(
-            self._scrape_session, self.config.scrape, self.registry.set_models, self._health_changed
+            self._scrape_session,
+            self.config.scrape,
+            self.registry.set_models,
+            self._health_changed,
+            on_metrics=self.resilience.cascade.observe_scrape,
         )
         checks = self.config.resilience.health_checks
         if checks.enabled:

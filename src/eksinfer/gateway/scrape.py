@@ -4,7 +4,10 @@ Signals (those llm-d's endpoint picker scrapes, llm-d inference scheduler `pkg/e
 `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (0..1),
 `vllm:cache_config_info{num_gpu_blocks, block_size}`, `vllm:lora_requests_info{running_lora_adapters,
 waiting_lora_adapters}` (the value is a timestamp: the newest sample wins). A data-parallel engine reports one
-series per `engine` label: requests are summed, KV usage is the mean. The parser finds only the lines it
+series per `engine` label: requests are summed, KV usage is the mean. For shedding's prefill fit
+(resilience/prefill.py), the `_count` and `_sum` of `vllm:request_prefill_time_seconds` and the `_sum` of
+`vllm:request_prefill_kv_computed_tokens`, the `_count` and `_sum` of `vllm:inter_token_latency_seconds`
+(each summed over engines). The parser finds only the lines it
 needs, so a 56 KB page (tests/sim/data/metrics_after_requests.txt) costs tens of microseconds. Defaults follow
 llm-d (refresh 50 ms, stale after 2 s); ours refresh every 200 ms because the gateway also tracks its own
 in-flight work between scrapes.
@@ -39,6 +42,13 @@ _WANTED = (
     "vllm:cache_config_info",
     "vllm:lora_requests_info",
 )
+# Histogram series read whole-line (prometheus_client writes each child's buckets, `_count`, `_sum` together,
+# so a data-parallel engine's `_sum` lines are not adjacent: every occurrence is found).
+_PREFILL_REQUESTS = "vllm:request_prefill_time_seconds_count"
+_PREFILL_SECONDS = "vllm:request_prefill_time_seconds_sum"
+_PREFILL_TOKENS = "vllm:request_prefill_kv_computed_tokens_sum"
+_ITL_COUNT = "vllm:inter_token_latency_seconds_count"
+_ITL_SECONDS = "vllm:inter_token_latency_seconds_sum"
 MODELS_EVERY = 25  # re-read /v1/models every 25 scrapes (5 s at the default 200 ms) to see new LoRA adapters
 
 
@@ -52,6 +62,11 @@ class ScrapedMetrics:
     num_gpu_blocks: int | None = None
     block_size: int | None = None
     lora_adapters: frozenset[str] = frozenset()
+    prefill_requests: float | None = None
+    prefill_seconds: float | None = None
+    prefill_tokens: float | None = None
+    itl_count: float | None = None
+    itl_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -100,6 +115,23 @@ def _wanted_lines(text: str) -> list[str]:
     return lines
 
 
+def _series_total(text: str, name: str) -> float | None:
+    """The sum of every sample of one series name (any labels); None when the page has none."""
+    total, found, pos = 0.0, False, 0
+    key = "\n" + name
+    while True:
+        pos = text.find(key, pos)
+        if pos < 0:
+            return total if found else None
+        end = text.find("\n", pos + 1)
+        line = text[pos + 1 :] if end < 0 else text[pos + 1 : end]
+        sample = _split_sample(line)
+        if sample is not None and sample[0] == name:
+            total += sample[2]
+            found = True
+        pos = pos + 1
+
+
 def parse_metrics(text: str) -> ScrapedMetrics:
     """Parses the Prometheus text format, keeping only the series routing uses."""
     acc = _Acc()
@@ -132,6 +164,11 @@ def parse_metrics(text: str) -> ScrapedMetrics:
         out.num_waiting = int(acc.waiting)
     if acc.kv:
         out.kv_usage = sum(acc.kv) / len(acc.kv)
+    out.prefill_requests = _series_total(text, _PREFILL_REQUESTS)
+    out.prefill_seconds = _series_total(text, _PREFILL_SECONDS)
+    out.prefill_tokens = _series_total(text, _PREFILL_TOKENS)
+    out.itl_count = _series_total(text, _ITL_COUNT)
+    out.itl_seconds = _series_total(text, _ITL_SECONDS)
     return out
 
 
@@ -152,6 +189,11 @@ def apply_metrics(state: EndpointState, metrics: ScrapedMetrics, now: float) -> 
     if metrics.block_size is not None:
         state.block_size = metrics.block_size
     state.lora_adapters = metrics.lora_adapters
+    state.prefill_requests = metrics.prefill_requests
+    state.prefill_seconds = metrics.prefill_seconds
+    state.prefill_tokens = metrics.prefill_tokens
+    state.itl_count = metrics.itl_count
+    state.itl_seconds = metrics.itl_seconds
     state.scraped_at = now
     state.stale = False
 
@@ -174,8 +216,10 @@ class Scraper:
         on_models: Callable[[EndpointState, dict[str, dict[str, Any]]], None],
         on_health: Callable[[EndpointState, bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_metrics: Callable[[EndpointState], None] | None = None,
     ) -> None:
         self._session = session
+        self._on_metrics = on_metrics  # told after each page lands in the state (shedding learns from it)
         self._clock = clock
         self._config = config
         self._on_models = on_models
@@ -234,4 +278,6 @@ class Scraper:
             self.warn.warning(f"scrape {state.id}", "scrape of %s failed: %s", state.id, reason)
             return False
         apply_metrics(state, parse_metrics(text), self._clock())
+        if self._on_metrics is not None:
+            self._on_metrics(state)
         return True

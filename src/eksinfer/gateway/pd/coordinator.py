@@ -116,6 +116,10 @@ class PdCoordinator:
         self.metrics = PdMetrics(metrics_registry)
         self._warn = RateLimitedLog(log)
 
+    def disaggregated(self, model: str) -> bool:
+        """True when `model` is prefilled on another pool (its decode endpoint computes no prompt)."""
+        return model in self._profiles
+
     def decode_candidates(self, model: str, candidates: Sequence[EndpointState]) -> list[EndpointState]:
         """A P/D model decodes only on its decode pool; other models keep every candidate."""
         profile = self._profiles.get(model)

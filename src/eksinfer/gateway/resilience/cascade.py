@@ -11,11 +11,15 @@ tier is tried the cascade asks, in this order (`SkipReason` names each):
   pool's `max_waiting` queued requests, or the predicted TTFT is above the model's `ttft_slo_s` on every
   eligible endpoint and the next tier is not known to be slower.
 
-Predicted TTFT of an endpoint: the queue ahead of a new request, drained at the rate the engine frees its
-running slots. A vLLM engine starts a waiting request when a running one ends (or frees KV blocks), so
+Predicted TTFT of an endpoint: the queue ahead of a new request, then the prefill of its own prompt. A vLLM
+engine starts a waiting request when a running one ends (or frees KV blocks), and computes prompts within a
+per-step token budget, first come first served, so
 
-    wait(e) = ahead(e) x decode_s(e) / slots(e)
+    ttft(e) = max(queue_s(e), prefill_ahead_s(e)) + prefill_s(e, uncached(e))
+    queue_s(e) = ahead(e) x decode_s(e) / slots(e)
     ahead(e) = max(num_waiting(e), first_byte_waits(e) - free_slots(e))
+    prefill_ahead_s(e) = b(e) x max(own_prompt_tokens(e), num_waiting(e) x mean_tokens(e))
+    prefill_s(e, u) = a(e) + b(e) x u,   uncached(e) = prompt_tokens - predicted_cached_tokens(e)
 
 - `num_waiting`: the engine's own queue from its last scrape;
 - `first_byte_waits`: the gateway's own attempts on e still waiting for their first byte (the stall watch
@@ -23,10 +27,26 @@ running slots. A vLLM engine starts a waiting request when a running one ends (o
   slots - num_running discounts those that the engine starts at once;
 - `decode_s`: an exponentially weighted mean (weight 0.2 per sample) of the time from first to last byte
   of the streams e answered (its service time once a slot is given);
-- `slots`: the most requests e has been seen running (vLLM's `max_num_seqs`, or what its KV cache holds).
-With no queue the wait is 0 (no prediction without evidence); prefill of the request's own prompt is not
-added (short next to a queue; long prompts are left to the stall watch's grace). Unlike the mean of past
-TTFTs the estimate moves as soon as a queue forms, not after the queued requests have waited.
+- `slots`: the most requests e has been seen running (vLLM's `max_num_seqs`, or what its KV cache holds),
+  learned when a scrape lands (`observe_scrape`), never while predicting;
+- `a`, `b`, `mean_tokens`: e's own prefill fit (prefill.py: its step time, seconds per uncached token,
+  mean uncached tokens per request; from vLLM's `vllm:request_prefill_time_seconds`,
+  `vllm:request_prefill_kv_computed_tokens` and `vllm:inter_token_latency_seconds`);
+- `own_prompt_tokens`: the uncached prompt tokens of the gateway's requests on e not yet at their first
+  token (`EndpointState.inflight_prompt_tokens`, the router's ledger); `num_waiting x mean_tokens` counts
+  the queue of other clients (or other gateway replicas) at the mean size e has been computing: the
+  approximation here, as is ignoring a prompt still in chunked prefill among the running requests (the
+  engine does not report its progress; the gateway's own are in `own_prompt_tokens`);
+- `prompt_tokens`, `predicted_cached_tokens(e)`: the router's count (exact when tokenized, characters / 4
+  otherwise) and the KV index's predicted hit on e (0 for presets without an index).
+The max, not the sum, of the two queue terms: while a request waits for a slot, the prompts ahead of it are
+admitted and prefilled (a slot-bound engine), and when slots are free the queue is prompts waiting for the
+token budget (a prefill-bound engine). Without evidence a term is 0 (no decode time seen, no prefill fit
+yet). `shed_reason` is called twice per request on a tier that may shed: before routing without the prompt
+(a lower bound, so a queue that is already too long sheds without tokenizing), and after routing with it
+(`PromptCost`). For a P/D model the prompt is prefilled by another pool and its own term is left out.
+Unlike the mean of past TTFTs the estimate moves as soon as a queue forms, not after the queued requests
+have waited.
 
 The next tier: a managed tier's (Bedrock) TTFT is an exponentially weighted mean of the TTFTs the gateway
 measured on it, remembered `TIER_MEMORY_S` (60 s). Shedding to it while it is known to be slower than the
@@ -39,11 +59,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eksinfer.gateway.resilience.errors import SkipReason
-from eksinfer.gateway.scheduling.framework import EndpointState
+from eksinfer.gateway.resilience.prefill import PrefillFit
+from eksinfer.gateway.scheduling.framework import Decision, EndpointState
 
 TTFT_WEIGHT = 0.2
 TIER_MEMORY_S = 60.0
@@ -72,6 +93,40 @@ class ModelPlan:
     ttft_slo_s: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class PromptCost:
+    """One request's prompt as the router saw it: its tokens, the tokens predicted cached per endpoint id,
+    and the uncached tokens the router's ledger already charged to the endpoint it chose (counted in that
+    endpoint's `inflight_prompt_tokens`, which are otherwise the prompts ahead)."""
+
+    tokens: int
+    cached: Mapping[str, int] = field(default_factory=dict)
+    charged_on: str | None = None
+    charged_tokens: int = 0
+
+    @classmethod
+    def of(cls, decision: Decision) -> PromptCost:
+        ticket = decision.ticket
+        return cls(
+            decision.prompt_tokens,
+            decision.cached_tokens_by_endpoint,
+            decision.endpoint.id if ticket is not None else None,
+            ticket.prompt_tokens if ticket is not None else 0,
+        )
+
+    def uncached(self, endpoint_id: str) -> int:
+        return self.tokens - min(self.tokens, self.cached.get(endpoint_id, 0))
+
+
+@dataclass(slots=True)
+class _Engine:
+    """What shedding learned about one endpoint (observe_* methods only)."""
+
+    decode_s: float | None = None  # mean time from first to last byte
+    slots: int = 0  # most requests seen running at once
+    prefill: PrefillFit = field(default_factory=PrefillFit)
+
+
 class Cascade:
     """Plans per model (built once, cached) and what shedding learns per endpoint and per managed tier."""
 
@@ -85,8 +140,7 @@ class Cascade:
         self._models = dict(models)
         self._clock = clock
         self._plans: dict[str, ModelPlan] = {}
-        self._decode_s: dict[str, float] = {}  # endpoint id -> mean time from first to last byte
-        self._slots: dict[str, int] = {}  # endpoint id -> most requests seen running at once
+        self._engines: dict[str, _Engine] = {}  # endpoint id -> what shedding learned about it
         self._tier_ttft: dict[str, tuple[float, float]] = {}  # managed pool -> (mean TTFT s, when updated)
         self._probes: dict[str, float] = {}  # managed pool -> when a shed request went to measure it
         self._default = ModelPlan((Tier(None),))
@@ -120,10 +174,26 @@ class Cascade:
         return {n: c for n, c in self._pools.items() if getattr(c, "kind", "vllm") != "vllm"}
 
     # --- shedding -------------------------------------------------------------------------------------
+    def _engine(self, endpoint_id: str) -> _Engine:
+        engine = self._engines.get(endpoint_id)
+        if engine is None:
+            engine = self._engines[endpoint_id] = _Engine()
+        return engine
+
     def observe_decode(self, endpoint_id: str, decode_s: float) -> None:
         """A stream from `endpoint_id` ended `decode_s` after its first byte."""
-        old = self._decode_s.get(endpoint_id)
-        self._decode_s[endpoint_id] = decode_s if old is None else old + TTFT_WEIGHT * (decode_s - old)
+        engine = self._engine(endpoint_id)
+        old = engine.decode_s
+        engine.decode_s = decode_s if old is None else old + TTFT_WEIGHT * (decode_s - old)
+
+    def observe_scrape(self, ep: EndpointState) -> None:
+        """A /metrics page landed in `ep`: its running requests (slots) and its prefill histograms."""
+        engine = self._engine(ep.id)
+        if ep.num_running is not None and ep.num_running > engine.slots:
+            engine.slots = ep.num_running
+        requests, seconds, tokens = ep.prefill_requests, ep.prefill_seconds, ep.prefill_tokens
+        if requests is not None and seconds is not None and tokens is not None:
+            engine.prefill.observe(requests, tokens, seconds, ep.itl_count, ep.itl_seconds)
 
     def observe_tier_ttft(self, pool: str, ttft_s: float) -> None:
         """A managed tier answered its first token `ttft_s` after the attempt was sent."""
@@ -141,17 +211,31 @@ class Cascade:
             return None
         return known[0]
 
-    def predicted_wait_s(self, ep: EndpointState, first_byte_waits: int = 0) -> float:
-        """Seconds a request sent now to `ep` would queue before the engine starts it (module docstring)."""
-        running = ep.num_running or 0
-        slots = max(self._slots.get(ep.id, 0), running)
-        if slots > self._slots.get(ep.id, 0):
-            self._slots[ep.id] = slots
-        ahead = max(ep.num_waiting or 0, first_byte_waits - max(0, slots - running))
-        decode_s = self._decode_s.get(ep.id)
-        if ahead <= 0 or decode_s is None or slots <= 0:
+    def predicted_ttft_s(
+        self, ep: EndpointState, first_byte_waits: int = 0, prompt: PromptCost | None = None
+    ) -> float:
+        """Seconds from sending a request to `ep` now to its first token (module docstring); without
+        `prompt`, the queue part only (a lower bound). Pure: reads what observe_* learned."""
+        engine = self._engines.get(ep.id)
+        if engine is None:
             return 0.0
-        return ahead * decode_s / slots
+        running = ep.num_running or 0
+        waiting = ep.num_waiting or 0
+        slots = max(engine.slots, running)
+        ahead = max(waiting, first_byte_waits - max(0, slots - running))
+        decode_s = engine.decode_s
+        queue_s = ahead * decode_s / slots if ahead > 0 and decode_s is not None and slots > 0 else 0.0
+        fit = engine.prefill
+        if not fit.known:
+            return queue_s
+        own = ep.inflight_prompt_tokens
+        if prompt is not None and prompt.charged_on == ep.id:
+            own -= prompt.charged_tokens  # this request itself, charged when it was routed here
+        tokens_ahead = max(own, waiting * fit.mean_tokens)
+        ttft_s = max(queue_s, tokens_ahead * fit.b_s_per_token)
+        if prompt is not None:
+            ttft_s += fit.prefill_s(prompt.uncached(ep.id))
+        return ttft_s
 
     def shed_reason(
         self,
@@ -160,14 +244,16 @@ class Cascade:
         candidates: Sequence[EndpointState],
         first_byte_waits: Callable[[str], int] = lambda _: 0,
         next_tier: Tier | None = None,
+        prompt: PromptCost | None = None,
     ) -> SkipReason | None:
-        """Why this (not last) tier should pass the request on, or None to try it."""
+        """Why this (not last) tier should pass the request on, or None to try it. `prompt`: None before
+        routing (the queue only), the router's counts after it."""
         if tier.max_waiting is not None and all(
             (ep.num_waiting or 0) >= tier.max_waiting for ep in candidates
         ):
             return SkipReason.SHED_SATURATED
         if plan.ttft_slo_s is not None and candidates:
-            wait_s = min(self.predicted_wait_s(ep, first_byte_waits(ep.id)) for ep in candidates)
+            wait_s = min(self.predicted_ttft_s(ep, first_byte_waits(ep.id), prompt) for ep in candidates)
             if wait_s > plan.ttft_slo_s:
                 if next_tier is None or next_tier.kind == "vllm":
                     return SkipReason.SHED_TTFT  # engines: their own shedding judges them
@@ -182,8 +268,7 @@ class Cascade:
         return None
 
     def forget(self, endpoint_id: str) -> None:
-        self._decode_s.pop(endpoint_id, None)
-        self._slots.pop(endpoint_id, None)
+        self._engines.pop(endpoint_id, None)
 
 
 def request_tokens(body: Mapping[str, Any], prompt_tokens: int, prompt_chars: int) -> int:

@@ -158,7 +158,7 @@ class Router:
         reason = decision_reason(prof, ep.id, matched, len(scored))
         notify_routed(prof, request, ep)
         ticket = self.ledger.charge(ep, tokens - cached)
-        decision = Decision(ep, reason, scored, prof.name, tokens, cached, ticket)
+        decision = Decision(ep, reason, scored, prof.name, tokens, cached, ticket, matched)
         self.counters.decided(decision, time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("route %s", decision.explain())

@@ -33,6 +33,14 @@ class EndpointState:
     lora_adapters: frozenset[str] = frozenset()
     scraped_at: float | None = None
     stale: bool = True
+    # Cumulative `_count` of vllm:request_prefill_time_seconds and `_sum`s of it and of
+    # vllm:request_prefill_kv_computed_tokens, `_count` and `_sum` of vllm:inter_token_latency_seconds
+    # (None when the page lacks them): shedding's prefill fit (resilience/prefill.py).
+    prefill_requests: float | None = None
+    prefill_seconds: float | None = None
+    prefill_tokens: float | None = None
+    itl_count: float | None = None
+    itl_seconds: float | None = None
     # Tracked by the gateway itself, released at first token (prompt tokens) and at the end (requests).
     inflight_requests: int = 0
     inflight_prompt_tokens: int = 0
@@ -86,7 +94,8 @@ class Decision:
 
     The fields after `candidates` are filled by the router facade (they default so plugins and tests can build
     a bare Decision): the preset/profile that decided, the prompt size, the predicted cache hit on the chosen
-    endpoint, and the in-flight ticket released by `on_first_token` / `on_finish`.
+    endpoint, the in-flight ticket released by `on_first_token` / `on_finish`, and the predicted hits on
+    every candidate.
     """
 
     endpoint: EndpointState
@@ -96,6 +105,9 @@ class Decision:
     prompt_tokens: int = 0
     predicted_cached_tokens: int = 0
     ticket: InflightTicket | None = field(default=None, compare=False, repr=False)
+    # Predicted cached tokens per candidate endpoint id (prefix-index presets; capped at prompt_tokens by
+    # the reader): the cascade's shedding prices the prompt's prefill on every candidate, not just this one.
+    cached_tokens_by_endpoint: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def explain(self, max_candidates: int = 8) -> str:
         """One line for a debug header or a log: chosen endpoint, reason, then each candidate's scores."""

@@ -5,6 +5,7 @@ simulated engines (no GPU here), the first slow enough at prefill that a long pr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from eksinfer.gateway.resilience.errors import SkipReason
 from eksinfer.gateway.resilience.prefill import PrefillFit
 from eksinfer.gateway.runtime import build_runtime
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
+from eksinfer.gateway.scrape import parse_metrics
 from tests.gateway.test_cascade import metrics, sample
 from tests.sim.conftest import StartCluster
 from tests.sim.conftest import start as start_sim  # noqa: F401 - the fixture
@@ -61,6 +63,37 @@ class Counters:
 
 def ep(name: str, **fields: Any) -> EndpointState:
     return EndpointState(id=EndpointId(name), url=f"http://{name}", **fields)
+
+
+# --- what the scrape reads -----------------------------------------------------------------------------
+SAMPLES = Path(__file__).parents[1] / "sim" / "data"  # vLLM 0.32 captures
+
+
+@pytest.mark.skipif(not SAMPLES.exists(), reason="the vLLM golden samples are not on this machine")
+def test_the_prefill_histograms_of_a_real_vllm_page() -> None:
+    m = parse_metrics((SAMPLES / "metrics_after_requests.txt").read_text())
+    assert (m.prefill_requests, m.prefill_tokens, m.itl_count) == (4, 546, 12)
+    assert m.prefill_seconds == pytest.approx(0.15297745400130225)
+    assert m.itl_seconds == pytest.approx(0.09577334799996606)
+
+
+def test_the_prefill_histograms_of_a_data_parallel_engine_are_summed() -> None:
+    """prometheus_client writes each child's buckets, `_count` and `_sum` together: the engines' `_sum`
+    lines are not adjacent."""
+    lines = []
+    for engine, (count, total) in enumerate([(3, 1.5), (2, 0.5)]):
+        labels = f'{{engine="{engine}",model_name="m"}}'
+        lines += [
+            f'vllm:request_prefill_time_seconds_bucket{{engine="{engine}",le="+Inf"}} {count}',
+            f"vllm:request_prefill_time_seconds_count{labels} {count}",
+            f"vllm:request_prefill_time_seconds_sum{labels} {total}",
+            f"vllm:request_prefill_time_seconds_created{labels} 1.7e9",
+        ]
+    for engine, tokens in enumerate([900, 100]):
+        lines.append(f'vllm:request_prefill_kv_computed_tokens_sum{{engine="{engine}"}} {tokens}')
+    m = parse_metrics("# HELP x\n" + "\n".join(lines) + "\n")
+    assert (m.prefill_requests, m.prefill_seconds, m.prefill_tokens) == (5, 2.0, 1000)
+    assert (m.itl_count, m.itl_seconds) == (None, None)  # not on the page: no step time, a = 0
 
 
 # --- the prefill fit ------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ request per minute, not every request shed while the probe waits for its first t
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -229,13 +230,12 @@ class Cascade:
         if not fit.known:
             return queue_s
         own = ep.inflight_prompt_tokens
-        if prompt is not None and prompt.charged_on == ep.id:
+        if prompt is None:
+            return max(queue_s, max(own, waiting * fit.mean_tokens) * fit.b_s_per_token)
+        if prompt.charged_on == ep.id:
             own -= prompt.charged_tokens  # this request itself, charged when it was routed here
-        tokens_ahead = max(own, waiting * fit.mean_tokens)
-        ttft_s = max(queue_s, tokens_ahead * fit.b_s_per_token)
-        if prompt is not None:
-            ttft_s += fit.prefill_s(prompt.uncached(ep.id))
-        return ttft_s
+        ahead_s = max(queue_s, max(own, waiting * fit.mean_tokens) * fit.b_s_per_token)
+        return ahead_s + fit.a_s + fit.b_s_per_token * prompt.uncached(ep.id)
 
     def shed_reason(
         self,
@@ -252,9 +252,15 @@ class Cascade:
             (ep.num_waiting or 0) >= tier.max_waiting for ep in candidates
         ):
             return SkipReason.SHED_SATURATED
-        if plan.ttft_slo_s is not None and candidates:
-            wait_s = min(self.predicted_ttft_s(ep, first_byte_waits(ep.id), prompt) for ep in candidates)
-            if wait_s > plan.ttft_slo_s:
+        slo_s = plan.ttft_slo_s
+        if slo_s is not None and candidates:
+            wait_s = math.inf
+            for ep in candidates:
+                ttft_s = self.predicted_ttft_s(ep, first_byte_waits(ep.id), prompt)
+                if ttft_s <= slo_s:
+                    return None  # one endpoint within the SLO is enough (the healthy path: the first)
+                wait_s = min(wait_s, ttft_s)
+            if wait_s > slo_s:
                 if next_tier is None or next_tier.kind == "vllm":
                     return SkipReason.SHED_TTFT  # engines: their own shedding judges them
                 after = self.tier_ttft_s(next_tier.name)

@@ -7,6 +7,7 @@
     breaker.py   per-pool circuit breaker: closed, open, half-open with one trial request
     health.py    active health checks (GET /health) beside the passive ones
     cascade.py   per-model ordered tiers of pools, and why a pool is skipped (shedding, context, circuit)
+    prefill.py   an engine's prefill time per uncached prompt token, from its own vLLM histograms
     stream.py    the streaming commit point, text already sent, and the continuation request
 
 Everything here is synchronous bookkeeping over injected clocks and random generators, except the health

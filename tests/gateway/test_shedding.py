@@ -20,6 +20,8 @@ from eksinfer.gateway.runtime import build_runtime
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import parse_metrics
 from tests.gateway.test_cascade import metrics, sample
+from tests.gateway.test_routing import chat, engine_stored, make_router
+from tests.gateway.test_routing import endpoints as routing_endpoints
 from tests.sim.conftest import StartCluster
 from tests.sim.conftest import start as start_sim  # noqa: F401 - the fixture
 from tests.waiting import FakeClock, until
@@ -248,6 +250,35 @@ def test_predicting_learns_nothing() -> None:
     assert cascade.predicted_ttft_s(a, first_byte_waits=3) == 0.0  # learned from a scrape: 7 free
 
 
+async def test_the_routers_decision_prices_the_prompt_on_every_candidate() -> None:
+    """The KV index's predicted hit per candidate reaches the prediction, and the request's own charge on
+    the endpoint the router chose is not counted as a prompt ahead of itself."""
+    router = make_router()
+    router.start()
+    eps = routing_endpoints(3)
+    for e in eps:
+        router.endpoint_added(e)
+    router.index.apply_event("e2", engine_stored(chat("first question")))
+    decision = await router.route("m", chat("second question"), {}, eps)
+    await router.stop()
+    assert decision.endpoint.id == "e2"
+    cached = decision.predicted_cached_tokens
+    assert cached >= 128
+    assert decision.cached_tokens_by_endpoint.get("e2") == cached
+    assert not decision.cached_tokens_by_endpoint.get("e0")
+    prompt = PromptCost.of(decision)
+    assert (prompt.uncached("e2"), prompt.uncached("e0")) == (decision.prompt_tokens - cached, prompt.tokens)
+    assert eps[2].inflight_prompt_tokens == prompt.charged_tokens == prompt.uncached("e2")
+    cascade = Cascade({}, {}, FakeClock())
+    for e in eps:
+        e.num_running, e.num_waiting = 1, 0
+        learned(cascade, e)
+    assert cascade.predicted_ttft_s(eps[2], prompt=prompt) == pytest.approx(
+        engine_prefill_s(prompt.uncached("e2"))
+    )
+    assert cascade.predicted_ttft_s(eps[0], prompt=prompt) == pytest.approx(engine_prefill_s(prompt.tokens))
+
+
 # --- end to end: a real gateway, two simulated engines --------------------------------------------------
 SIM_MODEL = "llama-3.1-8b"
 SLO_S = 0.5
@@ -315,5 +346,6 @@ async def test_a_long_prompt_sheds_from_a_slow_prefill_engine_and_a_short_one_st
         assert sample(found, "eksinfer_gateway_fallbacks_total", pool="onprem", reason="shed_ttft") == 1
         assert sample(found, "eksinfer_gateway_requests_total", pool="eks") == 1
         await until(lambda: not any(s.inflight_requests for s in runtime.registry.all()), what="released")
+        assert [s.inflight_prompt_tokens for s in runtime.registry.all()] == [0, 0]  # the shed one too
     finally:
         await runtime.stop()

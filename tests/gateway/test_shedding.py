@@ -214,9 +214,11 @@ def test_prompts_ahead_are_the_gateways_own_or_the_queue_at_the_mean_size() -> N
     cascade = Cascade({}, {}, FakeClock())
     a = ep("a", num_running=1, num_waiting=0)
     learned(cascade, a, prompts=(8000, 8000))  # mean 8,000 uncached tokens a request
-    # Ours: 30,000 uncached tokens before their first token, 2,000 of them this request's own (charged when
-    # it was routed here): 28,000 ahead at 20,000 a second, then its own 2,000.
-    a.inflight_prompt_tokens = 30_000
+    # Ours, streamed: 30,000 uncached tokens before their first token, 2,000 of them this request's own
+    # (charged when it was routed here): 28,000 ahead at 20,000 a second, then its own 2,000. Non-streamed
+    # requests hold 50,000 more in the ledger until their answers end, long after their prefill: not ahead.
+    a.inflight_streamed_prompt_tokens = 30_000
+    a.inflight_prompt_tokens = 80_000
     own = PromptCost(2000, charged_on="a", charged_tokens=2000)
     assert cascade.predicted_ttft_s(a, prompt=own) == pytest.approx(1.4 + engine_prefill_s(2000))
     elsewhere = PromptCost(2000, charged_on="b", charged_tokens=2000)  # charged to another endpoint
@@ -259,7 +261,7 @@ async def test_the_routers_decision_prices_the_prompt_on_every_candidate() -> No
     for e in eps:
         router.endpoint_added(e)
     router.index.apply_event("e2", engine_stored(chat("first question")))
-    decision = await router.route("m", chat("second question"), {}, eps)
+    decision = await router.route("m", {**chat("second question"), "stream": True}, {}, eps)
     await router.stop()
     assert decision.endpoint.id == "e2"
     cached = decision.predicted_cached_tokens
@@ -268,7 +270,8 @@ async def test_the_routers_decision_prices_the_prompt_on_every_candidate() -> No
     assert not decision.cached_tokens_by_endpoint.get("e0")
     prompt = PromptCost.of(decision)
     assert (prompt.uncached("e2"), prompt.uncached("e0")) == (decision.prompt_tokens - cached, prompt.tokens)
-    assert eps[2].inflight_prompt_tokens == prompt.charged_tokens == prompt.uncached("e2")
+    assert eps[2].inflight_streamed_prompt_tokens == prompt.charged_tokens == prompt.uncached("e2")
+    assert prompt.charged_on == "e2"
     cascade = Cascade({}, {}, FakeClock())
     for e in eps:
         e.num_running, e.num_waiting = 1, 0
@@ -277,6 +280,23 @@ async def test_the_routers_decision_prices_the_prompt_on_every_candidate() -> No
         engine_prefill_s(prompt.uncached("e2"))
     )
     assert cascade.predicted_ttft_s(eps[0], prompt=prompt) == pytest.approx(engine_prefill_s(prompt.tokens))
+    router.on_first_token(decision)  # prefilled: no longer ahead of anyone
+    assert (eps[2].inflight_streamed_prompt_tokens, eps[2].inflight_prompt_tokens) == (0, 0)
+
+
+async def test_only_streamed_prompts_count_as_prompts_ahead_in_the_ledger() -> None:
+    router = make_router("round-robin")
+    router.start()
+    (e,) = routing_endpoints(1)
+    plain = await router.route("m", chat("a question"), {}, [e])
+    streamed = await router.route("m", {**chat("a question"), "stream": True}, {}, [e])
+    await router.stop()
+    assert e.inflight_prompt_tokens == plain.prompt_tokens + streamed.prompt_tokens
+    assert e.inflight_streamed_prompt_tokens == streamed.prompt_tokens
+    assert PromptCost.of(plain).charged_on is None
+    router.on_finish(streamed, ok=True)
+    router.on_finish(streamed, ok=True)  # idempotent
+    assert (e.inflight_streamed_prompt_tokens, e.inflight_prompt_tokens) == (0, plain.prompt_tokens)
 
 
 # --- end to end: a real gateway, two simulated engines --------------------------------------------------

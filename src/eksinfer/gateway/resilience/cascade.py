@@ -32,11 +32,13 @@ per-step token budget, first come first served, so
 - `a`, `b`, `mean_tokens`: e's own prefill fit (prefill.py: its step time, seconds per uncached token,
   mean uncached tokens per request; from vLLM's `vllm:request_prefill_time_seconds`,
   `vllm:request_prefill_kv_computed_tokens` and `vllm:inter_token_latency_seconds`);
-- `own_prompt_tokens`: the uncached prompt tokens of the gateway's requests on e not yet at their first
-  token (`EndpointState.inflight_prompt_tokens`, the router's ledger); `num_waiting x mean_tokens` counts
-  the queue of other clients (or other gateway replicas) at the mean size e has been computing: the
-  approximation here, as is ignoring a prompt still in chunked prefill among the running requests (the
-  engine does not report its progress; the gateway's own are in `own_prompt_tokens`);
+- `own_prompt_tokens`: the uncached prompt tokens of the gateway's streamed requests on e not yet at their
+  first token (`EndpointState.inflight_streamed_prompt_tokens`, the router's ledger). Not the non-streamed
+  ones: their first byte comes with their last, so their prompts would count for their whole decode;
+- `num_waiting x mean_tokens` counts the engine's queue (other clients, other gateway replicas, the
+  gateway's own non-streamed requests) at the mean size e has been computing: the approximation here, as
+  is ignoring a prompt still in chunked prefill among the running requests (the engine does not report
+  its progress; the gateway's own streamed ones are in `own_prompt_tokens`);
 - `prompt_tokens`, `predicted_cached_tokens(e)`: the router's count (exact when tokenized, characters / 4
   otherwise) and the KV index's predicted hit on e (0 for presets without an index).
 The max, not the sum, of the two queue terms: while a request waits for a slot, the prompts ahead of it are
@@ -98,7 +100,7 @@ class ModelPlan:
 class PromptCost:
     """One request's prompt as the router saw it: its tokens, the tokens predicted cached per endpoint id,
     and the uncached tokens the router's ledger already charged to the endpoint it chose (counted in that
-    endpoint's `inflight_prompt_tokens`, which are otherwise the prompts ahead)."""
+    endpoint's `inflight_streamed_prompt_tokens` when it streams, which are otherwise the prompts ahead)."""
 
     tokens: int
     cached: Mapping[str, int] = field(default_factory=dict)
@@ -108,11 +110,12 @@ class PromptCost:
     @classmethod
     def of(cls, decision: Decision) -> PromptCost:
         ticket = decision.ticket
+        charged = ticket is not None and ticket.streamed
         return cls(
             decision.prompt_tokens,
             decision.cached_tokens_by_endpoint,
-            decision.endpoint.id if ticket is not None else None,
-            ticket.prompt_tokens if ticket is not None else 0,
+            decision.endpoint.id if charged else None,
+            ticket.prompt_tokens if ticket is not None and charged else 0,
         )
 
     def uncached(self, endpoint_id: str) -> int:
@@ -229,7 +232,7 @@ class Cascade:
         fit = engine.prefill
         if not fit.known:
             return queue_s
-        own = ep.inflight_prompt_tokens
+        own = ep.inflight_streamed_prompt_tokens
         if prompt is None:
             return max(queue_s, max(own, waiting * fit.mean_tokens) * fit.b_s_per_token)
         if prompt.charged_on == ep.id:

@@ -1,8 +1,9 @@
 """In-flight accounting and the router's statistics.
 
 `InflightLedger`: `charge` adds one request and its predicted *uncached* prompt tokens to the chosen
-endpoint's `inflight_requests` / `inflight_prompt_tokens`; the first token releases the tokens and the end
-releases the request, each exactly once through the decision's ticket.
+endpoint's `inflight_requests` / `inflight_prompt_tokens` (and, for a streamed request,
+`inflight_streamed_prompt_tokens`); the first token releases the tokens and the end releases the request,
+each exactly once through the decision's ticket.
 
 `RouterStats`: decisions by (profile, reason), prompt and predicted-cached token totals, routing time.
 """
@@ -17,10 +18,12 @@ from eksinfer.gateway.scheduling.framework import Decision, EndpointState, Infli
 
 class InflightLedger:
     @staticmethod
-    def charge(endpoint: EndpointState, uncached_tokens: int) -> InflightTicket:
-        ticket = InflightTicket(prompt_tokens=uncached_tokens)
+    def charge(endpoint: EndpointState, uncached_tokens: int, streamed: bool = False) -> InflightTicket:
+        ticket = InflightTicket(prompt_tokens=uncached_tokens, streamed=streamed)
         endpoint.inflight_requests += 1
         endpoint.inflight_prompt_tokens += ticket.prompt_tokens
+        if streamed:
+            endpoint.inflight_streamed_prompt_tokens += ticket.prompt_tokens
         return ticket
 
     @staticmethod
@@ -32,6 +35,10 @@ class InflightLedger:
         ticket.prompt_released = True
         ep = decision.endpoint
         ep.inflight_prompt_tokens = max(0, ep.inflight_prompt_tokens - ticket.prompt_tokens)
+        if ticket.streamed:
+            ep.inflight_streamed_prompt_tokens = max(
+                0, ep.inflight_streamed_prompt_tokens - ticket.prompt_tokens
+            )
 
     @classmethod
     def finish(cls, decision: Decision) -> bool:

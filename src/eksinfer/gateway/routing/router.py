@@ -157,7 +157,7 @@ class Router:
         cached = min(tokens, matched.get(ep.id, 0))
         reason = decision_reason(prof, ep.id, matched, len(scored))
         notify_routed(prof, request, ep)
-        ticket = self.ledger.charge(ep, tokens - cached)
+        ticket = self.ledger.charge(ep, tokens - cached, body.get("stream") is True)
         decision = Decision(ep, reason, scored, prof.name, tokens, cached, ticket, matched)
         self.counters.decided(decision, time.perf_counter() - started)
         if log.isEnabledFor(logging.DEBUG):

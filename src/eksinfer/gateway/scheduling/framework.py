@@ -44,6 +44,9 @@ class EndpointState:
     # Tracked by the gateway itself, released at first token (prompt tokens) and at the end (requests).
     inflight_requests: int = 0
     inflight_prompt_tokens: int = 0
+    # The part of inflight_prompt_tokens from streamed requests: prompts not yet prefilled (a non-streamed
+    # answer's first byte comes with its last, long after its prefill). Shedding's prompts ahead.
+    inflight_streamed_prompt_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -86,6 +89,7 @@ class InflightTicket:
     prompt_tokens: int
     prompt_released: bool = False
     finished: bool = False
+    streamed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

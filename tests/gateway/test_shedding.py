@@ -18,7 +18,7 @@ from eksinfer.gateway.resilience.errors import SkipReason
 from eksinfer.gateway.resilience.prefill import PrefillFit
 from eksinfer.gateway.runtime import build_runtime
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
-from eksinfer.gateway.scrape import parse_metrics
+from eksinfer.gateway.scrape import apply_metrics, parse_metrics
 from tests.gateway.test_cascade import metrics, sample
 from tests.gateway.test_routing import chat, engine_stored, make_router
 from tests.gateway.test_routing import endpoints as routing_endpoints
@@ -96,6 +96,18 @@ def test_the_prefill_histograms_of_a_data_parallel_engine_are_summed() -> None:
     m = parse_metrics("# HELP x\n" + "\n".join(lines) + "\n")
     assert (m.prefill_requests, m.prefill_seconds, m.prefill_tokens) == (5, 2.0, 1000)
     assert (m.itl_count, m.itl_seconds) == (None, None)  # not on the page: no step time, a = 0
+
+
+@pytest.mark.skipif(not SAMPLES.exists(), reason="the vLLM golden samples are not on this machine")
+def test_a_scrape_without_the_histograms_keeps_the_last_counts() -> None:
+    """The scraper reads the histograms every HISTOGRAMS_EVERY pages: in between, the state keeps the last
+    cumulative counts (a fit sees no finished request then, not a counter gone back to zero)."""
+    page = (SAMPLES / "metrics_after_requests.txt").read_text()
+    state = ep("a")
+    apply_metrics(state, parse_metrics(page), 1.0)
+    apply_metrics(state, parse_metrics(page, histograms=False), 2.0)
+    assert (state.prefill_requests, state.prefill_tokens, state.itl_count) == (4, 546, 12)
+    assert state.scraped_at == 2.0
 
 
 # --- the prefill fit ------------------------------------------------------------------------------------

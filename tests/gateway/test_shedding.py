@@ -5,6 +5,7 @@ simulated engines (no GPU here), the first slow enough at prefill that a long pr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from eksinfer.gateway.runtime import build_runtime
 from eksinfer.gateway.scheduling.framework import EndpointId, EndpointState
 from eksinfer.gateway.scrape import apply_metrics, parse_metrics
 from tests.gateway.test_cascade import metrics, sample
+from tests.gateway.test_observability import access_lines  # noqa: F401 - the fixture
 from tests.gateway.test_routing import chat, engine_stored, make_router
 from tests.gateway.test_routing import endpoints as routing_endpoints
 from tests.sim.conftest import StartCluster
@@ -325,6 +327,7 @@ def words(tokens: int, salt: str) -> str:
 
 async def test_a_long_prompt_sheds_from_a_slow_prefill_engine_and_a_short_one_stays(
     start_sim: StartCluster,  # noqa: F811 - the fixture
+    access_lines: list[str],  # noqa: F811 - the fixture
 ) -> None:
     """onprem prefills at 10x the simulated H100's time (about 1.5 s of wall time for a 6,000-token
     prompt), eks at full speed; the model's TTFT SLO is 0.5 s. With no queue anywhere, the queue-only
@@ -344,6 +347,7 @@ async def test_a_long_prompt_sheds_from_a_slow_prefill_engine_and_a_short_one_st
             "routing": {"preset": "round-robin"},
             "resilience": {"health_checks": {"enabled": False}, "slow_start_s": 0, "stall_after_s": 0},
             "models": {SIM_MODEL: {"cascade": ["onprem", "eks"], "ttft_slo_s": SLO_S}},
+            "observability": {"access_log": True},
         }
     )
     runtime = build_runtime(config)
@@ -379,5 +383,8 @@ async def test_a_long_prompt_sheds_from_a_slow_prefill_engine_and_a_short_one_st
         assert sample(found, "eksinfer_gateway_requests_total", pool="eks") == 1
         await until(lambda: not any(s.inflight_requests for s in runtime.registry.all()), what="released")
         assert [s.inflight_prompt_tokens for s in runtime.registry.all()] == [0, 0]  # the shed one too
+        await until(lambda: len(access_lines) == 4, what="four access lines")
+        shed = json.loads(access_lines[2])
+        assert (shed["pool"], shed["attempts"]) == ("eks", 1)  # the decision shed on onprem is no attempt
     finally:
         await runtime.stop()

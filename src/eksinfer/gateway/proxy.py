@@ -427,6 +427,7 @@ class Proxy:
                         if shed is not None:
                             self._router.on_finish(decision, True)
                             return self._skip(call, tier, shed)
+                    self._observe.decided(call.model, decision)  # an attempt (not a skipped decision)
                     call.attempts += 1
                     in_tier += 1
                     try:
@@ -471,7 +472,6 @@ class Proxy:
             decision.prompt_tokens,
             decision.predicted_cached_tokens,
         )
-        self._observe.decided(call.model, decision)
         return decision
 
     def _shed_with_prompt(

@@ -6,6 +6,7 @@ simulated engines (no GPU here), the first slow enough at prefill that a long pr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,26 @@ def test_mixed_prompts_and_a_restarted_engine() -> None:
     restarted.feed(fit)
     assert fit.prefill_s(8000) == pytest.approx(engine_prefill_s(8000))
     assert fit.mean_tokens < 30_000
+
+
+def test_a_page_with_nan_or_inf_teaches_nothing() -> None:
+    """A NaN in the sums would make every prediction NaN, and shedding read NaN as over the SLO."""
+    fit, engine = PrefillFit(), Counters()
+    engine.feed(fit)
+    engine.finish(4000)
+    engine.feed(fit)
+    good = fit.prefill_s(8000)
+    for bad in (math.nan, math.inf):
+        fit.observe(engine.requests + 1, bad, engine.seconds + 1, bad, bad)
+        fit.observe(engine.requests + 2, engine.tokens + 10, bad, engine.steps + 1, bad)
+        assert fit.prefill_s(8000) == pytest.approx(good)
+    learned_requests = fit.n_sum
+    for _ in range(2):  # finite again: the first page is a new baseline, the next one an interval
+        engine.finish(4000)
+        engine.feed(fit)
+    assert fit.n_sum > learned_requests
+    assert fit.prefill_s(8000) == pytest.approx(good)
+    assert math.isfinite(fit.mean_tokens)
 
 
 def test_the_fixed_part_never_exceeds_the_mean_prefill() -> None:

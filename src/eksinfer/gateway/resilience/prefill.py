@@ -33,6 +33,7 @@ the engine reports waiting.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 DECAY = 0.95
@@ -69,7 +70,9 @@ class PrefillFit:
         if last is None:
             return
         n, t, s = requests - last[0], tokens - last[1], seconds - last[2]
-        if n <= 0 or t < 0 or s < 0:  # nothing finished, or the counters went back (the engine restarted)
+        # Nothing finished, counters gone back (the engine restarted), or a value that is not a number (a
+        # page's NaN or +Inf would stay in the sums for good): no interval.
+        if not (0 < n < math.inf and 0 <= t < math.inf and 0 <= s < math.inf):
             return
         d = DECAY
         self.n_sum, self.t_sum, self.s_sum = d * self.n_sum + n, d * self.t_sum + t, d * self.s_sum + s
@@ -82,7 +85,7 @@ class PrefillFit:
         if last is None:
             return
         n, s = steps - last[0], step_s - last[1]
-        if n > 0 and s >= 0:
+        if 0 < n < math.inf and 0 <= s < math.inf:
             self.step_n, self.step_s = DECAY * self.step_n + n, DECAY * self.step_s + s
             if self.known:
                 self._solve()

@@ -44,11 +44,11 @@ per-step token budget, first come first served, so
 The max, not the sum, of the two queue terms: while a request waits for a slot, the prompts ahead of it are
 admitted and prefilled (a slot-bound engine), and when slots are free the queue is prompts waiting for the
 token budget (a prefill-bound engine). Without evidence a term is 0 (no decode time seen, no prefill fit
-yet). `shed_reason` is called twice per request on a tier that may shed: before routing without the prompt
-(a lower bound, so a queue that is already too long sheds without tokenizing), and after routing with it
-(`PromptCost`). For a P/D model the prompt is prefilled by another pool and its own term is left out.
-Unlike the mean of past TTFTs the estimate moves as soon as a queue forms, not after the queued requests
-have waited.
+yet). `shed_reason` is called twice per request on a tier that may shed, for a model with `ttft_slo_s`:
+before routing without the prompt (a lower bound, so a queue that is already too long sheds without
+tokenizing), and after routing with it (`PromptCost`). For a P/D model the prompt is prefilled by another
+pool and its own term is left out. Unlike the mean of past TTFTs the estimate moves as soon as a queue
+forms, not after the queued requests have waited.
 
 The next tier: a managed tier's (Bedrock) TTFT is an exponentially weighted mean of the TTFTs the gateway
 measured on it, remembered `TIER_MEMORY_S` (60 s). Shedding to it while it is known to be slower than the

@@ -23,6 +23,7 @@ from eksinfer.catalog import ModelSpec, get_gpu, get_model
 from eksinfer.catalog.models import parse_hf_config
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import build_engine_perf, predict_aggregated
+from eksinfer.perf.engine import deepgemm_pads_moe
 
 DATA = Path(__file__).resolve().parent / "data"
 CSV_NAME = "aic_vllm_agg_dense_h100_h200.csv"
@@ -209,6 +210,8 @@ def predict(row: Row) -> Compared | None:
             precision=row.precision,
             max_model_len=row.isl + row.osl,
             async_scheduling=row.async_scheduling,
+            deepgemm_moe=not row.source.startswith("sglang")
+            and deepgemm_pads_moe(row.version, gpu, row.precision, model, row.tp),
         )
     except InfeasibleError:
         return None

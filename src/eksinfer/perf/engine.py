@@ -78,6 +78,16 @@ MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer 
 # tcgen05 instructions, so on a Blackwell GPU these GEMMs are taken at most at the Hopper BF16 peak (an
 # assumption: no public measurement of B200's mma.sync rate was found; not fitted).
 MMA_SYNC_BF16_TFLOPS = 989.0
+# vLLM 0.12 runs block-FP8 routed experts on Hopper in DeepGEMM's contiguous grouped GEMM at every batch size
+# (`deepgemm_pads_moe` says when). Its permute sizes the rows for the worst case, M_sum = tokens x k + local
+# experts x (DEEPGEMM_BLOCK_M - 1), each expert's rows padded to DeepGEMM's M alignment (128), and in 0.12 it
+# initialised the expert id of every row it did not fill to 0, a valid expert, so DeepGEMM computes all M_sum
+# rows (vLLM PR #30494, after 0.12: "We always initialize expert_ids to -1 so any row that is not explicitly
+# written ... will be ... skipped by DeepGEMM's scheduler"). A step therefore pays local experts x 127 rows
+# of expert GEMM whatever its batch. The routed rows keep the fitted MoE rate (MOE_GEMM_FACTOR, which lumps
+# the per-routed-row permute / gather work with the GEMM); the padding rows are GEMM only (the scatter and
+# gather kernels move routed rows) and run at the dense FP8 GEMM rate (ETA_GEMM_FP8; not fitted).
+DEEPGEMM_BLOCK_M = 128
 A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us
 NVLINK_DOMAIN_GPUS = 8  # an HGX node: EP beyond 8 ranks crosses EFA
 # Literature values, not fitted:
@@ -126,6 +136,7 @@ class EnginePerf:
     _experts_per_rank: float  # routed experts one EP rank holds
     _assign_cv: float  # spread of one rank's expert assignments per routed token, relative to their mean
     _expert_per_token_s: float  # routed-expert GEMM seconds per local token at a balanced load
+    _expert_padding_s: float  # vLLM 0.12's DeepGEMM path: GEMM seconds of the padding rows per step; else 0
     _linear_per_token_s: float
     _head_per_token_s: float
     _attn_per_pair_s: float
@@ -188,7 +199,7 @@ class EnginePerf:
                 experts *= 1.0 + self._ep_z * self._assign_cv / math.sqrt(max(1.0, routed))
             touched = self.touched_experts(tokens) if touched_experts is None else touched_experts
             read += self._experts_read_s * touched
-            compute += experts
+            compute += experts + self._expert_padding_s
         t = read if read > compute else compute
         if prefill_tokens:
             # causal halving: exact for one chunk (T x (c + T) - T^2 / 2) and for fresh prompts (pairs / 2)
@@ -229,6 +240,33 @@ def _assignment_cv(model: ModelSpec, ep_ranks: int) -> float:
         return 0.0
     k, e, p = model.experts_per_token, model.num_experts, 1.0 / ep_ranks
     return math.sqrt((1.0 - p) * (e - k) / max(1, e - 1) / (k * p))
+
+
+# vLLM releases whose default routed-expert path for block-FP8 MoE on Hopper is DeepGEMM at every batch size
+# with the padding rows computed: [first, end)
+DEEPGEMM_PADDED_VLLM = ((0, 12), (0, 13))
+HOPPER_GPUS = frozenset({"H100", "H200"})
+
+
+def deepgemm_pads_moe(version: str, gpu: GpuSpec, precision: str, model: ModelSpec, tp: int) -> bool:
+    """Whether vLLM `version`, as shipped, runs this engine's routed experts in the padded DeepGEMM path.
+
+    vLLM 0.12 on Hopper (DeepGEMM is in the vllm-openai image): VLLM_USE_DEEP_GEMM defaults to 1 (PR
+    #24462); block-quantized FP8 experts take the DeepGEMM MoE backend except at TP 8 (PR #29346, "Disable
+    DeepGEMM MoE by default when TP=8"); E8M0 scales are on by default on Hopper (PR #26197), and
+    TritonOrDeepGemmExperts takes DeepGEMM when `is_deep_gemm_e8m0_used() or _valid_deep_gemm(...)`, so
+    decode steps under 128 tokens go to DeepGEMM too; the rows its permute does not fill carry expert 0 and
+    are computed (`deepgemm_moe_permute`: torch.zeros), until PR #30494 (merged for 0.13) set them to -1.
+    Releases before 0.12 were not checked. FP8 MoE checkpoints are taken as block-quantized (128 x 128), as
+    Qwen3-235B-A22B-FP8 and MiniMax-M2.5 are.
+    """
+    parts = version.split(".")[:2]
+    if len(parts) < 2 or not all(p.isdigit() for p in parts):
+        return False
+    first, end = DEEPGEMM_PADDED_VLLM
+    release = (int(parts[0]), int(parts[1]))
+    hopper_fp8_moe = gpu.name in HOPPER_GPUS and precision == "fp8" and model.is_moe
+    return first <= release < end and hopper_fp8_moe and tp != 8
 
 
 def _expert_gemm_rate(gpu: GpuSpec, precision: str, gemm: float) -> float:
@@ -273,6 +311,7 @@ def _step_coefficients(
     kv_dtype: str,
     pp_link_gbps: float,
     expert_parallel: bool,
+    deepgemm_moe: bool = False,
 ) -> dict[str, float]:
     """Per-step time constants for `EnginePerf` (par = TP, PP, DP); see the module docstring for each term."""
     tp, pp, dp = par
@@ -314,6 +353,9 @@ def _step_coefficients(
         comm_fixed += 2 * moe * A2A_LATENCY_S
         comm_per_token += 2 * moe * (dp - 1) * hidden_bytes / a2a_link
     ep_ranks = ep if expert_parallel and model.is_moe else 1
+    # DeepGEMM path: (BLOCK_M - 1) padding rows for each local expert on top of the routed rows (TP shards of
+    # all E experts or E / EP whole experts: 2 x routed_expert_params / (TP x DP) FLOPs per padding row)
+    padding = 2.0 * (DEEPGEMM_BLOCK_M - 1) * model.routed_expert_params / ep / gemm if deepgemm_moe else 0.0
     return {
         "_dense_read_s": dense_read / bw,
         "_experts_read_s": experts_read / bw,
@@ -324,6 +366,7 @@ def _step_coefficients(
         "_assign_cv": _assignment_cv(model, ep_ranks),
         # expert FLOPs per local token: all ranks' tokens x top-k spread over EP ranks = k x expert / TP
         "_expert_per_token_s": 2.0 * expert_linear / MOE_GEMM_FACTOR / tp / expert_gemm,
+        "_expert_padding_s": padding,
         "_linear_per_token_s": 2.0 * dense_linear / tp / gemm,
         "_head_per_token_s": 2.0 * lm_head / tp / gemm,
         "_attn_per_pair_s": 2.0 * layers * heads * prefill_dims / tp / attn,
@@ -368,6 +411,7 @@ def build_engine_perf(
     max_num_seqs: int | None = None,
     pp_link_gbps: float = DEFAULT_PP_LINK_GBPS,
     async_scheduling: bool | None = None,
+    deepgemm_moe: bool = False,
 ) -> EnginePerf:
     """Size one engine (replica) the way vLLM does and precompute its step-time constants.
 
@@ -375,6 +419,8 @@ def build_engine_perf(
     needs more KV than is left; max_model_len=None takes the model's context, capped at what fits.
     async_scheduling=None is vLLM's default for the version the renderer deploys (>= 0.14): on, except
     with pipeline parallelism; pass False to predict an older engine (the calibration runs are vLLM 0.12).
+    deepgemm_moe=True predicts routed experts in vLLM 0.12's padded DeepGEMM path (`deepgemm_pads_moe`
+    says where vLLM took it by default); False, the kernels the MoE constants were fitted on.
     """
     tp, pp, dp = tensor_parallel_size, pipeline_parallel_size, data_parallel_size
     _check_parallelism(model, tp, pp, dp)
@@ -425,7 +471,16 @@ def build_engine_perf(
         kv_cache_bytes_per_gpu=float(blocks * block_size * kv_tok_gpu),
         num_gpu_blocks=blocks,
         expert_parallel=ep,
-        **_step_coefficients(model, gpu, (tp, pp, dp), precision, kv_cache_dtype, pp_link_gbps, ep),
+        **_step_coefficients(
+            model,
+            gpu,
+            (tp, pp, dp),
+            precision,
+            kv_cache_dtype,
+            pp_link_gbps,
+            ep,
+            deepgemm_moe and model.is_moe,
+        ),
     )
 
 

@@ -252,7 +252,7 @@ HOPPER_GPUS = frozenset({"H100", "H200"})
 def deepgemm_pads_moe(version: str, gpu: GpuSpec, precision: str, model: ModelSpec, tp: int) -> bool:
     """Whether vLLM `version`, as shipped, runs this engine's routed experts in the padded DeepGEMM path.
 
-    vLLM 0.12 on Hopper (DeepGEMM is in the vllm-openai image): VLLM_USE_DEEP_GEMM defaults to 1 (PR
+    vLLM 0.12 on Hopper (vLLM's Docker build installs DeepGEMM): VLLM_USE_DEEP_GEMM defaults to 1 (PR
     #24462); block-quantized FP8 experts take the DeepGEMM MoE backend except at TP 8 (PR #29346, "Disable
     DeepGEMM MoE by default when TP=8"); E8M0 scales are on by default on Hopper (PR #26197), and
     TritonOrDeepGemmExperts takes DeepGEMM when `is_deep_gemm_e8m0_used() or _valid_deep_gemm(...)`, so

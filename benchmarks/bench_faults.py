@@ -503,7 +503,8 @@ async def run_target(
             env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
             env.update(AWS_CONFIG_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
             access = (work / "access.jsonl").open("wb")
-            proc = spawn([exe, "gateway", "--config", str(config), "--log-level", "warning"], env, access)
+            cmd = [exe, "gateway", "--config", str(config), "--log-level", args.gateway_log_level]
+            proc = spawn(cmd, env, access)
         else:
             exe = vllm_router_exe()
             if exe is None:
@@ -673,6 +674,11 @@ def main(argv: list[str]) -> None:
     )
     ap.add_argument(
         "--bedrock-tokens-per-s", type=float, default=60.0, help="Bedrock's output tokens per second"
+    )
+    ap.add_argument(
+        "--gateway-log-level",
+        default="warning",
+        help="the gateway's log level (info adds readmissions, slow starts, circuit trials)",
     )
     ap.add_argument(
         "--time-scale", type=float, default=10.0, help="simulator wall seconds per simulated second"

@@ -262,6 +262,53 @@ async def test_circuit_opens_skips_the_pool_and_closes_after_a_good_trial(engine
         await runtime.stop()
 
 
+async def test_a_half_open_pool_takes_requests_again_once_its_trial_answers(
+    engines: list[FakeEngine],
+) -> None:
+    """The trial closes the circuit at its first byte: while it still streams, the next request goes to the
+    pool, not to the next tier (judged at the end of the stream, a half-open pool took one request for the
+    length of a whole answer)."""
+    a1, a2, eks = engines
+    for engine in (a1, a2):
+        engine.behaviour = EngineBehaviour(fail_status=503)
+    config = gateway_config(
+        {"onprem": [a1, a2], "eks": [eks]},
+        models={"tiny": {"cascade": ["onprem", "eks"]}},
+        resilience={"breaker": {"min_failures": 2, "open_s": 30}, "outlier": {"consecutive_failures": 50}},
+    )
+    clock = FakeClock()
+    res = Resilience(config.resilience, Cascade(config.pools, config.models), clock=clock)
+    runtime = await start(config, res)
+    step = asyncio.Event()
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(url(runtime), json={"model": "tiny", "messages": CHAT})
+            assert r.headers[POOL_HEADER] == "eks"
+            assert res.breaker("onprem").state is BreakerState.OPEN
+            for engine in (a1, a2):
+                engine.behaviour = EngineBehaviour(step=step)  # streams one chunk, then waits for the test
+            clock.advance(30)
+            body = {"model": "tiny", "messages": CHAT, "stream": True}
+            async with client.stream("POST", url(runtime), json=body) as trial:
+                assert trial.headers[POOL_HEADER] == "onprem"
+                lines = trial.aiter_lines()  # one iterator, kept: a dropped one closes the stream
+                assert (await anext(lines)).startswith("data: ")  # its first chunk: the pool answers again
+                assert res.breaker("onprem").state is BreakerState.CLOSED
+                r = await client.post(url(runtime), json={"model": "tiny", "messages": CHAT})
+                assert r.headers[POOL_HEADER] == "onprem"  # not passed over while the trial streams
+                for _ in range(3):
+                    step.set()
+                    await until(lambda: not step.is_set(), what="the trial's next chunk")
+                rest = [line async for line in lines]
+            assert "data: [DONE]" in rest
+        found = await metrics(runtime)
+        assert sample(found, "eksinfer_gateway_fallbacks_total", reason="circuit_open") == 1  # the first only
+        assert_nothing_in_flight(runtime)
+    finally:
+        step.set()
+        await runtime.stop()
+
+
 async def test_saturated_pool_sheds_but_the_last_tier_never_does(engines: list[FakeEngine]) -> None:
     onprem, eks = engines[0], engines[1]
     onprem.behaviour = EngineBehaviour(waiting=9)

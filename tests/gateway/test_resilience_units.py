@@ -173,6 +173,28 @@ def test_breaker_try_now_moves_the_trial_forward_only_when_open() -> None:
     assert not breaker.allow()  # still one trial at a time
 
 
+def test_breaker_trial_is_judged_at_its_first_byte_not_at_the_end_of_its_stream() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("eks", BreakerConfig(min_failures=2, open_s=5), clock)
+    breaker.answered()
+    assert breaker.state is BreakerState.CLOSED  # nothing to judge
+    breaker.record_failure("a", 2)
+    breaker.record_failure("b", 2)
+    breaker.answered()  # a request from before the opening: the trial decides
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(5)
+    assert breaker.allow()  # the trial
+    assert not breaker.allow()
+    breaker.answered()  # its first byte: the pool answers again
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow()  # while the trial still streams
+    assert breaker.allow()
+    breaker.record_success()  # the trial's stream ends
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.failures == 0
+    assert breaker.opens_total == 1
+
+
 def test_breaker_reads_its_old_config_name() -> None:
     assert BreakerConfig.model_validate({"consecutive_failures": 7}).min_failures == 7
 

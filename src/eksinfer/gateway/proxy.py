@@ -147,6 +147,7 @@ class _Flight:
     wrote: bool = False  # this attempt sent bytes to the client
     note: str = ""  # the P/D hook's explanation of the prefill hop, appended to the route header
     watched: Watched | None = None  # what the stall watchdog sees of this attempt
+    breaker: CircuitBreaker | None = None  # the pool's, told of the first byte (a half-open trial's verdict)
 
 
 @dataclass(slots=True)
@@ -635,7 +636,7 @@ class Proxy:
         """Sends the request to the chosen endpoint and copies the answer back as it arrives; raises `_Failed`
         when the attempt failed (before the commit point, or a stream broken after it)."""
         ep = decision.endpoint
-        flight = _Flight(decision, call.model, time.perf_counter())
+        flight = _Flight(decision, call.model, time.perf_counter(), breaker=breaker)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("route %s -> %s (%s, pool %s)", call.api.path, ep.id, decision.reason, ep.pool)
         data = await self._request_bytes(call, decision)
@@ -764,6 +765,8 @@ class Proxy:
                 raise _engine_error(ep, guard.error, mid_stream=False)  # before any content: retried unseen
         self._first_token(flight)
         self._observe.first_token()
+        if flight.breaker is not None:
+            flight.breaker.answered()
         watched = flight.watched
         loop = asyncio.get_running_loop()
         if watched is not None:
@@ -1023,6 +1026,7 @@ class Proxy:
             return
         self._metrics.observe_ttft(call.api.path, call.model, time.perf_counter() - call.started, tier.name)
         self._res.cascade.observe_tier_ttft(tier.name, time.perf_counter() - call.attempt_started)
+        self._res.breaker(tier.name).answered()
         self._observe.first_token()
         response = web.StreamResponse(status=200, headers=self._headers(tier.name, None))
         response.content_type = "text/event-stream"

@@ -7,9 +7,14 @@
 - open: the pool is skipped (the cascade moves to its next tier) for `open_s` (5 s), unless it is the last
   tier: with nowhere else to go, requests still try its eligible endpoints (a refusal would be a certain
   failure; the retry budget keeps that from becoming a storm);
-- half-open: the first request after `open_s` is the trial, the only one let through; its success closes the
-  circuit, its failure opens it again for another `open_s`. A trial that never reached an endpoint is
-  handed back (`abandon_trial`), so the next request becomes the trial.
+- half-open: the first request after `open_s` is the trial, the only one let through; its first byte
+  (`answered`) closes the circuit, its failure before that opens it again for another `open_s`. A trial that
+  never reached an endpoint is handed back (`abandon_trial`), so the next request becomes the trial. The
+  trial is judged at its first byte, not at the end of its stream: the question it answers is whether the
+  pool answers again, and an LLM stream lasts seconds to minutes, during which a half-open pool took no
+  other request (after the fault bench's outage, 20 to 26 of 36 requests went to the slower Bedrock tier
+  while the trial streamed 32 tokens). A break later in the trial's stream counts as any failure does in a
+  closed circuit.
 Failures count mid-stream breaks too: a pool whose streams die half-way is not healthy because they started
 (a known trap: a breaker that records success when the stream opens). So a success is booked when a stream
 ends, seconds after it began, while a failure before the first byte is booked at once. A streak count ("N
@@ -95,6 +100,14 @@ class CircuitBreaker:
         """Failed attempts in the current window."""
         self._forget(self._clock())
         return self._failures
+
+    def answered(self) -> None:
+        """An attempt on the pool got its first byte: in half-open, the trial's verdict (closed now)."""
+        if self.state is BreakerState.HALF_OPEN:
+            log.info("circuit of pool %s closed: the trial request answered", self.name)
+            self.state = BreakerState.CLOSED
+            self._trial = False
+            self._reset()
 
     def record_success(self) -> None:
         if self.state is BreakerState.OPEN:

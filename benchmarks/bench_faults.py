@@ -155,20 +155,44 @@ class Engines:
 
 
 class FakeKubeApi:
-    """The part of the Kubernetes API the gateway's watch uses: one pod (engine 3), then its deletion."""
+    """The part of the Kubernetes API the gateway's watch uses, for one pod: its list, then its changes
+    (a deletion timestamp, the pod gone, a new pod at the same address)."""
 
-    def __init__(self, ip: str) -> None:
+    def __init__(self, ip: str, name: str = "vllm-3") -> None:
         self.ip = ip
+        self.name = name
+        self.rv = 1
+        self.state = "running"  # running | deleting | gone
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.runner: web.AppRunner | None = None
         self.url = ""
 
-    def pod(self, rv: int, deleting: bool = False, phase: str = "Running") -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": "vllm-3", "namespace": "llm", "resourceVersion": str(rv)}
-        if deleting:
+    def pod(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "namespace": "llm", "resourceVersion": str(self.rv)}
+        if self.state != "running":
             meta["deletionTimestamp"] = "2026-12-03T00:00:00Z"
-        status = {"phase": phase, "podIP": self.ip, "conditions": [{"type": "Ready", "status": "True"}]}
+        status = {
+            "phase": "Failed" if self.state == "gone" else "Running",
+            "podIP": self.ip,
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
         return {"metadata": meta, "status": status}
+
+    async def _event(self, kind: str, state: str) -> None:
+        self.rv += 1
+        self.state = state
+        await self.events.put({"type": kind, "object": self.pod()})
+
+    async def drain(self) -> None:
+        """A deletion timestamp (Spot interruption notice, scale-in, rollout): no new requests."""
+        await self._event("MODIFIED", "deleting")
+
+    async def delete(self) -> None:
+        await self._event("DELETED", "gone")
+
+    async def add(self) -> None:
+        """A new pod at the same address (after `delete`)."""
+        await self._event("ADDED", "running")
 
     async def start(self) -> None:
         app = web.Application()
@@ -181,7 +205,8 @@ class FakeKubeApi:
 
     async def _pods(self, request: web.Request) -> web.StreamResponse:
         if request.query.get("watch") != "1":
-            return web.json_response({"metadata": {"resourceVersion": "1"}, "items": [self.pod(1)]})
+            items = [] if self.state == "gone" else [self.pod()]
+            return web.json_response({"metadata": {"resourceVersion": str(self.rv)}, "items": items})
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         while (event := await self.events.get()) is not None:
@@ -195,51 +220,99 @@ class FakeKubeApi:
             await self.runner.cleanup()
 
 
+async def at(t0: float, t: float, stretch: float) -> None:
+    delay = t0 + t * stretch - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 async def schedule(
-    engines: Engines, kube: FakeKubeApi, stretch: float, t0: float, with_bedrock: bool, rv: int = 0
+    engines: Engines, kube: FakeKubeApi, stretch: float, t0: float, with_bedrock: bool
 ) -> list[str]:
     """Runs the fault schedule; returns what happened when, for the report."""
     log: list[str] = []
 
-    async def at(t: float) -> None:
-        delay = t0 + t * stretch - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    def note(what: str) -> None:
+        log.append(f"{time.perf_counter() - t0:6.1f} s  {what}")
+
+    await at(t0, 15, stretch)
+    await engines.kill(0)
+    note("engine 0 killed mid-stream")
+    await at(t0, 25, stretch)
+    engines.set_faults(1, stall_rate=1.0, stall_s=20.0 * stretch)
+    note("engine 1 stalls")
+    await at(t0, 30, stretch)
+    await engines.start(0)
+    note("engine 0 back")
+    await at(t0, 40, stretch)
+    engines.set_faults(2, error_rate=0.3)
+    note("engine 2 answers 30 % with HTTP 500")
+    await at(t0, 45, stretch)
+    engines.set_faults(1)
+    note("engine 1 stops stalling (requests already held stay held for 20 s)")
+    await at(t0, 50, stretch)
+    await kube.drain()
+    note("engine 3 gets a deletion timestamp")
+    await at(t0, 60, stretch)
+    engines.set_faults(2)
+    await engines.kill(3)
+    await kube.delete()
+    note("engine 3 killed (end of its grace period); engine 2 healthy again")
+    if with_bedrock:
+        await at(t0, 65, stretch)
+        for i in (0, 1, 2, 4):
+            await engines.kill(i)
+        note("every self-hosted engine down (Bedrock stub is the last tier)")
+        await at(t0, 95, stretch)
+        for i in (0, 1, 2, 4):
+            await engines.start(i)
+        note("self-hosted engines back")
+    return log
+
+
+async def graceful_schedule(
+    kubes: list[FakeKubeApi], stretch: float, t0: float, with_bedrock: bool
+) -> list[str]:
+    """The control: the fault schedule's capacity timeline with nothing to detect. Each engine the faults
+    take out is drained through the Kubernetes watch when its fault starts (no new requests; those in flight
+    finish) and comes back as a new pod when it ends; the engine answering 500s is kept and answers well (a
+    fast 500 retried elsewhere costs next to no capacity). What is left is what any router could do with the
+    engines left."""
+    log: list[str] = []
 
     def note(what: str) -> None:
         log.append(f"{time.perf_counter() - t0:6.1f} s  {what}")
 
-    await at(15)
-    await engines.kill(0)
-    note("engine 0 killed mid-stream")
-    await at(25)
-    engines.set_faults(1, stall_rate=1.0, stall_s=20.0 * stretch)
-    note("engine 1 stalls")
-    await at(30)
-    await engines.start(0)
+    async def back(i: int) -> None:
+        await kubes[i].delete()
+        await kubes[i].add()
+
+    await at(t0, 15, stretch)
+    await kubes[0].drain()
+    note("engine 0 drained (killed in the faults)")
+    await at(t0, 25, stretch)
+    await kubes[1].drain()
+    note("engine 1 drained (stalls in the faults)")
+    await at(t0, 30, stretch)
+    await back(0)
     note("engine 0 back")
-    await at(40)
-    engines.set_faults(2, error_rate=0.3)
-    note("engine 2 answers 30 % with HTTP 500")
-    await at(45)
-    engines.set_faults(1)
-    note("engine 1 stops stalling (requests already held stay held for 20 s)")
-    await at(50)
-    await kube.events.put({"type": "MODIFIED", "object": kube.pod(rv + 2, deleting=True)})
-    note("engine 3 gets a deletion timestamp")
-    await at(60)
-    engines.set_faults(2)
-    await engines.kill(3)
-    await kube.events.put({"type": "DELETED", "object": kube.pod(rv + 3, deleting=True, phase="Failed")})
-    note("engine 3 killed (end of its grace period); engine 2 healthy again")
+    await at(t0, 45, stretch)
+    await back(1)
+    note("engine 1 back")
+    await at(t0, 50, stretch)
+    await kubes[3].drain()
+    note("engine 3 drained")
+    await at(t0, 60, stretch)
+    await kubes[3].delete()
+    note("engine 3 gone")
     if with_bedrock:
-        await at(65)
+        await at(t0, 65, stretch)
         for i in (0, 1, 2, 4):
-            await engines.kill(i)
-        note("every self-hosted engine down (Bedrock stub is the last tier)")
-        await at(95)
+            await kubes[i].drain()
+        note("every self-hosted engine drained (Bedrock stub is the last tier)")
+        await at(t0, 95, stretch)
         for i in (0, 1, 2, 4):
-            await engines.start(i)
+            await back(i)
         note("self-hosted engines back")
     return log
 
@@ -373,8 +446,9 @@ def bedrock_available() -> bool:
 
 
 def gateway_config(
-    engines: Engines, kube: FakeKubeApi, port: int, token: Path, bedrock_url: str | None
+    engines: Engines, kubes: dict[int, FakeKubeApi], port: int, token: Path, bedrock_url: str | None
 ) -> dict[str, Any]:
+    """Engines in `kubes` (by index) are found through their fake Kubernetes API, the others are static."""
     cascade = ["eks", "bedrock"] if bedrock_url else ["eks"]
     pools: dict[str, Any] = {"eks": {"kind": "vllm"}}
     if bedrock_url:
@@ -390,17 +464,22 @@ def gateway_config(
         "server": {"host": HOST, "port": port, "first_token_timeout_s": 30, "idle_stream_timeout_s": 10},
         "endpoints": {
             "static": [
-                {"url": u, "pool": "eks", "models": [MODEL]} for u in engines.urls[:3] + engines.urls[4:]
+                {"url": u, "pool": "eks", "models": [MODEL]}
+                for i, u in enumerate(engines.urls)
+                if i not in kubes
             ],
-            "kubernetes": {
-                "namespace": "llm",
-                "label_selector": "app=vllm",
-                "port": engines.ports[3],
-                "pool": "eks",
-                "api_server": kube.url,
-                "token_file": str(token),
-                "ca_file": str(token.with_suffix(".none")),
-            },
+            "kubernetes": [
+                {
+                    "namespace": "llm",
+                    "label_selector": f"app=vllm,engine={i}",
+                    "port": engines.ports[i],
+                    "pool": "eks",
+                    "api_server": kube.url,
+                    "token_file": str(token),
+                    "ca_file": str(token.with_suffix(".none")),
+                }
+                for i, kube in sorted(kubes.items())
+            ],
         },
         "scrape": {"interval_s": 0.2},
         "routing": {"preset": "load", "debug_header": None},
@@ -466,17 +545,24 @@ async def run_target(
     name: str, args: argparse.Namespace, rate: float, work: Path, passes: int
 ) -> list[RunReport] | str:
     """Runs the schedule `passes` times through one target process (fresh engines each pass): the first
-    pass warms what is built on first use (the Bedrock client), the second shows whether anything grows."""
+    pass warms what is built on first use (the Bedrock client), the second shows whether anything grows.
+    `name` "control" runs the gateway through the graceful schedule instead (every engine found through the
+    fake Kubernetes API, so it can be drained), then, with the Bedrock tier, the load on Bedrock alone."""
     ports = [free_port_block(1) for _ in range(ENGINES)]
     engines = Engines(ports, args.time_scale)
     await engines.start()
-    kube = FakeKubeApi(HOST)
-    await kube.start()
+    control = name == "control"
+    gateway = name in ("eksinfer", "control")
+    kubes = {i: FakeKubeApi(HOST, f"vllm-{i}") for i in (range(ENGINES) if control else (3,))}
+    for kube in kubes.values():
+        await kube.start()
     reports: list[RunReport] = []
     proc = None
     access = None
     stub: Any = None
     with_bedrock = bedrock_available()
+    work = work / name
+    work.mkdir(parents=True, exist_ok=True)
     try:
         port = free_port_block(1)
         if with_bedrock:
@@ -492,12 +578,12 @@ async def run_target(
                 latency_jitter=0.2,
                 seed=7,
             )
-        if name == "eksinfer":
+        if gateway:
             token = work / "token"
             token.write_text("bench\n")
             config = work / "gateway.yaml"
             bedrock_url = stub.url if stub is not None else None
-            config.write_text(yaml.safe_dump(gateway_config(engines, kube, port, token, bedrock_url)))
+            config.write_text(yaml.safe_dump(gateway_config(engines, kubes, port, token, bedrock_url)))
             exe = str(Path(sys.executable).with_name("eksinfer"))
             # Fake credentials for botocore's signer: the stub does not check them, nothing reaches AWS.
             env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
@@ -515,27 +601,33 @@ async def run_target(
             proc = spawn(cmd, dict(os.environ, HF_HUB_OFFLINE="1"))
         url = f"http://{HOST}:{port}"
         await wait_http([f"{url}/health"], proc)
-        if name == "eksinfer":
+        if gateway:
             await wait_http([f"{url}/ready"], proc)
         previous: dict[str, float] = {}
         for n in range(passes):
             if n:  # engine 3 comes back as a new pod; the others are back from the last stretch
                 await engines.start(3)
-                await kube.events.put({"type": "ADDED", "object": kube.pod(10 * n + 1)})
-            await asyncio.sleep(1.0 if name == "eksinfer" else 2.0)  # the watch and the scrapes fill in
+                await kubes[3].add()
+            await asyncio.sleep(1.0 if gateway else 2.0)  # the watch and the scrapes fill in
             report = RunReport(name if passes == 1 else f"{name} #{n + 1}")
             before = proc_stats(proc.pid)
             t0 = time.perf_counter()
-            faults = asyncio.create_task(schedule(engines, kube, args.stretch, t0, with_bedrock, rv=10 * n))
+            if control:
+                timeline = graceful_schedule(list(kubes.values()), args.stretch, t0, with_bedrock)
+            else:
+                timeline = schedule(engines, kubes[3], args.stretch, t0, with_bedrock)
+            faults = asyncio.create_task(timeline)
             load_s = (100.0 if with_bedrock else 70.0) * args.stretch
-            report.outcomes = await run_load(url, rate, load_s, seed=1 + n)
+            report.outcomes = await run_load(
+                url, rate, load_s, seed=1 + n
+            )  # the same arrivals in each target
             report.extra["schedule"] = await faults
             await asyncio.sleep(6.0)  # past the engine keep-alive (4 s): idle connections are closed by then
             after = proc_stats(proc.pid)
             report.extra["fds"] = (before[0], after[0])
             report.extra["rss_mb"] = (before[1], after[1])
             report.extra["threads"] = (before[2], after[2])
-            if name == "eksinfer":
+            if gateway:
                 totals = await gateway_metrics(url)
                 report.extra["metrics"] = {  # this pass's counts; gauges as they are
                     k: v if "inflight" in k else v - previous.get(k, 0.0) for k, v in totals.items()
@@ -543,7 +635,16 @@ async def run_target(
                 previous = totals
                 read_access_log(work / "access.jsonl", report.outcomes)
             reports.append(report)
-        if name == "eksinfer":
+        if control and with_bedrock:
+            # Bedrock alone, quiet: every engine drained, the same load for as long as the outage lasts.
+            for i in (0, 1, 2, 4):
+                await kubes[i].drain()
+            await asyncio.sleep(1.0)
+            alone = RunReport("Bedrock alone")
+            alone.outcomes = await run_load(url, rate, 30.0 * args.stretch, seed=99)
+            read_access_log(work / "access.jsonl", alone.outcomes)
+            reports.append(alone)
+        if gateway:
             log = getattr(proc, "eksinfer_log", None)
             if log is not None:  # the gateway's warnings (ejections, stalls, circuit changes), for a look
                 log.seek(0)
@@ -558,7 +659,8 @@ async def run_target(
             access.close()
         if stub is not None:
             await stub.stop()
-        await kube.stop()
+        for kube in kubes.values():
+            await kube.stop()
         await engines.stop()
 
 
@@ -590,8 +692,9 @@ def print_report(
         details = Counter(f"{o.kind}: {o.detail or '-'}" for o in rep.outcomes if o.kind != "ok")
         for what, n in sorted(details.items()):
             print(f"  {n:5d}  {what}")
-        fds, rss = rep.extra["fds"], rep.extra["rss_mb"]
-        print(f"  open fds {fds[0]} -> {fds[1]}; resident {rss[0]:.0f} -> {rss[1]:.0f} MB")
+        if "fds" in rep.extra:
+            fds, rss = rep.extra["fds"], rep.extra["rss_mb"]
+            print(f"  open fds {fds[0]} -> {fds[1]}; resident {rss[0]:.0f} -> {rss[1]:.0f} MB")
         m = rep.extra.get("metrics")
         if m:
             print(
@@ -657,6 +760,75 @@ def print_breakdown(rep: RunReport, quiet_s: float, stretch: float) -> None:
         )
 
 
+def stretch_groups(rep: RunReport, stretch: float) -> dict[str, list[Outcome]]:
+    rows: dict[str, list[Outcome]] = {}
+    for o in rep.outcomes:
+        rows.setdefault(window_of(o.sent_at, stretch), []).append(o)
+    return rows
+
+
+def print_against_control(
+    faulted: RunReport, control: RunReport, alone: RunReport | None, args: argparse.Namespace
+) -> None:
+    """Per stretch, the faulted run's TTFT P99 next to the control's (the same arrivals and the same engines
+    lost and back at the same times, but drained cleanly: nothing to detect, retry or wait out) and the
+    quiet period's. The control is what any router could do with the capacity left; the faulted run's
+    excess over it is the gateway's (detection, retries, backoff, stall waits, ejections longer than the
+    fault); the control's excess over quiet is lost capacity, or the last tier's own latency."""
+    stretch = args.stretch
+    quiet_s = QUIET_S * stretch
+    quiet = faulted.p99_ttft(False, quiet_s)
+    limit = 2 * quiet
+    f_rows, c_rows = stretch_groups(faulted, stretch), stretch_groups(control, stretch)
+    print(
+        f"\n{faulted.name} against {control.name} (same arrivals, same capacity timeline, faults replaced by "
+        f"clean removal); quiet P99 {quiet:.2f} s (control's {control.p99_ttft(False, quiet_s):.2f} s); "
+        f"slow: above {limit:.2f} s"
+    )
+    print(
+        f"  {'stretch':<22}{'sent':>5}{'faults':>8}{'control':>8}{'gateway':>9}"
+        f"{'faults/quiet':>13}{'control/quiet':>14}{'slow':>6}{'(ctl)':>6}"
+    )
+    for _, label in WINDOWS:
+        got, ctl = f_rows.get(label, []), c_rows.get(label, [])
+        if not got:
+            continue
+        fp, cp = p99(got), p99(ctl)
+        slow = sum(1 for o in got if o.ttft_s is not None and o.ttft_s > limit)
+        cslow = sum(1 for o in ctl if o.ttft_s is not None and o.ttft_s > limit)
+        print(
+            f"  {label:<22}{len(got):>5}{fp:>7.2f}s{cp:>7.2f}s{fp - cp:>+8.2f}s"
+            f"{fp / quiet:>12.2f}x{cp / quiet:>13.2f}x{slow:>6}{cslow:>6}"
+        )
+
+    def span(rep: RunReport, lo: float, hi: float) -> float:
+        return p99([o for o in rep.outcomes if lo * stretch <= o.sent_at < hi * stretch])
+
+    end = 1e9
+    rows = [("all faults (15 s to the end)", 15.0, end)]
+    if bedrock_available():
+        rows += [
+            ("self-hosted capacity left (15-65 s)", 15.0, 65.0),
+            ("all self-hosted down (65-95 s)", 65.0, 95.0),
+        ]
+    for label, lo, hi in rows:
+        fp, cp = span(faulted, lo, hi), span(control, lo, hi)
+        share = (fp - cp) / (fp - quiet) if fp > quiet else float("nan")
+        print(
+            f"  {label}: TTFT P99 faults {fp:.2f} s ({fp / quiet:.2f}x quiet), control {cp:.2f} s "
+            f"({cp / quiet:.2f}x quiet); the gateway's part of the excess over quiet {share:.0%}"
+        )
+    if alone is not None:
+        ap = p99(alone.outcomes)
+        down = span(faulted, 65.0, 95.0)
+        c = alone.counts()
+        print(
+            f"  Bedrock alone, quiet ({len(alone.outcomes)} requests at the same rate, {c.get('ok', 0)} ok): "
+            f"TTFT P99 {ap:.2f} s; all self-hosted down: faults {down:.2f} s = {down / ap:.2f}x Bedrock "
+            f"alone, control {span(control, 65.0, 95.0) / ap:.2f}x"
+        )
+
+
 def main(argv: list[str]) -> None:
     # Killed engines' handlers fail their writes by design; aiohttp would print each traceback.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
@@ -665,6 +837,13 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--stretch", type=float, default=1.0, help="multiply every time of the schedule")
     ap.add_argument(
         "--passes", type=int, default=2, help="fault schedules run through one gateway (memory flat?)"
+    )
+    ap.add_argument(
+        "--control-passes",
+        type=int,
+        default=1,
+        help="passes of the control (graceful removal instead of faults, paired with the faulted passes by "
+        "their arrivals; then Bedrock alone): about 2 minutes each, 0 skips it",
     )
     ap.add_argument(
         "--bedrock-ttft-s",
@@ -708,15 +887,24 @@ async def _main(args: argparse.Namespace) -> None:
         )
     reports: list[RunReport | str] = []
     names: list[str] = []
-    for name, passes in (("eksinfer", args.passes), ("vllm-router", 1)):
-        if name == "vllm-router" and args.no_vllm_router:
+    alone: RunReport | None = None
+    control: list[RunReport] = []
+    targets = (("eksinfer", args.passes), ("control", args.control_passes), ("vllm-router", 1))
+    for name, passes in targets:
+        if (name == "vllm-router" and args.no_vllm_router) or passes < 1:
             continue
         got = await run_target(name, args, rate, work, passes)
+        if name == "control" and not isinstance(got, str):
+            control = [r for r in got if r.name != "Bedrock alone"]
+            alone = next((r for r in got if r.name == "Bedrock alone"), None)
+            got = control
         reports += [got] if isinstance(got, str) else got
         names += [name] if isinstance(got, str) else [r.name for r in got]
     print_report(reports, names, QUIET_S * args.stretch, args.stretch)
     quiet_s = QUIET_S * args.stretch
     ours = [r for r in reports if isinstance(r, RunReport) and r.name.startswith("eksinfer")]
+    for faulted, clean in zip(ours, control, strict=False):
+        print_against_control(faulted, clean, alone, args)
     for rep in ours:
         c = rep.counts()
         quiet = rep.p99_ttft(False, quiet_s)

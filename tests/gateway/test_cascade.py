@@ -180,6 +180,42 @@ async def test_stalled_engine_times_out_is_retried_unseen_and_ejected_though_it_
         await runtime.stop()
 
 
+async def test_an_ejected_engine_that_answers_a_probe_request_is_readmitted_before_its_time(
+    engines: list[FakeEngine],
+) -> None:
+    """A stalled engine answers /health, so only a real request can show it recovered: while it is ejected
+    each passing check sends it one; a stalled engine fails it and stays out, a recovered one is readmitted
+    although its ejection time (here on a clock that never moves) has not passed."""
+    stalled, good = engines[0], engines[1]
+    stalled.behaviour = EngineBehaviour(hang=True)
+    config = gateway_config(
+        {"default": [stalled, good]},
+        server={"first_token_timeout_s": 0.3},
+        resilience={"health_checks": {"enabled": True, "interval_s": 0.05, "timeout_s": 0.3}},
+    )
+    res = Resilience(config.resilience, Cascade(config.pools, config.models), clock=FakeClock())
+    runtime = await start(config, res)
+    state = runtime.registry.all()[0]
+    try:
+        async with httpx.AsyncClient(timeout=DEADLINE_S) as client:
+            body = {"model": "tiny", "messages": CHAT, "stream": True}
+            for _ in range(3):
+                assert (await client.post(url(runtime), json=body)).status_code == 200
+            assert res.detector.is_ejected(state)
+            sent = stalled.requests
+            await until(lambda: stalled.requests >= sent + 2, what="probes of the ejected engine")
+            assert res.detector.is_ejected(state)  # the stalled engine did not answer them
+            assert [b.get("max_tokens") for b in stalled.bodies[sent:]][:2] == [1, 1]
+            stalled.behaviour = EngineBehaviour()
+            await until(lambda: not res.detector.is_ejected(state), what="a probe answered")
+            served = stalled.completed
+            for _ in range(2):
+                assert (await client.post(url(runtime), json=body)).status_code == 200
+            assert stalled.completed > served  # back in rotation
+    finally:
+        await runtime.stop()
+
+
 async def test_opening_event_then_break_is_retried_unseen(engines: list[FakeEngine]) -> None:
     # vLLM writes the role event before the first token; a break right after it is before the commit point.
     engines[0].behaviour = EngineBehaviour(role_event=True, break_after=0)

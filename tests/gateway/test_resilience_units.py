@@ -257,6 +257,25 @@ def test_ejection_grows_and_ends_only_by_time() -> None:
     assert det.ejections_total == {"p": 2}
 
 
+def test_uneject_ends_an_ejection_now_and_the_endpoint_comes_back_slowly() -> None:
+    clock = FakeClock()
+    det = OutlierDetector(
+        OutlierConfig(consecutive_failures=1, base_ejection_s=10), SlowStartRamp(10.0), clock=clock
+    )
+    a, b = ep("a"), ep("b", inflight_requests=10)
+    assert not det.uneject(a)  # not ejected: nothing to end
+    det.record_failure(a, [a, b])
+    assert det.eligible([a, b]) == [b]
+    clock.advance(1)
+    assert det.uneject(a)
+    assert not det.is_ejected(a)
+    assert det.eligible([a, b]) == [a, b]  # readmitted, in slow start: weight 0.1 of 10 in flight admits 1
+    assert det.in_slow_start(a)
+    a.inflight_requests = 1
+    assert det.eligible([a, b]) == [b]
+    assert not det.uneject(a)
+
+
 def test_successes_reset_the_count_and_earn_ejections_back() -> None:
     clock = FakeClock()
     det = OutlierDetector(OutlierConfig(consecutive_failures=3, base_ejection_s=10), 0.0, clock=clock)

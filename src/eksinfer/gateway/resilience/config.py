@@ -5,7 +5,8 @@
       budget:    {percent: 20, min_retries: 3}
       outlier:   {consecutive_failures: 3, base_ejection_s: 10, max_ejection_s: 300, max_ejected_percent: 50}
       breaker:   {min_failures: 5, failure_rate: 0.5, window_s: 10, open_s: 5}
-      health_checks: {enabled: true, path: /health, interval_s: 2, timeout_s: 1, unhealthy_after: 2}
+      health_checks: {enabled: true, path: /health, interval_s: 2, timeout_s: 1, unhealthy_after: 2,
+                      probe_ejected: true}
       slow_start_s: 10          # with slow_start_aggression: 1, slow_start_min_weight: 0.1 (Envoy's)
 
 Defaults and where they come from: the retry budget is Envoy's (`retry_budget`: 20 % of active requests,
@@ -87,6 +88,12 @@ class HealthCheckConfig(StrictModel):
     timeout_s: float = Field(1.0, gt=0, description="Timeout of one check.")
     unhealthy_after: int = Field(2, ge=1, description="Failed checks in a row that take an endpoint out.")
     healthy_after: int = Field(1, ge=1, description="Good checks in a row that bring it back.")
+    probe_ejected: bool = Field(
+        True,
+        description="While an endpoint is ejected, each passing check also sends it a one-token completion "
+        "and ends the ejection when it is answered within timeout_s (health.py): /health does not show what "
+        "ejects an engine (a stalled engine core, errors on requests).",
+    )
 
 
 class ResilienceConfig(StrictModel):

@@ -7,6 +7,16 @@ check brings it back, in slow start, and lets its pool's open circuit try a requ
 breaker's `open_s` is a guess at how long a pool stays broken, and a pool whose engines pass their checks
 again has answered it (after an outage every request would otherwise go to a slower tier for up to `open_s`).
 A 404 counts as alive: an OpenAI-compatible server without the route.
+
+While the outlier detector holds an endpoint ejected, each check that passes also sends it one real request
+(`probe_ejected`: a one-token completion for a model it serves) and ends the ejection when that is answered
+within `timeout_s` (`OutlierDetector.uneject`; slow start follows). The ejection time is a guess at how long
+an engine stays bad, as `open_s` is for a circuit. Envoy lets a passing active check end an ejection
+(`successful_active_health_check_uneject_host`, on by default) and warns that a check which does not exercise
+the data path ends it too early. `/health` is such a check for what ejects an engine here: a stalled engine
+core, or errors on requests, leave it answering 200. So the check that ends an ejection is a request, as
+LiteLLM's model health checks are (they make an actual API call). In the fault bench the stalled engine,
+ejected a second time for 20 s, sat out 13 s after its stall had ended while its pool queued.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ class HealthChecker:
         self._on_back = on_back
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self.checks_total = 0
+        self.probes_total = 0
 
     async def check_once(self, state: EndpointState) -> bool:
         self.checks_total += 1
@@ -47,6 +58,22 @@ class HealthChecker:
             async with self._session.get(state.url + self._config.path, timeout=self._timeout) as resp:
                 await resp.read()
                 return resp.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    async def probe_once(self, state: EndpointState) -> bool:
+        """One completion of one token for a model the endpoint serves: answered (200) within `timeout_s`."""
+        model = min(state.models) if state.models else None
+        if model is None:
+            return False
+        self.probes_total += 1
+        body = {"model": model, "prompt": "ping", "max_tokens": 1, "stream": False}
+        try:
+            async with self._session.post(
+                state.url + "/v1/completions", json=body, timeout=self._timeout
+            ) as resp:
+                await resp.read()
+                return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError):
             return False
 
@@ -62,4 +89,12 @@ class HealthChecker:
                 log.info("endpoint %s passes its health checks again", state.id)
                 self._detector.set_down(state, False)
                 self._on_back(state)
+            elif (
+                ok
+                and self._config.probe_ejected
+                and self._detector.is_ejected(state)
+                and await self.probe_once(state)
+                and self._detector.uneject(state)
+            ):
+                log.info("endpoint %s answered a probe request: its ejection ends", state.id)
             await asyncio.sleep(self._config.interval_s)

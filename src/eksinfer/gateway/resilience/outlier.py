@@ -8,8 +8,9 @@ Algorithm (Envoy's outlier detection, `consecutive_5xx`, adapted):
   least `base_ejection_s` after its last failure, so an endpoint that stays good earns short ejections back;
 - at most `max_ejected_percent` of a pool (at least one endpoint) is ejected at once, so one flaky pool
   cannot empty itself: a whole-pool outage is the circuit breaker's and the cascade's business;
-- an ejection ends only by time: a good `/metrics` scrape does not end it (an engine that stalls every
-  request still answers its scrapes);
+- an ejection ends by time, or earlier when the endpoint answers a real request the active health check
+  sends it (`uneject`, health.py); a good `/metrics` scrape or `/health` does not end it (an engine that
+  stalls every request still answers both);
 - slow start (`slowstart.py`): an endpoint coming back (readmitted, healthy again after failed checks or
   scrapes) and one that joins a pool that is already serving (a scale-up, a rollout, a replacement node, found
   by discovery) take a share of the pool's load that ramps up over `slow_start_s`, so a cold or still-shaky
@@ -106,6 +107,14 @@ class OutlierDetector:
         health = self._of(ep)
         health.failures = max(health.failures, self._config.consecutive_failures - 1)
         return self.record_failure(ep, pool)
+
+    def uneject(self, ep: EndpointState) -> bool:
+        """Ends an ejection now (the endpoint answered a probe request); it is readmitted, in slow start, by
+        the next `eligible`. False when it was not ejected."""
+        if not self.is_ejected(ep):
+            return False
+        self._health[ep.id].ejected_until = self._clock()
+        return True
 
     # --- active checks and comebacks ---------------------------------------------------------------------
     def set_down(self, ep: EndpointState, down: bool) -> None:

@@ -31,8 +31,18 @@ and resident memory against their values before, and the stream breaks it contin
 schedule `--passes` times (2) in one process, so what is built on first use shows in pass 1 and a leak in
 pass 2.
 
-Run: `make bench ARGS=faults` (about 6 minutes) or `.venv/bin/python -m benchmarks.run faults
---no-vllm-router`.
+The control (`--control-passes`, 1; 0 skips it): the same gateway, the same arrivals (pass n of the control
+replays pass n's) and the same capacity timeline, with each fault replaced by its graceful equivalent: every
+engine is found through its own fake Kubernetes API, an engine the faults take out is drained (deletion
+timestamp: no new requests, those in flight finish) when its fault starts and comes back as a new pod when
+it ends, and the engine answering 500s is kept and answers well. Nothing has to be detected, retried or
+waited out, so the control's TTFT is what any router could do with the engines left, and the faulted run's
+excess over it, per stretch, is the gateway's (detection, retries, backoff, stall waits, ejections that
+outlast their fault). Then Bedrock alone: every engine drained, the same load for 30 s, the stub's own TTFT
+P99 on the bench's clock, against which the all-down stretch is read.
+
+Run: `make bench ARGS=faults` (about 8.5 minutes; the control adds about 2.5) or `.venv/bin/python -m
+benchmarks.run faults --no-vllm-router` (about 7).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ import json
 import logging
 import os
 import random
+import socket
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,25 @@ def p99(outcomes: list[Outcome]) -> float:
 
 
 # --- engines and their faults ------------------------------------------------------------------------------
+def engine_port() -> int:
+    """A free port below the kernel's ephemeral range. A killed engine comes back on its own port, and one in
+    that range can be taken meanwhile as the source port of an outgoing connection (twice in a row it was:
+    the pass-2 restart failed with "address already in use")."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default start of the range
+    for _ in range(100):
+        port = random.randint(10000, max(10001, low - 1))
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    return free_port_block(1)
+
+
 class Engines:
     """Five one-engine clusters on fixed ports, so a killed engine can come back on the same address."""
 
@@ -558,7 +578,7 @@ async def run_target(
     pass warms what is built on first use (the Bedrock client), the second shows whether anything grows.
     `name` "control" runs the gateway through the graceful schedule instead (every engine found through the
     fake Kubernetes API, so it can be drained), then, with the Bedrock tier, the load on Bedrock alone."""
-    ports = [free_port_block(1) for _ in range(ENGINES)]
+    ports = [engine_port() for _ in range(ENGINES)]
     engines = Engines(ports, args.time_scale)
     await engines.start()
     control = name == "control"
@@ -893,7 +913,7 @@ def main(argv: list[str]) -> None:
 
 async def _main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="eksinfer-bench-faults-"))
-    ports = [free_port_block(1) for _ in range(ENGINES)]
+    ports = [engine_port() for _ in range(ENGINES)]
     engines = Engines(ports, args.time_scale)
     await engines.start()
     try:

@@ -120,9 +120,8 @@ def p99(outcomes: list[Outcome]) -> float:
 
 # --- engines and their faults ------------------------------------------------------------------------------
 def engine_port() -> int:
-    """A free port below the kernel's ephemeral range. A killed engine comes back on its own port, and one in
-    that range can be taken meanwhile as the source port of an outgoing connection (twice in a row it was:
-    the pass-2 restart failed with "address already in use")."""
+    """A free port below the kernel's ephemeral range: a killed engine comes back on its own port, which in
+    that range an outgoing connection could take as its source port meanwhile."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -635,8 +634,9 @@ async def run_target(
             await wait_http([f"{url}/ready"], proc)
         previous: dict[str, float] = {}
         for n in range(passes):
-            if n:  # engine 3 comes back as a new pod; the others are back from the last stretch
-                await engines.start(3)
+            if n:  # engine 3 comes back as a new pod (the control never stopped it); the others are back
+                if not control:
+                    await engines.start(3)
                 await kubes[3].add()
             await asyncio.sleep(1.0 if gateway else 2.0)  # the watch and the scrapes fill in
             report = RunReport(name if passes == 1 else f"{name} #{n + 1}")

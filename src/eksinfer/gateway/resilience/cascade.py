@@ -233,12 +233,10 @@ class Cascade:
         if not fit.known:
             return queue_s
         own = ep.inflight_streamed_prompt_tokens
-        if prompt is None:
-            return max(queue_s, max(own, waiting * fit.mean_tokens) * fit.b_s_per_token)
-        if prompt.charged_on == ep.id:
+        if prompt is not None and prompt.charged_on == ep.id:
             own -= prompt.charged_tokens  # this request itself, charged when it was routed here
         ahead_s = max(queue_s, max(own, waiting * fit.mean_tokens) * fit.b_s_per_token)
-        return ahead_s + fit.a_s + fit.b_s_per_token * prompt.uncached(ep.id)
+        return ahead_s if prompt is None else ahead_s + fit.prefill_s(prompt.uncached(ep.id))
 
     def shed_reason(
         self,

@@ -23,7 +23,7 @@ from eksinfer.catalog import ModelSpec, get_gpu, get_model
 from eksinfer.catalog.models import parse_hf_config
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import build_engine_perf, predict_aggregated
-from eksinfer.perf.engine import deepgemm_pads_moe
+from eksinfer.perf.engine import deepgemm_pads_moe, vllm_release
 
 DATA = Path(__file__).resolve().parent / "data"
 CSV_NAME = "aic_vllm_agg_dense_h100_h200.csv"
@@ -133,7 +133,10 @@ def overlapped(backend: str, version: str, source: str) -> bool:
     if backend == "sglang":
         return True
     if version:
-        return tuple(int(p) for p in version.split(".")[:2]) >= ASYNC_VLLM
+        release = vllm_release(version)
+        if release is None:
+            raise ValueError(f"vLLM version {version!r} is not MAJOR.MINOR[...]")
+        return release >= ASYNC_VLLM
     measured = source.partition("measured=")[2][:10]
     return bool(measured) and measured >= ASYNC_VLLM_RELEASED
 

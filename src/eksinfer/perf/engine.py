@@ -249,6 +249,15 @@ DEEPGEMM_PADDED_VLLM = ((0, 12), (0, 13))
 HOPPER_GPUS = frozenset({"H100", "H200"})
 
 
+def vllm_release(version: str) -> tuple[int, int] | None:
+    """(major, minor) of a vLLM version string such as "0.15.1"; None when it does not start with two
+    numbers (no version recorded)."""
+    parts = version.split(".")[:2]
+    if len(parts) < 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
 def deepgemm_pads_moe(version: str, gpu: GpuSpec, precision: str, model: ModelSpec, tp: int) -> bool:
     """Whether vLLM `version`, as shipped, runs this engine's routed experts in the padded DeepGEMM path.
 
@@ -261,11 +270,10 @@ def deepgemm_pads_moe(version: str, gpu: GpuSpec, precision: str, model: ModelSp
     Releases before 0.12 were not checked. FP8 MoE checkpoints are taken as block-quantized (128 x 128), as
     Qwen3-235B-A22B-FP8 and MiniMax-M2.5 are.
     """
-    parts = version.split(".")[:2]
-    if len(parts) < 2 or not all(p.isdigit() for p in parts):
+    release = vllm_release(version)
+    if release is None:
         return False
     first, end = DEEPGEMM_PADDED_VLLM
-    release = (int(parts[0]), int(parts[1]))
     hopper_fp8_moe = gpu.name in HOPPER_GPUS and precision == "fp8" and model.is_moe
     return first <= release < end and hopper_fp8_moe and tp != 8
 

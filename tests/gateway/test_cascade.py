@@ -262,21 +262,27 @@ async def test_cascade_order_and_which_pool_answered(engines: list[FakeEngine]) 
         await runtime.stop()
 
 
-async def test_circuit_opens_skips_the_pool_and_closes_after_a_good_trial(engines: list[FakeEngine]) -> None:
+async def start_failing_onprem(
+    engines: list[FakeEngine],
+) -> tuple[Resilience, FakeClock, GatewayRuntime]:
+    """A cascade [onprem, eks] whose two onprem engines answer 503: its breaker opens after 2 failures, for
+    30 s of a fake clock; ejection stays out of the way (50 failures in a row)."""
     a1, a2, eks = engines
     for engine in (a1, a2):
         engine.behaviour = EngineBehaviour(fail_status=503)
     config = gateway_config(
         {"onprem": [a1, a2], "eks": [eks]},
         models={"tiny": {"cascade": ["onprem", "eks"]}},
-        resilience={
-            "breaker": {"min_failures": 2, "open_s": 30},
-            "outlier": {"consecutive_failures": 50},
-        },
+        resilience={"breaker": {"min_failures": 2, "open_s": 30}, "outlier": {"consecutive_failures": 50}},
     )
     clock = FakeClock()
     res = Resilience(config.resilience, Cascade(config.pools, config.models), clock=clock)
-    runtime = await start(config, res)
+    return res, clock, await start(config, res)
+
+
+async def test_circuit_opens_skips_the_pool_and_closes_after_a_good_trial(engines: list[FakeEngine]) -> None:
+    a1, a2, _ = engines
+    res, clock, runtime = await start_failing_onprem(engines)
     try:
         async with httpx.AsyncClient() as client:
             for _ in range(3):
@@ -304,17 +310,8 @@ async def test_a_half_open_pool_takes_requests_again_once_its_trial_answers(
     """The trial closes the circuit at its first byte: while it still streams, the next request goes to the
     pool, not to the next tier (judged at the end of the stream, a half-open pool took one request for the
     length of a whole answer)."""
-    a1, a2, eks = engines
-    for engine in (a1, a2):
-        engine.behaviour = EngineBehaviour(fail_status=503)
-    config = gateway_config(
-        {"onprem": [a1, a2], "eks": [eks]},
-        models={"tiny": {"cascade": ["onprem", "eks"]}},
-        resilience={"breaker": {"min_failures": 2, "open_s": 30}, "outlier": {"consecutive_failures": 50}},
-    )
-    clock = FakeClock()
-    res = Resilience(config.resilience, Cascade(config.pools, config.models), clock=clock)
-    runtime = await start(config, res)
+    a1, a2, _ = engines
+    res, clock, runtime = await start_failing_onprem(engines)
     step = asyncio.Event()
     try:
         async with httpx.AsyncClient() as client:

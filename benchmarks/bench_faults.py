@@ -556,6 +556,22 @@ def proc_stats(pid: int) -> tuple[int, float, int]:
     return fds, rss, threads
 
 
+async def until_answered_by(url: str, pool: str, deadline_s: float = 30.0) -> None:
+    """Sends one-token chats until `pool` answers one: the gateway's view has caught up with the schedule
+    (a cascade reaches its next tier only when the pool before it has no endpoint left)."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    async with aiohttp.ClientSession() as session:
+        while loop.time() < end:
+            async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+                await r.read()
+                if r.headers.get("x-eksinfer-pool") == pool:
+                    return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"no answer from pool {pool!r} within {deadline_s:.0f} s")
+
+
 async def gateway_metrics(url: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -669,7 +685,7 @@ async def run_target(
             # Bedrock alone, quiet: every engine drained, the same load for as long as the outage lasts.
             for i in (0, 1, 2, 4):
                 await kubes[i].drain()
-            await asyncio.sleep(1.0)
+            await until_answered_by(url, "bedrock")  # the gateway has seen every drain
             alone = RunReport("Bedrock alone")
             alone.outcomes = await run_load(url, rate, 30.0 * args.stretch, seed=99)
             read_access_log(work / "access.jsonl", alone.outcomes)

@@ -161,3 +161,34 @@ def test_decode_heavy_moe_tpot_matches_the_simulated_engine(isl: int, osl: int, 
     point = predict_aggregated(perf, input_tokens=isl, output_tokens=osl, concurrency=users)
     assert point.tpot_s == pytest.approx(simulated, rel=0.10)
     assert _smeared(perf, users, isl, osl) > 1.4 * simulated
+
+
+def test_dp_lockstep_shares_follow_any_rank_carrying_a_chunk() -> None:
+    assert S.dp_lockstep(0.1, 0.05, 1) == (0.1, 0.05)  # one rank: unchanged
+    share, seen = S.dp_lockstep(0.1, 0.05, 2)
+    assert share == pytest.approx(1 - 0.9**2)  # either of two ranks has a chunk: 19 %
+    assert seen == pytest.approx(1 - 0.95 * 0.9)  # its own rank's chunks or the other rank's
+    share4, seen4 = S.dp_lockstep(0.1, 0.05, 4)
+    assert share4 == pytest.approx(1 - 0.9**4)
+    assert seen4 == pytest.approx(1 - 0.95 * 0.9**3)
+    assert S.dp_lockstep(1.0, 1.0, 4) == (1.0, 1.0)
+
+
+def test_dp_ranks_in_lockstep_pay_each_others_prompt_chunks_in_tpot(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Qwen3-235B FP8 on H200, DP 4 x TP 1, 4000/500 at 6 users (AIC, vLLM 0.12: TPOT 42.8 ms): each rank
+    # decodes 1-2 sequences and rarely holds a chunk itself, but the group steps at the pace of whichever
+    # rank holds one, so a request's decode steps carry a chunk's cost about four times as often
+    perf = build_engine_perf(
+        get_model("qwen3-235b-a22b"), get_gpu("H200"), tensor_parallel_size=1, data_parallel_size=4,
+        precision="fp8", max_model_len=4608,
+    )  # fmt: skip
+    m, isl, osl = 6 / 4, 4000, 500
+    steps = S.step_composition(perf, m, isl, isl, osl)
+    rank_share = m * steps.prompt_steps / steps.lifetime
+    assert 0 < rank_share < steps.chunk_share == pytest.approx(1 - (1 - rank_share) ** 4)
+    monkeypatch.setattr(S, "dp_lockstep", lambda share, seen, ranks: (share, seen))
+    independent = S.step_composition(perf, m, isl, isl, osl)
+    assert independent.chunk_share == pytest.approx(rank_share)
+    assert steps.seen_share > 3 * independent.seen_share
+    assert steps.tpot_s > independent.tpot_s
+    assert steps.mean_s > independent.mean_s

@@ -11,7 +11,9 @@ specialised to vLLM: aiconfigurator @095f58a5 base_backend.py and vllm_backend.p
               beside m - 1 decodes, the rest m decodes only (when chunks overlap, m x s >= K, every step
               carries p: one kind); a step's time is taken at the kinds' mean tokens, which for every
               term linear in tokens is the mean-field step, but a MoE layer reads the mean of the kinds'
-              touched experts (concave in tokens: a decode step of a few sequences wakes few experts)
+              touched experts (concave in tokens: a decode step of a few sequences wakes few experts);
+              DP ranks step in lockstep, so a group step is a chunk step when any rank holds a chunk
+              (`dp_lockstep`)
     TPOT      = the mean step of one request's own OSL - 1 decode steps, of which (m - 1) x s carry another
                 request's chunk (vLLM's bench: (latency - TTFT) / (OSL - 1) per request); prefill chunks
                 ride inside decode steps: the interleaving tax
@@ -175,14 +177,31 @@ def step_composition(perf: EnginePerf, m: float, isl: int, new: float, osl: int)
         return StepComposition(step, step, prefill, lifetime, own_prompt, 1.0, 1.0)
     beside = max(0.0, m - 1.0)  # decodes beside a chunk; the decode-only steps take the rest
     alone = (m * (osl - 1) - chunk_steps * beside) / (lifetime - chunk_steps)
-    share = chunk_steps / lifetime
-    seen = min(1.0, beside * prompt_steps / (osl - 1))
+    share, seen = dp_lockstep(
+        chunk_steps / lifetime, min(1.0, beside * prompt_steps / (osl - 1)), perf.data_parallel_size
+    )
 
     def mix(f: float) -> float:
         kinds = (StepKind(f, new / prompt_steps, beside), StepKind(1.0 - f, 0.0, alone))
         return expected_step_s(perf, kinds, isl, new, osl)
 
     return StepComposition(mix(share), mix(seen), prefill, lifetime, own_prompt, share, seen)
+
+
+def dp_lockstep(share: float, seen: float, ranks: int) -> tuple[float, float]:
+    """Chunk-step shares of a data-parallel group, from one rank's: (all steps, one request's decode steps).
+
+    vLLM's DP ranks of a MoE model run their forward passes aligned (docs/serving/data_parallel_deployment.md:
+    expert layers synchronise every forward pass, idle ranks run dummy ones) and pad each step to the largest
+    rank's token count (vllm/v1/worker/dp_utils.py, coordinate_batch_across_dp). So a group step carries a
+    prompt chunk's cost when any rank has one: with ranks' chunks independent, 1 - (1 - share)^D of all steps,
+    and of a request's own decode steps 1 - (1 - seen)(1 - share)^(D - 1), its own rank's chunks (seen)
+    or any other rank's. One rank (D = 1) is unchanged.
+    """
+    if ranks <= 1:
+        return share, seen
+    idle = (1.0 - share) ** (ranks - 1)
+    return 1.0 - (1.0 - share) * idle, 1.0 - (1.0 - seen) * idle
 
 
 def _own_prefill_s(perf: EnginePerf, m: float, isl: int, new: float, osl: int) -> float:

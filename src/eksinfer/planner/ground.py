@@ -98,7 +98,7 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
     if model.is_moe and (model.id, gpu) != MOE_FIT:
         out.append((
             "MoE: expert GEMM rate fitted on Kimi K2.5 H200 only (held out: Qwen3-235B on vLLM 0.12 TPOT "
-            "9-26 % off with its DeepGEMM padding rows, MiniMax-M2.5 B200 11 % high)",
+            "4-14 % off with its DeepGEMM padding rows, MiniMax-M2.5 B200 11 % high)",
             HELD_OUT.widen(NO_RUNS),
         ))  # fmt: skip
     if s.kv_cache_dtype == "fp8":

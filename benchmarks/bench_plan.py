@@ -28,7 +28,11 @@ from eksinfer.perf.engine import deepgemm_pads_moe, vllm_release
 DATA = Path(__file__).resolve().parent / "data"
 CSV_NAME = "aic_vllm_agg_dense_h100_h200.csv"
 SOURCE = "AIC silicon_sample.csv @095f58a5"
-SAMPLE_NAMES = ("aic_vllm_agg_moe_b200.csv", "aic_vllm_agg_holdout_more.csv")
+SAMPLE_NAMES = (
+    "aic_vllm_agg_moe_b200.csv",
+    "aic_vllm_agg_holdout_more.csv",
+    "aic_vllm_agg_holdout_fp4_moe.csv",
+)
 MODEL_MAP = {
     "Qwen/Qwen3-32B": "qwen3-32b",
     "meta-llama/Llama-3.1-70B": "llama-3.3-70b",
@@ -66,6 +70,10 @@ HOLDOUT = {
     ("moonshotai/Kimi-K2.5", "b200_sxm", "int4"),
     ("MiniMaxAI/MiniMax-M2.5", "h200_sxm", "fp8"),
     ("MiniMaxAI/MiniMax-M2.5", "b200_sxm", "fp8"),
+    # added 2026-12-04, every other one-node vLLM release run of a model and GPU the planner expresses:
+    ("MiniMaxAI/MiniMax-M2.5", "h100_sxm", "fp8"),
+    ("MiniMaxAI/MiniMax-M2.5", "b200_sxm", "fp4"),
+    ("moonshotai/Kimi-K2.5", "b200_sxm", "fp4"),
 }
 # A second serving engine (SGLang) on the calibration models and GPUs: runs nobody fitted on, from another
 # stack's benchmark campaign; predicted with the vLLM model as they are (SGLang schedules prefill its own way)

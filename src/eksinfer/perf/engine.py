@@ -326,7 +326,7 @@ def _step_coefficients(
     tp, pp, dp = par
     ep = tp * dp
     bw = gpu.hbm_bandwidth_gbps * 1e9 * ETA_BW
-    # FP4 GEMMs take the FP8 efficiency: no measured FP4 runs to fit their own (the plan says so)
+    # FP4 GEMMs take the FP8 efficiency: FP4 runs are held out, none fitted (the plan says so)
     low_gemm = (precision == "fp8" and bool(gpu.fp8_tflops)) or (precision == "fp4" and bool(gpu.fp4_tflops))
     gemm = gpu.tflops_for(precision) * 1e12 * (ETA_GEMM_FP8 if low_gemm else ETA_GEMM)
     expert_gemm = _expert_gemm_rate(gpu, precision, gemm)

@@ -94,7 +94,11 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
     elif gpu not in CALIBRATED_GPUS + HELD_OUT_GPUS:
         out.append((f"{gpu}: no measured runs on this GPU", NO_RUNS))
     if s.precision == "fp4":
-        out.append(("FP4 weights: no measured FP4 runs; FP4 GEMMs assumed at the FP8 efficiency", NO_RUNS))
+        out.append((
+            "FP4 weights: none fitted, FP4 GEMMs at the FP8 efficiency (held out on B200: Llama-3.1-70B NVFP4"
+            " TPOT 7 % off; NVFP4 MoE, MiniMax-M2.5 and Kimi K2.5, predicted 26-28 % slower than measured)",
+            NO_RUNS,
+        ))  # fmt: skip
     if model.is_moe and (model.id, gpu) != MOE_FIT:
         out.append((
             "MoE: expert GEMM rate fitted on Kimi K2.5 H200 only (held out: Qwen3-235B on vLLM 0.12 TPOT "

@@ -32,6 +32,7 @@ SAMPLE_NAMES = (
     "aic_vllm_agg_moe_b200.csv",
     "aic_vllm_agg_holdout_more.csv",
     "aic_vllm_agg_holdout_fp4_moe.csv",
+    "aic_vllm_agg_b300_fit.csv",
 )
 MODEL_MAP = {
     "Qwen/Qwen3-32B": "qwen3-32b",
@@ -58,10 +59,17 @@ def model_spec(name: str) -> ModelSpec:
     return get_model(MODEL_MAP[name])
 
 
-GPU_MAP = {"h100_sxm": "H100", "h200_sxm": "H200", "b200_sxm": "B200"}
+GPU_MAP = {"h100_sxm": "H100", "h200_sxm": "H200", "b200_sxm": "B200", "b300_sxm": "B300"}
 # Beyond the validation csv: vLLM aggregated runs, TP only, of other GPUs and the MoE models. Kimi K2.5 on
 # H200 fitted the two MoE constants (MOE_GEMM_FACTOR, MOE_LAYER_OVERHEAD_S); the rest was never used to fit.
 MOE_FIT = ("moonshotai/Kimi-K2.5", "h200_sxm", "int4")
+# Blackwell FP8 / NVFP4 MoE kernels: every B300 vLLM release run fits their two constants
+# (engine.BLACKWELL_MOE_GEMM_FACTOR, BLACKWELL_MOE_LAYER_OVERHEAD_S); chosen before any B300 run was predicted
+B300_FIT = {
+    ("MiniMaxAI/MiniMax-M2.5", "b300_sxm", "fp8"),
+    ("MiniMaxAI/MiniMax-M2.5", "b300_sxm", "fp4"),
+    ("moonshotai/Kimi-K2.5", "b300_sxm", "fp4"),
+}
 HOLDOUT = {
     ("meta-llama/Llama-3.1-70B", "b200_sxm", "fp8"),
     ("meta-llama/Llama-3.1-70B", "b200_sxm", "fp4"),
@@ -114,6 +122,7 @@ class Row:
     ep: bool = False  # --enable-expert-parallel (experts whole on TP x DP ranks)
     async_scheduling: bool = False  # the engine overlapped its host work with the GPU (see overlapped())
     version: str = ""  # the run's vLLM (or SGLang) version; "" where the campaign recorded none
+    kv_cache_dtype: str = "auto"  # the KV cache the engine ran (checkpoint_kv_dtype)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,20 @@ def overlapped(backend: str, version: str, source: str) -> bool:
     return bool(measured) and measured >= ASYNC_VLLM_RELEASED
 
 
+# NVIDIA's NVFP4 checkpoints (ModelOpt) declare kv_cache_quant_algo FP8 in hf_quant_config.json, and
+# vLLM's --kv-cache-dtype auto follows the checkpoint since PR #30785 (merged after 2025-12-16, re-landing
+# the reverted #29980): the FP4 runs of vLLM 0.15 and later ran an FP8 KV cache without asking for one.
+# Earlier engines and the other checkpoints (native FP8 / INT4 configs carry no KV scheme) keep BF16.
+CHECKPOINT_FP8_KV_VLLM = (0, 15)
+
+
+def checkpoint_kv_dtype(backend: str, version: str, precision: str) -> str:
+    """The KV-cache dtype `--kv-cache-dtype auto` resolved to in a measured run."""
+    release = vllm_release(version) if backend == "vllm" and version else None
+    fp8 = precision == "fp4" and release is not None and release >= CHECKPOINT_FP8_KV_VLLM
+    return "fp8" if fp8 else "auto"
+
+
 def _find(name: str) -> Path:
     return DATA / name
 
@@ -157,7 +180,7 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
     """Aggregated runs of the held-out model/GPU pairs on one node: TP, attention DP with the experts
     TP-sharded (moe_tp = TP x DP) or expert-parallel (moe_ep > 1)."""
     rows = []
-    wanted = HOLDOUT if backend == "vllm" else CROSSCHECK
+    wanted = HOLDOUT | B300_FIT if backend == "vllm" else CROSSCHECK
     for path in paths or tuple(_find(name) for name in SAMPLE_NAMES):
         with path.open(newline="", encoding="utf-8") as fh:
             for r in csv.DictReader(fh):
@@ -182,6 +205,7 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
                             backend, r["backend_version"], r["silicon_data_source"]
                         ),
                         version=r["backend_version"],
+                        kv_cache_dtype=checkpoint_kv_dtype(backend, r["backend_version"], precision),
                     )
                 )  # fmt: skip
     return rows
@@ -219,6 +243,7 @@ def predict(row: Row) -> Compared | None:
             data_parallel_size=row.dp,
             expert_parallel=row.ep,
             precision=row.precision,
+            kv_cache_dtype=row.kv_cache_dtype,
             max_model_len=row.isl + row.osl,
             async_scheduling=row.async_scheduling,
             deepgemm_moe=not row.source.startswith("sglang")
@@ -303,12 +328,17 @@ def _step_speed() -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
+def _key(c: Compared) -> tuple[str, str, str]:
+    return c.row.model, c.row.system, c.row.precision
+
+
 def main(argv: list[str]) -> None:
     started = time.perf_counter()
     fitted = compare_all(load_rows())
     extra = compare_all(load_holdout())
-    moe_fit = [c for c in extra if (c.row.model, c.row.system, c.row.precision) == MOE_FIT]
-    holdout = [c for c in extra if (c.row.model, c.row.system, c.row.precision) != MOE_FIT]
+    moe_fit = [c for c in extra if _key(c) == MOE_FIT]
+    b300_fit = [c for c in extra if _key(c) in B300_FIT]
+    holdout = [c for c in extra if _key(c) != MOE_FIT and _key(c) not in B300_FIT]
     elapsed = time.perf_counter() - started
     key = lambda c: (c.row.model, c.row.system, c.row.tp, c.row.isl, c.row.osl, c.row.concurrency)  # noqa: E731
     shown = fitted if "--all" in argv else [c for c in fitted if key(c) in SHOWCASE]
@@ -319,6 +349,9 @@ def main(argv: list[str]) -> None:
     )
     _summary_table(f"\nmedian / mean absolute error, dense fit set ({len(fitted)} runs)", fitted)
     _summary_table(f"\nmedian / mean absolute error, MoE fit set ({len(moe_fit)} runs)", moe_fit)
+    _summary_table(
+        f"\nmedian / mean absolute error, Blackwell MoE fit set ({len(b300_fit)} B300 runs)", b300_fit
+    )
     earlier = [c for c in holdout if (c.row.model, c.row.system, c.row.precision) in EARLIER_HOLDOUT]
     earlier = [c for c in earlier if c.row.dp == 1 and not c.row.ep]
     _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)

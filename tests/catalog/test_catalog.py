@@ -33,7 +33,8 @@ ISSUE_MODELS = [
 
 def test_catalog_has_the_issue_models_gpus_and_families() -> None:
     assert list_models() == ISSUE_MODELS
-    assert set(list_gpus()) == {"A10G", "L4", "L40S", "A100-40GB", "A100-80GB", "H100", "H200", "B200", "B300"}
+    gpus = {"A10G", "L4", "L40S", "A100-40GB", "A100-80GB", "H100", "H200", "B200", "B300"}
+    assert set(list_gpus()) == gpus
     families = {i.family for i in list_instances()}
     assert families == {"g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200"}
 

@@ -89,6 +89,15 @@ MMA_SYNC_BF16_TFLOPS = 989.0
 # the per-routed-row permute / gather work with the GEMM); the padding rows are GEMM only (the scatter and
 # gather kernels move routed rows) and run at the dense FP8 GEMM rate (ETA_GEMM_FP8; not fitted).
 DEEPGEMM_BLOCK_M = 128
+# FP8 / NVFP4 routed experts on Blackwell (SM100 / SM103) run in vLLM's fused Blackwell MoE kernels
+# (FlashInfer CUTLASS / TRT-LLM-gen grouped GEMMs), not in the Marlin or Hopper kernels the two constants
+# above were fitted on, so their rate and per-layer cost are fitted on their own runs: the B300 vLLM release
+# runs of the corpus (MiniMax-M2.5 FP8 / NVFP4 on vLLM 0.19, Kimi K2.5 NVFP4 on 0.17 / 0.19; 111 on one
+# node; benchmarks/bench_plan.py B300_FIT), chosen as the calibration set before any B300 prediction was
+# computed; every B200 run stays held out. Grid search (factor 0.04-1.0 x 0-110 us, minimising the sum of
+# the three median errors on those runs alone) gave 0.1 and 40 us; 0.1-0.15 x 40-50 us fit within 2 points.
+BLACKWELL_MOE_GEMM_FACTOR = 0.1  # [Blackwell FP8 / FP4 MoE runs on B300]
+BLACKWELL_MOE_LAYER_OVERHEAD_S = 40e-6  # [same runs]
 A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us
 NVLINK_DOMAIN_GPUS = 8  # an HGX node: EP beyond 8 ranks crosses EFA
 # Literature values, not fitted:
@@ -286,6 +295,12 @@ def _expert_gemm_rate(gpu: GpuSpec, precision: str, gemm: float) -> float:
     return gemm
 
 
+def blackwell_moe(gpu: GpuSpec, precision: str) -> bool:
+    """Whether routed experts run in vLLM's Blackwell MoE kernels: FP8 or FP4 weights on an FP4-capable GPU
+    (W4A16 INT4 experts stay in Marlin there)."""
+    return bool(gpu.fp4_tflops) and precision in ("fp8", "fp4")
+
+
 def _check_parallelism(model: ModelSpec, tp: int, pp: int, dp: int = 1) -> None:
     if tp < 1 or pp < 1:
         raise UsageError("tensor and pipeline parallel sizes must be >= 1", field="tensor_parallel_size")
@@ -365,6 +380,10 @@ def _step_coefficients(
     # DeepGEMM path: (BLOCK_M - 1) padding rows for each local expert on top of the routed rows (TP shards of
     # all E experts or E / EP whole experts: 2 x routed_expert_params / (TP x DP) FLOPs per padding row)
     padding = 2.0 * (DEEPGEMM_BLOCK_M - 1) * model.routed_expert_params / ep / gemm if deepgemm_moe else 0.0
+    if blackwell_moe(gpu, precision):
+        moe_factor, moe_overhead = BLACKWELL_MOE_GEMM_FACTOR, BLACKWELL_MOE_LAYER_OVERHEAD_S
+    else:
+        moe_factor, moe_overhead = MOE_GEMM_FACTOR, MOE_LAYER_OVERHEAD_S
     return {
         "_dense_read_s": dense_read / bw,
         "_experts_read_s": experts_read / bw,
@@ -374,7 +393,7 @@ def _step_coefficients(
         "_experts_per_rank": max(1.0, model.num_experts / ep_ranks),
         "_assign_cv": _assignment_cv(model, ep_ranks),
         # expert FLOPs per local token: all ranks' tokens x top-k spread over EP ranks = k x expert / TP
-        "_expert_per_token_s": 2.0 * expert_linear / MOE_GEMM_FACTOR / tp / expert_gemm,
+        "_expert_per_token_s": 2.0 * expert_linear / moe_factor / tp / expert_gemm,
         "_expert_padding_s": padding,
         "_linear_per_token_s": 2.0 * dense_linear / tp / gemm,
         "_head_per_token_s": 2.0 * lm_head / tp / gemm,
@@ -383,7 +402,7 @@ def _step_coefficients(
         "_attn_decode_per_token_s": 2.0 * layers * heads * decode_dims / tp / attn,
         "_comm_fixed_s": comm_fixed,
         "_comm_per_token_s": comm_per_token,
-        "_overhead_s": LAYER_OVERHEAD_S * layers + MOE_LAYER_OVERHEAD_S * model.num_moe_layers,
+        "_overhead_s": LAYER_OVERHEAD_S * layers + moe_overhead * model.num_moe_layers,
     }
 
 

@@ -36,7 +36,7 @@ def test_catalog_has_the_issue_models_gpus_and_families() -> None:
     gpus = {"A10G", "L4", "L40S", "A100-40GB", "A100-80GB", "H100", "H200", "B200", "B300"}
     assert set(list_gpus()) == gpus
     families = {i.family for i in list_instances()}
-    assert families == {"g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200"}
+    assert families == {"g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e", "p5en", "p6-b200", "p6-b300"}
 
 
 @pytest.mark.parametrize(
@@ -134,6 +134,32 @@ def test_region_factors_price_and_hide_families() -> None:
         list_instances(region="mars-north-1")
     with pytest.raises(UnknownNameError):
         get_instance("p5.48xlarge", prices="reference", region="us-west-2")  # the 2025 book has no factors
+
+
+def test_p6_b300_is_priced_only_where_the_snapshot_has_a_row(tmp_path: Path) -> None:
+    """vms.csv @00148f2a has one p6-b300.48xlarge row, us-west-2: no us-east-1 price is made up from it."""
+    b300 = get_instance("p6-b300.48xlarge")
+    assert (b300.gpu, b300.gpus, b300.vcpus, b300.memory_gib, b300.efa_gbps) == ("B300", 8, 192, 4096, 6400)
+    assert get_gpu(b300.gpu).memory_gib * b300.gpus == pytest.approx(2148.8)  # AWS: 2148 GiB (8 x 268)
+    assert b300.price("on-demand") is None and b300.price("spot") is None  # unpriced at home, as p5e
+    oregon = get_instance("p6-b300.48xlarge", region="us-west-2")
+    assert (oregon.price("on-demand"), oregon.price_date, oregon.region) == (142.416, "2026-08-21", "us-west-2")
+    assert oregon.price("spot") == pytest.approx(142.416 * 0.23)  # SpotPrice 33.4308 rounds to 0.77 off
+    assert get_instance("p6-b300.48xlarge", region="us-east-2").price("on-demand") is None  # no row there
+    # a regional row never leaks into the factor path of other types
+    assert get_instance("p6-b200.48xlarge", region="us-west-2").price("on-demand") == 113.9328
+    book = tmp_path / "prices.yaml"
+    book.write_text("regional_on_demand: {eu-central-1: {p6-b300.48xlarge: 170.0}}\n")
+    assert "eu-central-1" in price_regions(book)
+    assert get_instance("p6-b300.48xlarge", prices=book, region="eu-central-1").price("on-demand") == 170.0
+    assert get_instance("p6-b300.48xlarge", prices=book, region="us-west-2").price("on-demand") == 142.416
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("regional_on_demand: {us-west-2: 5}\n")
+    with pytest.raises(ConfigError, match="regional_on_demand"):
+        get_instance("p6-b300.48xlarge", prices=bad, region="us-west-2")
+    bad.write_text("regional_on_demand: {us-west-2: {p6-b300.48xlarge: -1}}\n")
+    with pytest.raises(ConfigError, match="p6-b300"):
+        get_instance("p6-b300.48xlarge", prices=bad, region="us-west-2")
 
 
 def test_price_overrides_file_with_spot_discount(tmp_path: Path) -> None:

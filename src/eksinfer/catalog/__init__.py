@@ -10,7 +10,8 @@
 `capacity_block: {type: usd}` / `reserved_discount: {type-or-family: fraction}` with their `*_as_of`,
 `*_source` and `reserved_term`) applied on top of a book. `region`
 prices an instance in another region by the book's per-family factor; a family the book has no factor for
-there is not offered (no price).
+there is not offered (no price). A type the book's own region has no row for may still be priced in another
+region from that region's own row (`regional_on_demand: {region: {type: usd}}`): p6-b300 in us-west-2.
 """
 
 from __future__ import annotations
@@ -127,9 +128,10 @@ def load_price_book(prices: str | Path | None = None) -> dict[str, Any]:
 
 
 def price_regions(prices: str | Path | None = None) -> list[str]:
-    """Regions a book prices: its own plus those it has factors for."""
+    """Regions a book prices: its own plus those it has factors or regional rows for."""
     book = load_price_book(prices)
-    return [str(book.get("region", DEFAULT_REGION)), *(book.get("region_factors") or {})]
+    out = [str(book.get("region", DEFAULT_REGION)), *(book.get("region_factors") or {})]
+    return out + [r for r in book.get("regional_on_demand") or {} if r not in out]
 
 
 @functools.cache
@@ -149,7 +151,7 @@ def _with_overrides(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path!r} must be a mapping", field="--prices")
     unknown = set(loaded) - {
         "name", "region", "as_of", "source", "base", "on_demand", "spot_discount", "spot_as_of",
-        "spot_source", "region_factors", *COMMITMENT_KEYS,
+        "spot_source", "region_factors", "regional_on_demand", *COMMITMENT_KEYS,
     }  # fmt: skip
     if unknown:
         raise ConfigError(f"unknown keys {sorted(unknown)} in {path!r}", field="--prices")
@@ -159,6 +161,15 @@ def _with_overrides(path: str) -> dict[str, Any]:
         if not isinstance(extra, dict):
             raise ConfigError(f"{key} must be a mapping in {path!r}", field="--prices")
         base[key] = {**(base.get(key) or {}), **extra}
+    regional = loaded.get("regional_on_demand") or {}
+    if not isinstance(regional, dict) or not all(isinstance(v, dict) for v in regional.values()):
+        raise ConfigError(
+            f"regional_on_demand must map regions to {{type: usd}} in {path!r}", field="--prices"
+        )
+    merged = dict(base.get("regional_on_demand") or {})
+    for region, rows in regional.items():
+        merged[region] = {**(merged.get(region) or {}), **rows}
+    base["regional_on_demand"] = merged
     for key in ("name", "region", "as_of", "source", "spot_as_of", "spot_source", *COMMITMENT_KEYS):
         if key in ("capacity_block", "reserved_discount"):
             continue

@@ -121,14 +121,25 @@ def instance_from_entry(
     name: str, entry: Mapping[str, Any], prices: Mapping[str, Any], region: str | None = None
 ) -> InstanceSpec:
     """Join an instance's hardware with a price book (`on_demand`, `spot_discount` by type or family,
-    `region_factors` by region and family: no factor, no price there)."""
+    `region_factors` by region and family: no factor, no price there; `regional_on_demand` by region and
+    type: a price read in that region itself, for a type the book's own region has no row for)."""
     family = name.split(".")[0]
     home = str(prices.get("region", "us-east-1"))
     region = region or home
     on_demand = (prices.get("on_demand") or {}).get(name)
-    if on_demand is not None and region != home:
-        factor = ((prices.get("region_factors") or {}).get(region) or {}).get(family)
-        on_demand = None if factor is None else float(on_demand) * float(factor)
+    if region != home:
+        own = ((prices.get("regional_on_demand") or {}).get(region) or {}).get(name)
+        if own is not None:
+            on_demand = own
+        elif on_demand is not None:
+            factor = ((prices.get("region_factors") or {}).get(region) or {}).get(family)
+            on_demand = None if factor is None else float(on_demand) * float(factor)
+    if on_demand is not None and (
+        isinstance(on_demand, bool) or not isinstance(on_demand, int | float) or on_demand <= 0
+    ):
+        raise ConfigError(
+            f"on-demand price for {name} must be a number > 0, got {on_demand!r}", field="on_demand"
+        )
     discount = _fraction(prices, "spot_discount", name, family)
     reserved = _fraction(prices, "reserved_discount", name, family)
     block = (prices.get("capacity_block") or {}).get(name) if region == home else None

@@ -3,6 +3,7 @@
     get_model("llama-3.1-8b") -> ModelSpec        load_model_config(Path) -> ModelSpec
     get_gpu("h100") -> GpuSpec                     get_instance("p5.48xlarge", prices=None) -> InstanceSpec
     list_models(), list_gpus(), list_instances(prices=None)
+    mig_instances_per_gpu("B300", "1g.67gb") -> 4
 
 `prices` is a price-book name (`aws-2026-08`, the default because it is the newest dated book, or
 `reference`, the 2025 book kept for comparison) or a path to a YAML overrides file (`on_demand: {type: usd}`,
@@ -42,6 +43,7 @@ __all__ = [
     "list_models",
     "load_model_config",
     "load_price_book",
+    "mig_instances_per_gpu",
     "price_regions",
 ]
 
@@ -112,6 +114,17 @@ def get_gpu(name: str) -> GpuSpec:
     if spec is None:
         raise UnknownNameError("GPU", name, [g.name for g in gpus.values()], field="gpu")
     return spec
+
+
+def mig_instances_per_gpu(gpu: str, profile: str) -> int:
+    """Instances of a MIG `profile` (`1g.67gb` or `all-1g.67gb`) one `gpu` holds; for a GPU the catalog does
+    not know, only its compute slices count (7 // N)."""
+    try:
+        spec = get_gpu(gpu)
+    except UnknownNameError:
+        spec = gpu_from_entry(gpu, {"memory_gib": 0, "hbm_bandwidth_gbps": 0, "bf16_tflops": 0,
+                                    "nvlink_gbps": 0, "pcie_gbps": 0})  # fmt: skip
+    return spec.mig_instances_per_gpu(profile)
 
 
 @functools.cache

@@ -40,6 +40,20 @@ class GpuSpec:
         """GB/s one GPU moves to a peer inside a node (NVLink, else PCIe)."""
         return self.nvlink_gbps or self.pcie_gbps
 
+    def mig_instances_per_gpu(self, profile: str) -> int:
+        """How many instances of `profile` one GPU holds.
+
+        A MIG GPU has 7 compute slices and 8 memory slices (NVIDIA MIG User Guide, "Terminology"); an
+        `Ng.Mgb` profile takes N compute slices and M / (the full 7g profile's GB) x 8 memory slices, so it
+        fits min(7 // N, 8 // memory slices) times. Two profiles with the same N differ by memory: B300's
+        1g.34gb fits 7 times, its 1g.67gb 4 times (H100's 1g.10gb / 1g.20gb alike)."""
+        compute, memory = _mig_size(profile)
+        fits = 7 // max(1, compute)
+        full = max((_mig_size(p)[1] for p in self.mig_profiles), default=0.0)
+        if full > 0 and memory > 0:  # else only the compute slices are known
+            fits = min(fits, 8 // max(1, round(8 * memory / full)))
+        return max(1, fits)
+
     def tflops_for(self, precision: str) -> float:
         """Dense tensor-core rate for `precision`: FP8 / FP4 GEMMs where supported, else BF16 (W8A16 /
         W4A16)."""
@@ -89,6 +103,15 @@ class InstanceSpec:
                 self.price_per_hour_usd * (1.0 - self.reserved_discount) if self.reserved_discount else None
             )
         return self.price_per_hour_usd
+
+
+def _mig_size(profile: str) -> tuple[int, float]:
+    """(compute slices, GB) of a MIG profile name like `1g.67gb` or `all-3g.40gb`; (0, 0) if unreadable."""
+    compute, _, memory = profile.removeprefix("all-").partition(".")
+    try:
+        return int(compute.removesuffix("g")), float(memory.removesuffix("gb"))
+    except ValueError:
+        return 0, 0.0
 
 
 def _num(entry: Mapping[str, Any], key: str, where: str) -> float:

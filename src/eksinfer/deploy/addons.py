@@ -13,7 +13,11 @@ DCGM metrics. Each value is written with a comment that says why (`gpu_operator_
 
 from __future__ import annotations
 
+import yaml
+
 from eksinfer.deploy.context import GPU_TAINT, Ctx, Obj
+
+GPU_OPERATOR_NAMESPACE = "gpu-operator"
 
 # The operator adds `nvidia.com/gpu.deploy.<operand>=true` only where the label is missing, so a pool's own
 # "false" opts its nodes out of that operand (GPU Operator docs, "per-node operand deployment").
@@ -87,7 +91,38 @@ def gpu_operator_values(ctx: Ctx) -> Obj:
     }
     if mig:
         values["mig"] = {"strategy": "single"}
+        values["migManager"]["config"] = {
+            "name": mig_config_name(ctx),
+            "create": False,  # the tree ships the ConfigMap (mig_parted_config): one format for any chart
+            "default": "all-disabled",
+        }
     return values
+
+
+def mig_config_name(ctx: Ctx) -> str:
+    return f"{ctx.name}-mig-parted"
+
+
+def mig_parted_config(ctx: Ctx) -> Obj:
+    """The MIG manager's layouts (NVIDIA/mig-parted config `version: v1`, key `config.yaml`): `all-disabled`
+    and the plan's `all-<profile>`, every GPU cut into that profile with its count per GPU written out. The
+    operator's default ConfigMap names profiles by GPU family and may not know a newer GPU's (B300), and a
+    count must follow memory as well as compute: B300's `1g.67gb` fits 4 times, its `1g.34gb` 7 times."""
+    label = ctx.plan.nodes.mig_profile or ""
+    layouts = {
+        "all-disabled": [{"devices": "all", "mig-enabled": False}],
+        label: [
+            {
+                "devices": "all",
+                "mig-enabled": True,
+                "mig-devices": {label.removeprefix("all-"): ctx.mig_slices},
+            }
+        ],
+    }
+    text = yaml.safe_dump({"version": "v1", "mig-configs": layouts}, sort_keys=False)
+    meta = ctx.meta(mig_config_name(ctx), "gpu-operator", namespaced=False)
+    meta["namespace"] = GPU_OPERATOR_NAMESPACE
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"config.yaml": text}}
 
 
 def gpu_operator_comments(ctx: Ctx) -> dict[str, str]:
@@ -118,7 +153,13 @@ def gpu_operator_comments(ctx: Ctx) -> dict[str, str]:
         "the DCGM exporter never start.",
         "node-feature-discovery": "NFD workers must run on the tainted GPU nodes to label them.",
         "gfd": "On: GPU Feature Discovery labels nodes with GPU product, memory and MIG layout.",
-        "migManager": "On only when the plan partitions GPUs with MIG.",
+        "migManager": "On only when the plan partitions GPUs with MIG"
+        + (
+            f", reading the layouts from ConfigMap {mig_config_name(ctx)} (nodes/, applied before this "
+            f"chart): {ctx.plan.nodes.mig_profile} = {ctx.mig_slices} instances per GPU."
+            if ctx.plan.nodes.mig_profile
+            else "."
+        ),
         "dcgmExporter": "On: GPU utilisation, memory and SM activity for the dashboard and alerts; scraped "
         "by the tree's own ServiceMonitor (so the chart's is off), with the metric list in the CSV below.",
         "nodeStatusExporter": "Off: not needed to serve.",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from eksinfer import __version__
+from eksinfer.catalog import mig_instances_per_gpu
 from eksinfer.catalog.bedrock import MODEL_ID
 from eksinfer.errors import ConfigError
 from eksinfer.planner.schema import PLAN_SCHEMA_VERSION, Plan, PlanRole
@@ -36,8 +37,9 @@ GPU_TAINT = "nvidia.com/gpu"
 POOL_GROUP_LABEL = "eksinfer.io/gpu-pool"
 LABEL_PREFIX = {"auto-mode": "eks.amazonaws.com", "karpenter": "karpenter.k8s.aws"}
 # EFA interfaces per instance type family (AWS "Supported instance types" for EFA; p5/p5e 32 x 100 Gbit/s,
-# p5en and p6-b200 16 / 8 of the newer 200 / 400 Gbit/s cards, p4d 4 x 100). The plan carries only bandwidth.
-EFA_INTERFACES = {"p5": 32, "p5e": 32, "p5en": 16, "p6-b200": 8, "p4d": 4, "p4de": 4}
+# p5en and p6-b200 16 / 8 of the newer 200 / 400 Gbit/s cards, p4d 4 x 100; p6-b300 6400 Gbit/s on 16 EFA
+# cards of its 17, card 0 the primary ENA). The plan carries only bandwidth.
+EFA_INTERFACES = {"p5": 32, "p5e": 32, "p5en": 16, "p6-b200": 8, "p6-b300": 16, "p4d": 4, "p4de": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +141,12 @@ class Ctx:
 
     @property
     def mig_slices(self) -> int:
-        """MIG instances per GPU for profiles like `all-1g.10gb` (H100/A100: 7 compute slices, "
-        "NVIDIA MIG guide)."""
+        """MIG instances per GPU of the plan's profile, e.g. `all-1g.10gb` on H100: 7; memory bounds it too,
+        so B300's `all-1g.67gb` is 4 (catalog.mig_instances_per_gpu)."""
         profile = self.plan.nodes.mig_profile
         if not profile:
             return 1
-        size = profile.removeprefix("all-").split("g", 1)[0]
-        return max(1, 7 // int(size)) if size.isdigit() else 1
+        return mig_instances_per_gpu(self.plan.instance.gpu, profile)
 
     @property
     def efa_interfaces(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from eksinfer.deploy import bedrock
+from eksinfer.deploy.addons import mig_config_name
 from eksinfer.deploy.context import Ctx
 
 
@@ -53,6 +54,11 @@ def _prerequisites(ctx: Ctx) -> list[str]:
     multi = any(r.engine.nodes_per_replica > 1 for r in p.roles)
     # the EFA device plugin: multi-node groups, and P/D pods that pull KV between nodes
     steps = _node_steps(ctx, multi or (p.mode == "disaggregated" and ctx.efa_interfaces > 0))
+    if p.nodes.mig_profile and (p.stack is None or p.stack.gpu_operator):
+        steps.append(
+            f"The MIG layouts the GPU Operator reads ({p.nodes.mig_profile}): `kubectl create namespace "
+            f"gpu-operator && kubectl apply -f nodes/configmap-{mig_config_name(ctx)}.yaml`."
+        )
     if p.stack is None or p.stack.gpu_operator:  # phase 1 of the migration path has none
         steps.append(
             "NVIDIA GPU Operator: `helm install gpu-operator nvidia/gpu-operator -n gpu-operator "

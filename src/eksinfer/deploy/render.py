@@ -114,6 +114,8 @@ def build_tree(plan: Plan, options: RenderOptions | None = None) -> RenderedTree
     )
     for obj in nodes.node_objects(ctx):
         tree.add("nodes", obj)
+    if plan.nodes.mig_profile and (plan.stack is None or plan.stack.gpu_operator):
+        tree.add("nodes", addons.mig_parted_config(ctx))
     for obj in engines.engine_objects(ctx):
         tree.add("engines", obj)
     if plan.on_prem and plan.on_prem.replicas:

@@ -119,7 +119,8 @@ def kv_cache_dtypes(gpu: GpuSpec, request: PlanRequest) -> list[str]:
 
 
 def mig_slices(gpu: GpuSpec) -> list[tuple[str, GpuSpec, int]]:
-    """(profile, slice as a GPU, slices per GPU): an `Ng.Mgb` slice has N/7 of the SMs and bandwidth."""
+    """(profile, slice as a GPU, slices per GPU): an `Ng.Mgb` slice has N/7 of the SMs and bandwidth; how
+    many fit a GPU depends on its memory too (B300: 7 x 1g.34gb but 4 x 1g.67gb)."""
     out = []
     for profile in gpu.mig_profiles:
         compute, mem = profile.split(".")
@@ -133,7 +134,7 @@ def mig_slices(gpu: GpuSpec) -> list[tuple[str, GpuSpec, int]]:
             fp8_tflops=None if gpu.fp8_tflops is None else gpu.fp8_tflops * sevenths / 7,
             fp4_tflops=None if gpu.fp4_tflops is None else gpu.fp4_tflops * sevenths / 7,
         )
-        out.append((profile, part, 7 // sevenths))
+        out.append((profile, part, gpu.mig_instances_per_gpu(profile)))
     return out
 
 

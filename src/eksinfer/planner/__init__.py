@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from eksinfer.catalog import get_instance, list_instances, price_regions
 from eksinfer.errors import InfeasibleError
 from eksinfer.planner.build import build_plan, dns_name
 from eksinfer.planner.evaluate import evaluate_aggregated, evaluate_disaggregated, refine_open_loop
@@ -144,6 +145,12 @@ def _infeasible(
             f"memory: {request.model.id} ({request.model.total_params_b:.0f}B) fits no allowed instance "
             f"shape ({limit})"
         )
+        unpriced, priced = _unpriced(request.constraints)
+        if unpriced and not priced:  # nothing was tried: say so, not "too small"
+            binding = ["price"]
+            message = f"price: no allowed instance type has a price ({unpriced})"
+        elif unpriced:
+            message += f"; skipped for want of a price ({unpriced})"
         looser = dataclasses.replace(
             request.constraints, instance_families=(), precision=None, needs_mig=False
         )
@@ -156,6 +163,33 @@ def _infeasible(
     if nearest is not None:
         message += f"; nearest feasible: {_summary(nearest)}"
     return InfeasibleError(message, binding=binding, nearest=nearest)
+
+
+def _unpriced(c: Constraints) -> tuple[str, bool]:
+    """("<capacity type> in <region>: <types>", naming the allowed types skipped for want of a price
+    here and where the book does price them (p6-b300: us-west-2 only); whether any allowed type is priced
+    here). ("", True) when the request names no families."""
+    if not c.instance_families:
+        return "", True
+    skipped, priced = [], False
+    for inst in list_instances(c.prices, c.region):
+        if inst.family not in c.instance_families:
+            continue
+        priced = priced or inst.price(c.capacity_type) is not None
+        if inst.price(c.capacity_type) is None:
+            elsewhere = [
+                region
+                for region in price_regions(c.prices)
+                if region != inst.region
+                and get_instance(inst.type, c.prices, region).price(c.capacity_type) is not None
+            ]
+            skipped.append(
+                inst.type + (f" (priced in {', '.join(elsewhere)}: --region)" if elsewhere else "")
+            )
+    if not skipped:
+        return "", priced
+    region = c.region or price_regions(c.prices)[0]
+    return f"{c.capacity_type} in {region}: {', '.join(skipped)}", priced
 
 
 def _round_up(value: float) -> float:

@@ -106,7 +106,7 @@ def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str
     if model.native_precision == "bf16":
         out.append("fp8")
     if gpu.fp4_tflops and "fp4" in dict(model.hf_variants) and model.native_precision != "fp4":
-        out.append("fp4")  # a published NVFP4 checkpoint, on FP4 tensor cores (B200)
+        out.append("fp4")  # a published NVFP4 checkpoint, on FP4 tensor cores (B200, B300)
     return out
 
 

@@ -141,9 +141,11 @@ def test_p6_b300_is_priced_only_where_the_snapshot_has_a_row(tmp_path: Path) -> 
     b300 = get_instance("p6-b300.48xlarge")
     assert (b300.gpu, b300.gpus, b300.vcpus, b300.memory_gib, b300.efa_gbps) == ("B300", 8, 192, 4096, 6400)
     assert get_gpu(b300.gpu).memory_gib * b300.gpus == pytest.approx(2148.8)  # AWS: 2148 GiB (8 x 268)
-    assert b300.price("on-demand") is None and b300.price("spot") is None  # unpriced at home, as p5e
+    assert b300.price("on-demand") is None  # unpriced at home, as p5e
+    assert b300.price("spot") is None
     oregon = get_instance("p6-b300.48xlarge", region="us-west-2")
-    assert (oregon.price("on-demand"), oregon.price_date, oregon.region) == (142.416, "2026-08-21", "us-west-2")
+    assert (oregon.price("on-demand"), oregon.price_date) == (142.416, "2026-08-21")
+    assert oregon.region == "us-west-2"
     assert oregon.price("spot") == pytest.approx(142.416 * 0.23)  # SpotPrice 33.4308 rounds to 0.77 off
     assert get_instance("p6-b300.48xlarge", region="us-east-2").price("on-demand") is None  # no row there
     # a regional row never leaks into the factor path of other types

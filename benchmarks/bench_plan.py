@@ -172,6 +172,16 @@ def checkpoint_kv_dtype(backend: str, version: str, precision: str) -> str:
     return "fp8" if fp8 else "auto"
 
 
+# The corpus's `batch_size` is AIConfigurator's per-attention-DP-rank batch: its summary reports
+# concurrency = batch_size x attention_dp_size (`global_bs` in aiconfigurator
+# src/aiconfigurator/sdk/backends/base_backend.py @00b0e2ea, `run_static`), and each row's own record agrees: every
+# row with attention_dp_size 2 or 4 carries silicon_concurrency (and the `_c<N>_` of its id) = batch_size x
+# attention_dp_size. The benchmark client ran that many users against the one DP engine.
+def benchmark_concurrency(r: dict[str, str]) -> int:
+    """The users the benchmark kept in flight: the row's per-DP-rank batch times its attention DP ranks."""
+    return int(r["batch_size"]) * int(r.get("attention_dp_size") or 1)
+
+
 def _find(name: str) -> Path:
     return DATA / name
 
@@ -192,7 +202,7 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
                 expert_ranks = max(tp, int(r["moe_tp_size"] or tp) * int(r["moe_ep_size"] or 1))
                 if expert_ranks % tp or expert_ranks > MAX_GPUS:
                     continue
-                conc, osl = int(r["batch_size"]), int(r["osl"])
+                conc, osl = benchmark_concurrency(r), int(r["osl"])
                 ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
                 tok_s = conc * osl / ((ttft + tpot * (osl - 1)) / 1e3)
                 model, system, precision = key

@@ -5,6 +5,7 @@ the fit (deterministic arithmetic over fixed data, no timing)."""
 
 from __future__ import annotations
 
+import csv
 import statistics
 
 from benchmarks import bench_plan
@@ -115,3 +116,30 @@ def test_moe_rows_hold() -> None:
     assert statistics.median(abs(c.err("ttft_ms")) for c in kimi_b200) <= 20.0
     qwen = [c for c in extra if c.row.model == "Qwen/Qwen3-235B-A22B-FP8"]
     assert statistics.median(abs(c.err("ttft_ms")) for c in qwen) <= 20.0
+
+
+def test_dp_rows_count_the_users_of_the_whole_dp_engine() -> None:
+    # the corpus's batch_size is per attention-DP rank; each row records the users its benchmark ran as
+    # silicon_concurrency (= batch_size x attention_dp_size on every DP row), and the bench predicts those
+    recorded = []
+    for name in bench_plan.SAMPLE_NAMES:
+        with (bench_plan.DATA / name).open(newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                key = (r["model_path"], r["system"], r["precision"] or "bf16")
+                dp = int(r["attention_dp_size"] or 1)
+                gpus = int(r["tp_size"]) * dp
+                if (
+                    r["mode"] != "agg"
+                    or dp == 1
+                    or gpus > bench_plan.MAX_GPUS
+                    or key not in bench_plan.B300_FIT | bench_plan.HOLDOUT
+                ):
+                    continue
+                users = int(r["silicon_data_source"].partition("silicon_concurrency=")[2].partition(";")[0])
+                assert users == int(r["batch_size"]) * dp
+                recorded.append((r["model_path"], r["system"], int(r["isl"]), users))
+    loaded = [
+        (r.model, r.system, r.isl, r.concurrency) for r in bench_plan.load_holdout() if r.dp > 1 and r.ep
+    ]
+    assert len(recorded) == 13 + 8 + 15
+    assert sorted(loaded) == sorted(recorded)

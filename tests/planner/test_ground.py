@@ -7,10 +7,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from eksinfer.catalog import get_model
+from eksinfer.catalog import get_gpu, get_instance, get_model
 from eksinfer.cli.main import build_app
 from eksinfer.planner import Constraints, Plan, PlanRequest, Traffic, make_plan
 from eksinfer.planner import ground as G
+from eksinfer.planner.evaluate import evaluate_aggregated
+from eksinfer.planner.search import Misses, Shape
 
 
 def _plan(model_id: str, traffic: Traffic | None = None, **constraints: object) -> Plan:
@@ -93,3 +95,40 @@ def test_warning_shows_in_table_and_json() -> None:
     assert doc["ground"]["measured"] is False
     assert len(doc["ground"]["throughput_tokens_per_s"]) == 2
     assert all(alt["measured"] is False for alt in doc["alternatives"] if "g6" in alt["instance_type"])
+
+
+def _percentile(values: list[float], p: float) -> float:
+    xs = sorted(values)
+    k = (len(xs) - 1) * p
+    lo = int(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def test_dp_ep_band_covers_the_measured_dp_ep_runs() -> None:
+    # the DP 2 + EP runs of the corpus (MiniMax-M2.5 on B200 and B300): the band a DP plan carries holds
+    # the 10th-90th percentile of measured / predicted on each metric
+    from benchmarks import bench_plan
+
+    runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.dp > 1 and c.row.ep]
+    assert len(runs) == 36
+    for field, (low, high) in (
+        ("ttft_ms", G.DP_EP.ttft),
+        ("tpot_ms", G.DP_EP.tpot),
+        ("tok_s", G.DP_EP.tokens),
+    ):
+        ratios = [getattr(c.row, field) / getattr(c, field) for c in runs]
+        assert low <= _percentile(ratios, 0.1), field
+        assert _percentile(ratios, 0.9) <= high, field
+
+
+def test_dp_plans_warn_with_the_measured_dp_ep_error() -> None:
+    request = PlanRequest(get_model("qwen3-235b-a22b"), Traffic(requests_per_s=8.0))
+    shape = Shape(get_instance("p5en.48xlarge"), get_gpu("H200"), 2, "aggregated", "fp8", 1, 1, dp=8)
+    cand = evaluate_aggregated(request, shape, Misses())
+    assert cand is not None
+    g = G.assess(request, cand)
+    assert not g.measured
+    assert any("DP 8" in w and "18 % fast per output token" in w for w in g.warnings), g.warnings
+    assert g.band.tpot[1] >= G.DP_EP_RUNS.tpot[1]
+    assert g.band.ttft[1] >= G.DP_EP_RUNS.ttft[1]

@@ -174,9 +174,11 @@ def checkpoint_kv_dtype(backend: str, version: str, precision: str) -> str:
 
 # The corpus's `batch_size` is AIConfigurator's per-attention-DP-rank batch: its summary reports
 # concurrency = batch_size x attention_dp_size (`global_bs` in aiconfigurator
-# src/aiconfigurator/sdk/backends/base_backend.py @00b0e2ea, `run_static`), and each row's own record agrees: every
-# row with attention_dp_size 2 or 4 carries silicon_concurrency (and the `_c<N>_` of its id) = batch_size x
-# attention_dp_size. The benchmark client ran that many users against the one DP engine.
+# src/aiconfigurator/sdk/backends/base_backend.py @00b0e2ea, `run_static`), and each row's own record
+# agrees: every row with attention_dp_size 2 or 4 carries silicon_concurrency (and the `_c<N>_` of its id)
+# = batch_size x attention_dp_size. The benchmark client ran that many users against the one DP engine.
+# The Qwen3-235B rows read as DP (moe_tp_size above tp_size) leave attention_dp_size empty and record
+# silicon_concurrency = batch_size, so they keep their batch.
 def benchmark_concurrency(r: dict[str, str]) -> int:
     """The users the benchmark kept in flight: the row's per-DP-rank batch times its attention DP ranks."""
     return int(r["batch_size"]) * int(r.get("attention_dp_size") or 1)

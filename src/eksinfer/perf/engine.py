@@ -96,6 +96,9 @@ DEEPGEMM_BLOCK_M = 128
 # node; benchmarks/bench_plan.py B300_FIT), chosen as the calibration set before any B300 prediction was
 # computed; every B200 run stays held out. Grid search (factor 0.04-1.0 x 0-110 us, minimising the sum of
 # the three median errors on those runs alone) gave 0.1 and 40 us; 0.1-0.15 x 40-50 us fit within 2 points.
+# Rerun on the same grid and runs once their 13 DP 2 + EP rows were read at the concurrency they ran
+# (bench_plan.benchmark_concurrency, twice the per-rank batch the first fit used): the same optimum, 0.1 and
+# 40 us, now at 17.0 / 7.0 / 7.0 % (next best 0.1 x 50 us: 17.5 / 7.2 / 7.5 %).
 BLACKWELL_MOE_GEMM_FACTOR = 0.1  # [Blackwell FP8 / FP4 MoE runs on B300]
 BLACKWELL_MOE_LAYER_OVERHEAD_S = 40e-6  # [same runs]
 A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us

@@ -59,7 +59,7 @@ G_FAMILY = Band(ttft=(0.9, 2.5), tpot=(0.9, 2.5), tokens=(0.4, 1.1))
 MIG = Band(ttft=(0.67, 1.5), tpot=(0.67, 1.5), tokens=(0.67, 1.5))
 # DP attention + EP: 10th-90th percentile of measured / predicted over the 36 one-node DP 2 + EP runs of
 # MiniMax-M2.5 FP8 / NVFP4 on B200 (held out) and B300 (vLLM 0.19; `make bench ARGS=plan`, rows with DP2 EP):
-# TTFT x0.85-x5.43 (the 8,192-token prompts at 256-512 users wait 28-70 s), TPOT x0.99-x1.55, tokens/s
+# TTFT x0.85-x5.43 (the 8,192-token prompts at 256-512 users wait 13-70 s), TPOT x0.99-x1.55, tokens/s
 # x0.65-x0.98 (signed median TPOT error -18 %); widened by the no-runs judgement, because they are one
 # model on Blackwell at DP 2 and plans also offer DP 4 / 8 and Hopper
 DP_EP_RUNS = Band(ttft=(0.85, 5.5), tpot=(0.99, 1.55), tokens=(0.65, 0.98))  # rounded outward
@@ -87,7 +87,7 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
         out.append((
             f"DP {s.dp} attention + expert parallelism: measured DP 2 + EP runs (MiniMax-M2.5, B200 / B300)"
             " are predicted 18 % fast per output token (signed median; up to 38 % at 256 users, as TP 4 on"
-            " the same GPUs is) and their TTFT up to 5x low at 8,192-token prompts and 256+ users; DP 4 / 8"
+            " the same GPUs is) and their TTFT up to 11x low at 8,192-token prompts and 256+ users; DP 4 / 8"
             " and Hopper DP + EP have no runs",
             DP_EP,
         ))  # fmt: skip

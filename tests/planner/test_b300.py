@@ -1,6 +1,6 @@
 """B300 (p6-b300.48xlarge) end to end: priced where the price book has a row (us-west-2 only), planned for
 the large models, MIG packed by memory as well as compute, rendered to manifests that validate, and marked
-unmeasured ground (no B300 runs in benchmarks/data)."""
+unmeasured ground (its measured runs fit the Blackwell MoE kernels; no catalog model was measured on it)."""
 
 from __future__ import annotations
 
@@ -52,9 +52,11 @@ def test_deepseek_fp4_on_b300_is_one_node_at_the_us_west_2_price(tmp_path: Any) 
     assert (engine.tensor_parallel_size, engine.pipeline_parallel_size, plan.nodes.total_nodes) == (8, 1, 1)
     assert plan.instance.price_per_hour_usd == 142.416
     assert plan.cost.monthly_usd == pytest.approx(142.416 * HOURS_PER_MONTH)
-    # B300 has no measured run: unmeasured ground with the GPU named, never the B200 held-out basis
+    # B300's runs fitted the Blackwell FP8 / FP4 MoE kernels, not DeepSeek-V3: unmeasured ground on the MoE
+    # warning, not on the GPU, and never the B200 held-out basis
     assert not plan.ground.measured
-    assert "B300: no measured runs on this GPU" in plan.ground.warnings
+    assert not any(w.startswith("B300:") for w in plan.ground.warnings)
+    assert any(w.startswith("MoE: expert constants fitted on") and "B300" in w for w in plan.ground.warnings)
     assert "held out" not in plan.ground.basis.split(";")[0]
     tree = _check_tree(plan, tmp_path)
     [pool] = _objs(tree, "NodePool")
@@ -106,6 +108,8 @@ def test_mig_on_b300_picks_the_1g_slice_whose_memory_fits(tmp_path: Any) -> None
     plan = _plan("qwen3-32b", precision="fp8", needs_mig=True, **B300_WEST)
     assert plan.nodes.mig_profile == "all-1g.67gb"
     assert plan.prediction.weight_gib_per_gpu > 34 * 0.93
+    # a dense model on B300: its measured runs are MoE only, so the GPU itself is unmeasured ground
+    assert "B300: measured runs are FP8 / NVFP4 MoE only (MiniMax-M2.5, Kimi K2.5)" in plan.ground.warnings
     assert "4 per GPU: 1 of 32 slices used, 31 free" in plan.why["parallelism"]
     assert any(a.instance_type == "p6-b300.48xlarge (2g.67gb)" for a in plan.alternatives)
     tree = _check_tree(plan, tmp_path)

@@ -1,16 +1,17 @@
 """Which measured runs a plan stands on, and how far its predictions may be off (the plan's `ground`).
 
-The performance model is fitted on vLLM aggregated, tensor-parallel runs of dense models on H100/H200 and
-of Kimi K2.5 on H200 (benchmarks/data/). A plan on any other path carries a warning and a wider band.
+The performance model is fitted on vLLM aggregated, tensor-parallel runs of dense models on H100/H200, of
+Kimi K2.5 on H200 (Marlin MoE kernels) and of MoE models on B300 (Blackwell FP8 / FP4 MoE kernels;
+benchmarks/data/). A plan on any other path carries a warning and a wider band.
 
 A band is the range the measured value is expected in, as factors on the prediction:
     calibrated   10th-90th percentile of (prediction - measured) / measured over the 219 calibration runs
                  (`make bench ARGS=plan` prints the medians): TTFT -28 %..+24 %, TPOT -10 %..+49 %,
                  tokens/s -34 %..+9 %, so measured = prediction / (1 + error) lies in the factors below;
-                 widened by the same percentiles over the 316 held-out runs of vLLM >= 0.14, because the
+                 widened by the same percentiles over the 424 held-out runs of vLLM >= 0.14, because the
                  calibration runs are vLLM 0.12 (host work between steps) and a plan predicts the engine the
                  renderer deploys, with async scheduling, a path checked on held-out runs only
-    held out     the same percentiles over the 352 held-out B200 runs (Llama-3.1-70B FP8 / FP4, Kimi K2.5,
+    held out     the same percentiles over the 445 held-out B200 runs (Llama-3.1-70B FP8 / FP4, Kimi K2.5,
                  MiniMax-M2.5)
     DP + EP      the same percentiles over the 36 DP 2 + EP runs (MiniMax-M2.5, B200 / B300), widened by the
                  unmeasured judgement (one model, DP 2, Blackwell only)
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eksinfer.catalog import get_gpu
+from eksinfer.perf.engine import blackwell_moe
 from eksinfer.planner.request import PlanRequest
 from eksinfer.planner.search import Candidate
 
@@ -45,11 +48,11 @@ class Band:
 
 # 1 / (1 + p90 error), 1 / (1 + p10 error) of the 219 calibration runs (vLLM 0.12, serial host work)
 _CALIBRATION_RUNS = Band(ttft=(0.81, 1.39), tpot=(0.67, 1.11), tokens=(0.92, 1.52))
-# the same over the 316 held-out runs with async scheduling (vLLM 0.15-0.19: Kimi K2.5 B200, MiniMax-M2.5)
-_ASYNC_RUNS = Band(ttft=(0.67, 1.63), tpot=(0.82, 1.27), tokens=(0.83, 1.22))
+# the same over the 424 held-out runs with async scheduling (vLLM 0.15-0.19: Kimi K2.5 B200, MiniMax-M2.5)
+_ASYNC_RUNS = Band(ttft=(0.65, 1.57), tpot=(0.90, 1.29), tokens=(0.80, 1.15))
 CALIBRATED = _CALIBRATION_RUNS.widen(_ASYNC_RUNS)
-# the same over the 352 held-out B200 runs (TTFT under-predicted by up to 42 %, over-predicted by up to 49 %)
-HELD_OUT = Band(ttft=(0.67, 1.72), tpot=(0.82, 1.21), tokens=(0.86, 1.23))
+# measured / predicted, 10th-90th percentile, over the 445 held-out B200 runs (2026-12-04)
+HELD_OUT = Band(ttft=(0.66, 1.67), tpot=(0.91, 1.27), tokens=(0.80, 1.12))
 # judgements for paths with no runs (see `_unmeasured`)
 NO_RUNS = Band(ttft=(0.5, 2.0), tpot=(0.67, 1.5), tokens=(0.5, 1.5))
 # g-family: published L4 / L40S / A10G runs come out 20-60 % slower than the model predicts (issue 18),
@@ -70,6 +73,8 @@ FP8_KV = Band(ttft=(0.8, 1.3), tpot=(0.8, 1.3), tokens=(0.8, 1.25))
 CALIBRATED_GPUS = ("H100", "H200")
 HELD_OUT_GPUS = ("B200",)
 MOE_FIT = ("kimi-k2.5", "H200")
+# the GPU whose runs (FP8 / NVFP4 MoE: MiniMax-M2.5, Kimi K2.5) fitted the Blackwell MoE kernels
+BLACKWELL_MOE_FIT_GPUS = ("B300",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +107,22 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
     gpu = s.instance.gpu
     if s.instance.family.startswith("g"):
         out.append((f"{gpu} (g-family): no calibration runs; published runs are 20-60 % slower", G_FAMILY))
-    elif gpu not in CALIBRATED_GPUS + HELD_OUT_GPUS:
+    elif gpu in BLACKWELL_MOE_FIT_GPUS and not (model.is_moe and blackwell_moe(get_gpu(gpu), s.precision)):
+        out.append((f"{gpu}: measured runs are FP8 / NVFP4 MoE only (MiniMax-M2.5, Kimi K2.5)", NO_RUNS))
+    elif gpu not in CALIBRATED_GPUS + HELD_OUT_GPUS + BLACKWELL_MOE_FIT_GPUS:
         out.append((f"{gpu}: no measured runs on this GPU", NO_RUNS))
-    if s.precision == "fp4":
+    if s.precision == "fp4" and not model.is_moe:
         out.append((
-            "FP4 weights: none fitted, FP4 GEMMs at the FP8 efficiency (held out on B200: Llama-3.1-70B NVFP4"
-            " TPOT 7 % off; NVFP4 MoE, MiniMax-M2.5 and Kimi K2.5, predicted 26-28 % slower than measured)",
+            "FP4 weights: none fitted, dense FP4 GEMMs at the FP8 efficiency (held out on B200: Llama-3.1-70B"
+            " NVFP4 TPOT 7 % off, TTFT 26 %)",
             NO_RUNS,
         ))  # fmt: skip
     if model.is_moe and (model.id, gpu) != MOE_FIT:
         out.append((
-            "MoE: expert GEMM rate fitted on Kimi K2.5 H200 only (held out: Qwen3-235B on vLLM 0.12 TPOT "
-            "4-14 % off with its DeepGEMM padding rows, MiniMax-M2.5 B200 11 % high)",
+            "MoE: expert constants fitted on Kimi K2.5 INT4 H200 (Marlin / Hopper kernels) and on B300 runs"
+            " (Blackwell FP8 / FP4 kernels); held out: Qwen3-235B on vLLM 0.12 TPOT 4-14 % off with its"
+            " DeepGEMM padding rows, MiniMax-M2.5 and Kimi K2.5 on B200 4-12 %, MiniMax-M2.5 H100 / H200"
+            " 20 / 12 %",
             HELD_OUT.widen(NO_RUNS),
         ))  # fmt: skip
     if s.kv_cache_dtype == "fp8":

@@ -28,6 +28,8 @@ ISSUE_MODELS = [
     "deepseek-v3",
     "glm-5",
     "kimi-k2.5",
+    "gpt-oss-120b",
+    "gpt-oss-20b",
 ]
 
 

@@ -1,9 +1,15 @@
-"""Model specs parsed from Hugging Face `config.json` fields (Llama, Qwen, Mixtral, DeepSeek/Kimi, GLM-5).
+"""Model specs parsed from Hugging Face `config.json` fields (Llama, Qwen, Mixtral, DeepSeek/Kimi, GLM-5,
+gpt-oss).
 
 The catalog stores each model's config.json fields verbatim and runs them through the same parser as
 `--model-config PATH`, so a catalog entry and a local config give the same spec. Parameter counts are
 computed from the shapes (SwiGLU MLPs, MLA projections per DeepSeek-V2/V3); the model card's headline counts
 are kept beside them for display.
+
+Hybrid attention (gpt-oss): `layer_types` names each layer "sliding_attention" or "full_attention" and
+`sliding_window` the window in tokens (transformers' GptOssConfig); a config without `layer_types` is read as
+full attention everywhere, which can only overstate its KV cache. gpt-oss's attention sinks (one learned
+logit per query head, vLLM `GptOssAttention.sinks`) hold no KV and add one logit per query and head.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from eksinfer import untrusted
 from eksinfer.errors import ConfigError
 
 AttentionKind = Literal["gqa", "mla"]
-Precision = Literal["bf16", "fp8", "int4", "fp4"]
+# fp4 is NVIDIA's NVFP4 (E2M1, an E4M3 scale per 16 weights); mxfp4 is the OCP microscaling format gpt-oss
+# ships its routed experts in (E2M1, an E8M0 scale per 32 weights): different bytes and different kernels
+Precision = Literal["bf16", "fp8", "int4", "fp4", "mxfp4"]
 QuantScope = Literal["all-linear", "routed-experts"]
 
 
@@ -48,6 +56,10 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     index_head_dim: int = 0  # DeepSeek-sparse-attention indexer key (GLM-5), cached per token and layer
+    # Sliding-window attention (0 when every layer attends to the whole context)
+    sliding_window: int = 0  # tokens a sliding layer attends to (the query's own included)
+    num_sliding_layers: int = 0  # layers with sliding-window attention; the rest attend to everything
+    attention_sinks: bool = False  # a learned per-head logit in the softmax (gpt-oss): no KV
     # MoE (0 for dense)
     num_experts: int = 0
     num_shared_experts: int = 0
@@ -72,6 +84,10 @@ class ModelSpec:
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def num_full_attention_layers(self) -> int:
+        return self.num_layers - self.num_sliding_layers
 
     @property
     def num_dense_layers(self) -> int:
@@ -115,6 +131,11 @@ def _native_precision(cfg: Mapping[str, Any]) -> tuple[Precision, QuantScope, in
         return "bf16", "all-linear", 128
     method = str(quant.get("quant_method", "")).lower()
     scope: QuantScope = "routed-experts" if quant.get("scope") == "routed-experts" else "all-linear"
+    if method == "mxfp4":
+        # gpt-oss: only the routed experts are MXFP4 (`modules_to_not_convert` lists attention, router,
+        # embeddings and lm_head), and vLLM's Mxfp4Config quantizes only FusedMoE layers, running every linear
+        # layer unquantized (vllm/model_executor/layers/quantization/mxfp4.py get_quant_method)
+        return "mxfp4", "routed-experts", 32
     bits = quant.get("bits") or quant.get("w_bit")
     group = _opt(quant, "group_size", 0) or _opt(quant, "q_group_size", 0) or 128
     for group_cfg in (quant.get("config_groups") or {}).values():
@@ -137,7 +158,8 @@ def _moe_fields(cfg: Mapping[str, Any], layers: int) -> tuple[int, int, int, int
     )
     if experts == 0:
         return 0, 0, 0, 0, 0, 0
-    top_k = _int(cfg, "num_experts_per_tok")
+    top_key = "num_experts_per_tok" if "num_experts_per_tok" in cfg else "experts_per_token"  # gpt-oss: both
+    top_k = _int(cfg, top_key)
     if "n_routed_experts" in cfg:  # DeepSeek V2/V3, Kimi K2, GLM-5
         width = _int(cfg, "moe_intermediate_size")
         shared = _opt(cfg, "n_shared_experts", 0)
@@ -145,7 +167,7 @@ def _moe_fields(cfg: Mapping[str, Any], layers: int) -> tuple[int, int, int, int
         freq = _opt(cfg, "moe_layer_freq", 1)
         moe_layers = sum(1 for i in range(first_dense, layers) if i % freq == 0)
         return experts, shared, top_k, width, shared * width, moe_layers
-    if "num_local_experts" in cfg:  # Mixtral: intermediate_size is the expert width
+    if "num_local_experts" in cfg:  # Mixtral, gpt-oss: intermediate_size is the expert width
         return experts, 0, top_k, _int(cfg, "intermediate_size"), 0, layers
     width = _int(cfg, "moe_intermediate_size")  # Qwen2/Qwen3 MoE
     shared_width = _opt(cfg, "shared_expert_intermediate_size", 0)
@@ -153,6 +175,31 @@ def _moe_fields(cfg: Mapping[str, Any], layers: int) -> tuple[int, int, int, int
     dense_only = set(cfg.get("mlp_only_layers") or [])
     moe_layers = sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
     return experts, 1 if shared_width else 0, top_k, width, shared_width, moe_layers
+
+
+def _sliding_layers(cfg: Mapping[str, Any], layers: int) -> tuple[int, int]:
+    """(sliding window in tokens, sliding layers) from `layer_types` + `sliding_window`; (0, 0) without them.
+
+    Only `layer_types` says which layers slide (gpt-oss alternates sliding and full, transformers'
+    GptOssConfig default); a bare `sliding_window` (Qwen2/3 with use_sliding_window false, Gemma 2's implicit
+    alternation) is not read as sliding, so such a model is counted with full attention everywhere: its KV
+    and attention cost can be overstated, never understated.
+    """
+    kinds = cfg.get("layer_types")
+    if kinds is None:
+        return 0, 0
+    if not isinstance(kinds, list) or len(kinds) != layers:
+        raise ConfigError(f"expected a list of {layers} layer types, got {kinds!r}", field="layer_types")
+    sliding = sum(1 for kind in kinds if kind == "sliding_attention")
+    unknown = {str(kind) for kind in kinds} - {"sliding_attention", "full_attention"}
+    if unknown:
+        raise ConfigError(f"unsupported layer types {sorted(unknown)}", field="layer_types")
+    if not sliding:
+        return 0, 0
+    window = _int(cfg, "sliding_window")
+    if window < 1:
+        raise ConfigError(f"must be at least 1, got {window}", field="sliding_window")
+    return window, sliding
 
 
 def _attention_params(cfg: Mapping[str, Any], hidden: int, heads: int, kv_heads: int, head_dim: int) -> int:
@@ -176,6 +223,12 @@ def _attention_params(cfg: Mapping[str, Any], hidden: int, heads: int, kv_heads:
     return hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
 
 
+def _has_attention_sinks(cfg: Mapping[str, Any]) -> bool:
+    """gpt-oss declares no key for its sinks: every GptOssForCausalLM attention layer has them (vLLM
+    vllm/model_executor/models/gpt_oss.py `OAIAttention.sinks`, one per query head)."""
+    return config_family(cfg) == "gpt_oss" or "GptOssForCausalLM" in (cfg.get("architectures") or [])
+
+
 # Config families the parser counts correctly, with their config class's `tie_word_embeddings` default
 # (transformers `configuration_<family>.py`): a config.json usually omits the key when it equals the default,
 # so the family decides whether the embedding and the LM head are one matrix or two. Gemma 2 omitted and read
@@ -194,6 +247,7 @@ TIED_BY_DEFAULT = {
     "kimi_k2": False,
     "kimi_k25": False,
     "glm_moe_dsa": False,
+    "gpt_oss": False,
     "gemma": True,
     "gemma2": True,
     "gemma3_text": True,
@@ -248,7 +302,9 @@ def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", *
     experts, shared, top_k, width, shared_width, moe_layers = _moe_fields(cfg, layers)
     dense_width = _opt(cfg, "intermediate_size", 0) if moe_layers < layers else 0
     vocab, tied = _int(cfg, "vocab_size"), _tied(cfg, family)
-    attn = _attention_params(cfg, hidden, heads, kv_heads, head_dim)
+    window, sliding = _sliding_layers(cfg, layers)
+    sinks = _has_attention_sinks(cfg)
+    attn = _attention_params(cfg, hidden, heads, kv_heads, head_dim) + (heads if sinks else 0)
     dense_mlp = 3 * hidden * dense_width  # SwiGLU: gate, up, down
     expert, shared_p = 3 * hidden * width, 3 * hidden * shared_width
     router = hidden * experts
@@ -280,6 +336,9 @@ def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", *
         qk_rope_head_dim=rope,
         v_head_dim=_opt(cfg, "v_head_dim", 0),
         index_head_dim=_opt(cfg, "index_head_dim", 0),
+        sliding_window=window,
+        num_sliding_layers=sliding,
+        attention_sinks=sinks,
         num_experts=experts,
         num_shared_experts=shared,
         experts_per_token=top_k,

@@ -11,6 +11,12 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
               on vLLM 0.12's DeepGEMM MoE path (deepgemm_moe) plus local experts x 127 padding rows a step
     prefill   4 x layers x heads x qk/v dims x causal query-key pairs / TP / (TFLOPS x ETA_ATTN)
     decode    max(KV read / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN))
+              sliding-window layers (gpt-oss: 18 of 36, window 128) attend to at most `window` keys per
+              query: their prefill pairs are min(causal pairs, prompt tokens x window) and their decode
+              context min(context tokens, decoding sequences x window) (exact when every prompt chunk and
+              every context lies wholly past the window or wholly inside it; otherwise an upper bound);
+              attention sinks (one learned logit per query head, gpt-oss) add one key to every query's
+              softmax and read no KV
     TP        2 all-reduces per layer: ALLREDUCE_LATENCY + 2 (TP-1)/TP x tokens x hidden x 2 B / NVLink
     PP        per stage boundary: P2P_LATENCY + tokens x hidden x 2 B / inter-node GB/s (EFA)
     DP + EP   (MoE, vLLM --data-parallel-size D [--enable-expert-parallel]) each of D attention ranks runs
@@ -140,6 +146,7 @@ class EnginePerf:
     kv_bytes_per_token_per_gpu: int
     kv_cache_bytes_per_gpu: float
     num_gpu_blocks: int
+    kv_layout: mem.KvLayout  # vLLM's KV-cache groups (sliding-window layers keep only their window)
     # step-time coefficients (seconds)
     _dense_read_s: float
     _experts_read_s: float  # reading every routed expert held by this rank once
@@ -152,9 +159,14 @@ class EnginePerf:
     _expert_padding_s: float  # vLLM 0.12's DeepGEMM path: GEMM seconds of the padding rows per step; else 0
     _linear_per_token_s: float
     _head_per_token_s: float
-    _attn_per_pair_s: float
+    _attn_per_pair_s: float  # full-attention layers
     _kv_read_per_token_s: float
     _attn_decode_per_token_s: float
+    _sliding_window: float  # tokens a sliding layer attends to; 0 without sliding layers
+    _attn_per_pair_swa_s: float  # the sliding-window layers' terms
+    _kv_read_per_token_swa_s: float
+    _attn_decode_per_token_swa_s: float
+    _sink_keys: float  # 1 with attention sinks: one more logit per query and head, no KV
     _comm_fixed_s: float
     _comm_per_token_s: float
     _overhead_s: float
@@ -165,8 +177,15 @@ class EnginePerf:
 
     @property
     def kv_capacity_tokens(self) -> int:
-        """KV tokens of one (data-parallel) rank: each DP rank keeps its own sequences."""
+        """KV pool tokens of one (data-parallel) rank: each DP rank keeps its own sequences. With
+        sliding-window layers every sequence also takes its window's blocks from this pool
+        (`seq_kv_tokens`)."""
         return self.num_gpu_blocks * self.block_size
+
+    def seq_kv_tokens(self, tokens: float) -> float:
+        """Pool tokens a sequence of `tokens` occupies: its blocks (whole ones) in every full-attention
+        group, at most its window's blocks in every sliding-window group."""
+        return self.kv_layout.pool_tokens(tokens)
 
     def touched_experts(self, tokens: float) -> float:
         """Share of this rank's routed experts that a step of `tokens` (local) tokens reads, 0 for dense.
@@ -218,10 +237,19 @@ class EnginePerf:
             # causal halving: exact for one chunk (T x (c + T) - T^2 / 2) and for fresh prompts (pairs / 2)
             pairs = float(prefill_attention_pairs)
             causal = max(0.5 * pairs, pairs - 0.5 * prefill_tokens * prefill_tokens)
-            t += self._attn_per_pair_s * causal
+            sinks = self._sink_keys * prefill_tokens
+            t += self._attn_per_pair_s * (causal + sinks)
+            if self._sliding_window:
+                window = min(causal, prefill_tokens * self._sliding_window)
+                t += self._attn_per_pair_swa_s * (window + sinks)
         if decode_context_tokens:
+            sinks = self._sink_keys * decode_seqs
             kv = self._kv_read_per_token_s * decode_context_tokens
-            flops = self._attn_decode_per_token_s * decode_context_tokens
+            flops = self._attn_decode_per_token_s * (decode_context_tokens + sinks)
+            if self._sliding_window:
+                window = min(float(decode_context_tokens), decode_seqs * self._sliding_window)
+                kv += self._kv_read_per_token_swa_s * window
+                flops += self._attn_decode_per_token_swa_s * (window + sinks)
             t += kv if kv > flops else flops
         gpu = t + self._comm_fixed_s + self._comm_per_token_s * tokens + self._overhead_s
         host = STEP_OVERHEAD_S + SEQ_OVERHEAD_S * decode_seqs
@@ -299,9 +327,17 @@ def _expert_gemm_rate(gpu: GpuSpec, precision: str, gemm: float) -> float:
 
 
 def blackwell_moe(gpu: GpuSpec, precision: str) -> bool:
-    """Whether routed experts run in vLLM's Blackwell MoE kernels: FP8 or FP4 weights on an FP4-capable GPU
-    (W4A16 INT4 experts stay in Marlin there)."""
-    return bool(gpu.fp4_tflops) and precision in ("fp8", "fp4")
+    """Whether routed experts run in vLLM's Blackwell MoE kernels: FP8, NVFP4 or MXFP4 weights on an
+    FP4-capable GPU (W4A16 INT4 experts stay in Marlin there).
+
+    MXFP4 (gpt-oss): vLLM's `get_mxfp4_backend` (vllm/model_executor/layers/quantization/mxfp4.py) picks
+    FlashInfer's TRT-LLM-gen MXFP4 MoE on SM100 (SM100_FI_MXFP4_BF16 by default, SM100_FI_MXFP4_MXFP8_TRTLLM
+    with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1), the kernel family BLACKWELL_MOE_* was fitted on; on Hopper
+    and Ampere it picks OpenAI's triton_kernels matmul_ogs (SM90 with triton_kernels installed, as vLLM's
+    image ships it) or Marlin, both W4A16 (`mxfp4_w4a16_moe_quant_config`), the class MOE_GEMM_FACTOR was
+    fitted on (Kimi K2.5 INT4 in Marlin on H200).
+    """
+    return bool(gpu.fp4_tflops) and precision in ("fp8", "fp4", "mxfp4")
 
 
 def _check_parallelism(model: ModelSpec, tp: int, pp: int, dp: int = 1) -> None:
@@ -361,7 +397,8 @@ def _step_coefficients(
         decode_dims = 2 * model.kv_lora_rank + model.qk_rope_head_dim
     else:
         prefill_dims = decode_dims = 2 * model.head_dim
-    kv_per_gpu_all_stages = mem.kv_bytes_per_token_per_gpu(model, kv_dtype, tp, 1)
+    kv_full, kv_sliding = mem.kv_read_bytes_per_token_per_gpu(model, kv_dtype, tp)
+    full_layers, sliding_layers = model.num_full_attention_layers, model.num_sliding_layers
     hidden_bytes = model.hidden_size * mem.BF16_BYTES
     link = gpu.interconnect_gbps * 1e9
     comm_fixed = comm_per_token = 0.0
@@ -400,9 +437,14 @@ def _step_coefficients(
         "_expert_padding_s": padding,
         "_linear_per_token_s": 2.0 * dense_linear / tp / gemm,
         "_head_per_token_s": 2.0 * lm_head / tp / gemm,
-        "_attn_per_pair_s": 2.0 * layers * heads * prefill_dims / tp / attn,
-        "_kv_read_per_token_s": kv_per_gpu_all_stages / bw,
-        "_attn_decode_per_token_s": 2.0 * layers * heads * decode_dims / tp / attn,
+        "_attn_per_pair_s": 2.0 * full_layers * heads * prefill_dims / tp / attn,
+        "_kv_read_per_token_s": kv_full / bw,
+        "_attn_decode_per_token_s": 2.0 * full_layers * heads * decode_dims / tp / attn,
+        "_sliding_window": float(model.sliding_window if sliding_layers else 0),
+        "_attn_per_pair_swa_s": 2.0 * sliding_layers * heads * prefill_dims / tp / attn,
+        "_kv_read_per_token_swa_s": kv_sliding / bw,
+        "_attn_decode_per_token_swa_s": 2.0 * sliding_layers * heads * decode_dims / tp / attn,
+        "_sink_keys": 1.0 if model.attention_sinks else 0.0,
         "_comm_fixed_s": comm_fixed,
         "_comm_per_token_s": comm_per_token,
         "_overhead_s": LAYER_OVERHEAD_S * layers + moe_overhead * model.num_moe_layers,
@@ -478,7 +520,9 @@ def build_engine_perf(
             binding=["memory"],
         )
     blocks = num_gpu_blocks if num_gpu_blocks is not None else int(kv_mem // (block_size * kv_tok_gpu))
-    max_model_len = _fit_context(model, blocks * block_size, max_model_len, num_gpu_blocks is None, where)
+    layout = mem.kv_layout(model, pp, block_size)
+    capacity = layout.max_seq_tokens(blocks * block_size)
+    max_model_len = _fit_context(model, capacity, max_model_len, num_gpu_blocks is None, where)
     return EnginePerf(
         model_id=model.id,
         gpu=gpu.name,
@@ -501,6 +545,7 @@ def build_engine_perf(
         kv_bytes_per_token_per_gpu=kv_tok_gpu,
         kv_cache_bytes_per_gpu=float(blocks * block_size * kv_tok_gpu),
         num_gpu_blocks=blocks,
+        kv_layout=layout,
         expert_parallel=ep,
         **_step_coefficients(
             model,

@@ -105,12 +105,10 @@ def single_shape(classes: Sequence[PromptClass]) -> bool:
 
 
 def kv_tokens_per_sequence(perf: EnginePerf, classes: Sequence[PromptClass]) -> float:
-    """Mean KV a running sequence holds: each class's ISL + OSL/2 (in whole blocks), weighted by how long
-    it runs (its share x its OSL)."""
+    """Mean KV a running sequence holds: each class's ISL + OSL/2 (in whole blocks, plus the window's blocks
+    of sliding-window layers), weighted by how long it runs (its share x its OSL)."""
     weights = [c.share * max(1, c.output_tokens) for c in classes]
-    held = [
-        math.ceil((c.input_tokens + c.output_tokens / 2) / perf.block_size) * perf.block_size for c in classes
-    ]
+    held = [perf.seq_kv_tokens(c.input_tokens + c.output_tokens / 2) for c in classes]
     return sum(w * h for w, h in zip(weights, held, strict=True)) / sum(weights)
 
 

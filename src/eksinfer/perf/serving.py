@@ -89,7 +89,7 @@ def prompts_ahead(running: float) -> float:
 def max_running(perf: EnginePerf, input_tokens: int, output_tokens: int) -> int:
     """Sequences of this shape that fit in KV at average occupancy (ISL + OSL/2), capped by max_num_seqs;
     each data-parallel rank has its own KV cache and its own --max-num-seqs."""
-    per_seq = math.ceil((input_tokens + output_tokens / 2) / perf.block_size) * perf.block_size
+    per_seq = int(perf.seq_kv_tokens(input_tokens + output_tokens / 2))  # whole blocks; sliding: window
     per_rank = min(perf.max_num_seqs, perf.kv_capacity_tokens // max(1, per_seq))
     return max(0, per_rank * perf.data_parallel_size)
 

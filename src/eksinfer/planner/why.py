@@ -105,7 +105,7 @@ def _slo(request: PlanRequest, cand: Candidate) -> str:
 def _memory(request: PlanRequest, cand: Candidate) -> str:
     perf, t = cand.perf, request.traffic
     kv_tokens = perf.kv_capacity_tokens * perf.data_parallel_size
-    full = kv_tokens // (t.input_tokens + t.output_tokens)
+    full = kv_tokens // max(1, int(perf.seq_kv_tokens(t.input_tokens + t.output_tokens)))
     ranks = f" on each of {perf.data_parallel_size} DP ranks" if perf.data_parallel_size > 1 else ""
     return (
         f"{perf.num_gpu_blocks:,} KV blocks of {perf.block_size}{ranks} = {kv_tokens:,} tokens "

@@ -33,6 +33,7 @@ SAMPLE_NAMES = (
     "aic_vllm_agg_holdout_more.csv",
     "aic_vllm_agg_holdout_fp4_moe.csv",
     "aic_vllm_agg_b300_fit.csv",
+    "aic_vllm_agg_holdout_gpt_oss.csv",
 )
 MODEL_MAP = {
     "Qwen/Qwen3-32B": "qwen3-32b",
@@ -42,7 +43,11 @@ MODEL_MAP = {
     "moonshotai/Kimi-K2.5": "kimi-k2.5",
     "MiniMaxAI/MiniMax-M2.5": "minimax-m2.5",
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "openai/gpt-oss-120b": "gpt-oss-120b",
 }
+# The corpus labels gpt-oss-120b's runs fp4 / nvfp4, but they serve openai/gpt-oss-120b itself, whose routed
+# experts are MXFP4 (its config.json: quant_method mxfp4): a different format (E8M0 scale per 32) and kernels
+CORPUS_PRECISION = {("openai/gpt-oss-120b", "fp4"): "mxfp4"}
 # Not a catalog model: the config.json fields of MiniMaxAI/MiniMax-M2.5 (MiniMaxM2ForCausalLM, shared with
 # MiniMax-M2; native FP8), 228.7B total / 10.4B active as counted, against the card's 229B / 10B.
 MINIMAX_M2_5 = {
@@ -82,6 +87,11 @@ HOLDOUT = {
     ("MiniMaxAI/MiniMax-M2.5", "h100_sxm", "fp8"),
     ("MiniMaxAI/MiniMax-M2.5", "b200_sxm", "fp4"),
     ("moonshotai/Kimi-K2.5", "b200_sxm", "fp4"),
+    # added 2026-12-04 (issue 18, gpt-oss in the catalog): every one-node vLLM aggregated run of a recorded
+    # release (H100 0.11.2 / 0.18.0, H200 0.18.0, B200 0.15.1); runs without a version are left out
+    ("openai/gpt-oss-120b", "h100_sxm", "mxfp4"),
+    ("openai/gpt-oss-120b", "h200_sxm", "mxfp4"),
+    ("openai/gpt-oss-120b", "b200_sxm", "mxfp4"),
 }
 # A second serving engine (SGLang) on the calibration models and GPUs: runs nobody fitted on, from another
 # stack's benchmark campaign; predicted with the vLLM model as they are (SGLang schedules prefill its own way)
@@ -196,7 +206,9 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
     for path in paths or tuple(_find(name) for name in SAMPLE_NAMES):
         with path.open(newline="", encoding="utf-8") as fh:
             for r in csv.DictReader(fh):
-                key = (r["model_path"], r["system"], r["precision"] or "bf16")
+                precision = r["precision"] or "bf16"
+                precision = CORPUS_PRECISION.get((r["model_path"], precision), precision)
+                key = (r["model_path"], r["system"], precision)
                 if r["backend"] != backend or r["mode"] != "agg" or key not in wanted:
                     continue
                 tp = int(r["tp_size"])

@@ -43,7 +43,12 @@ def test_runs_count_as_async_by_version_engine_or_measurement_date() -> None:
     assert bench_plan.overlapped("vllm", "", "measured=2026-04-22T00:00:00.000Z")
     assert not bench_plan.overlapped("vllm", "", "no date")
     rows = bench_plan.load_holdout()
-    assert {r.model for r in rows if r.async_scheduling} == {"moonshotai/Kimi-K2.5", "MiniMaxAI/MiniMax-M2.5"}
+    assert {r.model for r in rows if r.async_scheduling} == {
+        "moonshotai/Kimi-K2.5",
+        "MiniMaxAI/MiniMax-M2.5",
+        "openai/gpt-oss-120b",
+    }
+    assert not any(r.async_scheduling for r in rows if r.version == "0.11.2")  # gpt-oss H100, before 0.14
     assert not any(r.async_scheduling for r in bench_plan.load_rows())
 
 
@@ -53,15 +58,41 @@ def _held_out() -> list[bench_plan.Compared]:
     return [c for c in extra if (c.row.model, c.row.system, c.row.precision) not in fitted]
 
 
+GPT_OSS = "openai/gpt-oss-120b"
+
+
 def test_held_out_medians_hold() -> None:
-    # issue 18's held-out goals (TTFT 20 %, TPOT and throughput 15 %), met at this commit; a guard, not a
-    # fit: no constant is chosen on these runs. 595 = the 487 of 2026-12-03 and 108 runs added 2026-12-04
-    # (MiniMax-M2.5 FP8 H100, MiniMax-M2.5 and Kimi K2.5 NVFP4 B200)
+    # issue 18's held-out goals (TTFT 20 %, TPOT and throughput 15 %); a guard, not a fit: no constant is
+    # chosen on these runs. 799 = the 487 of 2026-12-03, 108 runs added 2026-12-04 (MiniMax-M2.5 FP8 H100,
+    # MiniMax-M2.5 and Kimi K2.5 NVFP4 B200) and the 204 gpt-oss-120b runs added with the model (issue 18).
+    # The 595 without gpt-oss meet all three goals (19.5 / 10.2 / 10.4 %); with gpt-oss the set meets TPOT
+    # and throughput (12.4 / 13.0 %) but MISSES the TTFT goal (25.4 %): gpt-oss is predicted slower than
+    # measured (docs/planner.md, "gpt-oss"), and nothing was tuned on its runs. The TTFT bound below guards
+    # today's value, not the goal.
     held = _held_out()
-    assert len(held) == 595
-    assert statistics.median(abs(c.err("ttft_ms")) for c in held) <= 20.0
-    assert statistics.median(abs(c.err("tpot_ms")) for c in held) <= 15.0
-    assert statistics.median(abs(c.err("tok_s")) for c in held) <= 15.0
+    assert len(held) == 799
+    earlier = [c for c in held if c.row.model != GPT_OSS]
+    assert len(earlier) == 595
+    for items, ttft_limit in ((earlier, 20.0), (held, 26.0)):
+        assert statistics.median(abs(c.err("ttft_ms")) for c in items) <= ttft_limit
+        assert statistics.median(abs(c.err("tpot_ms")) for c in items) <= 15.0
+        assert statistics.median(abs(c.err("tok_s")) for c in items) <= 15.0
+
+
+def test_gpt_oss_runs_are_the_recorded_releases_predicted_as_mxfp4() -> None:
+    # every one-node vLLM run of a recorded release; the 24 without a version are not vendored
+    rows = [r for r in bench_plan.load_holdout() if r.model == GPT_OSS]
+    counts: dict[tuple[str, str], int] = {}
+    for r in rows:
+        counts[(r.system, r.version)] = counts.get((r.system, r.version), 0) + 1
+    assert counts == {
+        ("h100_sxm", "0.18.0"): 58,
+        ("h100_sxm", "0.11.2"): 6,
+        ("h200_sxm", "0.18.0"): 66,
+        ("b200_sxm", "0.15.1"): 74,
+    }
+    # the corpus says fp4 / nvfp4; the checkpoint's experts are MXFP4, with no FP8 KV scheme
+    assert {(r.precision, r.kv_cache_dtype) for r in rows} == {("mxfp4", "auto")}
 
 
 def test_blackwell_moe_fit_holds() -> None:

@@ -371,7 +371,7 @@ def register(app: typer.Typer) -> None:
             None, "--on-prem", help="On-prem GPUs via Hybrid Nodes, e.g. H100:16."
         ),
         precision: str | None = typer.Option(
-            None, "--precision", help="Force bf16, fp8, int4 or fp4 weights."
+            None, "--precision", help="Force bf16, fp8, int4, fp4 or mxfp4 (gpt-oss's own) weights."
         ),
         kv_cache_dtype: str | None = typer.Option(
             None, "--kv-cache-dtype", help="Force auto or fp8 KV cache (default: search both)."

@@ -13,6 +13,7 @@ use them:
     DeepSeek-R1                  deepseek_v3, reasoning deepseek_r1
     Kimi-K2-Instruct             kimi_k2                        K2-Thinking, K2.5: reasoning kimi_k2 too
     GLM-4.5 / 4.6                glm45, reasoning glm45         GLM-4.7, GLM-5: glm47, reasoning glm45
+    gpt-oss (harmony format)     openai, reasoning openai_gptoss (vLLM recipes OpenAI/GPT-OSS.md)
 The first pattern that matches the lower-cased Hugging Face id (or S3 path) wins.
 """
 
@@ -44,6 +45,7 @@ _FAMILIES: tuple[tuple[re.Pattern[str], Parsers], ...] = tuple(
         (r"kimi-k2", Parsers("kimi_k2", "kimi_k2")),
         (r"glm-4\.[56]", Parsers("glm45", "glm45")),
         (r"glm-4\.7|glm-5", Parsers("glm47", "glm45")),
+        (r"gpt-oss", Parsers("openai", "openai_gptoss")),
     )
 )
 

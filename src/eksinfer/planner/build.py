@@ -54,6 +54,7 @@ NATIVE_ARCHITECTURES = {
     "DeepseekV2ForCausalLM",
     "DeepseekV3ForCausalLM",
     "GlmMoeDsaForCausalLM",
+    "GptOssForCausalLM",
 }
 NIXL_CONFIG = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"}, separators=(",", ":"))
 

@@ -67,6 +67,9 @@ MIG = Band(ttft=(0.67, 1.5), tpot=(0.67, 1.5), tokens=(0.67, 1.5))
 # model on Blackwell at DP 2 and plans also offer DP 4 / 8 and Hopper
 DP_EP_RUNS = Band(ttft=(0.85, 5.5), tpot=(0.99, 1.55), tokens=(0.65, 0.98))  # rounded outward
 DP_EP = DP_EP_RUNS.widen(NO_RUNS)
+# the same percentiles over the 204 held-out gpt-oss-120b runs (H100 / H200 / B200, vLLM 0.11-0.18): the model
+# predicts them slower than measured (TTFT up to 4x on B200 long prompts), never fitted on them
+GPT_OSS = Band(ttft=(0.24, 0.91), tpot=(0.61, 0.98), tokens=(1.03, 1.69))
 # FP8 KV: capacity is exact arithmetic; the step time only halves KV reads (no calibrated FP8-KV runs)
 FP8_KV = Band(ttft=(0.8, 1.3), tpot=(0.8, 1.3), tokens=(0.8, 1.25))
 
@@ -111,6 +114,12 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
         out.append((f"{gpu}: measured runs are FP8 / NVFP4 MoE only (MiniMax-M2.5, Kimi K2.5)", NO_RUNS))
     elif gpu not in CALIBRATED_GPUS + HELD_OUT_GPUS + BLACKWELL_MOE_FIT_GPUS:
         out.append((f"{gpu}: no measured runs on this GPU", NO_RUNS))
+    if s.precision == "mxfp4":
+        out.append((
+            "MXFP4 experts (gpt-oss): held out on H100 / H200 / B200, never fitted; predicted slower than "
+            "measured there (median TTFT error 45 %, TPOT 23 %); the MoE constants come from other models",
+            GPT_OSS.widen(NO_RUNS),
+        ))  # fmt: skip
     if s.precision == "fp4" and not model.is_moe:
         out.append((
             "FP4 weights: none fitted, dense FP4 GEMMs at the FP8 efficiency (held out on B200: Llama-3.1-70B"

@@ -153,8 +153,8 @@ class PlanRequest:
             raise UsageError(f"must be in [1, {MAX_NODES:,}]", field="--max-nodes")
         if c.monthly_budget_usd is not None and not 0 < c.monthly_budget_usd < math.inf:
             raise UsageError("must be a finite number > 0", field="--budget")
-        if c.precision not in (None, "bf16", "fp8", "int4", "fp4"):
-            raise UsageError("must be bf16, fp8, int4 or fp4", field="--precision")
+        if c.precision not in (None, "bf16", "fp8", "int4", "fp4", "mxfp4"):
+            raise UsageError("must be bf16, fp8, int4, fp4 or mxfp4", field="--precision")
         if c.kv_cache_dtype not in (None, "auto", "fp8"):
             raise UsageError("must be auto or fp8", field="--kv-cache-dtype")
         if c.needs_mig and c.needs_dra:

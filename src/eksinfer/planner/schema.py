@@ -14,7 +14,7 @@ from eksinfer.strict import StrictModel
 
 PLAN_SCHEMA_VERSION = "eksinfer.plan/v1"
 
-Precision = Literal["bf16", "fp8", "int4", "fp4"]
+Precision = Literal["bf16", "fp8", "int4", "fp4", "mxfp4"]
 Provisioning = Literal["auto-mode", "karpenter", "managed-node-group"]
 # capacity-block: nodes launched into a Capacity Block for ML (Karpenter capacity type "reserved");
 # reserved: on-demand nodes billed under a commitment (Reserved Instances / Savings Plans)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from eksinfer.catalog import GpuSpec, InstanceSpec, ModelSpec, get_gpu, list_instances
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_decode
+from eksinfer.perf.memory import GIB, weight_bytes
 from eksinfer.perf.mix import MixPoint, predict_aggregated_mix, predict_decode_mix
 from eksinfer.planner.phases import early
 from eksinfer.planner.request import PlanRequest
@@ -29,6 +30,10 @@ TPOT_TAIL = 1.1  # p99 / mean TPOT allowance (MLPerf: 1.02-1.18)
 RATE_HEADROOM = 1.2  # replicas for 120 % of a target request rate (llm-d planner config_finder)
 BATCH_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 TIER1_MAX_PARAMS_B = 40.0
+# ...or whose checkpoint's own weights fit one 80 GB GPU with room for activations and KV (0.9 x 80 GiB = 72
+# GiB usable, minus 7.6 GiB of MoE activations): gpt-oss-120b's MXFP4 checkpoint is 60.7 GiB, and vLLM's
+# gpt-oss recipe runs it at TP 1 for the best throughput per GPU
+TIER1_MAX_WEIGHT_GIB = 64.0
 TIER3_MIN_MOE_PARAMS_B = 700.0
 MAX_NODES_PER_ENGINE = 4
 
@@ -92,7 +97,8 @@ class Misses:
 def model_tier(model: ModelSpec) -> int:
     if model.is_moe and model.total_params_b >= TIER3_MIN_MOE_PARAMS_B:
         return 3
-    return 1 if model.total_params_b <= TIER1_MAX_PARAMS_B else 2
+    one_gpu = weight_bytes(model, model.native_precision) <= TIER1_MAX_WEIGHT_GIB * GIB
+    return 1 if model.total_params_b <= TIER1_MAX_PARAMS_B or one_gpu else 2
 
 
 def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str]:
@@ -101,6 +107,8 @@ def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str
     at the BF16 rate). vLLM quantizes online when no FP8 checkpoint exists."""
     forced = request.constraints.precision
     if forced:
+        if forced == "mxfp4" and model.native_precision != "mxfp4":
+            return []  # vLLM serves MXFP4 only from a checkpoint that ships it (gpt-oss); no online quantizer
         return [] if forced == "fp4" and not gpu.fp4_tflops else [forced]  # FP4 needs FP4 tensor cores
     out: list[str] = [model.native_precision]
     if model.native_precision == "bf16":

@@ -7,10 +7,17 @@ import dataclasses
 from eksinfer.catalog import InstanceSpec
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import max_running
-from eksinfer.perf.memory import GIB
+from eksinfer.perf.memory import GIB, weight_bytes
 from eksinfer.perf.mix import MixPoint
 from eksinfer.planner.request import PlanRequest
-from eksinfer.planner.search import TPOT_TAIL, TTFT_TAIL, Candidate, build_perf, model_tier
+from eksinfer.planner.search import (
+    TIER1_MAX_PARAMS_B,
+    TPOT_TAIL,
+    TTFT_TAIL,
+    Candidate,
+    build_perf,
+    model_tier,
+)
 
 TIER_PATTERN = {
     1: "one GPU per replica, replicas behind round-robin",
@@ -22,6 +29,9 @@ TIER_PATTERN = {
 def _tier(request: PlanRequest, cand: Candidate) -> str:
     model, tier = request.model, cand.shape.tier
     size = f"{model.total_params_b:.0f}B{' MoE' if model.is_moe else ''}"
+    if tier == 1 and model.total_params_b > TIER1_MAX_PARAMS_B:
+        native = model.native_precision
+        size += f" in {weight_bytes(model, native) / GIB:.1f} GiB of {native} weights"
     text = f"tier {tier}: {size} -> {TIER_PATTERN[tier]}"
     if tier > model_tier(model):
         text += f" (tier {model_tier(model)} had no shape that fits and meets the SLOs)"
@@ -69,6 +79,11 @@ def _precision(request: PlanRequest, cand: Candidate) -> str:
             " (NVFP4: 4-bit weights and activations with an FP8 scale per 16 values on FP4 tensor cores; "
             "accuracy caveat: a published ModelOpt checkpoint, usually within about 1 % of FP8 on the "
             "vendor's evals but check yours)"
+        )
+    if s.precision == "mxfp4":
+        text += (
+            " (the checkpoint's own MXFP4 routed experts, BF16 elsewhere: W4A16 MoE kernels, FlashInfer's on "
+            "Blackwell, triton_kernels or Marlin before it)"
         )
     if s.precision == "fp8" and not s.gpu.fp8_tflops:
         text += " (weight-only FP8, W8A16 Marlin kernels: no FP8 tensor cores on this GPU)"

@@ -37,7 +37,13 @@ def test_kv_pool_follows_vllms_hybrid_groups() -> None:
     # 1,000 tokens: ceil(1000 / 16) = 63 full-group blocks + ceil(127 / 16) + 1 = 9 window blocks
     assert layout.pool_tokens(1000) == (63 + 9) * 16
     assert layout.pool_tokens(100) == (7 + 7) * 16  # shorter than the window: its own blocks twice
-    assert layout.max_seq_tokens(72 * 16) == 63 * 16
+    # vLLM starts only if one --max-model-len request fits with the window plus one step's tokens in the
+    # sliding group: ceil((127 + 8192) / 16) + 1 = 521 blocks (kv_cache_interface.py SlidingWindowSpec)
+    assert layout.max_seq_tokens(5132 * 16, 8192) == (5132 - 521) * 16
+    assert layout.max_seq_tokens(600 * 16, 2048) == (600 - 137) * 16  # ceil(2175 / 16) + 1 = 137
+    assert mem.kv_layout(ALL_FULL).max_seq_tokens(5132 * 16, 8192) == 5132 * 16
+    # a pool under one step's window: L needs ceil(L / 16) + ceil(L / 16) + 1 blocks, 149 x 2 + 1 <= 300
+    assert layout.max_seq_tokens(300 * 16, 8192) == 149 * 16
     assert mem.kv_layout(ALL_FULL).pool_tokens(1000) == 63 * 16  # one group: whole blocks only
 
 

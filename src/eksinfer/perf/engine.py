@@ -521,7 +521,7 @@ def build_engine_perf(
         )
     blocks = num_gpu_blocks if num_gpu_blocks is not None else int(kv_mem // (block_size * kv_tok_gpu))
     layout = mem.kv_layout(model, pp, block_size)
-    capacity = layout.max_seq_tokens(blocks * block_size)
+    capacity = layout.max_seq_tokens(blocks * block_size, mbt)
     max_model_len = _fit_context(model, capacity, max_model_len, num_gpu_blocks is None, where)
     return EnginePerf(
         model_id=model.id,

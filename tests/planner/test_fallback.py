@@ -29,6 +29,7 @@ def request(model: str = "llama-3.3-70b", **constraints: object) -> PlanRequest:
         ("llama-3.1-8b", "eu-west-1", "eu.meta.llama3-1-8b-instruct-v1:0", True, "same"),
         ("qwen3-32b", "us-west-2", "qwen.qwen3-32b-v1:0", False, "same"),
         ("deepseek-v3", "us-east-1", "deepseek.v3-v1:0", False, "close"),
+        ("gpt-oss-120b", "us-west-2", "openai.gpt-oss-120b-1:0", False, "same"),
     ],
 )
 def test_default_fallback(model: str, region: str, model_id: str, profile: bool, match: str) -> None:

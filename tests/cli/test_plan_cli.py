@@ -201,3 +201,23 @@ def test_phase_from_with_json_keeps_stdout_a_plan_and_prints_changes_on_stderr()
     assert plan.stack.phase == "4"
     assert "phase 2 -> 4" in proc.stderr
     assert "+ slo-autoscaling" in proc.stderr
+
+
+GPT_OSS_CONFIG = Path(__file__).parents[1] / "catalog" / "data" / "gpt-oss-120b.config.json"
+
+
+def test_a_local_gpt_oss_config_plans_like_the_catalog_entry() -> None:
+    # the public openai/gpt-oss-120b config.json (tests/catalog/data): sliding window, sinks, MXFP4 experts
+    args = ("--families", "p5", "--requests-per-s", "1", "--json")
+    local = json.loads(
+        _invoke("--model-config", str(GPT_OSS_CONFIG), "--hf-id", "openai/gpt-oss-120b", *args)
+    )
+    catalog = json.loads(_invoke("--model", "gpt-oss-120b", *args))
+    for doc in (local, catalog):
+        engine = doc["roles"][0]["engine"]
+        assert (doc["tier"], engine["precision"], engine["tensor_parallel_size"]) == (1, "mxfp4", 1)
+        assert engine["max_model_len"] <= 131072
+    assert local["roles"][0]["engine"] == catalog["roles"][0]["engine"]
+    proc = _run("--model", "llama-3.1-8b", "--precision", "mxfp4")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --precision: mxfp4 needs a checkpoint")

@@ -8,6 +8,7 @@ import pytest
 from eksinfer.catalog import get_gpu, get_model
 from eksinfer.deploy.render import build_tree
 from eksinfer.deploy.validate import validate_objects
+from eksinfer.errors import UsageError
 from eksinfer.perf import bytes_per_param, weight_bytes
 from eksinfer.perf import memory as mem
 from eksinfer.perf.engine import blackwell_moe
@@ -33,6 +34,10 @@ def test_mxfp4_is_native_only_and_its_experts_take_the_right_kernel_family() -> 
     assert precisions(MODEL, get_gpu("H100"), request) == ["mxfp4"]
     llama = PlanRequest(get_model("llama-3.3-70b"), constraints=Constraints(precision="mxfp4"))
     assert precisions(llama.model, get_gpu("H100"), llama) == []  # no MXFP4 checkpoint to serve
+    with pytest.raises(UsageError) as err:  # and the flag says why, rather than "fits no shape"
+        llama.validate()
+    assert err.value.field == "--precision"
+    assert "bf16" in str(err.value)
     # FlashInfer's MXFP4 MoE on Blackwell (the B300-fitted family), W4A16 triton_kernels / Marlin on Hopper
     assert blackwell_moe(get_gpu("B200"), "mxfp4")
     assert not blackwell_moe(get_gpu("H100"), "mxfp4")

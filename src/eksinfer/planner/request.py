@@ -155,6 +155,12 @@ class PlanRequest:
             raise UsageError("must be a finite number > 0", field="--budget")
         if c.precision not in (None, "bf16", "fp8", "int4", "fp4", "mxfp4"):
             raise UsageError("must be bf16, fp8, int4, fp4 or mxfp4", field="--precision")
+        if c.precision == "mxfp4" and self.model.native_precision != "mxfp4":
+            raise UsageError(
+                f"mxfp4 needs a checkpoint that ships MXFP4 weights (gpt-oss); {self.model.id}'s is "
+                f"{self.model.native_precision}",
+                field="--precision",
+            )
         if c.kv_cache_dtype not in (None, "auto", "fp8"):
             raise UsageError("must be auto or fp8", field="--kv-cache-dtype")
         if c.needs_mig and c.needs_dra:

@@ -93,6 +93,21 @@ HOLDOUT = {
     ("openai/gpt-oss-120b", "h200_sxm", "mxfp4"),
     ("openai/gpt-oss-120b", "b200_sxm", "mxfp4"),
 }
+# A second source: SemiAnalysis InferenceMAX's gpt-oss-120b vLLM runs (benchmarks/data/README.md says what
+# they ran). Designated the calibration set of the MXFP4 expert kernels (engine.MXFP4_W4A16_*,
+# MXFP4_FLASHINFER_*) before any of them was predicted; the AIConfigurator gpt-oss runs (HOLDOUT) stay held
+# out.
+INFERENCEMAX_NAME = "inferencemax_vllm_gpt_oss.csv"
+INFERENCEMAX_FIT = {
+    ("openai/gpt-oss-120b", "h100_sxm", "mxfp4"),
+    ("openai/gpt-oss-120b", "h200_sxm", "mxfp4"),
+    ("openai/gpt-oss-120b", "b200_sxm", "mxfp4"),
+}
+INFERENCEMAX_GPU = {"h100": "h100_sxm", "h200": "h200_sxm", "b200": "b200_sxm"}
+INFERENCEMAX_VLLM = "0.13.0"  # nvidia-master.yaml's image for these runs (PR #327)
+INFERENCEMAX_RANGE_RATIO = 0.8  # --random-range-ratio: lengths uniform in [int(0.8 L), L]
+
+
 # A second serving engine (SGLang) on the calibration models and GPUs: runs nobody fitted on, from another
 # stack's benchmark campaign; predicted with the vLLM model as they are (SGLang schedules prefill its own way)
 CROSSCHECK_NAME = "aic_sglang_agg_crosscheck.csv"
@@ -133,6 +148,7 @@ class Row:
     async_scheduling: bool = False  # the engine overlapped its host work with the GPU (see overlapped())
     version: str = ""  # the run's vLLM (or SGLang) version; "" where the campaign recorded none
     kv_cache_dtype: str = "auto"  # the KV cache the engine ran (checkpoint_kv_dtype)
+    mxfp4_mxfp8: bool = False  # MXFP4 experts, MXFP8 activations (VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +251,41 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
     return rows
 
 
+def mean_random_length(nominal: int, ratio: float = INFERENCEMAX_RANGE_RATIO) -> int:
+    """Mean of the benchmark client's random lengths, uniform integers in [int(ratio x L), L]."""
+    return (int(nominal * ratio) + nominal) // 2
+
+
+def load_inferencemax(path: Path | None = None) -> list[Row]:
+    """InferenceMAX's vLLM rows, at their mean prompt and output lengths, on the path each GPU ran: Marlin
+    W4A16 on Hopper (VLLM_MXFP4_USE_MARLIN=1, BF16 KV), FlashInfer MXFP4 x MXFP8 with an FP8 KV cache on
+    B200; async scheduling on (the scripts pass it explicitly, before v0.14 made it the default)."""
+    rows = []
+    with (path or _find(INFERENCEMAX_NAME)).open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            system = INFERENCEMAX_GPU.get(r["gpu_model"])
+            if r["framework"] != "vllm" or system is None:
+                continue
+            blackwell = system == "b200_sxm"
+            isl, osl = (
+                mean_random_length(int(r["input_seq_len"])),
+                mean_random_length(int(r["output_seq_len"])),
+            )
+            conc = int(r["concurrency"])
+            ttft = float(r["mean_time_to_first_token_sec"]) * 1e3
+            tpot = float(r["mean_time_per_output_token_sec"]) * 1e3
+            rows.append(
+                Row(
+                    "openai/gpt-oss-120b", system, "mxfp4", int(float(r["tensor_parallel"])), isl, osl, conc,
+                    ttft, tpot, conc * osl / ((ttft + tpot * (osl - 1)) / 1e3),
+                    f"InferenceMAX vLLM {INFERENCEMAX_VLLM}, run {r['run_id']} {r['benchmark_date'][:10]}",
+                    async_scheduling=True, version=INFERENCEMAX_VLLM,
+                    kv_cache_dtype="fp8" if blackwell else "auto", mxfp4_mxfp8=blackwell,
+                )
+            )  # fmt: skip
+    return rows
+
+
 def load_rows(path: Path | None = None) -> list[Row]:
     with (path or _find(CSV_NAME)).open(newline="", encoding="utf-8") as fh:
         return [
@@ -272,6 +323,7 @@ def predict(row: Row) -> Compared | None:
             async_scheduling=row.async_scheduling,
             deepgemm_moe=not row.source.startswith("sglang")
             and deepgemm_pads_moe(row.version, gpu, row.precision, model, row.tp),
+            mxfp4_mxfp8=row.mxfp4_mxfp8,
         )
     except InfeasibleError:
         return None
@@ -363,6 +415,7 @@ def main(argv: list[str]) -> None:
     moe_fit = [c for c in extra if _key(c) == MOE_FIT]
     b300_fit = [c for c in extra if _key(c) in B300_FIT]
     holdout = [c for c in extra if _key(c) != MOE_FIT and _key(c) not in B300_FIT]
+    imax_fit = compare_all(load_inferencemax())
     elapsed = time.perf_counter() - started
     key = lambda c: (c.row.model, c.row.system, c.row.tp, c.row.isl, c.row.osl, c.row.concurrency)  # noqa: E731
     shown = fitted if "--all" in argv else [c for c in fitted if key(c) in SHOWCASE]
@@ -376,6 +429,10 @@ def main(argv: list[str]) -> None:
     _summary_table(
         f"\nmedian / mean absolute error, Blackwell MoE fit set ({len(b300_fit)} B300 runs)", b300_fit
     )
+    _summary_table(
+        f"\nmedian / mean absolute error, MXFP4 fit set (InferenceMAX gpt-oss-120b, {len(imax_fit)} runs)",
+        imax_fit,
+    )
     earlier = [c for c in holdout if (c.row.model, c.row.system, c.row.precision) in EARLIER_HOLDOUT]
     earlier = [c for c in earlier if c.row.dp == 1 and not c.row.ep]
     _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)
@@ -385,14 +442,14 @@ def main(argv: list[str]) -> None:
         f"\nmedian / mean absolute error, other engine: SGLang runs predicted as vLLM ({len(cross)} runs)",
         cross,
     )
-    _saturated(fitted + extra)
+    _saturated(fitted + extra + imax_fit)
     if "--residuals" in argv:
         ttft_residuals.report(
-            (("calibration", fitted), ("MoE fit", moe_fit), ("held out", holdout)),
+            (("calibration", fitted), ("MoE fit", moe_fit), ("MXFP4 fit", imax_fit), ("held out", holdout)),
             lambda r: f"{MODEL_MAP[r.model]} {r.precision} {GPU_MAP[r.system]}",
         )
     print(
-        f"\npredicted {len(fitted) + len(extra)} runs in {elapsed * 1e3:.0f} ms; "
+        f"\npredicted {len(fitted) + len(extra) + len(imax_fit)} runs in {elapsed * 1e3:.0f} ms; "
         f"step_time_s: {_step_speed():.2f} us per call"
     )
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Literal
 
 from eksinfer.catalog.hardware import GpuSpec
 from eksinfer.catalog.models import ModelSpec
@@ -107,6 +108,20 @@ DEEPGEMM_BLOCK_M = 128
 # 40 us, now at 17.0 / 7.0 / 7.0 % (next best 0.1 x 50 us: 17.5 / 7.2 / 7.5 %).
 BLACKWELL_MOE_GEMM_FACTOR = 0.1  # [Blackwell FP8 / FP4 MoE runs on B300]
 BLACKWELL_MOE_LAYER_OVERHEAD_S = 40e-6  # [same runs]
+# MXFP4 routed experts (gpt-oss) run in kernels of their own, so they get constants of their own, fitted on
+# a second source: SemiAnalysis InferenceMAX's gpt-oss-120b vLLM 0.13.0 runs (150, one node; benchmarks/data/
+# README.md says what they ran; bench_plan.INFERENCEMAX_FIT), designated before any was predicted; the
+# AIConfigurator gpt-oss runs stay held out. `moe_kernel` says which family an engine takes.
+# - Hopper (W4A16: Marlin with VLLM_MXFP4_USE_MARLIN=1, as InferenceMAX ran; OpenAI's triton_kernels
+#   matmul_ogs by default, taken as the same class): the factor multiplies the BF16 MMA rate (ETA_GEMM).
+# - Blackwell (FlashInfer TRT-LLM-gen MXFP4 MoE): the factor multiplies the rate of the activations the
+#   kernel runs, FP8 (ETA_GEMM_FP8) with MXFP8 activations (VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1, as
+#   InferenceMAX ran), BF16 (ETA_GEMM) with vLLM's default BF16 activations.
+# Fit: pending (the values below are the borrowed ones: Kimi Marlin on Hopper, B300 FP8 / FP4 on Blackwell).
+MXFP4_W4A16_GEMM_FACTOR = 0.2  # [InferenceMAX H100 / H200 runs]
+MXFP4_W4A16_LAYER_OVERHEAD_S = 90e-6  # [same runs]
+MXFP4_FLASHINFER_GEMM_FACTOR = 0.1  # [InferenceMAX B200 runs]
+MXFP4_FLASHINFER_LAYER_OVERHEAD_S = 40e-6  # [same runs]
 A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us
 NVLINK_DOMAIN_GPUS = 8  # an HGX node: EP beyond 8 ranks crosses EFA
 # Literature values, not fitted:
@@ -318,11 +333,41 @@ def deepgemm_pads_moe(version: str, gpu: GpuSpec, precision: str, model: ModelSp
     return first <= release < end and hopper_fp8_moe and tp != 8
 
 
-def _expert_gemm_rate(gpu: GpuSpec, precision: str, gemm: float) -> float:
-    """Achieved FLOP/s of the routed-expert GEMMs before MOE_GEMM_FACTOR: the dense rate, except W4A16
-    experts on Blackwell (FP4 tensor cores), whose Marlin kernel runs at most at the Hopper BF16 peak."""
+MoeKernel = Literal["default", "blackwell", "mxfp4_w4a16", "mxfp4_flashinfer"]
+
+
+def moe_kernel(gpu: GpuSpec, precision: str) -> MoeKernel:
+    """Which family of routed-expert kernels, and so which constant pair, an engine takes: MXFP4 experts
+    their own (FlashInfer on FP4-capable GPUs, W4A16 elsewhere), FP8 / NVFP4 experts on Blackwell the
+    B300-fitted pair, everything else (Marlin W4A16 INT4, Hopper FP8) the Kimi-H200-fitted one."""
+    if precision == "mxfp4":
+        return "mxfp4_flashinfer" if gpu.fp4_tflops else "mxfp4_w4a16"
+    return "blackwell" if blackwell_moe(gpu, precision) else "default"
+
+
+def moe_constants(kernel: MoeKernel) -> tuple[float, float]:
+    """(expert-GEMM factor, seconds per MoE layer per step) of a kernel family, read when an engine is
+    built."""
+    if kernel == "mxfp4_w4a16":
+        return MXFP4_W4A16_GEMM_FACTOR, MXFP4_W4A16_LAYER_OVERHEAD_S
+    if kernel == "mxfp4_flashinfer":
+        return MXFP4_FLASHINFER_GEMM_FACTOR, MXFP4_FLASHINFER_LAYER_OVERHEAD_S
+    if kernel == "blackwell":
+        return BLACKWELL_MOE_GEMM_FACTOR, BLACKWELL_MOE_LAYER_OVERHEAD_S
+    return MOE_GEMM_FACTOR, MOE_LAYER_OVERHEAD_S
+
+
+def _expert_gemm_rate(gpu: GpuSpec, precision: str, gemm: float, mxfp4_mxfp8: bool = False) -> float:
+    """Achieved FLOP/s of the routed-expert GEMMs before the kernel family's factor: the dense rate, except
+    W4A16 experts on Blackwell (FP4 tensor cores), whose Marlin kernel runs at most at the Hopper BF16
+    peak, and MXFP4 experts, which multiply at their activations' rate (BF16; FP8 for FlashInfer's MXFP4 x
+    MXFP8 on Blackwell)."""
     if precision == "int4" and gpu.fp4_tflops:
         return min(gemm, MMA_SYNC_BF16_TFLOPS * 1e12 * ETA_GEMM)
+    if precision == "mxfp4":
+        if mxfp4_mxfp8 and moe_kernel(gpu, precision) == "mxfp4_flashinfer":
+            return gpu.tflops_for("fp8") * 1e12 * ETA_GEMM_FP8
+        return gpu.bf16_tflops * 1e12 * ETA_GEMM
     return gemm
 
 
@@ -332,10 +377,10 @@ def blackwell_moe(gpu: GpuSpec, precision: str) -> bool:
 
     MXFP4 (gpt-oss): vLLM's `get_mxfp4_backend` (vllm/model_executor/layers/quantization/mxfp4.py) picks
     FlashInfer's TRT-LLM-gen MXFP4 MoE on SM100 (SM100_FI_MXFP4_BF16 by default, SM100_FI_MXFP4_MXFP8_TRTLLM
-    with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1), the kernel family BLACKWELL_MOE_* was fitted on; on Hopper
-    and Ampere it picks OpenAI's triton_kernels matmul_ogs (SM90 with triton_kernels installed, as vLLM's
-    image ships it) or Marlin, both W4A16 (`mxfp4_w4a16_moe_quant_config`), the class MOE_GEMM_FACTOR was
-    fitted on (Kimi K2.5 INT4 in Marlin on H200).
+    with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1); on Hopper and Ampere it picks OpenAI's triton_kernels
+    matmul_ogs (SM90 with triton_kernels installed, as vLLM's image ships it) or Marlin
+    (VLLM_MXFP4_USE_MARLIN=1), both W4A16 (`mxfp4_w4a16_moe_quant_config`). Their constants are their own
+    (`moe_kernel`: MXFP4_FLASHINFER_*, MXFP4_W4A16_*).
     """
     return bool(gpu.fp4_tflops) and precision in ("fp8", "fp4", "mxfp4")
 
@@ -375,6 +420,7 @@ def _step_coefficients(
     pp_link_gbps: float,
     expert_parallel: bool,
     deepgemm_moe: bool = False,
+    mxfp4_mxfp8: bool = False,
 ) -> dict[str, float]:
     """Per-step time constants for `EnginePerf` (par = TP, PP, DP); see the module docstring for each term."""
     tp, pp, dp = par
@@ -383,7 +429,7 @@ def _step_coefficients(
     # FP4 GEMMs take the FP8 efficiency: FP4 runs are held out, none fitted (the plan says so)
     low_gemm = (precision == "fp8" and bool(gpu.fp8_tflops)) or (precision == "fp4" and bool(gpu.fp4_tflops))
     gemm = gpu.tflops_for(precision) * 1e12 * (ETA_GEMM_FP8 if low_gemm else ETA_GEMM)
-    expert_gemm = _expert_gemm_rate(gpu, precision, gemm)
+    expert_gemm = _expert_gemm_rate(gpu, precision, gemm, mxfp4_mxfp8)
     attn = gpu.tflops_for("fp8" if kv_dtype.startswith("fp8") else "bf16") * 1e12 * ETA_ATTN
     dense_b, expert_b = mem.linear_bytes(model, precision)
     lm_head = model.vocab_size * model.hidden_size
@@ -420,10 +466,7 @@ def _step_coefficients(
     # DeepGEMM path: (BLOCK_M - 1) padding rows for each local expert on top of the routed rows (TP shards of
     # all E experts or E / EP whole experts: 2 x routed_expert_params / (TP x DP) FLOPs per padding row)
     padding = 2.0 * (DEEPGEMM_BLOCK_M - 1) * model.routed_expert_params / ep / gemm if deepgemm_moe else 0.0
-    if blackwell_moe(gpu, precision):
-        moe_factor, moe_overhead = BLACKWELL_MOE_GEMM_FACTOR, BLACKWELL_MOE_LAYER_OVERHEAD_S
-    else:
-        moe_factor, moe_overhead = MOE_GEMM_FACTOR, MOE_LAYER_OVERHEAD_S
+    moe_factor, moe_overhead = moe_constants(moe_kernel(gpu, precision))
     return {
         "_dense_read_s": dense_read / bw,
         "_experts_read_s": experts_read / bw,
@@ -485,6 +528,7 @@ def build_engine_perf(
     pp_link_gbps: float = DEFAULT_PP_LINK_GBPS,
     async_scheduling: bool | None = None,
     deepgemm_moe: bool = False,
+    mxfp4_mxfp8: bool = False,
 ) -> EnginePerf:
     """Size one engine (replica) the way vLLM does and precompute its step-time constants.
 
@@ -494,6 +538,8 @@ def build_engine_perf(
     with pipeline parallelism; pass False to predict an older engine (the calibration runs are vLLM 0.12).
     deepgemm_moe=True predicts routed experts in vLLM 0.12's padded DeepGEMM path (`deepgemm_pads_moe`
     says where vLLM took it by default); False, the kernels the MoE constants were fitted on.
+    mxfp4_mxfp8=True predicts MXFP4 experts on Blackwell with MXFP8 activations (vLLM's
+    VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1); False, vLLM's default BF16 activations (what plans deploy).
     """
     tp, pp, dp = tensor_parallel_size, pipeline_parallel_size, data_parallel_size
     _check_parallelism(model, tp, pp, dp)
@@ -556,6 +602,7 @@ def build_engine_perf(
             pp_link_gbps,
             ep,
             deepgemm_moe and model.is_moe,
+            mxfp4_mxfp8,
         ),
     )
 

@@ -117,11 +117,17 @@ BLACKWELL_MOE_LAYER_OVERHEAD_S = 40e-6  # [same runs]
 # - Blackwell (FlashInfer TRT-LLM-gen MXFP4 MoE): the factor multiplies the rate of the activations the
 #   kernel runs, FP8 (ETA_GEMM_FP8) with MXFP8 activations (VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1, as
 #   InferenceMAX ran), BF16 (ETA_GEMM) with vLLM's default BF16 activations.
-# Fit: pending (the values below are the borrowed ones: Kimi Marlin on Hopper, B300 FP8 / FP4 on Blackwell).
-MXFP4_W4A16_GEMM_FACTOR = 0.2  # [InferenceMAX H100 / H200 runs]
-MXFP4_W4A16_LAYER_OVERHEAD_S = 90e-6  # [same runs]
-MXFP4_FLASHINFER_GEMM_FACTOR = 0.1  # [InferenceMAX B200 runs]
-MXFP4_FLASHINFER_LAYER_OVERHEAD_S = 40e-6  # [same runs]
+# Fit (benchmarks/fit_mxfp4.py, on those runs alone): grid factor 0.05-1.0 (19 values) x 0-160 us (5 us steps)
+# per family, minimising the sum of the three median |errors| (TTFT, TPOT, tokens/s) over the family's runs.
+# W4A16 (94 H100 / H200 runs): 0.3 and 45 us, 4.2 / 7.0 / 6.7 % (the borrowed 0.2 and 90 us: 26.4 / 23.1 /
+# 19.1 %); within 1 point 0.275-0.3 x 45-50 us, within 5 points 0.25-0.325 x 40-55 us.
+# FlashInfer (56 B200 runs, MXFP8 activations): 0.2 and 25 us, 6.6 / 4.3 / 4.1 % (the borrowed 0.1 and 40 us:
+# 39.3 / 15.0 / 13.5 %); 0.175 x 25 us within 0.04 points, within 5 points 0.15-0.325 x 20-30 us. The
+# per-layer cost is the sharp direction (gpt-oss: 36 MoE layers, small experts), the factor the flat one.
+MXFP4_W4A16_GEMM_FACTOR = 0.3  # [InferenceMAX H100 / H200 runs]
+MXFP4_W4A16_LAYER_OVERHEAD_S = 45e-6  # [same runs]
+MXFP4_FLASHINFER_GEMM_FACTOR = 0.2  # [InferenceMAX B200 runs]
+MXFP4_FLASHINFER_LAYER_OVERHEAD_S = 25e-6  # [same runs]
 A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us
 NVLINK_DOMAIN_GPUS = 8  # an HGX node: EP beyond 8 ranks crosses EFA
 # Literature values, not fitted:

@@ -132,3 +132,21 @@ def test_dp_plans_warn_with_the_measured_dp_ep_error() -> None:
     assert any("DP 8" in w and "18 % fast per output token" in w for w in g.warnings), g.warnings
     assert g.band.tpot[1] >= G.DP_EP_RUNS.tpot[1]
     assert g.band.ttft[1] >= G.DP_EP_RUNS.ttft[1]
+
+
+def test_gpt_oss_band_covers_the_held_out_gpt_oss_runs() -> None:
+    # an MXFP4 plan's band holds the 10th-90th percentile of measured / predicted over the 204 held-out
+    # AIConfigurator gpt-oss runs (vLLM's default MXFP4 kernels, the ones a plan deploys)
+    from benchmarks import bench_plan
+
+    runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.precision == "mxfp4"]
+    assert len(runs) == 204
+    for field, (low, high) in (
+        ("ttft_ms", G.GPT_OSS.ttft),
+        ("tpot_ms", G.GPT_OSS.tpot),
+        ("tok_s", G.GPT_OSS.tokens),
+    ):
+        ratios = [getattr(c.row, field) / getattr(c, field) for c in runs]
+        assert low <= _percentile(ratios, 0.1), field
+        assert _percentile(ratios, 0.9) <= high, field
+        assert high - low < 1.0, field  # and stays a band, not everything

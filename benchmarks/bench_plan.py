@@ -2,8 +2,9 @@
 
 Data (vendored in benchmarks/data/, source and licence in its README): the 219 vLLM aggregated runs on
 H100/H200 (Qwen3-32B BF16/FP8, Llama-3.1-70B FP8, Llama-3.1-8B FP8) the dense constants are fitted on, and
-the MoE and B200 runs, from NVIDIA AIConfigurator's silicon_sample.csv @095f58a5. Calibration and held-out
-medians are printed separately.
+the MoE and B200 runs, from NVIDIA AIConfigurator's silicon_sample.csv @095f58a5, and the InferenceMAX
+gpt-oss runs that fit the MXFP4 kernels (a second source). Calibration and held-out medians are printed
+separately.
 Llama-3.1-70B is predicted with the catalog's Llama-3.3-70B (identical config.json shapes).
 Prints a table of representative runs and the median / mean absolute percentage error per model and GPU.
 Run: `make bench ARGS=plan` or `.venv/bin/python -m benchmarks.run plan` (`--all` prints every row,

@@ -7,7 +7,8 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
               weights read = non-expert weights + touched experts; a MoE layer touches
               E x (1 - (1 - k/E)^tokens) distinct experts (uniform routing; `touched_experts`, which a mean
               over steps of different sizes passes in averaged: perf.serving.step_composition); expert
-              FLOPs at MOE_GEMM_FACTOR of the dense rate (W4A16 experts on Blackwell: of the Hopper rate);
+              FLOPs at their kernel family's factor (`moe_kernel`) of the dense rate (W4A16 experts on
+              Blackwell: of the Hopper rate; MXFP4 experts: of their activations' rate);
               on vLLM 0.12's DeepGEMM MoE path (deepgemm_moe) plus local experts x 127 padding rows a step
     prefill   4 x layers x heads x qk/v dims x causal query-key pairs / TP / (TFLOPS x ETA_ATTN)
     decode    max(KV read / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN))

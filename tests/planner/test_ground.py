@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -105,6 +106,16 @@ def _percentile(values: list[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def _assert_band_holds(band: G.Band, runs: list[Any], width: float | None = None) -> None:
+    """The 10th-90th percentile of measured / predicted of each metric lies inside the band."""
+    for field, (low, high) in (("ttft_ms", band.ttft), ("tpot_ms", band.tpot), ("tok_s", band.tokens)):
+        ratios = [getattr(c.row, field) / getattr(c, field) for c in runs]
+        assert low <= _percentile(ratios, 0.1), field
+        assert _percentile(ratios, 0.9) <= high, field
+        if width is not None:
+            assert high - low < width, field  # and stays a band, not everything
+
+
 def test_dp_ep_band_covers_the_measured_dp_ep_runs() -> None:
     # the DP 2 + EP runs of the corpus (MiniMax-M2.5 on B200 and B300): the band a DP plan carries holds
     # the 10th-90th percentile of measured / predicted on each metric
@@ -112,14 +123,7 @@ def test_dp_ep_band_covers_the_measured_dp_ep_runs() -> None:
 
     runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.dp > 1 and c.row.ep]
     assert len(runs) == 36
-    for field, (low, high) in (
-        ("ttft_ms", G.DP_EP.ttft),
-        ("tpot_ms", G.DP_EP.tpot),
-        ("tok_s", G.DP_EP.tokens),
-    ):
-        ratios = [getattr(c.row, field) / getattr(c, field) for c in runs]
-        assert low <= _percentile(ratios, 0.1), field
-        assert _percentile(ratios, 0.9) <= high, field
+    _assert_band_holds(G.DP_EP, runs)
 
 
 def test_dp_plans_warn_with_the_measured_dp_ep_error() -> None:
@@ -141,12 +145,4 @@ def test_gpt_oss_band_covers_the_held_out_gpt_oss_runs() -> None:
 
     runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.precision == "mxfp4"]
     assert len(runs) == 204
-    for field, (low, high) in (
-        ("ttft_ms", G.GPT_OSS.ttft),
-        ("tpot_ms", G.GPT_OSS.tpot),
-        ("tok_s", G.GPT_OSS.tokens),
-    ):
-        ratios = [getattr(c.row, field) / getattr(c, field) for c in runs]
-        assert low <= _percentile(ratios, 0.1), field
-        assert _percentile(ratios, 0.9) <= high, field
-        assert high - low < 1.0, field  # and stays a band, not everything
+    _assert_band_holds(G.GPT_OSS, runs, width=1.0)

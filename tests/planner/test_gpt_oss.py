@@ -12,7 +12,7 @@ from eksinfer.errors import UsageError
 from eksinfer.perf import bytes_per_param, weight_bytes
 from eksinfer.perf import memory as mem
 from eksinfer.perf.engine import blackwell_moe
-from eksinfer.planner import Constraints, PlanRequest, Traffic, make_plan
+from eksinfer.planner import Constraints, Plan, PlanRequest, Traffic, make_plan
 from eksinfer.planner.build import build_plan
 from eksinfer.planner.evaluate import evaluate_aggregated
 from eksinfer.planner.search import Misses, enumerate_shapes, model_tier, precisions
@@ -100,3 +100,18 @@ def test_planner_picks_an_mxfp4_plan_and_says_it_is_held_out_ground() -> None:
     assert not plan.ground.measured
     assert any("MXFP4" in w for w in plan.ground.warnings)
     assert "MXFP4" in plan.why["precision"]
+
+
+def test_a_light_load_takes_the_cheaper_tier_when_one_gpu_means_an_8_gpu_node() -> None:
+    # One GPU with 61 GiB free comes only in 8-GPU nodes, so a model in tier 1 by its weight bytes is also
+    # priced in tier 2: at 1 request/s TP over a 4-GPU g6 / g6e node beats 7 idle GPUs of a p4de
+    def plan(*families: str) -> Plan:
+        constraints = Constraints(instance_families=families)
+        return make_plan(PlanRequest(MODEL, Traffic(requests_per_s=1.0), constraints=constraints))
+
+    both, a100 = plan(), plan("p4de")
+    # at equal cost the lower tier stays: on one p4de node TP 1 and TP 2 cost the same
+    assert (a100.tier, a100.roles[0].engine.tensor_parallel_size) == (1, 1)
+    assert (both.tier, both.instance.type.split(".")[1]) == (2, "12xlarge")  # a 4-GPU g6 / g6e node
+    assert both.cost.monthly_usd < a100.cost.monthly_usd
+    assert "priced against tier 1 too" in both.why["tier"]

@@ -25,6 +25,7 @@ from eksinfer.planner.search import (
     Misses,
     enumerate_shapes,
     model_tier,
+    weighs_next_tier,
 )
 
 __all__ = ["Constraints", "OnPremPool", "Plan", "PlanRequest", "Slo", "Traffic", "dns_name", "make_plan"]
@@ -35,12 +36,14 @@ MAX_ALTERNATIVES = 5
 OPEN_LOOP_CANDIDATES = 12
 
 
-def _rank(c: Candidate) -> tuple[float, bool, int, bool, bool, float]:
-    # equal cost: prefer P/D disaggregation in tier 3 (its pattern), then the smallest MIG slice (MIG is
-    # there to pack: the rest of the node stays free), then weights above FP4 and a BF16 KV cache (FP4 and
-    # FP8 KV carry accuracy caveats and are chosen only when they save money), then the faster plan
+def _rank(c: Candidate) -> tuple[float, int, bool, int, bool, bool, float]:
+    # equal cost: prefer the lower tier (fewer GPUs per replica; tiers meet only for `weighs_next_tier`
+    # models), P/D disaggregation in tier 3 (its pattern), then the smallest MIG slice (MIG is there to
+    # pack: the rest of the node stays free), then weights above FP4 and a BF16 KV cache (FP4 and FP8 KV
+    # carry accuracy caveats and are chosen only when they save money), then the faster plan
     return (
         round(c.monthly_usd, 2),
+        c.shape.tier,
         c.shape.mode != "disaggregated",
         -c.shape.slices_per_gpu,
         c.shape.precision == "fp4",
@@ -98,10 +101,12 @@ def make_plan(request: PlanRequest, *, _relaxed: bool = False) -> Plan:
         cands, limit_binding = _within_limits(request, _evaluate_tier(request, tier, misses))
         binding = binding or limit_binding
         if cands:
-            runners = _distinct(cands)[1 : MAX_ALTERNATIVES - 1]
-            if tier < 3:  # show what the next tier would cost
+            above: list[Candidate] = []
+            if tier < 3:  # what the next tier would cost
                 above, _ = _within_limits(request, _evaluate_tier(request, tier + 1, Misses()))
-                runners += _distinct(above)[:2]
+            if weighs_next_tier(request.model) and tier == 1 and above:
+                cands, above = sorted(cands + above, key=_rank), []
+            runners = _distinct(cands)[1 : MAX_ALTERNATIVES - 1] + _distinct(above)[:2]
             plan = build_plan(request, cands[0], runners)
             check_plan(plan)
             return plan

@@ -8,7 +8,8 @@ Tiers bound the shapes:
     tier 1  one GPU per replica (or one MIG slice)            models up to 40B total parameters
     tier 2  TP 2-8 inside one node                             larger models, below 700B MoE
     tier 3  multi-node: PP across nodes (LeaderWorkerSet) and prefill/decode disaggregation, EFA nodes
-A model starts at its size's tier and moves up only when nothing in that tier fits or meets the SLOs.
+A model starts at its size's tier and moves up only when nothing in that tier fits or meets the SLOs; a
+model in tier 1 by its weight bytes alone (`weighs_next_tier`) is also priced in tier 2, cheaper wins.
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ class Misses:
         miss = max(point.ttft_s * TTFT_TAIL / slo_ttft, point.tpot_s * TPOT_TAIL / slo_tpot)
         if self.closest is None or miss < self.closest[0]:
             self.closest = (miss, shape, point)
+
+
+def weighs_next_tier(model: ModelSpec) -> bool:
+    """A model in tier 1 only because its checkpoint fits one GPU (gpt-oss-120b): such a GPU comes in
+    8-GPU nodes only, so at a light load TP over a smaller node's GPUs (tier 2) can cost less; the plan
+    takes the cheaper of the two tiers."""
+    return model_tier(model) == 1 and model.total_params_b > TIER1_MAX_PARAMS_B
 
 
 def model_tier(model: ModelSpec) -> int:

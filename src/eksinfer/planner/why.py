@@ -17,6 +17,7 @@ from eksinfer.planner.search import (
     Candidate,
     build_perf,
     model_tier,
+    weighs_next_tier,
 )
 
 TIER_PATTERN = {
@@ -33,7 +34,9 @@ def _tier(request: PlanRequest, cand: Candidate) -> str:
         native = model.native_precision
         size += f" in {weight_bytes(model, native) / GIB:.1f} GiB of {native} weights"
     text = f"tier {tier}: {size} -> {TIER_PATTERN[tier]}"
-    if tier > model_tier(model):
+    if tier > model_tier(model) and weighs_next_tier(model):
+        text += " (priced against tier 1 too: one GPU per replica comes in 8-GPU nodes only, this costs less)"
+    elif tier > model_tier(model):
         text += f" (tier {model_tier(model)} had no shape that fits and meets the SLOs)"
     return text
 

@@ -24,7 +24,13 @@ from typing import Any
 
 import yaml
 
-from eksinfer.catalog.hardware import GpuSpec, InstanceSpec, gpu_from_entry, instance_from_entry
+from eksinfer.catalog.hardware import (
+    GpuSpec,
+    InstanceSpec,
+    gpu_from_entry,
+    instance_from_entry,
+    mig_instances,
+)
 from eksinfer.catalog.models import ModelSpec, load_model_config, parse_hf_config
 from eksinfer.errors import ConfigError, UnknownNameError
 
@@ -120,11 +126,10 @@ def mig_instances_per_gpu(gpu: str, profile: str) -> int:
     """Instances of a MIG `profile` (`1g.67gb` or `all-1g.67gb`) one `gpu` holds; for a GPU the catalog does
     not know, only its compute slices count (7 // N)."""
     try:
-        spec = get_gpu(gpu)
+        profiles = get_gpu(gpu).mig_profiles
     except UnknownNameError:
-        spec = gpu_from_entry(gpu, {"memory_gib": 0, "hbm_bandwidth_gbps": 0, "bf16_tflops": 0,
-                                    "nvlink_gbps": 0, "pcie_gbps": 0})  # fmt: skip
-    return spec.mig_instances_per_gpu(profile)
+        profiles = ()
+    return mig_instances(profile, profiles)
 
 
 @functools.cache

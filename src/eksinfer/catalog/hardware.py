@@ -47,12 +47,7 @@ class GpuSpec:
         `Ng.Mgb` profile takes N compute slices and M / (the full 7g profile's GB) x 8 memory slices, so it
         fits min(7 // N, 8 // memory slices) times. Two profiles with the same N differ by memory: B300's
         1g.34gb fits 7 times, its 1g.67gb 4 times (H100's 1g.10gb / 1g.20gb alike)."""
-        compute, memory = _mig_size(profile)
-        fits = 7 // max(1, compute)
-        full = max((_mig_size(p)[1] for p in self.mig_profiles), default=0.0)
-        if full > 0 and memory > 0:  # else only the compute slices are known
-            fits = min(fits, 8 // max(1, round(8 * memory / full)))
-        return max(1, fits)
+        return mig_instances(profile, self.mig_profiles)
 
     def tflops_for(self, precision: str) -> float:
         """Dense tensor-core rate for `precision`: FP8 / FP4 GEMMs where supported, else BF16 (W8A16 /
@@ -103,6 +98,17 @@ class InstanceSpec:
                 self.price_per_hour_usd * (1.0 - self.reserved_discount) if self.reserved_discount else None
             )
         return self.price_per_hour_usd
+
+
+def mig_instances(profile: str, gpu_profiles: tuple[str, ...]) -> int:
+    """Instances of `profile` one GPU holds, given the GPU's own profiles (the largest sets the memory of
+    8 slices); with none known, only the compute slices count (7 // N)."""
+    compute, memory = _mig_size(profile)
+    fits = 7 // max(1, compute)
+    full = max((_mig_size(p)[1] for p in gpu_profiles), default=0.0)
+    if full > 0 and memory > 0:
+        fits = min(fits, 8 // max(1, round(8 * memory / full)))
+    return max(1, fits)
 
 
 def _mig_size(profile: str) -> tuple[int, float]:

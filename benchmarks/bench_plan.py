@@ -405,17 +405,24 @@ def _step_speed() -> float:
     return (time.perf_counter() - started) / calls * 1e6
 
 
-def _key(c: Compared) -> tuple[str, str, str]:
+def run_key(c: Compared) -> tuple[str, str, str]:
+    """(model, system, precision): what the fit and held-out sets are keyed by."""
     return c.row.model, c.row.system, c.row.precision
+
+
+def split_runs(extra: list[Compared]) -> tuple[list[Compared], list[Compared], list[Compared]]:
+    """`load_holdout`'s runs as (Marlin MoE fit set, Blackwell MoE fit set, held out)."""
+    moe_fit = [c for c in extra if run_key(c) == MOE_FIT]
+    b300_fit = [c for c in extra if run_key(c) in B300_FIT]
+    holdout = [c for c in extra if run_key(c) != MOE_FIT and run_key(c) not in B300_FIT]
+    return moe_fit, b300_fit, holdout
 
 
 def main(argv: list[str]) -> None:
     started = time.perf_counter()
     fitted = compare_all(load_rows())
     extra = compare_all(load_holdout())
-    moe_fit = [c for c in extra if _key(c) == MOE_FIT]
-    b300_fit = [c for c in extra if _key(c) in B300_FIT]
-    holdout = [c for c in extra if _key(c) != MOE_FIT and _key(c) not in B300_FIT]
+    moe_fit, b300_fit, holdout = split_runs(extra)
     imax_fit = compare_all(load_inferencemax())
     elapsed = time.perf_counter() - started
     key = lambda c: (c.row.model, c.row.system, c.row.tp, c.row.isl, c.row.osl, c.row.concurrency)  # noqa: E731
@@ -434,7 +441,7 @@ def main(argv: list[str]) -> None:
         f"\nmedian / mean absolute error, MXFP4 fit set (InferenceMAX gpt-oss-120b, {len(imax_fit)} runs)",
         imax_fit,
     )
-    earlier = [c for c in holdout if (c.row.model, c.row.system, c.row.precision) in EARLIER_HOLDOUT]
+    earlier = [c for c in holdout if run_key(c) in EARLIER_HOLDOUT]
     earlier = [c for c in earlier if c.row.dp == 1 and not c.row.ep]
     _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)
     _goals(fitted, earlier, holdout)

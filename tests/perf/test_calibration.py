@@ -54,9 +54,7 @@ def test_runs_count_as_async_by_version_engine_or_measurement_date() -> None:
 
 
 def _held_out() -> list[bench_plan.Compared]:
-    fitted = {bench_plan.MOE_FIT} | bench_plan.B300_FIT
-    extra = bench_plan.compare_all(bench_plan.load_holdout())
-    return [c for c in extra if (c.row.model, c.row.system, c.row.precision) not in fitted]
+    return bench_plan.split_runs(bench_plan.compare_all(bench_plan.load_holdout()))[2]
 
 
 GPT_OSS = "openai/gpt-oss-120b"
@@ -148,8 +146,7 @@ def test_blackwell_moe_fit_holds() -> None:
     # the B300 runs that chose BLACKWELL_MOE_GEMM_FACTOR and BLACKWELL_MOE_LAYER_OVERHEAD_S (one node: 111 of
     # the 116 vendored); they keep the fit's medians (TTFT 17.0, TPOT 7.0, throughput 7.0 % since the DP
     # rows are read at their real concurrency; 18.4 / 7.1 / 7.2 % before)
-    extra = bench_plan.compare_all(bench_plan.load_holdout())
-    fit = [c for c in extra if (c.row.model, c.row.system, c.row.precision) in bench_plan.B300_FIT]
+    fit = bench_plan.split_runs(bench_plan.compare_all(bench_plan.load_holdout()))[1]
     assert len(fit) == 111
     assert statistics.median(abs(c.err("ttft_ms")) for c in fit) <= 20.0
     assert statistics.median(abs(c.err("tpot_ms")) for c in fit) <= 10.0
@@ -187,13 +184,11 @@ def test_moe_rows_hold() -> None:
         ("Qwen/Qwen3-235B-A22B-FP8", "h200_sxm", "fp8"): 26 + 15 + 4 + 6,
     }
     for (model, system, precision), runs in groups.items():
-        rows = [
-            c for c in extra if (c.row.model, c.row.system, c.row.precision) == (model, system, precision)
-        ]
+        rows = [c for c in extra if bench_plan.run_key(c) == (model, system, precision)]
         assert len(rows) == runs
         for field in ("tpot_ms", "tok_s"):
             assert statistics.median(abs(c.err(field)) for c in rows) <= 20.0, (model, system, field)
-    kimi_b200 = [c for c in extra if (c.row.model, c.row.system, c.row.precision) == KIMI_B200_INT4]
+    kimi_b200 = [c for c in extra if bench_plan.run_key(c) == KIMI_B200_INT4]
     assert statistics.median(abs(c.err("ttft_ms")) for c in kimi_b200) <= 20.0
     qwen = [c for c in extra if c.row.model == "Qwen/Qwen3-235B-A22B-FP8"]
     assert statistics.median(abs(c.err("ttft_ms")) for c in qwen) <= 20.0

@@ -104,6 +104,7 @@ DEEPGEMM_BLOCK_M = 128
 # node; benchmarks/bench_plan.py B300_FIT), chosen as the calibration set before any B300 prediction was
 # computed; every B200 run stays held out. Grid search (factor 0.04-1.0 x 0-110 us, minimising the sum of
 # the three median errors on those runs alone) gave 0.1 and 40 us; 0.1-0.15 x 40-50 us fit within 2 points.
+# `.venv/bin/python -m benchmarks.fit_moe` reruns it (its grid, factor 0.05-1.0 x 0-160 us: the same cell).
 # Rerun on the same grid and runs once their 13 DP 2 + EP rows were read at the concurrency they ran
 # (bench_plan.benchmark_concurrency, twice the per-rank batch the first fit used): the same optimum, 0.1 and
 # 40 us, now at 17.0 / 7.0 / 7.0 % (next best 0.1 x 50 us: 17.5 / 7.2 / 7.5 %).
@@ -118,7 +119,7 @@ BLACKWELL_MOE_LAYER_OVERHEAD_S = 40e-6  # [same runs]
 # - Blackwell (FlashInfer TRT-LLM-gen MXFP4 MoE): the factor multiplies the rate of the activations the
 #   kernel runs, FP8 (ETA_GEMM_FP8) with MXFP8 activations (VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1, as
 #   InferenceMAX ran), BF16 (ETA_GEMM) with vLLM's default BF16 activations.
-# Fit (benchmarks/fit_mxfp4.py, on those runs alone): grid factor 0.05-1.0 (19 values) x 0-160 us (5 us steps)
+# Fit (benchmarks/fit_moe.py, on those runs alone): grid factor 0.05-1.0 (19 values) x 0-160 us (5 us steps)
 # per family, minimising the sum of the three median |errors| (TTFT, TPOT, tokens/s) over the family's runs.
 # W4A16 (94 H100 / H200 runs): 0.3 and 45 us, 4.2 / 7.0 / 6.7 % (the borrowed 0.2 and 90 us: 26.4 / 23.1 /
 # 19.1 %); within 1 point 0.275-0.3 x 45-50 us, within 5 points 0.25-0.325 x 40-55 us.

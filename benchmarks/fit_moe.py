@@ -1,16 +1,17 @@
-"""Grid search of the MXFP4 expert-kernel constants on their calibration set only (InferenceMAX gpt-oss runs).
+"""Grid search of the fitted MoE kernel constants, each family on its own calibration set only.
 
 Each kernel family's pair (expert-GEMM factor, seconds per MoE layer per step) is chosen on the runs that
-took that family, minimising the sum of the three median absolute errors (TTFT, TPOT, tokens/s): the
-H100 / H200 runs choose MXFP4_W4A16_*, the B200 runs MXFP4_FLASHINFER_*. No other run is predicted here,
-so nothing held out can steer the choice. Prints, per family, the best cells and how flat the optimum is.
-Run: `.venv/bin/python -m benchmarks.fit_mxfp4`.
+took that family, minimising the sum of the three median absolute errors (TTFT, TPOT, tokens/s): the B300
+runs (bench_plan.B300_FIT) choose BLACKWELL_MOE_*, InferenceMAX's H100 / H200 gpt-oss runs MXFP4_W4A16_*,
+its B200 runs MXFP4_FLASHINFER_*. No other run is predicted here, so nothing held out can steer the
+choice. Prints, per family, the best cells and how flat the optimum is.
+Run: `.venv/bin/python -m benchmarks.fit_moe`.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from benchmarks import bench_plan
@@ -38,11 +39,26 @@ FACTORS = (
     1.0,
 )
 OVERHEADS_US = tuple(range(0, 161, 5))
-FAMILIES = {
-    "mxfp4_w4a16": (("MXFP4_W4A16_GEMM_FACTOR", "MXFP4_W4A16_LAYER_OVERHEAD_S"), ("h100_sxm", "h200_sxm")),
+Rows = list[bench_plan.Row]
+
+
+def _b300_runs() -> Rows:
+    return [r for r in bench_plan.load_holdout() if (r.model, r.system, r.precision) in bench_plan.B300_FIT]
+
+
+def _inferencemax_runs(*systems: str) -> Callable[[], Rows]:
+    return lambda: [r for r in bench_plan.load_inferencemax() if r.system in systems]
+
+
+FAMILIES: dict[str, tuple[tuple[str, str], Callable[[], Rows]]] = {
+    "blackwell": (("BLACKWELL_MOE_GEMM_FACTOR", "BLACKWELL_MOE_LAYER_OVERHEAD_S"), _b300_runs),
+    "mxfp4_w4a16": (
+        ("MXFP4_W4A16_GEMM_FACTOR", "MXFP4_W4A16_LAYER_OVERHEAD_S"),
+        _inferencemax_runs("h100_sxm", "h200_sxm"),
+    ),
     "mxfp4_flashinfer": (
         ("MXFP4_FLASHINFER_GEMM_FACTOR", "MXFP4_FLASHINFER_LAYER_OVERHEAD_S"),
-        ("b200_sxm",),
+        _inferencemax_runs("b200_sxm"),
     ),
 }
 Medians = tuple[float, float, float]
@@ -80,9 +96,9 @@ def grid(names: tuple[str, str], rows: list[bench_plan.Row]) -> dict[tuple[float
 
 
 def main() -> None:
-    rows = bench_plan.load_inferencemax()
-    for family, (names, systems) in FAMILIES.items():
-        mine = [r for r in rows if r.system in systems]
+    for family, (names, runs) in FAMILIES.items():
+        mine = runs()
+        systems = sorted({r.system for r in mine})
         cells = grid(names, mine)
         ranked = sorted(cells.items(), key=lambda kv: sum(kv[1]))
         (best_f, best_o), best = ranked[0]

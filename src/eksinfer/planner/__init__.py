@@ -180,8 +180,9 @@ def _unpriced(c: Constraints) -> tuple[str, bool]:
     for inst in list_instances(c.prices, c.region):
         if inst.family not in c.instance_families:
             continue
-        priced = priced or inst.price(c.capacity_type) is not None
-        if inst.price(c.capacity_type) is None:
+        if inst.price(c.capacity_type) is not None:
+            priced = True
+        else:
             elsewhere = [
                 region
                 for region in price_regions(c.prices)

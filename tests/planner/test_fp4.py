@@ -9,7 +9,7 @@ from eksinfer.errors import InfeasibleError
 from eksinfer.perf import bytes_per_param, weight_bytes
 from eksinfer.perf import memory as mem
 from eksinfer.planner import Constraints, Plan, PlanRequest, Traffic, make_plan
-from eksinfer.planner.search import precisions
+from eksinfer.planner.search import kv_cache_dtypes, precisions
 
 
 def _plan(**constraints: object) -> Plan:
@@ -54,3 +54,15 @@ def test_equal_cost_keeps_fp8_over_fp4() -> None:
     forced = _plan(instance_families=("p6-b200",), precision="fp4")
     assert forced.cost.monthly_usd == plan.cost.monthly_usd  # FP4 was as cheap...
     assert plan.roles[0].engine.precision == "fp8"  # ...and lost the tie to the measured, more accurate FP8
+
+
+def test_nvfp4_shapes_search_the_fp8_kv_cache_their_checkpoint_declares() -> None:
+    request = PlanRequest(get_model("llama-3.3-70b"))
+    b200 = get_gpu("B200")
+    assert kv_cache_dtypes(b200, request, "fp4") == ["fp8"]  # auto would resolve to it in vLLM >= 0.15
+    assert kv_cache_dtypes(b200, request, "fp8") == ["auto", "fp8"]
+    forced = PlanRequest(get_model("llama-3.3-70b"), constraints=Constraints(kv_cache_dtype="auto"))
+    assert kv_cache_dtypes(b200, forced, "fp4") == ["auto"]  # what the user asked for
+    engine = _plan(instance_families=("p6-b200",), precision="fp4").roles[0].engine
+    flag = engine.vllm_args.index("--kv-cache-dtype")
+    assert engine.vllm_args[flag + 1] == "fp8"

@@ -126,11 +126,18 @@ def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str
     return out
 
 
-def kv_cache_dtypes(gpu: GpuSpec, request: PlanRequest) -> list[str]:
+def kv_cache_dtypes(gpu: GpuSpec, request: PlanRequest, precision: str = "auto") -> list[str]:
     """auto, plus fp8 on GPUs with FP8 tensor cores (Ada, Hopper, Blackwell): half the KV bytes per token,
-    so about twice the sequences per engine, for a small accuracy cost the plan's `why` states."""
+    so about twice the sequences per engine, for a small accuracy cost the plan's `why` states.
+
+    NVFP4 (fp4) shapes serve NVIDIA's ModelOpt checkpoints, whose hf_quant_config.json declares
+    kv_cache_quant_algo FP8, and vLLM's `--kv-cache-dtype auto` follows the checkpoint (PR #30785, from
+    v0.15): there auto is the FP8 cache, so only fp8 is searched, and rendered explicitly.
+    """
     if request.constraints.kv_cache_dtype:
         return [request.constraints.kv_cache_dtype]
+    if precision == "fp4" and gpu.fp8_tflops:
+        return ["fp8"]
     return ["auto", "fp8"] if gpu.fp8_tflops else ["auto"]
 
 
@@ -169,7 +176,7 @@ def enumerate_shapes(request: PlanRequest, tier: int) -> list[Shape]:
         if c.needs_mig and not gpu.mig:
             continue
         for precision in precisions(request.model, gpu, request):
-            for kv_dtype in kv_cache_dtypes(gpu, request):
+            for kv_dtype in kv_cache_dtypes(gpu, request, precision):
                 shapes.extend(
                     dataclasses.replace(shape, kv_cache_dtype=kv_dtype)
                     for shape in _tier_shapes(request, tier, inst, gpu, precision)

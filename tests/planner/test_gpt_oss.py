@@ -9,13 +9,13 @@ from eksinfer.catalog import get_gpu, get_model
 from eksinfer.deploy.render import build_tree
 from eksinfer.deploy.validate import validate_objects
 from eksinfer.errors import UsageError
-from eksinfer.perf import bytes_per_param, weight_bytes
+from eksinfer.perf import build_engine_perf, bytes_per_param, weight_bytes
 from eksinfer.perf import memory as mem
 from eksinfer.perf.engine import blackwell_moe
 from eksinfer.planner import Constraints, Plan, PlanRequest, Traffic, make_plan
 from eksinfer.planner.build import build_plan
 from eksinfer.planner.evaluate import evaluate_aggregated
-from eksinfer.planner.search import Misses, enumerate_shapes, model_tier, precisions
+from eksinfer.planner.search import Misses, build_perf, enumerate_shapes, model_tier, precisions
 
 MODEL = get_model("gpt-oss-120b")
 
@@ -115,3 +115,37 @@ def test_a_light_load_takes_the_cheaper_tier_when_one_gpu_means_an_8_gpu_node() 
     assert (both.tier, both.instance.type.split(".")[1]) == (2, "12xlarge")  # a 4-GPU g6 / g6e node
     assert both.cost.monthly_usd < a100.cost.monthly_usd
     assert "priced against tier 1 too" in both.why["tier"]
+
+
+def test_on_blackwell_the_plan_deploys_the_measured_mxfp8_activation_path() -> None:
+    # vLLM's gpt-oss recipe for B200 and both measured B200 campaigns set VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8:
+    # the plan renders it into the engine container and predicts experts at the FP8 rate; Hopper plans
+    # keep vLLM's default (no variable)
+    def plan(family: str) -> Plan:
+        constraints = Constraints(instance_families=(family,))
+        return make_plan(PlanRequest(MODEL, Traffic(requests_per_s=2.0), constraints=constraints))
+
+    b200, h100 = plan("p6-b200"), plan("p5")
+    assert b200.roles[0].engine.env == {"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"}
+    assert "MXFP8 activations" in b200.why["precision"]
+    assert "accuracy caveat" in b200.why["precision"]
+    assert h100.roles[0].engine.env == {}
+    [container] = [
+        c
+        for o in build_tree(b200).objects.values()
+        if o["kind"] in ("Deployment", "LeaderWorkerSet")
+        for c in _containers(o)
+        if c.get("command", [])[:2] == ["vllm", "serve"]
+    ]
+    assert {"name": "VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8", "value": "1"} in container["env"]
+    request = PlanRequest(MODEL, Traffic(requests_per_s=2.0))
+    shape = next(
+        s
+        for s in enumerate_shapes(request, 1)
+        if s.instance.family == "p6-b200" and s.tp == 1 and s.kv_cache_dtype == "auto"
+    )
+    assert build_perf(request, shape, 8192).step_time_s(
+        prefill_tokens=8192, prefill_attention_pairs=8192 * 8192, decode_seqs=0, decode_context_tokens=0
+    ) < build_engine_perf(MODEL, shape.gpu, precision="mxfp4", max_model_len=8192).step_time_s(
+        prefill_tokens=8192, prefill_attention_pairs=8192 * 8192, decode_seqs=0, decode_context_tokens=0
+    )  # FP8 tensor cores for the experts' prefill, against BF16 ones without the variable

@@ -107,6 +107,8 @@ def _summary_rows(p: Plan) -> list[tuple[str, str]]:
             )
         )
         rows.append(("  vllm serve", f"{p.model.hf_id} " + " ".join(e.vllm_args)))
+        if e.env:
+            rows.append(("  environment", " ".join(f"{k}={v}" for k, v in sorted(e.env.items()))))
     mig = f", MIG {p.nodes.mig_profile}" if p.nodes.mig_profile else ""
     rows += [
         (

@@ -140,7 +140,7 @@ def efa_interfaces(ctx: Ctx, gpus: int, *, multi: bool) -> int:
     return max(1, total * min(gpus, per_node) // per_node)
 
 
-def _env(ctx: Ctx, multi_node: bool) -> list[Obj]:
+def _env(ctx: Ctx, role: PlanRole, multi_node: bool) -> list[Obj]:
     env: list[Obj] = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {
@@ -163,6 +163,7 @@ def _env(ctx: Ctx, multi_node: bool) -> list[Obj]:
         ]
     if multi_node and ctx.efa_interfaces:
         env += [{"name": "FI_PROVIDER", "value": "efa"}, {"name": "FI_EFA_USE_DEVICE_RDMA", "value": "1"}]
+    env += [{"name": name, "value": value} for name, value in sorted(role.engine.env.items())]
     return env
 
 
@@ -217,7 +218,7 @@ def container(ctx: Ctx, role: PlanRole, gpus: int, *, kind: str, pool: str = "cl
             "command": ["/bin/bash", "-c"],
             "args": [f"bash {RAY_SCRIPT} worker --ray_address=$(LWS_LEADER_ADDRESS)"],
         }
-    out["env"] = _env(ctx, multi)
+    out["env"] = _env(ctx, role, multi)
     if kind != "worker":
         ports = [{"name": "http", "containerPort": ENGINE_PORT}]
         if ctx.kv_aware:

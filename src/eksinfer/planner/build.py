@@ -37,7 +37,7 @@ from eksinfer.planner.schema import (
     PlanTraffic,
     Provisioning,
 )
-from eksinfer.planner.search import Candidate, demand_requests_per_s
+from eksinfer.planner.search import MXFP4_MXFP8_ENV, Candidate, demand_requests_per_s, mxfp8_activations
 
 HOURS_PER_MONTH = 720.0
 GPU_NODE_BOOT_S = 90.0  # EC2 GPU instance to Ready with drivers (Auto Mode / Karpenter NVIDIA AMIs)
@@ -119,6 +119,7 @@ def _engine(request: PlanRequest, cand: Candidate, role: str) -> PlanEngine:
         gpus_per_replica=shape.gpus_per_replica,
         nodes_per_replica=shape.nodes_per_replica,
         vllm_args=vllm_args(request, cand, role),
+        env=dict(MXFP4_MXFP8_ENV) if mxfp8_activations(shape) else {},
     )
 
 

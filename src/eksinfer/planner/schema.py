@@ -109,6 +109,9 @@ class PlanEngine(StrictModel):
     gpus_per_replica: int = Field(ge=1, description="tensor x pipeline x data parallel")
     nodes_per_replica: int = Field(ge=1, description="instances one replica spans (>1 means LeaderWorkerSet)")
     vllm_args: list[str] = Field(description="arguments after `vllm serve MODEL`")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="environment the engine container sets (vLLM kernel choices)"
+    )
 
 
 class PlanRole(StrictModel):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from eksinfer.catalog import GpuSpec, InstanceSpec, ModelSpec, get_gpu, list_instances
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import EnginePerf, ServingPoint, build_engine_perf, predict_aggregated, predict_decode
+from eksinfer.perf.engine import moe_kernel
 from eksinfer.perf.memory import GIB, weight_bytes
 from eksinfer.perf.mix import MixPoint, predict_aggregated_mix, predict_decode_mix
 from eksinfer.planner.phases import early
@@ -230,7 +231,19 @@ def build_perf(request: PlanRequest, shape: Shape, max_model_len: int) -> Engine
         kv_cache_dtype=shape.kv_cache_dtype,
         max_model_len=max_model_len,
         pp_link_gbps=shape.instance.efa_gbps / 8 / max(1, shape.instance.gpus),
+        mxfp4_mxfp8=mxfp8_activations(shape),
     )
+
+
+# vLLM's gpt-oss recipe for Blackwell (recipes.vllm.ai, openai/gpt-oss-*: "Blackwell (B200) with FlashInfer
+# MXFP4+MXFP8 MoE") sets this: the MoE multiplies on FP8 tensor cores instead of BF16 ones. Both measured
+# campaigns of gpt-oss on B200 (InferenceX, vLLM 0.13 and 0.15.1) ran it, so a plan deploys what was measured.
+MXFP4_MXFP8_ENV = {"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"}
+
+
+def mxfp8_activations(shape: Shape) -> bool:
+    """Whether the engine runs MXFP4 experts with MXFP8 activations (FlashInfer's Blackwell MoE)."""
+    return shape.precision == "mxfp4" and moe_kernel(shape.gpu, shape.precision) == "mxfp4_flashinfer"
 
 
 def sweep(perf: EnginePerf, request: PlanRequest, *, decode_only: bool) -> list[ServingPoint]:

@@ -17,6 +17,7 @@ from eksinfer.planner.search import (
     Candidate,
     build_perf,
     model_tier,
+    mxfp8_activations,
     weighs_next_tier,
 )
 
@@ -83,10 +84,17 @@ def _precision(request: PlanRequest, cand: Candidate) -> str:
             "accuracy caveat: a published ModelOpt checkpoint, usually within about 1 % of FP8 on the "
             "vendor's evals but check yours)"
         )
-    if s.precision == "mxfp4":
+    if s.precision == "mxfp4" and mxfp8_activations(s):
         text += (
-            " (the checkpoint's own MXFP4 routed experts, BF16 elsewhere: W4A16 MoE kernels, FlashInfer's on "
-            "Blackwell, triton_kernels or Marlin before it)"
+            " (the checkpoint's own MXFP4 routed experts, BF16 elsewhere; on this GPU FlashInfer's MoE with "
+            "MXFP8 activations, VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 as vLLM's Blackwell recipe sets and "
+            "the measured B200 runs ran; accuracy caveat: activations quantized to MXFP8 in the experts, "
+            "unset it for BF16 activations at about half the expert prefill rate)"
+        )
+    elif s.precision == "mxfp4":
+        text += (
+            " (the checkpoint's own MXFP4 routed experts, BF16 elsewhere: W4A16 MoE kernels, triton_kernels "
+            "or Marlin)"
         )
     if s.precision == "fp8" and not s.gpu.fp8_tflops:
         text += " (weight-only FP8, W8A16 Marlin kernels: no FP8 tensor cores on this GPU)"

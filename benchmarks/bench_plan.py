@@ -14,6 +14,7 @@ Run: `make bench ARGS=plan` or `.venv/bin/python -m benchmarks.run plan` (`--all
 from __future__ import annotations
 
 import csv
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ SAMPLE_NAMES = (
     "aic_vllm_agg_holdout_fp4_moe.csv",
     "aic_vllm_agg_b300_fit.csv",
     "aic_vllm_agg_holdout_gpt_oss.csv",
+    "aic_vllm_agg_inferencex_tp_ep.csv",
 )
 MODEL_MAP = {
     "Qwen/Qwen3-32B": "qwen3-32b",
@@ -215,9 +217,80 @@ def _find(name: str) -> Path:
     return DATA / name
 
 
+# Most MoE rows of the corpus are SemiAnalysis InferenceX runs (github.com/SemiAnalysisAI/InferenceX,
+# Apache-2.0) that AIConfigurator imported: every gpt-oss-120b, MiniMax-M2.5 and Kimi K2.5 vLLM row of the
+# source files below matches an InferenceX configuration's search space point for point (gpt-oss: 56 B200,
+# 43 H100, 51 H200 points, .github/configs/nvidia-master.yaml @0004cf5f), carries its image tags, and the 47
+# rows of kimi-k2.5-gap-analysis.csv repeat InferenceX rows' measurements. benchmarks/data/README.md says
+# what those runs ran; the rows are read as they ran (`inferencex_reading`), not as the import encoded them.
+INFERENCEX_SOURCES = (
+    "source_file=2026-03-25.csv",
+    "source_file=2026-04-06.csv",
+    "db-dump/",
+    "source_file=kimi-k2.5-gap-analysis.csv",
+)
+# The client's --random-range-ratio 0.8 (uniform lengths in [int(0.8 L), L], input and output) is the
+# workflow default from InferenceX @525079ad (2026-01-02) to its latest stored version; earlier runs (the
+# Llama-3.1-70B rows of 2025-10-29) keep their nominal lengths: the setting then is not established.
+INFERENCEX_RANGE_RATIO_FROM = "2026-01-02"
+# InferenceX's Kimi K2.5 scripts launch `--tensor-parallel-size` only (benchmarks/single_node/
+# kimik2.5_fp4_b200.sh at every stored version): rows the import records with expert parallelism ran
+# without it.
+INFERENCEX_NO_EP = {"moonshotai/Kimi-K2.5"}
+# MiniMax-M2.5 FP8 on B200 with vLLM 0.17 (PR #757): the script passed --enable-expert-parallel to every
+# entry (unconditionally at IX@13453b4f, behind an always-true `[ "$EP_SIZE" -ge 1 ]` at IX@07e171a3);
+# EP became conditional with the v0.19 search space (PR #947).
+INFERENCEX_ALWAYS_EP = {("MiniMaxAI/MiniMax-M2.5", "b200_sxm", "fp8", "0.17.0")}
+# The `tp: 2, ep: 2, dp-attn: true` entries of minimaxm2.5-fp4-{b200,b300}-vllm (nvidia-master.yaml,
+# mpashkovskii/InferenceX@01d209c2: 1k/1k at 256-1024 / 256-2048 users, B300 8k/1k at 512), launched as
+# `--tensor-parallel-size=1 --data-parallel-size=2 --enable-expert-parallel` (minimaxm2.5_fp4_b200.sh):
+# the db-dump config whose rows span those ranges. The FP8 scripts never read DP_ATTENTION, so their
+# dp-attn entry ran TP 2 + EP.
+INFERENCEX_DP_ATTENTION = {"707", "727"}
+# Script flags that change the kernels or the cache: gpt-oss on B200 (benchmarks/single_node/
+# gptoss_fp4_b200.sh after PR #789): VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 and --kv-cache-dtype fp8.
+INFERENCEX_FLAGS: dict[tuple[str, str], dict[str, object]] = {
+    ("openai/gpt-oss-120b", "b200_sxm"): {"mxfp4_mxfp8": True, "kv_cache_dtype": "fp8"},
+}
+
+
+def inferencex_run(source: str) -> bool:
+    """Whether a corpus row's `silicon_data_source` names one of the InferenceX import files."""
+    return any(tag in source for tag in INFERENCEX_SOURCES)
+
+
+def inferencex_layout(r: dict[str, str]) -> tuple[int, int, bool]:
+    """(TP, attention DP, EP) an InferenceX run launched with. InferenceX's launch scripts run TP GPUs:
+    `--tensor-parallel-size=$TP [--enable-expert-parallel]`, or with dp-attn `--tensor-parallel-size=1
+    --data-parallel-size=$TP --enable-expert-parallel`. The 2026-04-06 and db-dump imports encode a TP x EP
+    run as attention_dp = TP, moe_ep = TP x EP (the same runs read (TP, 1, EP) in 2026-03-25.csv, and
+    InferenceX's H100 configs have no dp-attn at all), so the GPUs are tp_size and DP attention is read
+    only where the configuration is known to be dp-attn (INFERENCEX_DP_ATTENTION)."""
+    tp = int(r["tp_size"])
+    ep = int(r["moe_ep_size"] or 1) > 1 and r["model_path"] not in INFERENCEX_NO_EP
+    key = (r["model_path"], r["system"], r["precision"], r["backend_version"])
+    config = r["silicon_data_source"].partition("config_id=")[2].partition(";")[0]
+    if config in INFERENCEX_DP_ATTENTION:
+        return 1, tp, True
+    return tp, 1, ep or key in INFERENCEX_ALWAYS_EP
+
+
+def inferencex_reading(r: dict[str, str], row: Row) -> Row:
+    """`row` as the InferenceX run it records ran: its launch layout, the client's mean lengths (range
+    ratio 0.8) and its script's kernel flags."""
+    tp, dp, ep = inferencex_layout(r)
+    source = r["silicon_data_source"]
+    measured = source.partition("measured=")[2][:10]
+    changes: dict[str, object] = {"tp": tp, "dp": dp, "ep": ep}
+    if measured >= INFERENCEX_RANGE_RATIO_FROM or "gap-analysis" in source:
+        changes |= {"isl": mean_random_length(row.isl), "osl": mean_random_length(row.osl)}
+    changes |= INFERENCEX_FLAGS.get((row.model, row.system), {})
+    return dataclasses.replace(row, **changes)  # type: ignore[arg-type]
+
+
 def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm") -> list[Row]:
     """Aggregated runs of the held-out model/GPU pairs on one node: TP, attention DP with the experts
-    TP-sharded (moe_tp = TP x DP) or expert-parallel (moe_ep > 1)."""
+    TP-sharded (moe_tp = TP x DP) or expert-parallel (moe_ep > 1); InferenceX's runs as they ran."""
     rows = []
     wanted = HOLDOUT | B300_FIT if backend == "vllm" else CROSSCHECK
     for path in paths or tuple(_find(name) for name in SAMPLE_NAMES):
@@ -228,27 +301,25 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
                 key = (r["model_path"], r["system"], precision)
                 if r["backend"] != backend or r["mode"] != "agg" or key not in wanted:
                     continue
+                ix = backend == "vllm" and inferencex_run(r["silicon_data_source"])
                 tp = int(r["tp_size"])
                 # dense rows carry moe_tp 1 (or 0); only a product above TP means DP ranks
                 expert_ranks = max(tp, int(r["moe_tp_size"] or tp) * int(r["moe_ep_size"] or 1))
-                if expert_ranks % tp or expert_ranks > MAX_GPUS:
+                if not ix and (expert_ranks % tp or expert_ranks > MAX_GPUS):
                     continue
                 conc, osl = benchmark_concurrency(r), int(r["osl"])
                 ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
                 tok_s = conc * osl / ((ttft + tpot * (osl - 1)) / 1e3)
                 model, system, precision = key
                 source = f"{backend} {r['backend_version']}, {r['id'][:40]}"
-                rows.append(
-                    Row(
-                        model, system, precision, tp, int(r["isl"]), osl, conc, ttft, tpot, tok_s, source,
-                        dp=expert_ranks // tp, ep=int(r["moe_ep_size"] or 1) > 1,
-                        async_scheduling=overlapped(
-                            backend, r["backend_version"], r["silicon_data_source"]
-                        ),
-                        version=r["backend_version"],
-                        kv_cache_dtype=checkpoint_kv_dtype(backend, r["backend_version"], precision),
-                    )
+                row = Row(
+                    model, system, precision, tp, int(r["isl"]), osl, conc, ttft, tpot, tok_s, source,
+                    dp=expert_ranks // tp, ep=int(r["moe_ep_size"] or 1) > 1,
+                    async_scheduling=overlapped(backend, r["backend_version"], r["silicon_data_source"]),
+                    version=r["backend_version"],
+                    kv_cache_dtype=checkpoint_kv_dtype(backend, r["backend_version"], precision),
                 )  # fmt: skip
+                rows.append(inferencex_reading(r, row) if ix else row)
     return rows
 
 

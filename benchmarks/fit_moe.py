@@ -1,7 +1,8 @@
 """Grid search of the fitted MoE kernel constants, each family on its own calibration set only.
 
 Each kernel family's pair (expert-GEMM factor, seconds per MoE layer per step) is chosen on the runs that
-took that family, minimising the sum of the three median absolute errors (TTFT, TPOT, tokens/s): the B300
+took that family, minimising the sum of the three median absolute errors (TTFT, TPOT, tokens/s): Kimi
+K2.5 INT4 on H200 (bench_plan.MOE_FIT) chooses MOE_GEMM_FACTOR / MOE_LAYER_OVERHEAD_S (Marlin), the B300
 runs (bench_plan.B300_FIT) choose BLACKWELL_MOE_*, InferenceMAX's H100 / H200 gpt-oss runs MXFP4_W4A16_*,
 its B200 runs MXFP4_FLASHINFER_*. No other run is predicted here, so nothing held out can steer the
 choice. Prints, per family, the best cells and how flat the optimum is.
@@ -42,6 +43,10 @@ OVERHEADS_US = tuple(range(0, 161, 5))
 Rows = list[bench_plan.Row]
 
 
+def _marlin_runs() -> Rows:
+    return [r for r in bench_plan.load_holdout() if (r.model, r.system, r.precision) == bench_plan.MOE_FIT]
+
+
 def _b300_runs() -> Rows:
     return [r for r in bench_plan.load_holdout() if (r.model, r.system, r.precision) in bench_plan.B300_FIT]
 
@@ -51,6 +56,7 @@ def _inferencemax_runs(*systems: str) -> Callable[[], Rows]:
 
 
 FAMILIES: dict[str, tuple[tuple[str, str], Callable[[], Rows]]] = {
+    "default": (("MOE_GEMM_FACTOR", "MOE_LAYER_OVERHEAD_S"), _marlin_runs),
     "blackwell": (("BLACKWELL_MOE_GEMM_FACTOR", "BLACKWELL_MOE_LAYER_OVERHEAD_S"), _b300_runs),
     "mxfp4_w4a16": (
         ("MXFP4_W4A16_GEMM_FACTOR", "MXFP4_W4A16_LAYER_OVERHEAD_S"),
@@ -62,6 +68,9 @@ FAMILIES: dict[str, tuple[tuple[str, str], Callable[[], Rows]]] = {
     ),
 }
 Medians = tuple[float, float, float]
+# A fitted constant keeps its value while its cell is within this many points of the best: the grid's
+# optimum is flat (see the "within" lines), and moving on noise would move every prediction that uses it.
+KEEP_WITHIN = 1.0
 
 
 @contextmanager
@@ -125,6 +134,11 @@ def main() -> None:
                 f"{os_[0]}-{os_[-1]} us"
             )
         print(f"  best: factor {best_f}, {best_o} us")
+        kept = now in cells and sum(cells[now]) <= sum(best) + KEEP_WITHIN
+        print(
+            f"  {'keep the engine constants' if kept else 'move to the best cell'} (rule: keep while within "
+            f"{KEEP_WITHIN:.0f} point of the best)"
+        )
 
 
 if __name__ == "__main__":

@@ -116,14 +116,15 @@ def _assert_band_holds(band: G.Band, runs: list[Any], width: float | None = None
             assert high - low < width, field  # and stays a band, not everything
 
 
-def test_dp_ep_band_covers_the_measured_dp_ep_runs() -> None:
-    # the DP 2 + EP runs of the corpus (MiniMax-M2.5 on B200 and B300): the band a DP plan carries holds
-    # the 10th-90th percentile of measured / predicted on each metric
+def test_dp_ep_band_covers_the_measured_dp_runs() -> None:
+    # the DP runs of the corpus (MiniMax-M2.5 NVFP4 DP 2 + EP on B200 / B300, Qwen3-235B DP 2 / 4 on H200):
+    # the band a DP plan carries holds the 10th-90th percentile of measured / predicted on each metric
     from benchmarks import bench_plan
 
-    runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.dp > 1 and c.row.ep]
-    assert len(runs) == 36
-    _assert_band_holds(G.DP_EP, runs)
+    runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.dp > 1]
+    assert len(runs) == 27
+    assert sum(c.row.ep for c in runs) == 8
+    _assert_band_holds(G.DP_EP_RUNS, runs, width=3.0)
 
 
 def test_dp_plans_warn_with_the_measured_dp_ep_error() -> None:
@@ -133,14 +134,14 @@ def test_dp_plans_warn_with_the_measured_dp_ep_error() -> None:
     assert cand is not None
     g = G.assess(request, cand)
     assert not g.measured
-    assert any("DP 8" in w and "18 % fast per output token" in w for w in g.warnings), g.warnings
+    assert any("DP 8" in w and "27 measured DP runs" in w for w in g.warnings), g.warnings
     assert g.band.tpot[1] >= G.DP_EP_RUNS.tpot[1]
     assert g.band.ttft[1] >= G.DP_EP_RUNS.ttft[1]
 
 
 def test_gpt_oss_band_covers_the_held_out_gpt_oss_runs() -> None:
     # an MXFP4 plan's band holds the 10th-90th percentile of measured / predicted over the 204 held-out
-    # AIConfigurator gpt-oss runs (vLLM's default MXFP4 kernels, the ones a plan deploys)
+    # gpt-oss runs of the AIConfigurator corpus (InferenceX's: MXFP8 activations on B200, as plans deploy)
     from benchmarks import bench_plan
 
     runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.precision == "mxfp4"]

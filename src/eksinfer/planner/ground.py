@@ -49,11 +49,12 @@ class Band:
 
 # 1 / (1 + p90 error), 1 / (1 + p10 error) of the 219 calibration runs (vLLM 0.12, serial host work)
 _CALIBRATION_RUNS = Band(ttft=(0.81, 1.39), tpot=(0.67, 1.11), tokens=(0.92, 1.52))
-# the same over the 424 held-out runs with async scheduling (vLLM 0.15-0.19: Kimi K2.5 B200, MiniMax-M2.5)
-_ASYNC_RUNS = Band(ttft=(0.65, 1.57), tpot=(0.90, 1.29), tokens=(0.80, 1.15))
+# the same over the 678 held-out runs with async scheduling (vLLM 0.15-0.19: Kimi K2.5 B200, MiniMax-M2.5,
+# gpt-oss-120b), InferenceX's runs read as they ran (benchmarks/bench_plan.py inferencex_reading)
+_ASYNC_RUNS = Band(ttft=(0.78, 1.62), tpot=(0.89, 1.23), tokens=(0.81, 1.15))  # rounded outward
 CALIBRATED = _CALIBRATION_RUNS.widen(_ASYNC_RUNS)
-# measured / predicted, 10th-90th percentile, over the 445 held-out B200 runs (2026-12-04)
-HELD_OUT = Band(ttft=(0.66, 1.67), tpot=(0.91, 1.27), tokens=(0.80, 1.12))
+# measured / predicted, 10th-90th percentile, over the 560 held-out B200 runs (2026-12-04, same reading)
+HELD_OUT = Band(ttft=(0.77, 1.72), tpot=(0.90, 1.22), tokens=(0.83, 1.13))  # rounded outward
 # judgements for paths with no runs (see `_unmeasured`)
 NO_RUNS = Band(ttft=(0.5, 2.0), tpot=(0.67, 1.5), tokens=(0.5, 1.5))
 # g-family: published L4 / L40S / A10G runs come out 20-60 % slower than the model predicts (issue 18),
@@ -61,17 +62,18 @@ NO_RUNS = Band(ttft=(0.5, 2.0), tpot=(0.67, 1.5), tokens=(0.5, 1.5))
 G_FAMILY = Band(ttft=(0.9, 2.5), tpot=(0.9, 2.5), tokens=(0.4, 1.1))
 # MIG slices are modelled as 1/7 of the SMs and bandwidth per g; no run checks it
 MIG = Band(ttft=(0.67, 1.5), tpot=(0.67, 1.5), tokens=(0.67, 1.5))
-# DP attention + EP: 10th-90th percentile of measured / predicted over the 36 one-node DP 2 + EP runs of
-# MiniMax-M2.5 FP8 / NVFP4 on B200 (held out) and B300 (vLLM 0.19; `make bench ARGS=plan`, rows with DP2 EP):
-# TTFT x0.85-x5.43 (the 8,192-token prompts at 256-512 users wait 13-70 s), TPOT x0.99-x1.55, tokens/s
-# x0.65-x0.98 (signed median TPOT error -18 %); widened by the no-runs judgement, because they are one
-# model on Blackwell at DP 2 and plans also offer DP 4 / 8 and Hopper
-DP_EP_RUNS = Band(ttft=(0.85, 5.5), tpot=(0.99, 1.55), tokens=(0.65, 0.98))  # rounded outward
+# DP attention: 10th-90th percentile of measured / predicted over the 27 one-node DP runs of the corpus:
+# 8 MiniMax-M2.5 NVFP4 DP 2 + EP (TP 1) runs on B200 / B300 at 256-2048 users (InferenceX's dp-attn
+# entries; vLLM 0.19) and 19 Qwen3-235B DP 2 / 4 runs without EP on H200 (vLLM 0.12): TTFT x0.61-x3.13,
+# TPOT x0.79-x1.20, tokens/s x0.81-x1.23 (signed median TPOT error 0 %, +8 % on the DP + EP runs). Until
+# 2026-12-04 this band stood on 36 "DP 2 + EP" MiniMax runs that were TP 2 + EP runs in the import's
+# encoding. Widened by the no-runs judgement: DP 4 / 8 with EP and Hopper DP + EP have no runs
+DP_EP_RUNS = Band(ttft=(0.6, 3.2), tpot=(0.78, 1.21), tokens=(0.8, 1.24))  # rounded outward
 DP_EP = DP_EP_RUNS.widen(NO_RUNS)
-# the same percentiles over the 204 held-out AIConfigurator gpt-oss-120b runs (H100 / H200 / B200, vLLM
-# 0.11-0.18, vLLM's default MXFP4 kernels, the ones a plan deploys), with the MXFP4 constants fitted on
-# InferenceMAX's runs (engine.MXFP4_*): B200 TTFT still predicted up to 3x high on long prompts
-GPT_OSS = Band(ttft=(0.45, 1.14), tpot=(0.80, 1.19), tokens=(0.84, 1.18))  # rounded outward
+# the same percentiles over the 204 held-out gpt-oss-120b runs of the AIConfigurator corpus (InferenceX's
+# runs of vLLM 0.11-0.18: Marlin W4A16 on H100 / H200, MXFP4 x MXFP8 on B200, the path plans deploy there),
+# with the MXFP4 constants fitted on InferenceX's earlier run (engine.MXFP4_*)
+GPT_OSS = Band(ttft=(0.83, 1.41), tpot=(0.90, 1.22), tokens=(0.83, 1.10))  # rounded outward
 # FP8 KV: capacity is exact arithmetic; the step time only halves KV reads (no calibrated FP8-KV runs)
 FP8_KV = Band(ttft=(0.8, 1.3), tpot=(0.8, 1.3), tokens=(0.8, 1.25))
 
@@ -95,10 +97,10 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
     out: list[tuple[str, Band]] = []
     if s.dp > 1:
         out.append((
-            f"DP {s.dp} attention + expert parallelism: measured DP 2 + EP runs (MiniMax-M2.5, B200 / B300)"
-            " are predicted 18 % fast per output token (signed median; up to 38 % at 256 users, as TP 4 on"
-            " the same GPUs is) and their TTFT up to 11x low at 8,192-token prompts and 256+ users; DP 4 / 8"
-            " and Hopper DP + EP have no runs",
+            f"DP {s.dp} attention + expert parallelism: 27 measured DP runs (MiniMax-M2.5 NVFP4 DP 2 + EP on"
+            " B200 / B300 at 256-2048 users, Qwen3-235B DP 2 / 4 on H200) hold TPOT within x0.79-x1.20 of the"
+            " prediction (10th-90th percentile) and TTFT within x0.61-x3.1; DP 4 / 8 with EP and Hopper"
+            " DP + EP have no runs",
             DP_EP,
         ))  # fmt: skip
     if s.pp > 1:
@@ -118,10 +120,10 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
         out.append((f"{gpu}: no measured runs on this GPU", NO_RUNS))
     if s.precision == "mxfp4":
         out.append((
-            "MXFP4 experts (gpt-oss): constants fitted on InferenceMAX runs of vLLM's other MXFP4 kernel "
-            "variants (Marlin on Hopper, MXFP8 activations on Blackwell); vLLM's defaults, which a plan "
-            "deploys, held out: median error TTFT / TPOT 7 / 8 % on H100 and H200, 54 / 9 % on B200 "
-            "(TTFT predicted high)",
+            "MXFP4 experts (gpt-oss): constants fitted on one InferenceX run (vLLM 0.13); held out on its "
+            "later runs (vLLM 0.15-0.18): median error TTFT / TPOT 9 / 8 % on H100 and H200 (Marlin W4A16; "
+            "vLLM's default triton_kernels path, which a Hopper plan deploys, has no runs), 14 / 6 % on B200 "
+            "(MXFP8 activations, as the plan deploys)",
             GPT_OSS.widen(NO_RUNS),
         ))  # fmt: skip
     if s.precision == "fp4" and not model.is_moe:

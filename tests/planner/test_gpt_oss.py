@@ -130,6 +130,9 @@ def test_on_blackwell_the_plan_deploys_the_measured_mxfp8_activation_path() -> N
     assert "MXFP8 activations" in b200.why["precision"]
     assert "accuracy caveat" in b200.why["precision"]
     assert h100.roles[0].engine.env == {}
+    args = b200.roles[0].engine.vllm_args  # the recipe's CUDA-graph range comes with it
+    assert args[args.index("--max-cudagraph-capture-size") + 1] == "2048"
+    assert "--max-cudagraph-capture-size" not in h100.roles[0].engine.vllm_args
     [container] = [
         c
         for o in build_tree(b200).objects.values()

@@ -56,6 +56,9 @@ NATIVE_ARCHITECTURES = {
     "GlmMoeDsaForCausalLM",
     "GptOssForCausalLM",
 }
+# vLLM's default is min(2 x max_num_seqs, 512) tokens (VllmConfig._set_cudagraph_sizes); a bigger step runs
+# without a graph, which the step model does not price (docs/planner.md "InferenceX's runs read as they ran")
+RECIPE_CUDAGRAPH_TOKENS = 2048
 NIXL_CONFIG = json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"}, separators=(",", ":"))
 
 
@@ -91,6 +94,10 @@ def vllm_args(request: PlanRequest, cand: Candidate, role: str) -> list[str]:
         args.append("--trust-remote-code")
     if shape.mode == "disaggregated":
         args += ["--kv-transfer-config", NIXL_CONFIG]
+    if mxfp8_activations(
+        shape
+    ):  # vLLM's gpt-oss B200 recipe: prefill steps up to 2,048 tokens in CUDA graphs
+        args += ["--max-cudagraph-capture-size", str(RECIPE_CUDAGRAPH_TOKENS)]
     return args
 
 

@@ -283,7 +283,9 @@ def inferencex_reading(r: dict[str, str], row: Row) -> Row:
     measured = source.partition("measured=")[2][:10]
     changes: dict[str, object] = {"tp": tp, "dp": dp, "ep": ep}
     if measured >= INFERENCEX_RANGE_RATIO_FROM or "gap-analysis" in source:
-        changes |= {"isl": mean_random_length(row.isl), "osl": mean_random_length(row.osl)}
+        osl = mean_random_length(row.osl)  # the measured throughput too, at the outputs the users got
+        tok_s = row.concurrency * osl / ((row.ttft_ms + row.tpot_ms * (osl - 1)) / 1e3)
+        changes |= {"isl": mean_random_length(row.isl), "osl": osl, "tok_s": tok_s}
     changes |= INFERENCEX_FLAGS.get((row.model, row.system), {})
     return dataclasses.replace(row, **changes)  # type: ignore[arg-type]
 

@@ -77,7 +77,7 @@ MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer 
 # 50-250 us on those 45 runs alone, minimising the sum of the three median errors, gave 0.2 and 90 us; with
 # every step charged the prompt tokens smeared over it, 70 us; with the host work counted serially, 50 us.
 # Those runs are InferenceX's; read at the client's mean lengths (bench_plan.inferencex_reading) the best
-# cell of benchmarks/fit_moe.py is 0.175 x 90 us, 0.4 points better than 0.2 x 90 us: within 1 point, so
+# cell of benchmarks/fit_moe.py is 0.175 x 90 us, 0.9 points better than 0.2 x 90 us: within 1 point, so
 # the constants stay.)
 # Not fitted: expert load imbalance under EP is the busiest of EP ranks under uniform routing (its touched
 # experts and its token assignments sit expected_max_normal(EP) standard deviations above the mean); skew
@@ -113,8 +113,8 @@ DEEPGEMM_BLOCK_M = 128
 # 40 us, now at 17.0 / 7.0 / 7.0 % (next best 0.1 x 50 us: 17.5 / 7.2 / 7.5 %).
 # Rerun again once the runs were read as InferenceX launched them (bench_plan.inferencex_reading: the
 # client's mean lengths, TP x EP or TP 1 x DP 2 instead of the import's TP x DP encoding, the five B300 TP 4
-# + EP 4 runs no longer skipped as 16-GPU ones; 116 runs): 0.1 and 50 us, 17.5 / 7.2 / 6.8 % (tied with
-# 0.125 x 50 us; 0.1 x 40 us 2.4 points worse, so the per-layer cost moved). The rule since: a constant
+# + EP 4 runs no longer skipped as 16-GPU ones; 116 runs): 0.1 and 50 us, 17.5 / 7.2 / 6.9 % (tied with
+# 0.125 x 50 us; 0.1 x 40 us 2.5 points worse, so the per-layer cost moved). The rule since: a constant
 # keeps its value while it is within 1 point of the best cell (benchmarks/fit_moe.py prints which).
 BLACKWELL_MOE_GEMM_FACTOR = 0.1  # [Blackwell FP8 / FP4 MoE runs on B300]
 BLACKWELL_MOE_LAYER_OVERHEAD_S = 50e-6  # [same runs]

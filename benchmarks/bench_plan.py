@@ -559,6 +559,28 @@ def _goals(fitted: list[Compared], earlier: list[Compared], holdout: list[Compar
             for label, value, limit in zip(("TTFT", "TPOT", "tok/s"), got, goal, strict=True)
         )
         print(f"  {name} ({len(items)} runs): {verdict}")
+    _moe_goal(holdout)
+
+
+MOE_GOAL = 20.0  # issue 18: "MoE rows within 20 %", read per held-out MoE model, precision and GPU
+
+
+def _moe_goal(holdout: list[Compared]) -> None:
+    """Issue 18's MoE goal: every held-out MoE model / precision / GPU group within 20 % on each median."""
+    groups: dict[str, list[Compared]] = {}
+    for c in holdout:
+        if model_spec(c.row.model).is_moe:
+            groups.setdefault(
+                f"{MODEL_MAP[c.row.model]} {c.row.precision} {GPU_MAP[c.row.system]}", []
+            ).append(c)
+    misses = []
+    for key, items in sorted(groups.items()):
+        for label, field in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("tok/s", "tok_s")):
+            value = statistics.median(abs(c.err(field)) for c in items)
+            if value > MOE_GOAL:
+                misses.append(f"{key} {label} {value:.1f}%")
+    verdict = "met" if not misses else "MISSED: " + ", ".join(misses)
+    print(f"  MoE groups within {MOE_GOAL:.0f}% ({len(groups)} held-out model/GPU groups): {verdict}")
 
 
 def _saturated(compared: list[Compared]) -> None:

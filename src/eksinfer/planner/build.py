@@ -94,9 +94,8 @@ def vllm_args(request: PlanRequest, cand: Candidate, role: str) -> list[str]:
         args.append("--trust-remote-code")
     if shape.mode == "disaggregated":
         args += ["--kv-transfer-config", NIXL_CONFIG]
-    if mxfp8_activations(
-        shape
-    ):  # vLLM's gpt-oss B200 recipe: prefill steps up to 2,048 tokens in CUDA graphs
+    if mxfp8_activations(shape):
+        # vLLM's gpt-oss B200 recipe: prefill steps of up to 2,048 tokens replay CUDA graphs
         args += ["--max-cudagraph-capture-size", str(RECIPE_CUDAGRAPH_TOKENS)]
     return args
 

@@ -3,6 +3,8 @@ planned and rendered into manifests that validate against their schemas, and the
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from eksinfer.catalog import get_gpu, get_model
@@ -15,7 +17,14 @@ from eksinfer.perf.engine import blackwell_moe
 from eksinfer.planner import Constraints, Plan, PlanRequest, Traffic, make_plan
 from eksinfer.planner.build import build_plan
 from eksinfer.planner.evaluate import evaluate_aggregated
-from eksinfer.planner.search import Misses, build_perf, enumerate_shapes, model_tier, precisions
+from eksinfer.planner.search import (
+    Misses,
+    build_perf,
+    enumerate_shapes,
+    expert_parallel,
+    model_tier,
+    precisions,
+)
 
 MODEL = get_model("gpt-oss-120b")
 
@@ -152,3 +161,22 @@ def test_on_blackwell_the_plan_deploys_the_measured_mxfp8_activation_path() -> N
     ) < build_engine_perf(MODEL, shape.gpu, precision="mxfp4", max_model_len=8192).step_time_s(
         prefill_tokens=8192, prefill_attention_pairs=8192 * 8192, decode_seqs=0, decode_context_tokens=0
     )  # FP8 tensor cores for the experts' prefill, against BF16 ones without the variable
+
+
+def test_gpt_oss_on_several_gpus_shards_its_experts_by_tp_as_measured() -> None:
+    # vLLM's gpt-oss recipe passes --tensor-parallel-size only, and InferenceX's gpt-oss runs (the held-out
+    # set) have no EP: a TP 2 plan renders no --enable-expert-parallel and predicts TP-sharded experts,
+    # where another MoE model at TP 2 gets expert parallelism
+    request = PlanRequest(MODEL, Traffic(requests_per_s=2.0))
+    shape = next(
+        s for s in enumerate_shapes(request, 2) if s.tp == 2 and s.dp == 1 and s.instance.family == "p5"
+    )
+    assert not expert_parallel(MODEL, shape)
+    cand = evaluate_aggregated(request, shape, Misses())
+    assert cand is not None
+    assert not cand.perf.expert_parallel
+    engine = build_plan(request, cand, []).roles[0].engine
+    assert "--enable-expert-parallel" not in engine.vllm_args
+    assert not engine.expert_parallel
+    other = get_model("qwen3-235b-a22b")
+    assert expert_parallel(other, dataclasses.replace(shape, precision="fp8"))

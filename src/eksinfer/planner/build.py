@@ -37,7 +37,13 @@ from eksinfer.planner.schema import (
     PlanTraffic,
     Provisioning,
 )
-from eksinfer.planner.search import MXFP4_MXFP8_ENV, Candidate, demand_requests_per_s, mxfp8_activations
+from eksinfer.planner.search import (
+    MXFP4_MXFP8_ENV,
+    Candidate,
+    demand_requests_per_s,
+    expert_parallel,
+    mxfp8_activations,
+)
 
 HOURS_PER_MONTH = 720.0
 GPU_NODE_BOOT_S = 90.0  # EC2 GPU instance to Ready with drivers (Auto Mode / Karpenter NVIDIA AMIs)
@@ -86,7 +92,7 @@ def vllm_args(request: PlanRequest, cand: Candidate, role: str) -> list[str]:
     ]  # fmt: skip
     if shape.dp > 1:
         args += ["--data-parallel-size", str(shape.dp)]
-    if model.is_moe and shape.gpus_per_replica > 1:
+    if expert_parallel(model, shape):
         args.append("--enable-expert-parallel")
     if shape.precision == "fp8" and model.native_precision != "fp8" and model.hf_id_for("fp8") == model.hf_id:
         args += ["--quantization", "fp8"]
@@ -112,7 +118,7 @@ def _engine(request: PlanRequest, cand: Candidate, role: str) -> PlanEngine:
     return PlanEngine(
         tensor_parallel_size=shape.tp,
         pipeline_parallel_size=shape.pp,
-        expert_parallel=request.model.is_moe and shape.gpus_per_replica > 1,
+        expert_parallel=expert_parallel(request.model, shape),
         data_parallel_size=shape.dp,
         precision=shape.precision,
         kv_cache_dtype=perf.kv_cache_dtype,

@@ -38,6 +38,7 @@ from eksinfer.planner.search import (
     Shape,
     build_perf,
     demand_requests_per_s,
+    expert_parallel,
     meets,
     meets_latency,
     monthly_cost,
@@ -139,7 +140,7 @@ def _on_prem_capacity(request: PlanRequest, shape: Shape) -> tuple[int, float, i
             tensor_parallel_size=shape.tp,
             pipeline_parallel_size=shape.pp,
             data_parallel_size=shape.dp,
-            expert_parallel=True,  # the plan renders --enable-expert-parallel for MoE
+            expert_parallel=expert_parallel(request.model, shape),
             precision=shape.precision,
             kv_cache_dtype=shape.kv_cache_dtype,
             max_model_len=request.traffic.longest_tokens,

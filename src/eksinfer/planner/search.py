@@ -226,7 +226,7 @@ def build_perf(request: PlanRequest, shape: Shape, max_model_len: int) -> Engine
         tensor_parallel_size=shape.tp,
         pipeline_parallel_size=shape.pp,
         data_parallel_size=shape.dp,
-        expert_parallel=True,  # the plan renders --enable-expert-parallel for MoE
+        expert_parallel=expert_parallel(request.model, shape),
         precision=shape.precision,
         kv_cache_dtype=shape.kv_cache_dtype,
         max_model_len=max_model_len,
@@ -239,6 +239,13 @@ def build_perf(request: PlanRequest, shape: Shape, max_model_len: int) -> Engine
 # MXFP4+MXFP8 MoE") sets this: the MoE multiplies on FP8 tensor cores instead of BF16 ones. Both measured
 # campaigns of gpt-oss on B200 (InferenceX, vLLM 0.13 and 0.15.1) ran it, so a plan deploys what was measured.
 MXFP4_MXFP8_ENV = {"VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8": "1"}
+
+
+def expert_parallel(model: ModelSpec, shape: Shape) -> bool:
+    """Whether the plan runs --enable-expert-parallel: MoE on more than one GPU, except MXFP4 (gpt-oss),
+    whose vLLM recipe (recipes.vllm.ai, openai/gpt-oss: `--tensor-parallel-size` only) and every measured
+    run (InferenceX's gptoss-fp4-*-vllm entries have no EP) shard the experts by TP."""
+    return model.is_moe and shape.gpus_per_replica > 1 and shape.precision != "mxfp4"
 
 
 def mxfp8_activations(shape: Shape) -> bool:

@@ -567,9 +567,10 @@ MOE_GOAL = 20.0  # issue 18: "MoE rows within 20 %", read per held-out MoE model
 
 def _moe_goal(holdout: list[Compared]) -> None:
     """Issue 18's MoE goal: every held-out MoE model / precision / GPU group within 20 % on each median."""
+    moe = {m: model_spec(m).is_moe for m in {c.row.model for c in holdout}}  # one config parse per model
     groups: dict[str, list[Compared]] = {}
     for c in holdout:
-        if model_spec(c.row.model).is_moe:
+        if moe[c.row.model]:
             groups.setdefault(
                 f"{MODEL_MAP[c.row.model]} {c.row.precision} {GPU_MAP[c.row.system]}", []
             ).append(c)

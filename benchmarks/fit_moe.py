@@ -43,12 +43,9 @@ OVERHEADS_US = tuple(range(0, 161, 5))
 Rows = list[bench_plan.Row]
 
 
-def _marlin_runs() -> Rows:
-    return [r for r in bench_plan.load_holdout() if (r.model, r.system, r.precision) == bench_plan.MOE_FIT]
-
-
-def _b300_runs() -> Rows:
-    return [r for r in bench_plan.load_holdout() if (r.model, r.system, r.precision) in bench_plan.B300_FIT]
+def _corpus_runs(keys: set[tuple[str, str, str]]) -> Callable[[], Rows]:
+    """The vendored AIConfigurator runs of the (model, system, precision) keys a family is fitted on."""
+    return lambda: [r for r in bench_plan.load_holdout() if (r.model, r.system, r.precision) in keys]
 
 
 def _inferencemax_runs(*systems: str) -> Callable[[], Rows]:
@@ -56,8 +53,11 @@ def _inferencemax_runs(*systems: str) -> Callable[[], Rows]:
 
 
 FAMILIES: dict[str, tuple[tuple[str, str], Callable[[], Rows]]] = {
-    "default": (("MOE_GEMM_FACTOR", "MOE_LAYER_OVERHEAD_S"), _marlin_runs),
-    "blackwell": (("BLACKWELL_MOE_GEMM_FACTOR", "BLACKWELL_MOE_LAYER_OVERHEAD_S"), _b300_runs),
+    "default": (("MOE_GEMM_FACTOR", "MOE_LAYER_OVERHEAD_S"), _corpus_runs({bench_plan.MOE_FIT})),
+    "blackwell": (
+        ("BLACKWELL_MOE_GEMM_FACTOR", "BLACKWELL_MOE_LAYER_OVERHEAD_S"),
+        _corpus_runs(bench_plan.B300_FIT),
+    ),
     "mxfp4_w4a16": (
         ("MXFP4_W4A16_GEMM_FACTOR", "MXFP4_W4A16_LAYER_OVERHEAD_S"),
         _inferencemax_runs("h100_sxm", "h200_sxm"),

@@ -127,7 +127,7 @@ def precisions(model: ModelSpec, gpu: GpuSpec, request: PlanRequest) -> list[str
     return out
 
 
-def kv_cache_dtypes(gpu: GpuSpec, request: PlanRequest, precision: str = "auto") -> list[str]:
+def kv_cache_dtypes(gpu: GpuSpec, request: PlanRequest, precision: str) -> list[str]:
     """auto, plus fp8 on GPUs with FP8 tensor cores (Ada, Hopper, Blackwell): half the KV bytes per token,
     so about twice the sequences per engine, for a small accuracy cost the plan's `why` states.
 

@@ -247,6 +247,12 @@ INFERENCEX_ALWAYS_EP = {("MiniMaxAI/MiniMax-M2.5", "b200_sxm", "fp8", "0.17.0")}
 # the db-dump config whose rows span those ranges. The FP8 scripts never read DP_ATTENTION, so their
 # dp-attn entry ran TP 2 + EP.
 INFERENCEX_DP_ATTENTION = {"707", "727"}
+# vLLM refuses to shard a block-quantized FP8 expert whose per-rank width is not a multiple of the 128-wide
+# block (vllm/model_executor/layers/quantization/fp8.py, Fp8MoEMethod.create_weights: "The output_size of
+# gate's and up's weight = 192 is not divisible by weight quantization block_n = 128"): MiniMax-M2.5's
+# 1,536-wide experts run TP 8 only with --enable-expert-parallel, so its TP 8 rows ran EP whatever the import
+# records (the H200 script of PR #869 passed the flag behind an always-true `[ "$EP_SIZE" -ge 1 ]`).
+FP8_BLOCK = 128
 # Script flags that change the kernels or the cache: gpt-oss on B200 (benchmarks/single_node/
 # gptoss_fp4_b200.sh after PR #789): VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 and --kv-cache-dtype fp8.
 INFERENCEX_FLAGS: dict[tuple[str, str], dict[str, object]] = {
@@ -272,7 +278,15 @@ def inferencex_layout(r: dict[str, str]) -> tuple[int, int, bool]:
     config = r["silicon_data_source"].partition("config_id=")[2].partition(";")[0]
     if config in INFERENCEX_DP_ATTENTION:
         return 1, tp, True
-    return tp, 1, ep or key in INFERENCEX_ALWAYS_EP
+    return tp, 1, ep or key in INFERENCEX_ALWAYS_EP or not fp8_experts_shard(r, tp)
+
+
+def fp8_experts_shard(r: dict[str, str], tp: int) -> bool:
+    """Whether vLLM can split this row's FP8 experts over `tp` ranks without expert parallelism."""
+    if r["precision"] != "fp8":
+        return True
+    width = model_spec(r["model_path"]).moe_intermediate_size
+    return not width or (width // tp) % FP8_BLOCK == 0
 
 
 def inferencex_reading(r: dict[str, str], row: Row) -> Row:
@@ -322,7 +336,32 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
                     kv_cache_dtype=checkpoint_kv_dtype(backend, r["backend_version"], precision),
                 )  # fmt: skip
                 rows.append(inferencex_reading(r, row) if ix else row)
-    return rows
+    return distinct_runs(rows)
+
+
+# Two rows are one run where the launch matches and both measured latencies agree to 0.05 %: the corpus
+# imports some InferenceX runs up to four times (2026-04-06.csv, its db-dump, kimi-k2.5-gap-analysis.csv
+# and, for a few, 2026-03-25.csv), which would count a run two to four times in a median.
+SAME_RUN = 5e-4
+
+
+def distinct_runs(rows: list[Row]) -> list[Row]:
+    """`rows` with each measured run once (the first import of it), in their order."""
+    kept: dict[tuple[object, ...], list[Row]] = {}
+    out = []
+    for row in rows:
+        launch = (row.model, row.system, row.precision, row.tp, row.dp, row.ep, row.isl, row.osl,
+                  row.concurrency, row.version, row.kv_cache_dtype, row.mxfp4_mxfp8)  # fmt: skip
+        same = kept.setdefault(launch, [])
+        if any(_close(row.ttft_ms, o.ttft_ms) and _close(row.tpot_ms, o.tpot_ms) for o in same):
+            continue
+        same.append(row)
+        out.append(row)
+    return out
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= SAME_RUN * max(abs(a), abs(b))
 
 
 def mean_random_length(nominal: int, ratio: float = INFERENCEMAX_RANGE_RATIO) -> int:
@@ -562,11 +601,12 @@ def _goals(fitted: list[Compared], earlier: list[Compared], holdout: list[Compar
     _moe_goal(holdout)
 
 
-MOE_GOAL = 20.0  # issue 18: "MoE rows within 20 %", read per held-out MoE model, precision and GPU
+MOE_GOAL = 20.0  # issue 18: "MoE rows within 20 %"
 
 
 def _moe_goal(holdout: list[Compared]) -> None:
-    """Issue 18's MoE goal: every held-out MoE model / precision / GPU group within 20 % on each median."""
+    """Issue 18's MoE goal, read two ways: the held-out MoE runs' medians within 20 %, and the stricter
+    reading this project holds itself to, every held-out MoE model / precision / GPU group within 20 %."""
     moe = {m: model_spec(m).is_moe for m in {c.row.model for c in holdout}}  # one config parse per model
     groups: dict[str, list[Compared]] = {}
     for c in holdout:
@@ -574,6 +614,11 @@ def _moe_goal(holdout: list[Compared]) -> None:
             groups.setdefault(
                 f"{MODEL_MAP[c.row.model]} {c.row.precision} {GPU_MAP[c.row.system]}", []
             ).append(c)
+    runs = [c for items in groups.values() for c in items]
+    got = [statistics.median(abs(c.err(f)) for c in runs) for f in ("ttft_ms", "tpot_ms", "tok_s")]
+    verdict = "met" if max(got) <= MOE_GOAL else "MISSED"
+    print(f"  MoE runs within {MOE_GOAL:.0f}% ({len(runs)} held-out runs): TTFT {got[0]:.1f}%, "
+          f"TPOT {got[1]:.1f}%, tok/s {got[2]:.1f}% {verdict}")  # fmt: skip
     misses = []
     for key, items in sorted(groups.items()):
         for label, field in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("tok/s", "tok_s")):
@@ -581,7 +626,7 @@ def _moe_goal(holdout: list[Compared]) -> None:
             if value > MOE_GOAL:
                 misses.append(f"{key} {label} {value:.1f}%")
     verdict = "met" if not misses else "MISSED: " + ", ".join(misses)
-    print(f"  MoE groups within {MOE_GOAL:.0f}% ({len(groups)} held-out model/GPU groups): {verdict}")
+    print(f"  MoE groups within {MOE_GOAL:.0f}% each ({len(groups)} held-out model/GPU groups): {verdict}")
 
 
 def _saturated(compared: list[Compared]) -> None:

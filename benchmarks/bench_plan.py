@@ -152,6 +152,7 @@ class Row:
     version: str = ""  # the run's vLLM (or SGLang) version; "" where the campaign recorded none
     kv_cache_dtype: str = "auto"  # the KV cache the engine ran (checkpoint_kv_dtype)
     mxfp4_mxfp8: bool = False  # MXFP4 experts, MXFP8 activations (VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)
+    max_num_batched_tokens: int | None = None  # --max-num-batched-tokens; None: vLLM's default for the GPU
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,11 @@ FP8_BLOCK = 128
 # gptoss_fp4_b200.sh after PR #789): VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 and --kv-cache-dtype fp8.
 INFERENCEX_FLAGS: dict[tuple[str, str], dict[str, object]] = {
     ("openai/gpt-oss-120b", "b200_sxm"): {"mxfp4_mxfp8": True, "kv_cache_dtype": "fp8"},
+    ("MiniMaxAI/MiniMax-M2.5", "b300_sxm"): {"kv_cache_dtype": "fp8"},
 }
+# MiniMax-M2.5 on B300 (minimaxm2.5_{fp8,fp4}_b300.sh from their first stored versions, PRs #1054 / #1055):
+# `--kv-cache-dtype fp8 --max-num-batched-tokens $((ISL * 2))`, ISL the configuration's nominal prompt
+INFERENCEX_TWICE_ISL_BUDGET = {("MiniMaxAI/MiniMax-M2.5", "b300_sxm")}
 
 
 def inferencex_run(source: str) -> bool:
@@ -301,6 +306,8 @@ def inferencex_reading(r: dict[str, str], row: Row) -> Row:
         tok_s = row.concurrency * osl / ((row.ttft_ms + row.tpot_ms * (osl - 1)) / 1e3)
         changes |= {"isl": mean_random_length(row.isl), "osl": osl, "tok_s": tok_s}
     changes |= INFERENCEX_FLAGS.get((row.model, row.system), {})
+    if (row.model, row.system) in INFERENCEX_TWICE_ISL_BUDGET:
+        changes["max_num_batched_tokens"] = 2 * row.isl
     return dataclasses.replace(row, **changes)  # type: ignore[arg-type]
 
 
@@ -351,7 +358,8 @@ def distinct_runs(rows: list[Row]) -> list[Row]:
     out = []
     for row in rows:
         launch = (row.model, row.system, row.precision, row.tp, row.dp, row.ep, row.isl, row.osl,
-                  row.concurrency, row.version, row.kv_cache_dtype, row.mxfp4_mxfp8)  # fmt: skip
+                  row.concurrency, row.version, row.kv_cache_dtype, row.mxfp4_mxfp8,
+                  row.max_num_batched_tokens)  # fmt: skip
         same = kept.setdefault(launch, [])
         if any(_close(row.ttft_ms, o.ttft_ms) and _close(row.tpot_ms, o.tpot_ms) for o in same):
             continue
@@ -437,6 +445,7 @@ def predict(row: Row) -> Compared | None:
             deepgemm_moe=not row.source.startswith("sglang")
             and deepgemm_pads_moe(row.version, gpu, row.precision, model, row.tp),
             mxfp4_mxfp8=row.mxfp4_mxfp8,
+            max_num_batched_tokens=row.max_num_batched_tokens,
         )
     except InfeasibleError:
         return None

@@ -119,8 +119,12 @@ DEEPGEMM_BLOCK_M = 128
 # + EP 4 runs no longer skipped as 16-GPU ones; 116 runs): 0.1 and 50 us, 17.5 / 7.2 / 6.9 % (tied with
 # 0.125 x 50 us; 0.1 x 40 us 2.5 points worse, so the per-layer cost moved). The rule since: a constant
 # keeps its value while it is within 1 point of the best cell (benchmarks/fit_moe.py prints which).
-BLACKWELL_MOE_GEMM_FACTOR = 0.1  # [Blackwell FP8 / FP4 MoE runs on B300]
-BLACKWELL_MOE_LAYER_OVERHEAD_S = 50e-6  # [same runs]
+# Rerun once the MiniMax-M2.5 B300 runs were read with their scripts' FP8 cache and 2 x ISL token budget
+# (`--kv-cache-dtype fp8 --max-num-batched-tokens $((ISL * 2))` in minimaxm2.5_{fp8,fp4}_b300.sh from the
+# first stored version; 2026-12-04): 0.125 x 55 us best at 16.3 / 8.6 / 7.6 % (sum 32.6), 0.1 x 50 us 1.3
+# points worse (17.2 / 8.3 / 8.3 %), so both moved.
+BLACKWELL_MOE_GEMM_FACTOR = 0.125  # [Blackwell FP8 / FP4 MoE runs on B300]
+BLACKWELL_MOE_LAYER_OVERHEAD_S = 55e-6  # [same runs]
 # MXFP4 routed experts (gpt-oss) run in kernels of their own, so they get constants of their own, fitted on
 # a second source: SemiAnalysis InferenceMAX's gpt-oss-120b vLLM 0.13.0 runs (150, one node; benchmarks/data/
 # README.md says what they ran; bench_plan.INFERENCEMAX_FIT), designated before any was predicted; the

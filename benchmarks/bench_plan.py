@@ -255,7 +255,8 @@ INFERENCEX_DP_ATTENTION = {"707", "727"}
 # records (the H200 script of PR #869 passed the flag behind an always-true `[ "$EP_SIZE" -ge 1 ]`).
 FP8_BLOCK = 128
 # Script flags that change the kernels or the cache: gpt-oss on B200 (benchmarks/single_node/
-# gptoss_fp4_b200.sh after PR #789): VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 and --kv-cache-dtype fp8.
+# gptoss_fp4_b200.sh after PR #789): VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1 and --kv-cache-dtype fp8;
+# MiniMax-M2.5 on B300: --kv-cache-dtype fp8 (with the token budget below).
 INFERENCEX_FLAGS: dict[tuple[str, str], dict[str, object]] = {
     ("openai/gpt-oss-120b", "b200_sxm"): {"mxfp4_mxfp8": True, "kv_cache_dtype": "fp8"},
     ("MiniMaxAI/MiniMax-M2.5", "b300_sxm"): {"kv_cache_dtype": "fp8"},

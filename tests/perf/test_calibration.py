@@ -279,6 +279,24 @@ def test_minimax_b300_runs_ran_their_scripts_fp8_cache_and_twice_isl_token_budge
     assert {r.kv_cache_dtype for r in b200 if r.precision == "fp8"} == {"auto"}
 
 
+def test_the_llama_campaign_reading_is_the_config_yaml_inferencemax_wrote() -> None:
+    # kv-cache-dtype fp8, async-scheduling true on vLLM 0.10.2, --random-range-ratio 0.8: the calibration's
+    # Llama-70B rows as they ran; every other row passes through unchanged
+    rows = bench_plan.load_rows()
+    llama = [r for r in rows if r.model == bench_plan.LLAMA_CAMPAIGN]
+    assert len(llama) == 105
+    read = [bench_plan.llama_campaign_reading(r) for r in llama]
+    assert {(r.kv_cache_dtype, r.async_scheduling, r.version) for r in read} == {("fp8", True, "0.10.2")}
+    assert {(r.isl, r.osl) for r in read} == {(921, 921), (921, 7372), (7372, 921)}
+    assert {(r.isl, r.osl) for r in llama} == {(1024, 1024), (1024, 8192), (8192, 1024)}
+    one = read[0]  # the throughput at the outputs the users got: TTFT + (mean OSL - 1) x TPOT per request
+    assert one.tok_s == pytest.approx(
+        one.concurrency * one.osl / ((one.ttft_ms + one.tpot_ms * (one.osl - 1)) / 1e3)
+    )
+    other = next(r for r in rows if r.model != bench_plan.LLAMA_CAMPAIGN)
+    assert bench_plan.llama_campaign_reading(other) is other
+
+
 def test_inferencex_runs_are_read_at_the_clients_mean_lengths() -> None:
     # --random-range-ratio 0.8: lengths uniform in [int(0.8 L), L]; runs of 2026 only: the Llama-3.1-70B
     # runs of 2025-10-29 and gpt-oss's vLLM 0.11.2 runs of 2025-12-08 keep their nominal lengths, and

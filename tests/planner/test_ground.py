@@ -147,3 +147,15 @@ def test_gpt_oss_band_covers_the_held_out_gpt_oss_runs() -> None:
     runs = [c for c in bench_plan.compare_all(bench_plan.load_holdout()) if c.row.precision == "mxfp4"]
     assert len(runs) == 156
     _assert_band_holds(G.GPT_OSS, runs, width=1.0)
+
+
+def test_fp8_kv_band_covers_the_fp8_cache_runs_read_as_they_ran() -> None:
+    # InferenceMAX's Llama-70B campaign ran an FP8 cache (vLLM 0.10.2): an FP8-KV plan's band holds the
+    # 10th-90th percentile of measured / predicted over its 225 runs read as they ran
+    from benchmarks import bench_plan
+
+    rows = bench_plan.load_rows() + bench_plan.load_holdout()
+    llama = [bench_plan.llama_campaign_reading(r) for r in rows if r.model == bench_plan.LLAMA_CAMPAIGN]
+    runs = bench_plan.compare_all(llama)
+    assert len(runs) == 225
+    _assert_band_holds(G.FP8_KV, runs, width=1.0)

@@ -74,8 +74,8 @@ KEEP_WITHIN = 1.0
 
 
 @contextmanager
-def constants(names: tuple[str, str], values: tuple[float, float]) -> Iterator[None]:
-    """Set two engine constants for the engines built inside the block, and put them back after."""
+def constants(names: tuple[str, ...], values: tuple[float, ...]) -> Iterator[None]:
+    """Set engine constants for the engines built inside the block, and put them back after."""
     saved = tuple(getattr(engine, n) for n in names)
     for name, value in zip(names, values, strict=True):
         setattr(engine, name, value)

@@ -31,6 +31,21 @@ def test_single_decode_is_weights_plus_kv_over_bandwidth() -> None:
     assert _step(serial) == _step(overlapped) == 0.0
 
 
+def test_cache_reads_cost_their_dtypes_read_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    # decode attention reads the cache at ETA_BW / KV_READ_COST_<dtype>: only the cache term moves
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
+
+    def kv_term(kv_cache_dtype: str) -> float:
+        perf = build_engine_perf(model, gpu, kv_cache_dtype=kv_cache_dtype, async_scheduling=False)
+        return _step(perf, d=1, ctx=20_000) - _step(perf, d=1, ctx=0)
+
+    fp8, bf16 = kv_term("fp8"), kv_term("auto")
+    assert fp8 == pytest.approx(bf16 / 2, rel=1e-9)  # at cost 1.0: half the bytes, half the time
+    monkeypatch.setattr(E, "KV_READ_COST_FP8", 3.0)
+    assert kv_term("fp8") == pytest.approx(3 * fp8, rel=1e-9)
+    assert kv_term("auto") == pytest.approx(bf16, rel=1e-9)
+
+
 def test_async_scheduling_hides_host_work_until_it_is_the_longer_part() -> None:
     model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
     serial = build_engine_perf(model, gpu, async_scheduling=False)

@@ -70,6 +70,12 @@ LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
 # detokenization): TPOT grows with the batch faster than the GPU terms allow where weights are small per GPU
 # (Qwen3-32B TP 8: 8.0 ms at 8 sequences, 19.3 ms at 128) [fitted with the queue scales in serving.py]
 SEQ_OVERHEAD_S = 40e-6
+# Decode attention's cost of reading one byte of KV cache, relative to streaming one byte of weights at
+# ETA_BW, per cache dtype. 1.0 for both: the model as fitted. Read as it ran, the calibration's FP8-cache
+# campaign points at several times more for FP8 (docs/planner.md "The calibration set read as it ran");
+# benchmarks/fit_dense.py explores it; unchanged until the dense constants are refitted on that reading.
+KV_READ_COST_BF16 = 1.0
+KV_READ_COST_FP8 = 1.0
 MOE_GEMM_FACTOR = 0.175  # expert (grouped, TP-sharded) GEMM rate relative to dense [Kimi K2.5 H200 runs]
 MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
 # (The Kimi runs are vLLM 0.16, async scheduling. Refitted when decode steps started reading only the
@@ -467,6 +473,7 @@ def _step_coefficients(
     else:
         prefill_dims = decode_dims = 2 * model.head_dim
     kv_full, kv_sliding = mem.kv_read_bytes_per_token_per_gpu(model, kv_dtype, tp)
+    kv_bw = bw / (KV_READ_COST_FP8 if kv_dtype.startswith("fp8") else KV_READ_COST_BF16)
     full_layers, sliding_layers = model.num_full_attention_layers, model.num_sliding_layers
     hidden_bytes = model.hidden_size * mem.BF16_BYTES
     link = gpu.interconnect_gbps * 1e9
@@ -504,11 +511,11 @@ def _step_coefficients(
         "_linear_per_token_s": 2.0 * dense_linear / tp / gemm,
         "_head_per_token_s": 2.0 * lm_head / tp / gemm,
         "_attn_per_pair_s": 2.0 * full_layers * heads * prefill_dims / tp / attn,
-        "_kv_read_per_token_s": kv_full / bw,
+        "_kv_read_per_token_s": kv_full / kv_bw,
         "_attn_decode_per_token_s": 2.0 * full_layers * heads * decode_dims / tp / attn,
         "_sliding_window": float(model.sliding_window if sliding_layers else 0),
         "_attn_per_pair_swa_s": 2.0 * sliding_layers * heads * prefill_dims / tp / attn,
-        "_kv_read_per_token_swa_s": kv_sliding / bw,
+        "_kv_read_per_token_swa_s": kv_sliding / kv_bw,
         "_attn_decode_per_token_swa_s": 2.0 * sliding_layers * heads * decode_dims / tp / attn,
         "_sink_keys": 1.0 if model.attention_sinks else 0.0,
         "_comm_fixed_s": comm_fixed,

@@ -25,7 +25,7 @@ from eksinfer.catalog import ModelSpec, get_gpu, get_model
 from eksinfer.catalog.models import parse_hf_config
 from eksinfer.errors import InfeasibleError
 from eksinfer.perf import build_engine_perf, predict_aggregated
-from eksinfer.perf.engine import deepgemm_pads_moe, vllm_release
+from eksinfer.perf.engine import deepgemm_pads_moe, slow_fp8_kv_decode, vllm_release
 
 DATA = Path(__file__).resolve().parent / "data"
 CSV_NAME = "aic_vllm_agg_dense_h100_h200.csv"
@@ -271,9 +271,9 @@ INFERENCEX_TWICE_ISL_BUDGET = {("MiniMaxAI/MiniMax-M2.5", "b300_sxm")}
 # (.github/workflows/70b-tmpl.yml @07e6e8a2) with `kv-cache-dtype: fp8`, `async-scheduling: true` and
 # `max-num-batched-tokens: 8192` in every script's config.yaml (70b_fp8_h100_slurm.sh @2a205bb3,
 # 70b_fp8_h200_slurm.sh @6ebc8824, 70b_fp8_b200_docker.sh @bb4c7f93), the sweep passing
-# --random-range-ratio 0.8 (full-sweep-tmpl.yml, austenstone/InferenceMAX @9987d3e7). The constants were
-# fitted on these rows read as serial, BF16-cache runs at nominal lengths: the bench prints both readings
-# until they are refitted (docs/planner.md "The calibration set read as it ran").
+# --random-range-ratio 0.8 (full-sweep-tmpl.yml, austenstone/InferenceMAX @9987d3e7). Read so since
+# 2026-12-04; until then as serial BF16-cache runs at nominal lengths (docs/planner.md "The calibration set
+# read as it ran").
 LLAMA_CAMPAIGN = "meta-llama/Llama-3.1-70B"
 LLAMA_CAMPAIGN_VLLM = "0.10.2"
 
@@ -368,7 +368,8 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
                     version=r["backend_version"],
                     kv_cache_dtype=checkpoint_kv_dtype(backend, r["backend_version"], precision),
                 )  # fmt: skip
-                rows.append(inferencex_reading(r, row) if ix else row)
+                row = inferencex_reading(r, row) if ix else row
+                rows.append(llama_campaign_reading(row))
     return distinct_runs(rows)
 
 
@@ -434,8 +435,9 @@ def load_inferencemax(path: Path | None = None) -> list[Row]:
 
 
 def load_rows(path: Path | None = None) -> list[Row]:
+    """The calibration runs, InferenceMAX's Llama-70B campaign as it ran (`llama_campaign_reading`)."""
     with (path or _find(CSV_NAME)).open(newline="", encoding="utf-8") as fh:
-        return [
+        rows = [
             Row(
                 r["model"],
                 r["system"],
@@ -453,6 +455,7 @@ def load_rows(path: Path | None = None) -> list[Row]:
             )
             for r in csv.DictReader(fh)
         ]
+    return [llama_campaign_reading(r) for r in rows]
 
 
 def predict(row: Row) -> Compared | None:
@@ -472,6 +475,7 @@ def predict(row: Row) -> Compared | None:
             and deepgemm_pads_moe(row.version, gpu, row.precision, model, row.tp),
             mxfp4_mxfp8=row.mxfp4_mxfp8,
             max_num_batched_tokens=row.max_num_batched_tokens,
+            slow_fp8_kv_decode=slow_fp8_kv_decode(row.version),
         )
     except InfeasibleError:
         return None
@@ -592,7 +596,6 @@ def main(argv: list[str]) -> None:
     earlier = [c for c in earlier if c.row.dp == 1 and not c.row.ep]
     _summary_table(f"\nmedian / mean absolute error, held-out set ({len(holdout)} runs)", holdout)
     _goals(fitted, earlier, holdout)
-    _as_ran(fitted, holdout)
     cross = compare_all(load_holdout((_find(CROSSCHECK_NAME),), backend="sglang"))
     _summary_table(
         f"\nmedian / mean absolute error, other engine: SGLang runs predicted as vLLM ({len(cross)} runs)",
@@ -663,24 +666,6 @@ def _moe_goal(holdout: list[Compared]) -> None:
                 misses.append(f"{key} {label} {value:.1f}%")
     verdict = "met" if not misses else "MISSED: " + ", ".join(misses)
     print(f"  MoE groups within {MOE_GOAL:.0f}% each ({len(groups)} held-out model/GPU groups): {verdict}")
-
-
-def _as_ran(fitted: list[Compared], holdout: list[Compared]) -> None:
-    """The Llama-70B campaign's runs read as they ran (`llama_campaign_reading`), against the same goals."""
-    print("\nthe 2025-10-29 Llama-70B runs read as they ran (FP8 cache, async scheduling, mean lengths), "
-          "constants unchanged:")  # fmt: skip
-    sets = (
-        ("calibration", [c.row for c in fitted], GOALS["calibration"]),
-        ("held out, all", [c.row for c in holdout], GOALS["held out"]),
-    )
-    for name, rows, goal in sets:
-        items = compare_all([llama_campaign_reading(r) for r in rows])
-        got = [statistics.median(abs(c.err(f)) for c in items) for f in ("ttft_ms", "tpot_ms", "tok_s")]
-        verdict = ", ".join(
-            f"{label} {value:.1f}% {'met' if value <= limit else 'MISSED'} (<= {limit:.0f}%)"
-            for label, value, limit in zip(("TTFT", "TPOT", "tok/s"), got, goal, strict=True)
-        )
-        print(f"  {name} ({len(items)} runs): {verdict}")
 
 
 def _saturated(compared: list[Compared]) -> None:

@@ -36,7 +36,7 @@ def test_calibration_medians_hold() -> None:
 
 def test_runs_count_as_async_by_version_engine_or_measurement_date() -> None:
     # vLLM v0.14.0 made async scheduling the default; SGLang overlaps by default; an unversioned run counts
-    # by its measurement date
+    # by its measurement date, except InferenceMAX's Llama-70B campaign, whose config.yaml turned it on
     assert not bench_plan.overlapped("vllm", "0.12.0", "")
     assert bench_plan.overlapped("vllm", "0.14.0", "")
     assert bench_plan.overlapped("vllm", "0.19.0", "")
@@ -49,9 +49,11 @@ def test_runs_count_as_async_by_version_engine_or_measurement_date() -> None:
         "moonshotai/Kimi-K2.5",
         "MiniMaxAI/MiniMax-M2.5",
         "openai/gpt-oss-120b",
+        bench_plan.LLAMA_CAMPAIGN,
     }
     assert not any(r.async_scheduling for r in rows if r.version == "0.11.2")  # gpt-oss H100, before 0.14
-    assert not any(r.async_scheduling for r in bench_plan.load_rows())
+    calibration = bench_plan.load_rows()
+    assert {r.model for r in calibration if r.async_scheduling} == {bench_plan.LLAMA_CAMPAIGN}
 
 
 def _held_out() -> list[bench_plan.Compared]:
@@ -281,15 +283,16 @@ def test_minimax_b300_runs_ran_their_scripts_fp8_cache_and_twice_isl_token_budge
 
 def test_the_llama_campaign_reading_is_the_config_yaml_inferencemax_wrote() -> None:
     # kv-cache-dtype fp8, async-scheduling true on vLLM 0.10.2, --random-range-ratio 0.8: the calibration's
-    # Llama-70B rows as they ran; every other row passes through unchanged
-    rows = bench_plan.load_rows()
+    # and the held-out Llama-70B rows as they ran; every other row passes through unchanged
+    with (bench_plan.DATA / bench_plan.CSV_NAME).open(newline="", encoding="utf-8") as fh:
+        raw = [r for r in csv.DictReader(fh) if r["model"] == bench_plan.LLAMA_CAMPAIGN]
+    assert {(int(r["isl"]), int(r["osl"])) for r in raw} == {(1024, 1024), (1024, 8192), (8192, 1024)}
+    rows = bench_plan.load_rows() + bench_plan.load_holdout()
     llama = [r for r in rows if r.model == bench_plan.LLAMA_CAMPAIGN]
-    assert len(llama) == 105
-    read = [bench_plan.llama_campaign_reading(r) for r in llama]
-    assert {(r.kv_cache_dtype, r.async_scheduling, r.version) for r in read} == {("fp8", True, "0.10.2")}
-    assert {(r.isl, r.osl) for r in read} == {(921, 921), (921, 7372), (7372, 921)}
-    assert {(r.isl, r.osl) for r in llama} == {(1024, 1024), (1024, 8192), (8192, 1024)}
-    one = read[0]  # the throughput at the outputs the users got: TTFT + (mean OSL - 1) x TPOT per request
+    assert len(llama) == 105 + 120
+    assert {(r.kv_cache_dtype, r.async_scheduling, r.version) for r in llama} == {("fp8", True, "0.10.2")}
+    assert {(r.isl, r.osl) for r in llama} == {(921, 921), (921, 7372), (7372, 921)}
+    one = llama[0]  # the throughput at the outputs the users got: TTFT + (mean OSL - 1) x TPOT per request
     assert one.tok_s == pytest.approx(
         one.concurrency * one.osl / ((one.ttft_ms + one.tpot_ms * (one.osl - 1)) / 1e3)
     )
@@ -298,11 +301,11 @@ def test_the_llama_campaign_reading_is_the_config_yaml_inferencemax_wrote() -> N
 
 
 def test_inferencex_runs_are_read_at_the_clients_mean_lengths() -> None:
-    # --random-range-ratio 0.8: lengths uniform in [int(0.8 L), L]; runs of 2026 only: the Llama-3.1-70B
-    # runs of 2025-10-29 and gpt-oss's vLLM 0.11.2 runs of 2025-12-08 keep their nominal lengths, and
-    # Qwen3-235B's runs are not InferenceX's
+    # --random-range-ratio 0.8: lengths uniform in [int(0.8 L), L]; runs of 2026 and the Llama-3.1-70B
+    # campaign of 2025-10-29 (its sweep passed 0.8 too); gpt-oss's vLLM 0.11.2 runs of 2025-12-08 keep their
+    # nominal lengths (the setting then is not established), and Qwen3-235B's runs are not InferenceX's
     rows = bench_plan.load_holdout()
-    early = {"meta-llama/Llama-3.1-70B", "Qwen/Qwen3-235B-A22B-FP8"}
+    early = {"Qwen/Qwen3-235B-A22B-FP8"}
     mean = [r for r in rows if r.model not in early and r.version != "0.11.2"]
     assert {r.isl for r in mean} == {921, 7372}
     assert {r.osl for r in mean} == {921, 7372}

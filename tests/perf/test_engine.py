@@ -23,7 +23,7 @@ def test_single_decode_is_weights_plus_kv_over_bandwidth() -> None:
     assert not serial.async_scheduling
     bw = 3350e9 * E.ETA_BW
     weights_read = (model.total_params - model.vocab_size * model.hidden_size) * 2  # embedding is a gather
-    gpu_s = weights_read / bw + 1000 * 131_072 / bw + 32 * E.LAYER_OVERHEAD_S
+    gpu_s = weights_read / bw + 1000 * 131_072 * E.KV_READ_COST / bw + 32 * E.LAYER_OVERHEAD_S
     host_s = E.STEP_OVERHEAD_S + E.SEQ_OVERHEAD_S  # one decoding sequence
     assert _step(serial, d=1, ctx=1000) == pytest.approx(gpu_s + host_s, rel=1e-9)
     # the host work of the next step runs while this one is on the GPU: the longer of the two sets the pace
@@ -31,19 +31,25 @@ def test_single_decode_is_weights_plus_kv_over_bandwidth() -> None:
     assert _step(serial) == _step(overlapped) == 0.0
 
 
-def test_cache_reads_cost_their_dtypes_read_cost(monkeypatch: pytest.MonkeyPatch) -> None:
-    # decode attention reads the cache at ETA_BW / KV_READ_COST_<dtype>: only the cache term moves
+def test_the_cache_is_read_at_its_cost_and_vllm_0_10_fp8_decode_slower() -> None:
+    # decode attention reads the cache at ETA_BW / KV_READ_COST; vLLM 0.10's FP8-cache decode
+    # SLOW_FP8_KV_DECODE times slower still; nothing else in the step moves
     model, gpu = get_model("llama-3.1-8b"), get_gpu("H100")
 
-    def kv_term(kv_cache_dtype: str) -> float:
-        perf = build_engine_perf(model, gpu, kv_cache_dtype=kv_cache_dtype, async_scheduling=False)
+    def kv_term(kv_cache_dtype: str, slow: bool = False) -> float:
+        perf = build_engine_perf(
+            model, gpu, kv_cache_dtype=kv_cache_dtype, async_scheduling=False, slow_fp8_kv_decode=slow
+        )
         return _step(perf, d=1, ctx=20_000) - _step(perf, d=1, ctx=0)
 
-    fp8, bf16 = kv_term("fp8"), kv_term("auto")
-    assert fp8 == pytest.approx(bf16 / 2, rel=1e-9)  # at cost 1.0: half the bytes, half the time
-    monkeypatch.setattr(E, "KV_READ_COST_FP8", 3.0)
-    assert kv_term("fp8") == pytest.approx(3 * fp8, rel=1e-9)
-    assert kv_term("auto") == pytest.approx(bf16, rel=1e-9)
+    bf16 = kv_term("auto")
+    assert bf16 == pytest.approx(20_000 * 131_072 * E.KV_READ_COST / (3350e9 * E.ETA_BW), rel=1e-9)
+    assert kv_term("fp8") == pytest.approx(bf16 / 2, rel=1e-9)  # half the bytes
+    assert kv_term("fp8", slow=True) == pytest.approx(E.SLOW_FP8_KV_DECODE * bf16 / 2, rel=1e-9)
+    assert kv_term("auto", slow=True) == pytest.approx(bf16, rel=1e-9)  # a BF16 cache is not slowed
+    assert E.slow_fp8_kv_decode("0.10.2")
+    assert not E.slow_fp8_kv_decode("0.11.0")
+    assert not E.slow_fp8_kv_decode("")  # no release recorded: the releases plans deploy
 
 
 def test_async_scheduling_hides_host_work_until_it_is_the_longer_part() -> None:

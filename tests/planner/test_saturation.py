@@ -32,7 +32,7 @@ def test_rate_target_plan_shows_knee_and_saturation() -> None:
 
 def test_disaggregated_plans_queue_prefill_and_decode_without_a_knee_row() -> None:
     plan = make_plan(
-        PlanRequest(get_model("glm-5"), Traffic(input_tokens=4000, output_tokens=500, requests_per_s=2.0))
+        PlanRequest(get_model("glm-5"), Traffic(input_tokens=8000, output_tokens=500, requests_per_s=2.0))
     )
     assert plan.mode == "disaggregated"
     assert plan.prediction.knee_requests_per_s is None  # the knee row is for aggregated engines

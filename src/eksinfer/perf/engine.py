@@ -11,7 +11,8 @@ sequence. Per step, on the busiest GPU (AIConfigurator @095f58a5: SOL = max(math
               Blackwell: of the Hopper rate; MXFP4 experts: of their activations' rate);
               on vLLM 0.12's DeepGEMM MoE path (deepgemm_moe) plus local experts x 127 padding rows a step
     prefill   4 x layers x heads x qk/v dims x causal query-key pairs / TP / (TFLOPS x ETA_ATTN)
-    decode    max(KV read / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN))
+    decode    max(KV read x KV_READ_COST / (HBM x ETA_BW), attention FLOPs / (TFLOPS x ETA_ATTN)); an FP8
+              cache read by vLLM 0.10's decode kernels costs SLOW_FP8_KV_DECODE times more
               sliding-window layers (gpt-oss: 18 of 36, window 128) attend to at most `window` keys per
               query: their prefill pairs are min(causal pairs, prompt tokens x window) and their decode
               context min(context tokens, decoding sequences x window) (exact when every prompt chunk and
@@ -40,9 +41,10 @@ launch-bound floor for steps vLLM runs without a CUDA graph (more tokens than mi
 max_num_batched_tokens), vllm/config/vllm.py _set_cudagraph_sizes), a per-prompt-token host cost, and an
 all-reduce efficiency below the NVLink rate: each fits best at (or indistinguishably from) zero / one there.
 
-Efficiency factors (fitted with benchmarks/bench_plan.py to the 219 vLLM H100/H200 runs in
+Efficiency factors (fitted to the 219 vLLM H100/H200 runs in
 benchmarks/data/aic_vllm_agg_dense_h100_h200.csv, from NVIDIA AIConfigurator's silicon_sample.csv
-@095f58a5, starting from AIC's system YAMLs): see the constants below. The model is additive on purpose:
+@095f58a5, starting from AIC's system YAMLs; the bandwidth, overhead and cache-read ones by
+benchmarks/fit_dense.py): see the constants below. The model is additive on purpose:
 each term is a separate kernel family in vLLM, so they do not overlap within a step.
 """
 
@@ -58,26 +60,37 @@ from eksinfer.catalog.models import ModelSpec
 from eksinfer.errors import InfeasibleError, UsageError
 from eksinfer.perf import memory as mem
 
-# Fitted values (benchmarks/bench_plan.py grid search over the 219 runs; starting points in brackets, where
-# "first fit" is an earlier five-constant grid fit of this model to the same runs):
-ETA_BW = 0.85  # achieved / peak HBM bandwidth streaming weights and KV [AIC 0.8, first fit 0.9]
+# Fitted values (grid searches over the 219 calibration runs; starting points in brackets, where "first fit"
+# is an earlier five-constant grid fit of this model to the same runs). ETA_BW and the host and launch
+# overheads were refitted on 2026-12-04 (benchmarks/fit_dense.py) once InferenceMAX's Llama-70B runs were read
+# as they ran (FP8 cache, async scheduling, mean lengths: docs/planner.md "The calibration set read as it
+# ran"); the earlier values, fitted on those runs read as serial BF16-cache runs, are in brackets as "was".
+ETA_BW = 0.9  # achieved / peak HBM bandwidth streaming weights [AIC 0.8, first fit 0.9, was 0.85]
 ETA_GEMM = 0.45  # achieved / peak BF16 rate of prefill GEMMs, also W8A16 / W4A16 [first fit 0.4]
 ETA_GEMM_FP8 = 0.55  # achieved / peak FP8 rate (W8A8 GEMMs) [FP8 rows; 0.55-0.7 fit equally]
 ETA_ATTN = 0.3  # achieved / peak rate of attention kernels (FlashAttention / FlashMLA)
-STEP_OVERHEAD_S = 2.0e-3  # scheduler + sampler + input prep per step [first fit: 3 ms x layers / 64 in all]
-LAYER_OVERHEAD_S = 30e-6  # kernel launches per layer
+STEP_OVERHEAD_S = 1.0e-3  # scheduler + sampler + input prep per step [first fit 3 ms x layers / 64, was 2 ms]
+LAYER_OVERHEAD_S = 45e-6  # kernel launches per layer [was 30 us]
 # CPU work per running sequence per step (input preparation, sampling bookkeeping, output processing and
 # detokenization): TPOT grows with the batch faster than the GPU terms allow where weights are small per GPU
 # (Qwen3-32B TP 8: 8.0 ms at 8 sequences, 19.3 ms at 128) [fitted with the queue scales in serving.py]
 SEQ_OVERHEAD_S = 40e-6
-# Decode attention's cost of reading one byte of KV cache, relative to streaming one byte of weights at
-# ETA_BW, per cache dtype. 1.0 for both: the model as fitted. Read as it ran, the calibration's FP8-cache
-# campaign points at several times more for FP8 (docs/planner.md "The calibration set read as it ran");
-# benchmarks/fit_dense.py explores it; unchanged until the dense constants are refitted on that reading.
-KV_READ_COST_BF16 = 1.0
-KV_READ_COST_FP8 = 1.0
-MOE_GEMM_FACTOR = 0.175  # expert (grouped, TP-sharded) GEMM rate relative to dense [Kimi K2.5 H200 runs]
-MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
+# Decode attention reads the KV cache at ETA_BW / KV_READ_COST: a paged attention kernel gathering blocks
+# reaches less of the HBM bandwidth than weight streaming does [fitted with the four above; was 1, the
+# cache read at ETA_BW]. Read as they ran, the Llama-70B runs' TPOT grows by ~0.2 us per context token per
+# sequence at TP 1, shrinking as 1 / TP: a cache-read cost, not host work.
+KV_READ_COST = 1.5
+# vLLM 0.10's FP8-cache decode on those runs cost SLOW_FP8_KV_DECODE times the FP8 bytes' share more (an
+# FP8 cache 1.5x slower than a BF16 one there, `slow_fp8_kv_decode`), fitted with the rest. Published
+# kernel work of the time agrees in direction: vLLM's FlashAttention fork tuned FP8 decode tiles for head
+# size 128 only after 0.10.2 (vllm-project/flash-attention PR #96, 2025-09-29: "FP8 decoding is not
+# faster at all than BF16" before it); FlashInfer measured FP8-cache decode 12-35 % slower than BF16 on H20
+# (flashinfer-ai/flashinfer issue #1753). Later releases' FP8-cache runs (Blackwell, vLLM 0.13-0.19) fit
+# without it, and plans deploy those.
+SLOW_FP8_KV_DECODE = 3.0
+SLOW_FP8_KV_DECODE_BEFORE = (0, 11)
+MOE_GEMM_FACTOR = 0.2  # expert (grouped, TP-sharded) GEMM rate relative to dense [Kimi K2.5 H200 runs]
+MOE_LAYER_OVERHEAD_S = 75e-6  # routing, top-k, token permutation per MoE layer per step [same runs]
 # (The Kimi runs are vLLM 0.16, async scheduling. Refitted when decode steps started reading only the
 # experts their step kind touches (perf.serving.step_composition): grid search over factor 0.1-0.4 x
 # 50-250 us on those 45 runs alone, minimising the sum of the three median errors, gave 0.2 and 90 us; with
@@ -86,8 +99,10 @@ MOE_LAYER_OVERHEAD_S = 90e-6  # routing, top-k, token permutation per MoE layer 
 # cell of benchmarks/fit_moe.py was 0.175 x 90 us, 0.9 points better than 0.2 x 90 us: within 1 point, so
 # the constants stayed. On 2026-12-04 15 of the 45 turned out to be second imports of the same runs
 # (bench_plan.distinct_runs); on the 30 distinct runs 0.175 x 90 us is 2.1 points better (18.7 against
-# 20.8), so by the same rule the factor moved to 0.175. It also serves Hopper FP8 experts, which have no
-# fit set of their own: held-out Qwen3-235B TTFT went from 14 to 25 %, MiniMax-M2.5 H200 from 28 to 23 %.)
+# 20.8), so by the same rule the factor moved to 0.175 (held-out Qwen3-235B TTFT 14 -> 25 %: the pair also
+# serves Hopper FP8 experts, which have no fit set of their own). Rerun once the dense constants were
+# refitted on the calibration set read as it ran (benchmarks/fit_dense.py): 0.2 x 75 us best (13.6 / 3.5 /
+# 3.5 %), 0.175 x 90 us 3 points worse, so both moved.)
 # Not fitted: expert load imbalance under EP is the busiest of EP ranks under uniform routing (its touched
 # experts and its token assignments sit expected_max_normal(EP) standard deviations above the mean); skew
 # of real routers (hot experts, no EPLB) comes on top and is not modelled.
@@ -128,9 +143,10 @@ DEEPGEMM_BLOCK_M = 128
 # Rerun once the MiniMax-M2.5 B300 runs were read with their scripts' FP8 cache and 2 x ISL token budget
 # (`--kv-cache-dtype fp8 --max-num-batched-tokens $((ISL * 2))` in minimaxm2.5_{fp8,fp4}_b300.sh from the
 # first stored version; 2026-12-04): 0.125 x 55 us best at 16.3 / 8.6 / 7.6 % (sum 32.6), 0.1 x 50 us 1.3
-# points worse (17.2 / 8.3 / 8.3 %), so both moved.
+# points worse (17.2 / 8.3 / 8.3 %), so both moved. Rerun after the dense refit (benchmarks/fit_dense.py,
+# whose cache-read cost reaches these FP8-cache runs too): 0.125 x 30 us, 16.5 / 7.4 / 7.3 %.
 BLACKWELL_MOE_GEMM_FACTOR = 0.125  # [Blackwell FP8 / FP4 MoE runs on B300]
-BLACKWELL_MOE_LAYER_OVERHEAD_S = 55e-6  # [same runs]
+BLACKWELL_MOE_LAYER_OVERHEAD_S = 30e-6  # [same runs]
 # MXFP4 routed experts (gpt-oss) run in kernels of their own, so they get constants of their own, fitted on
 # a second source: SemiAnalysis InferenceMAX's gpt-oss-120b vLLM 0.13.0 runs (150, one node; benchmarks/data/
 # README.md says what they ran; bench_plan.INFERENCEMAX_FIT), designated before any was predicted; the
@@ -147,10 +163,12 @@ BLACKWELL_MOE_LAYER_OVERHEAD_S = 55e-6  # [same runs]
 # FlashInfer (56 B200 runs, MXFP8 activations): 0.2 and 25 us, 6.6 / 4.3 / 4.1 % (the borrowed 0.1 and 40 us:
 # 39.3 / 15.0 / 13.5 %); 0.175 x 25 us within 0.04 points, within 5 points 0.15-0.325 x 20-30 us. The
 # per-layer cost is the sharp direction (gpt-oss: 36 MoE layers, small experts), the factor the flat one.
+# Rerun after the dense refit (benchmarks/fit_dense.py): W4A16 0.3 x 35 us (4.0 / 7.1 / 6.7 %), FlashInfer
+# 0.175 x 10 us (6.7 / 3.7 / 3.4 %), the earlier cells more than 1 point worse.
 MXFP4_W4A16_GEMM_FACTOR = 0.3  # [InferenceMAX H100 / H200 runs]
-MXFP4_W4A16_LAYER_OVERHEAD_S = 45e-6  # [same runs]
-MXFP4_FLASHINFER_GEMM_FACTOR = 0.2  # [InferenceMAX B200 runs]
-MXFP4_FLASHINFER_LAYER_OVERHEAD_S = 25e-6  # [same runs]
+MXFP4_W4A16_LAYER_OVERHEAD_S = 35e-6  # [same runs]
+MXFP4_FLASHINFER_GEMM_FACTOR = 0.175  # [InferenceMAX B200 runs]
+MXFP4_FLASHINFER_LAYER_OVERHEAD_S = 10e-6  # [same runs]
 A2A_LATENCY_S = 20e-6  # per all-to-all (dispatch or combine); NCCL / DeepEP low-latency kernels: 10-50 us
 NVLINK_DOMAIN_GPUS = 8  # an HGX node: EP beyond 8 ranks crosses EFA
 # Literature values, not fitted:
@@ -362,6 +380,13 @@ def deepgemm_pads_moe(version: str, gpu: GpuSpec, precision: str, model: ModelSp
     return first <= release < end and hopper_fp8_moe and tp != 8
 
 
+def slow_fp8_kv_decode(version: str) -> bool:
+    """Whether vLLM `version` decodes from an FP8 cache at SLOW_FP8_KV_DECODE: releases before 0.11 (the
+    FP8-cache runs on record from then are InferenceMAX's vLLM 0.10.2 campaign)."""
+    release = vllm_release(version)
+    return release is not None and release < SLOW_FP8_KV_DECODE_BEFORE
+
+
 MoeKernel = Literal["default", "blackwell", "mxfp4_w4a16", "mxfp4_flashinfer"]
 
 
@@ -450,6 +475,7 @@ def _step_coefficients(
     expert_parallel: bool,
     deepgemm_moe: bool = False,
     mxfp4_mxfp8: bool = False,
+    slow_fp8_decode: bool = False,
 ) -> dict[str, float]:
     """Per-step time constants for `EnginePerf` (par = TP, PP, DP); see the module docstring for each term."""
     tp, pp, dp = par
@@ -473,7 +499,8 @@ def _step_coefficients(
     else:
         prefill_dims = decode_dims = 2 * model.head_dim
     kv_full, kv_sliding = mem.kv_read_bytes_per_token_per_gpu(model, kv_dtype, tp)
-    kv_bw = bw / (KV_READ_COST_FP8 if kv_dtype.startswith("fp8") else KV_READ_COST_BF16)
+    slow = SLOW_FP8_KV_DECODE if slow_fp8_decode and kv_dtype.startswith("fp8") else 1.0
+    kv_bw = bw / (KV_READ_COST * slow)
     full_layers, sliding_layers = model.num_full_attention_layers, model.num_sliding_layers
     hidden_bytes = model.hidden_size * mem.BF16_BYTES
     link = gpu.interconnect_gbps * 1e9
@@ -559,6 +586,7 @@ def build_engine_perf(
     async_scheduling: bool | None = None,
     deepgemm_moe: bool = False,
     mxfp4_mxfp8: bool = False,
+    slow_fp8_kv_decode: bool = False,
 ) -> EnginePerf:
     """Size one engine (replica) the way vLLM does and precompute its step-time constants.
 
@@ -570,6 +598,8 @@ def build_engine_perf(
     says where vLLM took it by default); False, the kernels the MoE constants were fitted on.
     mxfp4_mxfp8=True predicts MXFP4 experts on Blackwell with MXFP8 activations (vLLM's
     VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1); False, vLLM's default BF16 activations (what plans deploy).
+    slow_fp8_kv_decode=True predicts an FP8 cache read by vLLM 0.10's decode kernels (`slow_fp8_kv_decode`
+    says which releases); False, the releases plans deploy.
     """
     tp, pp, dp = tensor_parallel_size, pipeline_parallel_size, data_parallel_size
     _check_parallelism(model, tp, pp, dp)
@@ -633,6 +663,7 @@ def build_engine_perf(
             ep,
             deepgemm_moe and model.is_moe,
             mxfp4_mxfp8,
+            slow_fp8_kv_decode,
         ),
     )
 

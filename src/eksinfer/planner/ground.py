@@ -5,21 +5,18 @@ Kimi K2.5 on H200 (Marlin MoE kernels), of MoE models on B300 (Blackwell FP8 / F
 gpt-oss-120b from InferenceMAX (MXFP4 MoE kernels: Marlin on Hopper, FlashInfer MXFP4 x MXFP8 on B200;
 benchmarks/data/). A plan on any other path carries a warning and a wider band.
 
-A band is the range the measured value is expected in, as factors on the prediction:
-    calibrated   10th-90th percentile of (prediction - measured) / measured over the 219 calibration runs
-                 (`make bench ARGS=plan` prints the medians): TTFT -28 %..+24 %, TPOT -10 %..+49 %,
-                 tokens/s -34 %..+9 %, so measured = prediction / (1 + error) lies in the factors below;
-                 widened by the same percentiles over the 474 held-out runs of vLLM >= 0.14, because the
-                 calibration runs are vLLM 0.12 (host work between steps) and a plan predicts the engine the
-                 renderer deploys, with async scheduling, a path checked on held-out runs only
-    held out     the same percentiles over the 419 held-out B200 runs (Llama-3.1-70B FP8 / FP4, Kimi K2.5,
-                 MiniMax-M2.5, gpt-oss-120b)
-    DP + EP      the same percentiles over the 27 one-node DP runs (MiniMax-M2.5 NVFP4 DP 2 + EP on B200 /
-                 B300, Qwen3-235B DP 2 / 4 on H200), widened by the unmeasured judgement
-Every count is of distinct runs: a run the corpus imports more than once counts once
-(benchmarks/bench_plan.py distinct_runs).
+A band is the range the measured value is expected in, as factors on the prediction: the 10th and 90th
+percentile of measured / predicted over a set of runs (`make bench ARGS=plan` prints their medians):
+    calibrated   the 219 calibration runs (InferenceMAX's Llama-70B campaign read as it ran: vLLM 0.10.2
+                 with an FP8 cache and async scheduling), widened by the 594 held-out runs with async
+                 scheduling, the engine the renderer deploys (vLLM >= 0.14)
+    held out     the 419 held-out B200 runs (Llama-3.1-70B FP8 / FP4, Kimi K2.5, MiniMax-M2.5, gpt-oss-120b)
+    DP + EP      the 27 one-node DP runs (MiniMax-M2.5 NVFP4 DP 2 + EP on B200 / B300, Qwen3-235B DP 2 / 4
+                 on H200), widened by the unmeasured judgement
     unmeasured   no runs at all: a stated judgement, wide on purpose, not a fit
-Several paths combine by taking the widest low and high factor per metric.
+Every count is of distinct runs: a run the corpus imports more than once counts once
+(benchmarks/bench_plan.py distinct_runs). Several paths combine by taking the widest low and high factor
+per metric.
 """
 
 from __future__ import annotations
@@ -49,14 +46,15 @@ class Band:
         return Band(w(self.ttft, other.ttft), w(self.tpot, other.tpot), w(self.tokens, other.tokens))
 
 
-# 1 / (1 + p90 error), 1 / (1 + p10 error) of the 219 calibration runs (vLLM 0.12, serial host work)
-_CALIBRATION_RUNS = Band(ttft=(0.81, 1.39), tpot=(0.67, 1.11), tokens=(0.92, 1.52))
-# the same over the 474 held-out runs with async scheduling (vLLM 0.15-0.19: Kimi K2.5 B200, MiniMax-M2.5,
-# gpt-oss-120b), InferenceX's runs read as they ran (benchmarks/bench_plan.py inferencex_reading)
-_ASYNC_RUNS = Band(ttft=(0.83, 1.57), tpot=(0.86, 1.22), tokens=(0.83, 1.2))  # rounded outward
+# Bands below as of the dense refit of 2026-12-04 (docs/planner.md "The calibration set read as it ran").
+# The 219 calibration runs (vLLM 0.12 serial host work; the Llama-70B campaign 0.10.2, async, FP8 cache)
+_CALIBRATION_RUNS = Band(ttft=(0.83, 1.4), tpot=(0.54, 1.09), tokens=(0.92, 1.82))  # rounded outward
+# the 594 held-out runs with async scheduling (Llama-70B 0.10.2, Kimi K2.5 B200, MiniMax-M2.5 and gpt-oss
+# on vLLM 0.15-0.19), InferenceX's runs read as they ran (benchmarks/bench_plan.py inferencex_reading)
+_ASYNC_RUNS = Band(ttft=(0.85, 1.69), tpot=(0.86, 1.21), tokens=(0.83, 1.2))  # rounded outward
 CALIBRATED = _CALIBRATION_RUNS.widen(_ASYNC_RUNS)
-# measured / predicted, 10th-90th percentile, over the 419 held-out B200 runs (2026-12-04, same reading)
-HELD_OUT = Band(ttft=(0.84, 1.68), tpot=(0.88, 1.2), tokens=(0.85, 1.17))  # rounded outward
+# the 419 held-out B200 runs
+HELD_OUT = Band(ttft=(0.83, 1.76), tpot=(0.91, 1.22), tokens=(0.83, 1.15))  # rounded outward
 # judgements for paths with no runs (see `_unmeasured`)
 NO_RUNS = Band(ttft=(0.5, 2.0), tpot=(0.67, 1.5), tokens=(0.5, 1.5))
 # g-family: published L4 / L40S / A10G runs come out 20-60 % slower than the model predicts (issue 18),
@@ -64,23 +62,22 @@ NO_RUNS = Band(ttft=(0.5, 2.0), tpot=(0.67, 1.5), tokens=(0.5, 1.5))
 G_FAMILY = Band(ttft=(0.9, 2.5), tpot=(0.9, 2.5), tokens=(0.4, 1.1))
 # MIG slices are modelled as 1/7 of the SMs and bandwidth per g; no run checks it
 MIG = Band(ttft=(0.67, 1.5), tpot=(0.67, 1.5), tokens=(0.67, 1.5))
-# DP attention: 10th-90th percentile of measured / predicted over the 27 one-node DP runs of the corpus:
-# 8 MiniMax-M2.5 NVFP4 DP 2 + EP (TP 1) runs on B200 / B300 at 256-2048 users (InferenceX's dp-attn
-# entries; vLLM 0.19) and 19 Qwen3-235B DP 2 / 4 runs without EP on H200 (vLLM 0.12): TTFT x0.69-x2.86,
-# TPOT x0.85-x1.19, tokens/s x0.83-x1.21 (with the expert constants refitted 2026-12-04). Until
-# 2026-12-04 this band stood on 36 "DP 2 + EP" MiniMax runs that were TP 2 + EP runs in the import's
-# encoding. Widened by the no-runs judgement: DP 4 / 8 with EP and Hopper DP + EP have no runs
-DP_EP_RUNS = Band(ttft=(0.69, 2.86), tpot=(0.84, 1.2), tokens=(0.82, 1.22))  # rounded outward
+# DP attention: the 27 one-node DP runs of the corpus: 8 MiniMax-M2.5 NVFP4 DP 2 + EP (TP 1) runs on B200 /
+# B300 at 256-2048 users (InferenceX's dp-attn entries; vLLM 0.19) and 19 Qwen3-235B DP 2 / 4 runs without
+# EP on H200 (vLLM 0.12). Until 2026-12-04 this band stood on 36 "DP 2 + EP" MiniMax runs that were TP 2 +
+# EP runs in the import's encoding. Widened by the no-runs judgement: DP 4 / 8 with EP and Hopper DP + EP
+# have no runs
+DP_EP_RUNS = Band(ttft=(0.64, 3.14), tpot=(0.8, 1.23), tokens=(0.79, 1.22))  # rounded outward
 DP_EP = DP_EP_RUNS.widen(NO_RUNS)
-# the same percentiles over the 156 held-out gpt-oss-120b runs of the AIConfigurator corpus (InferenceX's
-# runs of vLLM 0.11-0.18: Marlin W4A16 on H100 / H200, MXFP4 x MXFP8 on B200, the path plans deploy there),
-# with the MXFP4 constants fitted on InferenceX's earlier run (engine.MXFP4_*)
-GPT_OSS = Band(ttft=(0.85, 1.40), tpot=(0.91, 1.20), tokens=(0.83, 1.09))  # rounded outward
-# FP8 KV: capacity is exact arithmetic; the step time halves KV reads. The FP8-cache runs on record, the
-# 225 of InferenceMAX's Llama-70B campaign (vLLM 0.10.2, async scheduling; the constants were fitted on them
-# read as BF16-cache serial runs: docs/planner.md "The calibration set read as it ran"), measure x0.95-x1.84
-# TTFT, x1.15-x1.63 TPOT and x0.61-x0.87 tokens/s of the prediction read as they ran (10th-90th percentile)
-FP8_KV = Band(ttft=(0.95, 1.84), tpot=(1.15, 1.63), tokens=(0.61, 0.87))
+# the 156 held-out gpt-oss-120b runs of the AIConfigurator corpus (InferenceX's runs of vLLM 0.11-0.18:
+# Marlin W4A16 on H100 / H200, MXFP4 x MXFP8 on B200, the path plans deploy there), with the MXFP4
+# constants fitted on InferenceX's earlier run (engine.MXFP4_*)
+GPT_OSS = Band(ttft=(0.78, 1.37), tpot=(0.88, 1.17), tokens=(0.85, 1.12))  # rounded outward
+# FP8 KV: capacity is exact arithmetic; decode reads half the bytes. The 150 held-out FP8-cache runs of the
+# releases plans deploy (vLLM 0.15-0.19, all Blackwell: NVFP4 Kimi K2.5 and MiniMax-M2.5, gpt-oss) ...
+FP8_KV_RUNS = Band(ttft=(0.78, 1.82), tpot=(0.91, 1.2), tokens=(0.83, 1.1))  # rounded outward
+# ... and on Hopper, whose only FP8-cache runs are vLLM 0.10.2's (engine.SLOW_FP8_KV_DECODE), a judgement
+FP8_KV_HOPPER = FP8_KV_RUNS.widen(Band(ttft=(0.8, 1.3), tpot=(0.8, 1.3), tokens=(0.8, 1.25)))
 
 CALIBRATED_GPUS = ("H100", "H200")
 HELD_OUT_GPUS = ("B200",)
@@ -103,8 +100,8 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
     if s.dp > 1:
         out.append((
             f"DP {s.dp} attention + expert parallelism: 27 measured DP runs (MiniMax-M2.5 NVFP4 DP 2 + EP on"
-            " B200 / B300 at 256-2048 users, Qwen3-235B DP 2 / 4 on H200) hold TPOT within x0.85-x1.19 of the"
-            " prediction (10th-90th percentile) and TTFT within x0.69-x2.9; DP 4 / 8 with EP and Hopper"
+            " B200 / B300 at 256-2048 users, Qwen3-235B DP 2 / 4 on H200) hold TPOT within x0.80-x1.23 of the"
+            " prediction (10th-90th percentile) and TTFT within x0.64-x3.1; DP 4 / 8 with EP and Hopper"
             " DP + EP have no runs",
             DP_EP,
         ))  # fmt: skip
@@ -126,31 +123,38 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
     if s.precision == "mxfp4":
         out.append((
             "MXFP4 experts (gpt-oss): constants fitted on one InferenceX run (vLLM 0.13); held out on its "
-            "later runs (vLLM 0.15-0.18): median error TTFT / TPOT 9 / 8 % on H100 and H200 (Marlin W4A16; "
-            "vLLM's default triton_kernels path, which a Hopper plan deploys, has no runs), 12 / 6 % on B200 "
+            "later runs (vLLM 0.15-0.18): median error TTFT / TPOT 8 / 8 % on H100 and H200 (Marlin W4A16; "
+            "vLLM's default triton_kernels path, which a Hopper plan deploys, has no runs), 10 / 5 % on B200 "
             "(MXFP8 activations, as the plan deploys)",
             GPT_OSS.widen(NO_RUNS),
         ))  # fmt: skip
     if s.precision == "fp4" and not model.is_moe:
         out.append((
             "FP4 weights: none fitted, dense FP4 GEMMs at the FP8 efficiency (held out on B200: Llama-3.1-70B"
-            " NVFP4 TPOT 7 % off, TTFT 26 %)",
+            " NVFP4 TPOT 9 % off, TTFT 30 %)",
             NO_RUNS,
         ))  # fmt: skip
     if model.is_moe and (model.id, gpu) != MOE_FIT:
         out.append((
             "MoE: expert constants fitted on Kimi K2.5 INT4 H200 (Marlin / Hopper kernels) and on B300 runs"
             " (Blackwell FP8 / FP4 kernels); held out, median TPOT / TTFT error: Qwen3-235B H200 (vLLM 0.12)"
-            " 9 / 24 %, MiniMax-M2.5 and Kimi K2.5 on B200 6 / 17 % (Kimi NVFP4 TTFT 38 %), MiniMax-M2.5"
-            " H100 20 / 12 %, H200 15 / 23 %",
+            " 9 / 14 %, MiniMax-M2.5 and Kimi K2.5 on B200 8 / 17 % (Kimi NVFP4 TTFT 37 %), MiniMax-M2.5"
+            " H100 19 / 13 %, H200 13 / 28 %",
             HELD_OUT.widen(NO_RUNS),
         ))  # fmt: skip
     if s.kv_cache_dtype == "fp8":
-        out.append((
-            "FP8 KV cache: capacity exact; the measured FP8-cache runs (InferenceMAX Llama-70B, vLLM 0.10.2)"
-            " run 15-63 % slower per output token than the model predicts for them (halved KV reads)",
-            FP8_KV,
-        ))  # fmt: skip
+        if get_gpu(gpu).fp4_tflops:
+            out.append((
+                "FP8 KV cache: capacity exact; 150 held-out FP8-cache runs on Blackwell (vLLM 0.15-0.19) hold"
+                " TPOT within x0.91-x1.20 of the prediction (10th-90th percentile)",
+                FP8_KV_RUNS,
+            ))  # fmt: skip
+        else:
+            out.append((
+                "FP8 KV cache: capacity exact; on this GPU the only FP8-cache runs are vLLM 0.10.2's (slower"
+                " FP8 decode, charged for that release only), none of the releases plans deploy",
+                FP8_KV_HOPPER,
+            ))  # fmt: skip
     return out
 
 

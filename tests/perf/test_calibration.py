@@ -66,9 +66,9 @@ GPT_OSS = "openai/gpt-oss-120b"
 def test_held_out_medians_hold() -> None:
     # issue 18's held-out goals (TTFT 20 %, TPOT and throughput 15 %); a guard, not a fit: no constant is
     # chosen on these runs. 651 distinct runs (855 rows before 2026-12-04, 204 of them second imports of
-    # a run: bench_plan.distinct_runs): 17.7 / 8.3 / 8.0 %; gpt-oss alone 9.4 / 7.2 / 7.0 %. Without gpt-oss
-    # the TTFT median is 20.7 % since the MoE constants were refitted on the distinct runs (docs/planner.md
-    # "Each run once"), printed by the bench and not held here: the goal is the held-out set's.
+    # a run: bench_plan.distinct_runs): 17.2 / 8.9 / 9.3 %; gpt-oss alone 8.7 / 7.7 / 7.1 %. Without gpt-oss
+    # the TTFT median is 20.7 %, over the line by the B200 Llama runs read as they ran (29-30 % TTFT), and
+    # not held here: the goal is the held-out set's (docs/planner.md "The calibration set read as it ran").
     held = _held_out()
     assert len(held) == 651
     gpt_oss = [c for c in held if c.row.model == GPT_OSS]
@@ -189,9 +189,9 @@ KIMI_B200_INT4 = ("moonshotai/Kimi-K2.5", "b200_sxm", "int4")
 
 
 def test_moe_rows_hold() -> None:
-    # issue 18's "MoE rows within 20 %": the held-out MoE runs' medians (16.1 / 8.3 / 8.1 %), and TPOT and
-    # throughput for every held-out MoE model and GPU; TTFT per group is not met for Kimi K2.5 NVFP4 B200,
-    # MiniMax-M2.5 H200 and Qwen3-235B H200 (docs/planner.md). A guard, not a fit: Kimi K2.5 H200 chose the
+    # issue 18's "MoE rows within 20 %": the held-out MoE runs' medians (14.8 / 9.1 / 9.4 %), and TPOT and
+    # throughput for every held-out MoE model and GPU; TTFT per group is not met for Kimi K2.5 NVFP4 B200 and
+    # MiniMax-M2.5 H200 (docs/planner.md). A guard, not a fit: Kimi K2.5 H200 chose the
     # MoE constants, the B300 runs the Blackwell MoE ones. Qwen3-235B (vLLM 0.12, TP / DP / EP) meets it only
     # with 0.12's DeepGEMM padding rows (perf.engine.deepgemm_pads_moe): 27-45 % on TPOT without them; NVFP4
     # MoE on B200 only with the Blackwell MoE constants (TPOT 26-28 % slow with the Marlin-fitted ones)
@@ -222,6 +222,8 @@ def test_moe_rows_hold() -> None:
         assert statistics.median(abs(c.err(field)) for c in moe) <= 20.0, field
     kimi_b200 = [c for c in extra if bench_plan.run_key(c) == KIMI_B200_INT4]
     assert statistics.median(abs(c.err("ttft_ms")) for c in kimi_b200) <= 20.0
+    qwen = [c for c in extra if c.row.model == "Qwen/Qwen3-235B-A22B-FP8"]
+    assert statistics.median(abs(c.err("ttft_ms")) for c in qwen) <= 20.0
 
 
 def _corpus_rows() -> list[dict[str, str]]:

@@ -151,8 +151,8 @@ def _unmeasured(request: PlanRequest, cand: Candidate) -> list[tuple[str, Band]]
             ))  # fmt: skip
         else:
             out.append((
-                "FP8 KV cache: capacity exact; on this GPU the only FP8-cache runs are vLLM 0.10.2's (slower"
-                " FP8 decode, charged for that release only), none of the releases plans deploy",
+                "FP8 KV cache: capacity exact; off Blackwell the only FP8-cache runs are vLLM 0.10.2's on"
+                " H100 / H200 (slower FP8 decode, charged for that release only), not a release plans deploy",
                 FP8_KV_HOPPER,
             ))  # fmt: skip
     return out

@@ -283,12 +283,21 @@ def llama_campaign_reading(row: Row) -> Row:
     client's mean lengths); any other row unchanged."""
     if row.model != LLAMA_CAMPAIGN:
         return row
+    changes = at_mean_lengths(row) | {"async_scheduling": True, "kv_cache_dtype": "fp8"}
+    return dataclasses.replace(row, version=LLAMA_CAMPAIGN_VLLM, **changes)  # type: ignore[arg-type]
+
+
+def client_tok_s(concurrency: int, osl: int, ttft_ms: float, tpot_ms: float) -> float:
+    """Output tokens/s of a closed loop of `concurrency` users, each request TTFT + (OSL - 1) x TPOT."""
+    return concurrency * osl / ((ttft_ms + tpot_ms * (osl - 1)) / 1e3)
+
+
+def at_mean_lengths(row: Row) -> dict[str, object]:
+    """The fields of `row` read at the client's mean random lengths (range ratio 0.8), the measured
+    throughput too, at the outputs the users got."""
     osl = mean_random_length(row.osl)
-    tok_s = row.concurrency * osl / ((row.ttft_ms + row.tpot_ms * (osl - 1)) / 1e3)
-    return dataclasses.replace(
-        row, isl=mean_random_length(row.isl), osl=osl, tok_s=tok_s, async_scheduling=True,
-        kv_cache_dtype="fp8", version=LLAMA_CAMPAIGN_VLLM,
-    )  # fmt: skip
+    tok_s = client_tok_s(row.concurrency, osl, row.ttft_ms, row.tpot_ms)
+    return {"isl": mean_random_length(row.isl), "osl": osl, "tok_s": tok_s}
 
 
 def inferencex_run(source: str) -> bool:
@@ -328,9 +337,7 @@ def inferencex_reading(r: dict[str, str], row: Row) -> Row:
     measured = source.partition("measured=")[2][:10]
     changes: dict[str, object] = {"tp": tp, "dp": dp, "ep": ep}
     if measured >= INFERENCEX_RANGE_RATIO_FROM or "gap-analysis" in source:
-        osl = mean_random_length(row.osl)  # the measured throughput too, at the outputs the users got
-        tok_s = row.concurrency * osl / ((row.ttft_ms + row.tpot_ms * (osl - 1)) / 1e3)
-        changes |= {"isl": mean_random_length(row.isl), "osl": osl, "tok_s": tok_s}
+        changes |= at_mean_lengths(row)
     changes |= INFERENCEX_FLAGS.get((row.model, row.system), {})
     if (row.model, row.system) in INFERENCEX_TWICE_ISL_BUDGET:
         changes["max_num_batched_tokens"] = 2 * row.isl
@@ -358,7 +365,7 @@ def load_holdout(paths: tuple[Path, ...] | None = None, *, backend: str = "vllm"
                     continue
                 conc, osl = benchmark_concurrency(r), int(r["osl"])
                 ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
-                tok_s = conc * osl / ((ttft + tpot * (osl - 1)) / 1e3)
+                tok_s = client_tok_s(conc, osl, ttft, tpot)
                 model, system, precision = key
                 source = f"{backend} {r['backend_version']}, {r['id'][:40]}"
                 row = Row(
@@ -425,7 +432,7 @@ def load_inferencemax(path: Path | None = None) -> list[Row]:
             rows.append(
                 Row(
                     "openai/gpt-oss-120b", system, "mxfp4", int(float(r["tensor_parallel"])), isl, osl, conc,
-                    ttft, tpot, conc * osl / ((ttft + tpot * (osl - 1)) / 1e3),
+                    ttft, tpot, client_tok_s(conc, osl, ttft, tpot),
                     f"InferenceMAX vLLM {INFERENCEMAX_VLLM}, run {r['run_id']} {r['benchmark_date'][:10]}",
                     async_scheduling=True, version=INFERENCEMAX_VLLM,
                     kv_cache_dtype="fp8" if blackwell else "auto", mxfp4_mxfp8=blackwell,

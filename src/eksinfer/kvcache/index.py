@@ -19,6 +19,12 @@ them.
 
 Longest-prefix match walks the request's key chain per endpoint and stops at the first missing key:
 O(matched).
+
+Hybrid engines (vLLM's hybrid KV-cache manager: full-attention and sliding-window layers in separate KV-cache
+groups drawing on one block pool, e.g. gpt-oss) publish each block once per group, with the same hash and
+the group's `group_idx` / `kv_cache_spec_kind` / `kv_cache_spec_sliding_window`. An entry records which groups
+hold it, a `BlockRemoved` clears its group only, and `match` applies vLLM's hybrid hit rule (a sliding group
+needs only the window before the hit). The bound counts one block per holding group, as the pool does.
 """
 
 from __future__ import annotations
@@ -108,20 +114,58 @@ def text_keys(
     return keys
 
 
+# Entry.groups while the entry is speculative: every bit set, so it stands in for every KV-cache group.
+ALL_GROUPS = -1
+# vLLM's KVCacheSpecKind values (vllm/v1/kv_cache_interface.py) of groups that keep only a window of tokens;
+# every other kind is matched as a prefix that must be whole (full attention's rule).
+SLIDING_KINDS = frozenset({"sliding_window", "sliding_window_mla"})
+
+
 @dataclass(slots=True)
 class _Entry:
     engine_hash: int | None
     expires_at: float  # math.inf once the engine confirmed the block
+    groups: int = ALL_GROUPS  # bit g set: KV-cache group g holds the block (ALL_GROUPS while speculative)
+
+    def weight(self) -> int:
+        """Pool blocks the entry stands for: one per holding group (a speculative entry counts one)."""
+        return 1 if self.groups < 0 else self.groups.bit_count()
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """How an endpoint's KV-cache groups decide a hit: the groups every prefix block must be held by, and
+    each sliding group's bit with the contiguous blocks its window needs."""
+
+    full_mask: int = 0
+    sliding: tuple[tuple[int, int], ...] = ()
 
 
 class _EndpointBlocks:
-    __slots__ = ("block_size", "capacity", "engine_to_key", "lru")
+    __slots__ = ("block_size", "capacity", "engine_to_key", "groups", "held", "lru", "rules")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.lru: OrderedDict[BlockKey, _Entry] = OrderedDict()
         self.engine_to_key: dict[int, BlockKey] = {}
         self.block_size: int | None = None
+        self.groups: dict[int, tuple[str, int | None]] = {}  # group_idx -> (kind, sliding window)
+        self.held = 0  # sum of the entries' weights, bounded by `capacity` (the engine's num_gpu_blocks)
+        self.rules = _Rules()
+
+    def learn_group(self, group: int, kind: str | None, window: int | None) -> None:
+        spec = (kind or "full_attention", window)
+        if self.groups.get(group) == spec:
+            return
+        self.groups[group] = spec
+        full, sliding = 0, []
+        bs = self.block_size or 1
+        for g, (k, w) in sorted(self.groups.items()):
+            if k in SLIDING_KINDS and w:
+                sliding.append((1 << g, -(-(w - 1) // bs)))  # vLLM: cdiv(sliding_window - 1, block_size)
+            else:
+                full |= 1 << g
+        self.rules = _Rules(full, tuple(sliding))
 
 
 @dataclass(slots=True)
@@ -167,6 +211,7 @@ class PrefixIndex:
         if ep is not None:
             ep.lru.clear()
             ep.engine_to_key.clear()
+            ep.held = 0
             self.counters.cleared += 1
 
     def block_size(self, endpoint_id: str) -> int | None:
@@ -196,13 +241,29 @@ class PrefixIndex:
         lora_name: str | None = None,
         extra_keys: Sequence[Any] | None = None,
         medium: str | None = None,
+        group_idx: int | None = None,
+        kv_cache_spec_kind: str | None = None,
+        kv_cache_spec_sliding_window: int | None = None,
     ) -> int:
-        """Index the blocks of one `BlockStored`; returns how many keys it added or confirmed."""
+        """Index the blocks of one `BlockStored`; returns how many keys it added or confirmed.
+
+        A hybrid engine (full-attention and sliding-window layers, e.g. gpt-oss) publishes one event per
+        KV-cache group with the same hashes; each entry records which groups hold it. Group 0 sets the block
+        size the keys are built with; a group with another block size cannot share keys and is not indexed."""
         if medium is not None and medium.upper() != "GPU":
             self.counters.ignored_events += 1  # CPU/disk tiers are not scored (see docs/routing.md)
             return 0
         ep = self._ep(endpoint_id)
-        ep.block_size = block_size
+        group = group_idx or 0
+        if ep.block_size != block_size:
+            if ep.block_size is not None and group != 0:
+                self.counters.ignored_events += 1
+                return 0
+            if ep.block_size is not None:  # the engine came back with another block size: old keys are void
+                self.clear_endpoint(endpoint_id)
+            ep.block_size = block_size
+            ep.groups.clear()
+        ep.learn_group(group, kv_cache_spec_kind, kv_cache_spec_sliding_window)
         if parent_block_hash is None:
             parent = ROOT_KEY
         else:
@@ -214,15 +275,20 @@ class PrefixIndex:
         if extra_keys is None and lora_name:
             extra_keys = [(lora_name,)] * len(block_hashes)
         keys = chain_keys(token_ids, block_size, parent=parent, extra_keys=extra_keys)
+        bit = 1 << group
         for key, raw in zip(keys, block_hashes, strict=False):
             h = engine_hash(raw)
             entry = ep.lru.get(key)
             if entry is None:
-                ep.lru[key] = _Entry(h, math.inf)
+                ep.lru[key] = _Entry(h, math.inf, bit)
+                ep.held += 1
             else:
                 if entry.engine_hash is not None and entry.engine_hash != h:
                     ep.engine_to_key.pop(entry.engine_hash, None)
+                before = entry.weight()
+                entry.groups = bit if entry.expires_at != math.inf else entry.groups | bit
                 entry.engine_hash, entry.expires_at = h, math.inf
+                ep.held += entry.weight() - before
                 ep.lru.move_to_end(key)
             ep.engine_to_key[h] = key
         self.counters.stored_blocks += len(keys)
@@ -230,19 +296,33 @@ class PrefixIndex:
         return len(keys)
 
     def apply_removed(
-        self, endpoint_id: str, block_hashes: Iterable[int | bytes], medium: str | None = None
+        self,
+        endpoint_id: str,
+        block_hashes: Iterable[int | bytes],
+        medium: str | None = None,
+        group_idx: int | None = None,
     ) -> int:
-        """Drop the blocks of one `BlockRemoved` (the engine evicted them); unknown hashes are ignored."""
+        """Drop the blocks of one `BlockRemoved` (the engine evicted them) from the group that held them; an
+        entry goes when no group holds it. Unknown hashes are ignored. Returns the blocks removed."""
         if medium is not None and medium.upper() != "GPU":
             return 0
         ep = self._endpoints.get(endpoint_id)
         if ep is None:
             return 0
+        bit = 1 << (group_idx or 0)
         removed = 0
         for raw in block_hashes:
-            key = ep.engine_to_key.pop(engine_hash(raw), None)
-            if key is not None and ep.lru.pop(key, None) is not None:
-                removed += 1
+            h = engine_hash(raw)
+            key = ep.engine_to_key.get(h)
+            entry = ep.lru.get(key) if key is not None else None
+            if entry is None or entry.groups < 0 or not entry.groups & bit:
+                continue
+            entry.groups &= ~bit
+            ep.held -= 1
+            removed += 1
+            if not entry.groups:
+                del ep.lru[key]  # type: ignore[arg-type]  # key is set whenever entry is
+                del ep.engine_to_key[h]
         self.counters.removed_blocks += removed
         return removed
 
@@ -268,9 +348,14 @@ class PrefixIndex:
                 lora_name=get("lora_name", None),
                 extra_keys=get("extra_keys", None),
                 medium=get("medium", None),
+                group_idx=get("group_idx", None),
+                kv_cache_spec_kind=get("kv_cache_spec_kind", None),
+                kv_cache_spec_sliding_window=get("kv_cache_spec_sliding_window", None),
             )
         if kind == "BlockRemoved":
-            return self.apply_removed(endpoint_id, get("block_hashes", []), get("medium", None))
+            return self.apply_removed(
+                endpoint_id, get("block_hashes", []), get("medium", None), get("group_idx", None)
+            )
         if kind == "AllBlocksCleared":
             self.clear_endpoint(endpoint_id)
             return 0
@@ -288,6 +373,7 @@ class PrefixIndex:
             entry = lru.get(key)
             if entry is None:
                 lru[key] = _Entry(None, expires)
+                ep.held += 1
             else:
                 if entry.expires_at != math.inf:
                     entry.expires_at = max(entry.expires_at, expires)
@@ -295,32 +381,68 @@ class PrefixIndex:
         self._trim(ep)
 
     def match(self, endpoint_id: str, keys: Sequence[BlockKey], now: float | None = None) -> int:
-        """Number of leading `keys` the endpoint holds (expired speculative entries count as missing)."""
+        """Number of leading `keys` whose blocks the engine would take as a prefix-cache hit (expired
+        speculative entries count as missing).
+
+        Every block of the prefix must be held by every full-attention group. A sliding-window group attends
+        only to its window, so, as vLLM's hybrid coordinator decides (`HybridKVCacheCoordinator.
+        find_longest_cache_hit` with `SlidingWindowManager`), the hit ends where that group holds the
+        cdiv(window - 1, block_size) blocks before it: the longest such length within the full groups' prefix,
+        lowered until every sliding group agrees."""
         ep = self._endpoints.get(endpoint_id)
         if ep is None or not keys:
             return 0
         lru = ep.lru
+        full = ep.rules.full_mask
         matched = 0
         for key in keys:
             entry = lru.get(key)
-            if entry is None:
+            if entry is None or entry.groups & full != full:
                 break
             if entry.expires_at != math.inf:
                 if now is None:
                     now = self._clock()
                 if entry.expires_at < now:
                     del lru[key]
+                    ep.held -= 1
                     break
             matched += 1
-        return matched
+        if not ep.rules.sliding or not matched:
+            return matched
+        now = self._clock() if now is None else now
+        while True:
+            agreed = matched
+            for bit, window_blocks in ep.rules.sliding:
+                agreed = min(agreed, self._window_hit(lru, keys, agreed, bit, window_blocks, now))
+            if agreed == matched:
+                return matched
+            matched = agreed
+
+    @staticmethod
+    def _window_hit(
+        lru: Mapping[BlockKey, _Entry], keys: Sequence[BlockKey], limit: int, bit: int, need: int, now: float
+    ) -> int:
+        """Longest hit <= `limit` blocks for one sliding group: the right-most run of `need` held blocks ends
+        it; with no such run, the held blocks from the start (all a short prompt attends to)."""
+        run = 0
+        for i in range(limit - 1, -1, -1):
+            entry = lru.get(keys[i])
+            if entry is not None and entry.groups & bit and entry.expires_at >= now:
+                run += 1
+                if run >= need:
+                    return i + need
+            else:
+                run = 0
+        return run
 
     def _trim(self, ep: _EndpointBlocks) -> None:
         lru = ep.lru
-        while len(lru) > ep.capacity:
+        while ep.held > ep.capacity and lru:
             _, entry = lru.popitem(last=False)
+            ep.held -= entry.weight()
             if entry.engine_hash is not None:
                 ep.engine_to_key.pop(entry.engine_hash, None)
-            self.counters.evicted_blocks += 1
+            self.counters.evicted_blocks += entry.weight()
 
     def stats(self) -> dict[str, Any]:
         c = self.counters

@@ -630,49 +630,54 @@ GOALS = {"calibration": (12.0, 10.0, 8.0), "held out": (20.0, 15.0, 15.0)}  # is
 
 
 def _goals(fitted: list[Compared], earlier: list[Compared], holdout: list[Compared]) -> None:
-    """Issue 18's accuracy goals (median absolute error) against each set, met or not."""
-    print("\ngoals (median |error| TTFT / TPOT / tok/s; issue 18)")
-    sets = (
-        ("calibration", fitted, GOALS["calibration"]),
-        ("held out, first set (B200 Llama FP8, Kimi; Qwen3-235B TP)", earlier, GOALS["held out"]),
-        ("held out, all", holdout, GOALS["held out"]),
-    )
-    for name, items, goal in sets:
-        got = [statistics.median(abs(c.err(f)) for c in items) for f in ("ttft_ms", "tpot_ms", "tok_s")]
-        verdict = ", ".join(
-            f"{label} {value:.1f}% {'met' if value <= limit else 'MISSED'} (<= {limit:.0f}%)"
-            for label, value, limit in zip(("TTFT", "TPOT", "tok/s"), got, goal, strict=True)
-        )
-        print(f"  {name} ({len(items)} runs): {verdict}")
-    _moe_goal(holdout)
+    """Issue 18's accuracy goals (median absolute error) as it words them, then the stricter checks this
+    project keeps on top of them, each met or not."""
+    print("\ngoals of issue 18, as worded (median |error| TTFT / TPOT / tok/s)")
+    _goal_line("calibration", fitted, GOALS["calibration"])
+    _goal_line("held out", holdout, GOALS["held out"])
+    groups = _moe_groups(holdout)
+    runs = [c for items in groups.values() for c in items]
+    got = _medians(runs)
+    verdict = "met" if max(got) <= MOE_GOAL else "MISSED"
+    print(f"  MoE rows within {MOE_GOAL:.0f}% ({len(runs)} held-out MoE runs): TTFT {got[0]:.1f}%, "
+          f"TPOT {got[1]:.1f}%, tok/s {got[2]:.1f}% {verdict}")  # fmt: skip
+    print("stricter checks this project keeps (not the issue's wording)")
+    _goal_line("held out, first set (B200 Llama FP8, Kimi; Qwen3-235B TP)", earlier, GOALS["held out"])
+    misses = [
+        f"{key} {label} {value:.1f}%"
+        for key, items in sorted(groups.items())
+        for label, value in zip(("TTFT", "TPOT", "tok/s"), _medians(items), strict=True)
+        if value > MOE_GOAL
+    ]
+    verdict = "met" if not misses else "MISSED: " + ", ".join(misses)
+    print(f"  every MoE model/GPU group within {MOE_GOAL:.0f}% ({len(groups)} held-out groups): {verdict}")
 
 
 MOE_GOAL = 20.0  # issue 18: "MoE rows within 20 %"
 
 
-def _moe_goal(holdout: list[Compared]) -> None:
-    """Issue 18's MoE goal, read two ways: the held-out MoE runs' medians within 20 %, and the stricter
-    reading this project holds itself to, every held-out MoE model / precision / GPU group within 20 %."""
+def _medians(items: list[Compared]) -> list[float]:
+    """Median absolute error of TTFT, TPOT and tokens/s."""
+    return [statistics.median(abs(c.err(f)) for c in items) for f in ("ttft_ms", "tpot_ms", "tok_s")]
+
+
+def _goal_line(name: str, items: list[Compared], goal: tuple[float, float, float]) -> None:
+    verdict = ", ".join(
+        f"{label} {value:.1f}% {'met' if value <= limit else 'MISSED'} (<= {limit:.0f}%)"
+        for label, value, limit in zip(("TTFT", "TPOT", "tok/s"), _medians(items), goal, strict=True)
+    )
+    print(f"  {name} ({len(items)} runs): {verdict}")
+
+
+def _moe_groups(holdout: list[Compared]) -> dict[str, list[Compared]]:
+    """The held-out MoE runs by model, precision and GPU."""
     moe = {m: model_spec(m).is_moe for m in {c.row.model for c in holdout}}  # one config parse per model
     groups: dict[str, list[Compared]] = {}
     for c in holdout:
         if moe[c.row.model]:
-            groups.setdefault(
-                f"{MODEL_MAP[c.row.model]} {c.row.precision} {GPU_MAP[c.row.system]}", []
-            ).append(c)
-    runs = [c for items in groups.values() for c in items]
-    got = [statistics.median(abs(c.err(f)) for c in runs) for f in ("ttft_ms", "tpot_ms", "tok_s")]
-    verdict = "met" if max(got) <= MOE_GOAL else "MISSED"
-    print(f"  MoE runs within {MOE_GOAL:.0f}% ({len(runs)} held-out runs): TTFT {got[0]:.1f}%, "
-          f"TPOT {got[1]:.1f}%, tok/s {got[2]:.1f}% {verdict}")  # fmt: skip
-    misses = []
-    for key, items in sorted(groups.items()):
-        for label, field in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("tok/s", "tok_s")):
-            value = statistics.median(abs(c.err(field)) for c in items)
-            if value > MOE_GOAL:
-                misses.append(f"{key} {label} {value:.1f}%")
-    verdict = "met" if not misses else "MISSED: " + ", ".join(misses)
-    print(f"  MoE groups within {MOE_GOAL:.0f}% each ({len(groups)} held-out model/GPU groups): {verdict}")
+            key = f"{MODEL_MAP[c.row.model]} {c.row.precision} {GPU_MAP[c.row.system]}"
+            groups.setdefault(key, []).append(c)
+    return groups
 
 
 def _saturated(compared: list[Compared]) -> None:

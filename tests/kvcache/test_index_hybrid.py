@@ -150,3 +150,28 @@ def test_group_fields_survive_the_wire(encoding: str) -> None:
     for event in decode_batch(encode_batch(batch, encoding)).events:
         index.apply_event("a", event)
     assert index.match("a", KEYS) == 4
+
+
+def test_a_sliding_event_that_lists_only_the_tail_it_keeps() -> None:
+    # vLLM 0.32 (prefix_cache_retention_interval 0, the default) caches a sliding group's blocks only where a
+    # later hit can end: the window before the prompt's replay boundary. Its BlockStored lists those hashes
+    # alone while token_ids span every block; the full group's event, published first, names them.
+    index = PrefixIndex()
+    index.apply_event("a", stored(0, "full_attention"))
+    tail = BlockStored(
+        block_hashes=(HASHES[4], HASHES[5]),
+        parent_block_hash=None,
+        token_ids=tuple(TOKENS),
+        block_size=BS,
+        group_idx=1,
+        kv_cache_spec_kind="sliding_window",
+        kv_cache_spec_sliding_window=WINDOW,
+    )
+    assert index.apply_event("a", tail) == 2
+    assert index.match("a", KEYS) == 6  # the same prompt again: a whole hit
+    sibling = chain_keys([*TOKENS[:16], *range(900, 908)], BS)  # shares blocks 0-3, then diverges
+    assert index.match("a", sibling) == 0  # no window of the sliding group ends inside the shared part
+    # Without the full group's event the hashes name nothing: counted, not guessed.
+    other = PrefixIndex()
+    assert other.apply_event("b", tail) == 0
+    assert other.counters.orphan_events == 1

@@ -274,9 +274,15 @@ class PrefixIndex:
             parent = found
         if extra_keys is None and lora_name:
             extra_keys = [(lora_name,)] * len(block_hashes)
-        keys = chain_keys(token_ids, block_size, parent=parent, extra_keys=extra_keys)
+        keys: Sequence[BlockKey | None] = chain_keys(
+            token_ids, block_size, parent=parent, extra_keys=extra_keys
+        )
+        if len(block_hashes) != len(keys):
+            keys = self._named_keys(ep, block_hashes)
         bit = 1 << group
-        for key, raw in zip(keys, block_hashes, strict=False):
+        for key, raw in zip(keys, block_hashes, strict=True):
+            if key is None:
+                continue
             h = engine_hash(raw)
             entry = ep.lru.get(key)
             if entry is None:
@@ -291,9 +297,20 @@ class PrefixIndex:
                 ep.held += entry.weight() - before
                 ep.lru.move_to_end(key)
             ep.engine_to_key[h] = key
-        self.counters.stored_blocks += len(keys)
+        stored = sum(key is not None for key in keys)
+        self.counters.stored_blocks += stored
         self._trim(ep)
-        return len(keys)
+        return stored
+
+    def _named_keys(self, ep: _EndpointBlocks, block_hashes: Sequence[int | bytes]) -> list[BlockKey | None]:
+        """Keys of an event that skipped some blocks of its token range: a sliding-window group caches only
+        the blocks a later hit can use (vLLM 0.32 `SlidingWindowManager.reachable_block_mask`: the window
+        before the prompt's replay boundary, by default) and null blocks never, while its `token_ids` span the
+        whole range. Each listed hash then names its block through the full group's event, which vLLM
+        publishes first with every hash; None where none did."""
+        keys: list[BlockKey | None] = [ep.engine_to_key.get(engine_hash(raw)) for raw in block_hashes]
+        self.counters.orphan_events += keys.count(None) > 0
+        return keys
 
     def apply_removed(
         self,

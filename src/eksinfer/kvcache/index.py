@@ -119,6 +119,9 @@ ALL_GROUPS = -1
 # vLLM's KVCacheSpecKind values (vllm/v1/kv_cache_interface.py) of groups that keep only a window of tokens;
 # every other kind is matched as a prefix that must be whole (full attention's rule).
 SLIDING_KINDS = frozenset({"sliding_window", "sliding_window_mla"})
+# Hashes a sparse event listed before any event named their blocks, kept per endpoint (a lost event's would
+# otherwise pile up); the naming event follows in the same batch.
+PENDING_LIMIT = 4096
 
 
 @dataclass(slots=True)
@@ -142,7 +145,17 @@ class _Rules:
 
 
 class _EndpointBlocks:
-    __slots__ = ("block_size", "capacity", "engine_to_key", "groups", "held", "lru", "rules")
+    __slots__ = (
+        "block_size",
+        "capacity",
+        "copies",
+        "engine_to_key",
+        "groups",
+        "held",
+        "lru",
+        "pending",
+        "rules",
+    )
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -152,6 +165,12 @@ class _EndpointBlocks:
         self.groups: dict[int, tuple[str, int | None]] = {}  # group_idx -> (kind, sliding window)
         self.held = 0  # sum of the entries' weights, bounded by `capacity` (the engine's num_gpu_blocks)
         self.rules = _Rules()
+        # engine hash -> groups whose event listed it before any event named its block (see _named_keys)
+        self.pending: dict[int, int] = {}
+        # (engine hash, group) -> further physical blocks caching the same block: vLLM stores a block again
+        # when it recomputes it (the last block of a repeated prompt; a prefix a hybrid hit could not use) and
+        # publishes a BlockRemoved per physical block it evicts
+        self.copies: dict[tuple[int, int], int] = {}
 
     def learn_group(self, group: int, kind: str | None, window: int | None) -> None:
         spec = (kind or "full_attention", window)
@@ -211,6 +230,8 @@ class PrefixIndex:
         if ep is not None:
             ep.lru.clear()
             ep.engine_to_key.clear()
+            ep.pending.clear()
+            ep.copies.clear()
             ep.held = 0
             self.counters.cleared += 1
 
@@ -278,7 +299,7 @@ class PrefixIndex:
             token_ids, block_size, parent=parent, extra_keys=extra_keys
         )
         if len(block_hashes) != len(keys):
-            keys = self._named_keys(ep, block_hashes)
+            keys = self._named_keys(ep, block_hashes, 1 << group)
         bit = 1 << group
         for key, raw in zip(keys, block_hashes, strict=True):
             if key is None:
@@ -286,30 +307,46 @@ class PrefixIndex:
             h = engine_hash(raw)
             entry = ep.lru.get(key)
             if entry is None:
-                ep.lru[key] = _Entry(h, math.inf, bit)
-                ep.held += 1
+                entry = ep.lru[key] = _Entry(h, math.inf, 0)
+                before = 0
             else:
                 if entry.engine_hash is not None and entry.engine_hash != h:
                     ep.engine_to_key.pop(entry.engine_hash, None)
                 before = entry.weight()
-                entry.groups = bit if entry.expires_at != math.inf else entry.groups | bit
+                if entry.expires_at != math.inf:
+                    entry.groups = 0  # a speculative entry, now confirmed group by group
+                elif entry.groups & bit:  # a second physical copy of a block the group holds
+                    ep.copies[h, group] = ep.copies.get((h, group), 0) + 1
+                    ep.held += 1
                 entry.engine_hash, entry.expires_at = h, math.inf
-                ep.held += entry.weight() - before
                 ep.lru.move_to_end(key)
+            entry.groups |= bit | (ep.pending.pop(h, 0) if ep.pending else 0)
+            ep.held += entry.weight() - before
             ep.engine_to_key[h] = key
         stored = sum(key is not None for key in keys)
         self.counters.stored_blocks += stored
         self._trim(ep)
         return stored
 
-    def _named_keys(self, ep: _EndpointBlocks, block_hashes: Sequence[int | bytes]) -> list[BlockKey | None]:
+    @staticmethod
+    def _named_keys(
+        ep: _EndpointBlocks, block_hashes: Sequence[int | bytes], bit: int
+    ) -> list[BlockKey | None]:
         """Keys of an event that skipped some blocks of its token range: a sliding-window group caches only
         the blocks a later hit can use (vLLM 0.32 `SlidingWindowManager.reachable_block_mask`: the window
         before the prompt's replay boundary, by default) and null blocks never, while its `token_ids` span the
-        whole range. Each listed hash then names its block through the full group's event, which vLLM
-        publishes first with every hash; None where none did."""
-        keys: list[BlockKey | None] = [ep.engine_to_key.get(engine_hash(raw)) for raw in block_hashes]
-        self.counters.orphan_events += keys.count(None) > 0
+        whole range. Each listed hash then names its block through the full group's event, which lists
+        every hash. vLLM publishes the groups in index order, and gpt-oss's sliding group is group 0, so a
+        hash no event has named yet waits in `pending` (bounded) for the one that will, in the same batch."""
+        keys: list[BlockKey | None] = []
+        for raw in block_hashes:
+            h = engine_hash(raw)
+            key = ep.engine_to_key.get(h)
+            keys.append(key)
+            if key is None:
+                ep.pending[h] = ep.pending.get(h, 0) | bit
+                if len(ep.pending) > PENDING_LIMIT:
+                    del ep.pending[next(iter(ep.pending))]
         return keys
 
     def apply_removed(
@@ -326,17 +363,25 @@ class PrefixIndex:
         ep = self._endpoints.get(endpoint_id)
         if ep is None:
             return 0
-        bit = 1 << (group_idx or 0)
+        group = group_idx or 0
+        bit = 1 << group
         removed = 0
         for raw in block_hashes:
             h = engine_hash(raw)
             key = ep.engine_to_key.get(h)
             entry = ep.lru.get(key) if key is not None else None
             if entry is None or entry.groups < 0 or not entry.groups & bit:
+                if h in ep.pending:
+                    ep.pending[h] &= ~bit
                 continue
-            entry.groups &= ~bit
             ep.held -= 1
             removed += 1
+            extra = ep.copies.pop((h, group), 0)
+            if extra:  # another copy still holds the block
+                if extra > 1:
+                    ep.copies[h, group] = extra - 1
+                continue
+            entry.groups &= ~bit
             if not entry.groups:
                 del ep.lru[key]  # type: ignore[arg-type]  # key is set whenever entry is
                 del ep.engine_to_key[h]
@@ -456,10 +501,14 @@ class PrefixIndex:
         lru = ep.lru
         while ep.held > ep.capacity and lru:
             _, entry = lru.popitem(last=False)
-            ep.held -= entry.weight()
-            if entry.engine_hash is not None:
-                ep.engine_to_key.pop(entry.engine_hash, None)
-            self.counters.evicted_blocks += entry.weight()
+            weight = entry.weight()
+            h = entry.engine_hash
+            if h is not None:
+                ep.engine_to_key.pop(h, None)
+                if ep.copies and entry.groups > 0:
+                    weight += sum(ep.copies.pop((h, g), 0) for g in range(entry.groups.bit_length()))
+            ep.held -= weight
+            self.counters.evicted_blocks += weight
 
     def stats(self) -> dict[str, Any]:
         c = self.counters

@@ -23,9 +23,17 @@ HASHES = block_hashes(TOKENS, BS)
 KEYS = chain_keys(TOKENS, BS)
 
 
-def stored(group: int, kind: str, window: int | None = None, tokens: list[int] = TOKENS) -> BlockStored:
+def stored(
+    group: int,
+    kind: str,
+    window: int | None = None,
+    tokens: list[int] = TOKENS,
+    listed: tuple[int, ...] | None = None,
+) -> BlockStored:
+    """One group's BlockStored for `tokens` from the root; `listed`: the hashes it names, if not every
+    block's (a sliding group's sparse store)."""
     return BlockStored(
-        block_hashes=tuple(block_hashes(tokens, BS)),
+        block_hashes=tuple(block_hashes(tokens, BS)) if listed is None else listed,
         parent_block_hash=None,
         token_ids=tuple(tokens),
         block_size=BS,
@@ -158,15 +166,7 @@ def test_a_sliding_event_that_lists_only_the_tail_it_keeps(sliding_first: bool) 
     # later hit can end: the window before the prompt's replay boundary. Its BlockStored lists those hashes
     # alone while token_ids span every block; the full group's event names them. gpt-oss's sliding group is
     # group 0, published before the full group (a vLLM 0.32 capture: docs/live.md), so both orders occur.
-    tail = BlockStored(
-        block_hashes=(HASHES[4], HASHES[5]),
-        parent_block_hash=None,
-        token_ids=tuple(TOKENS),
-        block_size=BS,
-        group_idx=0 if sliding_first else 1,
-        kv_cache_spec_kind="sliding_window",
-        kv_cache_spec_sliding_window=WINDOW,
-    )
+    tail = stored(0 if sliding_first else 1, "sliding_window", WINDOW, listed=(HASHES[4], HASHES[5]))
     full = stored(1 if sliding_first else 0, "full_attention")
     index = PrefixIndex()
     for event in (tail, full) if sliding_first else (full, tail):
@@ -184,18 +184,7 @@ def test_pending_hashes_stay_bounded() -> None:
     # Sparse events whose naming event never comes (lost) leave their hashes waiting, up to a bound.
     index = PrefixIndex()
     for i in range(5000):
-        index.apply_event(
-            "a",
-            BlockStored(
-                block_hashes=(i,),
-                parent_block_hash=None,
-                token_ids=tuple(range(8)),
-                block_size=BS,
-                group_idx=0,
-                kv_cache_spec_kind="sliding_window",
-                kv_cache_spec_sliding_window=WINDOW,
-            ),
-        )
+        index.apply_event("a", stored(0, "sliding_window", WINDOW, list(range(8)), listed=(i,)))
     assert index.endpoint_size("a") == 0
     assert len(index._endpoints["a"].pending) <= 4096
 

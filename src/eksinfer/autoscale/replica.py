@@ -115,6 +115,7 @@ class Replica:
         self.now = 0.0
         self.core = EngineCore(config, perf=perf, sample_space=(0,), clock=lambda: self.now, observer=self)
         self.pool = self.core.pool
+        self.macro = macro and not self.pool.hybrid  # macro-runs grow one KV-cache group; step hybrids
         self.scheduler = self.core.scheduler
         self.block_size = config.block_size
         self._on_token = on_token

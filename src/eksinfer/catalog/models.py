@@ -59,6 +59,7 @@ class ModelSpec:
     # Sliding-window attention (0 when every layer attends to the whole context)
     sliding_window: int = 0  # tokens a sliding layer attends to (the query's own included)
     num_sliding_layers: int = 0  # layers with sliding-window attention; the rest attend to everything
+    first_layer_sliding: bool = False  # layer 0 slides (gpt-oss): vLLM then numbers its KV-cache groups first
     attention_sinks: bool = False  # a learned per-head logit in the softmax (gpt-oss): no KV
     # MoE (0 for dense)
     num_experts: int = 0
@@ -338,6 +339,7 @@ def parse_hf_config(cfg: Mapping[str, Any], *, model_id: str, hf_id: str = "", *
         index_head_dim=_opt(cfg, "index_head_dim", 0),
         sliding_window=window,
         num_sliding_layers=sliding,
+        first_layer_sliding=bool(sliding) and cfg["layer_types"][0] == "sliding_attention",
         attention_sinks=sinks,
         num_experts=experts,
         num_shared_experts=shared,

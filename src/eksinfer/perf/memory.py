@@ -133,6 +133,7 @@ class KvLayout:
     sliding_groups: int
     sliding_window: int
     block_size: int
+    sliding_first: bool = False  # vLLM numbers the groups of layer 0's kind first (gpt-oss: sliding)
 
     def pool_tokens(self, seq_tokens: float) -> float:
         """Block-tokens a sequence of `seq_tokens` takes from the pool: whole blocks for every full group,
@@ -176,7 +177,9 @@ def kv_layout(model: ModelSpec, pp: int = 1, block_size: int = 16) -> KvLayout:
     small, large = min(full, sliding), max(full, sliding)
     group = large if large < 1.5 * small else small
     full_groups, sliding_groups = math.ceil(full / group), math.ceil(sliding / group)
-    return KvLayout(group, full_groups, sliding_groups, model.sliding_window, block_size)
+    return KvLayout(
+        group, full_groups, sliding_groups, model.sliding_window, block_size, model.first_layer_sliding
+    )
 
 
 def kv_bytes_per_token_per_gpu(model: ModelSpec, kv_cache_dtype: str, tp: int, pp: int) -> int:

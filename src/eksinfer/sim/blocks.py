@@ -27,13 +27,14 @@ class Block:
     their count (it is reset when the block is next allocated; nothing reads it in between). `skips` counts
     the block's stale entries in the free queue (see `BlockPool`)."""
 
-    __slots__ = ("block_id", "digest", "ref_cnt", "skips")
+    __slots__ = ("block_id", "digest", "group", "ref_cnt", "skips")
 
     def __init__(self, block_id: int) -> None:
         self.block_id = block_id
         self.ref_cnt = 0
         self.skips = 0
         self.digest: BlockDigest | None = None
+        self.group = 0  # the KV-cache group whose hash the block caches (sim.hybrid)
 
 
 @dataclass(slots=True)
@@ -42,6 +43,11 @@ class BlockTable:
 
     blocks: list[Block] = field(default_factory=list)
     num_cached: int = 0
+    # sim.hybrid: one block list per KV-cache group (`blocks` is the first full group's), the blocks each
+    # group has cached, and the shared-prefix junction (tokens) the request's hit marked
+    groups: list[list[Block]] | None = None
+    cached: list[int] | None = None
+    junction: int = 0
 
 
 class BlockPool:
@@ -111,8 +117,13 @@ class BlockPool:
 
     # --- allocation ---------------------------------------------------------------------------------------
 
-    def blocks_to_allocate(self, table: BlockTable, num_tokens: int, hits: Sequence[Block]) -> int:
-        """Free blocks needed to hold `num_tokens` tokens, counting evictable hits it takes off the queue."""
+    hybrid = False  # sim.hybrid.HybridBlockPool: KV-cache groups of full and sliding-window attention
+
+    def blocks_to_allocate(
+        self, table: BlockTable, num_tokens: int, hits: Sequence[Block], *, admission: bool = False
+    ) -> int:
+        """Free blocks needed to hold `num_tokens` tokens, counting evictable hits it takes off the queue
+        (`admission`: the whole-sequence check before a request starts; the hybrid pool caps it)."""
         need = -(-num_tokens // self.block_size) - len(table.blocks) - len(hits)
         return max(need, 0) + sum(1 for b in hits if b.ref_cnt == 0)
 
@@ -182,10 +193,12 @@ class BlockPool:
         lora_id: int | None = None,
         lora_name: str | None = None,
         extra_keys: Callable[[int], ExtraKeys] | None = None,
+        num_prompt_tokens: int = 0,
     ) -> None:
         """Cache the table's blocks that are full within the first `num_tokens` tokens (and hashed).
 
         `extra_keys(i)` gives block i's tagged hash keys; the BlockStored event carries them untagged.
+        `num_prompt_tokens` places the hybrid pool's replay boundary; this pool caches every full block.
         """
         if not self.enable_caching:
             return
@@ -235,6 +248,9 @@ class BlockPool:
                 self._num_free += 1
         table.blocks = []
         table.num_cached = 0
+
+    def remove_skipped(self, table: BlockTable, num_computed_tokens: int) -> None:
+        """Free the blocks no attention reads any more (sliding windows: sim.hybrid); none here."""
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached hash (vLLM's /reset_prefix_cache); only when no block is in use."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from eksinfer.errors import UsageError
 from eksinfer.kvcache.hashing import DEFAULT_HASH_SEED, HashAlgo
 from eksinfer.sim.blocks import BlockPool
+from eksinfer.sim.hybrid import HybridBlockPool, group_kinds
 from eksinfer.sim.scheduler import HasherLike, Scheduler, SimRequest, StepPlan
 
 if TYPE_CHECKING:
@@ -79,6 +80,30 @@ class CoreConfig:
         )
 
 
+def make_pool(config: CoreConfig, perf: EnginePerf) -> BlockPool:
+    """The KV block pool vLLM would run for the model: one KV-cache group, or, for a model with
+    sliding-window layers, its full and sliding groups sharing the pool (sim.hybrid)."""
+    layout = perf.kv_layout
+    if not layout.sliding_groups:
+        return BlockPool(
+            config.num_gpu_blocks,
+            config.block_size,
+            enable_caching=config.enable_prefix_caching,
+            emit_events=config.emit_events,
+        )
+    batches = 2 if perf.async_scheduling else 1  # vLLM's max_concurrent_batches
+    return HybridBlockPool(
+        config.num_gpu_blocks,
+        config.block_size,
+        kinds=group_kinds(layout.full_groups, layout.sliding_groups, layout.sliding_first),
+        sliding_window=layout.sliding_window,
+        max_model_len=config.max_model_len,
+        in_flight_tokens=batches * config.max_num_batched_tokens,
+        enable_caching=config.enable_prefix_caching,
+        emit_events=config.emit_events,
+    )
+
+
 class EngineCore:
     """One engine's state and its step function; `clock()` stamps arrivals (the driver's time base)."""
 
@@ -96,12 +121,7 @@ class EngineCore:
         self.perf = perf
         self.clock = clock
         self.observer = observer
-        self.pool = BlockPool(
-            config.num_gpu_blocks,
-            config.block_size,
-            enable_caching=config.enable_prefix_caching,
-            emit_events=config.emit_events,
-        )
+        self.pool = make_pool(config, perf)
         self.scheduler = Scheduler(
             self.pool,
             max_num_seqs=config.max_num_seqs,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from eksinfer.errors import UsageError
 from eksinfer.sim.config import EngineSizing, SimOptions
 from eksinfer.sim.core import CoreConfig, EngineCore
 from eksinfer.sim.lora import LoraRegistry
@@ -95,6 +96,12 @@ class Engine:
         self._wake = asyncio.Event()
         self.nixl: NixlSim | None = None
         if options.kv_transfer is not None:
+            if self.pool.hybrid:  # the simulated connector moves one KV-cache group's blocks
+                raise UsageError(
+                    f"P/D is not simulated for {options.model}: its sliding-window layers make several "
+                    "KV-cache groups",
+                    field="--kv-transfer-config",
+                )
             self.nixl = self._connector()
         self.metrics.bind_gauges(
             running=lambda: float(len(self.scheduler.running)),

@@ -244,6 +244,7 @@ class Scheduler:
             lora_id=req.lora_id,
             lora_name=req.lora_name,
             extra_keys=req.hasher.extra_keys,
+            num_prompt_tokens=req.num_prompt_tokens,
         )
 
     def _preempt(self, req: SimRequest) -> None:
@@ -276,6 +277,7 @@ class Scheduler:
         i = 0
         running = self.running
         block_size = self.pool.block_size
+        hybrid = self.pool.hybrid
         scheduled = plan.scheduled
         while i < len(running) and budget > 0:
             req = running[i]
@@ -286,6 +288,8 @@ class Scheduler:
                 continue
             fits = True
             tokens = computed + n
+            if hybrid:  # sliding-window groups free what left the window before anything is allocated
+                self.pool.remove_skipped(req.table, computed)
             # the blocks held may cover the step already (a decode step does 15 times in 16 at block size 16)
             while tokens > len(req.table.blocks) * block_size and not self.pool.allocate(
                 req.table, tokens, ()
@@ -327,7 +331,7 @@ class Scheduler:
             n = min(n, budget)
             # vLLM 0.32 scheduler_reserve_full_isl (default on): admit only if the whole sequence fits
             full = min(req.num_tokens, self.max_model_len)
-            if pool.blocks_to_allocate(req.table, full, hits) > pool.num_free_blocks:
+            if pool.blocks_to_allocate(req.table, full, hits, admission=True) > pool.num_free_blocks:
                 break
             if not pool.allocate(req.table, computed + n, hits):
                 break

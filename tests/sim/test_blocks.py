@@ -112,18 +112,20 @@ def test_a_hit_takes_a_free_block_out_of_the_middle_of_the_queue() -> None:
     pool.free(a)
     pool.free(x)
     a0, a1 = 1, 2
-    assert pool.free_block_ids() == [6, a1, a0, 5, 4, 3]  # never-used first, then a tail first, then x
+    # vLLM 0.32 `free_blocks`: a block never cached (x's partial x2 = 5) goes to the front, to be reused
+    # first; cached ones join the back, a table's tail first. Then the never-used 6, a's, x's cached two.
+    assert pool.free_block_ids() == [5, 6, a1, a0, 4, 3]
     again = _fill(pool, [*range(4), 99, 98, 97])  # hits a0 only: it leaves the middle of the queue
     assert again.blocks[0].block_id == a0
-    assert pool.free_block_ids() == [a1, 5, 4, 3]  # 6 went to again's second block; a0 is skipped
+    assert pool.free_block_ids() == [6, a1, 4, 3]  # 5 went to again's second block; a0 is skipped
     assert pool.num_free_blocks == 4
     b = BlockTable()
-    assert pool.allocate(b, 8, ())  # the next two from the front: a1 (evicted), then 5, not a0
-    assert [blk.block_id for blk in b.blocks] == [a1, 5]
-    pool.free(again)  # a0 joins the back again, behind its stale entry's old place
-    assert pool.free_block_ids() == [4, 3, 6, a0]
+    assert pool.allocate(b, 8, ())  # the next two from the front: 6, then a1 (evicted), not a0
+    assert [blk.block_id for blk in b.blocks] == [6, a1]
+    pool.free(again)  # its partial block to the front, a0 to the back, behind its stale entry's place
+    assert pool.free_block_ids() == [5, 4, 3, a0]
     c = BlockTable()
     assert pool.allocate(c, 16, ())
-    assert [blk.block_id for blk in c.blocks] == [4, 3, 6, a0]
+    assert [blk.block_id for blk in c.blocks] == [5, 4, 3, a0]
     assert pool.num_free_blocks == 0
     assert pool.free_block_ids() == []

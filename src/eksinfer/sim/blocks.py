@@ -4,8 +4,10 @@ Algorithm (vllm/v1/core/block_pool.py, kv_cache_manager.py, kv_cache_utils.py `F
 - `num_gpu_blocks` blocks of `block_size` tokens; block 0 is vLLM's reserved null block, so
   `num_gpu_blocks - 1` are usable and `kv_cache_usage_perc = 1 - free / (num_gpu_blocks - 1)`.
 - Free blocks sit in one LRU queue (initially by id). Allocation pops from the front; a popped block that
-  still holds a cached hash is evicted then (BlockRemoved). Freed blocks join the back, a request's blocks in
-  reverse order, so the tail of a prefix goes before its head.
+  still holds a cached hash is evicted then (BlockRemoved). Freed cached blocks join the back, a request's
+  blocks in reverse order, so the tail of a prefix goes before its head; freed blocks that never cached a
+  hash go to the front, to be reused first (vLLM 0.32 `BlockPool.free_blocks`, which keeps the cached ones
+  for the prefix cache as long as it can).
 - A full block is cached under its chained hash as soon as its tokens are known and scheduled
   (`allocate_slots` caches `min(computed + new, num_tokens)` tokens) and a BlockStored names it.
 - A cache hit takes a cached block out of the free queue (ref count 0 -> 1) or shares it (ref count + 1).
@@ -237,8 +239,8 @@ class BlockPool:
         queue = self._queue
         blocks = table.blocks
         head = table.num_cached  # only cached blocks can be shared; the rest have one holder, this table
-        if head < len(blocks):
-            queue.extend(reversed(blocks[head:]))
+        if head < len(blocks):  # never cached: to the front, tail first (vLLM 0.32 reuses them first)
+            queue.extendleft(blocks[head:])
             self._num_free += len(blocks) - head
         for block in reversed(blocks[:head]):
             n = block.ref_cnt - 1

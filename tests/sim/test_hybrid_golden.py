@@ -29,10 +29,12 @@ RUNS = {run["name"]: run for run in FIXTURE["runs"]}
 
 
 def shape(event: KVEvent) -> tuple[Any, ...]:
-    """What must match: kind, group, hashes, parent and token span (not timestamps or extra keys)."""
+    """What must match: kind, group, hashes, parent, token span, window and extra keys (not timestamps)."""
     if isinstance(event, BlockStored):
+        extra = None if event.extra_keys is None else tuple(event.extra_keys)
         return ("stored", event.group_idx, tuple(event.block_hashes), event.parent_block_hash,
-                len(event.token_ids), event.kv_cache_spec_kind)  # fmt: skip
+                len(event.token_ids), event.kv_cache_spec_kind, event.kv_cache_spec_sliding_window,
+                extra)  # fmt: skip
     if isinstance(event, BlockRemoved):
         return ("removed", event.group_idx, tuple(event.block_hashes))
     assert isinstance(event, AllBlocksCleared)

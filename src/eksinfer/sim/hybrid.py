@@ -304,7 +304,8 @@ class HybridBlockPool(BlockPool):
                         extra_keys=tuple(
                             event_extra_keys(extra_keys(i)) if extra_keys is not None else None
                             for i in listed
-                        ),
+                        )
+                        or None,  # vLLM leaves the field out of an event that lists no block
                         group_idx=g,
                         kv_cache_spec_kind=kind,
                         kv_cache_spec_sliding_window=self.window if kind == SLIDING else None,

@@ -172,18 +172,25 @@ class BlockPool:
         block.ref_cnt = 1
         table.blocks.append(block)
 
+    def _cache_of(self, group: int) -> dict[bytes, dict[int, Block]]:
+        """The hash -> blocks map of a KV-cache group (one group here; sim.hybrid has several)."""
+        return self._cached
+
     def _evict(self, block: Block) -> None:
         digest = block.digest
         if digest is None:
             return
         block.digest = None
-        entry = self._cached.get(digest)
+        cached = self._cache_of(block.group)
+        entry = cached.get(digest)
         if entry is None or entry.pop(block.block_id, None) is None:
             return
         if not entry:
-            del self._cached[digest]
+            del cached[digest]
         if self.emit_events:
-            self.events.append(BlockRemoved(block_hashes=(to_block_hash(digest),), medium="GPU", group_idx=0))
+            self.events.append(
+                BlockRemoved(block_hashes=(to_block_hash(digest),), medium="GPU", group_idx=block.group)
+            )
 
     def cache_full_blocks(
         self,

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from eksinfer.kvcache.events import BlockRemoved, BlockStored
+from eksinfer.kvcache.events import BlockStored
 from eksinfer.kvcache.hashing import BlockDigest, ExtraKeys, event_extra_keys, to_block_hash
 from eksinfer.sim.blocks import Block, BlockPool, BlockTable
 
@@ -313,20 +313,8 @@ class HybridBlockPool(BlockPool):
                 )
         table.num_cached = table.cached[self.full_groups[0]]
 
-    def _evict(self, block: Block) -> None:
-        digest = block.digest
-        if digest is None:
-            return
-        block.digest = None
-        entry = self._by_group[block.group].get(digest)
-        if entry is None or entry.pop(block.block_id, None) is None:
-            return
-        if not entry:
-            del self._by_group[block.group][digest]
-        if self.emit_events:
-            self.events.append(
-                BlockRemoved(block_hashes=(to_block_hash(digest),), medium="GPU", group_idx=block.group)
-            )
+    def _cache_of(self, group: int) -> dict[bytes, dict[int, Block]]:
+        return self._by_group[group]
 
     def reset_prefix_cache(self) -> bool:
         if not super().reset_prefix_cache():

@@ -6,6 +6,8 @@ a window of 8 tokens, so a sliding group needs cdiv(7, 4) = 2 blocks before a hi
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from eksinfer.catalog import get_gpu, get_model
@@ -134,3 +136,20 @@ def test_the_fleet_steps_a_hybrid_replica_one_step_at_a_time(macro: bool) -> Non
     )
     replica = Replica(0, cfg, perf, macro=macro)
     assert replica.macro is False  # its macro-runs would grow one KV-cache group
+
+
+def test_a_hybrid_engine_refuses_a_context_its_groups_cannot_hold() -> None:
+    # vLLM refuses to start when one max-length sequence cannot fit: for gpt-oss every sliding group adds its
+    # window and the tokens in flight to the full groups' blocks (the capture's 64-block pool: 992 of 2,048).
+    from eksinfer.errors import UsageError
+    from eksinfer.sim.config import SimOptions, build_perf, resolve_engine_sizing
+
+    options = SimOptions(model="gpt-oss-120b", gpu="H100", tensor_parallel_size=2, num_gpu_blocks=64)
+    perf = build_perf(options)
+    sizing = resolve_engine_sizing(options, perf)
+    # 63 usable blocks of 16: 31 full ones and 32 sliding ones (a sequence shorter than the window plus the
+    # tokens in flight is reserved whole in the sliding group, and one block more)
+    assert sizing.max_model_len == 31 * 16
+    with pytest.raises(UsageError) as err:
+        resolve_engine_sizing(dataclasses.replace(options, max_model_len=32 * 16), perf)
+    assert err.value.field == "--max-model-len"

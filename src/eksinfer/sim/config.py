@@ -201,6 +201,12 @@ def resolve_engine_sizing(options: SimOptions, perf: EnginePerf) -> EngineSizing
     """Explicit flags win; the rest come from the performance model (vLLM's defaults for that GPU)."""
     blocks = options.num_gpu_blocks or perf.num_gpu_blocks
     capacity = (blocks - 1) * options.block_size  # block 0 is vLLM's null block
+    mbt = options.max_num_batched_tokens or perf.max_num_batched_tokens
+    if (
+        perf.kv_layout.sliding_groups
+    ):  # each sliding-window group reserves its window and the tokens in flight
+        in_flight = mbt * (2 if perf.async_scheduling else 1)  # vLLM's max_concurrent_batches x the budget
+        capacity = perf.kv_layout.max_seq_tokens(capacity, in_flight)
     max_model_len = options.max_model_len or min(perf.max_model_len, capacity)
     if max_model_len > capacity:  # vLLM refuses to start when one max-length request cannot fit
         raise UsageError(
@@ -208,7 +214,6 @@ def resolve_engine_sizing(options: SimOptions, perf: EnginePerf) -> EngineSizing
             f"({capacity} usable tokens)",
             field="--max-model-len",
         )
-    mbt = options.max_num_batched_tokens or perf.max_num_batched_tokens
     if not options.enable_chunked_prefill and options.max_num_batched_tokens is None:
         mbt = max(mbt, max_model_len)  # vLLM: without chunking a whole prompt must fit in one step
     if not options.enable_chunked_prefill and mbt < max_model_len:

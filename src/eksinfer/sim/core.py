@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from eksinfer.errors import UsageError
 from eksinfer.kvcache.hashing import DEFAULT_HASH_SEED, HashAlgo
-from eksinfer.sim.blocks import BlockPool
+from eksinfer.sim.blocks import BlockPool, BlockTable
 from eksinfer.sim.hybrid import HybridBlockPool, group_kinds
 from eksinfer.sim.scheduler import HasherLike, Scheduler, SimRequest, StepPlan
 
@@ -160,7 +160,9 @@ class EngineCore:
         replaces the sha256 block hasher (the fleet simulation's synthetic prompts). `kv_params` are the
         request's kv_transfer_params, for the scheduler's KV connector (P/D, sim/pd)."""
         cfg = self.config
-        if -(-(len(prompt_ids) + 1) // cfg.block_size) > self.pool.num_gpu_blocks - 1:
+        if self.pool.blocks_to_allocate(BlockTable(), len(prompt_ids) + 1, (), admission=True) > (
+            self.pool.num_gpu_blocks - 1
+        ):  # it would wait for ever: no finished request frees enough
             raise UsageError(
                 f"the prompt needs more KV blocks than the engine has ({self.pool.num_gpu_blocks - 1})",
                 field="prompt",

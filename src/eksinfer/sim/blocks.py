@@ -62,6 +62,8 @@ class BlockPool:
     from the front skips an entry exactly when its block still has skips to spend.
     """
 
+    hybrid = False  # sim.hybrid.HybridBlockPool: KV-cache groups of full and sliding-window attention
+
     def __init__(
         self, num_gpu_blocks: int, block_size: int, *, enable_caching: bool = True, emit_events: bool = False
     ) -> None:
@@ -74,7 +76,9 @@ class BlockPool:
         self._blocks = [Block(i) for i in range(num_gpu_blocks)]
         self._queue: deque[Block] = deque(self._blocks[1:])  # the free queue, with stale entries
         self._num_free = num_gpu_blocks - 1
-        self._cached: dict[bytes, dict[int, Block]] = {}
+        # hash -> blocks, one map per KV-cache group (sim.hybrid adds groups); `_cached` is group 0's
+        self._by_group: list[dict[bytes, dict[int, Block]]] = [{}]
+        self._cached = self._by_group[0]
         self.events: list[KVEvent] = []
 
     # --- queries ------------------------------------------------------------------------------------------
@@ -85,7 +89,7 @@ class BlockPool:
 
     @property
     def num_cached_blocks(self) -> int:
-        return sum(len(v) for v in self._cached.values())
+        return sum(len(v) for cached in self._by_group for v in cached.values())
 
     def usage(self) -> float:
         return 1.0 - self._num_free / (self.num_gpu_blocks - 1)
@@ -118,8 +122,6 @@ class BlockPool:
         return hit
 
     # --- allocation ---------------------------------------------------------------------------------------
-
-    hybrid = False  # sim.hybrid.HybridBlockPool: KV-cache groups of full and sliding-window attention
 
     def blocks_to_allocate(
         self, table: BlockTable, num_tokens: int, hits: Sequence[Block], *, admission: bool = False
@@ -172,16 +174,12 @@ class BlockPool:
         block.ref_cnt = 1
         table.blocks.append(block)
 
-    def _cache_of(self, group: int) -> dict[bytes, dict[int, Block]]:
-        """The hash -> blocks map of a KV-cache group (one group here; sim.hybrid has several)."""
-        return self._cached
-
     def _evict(self, block: Block) -> None:
         digest = block.digest
         if digest is None:
             return
         block.digest = None
-        cached = self._cache_of(block.group)
+        cached = self._by_group[block.group]
         entry = cached.get(digest)
         if entry is None or entry.pop(block.block_id, None) is None:
             return
@@ -267,7 +265,8 @@ class BlockPool:
             return False
         for block in self._blocks:
             block.digest = None
-        self._cached.clear()
+        for cached in self._by_group:
+            cached.clear()
         if self.emit_events:
             self.events.append(AllBlocksCleared())
         return True

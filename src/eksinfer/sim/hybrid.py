@@ -86,13 +86,9 @@ class HybridBlockPool(BlockPool):
             _cdiv(min(sliding_window - 1 + in_flight_tokens, max_model_len), block_size) + 1
         )
         self.null = self._blocks[0]
-        self._by_group: list[dict[bytes, dict[int, Block]]] = [{} for _ in self.kinds]
+        self._by_group += [{} for _ in self.kinds[1:]]
 
     # --- queries ------------------------------------------------------------------------------------------
-
-    @property
-    def num_cached_blocks(self) -> int:
-        return sum(len(v) for cached in self._by_group for v in cached.values())
 
     def is_cached(self, digest: bytes) -> bool:
         return all(digest in self._by_group[g] for g in self.full_groups)
@@ -312,13 +308,3 @@ class HybridBlockPool(BlockPool):
                     )
                 )
         table.num_cached = table.cached[self.full_groups[0]]
-
-    def _cache_of(self, group: int) -> dict[bytes, dict[int, Block]]:
-        return self._by_group[group]
-
-    def reset_prefix_cache(self) -> bool:
-        if not super().reset_prefix_cache():
-            return False
-        for cached in self._by_group:
-            cached.clear()
-        return True

@@ -244,6 +244,12 @@ class EnginePerf:
         (`seq_kv_tokens`)."""
         return self.num_gpu_blocks * self.block_size
 
+    def in_flight_tokens(self, max_num_batched_tokens: int | None = None) -> int:
+        """`max_in_flight_tokens` for this engine (or another token budget): see that function."""
+        return max_in_flight_tokens(
+            self.async_scheduling, max_num_batched_tokens or self.max_num_batched_tokens
+        )
+
     def seq_kv_tokens(self, tokens: float) -> float:
         """Pool tokens a sequence of `tokens` occupies: its blocks (whole ones) in every full-attention
         group, at most its window's blocks in every sliding-window group."""
@@ -457,6 +463,12 @@ def _check_parallelism(model: ModelSpec, tp: int, pp: int, dp: int = 1) -> None:
         raise UsageError(f"PP {pp} exceeds {model.num_layers} layers", field="pipeline_parallel_size")
 
 
+def max_in_flight_tokens(async_scheduling: bool, max_num_batched_tokens: int) -> int:
+    """Tokens scheduled but not yet settled: a token budget per batch in flight, two with async scheduling
+    (vLLM 0.32 `VllmConfig.max_in_flight_tokens`). A sliding-window group reserves them above its window."""
+    return max_num_batched_tokens * (2 if async_scheduling else 1)
+
+
 def default_batch_limits(gpu: GpuSpec) -> tuple[int, int]:
     """vLLM's OpenAI-server defaults (arg_utils.py): 8192 tokens / 1024 seqs on >= 70 GiB non-A100 GPUs,
     else 2048 / 256."""
@@ -627,7 +639,8 @@ def build_engine_perf(
         )
     blocks = num_gpu_blocks if num_gpu_blocks is not None else int(kv_mem // (block_size * kv_tok_gpu))
     layout = mem.kv_layout(model, pp, block_size)
-    capacity = layout.max_seq_tokens(blocks * block_size, mbt)
+    overlap = pp == 1 if async_scheduling is None else async_scheduling
+    capacity = layout.max_seq_tokens(blocks * block_size, max_in_flight_tokens(overlap, mbt))
     max_model_len = _fit_context(model, capacity, max_model_len, num_gpu_blocks is None, where)
     return EnginePerf(
         model_id=model.id,
@@ -637,7 +650,7 @@ def build_engine_perf(
         data_parallel_size=dp,
         precision=precision,
         kv_cache_dtype=kv_cache_dtype,
-        async_scheduling=pp == 1 if async_scheduling is None else async_scheduling,
+        async_scheduling=overlap,
         gpu_memory_utilization=gpu_memory_utilization,
         block_size=block_size,
         max_model_len=max_model_len,

@@ -16,10 +16,12 @@ that fall out of the window (SlidingWindowManager.remove_skipped_blocks) and kee
 window - 1 tokens and the current one: at most ceil((window - 1) / block_size) + 1 (gpt-oss, block 16: 9).
 So capacity in tokens is set by the full-attention layers, and each sequence pays a fixed window's worth of
 blocks on top (`KvLayout.pool_tokens`). While a prompt chunk is prefilled, its sliding group also holds the
-chunk's blocks (freed the next step); vLLM sizes a request against that bound, ceil(min(window - 1 +
-max_num_batched_tokens, L) / block_size) + 1 sliding blocks (kv_cache_interface.py
-SlidingWindowSpec.max_memory_usage_bytes; it refuses to start when one max_model_len request does not fit), so
-`KvLayout.max_seq_tokens` uses it; the steady-state occupancy (`pool_tokens`) does not.
+blocks of the tokens still in flight (freed once processed); vLLM sizes a request against that bound,
+ceil(min(window - 1 + in-flight tokens, L) / block_size) + 1 sliding blocks, where the in-flight tokens are
+a token budget per batch in flight, two with async scheduling (vLLM 0.32 kv_cache_interface.py
+`SlidingWindowSpec.max_admission_blocks_per_request`, `VllmConfig.max_in_flight_tokens`; it refuses to start
+when one max_model_len request does not fit), so `KvLayout.max_seq_tokens` uses it; the steady-state
+occupancy (`pool_tokens`) does not.
 Per-GPU budget (llm-d-planner capacity_planner.py, fitted on H100 + vLLM):
     kv = util x memory - weights / (TP x PP) - activation - non_torch
     activation = 5.2 GiB dense / 7.6 GiB MoE at 8,192 batched tokens (measured 4.8-5.6 dense, 7.4-8 MoE,
@@ -143,13 +145,14 @@ class KvLayout:
         window_blocks = math.ceil((self.sliding_window - 1) / bs) + 1 if self.sliding_window else 0
         return float(bs * (self.full_groups * blocks + self.sliding_groups * min(blocks, window_blocks)))
 
-    def max_seq_tokens(self, pool_tokens: int, max_num_batched_tokens: int) -> int:
+    def max_seq_tokens(self, pool_tokens: int, in_flight_tokens: int) -> int:
         """The longest sequence (--max-model-len) vLLM accepts for a pool of `pool_tokens` block-tokens: its
-        whole blocks in every full group plus, in every sliding group, the window and one step's tokens."""
+        whole blocks in every full group plus, in every sliding group, the window and the tokens in flight
+        (`engine.max_in_flight_tokens`)."""
         bs, pool_blocks = self.block_size, pool_tokens // self.block_size
         if not self.sliding_groups:
             return pool_blocks // self.full_groups * bs
-        admission = self.sliding_window - 1 + max_num_batched_tokens
+        admission = self.sliding_window - 1 + in_flight_tokens
 
         def blocks(tokens: int) -> int:
             sliding = math.ceil(min(admission, tokens) / bs) + 1
@@ -161,7 +164,7 @@ class KvLayout:
         longest = max(0, full_blocks * bs)
         if longest >= admission:
             return longest
-        while longest > 0 and blocks(longest) > pool_blocks:  # a pool smaller than one step's window
+        while longest > 0 and blocks(longest) > pool_blocks:  # a pool smaller than the window's reservation
             longest -= bs
         while blocks(longest + bs) <= pool_blocks:
             longest += bs

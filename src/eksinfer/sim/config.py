@@ -202,11 +202,8 @@ def resolve_engine_sizing(options: SimOptions, perf: EnginePerf) -> EngineSizing
     blocks = options.num_gpu_blocks or perf.num_gpu_blocks
     capacity = (blocks - 1) * options.block_size  # block 0 is vLLM's null block
     mbt = options.max_num_batched_tokens or perf.max_num_batched_tokens
-    if (
-        perf.kv_layout.sliding_groups
-    ):  # each sliding-window group reserves its window and the tokens in flight
-        in_flight = mbt * (2 if perf.async_scheduling else 1)  # vLLM's max_concurrent_batches x the budget
-        capacity = perf.kv_layout.max_seq_tokens(capacity, in_flight)
+    # a sliding-window group reserves its window and the tokens in flight on top of the full groups' blocks
+    capacity = perf.kv_layout.max_seq_tokens(capacity, perf.in_flight_tokens(mbt))
     max_model_len = options.max_model_len or min(perf.max_model_len, capacity)
     if max_model_len > capacity:  # vLLM refuses to start when one max-length request cannot fit
         raise UsageError(

@@ -91,14 +91,13 @@ def make_pool(config: CoreConfig, perf: EnginePerf) -> BlockPool:
             enable_caching=config.enable_prefix_caching,
             emit_events=config.emit_events,
         )
-    batches = 2 if perf.async_scheduling else 1  # vLLM's max_concurrent_batches
     return HybridBlockPool(
         config.num_gpu_blocks,
         config.block_size,
         kinds=group_kinds(layout.full_groups, layout.sliding_groups, layout.sliding_first),
         sliding_window=layout.sliding_window,
         max_model_len=config.max_model_len,
-        in_flight_tokens=batches * config.max_num_batched_tokens,
+        in_flight_tokens=perf.in_flight_tokens(config.max_num_batched_tokens),
         enable_caching=config.enable_prefix_caching,
         emit_events=config.emit_events,
     )

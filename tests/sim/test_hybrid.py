@@ -12,7 +12,7 @@ import pytest
 
 from eksinfer.catalog import get_gpu, get_model
 from eksinfer.perf import build_engine_perf
-from eksinfer.sim.blocks import BlockPool
+from eksinfer.sim.blocks import Block, BlockPool, BlockTable
 from eksinfer.sim.core import CoreConfig, EngineCore
 from eksinfer.sim.hybrid import FULL, SLIDING, HybridBlockPool, group_kinds
 from eksinfer.sim.scheduler import Scheduler, SimRequest, Status
@@ -38,7 +38,7 @@ def _req(rid: str, prompt: list[int], max_tokens: int) -> SimRequest:
     )
 
 
-def _real(pool: HybridBlockPool, blocks: list) -> int:  # type: ignore[type-arg]
+def _real(pool: HybridBlockPool, blocks: list[Block]) -> int:
     return sum(1 for b in blocks if b is not pool.null)
 
 
@@ -72,7 +72,7 @@ def test_admission_reserves_at_most_the_window_and_the_in_flight_tokens_in_a_sli
     # A 96-token prompt needs 24 full blocks; its sliding group at most cdiv(min(7 + 16, 256), 4) + 1 = 7.
     prompt = list(range(1000, 1096))
     pool = _pool(32)  # 31 usable: 24 + 7 fit, 24 + 24 would not
-    assert pool.blocks_to_allocate(pool_table(), len(prompt), [], admission=True) == 31
+    assert pool.blocks_to_allocate(BlockTable(), len(prompt), [], admission=True) == 31
     sched = Scheduler(pool, max_num_seqs=4, max_num_batched_tokens=16, max_model_len=256)
     req = _req("long", prompt, max_tokens=1)
     sched.add(req)
@@ -84,12 +84,6 @@ def test_admission_reserves_at_most_the_window_and_the_in_flight_tokens_in_a_sli
         steps += 1
     assert req.status is Status.FINISHED
     assert steps == 96 // 16
-
-
-def pool_table():  # type: ignore[no-untyped-def]
-    from eksinfer.sim.blocks import BlockTable
-
-    return BlockTable()
 
 
 def test_a_shared_prefix_hits_only_once_its_junction_is_cached() -> None:

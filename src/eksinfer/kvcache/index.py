@@ -298,9 +298,9 @@ class PrefixIndex:
         keys: Sequence[BlockKey | None] = chain_keys(
             token_ids, block_size, parent=parent, extra_keys=extra_keys
         )
-        if len(block_hashes) != len(keys):
-            keys = self._named_keys(ep, block_hashes, 1 << group)
         bit = 1 << group
+        if len(block_hashes) != len(keys):
+            keys = self._named_keys(ep, block_hashes, bit)
         for key, raw in zip(keys, block_hashes, strict=True):
             if key is None:
                 continue
